@@ -1,0 +1,3 @@
+"""monolake: a framework and a proxy for high-performance network services."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,20 @@
+"""Configuration: TOML → validated, frozen structs."""
+
+from ._address import Endpoint as Endpoint
+from ._address import ListenAddress as ListenAddress
+from ._address import parse_endpoint as parse_endpoint
+from ._address import parse_listener as parse_listener
+from ._load import load_config as load_config
+from ._load import parse_config as parse_config
+from ._load import validate as validate
+from ._schema import Cluster as Cluster
+from ._schema import Config as Config
+from ._schema import FilterSpec as FilterSpec
+from ._schema import Forwarded as Forwarded
+from ._schema import HeaderRewrite as HeaderRewrite
+from ._schema import Limits as Limits
+from ._schema import Log as Log
+from ._schema import Route as Route
+from ._schema import Runtime as Runtime
+from ._schema import Server as Server
+from ._schema import UpstreamSpec as UpstreamSpec

@@ -1,0 +1,174 @@
+"""Load and validate a TOML config.
+
+Two passes: msgspec converts the TOML tables into the frozen Structs of
+``_schema`` (types, unknown keys), then ``validate`` checks what a schema cannot
+(references between tables, regexes, addresses, balancer options). Both report a
+``ConfigError`` whose ``path`` is the dotted key path, e.g.
+``servers.web.routes[2].upstream``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..errors import ConfigError
+from ._address import parse_endpoint, parse_listener
+from ._schema import Cluster, Config, Route, Server
+
+T = TypeVar("T")
+
+_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _convert(raw: Any, typ: type[T], path: str) -> T:
+    try:
+        return msgspec.convert(raw, typ, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _AT.search(text)
+        sub = ""
+        if m:
+            text = text[: m.start()]
+            sub = m.group("path")
+        full = (path + sub) if sub.startswith("[") or not path else f"{path}{sub}"
+        raise ConfigError(full.lstrip("."), text) from None
+
+
+def _convert_named(raw: Any, typ: type[T], path: str) -> dict[str, T]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"expected a table, got {type(raw).__name__}")
+    return {name: _convert(value, typ, f"{path}.{name}") for name, value in raw.items()}
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Turn a decoded TOML document into a validated Config, or raise ConfigError."""
+    rest = {k: v for k, v in raw.items() if k not in ("servers", "upstreams")}
+    base = _convert(rest, Config, "")
+    cfg = msgspec.structs.replace(
+        base,
+        upstreams=_convert_named(raw.get("upstreams"), Cluster, "upstreams"),
+        servers=_convert_named(raw.get("servers"), Server, "servers"),
+    )
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file. Raises ConfigError (also for unreadable files)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(raw)
+
+
+_HASH_ON = re.compile(r"^(client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^=;, ]+)$")
+
+
+def _check_balancer(path: str, lb: str, hash_on: str) -> None:
+    if lb == "consistent_hash" and not _HASH_ON.match(hash_on):
+        raise ConfigError(f"{path}.hash_on", f"expected client_ip, header:NAME or cookie:NAME, got {hash_on!r}")
+
+
+def _check_cluster(path: str, c: Cluster) -> None:
+    if not c.endpoints:
+        raise ConfigError(f"{path}.endpoints", "a cluster needs at least one endpoint")
+    for i, up in enumerate(c.endpoints):
+        try:
+            parse_endpoint(up.endpoint, up.weight)
+        except ValueError as exc:
+            raise ConfigError(f"{path}.endpoints[{i}]", str(exc)) from None
+    _check_balancer(path, c.load_balancer, c.hash_on)
+    for key in ("connect_timeout", "read_timeout", "idle_timeout"):
+        if getattr(c, key) <= 0:
+            raise ConfigError(f"{path}.{key}", "must be > 0")
+    if c.max_idle_per_key < 0:
+        raise ConfigError(f"{path}.max_idle_per_key", "must be >= 0")
+
+
+def _check_route(path: str, r: Route, cfg: Config) -> None:
+    matchers = [k for k in ("path", "path_exact", "path_regex") if getattr(r, k) is not None]
+    if len(matchers) > 1:
+        raise ConfigError(path, f"give only one of path, path_exact, path_regex (got {', '.join(matchers)})")
+    for key in ("path", "path_exact"):
+        value = getattr(r, key)
+        if value is not None and not value.startswith("/"):
+            raise ConfigError(f"{path}.{key}", f"must start with '/', got {value!r}")
+    if r.path_regex is not None:
+        try:
+            re.compile(r.path_regex)
+        except re.error as exc:
+            raise ConfigError(f"{path}.path_regex", f"invalid regular expression: {exc}") from None
+    if (r.strip_prefix or r.prefix_rewrite is not None) and r.path is None:
+        raise ConfigError(path, "strip_prefix/prefix_rewrite need a 'path' prefix to replace")
+    if r.host is not None and (not r.host or r.host.count("*") > 1 or ("*" in r.host and not r.host.startswith("*."))):
+        raise ConfigError(f"{path}.host", f"expected an exact host or '*.suffix', got {r.host!r}")
+    if r.upstream is not None and r.upstreams is not None:
+        raise ConfigError(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
+    if r.upstream is None and r.upstreams is None:
+        raise ConfigError(path, "a route needs 'upstream' (a cluster name) or inline 'upstreams'")
+    if r.upstream is not None and r.upstream not in cfg.upstreams:
+        known = ", ".join(sorted(cfg.upstreams)) or "none defined"
+        raise ConfigError(f"{path}.upstream", f"unknown cluster {r.upstream!r} (known: {known})")
+    if r.upstreams is not None:
+        if not r.upstreams:
+            raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
+        for i, up in enumerate(r.upstreams):
+            try:
+                parse_endpoint(up.endpoint, up.weight)
+            except ValueError as exc:
+                raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
+        _check_balancer(path, r.load_balancer, r.hash_on)
+    if r.timeout is not None and r.timeout <= 0:
+        raise ConfigError(f"{path}.timeout", "must be > 0")
+
+
+def _check_server(path: str, s: Server, cfg: Config) -> None:
+    try:
+        parse_listener(s.listener)
+    except ValueError as exc:
+        raise ConfigError(f"{path}.listener", str(exc)) from None
+    if not s.routes:
+        raise ConfigError(f"{path}.routes", "a server needs at least one route")
+    for i, r in enumerate(s.routes):
+        _check_route(f"{path}.routes[{i}]", r, cfg)
+    for i, f in enumerate(s.filters):
+        use = f if isinstance(f, str) else f.use
+        if use.count(":") != 1 or not all(use.split(":")):
+            raise ConfigError(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
+    if s.max_concurrency is not None and s.max_concurrency < 1:
+        raise ConfigError(f"{path}.max_concurrency", "must be >= 1")
+    for key in ("max_header_bytes", "max_headers", "max_pipelined"):
+        if getattr(s.limits, key) < 1:
+            raise ConfigError(f"{path}.limits.{key}", "must be >= 1")
+    if s.limits.max_body_bytes < 0:
+        raise ConfigError(f"{path}.limits.max_body_bytes", "must be >= 0 (0 = unlimited)")
+
+
+def validate(cfg: Config) -> None:
+    """Check cross-references and values. Raises ConfigError naming the key path."""
+    if cfg.runtime.workers < 0:
+        raise ConfigError("runtime.workers", "must be >= 0 (0 = one per core)")
+    if cfg.runtime.drain_timeout < 0:
+        raise ConfigError("runtime.drain_timeout", "must be >= 0")
+    for name, c in cfg.upstreams.items():
+        _check_cluster(f"upstreams.{name}", c)
+    if not cfg.servers:
+        raise ConfigError("servers", "no servers configured")
+    seen: dict[str, str] = {}
+    for name, s in cfg.servers.items():
+        _check_server(f"servers.{name}", s, cfg)
+        addr = str(parse_listener(s.listener))
+        if addr in seen and not addr.endswith(":0"):
+            raise ConfigError(f"servers.{name}.listener", f"{addr} is already used by servers.{seen[addr]}")
+        seen[addr] = name

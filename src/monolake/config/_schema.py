@@ -1,0 +1,160 @@
+"""The configuration schema.
+
+msgspec Structs with ``forbid_unknown_fields``: an unknown or misspelt key is an
+error, never silently ignored (the seed project lost its timeouts that way). The
+shape follows the seed project's TOML (``[runtime]``, ``[servers.NAME]`` with
+``listener``, ``proxy_type``, ``routes``, ``upstreams``), plus clusters declared once
+under ``[upstreams.NAME]`` and referred to by name from routes.
+
+Semantic checks that a schema cannot express (references, regexes, addresses)
+live in ``_load.py`` and report the same key paths.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+LoopKind = Literal["uvloop", "asyncio"]
+BalancerKind = Literal["round_robin", "weighted_round_robin", "random", "least_request", "consistent_hash"]
+
+
+class Runtime(_Base):
+    workers: int = 0
+    """Worker processes; 0 means one per CPU core."""
+    loop: LoopKind = "uvloop"
+    cpu_affinity: bool | None = None
+    """Pin worker i to core i. None: on when workers <= cores (Linux only)."""
+    drain_timeout: float = 10.0
+    """Seconds a stopping worker waits for in-flight requests."""
+
+
+class Log(_Base):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: str = "off"
+    """"off", "stdout", "stderr" or a file path."""
+    access_log_format: str = (
+        '$remote_addr "$request" $status $body_bytes_sent $request_time "$upstream_addr" $server $route'
+    )
+
+
+class ListenerSpec(_Base):
+    type: Literal["socket", "unix"] = "socket"
+    value: str = ""
+
+
+class EndpointSpec(_Base):
+    type: Literal["uri", "socket", "unix"] = "uri"
+    value: str = ""
+
+
+class UpstreamSpec(_Base):
+    endpoint: str | EndpointSpec
+    """"http://host:port", "host:port", "unix:/path", or the seed's {type, value} table."""
+    weight: int = 1
+
+
+class Cluster(_Base):
+    endpoints: list[UpstreamSpec]
+    load_balancer: BalancerKind = "round_robin"
+    hash_on: str = "client_ip"
+    """For consistent_hash: "client_ip", "header:NAME" or "cookie:NAME"."""
+    hash_algorithm: Literal["ring", "maglev"] = "ring"
+    connect_timeout: float = 3.0
+    read_timeout: float = 60.0
+    idle_timeout: float = 60.0
+    max_idle_per_key: int = 64
+
+
+class HeaderRewrite(_Base):
+    add: dict[str, str] = {}
+    """Appended (an existing header of the same name stays)."""
+    set: dict[str, str] = {}
+    """Replaces every existing header of that name."""
+    remove: list[str] = []
+
+
+class Route(_Base):
+    host: str | None = None
+    """Exact host or "*.suffix"; matched case-insensitively without the port."""
+    path: str | None = None
+    """Path prefix (the default "/" when no other path matcher is given)."""
+    path_exact: str | None = None
+    path_regex: str | None = None
+    methods: list[str] | None = None
+    headers: dict[str, str] | None = None
+    """Header name -> exact value that must be present."""
+
+    upstream: str | None = None
+    """Name of a cluster under [upstreams]."""
+    upstreams: list[UpstreamSpec] | None = None
+    """Inline endpoints (seed-project style); the cluster settings below apply to them."""
+    load_balancer: BalancerKind = "round_robin"
+    hash_on: str = "client_ip"
+    hash_algorithm: Literal["ring", "maglev"] = "ring"
+
+    strip_prefix: bool = False
+    """Remove the matched ``path`` prefix before forwarding."""
+    prefix_rewrite: str | None = None
+    """Replace the matched ``path`` prefix with this."""
+    host_header: str = "keep"
+    """"keep" (client's Host), "upstream" (endpoint host:port) or a literal value."""
+    request_headers: HeaderRewrite = HeaderRewrite()
+    response_headers: HeaderRewrite = HeaderRewrite()
+    timeout: float | None = None
+    """Whole-request deadline (504 when exceeded)."""
+
+
+class FilterSpec(_Base):
+    use: str
+    """"module:Class" importable from the worker."""
+    args: dict[str, str | int | float | bool | list[str]] = {}
+
+
+class Forwarded(_Base):
+    x_forwarded_for: bool = True
+    x_forwarded_proto: bool = True
+    x_forwarded_host: bool = True
+    forwarded: bool = False
+    """RFC 7239 Forwarded header."""
+
+
+class Limits(_Base):
+    max_header_bytes: int = 32768
+    """Request line plus headers; more is answered 431."""
+    max_headers: int = 100
+    max_body_bytes: int = 100 * 1024 * 1024
+    """Larger bodies are answered 413; 0 means unlimited."""
+    max_pipelined: int = 32
+    """Queued pipelined requests before the connection stops reading."""
+
+
+class Server(_Base):
+    listener: str | ListenerSpec
+    """"host:port", "unix:/path", or the seed's {type, value} table."""
+    proxy_type: Literal["http"] = "http"
+    routes: list[Route] = []
+    filters: list[str | FilterSpec] = []
+    forwarded: Forwarded = Forwarded()
+    limits: Limits = Limits()
+    upstream_http_version: Literal["http11"] = "http11"
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 60.0
+    max_concurrency: int | None = None
+    """In-flight requests per worker; beyond it requests are shed with 503."""
+    request_timeout: float | None = None
+    """Deadline for every request on this server (504); a route's ``timeout`` is tried first."""
+    backlog: int = 1024
+
+
+class Config(_Base):
+    runtime: Runtime = Runtime()
+    log: Log = Log()
+    upstreams: dict[str, Cluster] = {}
+    servers: dict[str, Server] = {}

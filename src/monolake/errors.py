@@ -1,0 +1,99 @@
+"""One exception tree for the whole project.
+
+Every error says where it came from (``source``: downstream, upstream or internal)
+and whether retrying the operation is safe (``retry_safe``), following Pingora's
+ErrorSource / RetryType split. Library exceptions are translated to these once, at
+the I/O boundary (server/ and client/), never deeper.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Source(Enum):
+    DOWNSTREAM = "downstream"
+    UPSTREAM = "upstream"
+    INTERNAL = "internal"
+
+
+class MonolakeError(Exception):
+    """Base of every error monolake raises on purpose."""
+
+    source: Source = Source.INTERNAL
+    retry_safe: bool = False
+
+    def __init__(self, message: str = "", *, source: Source | None = None, retry_safe: bool | None = None):
+        super().__init__(message)
+        if source is not None:
+            self.source = source
+        if retry_safe is not None:
+            self.retry_safe = retry_safe
+
+
+class ConfigError(MonolakeError):
+    """A configuration is invalid. ``path`` is the key path (``servers.web.routes[0].path``)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class ProtocolError(MonolakeError):
+    """The peer or we broke the wire protocol. ``status_hint`` is the HTTP status to answer with."""
+
+    status_hint: int = 400
+
+    def __init__(self, message: str = "", *, status_hint: int | None = None, source: Source | None = None):
+        super().__init__(message, source=source)
+        if status_hint is not None:
+            self.status_hint = status_hint
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids."""
+
+
+class NetworkError(MonolakeError):
+    source = Source.UPSTREAM
+
+
+class ConnectError(NetworkError):
+    """Could not open a connection; nothing was sent, so a retry is always safe."""
+
+    retry_safe = True
+
+
+class ReadError(NetworkError):
+    pass
+
+
+class WriteError(NetworkError):
+    pass
+
+
+class TimeoutError(MonolakeError):  # noqa: A001 - deliberate, mirrors httpcore
+    source = Source.UPSTREAM
+
+
+class ConnectTimeout(TimeoutError):
+    retry_safe = True
+
+
+class ReadTimeout(TimeoutError):
+    pass
+
+
+class PoolTimeout(TimeoutError):
+    retry_safe = True
+
+
+class UpstreamError(MonolakeError):
+    """The upstream answered in a way we cannot forward (bad response framing, reset mid-body)."""
+
+    source = Source.UPSTREAM

@@ -1,0 +1,174 @@
+"""HTTP messages as the proxy sees them: one mutable object per message.
+
+These are deliberately mutable and slotted (not frozen events): filters rewrite a
+request or response in place, and a frozen copy per phase would cost microseconds
+per request on the hot path. Everything is bytes, as it came off the wire; names
+keep their original case for forwarding and are compared case-insensitively.
+``body`` is whatever the driver attached (a stream object, bytes, or None); this
+module never touches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+
+def _b(s: str | bytes) -> bytes:
+    return s.encode("latin-1") if isinstance(s, str) else s
+
+
+class Headers:
+    """An ordered list of (name, value) byte pairs with case-insensitive lookups.
+
+    Lookups are linear: header lists are short and a dict index would cost more to
+    build than it saves. ``raw`` is the list itself and may be used directly.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]] | None = None) -> None:
+        self.raw: list[tuple[bytes, bytes]] = raw if raw is not None else []
+
+    def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
+        """First value of ``name``, or ``default``."""
+        lname = _b(name).lower()
+        for n, v in self.raw:
+            if n.lower() == lname:
+                return v
+        return default
+
+    def get_all(self, name: str | bytes) -> list[bytes]:
+        lname = _b(name).lower()
+        return [v for n, v in self.raw if n.lower() == lname]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str | bytes):
+            return False
+        lname = _b(name).lower()
+        return any(n.lower() == lname for n, _ in self.raw)
+
+    def add(self, name: str | bytes, value: str | bytes) -> None:
+        """Append a header; existing ones of the same name stay."""
+        self.raw.append((_b(name), _b(value)))
+
+    def set(self, name: str | bytes, value: str | bytes) -> None:
+        """Replace every header called ``name`` with one (name, value)."""
+        bname = _b(name)
+        self.remove(bname)
+        self.raw.append((bname, _b(value)))
+
+    def remove(self, name: str | bytes) -> int:
+        """Remove every header called ``name``; return how many were removed."""
+        lname = _b(name).lower()
+        before = len(self.raw)
+        self.raw[:] = [(n, v) for n, v in self.raw if n.lower() != lname]
+        return before - len(self.raw)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+class Request:
+    """A request head plus its body handle.
+
+    method: b"GET"; target: the raw request-target; path / query: target split at
+    '?' (query without the '?'); host: Host header lowercased without port (b"" if
+    absent); version: b"1.1" or b"1.0"; keep_alive: whether the client wants the
+    connection kept; headers: end-to-end headers only (hop-by-hop ones are dropped
+    by the parser); ctx: the per-request Context set by the server driver.
+    """
+
+    __slots__ = (
+        "body",
+        "ctx",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "raw_host",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Headers,
+        *,
+        version: bytes = b"1.1",
+        host: bytes = b"",
+        raw_host: bytes | None = None,
+        keep_alive: bool = True,
+        body: Any = None,
+        expect_continue: bool = False,
+        upgrade: bytes | None = None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        path, sep, query = target.partition(b"?")
+        self.path = path
+        self.query = query if sep else b""
+        self.headers = headers
+        self.version = version
+        self.host = host
+        self.raw_host = raw_host
+        self.keep_alive = keep_alive
+        self.body = body
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.ctx: Any = None
+
+    def set_path(self, path: bytes) -> None:
+        """Replace the path, keeping the query."""
+        self.path = path
+        self.target = path + b"?" + self.query if self.query else path
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method.decode()} {self.target.decode('latin-1')}>"
+
+
+class Response:
+    """A response head plus its body.
+
+    body is bytes (complete), None (no body) or a stream object from a driver.
+    content_length is the body length when known, None when it must be chunked or
+    delimited by close.
+    """
+
+    __slots__ = ("body", "content_length", "headers", "keep_alive", "reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = None,
+        body: Any = None,
+        *,
+        reason: bytes = b"",
+        version: bytes = b"1.1",
+        content_length: int | None = None,
+        keep_alive: bool = True,
+    ) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else Headers()
+        self.body = body
+        self.reason = reason
+        self.version = version
+        if content_length is None and isinstance(body, bytes):
+            content_length = len(body)
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
