@@ -1,0 +1,254 @@
+"""The HTTP/1.1 client driver: one ``UpstreamConnection`` per upstream socket.
+
+One request at a time per connection (no upstream pipelining: a failure would take
+every queued request with it). ``request`` writes the head, pipes the request body
+if any, and returns a future that resolves with the response head; the response
+body is a ``Body`` this connection feeds, which the server pipes to the client.
+
+A connection goes back to its pool only when both directions finished cleanly and
+the upstream did not ask to close; anything else (error, ``Connection: close``, a
+consumer that went away mid-body) closes it. A reused connection that dies before
+the first response byte raises ``ReadError`` with ``retry_safe=True``: the request
+may have never reached the upstream (the stale keep-alive race).
+
+The read timeout is lazy: one timer per request that re-arms itself from the time
+of the last read, instead of a cancel/re-arm on every chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .._body import Body
+from ..errors import ProtocolError, ReadError, ReadTimeout, Source, UpstreamError
+from ..proto.http1 import Response
+from ..proto.http1._parse import ResponseReader
+from ..proto.http1._serialize import LAST_CHUNK, chunk
+
+if TYPE_CHECKING:
+    from ._pool import Pool
+
+
+class _RequestSink:
+    """Writes a request body to the upstream; aborting fails the exchange."""
+
+    __slots__ = ("chunked", "conn", "transport")
+
+    def __init__(self, conn: UpstreamConnection, chunked: bool) -> None:
+        self.conn = conn
+        self.transport = conn.transport
+        self.chunked = chunked
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.chunked:
+            self.transport.writelines(chunk(data))
+        else:
+            self.transport.write(data)
+
+    def end(self) -> None:
+        if self.chunked:
+            self.transport.write(LAST_CHUNK)
+        self.conn.request_sent()
+
+    def abort(self, exc: BaseException) -> None:
+        self.conn.fail(exc)
+
+
+class UpstreamConnection(ResponseReader, asyncio.Protocol):
+    """One upstream connection; see the module docstring."""
+
+    def __init__(self, pool: Pool, key: tuple[str, str, int, str]) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = pool.loop
+        self.reader_init()
+        self.transport: Any = None
+        self.reused = False
+        self.idle_since = 0.0
+        self.idle_timeout = 60.0
+        self.max_idle = 64
+        self._fut: asyncio.Future[Response] | None = None
+        self._rbody: Body | None = None
+        self._qbody: Body | None = None
+        self._sent = True
+        self._resp_done = True
+        self._upstream_keep_alive = True
+        self._got_bytes = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._read_timeout = 60.0
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self._error is None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        self._got_bytes = True
+        try:
+            self.feed(data)
+        except ProtocolError as exc:
+            self.fail(exc)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.pool.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._resp_done or not self._sent:
+            err: BaseException
+            if self._error is not None:
+                err = self._error
+            elif self._fut is not None and not self._fut.done():
+                err = ReadError(
+                    "upstream closed the connection before responding"
+                    + (f": {exc}" if exc else ""),
+                    retry_safe=self.reused and not self._got_bytes,
+                )
+            else:
+                err = UpstreamError("upstream closed the connection mid-response")
+            self._finish_with(err)
+
+    def pause_writing(self) -> None:
+        if self._qbody is not None:
+            self._qbody.pause()
+
+    def resume_writing(self) -> None:
+        if self._qbody is not None:
+            self._qbody.resume()
+
+    # -- Body producer (response body) -------------------------------------------
+
+    def pause_body(self) -> None:
+        if not self._closed:
+            self.transport.pause_reading()
+
+    def resume_body(self) -> None:
+        if not self._closed:
+            self.transport.resume_reading()
+
+    def cancel_body(self) -> None:
+        self._upstream_keep_alive = False
+        self.close()
+
+    # -- exchange -----------------------------------------------------------------
+
+    def request(self, head: bytes, body: Body | None, *, chunked: bool, head_only: bool,
+                read_timeout: float) -> asyncio.Future[Response]:
+        """Send one request; the future resolves with the response head.
+
+        Raises (through the future) ReadError, ReadTimeout, UpstreamError, or the
+        request body's own error if the client failed mid-upload.
+        """
+        fut = self._fut = self.loop.create_future()
+        self.expect_no_body = head_only
+        self._resp_done = False
+        self._got_bytes = False
+        self._read_timeout = read_timeout
+        self._last_read = self.loop.time()
+        self._timer = self.loop.call_at(self._last_read + read_timeout, self._check_timeout)
+        self.transport.write(head)
+        if body is not None:
+            self._sent = False
+            self._qbody = body
+            body.pipe(_RequestSink(self, chunked))
+        else:
+            self._sent = True
+        return fut
+
+    def request_sent(self) -> None:
+        self._sent = True
+        self._qbody = None
+        if self._resp_done:
+            self._release()
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self._resp_done or self._closed:
+            return
+        deadline = self._last_read + self._read_timeout
+        if self.loop.time() >= deadline - 0.001:
+            self.fail(ReadTimeout(f"no data from upstream for {self._read_timeout:g}s"))
+        else:
+            self._timer = self.loop.call_at(deadline, self._check_timeout)
+
+    # -- parser hooks -------------------------------------------------------------
+
+    def response_received(self, resp: Response, has_body: bool) -> None:
+        self._upstream_keep_alive = resp.keep_alive
+        resp.keep_alive = True
+        if has_body:
+            resp.body = self._rbody = Body(self, resp.content_length)
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(resp)
+
+    def body_received(self, data: bytes) -> None:
+        rbody = self._rbody
+        if rbody is not None:
+            rbody.feed(data)
+
+    def response_complete(self) -> None:
+        self._resp_done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        rbody = self._rbody
+        self._rbody = None
+        self._fut = None
+        if self._sent:
+            self._release()
+        if rbody is not None:
+            rbody.feed_eof()
+
+    def _release(self) -> None:
+        if self._upstream_keep_alive and self.usable:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- failure --------------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        """The exchange failed: report ``exc`` to whoever waits, then close."""
+        if self._error is None:
+            self._error = exc
+        self._finish_with(self._error)
+        self.close()
+
+    def _finish_with(self, exc: BaseException) -> None:
+        fut = self._fut
+        self._fut = None
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+        rbody = self._rbody
+        self._rbody = None
+        if rbody is not None:
+            rbody.feed_error(exc if not isinstance(exc, ProtocolError) or exc.source is Source.UPSTREAM
+                             else UpstreamError(str(exc)))
+        qbody = self._qbody
+        self._qbody = None
+        if qbody is not None:
+            qbody.detach()
+        self._resp_done = True
+        self._sent = True
+
+    def close(self) -> None:
+        if not self._closed and self.transport is not None:
+            self._closed = True
+            self.pool.forget(self)
+            self.transport.close()

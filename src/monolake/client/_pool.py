@@ -1,0 +1,131 @@
+"""The per-worker upstream connection pool, keyed by (scheme, host, port, unix path).
+
+Idle connections are kept LIFO per key (the most recently used one is the least
+likely to have been closed by the upstream), at most ``max_idle`` per key, and
+closed after ``idle_timeout`` by one sweep timer per pool. A connection that the
+upstream closes while idle leaves the pool at once (``forget`` from
+``connection_lost``). ``acquire`` decides first (reuse or connect) and then does I/O.
+
+State carried across a rebuild: the pool is owned by the worker, not by a chain,
+so a reloaded chain that names the same endpoint finds its warm connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from ..config import Endpoint
+from ..errors import ConnectError, ConnectTimeout
+from ._http import UpstreamConnection
+
+
+class Pool:
+    """Idle upstream connections of one worker."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._idle: dict[tuple[str, str, int, str], list[UpstreamConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = 1.0
+        self.connects = 0
+        self.reuses = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's loop, taken on first use (a pool may be built before it runs)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    async def acquire(self, ep: Endpoint, *, connect_timeout: float, idle_timeout: float,
+                      max_idle: int) -> UpstreamConnection:
+        """An idle connection to ``ep`` if one is usable, else a new one.
+
+        Raises ConnectError or ConnectTimeout (both retry-safe).
+        """
+        idle = self._idle.get(ep.key)
+        while idle:
+            conn = idle.pop()
+            if conn.usable:
+                conn.reused = True
+                self.reuses += 1
+                return conn
+        conn = await self.connect(ep, connect_timeout=connect_timeout)
+        conn.idle_timeout = idle_timeout
+        conn.max_idle = max_idle
+        return conn
+
+    async def connect(self, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
+        """A fresh connection to ``ep``. Raises ConnectError or ConnectTimeout."""
+        loop = self.loop
+        key = ep.key
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self, key)
+
+        try:
+            async with asyncio.timeout(connect_timeout):
+                if ep.path:
+                    _, proto = await loop.create_unix_connection(factory, ep.path)
+                else:
+                    _, proto = await loop.create_connection(factory, ep.host, ep.port)
+        except TimeoutError:
+            raise ConnectTimeout(f"connect to {ep} timed out after {connect_timeout:g}s") from None
+        except OSError as exc:
+            raise ConnectError(f"connect to {ep} failed: {exc.strerror or exc}") from None
+        self.connects += 1
+        sock: Any = proto.transport.get_extra_info("socket") if proto.transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Take back a connection whose exchange finished cleanly."""
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        if len(idle) >= conn.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweep_every = min(1.0, conn.idle_timeout / 2)
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Drop a connection that closed (called from its connection_lost)."""
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.loop.time()
+        remaining = 0
+        for idle in self._idle.values():
+            expired = [c for c in idle if now - c.idle_since >= c.idle_timeout]
+            for conn in expired:
+                idle.remove(conn)
+                conn.close()
+            remaining += len(idle)
+        if remaining:
+            self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "idle": sum(len(v) for v in self._idle.values()),
+            "connects": self.connects,
+            "reuses": self.reuses,
+        }
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for idle in self._idle.values():
+            for conn in list(idle):
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,65 @@
+"""HTTP/1.1 heads and chunk framing as bytes, without I/O.
+
+Heads are built as one ``bytes`` with a single join: status lines are precomputed
+per status code, header lines are the pairs as received. Chunk framing returns the
+pieces for ``writelines`` so a forwarded chunk is never copied (RFC 9112 §7.1).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from ._message import Headers
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()
+}
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    line = _STATUS_LINES.get(status) if not reason else None
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))
+    return line
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def response_head(status: int, headers: Headers, framing: bytes, reason: bytes = b"") -> bytes:
+    """Status line, headers, then ``framing`` (prebuilt Content-Length/Transfer-Encoding/
+    Connection lines, each ending in CRLF), then the blank line."""
+    parts = [status_line(status, reason)]
+    for name, value in headers.raw:
+        parts += (name, b": ", value, CRLF)
+    parts += (framing, CRLF)
+    return b"".join(parts)
+
+
+def request_head(method: bytes, target: bytes, headers: Headers, framing: bytes) -> bytes:
+    """Request line (always HTTP/1.1), headers, ``framing`` lines, blank line."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers.raw:
+        parts += (name, b": ", value, CRLF)
+    parts += (framing, CRLF)
+    return b"".join(parts)
+
+
+def content_length_line(n: int) -> bytes:
+    return b"Content-Length: %d\r\n" % n
+
+
+CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
+CLOSE_LINE = b"Connection: close\r\n"
+KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
+
+
+def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The three pieces of one chunk; write them with writelines."""
+    return (b"%x\r\n" % len(data), data, CRLF)

@@ -1,0 +1,87 @@
+"""Build the servers of one worker from a Config.
+
+``build_apps`` is the runtime's ``AppBuilder``: it resolves clusters (one pool per
+worker), imports filters, assembles each server's Stack (CatchPanic outermost,
+then the optional Timeout and ConcurrencyLimit, then the proxy) and checks the
+stack's context requirements. It raises ConfigError, naming the key path, before
+any socket is bound (the supervisor runs it once as a dry build).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..client import Pool
+from ..config import Config
+from ..errors import ConfigError
+from ..observe import AccessLog, compile_format
+from ..proto.http1 import Request, Response
+from ..server import HttpServerApp, error_response
+from ..service import Layer, Stack
+from ..service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
+from ._filters import Phases, load_filters
+from ._proxy import ProxyFactory
+from ._upstream import UpstreamCluster
+
+SERVER_PROVIDES = ("peer", "server", "start")
+"""Context slots the HTTP server driver fills before calling the stack."""
+
+
+def _panic(req: Any, exc: BaseException) -> Response:
+    return error_response(500)
+
+
+def _shed(req: Any) -> Response:
+    return error_response(503)
+
+
+def server_stack(name: str, cfg: Config, filters: list[object], clusters: dict[str, UpstreamCluster],
+                 pool: Pool) -> Stack[Any]:
+    server = cfg.servers[name]
+    layers: list[Layer] = [CatchPanicLayer(_panic)]
+    if server.request_timeout is not None:
+        layers.append(TimeoutLayer(server.request_timeout))
+    if server.max_concurrency is not None:
+        layers.append(ConcurrencyLimitLayer(server.max_concurrency, _shed))
+    leaf = ProxyFactory(name, server, cfg, filters, clusters, pool)
+    return Stack(layers, leaf, provided=SERVER_PROVIDES)
+
+
+def _completion(access_log: AccessLog | None, phases: Phases) -> Callable[[Request, Response, int], None] | None:
+    loggers = phases.logging
+    if access_log is None and not loggers:
+        return None
+    if not loggers:
+        return access_log
+
+    def on_complete(req: Request, resp: Response, sent: int) -> None:
+        for f in loggers:
+            f(req, resp, req.ctx)
+        if access_log is not None:
+            access_log(req, resp, sent)
+
+    return on_complete
+
+
+def build_apps(cfg: Config, old: dict[str, HttpServerApp] | None = None) -> dict[str, HttpServerApp]:
+    """One HttpServerApp per configured server. Raises ConfigError."""
+    pool = Pool()
+    try:
+        compile_format(cfg.log.access_log_format)
+    except ValueError as exc:
+        raise ConfigError("log.access_log_format", str(exc)) from None
+    clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
+    access_log = None if cfg.log.access_log == "off" else AccessLog(cfg.log.access_log,
+                                                                      cfg.log.access_log_format)
+    apps: dict[str, HttpServerApp] = {}
+    for name, server in cfg.servers.items():
+        filters = load_filters(server.filters, f"servers.{name}.filters")
+        stack = server_stack(name, cfg, filters, clusters, pool)
+        try:
+            service = stack.build(old[name].service if old and name in old else None)
+        except ConfigError as exc:
+            raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
+        apps[name] = HttpServerApp(name, server, service,
+                                   on_complete=_completion(access_log, Phases(filters)))
+    return apps

@@ -1,0 +1,479 @@
+"""The HTTP/1.1 server driver: one ``HttpConnection`` protocol per client connection.
+
+Bytes arrive in ``data_received`` and go straight into the llhttp parser (through
+``RequestReader``); each complete head becomes a ``Request`` handed to the service
+chain in one task. Requests are answered strictly in order (pipelining): later
+heads wait in a queue, and the connection stops reading when the queue is full.
+
+Bodies are streamed, never held whole: a request body is a ``Body`` fed by this
+connection and piped by the proxy into the upstream connection; a response body
+from upstream is piped into ``_ResponseSink``, which frames it (Content-Length,
+chunked, or close-delimited for HTTP/1.0) and pauses the upstream's reading when
+this transport's buffer is full.
+
+Errors never escape: a malformed request is answered with the status its
+``ProtocolError`` carries (400, 413, 431, 501) and the connection closed; a failing
+service is answered 5xx; both are logged. Keep-alive and header timeouts are
+enforced by one periodic sweep per server, not by a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .._body import Body
+from ..config import Server as ServerConfig
+from ..errors import (
+    ConnectError,
+    ConnectTimeout,
+    MonolakeError,
+    NetworkError,
+    ProtocolError,
+    Source,
+    TimeoutError,
+    UpstreamError,
+)
+from ..proto.http1 import Headers, Request, Response
+from ..proto.http1._parse import RequestReader
+from ..proto.http1._serialize import (
+    CHUNKED_LINE,
+    CLOSE_LINE,
+    CONTINUE_100,
+    KEEP_ALIVE_LINE,
+    LAST_CHUNK,
+    chunk,
+    content_length_line,
+    reason_phrase,
+    response_head,
+)
+from ..service import Context
+
+log = logging.getLogger("monolake.server")
+
+_PAUSE_BODY = 1
+_PAUSE_PIPELINE = 2
+_PAUSE_ERROR = 4
+
+OnComplete = Callable[[Request, Response, int], None]
+"""Called once a response is fully written: (request, response, body bytes sent)."""
+
+
+class Overloaded(MonolakeError):
+    """Shed by a concurrency limit."""
+
+
+def status_for(exc: BaseException) -> int:
+    """The HTTP status a failed request is answered with."""
+    if isinstance(exc, ProtocolError):
+        return exc.status_hint
+    if isinstance(exc, Overloaded):
+        return 503
+    if isinstance(exc, ConnectError | ConnectTimeout):
+        return 502
+    if isinstance(exc, TimeoutError):
+        return 504
+    if isinstance(exc, NetworkError | UpstreamError):
+        return 502
+    return 500
+
+
+def error_response(status: int, *, close: bool = False) -> Response:
+    body = b"%d %s\n" % (status, reason_phrase(status))
+    headers = Headers([(b"Content-Type", b"text/plain"), (b"Server", b"monolake")])
+    return Response(status, headers, body, keep_alive=not close)
+
+
+class HttpServerApp:
+    """One HTTP server (listener) in one worker: the runtime's ``ServerApp``."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: ServerConfig,
+        service: Any,
+        *,
+        on_complete: OnComplete | None = None,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.service = service
+        self.on_complete = on_complete
+        self.conns: set[HttpConnection] = set()
+        self.in_flight = 0
+        self.draining = False
+        self._drained: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def protocol_factory(self) -> HttpConnection:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            self._sweeper = self.loop.call_later(1.0, self._sweep)
+        return HttpConnection(self)
+
+    def _sweep(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        keepalive = self.cfg.keepalive_timeout
+        header = self.cfg.header_timeout
+        for conn in list(self.conns):
+            conn.check_timeouts(now, keepalive, header)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def request_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def start_draining(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.conns):
+            conn.drain()
+
+    async def wait_drained(self) -> None:
+        if self.in_flight == 0:
+            return
+        self._drained = asyncio.get_running_loop().create_future()
+        await self._drained
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.conns):
+            conn.abort()
+
+    def statistics(self) -> dict[str, int]:
+        return {"connections": len(self.conns), "in_flight": self.in_flight}
+
+
+class _ResponseSink:
+    """Writes a streamed response body to the client, framing it as chosen."""
+
+    __slots__ = ("body", "chunked", "conn", "keep_alive", "req", "resp", "sent", "transport")
+
+    def __init__(self, conn: HttpConnection, req: Request, resp: Response, body: Body,
+                 chunked: bool, keep_alive: bool) -> None:
+        self.conn = conn
+        self.transport = conn.transport
+        self.req = req
+        self.resp = resp
+        self.body = body
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.sent += len(data)
+        if self.chunked:
+            self.transport.writelines(chunk(data))
+        else:
+            self.transport.write(data)
+
+    def end(self) -> None:
+        if self.chunked:
+            self.transport.write(LAST_CHUNK)
+        self.conn.response_done(self.req, self.resp, self.sent, self.keep_alive)
+
+    def abort(self, exc: BaseException) -> None:
+        # Headers are out; the only honest signal left is closing the connection.
+        log.warning("upstream body failed mid-response: %s %s peer=%s error=%s",
+                    self.req.method.decode(), self.req.target.decode("latin-1"),
+                    self.req.ctx.peer, exc)
+        self.conn.response_done(self.req, self.resp, self.sent, False)
+
+
+class HttpConnection(RequestReader, asyncio.Protocol):
+    """One client connection. See the module docstring."""
+
+    def __init__(self, app: HttpServerApp) -> None:
+        self.app = app
+        self.service = app.service
+        limits = app.cfg.limits
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_body_bytes = limits.max_body_bytes
+        self.max_pipelined = limits.max_pipelined
+        self.loop = app.loop or asyncio.get_running_loop()
+        self.reader_init()
+        self.transport: Any = None
+        self.peer = ""
+        self._queue: deque[Request] = deque()
+        self._current: Request | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._rbody: Body | None = None
+        self._sink: _ResponseSink | None = None
+        self._paused = 0
+        self._closing = False
+        self._closed = False
+        self._pending_error: ProtocolError | None = None
+        self._last = self.loop.time()
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "unix"
+        self.app.conns.add(self)
+        if self.app.draining:
+            self._closing = True
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self.loop.time()
+        try:
+            self.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+        except Exception as exc:  # a bug of ours must not take the worker down
+            log.exception("internal error while parsing a request from %s", self.peer)
+            self._protocol_error(ProtocolError(str(exc), status_hint=500, source=Source.INTERNAL))
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what is in flight, then close.
+        self._closing = True
+        if self._current is None:
+            self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.app.conns.discard(self)
+        if self._rbody is not None:
+            self._rbody.feed_error(ConnectionResetError("client closed the connection"))
+            self._rbody = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.body.cancel()
+        if self._current is not None:
+            self._current = None
+            self.app.request_done()
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.body.pause()
+
+    def resume_writing(self) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.body.resume()
+
+    # -- flow control (Body producer) ---------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and not self._closed:
+                self.transport.resume_reading()
+
+    def pause_body(self) -> None:
+        self._pause(_PAUSE_BODY)
+
+    def resume_body(self) -> None:
+        self._resume(_PAUSE_BODY)
+
+    def cancel_body(self) -> None:
+        self._closing = True
+
+    # -- parser hooks -------------------------------------------------------------
+
+    def request_received(self, req: Request, has_body: bool, content_length: int | None) -> None:
+        req.ctx = Context(self.peer, self.app.name, self._last)
+        if has_body:
+            body = Body(self, content_length, self._send_continue if req.expect_continue else None)
+            req.body = self._rbody = body
+        else:
+            self._rbody = None
+        if self._current is None:
+            self._start(req)
+        else:
+            self._queue.append(req)
+            if len(self._queue) >= self.max_pipelined:
+                self._pause(_PAUSE_PIPELINE)
+
+    def body_received(self, data: bytes) -> None:
+        rbody = self._rbody
+        if rbody is not None:
+            rbody.feed(data)
+
+    def request_complete(self) -> None:
+        rbody = self._rbody
+        if rbody is not None:
+            self._rbody = None
+            rbody.feed_eof()
+
+    # -- request lifecycle ----------------------------------------------------------
+
+    def _start(self, req: Request) -> None:
+        self._current = req
+        self.app.in_flight += 1
+        self._task = self.loop.create_task(self._run(req))
+
+    async def _run(self, req: Request) -> None:
+        try:
+            resp = await self.service(req)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            resp = self._failure(req, exc)
+        if self._current is req and not self._closed:
+            try:
+                self._send(req, resp)
+            except Exception:
+                log.exception("internal error while sending a response to %s", self.peer)
+                self._close()
+
+    def _failure(self, req: Request, exc: BaseException) -> Response:
+        status = status_for(exc)
+        where = exc.source.value if isinstance(exc, MonolakeError) else "internal"
+        level = logging.ERROR if status == 500 else logging.WARNING
+        log.log(level, "%d for %s %s peer=%s server=%s (%s error: %s: %s)", status, req.method.decode(),
+                req.target.decode("latin-1"), self.peer, self.app.name, where, type(exc).__name__, exc,
+                exc_info=status == 500)
+        downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
+        return error_response(status, close=downstream)
+
+    def _send_continue(self) -> None:
+        if not self._closed and self._sink is None:
+            self.transport.write(CONTINUE_100)
+
+    def _send(self, req: Request, resp: Response) -> None:
+        keep_alive = req.keep_alive and resp.keep_alive and not self._closing
+        rbody = req.body
+        if isinstance(rbody, Body) and not rbody.done:
+            # The body was not (fully) read: we cannot find the next request in it.
+            keep_alive = False
+            rbody.detach()
+        status = resp.status
+        body = resp.body
+        no_body = req.method == b"HEAD" or status < 200 or status in (204, 304)
+        chunked = False
+        if no_body:
+            framing = (content_length_line(resp.content_length)
+                       if resp.content_length is not None and req.method == b"HEAD" else b"")
+        elif body is None:
+            framing = b"Content-Length: 0\r\n"
+        elif isinstance(body, bytes):
+            framing = content_length_line(len(body))
+        elif resp.content_length is not None:
+            framing = content_length_line(resp.content_length)
+        elif req.version == b"1.1":
+            framing = CHUNKED_LINE
+            chunked = True
+        else:
+            framing = b""
+            keep_alive = False
+        if not keep_alive:
+            framing += CLOSE_LINE
+        elif req.version == b"1.0":
+            framing += KEEP_ALIVE_LINE
+        head = response_head(status, resp.headers, framing, resp.reason)
+        transport = self.transport
+        if isinstance(body, Body):
+            if no_body:
+                transport.write(head)
+                body.cancel()
+                self.response_done(req, resp, 0, keep_alive and body.done)
+                return
+            transport.write(head)
+            sink = self._sink = _ResponseSink(self, req, resp, body, chunked, keep_alive)
+            body.pipe(sink)
+        elif no_body or not body:
+            transport.write(head)
+            self.response_done(req, resp, 0, keep_alive)
+        else:
+            transport.writelines((head, body))
+            self.response_done(req, resp, len(body), keep_alive)
+
+    def response_done(self, req: Request, resp: Response, sent: int, keep_alive: bool) -> None:
+        """The response to ``req`` is fully written: log it, then serve the next one."""
+        self._sink = None
+        if self._current is req:
+            self._current = None
+            self._task = None
+            self.app.request_done()
+        cb = self.app.on_complete
+        if cb is not None:
+            try:
+                cb(req, resp, sent)
+            except Exception:
+                log.exception("logging phase failed")
+        if self._closed:
+            return
+        if not keep_alive or self._closing:
+            self._close()
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            self._resume(_PAUSE_PIPELINE)
+            self._start(nxt)
+        elif self._pending_error is not None:
+            self._answer_error(self._pending_error)
+
+    # -- errors and closing ---------------------------------------------------------
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        log.info("bad request from %s on %s: %d %s", self.peer, self.app.name, exc.status_hint, exc)
+        self._pause(_PAUSE_ERROR)
+        rbody = self._rbody
+        if rbody is not None:
+            # The error is in a body being received: the request it belongs to fails
+            # with it (its service sees the error), and the connection closes after.
+            self._rbody = None
+            rbody.feed_error(exc)
+            self._closing = True
+            if self._current is None:
+                self._close()
+            return
+        if self._current is None and not self._queue:
+            self._answer_error(exc)
+        else:
+            self._pending_error = exc
+
+    def _answer_error(self, exc: ProtocolError) -> None:
+        resp = error_response(exc.status_hint, close=True)
+        head = response_head(resp.status, resp.headers,
+                             content_length_line(len(resp.body)) + CLOSE_LINE)
+        self.transport.writelines((head, resp.body))
+        self._close()
+
+    def drain(self) -> None:
+        self._closing = True
+        self._queue.clear()
+        if self._current is None:
+            self._close()
+
+    def check_timeouts(self, now: float, keepalive: float, header: float) -> None:
+        if self._current is not None or self._closed:
+            return
+        idle = now - self._last
+        if self._in_head and self._head_bytes:
+            if idle > header:
+                self._answer_error(ProtocolError("request head timeout", status_hint=408))
+        elif idle > keepalive:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.abort()

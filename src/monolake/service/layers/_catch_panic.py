@@ -1,0 +1,43 @@
+"""CatchPanic: an unexpected exception becomes an answer and a log line.
+
+Errors monolake raises on purpose (``MonolakeError``) pass through: the driver maps
+them to statuses. Anything else (a bug in a user filter, say) is logged with its
+traceback and turned into ``on_panic(req, exc)``, so one bad request never takes
+the connection, let alone the worker, down. ``CancelledError`` always propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ...errors import MonolakeError
+from .._service import Layer
+
+log = logging.getLogger("monolake.panic")
+
+
+class CatchPanic:
+    __slots__ = ("inner", "on_panic")
+
+    def __init__(self, inner: Any, on_panic: Callable[[Any, BaseException], Any]) -> None:
+        self.inner = inner
+        self.on_panic = on_panic
+
+    async def __call__(self, req: Any) -> Any:
+        try:
+            return await self.inner(req)
+        except MonolakeError:
+            raise
+        except Exception as exc:
+            log.error("panic while serving %r: %s: %s", req, type(exc).__name__, exc, exc_info=exc)
+            return self.on_panic(req, exc)
+
+
+class CatchPanicLayer(Layer):
+    def __init__(self, on_panic: Callable[[Any, BaseException], Any]) -> None:
+        self.on_panic = on_panic
+
+    def layer(self, inner: Any) -> CatchPanic:
+        return CatchPanic(inner, self.on_panic)
