@@ -115,8 +115,7 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
                 err = self._error
             elif self._fut is not None and not self._fut.done():
                 err = ReadError(
-                    "upstream closed the connection before responding"
-                    + (f": {exc}" if exc else ""),
+                    "upstream closed the connection before responding" + (f": {exc}" if exc else ""),
                     retry_safe=self.reused and not self._got_bytes,
                 )
             else:
@@ -147,8 +146,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
 
     # -- exchange -----------------------------------------------------------------
 
-    def request(self, head: bytes, body: Body | None, *, chunked: bool, head_only: bool,
-                read_timeout: float) -> asyncio.Future[Response]:
+    def request(
+        self, head: bytes, body: Body | None, *, chunked: bool, head_only: bool, read_timeout: float
+    ) -> asyncio.Future[Response]:
         """Send one request; the future resolves with the response head.
 
         Raises (through the future) ReadError, ReadTimeout, UpstreamError, or the
@@ -238,8 +238,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         rbody = self._rbody
         self._rbody = None
         if rbody is not None:
-            rbody.feed_error(exc if not isinstance(exc, ProtocolError) or exc.source is Source.UPSTREAM
-                             else UpstreamError(str(exc)))
+            rbody.feed_error(
+                exc if not isinstance(exc, ProtocolError) or exc.source is Source.UPSTREAM else UpstreamError(str(exc))
+            )
         qbody = self._qbody
         self._qbody = None
         if qbody is not None:

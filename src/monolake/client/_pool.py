@@ -39,8 +39,9 @@ class Pool:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def acquire(self, ep: Endpoint, *, connect_timeout: float, idle_timeout: float,
-                      max_idle: int) -> UpstreamConnection:
+    async def acquire(
+        self, ep: Endpoint, *, connect_timeout: float, idle_timeout: float, max_idle: int
+    ) -> UpstreamConnection:
         """An idle connection to ``ep`` if one is usable, else a new one.
 
         Raises ConnectError or ConnectTimeout (both retry-safe).

@@ -16,16 +16,11 @@ from typing import Literal
 
 import msgspec
 
-
-class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    pass
-
-
 LoopKind = Literal["uvloop", "asyncio"]
 BalancerKind = Literal["round_robin", "weighted_round_robin", "random", "least_request", "consistent_hash"]
 
 
-class Runtime(_Base):
+class Runtime(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     workers: int = 0
     """Worker processes; 0 means one per CPU core."""
     loop: LoopKind = "uvloop"
@@ -35,7 +30,7 @@ class Runtime(_Base):
     """Seconds a stopping worker waits for in-flight requests."""
 
 
-class Log(_Base):
+class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: str = "off"
     """"off", "stdout", "stderr" or a file path."""
@@ -44,23 +39,23 @@ class Log(_Base):
     )
 
 
-class ListenerSpec(_Base):
+class ListenerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     type: Literal["socket", "unix"] = "socket"
     value: str = ""
 
 
-class EndpointSpec(_Base):
+class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     type: Literal["uri", "socket", "unix"] = "uri"
     value: str = ""
 
 
-class UpstreamSpec(_Base):
+class UpstreamSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     endpoint: str | EndpointSpec
     """"http://host:port", "host:port", "unix:/path", or the seed's {type, value} table."""
     weight: int = 1
 
 
-class Cluster(_Base):
+class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     endpoints: list[UpstreamSpec]
     load_balancer: BalancerKind = "round_robin"
     hash_on: str = "client_ip"
@@ -72,7 +67,7 @@ class Cluster(_Base):
     max_idle_per_key: int = 64
 
 
-class HeaderRewrite(_Base):
+class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     add: dict[str, str] = {}
     """Appended (an existing header of the same name stays)."""
     set: dict[str, str] = {}
@@ -80,7 +75,7 @@ class HeaderRewrite(_Base):
     remove: list[str] = []
 
 
-class Route(_Base):
+class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str | None = None
     """Exact host or "*.suffix"; matched case-insensitively without the port."""
     path: str | None = None
@@ -111,13 +106,13 @@ class Route(_Base):
     """Whole-request deadline (504 when exceeded)."""
 
 
-class FilterSpec(_Base):
+class FilterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     use: str
     """"module:Class" importable from the worker."""
     args: dict[str, str | int | float | bool | list[str]] = {}
 
 
-class Forwarded(_Base):
+class Forwarded(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     x_forwarded_for: bool = True
     x_forwarded_proto: bool = True
     x_forwarded_host: bool = True
@@ -125,7 +120,7 @@ class Forwarded(_Base):
     """RFC 7239 Forwarded header."""
 
 
-class Limits(_Base):
+class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     max_header_bytes: int = 32768
     """Request line plus headers; more is answered 431."""
     max_headers: int = 100
@@ -135,7 +130,7 @@ class Limits(_Base):
     """Queued pipelined requests before the connection stops reading."""
 
 
-class Server(_Base):
+class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
     proxy_type: Literal["http"] = "http"
@@ -153,7 +148,7 @@ class Server(_Base):
     backlog: int = 1024
 
 
-class Config(_Base):
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     runtime: Runtime = Runtime()
     log: Log = Log()
     upstreams: dict[str, Cluster] = {}

@@ -60,8 +60,13 @@ class _OriginProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_later(float(parts[1]), self._answer, 200, b"delayed\n", keep)
             return
         if not body:
-            info = {"origin_pid": os.getpid(), "method": method, "path": path,
-                    "headers": dict(self.headers), "body_bytes": self.size}
+            info = {
+                "origin_pid": os.getpid(),
+                "method": method,
+                "path": path,
+                "headers": dict(self.headers),
+                "body_bytes": self.size,
+            }
             body = json.dumps(info, indent=1).encode() + b"\n"
         self._answer(status, body, keep)
 

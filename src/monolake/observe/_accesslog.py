@@ -66,7 +66,7 @@ def compile_format(fmt: str) -> list[str | Getter]:
     pos = 0
     for m in _VAR.finditer(fmt):
         if m.start() > pos:
-            parts.append(fmt[pos:m.start()])
+            parts.append(fmt[pos : m.start()])
         name = m.group(1)
         if name.startswith("http_"):
             parts.append(_header_getter(name[5:]))

@@ -36,8 +36,9 @@ def _shed(req: Any) -> Response:
     return error_response(503)
 
 
-def server_stack(name: str, cfg: Config, filters: list[object], clusters: dict[str, UpstreamCluster],
-                 pool: Pool) -> Stack[Any]:
+def server_stack(
+    name: str, cfg: Config, filters: list[object], clusters: dict[str, UpstreamCluster], pool: Pool
+) -> Stack[Any]:
     server = cfg.servers[name]
     layers: list[Layer] = [CatchPanicLayer(_panic)]
     if server.request_timeout is not None:
@@ -72,8 +73,7 @@ def build_apps(cfg: Config, old: dict[str, HttpServerApp] | None = None) -> dict
     except ValueError as exc:
         raise ConfigError("log.access_log_format", str(exc)) from None
     clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
-    access_log = None if cfg.log.access_log == "off" else AccessLog(cfg.log.access_log,
-                                                                      cfg.log.access_log_format)
+    access_log = None if cfg.log.access_log == "off" else AccessLog(cfg.log.access_log, cfg.log.access_log_format)
     apps: dict[str, HttpServerApp] = {}
     for name, server in cfg.servers.items():
         filters = load_filters(server.filters, f"servers.{name}.filters")
@@ -82,6 +82,5 @@ def build_apps(cfg: Config, old: dict[str, HttpServerApp] | None = None) -> dict
             service = stack.build(old[name].service if old and name in old else None)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
-        apps[name] = HttpServerApp(name, server, service,
-                                   on_complete=_completion(access_log, Phases(filters)))
+        apps[name] = HttpServerApp(name, server, service, on_complete=_completion(access_log, Phases(filters)))
     return apps

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+
 from ..client import Pool
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
 from ..errors import ReadTimeout
@@ -51,8 +52,17 @@ class HeaderOps:
 class RouteRuntime:
     """A route, ready to serve: its cluster and its precomputed rewrites."""
 
-    __slots__ = ("cluster", "host", "index", "name", "prefix", "replacement", "request_ops",
-                 "response_ops", "timeout")
+    __slots__ = (
+        "cluster",
+        "host",
+        "index",
+        "name",
+        "prefix",
+        "replacement",
+        "request_ops",
+        "response_ops",
+        "timeout",
+    )
 
     def __init__(self, index: int, r: Route, cluster: UpstreamCluster) -> None:
         self.index = index
@@ -64,9 +74,9 @@ class RouteRuntime:
             self.prefix = r.path.encode()
             self.replacement = (r.prefix_rewrite or "").encode()
         # None: keep the client's Host; b"": the endpoint's authority; else literal.
-        self.host: bytes | None = (None if r.host_header == "keep"
-                                   else b"" if r.host_header == "upstream"
-                                   else r.host_header.encode("latin-1"))
+        self.host: bytes | None = (
+            None if r.host_header == "keep" else b"" if r.host_header == "upstream" else r.host_header.encode("latin-1")
+        )
         self.request_ops = HeaderOps(r.request_headers) if r.request_headers != HeaderRewrite() else None
         self.response_ops = HeaderOps(r.response_headers) if r.response_headers != HeaderRewrite() else None
         self.timeout = r.timeout
@@ -74,7 +84,7 @@ class RouteRuntime:
     def rewrite_path(self, req: Request) -> None:
         prefix = self.prefix
         if prefix is not None and req.path.startswith(prefix):
-            rest = req.path[len(prefix):]
+            rest = req.path[len(prefix) :]
             new = self.replacement + rest
             if not new.startswith(b"/"):
                 new = b"/" + new
@@ -127,8 +137,13 @@ _NOT_FOUND_BODY = b"404 Not Found\n"
 class HttpProxy:
     """The proxy service. Build through ``ProxyFactory``."""
 
-    def __init__(self, router: Router[RouteRuntime], phases: Phases, forwarding: Forwarded,
-                 clusters: dict[str, UpstreamCluster]) -> None:
+    def __init__(
+        self,
+        router: Router[RouteRuntime],
+        phases: Phases,
+        forwarding: Forwarded,
+        clusters: dict[str, UpstreamCluster],
+    ) -> None:
         self.router = router
         self.phases = phases
         self.forwarding = _Forwarding(forwarding)
@@ -179,8 +194,15 @@ class ProxyFactory(Factory[HttpProxy]):
     provides = frozenset({"route", "cluster", "endpoint"})
     service_type = HttpProxy
 
-    def __init__(self, name: str, server: Server, cfg: Config, filters: Sequence[object],
-                 clusters: dict[str, UpstreamCluster], pool: Pool) -> None:
+    def __init__(
+        self,
+        name: str,
+        server: Server,
+        cfg: Config,
+        filters: Sequence[object],
+        clusters: dict[str, UpstreamCluster],
+        pool: Pool,
+    ) -> None:
         self.name = name
         self.server = server
         self.cfg = cfg
@@ -195,8 +217,12 @@ class ProxyFactory(Factory[HttpProxy]):
                 cluster = self.clusters[r.upstream]
             else:
                 assert r.upstreams is not None
-                c = Cluster(endpoints=r.upstreams, load_balancer=r.load_balancer, hash_on=r.hash_on,
-                            hash_algorithm=r.hash_algorithm)
+                c = Cluster(
+                    endpoints=r.upstreams,
+                    load_balancer=r.load_balancer,
+                    hash_on=r.hash_on,
+                    hash_algorithm=r.hash_algorithm,
+                )
                 cname = f"{self.name}.routes[{i}]"
                 cluster = UpstreamCluster.from_config(cname, c, self.pool)
             entries.append((r, RouteRuntime(i, r, cluster)))

@@ -28,9 +28,18 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 class UpstreamCluster:
     """A set of endpoints behind one balancer, with its timeouts."""
 
-    def __init__(self, name: str, endpoints: Sequence[Endpoint], balancer: Balancer, *,
-                 connect_timeout: float, read_timeout: float, idle_timeout: float,
-                 max_idle: int, pool: Pool) -> None:
+    def __init__(
+        self,
+        name: str,
+        endpoints: Sequence[Endpoint],
+        balancer: Balancer,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        idle_timeout: float,
+        max_idle: int,
+        pool: Pool,
+    ) -> None:
         self.name = name
         self.endpoints = list(endpoints)
         self.balancer = balancer
@@ -45,10 +54,16 @@ class UpstreamCluster:
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
         eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
-        return cls(name, eps, make_balancer(c.load_balancer, eps, hash_on=c.hash_on,
-                                            hash_algorithm=c.hash_algorithm),
-                   connect_timeout=c.connect_timeout, read_timeout=c.read_timeout,
-                   idle_timeout=c.idle_timeout, max_idle=c.max_idle_per_key, pool=pool)
+        return cls(
+            name,
+            eps,
+            make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm),
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            idle_timeout=c.idle_timeout,
+            max_idle=c.max_idle_per_key,
+            pool=pool,
+        )
 
     async def forward(self, req: Request, host: bytes | None) -> Response:
         """Send ``req`` to an endpoint and return the response head.
@@ -78,22 +93,28 @@ class UpstreamCluster:
                 chunked = True
             head = request_head(req.method, req.target, req.headers, framing)
             head_only = req.method == b"HEAD"
-            conn = await self.pool.acquire(ep, connect_timeout=self.connect_timeout,
-                                           idle_timeout=self.idle_timeout, max_idle=self.max_idle)
-            fut = conn.request(head, body, chunked=chunked, head_only=head_only,
-                               read_timeout=self.read_timeout)
+            conn = await self.pool.acquire(
+                ep,
+                connect_timeout=self.connect_timeout,
+                idle_timeout=self.idle_timeout,
+                max_idle=self.max_idle,
+            )
+            fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
             try:
                 return await fut
             except ReadError as exc:
                 if not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
                     raise
-                log.info("stale pooled connection to %s; retrying %s %s on a fresh one",
-                         ep, req.method.decode(), req.target.decode("latin-1"))
+                log.info(
+                    "stale pooled connection to %s; retrying %s %s on a fresh one",
+                    ep,
+                    req.method.decode(),
+                    req.target.decode("latin-1"),
+                )
                 conn = await self.pool.connect(ep, connect_timeout=self.connect_timeout)
                 conn.idle_timeout = self.idle_timeout
                 conn.max_idle = self.max_idle
-                fut = conn.request(head, body, chunked=chunked, head_only=head_only,
-                                   read_timeout=self.read_timeout)
+                fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
                 return await fut
             except asyncio.CancelledError:
                 conn.close()

@@ -157,8 +157,9 @@ class _ResponseSink:
 
     __slots__ = ("body", "chunked", "conn", "keep_alive", "req", "resp", "sent", "transport")
 
-    def __init__(self, conn: HttpConnection, req: Request, resp: Response, body: Body,
-                 chunked: bool, keep_alive: bool) -> None:
+    def __init__(
+        self, conn: HttpConnection, req: Request, resp: Response, body: Body, chunked: bool, keep_alive: bool
+    ) -> None:
         self.conn = conn
         self.transport = conn.transport
         self.req = req
@@ -184,9 +185,13 @@ class _ResponseSink:
 
     def abort(self, exc: BaseException) -> None:
         # Headers are out; the only honest signal left is closing the connection.
-        log.warning("upstream body failed mid-response: %s %s peer=%s error=%s",
-                    self.req.method.decode(), self.req.target.decode("latin-1"),
-                    self.req.ctx.peer, exc)
+        log.warning(
+            "upstream body failed mid-response: %s %s peer=%s error=%s",
+            self.req.method.decode(),
+            self.req.target.decode("latin-1"),
+            self.req.ctx.peer,
+            exc,
+        )
         self.conn.response_done(self.req, self.resp, self.sent, False)
 
 
@@ -344,9 +349,19 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         status = status_for(exc)
         where = exc.source.value if isinstance(exc, MonolakeError) else "internal"
         level = logging.ERROR if status == 500 else logging.WARNING
-        log.log(level, "%d for %s %s peer=%s server=%s (%s error: %s: %s)", status, req.method.decode(),
-                req.target.decode("latin-1"), self.peer, self.app.name, where, type(exc).__name__, exc,
-                exc_info=status == 500)
+        log.log(
+            level,
+            "%d for %s %s peer=%s server=%s (%s error: %s: %s)",
+            status,
+            req.method.decode(),
+            req.target.decode("latin-1"),
+            self.peer,
+            self.app.name,
+            where,
+            type(exc).__name__,
+            exc,
+            exc_info=status == 500,
+        )
         downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
         return error_response(status, close=downstream)
 
@@ -366,8 +381,11 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         no_body = req.method == b"HEAD" or status < 200 or status in (204, 304)
         chunked = False
         if no_body:
-            framing = (content_length_line(resp.content_length)
-                       if resp.content_length is not None and req.method == b"HEAD" else b"")
+            framing = (
+                content_length_line(resp.content_length)
+                if resp.content_length is not None and req.method == b"HEAD"
+                else b""
+            )
         elif body is None:
             framing = b"Content-Length: 0\r\n"
         elif isinstance(body, bytes):
@@ -449,8 +467,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def _answer_error(self, exc: ProtocolError) -> None:
         resp = error_response(exc.status_hint, close=True)
-        head = response_head(resp.status, resp.headers,
-                             content_length_line(len(resp.body)) + CLOSE_LINE)
+        head = response_head(resp.status, resp.headers, content_length_line(len(resp.body)) + CLOSE_LINE)
         self.transport.writelines((head, resp.body))
         self._close()
 

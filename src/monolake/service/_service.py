@@ -90,9 +90,7 @@ class Stack(Generic[S]):
             _check_slots(name, requires | provides)
             missing = sorted(requires - have)
             if missing:
-                raise ConfigError(
-                    name, f"requires context slot {missing[0]!r}, which nothing outside it provides"
-                )
+                raise ConfigError(name, f"requires context slot {missing[0]!r}, which nothing outside it provides")
             have |= provides
 
     def build(self, old: Any = None) -> Any:

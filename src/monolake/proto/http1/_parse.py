@@ -92,8 +92,7 @@ class RequestReader:
                 raise inner from None
             raise
         except httptools.HttpParserError as exc:
-            raise RemoteProtocolError(f"malformed request: {exc}", status_hint=400,
-                                      source=Source.DOWNSTREAM) from None
+            raise RemoteProtocolError(f"malformed request: {exc}", status_hint=400, source=Source.DOWNSTREAM) from None
         if self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_header_bytes:
@@ -127,18 +126,15 @@ class RequestReader:
                 self._cl = int(value)
             elif lname == b"transfer-encoding":
                 if value.strip().lower() != b"chunked":
-                    raise RemoteProtocolError(
-                        "unsupported transfer coding", status_hint=501, source=Source.DOWNSTREAM
-                    )
+                    raise RemoteProtocolError("unsupported transfer coding", status_hint=501, source=Source.DOWNSTREAM)
                 self._chunked = True
             elif lname == b"connection":
-                self._conn_tokens = value.lower() if self._conn_tokens is None else (
-                    self._conn_tokens + b"," + value.lower()
+                self._conn_tokens = (
+                    value.lower() if self._conn_tokens is None else (self._conn_tokens + b"," + value.lower())
                 )
             elif lname == b"expect":
                 if value.strip().lower() != b"100-continue":
-                    raise RemoteProtocolError("unsupported expectation", status_hint=417,
-                                              source=Source.DOWNSTREAM)
+                    raise RemoteProtocolError("unsupported expectation", status_hint=417, source=Source.DOWNSTREAM)
                 self._expect = True
             elif lname == b"upgrade":
                 self._upgrade = value
@@ -275,8 +271,8 @@ class ResponseReader:
             elif lname == b"transfer-encoding":
                 self._chunked = True
             elif lname == b"connection":
-                self._conn_tokens = value.lower() if self._conn_tokens is None else (
-                    self._conn_tokens + b"," + value.lower()
+                self._conn_tokens = (
+                    value.lower() if self._conn_tokens is None else (self._conn_tokens + b"," + value.lower())
                 )
             return
         raw.append((name, value))

@@ -29,8 +29,12 @@ class ConcurrencyLimit:
     async def __call__(self, req: Any) -> Any:
         if self.in_flight >= self.limit:
             self.shed += 1
-            log.warning("load shed: %d requests in flight (limit %d), %d shed so far",
-                        self.in_flight, self.limit, self.shed)
+            log.warning(
+                "load shed: %d requests in flight (limit %d), %d shed so far",
+                self.in_flight,
+                self.limit,
+                self.shed,
+            )
             return self.on_shed(req)
         self.in_flight += 1
         try:
