@@ -129,6 +129,20 @@ class Body:
             self._on_demand = None
             cb()
 
+    def take(self) -> list[bytes]:
+        """Remove and return what is buffered (for a writer that sends it together with
+        a head, in one syscall). Counts as demand. The caller pipes afterwards."""
+        self._demand()
+        chunks = list(self._buf)
+        self._buf.clear()
+        self._size = 0
+        return chunks
+
+    @property
+    def complete(self) -> bool:
+        """True when the producer finished without error."""
+        return self._done and self._exc is None
+
     def pipe(self, sink: Sink) -> None:
         """Send everything buffered and everything to come to ``sink``, synchronously."""
         self._demand()

@@ -161,13 +161,24 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._read_timeout = read_timeout
         self._last_read = self.loop.time()
         self._timer = self.loop.call_at(self._last_read + read_timeout, self._check_timeout)
-        self.transport.write(head)
-        if body is not None:
+        if body is None:
+            self._sent = True
+            self.transport.write(head)
+        else:
             self._sent = False
             self._qbody = body
+            pending = body.take()
+            if pending:
+                parts = [head]
+                for piece in pending:
+                    if chunked:
+                        parts += chunk(piece)
+                    elif piece:
+                        parts.append(piece)
+                self.transport.writelines(parts)
+            else:
+                self.transport.write(head)
             body.pipe(_RequestSink(self, chunked))
-        else:
-            self._sent = True
         return fut
 
     def request_sent(self) -> None:

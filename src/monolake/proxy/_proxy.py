@@ -106,27 +106,52 @@ class _Forwarding:
         return self.xff or self.xfp or self.xfh or self.forwarded
 
     def apply(self, req: Request, peer: str) -> None:
+        """One pass over the headers: extend X-Forwarded-For and Forwarded, replace
+        X-Forwarded-Proto/-Host. Names are lowercased only when their length fits."""
         raw = req.headers.raw
         bpeer = peer.encode()
-        if self.xff:
-            for i, (n, v) in enumerate(raw):
+        xff = fwd = -1
+        replaced = False
+        for i, (n, _) in enumerate(raw):
+            ln = len(n)
+            if ln == 15:
+                if self.xff and n.lower() == b"x-forwarded-for":
+                    xff = i
+            elif ln == 17 or ln == 16:
+                lname = n.lower()
+                if (self.xfp and lname == b"x-forwarded-proto") or (self.xfh and lname == b"x-forwarded-host"):
+                    replaced = True
+            elif ln == 9 and self.forwarded and n.lower() == b"forwarded":
+                fwd = i
+        if replaced:
+            drop = {b"x-forwarded-proto"} if self.xfp else set()
+            if self.xfh:
+                drop.add(b"x-forwarded-host")
+            raw[:] = [(n, v) for n, v in raw if len(n) not in (16, 17) or n.lower() not in drop]
+            xff = fwd = -1
+            for i, (n, _) in enumerate(raw):
                 if len(n) == 15 and n.lower() == b"x-forwarded-for":
-                    raw[i] = (n, v + b", " + bpeer)
-                    break
+                    xff = i
+                elif len(n) == 9 and n.lower() == b"forwarded":
+                    fwd = i
+        if self.xff:
+            if xff >= 0:
+                n, v = raw[xff]
+                raw[xff] = (n, v + b", " + bpeer)
             else:
                 raw.append((b"X-Forwarded-For", bpeer))
         if self.xfp:
-            req.headers.set(b"X-Forwarded-Proto", b"http")
+            raw.append((b"X-Forwarded-Proto", b"http"))
         if self.xfh and req.raw_host is not None:
-            req.headers.set(b"X-Forwarded-Host", req.raw_host)
+            raw.append((b"X-Forwarded-Host", req.raw_host))
         if self.forwarded:
             node = b'"[' + bpeer + b']"' if b":" in bpeer else bpeer
             value = b"for=" + node + b";proto=http"
             if req.raw_host is not None:
                 value += b';host="' + req.raw_host + b'"'
-            old = req.headers.get(b"forwarded")
-            if old is not None:
-                req.headers.set(b"Forwarded", old + b", " + value)
+            if fwd >= 0:
+                n, v = raw[fwd]
+                raw[fwd] = (n, v + b", " + value)
             else:
                 raw.append((b"Forwarded", value))
 

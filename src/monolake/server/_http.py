@@ -410,8 +410,31 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 body.cancel()
                 self.response_done(req, resp, 0, keep_alive and body.done)
                 return
-            transport.write(head)
+            # Send the head with whatever body already arrived in one syscall; a small
+            # response that is complete is finished right here, without a sink.
+            pending = body.take()
+            sent = 0
+            if pending:
+                parts = [head]
+                for piece in pending:
+                    if not piece:
+                        continue
+                    sent += len(piece)
+                    if chunked:
+                        parts += chunk(piece)
+                    else:
+                        parts.append(piece)
+                if body.complete:
+                    if chunked:
+                        parts.append(LAST_CHUNK)
+                    transport.writelines(parts)
+                    self.response_done(req, resp, sent, keep_alive)
+                    return
+                transport.writelines(parts)
+            else:
+                transport.write(head)
             sink = self._sink = _ResponseSink(self, req, resp, body, chunked, keep_alive)
+            sink.sent = sent
             body.pipe(sink)
         elif no_body or not body:
             transport.write(head)

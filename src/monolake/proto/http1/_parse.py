@@ -40,6 +40,7 @@ HOP_BY_HOP = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT = b","
+_PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 
 def _upstream_error(text: str) -> RemoteProtocolError:
@@ -350,6 +351,8 @@ def _host_only(host: bytes) -> bytes:
 
 def _drop_connection_listed(raw: list[tuple[bytes, bytes]], tokens: bytes) -> None:
     """Remove headers named in Connection (RFC 9110 §7.6.1), besides the usual ones."""
-    names = {t.strip() for t in tokens.split(_TOKEN_SPLIT)} - {b"close", b"keep-alive", b"upgrade", b""}
+    if tokens in _PLAIN_TOKENS:
+        return
+    names = {t.strip() for t in tokens.split(_TOKEN_SPLIT)} - _PLAIN_TOKENS
     if names:
         raw[:] = [(n, v) for n, v in raw if n.lower() not in names]
