@@ -60,6 +60,8 @@ class RemoteProtocolError(ProtocolError):
 
 
 class NetworkError(MonolakeError):
+    """A socket operation failed."""
+
     source = Source.UPSTREAM
 
 
@@ -70,14 +72,16 @@ class ConnectError(NetworkError):
 
 
 class ReadError(NetworkError):
-    pass
+    """Reading from a peer failed or hit EOF early."""
 
 
 class WriteError(NetworkError):
-    pass
+    """Writing to a peer failed."""
 
 
-class TimeoutError(MonolakeError):  # noqa: A001 - deliberate, mirrors httpcore
+class TimeoutError(MonolakeError):
+    """A deadline passed. Shadows the builtin on purpose, as httpcore does."""
+
     source = Source.UPSTREAM
 
 
@@ -86,7 +90,7 @@ class ConnectTimeout(TimeoutError):
 
 
 class ReadTimeout(TimeoutError):
-    pass
+    """The peer sent nothing for too long."""
 
 
 class PoolTimeout(TimeoutError):
