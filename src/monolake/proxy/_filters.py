@@ -18,6 +18,8 @@ build time. Filters are named in config as ``"module:Class"`` (or a table with
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +70,14 @@ class Phases:
 
 
 def load_filters(specs: Sequence[str | FilterSpec], path: str, *, reload: bool = False) -> list[object]:
-    """Import and instantiate filters. Raises ConfigError naming ``path[i]``."""
+    """Import and instantiate filters. Raises ConfigError naming ``path[i]``.
+
+    The working directory is importable, as with uvicorn: ``monolake run`` started
+    from a project finds that project's filter modules.
+    """
+    cwd = os.getcwd()
+    if specs and cwd not in sys.path:
+        sys.path.insert(0, cwd)
     out: list[object] = []
     for i, spec in enumerate(specs):
         use, args = (spec, {}) if isinstance(spec, str) else (spec.use, dict(spec.args))
