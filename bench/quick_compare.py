@@ -66,7 +66,9 @@ def nginx_conf(tmp: Path, name: str, body: str) -> Path:
     conf = tmp / f"{name}.conf"
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / f"{name}_{d}").mkdir(exist_ok=True)
-    temps = "\n".join(f"  {d}_temp_path {tmp}/{name}_{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = "\n".join(
+        f"  {d}_temp_path {tmp}/{name}_{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     conf.write_text(
         f"""
 worker_processes 1;
@@ -92,9 +94,25 @@ def start_pinned(cpu: int, argv: list[str], **kw: object) -> subprocess.Popen[by
 def run_load(port: int, seconds: int, rate: int, conns: int) -> dict[str, float]:
     per_client = max(1, rate // conns)
     out = subprocess.run(
-        ["taskset", "-c", "0", "h2load", "--h1", "-c", str(conns), "-t", "1", f"--rps={per_client}",
-         "-D", str(seconds), "--warm-up-time=1", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
+        [
+            "taskset",
+            "-c",
+            "0",
+            "h2load",
+            "--h1",
+            "-c",
+            str(conns),
+            "-t",
+            "1",
+            f"--rps={per_client}",
+            "-D",
+            str(seconds),
+            "--warm-up-time=1",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", out)
     lat = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)", out)
@@ -115,9 +133,26 @@ def percentile_run(port: int, seconds: int, rate: int, conns: int) -> dict[str, 
     with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
         per_client = max(1, rate // conns)
         out = subprocess.run(
-            ["taskset", "-c", "0", "h2load", "--h1", "-c", str(conns), "-t", "1", f"--rps={per_client}",
-             "-D", str(seconds), "--warm-up-time=1", f"--log-file={log.name}", f"http://127.0.0.1:{port}/"],
-            capture_output=True, text=True, check=True,
+            [
+                "taskset",
+                "-c",
+                "0",
+                "h2load",
+                "--h1",
+                "-c",
+                str(conns),
+                "-t",
+                "1",
+                f"--rps={per_client}",
+                "-D",
+                str(seconds),
+                "--warm-up-time=1",
+                f"--log-file={log.name}",
+                f"http://127.0.0.1:{port}/",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         lats = sorted(int(line.split()[2]) for line in open(log.name) if line.strip())
     m = re.search(r"(\d+) succeeded, (\d+) failed", out)
@@ -136,8 +171,12 @@ def measure(pids: list[int], port: int, seconds: int, rate: int, conns: int) -> 
     r = percentile_run(port, seconds, rate, conns)
     u1, s1 = cpu_of(pids)
     n = max(1, r["done"])
-    return {**r, "user_us": (u1 - u0) * 1e6 / n, "sys_us": (s1 - s0) * 1e6 / n,
-            "total_us": ((u1 - u0) + (s1 - s0)) * 1e6 / n}
+    return {
+        **r,
+        "user_us": (u1 - u0) * 1e6 / n,
+        "sys_us": (s1 - s0) * 1e6 / n,
+        "total_us": ((u1 - u0) + (s1 - s0)) * 1e6 / n,
+    }
 
 
 def main() -> int:
@@ -159,11 +198,15 @@ def main() -> int:
         (tmp / "www" / "index.html").write_bytes(b"x" * args.body)
         oconf = nginx_conf(tmp, "origin", f"server {{ listen 127.0.0.1:{origin_port}; root {tmp}/www; }}")
         procs.append(start_pinned(0, ["nginx", "-c", str(oconf)]))
-        pconf = nginx_conf(tmp, "proxy", f"""
+        pconf = nginx_conf(
+            tmp,
+            "proxy",
+            f"""
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
   server {{ listen 127.0.0.1:{nginx_port};
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}""")
+      proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}""",
+        )
         nginx_proxy = start_pinned(1, ["nginx", "-c", str(pconf)])
         procs.append(nginx_proxy)
         mconf = tmp / "monolake.toml"
@@ -178,8 +221,7 @@ listener = "127.0.0.1:{ml_port}"
 path = "/"
 upstreams = [{{ endpoint = "http://127.0.0.1:{origin_port}" }}]
 """)
-        ml = start_pinned(1, [sys.executable, "-m", "monolake.cli", "run", "-c", str(mconf)],
-                          stderr=subprocess.DEVNULL)
+        ml = start_pinned(1, [sys.executable, "-m", "monolake.cli", "run", "-c", str(mconf)], stderr=subprocess.DEVNULL)
         procs.append(ml)
         for p in (origin_port, nginx_port, ml_port):
             wait_port(p)
@@ -191,18 +233,22 @@ upstreams = [{{ endpoint = "http://127.0.0.1:{origin_port}" }}]
         for _ in range(args.rounds):
             results["nginx"].append(measure(nginx_pids, nginx_port, args.seconds, args.rate, args.conns))
             results["monolake"].append(measure(ml_pids, ml_port, args.seconds, args.rate, args.conns))
-        summary = {
-            name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()
-        }
-        print(f"body={args.body}B rate={args.rate}/s conns={args.conns} seconds={args.seconds} "
-              f"rounds={args.rounds} loop={args.loop} (medians)")
+        summary = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()}
+        print(
+            f"body={args.body}B rate={args.rate}/s conns={args.conns} seconds={args.seconds} "
+            f"rounds={args.rounds} loop={args.loop} (medians)"
+        )
         print(f"{'proxy':10} {'user µs':>8} {'sys µs':>8} {'total µs':>9} {'p50 µs':>8} {'p99 µs':>8} {'failed':>7}")
         for name, s in summary.items():
-            print(f"{name:10} {s['user_us']:8.1f} {s['sys_us']:8.1f} {s['total_us']:9.1f} "
-                  f"{s['p50_us']:8.0f} {s['p99_us']:8.0f} {s['failed']:7.0f}")
+            print(
+                f"{name:10} {s['user_us']:8.1f} {s['sys_us']:8.1f} {s['total_us']:9.1f} "
+                f"{s['p50_us']:8.0f} {s['p99_us']:8.0f} {s['failed']:7.0f}"
+            )
         ratio = summary["monolake"]["total_us"] / summary["nginx"]["total_us"]
-        print(f"monolake/nginx CPU per request: {ratio:.2f}x; "
-              f"p99 ratio {summary['monolake']['p99_us'] / max(1, summary['nginx']['p99_us']):.2f}x")
+        print(
+            f"monolake/nginx CPU per request: {ratio:.2f}x; "
+            f"p99 ratio {summary['monolake']['p99_us'] / max(1, summary['nginx']['p99_us']):.2f}x"
+        )
         if args.out:
             Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary, "runs": results}, indent=1))
         return 0

@@ -40,6 +40,7 @@ HOP_BY_HOP = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT = b","
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 
@@ -149,13 +150,10 @@ class RequestReader:
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        version = parser.get_http_version().encode()
-        tokens = self._conn_tokens
-        if version == b"1.1":
-            keep_alive = tokens is None or b"close" not in tokens
-        else:
-            keep_alive = tokens is not None and b"keep-alive" in tokens
+        version = _VERSIONS.get(parser.get_http_version(), b"1.1")
+        keep_alive = parser.should_keep_alive()
         raw = self._raw
+        tokens = self._conn_tokens
         if tokens is not None:
             _drop_connection_listed(raw, tokens)
         host = self._host
@@ -287,7 +285,7 @@ class ResponseReader:
             # complete messages and goes on to the final response.
             self._interim = True
             return
-        version = parser.get_http_version().encode()
+        version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         tokens = self._conn_tokens
         if version == b"1.1":
             keep_alive = tokens is None or b"close" not in tokens
