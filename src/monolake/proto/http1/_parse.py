@@ -40,6 +40,7 @@ HOP_BY_HOP = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT = b","
+_OWS = (32, 9)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
@@ -63,7 +64,10 @@ class RequestReader:
     def reader_init(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
         self._in_head = True
+        self._began = self._ended = False
         self._head_bytes = 0
+        self._hsize = 0
+        self._nheaders = 0
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
         self._host: bytes | None = None
@@ -73,38 +77,69 @@ class RequestReader:
         self._expect = False
         self._upgrade: bytes | None = None
         self._body_seen = 0
+        self._passthrough = 0
+        self._skip_complete = False
 
     # -- feeding -----------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
-        """Parse ``data``. Raises ProtocolError (status_hint 400/413/431/501)."""
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # Upgrades (WebSocket, h2c) are not tunnelled by this reader: the request is
-            # served as plain HTTP without its Upgrade header, and parsing continues on
-            # a fresh parser from where llhttp stopped.
-            offset = exc.args[0] if exc.args else len(data)
-            self._parser = httptools.HttpRequestParser(self)
-            if offset < len(data):
-                self.feed(data[offset:])
-        except httptools.HttpParserCallbackError as exc:
-            inner = exc.__context__
-            if isinstance(inner, ProtocolError):
-                raise inner from None
-            raise
-        except httptools.HttpParserError as exc:
-            raise RemoteProtocolError(f"malformed request: {exc}", status_hint=400, source=Source.DOWNSTREAM) from None
+        """Parse ``data``. Raises ProtocolError (status_hint 400/405/413/431/501)."""
+        size = len(data)
+        self._began = self._ended = False
+        while data:
+            if self._passthrough:
+                data = self._feed_passthrough(data)
+                continue
+            try:
+                self._parser.feed_data(data)
+                data = b""
+            except httptools.HttpParserUpgrade as exc:
+                # Upgrades (WebSocket, h2c) are not tunnelled by this reader: the request
+                # is served as plain HTTP without its Upgrade header, and parsing goes on
+                # with a fresh parser from where llhttp stopped (after the request's
+                # Content-Length body, which llhttp skipped: see on_headers_complete).
+                offset = exc.args[0] if exc.args else len(data)
+                self._parser = httptools.HttpRequestParser(self)
+                data = data[offset:]
+            except httptools.HttpParserCallbackError as exc:
+                inner = exc.__context__
+                if isinstance(inner, ProtocolError):
+                    raise inner from None
+                raise
+            except httptools.HttpParserError as exc:
+                raise RemoteProtocolError(
+                    f"malformed request: {exc}", status_hint=400, source=Source.DOWNSTREAM
+                ) from None
         if self._in_head:
-            self._head_bytes += len(data)
+            # A head still incomplete after this feed: count what it has taken so far.
+            # When it began after another message ended within this feed, only its
+            # complete lines are known; the partial one is bounded by one read's size.
+            if not self._began:
+                self._head_bytes += size
+            elif self._ended:
+                self._head_bytes = len(self._url) + self._hsize
+            else:
+                self._head_bytes = size
             if self._head_bytes > self.max_header_bytes:
                 raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
+
+    def _feed_passthrough(self, data: bytes) -> bytes:
+        n = self._passthrough
+        piece, rest = (data, b"") if len(data) <= n else (data[:n], data[n:])
+        self._passthrough -= len(piece)
+        self.on_body(piece)
+        if not self._passthrough:
+            self.request_complete()
+        return rest
 
     # -- httptools callbacks ---------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._began = True
         self._head_bytes = 0
+        self._hsize = 0
+        self._nheaders = 0
         self._url = b""
         self._raw = []
         self._host = None
@@ -119,9 +154,15 @@ class RequestReader:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailer fields of a chunked body are not forwarded
         raw = self._raw
-        if len(raw) >= self.max_headers:
+        self._nheaders += 1
+        if self._nheaders > self.max_headers:
             raise RemoteProtocolError("too many headers", status_hint=431, source=Source.DOWNSTREAM)
+        self._hsize += len(name) + len(value) + 4
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")  # RFC 9110 §5.5: OWS is not part of the value
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":
@@ -149,7 +190,12 @@ class RequestReader:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._hsize + len(self._url) > self.max_header_bytes:
+            raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
         parser = self._parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise RemoteProtocolError("CONNECT is not enabled", status_hint=405, source=Source.DOWNSTREAM)
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         keep_alive = parser.should_keep_alive()
         raw = self._raw
@@ -168,8 +214,17 @@ class RequestReader:
         if limit and cl is not None and cl > limit:
             raise RemoteProtocolError("request body too large", status_hint=413, source=Source.DOWNSTREAM)
         has_body = self._chunked or bool(cl)
+        if has_body and parser.should_upgrade():
+            # llhttp will skip the body of an upgrade request and stop; we pass a
+            # Content-Length body through ourselves (feed) and end the message there.
+            if self._chunked:
+                raise RemoteProtocolError(
+                    "chunked body on an Upgrade request is not supported", status_hint=501, source=Source.DOWNSTREAM
+                )
+            self._passthrough = cl or 0
+            self._skip_complete = True
         req = Request(
-            parser.get_method(),
+            method,
             self._url,
             Headers(raw),
             version=version,
@@ -190,6 +245,10 @@ class RequestReader:
         self.body_received(body)
 
     def on_message_complete(self) -> None:
+        self._ended = True
+        if self._skip_complete:
+            self._skip_complete = False
+            return
         self.request_complete()
 
     # -- hooks -------------------------------------------------------------------
@@ -224,14 +283,36 @@ class ResponseReader:
         self._conn_tokens: bytes | None = None
         self._cl: int | None = None
         self._chunked = False
+        self._until_close = False
         self._reason = b""
         self._interim = False
         self._ignore = False
+        self._tail = b""
+        self._nheaders = 0
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises RemoteProtocolError (status_hint 502)."""
+        while self.expect_no_body and data:
+            # A HEAD response: feed exactly up to the end of its head, so that bytes after
+            # it (a misbehaving upstream's next response) reach a fresh parser.
+            probe = self._tail + data
+            end = probe.find(b"\r\n\r\n")
+            if end < 0:
+                self._tail = probe[-3:]
+                break
+            cut = end + 4 - len(self._tail)
+            self._tail = b""
+            self._feed(data[:cut])
+            data = data[cut:]
+        if data:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # We never ask an upstream to switch protocols (Upgrade is hop-by-hop).
+            raise _upstream_error("unexpected protocol switch (101) from upstream") from None
         except httptools.HttpParserCallbackError as exc:
             inner = exc.__context__
             if isinstance(inner, ProtocolError):
@@ -248,11 +329,13 @@ class ResponseReader:
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._nheaders = 0
         self._head_bytes = 0
         self._raw = []
         self._conn_tokens = None
         self._cl = None
         self._chunked = False
+        self._until_close = False
         self._reason = b""
         self._interim = False
 
@@ -260,15 +343,23 @@ class ResponseReader:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailer fields are not forwarded
         raw = self._raw
-        if len(raw) >= self.max_headers:
+        self._nheaders += 1
+        if self._nheaders > self.max_headers:
             raise _upstream_error("too many headers in upstream response")
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"content-length":
                 self._cl = int(value)
             elif lname == b"transfer-encoding":
-                self._chunked = True
+                # Only a final "chunked" frames the body; any other coding means the
+                # body runs until the upstream closes (RFC 9112 §6.3).
+                if value.rstrip().lower().endswith(b"chunked"):
+                    self._chunked = True
+                else:
+                    self._until_close = True
             elif lname == b"connection":
                 self._conn_tokens = (
                     value.lower() if self._conn_tokens is None else (self._conn_tokens + b"," + value.lower())
@@ -288,14 +379,14 @@ class ResponseReader:
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         tokens = self._conn_tokens
         if version == b"1.1":
-            keep_alive = tokens is None or b"close" not in tokens
+            keep_alive = tokens is None or not _has_token(tokens, b"close")
         else:
-            keep_alive = tokens is not None and b"keep-alive" in tokens
+            keep_alive = tokens is not None and _has_token(tokens, b"keep-alive")
         raw = self._raw
         if tokens is not None:
             _drop_connection_listed(raw, tokens)
         no_body = self.expect_no_body or status in (204, 304)
-        cl = None if self._chunked else self._cl
+        cl = None if self._chunked or self._until_close else self._cl
         if cl is None and not self._chunked and not no_body:
             # Delimited by close: the connection cannot be reused.
             keep_alive = False
@@ -337,6 +428,11 @@ class ResponseReader:
 
     def response_complete(self) -> None:
         raise NotImplementedError
+
+
+def _has_token(tokens: bytes, token: bytes) -> bool:
+    """Whether the comma-separated, lowercased ``tokens`` list contains ``token``."""
+    return tokens == token or any(t.strip() == token for t in tokens.split(_TOKEN_SPLIT))
 
 
 def _host_only(host: bytes) -> bytes:
