@@ -297,3 +297,14 @@ def test_app_missing_for_a_server_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^servers\.web: "):
         run(_cfg(tmp_path), build)
     assert not (tmp_path / "never.sock").exists()
+
+
+def test_sighup_and_sigusr2_are_logged_and_do_not_stop_serving(start: StartFn) -> None:
+    sup = start(config("uvloop", workers=1, web="127.0.0.1:0"))
+    servers = sup.wait_ready()
+    before = pids_serving(servers["web"], set(), tries=3)
+    for sig in (signal.SIGHUP, signal.SIGUSR2):
+        sup.signal(sig)
+        sup.wait_line(f"{sig.name} received: reload and upgrade are not available")
+    assert pids_serving(servers["web"], set(), tries=3) == before
+    stop_cleanly(sup)

@@ -53,7 +53,9 @@ KILL_GRACE = 5.0
 """Seconds past drain_timeout before stuck workers get SIGKILL."""
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+_LATER_SIGNALS = (signal.SIGHUP, signal.SIGUSR2)
+"""Reload and binary upgrade (their own issue): logged and ignored, never fatal."""
+_HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, *_LATER_SIGNALS)
 
 
 def cpu_count() -> int:
@@ -190,6 +192,12 @@ class _Supervisor:
         for signum in data:
             if signum in _STOP_SIGNALS:
                 self._stop(signal.Signals(signum).name)
+            elif signum in _LATER_SIGNALS:
+                log.warning(
+                    "%s received: reload and upgrade are not available in this version; "
+                    "the running config stays in force",
+                    signal.Signals(signum).name,
+                )
         # SIGCHLD needs nothing here: _reap runs after every wake-up.
 
     def _on_ready_pipe(self, slot: _Slot) -> None:
