@@ -72,6 +72,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self.max_idle = 64
         self._fut: asyncio.Future[Response] | None = None
         self._rbody: Body | None = None
+        self._pending: Response | None = None
+        self._eof_ends = False
+        self._chunks: list[bytes] = []
         self._qbody: Body | None = None
         self._sent = True
         self._resp_done = True
@@ -99,6 +102,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self.feed(data)
         except ProtocolError as exc:
             self.fail(exc)
+            return
+        if self._pending is not None:
+            self._hand_over_stream()
 
     def eof_received(self) -> bool | None:
         return False
@@ -109,6 +115,10 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._eof_ends and not self._resp_done and exc is None and self._error is None:
+            self._upstream_keep_alive = False
+            self.response_complete()
+            return
         if not self._resp_done or not self._sent:
             err: BaseException
             if self._error is not None:
@@ -159,8 +169,15 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._resp_done = False
         self._got_bytes = False
         self._read_timeout = read_timeout
-        self._last_read = self.loop.time()
-        self._timer = self.loop.call_at(self._last_read + read_timeout, self._check_timeout)
+        self._last_read = now = self.loop.time()
+        deadline = now + read_timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            # Clusters sharing an endpoint share its pooled connections, and with them
+            # this timer: a shorter timeout than the armed one re-arms it.
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._check_timeout)
         if body is None:
             self._sent = True
             self.transport.write(head)
@@ -188,6 +205,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self._release()
 
     def _check_timeout(self) -> None:
+        # Lazy: armed once when an exchange starts and the connection had no timer;
+        # re-armed from the last read while an exchange is in progress, dropped when idle.
         self._timer = None
         if self._resp_done or self._closed:
             return
@@ -202,22 +221,53 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
     def response_received(self, resp: Response, has_body: bool) -> None:
         self._upstream_keep_alive = resp.keep_alive
         resp.keep_alive = True
+        # No Content-Length and not chunked: the body ends when the upstream closes.
+        self._eof_ends = has_body and resp.content_length is None and not self._chunked
         if has_body:
-            resp.body = self._rbody = Body(self, resp.content_length)
+            # Hold the head until the end of this read: a small response that arrives
+            # whole is handed over with a bytes body, without a stream (see data_received).
+            self._pending = resp
+            self._chunks = []
+            return
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(resp)
 
     def body_received(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._chunks.append(data)
+            return
         rbody = self._rbody
         if rbody is not None:
             rbody.feed(data)
 
+    def _hand_over_stream(self) -> None:
+        """The head arrived but not the whole body: hand the response over as a stream."""
+        resp = self._pending
+        assert resp is not None
+        self._pending = None
+        rbody = self._rbody = Body(self, resp.content_length)
+        for piece in self._chunks:
+            rbody.feed(piece)
+        self._chunks = []
+        resp.body = rbody
+        fut = self._fut
+        if fut is not None and not fut.done():
+            fut.set_result(resp)
+
     def response_complete(self) -> None:
         self._resp_done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        resp = self._pending
+        if resp is not None:
+            self._pending = None
+            chunks = self._chunks
+            self._chunks = []
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            resp.body = body
+            resp.content_length = len(body)
+            fut = self._fut
+            if fut is not None and not fut.done():
+                fut.set_result(resp)
         rbody = self._rbody
         self._rbody = None
         self._fut = None
@@ -242,6 +292,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self.close()
 
     def _finish_with(self, exc: BaseException) -> None:
+        self._pending = None
+        self._chunks = []
         fut = self._fut
         self._fut = None
         if fut is not None and not fut.done():

@@ -51,6 +51,8 @@ class Pool:
             conn = idle.pop()
             if conn.usable:
                 conn.reused = True
+                conn.idle_timeout = idle_timeout
+                conn.max_idle = max_idle
                 self.reuses += 1
                 return conn
         conn = await self.connect(ep, connect_timeout=connect_timeout)

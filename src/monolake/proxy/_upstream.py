@@ -79,6 +79,8 @@ class UpstreamCluster:
         if track:
             self.balancer.started(ep)
         try:
+            if host is None and req.raw_host is None:
+                host = b""  # an HTTP/1.0 client sent no Host; HTTP/1.1 upstreams need one
             if host is not None:
                 req.headers.set(b"Host", host or ep.authority.encode())
             body = req.body
