@@ -106,7 +106,7 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
             raise ConfigError(f"{path}.{key}", f"must start with '/', got {value!r}")
     if r.path_regex is not None:
         try:
-            re.compile(r.path_regex)
+            re.compile(r.path_regex.encode())  # the router matches bytes paths
         except re.error as exc:
             raise ConfigError(f"{path}.path_regex", f"invalid regular expression: {exc}") from None
     if (r.strip_prefix or r.prefix_rewrite is not None) and r.path is None:
