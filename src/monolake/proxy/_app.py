@@ -82,5 +82,11 @@ def build_apps(cfg: Config, old: dict[str, HttpServerApp] | None = None) -> dict
             service = stack.build(old[name].service if old and name in old else None)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
-        apps[name] = HttpServerApp(name, server, service, on_complete=_completion(access_log, Phases(filters)))
+        apps[name] = HttpServerApp(
+            name,
+            server,
+            service,
+            on_complete=_completion(access_log, Phases(filters)),
+            on_close=access_log.flush if access_log is not None else None,
+        )
     return apps

@@ -97,11 +97,13 @@ class HttpServerApp:
         service: Any,
         *,
         on_complete: OnComplete | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
         self.service = service
         self.on_complete = on_complete
+        self.on_close = on_close
         self.conns: set[HttpConnection] = set()
         self.in_flight = 0
         self.draining = False
@@ -147,6 +149,8 @@ class HttpServerApp:
             self._sweeper = None
         for conn in list(self.conns):
             conn.abort()
+        if self.on_close is not None:
+            self.on_close()
 
     def statistics(self) -> dict[str, int]:
         return {"connections": len(self.conns), "in_flight": self.in_flight}

@@ -23,12 +23,36 @@ class Headers:
 
     Lookups are linear: header lists are short and a dict index would cost more to
     build than it saves. ``raw`` is the list itself and may be used directly.
+
+    A Headers may also hold its fields as the wire block they arrived in (``block``:
+    ``Name: value\r\n`` lines, hop-by-hop fields already removed). The list is then
+    built only when something reads or changes a field; a proxy that forwards the
+    headers untouched writes the block as it came, without a Python object per field.
     """
 
-    __slots__ = ("raw",)
+    __slots__ = ("_block", "_raw")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]] | None = None) -> None:
-        self.raw: list[tuple[bytes, bytes]] = raw if raw is not None else []
+    def __init__(self, raw: list[tuple[bytes, bytes]] | None = None, *, block: bytes | None = None) -> None:
+        self._raw: list[tuple[bytes, bytes]] | None = raw if raw is not None or block is not None else []
+        self._block = block
+
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        r = self._raw
+        if r is None:
+            r = self._raw = parse_block(self._block or b"")
+            self._block = None
+        return r
+
+    @raw.setter
+    def raw(self, value: list[tuple[bytes, bytes]]) -> None:
+        self._raw = value
+        self._block = None
+
+    @property
+    def block(self) -> bytes | None:
+        """The untouched wire block, or None once the fields were parsed."""
+        return self._block
 
     def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
         """First value of ``name``, or ``default``."""
@@ -61,9 +85,10 @@ class Headers:
     def remove(self, name: str | bytes) -> int:
         """Remove every header called ``name``; return how many were removed."""
         lname = _b(name).lower()
-        before = len(self.raw)
-        self.raw[:] = [(n, v) for n, v in self.raw if n.lower() != lname]
-        return before - len(self.raw)
+        raw = self.raw
+        before = len(raw)
+        raw[:] = [(n, v) for n, v in raw if n.lower() != lname]
+        return before - len(raw)
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
         return iter(self.raw)
@@ -73,6 +98,17 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({self.raw!r})"
+
+
+def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:
+    """``Name: value\r\n`` lines (already validated by llhttp) to pairs; values are
+    stripped of surrounding whitespace (RFC 9110 §5.5)."""
+    out = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name, value.strip(b" \t")))
+    return out
 
 
 class Request:

@@ -16,10 +16,12 @@ body size) and refuse transfer codings other than ``chunked`` (RFC 9112 §6.1, 5
 
 from __future__ import annotations
 
+import re
+
 import httptools
 
 from ...errors import ProtocolError, RemoteProtocolError, Source
-from ._message import Headers, Request, Response
+from ._message import Headers, Request, Response, parse_block
 
 HOP_BY_HOP = frozenset(
     {
@@ -40,6 +42,38 @@ HOP_BY_HOP = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT = b","
+_HOP_LINE = re.compile(
+    rb"\n(c(?:onnection|ontent-length)|t(?:ransfer-encoding|e|railer)|keep-alive"
+    rb"|proxy-(?:connection|authenticate|authorization)|upgrade)[ \t]*:([^\n]*)\n"
+)
+"""A hop-by-hop line in a lowercased block with a newline put in front. The pattern
+starts with a literal, so sre jumps from line start to line start."""
+
+
+def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Remove hop-by-hop lines from a validated header block; return the rest and the
+    removed (lowercased name, value) pairs."""
+    low = b"\n" + block.lower()
+    found = []
+    kept = []
+    prev = 0
+    pos = 0
+    search = _HOP_LINE.search
+    while (m := search(low, pos)) is not None:
+        start, end = m.span()
+        # Offsets in ``low`` are one more than in ``block``; the match ends on the
+        # line's LF, which is also the next line's leading newline.
+        kept.append(block[prev:start])
+        vstart, vend = m.span(2)
+        found.append((m.group(1), block[vstart - 1 : vend - 2].strip(b" \t")))
+        prev = end - 1
+        pos = end - 1
+    if not found:
+        return block, found
+    kept.append(block[prev:])
+    return b"".join(kept), found
+
+
 _OWS = (32, 9)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
@@ -264,11 +298,17 @@ class RequestReader:
 
 
 class ResponseReader:
-    """httptools callbacks for responses from an upstream. Subclass and implement hooks.
+    """Response reader for upstream responses. Subclass and implement the hooks.
 
     Hooks: ``response_received(resp, has_body)``; ``body_received(data)``;
     ``response_complete()``. The driver must set ``expect_no_body`` before a HEAD
     request's response arrives: llhttp cannot know a HEAD response has no body.
+
+    llhttp validates and frames the message, but no Python callback runs per header:
+    when the head is complete, the head block is cut from the bytes fed (a response
+    starts where the previous one ended: upstreams get one request at a time), the
+    hop-by-hop lines are removed with one regex split, and the rest is kept as the
+    Headers' wire block, parsed into pairs only if something looks at them.
     """
 
     max_header_bytes = 65536
@@ -277,18 +317,17 @@ class ResponseReader:
     def reader_init(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self.expect_no_body = False
-        self._in_head = True
-        self._head_bytes = 0
-        self._raw: list[tuple[bytes, bytes]] = []
-        self._conn_tokens: bytes | None = None
-        self._cl: int | None = None
-        self._chunked = False
-        self._until_close = False
-        self._reason = b""
+        self._in_head = False
+        self._buf = b""
+        self._pos = 0
+        self._carry = b""
         self._interim = False
         self._ignore = False
         self._tail = b""
-        self._nheaders = 0
+        self._head_here = False
+        self._body_here = 0
+        self._length: int | None = 0
+        self._chunked = False
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises RemoteProtocolError (status_hint 502)."""
@@ -308,6 +347,12 @@ class ResponseReader:
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
+        carry = self._carry
+        self._buf = carry + data if carry else data
+        if not carry:
+            self._pos = 0
+        self._head_here = False
+        self._body_here = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -323,52 +368,31 @@ class ResponseReader:
         finally:
             self._ignore = False
         if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
+            pos = self._pos
+            if pos < 0:
+                raise _upstream_error("upstream sent data after a complete response")
+            self._carry = self._buf[pos:] if pos else self._buf
+            self._pos = 0
+            if len(self._carry) > self.max_header_bytes:
                 raise _upstream_error("upstream response head too large")
+        else:
+            self._carry = b""
+        self._buf = b""
 
     def on_message_begin(self) -> None:
         self._in_head = True
-        self._nheaders = 0
-        self._head_bytes = 0
-        self._raw = []
-        self._conn_tokens = None
-        self._cl = None
-        self._chunked = False
-        self._until_close = False
-        self._reason = b""
-        self._interim = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # trailer fields are not forwarded
-        raw = self._raw
-        self._nheaders += 1
-        if self._nheaders > self.max_headers:
-            raise _upstream_error("too many headers in upstream response")
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"content-length":
-                self._cl = int(value)
-            elif lname == b"transfer-encoding":
-                # Only a final "chunked" frames the body; any other coding means the
-                # body runs until the upstream closes (RFC 9112 §6.3).
-                if value.rstrip().lower().endswith(b"chunked"):
-                    self._chunked = True
-                else:
-                    self._until_close = True
-            elif lname == b"connection":
-                self._conn_tokens = (
-                    value.lower() if self._conn_tokens is None else (self._conn_tokens + b"," + value.lower())
-                )
-            return
-        raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        buf = self._buf
+        pos = self._pos
+        end = buf.find(b"\r\n\r\n", pos) if pos >= 0 else -1
+        if end < 0:
+            raise _upstream_error("malformed response head from upstream")
+        if end + 4 - pos > self.max_header_bytes:
+            raise _upstream_error("upstream response head too large")
+        line_end = buf.find(b"\r\n", pos)
+        self._pos = end + 4
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
@@ -376,29 +400,54 @@ class ResponseReader:
             # complete messages and goes on to the final response.
             self._interim = True
             return
+        block = buf[line_end + 2 : end + 2]
+        if block.count(b"\n") > self.max_headers:
+            raise _upstream_error("too many headers in upstream response")
+        cl: int | None = None
+        chunked = until_close = False
+        tokens: bytes | None = None
+        block, hop = _cut_hop_by_hop(block)
+        if hop:
+            for lname, value in hop:
+                if lname == b"content-length":
+                    cl = int(value)
+                elif lname == b"transfer-encoding":
+                    # Only a final "chunked" frames the body; any other coding means the
+                    # body runs until the upstream closes (RFC 9112 §6.3). With several
+                    # lines, the last one carries the final coding.
+                    final = value.rstrip().lower().endswith(b"chunked")
+                    chunked, until_close = final, not final
+                elif lname == b"connection":
+                    tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
-        tokens = self._conn_tokens
         if version == b"1.1":
             keep_alive = tokens is None or not _has_token(tokens, b"close")
         else:
             keep_alive = tokens is not None and _has_token(tokens, b"keep-alive")
-        raw = self._raw
-        if tokens is not None:
+        if tokens is not None and tokens not in _PLAIN_TOKENS:
+            raw = parse_block(block)
             _drop_connection_listed(raw, tokens)
+            headers = Headers(raw)
+        else:
+            headers = Headers(block=block)
         no_body = self.expect_no_body or status in (204, 304)
-        cl = None if self._chunked or self._until_close else self._cl
-        if cl is None and not self._chunked and not no_body:
+        if chunked or until_close:
+            cl = None
+        if cl is None and not chunked and not no_body:
             # Delimited by close: the connection cannot be reused.
             keep_alive = False
         resp = Response(
             status,
-            Headers(raw),
-            reason=self._reason,
+            headers,
+            reason=buf[pos + 13 : line_end],
             version=version,
             content_length=cl,
             keep_alive=keep_alive,
         )
-        has_body = not no_body and (self._chunked or cl is None or cl > 0)
+        has_body = not no_body and (chunked or cl is None or cl > 0)
+        self._chunked = chunked
+        self._head_here = True
+        self._length = 0 if not has_body else cl
         self.response_received(resp, has_body)
         if self.expect_no_body and status not in (204, 304):
             # A HEAD response announces a body it does not carry and llhttp would wait
@@ -411,6 +460,7 @@ class ResponseReader:
 
     def on_body(self, body: bytes) -> None:
         if not self._ignore:
+            self._body_here += len(body)
             self.body_received(body)
 
     def on_message_complete(self) -> None:
@@ -418,6 +468,13 @@ class ResponseReader:
             self._interim = False
         elif not self._ignore:
             self.expect_no_body = False
+            # Where the next response would start in this buffer: known when the body
+            # had no framing of its own (Content-Length or none); after a chunked body
+            # it is not, and an upstream has no business sending more then anyway.
+            if self._length is None:
+                self._pos = -1
+            else:
+                self._pos = (self._pos if self._head_here else 0) + self._body_here
             self.response_complete()
 
     def response_received(self, resp: Response, has_body: bool) -> None:

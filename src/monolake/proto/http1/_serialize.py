@@ -33,6 +33,9 @@ def reason_phrase(status: int) -> bytes:
 def response_head(status: int, headers: Headers, framing: bytes, reason: bytes = b"") -> bytes:
     """Status line, headers, then ``framing`` (prebuilt Content-Length/Transfer-Encoding/
     Connection lines, each ending in CRLF), then the blank line."""
+    block = headers.block
+    if block is not None:
+        return b"".join((status_line(status, reason), block, framing, CRLF))
     parts = [status_line(status, reason)]
     for name, value in headers.raw:
         parts += (name, b": ", value, CRLF)
@@ -42,6 +45,9 @@ def response_head(status: int, headers: Headers, framing: bytes, reason: bytes =
 
 def request_head(method: bytes, target: bytes, headers: Headers, framing: bytes) -> bytes:
     """Request line (always HTTP/1.1), headers, ``framing`` lines, blank line."""
+    block = headers.block
+    if block is not None:
+        return b"".join((method, b" ", target, b" HTTP/1.1\r\n", block, framing, CRLF))
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers.raw:
         parts += (name, b": ", value, CRLF)
