@@ -133,15 +133,53 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
         raise ConfigError(f"{path}.timeout", "must be > 0")
 
 
+def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
+    if s.routes:
+        raise ConfigError(f"{path}.routes", 'a proxy_type = "tcp" server has no routes (give upstream or upstreams)')
+    if s.filters:
+        raise ConfigError(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "tcp" server')
+    if s.upstream is not None and s.upstreams is not None:
+        raise ConfigError(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
+    if s.upstream is None and s.upstreams is None:
+        raise ConfigError(path, "a tcp server needs 'upstream' (a cluster name) or inline 'upstreams'")
+    if s.upstream is not None and s.upstream not in cfg.upstreams:
+        known = ", ".join(sorted(cfg.upstreams)) or "none defined"
+        raise ConfigError(f"{path}.upstream", f"unknown cluster {s.upstream!r} (known: {known})")
+    if s.upstreams is not None:
+        if not s.upstreams:
+            raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
+        for i, up in enumerate(s.upstreams):
+            try:
+                parse_endpoint(up.endpoint, up.weight)
+            except ValueError as exc:
+                raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
+        if s.load_balancer == "consistent_hash" and s.hash_on != "client_ip":
+            raise ConfigError(f"{path}.hash_on", f"a tcp server can only hash on client_ip, got {s.hash_on!r}")
+    if s.idle_timeout <= 0:
+        raise ConfigError(f"{path}.idle_timeout", "must be > 0")
+
+
 def _check_server(path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
     except ValueError as exc:
         raise ConfigError(f"{path}.listener", str(exc)) from None
+    if s.proxy_type == "tcp":
+        _check_tcp_server(path, s, cfg)
+        return
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            raise ConfigError(f"{path}.{key}", 'only a proxy_type = "tcp" server has one; http servers use routes')
     if not s.routes:
         raise ConfigError(f"{path}.routes", "a server needs at least one route")
     for i, r in enumerate(s.routes):
         _check_route(f"{path}.routes[{i}]", r, cfg)
+        if r.upstream is not None and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
+            raise ConfigError(
+                f"{path}.routes[{i}].upstream",
+                f"cluster {r.upstream!r} sends the PROXY protocol (upstreams.{r.upstream}.send_proxy_protocol), "
+                "which HTTP routes do not support",
+            )
     for i, f in enumerate(s.filters):
         use = f if isinstance(f, str) else f.use
         if use.count(":") != 1 or not all(use.split(":")):

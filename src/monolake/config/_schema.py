@@ -65,6 +65,8 @@ class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     read_timeout: float = 60.0
     idle_timeout: float = 60.0
     max_idle_per_key: int = 64
+    send_proxy_protocol: Literal["off", "v1", "v2"] = "off"
+    """Open every upstream connection with a PROXY header naming the client (tcp servers only)."""
 
 
 class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -133,8 +135,10 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
-    proxy_type: Literal["http"] = "http"
+    proxy_type: Literal["http", "tcp"] = "http"
+    """"http": routes and filters; "tcp": a byte relay to ``upstream``/``upstreams``."""
     routes: list[Route] = []
+    """Required for http servers, not allowed for tcp ones."""
     filters: list[str | FilterSpec] = []
     forwarded: Forwarded = Forwarded()
     limits: Limits = Limits()
@@ -146,6 +150,22 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     request_timeout: float | None = None
     """Deadline for every request on this server (504); a route's ``timeout`` is tried first."""
     backlog: int = 1024
+    proxy_protocol: Literal["off", "v1", "v2", "optional"] = "off"
+    """Expect a PROXY header first (its client address becomes the peer); "optional": either or none."""
+
+    # -- tcp servers --------------------------------------------------------------------
+    upstream: str | None = None
+    """Name of a cluster under [upstreams]."""
+    upstreams: list[UpstreamSpec] | None = None
+    """Inline endpoints; the balancer settings below apply, other cluster settings keep their defaults."""
+    load_balancer: BalancerKind = "round_robin"
+    hash_on: str = "client_ip"
+    """Only "client_ip" for tcp servers (there are no headers or cookies to hash)."""
+    hash_algorithm: Literal["ring", "maglev"] = "ring"
+    idle_timeout: float = 600.0
+    """Close a relayed connection after this many seconds without a byte either way."""
+    splice: bool = True
+    """Relay with os.splice through a pipe (Linux); false: the event loop's read/write path."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

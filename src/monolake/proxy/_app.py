@@ -21,6 +21,7 @@ from ..server import HttpServerApp, error_response
 from ..service import Layer, Stack
 from ..service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ._filters import Phases, load_filters
+from ._l4_app import AnyApp, ProxyProtocolHttpApp, build_l4_app
 from ._proxy import ProxyFactory
 from ._upstream import UpstreamCluster
 
@@ -65,8 +66,8 @@ def _completion(access_log: AccessLog | None, phases: Phases) -> Callable[[Reque
     return on_complete
 
 
-def build_apps(cfg: Config, old: dict[str, HttpServerApp] | None = None) -> dict[str, HttpServerApp]:
-    """One HttpServerApp per configured server. Raises ConfigError."""
+def build_apps(cfg: Config, old: dict[str, AnyApp] | None = None) -> dict[str, AnyApp]:
+    """One app per configured server (HTTP, HTTP behind a PROXY header reader, or tcp). Raises ConfigError."""
     pool = Pool()
     try:
         compile_format(cfg.log.access_log_format)
@@ -74,19 +75,24 @@ def build_apps(cfg: Config, old: dict[str, HttpServerApp] | None = None) -> dict
         raise ConfigError("log.access_log_format", str(exc)) from None
     clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
     access_log = None if cfg.log.access_log == "off" else AccessLog(cfg.log.access_log, cfg.log.access_log_format)
-    apps: dict[str, HttpServerApp] = {}
+    apps: dict[str, AnyApp] = {}
     for name, server in cfg.servers.items():
+        if server.proxy_type == "tcp":
+            apps[name] = build_l4_app(name, server, cfg)
+            continue
         filters = load_filters(server.filters, f"servers.{name}.filters")
         stack = server_stack(name, cfg, filters, clusters, pool)
         try:
-            service = stack.build(old[name].service if old and name in old else None)
+            prev = old.get(name) if old else None
+            service = stack.build(prev.service if isinstance(prev, HttpServerApp | ProxyProtocolHttpApp) else None)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
-        apps[name] = HttpServerApp(
+        app = HttpServerApp(
             name,
             server,
             service,
             on_complete=_completion(access_log, Phases(filters)),
             on_close=access_log.flush if access_log is not None else None,
         )
+        apps[name] = ProxyProtocolHttpApp(app) if server.proxy_protocol != "off" else app
     return apps
