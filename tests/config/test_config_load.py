@@ -280,7 +280,7 @@ def test_error_message_is_path_then_reason() -> None:
         (lambda d: route(d).update(load_balancer="fastest"), "servers.web.routes[0].load_balancer", "fastest"),
         (lambda d: web(d).update(limits={"max_headers": "10"}), "servers.web.limits.max_headers", "got `str`"),
         (lambda d: web(d).update(max_concurrency=1.5), "servers.web.max_concurrency", "Expected"),
-        (lambda d: web(d).update(proxy_type="tcp"), "servers.web.proxy_type", "tcp"),
+        (lambda d: web(d).update(proxy_type="udp"), "servers.web.proxy_type", "udp"),
         (
             lambda d: web(d).update(listener={"type": "tcp", "value": "127.0.0.1:1"}),
             "servers.web.listener.type",
