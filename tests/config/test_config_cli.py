@@ -86,11 +86,6 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     assert "cannot read" in done.stderr and "absent.toml" in done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: request_timeout = 0 passes validation, then TimeoutLayer raises ValueError: "
-    "`monolake check` exits 1 with a traceback instead of 2 naming servers.web.request_timeout",
-)
 def test_zero_request_timeout_is_a_config_error(tmp_path: Path) -> None:
     done = check(
         tmp_path, GOOD.replace('listener = "127.0.0.1:8080"', 'listener = "127.0.0.1:8080"\nrequest_timeout = 0')

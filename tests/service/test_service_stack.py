@@ -158,7 +158,6 @@ def test_unknown_slot_on_the_leaf_is_rejected() -> None:
     assert "'upstream'" in info.value.reason
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Stack does not check the names in `provided` against SLOTS")
 def test_unknown_provided_slot_is_rejected() -> None:
     with pytest.raises(ConfigError):
         Stack([], LeafFactory([]), provided=(*SERVER, "peers")).check()

@@ -100,8 +100,12 @@ def parse_endpoint(spec: str | EndpointSpec, weight: int = 1) -> Endpoint:
         raise ValueError(f"weight must be >= 1, got {weight}")
     if isinstance(spec, EndpointSpec):
         if spec.type == "unix":
+            if not spec.value:
+                raise ValueError("unix endpoint needs a path in 'value'")
             return Endpoint(path=spec.value, weight=weight)
         spec = spec.value
+    if spec != spec.strip() or any(c.isspace() for c in spec):
+        raise ValueError(f"endpoint {spec!r} must not contain whitespace")
     if spec.startswith("unix:"):
         if len(spec) <= 5:
             raise ValueError("unix endpoint needs a path after 'unix:'")
@@ -113,6 +117,8 @@ def parse_endpoint(spec: str | EndpointSpec, weight: int = 1) -> Endpoint:
         if scheme != "http":
             raise ValueError(f"endpoint scheme {scheme!r} is not supported (use http)")
         rest = rest.rstrip("/")
+        if "@" in rest:
+            raise ValueError(f"endpoint {spec!r} must not carry user information")
         if "/" in rest:
             raise ValueError(f"endpoint {spec!r} must not carry a path")
         if ":" not in rest.rpartition("]")[2]:

@@ -184,6 +184,11 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
         use = f if isinstance(f, str) else f.use
         if use.count(":") != 1 or not all(use.split(":")):
             raise ConfigError(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
+    for key in ("keepalive_timeout", "header_timeout"):
+        if getattr(s, key) <= 0:
+            raise ConfigError(f"{path}.{key}", "must be > 0")
+    if s.request_timeout is not None and s.request_timeout <= 0:
+        raise ConfigError(f"{path}.request_timeout", "must be > 0")
     if s.max_concurrency is not None and s.max_concurrency < 1:
         raise ConfigError(f"{path}.max_concurrency", "must be >= 1")
     for key in ("max_header_bytes", "max_headers", "max_pipelined"):

@@ -432,17 +432,15 @@ class L4Connection(asyncio.Protocol):
             log.exception("l4 balancer failed: server=%s client=%s", app.name, self.client_text)
             self.abort()
             return
+        sock: socket.socket | None = None
         try:
             async with asyncio.timeout(upstream.connect_timeout):
                 if app.splice:
                     sock = await self._connect_raw(ep)
+                elif ep.path:
+                    await self.loop.create_unix_connection(self._upstream_side, ep.path)
                 else:
-                    if ep.path:
-                        await self.loop.create_unix_connection(self._upstream_side, ep.path)
-                    else:
-                        await self.loop.create_connection(self._upstream_side, ep.host, ep.port)
-        except asyncio.CancelledError:
-            raise
+                    await self.loop.create_connection(self._upstream_side, ep.host, ep.port)
         except (OSError, TimeoutError) as exc:
             why = f"timed out after {upstream.connect_timeout}s" if isinstance(exc, TimeoutError) else str(exc)
             log.warning(
@@ -454,23 +452,37 @@ class L4Connection(asyncio.Protocol):
                 why,
             )
             self._close_client()
-            self._maybe_done()
+            return
+        if sock is not None:
+            if self.down_closed:
+                sock.close()
+                return
+            pipes = None
+            try:
+                pipes = _Pipes()
+            except OSError as exc:  # out of descriptors: this connection takes the loop path
+                log.info("l4 splice pipes unavailable, relaying through the loop: server=%s: %s", app.name, exc)
+            if pipes is not None:
+                await self._start_splice(sock, pipes, self._first_bytes())
+                return
+            try:
+                if ep.path:
+                    await self.loop.create_unix_connection(self._upstream_side, sock=sock)
+                else:
+                    await self.loop.create_connection(self._upstream_side, sock=sock)
+            except OSError as exc:
+                log.warning("l4 upstream failed: server=%s endpoint=%s: %s", app.name, ep, exc)
+                sock.close()
+                self._close_client()
+                return
+        up = self.up
+        if up is None or self.up_closed:
+            self._close_client()
             return
         if self.down_closed:
-            if app.splice:
-                sock.close()
-            elif self.up is not None and not self.up_closed:
-                self.up.transport.close()
+            up.transport.close()
             return
-        first = self._proxy_header()
-        if self._buf:
-            first += b"".join(self._buf)
-            self._buf = []
-        if app.splice:
-            await self._start_splice(sock, first)
-            return
-        up = self.up
-        assert up is not None
+        first = self._first_bytes()
         if first:
             up.transport.write(first)
         self.up_write = up.transport.write
@@ -479,6 +491,14 @@ class L4Connection(asyncio.Protocol):
         if self._paused:
             self._paused = False
             self.transport.resume_reading()
+
+    def _first_bytes(self) -> bytes:
+        """The PROXY header to send, if any, and what the client sent while we connected."""
+        first = self._proxy_header()
+        if self._buf:
+            first += b"".join(self._buf)
+            self._buf = []
+        return first
 
     def _upstream_side(self) -> _UpstreamSide:
         self.up = _UpstreamSide(self)
@@ -544,7 +564,7 @@ class L4Connection(asyncio.Protocol):
 
     # -- splice path -------------------------------------------------------------------
 
-    async def _start_splice(self, sock: socket.socket, first: bytes) -> None:
+    async def _start_splice(self, sock: socket.socket, pipes: _Pipes, first: bytes) -> None:
         # Take the client socket out of its transport: a dup keeps the connection open
         # when the transport closes its own descriptor.
         transport = self.transport
@@ -553,9 +573,11 @@ class L4Connection(asyncio.Protocol):
         try:
             client = socket.socket(fileno=os.dup(raw.fileno()))
         except OSError as exc:
-            log.warning("l4 splice unavailable, closing: server=%s client=%s: %s", self.app.name, self.client_text, exc)
+            log.warning(
+                "l4 cannot take over the client socket: server=%s client=%s: %s", self.app.name, self.client_text, exc
+            )
+            pipes.close()
             sock.close()
-            self.up_closed = True
             self._close_client()
             return
         self.spliced = True
@@ -563,7 +585,7 @@ class L4Connection(asyncio.Protocol):
         self.up_closed = False
         transport.abort()
         client.setblocking(False)
-        relay = self.relay = _SpliceRelay(self, client, sock)
+        relay = self.relay = _SpliceRelay(self, client, sock, pipes)
         try:
             if first:
                 await self.loop.sock_sendall(sock, first)
@@ -643,31 +665,47 @@ class _Direction:
         self.writing = False
 
 
+class _Pipes:
+    """The two pipes of a splice relay, sized to PIPE_SIZE where the system allows. Raises OSError."""
+
+    __slots__ = ("fds", "size")
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        try:
+            for _ in range(2):
+                self.fds += os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            size = PIPE_SIZE
+            for fd in self.fds[1::2]:
+                try:
+                    size = min(size, fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE))
+                except OSError:  # over a lowered pipe-max-size: keep the default
+                    size = min(size, fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+            self.size = size
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = []
+
+
 class _SpliceRelay:
     """Both directions of a spliced connection, driven by add_reader/add_writer."""
 
-    def __init__(self, conn: L4Connection, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, conn: L4Connection, client: socket.socket, upstream: socket.socket, pipes: _Pipes) -> None:
         self.conn = conn
         self.loop = conn.loop
         self.client = client
         self.upstream = upstream
+        self.pipes = pipes
+        self.size = pipes.size
         self.closed = False
-        self.pipes: list[int] = []
         a, b = client.fileno(), upstream.fileno()
-        try:
-            r1, w1 = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self.pipes += (r1, w1)
-            r2, w2 = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            self.pipes += (r2, w2)
-            self.size = PIPE_SIZE
-            for fd in (w1, w2):
-                try:
-                    self.size = min(self.size, fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE))
-                except OSError:  # over a lowered pipe-max-size: keep the default
-                    self.size = min(self.size, fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
-        except OSError:
-            self.close()
-            raise
+        r1, w1, r2, w2 = pipes.fds
         self.up = _Direction(a, b, r1, w1)
         self.down = _Direction(b, a, r2, w2)
 
@@ -761,9 +799,7 @@ class _SpliceRelay:
         if self.closed:
             return
         self.closed = True
-        for d in (getattr(self, "up", None), getattr(self, "down", None)):
-            if d is None:
-                continue
+        for d in (self.up, self.down):
             if d.reading:
                 self.loop.remove_reader(d.src)
             if d.writing:
@@ -772,8 +808,5 @@ class _SpliceRelay:
         for sock in (self.client, self.upstream):
             with contextlib.suppress(OSError):
                 sock.close()
-        for fd in self.pipes:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.pipes = []
+        self.pipes.close()
         self.conn.relay_closed()

@@ -81,6 +81,7 @@ class Stack(Generic[S]):
 
     def check(self) -> None:
         """Raise ConfigError if some layer requires a slot no outer stage provides."""
+        _check_slots("the server driver", self.provided)
         have = set(self.provided)
         stages: list[tuple[str, frozenset[str], frozenset[str]]] = [
             (layer.name, layer.requires, layer.provides) for layer in self.layers

@@ -223,11 +223,6 @@ def test_back_to_back_responses_with_known_lengths_in_one_feed() -> None:
     assert msgs[1].resp.headers.raw == [(b"X-Last", b"1")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _body_here is not reset per message: after a response with a body, a bodiless response "
-    "in the same feed puts the next head's start too far by that many bytes (reason 'ot Modified')",
-)
 def test_three_back_to_back_responses_in_one_feed() -> None:
     data = (
         resp("Content-Length: 1", body=b"a")
@@ -263,11 +258,6 @@ def outcome(pieces: list[bytes]) -> tuple[Any, ...]:
     return tuple(m.summary() for m in r.msgs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: empty lines before a status line (accepted by llhttp) shift the head block: fed whole, the "
-    "status line becomes a header 'HTTP/1.1 200 OK: ' and the reason is lost; byte by byte it parses correctly",
-)
 @pytest.mark.parametrize(
     "data",
     [

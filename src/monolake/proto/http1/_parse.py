@@ -386,6 +386,10 @@ class ResponseReader:
         self._in_head = False
         buf = self._buf
         pos = self._pos
+        if pos >= 0:
+            # llhttp skips empty lines before a status line (RFC 9112 §2.2); so do we.
+            while buf[pos : pos + 1] in (b"\r", b"\n"):
+                pos += 1
         end = buf.find(b"\r\n\r\n", pos) if pos >= 0 else -1
         if end < 0:
             raise _upstream_error("malformed response head from upstream")
@@ -447,6 +451,7 @@ class ResponseReader:
         has_body = not no_body and (chunked or cl is None or cl > 0)
         self._chunked = chunked
         self._head_here = True
+        self._body_here = 0
         self._length = 0 if not has_body else cl
         self.response_received(resp, has_body)
         if self.expect_no_body and status not in (204, 304):
@@ -495,7 +500,10 @@ def _has_token(tokens: bytes, token: bytes) -> bool:
 def _host_only(host: bytes) -> bytes:
     """Lowercased host without port: b"Example.com:8080" -> b"example.com"."""
     if host.startswith(b"["):
-        return host[: host.find(b"]") + 1].lower()
+        close = host.find(b"]")
+        if close < 0:
+            raise RemoteProtocolError("malformed Host header", status_hint=400, source=Source.DOWNSTREAM)
+        return host[: close + 1].lower()
     colon = host.rfind(b":")
     return (host[:colon] if colon >= 0 else host).lower()
 

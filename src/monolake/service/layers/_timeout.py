@@ -23,9 +23,11 @@ class Timeout:
 
     async def __call__(self, req: Any) -> Any:
         try:
-            async with asyncio.timeout(self.seconds):
+            async with asyncio.timeout(self.seconds) as scope:
                 return await self.inner(req)
         except TimeoutError:
+            if not scope.expired():
+                raise  # the inner service's own timeout, not ours
             raise MonolakeTimeout(f"request timeout of {self.seconds:g}s exceeded") from None
 
 
