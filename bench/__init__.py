@@ -1,0 +1,1 @@
+"""Benchmarks: ``bench/micro`` (pytest-benchmark, no sockets) and ``bench/load`` (``python -m bench.load``)."""

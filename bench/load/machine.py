@@ -1,0 +1,99 @@
+"""Set-up (the tools, installed with apt-get when missing and root) and the machine description."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "h2load": "nghttp2-client", "wrk": "wrk", "taskset": "util-linux"}
+"""Binary -> Debian package."""
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def missing_tools(need: list[str] | None = None) -> list[str]:
+    return [t for t in (need or list(TOOLS)) if shutil.which(t) is None]
+
+
+def setup(need: list[str] | None = None, plot: bool = True) -> list[str]:
+    """Install missing tools (apt-get, as root) and matplotlib (pip) when plotting; return what is still
+    missing."""
+    missing = missing_tools(need)
+    if missing:
+        pkgs = sorted({TOOLS[t] for t in missing})
+        if os.geteuid() != 0:
+            print(f"bench: missing {', '.join(missing)}; run as root: apt-get install -y {' '.join(pkgs)}")
+        else:
+            print(f"bench: installing {' '.join(pkgs)} with apt-get")
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            install = ["apt-get", "install", "-y", "--no-install-recommends", *pkgs]
+            if subprocess.run(install, env=env, check=False, timeout=900).returncode != 0:
+                subprocess.run(["apt-get", "update"], env=env, check=False, timeout=900)
+                subprocess.run(install, env=env, check=False, timeout=900)
+        missing = missing_tools(need)
+    if plot:
+        try:
+            importlib.import_module("matplotlib")
+        except ImportError:
+            print("bench: installing matplotlib with pip")
+            cmd = [sys.executable, "-m", "pip", "install", "matplotlib"]
+            subprocess.run(cmd, check=False, timeout=900)
+    return missing
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (p.stdout + p.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def _git(*args: str) -> str:
+    try:
+        p = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout.strip()
+
+
+def _module_version(name: str) -> str:
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:
+        return "not installed"
+    return str(getattr(mod, "__version__", "?"))
+
+
+def info() -> dict[str, object]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dirty = _git("status", "--porcelain", "--", "src")
+    return {
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": sys.version.split()[0],
+        "uvloop": _module_version("uvloop"),
+        "httptools": _module_version("httptools"),
+        "monolake": _module_version("monolake"),
+        "monolake_commit": _git("rev-parse", "--short=12", "HEAD"),
+        "monolake_src_dirty": bool(dirty),
+        "nginx": _first_line(["nginx", "-v"]),
+        "haproxy": _first_line(["haproxy", "-v"]),
+        "h2load": _first_line(["h2load", "--version"]),
+        "wrk": _first_line(["wrk", "-v"]),
+    }
