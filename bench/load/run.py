@@ -281,12 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         doc = measure(args, procs, tmp)
         ok = True
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything started is stopped, nothing written")
+        return 130
     finally:
         procs.stop_all()
         if ok:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            print(f"bench: failed; process logs and configs kept in {tmp}")
+            print(f"bench: process logs and configs kept in {tmp}")
     stamp = started.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if args.quick else "")
     full = {
         "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
