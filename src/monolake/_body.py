@@ -136,6 +136,7 @@ class Body:
         chunks = list(self._buf)
         self._buf.clear()
         self._size = 0
+        self.resume()
         return chunks
 
     @property

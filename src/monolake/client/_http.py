@@ -74,6 +74,7 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._rbody: Body | None = None
         self._pending: Response | None = None
         self._eof_ends = False
+        self._paused = False
         self._chunks: list[bytes] = []
         self._qbody: Body | None = None
         self._sent = True
@@ -143,11 +144,13 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
     # -- Body producer (response body) -------------------------------------------
 
     def pause_body(self) -> None:
-        if not self._closed:
+        if not self._closed and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_body(self) -> None:
-        if not self._closed:
+        if not self._closed and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     def cancel_body(self) -> None:
@@ -277,6 +280,10 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             rbody.feed_eof()
 
     def _release(self) -> None:
+        if self._paused:
+            # Paused for a slow consumer of the body that has now been fully read; an
+            # idle pooled connection must be read (to notice the upstream closing it).
+            self.resume_body()
         if self._upstream_keep_alive and self.usable:
             self.pool.release(self)
         else:
