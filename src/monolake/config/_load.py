@@ -157,6 +157,8 @@ def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
             raise ConfigError(f"{path}.hash_on", f"a tcp server can only hash on client_ip, got {s.hash_on!r}")
     if s.idle_timeout <= 0:
         raise ConfigError(f"{path}.idle_timeout", "must be > 0")
+    if s.splice_after < 0:
+        raise ConfigError(f"{path}.splice_after", "must be >= 0")
 
 
 def _check_server(path: str, s: Server, cfg: Config) -> None:

@@ -165,7 +165,9 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     idle_timeout: float = 600.0
     """Close a relayed connection after this many seconds without a byte either way."""
     splice: bool = True
-    """Relay with os.splice through a pipe (Linux); false: the event loop's read/write path."""
+    """Move a connection to a zero-copy os.splice relay (Linux) once it has relayed ``splice_after`` bytes."""
+    splice_after: int = 1048576
+    """Bytes relayed through the event loop before splicing (splicing costs more per connection, less per byte)."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -293,11 +293,10 @@ def _client_ip(req: Request) -> bytes | None:
 
 def _header_key(name: str) -> _KeyFn:
     lname = name.lower().encode("latin-1")
-    size = len(lname)
 
     def key(req: Request) -> bytes | None:
-        for n, v in req.headers.raw:
-            if len(n) == size and v and n.lower() == lname:
+        for v in req.headers.get_all(lname):
+            if v:
                 return v
         return _client_ip(req)
 
@@ -309,19 +308,18 @@ def _cookie_key(name: str) -> _KeyFn:
     skip = len(needle)
 
     def key(req: Request) -> bytes | None:
-        for n, v in req.headers.raw:
-            # HTTP/2 may split cookies over several headers (RFC 9113 §8.2.3): scan all.
-            if len(n) == 6 and n.lower() == b"cookie":
-                # RFC 6265 §4.2.1: pairs are separated by "; ". Cookie values hold no
-                # space or ';', so "NAME=" at the start or after one is a pair start.
-                i = v.find(needle)
-                while i >= 0:
-                    if i == 0 or v[i - 1] in b" \t;":
-                        end = v.find(b";", i)
-                        val = v[i + skip : end if end >= 0 else len(v)].strip()
-                        if val:
-                            return val
-                    i = v.find(needle, i + 1)
+        # HTTP/2 may split cookies over several headers (RFC 9113 §8.2.3): scan all.
+        for v in req.headers.get_all(b"cookie"):
+            # RFC 6265 §4.2.1: pairs are separated by "; ". Cookie values hold no
+            # space or ';', so "NAME=" at the start or after one is a pair start.
+            i = v.find(needle)
+            while i >= 0:
+                if i == 0 or v[i - 1] in b" \t;":
+                    end = v.find(b";", i)
+                    val = v[i + skip : end if end >= 0 else len(v)].strip()
+                    if val:
+                        return val
+                i = v.find(needle, i + 1)
         return _client_ip(req)
 
     return key

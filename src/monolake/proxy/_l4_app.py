@@ -66,7 +66,7 @@ class ProxyProtocolHttpApp:
             self.cfg.proxy_protocol, self.cfg.header_timeout, self.name, self._handoff, self.pending
         )
 
-    def _handoff(self, transport: asyncio.Transport, hdr: ProxyHeader | None, rest: bytes) -> None:
+    def _handoff(self, transport: asyncio.BaseTransport, hdr: ProxyHeader | None, rest: bytes) -> None:
         conn = self.inner.protocol_factory()
         transport.set_protocol(conn)
         conn.connection_made(transport)

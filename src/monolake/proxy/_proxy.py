@@ -29,24 +29,28 @@ def _pairs(d: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
 class HeaderOps:
     """A header rewrite with its bytes prepared."""
 
-    __slots__ = ("add", "remove", "set", "set_names")
+    __slots__ = ("add", "append", "append_names", "drop", "remove", "set", "set_names")
 
     def __init__(self, rw: HeaderRewrite) -> None:
         self.add = _pairs(rw.add)
         self.set = _pairs(rw.set)
         self.remove = frozenset(n.lower().encode("latin-1") for n in rw.remove)
         self.set_names = frozenset(n.lower() for n, _ in self.set)
+        self.drop = tuple(self.remove | self.set_names)
+        self.append = self.set + self.add
+        self.append_names = [n.lower() for n, _ in self.append]
 
     def __bool__(self) -> bool:
         return bool(self.add or self.set or self.remove)
 
     def apply(self, headers: Headers) -> None:
-        drop = self.remove | self.set_names
-        raw = headers.raw
-        if drop:
-            raw[:] = [(n, v) for n, v in raw if n.lower() not in drop]
-        raw.extend(self.set)
-        raw.extend(self.add)
+        names = headers.names()
+        for lname in self.drop:
+            if lname in names:
+                headers.remove(lname)
+        raw = headers.pairs()
+        raw.extend(self.append)
+        names.extend(self.append_names)
 
 
 class RouteRuntime:
@@ -106,54 +110,41 @@ class _Forwarding:
         return self.xff or self.xfp or self.xfh or self.forwarded
 
     def apply(self, req: Request, peer: str) -> None:
-        """One pass over the headers: extend X-Forwarded-For and Forwarded, replace
-        X-Forwarded-Proto/-Host. Names are lowercased only when their length fits."""
-        raw = req.headers.raw
+        """Extend X-Forwarded-For and Forwarded, replace X-Forwarded-Proto/-Host.
+        Lookups are C-level searches of the lowered names; the lists are edited in
+        place, in step."""
+        h = req.headers
+        names = h.names()
+        raw = h.pairs()
         bpeer = peer.encode()
-        xff = fwd = -1
-        replaced = False
-        for i, (n, _) in enumerate(raw):
-            ln = len(n)
-            if ln == 15:
-                if self.xff and n.lower() == b"x-forwarded-for":
-                    xff = i
-            elif ln == 17 or ln == 16:
-                lname = n.lower()
-                if (self.xfp and lname == b"x-forwarded-proto") or (self.xfh and lname == b"x-forwarded-host"):
-                    replaced = True
-            elif ln == 9 and self.forwarded and n.lower() == b"forwarded":
-                fwd = i
-        if replaced:
-            drop = {b"x-forwarded-proto"} if self.xfp else set()
-            if self.xfh:
-                drop.add(b"x-forwarded-host")
-            raw[:] = [(n, v) for n, v in raw if len(n) not in (16, 17) or n.lower() not in drop]
-            xff = fwd = -1
-            for i, (n, _) in enumerate(raw):
-                if len(n) == 15 and n.lower() == b"x-forwarded-for":
-                    xff = i
-                elif len(n) == 9 and n.lower() == b"forwarded":
-                    fwd = i
         if self.xff:
-            if xff >= 0:
-                n, v = raw[xff]
-                raw[xff] = (n, v + b", " + bpeer)
+            if b"x-forwarded-for" in names:
+                i = names.index(b"x-forwarded-for")
+                raw[i] = (raw[i][0], raw[i][1] + b", " + bpeer)
             else:
                 raw.append((b"X-Forwarded-For", bpeer))
+                names.append(b"x-forwarded-for")
         if self.xfp:
+            if b"x-forwarded-proto" in names:
+                h.remove(b"x-forwarded-proto")
             raw.append((b"X-Forwarded-Proto", b"http"))
+            names.append(b"x-forwarded-proto")
         if self.xfh and req.raw_host is not None:
+            if b"x-forwarded-host" in names:
+                h.remove(b"x-forwarded-host")
             raw.append((b"X-Forwarded-Host", req.raw_host))
+            names.append(b"x-forwarded-host")
         if self.forwarded:
             node = b'"[' + bpeer + b']"' if b":" in bpeer else bpeer
             value = b"for=" + node + b";proto=http"
             if req.raw_host is not None:
                 value += b';host="' + req.raw_host + b'"'
-            if fwd >= 0:
-                n, v = raw[fwd]
-                raw[fwd] = (n, v + b", " + value)
+            if b"forwarded" in names:
+                i = names.index(b"forwarded")
+                raw[i] = (raw[i][0], raw[i][1] + b", " + value)
             else:
                 raw.append((b"Forwarded", value))
+                names.append(b"forwarded")
 
 
 _NOT_FOUND_BODY = b"404 Not Found\n"

@@ -71,13 +71,12 @@ def _methods_check(methods: frozenset[bytes]) -> _Check:
 
 def _headers_check(required: tuple[tuple[bytes, bytes], ...]) -> _Check:
     def check(req: Request) -> bool:
-        raw = req.headers.raw
+        headers = req.headers
+        names = headers.names()
         for lname, value in required:
-            for n, v in raw:
-                # Value first: bytes equality is cheaper than lower() on every name.
-                if v == value and n.lower() == lname:
-                    break
-            else:
+            if lname not in names:
+                return False
+            if value not in headers.get_all(lname):
                 return False
         return True
 

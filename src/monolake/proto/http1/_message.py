@@ -21,32 +21,61 @@ def _b(s: str | bytes) -> bytes:
 class Headers:
     """An ordered list of (name, value) byte pairs with case-insensitive lookups.
 
-    Lookups are linear: header lists are short and a dict index would cost more to
-    build than it saves. ``raw`` is the list itself and may be used directly.
+    Beside the pairs, a Headers keeps the names lowercased in a parallel list (filled
+    by the parser, which lowercases every name anyway), so a lookup is one C-level
+    ``list.index`` instead of a Python loop that lowercases as it goes.
 
     A Headers may also hold its fields as the wire block they arrived in (``block``:
-    ``Name: value\r\n`` lines, hop-by-hop fields already removed). The list is then
+    ``Name: value\r\n`` lines, hop-by-hop fields already removed). The pairs are then
     built only when something reads or changes a field; a proxy that forwards the
     headers untouched writes the block as it came, without a Python object per field.
+
+    ``raw`` hands out the pair list itself for direct edits; the lowered names are
+    rebuilt after that. The methods keep both in step.
     """
 
-    __slots__ = ("_block", "_raw")
+    __slots__ = ("_block", "_lower", "_raw")
 
-    def __init__(self, raw: list[tuple[bytes, bytes]] | None = None, *, block: bytes | None = None) -> None:
-        self._raw: list[tuple[bytes, bytes]] | None = raw if raw is not None or block is not None else []
+    def __init__(
+        self,
+        raw: list[tuple[bytes, bytes]] | None = None,
+        *,
+        block: bytes | None = None,
+        lower: list[bytes] | None = None,
+    ) -> None:
+        if block is not None and raw is None:
+            self._raw: list[tuple[bytes, bytes]] | None = None
+            self._lower: list[bytes] | None = None
+        else:
+            self._raw = raw if raw is not None else []
+            self._lower = lower
         self._block = block
 
-    @property
-    def raw(self) -> list[tuple[bytes, bytes]]:
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        """The (name, value) list, for reading; use the methods to change it."""
         r = self._raw
         if r is None:
             r = self._raw = parse_block(self._block or b"")
             self._block = None
         return r
 
+    def names(self) -> list[bytes]:
+        """The lowercased names, parallel to ``pairs()``; for reading."""
+        low = self._lower
+        if low is None:
+            low = self._lower = [n.lower() for n, _ in self.pairs()]
+        return low
+
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]:
+        r = self.pairs()
+        self._lower = None  # the caller may edit the list in place
+        return r
+
     @raw.setter
     def raw(self, value: list[tuple[bytes, bytes]]) -> None:
         self._raw = value
+        self._lower = None
         self._block = None
 
     @property
@@ -54,50 +83,68 @@ class Headers:
         """The untouched wire block, or None once the fields were parsed."""
         return self._block
 
+    def index(self, lname: bytes) -> int:
+        """Position of the first field named ``lname`` (lowercase), or -1."""
+        names = self.names()
+        return names.index(lname) if lname in names else -1
+
+    def value_at(self, i: int) -> bytes:
+        return self.pairs()[i][1]
+
+    def replace_at(self, i: int, value: bytes) -> None:
+        r = self.pairs()
+        r[i] = (r[i][0], value)
+
     def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
         """First value of ``name``, or ``default``."""
         lname = _b(name).lower()
-        for n, v in self.raw:
-            if n.lower() == lname:
-                return v
+        names = self.names()
+        if lname in names:
+            return self.pairs()[names.index(lname)][1]
         return default
 
     def get_all(self, name: str | bytes) -> list[bytes]:
         lname = _b(name).lower()
-        return [v for n, v in self.raw if n.lower() == lname]
+        return [v for (_, v), n in zip(self.pairs(), self.names(), strict=True) if n == lname]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str | bytes):
             return False
-        lname = _b(name).lower()
-        return any(n.lower() == lname for n, _ in self.raw)
+        return _b(name).lower() in self.names()
 
     def add(self, name: str | bytes, value: str | bytes) -> None:
         """Append a header; existing ones of the same name stay."""
-        self.raw.append((_b(name), _b(value)))
+        bname = _b(name)
+        self.pairs().append((bname, _b(value)))
+        if self._lower is not None:
+            self._lower.append(bname.lower())
 
     def set(self, name: str | bytes, value: str | bytes) -> None:
         """Replace every header called ``name`` with one (name, value)."""
-        bname = _b(name)
-        self.remove(bname)
-        self.raw.append((bname, _b(value)))
+        self.remove(name)
+        self.add(name, value)
 
     def remove(self, name: str | bytes) -> int:
         """Remove every header called ``name``; return how many were removed."""
         lname = _b(name).lower()
-        raw = self.raw
-        before = len(raw)
-        raw[:] = [(n, v) for n, v in raw if n.lower() != lname]
-        return before - len(raw)
+        names = self.names()
+        if lname not in names:
+            return 0
+        r = self.pairs()
+        keep = [i for i, n in enumerate(names) if n != lname]
+        removed = len(names) - len(keep)
+        r[:] = [r[i] for i in keep]
+        names[:] = [names[i] for i in keep]
+        return removed
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(self.raw)
+        return iter(self.pairs())
 
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self.pairs())
 
     def __repr__(self) -> str:
-        return f"Headers({self.raw!r})"
+        return f"Headers({self.pairs()!r})"
 
 
 def parse_block(block: bytes) -> list[tuple[bytes, bytes]]:

@@ -74,6 +74,7 @@ def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return b"".join(kept), found
 
 
+_REQUEST_SPECIAL = HOP_BY_HOP | {b"host"}
 _OWS = (32, 9)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
@@ -100,8 +101,9 @@ class RequestReader:
         self._in_head = True
         self._began = self._ended = False
         self._head_bytes = 0
-        self._hsize = 0
-        self._nheaders = 0
+        self._nhop = 0
+        self._lower: list[bytes] = []
+        self._cur = 0
         self._url = b""
         self._raw: list[tuple[bytes, bytes]] = []
         self._host: bytes | None = None
@@ -118,7 +120,7 @@ class RequestReader:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises ProtocolError (status_hint 400/405/413/431/501)."""
-        size = len(data)
+        size = self._cur = len(data)
         self._began = self._ended = False
         while data:
             if self._passthrough:
@@ -151,7 +153,7 @@ class RequestReader:
             if not self._began:
                 self._head_bytes += size
             elif self._ended:
-                self._head_bytes = len(self._url) + self._hsize
+                self._head_bytes = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._raw)
             else:
                 self._head_bytes = size
             if self._head_bytes > self.max_header_bytes:
@@ -172,10 +174,10 @@ class RequestReader:
         self._in_head = True
         self._began = True
         self._head_bytes = 0
-        self._hsize = 0
-        self._nheaders = 0
+        self._nhop = 0
         self._url = b""
         self._raw = []
+        self._lower = []
         self._host = None
         self._conn_tokens = None
         self._cl = None
@@ -188,54 +190,67 @@ class RequestReader:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # trailer fields of a chunked body are not forwarded
-        raw = self._raw
-        self._nheaders += 1
-        if self._nheaders > self.max_headers:
-            raise RemoteProtocolError("too many headers", status_hint=431, source=Source.DOWNSTREAM)
-        self._hsize += len(name) + len(value) + 4
-        if value and value[-1] in _OWS:
-            value = value.rstrip(b" \t")  # RFC 9110 §5.5: OWS is not part of the value
         lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"content-length":
-                self._cl = int(value)
-            elif lname == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    raise RemoteProtocolError("unsupported transfer coding", status_hint=501, source=Source.DOWNSTREAM)
-                self._chunked = True
-            elif lname == b"connection":
-                self._conn_tokens = (
-                    value.lower() if self._conn_tokens is None else (self._conn_tokens + b"," + value.lower())
-                )
-            elif lname == b"expect":
-                if value.strip().lower() != b"100-continue":
-                    raise RemoteProtocolError("unsupported expectation", status_hint=417, source=Source.DOWNSTREAM)
-                self._expect = True
-            elif lname == b"upgrade":
-                self._upgrade = value
+        if lname in _REQUEST_SPECIAL:
+            self._special(name, lname, value)
+        elif self._in_head:
+            if value and value[-1] in _OWS:
+                value = value.rstrip(b" \t")  # RFC 9110 §5.5: OWS is not part of the value
+            self._raw.append((name, value))
+            self._lower.append(lname)
+        # else: a trailer field of a chunked body; trailers are not forwarded
+
+    def _special(self, name: bytes, lname: bytes, value: bytes) -> None:
+        if not self._in_head:
             return
+        self._nhop += 1
         if lname == b"host":
             if self._host is not None:
                 raise RemoteProtocolError("duplicate Host header", status_hint=400, source=Source.DOWNSTREAM)
-            self._host = value
-        raw.append((name, value))
+            self._host = value.rstrip(b" \t")  # RFC 9110 §5.5: OWS is not part of the value
+            self._nhop -= 1
+            self._raw.append((name, self._host))
+            self._lower.append(b"host")
+        elif lname == b"content-length":
+            self._cl = int(value)
+        elif lname == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise RemoteProtocolError("unsupported transfer coding", status_hint=501, source=Source.DOWNSTREAM)
+            self._chunked = True
+        elif lname == b"connection":
+            self._conn_tokens = (
+                value.lower() if self._conn_tokens is None else (self._conn_tokens + b"," + value.lower())
+            )
+        elif lname == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise RemoteProtocolError("unsupported expectation", status_hint=417, source=Source.DOWNSTREAM)
+            self._expect = True
+        elif lname == b"upgrade":
+            self._upgrade = value
+        # other hop-by-hop fields are dropped
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._hsize + len(self._url) > self.max_header_bytes:
-            raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
+        raw = self._raw
+        if len(raw) + self._nhop > self.max_headers:
+            raise RemoteProtocolError("too many headers", status_hint=431, source=Source.DOWNSTREAM)
+        fed = self._cur + (0 if self._began else self._head_bytes)
+        if fed > self.max_header_bytes:
+            # The bytes fed since this head began may include a previous message's tail;
+            # only then is the exact size worth counting.
+            size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in raw)
+            if size > self.max_header_bytes:
+                raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
             raise RemoteProtocolError("CONNECT is not enabled", status_hint=405, source=Source.DOWNSTREAM)
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         keep_alive = parser.should_keep_alive()
-        raw = self._raw
+        headers = Headers(raw, lower=self._lower)
         tokens = self._conn_tokens
-        if tokens is not None:
-            _drop_connection_listed(raw, tokens)
+        if tokens is not None and tokens not in _PLAIN_TOKENS:
+            _drop_connection_listed(headers, tokens)
         host = self._host
         if host is None:
             if version == b"1.1":
@@ -260,7 +275,7 @@ class RequestReader:
         req = Request(
             method,
             self._url,
-            Headers(raw),
+            headers,
             version=version,
             host=lhost,
             raw_host=host,
@@ -429,9 +444,8 @@ class ResponseReader:
         else:
             keep_alive = tokens is not None and _has_token(tokens, b"keep-alive")
         if tokens is not None and tokens not in _PLAIN_TOKENS:
-            raw = parse_block(block)
-            _drop_connection_listed(raw, tokens)
-            headers = Headers(raw)
+            headers = Headers(parse_block(block))
+            _drop_connection_listed(headers, tokens)
         else:
             headers = Headers(block=block)
         no_body = self.expect_no_body or status in (204, 304)
@@ -508,10 +522,7 @@ def _host_only(host: bytes) -> bytes:
     return (host[:colon] if colon >= 0 else host).lower()
 
 
-def _drop_connection_listed(raw: list[tuple[bytes, bytes]], tokens: bytes) -> None:
+def _drop_connection_listed(headers: Headers, tokens: bytes) -> None:
     """Remove headers named in Connection (RFC 9110 §7.6.1), besides the usual ones."""
-    if tokens in _PLAIN_TOKENS:
-        return
-    names = {t.strip() for t in tokens.split(_TOKEN_SPLIT)} - _PLAIN_TOKENS
-    if names:
-        raw[:] = [(n, v) for n, v in raw if n.lower() not in names]
+    for name in {t.strip() for t in tokens.split(_TOKEN_SPLIT)} - _PLAIN_TOKENS:
+        headers.remove(name)

@@ -37,7 +37,7 @@ def response_head(status: int, headers: Headers, framing: bytes, reason: bytes =
     if block is not None:
         return b"".join((status_line(status, reason), block, framing, CRLF))
     parts = [status_line(status, reason)]
-    for name, value in headers.raw:
+    for name, value in headers.pairs():
         parts += (name, b": ", value, CRLF)
     parts += (framing, CRLF)
     return b"".join(parts)
@@ -49,7 +49,7 @@ def request_head(method: bytes, target: bytes, headers: Headers, framing: bytes)
     if block is not None:
         return b"".join((method, b" ", target, b" HTTP/1.1\r\n", block, framing, CRLF))
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers.raw:
+    for name, value in headers.pairs():
         parts += (name, b": ", value, CRLF)
     parts += (framing, CRLF)
     return b"".join(parts)
