@@ -95,11 +95,8 @@ class UpstreamCluster:
                 chunked = True
             head = request_head(req.method, req.target, req.headers, framing)
             head_only = req.method == b"HEAD"
-            conn = await self.pool.acquire(
-                ep,
-                connect_timeout=self.connect_timeout,
-                idle_timeout=self.idle_timeout,
-                max_idle=self.max_idle,
+            conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle) or await self.pool.acquire(
+                ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout, max_idle=self.max_idle
             )
             fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
             try:

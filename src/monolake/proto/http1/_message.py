@@ -237,7 +237,6 @@ class Response:
         status: int,
         headers: Headers | None = None,
         body: Any = None,
-        *,
         reason: bytes = b"",
         version: bytes = b"1.1",
         content_length: int | None = None,

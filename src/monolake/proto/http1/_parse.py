@@ -76,6 +76,7 @@ def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host"}
 _OWS = (32, 9)
+_EMPTY_LINE_START = (b"\r", b"\n")
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
@@ -401,9 +402,9 @@ class ResponseReader:
         self._in_head = False
         buf = self._buf
         pos = self._pos
-        if pos >= 0:
+        if pos >= 0 and buf.startswith(_EMPTY_LINE_START, pos):
             # llhttp skips empty lines before a status line (RFC 9112 §2.2); so do we.
-            while buf[pos : pos + 1] in (b"\r", b"\n"):
+            while buf.startswith(_EMPTY_LINE_START, pos):
                 pos += 1
         end = buf.find(b"\r\n\r\n", pos) if pos >= 0 else -1
         if end < 0:
@@ -439,10 +440,12 @@ class ResponseReader:
                 elif lname == b"connection":
                     tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
-        if version == b"1.1":
-            keep_alive = tokens is None or not _has_token(tokens, b"close")
+        if tokens is None:
+            keep_alive = version == b"1.1"
+        elif version == b"1.1":
+            keep_alive = not _has_token(tokens, b"close")
         else:
-            keep_alive = tokens is not None and _has_token(tokens, b"keep-alive")
+            keep_alive = _has_token(tokens, b"keep-alive")
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             headers = Headers(parse_block(block))
             _drop_connection_listed(headers, tokens)
@@ -454,14 +457,7 @@ class ResponseReader:
         if cl is None and not chunked and not no_body:
             # Delimited by close: the connection cannot be reused.
             keep_alive = False
-        resp = Response(
-            status,
-            headers,
-            reason=buf[pos + 13 : line_end],
-            version=version,
-            content_length=cl,
-            keep_alive=keep_alive,
-        )
+        resp = Response(status, headers, None, buf[pos + 13 : line_end], version, cl, keep_alive)
         has_body = not no_body and (chunked or cl is None or cl > 0)
         self._chunked = chunked
         self._head_here = True
@@ -508,7 +504,11 @@ class ResponseReader:
 
 def _has_token(tokens: bytes, token: bytes) -> bool:
     """Whether the comma-separated, lowercased ``tokens`` list contains ``token``."""
-    return tokens == token or any(t.strip() == token for t in tokens.split(_TOKEN_SPLIT))
+    if tokens == token:
+        return True
+    if tokens in _PLAIN_TOKENS:
+        return False
+    return any(t.strip() == token for t in tokens.split(_TOKEN_SPLIT))
 
 
 def _host_only(host: bytes) -> bytes:

@@ -15,6 +15,8 @@ _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()}
 
 CRLF = b"\r\n"
+_CRLF_JOIN = CRLF.join
+_SEP_JOIN = b": ".join
 LAST_CHUNK = b"0\r\n\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -36,11 +38,11 @@ def response_head(status: int, headers: Headers, framing: bytes, reason: bytes =
     block = headers.block
     if block is not None:
         return b"".join((status_line(status, reason), block, framing, CRLF))
-    parts = [status_line(status, reason)]
-    for name, value in headers.pairs():
-        parts += (name, b": ", value, CRLF)
-    parts += (framing, CRLF)
-    return b"".join(parts)
+    pairs = headers.pairs()
+    if not pairs:
+        return b"".join((status_line(status, reason), framing, CRLF))
+    lines = _CRLF_JOIN(map(_SEP_JOIN, pairs))
+    return b"".join((status_line(status, reason), lines, CRLF, framing, CRLF))
 
 
 def request_head(method: bytes, target: bytes, headers: Headers, framing: bytes) -> bytes:
@@ -48,11 +50,11 @@ def request_head(method: bytes, target: bytes, headers: Headers, framing: bytes)
     block = headers.block
     if block is not None:
         return b"".join((method, b" ", target, b" HTTP/1.1\r\n", block, framing, CRLF))
-    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers.pairs():
-        parts += (name, b": ", value, CRLF)
-    parts += (framing, CRLF)
-    return b"".join(parts)
+    pairs = headers.pairs()
+    if not pairs:
+        return b"".join((method, b" ", target, b" HTTP/1.1\r\n", framing, CRLF))
+    lines = _CRLF_JOIN(map(_SEP_JOIN, pairs))
+    return b"".join((method, b" ", target, b" HTTP/1.1\r\n", lines, CRLF, framing, CRLF))
 
 
 def content_length_line(n: int) -> bytes:
