@@ -203,7 +203,12 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
 
     def request_sent(self) -> None:
         self._sent = True
+        qbody = self._qbody
         self._qbody = None
+        if qbody is not None:
+            # The last piece may have filled our socket buffer and paused the client;
+            # its body is complete, so the client's next request must be read.
+            qbody.resume()
         if self._resp_done:
             self._release()
 
