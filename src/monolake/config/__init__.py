@@ -11,6 +11,7 @@ from ._schema import Cluster as Cluster
 from ._schema import Config as Config
 from ._schema import FilterSpec as FilterSpec
 from ._schema import Forwarded as Forwarded
+from ._schema import Gateway as Gateway
 from ._schema import HeaderRewrite as HeaderRewrite
 from ._schema import Limits as Limits
 from ._schema import Log as Log

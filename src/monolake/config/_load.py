@@ -47,17 +47,36 @@ def _convert_named(raw: Any, typ: type[T], path: str) -> dict[str, T]:
     return {name: _convert(value, typ, f"{path}.{name}") for name, value in raw.items()}
 
 
-def parse_config(raw: dict[str, Any]) -> Config:
-    """Turn a decoded TOML document into a validated Config, or raise ConfigError."""
+def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Config:
+    """Turn a decoded TOML document into a validated Config, or raise ConfigError.
+
+    Relative file names in the config (gateway IDLs) are taken relative to
+    ``base_dir`` (the config file's directory) when given, else to the working directory.
+    """
     rest = {k: v for k, v in raw.items() if k not in ("servers", "upstreams")}
     base = _convert(rest, Config, "")
+    servers = _convert_named(raw.get("servers"), Server, "servers")
+    if base_dir is not None:
+        servers = {name: _resolve_files(s, Path(base_dir)) for name, s in servers.items()}
     cfg = msgspec.structs.replace(
         base,
         upstreams=_convert_named(raw.get("upstreams"), Cluster, "upstreams"),
-        servers=_convert_named(raw.get("servers"), Server, "servers"),
+        servers=servers,
     )
     validate(cfg)
     return cfg
+
+
+def _resolve_files(s: Server, base: Path) -> Server:
+    if not any(r.gateway is not None and not Path(r.gateway.idl).is_absolute() for r in s.routes):
+        return s
+    routes = [
+        r
+        if r.gateway is None or Path(r.gateway.idl).is_absolute()
+        else msgspec.structs.replace(r, gateway=msgspec.structs.replace(r.gateway, idl=str(base / r.gateway.idl)))
+        for r in s.routes
+    ]
+    return msgspec.structs.replace(s, routes=routes)
 
 
 def load_config(path: str | Path) -> Config:
@@ -69,7 +88,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"{path} is not valid TOML: {exc}") from None
-    return parse_config(raw)
+    return parse_config(raw, Path(path).parent)
 
 
 _HASH_ON = re.compile(r"^(client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^=;, ]+)$")
@@ -161,6 +180,58 @@ def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
         raise ConfigError(f"{path}.splice_after", "must be >= 0")
 
 
+_HTTP_ONLY_ROUTE_KEYS = ("host", "path", "path_exact", "path_regex", "methods", "headers", "prefix_rewrite", "gateway")
+_THRIFT_DEFAULTS = Route()
+
+
+def _names(value: str | list[str] | None) -> list[str]:
+    return [] if value is None else [value] if isinstance(value, str) else value
+
+
+def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
+    if s.filters:
+        raise ConfigError(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "thrift" server')
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            raise ConfigError(f"{path}.{key}", "a thrift server sends calls to its routes' upstreams; set it there")
+    if not s.routes:
+        raise ConfigError(f"{path}.routes", "a thrift server needs at least one route")
+    for i, r in enumerate(s.routes):
+        rpath = f"{path}.routes[{i}]"
+        for key in (*_HTTP_ONLY_ROUTE_KEYS, "strip_prefix", "host_header", "request_headers", "response_headers"):
+            if getattr(r, key) != getattr(_THRIFT_DEFAULTS, key):
+                raise ConfigError(
+                    f"{rpath}.{key}", "an HTTP route key; thrift routes match thrift_service/thrift_method"
+                )
+        for key in ("thrift_method", "thrift_service"):
+            value = getattr(r, key)
+            if value is not None and (not _names(value) or not all(_names(value))):
+                raise ConfigError(f"{rpath}.{key}", "expected a non-empty name or list of names")
+        _check_route(rpath, r, cfg)
+        if r.upstreams is not None and r.load_balancer == "consistent_hash" and r.hash_on != "client_ip":
+            raise ConfigError(f"{rpath}.hash_on", f"a thrift route can only hash on client_ip, got {r.hash_on!r}")
+        if r.upstream is not None:
+            c = cfg.upstreams[r.upstream]
+            if c.load_balancer == "consistent_hash" and c.hash_on != "client_ip":
+                raise ConfigError(
+                    f"{rpath}.upstream",
+                    f"cluster {r.upstream!r} hashes on {c.hash_on!r}; thrift routes hash on client_ip",
+                )
+            if c.send_proxy_protocol != "off":
+                raise ConfigError(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
+    if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
+        raise ConfigError(f"{path}.max_frame_size", "must be between 64 and 2147483647")
+    for key in ("upstream_connections", "upstream_in_flight"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"{path}.{key}", "must be >= 1")
+    if s.idle_timeout <= 0:
+        raise ConfigError(f"{path}.idle_timeout", "must be > 0")
+    if s.request_timeout is not None and s.request_timeout <= 0:
+        raise ConfigError(f"{path}.request_timeout", "must be > 0")
+    if s.limits.max_pipelined < 1:
+        raise ConfigError(f"{path}.limits.max_pipelined", "must be >= 1")
+
+
 def _check_server(path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
@@ -169,12 +240,22 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
     if s.proxy_type == "tcp":
         _check_tcp_server(path, s, cfg)
         return
+    if s.proxy_type == "thrift":
+        _check_thrift_server(path, s, cfg)
+        return
     for key in ("upstream", "upstreams"):
         if getattr(s, key) is not None:
             raise ConfigError(f"{path}.{key}", 'only a proxy_type = "tcp" server has one; http servers use routes')
     if not s.routes:
         raise ConfigError(f"{path}.routes", "a server needs at least one route")
     for i, r in enumerate(s.routes):
+        for key in ("thrift_method", "thrift_service"):
+            if getattr(r, key) is not None:
+                raise ConfigError(f"{path}.routes[{i}].{key}", 'only routes of a proxy_type = "thrift" server have one')
+        if r.gateway is not None:
+            for key in ("idl", "service"):
+                if not getattr(r.gateway, key):
+                    raise ConfigError(f"{path}.routes[{i}].gateway.{key}", "must not be empty")
         _check_route(f"{path}.routes[{i}]", r, cfg)
         if r.upstream is not None and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
             raise ConfigError(

@@ -77,6 +77,17 @@ class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     remove: list[str] = []
 
 
+class Gateway(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """An HTTP route answered by calling a Thrift service (the route's upstream) from an annotated IDL."""
+
+    idl: str
+    """Thrift IDL file with CloudWeGo-style ``api.*`` annotations; relative to the config file."""
+    service: str
+    """The IDL service whose methods become HTTP endpoints."""
+    transport: Literal["framed", "ttheader", "theader"] = "framed"
+    protocol: Literal["binary", "compact"] = "binary"
+
+
 class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     host: str | None = None
     """Exact host or "*.suffix"; matched case-insensitively without the port."""
@@ -105,7 +116,17 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     request_headers: HeaderRewrite = HeaderRewrite()
     response_headers: HeaderRewrite = HeaderRewrite()
     timeout: float | None = None
-    """Whole-request deadline (504 when exceeded)."""
+    """Whole-request deadline (504 when exceeded; a TApplicationException on thrift servers)."""
+
+    # -- thrift servers -------------------------------------------------------------------
+    thrift_method: str | list[str] | None = None
+    """Method name(s) this route takes (exact; without a multiplexed "Service:" prefix)."""
+    thrift_service: str | list[str] | None = None
+    """IDL service name(s): the TTHeader ``isn`` key, or the "Service:" prefix of a multiplexed call."""
+
+    # -- http servers ---------------------------------------------------------------------
+    gateway: Gateway | None = None
+    """Answer from a Thrift service instead of proxying HTTP (the route's upstream speaks Thrift)."""
 
 
 class FilterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -135,10 +156,11 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
-    proxy_type: Literal["http", "tcp"] = "http"
-    """"http": routes and filters; "tcp": a byte relay to ``upstream``/``upstreams``."""
+    proxy_type: Literal["http", "tcp", "thrift"] = "http"
+    """"http": routes and filters; "tcp": a byte relay to ``upstream``/``upstreams``; "thrift": Thrift calls
+    routed by service/method name."""
     routes: list[Route] = []
-    """Required for http servers, not allowed for tcp ones."""
+    """Required for http and thrift servers, not allowed for tcp ones."""
     filters: list[str | FilterSpec] = []
     forwarded: Forwarded = Forwarded()
     limits: Limits = Limits()
@@ -168,6 +190,14 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Move a connection to a zero-copy os.splice relay (Linux) once it has relayed ``splice_after`` bytes."""
     splice_after: int = 1048576
     """Bytes relayed through the event loop before splicing (splicing costs more per connection, less per byte)."""
+
+    # -- thrift servers -----------------------------------------------------------------
+    max_frame_size: int = 16777216
+    """Largest Thrift frame accepted from a client or an upstream; a larger call is answered with an error."""
+    upstream_connections: int = 4
+    """Connections per upstream endpoint (per worker, transport and protocol) that calls are multiplexed over."""
+    upstream_in_flight: int = 32
+    """Calls in flight on one upstream connection before another is opened (up to ``upstream_connections``)."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
