@@ -156,7 +156,9 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.patches
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("bench: matplotlib missing, no plot")
         return False
@@ -168,6 +170,7 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
     colors = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
     width = 0.8 / max(1, len(proxies))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    handles = []
     for i, proxy in enumerate(proxies):
         xs, user, sys_, p99, hatch = [], [], [], [], []
         for j, size in enumerate(sizes):
@@ -186,7 +189,8 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         )
         for x, u, sy in zip(xs, user, sys_, strict=True):
             ax1.text(x, u + sy, f"{u + sy:.0f}", ha="center", va="bottom", fontsize=7)
-        bars = ax2.bar(xs, p99, width, color=c, label=proxy, edgecolor="black", linewidth=0.4)
+        bars = ax2.bar(xs, p99, width, color=c, edgecolor="black", linewidth=0.4)
+        handles.append(matplotlib.patches.Patch(facecolor=c, edgecolor="black", linewidth=0.4, label=proxy))
         for b, h in zip(bars, hatch, strict=True):
             b.set_hatch(h)
     a = doc["args"]
@@ -197,11 +201,14 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
     )
     ax1.legend(fontsize=7, ncol=2)
     ax1.grid(axis="y", alpha=0.3)
-    ax2.set_ylabel("p99 latency, ms (log)\nhatched: rate not kept up")
+    ax2.set_ylabel("p99 latency, ms (log)\nhatched: offered rate not kept up")
     ax2.set_yscale("log")
+    ax2.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax2.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.set_xticks(range(len(sizes)))
     ax2.set_xticklabels([f"{s} body" for s in sizes])
-    ax2.legend(fontsize=7)
+    ax2.legend(handles=handles, fontsize=7)
     ax2.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-scaling", action="store_true", help="skip monolake 1 vs 2 workers")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 s, 1 round, 128 B, wrk 2 s")
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
+    ap.add_argument("--report", metavar="JSON", help="only re-render the .md and .png of a saved run (and latest.*)")
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.rounds, args.sizes, args.wrk_seconds = 3, 1, "128", 2
@@ -259,6 +260,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        path = Path(args.report)
+        full = json.loads(path.read_text())
+        newest = max((p.stem for p in path.parent.glob("*.json") if not p.stem.endswith("-quick")), default="")
+        latest = path.stem == newest and path.parent.resolve() == RESULTS.resolve()
+        write_reports(full, path.parent, path.stem, latest)
+        return 0
     missing = machine.setup()
     if args.setup:
         print(json.dumps(machine.info(), indent=1))
@@ -290,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"bench: process logs and configs kept in {tmp}")
-    stamp = started.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if args.quick else "")
     full = {
         "started_utc": started.strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": round(time.monotonic() - t0, 1),
@@ -304,15 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if args.quick else "")
     (out / f"{stamp}.json").write_text(json.dumps(full, indent=1, ensure_ascii=False) + "\n")
+    write_reports(full, out, stamp, latest=not args.quick and out.resolve() == RESULTS.resolve())
+    return 0
+
+
+def write_reports(full: dict[str, Any], out: Path, stamp: str, latest: bool) -> None:
+    """<stamp>.md and <stamp>.png next to the JSON, and copies as latest.* for a full run."""
     md = report.markdown(full)
     print()
     print(md)
     has_plot = report.plot(full, out / f"{stamp}.png")
     (out / f"{stamp}.md").write_text(md + (f"\n![plot]({stamp}.png)\n" if has_plot else ""))
-    if not args.quick and out.resolve() == RESULTS.resolve():
+    if latest:
         (out / "latest.md").write_text(md + ("\n![plot](latest.png)\n" if has_plot else ""))
         if has_plot:
             shutil.copyfile(out / f"{stamp}.png", out / "latest.png")
-    print(f"bench: wrote {out / stamp}.json/.md{'/.png' if has_plot else ''} in {full['duration_s'] / 60:.1f} min")
-    return 0
+    print(f"bench: wrote {out / stamp}.json/.md{'/.png' if has_plot else ''} ({full['duration_s'] / 60:.1f} min run)")
