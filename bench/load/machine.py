@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import platform
@@ -71,7 +72,20 @@ def _module_version(name: str) -> str:
     return str(getattr(mod, "__version__", "?"))
 
 
+def src_fingerprint() -> str:
+    """A hash of the monolake sources in the checkout (proxies load them when they start)."""
+    h = hashlib.sha1()
+    for path in sorted((REPO / "src" / "monolake").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode())
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            continue
+    return h.hexdigest()[:12]
+
+
 def info() -> dict[str, object]:
+    """Taken when the run starts: the proxies run the sources as they are then."""
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -92,6 +106,7 @@ def info() -> dict[str, object]:
         "monolake": _module_version("monolake"),
         "monolake_commit": _git("rev-parse", "--short=12", "HEAD"),
         "monolake_src_dirty": bool(dirty),
+        "monolake_src_sha1": src_fingerprint(),
         "nginx": _first_line(["nginx", "-v"]),
         "haproxy": _first_line(["haproxy", "-v"]),
         "h2load": _first_line(["h2load", "--version"]),

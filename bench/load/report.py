@@ -89,12 +89,15 @@ def markdown(doc: dict[str, Any]) -> str:
     a, mi = doc["args"], doc["machine"]
     rate = a["conns"] * max(1, a["rate"] // a["conns"])
     wrk = "" if a["no_wrk"] else f"max req/s from `wrk -t1 -c{a['conns']} -d{a['wrk_seconds']}s` pinned to core 0. "
+    dirty = " (src modified)" if mi["monolake_src_dirty"] else ""
+    if doc.get("monolake_src_changed_during_run"):
+        dirty += " (src changed during the run: later proxies may run newer code)"
     lines = [
         f"# Load benchmark, {doc['started_utc']}",
         "",
         f"`{doc['command']}` — {doc['duration_s'] / 60:.1f} min; {mi['cpu_model']}, {mi['cores']} cores, "
         f"Linux {mi['kernel']}; Python {mi['python']}, uvloop {mi['uvloop']}, httptools {mi['httptools']}; "
-        f"monolake {mi['monolake']} @ {mi['monolake_commit']}{' (src modified)' if mi['monolake_src_dirty'] else ''}; "
+        f"monolake {mi['monolake']} @ {mi['monolake_commit']}{dirty}; "
         f"{mi['nginx']}; {mi['haproxy'].split(' - ')[0]}; {mi['h2load']}; {mi['wrk'].split(' Copyright')[0]}.",
         f"Load average (1/5/15 min) at start {doc['loadavg_start']}, at end {doc['loadavg_end']} "
         "(other work shares this machine; the numbers are noisy).",

@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     t0 = time.monotonic()
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
+    info = machine.info()
     tmp = Path(tempfile.mkdtemp(prefix="monolake-bench-"))
     tmp.chmod(0o755)  # nginx workers run unprivileged and read the bodies from here
     procs = Procs(tmp)
@@ -303,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.monotonic() - t0, 1),
         "command": command,
         "args": {k: v for k, v in vars(args).items() if k not in ("size_list", "proxy_list")},
-        "machine": machine.info(),
+        "machine": info,
+        "monolake_src_changed_during_run": machine.src_fingerprint() != info["monolake_src_sha1"],
         "loadavg_start": loadavg_start,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "cpus": {"origin": ORIGIN_CPU, "proxy": PROXY_CPU, "load_generator": LOAD_CPU},
