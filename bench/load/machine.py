@@ -72,11 +72,13 @@ def _module_version(name: str) -> str:
     return str(getattr(mod, "__version__", "?"))
 
 
-def src_fingerprint() -> str:
-    """A hash of the monolake sources in the checkout (proxies load them when they start)."""
+def src_fingerprint(src: Path | None = None) -> str:
+    """A hash of the monolake sources under ``src`` (default: the checkout's src/), which the proxies load
+    when they start."""
+    root = src or REPO / "src"
     h = hashlib.sha1()
-    for path in sorted((REPO / "src" / "monolake").rglob("*.py")):
-        h.update(str(path.relative_to(REPO)).encode())
+    for path in sorted((root / "monolake").rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
         try:
             h.update(path.read_bytes())
         except OSError:
@@ -84,8 +86,22 @@ def src_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def info() -> dict[str, object]:
-    """Taken when the run starts: the proxies run the sources as they are then."""
+def extract(rev: str, dest: Path) -> Path:
+    """``git archive <rev> src/monolake`` into ``dest``; returns the directory to put on PYTHONPATH."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "src/monolake"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, timeout=60, check=True)
+    return dest / "src"
+
+
+def info(rev: str | None = None, src: Path | None = None) -> dict[str, object]:
+    """Taken when the run starts: the proxies run the sources as they are then (or as committed at ``rev``,
+    extracted to ``src``)."""
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -94,7 +110,7 @@ def info() -> dict[str, object]:
                 break
     except OSError:
         pass
-    dirty = _git("status", "--porcelain", "--", "src")
+    dirty = "" if rev else _git("status", "--porcelain", "--", "src")
     return {
         "cpu_model": cpu,
         "cores": os.cpu_count(),
@@ -104,9 +120,10 @@ def info() -> dict[str, object]:
         "uvloop": _module_version("uvloop"),
         "httptools": _module_version("httptools"),
         "monolake": _module_version("monolake"),
-        "monolake_commit": _git("rev-parse", "--short=12", "HEAD"),
+        "monolake_commit": _git("rev-parse", "--short=12", rev or "HEAD"),
+        "monolake_source": f"git archive {rev}" if rev else "working tree",
         "monolake_src_dirty": bool(dirty),
-        "monolake_src_sha1": src_fingerprint(),
+        "monolake_src_sha1": src_fingerprint(src),
         "nginx": _first_line(["nginx", "-v"]),
         "haproxy": _first_line(["haproxy", "-v"]),
         "h2load": _first_line(["h2load", "--version"]),

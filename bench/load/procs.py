@@ -142,7 +142,7 @@ class Procs:
         self.logdir = logdir
         self.items: list[Proc] = []
 
-    def start(self, name: str, argv: list[str], cpu: int | None) -> Proc:
+    def start(self, name: str, argv: list[str], cpu: int | None, env: dict[str, str] | None = None) -> Proc:
         log = self.logdir / f"{name}.log"
         cmd = (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
         with open(log, "ab") as out:
@@ -151,6 +151,7 @@ class Procs:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=env,
                 start_new_session=True,  # Ctrl-C reaches the harness only; it stops everything in order
                 preexec_fn=_die_with_parent,
             )

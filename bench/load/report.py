@@ -90,6 +90,8 @@ def markdown(doc: dict[str, Any]) -> str:
     rate = a["conns"] * max(1, a["rate"] // a["conns"])
     wrk = "" if a["no_wrk"] else f"max req/s from `wrk -t1 -c{a['conns']} -d{a['wrk_seconds']}s` pinned to core 0. "
     dirty = " (src modified)" if mi["monolake_src_dirty"] else ""
+    if mi.get("monolake_source", "working tree") != "working tree":
+        dirty += f" ({mi['monolake_source']})"
     if doc.get("monolake_src_changed_during_run"):
         dirty += " (src changed during the run: later proxies may run newer code)"
     lines = [

@@ -23,6 +23,8 @@ from .procs import Proc, Procs, free_port, wait_port
 
 RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
+MONOLAKE_ENV: dict[str, str] | None = None
+"""Environment for the monolake processes; set by --rev to run an extracted revision."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-scaling", action="store_true", help="skip monolake 1 vs 2 workers")
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 s, 1 round, 128 B, wrk 2 s")
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
+    ap.add_argument(
+        "--rev",
+        help="run monolake as committed at this git revision (git archive into the temp dir, put first on "
+        "PYTHONPATH) instead of the working tree, e.g. --rev HEAD while the tree is being edited",
+    )
     ap.add_argument("--report", metavar="JSON", help="only re-render the .md and .png of a saved run (and latest.*)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -114,7 +121,7 @@ def start_proxy(
     else:
         conf = configs.haproxy(tmp, port, origin_port)
         argv = ["haproxy", "-db", "-f", str(conf)]
-    proc = procs.start(name, argv, cpu)
+    proc = procs.start(name, argv, cpu, env=MONOLAKE_ENV if kind.kind == "monolake" else None)
     wait_port(port, alive=proc.popen)
     if kind.kind == "monolake":  # the supervisor logs this once every worker is serving
         deadline = time.monotonic() + 20
@@ -259,6 +266,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global MONOLAKE_ENV
     args = parse_args(argv)
     if args.report:
         path = Path(args.report)
@@ -282,13 +290,34 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     t0 = time.monotonic()
     loadavg_start = [round(x, 2) for x in os.getloadavg()]
-    info = machine.info()
     tmp = Path(tempfile.mkdtemp(prefix="monolake-bench-"))
     tmp.chmod(0o755)  # nginx workers run unprivileged and read the bodies from here
+    src = None
+    if args.rev:
+        src = machine.extract(args.rev, tmp / "rev")
+        MONOLAKE_ENV = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
+        }
+    info = machine.info(args.rev, src)
+    where = subprocess.run(
+        [sys.executable, "-c", "import monolake; print(monolake.__file__)"],
+        env=MONOLAKE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout.strip()
+    info["monolake_imported_from"] = where
+    if src is not None and not where.startswith(str(src)):
+        print(f"bench: --rev {args.rev}: monolake imports from {where}, not {src}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 2
     procs = Procs(tmp)
     ok = False
     try:
         doc = measure(args, procs, tmp)
+        doc["monolake_src_changed_during_run"] = machine.src_fingerprint(src) != info["monolake_src_sha1"]
         ok = True
     except KeyboardInterrupt:
         print("bench: interrupted; everything started is stopped, nothing written")
@@ -305,7 +334,6 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "args": {k: v for k, v in vars(args).items() if k not in ("size_list", "proxy_list")},
         "machine": info,
-        "monolake_src_changed_during_run": machine.src_fingerprint() != info["monolake_src_sha1"],
         "loadavg_start": loadavg_start,
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "cpus": {"origin": ORIGIN_CPU, "proxy": PROXY_CPU, "load_generator": LOAD_CPU},
