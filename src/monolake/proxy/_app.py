@@ -18,11 +18,13 @@ from ..errors import ConfigError
 from ..observe import AccessLog, compile_format
 from ..proto.http1 import Request, Response
 from ..server import HttpServerApp, error_response
+from ..server._thrift import ThriftServerApp
 from ..service import Layer, Stack
 from ..service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ._filters import Phases, load_filters
 from ._l4_app import AnyApp, ProxyProtocolHttpApp, build_l4_app
 from ._proxy import ProxyFactory
+from ._thrift_app import build_thrift_app
 from ._upstream import UpstreamCluster
 
 SERVER_PROVIDES = ("peer", "server", "start")
@@ -66,8 +68,10 @@ def _completion(access_log: AccessLog | None, phases: Phases) -> Callable[[Reque
     return on_complete
 
 
-def build_apps(cfg: Config, old: dict[str, AnyApp] | None = None) -> dict[str, AnyApp]:
-    """One app per configured server (HTTP, HTTP behind a PROXY header reader, or tcp). Raises ConfigError."""
+def build_apps(
+    cfg: Config, old: dict[str, AnyApp | ThriftServerApp] | None = None
+) -> dict[str, AnyApp | ThriftServerApp]:
+    """One app per configured server (HTTP, HTTP behind a PROXY header reader, tcp or thrift). Raises ConfigError."""
     pool = Pool()
     try:
         compile_format(cfg.log.access_log_format)
@@ -75,10 +79,13 @@ def build_apps(cfg: Config, old: dict[str, AnyApp] | None = None) -> dict[str, A
         raise ConfigError("log.access_log_format", str(exc)) from None
     clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
     access_log = None if cfg.log.access_log == "off" else AccessLog(cfg.log.access_log, cfg.log.access_log_format)
-    apps: dict[str, AnyApp] = {}
+    apps: dict[str, AnyApp | ThriftServerApp] = {}
     for name, server in cfg.servers.items():
         if server.proxy_type == "tcp":
             apps[name] = build_l4_app(name, server, cfg)
+            continue
+        if server.proxy_type == "thrift":
+            apps[name] = build_thrift_app(name, server, cfg)
             continue
         filters = load_filters(server.filters, f"servers.{name}.filters")
         stack = server_stack(name, cfg, filters, clusters, pool)

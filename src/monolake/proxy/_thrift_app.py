@@ -1,0 +1,244 @@
+"""The Thrift proxy: ``proxy_type = "thrift"`` servers.
+
+Per frame, all plain calls: peek the message head (name, type, sequence id) →
+route on service and method → pick an endpoint with the route's balancer →
+``ThriftPool.send``, which rewrites the sequence id and multiplexes the call over
+a pooled upstream connection. The reply comes back to ``_ProxyCall.reply``, which
+restores the client's sequence id and writes it. Nothing is decoded beyond the
+message head, and the frame (TTHeader/THeader info blocks included) is forwarded
+byte for byte apart from the sequence ids.
+
+Routing. A route matches on ``thrift_method`` (the method name, without a
+multiplexed "Service:" prefix) and ``thrift_service`` (the IDL service name: the
+TTHeader ``isn`` key, or the prefix of a TMultiplexedProtocol name); a route
+without either takes every call; the first match in config order wins. Matches
+are cached per (service, method). TTHeader info blocks are read only when some
+route matches on the service and the call's name carries no prefix.
+
+Metadata. CloudWeGo metadata rides in the TTHeader KEY_VALUE block:
+``RPC_PERSIST_*`` keys travel the whole call chain, ``RPC_TRANSIT_*`` keys one hop.
+A proxy is not a hop of the call chain (the upstream is the service the caller
+addressed), so both reach the upstream unchanged, and it is the upstream that
+does not pass transit keys on; ``RPC_BACKWARD_*`` keys in replies reach the
+caller unchanged too.
+
+Failures the client is told about, as a ``TApplicationException`` for that call's
+sequence id: no route (UNKNOWN_METHOD), connect failure, timeout, upstream gone
+or unreadable (INTERNAL_ERROR with the reason), a frame whose protocol or
+transforms we cannot read (INVALID_PROTOCOL / INVALID_TRANSFORM), a message that
+is not a call (INVALID_MESSAGE_TYPE). Oneway calls have nobody to tell; their
+failures are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..client._thrift import ThriftPool
+from ..config import Cluster, Config, Route, Server, parse_endpoint
+from ..config import Endpoint as Endpoint
+from ..errors import MonolakeError, RemoteProtocolError
+from ..proto.thrift import (
+    AppError,
+    Frame,
+    MessageHead,
+    MessageType,
+    Transport,
+    peek_message,
+    read_header_info,
+    rewrite_seq_id,
+)
+from ..server._thrift import ThriftConnection, ThriftServerApp
+from ._balancer import Balancer, make_balancer
+
+log = logging.getLogger("monolake.thrift")
+
+_CALL = MessageType.CALL.value
+_ONEWAY = MessageType.ONEWAY.value
+_TTHEADER = Transport.TTHEADER
+_CACHE_MAX = 4096
+
+
+def _names(value: str | list[str] | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    return frozenset([value] if isinstance(value, str) else value)
+
+
+class ThriftRoute:
+    """A route, ready: its matchers, balancer and deadlines."""
+
+    __slots__ = ("balancer", "cluster", "connect_timeout", "index", "methods", "services", "timeout", "track")
+
+    def __init__(
+        self, index: int, r: Route, cluster: str, balancer: Balancer, c: Cluster, request_timeout: float | None
+    ) -> None:
+        self.index = index
+        self.methods = _names(r.thrift_method)
+        self.services = _names(r.thrift_service)
+        self.cluster = cluster
+        self.balancer = balancer
+        self.connect_timeout = c.connect_timeout
+        self.timeout = r.timeout or request_timeout or c.read_timeout
+        """Seconds a call may wait for its reply."""
+        self.track = type(balancer).started is not Balancer.started
+
+    def matches(self, service: str | None, method: str) -> bool:
+        if self.methods is not None and method not in self.methods:
+            return False
+        return self.services is None or service in self.services
+
+
+class ThriftRouter:
+    """First matching route in config order; results cached per (service, method)."""
+
+    def __init__(self, routes: list[ThriftRoute]) -> None:
+        self.routes = routes
+        self.needs_service = any(r.services is not None for r in routes)
+        self._cache: dict[tuple[str | None, str], ThriftRoute | None] = {}
+
+    def match(self, service: str | None, method: str) -> ThriftRoute | None:
+        key = (service, method)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        found = next((r for r in self.routes if r.matches(service, method)), None)
+        if len(self._cache) < _CACHE_MAX:
+            self._cache[key] = found
+        return found
+
+
+class _ProxyCall:
+    """One call in flight: restores the client's sequence id on the reply (a ``Waiter``)."""
+
+    __slots__ = ("conn", "endpoint", "frame", "name", "route", "seq")
+
+    def __init__(self, conn: ThriftConnection, frame: Frame, head: MessageHead, route: ThriftRoute, ep: Endpoint):
+        self.conn = conn
+        self.frame = frame
+        self.name = head.name
+        self.seq = head.seq_id
+        self.route = route
+        self.endpoint = ep
+
+    def reply(self, frame: Frame, head: MessageHead) -> None:
+        if self.route.track:
+            self.route.balancer.finished(self.endpoint)
+        self.conn.answer(rewrite_seq_id(frame, head, self.seq))
+
+    def fail(self, exc: MonolakeError) -> None:
+        route = self.route
+        if route.track:
+            route.balancer.finished(self.endpoint)
+        log.warning(
+            "thrift call failed: server=%s client=%s method=%s cluster=%s endpoint=%s: %s: %s",
+            self.conn.app.name,
+            self.conn.peer,
+            self.name,
+            route.cluster,
+            self.endpoint,
+            type(exc).__name__,
+            exc,
+        )
+        why = f"monolake: {type(exc).__name__}: {exc}"
+        self.conn.answer_error(self.frame, self.name, self.seq, AppError.INTERNAL_ERROR, why)
+
+
+class ThriftProxy:
+    """The ``Dispatcher`` of a thrift server. See the module docstring."""
+
+    def __init__(self, name: str, router: ThriftRouter, pool: ThriftPool) -> None:
+        self.name = name
+        self.router = router
+        self.pool = pool
+
+    def dispatch(self, conn: ThriftConnection, frame: Frame) -> None:
+        proto = frame.protocol
+        if proto is None or frame.transforms:
+            kind = AppError.INVALID_TRANSFORM if frame.transforms else AppError.INVALID_PROTOCOL
+            what = f"transforms {list(frame.transforms)}" if frame.transforms else "protocol id"
+            conn.begin()
+            conn.answer_error(frame, "", frame.seq_id, kind, f"monolake: unsupported {what}")
+            return
+        try:
+            head = peek_message(frame.data, frame.payload, proto)
+        except RemoteProtocolError as exc:
+            log.warning("thrift: bad message: server=%s client=%s: %s", self.name, conn.peer, exc)
+            conn.reject(frame, "", frame.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+            return
+        mtype = head.type
+        oneway = mtype == _ONEWAY
+        if mtype != _CALL and not oneway:
+            conn.begin()
+            conn.answer_error(frame, head.name, head.seq_id, AppError.INVALID_MESSAGE_TYPE, "monolake: not a call")
+            return
+        name = head.name
+        service: str | None = None
+        method = name
+        if ":" in name:
+            service, _, method = name.partition(":")
+        elif self.router.needs_service and frame.transport is _TTHEADER:
+            try:
+                service = read_header_info(frame).headers.get("isn")
+            except RemoteProtocolError as exc:
+                conn.reject(frame, name, head.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+                return
+        route = self.router.match(service, method)
+        if route is None:
+            what = f"service {service!r} method {method!r}" if service is not None else f"method {method!r}"
+            log.info("thrift: no route: server=%s client=%s %s", self.name, conn.peer, what)
+            if not oneway:
+                conn.begin()
+                conn.answer_error(frame, name, head.seq_id, AppError.UNKNOWN_METHOD, f"monolake: no route for {what}")
+            return
+        ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
+        if oneway:
+            self.pool.send(ep, frame, head, None, connect_timeout=route.connect_timeout, timeout=0, oneway=True)
+            return
+        conn.begin()
+        if route.track:
+            route.balancer.started(ep)
+        call = _ProxyCall(conn, frame, head, route, ep)
+        self.pool.send(ep, frame, head, call, connect_timeout=route.connect_timeout, timeout=route.timeout)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def statistics(self) -> dict[str, int]:
+        return self.pool.statistics()
+
+
+def _route_cluster(server_name: str, i: int, r: Route, cfg: Config) -> tuple[str, Cluster]:
+    if r.upstream is not None:
+        return r.upstream, cfg.upstreams[r.upstream]
+    assert r.upstreams is not None
+    c = Cluster(
+        endpoints=r.upstreams, load_balancer=r.load_balancer, hash_on=r.hash_on, hash_algorithm=r.hash_algorithm
+    )
+    return f"{server_name}.routes[{i}]", c
+
+
+def _balancer(c: Cluster) -> Balancer:
+    eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+    return make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
+
+
+def build_thrift_app(name: str, server: Server, cfg: Config) -> ThriftServerApp:
+    """The app of a validated thrift server; named clusters share one balancer per server."""
+    balancers: dict[str, Balancer] = {}
+    routes: list[ThriftRoute] = []
+    idle = []
+    for i, r in enumerate(server.routes):
+        cname, c = _route_cluster(name, i, r, cfg)
+        if cname not in balancers:
+            balancers[cname] = _balancer(c)
+        routes.append(ThriftRoute(i, r, cname, balancers[cname], c, server.request_timeout))
+        idle.append(c.idle_timeout)
+    pool = ThriftPool(
+        max_connections=server.upstream_connections,
+        max_in_flight=server.upstream_in_flight,
+        max_frame_size=server.max_frame_size,
+        idle_timeout=min(idle),
+    )
+    return ThriftServerApp(name, server, ThriftProxy(name, ThriftRouter(routes), pool))
