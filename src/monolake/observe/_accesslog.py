@@ -20,7 +20,7 @@ Getter = Callable[[Request, Response, int, float], str]
 
 
 def _request_line(req: Request, resp: Response, sent: int, now: float) -> str:
-    return f"{req.method.decode()} {req.target.decode('latin-1')} HTTP/{req.version.decode()}"
+    return f"{req.method.decode()} {req.original_target.decode('latin-1')} HTTP/{req.version.decode()}"
 
 
 def _upstream(req: Request, resp: Response, sent: int, now: float) -> str:
@@ -47,7 +47,8 @@ VARIABLES: dict[str, Getter] = {
     "remote_addr": lambda req, resp, sent, now: req.ctx.peer,
     "request": _request_line,
     "method": lambda req, resp, sent, now: req.method.decode(),
-    "uri": lambda req, resp, sent, now: req.target.decode("latin-1"),
+    "uri": lambda req, resp, sent, now: req.original_target.decode("latin-1"),
+    "upstream_uri": lambda req, resp, sent, now: req.target.decode("latin-1"),
     "host": lambda req, resp, sent, now: req.host.decode("latin-1") or "-",
     "status": lambda req, resp, sent, now: str(resp.status),
     "body_bytes_sent": lambda req, resp, sent, now: str(sent),

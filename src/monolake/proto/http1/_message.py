@@ -176,6 +176,7 @@ class Request:
         "host",
         "keep_alive",
         "method",
+        "original_target",
         "path",
         "query",
         "raw_host",
@@ -200,6 +201,7 @@ class Request:
     ) -> None:
         self.method = method
         self.target = target
+        self.original_target = target
         path, sep, query = target.partition(b"?")
         self.path = path
         self.query = query if sep else b""
