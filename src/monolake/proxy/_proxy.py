@@ -16,10 +16,13 @@ from ..client import Pool
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
 from ..errors import ReadTimeout
 from ..proto.http1 import Headers, Request, Response
-from ..service import Factory
+from ..service import Factory, Service
 from ._filters import Phases
 from ._router import Router
 from ._upstream import UpstreamCluster
+
+Handler = Service[Request, Response]
+"""An async ``handler(req) -> Response`` that answers a route itself."""
 
 
 def _pairs(d: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
@@ -58,6 +61,7 @@ class RouteRuntime:
 
     __slots__ = (
         "cluster",
+        "handler",
         "host",
         "index",
         "name",
@@ -68,10 +72,12 @@ class RouteRuntime:
         "timeout",
     )
 
-    def __init__(self, index: int, r: Route, cluster: UpstreamCluster) -> None:
+    def __init__(self, index: int, r: Route, cluster: UpstreamCluster | None, handler: Handler | None = None) -> None:
         self.index = index
         self.name = str(index)
         self.cluster = cluster
+        self.handler = handler
+        """Answers instead of forwarding (a gateway route); ``cluster`` is then None."""
         self.prefix: bytes | None = None
         self.replacement = b""
         if r.path is not None and (r.strip_prefix or r.prefix_rewrite is not None):
@@ -188,12 +194,14 @@ class HttpProxy:
             route.request_ops.apply(req.headers)
         for g in self._upstream_filters:
             g(req, ctx)
-        if route.timeout is None:
-            resp = await cluster.forward(req, route.host)
+        if route.handler is not None:
+            resp = await route.handler(req)
+        elif route.timeout is None:
+            resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]  # set unless handler is
         else:
             try:
                 async with asyncio.timeout(route.timeout):
-                    resp = await cluster.forward(req, route.host)
+                    resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]
             except TimeoutError:
                 raise ReadTimeout(f"route timeout of {route.timeout:g}s exceeded") from None
         if route.response_ops is not None:
@@ -229,6 +237,11 @@ class ProxyFactory(Factory[HttpProxy]):
     def make(self, old: HttpProxy | None) -> HttpProxy:
         entries: list[tuple[Route, RouteRuntime]] = []
         for i, r in enumerate(self.server.routes):
+            if r.gateway is not None:
+                from .gateway import make_gateway  # thriftpy2 loads only for configs with a gateway
+
+                entries.append((r, RouteRuntime(i, r, None, make_gateway(self.name, i, r, self.cfg, self.server))))
+                continue
             if r.upstream is not None:
                 cluster = self.clusters[r.upstream]
             else:
