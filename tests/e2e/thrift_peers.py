@@ -149,14 +149,14 @@ class Upstream:
 
 
 class ThriftpyServer(Upstream):
-    def __init__(self, name: str, protocol: str = "binary") -> None:
-        self.handler = Handler(name)
+    def __init__(self, name: str, protocol: str = "binary", service: Any = None, handler: Any = None) -> None:
+        self.handler = handler if handler is not None else Handler(name)
         sock = _TpySocket(host="127.0.0.1", port=0, client_timeout=0)
         sock.listen()
         self._sock = sock
         self.port = sock.sock.getsockname()[1]
         server = TThreadedServer(
-            TProcessor(calc.Calc, self.handler),
+            TProcessor(service if service is not None else calc.Calc, self.handler),
             sock,
             iprot_factory=PROTOCOL_FACTORIES[protocol](),
             itrans_factory=TFramedTransportFactory(),
@@ -276,9 +276,10 @@ def _tpy_protocol(protocol: ThriftProtocol, buf: TMemoryBuffer) -> Any:
 class TTHeaderServer(Upstream):
     """thriftpy2's processor behind TTHeader frames."""
 
-    def __init__(self, name: str) -> None:
-        self.handler = Handler(name)
-        self.processor = TProcessor(calc.Calc, self.handler)
+    def __init__(self, name: str, service: Any = None, handler: Any = None) -> None:
+        self.handler = handler if handler is not None else Handler(name)
+        self.processor = TProcessor(service if service is not None else calc.Calc, self.handler)
+        self.name = name
         self.names: list[str] = []
         """The name of every message received."""
         lsock = socket.socket()
@@ -326,7 +327,7 @@ class TTHeaderServer(Upstream):
                             payload,
                             seq_id=f.seq_id,
                             protocol=f.protocol,
-                            headers={"RPC_BACKWARD_SERVER": self.handler.name},
+                            headers={"RPC_BACKWARD_SERVER": self.name},
                         )
                         conn.sendall(reply)
 
