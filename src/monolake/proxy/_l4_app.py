@@ -77,6 +77,11 @@ class ProxyProtocolHttpApp:
         if rest:
             conn.data_received(rest)
 
+    def adopt(self, new: ProxyProtocolHttpApp) -> None:
+        """Take over ``new``'s settings and chain (a reload's commit); see ``HttpServerApp.adopt``."""
+        self.cfg = new.cfg
+        self.inner.adopt(new.inner)
+
     def start_draining(self) -> None:
         for reader in list(self.pending):
             reader.abort()

@@ -15,6 +15,15 @@ Errors never escape: a malformed request is answered with the status its
 ``ProtocolError`` carries (400, 413, 431, 501) and the connection closed; a failing
 service is answered 5xx; both are logged. Keep-alive and header timeouts are
 enforced by one periodic sweep per server, not by a timer per request.
+
+Reload and drain: a connection looks up ``app.service`` for every request, so a
+reload that swaps the app's chain (``adopt``) reaches open keep-alive connections
+at their next request while requests in flight finish on the chain they started
+on. Draining answers each connection's next response with ``Connection: close``;
+an idle connection is closed only once it has been idle for ``DRAIN_IDLE``, so a
+client that is about to send its next request is answered instead of finding the
+connection closed under it (the race RFC 9112 §9.3.1 otherwise leaves to client
+retries); ``wait_drained`` returns when no connection is left.
 """
 
 from __future__ import annotations
@@ -57,6 +66,9 @@ log = logging.getLogger("monolake.server")
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
 _PAUSE_ERROR = 4
+
+DRAIN_IDLE = 1.0
+"""Seconds a connection must have been idle before a drain closes it without a response."""
 
 OnComplete = Callable[[Request, Response, int], None]
 """Called once a response is fully written: (request, response, body bytes sent)."""
@@ -117,10 +129,21 @@ class HttpServerApp:
             self._sweeper = self.loop.call_later(1.0, self._sweep)
         return HttpConnection(self)
 
+    def adopt(self, new: HttpServerApp) -> None:
+        """Serve with ``new``'s chain and settings from now on (a reload's commit).
+
+        Open connections use the new chain from their next request; the requests in
+        flight finish on the old one; limits apply to connections accepted from now on.
+        """
+        self.cfg = new.cfg
+        self.service = new.service
+        self.on_complete = new.on_complete
+        self.on_close = new.on_close
+
     def _sweep(self) -> None:
         assert self.loop is not None
         now = self.loop.time()
-        keepalive = self.cfg.keepalive_timeout
+        keepalive = min(self.cfg.keepalive_timeout, DRAIN_IDLE) if self.draining else self.cfg.keepalive_timeout
         header = self.cfg.header_timeout
         for conn in list(self.conns):
             conn.check_timeouts(now, keepalive, header)
@@ -128,17 +151,22 @@ class HttpServerApp:
 
     def request_done(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self._drained is not None and not self._drained.done():
+
+    def forget(self, conn: HttpConnection) -> None:
+        """A connection closed."""
+        self.conns.discard(conn)
+        if not self.conns and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
     def start_draining(self) -> None:
-        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        """Stop keep-alive: busy connections close after their response, idle ones once idle for DRAIN_IDLE."""
         self.draining = True
         for conn in list(self.conns):
             conn.drain()
 
     async def wait_drained(self) -> None:
-        if self.in_flight == 0:
+        """Return once every connection is closed."""
+        if not self.conns:
             return
         self._drained = asyncio.get_running_loop().create_future()
         await self._drained
@@ -204,7 +232,6 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def __init__(self, app: HttpServerApp) -> None:
         self.app = app
-        self.service = app.service
         limits = app.cfg.limits
         self.max_header_bytes = limits.max_header_bytes
         self.max_headers = limits.max_headers
@@ -254,7 +281,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.app.conns.discard(self)
+        self.app.forget(self)
         if self._rbody is not None:
             self._rbody.feed_error(ConnectionResetError("client closed the connection"))
             self._rbody = None
@@ -337,7 +364,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     async def _run(self, req: Request) -> None:
         try:
-            resp = await self.service(req)
+            resp = await self.app.service(req)  # per request: a reload reaches keep-alive connections
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -501,7 +528,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def drain(self) -> None:
         self._closing = True
         self._queue.clear()
-        if self._current is None:
+        if self._current is None and self.loop.time() - self._last >= DRAIN_IDLE:
             self._close()
 
     def check_timeouts(self, now: float, keepalive: float, header: float) -> None:

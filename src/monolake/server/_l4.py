@@ -268,6 +268,17 @@ class L4ServerApp:
         if not self.conns and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
+    def adopt(self, new: L4ServerApp) -> None:
+        """Relay new connections with ``new``'s settings and cluster (a reload's commit).
+
+        Connections already relayed keep their endpoint and the balancer they came from.
+        """
+        self.cfg = new.cfg
+        self.upstream = new.upstream
+        self.splice = new.splice
+        self.idle_timeout = new.idle_timeout
+        self._interval = new._interval
+
     def start_draining(self) -> None:
         """Connections waiting for a PROXY header close; relayed ones carry on."""
         self.draining = True
@@ -346,6 +357,8 @@ class L4Connection(asyncio.Protocol):
         self.peer = ""
         self.client_text = ""
         self.endpoint: Endpoint | None = None
+        self.upstream = app.upstream
+        """The cluster this connection was relayed to (a reload may change the app's)."""
         self.up: _UpstreamSide | None = None
         self.up_write: Callable[[bytes], None] | None = None
         self.relay: _SpliceRelay | None = None
@@ -444,7 +457,7 @@ class L4Connection(asyncio.Protocol):
 
     async def _connect(self) -> None:
         app = self.app
-        upstream = app.upstream
+        upstream = self.upstream = app.upstream
         try:
             ep = self.endpoint = upstream.balancer.pick(_PickKey(self.peer))
             upstream.balancer.started(ep)
@@ -500,7 +513,7 @@ class L4Connection(asyncio.Protocol):
         return _UpstreamSide(self)
 
     def _proxy_header(self) -> bytes:
-        version = self.app.upstream.send_proxy_protocol
+        version = self.upstream.send_proxy_protocol
         if version == "off":
             return b""
         hdr = self.header
@@ -600,7 +613,7 @@ class L4Connection(asyncio.Protocol):
             if self._picked:
                 self._picked = False
                 assert self.endpoint is not None
-                self.app.upstream.balancer.finished(self.endpoint)
+                self.upstream.balancer.finished(self.endpoint)
             self.app.conn_done(self)
 
     def check_idle(self, now: float, idle: float) -> None:
