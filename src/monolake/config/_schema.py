@@ -28,6 +28,10 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """Pin worker i to core i. None: on when workers <= cores (Linux only)."""
     drain_timeout: float = 10.0
     """Seconds a stopping worker waits for in-flight requests."""
+    pid_file: str | None = None
+    """Where the supervisor writes its pid once it serves (``monolake reload``/``upgrade`` read it)."""
+    watch_config: bool = False
+    """Reload when the config file changes (inotify; Linux)."""
 
 
 class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
