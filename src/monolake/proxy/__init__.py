@@ -4,6 +4,7 @@ from ._app import build_apps as build_apps
 from ._app import server_stack as server_stack
 from ._balancer import Balancer as Balancer
 from ._balancer import make_balancer as make_balancer
+from ._builder import ProxyBuilder as ProxyBuilder
 from ._filters import HttpFilter as HttpFilter
 from ._filters import load_filters as load_filters
 from ._proxy import HttpProxy as HttpProxy

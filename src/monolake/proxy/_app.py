@@ -1,15 +1,19 @@
 """Build the servers of one worker from a Config.
 
-``build_apps`` is the runtime's ``AppBuilder``: it resolves clusters (one pool per
-worker), imports filters, assembles each server's Stack (CatchPanic outermost,
-then the optional Timeout and ConcurrencyLimit, then the proxy) and checks the
-stack's context requirements. It raises ConfigError, naming the key path, before
-any socket is bound (the supervisor runs it once as a dry build).
+``build_apps`` resolves clusters, imports filters, assembles each server's Stack
+(CatchPanic outermost, then the optional Timeout and ConcurrencyLimit, then the
+proxy) and checks the stack's context requirements. It raises ConfigError, naming
+the key path, before any socket is bound (the supervisor runs it once as a dry
+build). What the apps share (pool, clusters, access log) is ``Shared``: fresh per
+call by default; ``ProxyBuilder`` (``_builder.py``, the runtime's builder) passes
+one that lives as long as the worker, so a reload keeps it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from ..client import Pool
@@ -68,17 +72,41 @@ def _completion(access_log: AccessLog | None, phases: Phases) -> Callable[[Reque
     return on_complete
 
 
-def build_apps(
-    cfg: Config, old: dict[str, AnyApp | ThriftServerApp] | None = None
-) -> dict[str, AnyApp | ThriftServerApp]:
-    """One app per configured server (HTTP, HTTP behind a PROXY header reader, tcp or thrift). Raises ConfigError."""
-    pool = Pool()
+@dataclass(slots=True, kw_only=True)
+class Shared:
+    """What one worker's apps share; ``ProxyBuilder`` keeps it across rebuilds."""
+
+    pool: Pool
+    clusters: dict[str, UpstreamCluster]
+    """Named clusters (``[upstreams.NAME]``), all on ``pool``."""
+    access_log: AccessLog | None
+    modules: Mapping[str, ModuleType] = field(default_factory=dict)
+    """Filter modules to use instead of importing them (a reload's new versions)."""
+
+
+def new_access_log(cfg: Config) -> AccessLog | None:
+    """The access log ``cfg.log`` asks for. Raises ConfigError (bad format, file that cannot be opened)."""
     try:
         compile_format(cfg.log.access_log_format)
     except ValueError as exc:
         raise ConfigError("log.access_log_format", str(exc)) from None
-    clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
-    access_log = None if cfg.log.access_log == "off" else AccessLog(cfg.log.access_log, cfg.log.access_log_format)
+    if cfg.log.access_log == "off":
+        return None
+    try:
+        return AccessLog(cfg.log.access_log, cfg.log.access_log_format)
+    except OSError as exc:
+        raise ConfigError("log.access_log", f"cannot open {cfg.log.access_log}: {exc.strerror or exc}") from None
+
+
+def build_apps(
+    cfg: Config, old: dict[str, AnyApp | ThriftServerApp] | None = None, *, shared: Shared | None = None
+) -> dict[str, AnyApp | ThriftServerApp]:
+    """One app per configured server (HTTP, HTTP behind a PROXY header reader, tcp or thrift). Raises ConfigError."""
+    if shared is None:
+        pool = Pool()
+        clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
+        shared = Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg))
+    pool, clusters, access_log = shared.pool, shared.clusters, shared.access_log
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     for name, server in cfg.servers.items():
         if server.proxy_type == "tcp":
@@ -87,7 +115,7 @@ def build_apps(
         if server.proxy_type == "thrift":
             apps[name] = build_thrift_app(name, server, cfg)
             continue
-        filters = load_filters(server.filters, f"servers.{name}.filters")
+        filters = load_filters(server.filters, f"servers.{name}.filters", modules=shared.modules)
         stack = server_stack(name, cfg, filters, clusters, pool)
         try:
             prev = old.get(name) if old else None

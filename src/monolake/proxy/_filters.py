@@ -20,7 +20,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 from ..config import FilterSpec
@@ -69,11 +70,15 @@ class Phases:
     logging: tuple[Callable[[Request, Response, Context], None], ...]
 
 
-def load_filters(specs: Sequence[str | FilterSpec], path: str, *, reload: bool = False) -> list[object]:
+def load_filters(
+    specs: Sequence[str | FilterSpec], path: str, *, modules: Mapping[str, ModuleType] | None = None
+) -> list[object]:
     """Import and instantiate filters. Raises ConfigError naming ``path[i]``.
 
     The working directory is importable, as with uvicorn: ``monolake run`` started
-    from a project finds that project's filter modules.
+    from a project finds that project's filter modules. ``modules`` overrides the
+    import for the modules it names (a reload's freshly loaded versions, see
+    ``proxy/_reload.py``).
     """
     cwd = os.getcwd()
     if specs and cwd not in sys.path:
@@ -84,9 +89,10 @@ def load_filters(specs: Sequence[str | FilterSpec], path: str, *, reload: bool =
         where = f"{path}[{i}]"
         module_name, _, attr = use.partition(":")
         try:
-            module = importlib.import_module(module_name)
-            if reload:
-                module = importlib.reload(module)
+            if modules and module_name in modules:
+                module = modules[module_name]
+            else:
+                module = importlib.import_module(module_name)
         except Exception as exc:
             raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         cls = getattr(module, attr, None)
