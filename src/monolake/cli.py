@@ -1,14 +1,23 @@
-"""``monolake run | check | version | demo-origin``.
+"""``monolake run | check | reload | upgrade | version | demo-origin``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config (the error
 names the key path and the reason, on stderr).
+
+``reload`` and ``upgrade`` signal a running supervisor (SIGHUP, SIGUSR2), found by
+``--pid`` or by the ``[runtime] pid_file`` of ``-c FILE``; ``upgrade`` then waits
+until the old supervisor has exited.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
+import tomllib
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .config import Config, load_config
@@ -32,19 +41,117 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import msgspec
 
-    from .proxy import build_apps
-    from .runtime import run
+    from .proxy import ProxyBuilder
+    from .runtime import ConfigSource, run
 
-    cfg = _load(args.config)
-    if args.workers is not None or args.loop is not None:
+    def adjust(cfg: Config) -> Config:
+        if args.workers is None and args.loop is None:
+            return cfg
         rt = cfg.runtime
         rt = msgspec.structs.replace(
             rt,
             workers=args.workers if args.workers is not None else rt.workers,
             loop=args.loop if args.loop is not None else rt.loop,
         )
-        cfg = msgspec.structs.replace(cfg, runtime=rt)
-    return run(cfg, build_apps)
+        return msgspec.structs.replace(cfg, runtime=rt)
+
+    # The command-line overrides hold for every reload too.
+    source = ConfigSource(os.path.abspath(args.config), adjust)
+    return run(source.load(), ProxyBuilder(), source=source)
+
+
+def _pid_file_of(path: str) -> str | None:
+    try:
+        pid_file = _load(path).runtime.pid_file
+    except ConfigError:
+        # The file may be mid-edit; the supervisor is still running the last good one.
+        try:
+            with open(path, "rb") as fh:
+                value = tomllib.load(fh).get("runtime", {}).get("pid_file")
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            value = None
+        pid_file = value if isinstance(value, str) else None
+    if pid_file is None:
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), pid_file)
+
+
+def _usage(message: str) -> NoReturn:
+    print(f"monolake: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _target(args: argparse.Namespace) -> int:
+    """The supervisor's pid, from --pid or the config's pid file. Exits 2 if there is none."""
+    if args.pid is not None:
+        return int(args.pid)
+    pid_file = _pid_file_of(args.config)
+    if pid_file is None:
+        _usage(f"{args.config} sets no [runtime] pid_file; give --pid PID")
+    try:
+        with open(pid_file) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError) as exc:
+        _usage(f"cannot read the pid file {pid_file}: {exc}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"  # exited, not yet reaped
+    except OSError:
+        return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        print(f"monolake: no process {pid}", file=sys.stderr)
+        return False
+    return True
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    pid = _target(args)
+    if not _signal(pid, signal.SIGHUP):
+        return 1
+    print(f"monolake: asked supervisor {pid} to reload (SIGHUP); its log has the outcome")
+    return 0
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    pid = _target(args)
+    if not _signal(pid, signal.SIGUSR2):
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            print(
+                f"monolake: supervisor {pid} still runs after {args.timeout:g}s: the upgrade failed or is "
+                "still draining (see its log)",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.1)  # polling another process's exit: there is nothing to wait on
+    new = None
+    if args.config is not None and (pid_file := _pid_file_of(args.config)) is not None:
+        try:
+            with open(pid_file) as fh:
+                new = int(fh.read().strip())
+        except (OSError, ValueError):
+            new = None
+    if new is not None and new != pid:
+        print(f"monolake: upgraded: supervisor {pid} -> {new}")
+    else:
+        print(f"monolake: supervisor {pid} handed over and exited")
+    return 0
 
 
 def _cmd_demo_origin(args: argparse.Namespace) -> int:
@@ -66,6 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("check", help="validate a config file without serving")
     p.add_argument("-c", "--config", required=True)
     p.set_defaults(func=_cmd_check)
+    for name, func, text in (
+        ("reload", _cmd_reload, "reload a running supervisor's config (SIGHUP)"),
+        ("upgrade", _cmd_upgrade, "replace a running supervisor with the installed code, no downtime (SIGUSR2)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("-c", "--config", help="its config file (for [runtime] pid_file)")
+        who.add_argument("--pid", type=int, help="the supervisor's pid")
+        if name == "upgrade":
+            p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the old one to exit")
+        p.set_defaults(func=func)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda a: print(f"monolake {__version__}") or 0)
     p = sub.add_parser("demo-origin", help="run the small demo origin used by the quickstart")
