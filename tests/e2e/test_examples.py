@@ -119,6 +119,8 @@ def rewrite(example: Path, origins: list[Origin], tmp: Path) -> str:
         if isinstance(listener, dict) and listener.get("type") == "unix":
             new = f"{tmp}/{name}.sock"
         text = text.replace(f'"{value}"', f'"{new}"')
+    # Files an example names relative to itself (gateway IDLs) must still be found from the copy.
+    text = re.sub(r'(\bidl\s*=\s*")([^"/][^"]*)"', lambda m: f'{m[1]}{example.parent / m[2]}"', text)
     for port, origin in zip(DEMO_PORTS, origins, strict=True):
         text = re.sub(rf"(?<![\d.])127\.0\.0\.1:{port}\b", origin.address, text)
     # Whatever the file listens on now is ours.
