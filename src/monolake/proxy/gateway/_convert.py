@@ -51,7 +51,7 @@ _RANGES = {
 }
 _TYPE_NAMES = {
     _T_BOOL: "bool",
-    _T_BYTE: "byte",
+    _T_BYTE: "i8",
     _T_DOUBLE: "double",
     _T_I16: "i16",
     _T_I32: "i32",
