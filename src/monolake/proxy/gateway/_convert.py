@@ -63,10 +63,21 @@ _TYPE_NAMES = {
 Conv = Callable[[Any, str], Any]
 
 
+def path_text(path: Any) -> str:
+    """A field path as text. Converters pass paths as nested (parent, key) tuples and
+    only format them when they raise: building strings per value would cost more
+    than the conversion."""
+    if type(path) is not tuple:
+        return str(path)
+    parent, leaf = path
+    return f"{path_text(parent)}[{leaf}]" if type(leaf) is int else f"{path_text(parent)}.{leaf}"
+
+
 class Invalid(Exception):
     """A value does not fit its field. ``field`` is its path (``body.items[0].id``)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: Any, message: str) -> None:
+        field = path_text(field)
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
@@ -172,54 +183,119 @@ class Compiler:
             etype, earg = _split(arg)
             item = self.from_json(etype, earg, js_conv)
 
-            def sequence(v: Any, path: str) -> list[Any]:
+            def sequence(v: Any, path: Any) -> list[Any]:
                 if type(v) is not list:
                     raise Invalid(path, f"expected an array, got {_kind(v)}")
-                return [item(x, f"{path}[{i}]") for i, x in enumerate(v)]
+                return [item(x, (path, i)) for i, x in enumerate(v)]
 
-            return sequence
+            ok = _scalar_check(etype, earg)
+            if ok is None:
+                return sequence
+
+            def scalars(v: Any, path: Any) -> list[Any]:
+                if type(v) is list:
+                    for x in v:
+                        if not ok(x):
+                            break
+                    else:
+                        return list(v)
+                return sequence(v, path)
+
+            return scalars
         if ttype == _T_MAP:
             (ktype, karg), (vtype, varg) = _split(arg[0]), _split(arg[1])
             key = self.from_text(ktype, karg, js_conv)
             val = self.from_json(vtype, varg, js_conv)
 
-            def mapping(v: Any, path: str) -> dict[Any, Any]:
+            def mapping(v: Any, path: Any) -> dict[Any, Any]:
                 if type(v) is not dict:
                     raise Invalid(path, f"expected an object, got {_kind(v)}")
-                return {key(k, f"{path}.{k}"): val(x, f"{path}.{k}") for k, x in v.items()}
+                return {key(k, (path, k)): val(x, (path, k)) for k, x in v.items()}
 
-            return mapping
+            ok = _scalar_check(vtype, varg)
+            if ktype != _T_STRING or ok is None:
+                return mapping
+
+            def str_map(v: Any, path: Any) -> dict[Any, Any]:
+                # The common map<string, scalar>: check every value in one loop, copy once;
+                # anything unusual (a js_conv string, an error) takes the general path.
+                if type(v) is dict:
+                    for x in v.values():
+                        if not ok(x):
+                            break
+                    else:
+                        return dict(v)
+                return mapping(v, path)
+
+            return str_map
         raise TypeError(f"unsupported thrift type {ttype}")
 
     def struct_from_json(self, cls: Any) -> Conv:
+        """A converter generated as Python source for ``cls``: scalar checks are inlined,
+        the object is made without ``__init__`` (its defaults copied into ``__dict__``)."""
         conv = self._in.get(cls)
         if conv is not None:
             return conv
-        fields: list[tuple[str, str, Conv, bool]] = []
+        ns: dict[str, Any] = {
+            "Invalid": Invalid,
+            "_kind": _kind,
+            "_new": object.__new__,
+            "_cls": cls,
+            "_defaults": dict(getattr(cls, "default_spec", ())),
+            "_int_from": _int_from,
+        }
+        holder: list[Conv] = []
 
-        def struct(v: Any, path: str) -> Any:
-            if type(v) is not dict:
-                raise Invalid(path, f"expected an object, got {_kind(v)}")
-            obj = cls()
-            for key, attr, fconv, required in fields:
-                x = v.get(key)
-                if x is None:
-                    if required:
-                        raise Invalid(f"{path}.{key}", "required field is missing")
-                    continue
-                setattr(obj, attr, fconv(x, f"{path}.{key}"))
-            return obj
+        def late(v: Any, path: Any) -> Any:  # lets a recursive type find itself
+            return holder[0](v, path)
 
-        self._in[cls] = struct  # before the fields: a recursive type finds itself
+        self._in[cls] = late
+        lines = [
+            "def conv(v, path):",
+            "    if type(v) is not dict:",
+            "        raise Invalid(path, 'expected an object, got ' + _kind(v))",
+            "    obj = _new(_cls)",
+            "    d = obj.__dict__",
+            "    d.update(_defaults)",
+            "    get = v.get",
+        ]
         annotations = field_annotations(cls)
-        for spec in cls.thrift_spec.values():
+        for n, spec in enumerate(cls.thrift_spec.values()):
             ttype, name, arg, required = _unpack(spec)
             ann = annotations.get(name, {})
             if is_none(ann):
                 continue
             key = ann.get("api.body") or name
-            fields.append((key, name, self.from_json(ttype, arg, _truthy(ann.get("api.js_conv"))), required))
-        return struct
+            js_conv = _truthy(ann.get("api.js_conv"))
+            here = f"(path, {key!r})"
+            lines.append(f"    x = get({key!r})")
+            lines.append("    if x is None:")
+            lines.append(f"        raise Invalid({here}, 'required field is missing')" if required else "        pass")
+            lines.append("    else:")
+            if ttype in _RANGES and not is_enum(arg):
+                lo, hi = _RANGES[ttype]
+                lines.append(f"        if type(x) is not int or not {lo} <= x <= {hi}:")
+                lines.append(f"            x = _int_from(x, {here}, {ttype}, {js_conv})")
+            elif ttype == _T_STRING:
+                lines.append("        if type(x) is not str:")
+                lines.append(f"            raise Invalid({here}, 'expected a string, got ' + _kind(x))")
+            elif ttype == _T_BOOL:
+                lines.append("        if type(x) is not bool:")
+                lines.append(f"            raise Invalid({here}, 'expected a bool, got ' + _kind(x))")
+            elif ttype == _T_DOUBLE:
+                lines.append("        if type(x) is int:")
+                lines.append("            x = float(x)")
+                lines.append("        elif type(x) is not float:")
+                lines.append(f"            raise Invalid({here}, 'expected a number, got ' + _kind(x))")
+            else:
+                ns[f"_c{n}"] = self.from_json(ttype, arg, js_conv)
+                lines.append(f"        x = _c{n}(x, {here})")
+            lines.append(f"        d[{name!r}] = x")
+        lines.append("    return obj")
+        exec(compile("\n".join(lines), f"<gateway converter {cls.__name__}>", "exec"), ns)
+        holder.append(ns["conv"])
+        self._in[cls] = ns["conv"]
+        return ns["conv"]  # type: ignore[no-any-return]
 
     def from_text(self, ttype: int, arg: Any, js_conv: bool = False) -> Conv:
         """For values that arrive as text: parse, then convert as JSON would."""
@@ -321,6 +397,36 @@ class Compiler:
             key = ann.get("api.body") or name
             fields.append((key, name, self.to_json(ttype, arg, _truthy(ann.get("api.js_conv")))))
         return struct
+
+
+def _scalar_check(ttype: int, arg: Any) -> Callable[[Any], bool] | None:
+    """A check that a JSON value is already the right Python value for ``ttype``, if it can be one."""
+    if ttype in _RANGES and not is_enum(arg):
+        lo, hi = _RANGES[ttype]
+        return lambda x: type(x) is int and lo <= x <= hi
+    if ttype == _T_STRING:
+        return lambda x: type(x) is str
+    if ttype == _T_BOOL:
+        return lambda x: type(x) is bool
+    if ttype == _T_DOUBLE:
+        return lambda x: type(x) is float
+    return None
+
+
+def _int_from(v: Any, path: Any, ttype: int, js_conv: bool) -> int:
+    """The slow path of a generated integer check: a string under js_conv, or the error."""
+    lo, hi = _RANGES[ttype]
+    tname = _TYPE_NAMES[ttype]
+    if type(v) is str and js_conv:
+        try:
+            v = int(v)
+        except ValueError:
+            raise Invalid(path, f"expected an {tname} as a number or string") from None
+    elif type(v) is not int:
+        raise Invalid(path, f"expected an {tname}, got {_kind(v)}")
+    if not lo <= v <= hi:
+        raise Invalid(path, f"{v} is out of range for {tname}")
+    return int(v)
 
 
 def _same(v: Any) -> Any:
