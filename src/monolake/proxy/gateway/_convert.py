@@ -60,7 +60,8 @@ _TYPE_NAMES = {
     _T_BINARY: "binary",
 }
 
-Conv = Callable[[Any, str], Any]
+Conv = Callable[[Any, Any], Any]
+"""(value, path) -> converted value; the path is text or a nested (parent, key) tuple."""
 
 
 def path_text(path: Any) -> str:
@@ -188,9 +189,10 @@ class Compiler:
                     raise Invalid(path, f"expected an array, got {_kind(v)}")
                 return [item(x, (path, i)) for i, x in enumerate(v)]
 
-            ok = _scalar_check(etype, earg)
-            if ok is None:
+            maybe = _scalar_check(etype, earg)
+            if maybe is None:
                 return sequence
+            ok: Callable[[Any], bool] = maybe
 
             def scalars(v: Any, path: Any) -> list[Any]:
                 if type(v) is list:
@@ -212,16 +214,17 @@ class Compiler:
                     raise Invalid(path, f"expected an object, got {_kind(v)}")
                 return {key(k, (path, k)): val(x, (path, k)) for k, x in v.items()}
 
-            ok = _scalar_check(vtype, varg)
-            if ktype != _T_STRING or ok is None:
+            maybe_ok = _scalar_check(vtype, varg)
+            if ktype != _T_STRING or maybe_ok is None:
                 return mapping
+            value_ok: Callable[[Any], bool] = maybe_ok
 
             def str_map(v: Any, path: Any) -> dict[Any, Any]:
                 # The common map<string, scalar>: check every value in one loop, copy once;
                 # anything unusual (a js_conv string, an error) takes the general path.
                 if type(v) is dict:
                     for x in v.values():
-                        if not ok(x):
+                        if not value_ok(x):
                             break
                     else:
                         return dict(v)
