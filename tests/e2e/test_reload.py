@@ -136,6 +136,40 @@ def test_import_error_in_one_worker_aborts_everywhere(start, origin: Origin, tmp
     assert set(tags_by_worker(p.url, 2, "/b/echo").values()) == {"v2"}
 
 
+CRASHY = """\
+import os
+import pathlib
+
+if pathlib.Path(f"crash-{os.getpid()}").exists():
+    os._exit(3)
+
+from monolake.proxy import HttpFilter
+
+
+class Pass(HttpFilter):
+    def request_filter(self, req, ctx):
+        return None
+"""
+
+
+def test_worker_dying_while_preparing_aborts_and_restarts_on_the_running_config(
+    start, origin: Origin, tmp_path: Path
+) -> None:
+    p, fleet = start(conf(origin, path="/a"))
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    victim = fleet.workers()[0]
+    (tmp_path / f"crash-{victim}").touch()
+    mark = p.log.mark()
+    m = fleet.reload(conf(origin, path="/b", filters=', "crashy:Pass"'))
+    assert m[2] == "aborted" and f"(pid {victim}) exited with status 3 during the reload" in m.string, m.string
+    p.log.wait_line(r"worker \d restarted, pid \d+", after=mark)
+    workers = fleet.workers()
+    assert victim not in workers and len(workers) == 2
+    tags = tags_by_worker(p.url, 2, "/a/echo")
+    assert {int(w) for w in tags} == set(workers)
+    assert statuses(p.url, "/b/echo") == {404}
+
+
 STAMP = """\
 from monolake.proxy import HttpFilter
 
