@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import tempfile
 import time
@@ -120,13 +121,18 @@ def h2load_fixed(
     }
 
 
-def wrk_max(url: str, seconds: int, conns: int, pids: list[int], cpu: int | None = 0) -> dict[str, object]:
+def wrk_max(
+    url: str, seconds: int, conns: int, pids: list[int], origin_pids: list[int], cpu: int | None = 0
+) -> dict[str, object]:
     """``wrk -t1 -c<conns> -d<seconds>``: max req/s (secondary, noisy), with the proxy's CPU per request
-    over the whole run and each core's busy %."""
+    over the whole run, each core's busy %, and the part of both cores together (in % of one core) not
+    spent by the proxy, the origin or wrk, i.e. other work on the machine."""
     argv = [*_pin(cpu), "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", url]
-    c0, (u0, s0) = core_times(), cpu_of(pids)
+    t0, c0, (u0, s0), o0 = time.monotonic(), core_times(), cpu_of(pids), sum(cpu_of(origin_pids))
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    c1, (u1, s1) = core_times(), cpu_of(pids)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t1, c1, (u1, s1), o1 = time.monotonic(), core_times(), cpu_of(pids), sum(cpu_of(origin_pids))
     out = proc.stdout
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()[-500:]} {out[-500:]}")
@@ -136,6 +142,9 @@ def wrk_max(url: str, seconds: int, conns: int, pids: list[int], cpu: int | None
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    busy = core_busy(c0, c1)
+    wall = max(1e-6, t1 - t0)
+    ours = (u1 - u0) + (s1 - s0) + (o1 - o0) + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {
         "max_rps": float(rps.group(1)),
         "requests": int(total.group(1)),
@@ -143,5 +152,6 @@ def wrk_max(url: str, seconds: int, conns: int, pids: list[int], cpu: int | None
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
         "user_us": (u1 - u0) * 1e6 / max(1, int(total.group(1))),
         "sys_us": (s1 - s0) * 1e6 / max(1, int(total.group(1))),
-        "cores_busy_pct": core_busy(c0, c1),
+        "cores_busy_pct": busy,
+        "others_busy_pct_total": round(max(0.0, sum(busy.values()) - 100.0 * ours / wall), 1),
     }

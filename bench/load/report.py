@@ -47,6 +47,7 @@ def summarize(runs: list[dict[str, Any]], sizes: list[str], proxies: list[str]) 
                 m["max_sys_us"] = _median([x["sys_us"] for x in maxes])
                 m["max_errors"] = sum(x["socket_errors"] + x["non_2xx"] for x in maxes)
                 m["max_cores_busy_pct"] = _cores(maxes)
+                m["max_others_busy_pct_total"] = _median([x.get("others_busy_pct_total", float("nan")) for x in maxes])
             medians[size][proxy] = m
         base = medians[size].get(BASELINE)
         if base:
@@ -69,6 +70,7 @@ def summarize_scaling(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "sys_us": _median([x["sys_us"] for x in sel]),
             "errors": sum(x["socket_errors"] + x["non_2xx"] for x in sel),
             "cores_busy_pct": _cores(sel),
+            "others_busy_pct_total": _median([x.get("others_busy_pct_total", float("nan")) for x in sel]),
             "rounds": len(sel),
         }
     one = out.get("1", {}).get("max_rps")
@@ -79,6 +81,10 @@ def summarize_scaling(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
+
+
+def _num(v: float | None) -> str:
+    return "?" if v is None or v != v else f"{v:.0f}"  # v != v: NaN, from runs recorded before the field
 
 
 def _cores_str(c: dict[str, float]) -> str:
@@ -141,15 +147,19 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
             f"Workers unpinned (`cpu_affinity = false`, no taskset); origin and `wrk -t1 -c{a['conns']} "
             f"-d{a['wrk_seconds']}s` pinned to core 0, so the second worker competes with them. "
-            f"Medians of {sc['medians'][next(iter(sc['medians']))]['rounds']} interleaved round(s).",
+            f"Medians of {sc['medians'][next(iter(sc['medians']))]['rounds']} interleaved round(s); a run during "
+            f"which other work took more than {a['noisy_pct']:.0f}% of a core was repeated once and the quieter "
+            f"one kept ({sc.get('noise_repeats', 0)} repeats). Others' work: both cores' busy time minus the "
+            "proxy, the origin and wrk.",
             "",
-            "| workers | max req/s | x 1 worker | proxy CPU µs/req (user+sys) | cores 0/1 busy % |",
-            "|--:|--:|--:|--:|--:|",
+            "| workers | max req/s | x 1 worker | proxy CPU µs/req (user+sys) | cores 0/1 busy % "
+            "| others' work, % of a core |",
+            "|--:|--:|--:|--:|--:|--:|",
         ]
         for w, m in sc["medians"].items():
             lines.append(
                 f"| {w} | {m['max_rps']:.0f} | {_x(m['x_1_worker'])} | {m['user_us'] + m['sys_us']:.1f} "
-                f"| {_cores_str(m['cores_busy_pct'])} |"
+                f"| {_cores_str(m['cores_busy_pct'])} | {_num(m.get('others_busy_pct_total'))} |"
             )
     lines.append("")
     return "\n".join(lines)
