@@ -23,7 +23,7 @@ def thrift(route: dict[str, object] | None = None, **server: object) -> dict[str
 
 def test_defaults() -> None:
     s = parse_config(thrift()).servers["t"]
-    assert (s.max_frame_size, s.upstream_connections, s.upstream_in_flight) == (16 * 1024 * 1024, 4, 32)
+    assert (s.max_frame_size, s.upstream_connections, s.upstream_in_flight) == (16 * 1024 * 1024, 8, 2)
     r = s.routes[0]
     assert r.thrift_method is None and r.thrift_service is None and r.gateway is None
 

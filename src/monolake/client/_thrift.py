@@ -226,8 +226,8 @@ class ThriftPool:
     def __init__(
         self,
         *,
-        max_connections: int = 4,
-        max_in_flight: int = 32,
+        max_connections: int = 8,
+        max_in_flight: int = 2,
         max_frame_size: int,
         idle_timeout: float = 60.0,
     ) -> None:

@@ -198,10 +198,12 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     # -- thrift servers -----------------------------------------------------------------
     max_frame_size: int = 16777216
     """Largest Thrift frame accepted from a client or an upstream; a larger call is answered with an error."""
-    upstream_connections: int = 4
+    upstream_connections: int = 8
     """Connections per upstream endpoint (per worker, transport and protocol) that calls are multiplexed over."""
-    upstream_in_flight: int = 32
-    """Calls in flight on one upstream connection before another is opened (up to ``upstream_connections``)."""
+    upstream_in_flight: int = 2
+    """Calls in flight on one upstream connection before another is opened (up to ``upstream_connections``).
+    Servers that answer one call at a time per connection (thriftpy2, Apache) serve a connection's calls in
+    turn, so keep it low for them; raise it for servers that answer out of order (Kitex with mux)."""
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
