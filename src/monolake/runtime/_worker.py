@@ -511,10 +511,15 @@ class _Worker:
         self.cfg = p.cfg
         for app in dict.fromkeys(replaced):
             self.retiring[app] = self.loop.create_task(self._retire(app))
+        errors = []
         for entry in p.new.values():
             assert entry.server is not None
-            await entry.server.start_serving()
-        self._send({"op": "committed", "id": txn, "ok": True})
+            try:
+                await entry.server.start_serving()
+            except OSError as exc:  # listen() on a socket bound at prepare: not expected to fail
+                log.error("worker %d: server %s cannot listen on %s: %s", self.index, entry.name, entry.key, exc)
+                errors.append(f"servers.{entry.name}.listener: cannot listen on {entry.key}: {exc}")
+        self._send({"op": "committed", "id": txn, "ok": not errors, "error": "; ".join(errors) or None})
 
     def _abort(self, txn: int, *, reply: bool = True) -> None:
         p = self.pending
