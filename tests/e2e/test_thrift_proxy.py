@@ -99,6 +99,14 @@ upstreams = [{ endpoint = "{tt_other}" }]
 thrift_method = ["add", "get", "slow", "note", "seen", "who"]
 upstream = "tt"
 
+[servers.pp]
+listener = "127.0.0.1:0"
+proxy_type = "thrift"
+proxy_protocol = "v1"
+[[servers.pp.routes]]
+thrift_method = "add"
+upstream = "tt"
+
 [servers.dead]
 listener = "127.0.0.1:0"
 proxy_type = "thrift"
@@ -281,6 +289,19 @@ def test_no_route_is_an_unknown_method_exception(thrift_proxy: Proxy) -> None:
     finally:
         client.close()
     thrift_proxy.log.wait_line(r"thrift: no route: server=routed client=127.0.0.1 method 'echo'", after=mark)
+
+
+def test_proxy_protocol_listener_uses_the_header_client(thrift_proxy: Proxy) -> None:
+    mark = thrift_proxy.log.mark()
+    c = TTClient(addr(thrift_proxy, "pp"))
+    try:
+        c.send(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 9090\r\n")
+        assert c.call("add", a=20, b=22)[0] == 42
+        value, _ = c.call("who")
+        assert isinstance(value, TApplicationException)
+    finally:
+        c.close()
+    thrift_proxy.log.wait_line(r"thrift: no route: server=pp client=203\.0\.113\.7 method 'who'", after=mark)
 
 
 # -- failures ----------------------------------------------------------------------------
