@@ -139,3 +139,20 @@ def test_response_mapping() -> None:
     assert resp.status == 202
     assert resp.headers.get(b"x-trace") == b"tr"
     assert resp.body == b'{"id":"1","text":"t","session":"s"}'
+
+
+def test_raw_body_both_ways(tmp_path: Path) -> None:
+    idl = tmp_path / "blob.thrift"
+    idl.write_text(
+        'struct Up { 1: binary data (api.raw_body = ""); 2: optional string name (api.query = "name") }\n'
+        'struct Down { 1: binary data (api.raw_body = ""); 2: string ct (api.header = "Content-Type") }\n'
+        'service S { Down put(1: Up req) (api.put = "/blob") }\n'
+    )
+    [m] = load_methods(str(idl), "S", "gw")
+    assert (m.http_method, m.needs_raw, m.needs_body) == (b"PUT", True, False)
+    args = m.build({}, request(b"PUT", b"/blob?name=n"), None, b"\x00\xffraw")
+    assert (args.req.data, args.req.name) == (b"\x00\xffraw", "n")
+    mod = thriftpy2.load(str(idl), module_name="blob_test_thrift")
+    resp = m.respond(mod.S.put_result(success=mod.Down(data=b"\x01\x02", ct="application/octet-stream")))
+    assert (resp.status, resp.body) == (200, b"\x01\x02")
+    assert resp.headers.get(b"content-type") == b"application/octet-stream"
