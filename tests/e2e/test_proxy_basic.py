@@ -257,6 +257,15 @@ def test_pipelined_requests_answered_in_order(web: Proxy) -> None:
         assert echoes[1]["body_len"] == 5
 
 
+def test_pipelined_beyond_max_pipelined(web: Proxy) -> None:
+    # 80 requests in one write: more than limits.max_pipelined (32) wait in the socket.
+    n = 80
+    with RawClient(web.address) as c:
+        c.send(b"".join(b"GET /echo?i=%d HTTP/1.1\r\nHost: t\r\n\r\n" % i for i in range(n)))
+        paths = [json.loads(c.read_response().body)["path"] for _ in range(n)]
+    assert paths == [f"/echo?i={i}" for i in range(n)]
+
+
 def test_pipelined_slow_first_response_keeps_order(web: Proxy) -> None:
     with RawClient(web.address) as c:
         c.send(
