@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -604,18 +604,3 @@ def nginx_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     n = start_nginx(tmp_path_factory.mktemp("nginx"), files)
     yield n
     stop_nginx(n)
-
-
-@pytest.fixture
-def raw() -> Iterator[Callable[[str], RawClient]]:
-    """``raw(address)`` opens a RawClient, closed at teardown."""
-    opened: list[RawClient] = []
-
-    def open_(address: str) -> RawClient:
-        c = RawClient(address)
-        opened.append(c)
-        return c
-
-    yield open_
-    for c in opened:
-        c.close()
