@@ -440,12 +440,16 @@ class ResponseReader:
                 elif lname == b"connection":
                     tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
-        if tokens is None:
-            keep_alive = version == b"1.1"
-        elif version == b"1.1":
-            keep_alive = not _has_token(tokens, b"close")
-        else:
-            keep_alive = _has_token(tokens, b"keep-alive")
+        # llhttp's verdict: version, Connection tokens, and whether the body ends at EOF;
+        # the last is wrong for a HEAD response, which llhttp cannot know has no body.
+        keep_alive = parser.should_keep_alive()
+        if not keep_alive and self.expect_no_body:
+            if tokens is None:
+                keep_alive = version == b"1.1"
+            elif version == b"1.1":
+                keep_alive = not _has_token(tokens, b"close")
+            else:
+                keep_alive = _has_token(tokens, b"keep-alive")
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             headers = Headers(parse_block(block))
             _drop_connection_listed(headers, tokens)
