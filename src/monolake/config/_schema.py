@@ -206,8 +206,25 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     turn, so keep it low for them; raise it for servers that answer out of order (Kitex with mux)."""
 
 
+class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """The admin HTTP endpoint, served by the supervisor (metrics, health, config, reload, dashboard)."""
+
+    listen: str = "127.0.0.1:9901"
+    """"host:port" of its own listener; keep it on localhost unless ``token`` is set."""
+    token: str | None = None
+    """When set, every request needs ``Authorization: Bearer TOKEN`` (shown redacted by /config)."""
+
+
+class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    enabled: bool = False
+    """Count requests in Prometheus metrics even without ``[admin]`` (which turns them on by itself)."""
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     runtime: Runtime = Runtime()
     log: Log = Log()
     upstreams: dict[str, Cluster] = {}
     servers: dict[str, Server] = {}
+    admin: Admin | None = None
+    """Admin endpoint; absent means none. Read at start only (a reload does not open or move it)."""
+    metrics: Metrics = Metrics()
