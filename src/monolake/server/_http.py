@@ -220,7 +220,7 @@ class _ResponseSink:
         log.warning(
             "upstream body failed mid-response: %s %s peer=%s error=%s",
             self.req.method.decode(),
-            self.req.target.decode("latin-1"),
+            self.req.original_target.decode("latin-1"),
             self.req.ctx.peer,
             exc,
         )
@@ -385,7 +385,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             "%d for %s %s peer=%s server=%s (%s error: %s: %s)",
             status,
             req.method.decode(),
-            req.target.decode("latin-1"),
+            req.original_target.decode("latin-1"),
             self.peer,
             self.app.name,
             where,
