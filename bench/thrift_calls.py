@@ -37,19 +37,20 @@ def _tick() -> int:
     return os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """user+sys of ``pid`` and its children (the monolake workers)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, sys) seconds of ``pid`` and its children (the monolake workers)."""
     pids = [pid]
     with contextlib.suppress(OSError):
         pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    total = 0
+    user = system = 0
     for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / _tick()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / _tick(), system / _tick()
 
 
 def serve(port: int, idl: str, transport: str) -> None:
@@ -220,7 +221,8 @@ def main() -> None:
             run_load(address, idl, argparse.Namespace(**{**vars(args), "seconds": 1.0}))  # warm-up
             before = cpu_seconds(proxy.pid)
             via = run_load(address, idl, args)
-            used = cpu_seconds(proxy.pid) - before
+            after = cpu_seconds(proxy.pid)
+            user, system = after[0] - before[0], after[1] - before[1]
         finally:
             if proxy is not None:
                 proxy.terminate()
@@ -231,7 +233,9 @@ def main() -> None:
     print(f"transport={args.transport} loop={args.loop} clients={args.clients} seconds={args.seconds:g}")
     print(f"direct:        {direct / args.seconds:9.0f} calls/s")
     print(f"through proxy: {via / args.seconds:9.0f} calls/s")
-    print(f"proxy CPU:     {used / max(via, 1) * 1e6:9.1f} µs/call (user+sys)   load average {load_avg:.1f}")
+    per = 1e6 / max(via, 1)
+    print(f"proxy CPU:     {(user + system) * per:9.1f} µs/call: user {user * per:.1f} + sys {system * per:.1f}")
+    print(f"load average {load_avg:.1f}")
 
 
 if __name__ == "__main__":

@@ -163,7 +163,7 @@ class ThriftUpstream(asyncio.Protocol):
                 self._broken(f"upstream reply with an unsupported protocol id or transforms {f.transforms}")
                 return
             try:
-                head = peek_message(f.data, f.payload, proto)
+                head = peek_message(f.data, f.payload, proto, decode_name=False)
             except RemoteProtocolError as exc:
                 self._broken(f"bad message from upstream: {exc}")
                 return

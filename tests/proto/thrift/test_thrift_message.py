@@ -56,6 +56,8 @@ def test_peek_reads_what_apache_writes(protocol: ThriftProtocol, name: str, mtyp
     assert h.end == 6 + len(head)
     assert data[h.seq_offset : h.seq_offset + h.seq_size] == encode_seq_id(protocol, seq)
     assert message_begin(name, mtype, seq, protocol) == head
+    quick = peek_message(data, 6, protocol, decode_name=False)
+    assert (quick.name, quick.seq_id, quick.seq_offset, quick.end) == ("", seq, h.seq_offset, h.end)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
