@@ -67,6 +67,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self.reader_init()
         self.transport: Any = None
         self.reused = False
+        self.counted = False
+        """Counted in the pool's ``open`` (made by ``Pool.connect``); uncounted by connection_lost."""
         self.idle_since = 0.0
         self.idle_timeout = 60.0
         self.max_idle = 64
@@ -113,6 +115,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.pool.forget(self)
+        if self.counted:
+            self.counted = False
+            self.pool.lost(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -31,6 +31,10 @@ class Pool:
         self._sweep_every = 1.0
         self.connects = 0
         self.reuses = 0
+        self.connect_errors: dict[str, int] = {}
+        """Failed connects (refused, unreachable, timed out) per endpoint, for metrics."""
+        self.open: dict[tuple[str, str, int, str], int] = {}
+        """Open connections per key, idle or busy (for circuit breakers)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -89,10 +93,14 @@ class Pool:
                 else:
                     _, proto = await loop.create_connection(factory, ep.host, ep.port)
         except TimeoutError:
+            self.connect_errors[str(ep)] = self.connect_errors.get(str(ep), 0) + 1
             raise ConnectTimeout(f"connect to {ep} timed out after {connect_timeout:g}s") from None
         except OSError as exc:
+            self.connect_errors[str(ep)] = self.connect_errors.get(str(ep), 0) + 1
             raise ConnectError(f"connect to {ep} failed: {exc.strerror or exc}") from None
         self.connects += 1
+        proto.counted = True
+        self.open[key] = self.open.get(key, 0) + 1
         sock: Any = proto.transport.get_extra_info("socket") if proto.transport else None
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -111,6 +119,14 @@ class Pool:
         if self._sweeper is None:
             self._sweep_every = min(1.0, conn.idle_timeout / 2)
             self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+
+    def lost(self, conn: UpstreamConnection) -> None:
+        """A connection made by ``connect`` closed (called once, from its connection_lost)."""
+        n = self.open.get(conn.key, 0)
+        if n > 1:
+            self.open[conn.key] = n - 1
+        else:
+            self.open.pop(conn.key, None)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Drop a connection that closed (called from its connection_lost)."""

@@ -113,6 +113,40 @@ def _check_cluster(path: str, c: Cluster) -> None:
             raise ConfigError(f"{path}.{key}", "must be > 0")
     if c.max_idle_per_key < 0:
         raise ConfigError(f"{path}.max_idle_per_key", "must be >= 0")
+    _check_resilience(path, c)
+
+
+def _check_resilience(path: str, c: Cluster) -> None:
+    hc = c.health_check
+    if hc is not None:
+        p = f"{path}.health_check"
+        for key in ("interval", "timeout"):
+            if getattr(hc, key) <= 0:
+                raise ConfigError(f"{p}.{key}", "must be > 0")
+        for key in ("healthy_threshold", "unhealthy_threshold"):
+            if getattr(hc, key) < 1:
+                raise ConfigError(f"{p}.{key}", "must be >= 1")
+        if not hc.path.startswith("/"):
+            raise ConfigError(f"{p}.path", f"must start with '/', got {hc.path!r}")
+        if not hc.expected_status or any(not 100 <= st <= 599 for st in hc.expected_status):
+            raise ConfigError(f"{p}.expected_status", "expected a non-empty list of HTTP statuses (100-599)")
+    od = c.outlier_detection
+    if od is not None:
+        p = f"{path}.outlier_detection"
+        for key in ("consecutive_5xx", "consecutive_connect_failures"):
+            if getattr(od, key) < 0:
+                raise ConfigError(f"{p}.{key}", "must be >= 0 (0 disables)")
+        for key in ("base_ejection_time", "max_ejection_time"):
+            if getattr(od, key) <= 0:
+                raise ConfigError(f"{p}.{key}", "must be > 0")
+        if not 0 <= od.max_ejection_percent <= 100:
+            raise ConfigError(f"{p}.max_ejection_percent", "must be between 0 and 100")
+    cb = c.circuit_breaker
+    if cb is not None:
+        for key in ("max_connections", "max_pending", "max_requests"):
+            value = getattr(cb, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{path}.circuit_breaker.{key}", "must be >= 1")
 
 
 def _check_route(path: str, r: Route, cfg: Config) -> None:
@@ -150,6 +184,15 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
         _check_balancer(path, r.load_balancer, r.hash_on)
     if r.timeout is not None and r.timeout <= 0:
         raise ConfigError(f"{path}.timeout", "must be > 0")
+    if r.retry is not None:
+        if r.retry.attempts < 0:
+            raise ConfigError(f"{path}.retry.attempts", "must be >= 0")
+        if r.retry.per_try_timeout is not None and r.retry.per_try_timeout <= 0:
+            raise ConfigError(f"{path}.retry.per_try_timeout", "must be > 0")
+        if r.retry.budget_percent < 0:
+            raise ConfigError(f"{path}.retry.budget_percent", "must be >= 0")
+        if r.retry.min_retry_concurrency < 0:
+            raise ConfigError(f"{path}.retry.min_retry_concurrency", "must be >= 0")
 
 
 def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
@@ -180,7 +223,17 @@ def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
         raise ConfigError(f"{path}.splice_after", "must be >= 0")
 
 
-_HTTP_ONLY_ROUTE_KEYS = ("host", "path", "path_exact", "path_regex", "methods", "headers", "prefix_rewrite", "gateway")
+_HTTP_ONLY_ROUTE_KEYS = (
+    "host",
+    "path",
+    "path_exact",
+    "path_regex",
+    "methods",
+    "headers",
+    "prefix_rewrite",
+    "gateway",
+    "retry",
+)
 _THRIFT_DEFAULTS = Route()
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 LoopKind = Literal["uvloop", "asyncio"]
+RetryOn = Literal["connect_failure", "reset", "502", "503", "504", "timeout"]
 BalancerKind = Literal["round_robin", "weighted_round_robin", "random", "least_request", "consistent_hash"]
 
 
@@ -59,6 +60,63 @@ class UpstreamSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     weight: int = 1
 
 
+class HealthCheck(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Active health checks of every endpoint of a cluster (each worker checks on its own)."""
+
+    type: Literal["http", "tcp"] = "http"
+    """"http": GET ``path`` and expect ``expected_status``; "tcp": a connect is enough."""
+    path: str = "/"
+    expected_status: list[int] = msgspec.field(default_factory=lambda: [200])
+    host: str | None = None
+    """Host header of the check; default the endpoint's host:port."""
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_threshold: int = 2
+    """Consecutive passes that make an unhealthy endpoint healthy again."""
+    unhealthy_threshold: int = 3
+    """Consecutive failures that take an endpoint out of rotation."""
+
+
+class OutlierDetection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Passive ejection: endpoints that keep failing real requests leave rotation for a while."""
+
+    consecutive_5xx: int = 5
+    """5xx responses (and failed exchanges) in a row that eject an endpoint; 0 disables."""
+    consecutive_connect_failures: int = 3
+    """Failed connects in a row that eject an endpoint; 0 disables."""
+    base_ejection_time: float = 30.0
+    """First ejection; the n-th in a row lasts n times as long, up to ``max_ejection_time``."""
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 50
+    """Never eject more than this share of the cluster's endpoints (at least one may always be ejected)."""
+
+
+class CircuitBreaker(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Per-worker limits of a cluster; a request over one is answered 503 at once."""
+
+    max_connections: int | None = None
+    """Open upstream connections to the cluster's endpoints."""
+    max_pending: int | None = None
+    """Requests waiting for a new connection."""
+    max_requests: int | None = None
+    """Requests in flight to the cluster."""
+
+
+class Retry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Retries of a route's requests on another endpoint."""
+
+    attempts: int = 2
+    """Retries after the first try (so at most attempts + 1 tries)."""
+    on: list[RetryOn] = msgspec.field(default_factory=lambda: ["connect_failure", "reset", "502", "503", "504"])
+    """What a try may fail with to be retried; "reset": the upstream closed or reset the connection."""
+    per_try_timeout: float | None = None
+    """Seconds each try may wait for the response head; a try that exceeds it counts as "timeout"."""
+    budget_percent: float = 20.0
+    """Retries in flight may be at most this share of the route's requests in flight ..."""
+    min_retry_concurrency: int = 3
+    """... or this many, whichever is larger."""
+
+
 class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     endpoints: list[UpstreamSpec]
     load_balancer: BalancerKind = "round_robin"
@@ -71,6 +129,9 @@ class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     max_idle_per_key: int = 64
     send_proxy_protocol: Literal["off", "v1", "v2"] = "off"
     """Open every upstream connection with a PROXY header naming the client (tcp servers only)."""
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
+    circuit_breaker: CircuitBreaker | None = None
 
 
 class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -121,6 +182,8 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     response_headers: HeaderRewrite = HeaderRewrite()
     timeout: float | None = None
     """Whole-request deadline (504 when exceeded; a TApplicationException on thrift servers)."""
+    retry: Retry | None = None
+    """Retry failed tries on another endpoint (http servers)."""
 
     # -- thrift servers -------------------------------------------------------------------
     thrift_method: str | list[str] | None = None

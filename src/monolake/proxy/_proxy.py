@@ -18,6 +18,7 @@ from ..errors import ReadTimeout
 from ..proto.http1 import Headers, Request, Response
 from ..service import Factory, Service
 from ._filters import Phases
+from ._retry import RetryingCluster
 from ._router import Router
 from ._upstream import UpstreamCluster
 
@@ -72,7 +73,13 @@ class RouteRuntime:
         "timeout",
     )
 
-    def __init__(self, index: int, r: Route, cluster: UpstreamCluster | None, handler: Handler | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        r: Route,
+        cluster: UpstreamCluster | RetryingCluster | None,
+        handler: Handler | None = None,
+    ) -> None:
         self.index = index
         self.name = str(index)
         self.cluster = cluster
@@ -254,5 +261,5 @@ class ProxyFactory(Factory[HttpProxy]):
                 )
                 cname = f"{self.name}.routes[{i}]"
                 cluster = UpstreamCluster.from_config(cname, c, self.pool)
-            entries.append((r, RouteRuntime(i, r, cluster)))
+            entries.append((r, RouteRuntime(i, r, cluster.with_retry(r.retry))))
         return HttpProxy(Router(entries), Phases(self.filters), self.server.forwarded, self.clusters)
