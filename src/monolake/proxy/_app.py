@@ -20,6 +20,7 @@ from ..client import Pool
 from ..config import Config
 from ..errors import ConfigError
 from ..observe import AccessLog, compile_format
+from ..observe._metrics import chain_completion, metrics_enabled, request_recorder, worker_metrics
 from ..proto.http1 import Request, Response
 from ..server import HttpServerApp, error_response
 from ..server._thrift import ThriftServerApp
@@ -108,6 +109,7 @@ def build_apps(
         shared = Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg))
     pool, clusters, access_log = shared.pool, shared.clusters, shared.access_log
     apps: dict[str, AnyApp | ThriftServerApp] = {}
+    metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
         if server.proxy_type == "tcp":
             apps[name] = build_l4_app(name, server, cfg)
@@ -122,12 +124,17 @@ def build_apps(
             service = stack.build(prev.service if isinstance(prev, HttpServerApp | ProxyProtocolHttpApp) else None)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
+        on_complete = _completion(access_log, Phases(filters))
+        if metrics_on:
+            on_complete = chain_completion(request_recorder(name, [], [pool], clusters.values()), on_complete)
         app = HttpServerApp(
             name,
             server,
             service,
-            on_complete=_completion(access_log, Phases(filters)),
+            on_complete=on_complete,
             on_close=access_log.flush if access_log is not None else None,
         )
+        if metrics_on:
+            worker_metrics().watch(apps=[app])
         apps[name] = ProxyProtocolHttpApp(app) if server.proxy_protocol != "off" else app
     return apps

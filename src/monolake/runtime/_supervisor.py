@@ -41,6 +41,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -126,8 +127,11 @@ def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -
     if handover is not None:
         log.info("upgrade: took over %d listener(s) from the old supervisor", len(handover.listeners))
     sup = Supervisor(cfg, build, listeners, cpus, source=source, handover=handover)
+    from ..admin import operations  # metrics directory and admin listener (imported late: admin imports runtime)
+
     try:
-        return sup.serve()
+        with operations(cfg, sup):
+            return sup.serve()
     finally:
         close_listeners(sup.listeners)
 
@@ -194,6 +198,8 @@ class Supervisor:
         self._reload_queue: list[tuple[str, tuple[int, int] | None]] = []
         self._reload_count = 0
         self.last_reload: ReloadResult | None = None
+        self.on_reload: Callable[[ReloadResult], None] | None = None
+        """Called (in the supervisor's thread) with every reload's outcome; the admin endpoint sets it."""
         self._watcher: ConfigWatcher | None = None
         self._watch_first: float | None = None
         self._watch_due: float | None = None
@@ -203,6 +209,11 @@ class Supervisor:
         self._upgrade_wanted: str | None = None
         self._upgraded = False
         self._pid_file: str | None = None
+
+    @property
+    def config(self) -> Config:
+        """The config in force (the new one from a reload's commit on)."""
+        return self._cfg
 
     # -- public, thread-safe requests -------------------------------------------------
 
@@ -539,6 +550,11 @@ class Supervisor:
 
     def _record(self, result: ReloadResult, requesters: list[tuple[int, int]]) -> None:
         self.last_reload = result
+        if self.on_reload is not None:
+            try:
+                self.on_reload(result)
+            except Exception:
+                log.exception("reload %d: on_reload hook failed", result.id)
         payload = result.as_dict()
         for index, req in requesters:
             self._send(self._slots[index], {"op": "reload_result", "req": req, "result": payload})

@@ -1,0 +1,47 @@
+"""What the supervisor runs beside its workers: the metrics directory and the admin listener.
+
+``operations(cfg, supervisor)`` is entered after the listeners are reserved and
+before any worker is forked: with metrics on (``[admin]`` or ``[metrics] enabled``)
+it makes the directory every process writes its metrics to and sets
+``PROMETHEUS_MULTIPROC_DIR`` so the workers inherit it; with ``[admin]`` it binds
+the admin listener (ConfigError if it cannot) and serves it from a thread. On exit
+it stops the listener and removes the directory. Both are decided at start: a
+reload that adds, removes or moves ``[admin]`` takes effect at the next start or
+upgrade (a changed ``token`` applies at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from ..config import Config
+from ..observe._metrics import cleanup_multiprocess, count_reload, metrics_enabled, prepare_multiprocess
+from ._server import AdminServer, AdminState
+
+
+@contextlib.contextmanager
+def operations(cfg: Config, supervisor: Any) -> Iterator[AdminServer | None]:
+    """Set up metrics and the admin endpoint for ``supervisor``; yields the admin server or None."""
+    path = prepare_multiprocess() if metrics_enabled(cfg) else None
+    admin: AdminServer | None = None
+    try:
+        state = AdminState(supervisor, path, cfg.admin.token if cfg.admin is not None else None)
+
+        def on_reload(result: Any) -> None:
+            if path is not None:
+                count_reload(bool(getattr(result, "ok", False)))
+            state.reload_done(result)
+
+        if hasattr(supervisor, "on_reload"):
+            supervisor.on_reload = on_reload
+        if cfg.admin is not None:
+            admin = AdminServer(cfg.admin.listen, state)
+            admin.start()
+        yield admin
+    finally:
+        if admin is not None:
+            admin.close()
+        if path is not None:
+            cleanup_multiprocess(path)
