@@ -39,6 +39,8 @@ class Tag(HttpFilter):
 '''
 
 RELOAD_END = r"reload (\d+) \((?:[^)]*)\) (done|failed|aborted|refused)"
+UPGRADE_TIMEOUT = 60.0
+"""An upgrade starts a whole new supervisor and its workers: generous on a loaded machine."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -101,34 +103,47 @@ class Fleet:
         old = self.pid
         mark = self.log.mark()
         os.kill(old, signal.SIGUSR2)
-        m = self.log.wait_line(
-            rf"monolake\[{old}\]: upgrade \([^)]*\): new supervisor pid (\d+) is serving", after=mark
-        )
-        new = int(m[1])
-        self.successors.append(new)
+        started = rf"monolake\[{old}\]: upgrade \([^)]*\): started the new supervisor, pid (\d+)"
+        new = int(self.log.wait_line(started, after=mark, timeout=UPGRADE_TIMEOUT)[1])
+        self.successors.append(new)  # known before anything else can fail: close() stops it
+        serving = rf"monolake\[{old}\]: upgrade \([^)]*\): new supervisor pid {new} is serving"
+        self.log.wait_line(serving, after=mark, timeout=UPGRADE_TIMEOUT)
         self.wait_exit(old)
         self.pid = new
         return new
 
     def wait_exit(self, pid: int) -> None:
         if pid == self.proxy.pid:
-            assert self.proxy.proc.wait(TIMEOUT) == 0, self.log.text
+            assert self.proxy.proc.wait(UPGRADE_TIMEOUT) == 0, self.log.text
         else:
-            assert wait_gone(pid), f"supervisor {pid} did not exit\n{self.log.text}"
+            assert wait_gone(pid, UPGRADE_TIMEOUT), f"supervisor {pid} did not exit\n{self.log.text}"
         self.log.wait_line(rf"monolake\[{pid}\]: upgrade: draining workers")
 
     def close(self) -> None:
         for pid in reversed(self.successors):
-            workers = children(pid)
+            _stop(pid)
+        # Whatever else runs this test's config (an upgrade's supervisor the test did not get
+        # to see, or its workers), except the first supervisor and its workers: conftest's.
+        config = str(self.proxy.config_path).encode()
+        ours = {self.proxy.pid, *children(self.proxy.pid)}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in ours:
+                with contextlib.suppress(OSError):
+                    if config in Path(f"/proc/{entry}/cmdline").read_bytes():
+                        _stop(int(entry))
+
+
+def _stop(pid: int) -> None:
+    workers = children(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_gone(pid, 15):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for w in workers:
+        if not wait_gone(w, 5):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            if not wait_gone(pid, 15):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            for w in workers:
-                if not wait_gone(w, 5):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(w, signal.SIGKILL)
+                os.kill(w, signal.SIGKILL)
 
 
 def tags_by_worker(url: str, want: int, path: str = "/echo", tries: int = 200) -> dict[str, str]:
