@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import Config
 from ..observe._metrics import cleanup_multiprocess, count_reload, metrics_enabled, prepare_multiprocess
+from ..runtime._logging import logger as log
 from ._server import AdminServer, AdminState
 
 
@@ -26,6 +27,8 @@ def operations(cfg: Config, supervisor: Any) -> Iterator[AdminServer | None]:
     """Set up metrics and the admin endpoint for ``supervisor``; yields the admin server or None."""
     path = prepare_multiprocess() if metrics_enabled(cfg) else None
     admin: AdminServer | None = None
+    if path is not None:
+        log.info("metrics: workers write to %s", path)
     try:
         state = AdminState(supervisor, path, cfg.admin.token if cfg.admin is not None else None)
 
