@@ -340,3 +340,39 @@ async def test_passive_ejection_through_forward(origins: list[Origin]) -> None:
     assert a.hits == 0
     c.close()
     pool.close()
+
+
+# -- reload -------------------------------------------------------------------------------
+
+
+async def test_a_reload_stops_the_checks_of_a_replaced_cluster(origins: list[Origin]) -> None:
+    from monolake.config import parse_config
+    from monolake.proxy import ProxyBuilder
+
+    def cfg(interval: float) -> dict[str, object]:
+        hc = {"path": "/health", "interval": interval}
+        ep = [{"endpoint": f"127.0.0.1:{origins[0].port}"}]
+        return {
+            "upstreams": {"a": {"endpoints": ep, "health_check": hc}, "b": {"endpoints": ep, "health_check": hc}},
+            "servers": {
+                "web": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "a"}]},
+                "api": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "b"}]},
+            },
+        }
+
+    b = ProxyBuilder()
+    apps = b(parse_config(cfg(0.05)))
+    old = dict(b._clusters)
+    for _, u in old.values():
+        u.start()
+    raw = cfg(0.05)
+    raw["upstreams"]["a"]["health_check"] = {"path": "/health", "interval": 0.1}  # type: ignore[index]
+    p = b.prepare(parse_config(raw), apps)
+    assert old["a"][1]._checker is not None and old["a"][1]._checker.running  # prepare stops nothing
+    p.commit()
+    assert not old["a"][1]._checker.running  # replaced: stopped
+    assert b._clusters["b"][1] is old["b"][1] and old["b"][1]._checker is not None
+    assert old["b"][1]._checker.running  # unchanged: kept, still checking
+    for _, u in b._clusters.values():
+        u.close()
+    b.pool.close()

@@ -267,6 +267,12 @@ class PreparedApps:
         for prev, new in self._adopt:
             prev.adopt(new)
         old_log = b._access_log
+        kept = {id(u) for _, u in self._clusters.values()}
+        for _, u in b._clusters.values():
+            if id(u) not in kept:
+                # A replaced or removed cluster: stop its health checks and ejection timers.
+                # Requests still in flight on the old chain finish through it.
+                u.close()
         b._settle(self.cfg, self._clusters, self._access_log)
         if old_log is not None and old_log is not self._access_log:
             # Requests still in flight log through their app's current on_complete: the new log.
