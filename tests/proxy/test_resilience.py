@@ -376,3 +376,55 @@ async def test_a_reload_stops_the_checks_of_a_replaced_cluster(origins: list[Ori
     for _, u in b._clusters.values():
         u.close()
     b.pool.close()
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cluster_extra", "route_extra", "server_extra", "where"),
+    [
+        ({"health_check": {"interval": 0}}, {}, {}, "upstreams.a.health_check.interval"),
+        ({"health_check": {"path": "health"}}, {}, {}, "upstreams.a.health_check.path"),
+        ({"health_check": {"expected_status": [700]}}, {}, {}, "upstreams.a.health_check.expected_status"),
+        ({"health_check": {"unhealthy_threshold": 0}}, {}, {}, "upstreams.a.health_check.unhealthy_threshold"),
+        ({"outlier_detection": {"consecutive_5xx": -1}}, {}, {}, "upstreams.a.outlier_detection.consecutive_5xx"),
+        ({"outlier_detection": {"max_ejection_percent": 101}}, {}, {}, "upstreams.a.outlier_detection"),
+        ({"circuit_breaker": {"max_requests": 0}}, {}, {}, "upstreams.a.circuit_breaker.max_requests"),
+        ({"circuit_breaker": {"max_request": 1}}, {}, {}, "upstreams.a.circuit_breaker"),
+        ({}, {"retry": {"attempts": -1}}, {}, "servers.web.routes[0].retry.attempts"),
+        ({}, {"retry": {"per_try_timeout": 0}}, {}, "servers.web.routes[0].retry.per_try_timeout"),
+        ({}, {"retry": {"on": ["500"]}}, {}, "servers.web.routes[0].retry.on[0]"),
+    ],
+)
+def test_config_errors_name_the_key(
+    cluster_extra: dict[str, object], route_extra: dict[str, object], server_extra: dict[str, object], where: str
+) -> None:
+    from monolake.config import parse_config
+    from monolake.errors import ConfigError
+
+    raw = {
+        "upstreams": {"a": {"endpoints": [{"endpoint": "127.0.0.1:9"}], **cluster_extra}},
+        "servers": {"web": {"listener": "127.0.0.1:0", "routes": [{"upstream": "a", **route_extra}], **server_extra}},
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value).startswith(where), str(info.value)
+
+
+def test_config_resilience_keys_only_where_they_apply() -> None:
+    from monolake.config import parse_config
+    from monolake.errors import ConfigError
+
+    up = {"a": {"endpoints": [{"endpoint": "127.0.0.1:9"}], "outlier_detection": {}}}
+    tcp = {"t": {"listener": "127.0.0.1:0", "proxy_type": "tcp", "upstream": "a"}}
+    with pytest.raises(ConfigError, match=r"^servers\.t\.upstream: cluster 'a' has outlier_detection"):
+        parse_config({"upstreams": up, "servers": tcp})
+    ok = parse_config(
+        {
+            "upstreams": up,
+            "servers": {"web": {"listener": "127.0.0.1:0", "routes": [{"upstream": "a", "retry": {}}]}},
+        }
+    )
+    retry = ok.servers["web"].routes[0].retry
+    assert retry is not None and retry.attempts == 2 and retry.on == ["connect_failure", "reset", "502", "503", "504"]

@@ -149,6 +149,13 @@ def _check_resilience(path: str, c: Cluster) -> None:
                 raise ConfigError(f"{path}.circuit_breaker.{key}", "must be >= 1")
 
 
+def _check_http_only_resilience(path: str, name: str, cfg: Config, what: str) -> None:
+    c = cfg.upstreams[name]
+    for key in ("health_check", "outlier_detection", "circuit_breaker"):
+        if getattr(c, key) is not None:
+            raise ConfigError(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not apply")
+
+
 def _check_route(path: str, r: Route, cfg: Config) -> None:
     matchers = [k for k in ("path", "path_exact", "path_regex") if getattr(r, k) is not None]
     if len(matchers) > 1:
@@ -207,6 +214,8 @@ def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
     if s.upstream is not None and s.upstream not in cfg.upstreams:
         known = ", ".join(sorted(cfg.upstreams)) or "none defined"
         raise ConfigError(f"{path}.upstream", f"unknown cluster {s.upstream!r} (known: {known})")
+    if s.upstream is not None:
+        _check_http_only_resilience(f"{path}.upstream", s.upstream, cfg, "tcp servers")
     if s.upstreams is not None:
         if not s.upstreams:
             raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
@@ -272,6 +281,7 @@ def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
                 )
             if c.send_proxy_protocol != "off":
                 raise ConfigError(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
+            _check_http_only_resilience(f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
     if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
         raise ConfigError(f"{path}.max_frame_size", "must be between 64 and 2147483647")
     for key in ("upstream_connections", "upstream_in_flight"):
@@ -309,6 +319,10 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
             for key in ("idl", "service"):
                 if not getattr(r.gateway, key):
                     raise ConfigError(f"{path}.routes[{i}].gateway.{key}", "must not be empty")
+            if r.retry is not None:
+                raise ConfigError(f"{path}.routes[{i}].retry", "gateway routes are not retried")
+            if r.upstream is not None and r.upstream in cfg.upstreams:
+                _check_http_only_resilience(f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
         _check_route(f"{path}.routes[{i}]", r, cfg)
         if r.upstream is not None and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
             raise ConfigError(
