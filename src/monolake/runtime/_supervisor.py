@@ -442,6 +442,11 @@ class Supervisor:
     def _queue_reload(self, trigger: str, requester: tuple[int, int] | None) -> None:
         if self._stopping:
             log.info("%s: stopping, not reloading", trigger)
+            if requester is not None:
+                refused = ReloadResult(0, trigger, False, "the supervisor is stopping", finished=time.time())
+                self._send(
+                    self._slots[requester[0]], {"op": "reload_result", "req": requester[1], "result": refused.as_dict()}
+                )
             return
         if self._reload is not None:
             log.info("%s: a reload is running; another one follows it", trigger)
