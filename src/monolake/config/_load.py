@@ -153,7 +153,7 @@ def _check_http_only_resilience(path: str, name: str, cfg: Config, what: str) ->
     c = cfg.upstreams[name]
     for key in ("health_check", "outlier_detection", "circuit_breaker"):
         if getattr(c, key) is not None:
-            raise ConfigError(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not apply")
+            raise ConfigError(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not use")
 
 
 def _check_route(path: str, r: Route, cfg: Config) -> None:

@@ -231,9 +231,18 @@ class UpstreamCluster:
         return sum(counts.get(k, 0) for k in self._keys)
 
     def statistics(self) -> dict[str, object]:
-        """Health and circuit-breaker state of this worker's view of the cluster."""
+        """This worker's view of the cluster, for metrics and admin pages.
+
+        ``endpoints`` maps ``str(endpoint)`` to {healthy, ejected_until (loop time, or
+        None), ejections, active_requests, consecutive_5xx, consecutive_connect_failures}.
+        Request counts (``active_requests``, ``pending``) move only on the guarded path:
+        they stay 0 for a cluster without health checks, outlier detection, circuit
+        breaker or retrying routes.
+        """
         return {
             "name": self.name,
+            "guarded": self.guarded,
+            "eligible": len(self.eligible()),
             "active_requests": self.active,
             "pending": self.pending,
             "open_connections": self.open_connections(),
