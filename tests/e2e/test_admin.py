@@ -19,14 +19,17 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from reload_ops import Fleet
 
-from conftest import Origin, Proxy, ProxyFactory
+from conftest import Origin, Proxy, ProxyFactory, free_port
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "s3cret-admin-token"
 ADMIN_LINE = re.compile(r"admin endpoint on (http://127\.0\.0\.1:\d+)/")
 POLL_FOR = 20.0
+DEAD = "127.0.0.1:9"
+"""Nothing listens on the discard port here: connects to it are refused."""
 T = TypeVar("T")
 
 CONFIG = """
@@ -40,8 +43,15 @@ token = "{token}"
 [upstreams.origin]
 endpoints = [{ endpoint = "{origin}" }]
 
+[upstreams.dead]
+endpoints = [{ endpoint = "{dead}" }]
+
 [servers.web]
 listener = "127.0.0.1:0"
+
+[[servers.web.routes]]
+path = "/dead/"
+upstream = "dead"
 
 [[servers.web.routes]]
 path = "/"
@@ -86,7 +96,7 @@ def drive(url: str, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def admin(module_proxy: ProxyFactory, origin: Origin) -> Iterator[tuple[Proxy, str]]:
-    proxy = module_proxy(CONFIG, workers=2, origin=origin.url, token=TOKEN)
+    proxy = module_proxy(CONFIG, workers=2, origin=origin.url, token=TOKEN, dead=DEAD)
     yield proxy, admin_url(proxy)
 
 
@@ -110,9 +120,21 @@ def test_metrics_count_requests_of_both_workers(admin: tuple[Proxy, str]) -> Non
         text = poll("the requests to show in /metrics", counted)
     assert requests_total(text) == before + n
     assert re.search(r'monolake_requests_total\{.*status="200".*upstream="origin"', text)
-    assert 'monolake_request_duration_seconds_bucket{le="+Inf",route="0",server="web",upstream="origin"}' in text
+    assert 'monolake_request_duration_seconds_bucket{le="+Inf",route="1",server="web",upstream="origin"}' in text
     assert "monolake_active_connections" in text
     assert "monolake_upstream_connects_total" in text
+
+
+def test_upstream_connect_errors(admin: tuple[Proxy, str]) -> None:
+    proxy, url = admin
+    with client() as c:
+        assert c.get(f"{proxy.url}/dead/x").status_code == 502
+        line = f'monolake_upstream_connect_errors_total{{endpoint="{DEAD}"}}'
+        text = poll(
+            "the connect error", lambda: t if line in (t := c.get(f"{url}/metrics", headers=auth()).text) else None
+        )
+    assert float(text.split(line, 1)[1].split()[0]) >= 1
+    assert re.search(r'monolake_requests_total\{route="0",server="web",status="502",upstream="dead"\}', text)
 
 
 def test_healthz(admin: tuple[Proxy, str]) -> None:
@@ -201,7 +223,7 @@ def test_stats_json(admin: tuple[Proxy, str]) -> None:
 
 
 def test_metrics_dir_follows_workers_and_is_removed(proxy: ProxyFactory, origin: Origin) -> None:
-    p = proxy(CONFIG, workers=2, origin=origin.url, token=TOKEN)
+    p = proxy(CONFIG, workers=2, origin=origin.url, token=TOKEN, dead=DEAD)
     url = admin_url(p)
     metrics_dir = Path(p.log.wait_line(r"metrics: workers write to (\S+)")[1])
     assert metrics_dir.is_dir()
@@ -217,6 +239,25 @@ def test_metrics_dir_follows_workers_and_is_removed(proxy: ProxyFactory, origin:
     assert not live.exists()
     assert p.stop() == 0
     assert not metrics_dir.exists()
+
+
+def test_admin_port_survives_a_binary_upgrade(proxy: ProxyFactory, origin: Origin) -> None:
+    port = free_port()
+    p = proxy(
+        CONFIG.replace("127.0.0.1:0", f"127.0.0.1:{port}", 1), workers=1, origin=origin.url, token=TOKEN, dead=DEAD
+    )
+    url = f"http://127.0.0.1:{port}"
+    assert admin_url(p) == url
+    fleet = Fleet(p)
+    try:
+        new_pid = fleet.upgrade()  # the new supervisor binds the same admin address (SO_REUSEPORT) before the old exits
+        p.log.wait_line(rf"monolake\[{new_pid}\]: admin endpoint on {re.escape(url)}/")
+        with client() as c:
+            assert c.get(f"{url}/healthz", headers=auth()).json()["pid"] == new_pid
+            drive(p.url, 3)
+            poll("the new workers' requests", lambda: requests_total(c.get(f"{url}/metrics", headers=auth()).text) >= 3)
+    finally:
+        fleet.close()
 
 
 # -- the dashboard in headless Chromium ---------------------------------------------------------
@@ -241,7 +282,7 @@ def test_dashboard_in_chromium(tmp_path: Path, origin: Origin, loop_kind: str) -
         pytest.skip("chromium is not installed (apt-get install chromium)")
     factory = ProxyFactory(tmp_path, loop_kind)
     try:
-        proxy = factory(CONFIG, workers=2, origin=origin.url, token=TOKEN)
+        proxy = factory(CONFIG, workers=2, origin=origin.url, token=TOKEN, dead=DEAD)
         url = admin_url(proxy)
         stop = threading.Event()
         sent = [0]
