@@ -5,9 +5,9 @@ On a 2-core machine the upstream peers (``peers``: a byte sink, a byte source an
 client (``client``) are pinned to core 0, each proxy under test (1 worker / 1 thread) to core 1. Measured,
 for each proxy, interleaved over several rounds (medians, ratios to nginx from the same run):
 
-- bulk: one connection moving 1 GiB client -> proxy -> sink (upload) and source -> proxy -> client
+- bulk: one connection moving 4 GiB client -> proxy -> sink (upload) and source -> proxy -> client
   (download): MB/s, and the proxy's CPU seconds per GB (user and sys from /proc/PID/stat);
-- short connections: 5000 connections, each sending 1 KiB and reading its echo: connections/s and the
+- short connections: 10000 connections, each sending 1 KiB and reading its echo: connections/s and the
   proxy's CPU µs per connection.
 
 A "direct" row (client to peers, no proxy) shows the ceiling of core 0. Process start/stop, CPU accounting
