@@ -149,10 +149,16 @@ def peek_message(
         if word & _VERSION_MASK == _VERSION_1:
             mtype = word & 0xFF
             start = offset + 8
-            if n < 0 or start + n + 4 > end:
-                raise _bad("bad method name length in a binary message head")
-            name = _name(data[start : start + n]) if decode_name else ""
             seq_offset = start + n
+            if n < 0 or seq_offset + 4 > end:
+                raise _bad("bad method name length in a binary message head")
+            if decode_name:
+                try:
+                    name = data[start:seq_offset].decode()
+                except UnicodeDecodeError:
+                    raise _bad("method name is not UTF-8") from None
+            else:
+                name = ""
         elif word < 0x80000000:  # non-strict: the first word is the name length
             n = word
             start = offset + 4
@@ -179,7 +185,11 @@ def peek_message(
         raise _bad(f"bad message type {mtype}")
     seq_offset = offset + 2
     seq, i = _varint(data, seq_offset, end)
-    n, start = _varint(data, i, end)
+    n = data[i] if i < end else 0x80
+    if n < 0x80:  # the usual one-byte name length, without a call
+        start = i + 1
+    else:
+        n, start = _varint(data, i, end)
     if start + n > end:
         raise _bad("bad method name length in a compact message head")
     if seq >= 0x80000000:
