@@ -428,14 +428,6 @@ def _finish_header(magic: int, header: bytearray, payload: bytes, seq_id: int, f
     return head + bytes(header) + payload
 
 
-def _tt_string(out: bytearray, text: str) -> None:
-    raw = _raw(text)
-    if len(raw) > 0xFFFF:
-        raise LocalProtocolError(f"TTHeader string of {len(raw)} bytes is over 65535")
-    out += _U16.pack(len(raw))
-    out += raw
-
-
 def encode_ttheader(
     payload: bytes,
     *,
@@ -447,26 +439,27 @@ def encode_ttheader(
     acl_token: str | None = None,
 ) -> bytes:
     """A whole TTHeader frame around ``payload``. Raises LocalProtocolError if it cannot be encoded."""
+    # Strings are packed inline (a helper call per string cost more than the packing);
+    # struct.error from a length over 65535 becomes LocalProtocolError below.
+    u16 = _U16.pack
     out = bytearray((protocol, 0))
-    if headers:
-        if len(headers) > 0xFFFF:
-            raise LocalProtocolError("more than 65535 TTHeader keys")
-        out.append(INFO_KEY_VALUE)
-        out += _U16.pack(len(headers))
-        for k, v in headers.items():
-            _tt_string(out, k)
-            _tt_string(out, v)
-    if int_headers:
-        if len(int_headers) > 0xFFFF:
-            raise LocalProtocolError("more than 65535 TTHeader int keys")
-        out.append(INFO_INT_KEY_VALUE)
-        out += _U16.pack(len(int_headers))
-        for ik, v in int_headers.items():
-            out += _U16.pack(ik)
-            _tt_string(out, v)
-    if acl_token is not None:
-        out.append(INFO_ACL_TOKEN)
-        _tt_string(out, acl_token)
+    try:
+        if headers:
+            out += b"\x01" + u16(len(headers))
+            for k, v in headers.items():
+                kb = k.encode("utf-8", "surrogateescape")
+                vb = v.encode("utf-8", "surrogateescape")
+                out += u16(len(kb)) + kb + u16(len(vb)) + vb
+        if int_headers:
+            out += b"\x10" + u16(len(int_headers))
+            for ik, v in int_headers.items():
+                vb = v.encode("utf-8", "surrogateescape")
+                out += u16(ik) + u16(len(vb)) + vb
+        if acl_token is not None:
+            tb = acl_token.encode("utf-8", "surrogateescape")
+            out += b"\x11" + u16(len(tb)) + tb
+    except struct.error:
+        raise LocalProtocolError("a TTHeader count, key or string length is over 65535") from None
     return _finish_header(TTHEADER_MAGIC, out, payload, seq_id, flags)
 
 
