@@ -15,7 +15,7 @@ Signals are blocked around ``fork`` so a signal meant for the supervisor cannot
 run its handler in the child (the wakeup pipe is shared until the child drops it).
 
 ``monolake ready servers=... workers=N loop=KIND`` is logged once, when every
-worker first reports ready; the pid file (``runtime.pid_file``) is written then. A
+worker first reports ready; the pid file (``runtime.pid_file``) is written just before. A
 worker that dies after that is logged at WARNING and restarted (with the config
 in force, after any reload), with exponential back-off while it keeps dying
 within a second of starting; restarts wait while a reload is between PREPARE and
@@ -351,8 +351,9 @@ class Supervisor:
             return
         self._announced = True
         servers = ",".join(f"{lst.name}={lst.address}" for lst in self.listeners)
-        log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), self._cfg.runtime.loop)
+        # The pid file first: whoever waits for the ready line may read it at once.
         self._write_pid_file(self._cfg.runtime.pid_file)
+        log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), self._cfg.runtime.loop)
         if self._handover is not None:
             self._handover.ready(self.listeners)
             self._handover = None
