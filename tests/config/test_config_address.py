@@ -91,7 +91,7 @@ def test_endpoint_weight() -> None:
         ("a", "has no port"),
         ("a:0", "port 0"),
         ("a:70000", "invalid port"),
-        ("https://a:443", "scheme 'https' is not supported"),
+        ("ftp://a:21", "scheme 'ftp' is not supported"),
         ("http://a:1/x", "must not carry a path"),
         ("http://", "has no host"),
         ("unix:", "needs a path"),

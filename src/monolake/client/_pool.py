@@ -1,5 +1,8 @@
 """The per-worker upstream connection pool, keyed by (scheme, host, port, unix path).
 
+An https endpoint's scheme in the key carries its TLS settings' fingerprint, so
+endpoints with different TLS settings never share a connection.
+
 Idle connections are kept LIFO per key (the most recently used one is the least
 likely to have been closed by the upstream), at most ``max_idle`` per key, and
 closed after ``idle_timeout`` by one sweep timer per pool. A connection that the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any
 
 from ..config import Endpoint
@@ -90,11 +94,26 @@ class Pool:
             async with asyncio.timeout(connect_timeout):
                 if ep.path:
                     _, proto = await loop.create_unix_connection(factory, ep.path)
+                elif ep.tls is not None:
+                    tls = ep.tls
+                    _, proto = await loop.create_connection(
+                        factory, ep.host, ep.port, ssl=tls.context, server_hostname=tls.sni or ep.host
+                    )
                 else:
                     _, proto = await loop.create_connection(factory, ep.host, ep.port)
         except TimeoutError:
             self.connect_errors[str(ep)] = self.connect_errors.get(str(ep), 0) + 1
             raise ConnectTimeout(f"connect to {ep} timed out after {connect_timeout:g}s") from None
+        except ssl.SSLCertVerificationError as exc:
+            self.connect_errors[str(ep)] = self.connect_errors.get(str(ep), 0) + 1
+            name = ep.tls.sni or ep.host if ep.tls is not None else ep.host
+            raise ConnectError(
+                f"TLS handshake with {ep} (server name {name!r}) failed: certificate verify failed: "
+                f"{exc.verify_message or exc.reason}"
+            ) from None
+        except ssl.SSLError as exc:
+            self.connect_errors[str(ep)] = self.connect_errors.get(str(ep), 0) + 1
+            raise ConnectError(f"TLS handshake with {ep} failed: {exc.reason or exc}") from None
         except OSError as exc:
             self.connect_errors[str(ep)] = self.connect_errors.get(str(ep), 0) + 1
             raise ConnectError(f"connect to {ep} failed: {exc.strerror or exc}") from None

@@ -7,6 +7,7 @@ from ._address import parse_listener as parse_listener
 from ._load import load_config as load_config
 from ._load import parse_config as parse_config
 from ._load import validate as validate
+from ._schema import Certificate as Certificate
 from ._schema import CircuitBreaker as CircuitBreaker
 from ._schema import Cluster as Cluster
 from ._schema import Config as Config
@@ -22,4 +23,6 @@ from ._schema import Retry as Retry
 from ._schema import Route as Route
 from ._schema import Runtime as Runtime
 from ._schema import Server as Server
+from ._schema import ServerTls as ServerTls
 from ._schema import UpstreamSpec as UpstreamSpec
+from ._schema import UpstreamTls as UpstreamTls

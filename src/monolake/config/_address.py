@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ._schema import EndpointSpec, ListenerSpec
 
@@ -35,9 +36,13 @@ class Endpoint:
     port: int = 0
     path: str = ""
     weight: int = 1
+    tls: Any = field(default=None, compare=False, repr=False)
+    """The client TLS settings (``monolake.tls.ClientTls``) of an https endpoint; None: the defaults."""
 
     @property
     def key(self) -> tuple[str, str, int, str]:
+        if self.tls is not None:
+            return (f"{self.scheme}+{self.tls.fingerprint}", self.host, self.port, self.path)
         return (self.scheme, self.host, self.port, self.path)
 
     @property
@@ -114,15 +119,15 @@ def parse_endpoint(spec: str | EndpointSpec, weight: int = 1) -> Endpoint:
     rest = spec
     if "://" in spec:
         scheme, _, rest = spec.partition("://")
-        if scheme != "http":
-            raise ValueError(f"endpoint scheme {scheme!r} is not supported (use http)")
+        if scheme not in ("http", "https"):
+            raise ValueError(f"endpoint scheme {scheme!r} is not supported (use http or https)")
         rest = rest.rstrip("/")
         if "@" in rest:
             raise ValueError(f"endpoint {spec!r} must not carry user information")
         if "/" in rest:
             raise ValueError(f"endpoint {spec!r} must not carry a path")
         if ":" not in rest.rpartition("]")[2]:
-            rest += ":80"
+            rest += ":443" if scheme == "https" else ":80"
     host, port = _split_host_port(rest, "endpoint")
     if port == 0:
         raise ValueError(f"endpoint {spec!r} has port 0")

@@ -18,7 +18,7 @@ import msgspec
 
 from ..errors import ConfigError
 from ._address import parse_endpoint, parse_listener
-from ._schema import Cluster, Config, Route, Server
+from ._schema import Cluster, Config, Route, Server, ServerTls, UpstreamTls
 
 T = TypeVar("T")
 
@@ -56,18 +56,35 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Con
     rest = {k: v for k, v in raw.items() if k not in ("servers", "upstreams")}
     base = _convert(rest, Config, "")
     servers = _convert_named(raw.get("servers"), Server, "servers")
+    upstreams = _convert_named(raw.get("upstreams"), Cluster, "upstreams")
     if base_dir is not None:
         servers = {name: _resolve_files(s, Path(base_dir)) for name, s in servers.items()}
-    cfg = msgspec.structs.replace(
-        base,
-        upstreams=_convert_named(raw.get("upstreams"), Cluster, "upstreams"),
-        servers=servers,
-    )
+        upstreams = {
+            name: c if c.tls is None else msgspec.structs.replace(c, tls=_resolve_tls(c.tls, Path(base_dir)))
+            for name, c in upstreams.items()
+        }
+    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers)
     validate(cfg)
     return cfg
 
 
+def _rel(base: Path, name: str | None) -> str | None:
+    return name if name is None or Path(name).is_absolute() else str(base / name)
+
+
+def _resolve_tls(t: T, base: Path) -> T:
+    if isinstance(t, ServerTls):
+        certs = [msgspec.structs.replace(c, chain=_rel(base, c.chain), key=_rel(base, c.key)) for c in t.certificates]
+        return msgspec.structs.replace(t, certificates=certs, client_ca=_rel(base, t.client_ca))
+    assert isinstance(t, UpstreamTls)
+    return msgspec.structs.replace(
+        t, ca=_rel(base, t.ca), client_cert=_rel(base, t.client_cert), client_key=_rel(base, t.client_key)
+    )
+
+
 def _resolve_files(s: Server, base: Path) -> Server:
+    if s.tls is not None:
+        s = msgspec.structs.replace(s, tls=_resolve_tls(s.tls, base))
     if not any(r.gateway is not None and not Path(r.gateway.idl).is_absolute() for r in s.routes):
         return s
     routes = [
@@ -114,6 +131,91 @@ def _check_cluster(path: str, c: Cluster) -> None:
     if c.max_idle_per_key < 0:
         raise ConfigError(f"{path}.max_idle_per_key", "must be >= 0")
     _check_resilience(path, c)
+    if c.tls is not None:
+        _check_upstream_tls(f"{path}.tls", c.tls)
+        for i, up in enumerate(c.endpoints):
+            if parse_endpoint(up.endpoint, up.weight).scheme == "http" and _says_http(up.endpoint):
+                raise ConfigError(
+                    f"{path}.endpoints[{i}]", "an http:// endpoint in a cluster with [tls] (use https:// or host:port)"
+                )
+
+
+def _says_http(spec: object) -> bool:
+    text = spec if isinstance(spec, str) else getattr(spec, "value", "")
+    return isinstance(text, str) and text.startswith("http://")
+
+
+_VERSION_ORDER = {"1.2": 0, "1.3": 1}
+
+
+def _check_file(path: str, name: str | None) -> None:
+    if name is not None and not Path(name).is_file():
+        raise ConfigError(path, f"no such file: {name}")
+
+
+def _check_backend(path: str, backend: str) -> None:
+    if backend != "openssl":
+        raise ConfigError(f"{path}.backend", f"TLS backend {backend!r} is not available yet (use 'openssl')")
+
+
+def _check_alpn(path: str, alpn: list[str]) -> None:
+    for i, proto in enumerate(alpn):
+        if proto != "http/1.1":
+            raise ConfigError(f"{path}.alpn[{i}]", f"protocol {proto!r} is not available yet (only 'http/1.1')")
+
+
+def _check_upstream_tls(path: str, t: UpstreamTls) -> None:
+    _check_backend(path, t.backend)
+    _check_file(f"{path}.ca", t.ca)
+    _check_file(f"{path}.client_cert", t.client_cert)
+    _check_file(f"{path}.client_key", t.client_key)
+    if (t.client_cert is None) != (t.client_key is None):
+        raise ConfigError(path, "give both client_cert and client_key, or neither")
+    if t.sni is not None and (not t.sni or any(c.isspace() for c in t.sni)):
+        raise ConfigError(f"{path}.sni", f"expected a host name, got {t.sni!r}")
+    _check_alpn(path, t.alpn)
+    if (
+        t.min_version is not None
+        and t.max_version is not None
+        and _VERSION_ORDER[t.min_version] > _VERSION_ORDER[t.max_version]
+    ):
+        raise ConfigError(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
+
+
+def _check_server_tls(path: str, s: Server, t: ServerTls) -> None:
+    _check_backend(path, t.backend)
+    if s.proxy_type != "http":
+        raise ConfigError(path, f'TLS on a proxy_type = "{s.proxy_type}" server is not available yet')
+    if s.proxy_protocol != "off":
+        raise ConfigError(path, "TLS together with proxy_protocol is not available yet")
+    if parse_listener(s.listener).is_unix:
+        raise ConfigError(path, "TLS on a unix listener is not available yet")
+    if not t.certificates:
+        raise ConfigError(f"{path}.certificates", "needs at least one certificate")
+    for i, c in enumerate(t.certificates):
+        cpath = f"{path}.certificates[{i}]"
+        _check_file(f"{cpath}.chain", c.chain)
+        _check_file(f"{cpath}.key", c.key)
+        for j, name in enumerate(c.server_names):
+            if not name or name.count("*") > 1 or ("*" in name and not name.startswith("*.")) or name == "*.":
+                raise ConfigError(f"{cpath}.server_names[{j}]", f"expected an exact name or '*.suffix', got {name!r}")
+    _check_alpn(path, t.alpn)
+    if _VERSION_ORDER[t.min_version] > _VERSION_ORDER[t.max_version]:
+        raise ConfigError(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
+    if t.ciphers is not None and not t.ciphers:
+        raise ConfigError(f"{path}.ciphers", "must not be empty")
+    _check_file(f"{path}.client_ca", t.client_ca)
+    if t.client_auth != "none" and t.client_ca is None:
+        raise ConfigError(f"{path}.client_auth", f"client_auth = {t.client_auth!r} needs client_ca")
+
+
+def _is_tls_cluster(c: Cluster) -> bool:
+    return c.tls is not None or any(parse_endpoint(u.endpoint, u.weight).scheme == "https" for u in c.endpoints)
+
+
+def _check_no_tls(path: str, name: str, cfg: Config, what: str) -> None:
+    if _is_tls_cluster(cfg.upstreams[name]):
+        raise ConfigError(path, f"cluster {name!r} speaks TLS, which {what} do not support yet")
 
 
 def _check_resilience(path: str, c: Cluster) -> None:
@@ -216,14 +318,17 @@ def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
         raise ConfigError(f"{path}.upstream", f"unknown cluster {s.upstream!r} (known: {known})")
     if s.upstream is not None:
         _check_http_only_resilience(f"{path}.upstream", s.upstream, cfg, "tcp servers")
+        _check_no_tls(f"{path}.upstream", s.upstream, cfg, "tcp servers")
     if s.upstreams is not None:
         if not s.upstreams:
             raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
         for i, up in enumerate(s.upstreams):
             try:
-                parse_endpoint(up.endpoint, up.weight)
+                ep = parse_endpoint(up.endpoint, up.weight)
             except ValueError as exc:
                 raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
+            if ep.scheme == "https":
+                raise ConfigError(f"{path}.upstreams[{i}]", "TLS to upstreams of tcp servers is not available yet")
         if s.load_balancer == "consistent_hash" and s.hash_on != "client_ip":
             raise ConfigError(f"{path}.hash_on", f"a tcp server can only hash on client_ip, got {s.hash_on!r}")
     if s.idle_timeout <= 0:
@@ -270,6 +375,9 @@ def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
             if value is not None and (not _names(value) or not all(_names(value))):
                 raise ConfigError(f"{rpath}.{key}", "expected a non-empty name or list of names")
         _check_route(rpath, r, cfg)
+        for j, up in enumerate(r.upstreams or []):
+            if parse_endpoint(up.endpoint, up.weight).scheme == "https":
+                raise ConfigError(f"{rpath}.upstreams[{j}]", "TLS to upstreams of thrift routes is not available yet")
         if r.upstreams is not None and r.load_balancer == "consistent_hash" and r.hash_on != "client_ip":
             raise ConfigError(f"{rpath}.hash_on", f"a thrift route can only hash on client_ip, got {r.hash_on!r}")
         if r.upstream is not None:
@@ -282,6 +390,7 @@ def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
             if c.send_proxy_protocol != "off":
                 raise ConfigError(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
             _check_http_only_resilience(f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
+            _check_no_tls(f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
     if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
         raise ConfigError(f"{path}.max_frame_size", "must be between 64 and 2147483647")
     for key in ("upstream_connections", "upstream_in_flight"):
@@ -300,6 +409,8 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
         parse_listener(s.listener)
     except ValueError as exc:
         raise ConfigError(f"{path}.listener", str(exc)) from None
+    if s.tls is not None:
+        _check_server_tls(f"{path}.tls", s, s.tls)
     if s.proxy_type == "tcp":
         _check_tcp_server(path, s, cfg)
         return
@@ -323,6 +434,10 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
                 raise ConfigError(f"{path}.routes[{i}].retry", "gateway routes are not retried")
             if r.upstream is not None and r.upstream in cfg.upstreams:
                 _check_http_only_resilience(f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
+                _check_no_tls(f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
+            for j, up in enumerate(r.upstreams or []):
+                if parse_endpoint(up.endpoint, up.weight).scheme == "https":
+                    raise ConfigError(f"{path}.routes[{i}].upstreams[{j}]", "gateway routes do not support TLS yet")
         _check_route(f"{path}.routes[{i}]", r, cfg)
         if r.upstream is not None and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
             raise ConfigError(

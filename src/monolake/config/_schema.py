@@ -117,6 +117,28 @@ class Retry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """... or this many, whichever is larger."""
 
 
+TlsVersion = Literal["1.2", "1.3"]
+
+
+class UpstreamTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """TLS to a cluster's endpoints (every endpoint of the cluster speaks TLS)."""
+
+    backend: Literal["openssl", "rustls"] = "openssl"
+    """"openssl" (the stdlib ``ssl`` module); "rustls" is not available yet."""
+    ca: str | None = None
+    """PEM file of the CAs that sign the upstreams' certificates; default the system roots."""
+    sni: str | None = None
+    """Server name sent and verified; default the endpoint's host."""
+    client_cert: str | None = None
+    """PEM certificate chain presented to upstreams that ask for one (needs ``client_key``)."""
+    client_key: str | None = None
+    alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
+    verify: bool = True
+    """False skips certificate and host name verification (a warning is logged)."""
+    min_version: TlsVersion | None = None
+    max_version: TlsVersion | None = None
+
+
 class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     endpoints: list[UpstreamSpec]
     load_balancer: BalancerKind = "round_robin"
@@ -132,6 +154,8 @@ class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     health_check: HealthCheck | None = None
     outlier_detection: OutlierDetection | None = None
     circuit_breaker: CircuitBreaker | None = None
+    tls: UpstreamTls | None = None
+    """Speak TLS to the endpoints (``https://`` endpoints use the defaults without this table)."""
 
 
 class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -220,6 +244,33 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Queued pipelined requests before the connection stops reading."""
 
 
+class Certificate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    chain: str
+    """PEM file: the certificate, then its intermediates."""
+    key: str
+    """PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)."""
+    server_names: list[str] = []
+    """SNI names this certificate serves: exact names or "*.suffix"."""
+
+
+class ServerTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """TLS on a server's listener (HTTP/1.1). Certificate files are reloaded when they change."""
+
+    backend: Literal["openssl", "rustls"] = "openssl"
+    """"openssl" (the stdlib ``ssl`` module); "rustls" is not available yet."""
+    certificates: list[Certificate]
+    """The first is the default (no SNI, or a name no certificate lists)."""
+    alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
+    min_version: TlsVersion = "1.2"
+    max_version: TlsVersion = "1.3"
+    ciphers: str | None = None
+    """OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults)."""
+    session_tickets: bool = True
+    client_ca: str | None = None
+    """PEM file of the CAs client certificates must chain to (mutual TLS)."""
+    client_auth: Literal["none", "optional", "required"] = "none"
+
+
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
@@ -241,6 +292,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     backlog: int = 1024
     proxy_protocol: Literal["off", "v1", "v2", "optional"] = "off"
     """Expect a PROXY header first (its client address becomes the peer); "optional": either or none."""
+    tls: ServerTls | None = None
+    """Serve HTTPS on the listener (http servers)."""
 
     # -- tcp servers --------------------------------------------------------------------
     upstream: str | None = None

@@ -26,6 +26,7 @@ from ..server import HttpServerApp, error_response
 from ..server._thrift import ThriftServerApp
 from ..service import Layer, Stack
 from ..service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
+from ..tls import ServerTlsContexts
 from ._filters import Phases, load_filters
 from ._l4_app import AnyApp, ProxyProtocolHttpApp, build_l4_app
 from ._proxy import ProxyFactory
@@ -133,6 +134,7 @@ def build_apps(
             service,
             on_complete=on_complete,
             on_close=access_log.flush if access_log is not None else None,
+            tls=ServerTlsContexts(f"servers.{name}.tls", server.tls) if server.tls is not None else None,
         )
         if metrics_on:
             worker_metrics().watch(apps=[app])

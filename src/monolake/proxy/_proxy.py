@@ -111,13 +111,15 @@ class RouteRuntime:
 class _Forwarding:
     """X-Forwarded-* / Forwarded (RFC 7239) as configured."""
 
-    __slots__ = ("forwarded", "xff", "xfh", "xfp")
+    __slots__ = ("forwarded", "proto", "xff", "xfh", "xfp")
 
-    def __init__(self, f: Forwarded) -> None:
+    def __init__(self, f: Forwarded, https: bool = False) -> None:
         self.xff = f.x_forwarded_for
         self.xfp = f.x_forwarded_proto
         self.xfh = f.x_forwarded_host
         self.forwarded = f.forwarded
+        self.proto = b"https" if https else b"http"
+        """The listener's scheme (the server's, so computed once)."""
 
     def __bool__(self) -> bool:
         return self.xff or self.xfp or self.xfh or self.forwarded
@@ -140,7 +142,7 @@ class _Forwarding:
         if self.xfp:
             if b"x-forwarded-proto" in names:
                 h.remove(b"x-forwarded-proto")
-            raw.append((b"X-Forwarded-Proto", b"http"))
+            raw.append((b"X-Forwarded-Proto", self.proto))
             names.append(b"x-forwarded-proto")
         if self.xfh and req.raw_host is not None:
             if b"x-forwarded-host" in names:
@@ -149,7 +151,7 @@ class _Forwarding:
             names.append(b"x-forwarded-host")
         if self.forwarded:
             node = b'"[' + bpeer + b']"' if b":" in bpeer else bpeer
-            value = b"for=" + node + b";proto=http"
+            value = b"for=" + node + b";proto=" + self.proto
             if req.raw_host is not None:
                 value += b';host="' + req.raw_host + b'"'
             if b"forwarded" in names:
@@ -172,10 +174,12 @@ class HttpProxy:
         phases: Phases,
         forwarding: Forwarded,
         clusters: dict[str, UpstreamCluster],
+        *,
+        https: bool = False,
     ) -> None:
         self.router = router
         self.phases = phases
-        self.forwarding = _Forwarding(forwarding)
+        self.forwarding = _Forwarding(forwarding, https)
         self.clusters = clusters
         self._request_filters = phases.request_filter
         self._upstream_filters = phases.upstream_request_filter
@@ -262,4 +266,10 @@ class ProxyFactory(Factory[HttpProxy]):
                 cname = f"{self.name}.routes[{i}]"
                 cluster = UpstreamCluster.from_config(cname, c, self.pool)
             entries.append((r, RouteRuntime(i, r, cluster.with_retry(r.retry))))
-        return HttpProxy(Router(entries), Phases(self.filters), self.server.forwarded, self.clusters)
+        return HttpProxy(
+            Router(entries),
+            Phases(self.filters),
+            self.server.forwarded,
+            self.clusters,
+            https=self.server.tls is not None,
+        )

@@ -20,6 +20,7 @@ every cluster is what sharing would cost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
@@ -30,6 +31,7 @@ from ..errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, Upstr
 from ..proto.http1 import Request, Response
 from ..proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 from ..server import error_response
+from ..tls import client_tls
 from ._balancer import Balancer, make_balancer
 from ._health import EndpointState, HealthChecker, Outliers
 from ._retry import RetryingCluster, RetryPolicy
@@ -108,6 +110,9 @@ class UpstreamCluster:
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
         eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+        if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+            tls = client_tls(f"upstreams.{name}.tls", c.tls)
+            eps = [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
 
         def rebalance(some: Sequence[Endpoint]) -> Balancer:
             return make_balancer(c.load_balancer, some, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)

@@ -47,6 +47,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ class ServerApp(Protocol):
     The runtime knows nothing of protocols: it accepts connections with
     ``protocol_factory`` and, on stop, calls ``start_draining``, awaits
     ``wait_drained`` (bounded by ``runtime.drain_timeout``), then ``close``.
+    An app may also have an ``ssl_context`` attribute (an ``ssl.SSLContext``): its
+    listener is then created with it and serves TLS.
     """
 
     def protocol_factory(self) -> asyncio.BaseProtocol:
@@ -227,6 +230,13 @@ def _run(spec: WorkerSpec) -> int:
             loop.close()
 
 
+def _ssl_of(app: ServerApp) -> ssl.SSLContext | None:
+    """The app's optional ``ssl_context``: its listener then serves TLS with it (fixed while
+    the listener lives; an app changes certificates through the context's SNI callback)."""
+    ctx = getattr(app, "ssl_context", None)
+    return ctx if isinstance(ctx, ssl.SSLContext) else None
+
+
 class _Entry:
     """One listening socket of this worker and the app it currently serves."""
 
@@ -312,7 +322,9 @@ class _Worker:
             inherited = spec.inherited.get(lst.key)
             sock = inherited if inherited is not None else lst.worker_socket()
             entry = _Entry(lst.key, lst.name, self.apps[lst.name], sock)
-            entry.server = await loop.create_server(entry.protocol_factory, sock=sock, backlog=lst.backlog)
+            entry.server = await loop.create_server(
+                entry.protocol_factory, sock=sock, backlog=lst.backlog, ssl=_ssl_of(entry.app)
+            )
             self.entries[lst.key] = entry
         os.write(spec.ready_fd, b"R")
         os.close(spec.ready_fd)
@@ -452,7 +464,11 @@ class _Worker:
                 socks.append(sock)
                 entry = _Entry(key, name, prepared.apps[name], sock)
                 entry.server = await self.loop.create_server(
-                    entry.protocol_factory, sock=sock, backlog=int(item["backlog"]), start_serving=False
+                    entry.protocol_factory,
+                    sock=sock,
+                    backlog=int(item["backlog"]),
+                    start_serving=False,
+                    ssl=_ssl_of(entry.app),
                 )
                 new[key] = entry
         except Exception as exc:

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._body import Body
 from ..config import Server as ServerConfig
@@ -60,6 +61,9 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..service import Context
+
+if TYPE_CHECKING:
+    from ..tls import ServerTlsContexts
 
 log = logging.getLogger("monolake.server")
 
@@ -110,12 +114,15 @@ class HttpServerApp:
         *,
         on_complete: OnComplete | None = None,
         on_close: Callable[[], None] | None = None,
+        tls: ServerTlsContexts | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
         self.service = service
         self.on_complete = on_complete
         self.on_close = on_close
+        self.tls = tls
+        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context``."""
         self.conns: set[HttpConnection] = set()
         self.in_flight = 0
         self.draining = False
@@ -129,16 +136,28 @@ class HttpServerApp:
             self._sweeper = self.loop.call_later(1.0, self._sweep)
         return HttpConnection(self)
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.ssl_context if self.tls is not None else None
+
     def adopt(self, new: HttpServerApp) -> None:
         """Serve with ``new``'s chain and settings from now on (a reload's commit).
 
         Open connections use the new chain from their next request; the requests in
         flight finish on the old one; limits apply to connections accepted from now on.
+        New handshakes use ``new``'s certificates; turning TLS on or off needs a new listener.
         """
         self.cfg = new.cfg
         self.service = new.service
         self.on_complete = new.on_complete
         self.on_close = new.on_close
+        if self.tls is not None and new.tls is not None:
+            self.tls.adopt(new.tls)
+        elif (self.tls is None) != (new.tls is None):
+            log.warning(
+                "servers.%s.tls: turning TLS on or off takes effect on a new listener (restart or change the address)",
+                self.name,
+            )
 
     def _sweep(self) -> None:
         assert self.loop is not None

@@ -1,0 +1,190 @@
+"""TLS with the stdlib ``ssl`` module (OpenSSL): listener contexts and upstream contexts.
+
+A TLS listener is served with one base ``SSLContext`` whose SNI callback hands
+each handshake the context of the certificate that serves the requested name (an
+exact name first, then a "*.suffix" wildcard, else the first certificate). The
+callback also re-reads the certificate files, at most once a second, when their
+modification times change: new handshakes get the new certificate, established
+connections keep theirs. A change that cannot be loaded (a half-written file) is
+logged and retried; the previous certificate stays in use meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import ssl
+import time
+from dataclasses import dataclass
+
+import msgspec
+
+from .config import Certificate, ServerTls, UpstreamTls
+from .errors import ConfigError
+
+log = logging.getLogger("monolake.tls")
+
+VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_CLIENT_AUTH = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+RELOAD_CHECK_INTERVAL = 1.0
+"""Seconds between checks of the certificate files' modification times."""
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return -1.0
+
+
+class ServerTlsContexts:
+    """The SSL contexts of one TLS listener (see the module docstring)."""
+
+    def __init__(self, path: str, cfg: ServerTls) -> None:
+        self.path = path
+        self.cfg = cfg
+        files = [f for c in cfg.certificates for f in (c.chain, c.key)]
+        if cfg.client_ca:
+            files.append(cfg.client_ca)
+        self._files = files
+        self._stamp = [_mtime(f) for f in files]
+        self._checked = time.monotonic()
+        self.reloads = 0
+        self._contexts = self._load_all()
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcard: dict[str, ssl.SSLContext] = {}
+        self._index()
+        self.ssl_context = self._new_context(cfg.certificates[0], f"{path}.certificates[0]")
+        """The context the listener is created with; its SNI callback picks the certificate."""
+        self.ssl_context.sni_callback = self._on_sni
+
+    def _new_context(self, cert: Certificate, where: str) -> ssl.SSLContext:
+        cfg = self.cfg
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = VERSIONS[cfg.min_version]
+        ctx.maximum_version = VERSIONS[cfg.max_version]
+        if cfg.ciphers:
+            try:
+                ctx.set_ciphers(cfg.ciphers)
+            except ssl.SSLError:
+                raise ConfigError(f"{self.path}.ciphers", f"no cipher matches {cfg.ciphers!r}") from None
+        if cfg.alpn:
+            ctx.set_alpn_protocols(cfg.alpn)
+        if not cfg.session_tickets:
+            ctx.options |= ssl.OP_NO_TICKET
+            ctx.num_tickets = 0
+        if cfg.client_ca:
+            try:
+                ctx.load_verify_locations(cafile=cfg.client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"{self.path}.client_ca", f"cannot load {cfg.client_ca}: {exc}") from None
+        ctx.verify_mode = _CLIENT_AUTH[cfg.client_auth]
+        try:
+            ctx.load_cert_chain(cert.chain, cert.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(where, f"cannot load {cert.chain} with key {cert.key}: {exc}") from None
+        return ctx
+
+    def _load_all(self) -> list[ssl.SSLContext]:
+        return [self._new_context(c, f"{self.path}.certificates[{i}]") for i, c in enumerate(self.cfg.certificates)]
+
+    def _index(self) -> None:
+        exact: dict[str, ssl.SSLContext] = {}
+        wildcard: dict[str, ssl.SSLContext] = {}
+        for c, ctx in zip(self.cfg.certificates, self._contexts, strict=True):
+            for name in c.server_names:
+                name = name.lower()
+                if name.startswith("*."):
+                    wildcard.setdefault(name[1:], ctx)
+                else:
+                    exact.setdefault(name, ctx)
+        self.exact, self.wildcard = exact, wildcard
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        """The context serving ``server_name``: exact, then wildcard, then the default (first)."""
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            ctx = self.exact.get(name)
+            if ctx is not None:
+                return ctx
+            dot = name.find(".")
+            if dot > 0:
+                ctx = self.wildcard.get(name[dot:])
+                if ctx is not None:
+                    return ctx
+        return self._contexts[0]
+
+    def check_files(self, now: float | None = None) -> bool:
+        """Reload the certificates if their files changed (at most once per ``RELOAD_CHECK_INTERVAL``).
+        Returns True when new contexts were loaded."""
+        now = time.monotonic() if now is None else now
+        if now - self._checked < RELOAD_CHECK_INTERVAL:
+            return False
+        self._checked = now
+        stamp = [_mtime(f) for f in self._files]
+        if stamp == self._stamp:
+            return False
+        try:
+            contexts = self._load_all()
+        except ConfigError as exc:
+            log.warning("%s: certificate files changed but cannot be loaded (kept the old ones): %s", self.path, exc)
+            return False
+        self._stamp = stamp
+        self._contexts = contexts
+        self._index()
+        self.reloads += 1
+        log.info("%s: certificates reloaded", self.path)
+        return True
+
+    def adopt(self, new: ServerTlsContexts) -> None:
+        """Serve ``new``'s certificates from the next handshake (a reload). The listener's
+        other settings (versions, ciphers, client authentication) stay until it is re-created."""
+        self.cfg = new.cfg
+        self._files, self._stamp, self._checked = new._files, new._stamp, new._checked
+        self._contexts, self.exact, self.wildcard = new._contexts, new.exact, new.wildcard
+
+    def _on_sni(self, sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        try:
+            self.check_files()
+            sock.context = self.select(server_name)
+        except Exception:  # an exception here would abort the handshake with an opaque alert
+            log.exception("%s: selecting a certificate for %r failed", self.path, server_name)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """How the pool wraps connections to an https endpoint."""
+
+    context: ssl.SSLContext
+    sni: str | None
+    """Server name to send and verify; None: the endpoint's host."""
+    fingerprint: str
+    """Identifies the settings (part of the pool key: different settings never share a connection)."""
+
+
+def client_tls(path: str, cfg: UpstreamTls | None) -> ClientTls:
+    """The client context of ``cfg`` (None: system roots, verification on). Raises ConfigError."""
+    if cfg is None:
+        cfg = UpstreamTls()
+    try:
+        ctx = ssl.create_default_context(cafile=cfg.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{path}.ca", f"cannot load {cfg.ca}: {exc}") from None
+    if cfg.min_version is not None:
+        ctx.minimum_version = VERSIONS[cfg.min_version]
+    if cfg.max_version is not None:
+        ctx.maximum_version = VERSIONS[cfg.max_version]
+    if cfg.alpn:
+        ctx.set_alpn_protocols(cfg.alpn)
+    if not cfg.verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        log.warning("%s.verify = false: upstream certificates and host names are NOT verified", path)
+    if cfg.client_cert:
+        try:
+            ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{path}.client_cert", f"cannot load {cfg.client_cert}: {exc}") from None
+    fingerprint = hashlib.sha1(msgspec.json.encode(cfg), usedforsecurity=False).hexdigest()[:12]
+    return ClientTls(ctx, cfg.sni, fingerprint)

@@ -1,0 +1,220 @@
+"""TLS config: [servers.NAME.tls] and [upstreams.NAME.tls] validation (key paths), file resolution, contexts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from monolake.config import Certificate, ServerTls, UpstreamTls, parse_config, parse_endpoint
+from monolake.errors import ConfigError
+from monolake.tls import ServerTlsContexts, client_tls
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def files(tmp_path: Path, ca: trustme.CA) -> Path:
+    cert = ca.issue_cert("a.example")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return tmp_path
+
+
+def doc() -> Doc:
+    return {
+        "upstreams": {"app": {"endpoints": [{"endpoint": "127.0.0.1:9000"}], "tls": {"ca": "ca.pem"}}},
+        "servers": {
+            "web": {
+                "listener": "127.0.0.1:8443",
+                "tls": {"certificates": [{"chain": "cert.pem", "key": "key.pem", "server_names": ["a.example"]}]},
+                "routes": [{"upstream": "app"}],
+            }
+        },
+    }
+
+
+def error(raw: Doc, base_dir: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, base_dir)
+    return info.value
+
+
+def test_valid_and_relative_files_resolved(files: Path) -> None:
+    cfg = parse_config(doc(), files)
+    tls = cfg.servers["web"].tls
+    assert tls is not None and tls.backend == "openssl"
+    assert tls.certificates[0].chain == str(files / "cert.pem")
+    assert tls.alpn == ["http/1.1"] and tls.min_version == "1.2" and tls.session_tickets
+    up = cfg.upstreams["app"].tls
+    assert up is not None and up.ca == str(files / "ca.pem") and up.verify
+
+
+@pytest.mark.parametrize(
+    ("edit", "path", "fragment"),
+    [
+        (lambda d: d["servers"]["web"]["tls"].update(backend="rustls"), "servers.web.tls.backend", "not available yet"),
+        (lambda d: d["upstreams"]["app"]["tls"].update(backend="rustls"), "upstreams.app.tls.backend", "rustls"),
+        (
+            lambda d: d["servers"]["web"]["tls"]["certificates"][0].update(chain="missing.pem"),
+            "servers.web.tls.certificates[0].chain",
+            "no such file",
+        ),
+        (
+            lambda d: d["servers"]["web"]["tls"]["certificates"][0].update(key="nokey.pem"),
+            "servers.web.tls.certificates[0].key",
+            "no such file",
+        ),
+        (lambda d: d["servers"]["web"]["tls"].update(certificates=[]), "servers.web.tls.certificates", "at least"),
+        (lambda d: d["servers"]["web"]["tls"].update(min_version="1.1"), "servers.web.tls.min_version", ""),
+        (
+            lambda d: d["servers"]["web"]["tls"].update(min_version="1.3", max_version="1.2"),
+            "servers.web.tls.min_version",
+            "above max_version",
+        ),
+        (lambda d: d["servers"]["web"]["tls"].update(alpn=["h2"]), "servers.web.tls.alpn[0]", "not available yet"),
+        (
+            lambda d: d["servers"]["web"]["tls"].update(client_auth="required"),
+            "servers.web.tls.client_auth",
+            "needs client_ca",
+        ),
+        (lambda d: d["servers"]["web"]["tls"].update(client_ca="nope.pem"), "servers.web.tls.client_ca", "no such"),
+        (lambda d: d["servers"]["web"]["tls"].update(colour="red"), "servers.web.tls", "unknown field `colour`"),
+        (
+            lambda d: d["servers"]["web"]["tls"]["certificates"][0].update(server_names=["a.*.example"]),
+            "servers.web.tls.certificates[0].server_names[0]",
+            "*.suffix",
+        ),
+        (lambda d: d["servers"]["web"].update(proxy_protocol="v1"), "servers.web.tls", "proxy_protocol"),
+        (lambda d: d["upstreams"]["app"]["tls"].update(ca="nope.pem"), "upstreams.app.tls.ca", "no such file"),
+        (
+            lambda d: d["upstreams"]["app"]["tls"].update(client_cert="cert.pem"),
+            "upstreams.app.tls",
+            "client_key",
+        ),
+        (
+            lambda d: d["upstreams"]["app"].update(endpoints=[{"endpoint": "http://127.0.0.1:9000"}]),
+            "upstreams.app.endpoints[0]",
+            "http://",
+        ),
+        (lambda d: d["upstreams"]["app"]["tls"].update(sni=""), "upstreams.app.tls.sni", "host name"),
+        (lambda d: d["upstreams"]["app"]["tls"].update(verify="no"), "upstreams.app.tls.verify", "bool"),
+    ],
+)
+def test_bad_tls_names_key_path(files: Path, edit: Any, path: str, fragment: str) -> None:
+    raw = doc()
+    edit(raw)
+    exc = error(raw, files)
+    assert exc.path == path, str(exc)
+    assert fragment in exc.reason
+
+
+def test_tls_clusters_only_for_http_routes(files: Path) -> None:
+    raw = doc()
+    raw["servers"]["tcp"] = {"listener": "127.0.0.1:9001", "proxy_type": "tcp", "upstream": "app"}
+    exc = error(raw, files)
+    assert exc.path == "servers.tcp.upstream" and "TLS" in exc.reason
+    raw = doc()
+    raw["servers"]["tcp"] = {
+        "listener": "127.0.0.1:9001",
+        "proxy_type": "tcp",
+        "upstreams": [{"endpoint": "https://127.0.0.1:9"}],
+    }
+    assert error(raw, files).path == "servers.tcp.upstreams[0]"
+    raw = doc()
+    raw["servers"]["web"]["proxy_type"] = "tcp"
+    raw["servers"]["web"]["routes"] = []
+    raw["servers"]["web"]["upstreams"] = [{"endpoint": "127.0.0.1:9"}]
+    exc = error(raw, files)
+    assert exc.path == "servers.web.tls" and "not available yet" in exc.reason
+
+
+def test_https_endpoints() -> None:
+    ep = parse_endpoint("https://origin.example")
+    assert (ep.scheme, ep.host, ep.port, ep.authority) == ("https", "origin.example", 443, "origin.example")
+    assert parse_endpoint("https://origin.example:8443").authority == "origin.example:8443"
+    with pytest.raises(ValueError, match="http or https"):
+        parse_endpoint("ftp://x:1")
+
+
+def test_pool_key_carries_tls_settings(files: Path) -> None:
+    a = client_tls("upstreams.a.tls", UpstreamTls(ca=str(files / "ca.pem")))
+    b = client_tls("upstreams.b.tls", UpstreamTls(ca=str(files / "ca.pem"), sni="other.example"))
+    ep = parse_endpoint("https://127.0.0.1:9443")
+    ka = dataclasses.replace(ep, tls=a).key
+    kb = dataclasses.replace(ep, tls=b).key
+    assert ka != kb and ka != ep.key
+    assert ka == dataclasses.replace(ep, tls=client_tls("x", UpstreamTls(ca=str(files / "ca.pem")))).key
+
+
+def test_verify_false_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="monolake.tls"):
+        t = client_tls("upstreams.insecure.tls", UpstreamTls(verify=False))
+    assert t.context.verify_mode == ssl.CERT_NONE and not t.context.check_hostname
+    assert "upstreams.insecure.tls.verify = false" in caplog.text
+
+
+def _tls(files: Path, **kw: Any) -> ServerTls:
+    return ServerTls(certificates=[Certificate(chain=str(files / "cert.pem"), key=str(files / "key.pem"))], **kw)
+
+
+@pytest.mark.parametrize("key_format", ["pkcs8", "pkcs1", "ec"])
+def test_key_formats_load(tmp_path: Path, ca: trustme.CA, key_format: str) -> None:
+    kind = trustme.KeyType.ECDSA if key_format == "ec" else trustme.KeyType.RSA
+    cert = ca.issue_cert("a.example", key_type=kind)
+    key = load_pem_private_key(cert.private_key_pem.bytes(), None)
+    fmt = {
+        "pkcs8": serialization.PrivateFormat.PKCS8,
+        "pkcs1": serialization.PrivateFormat.TraditionalOpenSSL,
+        "ec": serialization.PrivateFormat.TraditionalOpenSSL,
+    }[key_format]
+    pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    assert (b"BEGIN RSA PRIVATE KEY" in pem) == (key_format == "pkcs1")
+    (tmp_path / "key.pem").write_bytes(pem)
+    (tmp_path / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    contexts = ServerTlsContexts("servers.web.tls", _tls(tmp_path))
+    assert isinstance(contexts.ssl_context, ssl.SSLContext)
+
+
+def test_mismatched_key_is_a_config_error(tmp_path: Path, ca: trustme.CA) -> None:
+    ca.issue_cert("a.example").private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    (tmp_path / "cert.pem").write_bytes(ca.issue_cert("b.example").cert_chain_pems[0].bytes())
+    with pytest.raises(ConfigError) as info:
+        ServerTlsContexts("servers.web.tls", _tls(tmp_path))
+    assert info.value.path == "servers.web.tls.certificates[0]"
+
+
+def test_bad_ciphers_is_a_config_error(files: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        ServerTlsContexts("servers.web.tls", _tls(files, ciphers="NO-SUCH-CIPHER"))
+    assert info.value.path == "servers.web.tls.ciphers"
+
+
+def test_reload_checks_mtimes_at_most_once_a_second(files: Path, ca: trustme.CA) -> None:
+    contexts = ServerTlsContexts("servers.web.tls", _tls(files))
+    first = contexts.select(None)
+    new = ca.issue_cert("a.example")
+    new.private_key_pem.write_to_path(str(files / "key.pem"))
+    (files / "cert.pem").write_bytes(b"".join(b.bytes() for b in new.cert_chain_pems))
+    future = time.time() + 10
+    for name in ("key.pem", "cert.pem"):
+        os.utime(files / name, (future, future))
+    now = time.monotonic()
+    assert not contexts.check_files(now)  # checked less than a second ago (at build)
+    assert contexts.check_files(now + 1.5)
+    assert contexts.select(None) is not first and contexts.reloads == 1
+    assert not contexts.check_files(now + 3)  # unchanged since
