@@ -61,6 +61,7 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..service import Context
+from ._lifecycle import DrainSignal, Sweeper
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts
@@ -126,14 +127,14 @@ class HttpServerApp:
         self.conns: set[HttpConnection] = set()
         self.in_flight = 0
         self.draining = False
-        self._drained: asyncio.Future[None] | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._drained = DrainSignal()
+        self._sweeper = Sweeper(self._sweep, 1.0)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol_factory(self) -> HttpConnection:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-            self._sweeper = self.loop.call_later(1.0, self._sweep)
+            self._sweeper.start(self.loop)
         return HttpConnection(self)
 
     @property
@@ -166,7 +167,6 @@ class HttpServerApp:
         header = self.cfg.header_timeout
         for conn in list(self.conns):
             conn.check_timeouts(now, keepalive, header)
-        self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def request_done(self) -> None:
         self.in_flight -= 1
@@ -174,8 +174,8 @@ class HttpServerApp:
     def forget(self, conn: HttpConnection) -> None:
         """A connection closed."""
         self.conns.discard(conn)
-        if not self.conns and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        if not self.conns:
+            self._drained.set()
 
     def start_draining(self) -> None:
         """Stop keep-alive: busy connections close after their response, idle ones once idle for DRAIN_IDLE."""
@@ -185,15 +185,11 @@ class HttpServerApp:
 
     async def wait_drained(self) -> None:
         """Return once every connection is closed."""
-        if not self.conns:
-            return
-        self._drained = asyncio.get_running_loop().create_future()
-        await self._drained
+        if self.conns:
+            await self._drained.wait()
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self._sweeper.stop()
         for conn in list(self.conns):
             conn.abort()
         if self.on_close is not None:

@@ -60,6 +60,7 @@ from ..config import Server as ServerConfig
 from ..errors import ProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
+from ._lifecycle import DrainSignal, Sweeper
 
 log = logging.getLogger("monolake.l4")
 
@@ -233,15 +234,14 @@ class L4ServerApp:
         self.pending: set[ProxyHeaderReader] = set()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
+        self._drained = DrainSignal()
         # Sweep often enough to close an idle connection within ~1/4 of its timeout past it.
-        self._interval = max(0.05, min(1.0, self.idle_timeout / 4))
+        self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
 
     def protocol_factory(self) -> asyncio.Protocol:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-            self._sweeper = self.loop.call_later(self._interval, self._sweep)
+            self._sweeper.start(self.loop)
         if self.cfg.proxy_protocol != "off":
             return ProxyHeaderReader(
                 self.cfg.proxy_protocol, self.cfg.header_timeout, self.name, self._handoff, self.pending
@@ -261,12 +261,11 @@ class L4ServerApp:
         idle = self.idle_timeout
         for conn in list(self.conns):
             conn.check_idle(now, idle)
-        self._sweeper = self.loop.call_later(self._interval, self._sweep)
 
     def conn_done(self, conn: L4Connection) -> None:
         self.conns.discard(conn)
-        if not self.conns and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        if not self.conns:
+            self._drained.set()
 
     def adopt(self, new: L4ServerApp) -> None:
         """Relay new connections with ``new``'s settings and cluster (a reload's commit).
@@ -277,7 +276,7 @@ class L4ServerApp:
         self.upstream = new.upstream
         self.splice = new.splice
         self.idle_timeout = new.idle_timeout
-        self._interval = new._interval
+        self._sweeper.interval = new._sweeper.interval
 
     def start_draining(self) -> None:
         """Connections waiting for a PROXY header close; relayed ones carry on."""
@@ -286,15 +285,11 @@ class L4ServerApp:
             reader.abort()
 
     async def wait_drained(self) -> None:
-        if not self.conns:
-            return
-        self._drained = asyncio.get_running_loop().create_future()
-        await self._drained
+        if self.conns:
+            await self._drained.wait()
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self._sweeper.stop()
         for reader in list(self.pending):
             reader.abort()
         for conn in list(self.conns):

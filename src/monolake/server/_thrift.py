@@ -44,6 +44,7 @@ from ..proto.thrift import (
     peek_message,
 )
 from ._l4 import ProxyHeaderReader
+from ._lifecycle import DrainSignal, Sweeper
 
 log = logging.getLogger("monolake.thrift")
 
@@ -95,14 +96,13 @@ class ThriftServerApp:
         self.in_flight = 0
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._drained: asyncio.Future[None] | None = None
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._interval = max(0.05, min(1.0, self.idle_timeout / 4))
+        self._drained = DrainSignal()
+        self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
 
     def protocol_factory(self) -> asyncio.Protocol:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-            self._sweeper = self.loop.call_later(self._interval, self._sweep)
+            self._sweeper.start(self.loop)
         if self.cfg.proxy_protocol != "off":
             return ProxyHeaderReader(
                 self.cfg.proxy_protocol, self.cfg.header_timeout, self.name, self._handoff, self.pending
@@ -123,12 +123,11 @@ class ThriftServerApp:
         now = self.loop.time()
         for conn in list(self.conns):
             conn.check_idle(now, self.idle_timeout)
-        self._sweeper = self.loop.call_later(self._interval, self._sweep)
 
     def call_done(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        if self.in_flight == 0:
+            self._drained.set()
 
     def start_draining(self) -> None:
         self.draining = True
@@ -138,15 +137,11 @@ class ThriftServerApp:
             conn.drain()
 
     async def wait_drained(self) -> None:
-        if self.in_flight == 0:
-            return
-        self._drained = asyncio.get_running_loop().create_future()
-        await self._drained
+        if self.in_flight:
+            await self._drained.wait()
 
     def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
+        self._sweeper.stop()
         for reader in list(self.pending):
             reader.abort()
         for conn in list(self.conns):
