@@ -49,6 +49,7 @@ class Body:
         "_waiter",
         "length",
         "received",
+        "trailers",
     )
 
     def __init__(
@@ -68,6 +69,9 @@ class Body:
         self._sink: Sink | None = None
         self._paused = False
         self.received = 0
+        # Trailer fields (HTTP/2 or chunked), set by the producer before feed_eof;
+        # a sink that can send trailers (an HTTP/2 stream) reads them in end().
+        self.trailers: list[tuple[bytes, bytes]] | None = None
 
     # -- producer side -----------------------------------------------------------
 
