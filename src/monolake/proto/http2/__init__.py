@@ -13,8 +13,10 @@ from ._codec import (
     H2ConnectionError,
     HeaderList,
 )
+from ._select import CODEC_ENV, codec_kinds, native_available, new_codec
 
 __all__ = [
+    "CODEC_ENV",
     "DATA",
     "DRAINED",
     "GOAWAY",
@@ -26,4 +28,7 @@ __all__ = [
     "Event",
     "H2ConnectionError",
     "HeaderList",
+    "codec_kinds",
+    "native_available",
+    "new_codec",
 ]

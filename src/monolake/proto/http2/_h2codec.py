@@ -1,0 +1,219 @@
+"""The reference HTTP/2 codec: the ``Codec`` interface over the pure-Python ``h2`` library.
+
+It is the oracle the native codec is tested against and the fallback where the
+native one is not built. What it adds to ``h2``: per-stream queues for data the
+flow-control windows do not allow yet (``h2`` refuses such writes), trailers and
+END_STREAM held until a stream's queue drains, padding returned to the peer at
+once, and ``h2``'s event objects flattened into the interface's tuples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from ._codec import (
+    DATA,
+    DRAINED,
+    GOAWAY,
+    HEADERS,
+    NO_ERROR,
+    RESET,
+    SETTINGS,
+    Event,
+    H2ConnectionError,
+    HeaderList,
+)
+
+_HEADER_EVENTS = (
+    h2.events.RequestReceived,
+    h2.events.ResponseReceived,
+    h2.events.TrailersReceived,
+)
+
+
+class _Outbound:
+    """Data waiting for window on one stream, and what ends the stream after it."""
+
+    __slots__ = ("chunks", "end", "size", "trailers")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.end = False
+        self.trailers: HeaderList | None = None
+
+
+class H2Codec:
+    """One connection's HTTP/2 state over ``h2.connection.H2Connection``."""
+
+    def __init__(
+        self,
+        client_side: bool,
+        *,
+        max_concurrent_streams: int = 100,
+        initial_window_size: int = 1 << 20,
+        max_frame_size: int = 16384,
+        max_header_list_size: int = 65536,
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config=config)
+        conn.local_settings = h2.settings.Settings(
+            client=client_side,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: initial_window_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            },
+        )
+        self._conn = conn
+        self._window = initial_window_size
+        self._out: dict[int, _Outbound] = {}
+
+    # -- connection ------------------------------------------------------------
+
+    def initiate(self) -> None:
+        self._conn.initiate_connection()
+        extra = self._window - 65535
+        if extra > 0:
+            self._conn.increment_flow_control_window(extra)
+
+    def feed(self, data: bytes) -> list[Event]:
+        try:
+            events = self._conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued the GOAWAY already.
+            raise H2ConnectionError(int(exc.error_code), str(exc) or type(exc).__name__) from None
+        out: list[Event] = []
+        for ev in events:
+            if isinstance(ev, h2.events.DataReceived):
+                sid = ev.stream_id
+                data_ = ev.data
+                padding = ev.flow_controlled_length - len(data_)
+                if padding:
+                    self._conn.acknowledge_received_data(padding, sid)
+                out.append((DATA, sid, data_, ev.stream_ended is not None))
+            elif isinstance(ev, _HEADER_EVENTS):
+                out.append((HEADERS, ev.stream_id, list(ev.headers), ev.stream_ended is not None))
+            elif isinstance(ev, h2.events.InformationalResponseReceived):
+                out.append((HEADERS, ev.stream_id, list(ev.headers), False))
+            elif isinstance(ev, h2.events.StreamReset):
+                self._out.pop(ev.stream_id, None)
+                out.append((RESET, ev.stream_id, int(ev.error_code)))
+            elif isinstance(ev, h2.events.WindowUpdated):
+                if ev.stream_id == 0:
+                    self._flush_all(out)
+                elif ev.stream_id in self._out:
+                    self._flush(ev.stream_id, out)
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                self._flush_all(out)
+                out.append((SETTINGS,))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                out.append((GOAWAY, ev.last_stream_id or 0, int(ev.error_code or 0)))
+        return out
+
+    def pending(self) -> bytes:
+        return self._conn.data_to_send()
+
+    def goaway(self, error_code: int = NO_ERROR) -> None:
+        self._conn.close_connection(error_code=error_code)
+
+    def remote_max_streams(self) -> int:
+        return int(self._conn.remote_settings.max_concurrent_streams)
+
+    def open_streams(self) -> int:
+        return int(self._conn.open_outbound_streams + self._conn.open_inbound_streams)
+
+    # -- streams ---------------------------------------------------------------
+
+    def request(self, headers: HeaderList, end_stream: bool) -> int:
+        sid = int(self._conn.get_next_available_stream_id())
+        self._conn.send_headers(sid, headers, end_stream=end_stream)
+        return sid
+
+    def send_headers(self, stream_id: int, headers: HeaderList, end_stream: bool) -> None:
+        q = self._out.get(stream_id)
+        if q is not None and end_stream:
+            q.trailers = headers  # after the queued data
+            return
+        # A stream the peer reset: the driver sees (or saw) the RESET event.
+        with contextlib.suppress(h2.exceptions.StreamClosedError):
+            self._conn.send_headers(stream_id, headers, end_stream=end_stream)
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        q = self._out.get(stream_id)
+        if q is None:
+            q = self._out[stream_id] = _Outbound()
+        if data:
+            q.chunks.append(data)
+            q.size += len(data)
+        if end_stream:
+            q.end = True
+        self._flush(stream_id, None)
+
+    def buffered(self, stream_id: int) -> int:
+        q = self._out.get(stream_id)
+        return q.size if q is not None else 0
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        if n > 0:
+            self._conn.acknowledge_received_data(n, stream_id)
+
+    def reset(self, stream_id: int, error_code: int) -> None:
+        self._out.pop(stream_id, None)
+        with contextlib.suppress(h2.exceptions.StreamClosedError):  # closed: nothing to reset
+            self._conn.reset_stream(stream_id, error_code)
+
+    # -- outbound flow control ---------------------------------------------------
+
+    def _flush_all(self, events: list[Event] | None) -> None:
+        for sid in list(self._out):
+            self._flush(sid, events)
+
+    def _flush(self, sid: int, events: list[Event] | None) -> None:
+        """Send what the windows allow from ``sid``'s queue; finish the stream when it empties.
+
+        ``events`` is where a DRAINED event goes when the queue empties during ``feed``;
+        None when called from ``send_data`` (the driver knows it just wrote).
+        """
+        q = self._out[sid]
+        conn = self._conn
+        chunks = q.chunks
+        try:
+            while chunks:
+                window = conn.local_flow_control_window(sid)
+                if window <= 0:
+                    return
+                frame = conn.max_outbound_frame_size
+                chunk = chunks[0]
+                n = min(window, len(chunk))
+                if n < len(chunk):
+                    chunks[0] = chunk[n:]
+                    chunk = chunk[:n]
+                else:
+                    chunks.popleft()
+                q.size -= n
+                for i in range(0, n, frame):
+                    conn.send_data(sid, chunk[i : i + frame])
+            del self._out[sid]
+            if q.trailers is not None:
+                conn.send_headers(sid, q.trailers, end_stream=True)
+            elif q.end:
+                conn.end_stream(sid)
+        except h2.exceptions.StreamClosedError:
+            self._out.pop(sid, None)
+            return
+        if events is not None:
+            events.append((DRAINED, sid))
