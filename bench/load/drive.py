@@ -25,9 +25,19 @@ def _pct(sorted_vals: list[int], q: float) -> float:
 
 
 def h2load_fixed(
-    url: str, seconds: int, rate: int, conns: int, pids: list[int], origin_pids: list[int], cpu: int | None = 0
+    url: str,
+    seconds: int,
+    rate: int,
+    conns: int,
+    pids: list[int],
+    origin_pids: list[int],
+    cpu: int | None = 0,
+    h1: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, object]:
-    """``h2load --h1`` at ``rate`` req/s over ``conns`` connections, after 1 s of warm-up.
+    """``h2load --h1`` (or HTTP/2 with ``h1=False``; ``extra`` arguments such as ``-m`` streams per
+    connection, ``-d`` a request body, ``-H`` headers) at ``rate`` req/s over ``conns`` connections,
+    after 1 s of warm-up.
 
     Latencies come from its --log-file (main phase only). The proxy's CPU per request (``pids``' user and
     sys time) is taken over a window inside the main phase and divided by the requests that completed in
@@ -40,7 +50,8 @@ def h2load_fixed(
         argv = [
             *_pin(cpu),
             "h2load",
-            "--h1",
+            *(["--h1"] if h1 else []),
+            *extra,
             "-t",
             "1",
             "-c",
