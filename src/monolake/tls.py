@@ -1,12 +1,22 @@
-"""TLS with the stdlib ``ssl`` module (OpenSSL): listener contexts and upstream contexts.
+"""TLS for listeners and upstreams on two backends: stdlib ``ssl`` (OpenSSL) and ``rtls`` (rustls).
 
-A TLS listener is served with one base ``SSLContext`` whose SNI callback hands
-each handshake the context of the certificate that serves the requested name (an
-exact name first, then a "*.suffix" wildcard, else the first certificate). The
-callback also re-reads the certificate files, at most once a second, when their
+``backend = "openssl" | "rustls"`` is chosen per listener and per upstream cluster so
+that a defect in one library can be answered by switching config. Both backends hand
+the event loop an ``ssl.SSLContext`` (rtls' contexts subclass it), which asyncio's and
+uvloop's SSL protocol layers drive through memory BIOs; ``rtls_impl`` has the rustls
+specifics and the list of what that backend cannot do.
+
+A TLS listener is served with one base context that hands each handshake the
+context of the certificate that serves the requested name (an exact name first, then
+a "*.suffix" wildcard, else the first certificate): on OpenSSL from its SNI
+callback, on rustls from the ClientHello read before the connection is built. The
+same step re-reads the certificate files, at most once a second, when their
 modification times change: new handshakes get the new certificate, established
 connections keep theirs. A change that cannot be loaded (a half-written file) is
 logged and retried; the previous certificate stays in use meanwhile.
+
+ALPN: a listener offers ``ServerTls.alpn`` and an upstream ``UpstreamTls.alpn`` (both
+default ["http/1.1"]); ``negotiated_protocol(transport)`` says what was agreed.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import os
 import ssl
 import time
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import msgspec
 
@@ -29,6 +41,21 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _CLIENT_AUTH = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 RELOAD_CHECK_INTERVAL = 1.0
 """Seconds between checks of the certificate files' modification times."""
+
+
+def _module(backend: str) -> ModuleType:
+    if backend == "openssl":
+        return ssl
+    import rtls
+
+    return rtls
+
+
+def negotiated_protocol(transport: Any) -> str | None:
+    """The ALPN protocol agreed on a TLS ``transport`` ("h2", "http/1.1"); None without TLS or
+    when the peer offered none of ours."""
+    obj = transport.get_extra_info("ssl_object")
+    return obj.selected_alpn_protocol() if obj is not None else None
 
 
 def _mtime(path: str) -> float:
@@ -55,23 +82,36 @@ class ServerTlsContexts:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcard: dict[str, ssl.SSLContext] = {}
         self._index()
-        self.ssl_context = self._new_context(cfg.certificates[0], f"{path}.certificates[0]")
-        """The context the listener is created with; its SNI callback picks the certificate."""
-        self.ssl_context.sni_callback = self._on_sni
+        self.ssl_context: ssl.SSLContext
+        """The context the listener is created with; it picks each handshake's certificate."""
+        if cfg.backend == "rustls":
+            from .rtls_impl import ListenerContext
+
+            self.ssl_context = ListenerContext(self)
+        else:
+            self.ssl_context = self._new_context(cfg.certificates[0], f"{path}.certificates[0]")
+            self.ssl_context.sni_callback = self._on_sni
 
     def _new_context(self, cert: Certificate, where: str) -> ssl.SSLContext:
         cfg = self.cfg
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        rustls = cfg.backend == "rustls"
+        m = _module(cfg.backend)
+        ctx: ssl.SSLContext = m.SSLContext(m.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = VERSIONS[cfg.min_version]
         ctx.maximum_version = VERSIONS[cfg.max_version]
         if cfg.ciphers:
             try:
-                ctx.set_ciphers(cfg.ciphers)
+                if rustls:
+                    from .rtls_impl import set_tls12_ciphers
+
+                    set_tls12_ciphers(ctx, cfg.ciphers)
+                else:
+                    ctx.set_ciphers(cfg.ciphers)
             except ssl.SSLError:
                 raise ConfigError(f"{self.path}.ciphers", f"no cipher matches {cfg.ciphers!r}") from None
         if cfg.alpn:
             ctx.set_alpn_protocols(cfg.alpn)
-        if not cfg.session_tickets:
+        if cfg.session_tickets is False and not rustls:  # rustls: see rtls_impl
             ctx.options |= ssl.OP_NO_TICKET
             ctx.num_tickets = 0
         if cfg.client_ca:
@@ -82,7 +122,11 @@ class ServerTlsContexts:
         ctx.verify_mode = _CLIENT_AUTH[cfg.client_auth]
         try:
             ctx.load_cert_chain(cert.chain, cert.key)
-        except (OSError, ssl.SSLError) as exc:
+            if rustls:
+                from .rtls_impl import check_server_context
+
+                check_server_context(ctx)
+        except (OSError, ValueError, ssl.SSLError) as exc:
             raise ConfigError(where, f"cannot load {cert.chain} with key {cert.key}: {exc}") from None
         return ctx
 
@@ -115,6 +159,19 @@ class ServerTlsContexts:
                     return ctx
         return self._contexts[0]
 
+    @property
+    def by_name(self) -> bool:
+        """Whether any certificate is chosen by server name (else every handshake gets the first)."""
+        return bool(self.exact or self.wildcard)
+
+    def for_handshake(self, server_name: str | None) -> ssl.SSLContext:
+        """``select(server_name)`` after ``check_files()``: the rustls listener's per-handshake step."""
+        try:
+            self.check_files()
+        except Exception:  # a failed check must not fail the handshake
+            log.exception("%s: checking the certificate files failed", self.path)
+        return self.select(server_name)
+
     def check_files(self, now: float | None = None) -> bool:
         """Reload the certificates if their files changed (at most once per ``RELOAD_CHECK_INTERVAL``).
         Returns True when new contexts were loaded."""
@@ -139,7 +196,16 @@ class ServerTlsContexts:
 
     def adopt(self, new: ServerTlsContexts) -> None:
         """Serve ``new``'s certificates from the next handshake (a reload). The listener's
-        other settings (versions, ciphers, client authentication) stay until it is re-created."""
+        other settings (versions, ciphers, client authentication) stay until it is re-created on
+        OpenSSL; on rustls they come with the certificates. A changed backend is refused (logged)."""
+        if new.cfg.backend != self.cfg.backend:
+            log.warning(
+                "%s.backend: switching %r to %r takes effect on a new listener (restart or change the address)",
+                self.path,
+                self.cfg.backend,
+                new.cfg.backend,
+            )
+            return
         self.cfg = new.cfg
         self._files, self._stamp, self._checked = new._files, new._stamp, new._checked
         self._contexts, self.exact, self.wildcard = new._contexts, new.exact, new.wildcard
@@ -168,8 +234,8 @@ def client_tls(path: str, cfg: UpstreamTls | None) -> ClientTls:
     if cfg is None:
         cfg = UpstreamTls()
     try:
-        ctx = ssl.create_default_context(cafile=cfg.ca)
-    except (OSError, ssl.SSLError) as exc:
+        ctx: ssl.SSLContext = _module(cfg.backend).create_default_context(cafile=cfg.ca)
+    except (OSError, ValueError, ssl.SSLError) as exc:
         raise ConfigError(f"{path}.ca", f"cannot load {cfg.ca}: {exc}") from None
     if cfg.min_version is not None:
         ctx.minimum_version = VERSIONS[cfg.min_version]
@@ -184,7 +250,7 @@ def client_tls(path: str, cfg: UpstreamTls | None) -> ClientTls:
     if cfg.client_cert:
         try:
             ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ValueError, ssl.SSLError) as exc:
             raise ConfigError(f"{path}.client_cert", f"cannot load {cfg.client_cert}: {exc}") from None
     fingerprint = hashlib.sha1(msgspec.json.encode(cfg), usedforsecurity=False).hexdigest()[:12]
     return ClientTls(ctx, cfg.sni, fingerprint)

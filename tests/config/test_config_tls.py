@@ -59,7 +59,7 @@ def test_valid_and_relative_files_resolved(files: Path) -> None:
     tls = cfg.servers["web"].tls
     assert tls is not None and tls.backend == "openssl"
     assert tls.certificates[0].chain == str(files / "cert.pem")
-    assert tls.alpn == ["http/1.1"] and tls.min_version == "1.2" and tls.session_tickets
+    assert tls.alpn == ["http/1.1"] and tls.min_version == "1.2" and tls.session_tickets is None
     up = cfg.upstreams["app"].tls
     assert up is not None and up.ca == str(files / "ca.pem") and up.verify
 
@@ -67,8 +67,23 @@ def test_valid_and_relative_files_resolved(files: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "path", "fragment"),
     [
-        (lambda d: d["servers"]["web"]["tls"].update(backend="rustls"), "servers.web.tls.backend", "not available yet"),
-        (lambda d: d["upstreams"]["app"]["tls"].update(backend="rustls"), "upstreams.app.tls.backend", "rustls"),
+        (lambda d: d["servers"]["web"]["tls"].update(backend="boringssl"), "servers.web.tls.backend", "Invalid enum"),
+        (lambda d: d["upstreams"]["app"]["tls"].update(backend="gnutls"), "upstreams.app.tls.backend", "Invalid enum"),
+        (
+            lambda d: d["servers"]["web"]["tls"].update(backend="rustls", client_auth="required", client_ca="ca.pem"),
+            "servers.web.tls.client_auth",
+            "cannot verify client certificates",
+        ),
+        (
+            lambda d: d["servers"]["web"]["tls"].update(backend="rustls", client_ca="ca.pem"),
+            "servers.web.tls.client_ca",
+            "cannot verify client certificates",
+        ),
+        (
+            lambda d: d["servers"]["web"]["tls"].update(backend="rustls", session_tickets=True),
+            "servers.web.tls.session_tickets",
+            "cannot resume sessions",
+        ),
         (
             lambda d: d["servers"]["web"]["tls"]["certificates"][0].update(chain="missing.pem"),
             "servers.web.tls.certificates[0].chain",
@@ -143,6 +158,16 @@ def test_tls_clusters_only_for_http_routes(files: Path) -> None:
     assert exc.path == "servers.web.tls" and "not available yet" in exc.reason
 
 
+def test_rustls_accepted_where_supported(files: Path) -> None:
+    raw = doc()
+    raw["servers"]["web"]["tls"].update(backend="rustls", session_tickets=False, ciphers="ECDHE+AESGCM")
+    raw["upstreams"]["app"]["tls"].update(backend="rustls", client_cert="cert.pem", client_key="key.pem")
+    cfg = parse_config(raw, files)
+    server, upstream = cfg.servers["web"].tls, cfg.upstreams["app"].tls
+    assert server is not None and server.backend == "rustls"
+    assert upstream is not None and upstream.backend == "rustls"
+
+
 def test_https_endpoints() -> None:
     ep = parse_endpoint("https://origin.example")
     assert (ep.scheme, ep.host, ep.port, ep.authority) == ("https", "origin.example", 443, "origin.example")
@@ -161,9 +186,10 @@ def test_pool_key_carries_tls_settings(files: Path) -> None:
     assert ka == dataclasses.replace(ep, tls=client_tls("x", UpstreamTls(ca=str(files / "ca.pem")))).key
 
 
-def test_verify_false_warns(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("backend", ["openssl", "rustls"])
+def test_verify_false_warns(caplog: pytest.LogCaptureFixture, backend: Any) -> None:
     with caplog.at_level("WARNING", logger="monolake.tls"):
-        t = client_tls("upstreams.insecure.tls", UpstreamTls(verify=False))
+        t = client_tls("upstreams.insecure.tls", UpstreamTls(verify=False, backend=backend))
     assert t.context.verify_mode == ssl.CERT_NONE and not t.context.check_hostname
     assert "upstreams.insecure.tls.verify = false" in caplog.text
 
@@ -172,8 +198,14 @@ def _tls(files: Path, **kw: Any) -> ServerTls:
     return ServerTls(certificates=[Certificate(chain=str(files / "cert.pem"), key=str(files / "key.pem"))], **kw)
 
 
+@pytest.fixture(params=["openssl", "rustls"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The TLS backend under test; every context test runs on both."""
+    return str(request.param)
+
+
 @pytest.mark.parametrize("key_format", ["pkcs8", "pkcs1", "ec"])
-def test_key_formats_load(tmp_path: Path, ca: trustme.CA, key_format: str) -> None:
+def test_key_formats_load(tmp_path: Path, ca: trustme.CA, key_format: str, backend: str) -> None:
     kind = trustme.KeyType.ECDSA if key_format == "ec" else trustme.KeyType.RSA
     cert = ca.issue_cert("a.example", key_type=kind)
     key = load_pem_private_key(cert.private_key_pem.bytes(), None)
@@ -186,26 +218,27 @@ def test_key_formats_load(tmp_path: Path, ca: trustme.CA, key_format: str) -> No
     assert (b"BEGIN RSA PRIVATE KEY" in pem) == (key_format == "pkcs1")
     (tmp_path / "key.pem").write_bytes(pem)
     (tmp_path / "cert.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    contexts = ServerTlsContexts("servers.web.tls", _tls(tmp_path))
+    contexts = ServerTlsContexts("servers.web.tls", _tls(tmp_path, backend=backend))
     assert isinstance(contexts.ssl_context, ssl.SSLContext)
+    assert type(contexts.select(None)).__module__.startswith("rtls" if backend == "rustls" else "ssl")
 
 
-def test_mismatched_key_is_a_config_error(tmp_path: Path, ca: trustme.CA) -> None:
+def test_mismatched_key_is_a_config_error(tmp_path: Path, ca: trustme.CA, backend: str) -> None:
     ca.issue_cert("a.example").private_key_pem.write_to_path(str(tmp_path / "key.pem"))
     (tmp_path / "cert.pem").write_bytes(ca.issue_cert("b.example").cert_chain_pems[0].bytes())
     with pytest.raises(ConfigError) as info:
-        ServerTlsContexts("servers.web.tls", _tls(tmp_path))
+        ServerTlsContexts("servers.web.tls", _tls(tmp_path, backend=backend))
     assert info.value.path == "servers.web.tls.certificates[0]"
 
 
-def test_bad_ciphers_is_a_config_error(files: Path) -> None:
+def test_bad_ciphers_is_a_config_error(files: Path, backend: str) -> None:
     with pytest.raises(ConfigError) as info:
-        ServerTlsContexts("servers.web.tls", _tls(files, ciphers="NO-SUCH-CIPHER"))
+        ServerTlsContexts("servers.web.tls", _tls(files, ciphers="NO-SUCH-CIPHER", backend=backend))
     assert info.value.path == "servers.web.tls.ciphers"
 
 
-def test_reload_checks_mtimes_at_most_once_a_second(files: Path, ca: trustme.CA) -> None:
-    contexts = ServerTlsContexts("servers.web.tls", _tls(files))
+def test_reload_checks_mtimes_at_most_once_a_second(files: Path, ca: trustme.CA, backend: str) -> None:
+    contexts = ServerTlsContexts("servers.web.tls", _tls(files, backend=backend))
     first = contexts.select(None)
     new = ca.issue_cert("a.example")
     new.private_key_pem.write_to_path(str(files / "key.pem"))

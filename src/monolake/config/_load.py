@@ -154,8 +154,24 @@ def _check_file(path: str, name: str | None) -> None:
 
 
 def _check_backend(path: str, backend: str) -> None:
-    if backend != "openssl":
-        raise ConfigError(f"{path}.backend", f"TLS backend {backend!r} is not available yet (use 'openssl')")
+    if backend == "rustls":
+        try:
+            import rtls  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"{path}.backend", f"TLS backend 'rustls' needs the rtls package: {exc}") from None
+
+
+def _check_rustls_listener(path: str, t: ServerTls) -> None:
+    """What the rustls backend (rtls) cannot do on a listener (see monolake/rtls_impl.py)."""
+    if t.client_auth != "none" or t.client_ca is not None:
+        key = "client_auth" if t.client_auth != "none" else "client_ca"
+        raise ConfigError(
+            f"{path}.{key}", "backend 'rustls' cannot verify client certificates (mTLS); use backend = 'openssl'"
+        )
+    if t.session_tickets:
+        raise ConfigError(
+            f"{path}.session_tickets", "backend 'rustls' cannot resume sessions; leave it unset or use 'openssl'"
+        )
 
 
 def _check_alpn(path: str, alpn: list[str]) -> None:
@@ -184,6 +200,8 @@ def _check_upstream_tls(path: str, t: UpstreamTls) -> None:
 
 def _check_server_tls(path: str, s: Server, t: ServerTls) -> None:
     _check_backend(path, t.backend)
+    if t.backend == "rustls":
+        _check_rustls_listener(path, t)
     if s.proxy_type != "http":
         raise ConfigError(path, f'TLS on a proxy_type = "{s.proxy_type}" server is not available yet')
     if s.proxy_protocol != "off":

@@ -124,7 +124,7 @@ class UpstreamTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     """TLS to a cluster's endpoints (every endpoint of the cluster speaks TLS)."""
 
     backend: Literal["openssl", "rustls"] = "openssl"
-    """"openssl" (the stdlib ``ssl`` module); "rustls" is not available yet."""
+    """"openssl" (the stdlib ``ssl`` module) or "rustls" (the ``rtls`` package); both support every option."""
     ca: str | None = None
     """PEM file of the CAs that sign the upstreams' certificates; default the system roots."""
     sni: str | None = None
@@ -257,7 +257,8 @@ class ServerTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     """TLS on a server's listener (HTTP/1.1). Certificate files are reloaded when they change."""
 
     backend: Literal["openssl", "rustls"] = "openssl"
-    """"openssl" (the stdlib ``ssl`` module); "rustls" is not available yet."""
+    """"openssl" (the stdlib ``ssl`` module) or "rustls" (the ``rtls`` package; it cannot verify client
+    certificates nor resume sessions, see monolake/rtls_impl.py)."""
     certificates: list[Certificate]
     """The first is the default (no SNI, or a name no certificate lists)."""
     alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
@@ -265,7 +266,8 @@ class ServerTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     max_version: TlsVersion = "1.3"
     ciphers: str | None = None
     """OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults)."""
-    session_tickets: bool = True
+    session_tickets: bool | None = None
+    """Session resumption with tickets; None: on where the backend supports it (openssl), off on rustls."""
     client_ca: str | None = None
     """PEM file of the CAs client certificates must chain to (mutual TLS)."""
     client_auth: Literal["none", "optional", "required"] = "none"

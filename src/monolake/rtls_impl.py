@@ -1,0 +1,115 @@
+"""The rustls TLS backend, through ``rtls`` (a drop-in ``ssl`` replacement backed by rustls).
+
+Theory of operation. ``rtls.SSLContext`` subclasses ``ssl.SSLContext`` and its
+``wrap_bio`` returns a sans-I/O object with the ``ssl.SSLObject`` interface, so both
+asyncio's and uvloop's SSL protocol layers (``create_server(ssl=...)``,
+``create_connection(ssl=...)``) drive it unchanged: the event loop moves bytes
+between the socket and the memory BIOs, rustls does the TLS. Upstream (client)
+contexts need nothing more than ``ssl``'s calls on the ``rtls`` module.
+
+Listeners need one addition. rtls builds a whole rustls ``ServerConfig`` for every
+connection, from one certificate, when ``wrap_bio`` is called, and never calls
+``sni_callback``. ``ListenerContext.wrap_bio`` therefore returns a ``ServerObject``
+that defers building its connection to the first ``do_handshake``: it reads the
+ClientHello from the incoming BIO (``proto.tls_hello``), asks the listener's
+``ServerTlsContexts`` for the certificate's context (which also notices changed
+certificate files), puts the bytes back and builds the connection from that context.
+A listener with a single certificate skips reading the name.
+
+What rtls (checked with 2026.9.21, rustls 0.23) cannot do on the server side, and the
+config therefore refuses for ``backend = "rustls"`` (config/_load.py): verify client
+certificates (its ServerConfig is built ``with_no_client_auth``) and resume sessions
+(a fresh ServerConfig per connection has a fresh session cache; rustls still sends
+TLS 1.3 tickets that no later connection can redeem). ``ServerObject`` uses rtls'
+private ``TLSObject`` attributes ``_conn``, ``_context``, ``_incoming`` and
+``_init_connection``; tests/e2e/test_tls.py runs every listener test on this backend,
+so an rtls release that changes them fails there first.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import rtls
+from rtls._object import TLSObject
+
+from .proto.tls_hello import server_name
+
+if TYPE_CHECKING:
+    from .tls import ServerTlsContexts
+
+TLS13_SUITES = ["TLS13_AES_128_GCM_SHA256", "TLS13_AES_256_GCM_SHA384", "TLS13_CHACHA20_POLY1305_SHA256"]
+"""rustls' TLS 1.3 suites; ``ciphers`` restricts TLS 1.2 only, as with OpenSSL."""
+
+
+def set_tls12_ciphers(ctx: Any, ciphers: str) -> None:
+    """Restrict TLS 1.2 to the suites of the OpenSSL cipher string ``ciphers``; TLS 1.3 keeps
+    all of rustls' suites. Raises ``ssl.SSLError`` when no suite matches."""
+    from rtls._ciphers import parse_cipher_string
+
+    chosen = [name for name in parse_cipher_string(ciphers) if not name.startswith("TLS13_")]
+    if not chosen:
+        raise rtls.SSLError(1, f"no TLS 1.2 cipher suite rustls supports matches {ciphers!r}")
+    ctx._get_builder().set_cipher_suites(chosen + TLS13_SUITES)
+
+
+def check_server_context(ctx: ssl.SSLContext) -> None:
+    """Build a connection from ``ctx`` once, as a handshake would: rtls checks that the
+    key matches the certificate only then. Raises ``ssl.SSLError``."""
+    ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+
+
+class ListenerContext(rtls.SSLContext):
+    """The context a rustls listener is created with: it chooses each handshake's certificate."""
+
+    def __new__(cls, owner: ServerTlsContexts) -> ListenerContext:
+        return super().__new__(cls, rtls.PROTOCOL_TLS_SERVER)  # type: ignore[return-value]
+
+    def __init__(self, owner: ServerTlsContexts) -> None:
+        super().__init__(rtls.PROTOCOL_TLS_SERVER)
+        self.owner = owner
+
+    def wrap_bio(  # type: ignore[override]
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+    ) -> ServerObject:
+        if not server_side:
+            raise ValueError("a listener context serves the server side only")
+        return ServerObject(self, incoming, outgoing)
+
+
+class ServerObject(TLSObject):
+    """A server-side rtls object whose connection is built once the ClientHello has arrived."""
+
+    def __init__(self, listener: ListenerContext, incoming: Any, outgoing: Any) -> None:
+        self._listener = listener
+        self._hello = b""
+        super().__init__(listener, incoming, outgoing, server_side=True)
+
+    def _init_connection(self) -> None:
+        """Deferred to ``do_handshake`` (the certificate depends on the ClientHello)."""
+
+    def do_handshake(self) -> None:
+        if self._conn is None:
+            self._start()
+        super().do_handshake()
+
+    def _start(self) -> None:
+        owner = self._listener.owner
+        name = None
+        if owner.by_name:
+            self._hello += self._incoming.read()
+            complete, name = server_name(self._hello)
+            if not complete:
+                if self._incoming.eof:
+                    raise rtls.SSLEOFError("EOF before a complete ClientHello")
+                raise rtls.SSLWantReadError(rtls.SSL_ERROR_WANT_READ, "the ClientHello is incomplete")
+            self._incoming.write(self._hello)
+            self._hello = b""
+        ctx: Any = owner.for_handshake(name)
+        self._context = ctx
+        self._conn = ctx._get_builder().build_server_connection()
