@@ -14,7 +14,9 @@ import sys
 from setuptools import Extension, setup
 
 # (module, sources, libraries, required header)
-NATIVE: list[tuple[str, list[str], list[str], str]] = []
+NATIVE: list[tuple[str, list[str], list[str], str]] = [
+    ("monolake.runtime._uring", ["src/monolake/runtime/_uring.c"], ["uring"], "liburing.h"),
+]
 
 
 def _have_header(header: str) -> bool:
