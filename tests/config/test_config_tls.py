@@ -101,7 +101,15 @@ def test_valid_and_relative_files_resolved(files: Path) -> None:
             "servers.web.tls.min_version",
             "above max_version",
         ),
-        (lambda d: d["servers"]["web"]["tls"].update(alpn=["h2"]), "servers.web.tls.alpn[0]", "not available yet"),
+        (lambda d: d["servers"]["web"]["tls"].update(alpn=["spdy/3.1"]), "servers.web.tls.alpn[0]", "not available"),
+        (
+            lambda d: (
+                d["servers"]["web"]["tls"].update(alpn=["h2"]),
+                d["servers"]["web"].update(http2={"enabled": False}),
+            ),
+            "servers.web.tls.alpn",
+            "http2.enabled is false",
+        ),
         (
             lambda d: d["servers"]["web"]["tls"].update(client_auth="required"),
             "servers.web.tls.client_auth",

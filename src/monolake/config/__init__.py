@@ -16,6 +16,7 @@ from ._schema import Forwarded as Forwarded
 from ._schema import Gateway as Gateway
 from ._schema import HeaderRewrite as HeaderRewrite
 from ._schema import HealthCheck as HealthCheck
+from ._schema import Http2 as Http2
 from ._schema import Limits as Limits
 from ._schema import Log as Log
 from ._schema import OutlierDetection as OutlierDetection

@@ -18,7 +18,7 @@ import msgspec
 
 from ..errors import ConfigError
 from ._address import parse_endpoint, parse_listener
-from ._schema import Cluster, Config, Route, Server, ServerTls, UpstreamTls
+from ._schema import Cluster, Config, Http2, Route, Server, ServerTls, UpstreamTls
 
 T = TypeVar("T")
 
@@ -174,10 +174,12 @@ def _check_rustls_listener(path: str, t: ServerTls) -> None:
         )
 
 
-def _check_alpn(path: str, alpn: list[str]) -> None:
+def _check_alpn(path: str, alpn: list[str], h2: bool = False) -> None:
+    """``h2``: "h2" may be offered too (a listener with HTTP/2 enabled)."""
+    known = ("h2", "http/1.1") if h2 else ("http/1.1",)
     for i, proto in enumerate(alpn):
-        if proto != "http/1.1":
-            raise ConfigError(f"{path}.alpn[{i}]", f"protocol {proto!r} is not available yet (only 'http/1.1')")
+        if proto not in known:
+            raise ConfigError(f"{path}.alpn[{i}]", f"protocol {proto!r} is not available here (only {known})")
 
 
 def _check_upstream_tls(path: str, t: UpstreamTls) -> None:
@@ -217,7 +219,9 @@ def _check_server_tls(path: str, s: Server, t: ServerTls) -> None:
         for j, name in enumerate(c.server_names):
             if not name or name.count("*") > 1 or ("*" in name and not name.startswith("*.")) or name == "*.":
                 raise ConfigError(f"{cpath}.server_names[{j}]", f"expected an exact name or '*.suffix', got {name!r}")
-    _check_alpn(path, t.alpn)
+    if "h2" in t.alpn and not s.http2.enabled:
+        raise ConfigError(f"{path}.alpn", "offers 'h2' but http2.enabled is false")
+    _check_alpn(path, t.alpn, h2=True)
     if _VERSION_ORDER[t.min_version] > _VERSION_ORDER[t.max_version]:
         raise ConfigError(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
     if t.ciphers is not None and not t.ciphers:
@@ -479,6 +483,17 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
             raise ConfigError(f"{path}.limits.{key}", "must be >= 1")
     if s.limits.max_body_bytes < 0:
         raise ConfigError(f"{path}.limits.max_body_bytes", "must be >= 0 (0 = unlimited)")
+    _check_http2(f"{path}.http2", s.http2)
+
+
+def _check_http2(path: str, h: Http2) -> None:
+    for key in ("max_concurrent_streams", "max_header_list_size", "max_resets_per_10s"):
+        if getattr(h, key) < 1:
+            raise ConfigError(f"{path}.{key}", "must be >= 1")
+    if not 1 <= h.initial_window_size <= 2**31 - 1:
+        raise ConfigError(f"{path}.initial_window_size", "must be between 1 and 2147483647 (RFC 9113 §6.5.2)")
+    if not 16384 <= h.max_frame_size <= 16777215:
+        raise ConfigError(f"{path}.max_frame_size", "must be between 16384 and 16777215 (RFC 9113 §6.5.2)")
 
 
 def validate(cfg: Config) -> None:

@@ -244,6 +244,23 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Queued pipelined requests before the connection stops reading."""
 
 
+class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """HTTP/2 on an HTTP server: h2c by prior knowledge (the client preface) on a cleartext listener,
+    "h2" by ALPN on a TLS one (list it in ``tls.alpn``)."""
+
+    enabled: bool = True
+    max_concurrent_streams: int = 128
+    """Streams a client may have open at once; more are refused (RST_STREAM REFUSED_STREAM)."""
+    initial_window_size: int = 262144
+    """Per-stream receive window: request body bytes a client may send ahead of the upstream reading them."""
+    max_frame_size: int = 16384
+    max_header_list_size: int = 65536
+    """Decoded request header list size (RFC 9113 §6.5.2); larger header blocks are refused."""
+    max_resets_per_10s: int = 500
+    """Stream resets (by the client, or refusals) within 10 s before the connection is closed with
+    GOAWAY ENHANCE_YOUR_CALM (the "rapid reset" attack, CVE-2023-44487)."""
+
+
 class Certificate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     chain: str
     """PEM file: the certificate, then its intermediates."""
@@ -296,6 +313,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Expect a PROXY header first (its client address becomes the peer); "optional": either or none."""
     tls: ServerTls | None = None
     """Serve HTTPS on the listener (http servers)."""
+    http2: Http2 = Http2()
+    """HTTP/2 for http servers (on by default: a client that does not speak it costs one check per connection)."""
 
     # -- tcp servers --------------------------------------------------------------------
     upstream: str | None = None
