@@ -8,28 +8,10 @@ upstream, then relays bytes both ways until both directions have ended. Bytes th
 client sends while we connect are kept (up to a limit; then its reading pauses)
 and written first.
 
-Two relay engines move the bytes:
-
-- the loop path (always available): upstream and downstream are asyncio
-  transports, ``data_received`` of one is ``write`` on the other. Backpressure:
-  when one transport's write buffer passes its high-water mark it calls
-  ``pause_writing``, and we ``pause_reading`` on the other side until
-  ``resume_writing``. Half-close: EOF from one side is ``write_eof`` on the other
-  (``eof_received`` returns True to keep our write half open); once both
-  directions have seen EOF both transports close, after their buffers flush.
-- the splice path (Linux, ``splice = true``): once a connection has relayed
-  ``splice_after`` bytes (1 MiB by default) and both write buffers are empty,
-  both sockets leave their transports (each is dup'ed, then its transport
-  aborted) and bytes go socket → pipe → socket with ``os.splice``, one pipe per
-  direction, driven by ``loop.add_reader``/``add_writer``. The kernel moves page
-  references; Python never sees the bytes. Backpressure is the pipe: a full pipe
-  stops reading its source until the destination drains it. Half-close is
-  ``shutdown(SHUT_WR)`` once a direction's source hit EOF and its pipe is empty.
-  Why the threshold (uvloop, 2-core VM, 1 GB through one worker): splice costs
-  0.14 CPU s/GB against 0.40 on the loop path, but setting a relay up and tearing
-  it down costs about 140 µs more per connection (dups, two pipes, reader
-  registrations: ~300 against ~160 µs for a short echo), so it pays off after
-  roughly 500 KB. Short connections stay on the loop path; bulk ones move over.
+The bytes move through ``Relay`` (``_relay.py``): the event loop path, and the
+splice path (Linux, ``splice = true``) once a connection has relayed
+``splice_after`` bytes (1 MiB by default); the reasons for the threshold are there.
+Short connections stay on the loop path; bulk ones move over.
 
 Idle timeout: one sweep per server (not a timer per connection) closes
 connections that moved no byte either way for ``idle_timeout`` seconds. Drain:
@@ -46,12 +28,7 @@ connection closed. HTTP listeners use the same reader (see proxy/_l4_app.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
 import logging
-import os
-import socket
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -61,22 +38,9 @@ from ..errors import ProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ._lifecycle import DrainSignal, Sweeper
+from ._relay import SPLICE_AVAILABLE, Relay
 
 log = logging.getLogger("monolake.l4")
-
-SPLICE_AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
-"""os.splice and pipe resizing exist (Linux, Python >= 3.10)."""
-
-PIPE_SIZE = 1 << 18
-"""Bytes a splice pipe may hold. 1 MiB measured no faster; and an unprivileged user's
-pipes count against /proc/sys/fs/pipe-user-pages-soft (64 MiB) by capacity, so 256 KiB
-pipes allow ~128 spliced connections per user before new pipes are held to a page or two."""
-
-CONNECT_BUFFER = 256 * 1024
-"""Client bytes kept while the upstream connects before the client's reading pauses."""
-
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.ETIMEDOUT)
 
 
 class BalancerLike(Protocol):
@@ -299,77 +263,18 @@ class L4ServerApp:
         return {"connections": len(self.conns), "spliced": sum(1 for c in self.conns if c.spliced)}
 
 
-class _UpstreamSide(asyncio.Protocol):
-    """The upstream transport's protocol on the loop path: forwards to the client."""
-
-    __slots__ = ("conn", "transport")
-
-    def __init__(self, conn: L4Connection) -> None:
-        self.conn = conn
-        self.transport: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        # Only now will connection_lost be called, so only now is there a side to wait for.
-        self.conn.up = self
-        self.conn.up_closed = False
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.conn
-        conn.active = True
-        conn.client_write(data)
-        left = conn.splice_left
-        if left >= 0:
-            left -= len(data)
-            if left < 0:
-                conn.try_splice()
-            else:
-                conn.splice_left = left
-
-    def eof_received(self) -> bool | None:
-        self.conn.upstream_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        self.conn.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.conn.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.upstream_lost(exc)
-
-
-class L4Connection(asyncio.Protocol):
+class L4Connection(Relay):
     """One relayed client connection. See the module docstring."""
 
     def __init__(self, app: L4ServerApp, header: ProxyHeader | None) -> None:
+        loop = app.loop or asyncio.get_running_loop()
+        super().__init__(loop, app.name, app.cfg.splice_after if app.splice else -1)
         self.app = app
         self.header = header
-        self.loop = app.loop or asyncio.get_running_loop()
-        self.transport: Any = None
-        self.client_write: Callable[[bytes], None] = self._unwritable
         self.peer = ""
-        self.client_text = ""
         self.endpoint: Endpoint | None = None
         self.upstream = app.upstream
         """The cluster this connection was relayed to (a reload may change the app's)."""
-        self.up: _UpstreamSide | None = None
-        self.up_write: Callable[[bytes], None] | None = None
-        self.relay: _SpliceRelay | None = None
-        self.spliced = False
-        self.splice_left = app.cfg.splice_after if app.splice else -1
-        """Bytes to relay on the loop path before moving to splice; -1: never; 0: at the next chance."""
-        self.active = True
-        self.idle_since = self.loop.time()
-        self._buf: list[bytes] = []
-        self._buffered = 0
-        self._paused = False
-        self.down_eof = False
-        self.up_eof = False
-        self.down_closed = False
-        self.up_closed = True  # until the upstream transport exists
-        self._task: asyncio.Task[None] | None = None
         self._picked = False
 
     # -- client side (asyncio.Protocol) ---------------------------------------------------
@@ -390,63 +295,6 @@ class L4Connection(asyncio.Protocol):
             self.client_text = _addr_text(peer)
         self.app.conns.add(self)
         self._task = self.loop.create_task(self._connect())
-
-    def data_received(self, data: bytes) -> None:
-        self.active = True
-        w = self.up_write
-        if w is not None:
-            w(data)
-            left = self.splice_left
-            if left >= 0:
-                left -= len(data)
-                if left < 0:
-                    self.try_splice()
-                else:
-                    self.splice_left = left
-            return
-        self._buf.append(data)
-        self._buffered += len(data)
-        if self._buffered >= CONNECT_BUFFER and not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool | None:
-        if self.down_eof:
-            return True
-        self.down_eof = True
-        up = self.up
-        if up is not None and self.up_write is not None:  # else _connect passes the EOF on
-            if up.transport.can_write_eof():
-                up.transport.write_eof()
-            if self.up_eof:
-                self._close_both()
-        return True
-
-    def pause_writing(self) -> None:
-        up = self.up
-        if up is not None:
-            up.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        up = self.up
-        if up is not None:
-            up.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.spliced:
-            return  # the socket lives on in the splice relay; this was its old transport
-        self.down_closed = True
-        self.client_write = self._unwritable
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        up = self.up
-        if up is not None and not self.up_closed:
-            up.transport.close()  # what the client sent and we buffered still goes out
-        self._maybe_done()
-
-    @staticmethod
-    def _unwritable(data: bytes) -> None:
-        pass
 
     # -- upstream side ---------------------------------------------------------------
 
@@ -504,9 +352,6 @@ class L4Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    def _upstream_side(self) -> _UpstreamSide:
-        return _UpstreamSide(self)
-
     def _proxy_header(self) -> bytes:
         version = self.upstream.send_proxy_protocol
         if version == "off":
@@ -525,275 +370,9 @@ class L4Connection(asyncio.Protocol):
             dst = _as_address(self.transport.get_extra_info("sockname"))
         return build_v1(src, dst) if version == "v1" else build_v2(src, dst)
 
-    def upstream_eof(self) -> None:
-        if self.up_eof:
-            return
-        self.up_eof = True
-        if not self.down_closed and self.transport.can_write_eof():
-            self.transport.write_eof()
-        if self.down_eof:
-            self._close_both()
-
-    def upstream_lost(self, exc: Exception | None) -> None:
-        if self.spliced:
-            return
-        self.up_closed = True
-        self.up_write = None
-        if not self.down_closed:
-            self.transport.close()  # after what the upstream sent is flushed to the client
-        self._maybe_done()
-
-    # -- moving to the splice path -------------------------------------------------------
-
-    def try_splice(self) -> None:
-        """Move both sockets out of their transports into a splice relay, if now is a clean moment.
-
-        Clean: both write buffers empty (every byte read so far is in the kernel) and
-        no EOF yet (a uvloop ``write_eof`` is a queued shutdown an abort would cancel).
-        Otherwise it is tried again on the next chunk. Out of descriptors: never again.
-        """
-        up = self.up
-        client = self.transport
-        if up is None or self.down_eof or self.up_eof or self.down_closed or self.up_closed:
-            self.splice_left = -1
-            return
-        if client.get_write_buffer_size() or up.transport.get_write_buffer_size():
-            self.splice_left = 0
-            return
-        self.splice_left = -1
-        pipes: _Pipes | None = None
-        socks: list[socket.socket] = []
-        try:
-            pipes = _Pipes()
-            for t in (client, up.transport):
-                socks.append(socket.socket(fileno=os.dup(t.get_extra_info("socket").fileno())))
-        except OSError as exc:  # out of descriptors: this connection stays on the loop path
-            log.info("l4 cannot splice, relaying through the loop: server=%s: %s", self.app.name, exc)
-            if pipes is not None:
-                pipes.close()
-            for sock in socks:
-                sock.close()
-            return
-        # The dups keep both connections open when the transports close their descriptors.
-        self.spliced = True
-        self.down_closed = True
-        self.up_write = None
-        self.client_write = self._unwritable
-        for t in (client, up.transport):
-            t.pause_reading()
-            t.abort()
-        for sock in socks:
-            sock.setblocking(False)
-        self.relay = _SpliceRelay(self, socks[0], socks[1], pipes)
-        self.relay.start()
-        log.debug("l4 spliced: server=%s client=%s endpoint=%s", self.app.name, self.client_text, self.endpoint)
-
-    def relay_closed(self) -> None:
-        self.up_closed = True
-        self._maybe_done()
-
-    # -- closing -------------------------------------------------------------------------
-
-    def _close_client(self) -> None:
-        if not self.down_closed and self.transport is not None:
-            self.transport.close()
-
-    def _close_both(self) -> None:
-        self._close_client()
-        if self.up is not None and not self.up_closed:
-            self.up.transport.close()
-
-    def _maybe_done(self) -> None:
-        if self.down_closed and self.up_closed:
-            if self._picked:
-                self._picked = False
-                assert self.endpoint is not None
-                self.upstream.balancer.finished(self.endpoint)
-            self.app.conn_done(self)
-
-    def check_idle(self, now: float, idle: float) -> None:
-        if self.active:
-            self.active = False
-            self.idle_since = now
-        elif now - self.idle_since >= idle:
-            log.info(
-                "l4 idle timeout: server=%s client=%s endpoint=%s after %.1fs",
-                self.app.name,
-                self.client_text,
-                self.endpoint,
-                idle,
-            )
-            self.abort()
-
-    def abort(self) -> None:
-        """Close both sides now, dropping anything unsent."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self.relay is not None:
-            self.relay.close()
-            return
-        if not self.down_closed and self.transport is not None:
-            self.transport.abort()
-        if self.up is not None and not self.up_closed:
-            self.up.transport.abort()
-
-
-class _Direction:
-    """One direction of a splice relay: ``src`` socket → pipe → ``dst`` socket."""
-
-    __slots__ = ("done", "dst", "eof", "pending", "r", "reading", "src", "w", "writing")
-
-    def __init__(self, src: int, dst: int, r: int, w: int) -> None:
-        self.src = src
-        self.dst = dst
-        self.r = r
-        self.w = w
-        self.pending = 0
-        self.eof = False
-        self.done = False
-        self.reading = False
-        self.writing = False
-
-
-class _Pipes:
-    """The two pipes of a splice relay, sized to PIPE_SIZE where the system allows. Raises OSError."""
-
-    __slots__ = ("fds", "size")
-
-    def __init__(self) -> None:
-        self.fds: list[int] = []
-        try:
-            for _ in range(2):
-                self.fds += os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            size = PIPE_SIZE
-            for fd in self.fds[1::2]:
-                try:
-                    size = min(size, fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE))
-                except OSError:  # over a lowered pipe-max-size: keep the default
-                    size = min(size, fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
-            self.size = size
-        except OSError:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds = []
-
-
-class _SpliceRelay:
-    """Both directions of a spliced connection, driven by add_reader/add_writer."""
-
-    def __init__(self, conn: L4Connection, client: socket.socket, upstream: socket.socket, pipes: _Pipes) -> None:
-        self.conn = conn
-        self.loop = conn.loop
-        self.client = client
-        self.upstream = upstream
-        self.pipes = pipes
-        self.size = pipes.size
-        self.closed = False
-        a, b = client.fileno(), upstream.fileno()
-        r1, w1, r2, w2 = pipes.fds
-        self.up = _Direction(a, b, r1, w1)
-        self.down = _Direction(b, a, r2, w2)
-
-    def start(self) -> None:
-        self._want_read(self.up)
-        self._want_read(self.down)
-
-    def _want_read(self, d: _Direction) -> None:
-        if not d.reading and not d.eof:
-            d.reading = True
-            self.loop.add_reader(d.src, self._readable, d)
-
-    def _readable(self, d: _Direction) -> None:
-        try:
-            n = os.splice(d.src, d.w, self.size - d.pending, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._fail(exc)
-            return
-        if n == 0:
-            self._src_eof(d)
-            return
-        self.conn.active = True
-        d.pending += n
-        self._flush(d)
-
-    def _writable(self, d: _Direction) -> None:
-        self._flush(d)
-
-    def _flush(self, d: _Direction) -> None:
-        try:
-            d.pending -= os.splice(d.r, d.dst, d.pending, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            self._fail(exc)
-            return
-        if d.pending:
-            if not d.writing:
-                d.writing = True
-                self.loop.add_writer(d.dst, self._writable, d)
-            if d.pending >= self.size and d.reading:
-                d.reading = False
-                self.loop.remove_reader(d.src)
-            return
-        if d.writing:
-            d.writing = False
-            self.loop.remove_writer(d.dst)
-        if d.eof:
-            self._shut(d)
-        else:
-            self._want_read(d)
-
-    def _src_eof(self, d: _Direction) -> None:
-        d.eof = True
-        if d.reading:
-            d.reading = False
-            self.loop.remove_reader(d.src)
-        if not d.pending:
-            self._shut(d)
-
-    def _shut(self, d: _Direction) -> None:
-        if d.done:
-            return
-        d.done = True
-        try:
-            sock = self.upstream if d is self.up else self.client
-            sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            if exc.errno not in _GONE:
-                log.info("l4 shutdown failed: %s", exc)
-        if self.up.done and self.down.done:
-            self.close()
-
-    def _fail(self, exc: OSError) -> None:
-        if exc.errno not in _GONE:
-            log.info(
-                "l4 relay error: server=%s client=%s endpoint=%s: %s",
-                self.conn.app.name,
-                self.conn.client_text,
-                self.conn.endpoint,
-                exc,
-            )
-        self.close()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for d in (self.up, self.down):
-            if d.reading:
-                self.loop.remove_reader(d.src)
-            if d.writing:
-                self.loop.remove_writer(d.dst)
-            d.reading = d.writing = False
-        for sock in (self.client, self.upstream):
-            with contextlib.suppress(OSError):
-                sock.close()
-        self.pipes.close()
-        self.conn.relay_closed()
+    def relay_done(self) -> None:
+        if self._picked:
+            self._picked = False
+            assert self.endpoint is not None
+            self.upstream.balancer.finished(self.endpoint)
+        self.app.conn_done(self)
