@@ -60,11 +60,13 @@ from ..proto.http1._serialize import (
     reason_phrase,
     response_head,
 )
+from ..proto.http2 import PREFACE
 from ..service import Context
 from ._lifecycle import DrainSignal, Sweeper
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts
+    from ._h2 import H2Connection
 
 log = logging.getLogger("monolake.server")
 
@@ -104,6 +106,35 @@ def error_response(status: int, *, close: bool = False) -> Response:
     return Response(status, headers, body, keep_alive=not close)
 
 
+def failure_response(req: Request, exc: BaseException, peer: str, server: str) -> Response:
+    """Log why the service failed ``req`` and build its answer: ``error_response(status_for(exc))``
+    (closing the connection after a downstream protocol error), or for a gRPC call, which
+    cannot read a 502, a trailers-only response carrying the gRPC status (``proxy._grpc``)."""
+    status = status_for(exc)
+    where = exc.source.value if isinstance(exc, MonolakeError) else "internal"
+    level = logging.ERROR if status == 500 else logging.WARNING
+    log.log(
+        level,
+        "%d for %s %s peer=%s server=%s (%s error: %s: %s)",
+        status,
+        req.method.decode(),
+        req.original_target.decode("latin-1"),
+        peer,
+        server,
+        where,
+        type(exc).__name__,
+        exc,
+        exc_info=status == 500,
+    )
+    ctype = req.headers.get(b"content-type")
+    if ctype is not None and ctype[:16].lower() == b"application/grpc":
+        from ..proxy._grpc import failure_response as grpc_failure  # proxy/ imports server/
+
+        return grpc_failure(exc)
+    downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
+    return error_response(status, close=downstream)
+
+
 class HttpServerApp:
     """One HTTP server (listener) in one worker: the runtime's ``ServerApp``."""
 
@@ -124,7 +155,7 @@ class HttpServerApp:
         self.on_close = on_close
         self.tls = tls
         """The listener's TLS contexts; the runtime serves TLS with ``ssl_context``."""
-        self.conns: set[HttpConnection] = set()
+        self.conns: set[HttpConnection | H2Connection] = set()
         self.in_flight = 0
         self.draining = False
         self._drained = DrainSignal()
@@ -171,7 +202,7 @@ class HttpServerApp:
     def request_done(self) -> None:
         self.in_flight -= 1
 
-    def forget(self, conn: HttpConnection) -> None:
+    def forget(self, conn: HttpConnection | H2Connection) -> None:
         """A connection closed."""
         self.conns.discard(conn)
         if not self.conns:
@@ -266,6 +297,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._closed = False
         self._pending_error: ProtocolError | None = None
         self._last = self.loop.time()
+        self._h2_probe = app.cfg.http2.enabled
+        """Until the first bytes: whether they may be the HTTP/2 client preface (h2c prior knowledge)."""
+        self._h2_held = b""
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -276,9 +310,15 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self.app.conns.add(self)
         if self.app.draining:
             self._closing = True
+        if self._h2_probe and self.app.tls is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_h2(b"")
 
     def data_received(self, data: bytes) -> None:
         self._last = self.loop.time()
+        if self._h2_probe and self._probe_h2(data):
+            return
         try:
             self.feed(data)
         except ProtocolError as exc:
@@ -286,6 +326,35 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         except Exception as exc:  # a bug of ours must not take the worker down
             log.exception("internal error while parsing a request from %s", self.peer)
             self._protocol_error(ProtocolError(str(exc), status_hint=500, source=Source.INTERNAL))
+
+    def _probe_h2(self, data: bytes) -> bool:
+        """First bytes of a connection: hand it to HTTP/2 if they are the client preface
+        (RFC 9113 §3.3). True when the bytes were taken (handed over, or a preface prefix kept)."""
+        held = self._h2_held
+        if held:
+            data = held + data
+            self._h2_held = b""
+        if data.startswith(PREFACE):
+            self._to_h2(data)
+            return True
+        if len(data) < len(PREFACE) and PREFACE.startswith(data):
+            self._h2_held = data  # the preface split across reads
+            return True
+        self._h2_probe = False
+        if held:
+            self.data_received(data)
+            return True
+        return False
+
+    def _to_h2(self, data: bytes) -> None:
+        from ._h2 import H2Connection  # imported on first use: HTTP/1.1-only servers never load it
+
+        self._h2_probe = False
+        conn = H2Connection(self.app, self.transport, self.peer)
+        self.app.conns.discard(self)  # not forget(): the connection lives on as ``conn``
+        self._closed = True
+        self.transport.set_protocol(conn)
+        conn.start(data)
 
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what is in flight, then close.
@@ -392,24 +461,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 self._close()
 
     def _failure(self, req: Request, exc: BaseException) -> Response:
-        status = status_for(exc)
-        where = exc.source.value if isinstance(exc, MonolakeError) else "internal"
-        level = logging.ERROR if status == 500 else logging.WARNING
-        log.log(
-            level,
-            "%d for %s %s peer=%s server=%s (%s error: %s: %s)",
-            status,
-            req.method.decode(),
-            req.original_target.decode("latin-1"),
-            self.peer,
-            self.app.name,
-            where,
-            type(exc).__name__,
-            exc,
-            exc_info=status == 500,
-        )
-        downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
-        return error_response(status, close=downstream)
+        return failure_response(req, exc, self.peer, self.app.name)
 
     def _send_continue(self) -> None:
         if not self._closed and self._sink is None:
