@@ -1,4 +1,9 @@
-"""TLS with the ssl (OpenSSL) backend: HTTPS listeners (SNI, mTLS, certificate reload) and TLS upstreams."""
+"""TLS on both backends (ssl/OpenSSL and rtls/rustls), each over both event loops: HTTPS listeners (SNI,
+key formats, ALPN, session resumption, mTLS, certificate reload) and TLS upstreams (verification, SNI, ALPN,
+client certificates).
+
+Where the rustls backend lacks a feature the test is skipped naming the gap; the config refuses that
+feature on rustls (tests/config/test_config_tls.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from conftest import Origin, Proxy, ProxyFactory, render
 
@@ -70,6 +77,17 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+BACKENDS = ["openssl", "rustls"]
+NO_MTLS = "rtls builds its rustls ServerConfig with_no_client_auth: a rustls listener cannot verify client certs"
+NO_RESUMPTION = "rtls builds a rustls ServerConfig per connection: no session cache or ticket key outlives it"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The TLS backend of the proxy's listeners and upstreams; every TLS test runs on each."""
+    return str(request.param)
+
+
 LISTENER = """
 [runtime]
 drain_timeout = 1
@@ -81,6 +99,7 @@ endpoints = [{ endpoint = "{origin}" }]
 listener = "127.0.0.1:0"
 
 [servers.web.tls]
+backend = "{backend}"
 certificates = [
   { chain = "{chain}", key = "{key}" },
   { chain = "{a_chain}", key = "{a_key}", server_names = ["a.example"] },
@@ -94,13 +113,14 @@ upstream = "origin"
 
 
 @pytest.fixture
-def listener(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path) -> Proxy:
+def listener(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str) -> Proxy:
     chain, key = write_cert(ca.issue_cert("127.0.0.1", "localhost"), tmp_path, "default")
     a_chain, a_key = write_cert(ca.issue_cert("a.example", key_type=trustme.KeyType.ECDSA), tmp_path, "a")
     w_chain, w_key = write_cert(ca.issue_cert("*.w.example"), tmp_path, "w")
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     return proxy(
         LISTENER,
+        backend=backend,
         origin=origin.url,
         chain=chain,
         key=key,
@@ -211,7 +231,9 @@ upstream = "origin"
 """
 
 
-def test_mtls_required(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path) -> None:
+def test_mtls_required(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str) -> None:
+    if backend == "rustls":
+        pytest.skip(NO_MTLS)
     chain, key = write_cert(ca.issue_cert("127.0.0.1"), tmp_path, "server")
     client_ca = trustme.CA()
     client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
@@ -238,7 +260,16 @@ class _Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        body = json.dumps({"path": self.path, "headers": list(self.headers.items())}).encode()
+        conn = self.connection
+        assert isinstance(conn, ssl.SSLSocket)
+        body = json.dumps(
+            {
+                "path": self.path,
+                "headers": list(self.headers.items()),
+                "alpn": conn.selected_alpn_protocol(),
+                "client_cert": conn.getpeercert() is not None and conn.getpeercert() != {},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -249,13 +280,17 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def tls_origin(ca: trustme.CA) -> Iterator[int]:
-    """A TLS origin (threaded stdlib server) on 127.0.0.1 with a certificate for "origin.example" and 127.0.0.1."""
+def serve_tls_origin(ca: trustme.CA, client_ca: trustme.CA | None = None) -> Iterator[int]:
+    """A TLS origin (threaded stdlib server) on 127.0.0.1 with a certificate for "origin.example" and
+    127.0.0.1, offering ALPN http/1.1; with ``client_ca`` it requires a client certificate from that CA."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     server.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("origin.example", "127.0.0.1").configure_cert(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    if client_ca is not None:
+        client_ca.configure_trust(ctx)
+        ctx.verify_mode = ssl.CERT_REQUIRED
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -264,17 +299,48 @@ def tls_origin(ca: trustme.CA) -> Iterator[int]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def tls_origin(ca: trustme.CA) -> Iterator[int]:
+    yield from serve_tls_origin(ca)
+
+
+@pytest.fixture(scope="module")
+def client_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def mtls_origin(ca: trustme.CA, client_ca: trustme.CA) -> Iterator[int]:
+    yield from serve_tls_origin(ca, client_ca)
+
+
 UPSTREAM = """
 [upstreams.good]
 endpoints = [{ endpoint = "https://127.0.0.1:{port}" }]
 [upstreams.good.tls]
+backend = "{backend}"
 ca = "{ca}"
 sni = "origin.example"
 
 [upstreams.bad]
 endpoints = [{ endpoint = "127.0.0.1:{port}" }]
 [upstreams.bad.tls]
+backend = "{backend}"
 ca = "{wrong_ca}"
+
+[upstreams.insecure]
+endpoints = [{ endpoint = "127.0.0.1:{port}" }]
+[upstreams.insecure.tls]
+backend = "{backend}"
+verify = false
+
+[upstreams.mtls]
+endpoints = [{ endpoint = "127.0.0.1:{mtls_port}" }]
+[upstreams.mtls.tls]
+backend = "{backend}"
+ca = "{ca}"
+client_cert = "{client_chain}"
+client_key = "{client_key}"
 
 [servers.web]
 listener = "127.0.0.1:0"
@@ -286,25 +352,60 @@ upstream = "good"
 [[servers.web.routes]]
 path = "/bad"
 upstream = "bad"
+
+[[servers.web.routes]]
+path = "/insecure"
+upstream = "insecure"
+
+[[servers.web.routes]]
+path = "/mtls"
+upstream = "mtls"
 """
 
 
-def test_upstream_tls(proxy: ProxyFactory, tls_origin: int, ca: trustme.CA, tmp_path: Path) -> None:
+def test_upstream_tls(
+    proxy: ProxyFactory,
+    tls_origin: int,
+    mtls_origin: int,
+    ca: trustme.CA,
+    client_ca: trustme.CA,
+    tmp_path: Path,
+    backend: str,
+) -> None:
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "wrong.pem"))
-    p = proxy(UPSTREAM, port=tls_origin, ca=tmp_path / "ca.pem", wrong_ca=tmp_path / "wrong.pem")
+    client_chain, client_key = write_cert(client_ca.issue_cert("proxy.example"), tmp_path, "client")
+    p = proxy(
+        UPSTREAM,
+        backend=backend,
+        port=tls_origin,
+        mtls_port=mtls_origin,
+        ca=tmp_path / "ca.pem",
+        wrong_ca=tmp_path / "wrong.pem",
+        client_chain=client_chain,
+        client_key=client_key,
+    )
     with httpx.Client(trust_env=False, timeout=30) as client:
         for _ in range(3):  # the second and third reuse the pooled TLS connection
             r = client.get(p.url + "/good/x")
             assert r.status_code == 200, r.text
             hdrs = {k.lower(): v for k, v in r.json()["headers"]}
             assert hdrs["x-forwarded-proto"] == "http"
+            assert r.json()["alpn"] == "http/1.1"  # the upstream alpn option, default ["http/1.1"]
+            assert r.json()["client_cert"] is False
+        r = client.get(p.url + "/mtls/x")
+        assert r.status_code == 200, r.text
+        assert r.json()["client_cert"] is True
         mark = p.log.mark()
+        r = client.get(p.url + "/insecure/x")  # the origin's CA is not trusted, verification is off
+        assert r.status_code == 200, r.text
         r = client.get(p.url + "/bad/x")
         assert r.status_code == 502
     line = p.log.wait_line(r"TLS handshake with 127\.0\.0\.1:\d+ .*certificate verify failed", after=mark)
     assert "cluster=bad" in line.string
-    assert "unable to get local issuer certificate" in line.string
+    reason = "UnknownIssuer" if backend == "rustls" else "unable to get local issuer certificate"
+    assert reason in line.string
+    assert "upstreams.insecure.tls.verify = false" in "\n".join(p.log.lines)
 
 
 RELOADABLE = """
@@ -315,6 +416,7 @@ endpoints = [{ endpoint = "{origin}" }]
 listener = "127.0.0.1:0"
 
 [servers.web.tls]
+backend = "{backend}"
 certificates = [{ chain = "{chain}", key = "{key}" }]
 
 [[servers.web.routes]]
@@ -324,17 +426,17 @@ upstream = "origin"
 
 
 def test_reload_switches_certificates_on_the_running_listener(
-    proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path
+    proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str
 ) -> None:
     one = ca.issue_cert("127.0.0.1")
     two = ca.issue_cert("127.0.0.1")
     chain1, key1 = write_cert(one, tmp_path, "one")
     chain2, key2 = write_cert(two, tmp_path, "two")
-    p = proxy(RELOADABLE, origin=origin.url, chain=chain1, key=key1)
+    p = proxy(RELOADABLE, origin=origin.url, chain=chain1, key=key1, backend=backend)
     port = port_of(p, "web")
     assert peer_cert(port, None) == der_of(one)
     tmp = p.config_path.with_name("next.toml")
-    tmp.write_text(render(RELOADABLE, origin=origin.url, chain=chain2, key=key2))
+    tmp.write_text(render(RELOADABLE, origin=origin.url, chain=chain2, key=key2, backend=backend))
     os.replace(tmp, p.config_path)
     mark = p.log.mark()
     os.kill(p.pid, signal.SIGHUP)
@@ -350,3 +452,122 @@ def write_ca(ca: trustme.CA, directory: Path) -> Path:
     path = directory / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
+
+
+# -- key formats, ALPN, session resumption ---------------------------------------------
+
+FORMATS = """
+[upstreams.origin]
+endpoints = [{ endpoint = "{origin}" }]
+
+[servers.web]
+listener = "127.0.0.1:0"
+
+[servers.web.tls]
+backend = "{backend}"
+alpn = ["http/1.1"]
+session_tickets = {tickets}
+certificates = [
+  { chain = "{pkcs8_chain}", key = "{pkcs8_key}", server_names = ["pkcs8.example"] },
+  { chain = "{pkcs1_chain}", key = "{pkcs1_key}", server_names = ["pkcs1.example"] },
+  { chain = "{ec_chain}", key = "{ec_key}", server_names = ["ec.example"] },
+]
+
+[[servers.web.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+KEY_HEADERS = {"pkcs8": b"BEGIN PRIVATE KEY", "pkcs1": b"BEGIN RSA PRIVATE KEY", "ec": b"BEGIN EC PRIVATE KEY"}
+
+
+def write_key_format(cert: trustme.LeafCert, directory: Path, key_format: str) -> tuple[Path, Path]:
+    """``cert``'s chain and its key re-encoded as PKCS#8, PKCS#1 (RSA) or SEC1 (EC)."""
+    chain, key_path = write_cert(cert, directory, key_format)
+    key = load_pem_private_key(cert.private_key_pem.bytes(), None)
+    fmt = serialization.PrivateFormat.PKCS8 if key_format == "pkcs8" else serialization.PrivateFormat.TraditionalOpenSSL
+    pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    assert KEY_HEADERS[key_format] in pem
+    key_path.write_bytes(pem)
+    return chain, key_path
+
+
+@pytest.fixture
+def formats(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str) -> Proxy:
+    files: dict[str, Path] = {}
+    for fmt, kind in (("pkcs8", trustme.KeyType.RSA), ("pkcs1", trustme.KeyType.RSA), ("ec", trustme.KeyType.ECDSA)):
+        cert = ca.issue_cert(f"{fmt}.example", "127.0.0.1", key_type=kind)
+        chain, key = write_key_format(cert, tmp_path, fmt)
+        files[f"{fmt}_chain"], files[f"{fmt}_key"] = chain, key
+    write_ca(ca, tmp_path)
+    tickets = "true" if backend == "openssl" else "false"
+    return proxy(FORMATS, origin=origin.url, backend=backend, tickets=tickets, **files)
+
+
+@pytest.mark.parametrize("key_format", ["pkcs8", "pkcs1", "ec"])
+def test_key_formats_serve_https(formats: Proxy, tmp_path: Path, key_format: str) -> None:
+    port = port_of(formats, "web")
+    host = f"{key_format}.example"
+    assert peer_cert(port, host, tmp_path / "ca.pem") == der_of_file(tmp_path / f"{key_format}.pem")
+    out = curl(
+        "--cacert", str(tmp_path / "ca.pem"), "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/echo"
+    )
+    assert out.returncode == 0, out.stderr
+    assert headers_of(json.loads(out.stdout))["host"] == f"{host}:{port}"
+
+
+def alpn_handshake(port: int, cafile: Path, offer: list[str]) -> str | None:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.set_alpn_protocols(offer)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="ec.example") as tls,
+    ):
+        tls.sendall(b"GET /echo HTTP/1.1\r\nHost: ec.example\r\nConnection: close\r\n\r\n")
+        assert tls.recv(12) == b"HTTP/1.1 200"
+        return tls.selected_alpn_protocol()
+
+
+def test_alpn_selects_http11(formats: Proxy, tmp_path: Path, backend: str) -> None:
+    port = port_of(formats, "web")
+    cafile = tmp_path / "ca.pem"
+    # curl offers h2 and http/1.1 over TLS; the listener picks http/1.1
+    out = curl(
+        "--cacert", str(cafile), "--resolve", f"ec.example:{port}:127.0.0.1",
+        "-o", "/dev/null", "-w", "%{http_version}", f"https://ec.example:{port}/echo",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"1.1"
+    assert alpn_handshake(port, cafile, ["h2", "http/1.1"]) == "http/1.1"
+    assert alpn_handshake(port, cafile, []) is None  # no ALPN offered: HTTP/1.1 anyway
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(cafile)), trust_env=False, timeout=30) as client:
+        r = client.get(f"https://127.0.0.1:{port}/echo")
+        assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+    # a client that offers only protocols the listener lacks: OpenSSL carries on without ALPN,
+    # rustls refuses the handshake (RFC 7301 section 3.2 no_application_protocol)
+    if backend == "openssl":
+        assert alpn_handshake(port, cafile, ["h2"]) is None
+    else:
+        with pytest.raises((ssl.SSLError, OSError)):
+            alpn_handshake(port, cafile, ["h2"])
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_session_resumption(formats: Proxy, tmp_path: Path, backend: str, version: ssl.TLSVersion) -> None:
+    if backend == "rustls":
+        pytest.skip(NO_RESUMPTION)
+    port = port_of(formats, "web")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    ctx.maximum_version = version
+    session = None
+    reused = []
+    for _ in range(3):
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="pkcs8.example", session=session) as tls,
+        ):
+            tls.sendall(b"GET /echo HTTP/1.1\r\nHost: pkcs8.example\r\nConnection: close\r\n\r\n")
+            assert tls.recv(12) == b"HTTP/1.1 200"  # TLS 1.3 tickets arrive before the response
+            reused.append(tls.session_reused)
+            session = tls.session
+    assert reused == [False, True, True]
