@@ -16,6 +16,7 @@ from setuptools import Extension, setup
 # (module, sources, libraries, required header)
 NATIVE: list[tuple[str, list[str], list[str], str]] = [
     ("monolake.runtime._uring", ["src/monolake/runtime/_uring.c"], ["uring"], "liburing.h"),
+    ("monolake.proto.http2._nghttp2", ["src/monolake/proto/http2/_nghttp2.c"], ["nghttp2"], "nghttp2/nghttp2.h"),
 ]
 
 

@@ -12,11 +12,11 @@ live in ``_load.py`` and report the same key paths.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-LoopKind = Literal["uvloop", "asyncio"]
+LoopKind = Literal["uvloop", "asyncio", "io_uring", "auto"]
 RetryOn = Literal["connect_failure", "reset", "502", "503", "504", "timeout"]
 BalancerKind = Literal["round_robin", "weighted_round_robin", "random", "least_request", "consistent_hash"]
 
@@ -25,6 +25,11 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     workers: int = 0
     """Worker processes; 0 means one per CPU core."""
     loop: LoopKind = "uvloop"
+    """"io_uring" falls back to uvloop with a logged warning where the kernel forbids it; "auto" is the same."""
+    uring_entries: Annotated[int, msgspec.Meta(ge=2, le=32768)] = 256
+    """io_uring submission queue size (the completion queue is four times larger)."""
+    sqpoll_idle_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """io_uring SQPOLL: a kernel thread polls submissions, idling after this many ms; 0 is off."""
     cpu_affinity: bool | None = None
     """Pin worker i to core i. None: on when workers <= cores (Linux only)."""
     drain_timeout: float = 10.0
