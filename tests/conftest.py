@@ -40,7 +40,8 @@ ORIGIN_APP = E2E / "origin_app.py"
 TIMEOUT = 20.0
 """Seconds to wait for any readiness line; generous for a loaded CI machine."""
 READY = re.compile(r"monolake ready servers=(?P<servers>\S+) workers=(?P<workers>\d+) loop=(?P<loop>\S+)")
-LOOP_KINDS = ["uvloop", "asyncio"]
+LOOP_KINDS = os.environ.get("MONOLAKE_TEST_LOOPS", "uvloop asyncio").split()
+"""Loop backends the e2e tests run on; MONOLAKE_TEST_LOOPS="io_uring" narrows a run to one."""
 
 BLOCK = bytes(range(256)) * 256
 """The origin's body pattern block (see origin_app.pattern)."""

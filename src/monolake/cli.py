@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("run", help="serve with a config file")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--workers", type=int, help="override [runtime] workers")
-    p.add_argument("--loop", choices=["uvloop", "asyncio"], help="override [runtime] loop")
+    p.add_argument("--loop", choices=["uvloop", "asyncio", "io_uring", "auto"], help="override [runtime] loop")
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("check", help="validate a config file without serving")
     p.add_argument("-c", "--config", required=True)

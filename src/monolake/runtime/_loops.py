@@ -6,6 +6,11 @@ project receives a loop and never asks which kind it is, so a new backend is one
 entry in ``_BACKENDS`` (an ``io_uring`` loop will plug in there) plus its name in
 the config schema's ``LoopKind``.
 
+``io_uring`` is the completion-based loop in ``uring/``; ``auto`` is io_uring where
+the kernel allows it. Either falls back to uvloop with a logged warning naming the
+reason when io_uring is unavailable (an operator asking for io_uring in a container
+that forbids it gets a working proxy and a loud log line, not a dead one).
+
 Backends are imported lazily: the supervisor validates the kind (and that its
 library imports) before binding anything, but only workers create loops, so a
 loop never exists in a process that forks.
@@ -21,26 +26,44 @@ from ..errors import ConfigError
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
 
-def _uvloop() -> LoopFactory:
+class LoopOptions:
+    """Backend settings from ``[runtime]`` (only io_uring has any)."""
+
+    __slots__ = ("sqpoll_idle_ms", "uring_entries")
+
+    def __init__(self, uring_entries: int = 256, sqpoll_idle_ms: int = 0) -> None:
+        self.uring_entries = uring_entries
+        self.sqpoll_idle_ms = sqpoll_idle_ms
+
+
+def _uvloop(_: LoopOptions) -> LoopFactory:
     import uvloop
 
     return uvloop.new_event_loop
 
 
-def _asyncio() -> LoopFactory:
+def _asyncio(_: LoopOptions) -> LoopFactory:
     # The default selector loop (epoll on Linux), not whatever policy is installed:
     # "asyncio" is the stdlib oracle the other backends are tested against.
     return asyncio.SelectorEventLoop
 
 
-# kind -> loader returning the factory. Future: "io_uring": _io_uring, from .uring.
-_BACKENDS: dict[str, Callable[[], LoopFactory]] = {
+def _io_uring(opts: LoopOptions) -> LoopFactory:
+    from . import uring
+
+    return uring.factory(opts.uring_entries, opts.sqpoll_idle_ms)
+
+
+# kind -> loader returning the factory ("auto" is io_uring with its fallback).
+_BACKENDS: dict[str, Callable[[LoopOptions], LoopFactory]] = {
     "uvloop": _uvloop,
     "asyncio": _asyncio,
+    "io_uring": _io_uring,
+    "auto": _io_uring,
 }
 
 
-def loop_factory(kind: str) -> LoopFactory:
+def loop_factory(kind: str, options: LoopOptions | None = None) -> LoopFactory:
     """Return the callable that creates a loop of ``kind``.
 
     Raises ConfigError (key ``runtime.loop``) for an unknown kind or a backend whose
@@ -52,14 +75,15 @@ def loop_factory(kind: str) -> LoopFactory:
         known = ", ".join(sorted(_BACKENDS))
         raise ConfigError("runtime.loop", f"unknown event loop {kind!r} (known: {known})") from None
     try:
-        return loader()
+        return loader(options or LoopOptions())
     except ImportError as exc:
         raise ConfigError("runtime.loop", f"event loop {kind!r} is not available: {exc}") from None
 
 
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """Create a new, not yet running, event loop of ``kind`` ("uvloop" or "asyncio").
+def new_event_loop(kind: str, options: LoopOptions | None = None) -> asyncio.AbstractEventLoop:
+    """Create a new, not yet running, event loop of ``kind`` (see ``LoopKind``).
 
-    Raises ConfigError for an unknown or unavailable kind.
+    Raises ConfigError for an unknown or unavailable kind; io_uring and auto fall
+    back to uvloop with a warning instead.
     """
-    return loop_factory(kind)()
+    return loop_factory(kind, options)()

@@ -421,6 +421,23 @@ static PyObject *Ring_cancel(Ring *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Ring_close_fd(Ring *self, PyObject *arg) {
+    /* Close a descriptor through the ring, after the SQEs queued before it: the
+     * number cannot be reused by an accept while earlier SQEs still name it. */
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    if (fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative descriptor");
+        return NULL;
+    }
+    if (check_ring(self) < 0) return NULL;
+    struct io_uring_sqe *sqe = get_sqe(self);
+    if (!sqe) return NULL;
+    io_uring_prep_close(sqe, fd);
+    io_uring_sqe_set_data64(sqe, CANCEL_TAG);
+    Py_RETURN_NONE;
+}
+
 /* ---- the loop step ---------------------------------------------------------------- */
 
 static PyObject *recv_data(Ring *self, struct io_uring_cqe *cqe) {
@@ -573,6 +590,8 @@ static PyMethodDef Ring_methods[] = {
      "accept_multishot(fd, target) -> token: accepted descriptors (non-blocking) until cancelled."},
     {"poll", (PyCFunction)Ring_poll, METH_VARARGS,
      "poll(fd, events, multishot, target) -> token."},
+    {"close_fd", (PyCFunction)Ring_close_fd, METH_O,
+     "close_fd(fd): close a descriptor in submission order (its completion is ignored)."},
     {"cancel", (PyCFunction)Ring_cancel, METH_O, "cancel(token): ask the kernel to cancel an op."},
     {"run", (PyCFunction)Ring_run, METH_O,
      "run(timeout) -> int: submit, wait (None forever, 0 not at all), dispatch completions."},

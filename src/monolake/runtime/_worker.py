@@ -60,7 +60,7 @@ from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
 from ._listeners import Listener, bind_tcp
 from ._logging import configure_logging, flush_logging
-from ._loops import new_event_loop
+from ._loops import LoopOptions, new_event_loop
 
 log = logging.getLogger("monolake.worker")
 
@@ -211,7 +211,8 @@ def _detach_from_supervisor(spec: WorkerSpec) -> None:
 
 
 def _run(spec: WorkerSpec) -> int:
-    loop = new_event_loop(spec.cfg.runtime.loop)
+    rt = spec.cfg.runtime
+    loop = new_event_loop(rt.loop, LoopOptions(rt.uring_entries, rt.sqpoll_idle_ms))
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_Worker(spec, loop).serve())
