@@ -138,6 +138,23 @@ def _check_cluster(path: str, c: Cluster) -> None:
                 raise ConfigError(
                     f"{path}.endpoints[{i}]", "an http:// endpoint in a cluster with [tls] (use https:// or host:port)"
                 )
+    if c.protocol != "http1":
+        _check_h2_cluster(path, c)
+
+
+def _check_h2_cluster(path: str, c: Cluster) -> None:
+    for key in ("health_check", "outlier_detection", "circuit_breaker"):
+        if getattr(c, key) is not None:
+            raise ConfigError(f"{path}.{key}", f"not available with protocol = {c.protocol!r} yet (only with http1)")
+    eps = [parse_endpoint(up.endpoint, up.weight) for up in c.endpoints]
+    tls = c.tls is not None or any(ep.scheme == "https" for ep in eps)
+    if c.protocol == "h2c" and tls:
+        raise ConfigError(f"{path}.protocol", '"h2c" is HTTP/2 in cleartext; use "h2" for HTTP/2 over TLS')
+    if c.protocol == "h2" and (not tls or any(ep.path for ep in eps)):
+        raise ConfigError(
+            f"{path}.protocol",
+            '"h2" is HTTP/2 over TLS: give https:// (not unix) endpoints or a [tls] table, or use "h2c" for cleartext',
+        )
 
 
 def _says_http(spec: object) -> bool:
@@ -324,6 +341,8 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
             raise ConfigError(f"{path}.retry.budget_percent", "must be >= 0")
         if r.retry.min_retry_concurrency < 0:
             raise ConfigError(f"{path}.retry.min_retry_concurrency", "must be >= 0")
+        if r.upstream is not None and cfg.upstreams[r.upstream].protocol != "http1":
+            raise ConfigError(f"{path}.retry", f"retries are not available yet for cluster {r.upstream!r} (HTTP/2)")
 
 
 def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:

@@ -161,6 +161,10 @@ class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     circuit_breaker: CircuitBreaker | None = None
     tls: UpstreamTls | None = None
     """Speak TLS to the endpoints (``https://`` endpoints use the defaults without this table)."""
+    protocol: Literal["http1", "h2c", "h2"] = "http1"
+    """HTTP to the endpoints: "http1"; "h2c" (HTTP/2 in cleartext, by prior knowledge); "h2" (HTTP/2
+    over TLS, which must pick it by ALPN). HTTP/2 multiplexes the requests of a worker on one
+    connection per endpoint (more only when the endpoint's stream limit is reached)."""
 
 
 class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -1,0 +1,439 @@
+"""HTTPS keep-alive (TLS termination) through monolake, per TLS backend, vs nginx: CPU µs per request.
+
+Run: python -m bench.https [--seconds 6] [--rounds 3] [--rate 4000] [--conns 50] [--profile 8]
+
+Measured the way bench/load measures HTTP/1.1 (DESIGN.md, "Measuring"): an nginx origin and the load
+generator on core 0, the proxy under test (one worker) on core 1, the proxy's user and sys CPU from
+/proc over a window inside the main phase divided by the requests completed in it, proxies interleaved
+round by round, medians quoted, ratios to nginx's median in the same run.
+
+- Load: ``h2load --h1`` over TLS (ALPN http/1.1) at a fixed rate over ``--conns`` keep-alive connections;
+  the TLS handshakes happen before the measured window, so this is the cost of TLS records plus HTTP.
+- Proxies, one route to a pooled keep-alive plain-HTTP upstream, X-Forwarded-For/-Proto/-Host set, the
+  same certificate (ECDSA P-256 from trustme) and TLS 1.2-1.3 defaults:
+  ``monolake-openssl`` and ``monolake-rustls`` (``[servers.x.tls] backend``, uvloop), ``nginx``
+  (``listen ... ssl``, ``ssl_session_cache`` off, upstream ``keepalive 64``). The same three without TLS
+  (``*-http``) show what TLS adds to each.
+- ``--profile N``: afterwards, N seconds of ``py-spy record`` (collapsed stacks, 500 Hz, ``--native``) of
+  each monolake backend's worker under the same load; the summary (self time by function, grouped)
+  goes into the report and the raw stacks next to it.
+
+Results: bench/results/https-<UTC time>.json and .md, and https-latest.md. Timings never gate CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .load import configs, drive, machine
+from .load.procs import Proc, Procs, free_port, wait_port
+
+RESULTS = machine.REPO / "bench" / "results"
+ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
+PROXIES = ["monolake-openssl", "monolake-rustls", "nginx", "monolake-http", "nginx-http"]
+PAIRS = [("monolake-openssl", "monolake-http"), ("monolake-rustls", "monolake-http"), ("nginx", "nginx-http")]
+"""Each HTTPS proxy and the same proxy without TLS."""
+
+
+def certificate(tmp: Path) -> tuple[Path, Path]:
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    chain, key = tmp / "cert.pem", tmp / "key.pem"
+    chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    for p in (chain, key):
+        p.chmod(0o644)  # nginx's master reads them as root anyway; keep it simple for either
+    return chain, key
+
+
+def nginx_conf(tmp: Path, name: str, port: int, origin_port: int, tls: tuple[Path, Path] | None) -> Path:
+    listen = f"listen 127.0.0.1:{port}"
+    if tls is not None:
+        listen += (
+            f" ssl;\n    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]};\n"
+            "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache off"
+        )
+    return configs._nginx(
+        tmp,
+        name,
+        f"""  proxy_max_temp_file_size 0;
+  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    {listen};
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;
+    }}
+  }}""",
+    )
+
+
+def monolake_conf(
+    tmp: Path, name: str, port: int, origin_port: int, backend: str | None, tls: tuple[Path, Path]
+) -> Path:
+    conf = tmp / f"{name}.toml"
+    section = ""
+    if backend is not None:
+        section = f"""
+[servers.bench.tls]
+backend = "{backend}"
+certificates = [{{ chain = "{tls[0]}", key = "{tls[1]}" }}]
+"""
+    conf.write_text(f"""[runtime]
+workers = 1
+cpu_affinity = false
+loop = "uvloop"
+drain_timeout = 2.0
+
+[upstreams.origin]
+endpoints = [{{ endpoint = "http://127.0.0.1:{origin_port}" }}]
+
+[servers.bench]
+listener = "127.0.0.1:{port}"
+{section}
+[[servers.bench.routes]]
+path = "/"
+upstream = "origin"
+""")
+    return conf
+
+
+def start(procs: Procs, tmp: Path, name: str, port: int, origin_port: int, tls: tuple[Path, Path]) -> Proc:
+    if name.startswith("nginx"):
+        conf = nginx_conf(tmp, name, port, origin_port, None if name.endswith("-http") else tls)
+        proc = procs.start(name, ["nginx", "-c", str(conf)], PROXY_CPU)
+        wait_port(port, alive=proc.popen)
+        return proc
+    backend = None if name.endswith("-http") else name.removeprefix("monolake-")
+    conf = monolake_conf(tmp, name, port, origin_port, backend, tls)
+    proc = procs.start(name, [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)], PROXY_CPU)
+    wait_port(port, alive=proc.popen)
+    deadline = time.monotonic() + 20
+    while b"monolake ready" not in proc.log.read_bytes():
+        if not proc.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: not ready: {proc.log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def negotiated(port: int) -> dict[str, str]:
+    """The TLS protocol and cipher h2load negotiates with the proxy (as in the measured runs)."""
+    out = subprocess.run(
+        ["h2load", "--h1", "-n", "1", "-c", "1", f"https://127.0.0.1:{port}/body/128"],
+        capture_output=True, text=True, timeout=30, check=False,
+    ).stdout  # fmt: skip
+    found = dict(re.findall(r"^(TLS Protocol|Cipher|Server Temp Key|Application protocol): (.+)$", out, re.M))
+    return {"version": found.get("TLS Protocol", "?"), "cipher": found.get("Cipher", "?"), **found}
+
+
+def probe(port: int, tls: bool) -> dict[str, Any]:
+    """One keep-alive request, checked: 200 with the 128-byte body; for TLS what h2load negotiates."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    out: dict[str, Any] = {}
+    sock: socket.socket = raw
+    if tls:
+        ctx = ssl._create_unverified_context()
+        ctx.set_alpn_protocols(["http/1.1"])
+        sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        out.update(negotiated(port))
+    with sock:
+        sock.sendall(b"GET /body/128 HTTP/1.1\r\nHost: bench\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 128:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data.startswith(b"HTTP/1.1 200") or len(data.partition(b"\r\n\r\n")[2]) != 128:
+        raise RuntimeError(f"probe of port {port}: {data[:200]!r}")
+    return out
+
+
+def worker_pid(proc: Proc) -> int:
+    """The process doing the work: monolake's worker (the supervisor's child), nginx's worker."""
+    pids = proc.pids()
+    return pids[-1]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "runs": [], "tls": {}, "profiles": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-https-") as d:
+        tmp = Path(d)
+        tmp.chmod(0o755)
+        tls = certificate(tmp)
+        procs = Procs(tmp)
+        try:
+            origin_port = free_port()
+            origin = procs.start("origin", ["nginx", "-c", str(configs.origin(tmp, origin_port, ["128"]))], ORIGIN_CPU)
+            wait_port(origin_port, alive=origin.popen)
+            names = [p for p in PROXIES if p in args.proxies.split(",")]
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]
+                for name in order:
+                    results["runs"].append(_one(args, procs, tmp, name, origin, origin_port, tls, rnd, results))
+            if args.profile:
+                for name in ("monolake-openssl", "monolake-rustls"):
+                    if name in names:
+                        results["profiles"][name] = _profile(args, procs, tmp, name, origin, origin_port, tls)
+        finally:
+            procs.stop_all()
+    return results
+
+
+def _one(
+    args: argparse.Namespace,
+    procs: Procs,
+    tmp: Path,
+    name: str,
+    origin: Proc,
+    origin_port: int,
+    tls: tuple[Path, Path],
+    rnd: int,
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    port = free_port()
+    proc = start(procs, tmp, name, port, origin_port, tls)
+    https = not name.endswith("-http")
+    try:
+        results["tls"][name] = probe(port, https)
+        scheme = "https" if https else "http"
+        r: dict[str, Any] = drive.h2load_fixed(
+            f"{scheme}://127.0.0.1:{port}/body/128",
+            args.seconds,
+            args.rate,
+            args.conns,
+            proc.pids(),
+            origin.pids(),
+            cpu=LOAD_CPU,
+        )
+    finally:
+        procs.stop(proc)
+    r.update(proxy=name, round=rnd)
+    others = r["others_busy_pct"]
+    print(
+        f"{name:17} round {rnd}: {r['user_us']:.1f} user + {r['sys_us']:.1f} sys µs/req, "
+        f"p99 {r['p99_us'] / 1000:.2f} ms, {r['achieved_rps']:.0f}/{r['offered_rps']} req/s, "
+        f"failed {r['failed']} errored {r['errored']} non-2xx {r['non_2xx']}, "
+        f"others' cpu0/1 {others['cpu0']:.0f}/{others['cpu1']:.0f}%",
+        flush=True,
+    )
+    return r
+
+
+def _profile(
+    args: argparse.Namespace, procs: Procs, tmp: Path, name: str, origin: Proc, origin_port: int, tls: tuple[Path, Path]
+) -> dict[str, Any]:
+    """py-spy on the worker while h2load offers the same load; self time grouped by function."""
+    if shutil.which("py-spy") is None:
+        return {"error": "py-spy not installed"}
+    port = free_port()
+    proc = start(procs, tmp, name, port, origin_port, tls)
+    stacks = tmp / f"{name}.stacks"
+    try:
+        probe(port, True)
+        load = subprocess.Popen(
+            ["taskset", "-c", str(LOAD_CPU), "h2load", "--h1", "-t", "1", "-c", str(args.conns),
+             f"--rps={max(1, args.rate // args.conns)}", "-D", str(args.profile + 3),
+             f"https://127.0.0.1:{port}/body/128"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            time.sleep(1.5)
+            subprocess.run(
+                ["py-spy", "record", "--native", "-r", "500", "-d", str(args.profile), "-f", "raw",
+                 "-o", str(stacks), "-p", str(worker_pid(proc))],
+                capture_output=True, timeout=args.profile + 60, check=False,
+            )  # fmt: skip
+        finally:
+            load.wait(timeout=args.profile + 60)
+    finally:
+        procs.stop(proc)
+    if not stacks.exists():
+        return {"error": "py-spy wrote nothing"}
+    return summarize_stacks(stacks.read_text())
+
+
+GROUPS = {
+    "TLS (SSL protocol layer, ssl/rtls objects, OpenSSL/rustls)": (
+        "SSLProtocol", "sslproto", "_ssl", "ssl.py", "rtls", "libssl", "libcrypto", "aws_lc", "rustls",
+        "MemoryBIO", "SSLObject", "TLSObject",
+    ),
+    "HTTP/1 codec (httptools, proto/http1)": ("httptools", "proto/http1", "llhttp", "parser.pyx"),
+    "proxy service (monolake/proxy, monolake/service)": ("monolake/proxy", "monolake/service"),
+    "upstream client and pool (monolake/client)": ("monolake/client",),
+    "server connection driver (monolake/server)": ("monolake/server",),
+}  # fmt: skip
+SYSCALL_LEAVES = (
+    "read (libc",
+    "write (libc",
+    "writev (libc",
+    "epoll_",
+    "sendmsg",
+    "recvmsg",
+    "send (libc",
+    "recv (libc",
+)
+
+
+def summarize_stacks(raw: str) -> dict[str, Any]:
+    """Collapsed stacks -> busy samples (idle ones, waiting in epoll, are counted apart), the inclusive
+    share of each group (a sample counts for every group with a frame anywhere in its stack, so the
+    shares overlap), the share whose leaf is a system call wrapper, and the top self-time frames."""
+    self_time: collections.Counter[str] = collections.Counter()
+    groups: collections.Counter[str] = collections.Counter()
+    syscalls = total = idle = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if frames[-1].startswith("epoll_"):  # waiting for events: idle, not work
+            idle += n
+            continue
+        total += n
+        self_time[frames[-1]] += n
+        if any(k in frames[-1] for k in SYSCALL_LEAVES):
+            syscalls += n
+        for group, keys in GROUPS.items():
+            if any(k in frame for frame in frames for k in keys):
+                groups[group] += n
+    shares = {g: round(100.0 * groups[g] / max(1, total), 1) for g in GROUPS}
+    shares["leaf is a system call (read/write/send/recv)"] = round(100.0 * syscalls / max(1, total), 1)
+    return {
+        "samples": total,
+        "idle_samples": idle,
+        "groups_pct": shares,
+        "top_self": [(f, round(100.0 * n / max(1, total), 1)) for f, n in self_time.most_common(25)],
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    med: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["proxy"] for r in runs):
+        rs = [r for r in runs if r["proxy"] == name]
+        med[name] = {
+            k: statistics.median(float(r[k]) for r in rs) for k in ("user_us", "sys_us", "total_us", "p50_us", "p99_us")
+        }
+        med[name]["kept_up"] = float(all(r["kept_up"] for r in rs))
+        med[name]["failed"] = float(sum(int(r["failed"]) + int(r["errored"]) + int(r["non_2xx"]) for r in rs))
+        med[name]["achieved_rps"] = statistics.median(float(r["achieved_rps"]) for r in rs)
+    rows = []
+    for name, m in med.items():
+        base = med.get("nginx-http" if name.endswith("-http") else "nginx", {}).get("total_us") or 0.0
+        rows.append({"proxy": name, **m, "vs_nginx": m["total_us"] / base if base else 0.0})
+    return rows
+
+
+def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    info = results["machine"]
+    tls = results["tls"]
+    lines = [
+        "# HTTPS keep-alive through monolake (OpenSSL and rustls backends) vs nginx",
+        "",
+        f"`python -m bench.https --seconds {args.seconds} --rounds {args.rounds} --rate {args.rate} "
+        f"--conns {args.conns}{f' --profile {args.profile}' if args.profile else ''}`; "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; commit {info.get('monolake_commit', '?')}; "
+        f"medians of {args.rounds} interleaved rounds.",
+        "",
+        f"Origin nginx and `h2load --h1` on core 0, the proxy (1 worker, uvloop) on core 1; {args.rate} req/s "
+        f"offered over {args.conns} keep-alive connections, GET of a 128-byte body; CPU = the proxy's user+sys "
+        "over a window inside the main phase / requests completed in it. vs nginx: HTTPS rows against nginx "
+        "HTTPS, *-http rows against nginx without TLS.",
+        "",
+        "| proxy | TLS | user µs/req | sys µs/req | total µs/req | vs nginx | p50 ms | p99 ms | req/s | kept up "
+        "| failed |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+    ]
+    for r in rows:
+        t = tls.get(r["proxy"], {})
+        what = f"{t['version']} {t['cipher']}" if t.get("version") else "none"
+        lines.append(
+            f"| {r['proxy']} | {what} | {r['user_us']:.1f} | {r['sys_us']:.1f} | {r['total_us']:.1f} "
+            f"| {r['vs_nginx']:.2f}x | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['achieved_rps']:.0f} "
+            f"| {'yes' if r['kept_up'] else 'no'} | {int(r['failed'])} |"
+        )
+    by = {r["proxy"]: r for r in rows}
+    if all(k in by for k in ("monolake-openssl", "monolake-http", "nginx", "nginx-http")):
+        lines += [
+            "",
+            "What TLS adds, µs/request (HTTPS minus the same proxy without TLS): "
+            + ", ".join(
+                f"{n} {by[n]['total_us'] - by[base]['total_us']:+.1f}"
+                for n, base in (
+                    ("monolake-openssl", "monolake-http"),
+                    ("monolake-rustls", "monolake-http"),
+                    ("nginx", "nginx-http"),
+                )
+                if n in by
+            )
+            + ".",
+        ]
+    for name, prof in results.get("profiles", {}).items():
+        if "error" in prof:
+            lines += ["", f"## Profile of {name}: {prof['error']}"]
+            continue
+        lines += [
+            "",
+            f"## Profile of {name} under the same load (py-spy --native at 500 Hz: {prof['samples']} busy "
+            f"samples; {prof['idle_samples']} idle in epoll_wait left out)",
+            "",
+            "Share of samples with a frame of the group anywhere in the stack (inclusive; shares overlap):",
+            "",
+            *[f"- {g}: {p}%" for g, p in prof["groups_pct"].items()],
+            "",
+            "Top self-time frames:",
+            "",
+            *[f"- {p}% `{f}`" for f, p in prof["top_self"][:15]],
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.https", description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rate", type=int, default=4000, help="offered req/s in total")
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--proxies", default=",".join(PROXIES), help=f"comma-separated subset of {','.join(PROXIES)}")
+    ap.add_argument("--profile", type=int, default=0, metavar="SECONDS", help="py-spy each monolake backend after")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    missing = machine.missing_tools(["nginx", "h2load"])
+    if missing:
+        print(f"bench.https: missing tools {missing}; run python -m bench.load --setup", file=sys.stderr)
+        return 2
+    results = run(args)
+    rows = summarize(results["runs"])
+    results["summary"] = rows
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"https-{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
+    md = markdown(results, rows, args)
+    (out / f"https-{stamp}.md").write_text(md)
+    (out / "https-latest.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
