@@ -259,3 +259,12 @@ def test_reload_checks_mtimes_at_most_once_a_second(files: Path, ca: trustme.CA,
     assert contexts.check_files(now + 1.5)
     assert contexts.select(None) is not first and contexts.reloads == 1
     assert not contexts.check_files(now + 3)  # unchanged since
+
+
+def test_reload_refuses_to_switch_backend(files: Path, caplog: pytest.LogCaptureFixture) -> None:
+    running = ServerTlsContexts("servers.web.tls", _tls(files))
+    before = running.select(None)
+    with caplog.at_level("WARNING", logger="monolake.tls"):
+        running.adopt(ServerTlsContexts("servers.web.tls", _tls(files, backend="rustls")))
+    assert running.select(None) is before and running.cfg.backend == "openssl"
+    assert "servers.web.tls.backend: switching 'openssl' to 'rustls' takes effect on a new listener" in caplog.text

@@ -59,6 +59,7 @@ def test_no_name_and_not_a_client_hello() -> None:
     assert server_name(b"GET / HTTP/1.1\r\n\r\n") == (True, None)
     assert server_name(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00") == (True, None)  # a ServerHello type
     assert server_name(b"\x16\x03\x01\x00\x05\x01\xff\xff\xff\x00") == (True, None)  # over MAX_HELLO
+    assert server_name(b"\x16\x03\x01\x00\x00") == (True, None)  # a zero-length handshake record
 
 
 def test_malformed_client_hello_gives_no_name() -> None:

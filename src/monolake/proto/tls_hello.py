@@ -35,6 +35,8 @@ def server_name(data: bytes | bytearray) -> tuple[bool, str | None]:
         if data[pos] != _HANDSHAKE:
             return True, None
         length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if length == 0:  # RFC 8446 §5.1: no zero-length handshake fragments
+            return True, None
         hello += data[pos + 5 : pos + 5 + length]  # a record still arriving counts with what it has
         if len(hello) >= 4:
             if hello[0] != _CLIENT_HELLO:
