@@ -17,6 +17,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from ._codec import (
     DATA,
@@ -128,6 +129,14 @@ class H2Codec:
         return self._conn.data_to_send()
 
     def goaway(self, error_code: int = NO_ERROR) -> None:
+        if error_code == NO_ERROR:
+            # Graceful (a drain): h2's close_connection() moves it to CLOSED, where the
+            # streams in flight could not be answered any more (RFC 9113 §6.8 wants them
+            # finished), so the frame is queued without that state change.
+            conn = self._conn
+            frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=conn.highest_inbound_stream_id or 0, error_code=0)
+            conn._prepare_for_sending([frame])
+            return
         self._conn.close_connection(error_code=error_code)
 
     def remote_max_streams(self) -> int:
