@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=20000)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--body", default="128", help="bytes, or 4k / 16k / 160k")
-    ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio", "io_uring"])
     ap.add_argument("--out", default="", help="copy the run's JSON here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="quick-compare-") as tmp:

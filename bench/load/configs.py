@@ -214,6 +214,7 @@ class ProxyKind:
 PROXIES = {
     "monolake-uvloop": ProxyKind("monolake-uvloop", "monolake", "uvloop", note="full features, uvloop"),
     "monolake-asyncio": ProxyKind("monolake-asyncio", "monolake", "asyncio", note="full features, asyncio loop"),
+    "monolake-io_uring": ProxyKind("monolake-io_uring", "monolake", "io_uring", note="full features, io_uring loop"),
     "nginx": ProxyKind("nginx", "nginx", note="nginx reverse proxy, upstream keepalive 64"),
     "haproxy": ProxyKind("haproxy", "haproxy", note="HAProxy, nbthread 1, http-reuse always"),
     "monolake-min": ProxyKind(
