@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import re
 import shutil
@@ -167,6 +168,47 @@ def probe(port: int, tls: bool) -> dict[str, Any]:
     return out
 
 
+REQUEST = b"GET /body/128 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: h2load nghttp2/1.52.0\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nServer: monolake\r\nContent-Length: 128\r\n\r\n" + b"x" * 128
+
+
+def record_layer_us(backend: str, tls: tuple[Path, Path], n: int = 20000) -> dict[str, Any]:
+    """The server side of the TLS record layer alone, in process: CPU µs to decrypt one request and
+    encrypt one response through the backend's SSLObject and memory BIOs (an OpenSSL client on the
+    other end), without sockets or an event loop. Median of 3 batches of ``n``."""
+    import rtls
+
+    mod: Any = rtls if backend == "rustls" else ssl
+    server_ctx = mod.SSLContext(mod.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+    client_ctx = ssl._create_unverified_context()
+    s_in, s_out, c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    for _ in range(10):
+        for obj in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    batches = []
+    for _ in range(3):
+        spent = 0.0
+        for _ in range(n):
+            client.write(REQUEST)
+            data = c_out.read()
+            t0 = time.process_time()
+            s_in.write(data)
+            server.read(65536)
+            server.write(RESPONSE)
+            out = s_out.read()
+            spent += time.process_time() - t0
+            c_in.write(out)
+            client.read(65536)
+        batches.append(spent / n * 1e6)
+    return {"us": round(statistics.median(batches), 2), "version": server.version(), "cipher": server.cipher()[0]}
+
+
 def worker_pid(proc: Proc) -> int:
     """The process doing the work: monolake's worker (the supervisor's child), nginx's worker."""
     pids = proc.pids()
@@ -189,6 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 order = names[rnd % len(names) :] + names[: rnd % len(names)]
                 for name in order:
                     results["runs"].append(_one(args, procs, tmp, name, origin, origin_port, tls, rnd, results))
+            results["record_layer"] = {b: record_layer_us(b, tls) for b in ("openssl", "rustls")}
             if args.profile:
                 for name in ("monolake-openssl", "monolake-rustls"):
                     if name in names:
@@ -387,6 +430,11 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
             )
             + ".",
         ]
+    for backend, rec in results.get("record_layer", {}).items():
+        lines.append(
+            f"\nTLS record layer alone, {backend} ({rec['version']} {rec['cipher']}): {rec['us']} µs CPU to decrypt a "
+            "request and encrypt a response in process (SSLObject and memory BIOs, no socket, no event loop)."
+        )
     for name, prof in results.get("profiles", {}).items():
         if "error" in prof:
             lines += ["", f"## Profile of {name}: {prof['error']}"]
