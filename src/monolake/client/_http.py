@@ -88,6 +88,7 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._read_timeout = 60.0
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
 
     @property
     def usable(self) -> bool:
@@ -298,6 +299,33 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self.pool.release(self)
         else:
             self.close()
+
+    # -- protocol switch (101) ---------------------------------------------------------
+
+    def protocol_switched(self, rest: bytes) -> None:
+        """The upstream answered 101 (asked for with ``expect_switch``): stop reading
+        until ``detach`` hands the transport to a tunnel."""
+        self._tail = rest
+        self._resp_done = True
+        self._fut = None
+        self._paused = True
+        self.transport.pause_reading()
+
+    def detach(self) -> tuple[Any, bytes] | None:
+        """After a 101: the transport (reading paused) and the bytes that followed the
+        head, for a tunnel to take over; None if the upstream closed meanwhile. The
+        connection leaves the pool's accounting and is never used again."""
+        if self._closed:
+            return None
+        self._closed = True
+        self.pool.forget(self)
+        if self.counted:
+            self.counted = False
+            self.pool.lost(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self.transport, self._tail
 
     # -- failure --------------------------------------------------------------------
 

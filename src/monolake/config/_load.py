@@ -316,8 +316,14 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
         raise ConfigError(f"{path}.host", f"expected an exact host or '*.suffix', got {r.host!r}")
     if r.upstream is not None and r.upstreams is not None:
         raise ConfigError(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
-    if r.upstream is None and r.upstreams is None:
+    if r.upstream is None and r.upstreams is None and not r.connect:
         raise ConfigError(path, "a route needs 'upstream' (a cluster name) or inline 'upstreams'")
+    if not isinstance(r.connect, bool):  # a [connect] table
+        for i, port in enumerate(r.connect.ports):
+            if not 0 < port < 65536:
+                raise ConfigError(f"{path}.connect.ports[{i}]", f"not a TCP port: {port}")
+        if r.connect.connect_timeout <= 0:
+            raise ConfigError(f"{path}.connect.connect_timeout", "must be > 0")
     if r.upstream is not None and r.upstream not in cfg.upstreams:
         known = ", ".join(sorted(cfg.upstreams)) or "none defined"
         raise ConfigError(f"{path}.upstream", f"unknown cluster {r.upstream!r} (known: {known})")
@@ -388,6 +394,7 @@ _HTTP_ONLY_ROUTE_KEYS = (
     "prefix_rewrite",
     "gateway",
     "retry",
+    "connect",
 )
 _THRIFT_DEFAULTS = Route()
 

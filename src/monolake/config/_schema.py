@@ -175,6 +175,15 @@ class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     remove: list[str] = []
 
 
+class Connect(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """CONNECT tunnelling on a route (forward-proxy use): the proxy connects to the request's host:port."""
+
+    ports: list[int] = msgspec.field(default_factory=lambda: [443])
+    """Target ports a CONNECT may reach; any other is answered 403."""
+    connect_timeout: float = 10.0
+    """Seconds to connect to the target; a failed or late connect is answered 502."""
+
+
 class Gateway(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """An HTTP route answered by calling a Thrift service (the route's upstream) from an annotated IDL."""
 
@@ -227,6 +236,9 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     # -- http servers ---------------------------------------------------------------------
     gateway: Gateway | None = None
     """Answer from a Thrift service instead of proxying HTTP (the route's upstream speaks Thrift)."""
+    connect: bool | Connect = False
+    """Tunnel CONNECT requests matched here (true, or a table of settings); off: they are answered 405.
+    CONNECT requests match routes as path "/" with the target's host. A route with it needs no upstream."""
 
 
 class FilterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

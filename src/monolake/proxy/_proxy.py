@@ -20,6 +20,7 @@ from ..service import Factory, Service
 from ._filters import Phases
 from ._retry import RetryingCluster
 from ._router import Router
+from ._tunnel import connect_only, connect_settings, switch
 from ._upstream import UpstreamCluster
 
 Handler = Service[Request, Response]
@@ -62,6 +63,7 @@ class RouteRuntime:
 
     __slots__ = (
         "cluster",
+        "connect",
         "handler",
         "host",
         "index",
@@ -97,6 +99,7 @@ class RouteRuntime:
         self.request_ops = HeaderOps(r.request_headers) if r.request_headers != HeaderRewrite() else None
         self.response_ops = HeaderOps(r.response_headers) if r.response_headers != HeaderRewrite() else None
         self.timeout = r.timeout
+        self.connect = connect_settings(r)
 
     def rewrite_path(self, req: Request) -> None:
         prefix = self.prefix
@@ -205,7 +208,9 @@ class HttpProxy:
             route.request_ops.apply(req.headers)
         for g in self._upstream_filters:
             g(req, ctx)
-        if route.handler is not None:
+        if req.upgrade is not None:  # an Upgrade or CONNECT request the server holds for a tunnel
+            resp = await switch(req, route)
+        elif route.handler is not None:
             resp = await route.handler(req)
         elif route.timeout is None:
             resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]  # set unless handler is
@@ -252,6 +257,9 @@ class ProxyFactory(Factory[HttpProxy]):
                 from .gateway import make_gateway  # thriftpy2 loads only for configs with a gateway
 
                 entries.append((r, RouteRuntime(i, r, None, make_gateway(self.name, i, r, self.cfg, self.server))))
+                continue
+            if r.upstream is None and r.upstreams is None:  # a route for CONNECT only
+                entries.append((r, RouteRuntime(i, r, None, connect_only)))
                 continue
             if r.upstream is not None:
                 cluster = self.clusters[r.upstream]

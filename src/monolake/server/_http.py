@@ -63,6 +63,7 @@ from ..proto.http1._serialize import (
 from ..proto.http2 import PREFACE
 from ..service import Context
 from ._lifecycle import DrainSignal, Sweeper
+from ._relay import Switched, Tunnel
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts
@@ -73,6 +74,7 @@ log = logging.getLogger("monolake.server")
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
 _PAUSE_ERROR = 4
+_PAUSE_SWITCH = 8
 
 DRAIN_IDLE = 1.0
 """Seconds a connection must have been idle before a drain closes it without a response."""
@@ -274,7 +276,16 @@ class _ResponseSink:
 
 
 class HttpConnection(RequestReader, asyncio.Protocol):
-    """One client connection. See the module docstring."""
+    """One client connection. See the module docstring.
+
+    Upgrade and CONNECT requests (``tunnels``): reading stops after such a head and
+    what follows is held until the answer: a response carrying a ``Switched`` (a 101,
+    or a 2xx to CONNECT, from ``proxy._tunnel``) turns the connection into a
+    ``Tunnel``, which relays bytes until both sides close and is logged then; any
+    other answer is sent as usual and the held bytes are parsed as HTTP/1.1.
+    """
+
+    tunnels = True
 
     def __init__(self, app: HttpServerApp) -> None:
         self.app = app
@@ -297,6 +308,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._closed = False
         self._pending_error: ProtocolError | None = None
         self._last = self.loop.time()
+        self._held_for: Request | None = None
+        self._held = b""
+        self._tunnel: Tunnel | None = None
         self._h2_probe = app.cfg.http2.enabled
         """Until the first bytes: whether they may be the HTTP/2 client preface (h2c prior knowledge)."""
         self._h2_held = b""
@@ -453,6 +467,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             raise
         except BaseException as exc:
             resp = self._failure(req, exc)
+        if self._held_for is req:
+            self._switch(req, resp)
+            return
         if self._current is req and not self._closed:
             try:
                 self._send(req, resp)
@@ -566,6 +583,66 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         elif self._pending_error is not None:
             self._answer_error(self._pending_error)
 
+    # -- protocol switches (Upgrade, CONNECT) ------------------------------------------
+
+    def switch_held(self, req: Request, rest: bytes) -> None:
+        self._held_for = req
+        self._held = rest
+        self._pause(_PAUSE_SWITCH)
+
+    def _switch(self, req: Request, resp: Response) -> None:
+        """Answer a held request: tunnel if the answer switched, else go on as HTTP/1.1."""
+        self._held_for = None
+        held, self._held = self._held, b""
+        up = resp.body
+        if isinstance(up, Switched):
+            if self._current is not req or self._closed:
+                up.close()
+                return
+            framing = b"Connection: upgrade\r\nUpgrade: %s\r\n" % up.upgrade if up.upgrade else b""
+            self.transport.write(response_head(resp.status, resp.headers, framing, resp.reason))
+            tunnel = self._tunnel = Tunnel(
+                self.loop, self.app.name, self.peer, lambda t: self._tunnel_done(t, req, resp)
+            )
+            tunnel.attach(self.transport, up, held)
+            return
+        if self._current is not req or self._closed:
+            return
+        try:
+            self._send(req, resp)
+        except Exception:
+            log.exception("internal error while sending a response to %s", self.peer)
+            self._close()
+            return
+        self._resume(_PAUSE_SWITCH)
+        if held and not self.transport.is_closing():
+            self.data_received(held)
+
+    def _tunnel_done(self, tunnel: Tunnel, req: Request, resp: Response) -> None:
+        self._tunnel = None
+        self._closed = True
+        self.app.forget(self)
+        if self._current is req:
+            self._current = None
+            self._task = None
+            self.app.request_done()
+        log.info(
+            "tunnel closed: server=%s client=%s %s %s up=%d down=%d duration=%.3fs",
+            self.app.name,
+            self.peer,
+            req.method.decode(),
+            tunnel.endpoint,
+            tunnel.sent_up,
+            tunnel.sent_down,
+            self.loop.time() - tunnel.started,
+        )
+        cb = self.app.on_complete
+        if cb is not None:
+            try:
+                cb(req, resp, tunnel.sent_down)
+            except Exception:
+                log.exception("logging phase failed")
+
     # -- errors and closing ---------------------------------------------------------
 
     def _protocol_error(self, exc: ProtocolError) -> None:
@@ -600,6 +677,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def check_timeouts(self, now: float, keepalive: float, header: float) -> None:
         if self._current is not None or self._closed:
+            if self._tunnel is not None:
+                self._tunnel.check_idle(now, self.app.cfg.idle_timeout)
             return
         idle = now - self._last
         if self._in_head and self._head_bytes:
@@ -613,5 +692,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        if not self._closed and self.transport is not None:
+        if self._tunnel is not None:
+            self._tunnel.abort()
+        elif not self._closed and self.transport is not None:
             self.transport.abort()

@@ -17,6 +17,7 @@ body size) and refuse transfer codings other than ``chunked`` (RFC 9112 §6.1, 5
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httptools
 
@@ -91,11 +92,20 @@ class RequestReader:
     Hooks: ``request_received(req, has_body, content_length)``; ``body_received(data)``;
     ``request_complete()``. ``has_body`` is True for chunked or Content-Length > 0
     bodies; ``content_length`` is None for chunked.
+
+    Tunnels: a driver that sets ``tunnels`` gets CONNECT requests (else 405) and
+    upgrade requests (Upgrade listed in Connection, no body) with ``req.upgrade``
+    set (b"CONNECT" for CONNECT), and reading stops after such a head: what follows
+    goes to ``switch_held(req, rest)`` unparsed, and the driver feeds it again only
+    if the request is answered without switching. Other requests that name an
+    Upgrade get ``req.upgrade = None``: they are served as plain HTTP. Without
+    ``tunnels``, an upgrade request is served as plain HTTP and parsing goes on.
     """
 
     max_header_bytes = 32768
     max_headers = 100
     max_body_bytes = 0
+    tunnels = False
 
     def reader_init(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -116,6 +126,7 @@ class RequestReader:
         self._body_seen = 0
         self._passthrough = 0
         self._skip_complete = False
+        self._switch_req: Request | None = None
 
     # -- feeding -----------------------------------------------------------
 
@@ -138,6 +149,11 @@ class RequestReader:
                 offset = exc.args[0] if exc.args else len(data)
                 self._parser = httptools.HttpRequestParser(self)
                 data = data[offset:]
+                held = self._switch_req
+                if held is not None:
+                    self._switch_req = None
+                    self.switch_held(held, data)
+                    return
             except httptools.HttpParserCallbackError as exc:
                 inner = exc.__context__
                 if isinstance(inner, ProtocolError):
@@ -245,7 +261,8 @@ class RequestReader:
         parser = self._parser
         method = parser.get_method()
         if method == b"CONNECT":
-            raise RemoteProtocolError("CONNECT is not enabled", status_hint=405, source=Source.DOWNSTREAM)
+            self._connect_received()
+            return
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         keep_alive = parser.should_keep_alive()
         headers = Headers(raw, lower=self._lower)
@@ -273,6 +290,13 @@ class RequestReader:
                 )
             self._passthrough = cl or 0
             self._skip_complete = True
+        upgrade = self._upgrade
+        switch = False
+        if upgrade is not None and self.tunnels:
+            # Only a real upgrade request (RFC 9110 §7.8: Upgrade listed in Connection) is held.
+            switch = not has_body and parser.should_upgrade()
+            if not switch:
+                upgrade = None
         req = Request(
             method,
             self._url,
@@ -282,9 +306,39 @@ class RequestReader:
             raw_host=host,
             keep_alive=keep_alive,
             expect_continue=self._expect and has_body and version == b"1.1",
-            upgrade=self._upgrade,
+            upgrade=upgrade,
         )
+        if switch:
+            self._switch_req = req
         self.request_received(req, has_body, None if self._chunked else cl)
+
+    def _connect_received(self) -> None:
+        """A CONNECT head (RFC 9110 §9.3.6): the target is authority-form, host:port."""
+        if not self.tunnels:
+            raise RemoteProtocolError("CONNECT is not enabled", status_hint=405, source=Source.DOWNSTREAM)
+        if self._chunked or self._cl:
+            raise RemoteProtocolError("CONNECT with a body", status_hint=400, source=Source.DOWNSTREAM)
+        url = self._url
+        if not url or url.startswith(b"/") or b":" not in url:
+            raise RemoteProtocolError("CONNECT target must be host:port", status_hint=400, source=Source.DOWNSTREAM)
+        parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version(), b"1.1")
+        if self._host is None and version == b"1.1":
+            raise RemoteProtocolError("missing Host header", status_hint=400, source=Source.DOWNSTREAM)
+        req = Request(
+            b"CONNECT",
+            url,
+            Headers(self._raw, lower=self._lower),
+            version=version,
+            host=_host_only(url),
+            raw_host=self._host,
+            keep_alive=parser.should_keep_alive(),
+            upgrade=b"CONNECT",
+        )
+        # Routes match a path; an authority-form target has none, so CONNECT matches as "/".
+        req.path = b"/"
+        self._switch_req = req
+        self.request_received(req, False, None)
 
     def on_body(self, body: bytes) -> None:
         limit = self.max_body_bytes
@@ -312,6 +366,10 @@ class RequestReader:
     def request_complete(self) -> None:
         raise NotImplementedError
 
+    def switch_held(self, req: Request, rest: bytes) -> None:
+        """Reading stopped after ``req``'s head (only with ``tunnels``); ``rest`` followed it."""
+        raise NotImplementedError
+
 
 class ResponseReader:
     """Response reader for upstream responses. Subclass and implement the hooks.
@@ -319,6 +377,12 @@ class ResponseReader:
     Hooks: ``response_received(resp, has_body)``; ``body_received(data)``;
     ``response_complete()``. The driver must set ``expect_no_body`` before a HEAD
     request's response arrives: llhttp cannot know a HEAD response has no body.
+
+    Protocol switches: with ``expect_switch`` set (the request asked to upgrade), a
+    101 is handed to ``response_received`` without a body and with ``switch_token``
+    set to its Upgrade value; the response is never completed, and the bytes after
+    its head go to ``protocol_switched(rest)``; the reader must not be fed again.
+    Without ``expect_switch`` a 101 is a RemoteProtocolError.
 
     llhttp validates and frames the message, but no Python callback runs per header:
     when the head is complete, the head block is cut from the bytes fed (a response
@@ -344,6 +408,8 @@ class ResponseReader:
         self._body_here = 0
         self._length: int | None = 0
         self._chunked = False
+        self.expect_switch = False
+        self.switch_token: bytes | None = None
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises RemoteProtocolError (status_hint 502)."""
@@ -371,9 +437,11 @@ class ResponseReader:
         self._body_here = 0
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # We never ask an upstream to switch protocols (Upgrade is hop-by-hop).
-            raise _upstream_error("unexpected protocol switch (101) from upstream") from None
+        except httptools.HttpParserUpgrade as exc:
+            if self.switch_token is None:
+                raise _upstream_error("unexpected protocol switch (101) from upstream") from None
+            self.protocol_switched(data[exc.args[0] if exc.args else len(data) :])
+            return
         except httptools.HttpParserCallbackError as exc:
             inner = exc.__context__
             if isinstance(inner, ProtocolError):
@@ -415,7 +483,10 @@ class ResponseReader:
         self._pos = end + 4
         parser = self._parser
         status = parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if 100 <= status < 200:
+            if status == 101:
+                self._switched(buf[line_end + 2 : end + 2], buf[pos + 13 : line_end], parser)
+                return
             # Interim responses (100, 103) are not forwarded; llhttp treats them as
             # complete messages and goes on to the final response.
             self._interim = True
@@ -477,6 +548,22 @@ class ResponseReader:
             self._ignore = True
             self.response_complete()
 
+    def _switched(self, block: bytes, reason: bytes, parser: Any) -> None:
+        """A 101 (RFC 9110 §15.2.2): accepted only when the request asked for it."""
+        if not self.expect_switch:
+            raise _upstream_error("unexpected protocol switch (101) from upstream")
+        block, hop = _cut_hop_by_hop(block)
+        token = b""
+        for lname, value in hop:
+            if lname == b"upgrade":
+                token = value
+        if not token:
+            raise _upstream_error("101 from upstream without an Upgrade header")
+        self.switch_token = token
+        self._ignore = True  # llhttp completes the message; it is not a response to complete
+        version = _VERSIONS.get(parser.get_http_version(), b"1.1")
+        self.response_received(Response(101, Headers(block=block), None, reason, version, None, False), False)
+
     def on_body(self, body: bytes) -> None:
         if not self._ignore:
             self._body_here += len(body)
@@ -503,6 +590,10 @@ class ResponseReader:
         raise NotImplementedError
 
     def response_complete(self) -> None:
+        raise NotImplementedError
+
+    def protocol_switched(self, rest: bytes) -> None:
+        """After a 101 (see the class docstring): ``rest`` followed its head."""
         raise NotImplementedError
 
 
