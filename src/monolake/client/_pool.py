@@ -18,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Endpoint
 from ..errors import ConnectError, ConnectTimeout
 from ._http import UpstreamConnection
+
+if TYPE_CHECKING:
+    from ._h2 import H2Pool
 
 
 class Pool:
@@ -39,6 +42,7 @@ class Pool:
         """Failed connects (refused, unreachable, timed out) per endpoint, for metrics."""
         self.open: dict[tuple[str, str, int, str], int] = {}
         """Open connections per key, idle or busy (for circuit breakers)."""
+        self._h2: H2Pool | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -46,6 +50,16 @@ class Pool:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    @property
+    def h2(self) -> H2Pool:
+        """The worker's HTTP/2 upstream connections (made on first use)."""
+        h2 = self._h2
+        if h2 is None:
+            from ._h2 import H2Pool
+
+            h2 = self._h2 = H2Pool(self._loop, connect_errors=self.connect_errors)
+        return h2
 
     def take_idle(self, ep: Endpoint, idle_timeout: float, max_idle: int) -> UpstreamConnection | None:
         """An idle, usable connection to ``ep``, or None. No I/O: the hot path reuses a
@@ -174,6 +188,8 @@ class Pool:
         }
 
     def close(self) -> None:
+        if self._h2 is not None:
+            self._h2.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

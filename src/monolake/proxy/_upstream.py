@@ -24,15 +24,28 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
+import msgspec
+
 from .._body import Body
 from ..client import Pool, UpstreamConnection
-from ..config import CircuitBreaker, Cluster, Endpoint, HealthCheck, OutlierDetection, Retry, parse_endpoint
+from ..client._h2 import request_headers as h2_request_headers
+from ..config import (
+    CircuitBreaker,
+    Cluster,
+    Endpoint,
+    HealthCheck,
+    OutlierDetection,
+    Retry,
+    UpstreamTls,
+    parse_endpoint,
+)
 from ..errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
 from ..proto.http1 import Request, Response
 from ..proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 from ..server import error_response
 from ..tls import client_tls
 from ._balancer import Balancer, make_balancer
+from ._grpc import deadline_of, is_grpc
 from ._health import EndpointState, HealthChecker, Outliers
 from ._retry import RetryingCluster, RetryPolicy
 
@@ -68,6 +81,7 @@ class UpstreamCluster:
         outlier_detection: OutlierDetection | None = None,
         circuit_breaker: CircuitBreaker | None = None,
         rebalance: Callable[[Sequence[Endpoint]], Balancer] | None = None,
+        protocol: str = "http1",
     ) -> None:
         self.name = name
         self.endpoints = list(endpoints)
@@ -106,12 +120,19 @@ class UpstreamCluster:
         if self.guarded:
             # An instance attribute shadows the fast method: plain clusters never test a flag.
             self.forward = self._forward_guarded  # type: ignore[method-assign]
+        self.protocol = protocol
+        if protocol != "http1":
+            # HTTP/2 takes its own path (config refuses the guarded features with it).
+            self.forward = self._forward_h2  # type: ignore[method-assign]
 
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
         eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
         if c.tls is not None or any(ep.scheme == "https" for ep in eps):
-            tls = client_tls(f"upstreams.{name}.tls", c.tls)
+            tls_cfg = c.tls
+            if c.protocol == "h2":
+                tls_cfg = msgspec.structs.replace(tls_cfg or UpstreamTls(), alpn=["h2"])
+            tls = client_tls(f"upstreams.{name}.tls", tls_cfg)
             eps = [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
 
         def rebalance(some: Sequence[Endpoint]) -> Balancer:
@@ -130,6 +151,7 @@ class UpstreamCluster:
             outlier_detection=c.outlier_detection,
             circuit_breaker=c.circuit_breaker,
             rebalance=rebalance,
+            protocol=c.protocol,
         )
 
     def with_retry(self, retry: Retry | None) -> UpstreamCluster | RetryingCluster:
@@ -189,6 +211,69 @@ class UpstreamCluster:
             except asyncio.CancelledError:
                 conn.close()
                 raise
+        except (ConnectError, ConnectTimeout) as exc:
+            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            raise
+        except ReadTimeout as exc:
+            log.warning("upstream timeout: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            raise
+        finally:
+            if track:
+                self.balancer.finished(ep)
+
+    async def _forward_h2(self, req: Request, host: bytes | None) -> Response:
+        """``forward`` over HTTP/2 (protocol "h2c" or "h2"): a stream on the endpoint's shared
+        connection. Raises what ``forward`` raises. A stream the upstream did not process
+        (GOAWAY, REFUSED_STREAM) of an idempotent request without a body is retried once on
+        another connection. On cancellation the stream is reset; the connection stays.
+        """
+        ep = self.balancer.pick(req)
+        req.ctx.endpoint = ep
+        track = self.track
+        if track:
+            self.balancer.started(ep)
+        try:
+            if host is None:
+                authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
+            else:
+                authority = host or ep.authority.encode()
+            body = req.body
+            length = body.length if isinstance(body, Body) else len(body) if isinstance(body, bytes) else None
+            scheme = b"https" if ep.tls is not None else b"http"
+            headers = h2_request_headers(req.method, req.target, req.headers, authority, scheme, length)
+            pool = self.pool.h2
+            deadline = None
+            grpc = is_grpc(req.headers.get(b"content-type"))
+            if grpc:
+                deadline = deadline_of(req.headers, pool.loop.time())
+            for attempt in (0, 1):
+                conn = pool.take(ep) or await pool.acquire(
+                    ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
+                )
+                st = conn.request(
+                    headers,
+                    body,
+                    head_only=req.method == b"HEAD",
+                    read_timeout=self.read_timeout,
+                    deadline=deadline,
+                    grpc=grpc,
+                )
+                try:
+                    return await st.fut
+                except ReadError as exc:
+                    if attempt or not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                        raise
+                    log.info(
+                        "%s; retrying %s %s on another connection to %s",
+                        exc,
+                        req.method.decode(),
+                        req.target.decode("latin-1"),
+                        ep,
+                    )
+                except asyncio.CancelledError:
+                    st.cancel()
+                    raise
+            raise AssertionError("unreachable: the second try returns or raises")
         except (ConnectError, ConnectTimeout) as exc:
             log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             raise
