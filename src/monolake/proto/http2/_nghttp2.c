@@ -172,6 +172,31 @@ static void stream_free(Codec *self, stream_t *st) {
 
 /* ---- events and output ------------------------------------------------ */
 
+static PyObject *SETTINGS_EVENT; /* (SETTINGS,): immutable, shared */
+
+/* (kind, sid, obj, flag); steals ``obj``. Cheaper than Py_BuildValue on the hot path. */
+static PyObject *ev4(long kind, int32_t sid, PyObject *obj, int flag) {
+    if (obj == NULL) return NULL;
+    PyObject *t = PyTuple_New(4), *k = PyLong_FromLong(kind), *i = PyLong_FromLong(sid);
+    if (t == NULL || k == NULL || i == NULL) {
+        Py_XDECREF(t);
+        Py_XDECREF(k);
+        Py_XDECREF(i);
+        Py_DECREF(obj);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, k);
+    PyTuple_SET_ITEM(t, 1, i);
+    PyTuple_SET_ITEM(t, 2, obj);
+    PyTuple_SET_ITEM(t, 3, Py_NewRef(flag ? Py_True : Py_False));
+    return t;
+}
+
+/* (kind, sid, error_code) */
+static PyObject *ev3(long kind, int32_t sid, uint32_t code) {
+    return Py_BuildValue("(liI)", kind, sid, code);
+}
+
 /* Append ``ev`` (a new reference, may be NULL on failure) to the events. */
 static int emit(Codec *self, PyObject *ev) {
     if (ev == NULL) goto fail;
@@ -328,11 +353,34 @@ fail:
     return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
-static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
-                     const uint8_t *value, size_t valuelen, uint8_t flags, void *ud) {
+/* bytes objects for strings of HPACK's static table (RFC 7541 Appendix A), keyed by the
+ * address nghttp2 keeps them at: a hit saves an allocation per common name or value. */
+#define STATIC_CACHE 128
+static struct {
+    const uint8_t *base;
+    PyObject *bytes;
+} static_cache[STATIC_CACHE];
+
+static PyObject *rcbuf_bytes(nghttp2_rcbuf *rc) {
+    nghttp2_vec v = nghttp2_rcbuf_get_buf(rc);
+    if (!nghttp2_rcbuf_is_static(rc)) return PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
+    size_t i = ((uintptr_t)v.base >> 3) % STATIC_CACHE;
+    if (static_cache[i].base == v.base && PyBytes_GET_SIZE(static_cache[i].bytes) == (Py_ssize_t)v.len)
+        return Py_NewRef(static_cache[i].bytes);
+    PyObject *b = PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
+    if (b != NULL) {
+        Py_XSETREF(static_cache[i].bytes, Py_NewRef(b));
+        static_cache[i].base = v.base;
+    }
+    return b;
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghttp2_rcbuf *name_rc,
+                     nghttp2_rcbuf *value_rc, uint8_t flags, void *ud) {
     Codec *self = ud;
     (void)flags;
     if (self->hdrs == NULL || self->hdrs_sid != frame->hd.stream_id) return 0;
+    size_t namelen = nghttp2_rcbuf_get_buf(name_rc).len, valuelen = nghttp2_rcbuf_get_buf(value_rc).len;
     self->hdrs_size += namelen + valuelen + 32;
     if (self->hdrs_size > self->max_header_list_size) {
         /* Larger than our SETTINGS_MAX_HEADER_LIST_SIZE: refuse the stream. */
@@ -342,14 +390,21 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_ENHANCE_YOUR_CALM);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    PyObject *pair = Py_BuildValue("(y#y#)", name, (Py_ssize_t)namelen, value, (Py_ssize_t)valuelen);
-    if (pair == NULL || PyList_Append(self->hdrs, pair) < 0) {
+    PyObject *pair = PyTuple_New(2), *name = rcbuf_bytes(name_rc), *value = rcbuf_bytes(value_rc);
+    if (pair == NULL || name == NULL || value == NULL) {
         Py_XDECREF(pair);
-        self->cb_error = 1;
-        return NGHTTP2_ERR_CALLBACK_FAILURE;
+        Py_XDECREF(name);
+        Py_XDECREF(value);
+        goto fail;
     }
+    PyTuple_SET_ITEM(pair, 0, name);
+    PyTuple_SET_ITEM(pair, 1, value);
+    int rv = PyList_Append(self->hdrs, pair);
     Py_DECREF(pair);
-    return 0;
+    if (rv == 0) return 0;
+fail:
+    self->cb_error = 1;
+    return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
 static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
@@ -364,7 +419,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
         if (self->data == NULL) goto fail;
         return 0;
     }
-    if (self->data != NULL && emit(self, Py_BuildValue("(iiOO)", EV_DATA, self->data_sid, self->data, Py_False)) != 0)
+    if (self->data != NULL && emit(self, ev4(EV_DATA, self->data_sid, Py_NewRef(self->data), 0)) != 0)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     Py_XSETREF(self->data, PyBytes_FromStringAndSize((const char *)data, (Py_ssize_t)len));
     if (self->data == NULL) goto fail;
@@ -387,25 +442,25 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         if (st != NULL) st->known = 1;
         PyObject *hdrs = self->hdrs;
         self->hdrs = NULL;
-        PyObject *ev = Py_BuildValue("(iiNO)", EV_HEADERS, sid, hdrs, end);
+        PyObject *ev = ev4(EV_HEADERS, sid, hdrs, end == Py_True);
         return emit(self, ev);
     }
     case NGHTTP2_DATA: {
         PyObject *data = self->data;
         if (data != NULL && self->data_sid == sid) {
             self->data = NULL;
-            return emit(self, Py_BuildValue("(iiNO)", EV_DATA, sid, data, end));
+            return emit(self, ev4(EV_DATA, sid, data, end == Py_True));
         }
-        if (end == Py_True) return emit(self, Py_BuildValue("(iiy#O)", EV_DATA, sid, "", (Py_ssize_t)0, end));
+        if (end == Py_True) return emit(self, ev4(EV_DATA, sid, PyBytes_FromStringAndSize(NULL, 0), 1));
         return 0;
     }
     case NGHTTP2_RST_STREAM:
-        return emit(self, Py_BuildValue("(iiI)", EV_RESET, sid, frame->rst_stream.error_code));
+        return emit(self, ev3(EV_RESET, sid, frame->rst_stream.error_code));
     case NGHTTP2_GOAWAY:
-        return emit(self, Py_BuildValue("(iiI)", EV_GOAWAY, frame->goaway.last_stream_id, frame->goaway.error_code));
+        return emit(self, ev3(EV_GOAWAY, frame->goaway.last_stream_id, frame->goaway.error_code));
     case NGHTTP2_SETTINGS:
         if (frame->hd.flags & NGHTTP2_FLAG_ACK) return 0;
-        return emit(self, Py_BuildValue("(i)", EV_SETTINGS));
+        return emit(self, Py_NewRef(SETTINGS_EVENT));
     default:
         return 0;
     }
@@ -418,7 +473,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         /* A stream error found by nghttp2 (or our header-size check): tell the driver. */
         stream_t *st = map_get(self, frame->hd.stream_id);
         if (st != NULL && st->known && !st->local_reset)
-            return emit(self, Py_BuildValue("(iiI)", EV_RESET, frame->hd.stream_id, frame->rst_stream.error_code));
+            return emit(self, ev3(EV_RESET, frame->hd.stream_id, frame->rst_stream.error_code));
     } else if (frame->hd.type == NGHTTP2_GOAWAY) {
         if (self->goaway_requested > 0) {
             self->goaway_requested--;
@@ -440,7 +495,7 @@ static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *fram
     if (st == NULL) return 0;
     int notify = !st->local_reset;
     stream_free(self, st);
-    if (notify) return emit(self, Py_BuildValue("(iiI)", EV_RESET, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM));
+    if (notify) return emit(self, ev3(EV_RESET, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM));
     return 0;
 }
 
@@ -531,7 +586,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     }
     if (st->blocked) {
         st->blocked = 0;
-        if (emit(self, Py_BuildValue("(ii)", EV_DRAINED, sid)) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        if (emit(self, Py_BuildValue("(li)", (long)EV_DRAINED, sid)) != 0) return NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     return (ssize_t)n;
 }
@@ -628,7 +683,7 @@ static int Codec_init(Codec *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cbs, on_header);
+    nghttp2_session_callbacks_set_on_header_callback2(cbs, on_header);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, on_frame_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(cbs, on_frame_send);
@@ -686,7 +741,7 @@ static PyObject *Codec_feed(Codec *self, PyObject *arg) {
         /* The rest of this DATA frame comes in a later feed: hand over what we have. */
         PyObject *data = self->data;
         self->data = NULL;
-        emit(self, Py_BuildValue("(iiNO)", EV_DATA, self->data_sid, data, Py_False));
+        emit(self, ev4(EV_DATA, self->data_sid, data, 0));
     }
     if (rv < 0) {
         uint32_t code = NGHTTP2_PROTOCOL_ERROR;
@@ -1030,6 +1085,7 @@ PyMODINIT_FUNC PyInit__nghttp2(void) {
     Py_DECREF(codec_mod);
     if (H2ConnectionError == NULL) return NULL;
     find_options();
+    if (SETTINGS_EVENT == NULL && (SETTINGS_EVENT = Py_BuildValue("(i)", EV_SETTINGS)) == NULL) return NULL;
     if (PyType_Ready(&CodecType) < 0) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
