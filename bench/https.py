@@ -311,6 +311,9 @@ def _profile(
         procs.stop(proc)
     if not stacks.exists():
         return {"error": "py-spy wrote nothing"}
+    if args.keep_stacks:
+        Path(args.keep_stacks).mkdir(parents=True, exist_ok=True)
+        shutil.copy(stacks, Path(args.keep_stacks) / f"https-{name}.stacks")
     return summarize_stacks(stacks.read_text())
 
 
@@ -463,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--proxies", default=",".join(PROXIES), help=f"comma-separated subset of {','.join(PROXIES)}")
     ap.add_argument("--profile", type=int, default=0, metavar="SECONDS", help="py-spy each monolake backend after")
+    ap.add_argument("--keep-stacks", metavar="DIR", help="also copy py-spy's collapsed stacks there")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     missing = machine.missing_tools(["nginx", "h2load"])
