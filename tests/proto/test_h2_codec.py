@@ -16,6 +16,8 @@ import h2.events
 import hpack
 import pytest
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from monolake.proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, PREFACE, RESET, SETTINGS, H2ConnectionError
 from monolake.proto.http2._codec import CANCEL, ENHANCE_YOUR_CALM, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM, Codec
@@ -507,3 +509,166 @@ def test_native_rejects_bad_arguments_clearly(kind: str) -> None:
         client.consumed(sid, -1)
     with pytest.raises(ValueError):
         new_codec(True, kind=kind, max_frame_size=10)
+
+
+# -- more flow control and scheduling ---------------------------------------------------------
+
+
+def test_streams_blocked_on_the_connection_window_all_finish(kind: str) -> None:
+    client = codec(kind, True, initial_window_size=65535)  # the connection window is 65535 too
+    server = codec(kind, False)
+    pump(client, server)
+    sids = [client.request(GET, True) for _ in range(10)]
+    pump(client, server)
+    for i, sid in enumerate(sids):
+        server.send_headers(sid, OK, False)
+        server.send_data(sid, bytes([65 + i]) * 20_000, True)
+    blocked = {sid for sid in sids if server.buffered(sid) > 0}
+    assert blocked, "200 kB cannot fit a 64 KiB connection window"
+    bodies = dict.fromkeys(sids, b"")
+    drained: set[int] = set()
+    for _ in range(200):
+        cev, sev = pump(client, server)
+        drained |= {e[1] for e in sev if e[0] == DRAINED}
+        for e in cev:
+            if e[0] == DATA:
+                bodies[e[1]] += e[2]
+                client.consumed(e[1], len(e[2]))
+        if all(len(b) == 20_000 for b in bodies.values()):
+            break
+    assert bodies == {sid: bytes([65 + i]) * 20_000 for i, sid in enumerate(sids)}
+    assert drained == blocked
+    assert all(server.buffered(sid) == 0 for sid in sids)
+    assert server.open_streams() == 0
+
+
+def test_reset_drops_buffered_data(kind: str) -> None:
+    client = codec(kind, True, initial_window_size=65535)
+    server = codec(kind, False)
+    pump(client, server)
+    sid = client.request(GET, True)
+    pump(client, server)
+    server.send_headers(sid, OK, False)
+    server.send_data(sid, b"y" * 200_000, False)
+    assert server.buffered(sid) > 0
+    pump(client, server)
+    client.reset(sid, CANCEL)
+    client.consumed(sid, 65535)
+    _, sev = pump(client, server)
+    assert (RESET, sid, CANCEL) in sev
+    assert (DRAINED, sid) not in sev
+    assert server.buffered(sid) == 0 and server.open_streams() == 0
+    # The connection still carries other streams.
+    sid2 = client.request(GET, True)
+    pump(client, server)
+    server.send_headers(sid2, [(b":status", b"204")], True)
+    cev, _ = pump(client, server)
+    assert cev == [(HEADERS, sid2, [(b":status", b"204")], True)]
+
+
+def test_large_bodies_both_ways(kind: str) -> None:
+    client, server = pair(kind)
+    body = bytes(range(251)) * 8000  # ~2 MB, not a multiple of any frame or window size
+    sid = client.request(REQ, False)
+    client.send_data(sid, body[:700_000], False)
+    client.send_data(sid, body[700_000:], True)
+    server_got = b""
+    for _ in range(500):
+        _, sev = pump(client, server)
+        for e in sev:
+            if e[0] == DATA:
+                server_got += e[2]
+                server.consumed(sid, len(e[2]))
+        if ended(sev, sid):
+            break
+    assert server_got == body
+    server.send_headers(sid, OK, False)
+    server.send_data(sid, body, True)
+    client_got = b""
+    for _ in range(500):
+        cev, _ = pump(client, server)
+        for e in cev:
+            if e[0] == DATA:
+                client_got += e[2]
+                client.consumed(sid, len(e[2]))
+        if ended(cev, sid):
+            break
+    assert client_got == body
+
+
+def test_padding_is_returned_to_the_peer(kind: str) -> None:
+    """Padding counts against flow control (RFC 9113 §6.1); the codec returns it itself."""
+    server = codec(kind, False, initial_window_size=65535)
+    peer = _h2(True)
+    server.feed(peer.data_to_send())
+    peer.receive_data(server.pending())
+    server.feed(peer.data_to_send())
+    sid = peer.get_next_available_stream_id()
+    peer.send_headers(sid, REQ)
+    start = peer.outbound_flow_control_window
+    data_bytes = 0
+    for _ in range(12):  # 12 * 5201 flow-controlled bytes: most of the window, so it must come back
+        peer.send_data(sid, b"p" * 5000, pad_length=200)
+        data_bytes += 5000
+    events = server.feed(peer.data_to_send())
+    assert body_of(events, sid) == b"p" * data_bytes
+    assert peer.outbound_flow_control_window == start - 12 * (5000 + 201)
+    server.consumed(sid, data_bytes)
+    peer.receive_data(server.pending())
+    assert peer.outbound_flow_control_window == start
+
+
+def test_native_client_holds_requests_beyond_the_peer_limit(kind: str) -> None:
+    if kind == "h2":
+        pytest.skip("the h2 library refuses such requests (TooManyStreamsError); drivers check remote_max_streams()")
+    client, server = pair(kind, max_concurrent_streams=2)
+    assert client.remote_max_streams() == 2
+    sids = [client.request(GET, True) for _ in range(4)]
+    assert client.open_streams() == 4
+    _, sev = pump(client, server)
+    assert [e[1] for e in sev if e[0] == HEADERS] == sids[:2]
+    server.send_headers(sids[0], [(b":status", b"204")], True)
+    _, sev = pump(client, server)
+    assert [e[1] for e in sev if e[0] == HEADERS] == [sids[2]]
+
+
+def test_goaway_below_open_streams(kind: str) -> None:
+    client = codec(kind, True)
+    peer = _h2(False)
+    peer.receive_data(client.pending())
+    client.feed(peer.data_to_send())
+    s1 = client.request(GET, True)
+    s3 = client.request(GET, True)
+    peer.receive_data(client.pending())
+    peer.close_connection(error_code=NO_ERROR, last_stream_id=s1)
+    events = client.feed(peer.data_to_send())
+    assert (GOAWAY, s1, NO_ERROR) in events
+    assert s3 > s1
+
+
+# -- any split of the byte stream gives the same messages ---------------------------------------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(min_value=1, max_value=20_000), max_size=30))
+def test_any_split_gives_the_same_messages(kind: str, cuts: list[int]) -> None:
+    client, server = pair(kind)
+    sids = [client.request([*REQ, (b"x-i", b"%d" % i)], False) for i in range(5)]
+    for i, sid in enumerate(sids):
+        client.send_data(sid, bytes([97 + i]) * (1000 * i + 1), False)
+        client.send_headers(sid, [(b"x-end", b"%d" % i)], True)
+    wire = client.pending()
+    events: list[tuple[object, ...]] = []
+    pos = 0
+    for cut in sorted(cuts):
+        if cut > pos:
+            events += server.feed(wire[pos:cut])
+            pos = cut
+    events += server.feed(wire[pos:])
+    for i, sid in enumerate(sids):
+        heads = [e for e in events if e[0] == HEADERS and e[1] == sid]
+        assert heads == [
+            (HEADERS, sid, [*REQ, (b"x-i", b"%d" % i)], False),
+            (HEADERS, sid, [(b"x-end", b"%d" % i)], True),
+        ]
+        assert body_of(events, sid) == bytes([97 + i]) * (1000 * i + 1)
