@@ -451,6 +451,9 @@ class H2Connection(asyncio.Protocol):
             elif name == b"te":
                 if value.strip().lower() != b"trailers":
                     bad = (400, "TE other than 'trailers' in an HTTP/2 request")
+                else:  # kept for an HTTP/2 upstream (gRPC servers require it)
+                    raw.append((b"te", b"trailers"))
+                    lower.append(b"te")
             elif name == b"host":
                 host = value
             elif name == b"expect":
