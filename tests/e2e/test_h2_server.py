@@ -503,6 +503,7 @@ endpoints = [{ endpoint = "{origin}" }]
 listener = "127.0.0.1:0"
 
 [servers.web.tls]
+backend = "{backend}"
 alpn = ["h2", "http/1.1"]
 certificates = [{ chain = "{chain}", key = "{key}" }]
 
@@ -512,7 +513,8 @@ upstream = "origin"
 """
 
 
-def test_h2_over_tls_by_alpn(proxy: ProxyFactory, origin: Origin, codec: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["openssl", "rustls"])
+def test_h2_over_tls_by_alpn(proxy: ProxyFactory, origin: Origin, codec: str, tmp_path: Path, backend: str) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     chain, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -520,7 +522,7 @@ def test_h2_over_tls_by_alpn(proxy: ProxyFactory, origin: Origin, codec: str, tm
     chain.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
     cafile = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
-    p = proxy(TLS_CONFIG, origin=origin.url, chain=chain, key=key, env={"MONOLAKE_H2_CODEC": codec})
+    p = proxy(TLS_CONFIG, origin=origin.url, chain=chain, key=key, backend=backend, env={"MONOLAKE_H2_CODEC": codec})
     url = f"https://{p.address}"
     ctx = ssl.create_default_context(cafile=str(cafile))
     with httpx.Client(http2=True, verify=ctx, trust_env=False, timeout=TIMEOUT) as c:
