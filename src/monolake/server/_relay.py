@@ -129,7 +129,9 @@ class Relay(asyncio.Protocol):
         self.up_write: Callable[[bytes], None] | None = None
         self.relay: _SpliceRelay | None = None
         self.spliced = False
-        self.splice_left = splice_after
+        # A loop whose transports read ahead of the protocol (io_uring's multishot recv)
+        # cannot hand a socket over without losing what it already received: no splice.
+        self.splice_left = splice_after if getattr(loop, "can_hand_over_sockets", True) else -1
         """Bytes to relay on the loop path before moving to splice; -1: never; 0: at the next chance."""
         self.active = True
         self.idle_since = loop.time()
@@ -212,7 +214,12 @@ class Relay(asyncio.Protocol):
         if self.up_eof:
             return
         self.up_eof = True
-        if not self.down_closed and self.transport.can_write_eof():
+        if not self.down_closed:
+            if not self.transport.can_write_eof():
+                # A TLS client connection has no half-close: the upstream is done, so is the
+                # tunnel (what it sent is flushed first). TCP and Unix sockets always have one.
+                self._close_both()
+                return
             self.transport.write_eof()
         if self.down_eof:
             self._close_both()

@@ -172,6 +172,10 @@ class _Acceptor:
 class UringEventLoop(unix_events.SelectorEventLoop):
     """An asyncio event loop over io_uring (see the module docstring)."""
 
+    can_hand_over_sockets = False
+    """A transport's multishot recv reads ahead: bytes in flight when a socket is dup'ed away
+    and its transport aborted would be lost, so the L4 relay does not splice on this loop."""
+
     def __init__(self, *, entries: int = 256, sqpoll_idle_ms: int = 0) -> None:
         self._ring = Ring(entries, sqpoll_idle_ms)
         self._acceptors: dict[int, _Acceptor] = {}
