@@ -20,7 +20,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monolake.proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, PREFACE, RESET, SETTINGS, H2ConnectionError
-from monolake.proto.http2._codec import CANCEL, ENHANCE_YOUR_CALM, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM, Codec
+from monolake.proto.http2._codec import (
+    CANCEL,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Codec,
+)
 from monolake.proto.http2._select import native_available, new_codec
 
 KINDS = [
@@ -672,3 +680,57 @@ def test_any_split_gives_the_same_messages(kind: str, cuts: list[int]) -> None:
             (HEADERS, sid, [(b"x-end", b"%d" % i)], True),
         ]
         assert body_of(events, sid) == bytes([97 + i]) * (1000 * i + 1)
+
+
+# -- floods and fuzz -------------------------------------------------------------------------------
+
+
+def test_native_rapid_reset_flood_ends_the_connection(kind: str) -> None:
+    """CVE-2023-44487: libnghttp2's token bucket (1000 resets, +33/s) answers a flood with GOAWAY."""
+    if kind == "h2":
+        pytest.skip("the h2 library has no reset rate limit (the server driver counts resets itself)")
+    from monolake.proto.http2._native import HAS_RESET_RATE_LIMIT
+
+    if not HAS_RESET_RATE_LIMIT:
+        pytest.skip("this libnghttp2 predates nghttp2_option_set_stream_reset_rate_limit")
+    server = codec(kind, False, max_concurrent_streams=100)
+    enc, _ = _raw_client(server)
+    block = enc.encode(GET)
+    wire = b"".join(
+        HeadersFrame(sid, block, flags=["END_HEADERS"]).serialize() + RstStreamFrame(sid, error_code=CANCEL).serialize()
+        for sid in range(1, 2 * 1500, 2)
+    )
+    with pytest.raises(H2ConnectionError) as info:
+        server.feed(wire)
+    assert info.value.error_code in (ENHANCE_YOUR_CALM, INTERNAL_ERROR)  # libnghttp2 1.52-1.6x says INTERNAL_ERROR
+
+
+def test_native_continuation_flood_ends_the_connection(kind: str) -> None:
+    """CVE-2024-27316 class: endless CONTINUATION frames are cut off, not buffered."""
+    if kind == "h2":
+        pytest.skip("the h2 library bounds the header block by size only")
+    from monolake.proto.http2._native import HAS_MAX_CONTINUATIONS
+
+    if not HAS_MAX_CONTINUATIONS:
+        pytest.skip("this libnghttp2 predates nghttp2_option_set_max_continuations")
+    server = codec(kind, False)
+    _raw_client(server)
+    wire = raw_frame(0x1, 0, 1, b"\x82")  # HEADERS without END_HEADERS
+    wire += b"".join(raw_frame(0x9, 0, 1, b"\x40\x01a\x01b") for _ in range(100))  # CONTINUATION
+    with pytest.raises(H2ConnectionError):
+        server.feed(wire)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(max_size=64), max_size=8), client_side=st.booleans())
+def test_arbitrary_bytes_give_events_or_a_connection_error(kind: str, chunks: list[bytes], client_side: bool) -> None:
+    """The fuzz rule: whatever the peer sends, the codec returns events or raises H2ConnectionError."""
+    c = codec(kind, client_side)
+    prefix = b"" if client_side else PREFACE
+    try:
+        for i, chunk in enumerate(chunks):
+            for ev in c.feed(prefix + chunk if i == 0 else chunk):
+                assert isinstance(ev, tuple) and ev[0] in (HEADERS, DATA, RESET, DRAINED, GOAWAY, SETTINGS)
+            c.pending()
+    except H2ConnectionError:
+        c.pending()
