@@ -11,11 +11,14 @@ import asyncio
 import hashlib
 import os
 import queue
+import ssl
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from websockets.asyncio.client import connect as aconnect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers as WsHeaders
@@ -234,3 +237,41 @@ def test_idle_tunnel_is_closed(proxy: ProxyFactory, ws_server: WsServer, origin:
             ws.recv(TIMEOUT)
     path, _code, sizes = ws_server.record()
     assert (path, sizes) == ("/echo", [1])
+
+
+TLS_CONFIG = """
+[runtime]
+drain_timeout = 2
+
+[upstreams.ws]
+endpoints = [{ endpoint = "{ws}" }]
+
+[servers.wss]
+listener = "127.0.0.1:0"
+
+[servers.wss.tls]
+certificates = [{ chain = "{chain}", key = "{key}" }]
+
+[[servers.wss.routes]]
+path = "/"
+upstream = "ws"
+"""
+
+
+def test_wss_through_a_tls_listener(proxy: ProxyFactory, ws_server: WsServer, tmp_path: Path) -> None:
+    # The client's side of the tunnel is a TLS transport: the relay takes it over like a plain one.
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    key.write_bytes(cert.private_key_pem.bytes())
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    p = proxy(TLS_CONFIG, ws=ws_server.address, chain=chain, key=key)
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    big = os.urandom(3 * 1024 * 1024)
+    with connect(f"wss://{p.address}/echo", ssl=ctx, open_timeout=TIMEOUT, max_size=None) as ws:
+        ws.send("over tls")
+        assert ws.recv(TIMEOUT) == "over tls"
+        ws.send(big)
+        assert ws.recv(60) == big
+    assert ws_server.record() == ("/echo", 1000, [8, len(big)])
