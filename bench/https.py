@@ -27,6 +27,7 @@ import argparse
 import collections
 import contextlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -217,6 +218,7 @@ def worker_pid(proc: Proc) -> int:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "runs": [], "tls": {}, "profiles": {}}
+    results["loadavg"] = [[round(x, 2) for x in os.getloadavg()]]
     with tempfile.TemporaryDirectory(prefix="bench-https-") as d:
         tmp = Path(d)
         tmp.chmod(0o755)
@@ -238,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         results["profiles"][name] = _profile(args, procs, tmp, name, origin, origin_port, tls)
         finally:
             procs.stop_all()
+    results["loadavg"].append([round(x, 2) for x in os.getloadavg()])
     return results
 
 
@@ -378,6 +381,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         med[name]["kept_up"] = float(all(r["kept_up"] for r in rs))
         med[name]["failed"] = float(sum(int(r["failed"]) + int(r["errored"]) + int(r["non_2xx"]) for r in rs))
         med[name]["achieved_rps"] = statistics.median(float(r["achieved_rps"]) for r in rs)
+        for core in ("cpu0", "cpu1"):
+            med[name][f"others_{core}"] = statistics.median(float(r["others_busy_pct"][core]) for r in rs)
     rows = []
     for name, m in med.items():
         base = med.get("nginx-http" if name.endswith("-http") else "nginx", {}).get("total_us") or 0.0
@@ -399,11 +404,14 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
         f"Origin nginx and `h2load --h1` on core 0, the proxy (1 worker, uvloop) on core 1; {args.rate} req/s "
         f"offered over {args.conns} keep-alive connections, GET of a 128-byte body; CPU = the proxy's user+sys "
         "over a window inside the main phase / requests completed in it. vs nginx: HTTPS rows against nginx "
-        "HTTPS, *-http rows against nginx without TLS.",
+        "HTTPS, *-http rows against nginx without TLS. Kept up: every round reached 97% of the offered rate. "
+        "Others' %: median busy share of each core not spent by the proxy (core 1) or the origin and h2load "
+        "(core 0), i.e. other work sharing the machine; load average at start and end "
+        f"{results.get('loadavg', '?')}.",
         "",
         "| proxy | TLS | user µs/req | sys µs/req | total µs/req | vs nginx | p50 ms | p99 ms | req/s | kept up "
-        "| failed |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|",
+        "| failed | others' % core 0/1 |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|",
     ]
     for r in rows:
         t = tls.get(r["proxy"], {})
@@ -411,7 +419,8 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
         lines.append(
             f"| {r['proxy']} | {what} | {r['user_us']:.1f} | {r['sys_us']:.1f} | {r['total_us']:.1f} "
             f"| {r['vs_nginx']:.2f}x | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} | {r['achieved_rps']:.0f} "
-            f"| {'yes' if r['kept_up'] else 'no'} | {int(r['failed'])} |"
+            f"| {'yes' if r['kept_up'] else 'no'} | {int(r['failed'])} "
+            f"| {r.get('others_cpu0', 0):.0f}/{r.get('others_cpu1', 0):.0f} |"
         )
     by = {r["proxy"]: r for r in rows}
     if all(k in by for k in ("monolake-openssl", "monolake-http", "nginx", "nginx-http")):
