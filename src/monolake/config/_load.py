@@ -497,7 +497,7 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
         use = f if isinstance(f, str) else f.use
         if use.count(":") != 1 or not all(use.split(":")):
             raise ConfigError(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
-    for key in ("keepalive_timeout", "header_timeout"):
+    for key in ("keepalive_timeout", "header_timeout", "idle_timeout"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"{path}.{key}", "must be > 0")
     if s.request_timeout is not None and s.request_timeout <= 0:

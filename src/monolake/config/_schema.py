@@ -347,7 +347,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Only "client_ip" for tcp servers (there are no headers or cookies to hash)."""
     hash_algorithm: Literal["ring", "maglev"] = "ring"
     idle_timeout: float = 600.0
-    """Close a relayed connection after this many seconds without a byte either way."""
+    """Close a relayed connection (of a tcp server, or an http server's WebSocket/CONNECT tunnel) after
+    this many seconds without a byte either way."""
     splice: bool = True
     """Move a connection to a zero-copy os.splice relay (Linux) once it has relayed ``splice_after`` bytes."""
     splice_after: int = 1048576
