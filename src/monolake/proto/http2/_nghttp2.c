@@ -736,7 +736,12 @@ static PyObject *Codec_feed(Codec *self, PyObject *arg) {
     }
     ssize_t rv = nghttp2_session_mem_recv(self->session, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
-    if (self->cb_error) return leave(self, NULL);
+    if (self->cb_error) {
+        /* Out of memory in a callback: nghttp2 treats that as fatal, so is the connection. */
+        self->failed = 1;
+        self->error_code = NGHTTP2_INTERNAL_ERROR;
+        return leave(self, NULL);
+    }
     if (self->data != NULL) {
         /* The rest of this DATA frame comes in a later feed: hand over what we have. */
         PyObject *data = self->data;
@@ -753,10 +758,15 @@ static PyObject *Codec_feed(Codec *self, PyObject *arg) {
         self->failed = 1;
         self->error_code = code;
     }
-    if (flush(self) < 0) return leave(self, NULL);
+    if (flush(self) < 0) {
+        if (!self->failed) return leave(self, NULL);
+        /* The GOAWAY could not be serialized: the connection error is still the news. */
+        PyErr_Clear();
+        self->cb_error = 0;
+    }
     if (self->failed) {
         Py_CLEAR(self->events);
-        leave(self, NULL);
+        self->busy = 0;
         return raise_conn_error(self);
     }
     return leave(self, take_events(self));
