@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO, Origin, Proxy, ProxyFactory
+from conftest import REPO, Origin, Proxy, ProxyFactory, RawClient
 
 pytestmark = pytest.mark.e2e
 
@@ -217,10 +217,24 @@ def serve_load_balancing(p: Proxy, origins: list[Origin]) -> None:
         assert len(seen) == 1, (session, seen)
 
 
+def serve_tunnels(p: Proxy, origins: list[Origin]) -> None:
+    a = origins[0]
+    with httpx.Client(trust_env=False, timeout=20) as client:
+        # The demo origin does not switch protocols: the upgrade is answered as a plain request.
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket"}
+        assert echo(client.get(p.url_of("web") + "/chat", headers=upgrade))["path"] == "/chat"
+        assert client.get(p.url_of("forward") + "/").status_code == 405  # CONNECT only
+    with RawClient(p.servers["forward"]) as c:
+        c.send(f"CONNECT {a.address} HTTP/1.1\r\nHost: {a.address}\r\n\r\n".encode())
+        assert c.read_response().status == 403  # only port 443
+    p.stdout.wait_line(rf'"CONNECT {a.address} HTTP/1\.1" 403 ')
+
+
 SERVE: dict[str, Callable[[Proxy, list[Origin]], None]] = {
     "quickstart.toml": serve_quickstart,
     "multi_route.toml": serve_multi_route,
     "load_balancing.toml": serve_load_balancing,
+    "tunnels.toml": serve_tunnels,
 }
 
 
