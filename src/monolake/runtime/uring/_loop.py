@@ -89,6 +89,14 @@ class _RingSelector(selectors.BaseSelector):
         self.ring.close()
 
 
+def _own_queue(sock: socket.socket) -> bool:
+    """Whether this listener's accept queue is this process's alone (SO_REUSEPORT)."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
+    except OSError:
+        return False
+
+
 class _Acceptor:
     """One listening socket's multishot accept."""
 
@@ -229,6 +237,14 @@ class UringEventLoop(unix_events.SelectorEventLoop):
         ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> None:
+        if not _own_queue(sock):
+            # A listener shared by workers (Unix sockets, inherited): the first multishot
+            # accept queued on it would take every connection, so accept on readiness, as
+            # epoll loops do, and let the workers race for each one.
+            super()._start_serving(
+                protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
+            )
+            return
         fd = sock.fileno()
         old = self._acceptors.get(fd)
         if old is not None and not old.stopped:
@@ -241,8 +257,10 @@ class UringEventLoop(unix_events.SelectorEventLoop):
 
     def _stop_serving(self, sock: socket.socket) -> None:
         acceptor = self._acceptors.pop(sock.fileno(), None)
-        if acceptor is not None:
-            acceptor.stop()
+        if acceptor is None:
+            super()._stop_serving(sock)
+            return
+        acceptor.stop()
         fd = sock.detach()
         if fd >= 0:
             self._ring.close_fd(fd)
