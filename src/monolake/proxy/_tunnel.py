@@ -79,7 +79,7 @@ async def switch(req: Request, route: RouteRuntime) -> Response:
 
 async def _upgrade(cluster: UpstreamCluster | RetryingCluster, req: Request, host: bytes | None) -> Response:
     c = cluster.cluster if isinstance(cluster, RetryingCluster) else cluster
-    if not isinstance(c, UpstreamCluster):  # a cluster of another protocol: no switching there
+    if not isinstance(c, UpstreamCluster) or c.protocol != "http1":  # HTTP/2 has no Upgrade (RFC 9113 §8.6)
         req.upgrade = None
         return await cluster.forward(req, host)
     ep = c.balancer.pick(req)
