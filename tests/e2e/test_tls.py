@@ -571,3 +571,57 @@ def test_session_resumption(formats: Proxy, tmp_path: Path, backend: str, versio
             reused.append(tls.session_reused)
             session = tls.session
     assert reused == [False, True, True]
+
+
+VERSIONS = """
+[upstreams.origin]
+endpoints = [{ endpoint = "{origin}" }]
+
+[servers.tls13]
+listener = "127.0.0.1:0"
+[servers.tls13.tls]
+backend = "{backend}"
+min_version = "1.3"
+certificates = [{ chain = "{chain}", key = "{key}" }]
+[[servers.tls13.routes]]
+path = "/"
+upstream = "origin"
+
+[servers.tls12]
+listener = "127.0.0.1:0"
+[servers.tls12.tls]
+backend = "{backend}"
+max_version = "1.2"
+ciphers = "ECDHE-ECDSA-CHACHA20-POLY1305"
+certificates = [{ chain = "{chain}", key = "{key}" }]
+[[servers.tls12.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+
+def handshake(port: int, cafile: Path, max_version: ssl.TLSVersion | None = None) -> tuple[str | None, str]:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        cipher = tls.cipher()
+        assert cipher is not None
+        return tls.version(), cipher[0]
+
+
+def test_versions_and_ciphers(
+    proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str
+) -> None:
+    chain, key = write_cert(ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.ECDSA), tmp_path, "ec")
+    cafile = write_ca(ca, tmp_path)
+    p = proxy(VERSIONS, origin=origin.url, backend=backend, chain=chain, key=key)
+    assert handshake(port_of(p, "tls13"), cafile)[0] == "TLSv1.3"
+    with pytest.raises(ssl.SSLError):
+        handshake(port_of(p, "tls13"), cafile, ssl.TLSVersion.TLSv1_2)
+    assert handshake(port_of(p, "tls12"), cafile) == ("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305")
+    out = curl("--cacert", str(cafile), f"https://127.0.0.1:{port_of(p, 'tls12')}/echo")
+    assert out.returncode == 0, out.stderr
