@@ -8,8 +8,9 @@ Paths: ``/hello`` (text naming the connection), ``/bytes/N`` (N bytes of the
 shared pattern), ``/echo`` (streams the request body back), ``/sha`` (sha256 and
 length of the request body), ``/trailers`` (a body, then trailers), ``/slow/MS``
 (answers after MS milliseconds), ``/goaway`` (answers, then GOAWAY naming this
-stream as the last), ``/hold`` (never answers: for GOAWAY with streams above the
-last one), ``/headers`` (the request's header list as JSON).
+stream as the last), ``/hold`` (three arriving together: the first is answered,
+then GOAWAY naming it as the last stream; fewer are answered after a second),
+``/headers`` (the request's header list as JSON).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class _Conn(asyncio.Protocol):
         self.window = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.held: list[int] = []
+        self.goaway_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -199,6 +201,15 @@ class _Conn(asyncio.Protocol):
                 await self.send(first, b"held\n", True)
                 self.conn.close_connection(last_stream_id=first)
                 self.flush()
+                self.goaway_sent = True
+            else:
+                # Fewer arrived together (the retries of the unprocessed ones, on a new
+                # connection): answered after a second.
+                await asyncio.sleep(1.0)
+                if not self.goaway_sent and sid in self.held:
+                    self.held.remove(sid)
+                    self.respond(sid, 200, [(b"content-length", b"5")])
+                    await self.send(sid, b"held\n", True)
         elif path == "/headers":
             await self.read_all(sid)
             body = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]).encode()
