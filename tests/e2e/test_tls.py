@@ -625,3 +625,32 @@ def test_versions_and_ciphers(
     assert handshake(port_of(p, "tls12"), cafile) == ("TLSv1.2", "ECDHE-ECDSA-CHACHA20-POLY1305")
     out = curl("--cacert", str(cafile), f"https://127.0.0.1:{port_of(p, 'tls12')}/echo")
     assert out.returncode == 0, out.stderr
+
+
+H2_OVER_TLS = """
+[upstreams.origin]
+endpoints = [{ endpoint = "{origin}" }]
+
+[servers.web]
+listener = "127.0.0.1:0"
+[servers.web.tls]
+backend = "{backend}"
+alpn = ["h2", "http/1.1"]
+certificates = [{ chain = "{chain}", key = "{key}" }]
+[[servers.web.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+
+def test_alpn_h2_over_tls(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str) -> None:
+    chain, key = write_cert(ca.issue_cert("127.0.0.1"), tmp_path, "h2")
+    cafile = write_ca(ca, tmp_path)
+    p = proxy(H2_OVER_TLS, origin=origin.url, backend=backend, chain=chain, key=key)
+    url = https_url(p, "web") + "/echo"
+    out = curl("--cacert", str(cafile), "--http2", "-o", "/dev/null", "-w", "%{http_version}", url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"2"
+    out = curl("--cacert", str(cafile), "--http1.1", "-o", "/dev/null", "-w", "%{http_version}", url)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"1.1"
