@@ -10,6 +10,8 @@ other side, and the limit and malformed-input tests craft frames with
 
 from __future__ import annotations
 
+import sys
+
 import h2.config
 import h2.connection
 import h2.events
@@ -734,3 +736,32 @@ def test_arbitrary_bytes_give_events_or_a_connection_error(kind: str, chunks: li
             c.pending()
     except H2ConnectionError:
         c.pending()
+
+
+# -- choosing the codec ------------------------------------------------------------------------------
+
+
+def test_new_codec_prefers_native_and_obeys_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from monolake.proto.http2._h2codec import H2Codec
+
+    monkeypatch.delenv("MONOLAKE_H2_CODEC", raising=False)
+    if native_available():
+        from monolake.proto.http2._native import NgCodec
+
+        assert isinstance(new_codec(True), NgCodec)
+    else:
+        assert isinstance(new_codec(True), H2Codec)
+    monkeypatch.setenv("MONOLAKE_H2_CODEC", "h2")
+    assert isinstance(new_codec(False), H2Codec)
+
+
+def test_new_codec_falls_back_when_the_extension_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an install without libnghttp2-dev sees: the import fails and the reference is used."""
+    from monolake.proto.http2._h2codec import H2Codec
+
+    monkeypatch.delenv("MONOLAKE_H2_CODEC", raising=False)
+    monkeypatch.setitem(sys.modules, "monolake.proto.http2._native", None)  # makes the import raise ImportError
+    assert not native_available()
+    assert isinstance(new_codec(True), H2Codec)
+    with pytest.raises(ImportError):
+        new_codec(True, kind="native")
