@@ -1,4 +1,4 @@
-"""TLS on both backends (ssl/OpenSSL and rtls/rustls), each over both event loops: HTTPS listeners (SNI,
+"""TLS on both backends (ssl/OpenSSL and rtls/rustls), each over every event loop: HTTPS listeners (SNI,
 key formats, ALPN, session resumption, mTLS, certificate reload) and TLS upstreams (verification, SNI, ALPN,
 client certificates).
 
@@ -654,3 +654,37 @@ def test_alpn_h2_over_tls(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, t
     out = curl("--cacert", str(cafile), "--http1.1", "-o", "/dev/null", "-w", "%{http_version}", url)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"1.1"
+
+
+H2_UPSTREAM = """
+[upstreams.back]
+endpoints = [{ endpoint = "https://127.0.0.1:{back_port}" }]
+protocol = "{protocol}"
+[upstreams.back.tls]
+backend = "{backend}"
+ca = "{ca}"
+{alpn}
+
+[servers.front]
+listener = "127.0.0.1:0"
+[[servers.front.routes]]
+path = "/"
+upstream = "back"
+"""
+
+
+@pytest.mark.parametrize("protocol", ["h2", "http1"])
+def test_upstream_alpn(
+    proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path, backend: str, protocol: str
+) -> None:
+    """A TLS upstream offering ALPN h2 (HTTP/2) or http/1.1: another proxy whose TLS listener offers both."""
+    chain, key = write_cert(ca.issue_cert("127.0.0.1"), tmp_path, "back")
+    cafile = write_ca(ca, tmp_path)
+    back = proxy(H2_OVER_TLS, origin=origin.url, backend="openssl", chain=chain, key=key)
+    alpn = "" if protocol == "h2" else 'alpn = ["http/1.1"]'  # protocol = "h2" offers h2 itself
+    front = proxy(H2_UPSTREAM, back_port=port_of(back, "web"), protocol=protocol, backend=backend, ca=cafile, alpn=alpn)
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        for _ in range(3):
+            r = client.get(front.url + "/echo")
+            assert r.status_code == 200, r.text
+            assert r.json()["path"] == "/echo"
