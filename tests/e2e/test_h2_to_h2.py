@@ -97,5 +97,8 @@ def test_large_bodies_both_ways(h2h2: Proxy) -> None:
         assert up.json() == {"sha256": hashlib.sha256(payload).hexdigest(), "length": size}
         down = c.get(h2h2.url + f"/bytes/{size}")
         assert hashlib.sha256(down.content).hexdigest() == pattern_sha(size)
-        echo = c.post(h2h2.url + "/echo", content=payload[: 4 * 1024 * 1024])
-        assert echo.content == payload[: 4 * 1024 * 1024]
+        # An echo streams the response while the request is sent; httpx returns no window
+        # until it has sent the whole request, so a larger echo would stall any flow-controlled
+        # path (the client's deadlock, not the proxy's): stay within the buffers on the way.
+        echo = c.post(h2h2.url + "/echo", content=payload[:200_000])
+        assert echo.content == payload[:200_000]

@@ -71,8 +71,26 @@ _NOT_FORWARDED = frozenset(
 )
 """Fields never sent on an HTTP/2 stream (RFC 9113 §8.2.2); Content-Length is rebuilt from the body."""
 
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
-"""Fields that make an HTTP/2 request malformed (RFC 9113 §8.2.2)."""
+(_SCHEME, _METHOD, _PATH, _AUTHORITY, _COOKIE, _CONN_SPECIFIC, _CONTENT_LENGTH, _TE, _HOST, _EXPECT) = range(10)
+_SPECIAL_IN = {
+    b":scheme": _SCHEME,
+    b":protocol": _SCHEME,
+    b":method": _METHOD,
+    b":path": _PATH,
+    b":authority": _AUTHORITY,
+    b"cookie": _COOKIE,
+    # Connection-specific fields make an HTTP/2 request malformed (RFC 9113 §8.2.2).
+    b"connection": _CONN_SPECIFIC,
+    b"keep-alive": _CONN_SPECIFIC,
+    b"proxy-connection": _CONN_SPECIFIC,
+    b"transfer-encoding": _CONN_SPECIFIC,
+    b"upgrade": _CONN_SPECIFIC,
+    b"content-length": _CONTENT_LENGTH,
+    b"te": _TE,
+    b"host": _HOST,
+    b"expect": _EXPECT,
+}
+"""Request fields that are not copied as they are: one dict lookup sorts every field."""
 
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
 
@@ -422,45 +440,47 @@ class H2Connection(asyncio.Protocol):
         host: bytes | None = None
         length: int | None = None
         expect = False
-        size = 0
+        size = 32 * len(headers)
         bad: tuple[int, str] | None = None
+        special = _SPECIAL_IN.get
         for name, value in headers:
-            size += len(name) + len(value) + 32
-            if name.startswith(b":"):
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name != b":scheme" and name != b":protocol":
+            size += len(name) + len(value)
+            kind = special(name)
+            if kind is None:
+                if name[:1] == b":":
                     bad = (400, f"unknown pseudo-header {name.decode('latin-1')}")
-            elif name == b"cookie":
+                else:
+                    raw.append((name, value))
+                    lower.append(name)
+            elif kind == _METHOD:
+                method = value
+            elif kind == _PATH:
+                path = value
+            elif kind == _AUTHORITY:
+                authority = value
+            elif kind == _COOKIE:
                 # RFC 9113 §8.2.3: crumbs are joined again for an HTTP/1.1 hop.
                 if cookies is None:
                     cookies = [value]
                 else:
                     cookies.append(value)
-            elif name in _CONNECTION_SPECIFIC:
+            elif kind == _CONN_SPECIFIC:
                 bad = (400, f"connection-specific field {name.decode('latin-1')} in an HTTP/2 request")
-            elif name == b"content-length":
+            elif kind == _CONTENT_LENGTH:
                 try:
                     length = int(value)
                 except ValueError:
                     bad = (400, "malformed content-length")
-            elif name == b"te":
+            elif kind == _TE:
                 if value.strip().lower() != b"trailers":
                     bad = (400, "TE other than 'trailers' in an HTTP/2 request")
                 else:  # kept for an HTTP/2 upstream (gRPC servers require it)
                     raw.append((b"te", b"trailers"))
                     lower.append(b"te")
-            elif name == b"host":
+            elif kind == _HOST:
                 host = value
-            elif name == b"expect":
+            elif kind == _EXPECT:
                 expect = value.strip().lower() == b"100-continue"
-            else:
-                raw.append((name, value))
-                lower.append(name)
         if cookies is not None:
             raw.append((b"cookie", b"; ".join(cookies)))
             lower.append(b"cookie")
@@ -532,9 +552,20 @@ class H2Connection(asyncio.Protocol):
         status = resp.status
         fields: HeaderList = [(b":status", _STATUS.get(status) or b"%d" % status)]
         h = resp.headers
-        for lname, (_, value) in zip(h.names(), h.pairs(), strict=True):
-            if lname not in _NOT_FORWARDED:
-                fields.append((lname, value))
+        block = h.block
+        if block is not None:
+            # Untouched fields from an HTTP/1.1 upstream: read the wire block directly
+            # (llhttp validated it; hop-by-hop lines are gone already).
+            for line in block.split(b"\r\n"):
+                if line:
+                    name, _, value = line.partition(b":")
+                    lname = name.lower()
+                    if lname not in _NOT_FORWARDED:
+                        fields.append((lname, value.strip(b" \t")))
+        else:
+            for lname, (_, value) in zip(h.names(), h.pairs(), strict=True):
+                if lname not in _NOT_FORWARDED:
+                    fields.append((lname, value))
         body = resp.body
         codec = self.codec
         sid = st.sid
