@@ -383,7 +383,9 @@ static PyObject *Ring_accept_multishot(Ring *self, PyObject *args) {
         io_uring_sqe_set_data64(sqe, CANCEL_TAG);
         return NULL;
     }
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    /* Blocking descriptors: io_uring answers EAGAIN on O_NONBLOCK sockets instead
+     * of waiting for readiness itself. */
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
     return queued(self, op, sqe);
 }
 
@@ -587,7 +589,7 @@ static PyMethodDef Ring_methods[] = {
     {"sendmsg", (PyCFunction)Ring_sendmsg, METH_VARARGS,
      "sendmsg(fd, bufs: tuple[bytes, ...], target) -> token: one gathered send."},
     {"accept_multishot", (PyCFunction)Ring_accept_multishot, METH_VARARGS,
-     "accept_multishot(fd, target) -> token: accepted descriptors (non-blocking) until cancelled."},
+     "accept_multishot(fd, target) -> token: accepted descriptors (blocking, cloexec) until cancelled."},
     {"poll", (PyCFunction)Ring_poll, METH_VARARGS,
      "poll(fd, events, multishot, target) -> token."},
     {"close_fd", (PyCFunction)Ring_close_fd, METH_O,

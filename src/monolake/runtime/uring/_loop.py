@@ -241,7 +241,7 @@ class UringEventLoop(unix_events.SelectorEventLoop):
             # A listener shared by workers (Unix sockets, inherited): the first multishot
             # accept queued on it would take every connection, so accept on readiness, as
             # epoll loops do, and let the workers race for each one.
-            super()._start_serving(
+            super()._start_serving(  # type: ignore[misc]  # typeshed omits it
                 protocol_factory, sock, sslcontext, server, backlog, ssl_handshake_timeout, ssl_shutdown_timeout
             )
             return
@@ -258,7 +258,7 @@ class UringEventLoop(unix_events.SelectorEventLoop):
     def _stop_serving(self, sock: socket.socket) -> None:
         acceptor = self._acceptors.pop(sock.fileno(), None)
         if acceptor is None:
-            super()._stop_serving(sock)
+            super()._stop_serving(sock)  # type: ignore[misc]
             return
         acceptor.stop()
         fd = sock.detach()

@@ -27,7 +27,7 @@ from asyncio.log import logger
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from .._uring import Ring
+from .._uring import POLLOUT, Ring
 
 if TYPE_CHECKING:
     from asyncio import BaseProtocol, Future, Server
@@ -92,6 +92,10 @@ class UringSocketTransport(transports.Transport):
         self._inflight_size = 0
         self._wbuf: list[bytes] = []
         self._wbuf_size = 0
+        if sock.gettimeout() == 0.0:
+            # io_uring answers EAGAIN on an O_NONBLOCK socket where it would otherwise
+            # wait for readiness itself; accepted sockets arrive blocking already.
+            sock.setblocking(True)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -186,7 +190,7 @@ class UringSocketTransport(transports.Transport):
             else:
                 self._on_eof()
             return
-        elif res != -errno.ECANCELED and res != -errno.ENOBUFS:
+        elif res not in (-errno.ECANCELED, -errno.ENOBUFS, -errno.EAGAIN):
             self._fatal_error(OSError(-res, os.strerror(-res)), "Fatal read error on io_uring transport")
             return
         if not more:
@@ -281,6 +285,12 @@ class UringSocketTransport(transports.Transport):
         self._send_token = None
         if self._conn_lost:
             return
+        if res == -errno.EAGAIN:  # not expected on a blocking socket; wait for room, then resend
+            self._wbuf[:0] = self._inflight
+            self._wbuf_size += self._inflight_size
+            self._inflight, self._inflight_size = (), 0
+            self._send_token = self._ring.poll(self._fd, POLLOUT, False, self._on_writable)
+            return
         if res < 0:
             self._inflight, self._inflight_size = (), 0
             if res != -errno.ECANCELED:
@@ -307,6 +317,17 @@ class UringSocketTransport(transports.Transport):
                 self._loop.call_soon(self._call_connection_lost, None)
             elif self._eof_written:
                 self._shutdown_write()
+
+    def _on_writable(self, res: int, _data: None, _more: bool) -> None:
+        self._send_token = None
+        if self._conn_lost:
+            return
+        if res < 0 and res != -errno.ECANCELED:
+            self._fatal_error(OSError(-res, os.strerror(-res)), "Fatal write error on io_uring transport")
+            return
+        self._flush()
+        if self._send_token is None:
+            self._on_send(0, None, False)  # nothing was queued: finish a pending close or EOF
 
     def get_write_buffer_size(self) -> int:
         return self._inflight_size + self._wbuf_size
