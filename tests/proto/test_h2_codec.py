@@ -256,6 +256,7 @@ def test_client_resets_stream(kind: str) -> None:
     client.send_data(sid, b"part", False)
     pump(client, server)
     client.reset(sid, CANCEL)
+    assert client.open_streams() == 0
     cev, sev = pump(client, server)
     assert (RESET, sid, CANCEL) in sev
     assert not any(e[0] == RESET for e in cev), "a reset the driver asked for is not reported back"

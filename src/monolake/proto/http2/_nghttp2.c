@@ -1013,6 +1013,9 @@ static PyObject *Codec_reset(Codec *self, PyObject *const *args, Py_ssize_t narg
         fail_rv(self, rv);
         return NULL;
     }
+    /* Serialize now: the stream closes as its RST_STREAM goes out, so open_streams() is
+       right at once, as with the reference codec. */
+    if (flush(self) < 0) return leave(self, NULL);
     return leave(self, Py_NewRef(Py_None));
 }
 
