@@ -42,7 +42,12 @@ class H2OriginProcess:
             self.close()
             raise AssertionError(f"{exc}\nstderr:\n{self.errors.text}") from None
 
-    def connections(self, after: int = 0) -> int:
+    def connections(self, after: int = 0, *, at_least: int = 1) -> int:
+        """CONN lines since ``after``, once there are ``at_least`` (its stdout is read by a thread)."""
+        i = after
+        for _ in range(at_least):
+            self.log.wait_line(r"^CONN \d+$", after=i)
+            i = next(j for j, line in enumerate(self.log.lines) if j >= i and line.startswith("CONN ")) + 1
         return self.log.count(r"^CONN \d+$", after=after)
 
     def close(self) -> None:
@@ -201,7 +206,7 @@ def test_goaway_reconnects(proxy: ProxyFactory, h2c_origin: H2OriginProcess, cod
         assert r.status_code == 200 and r.text == "goaway\n"
         for _ in range(3):
             assert c.get(f"{p.url}/hello").status_code == 200
-    assert h2c_origin.connections(after=mark) == 2
+    assert h2c_origin.connections(after=mark, at_least=2) == 2
     p.log.wait_line(r"sent GOAWAY")
 
 
@@ -222,7 +227,7 @@ def test_unprocessed_streams_after_goaway_are_retried(
     with ThreadPoolExecutor(3) as pool:
         codes = list(pool.map(one, range(3)))
     assert codes == [200, 200, 200]
-    assert h2c_origin.connections(after=mark) == 2
+    assert h2c_origin.connections(after=mark, at_least=2) == 2
     p.log.wait_line(r"upstream sent GOAWAY before processing the stream; retrying GET /hold")
 
 
@@ -255,3 +260,64 @@ def test_h2_over_tls_with_alpn(proxy: ProxyFactory, tls_origin: tuple[H2OriginPr
         assert c.post(f"{p.url}/sha", content=pattern(n)).json() == {"sha256": pattern_sha(n), "length": n}
         assert hashlib.sha256(c.get(f"{p.url}/bytes/{n}").content).hexdigest() == pattern_sha(n)
     assert origin.connections(after=mark) == 1
+
+
+def test_h2_client_to_h2_upstream(proxy: ProxyFactory, h2c_origin: H2OriginProcess, codec: str) -> None:
+    # h2 → h2: one client connection's concurrent streams become streams of one upstream connection,
+    # and response trailers reach the HTTP/2 client.
+    mark = h2c_origin.log.mark()
+    p = proxy(H2C, port=h2c_origin.port, env={"MONOLAKE_H2_CODEC": codec})
+    n = 6 * 1024 * 1024 + 1
+    with (
+        httpx.Client(http1=False, http2=True, trust_env=False, timeout=60) as c,  # type: ignore[arg-type]
+        ThreadPoolExecutor(16) as pool,
+    ):
+        r = c.get(f"{p.url}/headers")
+        assert r.http_version == "HTTP/2"
+        h = dict(json.loads(r.content))
+        assert h[":authority"] == p.address and "host" not in h
+        codes = list(pool.map(lambda _: c.get(f"{p.url}/slow/200").status_code, range(16)))
+        assert codes == [200] * 16
+        assert c.post(f"{p.url}/sha", content=pattern(n)).json() == {"sha256": pattern_sha(n), "length": n}
+        with c.stream("GET", f"{p.url}/bytes/{n}") as resp:
+            digest = hashlib.sha256()
+            for piece in resp.iter_bytes():
+                digest.update(piece)
+        assert digest.hexdigest() == pattern_sha(n)
+    assert h2c_origin.connections(after=mark) == 1
+
+
+def test_trailers_reach_an_h2_client(h2c_proxy: Proxy) -> None:
+    # httpx does not expose trailers; a raw h2 connection reads them.
+    import socket as socket_
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    host, port = h2c_proxy.address.rsplit(":", 1)
+    trailers: list[tuple[bytes, bytes]] = []
+    body = b""
+    with socket_.create_connection((host, int(port)), timeout=20) as sock:
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/trailers")],
+            end_stream=True,
+        )
+        sock.sendall(conn.data_to_send())
+        while not trailers:
+            data = sock.recv(65536)
+            assert data, "the proxy closed the connection"
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers = list(ev.headers)
+                elif isinstance(ev, h2.events.StreamReset):
+                    raise AssertionError(f"stream reset: {ev}")
+            sock.sendall(conn.data_to_send())
+    assert body == b"body before trailers\n"
+    assert trailers == [(b"x-checksum", b"abc123"), (b"x-done", b"yes")]
