@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import queue
 import socket
 import ssl
 import subprocess
@@ -62,6 +63,8 @@ upstream = "origin"
 """
 
 TLS_BODY = b"hello over tls\n"
+FLOOD = 128 * 1024 * 1024
+FLOOD_CHUNK = os.urandom(1 << 20)
 
 
 class Targets:
@@ -73,13 +76,35 @@ class Targets:
         self.thread.start()
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        self.blocked: queue.Queue[int] = queue.Queue()
         self.servers = asyncio.run_coroutine_threadsafe(self._start(ctx), self.loop).result(TIMEOUT)
-        self.echo_port, self.tls_port = (s.sockets[0].getsockname()[1] for s in self.servers)
+        self.echo_port, self.tls_port, self.flood_port = (s.sockets[0].getsockname()[1] for s in self.servers)
 
     async def _start(self, ctx: ssl.SSLContext) -> list[asyncio.Server]:
         echo = await asyncio.start_server(self._echo, "127.0.0.1", 0)
+        flood = await asyncio.start_server(self._flood, "127.0.0.1", 0)
         tls = await asyncio.start_server(self._tls, "127.0.0.1", 0, ssl=ctx)
-        return [echo, tls]
+        return [echo, tls, flood]
+
+    async def _flood(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Writes FLOOD bytes as fast as the connection takes them; the first time the
+        # transport's buffer has to wait for the peer, reports how much was written by then.
+        written = 0
+        reported = False
+        try:
+            while written < FLOOD:
+                writer.write(FLOOD_CHUNK)
+                written += len(FLOOD_CHUNK)
+                if not reported and writer.transport.get_write_buffer_size() > 0:
+                    reported = True
+                    self.blocked.put(written)
+                await writer.drain()
+            writer.write_eof()
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
 
     async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -134,7 +159,7 @@ def dead_port() -> int:
 
 @pytest.fixture(scope="module")
 def fwd(module_proxy: ProxyFactory, origin: Origin, targets: Targets, dead_port: int) -> Proxy:
-    ports = ", ".join(str(p) for p in (origin.port, targets.echo_port, targets.tls_port, dead_port))
+    ports = ", ".join(str(p) for p in (origin.port, targets.echo_port, targets.tls_port, targets.flood_port, dead_port))
     return module_proxy(CONFIG, origin=origin.url, ports=ports)
 
 
@@ -265,3 +290,18 @@ def test_malformed_target_is_400(fwd: Proxy, target: str) -> None:
         c.send(connect_head(target))
         assert c.read_response().status == 400
         assert c.is_closed()
+
+
+def test_backpressure_toward_a_client_that_does_not_read(fwd: Proxy, targets: Targets) -> None:
+    # The target can write only as fast as the client reads: while the client reads nothing, the
+    # target's writes stall after what the sockets' buffers (and a bounded amount in the proxy) hold,
+    # not after the whole 128 MB. Then the client reads it all.
+    with RawClient(fwd.servers["fwd"], timeout=60, rcvbuf=65536) as c:
+        c.send(connect_head(f"127.0.0.1:{targets.flood_port}"))
+        assert c.read_head().status == 200
+        stalled_at = targets.blocked.get(timeout=60)
+        assert stalled_at <= 32 * 1024 * 1024, stalled_at
+        got = len(c.buf)
+        while data := c.sock.recv(1 << 20):
+            got += len(data)
+        assert got == FLOOD
