@@ -28,12 +28,13 @@ id fail with a retry-safe ``ReadError`` (RFC 9113 §6.8: they were not processed
 the others finish, then the connection closes. A REFUSED_STREAM reset is retry
 safe for the same reason (§8.7).
 
-Timeouts: ``read_timeout`` is a per-stream inactivity timer (re-armed lazily from
-the stream's last activity, like the HTTP/1 client's); ``deadline`` (loop time,
-for gRPC's grpc-timeout) ends the stream whatever its activity. A timed out
-stream is reset; before its response head the future raises ``ReadTimeout``,
-after it the body fails with it, except for a gRPC stream, whose body ends with
-``grpc-status: 4`` trailers so the client sees DEADLINE_EXCEEDED.
+Timeouts: ``read_timeout`` is a per-stream inactivity timer, re-armed lazily from
+the stream's last frame in either direction (the HTTP/1 client's runs from its last
+read); ``deadline`` (loop time, for gRPC's grpc-timeout) ends the stream whatever
+its activity. A timed out stream is reset; before its response head the future
+raises ``ReadTimeout``, after it the body fails with it, except for a gRPC stream,
+whose body ends with ``grpc-status: 4`` trailers so the client sees
+DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class _StreamSink:
         codec = conn.codec
         codec.send_data(st.sid, data, False)
         conn.flush()
+        st.last = conn.loop.time()  # a call that streams requests is active even while the upstream is silent
         if not st.send_paused and (codec.buffered(st.sid) > SEND_HIGH or conn.write_paused):
             st.send_paused = True
             qbody = st.qbody
