@@ -31,6 +31,7 @@ from hyperframe.frame import (
     Frame,
     GoAwayFrame,
     HeadersFrame,
+    PingFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -321,6 +322,48 @@ def test_preface_split_across_reads(h2proxy: Proxy, raw: list[RawH2]) -> None:
         s.sendall(SettingsFrame(0).serialize())
         first = s.recv(9)
     assert first[3] == 0x4  # the server's SETTINGS: it took the connection as HTTP/2
+
+
+def test_ping_is_answered(h2proxy: Proxy, raw: list[RawH2]) -> None:
+    c = open_raw(raw, h2proxy.url.removeprefix("http://"))
+    c.send(PingFrame(0, opaque_data=b"12345678").serialize())
+    while True:
+        f = c.until(PingFrame)
+        if "ACK" in f.flags:
+            break
+    assert f.opaque_data == b"12345678"
+
+
+PROXY_PROTOCOL_CONFIG = """
+[upstreams.origin]
+endpoints = [{ endpoint = "{origin}" }]
+
+[servers.web]
+listener = "127.0.0.1:0"
+proxy_protocol = "v1"
+
+[[servers.web.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+
+def test_h2c_behind_a_proxy_protocol_header(proxy: ProxyFactory, origin: Origin, codec: str) -> None:
+    p = proxy(PROXY_PROTOCOL_CONFIG, origin=origin.url, env={"MONOLAKE_H2_CODEC": codec})
+    host, _, port = p.address.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as s:
+        s.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 80\r\n")
+        c = RawH2.__new__(RawH2)
+        c.sock, c.buf, c.encoder, c.decoder = s, b"", hpack.Encoder(), hpack.Decoder()
+        c.send(PREFACE + SettingsFrame(0).serialize())
+        c.request(1, "/echo")
+        body = b""
+        while True:
+            f = c.until(DataFrame, 1)
+            body += f.data
+            if "END_STREAM" in f.flags:
+                break
+    assert ["x-forwarded-for", "203.0.113.7"] in [[k.lower(), v] for k, v in json.loads(body)["headers"]]
 
 
 # -- limits and defenses --------------------------------------------------------------
