@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import queue
+import signal
 import ssl
 import threading
 from collections.abc import Iterator
@@ -275,3 +276,22 @@ def test_wss_through_a_tls_listener(proxy: ProxyFactory, ws_server: WsServer, tm
         ws.send(big)
         assert ws.recv(60) == big
     assert ws_server.record() == ("/echo", 1000, [8, len(big)])
+
+
+def test_drain_lets_a_tunnel_run_until_drain_timeout(proxy: ProxyFactory, ws_server: WsServer, origin: Origin) -> None:
+    p = proxy(CONFIG, ws=ws_server.address, origin=origin.url, idle=600)
+    with connect(ws_url(p, "/echo"), open_timeout=TIMEOUT) as ws:
+        ws.send("before")
+        assert ws.recv(TIMEOUT) == "before"
+        mark = p.log.mark()
+        p.proc.send_signal(signal.SIGTERM)
+        p.log.wait_line(r"drain|stopping|SIGTERM", after=mark)
+        # Draining: new connections are refused, this tunnel still carries messages ...
+        ws.send("during")
+        assert ws.recv(TIMEOUT) == "during"
+        # ... until runtime.drain_timeout (2 s) ends it and the worker exits cleanly.
+        assert p.proc.wait(TIMEOUT) == 0
+        with pytest.raises(ConnectionClosed):
+            ws.recv(TIMEOUT)
+    path, _code, sizes = ws_server.record()
+    assert (path, sizes) == ("/echo", [6, 6])
