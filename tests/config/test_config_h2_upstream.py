@@ -79,6 +79,24 @@ def test_errors_name_the_key(raw: Doc, path: str, fragment: str) -> None:
     assert fragment in err.reason, err
 
 
+def inline(**route: Any) -> Doc:
+    r: Doc = {"upstreams": [{"endpoint": "127.0.0.1:9000"}]}
+    r.update(route)
+    return {"servers": {"web": {"listener": "127.0.0.1:8080", "routes": [r]}}}
+
+
+def test_inline_upstreams_take_a_protocol() -> None:
+    assert parse_config(inline(protocol="h2c")).servers["web"].routes[0].protocol == "h2c"
+    err = error(inline(protocol="h2"))
+    assert err.path == "servers.web.routes[0].protocol" and "HTTP/2 over TLS" in err.reason
+    raw = doc()
+    raw["servers"]["web"]["routes"][0]["protocol"] = "h2c"
+    err = error(raw)
+    assert err.path == "servers.web.routes[0].protocol" and "set it on the cluster" in err.reason
+    err = error(inline(protocol="h2c", retry={"attempts": 1}))
+    assert err.path == "servers.web.routes[0].retry"
+
+
 def test_retry_refused_on_h2_cluster() -> None:
     raw = doc(protocol="h2c")
     raw["servers"]["web"]["routes"][0]["retry"] = {"attempts": 1}

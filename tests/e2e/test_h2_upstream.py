@@ -321,3 +321,22 @@ def test_trailers_reach_an_h2_client(h2c_proxy: Proxy) -> None:
             sock.sendall(conn.data_to_send())
     assert body == b"body before trailers\n"
     assert trailers == [(b"x-checksum", b"abc123"), (b"x-done", b"yes")]
+
+
+INLINE = """
+[servers.web]
+listener = "127.0.0.1:0"
+
+[[servers.web.routes]]
+path = "/"
+upstreams = [{ endpoint = "127.0.0.1:{port}" }]
+protocol = "h2c"
+"""
+
+
+def test_inline_upstreams_over_h2c(proxy: ProxyFactory, h2c_origin: H2OriginProcess) -> None:
+    p = proxy(INLINE, port=h2c_origin.port)
+    with client() as c:
+        r = c.get(f"{p.url}/headers")
+    assert r.status_code == 200
+    assert dict(json.loads(r.content))[":path"] == "/headers"

@@ -336,6 +336,10 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
         _check_balancer(path, r.load_balancer, r.hash_on)
+        if r.protocol != "http1":
+            _check_h2_cluster(path, Cluster(endpoints=r.upstreams, protocol=r.protocol))
+    elif r.protocol != "http1":
+        raise ConfigError(f"{path}.protocol", "applies to inline 'upstreams'; set it on the cluster instead")
     if r.timeout is not None and r.timeout <= 0:
         raise ConfigError(f"{path}.timeout", "must be > 0")
     if r.retry is not None:
@@ -347,8 +351,8 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
             raise ConfigError(f"{path}.retry.budget_percent", "must be >= 0")
         if r.retry.min_retry_concurrency < 0:
             raise ConfigError(f"{path}.retry.min_retry_concurrency", "must be >= 0")
-        if r.upstream is not None and cfg.upstreams[r.upstream].protocol != "http1":
-            raise ConfigError(f"{path}.retry", f"retries are not available yet for cluster {r.upstream!r} (HTTP/2)")
+        if (cfg.upstreams[r.upstream].protocol if r.upstream is not None else r.protocol) != "http1":
+            raise ConfigError(f"{path}.retry", "retries are not available yet for HTTP/2 upstreams")
 
 
 def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:

@@ -213,6 +213,8 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     load_balancer: BalancerKind = "round_robin"
     hash_on: str = "client_ip"
     hash_algorithm: Literal["ring", "maglev"] = "ring"
+    protocol: Literal["http1", "h2c", "h2"] = "http1"
+    """HTTP to the inline ``upstreams``, as a cluster's ``protocol``."""
 
     strip_prefix: bool = False
     """Remove the matched ``path`` prefix before forwarding."""

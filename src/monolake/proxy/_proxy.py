@@ -270,6 +270,7 @@ class ProxyFactory(Factory[HttpProxy]):
                     load_balancer=r.load_balancer,
                     hash_on=r.hash_on,
                     hash_algorithm=r.hash_algorithm,
+                    protocol=r.protocol,
                 )
                 cname = f"{self.name}.routes[{i}]"
                 cluster = UpstreamCluster.from_config(cname, c, self.pool)
