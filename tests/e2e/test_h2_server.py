@@ -37,7 +37,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from conftest import TIMEOUT, Origin, Proxy, ProxyFactory, pattern_sha
+from conftest import TIMEOUT, Origin, Proxy, ProxyFactory, pattern_sha, proc_status_kb
 from monolake.proto.http2 import PREFACE, codec_kinds
 
 pytestmark = pytest.mark.e2e
@@ -104,13 +104,18 @@ def headers_of(echo: dict[str, object]) -> list[tuple[str, str]]:
 class RawH2:
     """A blocking socket that writes frames as told and reads frames back."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, window: int = 0) -> None:
+        """``window``: the receive window to announce (stream and connection), else the default 65535."""
         host, _, port = address.rpartition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
         self.buf = b""
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
-        self.send(PREFACE + SettingsFrame(0).serialize())
+        settings = SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: window} if window else {})
+        hello = PREFACE + settings.serialize()
+        if window > 65535:
+            hello += WindowUpdateFrame(0, window_increment=window - 65535).serialize()
+        self.send(hello)
 
     def close(self) -> None:
         self.sock.close()
@@ -304,6 +309,35 @@ def test_nghttp_upload_download(h2proxy: Proxy, tmp_path: Path) -> None:
     down = subprocess.run(["nghttp", h2proxy.url + f"/bytes/{SIZE}"], capture_output=True, timeout=60)
     assert down.returncode == 0
     assert hashlib.sha256(down.stdout).hexdigest() == pattern_sha(SIZE)
+
+
+def test_slow_reader_backpressures_the_upstream(h2proxy: Proxy) -> None:
+    """A client with a huge window that stops reading: the proxy's socket buffer fills, the
+    stream stops asking the origin for more, and the worker does not hold the body."""
+    size = 50 * 1024 * 1024
+    (pid,) = h2proxy.workers()
+    before = proc_status_kb(pid, "VmRSS")
+    c = RawH2(h2proxy.address, window=2**31 - 1)
+    try:
+        c.request(1, f"/bytes/{size}")
+        head = c.until(HeadersFrame, 1)
+        assert (b":status", b"200") in head.decoded  # type: ignore[attr-defined]
+        # Stall: without backpressure the origin's 50 MB would pile up in the worker
+        # within this second (loopback moves it in a fraction of that).
+        time.sleep(1.0)
+        stalled_kb = proc_status_kb(pid, "VmRSS") - before
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            f = c.until(DataFrame, 1)
+            h.update(f.data)
+            n += len(f.data)
+            if "END_STREAM" in f.flags:
+                break
+    finally:
+        c.close()
+    assert (n, h.hexdigest()) == (size, pattern_sha(size))
+    assert stalled_kb < 30 * 1024, f"the worker grew by {stalled_kb} KiB while the client stalled"
 
 
 def test_http1_still_served_on_the_same_listener(h2proxy: Proxy) -> None:
