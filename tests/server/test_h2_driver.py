@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from monolake._body import HIGH_WATER, Body
-from monolake.config import Http2, Server
+from monolake.config import Http2, Limits, Server
 from monolake.errors import ConnectError
 from monolake.proto.http1 import Headers, Request, Response
 from monolake.proto.http2 import DATA, GOAWAY, HEADERS, RESET, Codec, new_codec
@@ -77,8 +77,8 @@ class MemoryTransport:
 
 
 class Harness:
-    def __init__(self, kind: str, service: Service, **http2: Any) -> None:
-        cfg = Server(listener="127.0.0.1:0", http2=Http2(**http2))
+    def __init__(self, kind: str, service: Service, *, max_body: int = 100 * 1024 * 1024, **http2: Any) -> None:
+        cfg = Server(listener="127.0.0.1:0", http2=Http2(**http2), limits=Limits(max_body_bytes=max_body))
         self.app = HttpServerApp("web", cfg, service)
         self.transport = MemoryTransport()
         first = self.app.protocol_factory()
@@ -383,5 +383,22 @@ async def test_bad_requests_are_answered_without_the_service(
     # connection error) before the driver sees it; else the driver answers.
     assert refused or blocks[0][0] == (b":status", status)
     assert not called
+    assert not h.conn.streams and h.app.in_flight == 0
+    h.close()
+
+
+async def test_body_over_the_limit_is_413_then_the_upload_is_stopped(kind: str) -> None:
+    async def service(req: Request) -> Response:
+        assert isinstance(req.body, Body)
+        await req.body.read_all()
+        return Response(200)
+
+    h = Harness(kind, service, max_body=1000)
+    sid = h.client.request(POST, False)  # no content-length: the limit is found while reading
+    h.client.send_data(sid, b"z" * 5000, False)  # and the client is not done
+    events = await h.pump()
+    (block,) = headers(events, sid)
+    assert block[0] == (b":status", b"413")
+    assert [e for e in events if e[0] == RESET and e[1] == sid and e[2] == NO_ERROR]
     assert not h.conn.streams and h.app.in_flight == 0
     h.close()

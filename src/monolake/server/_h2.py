@@ -111,6 +111,7 @@ class _Stream:
         "body",
         "conn",
         "hold",
+        "inbound",
         "out",
         "out_paused",
         "paused",
@@ -127,6 +128,8 @@ class _Stream:
         self.req: Request | None = None
         self.body: Body | None = None
         """The request body while DATA still arrives."""
+        self.inbound = False
+        """The client has not ended its side yet."""
         self.task: asyncio.Task[None] | None = None
         self.resp: Response | None = None
         self.out: Body | None = None
@@ -357,12 +360,16 @@ class H2Connection(asyncio.Protocol):
     def _on_data(self, sid: int, data: bytes, end: bool) -> None:
         st = self.streams.get(sid)
         n = len(data)
-        body = st.body if st is not None else None
-        if st is None or body is None:
-            # A stream we reset or answered already: only the connection window matters.
+        if st is None or st.body is None:
+            # A stream we reset, answered, or failed the body of: only the window matters.
             if n:
                 self.codec.consumed(sid, n)
+            if end and st is not None:
+                st.inbound = False
             return
+        body = st.body
+        if end:
+            st.inbound = False
         total = body.received + n
         limit = body.length
         if (limit is not None and total > limit) or (self.max_body and total > self.max_body):
@@ -393,7 +400,8 @@ class H2Connection(asyncio.Protocol):
         st = self.streams.get(sid)
         if st is not None:
             body = st.body
-            if body is not None:  # trailers (the codec checks END_STREAM)
+            st.inbound = False  # trailers (the codec checks END_STREAM)
+            if body is not None:
                 st.body = None
                 body.trailers = [(n, v) for n, v in headers if not n.startswith(b":")]
                 body.feed_eof()
@@ -512,6 +520,7 @@ class H2Connection(asyncio.Protocol):
         self.streams[sid] = st
         self.app.in_flight += 1
         if not end:
+            st.inbound = True
             body = Body(st, length, st.send_continue if expect else None)
             req.body = st.body = body
         elif length:
@@ -614,12 +623,14 @@ class H2Connection(asyncio.Protocol):
         st.out = None
         req = st.req
         assert req is not None
-        body = st.body
-        if body is not None:
+        if st.inbound:
             # Answered before the request body ended: stop the client sending it
             # (RFC 9113 §8.1) and let the body's consumer go.
-            st.body = None
-            body.detach()
+            st.inbound = False
+            body = st.body
+            if body is not None:
+                st.body = None
+                body.detach()
             self.codec.reset(st.sid, NO_ERROR)
             self.want_flush()
         if not self.streams:
