@@ -17,7 +17,7 @@ import h2.connection
 import h2.events
 import hpack
 import pytest
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -764,3 +764,68 @@ def test_new_codec_falls_back_when_the_extension_is_missing(monkeypatch: pytest.
     assert isinstance(new_codec(True), H2Codec)
     with pytest.raises(ImportError):
         new_codec(True, kind="native")
+
+
+# -- what goes on the wire ----------------------------------------------------------------------------
+
+
+def test_constructor_settings_are_advertised(kind: str) -> None:
+    server = codec(
+        kind,
+        False,
+        max_concurrent_streams=37,
+        initial_window_size=300_000,
+        max_frame_size=32_768,
+        max_header_list_size=9_000,
+    )
+    frames = _frames(server.pending())
+    settings_frame = next(f for f in frames if isinstance(f, SettingsFrame))
+    assert settings_frame.settings[SettingsFrame.MAX_CONCURRENT_STREAMS] == 37
+    assert settings_frame.settings[SettingsFrame.INITIAL_WINDOW_SIZE] == 300_000
+    assert settings_frame.settings[SettingsFrame.MAX_FRAME_SIZE] == 32_768
+    assert settings_frame.settings[SettingsFrame.MAX_HEADER_LIST_SIZE] == 9_000
+    # The connection window is raised to match the stream window (RFC 9113 §6.9.2: SETTINGS cannot).
+    updates = [f for f in frames if isinstance(f, WindowUpdateFrame) and f.stream_id == 0]
+    assert sum(f.window_increment for f in updates) == 300_000 - 65_535
+
+
+def test_header_block_split_over_continuation_frames(kind: str) -> None:
+    """A 40 kB header block arrives as HEADERS + CONTINUATION frames from the h2 library."""
+    server = codec(kind, False)
+    peer = _h2(True)
+    server.feed(peer.data_to_send())
+    peer.receive_data(server.pending())
+    sid = peer.get_next_available_stream_id()
+    big = [*GET, (b"x-big", b"b" * 40_000)]
+    peer.send_headers(sid, big, end_stream=True)
+    wire = peer.data_to_send()
+    assert any(f.type == 0x9 for f in _frames(wire)), "expected CONTINUATION frames"
+    events = [e for e in server.feed(wire) if e[0] != SETTINGS]
+    assert events == [(HEADERS, sid, big, True)]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [*GET, (b"connection", b"keep-alive")],  # RFC 9113 §8.2.2: connection-specific
+        [(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x")],  # §8.3.1: no :scheme
+        [*GET, (b"x-up", b"a"), (b":extra", b"1")],  # §8.3: pseudo-header after a regular one
+        [*GET, (b"x-bad", b"a\r\nb")],  # §8.2.1: CR/LF in a value
+    ],
+    ids=["connection-header", "no-scheme", "late-pseudo", "crlf-value"],
+)
+def test_malformed_requests_never_reach_the_driver(kind: str, bad: list[tuple[bytes, bytes]]) -> None:
+    """A malformed request is a stream error (the native codec resets the stream and the connection
+    goes on) or a connection error (the h2 library); the driver never sees its HEADERS."""
+    server = codec(kind, False)
+    enc, _ = _raw_client(server)
+    try:
+        events = server.feed(HeadersFrame(1, enc.encode(bad), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    except H2ConnectionError as exc:
+        assert exc.error_code == PROTOCOL_ERROR
+        return
+    assert not any(e[0] == HEADERS for e in events)
+    rst = [f for f in _frames(server.pending()) if isinstance(f, RstStreamFrame)]
+    assert [(f.stream_id, f.error_code) for f in rst] == [(1, PROTOCOL_ERROR)]
+    good = server.feed(HeadersFrame(3, enc.encode(GET), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert good == [(HEADERS, 3, GET, True)]
