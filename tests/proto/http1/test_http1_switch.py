@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monolake.errors import ProtocolError, RemoteProtocolError
 from monolake.proto.http1._message import Request, Response
@@ -223,3 +225,23 @@ def test_101_without_upgrade_header_is_an_upstream_error() -> None:
     with pytest.raises(RemoteProtocolError) as info:
         Responses(True).feed(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
     assert "Upgrade" in str(info.value)
+
+
+_SEEDS = [WS, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.sampled_from(_SEEDS), cut=st.integers(0, 80), junk=st.binary(max_size=60), pieces=st.integers(1, 4))
+def test_tunnel_reader_accepts_or_raises_protocol_error(seed: bytes, cut: int, junk: bytes, pieces: int) -> None:
+    data = seed[:cut] + junk + seed[cut:]
+    r = Requests()
+    step = max(1, len(data) // pieces)
+    try:
+        r.feed_all([data[i : i + step] for i in range(0, len(data), step)])
+    except ProtocolError:
+        return
+    # Held at most once, and only right after the request it names.
+    held = [e for e in r.events if e[0] == "held"]
+    assert len(held) <= 1
+    if held:
+        assert r.events[-1][0] == "held" and r.held is not None
