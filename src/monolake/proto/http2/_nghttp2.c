@@ -480,6 +480,13 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         } else if (frame->goaway.error_code != NGHTTP2_NO_ERROR && !self->failed) {
             self->failed = 1;
             self->error_code = frame->goaway.error_code;
+            /* nghttp2 puts its reason in the debug data: the clearest message there is. */
+            size_t n = frame->goaway.opaque_data_len;
+            if (n > 0) {
+                if (n >= sizeof(self->errmsg)) n = sizeof(self->errmsg) - 1;
+                memcpy(self->errmsg, frame->goaway.opaque_data, n);
+                self->errmsg[n] = '\0';
+            }
         }
     }
     return 0;
@@ -621,7 +628,8 @@ static PyObject *leave(Codec *self, PyObject *result) {
 static PyObject *raise_conn_error(Codec *self) {
     PyObject *exc;
     if (self->errmsg[0])
-        exc = PyObject_CallFunction(H2ConnectionError, "Is", self->error_code, self->errmsg);
+        exc = PyObject_CallFunction(H2ConnectionError, "IN", self->error_code,
+                                    PyUnicode_DecodeUTF8(self->errmsg, (Py_ssize_t)strlen(self->errmsg), "replace"));
     else
         exc = PyObject_CallFunction(H2ConnectionError, "IN", self->error_code,
                                     PyUnicode_FromFormat("HTTP/2 connection error %s from the peer's data",
@@ -734,6 +742,7 @@ static PyObject *Codec_feed(Codec *self, PyObject *arg) {
         PyBuffer_Release(&view);
         return NULL;
     }
+    self->errmsg[0] = '\0';  /* a message left by an earlier stream error is not this feed's */
     ssize_t rv = nghttp2_session_mem_recv(self->session, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     if (self->cb_error) {
