@@ -391,6 +391,7 @@ def test_bad_preface_is_a_connection_error(kind: str) -> None:
     with pytest.raises(H2ConnectionError) as info:
         server.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert info.value.error_code == PROTOCOL_ERROR
+    assert str(info.value), "the error says what was wrong"
 
 
 @pytest.mark.parametrize(
