@@ -187,7 +187,6 @@ class _Stream:
         "send_paused",
         "sent",
         "sid",
-        "timer",
         "trailers",
         "unacked",
     )
@@ -225,7 +224,6 @@ class _Stream:
         """END_STREAM arrived while the response was held (``chunks``)."""
         self.reads = conn.reads
         self.last = conn.loop.time()
-        self.timer: asyncio.TimerHandle | None = None
 
     # -- Body producer (response body) --------------------------------------------
 
@@ -290,20 +288,18 @@ class _Stream:
             qbody.detach()
         conn.forget(self)
 
-    def check_timeout(self) -> None:
-        self.timer = None
-        if self.closed:
-            return
-        loop = self.conn.loop
-        now = loop.time()
+    def due(self) -> float:
+        """When this stream times out if nothing happens on it."""
         due = self.last + self.read_timeout
         deadline = self.deadline
-        if deadline is not None and now >= deadline - 0.001:
+        return due if deadline is None or deadline > due else deadline
+
+    def timed_out(self) -> None:
+        deadline = self.deadline
+        if deadline is not None and self.conn.loop.time() >= deadline - 0.001:
             self.fail(ReadTimeout("upstream deadline exceeded"), reset=CANCEL)
-        elif now >= due - 0.001:
-            self.fail(ReadTimeout(f"no data from upstream for {self.read_timeout:g}s"), reset=CANCEL)
         else:
-            self.timer = loop.call_at(due if deadline is None else min(due, deadline), self.check_timeout)
+            self.fail(ReadTimeout(f"no data from upstream for {self.read_timeout:g}s"), reset=CANCEL)
 
     # -- events --------------------------------------------------------------------
 
@@ -430,6 +426,8 @@ class H2Connection(asyncio.Protocol):
         self.idle_timeout = 60.0
         self.idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.ready: asyncio.Future[None] = self.loop.create_future()
         """Resolved by the peer's first SETTINGS (its preface): the connection speaks HTTP/2."""
         self.served = 0
@@ -509,6 +507,9 @@ class H2Connection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.streams:
             why = f": {exc}" if exc else ""
             self._lost(None, why)
@@ -557,7 +558,14 @@ class H2Connection(asyncio.Protocol):
         st.last = now = self.loop.time()
         self.streams[sid] = st
         due = now + read_timeout
-        st.timer = self.loop.call_at(due if deadline is None else min(due, deadline), st.check_timeout)
+        if deadline is not None and deadline < due:
+            due = deadline
+        timer = self._timer
+        if timer is None or due < self._timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = due
+            self._timer = self.loop.call_at(due, self._check_timeouts)
         if end:
             self.flush()
         elif isinstance(body, bytes):
@@ -575,9 +583,6 @@ class H2Connection(asyncio.Protocol):
         """A stream finished or failed: drop it; an idle connection starts its idle clock."""
         if self.streams.pop(st.sid, None) is None:
             return
-        if st.timer is not None:
-            st.timer.cancel()
-            st.timer = None
         if not self.streams:
             if self.going_away:
                 if not self.closed:
@@ -586,6 +591,25 @@ class H2Connection(asyncio.Protocol):
             self.idle_since = self.loop.time()
             if self._idle_timer is None and not self.closed:
                 self._idle_timer = self.loop.call_at(self.idle_since + self.idle_timeout, self._check_idle)
+
+    def _check_timeouts(self) -> None:
+        """One timer per connection, not per stream: armed at the earliest possible timeout
+        and, when it fires, failing the streams that are due and re-arming for the others
+        (streams that were active meanwhile are simply due later)."""
+        self._timer = None
+        if self.closed:
+            return
+        now = self.loop.time()
+        soonest = 0.0
+        for st in list(self.streams.values()):
+            due = st.due()
+            if now >= due - 0.001:
+                st.timed_out()
+            elif not soonest or due < soonest:
+                soonest = due
+        if soonest and not self.closed:
+            self._timer_at = soonest
+            self._timer = self.loop.call_at(soonest, self._check_timeouts)
 
     def _check_idle(self) -> None:
         self._idle_timer = None
