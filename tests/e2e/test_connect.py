@@ -215,6 +215,14 @@ def test_bytes_sent_right_behind_the_connect_head_are_relayed(fwd: Proxy, target
         assert c.read_until_close() == b"early bytes"
 
 
+def test_client_half_close_before_the_answer_is_passed_on(fwd: Proxy, targets: Targets) -> None:
+    with RawClient(fwd.servers["fwd"]) as c:
+        c.send(connect_head(f"127.0.0.1:{targets.echo_port}") + b"all I have")
+        c.sock.shutdown(socket.SHUT_WR)  # before the 200: the proxy holds this EOF for the tunnel
+        assert c.read_head().status == 200
+        assert c.read_until_close() == b"all I have"
+
+
 def test_large_transfer_both_ways(fwd: Proxy, targets: Targets) -> None:
     data = os.urandom(32 * 1024 * 1024)
     with RawClient(fwd.servers["fwd"], timeout=60) as c:

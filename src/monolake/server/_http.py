@@ -311,6 +311,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._held_for: Request | None = None
         self._held = b""
         self._tunnel: Tunnel | None = None
+        self._eof = False
         self._h2_probe = app.cfg.http2.enabled
         """Until the first bytes: whether they may be the HTTP/2 client preface (h2c prior knowledge)."""
         self._h2_held = b""
@@ -373,6 +374,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client half-closed: answer what is in flight, then close.
         self._closing = True
+        self._eof = True
         if self._current is None:
             self._close()
         return True
@@ -605,6 +607,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 self.loop, self.app.name, self.peer, lambda t: self._tunnel_done(t, req, resp)
             )
             tunnel.attach(self.transport, up, held)
+            if self._eof:  # the client half-closed while its request was held: pass it on
+                tunnel.eof_received()
             return
         if self._current is not req or self._closed:
             return
