@@ -79,6 +79,8 @@ class UringSocketTransport(transports.Transport):
         self._extra["socket"] = trsock.TransportSocket(sock)
         self._protocol: BaseProtocol = protocol
         self._buffered = isinstance(protocol, BufferedProtocol)
+        self._plain = not self._buffered  # data goes to data_received (the cached bound method)
+        self._data_received: Any = getattr(protocol, "data_received", None) if self._plain else None
         self._server = server
         self._closing = False
         self._conn_lost = 0
@@ -131,6 +133,8 @@ class UringSocketTransport(transports.Transport):
     def set_protocol(self, protocol: BaseProtocol) -> None:
         self._protocol = protocol
         self._buffered = isinstance(protocol, BufferedProtocol)
+        self._plain = not self._buffered
+        self._data_received = getattr(protocol, "data_received", None) if self._plain else None
 
     def get_protocol(self) -> BaseProtocol:
         return self._protocol
@@ -174,6 +178,15 @@ class UringSocketTransport(transports.Transport):
             self._start_reading()
 
     def _on_recv(self, res: int, data: bytes | None, more: bool) -> None:
+        # The hot path: one call per received chunk, straight from the ring's dispatch.
+        if more and res > 0 and self._plain and not self._paused and not self._pending and not self._closing:
+            try:
+                self._data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return
         if not more:
             self._recv_token = None
         if self._closing:
@@ -234,11 +247,15 @@ class UringSocketTransport(transports.Transport):
             self._warn_lost()
             return
         if self._send_token is None:
-            self._submit((data,), len(data))
+            self._inflight = (data,)
+            self._inflight_size = n = len(data)
+            self._send_token = self._ring.send(self._fd, data, self._on_send)
+            if n > self._high_water:
+                self._maybe_pause_protocol()
         else:
             self._wbuf.append(data)
             self._wbuf_size += len(data)
-        self._maybe_pause_protocol()
+            self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         if self._eof_written:
@@ -283,6 +300,12 @@ class UringSocketTransport(transports.Transport):
 
     def _on_send(self, res: int, _data: None, _more: bool) -> None:
         self._send_token = None
+        if res == self._inflight_size and not self._wbuf and not self._protocol_paused:
+            # The common case: all of it went, nothing is queued, no one is waiting.
+            self._inflight, self._inflight_size = (), 0
+            if self._closing or self._eof_written:
+                self._after_flush()
+            return
         if self._conn_lost:
             return
         if res == -errno.EAGAIN:  # not expected on a blocking socket; wait for room, then resend
@@ -312,11 +335,16 @@ class UringSocketTransport(transports.Transport):
             self._flush()
         self._maybe_resume_protocol()
         if self._send_token is None:
-            if self._closing:
-                self._conn_lost += 1
-                self._loop.call_soon(self._call_connection_lost, None)
-            elif self._eof_written:
-                self._shutdown_write()
+            self._after_flush()
+
+    def _after_flush(self) -> None:
+        if self._conn_lost:
+            return
+        if self._closing:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+        elif self._eof_written:
+            self._shutdown_write()
 
     def _on_writable(self, res: int, _data: None, _more: bool) -> None:
         self._send_token = None
