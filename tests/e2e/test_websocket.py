@@ -68,16 +68,16 @@ class WsServer:
     (path, close code, messages received) on ``records``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.records: queue.Queue[tuple[str, int | None, list[int]]] = queue.Queue()
-        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(TIMEOUT)
+        self.server = asyncio.run_coroutine_threadsafe(self._start(ssl_context), self.loop).result(TIMEOUT)
         self.address = f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
-    async def _start(self) -> object:
-        return await serve(self._handle, "127.0.0.1", 0, max_size=None, process_request=self._gate)
+    async def _start(self, ssl_context: ssl.SSLContext | None) -> object:
+        return await serve(self._handle, "127.0.0.1", 0, max_size=None, process_request=self._gate, ssl=ssl_context)
 
     def _gate(self, conn: ServerConnection, req: WsRequest) -> WsResponse | None:
         if req.path == "/reject":
@@ -295,3 +295,48 @@ def test_drain_lets_a_tunnel_run_until_drain_timeout(proxy: ProxyFactory, ws_ser
             ws.recv(TIMEOUT)
     path, _code, sizes = ws_server.record()
     assert (path, sizes) == ("/echo", [6, 6])
+
+
+TLS_UPSTREAM_CONFIG = """
+[runtime]
+drain_timeout = 2
+
+[upstreams.wss]
+endpoints = [{ endpoint = "https://{ws}" }]
+
+[upstreams.wss.tls]
+ca = "{ca}"
+
+[servers.web]
+listener = "127.0.0.1:0"
+
+[[servers.web.routes]]
+path = "/"
+upstream = "wss"
+"""
+
+
+def test_ws_to_a_tls_upstream(proxy: ProxyFactory, tmp_path: Path) -> None:
+    # The upstream's side of the tunnel is a TLS transport, handed over after the 101.
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = WsServer(ctx)
+    try:
+        p = proxy(TLS_UPSTREAM_CONFIG, ws=server.address, ca=tmp_path / "ca.pem")
+        big = os.urandom(3 * 1024 * 1024)
+        with connect(ws_url(p, "/echo"), open_timeout=TIMEOUT, max_size=None) as ws:
+            ws.send("to tls")
+            assert ws.recv(TIMEOUT) == "to tls"
+            ws.send(big)
+            assert ws.recv(60) == big
+        assert server.record() == ("/echo", 1000, [6, len(big)])
+        with connect(ws_url(p, "/close"), open_timeout=TIMEOUT) as ws:
+            ws.send("bye?")
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(TIMEOUT)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 4000
+        assert server.record() == ("/close", 4000, [4])
+    finally:
+        server.close()
