@@ -402,3 +402,18 @@ async def test_body_over_the_limit_is_413_then_the_upload_is_stopped(kind: str) 
     assert [e for e in events if e[0] == RESET and e[1] == sid and e[2] == NO_ERROR]
     assert not h.conn.streams and h.app.in_flight == 0
     h.close()
+
+
+async def test_response_body_already_over_the_mark_stays_paused(kind: str) -> None:
+    up = Upstream()
+    body = Body(up)
+    body.feed(b"x" * (HIGH_WATER + 200_000))  # arrived before the response head went out
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), body)
+
+    h = Harness(kind, service)
+    h.client.request(GET, True)
+    await h.pump()
+    assert up.paused == up.resumed + 1  # the producer is left paused: the client has not read
+    h.close()

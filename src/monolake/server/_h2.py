@@ -598,10 +598,15 @@ class H2Connection(asyncio.Protocol):
                 st.out = body
                 for piece in pending:
                     st.write(piece)
-                if self._write_paused:
-                    st.pause_out(_OUT_TRANSPORT)
                 self.want_flush()
                 body.pipe(st)  # may finish right here (end -> response_done)
+                if st.out is body:
+                    # pipe() resumes the producer as it hands over: pause again if
+                    # the codec's queue or the transport is already full.
+                    if self._write_paused:
+                        st.out_paused |= _OUT_TRANSPORT
+                    if st.out_paused:
+                        body.pause()
                 return
         elif body:
             fields.append((b"content-length", b"%d" % len(body)))
