@@ -308,13 +308,6 @@ async def test_idle_connection_closes(origin: Any, codec: str) -> None:
         pool.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ReadTimeout,
-    reason="both codecs open the connection window only as far as one stream's (initial_window_size), "
-    "and consumed() returns both: a paused stream can hold the whole connection window. Needs the codec to "
-    "keep a larger connection window (or return it on receipt); proto/http2 is not this driver's to change",
-)
 async def test_a_paused_stream_does_not_stall_the_others(origin: Any, pool: H2Pool) -> None:
     # Nobody reads the big response: its Body pauses the stream (no more window returned for
     # it). Other streams on the same connection must still get their DATA.

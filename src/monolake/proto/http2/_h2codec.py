@@ -79,15 +79,22 @@ class H2Codec:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
             },
         )
+        # Settings given at construction are current at once, so h2 never "applies" them on
+        # the peer's ACK: set the limits they imply on the decoder and framer here.
+        conn.decoder.max_header_list_size = max_header_list_size
+        conn.max_inbound_frame_size = max_frame_size
         self._conn = conn
         self._window = initial_window_size
+        self._streams = max_concurrent_streams
         self._out: dict[int, _Outbound] = {}
 
     # -- connection ------------------------------------------------------------
 
     def initiate(self) -> None:
         self._conn.initiate_connection()
-        extra = self._window - 65535
+        # The connection window is room for every stream's window at once, so a stream
+        # whose consumer paused (holding its own window) never stalls the others.
+        extra = min(self._window * max(1, self._streams), 2**31 - 1) - 65535
         if extra > 0:
             self._conn.increment_flow_control_window(extra)
 

@@ -725,8 +725,12 @@ static PyObject *Codec_initiate(Codec *self, PyObject *unused) {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
     };
     int rv = nghttp2_submit_settings(self->session, NGHTTP2_FLAG_NONE, iv, self->client ? 5 : 4);
-    if (rv == 0 && self->initial_window_size > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
-        rv = nghttp2_session_set_local_window_size(self->session, NGHTTP2_FLAG_NONE, 0, (int32_t)self->initial_window_size);
+    /* The connection window is room for every stream's window at once, so a stream whose
+       consumer paused (holding its own window) never stalls the others. */
+    uint64_t conn_window = (uint64_t)self->initial_window_size * (self->max_concurrent_streams ? self->max_concurrent_streams : 1);
+    if (conn_window > NGHTTP2_MAX_WINDOW_SIZE) conn_window = NGHTTP2_MAX_WINDOW_SIZE;
+    if (rv == 0 && conn_window > NGHTTP2_INITIAL_CONNECTION_WINDOW_SIZE)
+        rv = nghttp2_session_set_local_window_size(self->session, NGHTTP2_FLAG_NONE, 0, (int32_t)conn_window);
     if (rv != 0) {
         self->busy = 0;
         return PyErr_Format(PyExc_RuntimeError, "nghttp2: %s", nghttp2_strerror(rv));
