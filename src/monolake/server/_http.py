@@ -365,7 +365,12 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         from ._h2 import H2Connection  # imported on first use: HTTP/1.1-only servers never load it
 
         self._h2_probe = False
-        conn = H2Connection(self.app, self.transport, self.peer)
+        try:
+            conn = H2Connection(self.app, self.transport, self.peer)
+        except Exception:  # e.g. MONOLAKE_H2_CODEC=native where it is not built
+            log.exception("cannot serve HTTP/2 to %s on %s", self.peer, self.app.name)
+            self.abort()
+            return
         self.app.conns.discard(self)  # not forget(): the connection lives on as ``conn``
         self._closed = True
         self.transport.set_protocol(conn)
