@@ -33,7 +33,7 @@ drain_timeout = 2
 
 [log]
 access_log = "stderr"
-access_log_format = '$remote_addr "$request" $status $body_bytes_sent $upstream_addr $route'
+access_log_format = '$remote_addr "$request" $status $body_bytes_sent $bytes_received $upstream_addr $route'
 
 [upstreams.origin]
 endpoints = [{ endpoint = "{origin}" }]
@@ -183,7 +183,7 @@ def test_curl_tunnels_plain_http(fwd: Proxy, origin: Origin) -> None:
     )
     assert int(m[1]) > 0 and int(m[2]) > 0
     fwd.log.wait_line(
-        rf'127\.0\.0\.1 "CONNECT 127\.0\.0\.1:{origin.port} HTTP/1\.1" 200 {m[2]} 127\.0\.0\.1:{origin.port} 0',
+        rf'127\.0\.0\.1 "CONNECT 127\.0\.0\.1:{origin.port} HTTP/1\.1" 200 {m[2]} {m[1]} 127\.0\.0\.1:{origin.port} 0',
         after=mark,
     )
 

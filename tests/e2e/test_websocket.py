@@ -38,7 +38,7 @@ drain_timeout = 2
 
 [log]
 access_log = "stderr"
-access_log_format = '$remote_addr "$request" $status $body_bytes_sent $upstream_addr'
+access_log_format = '$remote_addr "$request" $status $body_bytes_sent $bytes_received $upstream_addr'
 
 [upstreams.ws]
 endpoints = [{ endpoint = "{ws}" }]
@@ -196,7 +196,7 @@ def test_client_close_reaches_the_server(web: Proxy, ws_server: WsServer) -> Non
     # Both sides closed: the tunnel is logged with its byte counts and gets an access log line.
     m = web.log.wait_line(r"tunnel closed: server=web client=127\.0\.0\.1 GET \S+ up=(\d+) down=(\d+)", after=mark)
     assert int(m[1]) > 0 and int(m[2]) > 0
-    web.log.wait_line(rf'127\.0\.0\.1 "GET /echo HTTP/1.1" 101 {m[2]} {ws_server.address}', after=mark)
+    web.log.wait_line(rf'127\.0\.0\.1 "GET /echo HTTP/1.1" 101 {m[2]} {m[1]} {ws_server.address}', after=mark)
 
 
 def test_non_101_answer_passes_through(web: Proxy) -> None:

@@ -33,6 +33,17 @@ def _route(req: Request, resp: Response, sent: int, now: float) -> str:
     return "-" if r is None else str(r.name)
 
 
+def _bytes_received(req: Request, resp: Response, sent: int, now: float) -> str:
+    # A tunnel's answer carries what it relayed from the client; else the request body's size.
+    up = getattr(resp.body, "tunnel_up", None)
+    if up is not None:
+        return str(up)
+    body = req.body
+    if body is None:
+        return "0"
+    return str(len(body) if isinstance(body, bytes) else body.received)
+
+
 def _header_getter(name: str) -> Getter:
     bname = name.replace("_", "-").encode()
 
@@ -52,6 +63,7 @@ VARIABLES: dict[str, Getter] = {
     "host": lambda req, resp, sent, now: req.host.decode("latin-1") or "-",
     "status": lambda req, resp, sent, now: str(resp.status),
     "body_bytes_sent": lambda req, resp, sent, now: str(sent),
+    "bytes_received": _bytes_received,
     "request_time": lambda req, resp, sent, now: f"{now - req.ctx.start:.6f}",
     "upstream_addr": _upstream,
     "server": lambda req, resp, sent, now: req.ctx.server,

@@ -339,16 +339,19 @@ class Switched:
     ``transport`` is open with its reading paused; ``tail`` is what the upstream sent
     after its response head (already the new protocol's bytes); ``upgrade`` is the
     upstream's Upgrade header value (for a 101); ``target`` names the peer in logs.
-    Whoever receives it must attach it to a tunnel or ``close`` it.
+    Whoever receives it must attach it to a tunnel or ``close`` it. When the tunnel
+    ends, ``tunnel_up`` is the number of bytes it relayed from the client (the access
+    log's ``$bytes_received``).
     """
 
-    __slots__ = ("tail", "target", "transport", "upgrade")
+    __slots__ = ("tail", "target", "transport", "tunnel_up", "upgrade")
 
     def __init__(self, transport: Any, tail: bytes, target: str, upgrade: bytes | None = None) -> None:
         self.transport = transport
         self.tail = tail
         self.target = target
         self.upgrade = upgrade
+        self.tunnel_up: int | None = None
 
     def close(self) -> None:
         self.transport.close()
@@ -370,6 +373,7 @@ class Tunnel(Relay):
         self.client_text = client_text
         self.on_done = on_done
         self.started = loop.time()
+        self.switched: Switched | None = None
         self._done = False
 
     def attach(self, client: Any, upstream: Switched, to_upstream: bytes) -> None:
@@ -379,6 +383,7 @@ class Tunnel(Relay):
         ``upstream.tail`` goes to the client first.
         """
         self.endpoint = upstream.target
+        self.switched = upstream
         self.transport = client
         self.client_write = client.write
         client.set_protocol(self)
@@ -399,6 +404,8 @@ class Tunnel(Relay):
     def relay_done(self) -> None:
         if not self._done:
             self._done = True
+            if self.switched is not None:
+                self.switched.tunnel_up = self.sent_up
             self.on_done(self)
 
 
