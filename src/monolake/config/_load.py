@@ -504,6 +504,8 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
     for key in ("keepalive_timeout", "header_timeout", "idle_timeout"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"{path}.{key}", "must be > 0")
+    if s.splice_after < 0:
+        raise ConfigError(f"{path}.splice_after", "must be >= 0")
     if s.request_timeout is not None and s.request_timeout <= 0:
         raise ConfigError(f"{path}.request_timeout", "must be > 0")
     if s.max_concurrency is not None and s.max_concurrency < 1:

@@ -352,7 +352,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Close a relayed connection (of a tcp server, or an http server's WebSocket/CONNECT tunnel) after
     this many seconds without a byte either way."""
     splice: bool = True
-    """Move a connection to a zero-copy os.splice relay (Linux) once it has relayed ``splice_after`` bytes."""
+    """Move a connection (or a WebSocket/CONNECT tunnel without TLS) to a zero-copy os.splice relay (Linux)
+    once it has relayed ``splice_after`` bytes."""
     splice_after: int = 1048576
     """Bytes relayed through the event loop before splicing (splicing costs more per connection, less per byte)."""
 

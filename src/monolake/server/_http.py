@@ -611,7 +611,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             tunnel = self._tunnel = Tunnel(
                 self.loop, self.app.name, self.peer, lambda t: self._tunnel_done(t, req, resp)
             )
-            tunnel.attach(self.transport, up, held)
+            cfg = self.app.cfg
+            tunnel.attach(self.transport, up, held, cfg.splice_after if cfg.splice else -1)
             if self._eof:  # the client half-closed while its request was held: pass it on
                 tunnel.eof_received()
             return

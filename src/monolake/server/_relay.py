@@ -29,8 +29,8 @@ no byte either way for the timeout is aborted. Bytes are counted each way
 The L4 server's ``L4Connection`` (``_l4.py``) is a Relay that first connects its
 upstream. A ``Tunnel`` is a Relay over two transports that already exist: an HTTP
 connection after a 101 (Upgrade) or a 200 to CONNECT, and the upstream connection
-that answered it, handed over as a ``Switched``. Tunnels never splice: either side
-may be TLS, whose socket carries ciphertext.
+that answered it, handed over as a ``Switched``. A tunnel splices like an L4
+connection only when neither side is TLS (a TLS socket carries ciphertext).
 """
 
 from __future__ import annotations
@@ -376,15 +376,24 @@ class Tunnel(Relay):
         self.switched: Switched | None = None
         self._done = False
 
-    def attach(self, client: Any, upstream: Switched, to_upstream: bytes) -> None:
+    def attach(self, client: Any, upstream: Switched, to_upstream: bytes, splice_after: int = -1) -> None:
         """Take over both transports (both paused) and start relaying.
 
         ``to_upstream``: what the client sent after its request head, written first;
-        ``upstream.tail`` goes to the client first.
+        ``upstream.tail`` goes to the client first. ``splice_after``: bytes relayed
+        before moving to splice (-1: never); ignored when either side is TLS.
         """
         self.endpoint = upstream.target
         self.switched = upstream
         self.transport = client
+        if (
+            splice_after >= 0
+            and SPLICE_AVAILABLE
+            and getattr(self.loop, "can_hand_over_sockets", True)
+            and client.get_extra_info("sslcontext") is None
+            and upstream.transport.get_extra_info("sslcontext") is None
+        ):
+            self.splice_left = splice_after
         self.client_write = client.write
         client.set_protocol(self)
         side = _PeerSide(self)
