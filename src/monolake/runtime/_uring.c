@@ -52,6 +52,7 @@ typedef struct {
     struct io_uring ring;
     int ready;
     int running;
+    int defer; /* IORING_SETUP_DEFER_TASKRUN: completions are posted only when we enter */
     unsigned long generation;
     Py_ssize_t live; /* ops not yet finished */
     op_t *ops;       /* head of the live list */
@@ -135,7 +136,7 @@ static PyObject *queued(Ring *self, op_t *op, struct io_uring_sqe *sqe) {
 
 static int Ring_init(Ring *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"entries", "sqpoll_idle_ms", "buf_count", "buf_size", NULL};
-    unsigned entries = 256, sqpoll = 0, buf_count = 256, buf_size = 16384;
+    unsigned entries = 256, sqpoll = 0, buf_count = 128, buf_size = 65536;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|IIII", kwlist, &entries, &sqpoll, &buf_count,
                                      &buf_size))
         return -1;
@@ -160,13 +161,19 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds) {
         p.flags |= IORING_SETUP_SQPOLL;
         p.sq_thread_idle = sqpoll;
     } else {
-        /* Completions are only reaped by this thread, in run(): no need for IPIs. */
-        p.flags |= IORING_SETUP_COOP_TASKRUN;
+        /* One thread submits and reaps, in run(): completion work is deferred to our
+         * io_uring_enter instead of interrupting the worker (Linux 6.1+). */
+        p.flags |= IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
     }
     int rc = io_uring_queue_init_params(entries, &self->ring, &p);
     if (rc == -EINVAL && !sqpoll) {
-        p.flags &= ~IORING_SETUP_COOP_TASKRUN; /* older kernels */
+        p.flags &= ~(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+        p.flags |= IORING_SETUP_COOP_TASKRUN; /* older kernels */
         rc = io_uring_queue_init_params(entries, &self->ring, &p);
+        if (rc == -EINVAL) {
+            p.flags &= ~IORING_SETUP_COOP_TASKRUN;
+            rc = io_uring_queue_init_params(entries, &self->ring, &p);
+        }
     }
     if (rc < 0) {
         errno = -rc;
@@ -174,6 +181,7 @@ static int Ring_init(Ring *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     self->ready = 1;
+    self->defer = (p.flags & IORING_SETUP_DEFER_TASKRUN) != 0;
     self->generation = fork_generation;
     if (buf_count) {
         size_t bytes = buf_count * sizeof(struct io_uring_buf);
@@ -474,7 +482,10 @@ static PyObject *Ring_run(Ring *self, PyObject *arg) {
     }
     int rc;
     if (timeout == 0) {
-        rc = io_uring_sq_ready(&self->ring) ? io_uring_submit(&self->ring) : 0;
+        if (self->defer)
+            rc = io_uring_submit_and_get_events(&self->ring);
+        else
+            rc = io_uring_sq_ready(&self->ring) ? io_uring_submit(&self->ring) : 0;
     } else if (io_uring_cq_ready(&self->ring)) {
         rc = io_uring_sq_ready(&self->ring) ? io_uring_submit(&self->ring) : 0;
     } else {
@@ -611,7 +622,7 @@ static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "monolake.runtime._uring.Ring",
     .tp_basicsize = sizeof(Ring),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ring(entries=256, sqpoll_idle_ms=0, buf_count=256, buf_size=16384)",
+    .tp_doc = "Ring(entries=256, sqpoll_idle_ms=0, buf_count=128, buf_size=65536)",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Ring_init,
     .tp_dealloc = (destructor)Ring_dealloc,
