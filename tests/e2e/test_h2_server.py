@@ -346,6 +346,21 @@ def test_http1_still_served_on_the_same_listener(h2proxy: Proxy) -> None:
     assert r.status_code == 200 and r.http_version == "HTTP/1.1"
 
 
+def test_h2c_upgrade_is_answered_over_http1(h2proxy: Proxy) -> None:
+    # curl --http2 on http:// asks for the deprecated h2c upgrade (RFC 9113 §3.1): it names
+    # the client's hop only, so it is neither honoured nor forwarded to the origin.
+    out = subprocess.run(
+        ["curl", "-sS", "--noproxy", "*", "--http2", "-w", "\n%{http_version}", h2proxy.url + "/echo"],
+        capture_output=True,
+        timeout=60,
+        text=True,
+    )
+    body, _, version = out.stdout.rpartition("\n")
+    assert version == "1.1", out.stdout + out.stderr
+    names = {n for n, _ in headers_of(json.loads(body))}
+    assert not names & {"upgrade", "connection", "http2-settings"}
+
+
 def test_preface_split_across_reads(h2proxy: Proxy, raw: list[RawH2]) -> None:
     host, _, port = h2proxy.address.rpartition(":")
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as s:

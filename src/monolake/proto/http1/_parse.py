@@ -294,7 +294,9 @@ class RequestReader:
         switch = False
         if upgrade is not None and self.tunnels:
             # Only a real upgrade request (RFC 9110 §7.8: Upgrade listed in Connection) is held.
-            switch = not has_body and parser.should_upgrade()
+            # Not h2c (deprecated, RFC 9113 §3.1): it names this hop only, so it is answered over
+            # HTTP/1.1 (HTTP/2 is served to clients that start with the preface).
+            switch = not has_body and parser.should_upgrade() and upgrade.strip().lower() != b"h2c"
             if not switch:
                 upgrade = None
         req = Request(
