@@ -363,6 +363,7 @@ async def test_service_failure_is_answered_502(kind: str) -> None:
         ([(b"connection", b"close")], b"400"),
         ([(b"te", b"gzip")], b"400"),
         ([(b"content-length", b"200000000")], b"413"),
+        ([(b"x-h%d" % i, b"v") for i in range(150)], b"431"),  # limits.max_headers = 100
     ],
 )
 async def test_bad_requests_are_answered_without_the_service(
