@@ -418,3 +418,21 @@ async def test_response_body_already_over_the_mark_stays_paused(kind: str) -> No
     await h.pump()
     assert up.paused == up.resumed + 1  # the producer is left paused: the client has not read
     h.close()
+
+
+async def test_http1_request_split_inside_the_preface_prefix_is_still_http1() -> None:
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), b"h1:" + req.method)
+
+    app = HttpServerApp("web", Server(listener="127.0.0.1:0"), service)
+    t = MemoryTransport()
+    conn = app.protocol_factory()
+    conn.connection_made(t)  # type: ignore[arg-type]
+    conn.data_received(b"P")  # could still be "PRI * HTTP/2.0": held back
+    conn.data_received(b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    out = t.take()
+    assert t.protocol is None  # never handed over
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"h1:POST")
+    app.close()
