@@ -625,6 +625,11 @@ def test_h2_over_tls_by_alpn(proxy: ProxyFactory, origin: Origin, codec: str, tm
     with httpx.Client(verify=ctx, trust_env=False) as c1:  # ALPN http/1.1 on the same listener
         r1 = c1.get(url + "/echo")
         assert r1.status_code == 200 and r1.http_version == "HTTP/1.1"
+    load = subprocess.run(
+        ["h2load", "-n", "400", "-c", "2", "-m", "20", url + "/echo"], capture_output=True, text=True, timeout=120
+    )
+    assert "400 succeeded, 0 failed, 0 errored, 0 timeout" in load.stdout, load.stdout + load.stderr
+    assert "TLS Protocol" in load.stdout and "Application protocol: h2" in load.stdout
     if shutil.which("nghttp"):
         out = subprocess.run(["nghttp", "-nv", url + "/echo"], capture_output=True, text=True, timeout=60)
         assert "The negotiated protocol: h2" in out.stdout and ":status: 200" in out.stdout, out.stdout + out.stderr
