@@ -18,7 +18,8 @@ that poll fired, and again while the last ask returned events, which keeps its
 level-triggered behaviour.
 
 A ring is created with the loop, and loops are only created in workers, after the
-fork: a ring never crosses a fork (the extension refuses to run in a child).
+fork: a ring never crosses a fork (the extension refuses to run in a child). The ring
+is single-issuer: run the loop in the thread that created it.
 """
 
 from __future__ import annotations
