@@ -96,7 +96,20 @@ def extract(rev: str, dest: Path) -> Path:
         check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, timeout=60, check=True)
+    _copy_native(dest / "src")
     return dest / "src"
+
+
+def _copy_native(src: Path) -> None:
+    """Native modules are not committed: reuse the working tree's build of each one whose C
+    source is the same at the revision (else the revision runs without it, e.g. io_uring falls back)."""
+    tree = REPO / "src"
+    for built in tree.glob("monolake/**/*.so"):
+        rel = built.relative_to(tree)
+        source = rel.parent / (rel.name.split(".", 1)[0] + ".c")
+        theirs, ours = src / source, tree / source
+        if theirs.is_file() and ours.is_file() and theirs.read_bytes() == ours.read_bytes():
+            shutil.copy2(built, src / rel)
 
 
 def info(rev: str | None = None, src: Path | None = None) -> dict[str, object]:
