@@ -472,3 +472,72 @@ def _read_all(s: socket.socket) -> bytes:
     while chunk := s.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# -- the ring itself ---------------------------------------------------------------------
+
+
+def test_ring_refuses_bad_arguments_and_use_after_close() -> None:
+    from monolake.runtime._uring import Ring
+
+    with pytest.raises(ValueError, match="entries"):
+        Ring(1)
+    with pytest.raises(ValueError, match="power of two"):
+        Ring(8, 0, 3, 4096)
+    ring = Ring(8)
+    ring.close()
+    assert ring.closed
+    with pytest.raises(ValueError, match="closed"):
+        ring.run(0)
+    with pytest.raises(ValueError, match="closed"):
+        ring.send(0, b"x", print)
+
+
+def test_ring_is_unusable_in_a_forked_child() -> None:
+    from monolake.runtime._uring import Ring
+
+    ring = Ring(8)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: the ring's mappings are the parent's
+            try:
+                ring.run(0)
+            except RuntimeError:
+                os._exit(0)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ring.run(0) == 0  # still fine in the parent
+    finally:
+        ring.close()
+
+
+def test_writelines_gathers_into_one_stream(loop: UringEventLoop) -> None:
+    parts = [os.urandom(n) for n in (1, 100, 70_000, 3, 200_000)] * 20
+
+    async def main() -> bytes:
+        got: asyncio.Future[bytes] = loop.create_future()
+
+        class Collect(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.buf = bytearray()
+
+            def data_received(self, data: bytes) -> None:
+                self.buf += data
+
+            def eof_received(self) -> None:
+                got.set_result(bytes(self.buf))
+
+        server = await loop.create_server(Collect, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        for i in range(0, len(parts), 7):
+            transport.writelines([memoryview(p) if i % 2 else p for p in parts[i : i + 7]])
+        transport.write_eof()
+        data = await got
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return data
+
+    assert run(loop, main()) == b"".join(parts)
