@@ -428,6 +428,7 @@ class H2Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._flush_soon = False
         self.ready: asyncio.Future[None] = self.loop.create_future()
         """Resolved by the peer's first SETTINGS (its preface): the connection speaks HTTP/2."""
         self.served = 0
@@ -446,7 +447,7 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.codec.initiate()
-        self.flush()
+        self._write()
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
@@ -672,12 +673,23 @@ class H2Connection(asyncio.Protocol):
             st.fail(err, reset=None)
 
     def flush(self) -> None:
-        data = self.codec.pending()
-        if data and not self.closed:
-            self.transport.write(data)
+        """Write what the codec queued, once per loop iteration: a request's HEADERS, DATA and
+        END_STREAM, the requests other tasks start meanwhile, and a read's window updates go
+        out in one ``write`` (a syscall each was a third of the proxy's time on gRPC calls)."""
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self._flush_soon = False
+        if not self.closed:
+            data = self.codec.pending()
+            if data:
+                self.transport.write(data)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self._write()  # what is queued (a GOAWAY, resets) goes before the FIN
             self.closed = True
             self.pool.retire(self)
             self.transport.close()
