@@ -319,3 +319,36 @@ async def test_a_paused_stream_does_not_stall_the_others(origin: Any, pool: H2Po
         assert len(await body_bytes(small)) == 512 * 1024
     assert origin.connections == 1
     big.body.cancel()
+
+
+async def test_aborted_upload_resets_the_stream(origin: Any, pool: H2Pool) -> None:
+    # The client went away mid-upload: the upstream stream is reset, the response fails,
+    # and the connection keeps serving.
+    up = Upload()
+    body = Body(up, None)
+    ep = ep_of(origin.port)
+    task = asyncio.create_task(fetch(pool, ep, "/sha", body=body, method=b"POST"))
+    body.feed(b"x" * 1000)
+    await asyncio.sleep(0)  # the stream opens and the first bytes go out
+    body.feed_error(ConnectionResetError("client went away"))
+    with pytest.raises(ConnectionResetError):
+        await task
+    for _ in range(200):
+        if origin.resets:
+            break
+        await asyncio.sleep(0.01)  # polling the origin's counter for the RST_STREAM
+    assert origin.resets == 1
+    assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 1\n"
+
+
+async def test_peer_allowing_no_streams_is_a_connect_error(codec: str) -> None:
+    origin = h2_origin.H2Origin(max_streams=0)
+    await origin.start()
+    pool = H2Pool(codec_kind=codec)
+    try:
+        with pytest.raises(ConnectError, match="allows no concurrent streams"):
+            await pool.acquire(ep_of(origin.port), connect_timeout=5, idle_timeout=60)
+        assert origin.connections == 1
+    finally:
+        pool.close()
+        await origin.close()

@@ -752,6 +752,9 @@ class H2Pool:
             conn = await asyncio.shield(task)
             if conn.available:
                 return conn
+            if conn.max_streams == 0:
+                # Connecting again would loop: the peer takes no streams at all for now.
+                raise ConnectError(f"upstream {ep} allows no concurrent streams (SETTINGS_MAX_CONCURRENT_STREAMS 0)")
 
     def _connected(self, task: asyncio.Task[H2Connection]) -> None:
         for key, t in list(self._connecting.items()):
