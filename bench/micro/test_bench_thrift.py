@@ -7,8 +7,11 @@ Run: python -m pytest bench/micro/test_bench_thrift.py --benchmark-columns=min,m
 - rewrite: the sequence id of a whole frame replaced (what the proxy does twice per call);
 - feed: FrameReader cutting and classifying one frame;
 - TTHeader encode / info decode with three string keys and one int key;
-- gateway: JSON bytes → request struct (the compiled converter) → Thrift binary, for a
-  ~1 KB request, and the naive reflective walk it replaces.
+- gateway: JSON bytes → Thrift binary for a ~1 KB request: the object path (compiled
+  converter → thriftpy2 objects → thriftpy2's binary codec), the generated binary fast
+  path that replaced it for binary upstreams, both per struct and per method (path,
+  query, header, cookie and body → message payload), and the naive reflective walk.
+  ``bench/micro/gateway_convert.py`` is the interleaved A/B of the same conversions.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from monolake.proto.thrift import (
     rewrite_seq_id,
 )
 from monolake.proxy.gateway import Compiler
+from monolake.proxy.gateway._binary import BinaryCompiler
 
 REPO = Path(__file__).resolve().parents[2]
 echo: Any = thriftpy2.load(str(REPO / "examples" / "gateway" / "echo.thrift"), module_name="echo_bench_thrift")
@@ -123,3 +127,18 @@ def test_gateway_json_to_thrift_bytes(benchmark: Any) -> None:
 def test_naive_json_to_struct(benchmark: Any) -> None:
     decode = msgspec.json.Decoder().decode
     benchmark(lambda: naive(echo.EchoRequest, decode(REQUEST)))
+
+
+def test_gateway_json_to_thrift_bytes_fast(benchmark: Any) -> None:
+    fast = BinaryCompiler(Compiler()).struct_converter(echo.EchoRequest)
+    conv = Compiler().struct_from_json(echo.EchoRequest)
+    assert fast(REQUEST) == serialize(conv(msgspec.json.decode(REQUEST), "body"), TBinaryProtocolFactory())
+    benchmark(fast, REQUEST)
+
+
+@pytest.mark.parametrize("path", ["object", "fast"])
+def test_gateway_method_payload(benchmark: Any, path: str) -> None:
+    import gateway_convert
+
+    fn = gateway_convert.variants()["method old" if path == "object" else "method new"]
+    benchmark(fn)

@@ -19,12 +19,16 @@ Rules (those of CloudWeGo's HTTP gateways where they have one):
 Values from a path, query, header or cookie are text and are parsed to the
 field's type first (a list from repeated query keys; structs and maps from JSON
 text).
+
+These converters define what is valid and what the bytes are. For binary-protocol
+upstreams the gateway normally skips the objects (``_binary`` writes the bytes
+directly) and comes here for the inputs the fast path refuses, errors included;
+compact-protocol upstreams always come here.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +63,10 @@ _TYPE_NAMES = {
     _T_STRING: "string",
     _T_BINARY: "binary",
 }
+
+PATH, QUERY, HEADER, COOKIE, BODY, RAW_BODY = range(6)
+"""Where a request field comes from (``api.path``, ``api.query``, ...)."""
+SOURCE_NAMES = ("path", "query", "header", "cookie", "body", "raw_body")
 
 Conv = Callable[[Any, Any], Any]
 """(value, path) -> converted value; the path is text or a nested (parent, key) tuple."""
@@ -174,7 +182,7 @@ class Compiler:
                     raise Invalid(path, f"expected base64 text, got {_kind(v)}")
                 try:
                     return base64.b64decode(v, validate=True)
-                except binascii.Error:
+                except ValueError:  # binascii.Error, or a character outside ASCII
                     raise Invalid(path, "expected base64 text") from None
 
             return binary

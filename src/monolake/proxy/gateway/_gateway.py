@@ -5,12 +5,15 @@ thriftpy2 (which keeps annotations: ``__thrift_function_annotations__`` on the
 service, ``__thrift_field_annotations__`` and ``__thrift_annotations__`` on
 structs) and every method with an ``api.get|post|put|delete|patch = "/path/:id"``
 annotation becomes an endpoint, with its request and response converters
-compiled (``_convert``). Per request: match method and path → build the request
-struct from path parameters, query, headers, cookies and the JSON body → encode
-the call (thriftpy2's Cython binary codec, or its compact one) in the configured
-transport with ``rpc-persist-*``/``rpc-transit-*`` headers as TTHeader/THeader
-metadata → ``ThriftPool.call`` (multiplexed, like the Thrift proxy) → decode the
-result → JSON.
+compiled (``_convert``), and for binary upstreams a writer generated per method
+(``_binary``). Per request: match method and path → the ``<method>_args`` bytes
+from path parameters, query, headers, cookies and the JSON body: with the binary
+protocol written directly from a typed msgspec decode of the body (no thriftpy2
+objects; any input it does not take, errors included, goes the object path, which
+names the field), with the compact protocol as thriftpy2 objects and its compact
+codec → the call in the configured transport with ``rpc-persist-*``/
+``rpc-transit-*`` headers as TTHeader/THeader metadata → ``ThriftPool.call``
+(multiplexed, like the Thrift proxy) → decode the result (thriftpy2) → JSON.
 
 Where a request field comes from (CloudWeGo conventions): ``api.path``,
 ``api.query``, ``api.header``, ``api.cookie``, ``api.body`` (a JSON body key),
@@ -59,6 +62,14 @@ from ...proto.thrift import (
     read_header_info,
 )
 from .._balancer import Balancer, make_balancer
+from ._binary import BINARY, BinaryCompiler, Unsupported
+from ._convert import BODY as _BODY
+from ._convert import COOKIE as _COOKIE
+from ._convert import HEADER as _HEADER
+from ._convert import PATH as _PATH
+from ._convert import QUERY as _QUERY
+from ._convert import RAW_BODY as _RAW_BODY
+from ._convert import SOURCE_NAMES as _SOURCE_NAMES
 from ._convert import Compiler, Invalid, _unpack, field_annotations, is_none
 
 log = logging.getLogger("monolake.gateway")
@@ -73,8 +84,6 @@ HTTP_ANNOTATIONS = {
 METADATA_LIMIT = 64 * 1024
 """Bytes of rpc-persist-*/rpc-transit-* headers a request may carry (CloudWeGo's cap)."""
 
-_PATH, _QUERY, _HEADER, _COOKIE, _BODY, _RAW_BODY = range(6)
-_SOURCE_NAMES = ("path", "query", "header", "cookie", "body", "raw_body")
 _T_STRUCT = 12
 _T_LIST = 15
 _T_SET = 14
@@ -92,9 +101,18 @@ def json_response(status: int, body: Any, headers: list[tuple[bytes, bytes]] | N
 
 
 class _InField:
-    __slots__ = ("attr", "conv", "key", "multi", "required", "source")
+    __slots__ = ("attr", "conv", "js_conv", "key", "multi", "required", "source")
 
-    def __init__(self, source: int, key: str, attr: str, conv: Callable[[Any, str], Any], required: bool, multi: bool):
+    def __init__(
+        self,
+        source: int,
+        key: str,
+        attr: str,
+        conv: Callable[[Any, str], Any],
+        required: bool,
+        multi: bool,
+        js_conv: bool,
+    ):
         self.source = source
         self.key = key
         self.attr = attr
@@ -102,12 +120,22 @@ class _InField:
         self.required = required
         self.multi = multi
         """A list field read from repeated query keys."""
+        self.js_conv = js_conv
 
 
 class GatewayMethod:
     """One IDL method exposed over HTTP, with its converters compiled."""
 
-    def __init__(self, service: Any, name: str, http_method: bytes, pattern: str, compiler: Compiler, where: str):
+    def __init__(
+        self,
+        service: Any,
+        name: str,
+        http_method: bytes,
+        pattern: str,
+        compiler: Compiler,
+        where: str,
+        binary: BinaryCompiler | None = None,
+    ):
         self.name = name
         self.http_method = http_method
         self.pattern = pattern
@@ -142,6 +170,17 @@ class GatewayMethod:
         self.needs_body = any(f.source == _BODY for f in self.fields)
         self.needs_raw = any(f.source == _RAW_BODY for f in self.fields)
         self._out(compiler)
+        self.fast: Callable[[dict[str, str], Request, bytes], bytes] | None = None
+        """The args struct's binary encoding straight from the request (``_binary``), or None."""
+        if binary is not None:
+            try:
+                self.fast = binary.method_encoder(self, _query_lists, _cookies)
+            except Unsupported as exc:
+                log.info("gateway %s: binary fast path off, the object path serves it: %s", name, exc)
+            except Exception:  # a bug in the generator must not keep the IDL from loading
+                log.warning(
+                    "gateway %s: binary fast path failed to compile; the object path serves it", name, exc_info=True
+                )
 
     def _in_fields(self, compiler: Compiler, where: str) -> list[_InField]:
         out = []
@@ -176,7 +215,8 @@ class GatewayMethod:
                 conv = (lambda v, p: v) if ttype == _T_BINARY else (lambda v, p: v.decode("utf-8", "replace"))
             else:
                 conv = compiler.from_text(ttype, arg, js_conv)
-            out.append(_InField(source, key.lower() if source == _HEADER else key, name, conv, required, multi))
+            key = key.lower() if source == _HEADER else key
+            out.append(_InField(source, key, name, conv, required, multi, js_conv))
         return out
 
     def _out(self, compiler: Compiler) -> None:
@@ -227,9 +267,7 @@ class GatewayMethod:
         query: dict[str, list[str]] | None = None
         cookies: dict[str, str] | None = None
         if self.needs_query:
-            query = {}
-            for k, v in urllib.parse.parse_qsl(req.query.decode("utf-8", "replace"), keep_blank_values=True):
-                query.setdefault(k, []).append(v)
+            query = _query_lists(req)
         if self.needs_cookies:
             cookies = _cookies(req.headers)
         if self.needs_body and body is not None and type(body) is not dict:
@@ -264,6 +302,19 @@ class GatewayMethod:
         args = self.args_cls()
         setattr(args, self.req_attr, obj)
         return args
+
+    def encode_binary(self, params: dict[str, str], req: Request, raw: bytes) -> bytes:
+        """The ``<method>_args`` struct in the binary protocol: the generated fast path, or
+        (for input it does not take, errors included) ``build`` and thriftpy2, which
+        raise Invalid naming the field or msgspec.DecodeError for a body that is not JSON."""
+        fast = self.fast
+        if fast is not None:
+            try:
+                return fast(params, req, raw)
+            except Exception:
+                pass
+        body = _decode_json(raw) if self.needs_body and raw else None
+        return serialize(self.build(params, req, body, raw), BINARY)
 
     def respond(self, result: Any) -> Response:
         """The HTTP response for a decoded ``<method>_result``."""
@@ -309,13 +360,46 @@ def _multi(item: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     return conv
 
 
+def _query_lists(req: Request) -> dict[str, list[str]]:
+    """Query parameters by name, as ``urllib.parse.parse_qsl(..., keep_blank_values=True)``
+    reads them, without its per-pair overhead when nothing is escaped."""
+    query: dict[str, list[str]] = {}
+    raw = req.query
+    if not raw:
+        return query
+    unquote = urllib.parse.unquote
+    for part in raw.decode("utf-8", "replace").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name = unquote(name.replace("+", " "))
+            value = unquote(value.replace("+", " "))
+        values = query.get(name)
+        if values is None:
+            query[name] = [value]
+        else:
+            values.append(value)
+    return query
+
+
 def _cookies(headers: Headers) -> dict[str, str]:
+    """Cookies by name, the first of each name winning."""
     out: dict[str, str] = {}
-    for raw in headers.get_all(b"cookie"):
-        for part in raw.decode("latin-1").split(";"):
+    names = headers.names()
+    if b"cookie" not in names:
+        return out
+    pairs = headers.pairs()
+    lines = (
+        [pairs[names.index(b"cookie")][1]]
+        if names.count(b"cookie") == 1
+        else [v for (_, v), n in zip(pairs, names, strict=True) if n == b"cookie"]
+    )
+    for line in lines:
+        for part in line.decode("latin-1").split(";"):
             name, sep, value = part.strip().partition("=")
-            if sep:
-                out.setdefault(name, value)
+            if sep and name not in out:
+                out[name] = value
     return out
 
 
@@ -333,6 +417,7 @@ def load_methods(idl: str, service_name: str, where: str) -> list[GatewayMethod]
     if service is None or not hasattr(service, "thrift_services"):
         raise ConfigError(f"{where}.service", f"{idl} defines no service {service_name!r}")
     compiler = Compiler()
+    binary = BinaryCompiler(compiler)
     methods = []
     annotations: dict[str, dict[str, str]] = getattr(service, "__thrift_function_annotations__", None) or {}
     for name in service.thrift_services:
@@ -343,7 +428,7 @@ def load_methods(idl: str, service_name: str, where: str) -> list[GatewayMethod]
                 continue
             if not pattern.startswith("/"):
                 raise ConfigError(f"{where}.idl", f"{service_name}.{name}: {key} must start with '/', got {pattern!r}")
-            methods.append(GatewayMethod(service, name, verb, pattern, compiler, f"{where}.idl"))
+            methods.append(GatewayMethod(service, name, verb, pattern, compiler, f"{where}.idl", binary))
     if not methods:
         raise ConfigError(f"{where}.service", f"{service_name} has no method with an api.get/post/put/delete/patch")
     return methods
@@ -396,6 +481,11 @@ class GatewayHandler:
         self.name = name
         self.service = service
         self.table = GatewayTable(methods)
+        self.heads = {
+            m.name: message_begin(m.name, MessageType.ONEWAY if m.oneway else MessageType.CALL, 0, protocol)
+            for m in methods
+        }
+        """Each method's message header (seq id 0: the pool gives each call its own)."""
         self.balancer = balancer
         self.pool = pool
         self.transport = transport
@@ -422,21 +512,20 @@ class GatewayHandler:
                 raw = await req.body.read_all(self.max_body)
             except ValueError:
                 return json_response(413, {"error": f"body larger than {self.max_body} bytes"})
-        body = None
-        if m.needs_body and raw:
-            try:
-                body = _decode_json(raw)
-            except msgspec.DecodeError as exc:
-                return json_response(400, {"error": f"body is not JSON: {exc}", "field": "body"})
         try:
-            args = m.build(params, req, body, raw)
+            if self.protocol is ThriftProtocol.BINARY:
+                data = m.encode_binary(params, req, raw)
+            else:  # compact: thriftpy2 objects and its compact codec
+                body = _decode_json(raw) if m.needs_body and raw else None
+                data = serialize(m.build(params, req, body, raw), self.factory)
+        except msgspec.DecodeError as exc:
+            return json_response(400, {"error": f"body is not JSON: {exc}", "field": "body"})
         except Invalid as exc:
             return json_response(400, {"error": exc.message, "field": exc.field})
         metadata = self._metadata(req.headers)
         if metadata is None:
             return json_response(400, {"error": f"rpc-* metadata over {METADATA_LIMIT} bytes", "field": "header"})
-        mtype = MessageType.ONEWAY if m.oneway else MessageType.CALL
-        payload = message_begin(m.name, mtype, 0, self.protocol) + serialize(args, self.factory)
+        payload = self.heads[m.name] + data
         frame = classify(encode_frame(self.transport, payload, seq_id=0, protocol=self.protocol, headers=metadata))
         head = peek_message(frame.data, frame.payload, self.protocol)
         ep = self.balancer.pick(req)
