@@ -173,16 +173,6 @@ def test_large_bodies_both_ways(h2c_proxy: Proxy) -> None:
         assert h.hexdigest() == pattern_sha(n)
 
 
-def test_streaming_echo(h2c_proxy: Proxy) -> None:
-    # httpx sends the whole body before it reads: the echo must fit in the buffers on the way
-    # (socket buffers, the 1 MiB stream window), or client and origin would wait on each other.
-    n = 512 * 1024
-    with client() as c:
-        r = c.post(f"{h2c_proxy.url}/echo", content=pattern(n))
-    assert r.status_code == 200
-    assert hashlib.sha256(r.content).hexdigest() == pattern_sha(n)
-
-
 def test_concurrent_requests_share_one_upstream_connection(
     proxy: ProxyFactory, h2c_origin: H2OriginProcess, codec: str
 ) -> None:

@@ -41,13 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import ssl
 from typing import Any
 
 from .._body import Body
 from ..config import Endpoint
-from ..errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
+from ..errors import ConnectError, ReadError, ReadTimeout, UpstreamError
 from ..proto.http1 import Headers, Response
 from ..proto.http2 import (
     DATA,
@@ -62,6 +60,7 @@ from ..proto.http2 import (
     new_codec,
 )
 from ..proto.http2._codec import CANCEL, NO_ERROR, REFUSED_STREAM
+from ._pool import open_transport
 
 log = logging.getLogger("monolake.client")
 
@@ -778,52 +777,17 @@ class H2Pool:
         def factory() -> H2Connection:
             return H2Connection(self, key, codec)
 
-        name = str(ep)
-        try:
-            async with asyncio.timeout(connect_timeout):
-                if ep.path:
-                    transport, proto = await loop.create_unix_connection(factory, ep.path)
-                elif ep.tls is not None:
-                    tls = ep.tls
-                    transport, proto = await loop.create_connection(
-                        factory, ep.host, ep.port, ssl=tls.context, server_hostname=tls.sni or ep.host
-                    )
-                else:
-                    transport, proto = await loop.create_connection(factory, ep.host, ep.port)
-                try:
-                    if ep.tls is not None:
-                        sslobj = transport.get_extra_info("ssl_object")
-                        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
-                        if alpn != "h2":
-                            raise ConnectError(f"upstream {ep} did not select h2 by ALPN (selected {alpn!r})")
-                    # The peer's SETTINGS: it speaks HTTP/2, and its stream limit is known
-                    # before a burst of requests could exceed it.
-                    await proto.ready
-                except BaseException:
-                    transport.close()
-                    raise
-        except ConnectError:
-            self.connect_errors[name] = self.connect_errors.get(name, 0) + 1
-            raise
-        except TimeoutError:
-            self.connect_errors[name] = self.connect_errors.get(name, 0) + 1
-            raise ConnectTimeout(f"connect to {ep} timed out after {connect_timeout:g}s") from None
-        except ssl.SSLCertVerificationError as exc:
-            self.connect_errors[name] = self.connect_errors.get(name, 0) + 1
-            sni = ep.tls.sni or ep.host if ep.tls is not None else ep.host
-            raise ConnectError(
-                f"TLS handshake with {ep} (server name {sni!r}) failed: certificate verify failed: "
-                f"{exc.verify_message or exc.reason}"
-            ) from None
-        except ssl.SSLError as exc:
-            self.connect_errors[name] = self.connect_errors.get(name, 0) + 1
-            raise ConnectError(f"TLS handshake with {ep} failed: {exc.reason or exc}") from None
-        except OSError as exc:
-            self.connect_errors[name] = self.connect_errors.get(name, 0) + 1
-            raise ConnectError(f"connect to {ep} failed: {exc.strerror or exc}") from None
-        sock: Any = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async def handshake(transport: asyncio.Transport, proto: H2Connection) -> None:
+            if ep.tls is not None:
+                sslobj = transport.get_extra_info("ssl_object")
+                alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+                if alpn != "h2":
+                    raise ConnectError(f"upstream {ep} did not select h2 by ALPN (selected {alpn!r})")
+            # The peer's SETTINGS: it speaks HTTP/2, and its stream limit is known before a
+            # burst of requests could exceed it.
+            await proto.ready
+
+        _, proto = await open_transport(loop, factory, ep, connect_timeout, self.connect_errors, handshake)
         self.connects += 1
         proto.idle_timeout = idle_timeout
         self._conns.setdefault(key, []).append(proto)
