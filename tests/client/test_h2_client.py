@@ -9,7 +9,7 @@ import importlib.util
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,17 @@ async def body_bytes(resp: Response) -> bytes:
     if isinstance(resp.body, Body):
         return await resp.body.read_all()
     return resp.body or b""
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` (the origin's counters have no event to wait on) until true or ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 class Upload:
@@ -236,11 +247,7 @@ async def test_response_timeout_resets_only_the_stream(origin: Any, pool: H2Pool
         await fetch(pool, ep, "/slow/10000", read_timeout=0.2)
     resp = await fetch(pool, ep, "/hello")
     assert await body_bytes(resp) == b"hello from connection 1\n"  # same connection
-    for _ in range(100):
-        if origin.resets:
-            break
-        await asyncio.sleep(0.01)  # polling the origin's counter for the RST_STREAM
-    assert origin.resets == 1
+    assert await wait_for(lambda: origin.resets == 1)
 
 
 async def test_cancelled_body_resets_the_stream(origin: Any, pool: H2Pool) -> None:
@@ -249,11 +256,7 @@ async def test_cancelled_body_resets_the_stream(origin: Any, pool: H2Pool) -> No
     assert isinstance(resp.body, Body)
     await resp.body.read()
     resp.body.cancel()
-    for _ in range(200):
-        if origin.resets:
-            break
-        await asyncio.sleep(0.01)  # polling the origin's counter for the RST_STREAM
-    assert origin.resets == 1
+    assert await wait_for(lambda: origin.resets == 1)
     assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 1\n"
 
 
@@ -297,11 +300,7 @@ async def test_idle_connection_closes(origin: Any, codec: str) -> None:
         ep = ep_of(origin.port)
         conn = await pool.acquire(ep, connect_timeout=10, idle_timeout=0.1)
         await conn.request(get("/hello", ep.port), None, head_only=False, read_timeout=10).fut
-        for _ in range(200):
-            if conn.closed:
-                break
-            await asyncio.sleep(0.01)  # polling for the idle close
-        assert conn.closed
+        assert await wait_for(lambda: conn.closed)
         assert pool.take(ep) is None
         assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 2\n"
     finally:
@@ -333,11 +332,7 @@ async def test_aborted_upload_resets_the_stream(origin: Any, pool: H2Pool) -> No
     body.feed_error(ConnectionResetError("client went away"))
     with pytest.raises(ConnectionResetError):
         await task
-    for _ in range(200):
-        if origin.resets:
-            break
-        await asyncio.sleep(0.01)  # polling the origin's counter for the RST_STREAM
-    assert origin.resets == 1
+    assert await wait_for(lambda: origin.resets == 1)
     assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 1\n"
 
 
