@@ -32,7 +32,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._body import Body
@@ -254,7 +254,7 @@ class _ResponseSink:
             return
         self.sent += len(data)
         if self.chunked:
-            self.transport.writelines(chunk(data))
+            self.conn._writelines(chunk(data))
         else:
             self.transport.write(data)
 
@@ -313,6 +313,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._tunnel: Tunnel | None = None
         self._eof = False
         self._h2_probe = app.cfg.http2.enabled
+        # Plain transports send writelines in one writev; a TLS transport makes a record of each
+        # piece, so there one joined write (one record) is cheaper. Chosen in connection_made.
+        self._writelines: Callable[[Iterable[bytes]], None] = self._write_joined
         """Until the first bytes: whether they may be the HTTP/2 client preface (h2c prior knowledge)."""
         self._h2_held = b""
 
@@ -320,6 +323,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        if self.app.tls is None:
+            self._writelines = transport.writelines  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else "unix"
         self.app.conns.add(self)
@@ -329,6 +334,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
                 self._to_h2(b"")
+
+    def _write_joined(self, parts: Iterable[bytes]) -> None:
+        self.transport.write(b"".join(parts))
 
     def data_received(self, data: bytes) -> None:
         self._last = self.loop.time()
@@ -549,10 +557,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 if body.complete:
                     if chunked:
                         parts.append(LAST_CHUNK)
-                    transport.writelines(parts)
+                    self._writelines(parts)
                     self.response_done(req, resp, sent, keep_alive)
                     return
-                transport.writelines(parts)
+                self._writelines(parts)
             else:
                 transport.write(head)
             sink = self._sink = _ResponseSink(self, req, resp, body, chunked, keep_alive)
@@ -562,7 +570,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             transport.write(head)
             self.response_done(req, resp, 0, keep_alive)
         else:
-            transport.writelines((head, body))
+            self._writelines((head, body))
             self.response_done(req, resp, len(body), keep_alive)
 
     def response_done(self, req: Request, resp: Response, sent: int, keep_alive: bool) -> None:
