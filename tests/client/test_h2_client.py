@@ -347,3 +347,11 @@ async def test_peer_allowing_no_streams_is_a_connect_error(codec: str) -> None:
     finally:
         pool.close()
         await origin.close()
+
+
+async def test_refused_stream_is_retry_safe(origin: Any, pool: H2Pool) -> None:
+    ep = ep_of(origin.port)
+    with pytest.raises(ReadError) as info:
+        await fetch(pool, ep, "/refuse")
+    assert info.value.retry_safe
+    assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 1\n"

@@ -10,7 +10,8 @@ length of the request body), ``/trailers`` (a body, then trailers), ``/slow/MS``
 (answers after MS milliseconds), ``/goaway`` (answers, then GOAWAY naming this
 stream as the last), ``/hold`` (three arriving together: the first is answered,
 then GOAWAY naming it as the last stream; fewer are answered after a second),
-``/headers`` (the request's header list as JSON).
+``/refuse`` (RST_STREAM REFUSED_STREAM), ``/headers`` (the request's header list as
+JSON).
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ class _Conn(asyncio.Protocol):
                     self.held.remove(sid)
                     self.respond(sid, 200, [(b"content-length", b"5")])
                     await self.send(sid, b"held\n", True)
+        elif path == "/refuse":
+            self.conn.reset_stream(sid, 0x7)  # REFUSED_STREAM: not processed, safe to retry
+            self.flush()
         elif path == "/headers":
             await self.read_all(sid)
             body = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers]).encode()
