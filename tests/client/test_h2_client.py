@@ -355,3 +355,47 @@ async def test_refused_stream_is_retry_safe(origin: Any, pool: H2Pool) -> None:
         await fetch(pool, ep, "/refuse")
     assert info.value.retry_safe
     assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 1\n"
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    import trustme
+
+    d = tmp_path_factory.mktemp("h2tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(d / "key.pem"))
+    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    return d / "chain.pem", d / "key.pem", d / "ca.pem"
+
+
+@pytest.mark.parametrize("server_alpn", [["h2"], ["http/1.1"]])
+async def test_tls_needs_h2_by_alpn(codec: str, tls_files: tuple[Path, Path, Path], server_alpn: list[str]) -> None:
+    import dataclasses
+    import ssl
+
+    from monolake.config import UpstreamTls
+    from monolake.tls import client_tls
+
+    chain, key, ca = tls_files
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(chain), str(key))
+    ctx.set_alpn_protocols(server_alpn)
+    origin = h2_origin.H2Origin(ssl_context=ctx)
+    await origin.start()
+    pool = H2Pool(codec_kind=codec)
+    ep = dataclasses.replace(
+        ep_of(origin.port), scheme="https", tls=client_tls("t", UpstreamTls(ca=str(ca), alpn=["h2"]))
+    )
+    try:
+        if server_alpn == ["h2"]:
+            resp = await fetch(pool, ep, "/hello")
+            assert await body_bytes(resp) == b"hello from connection 1\n"
+        else:
+            with pytest.raises(ConnectError, match="did not select h2 by ALPN"):
+                await pool.acquire(ep, connect_timeout=5, idle_timeout=60)
+            assert pool.connect_errors == {str(ep): 1}
+    finally:
+        pool.close()
+        await origin.close()
