@@ -265,6 +265,9 @@ class UringEventLoop(unix_events.SelectorEventLoop):
         fd = sock.detach()
         if fd >= 0:
             self._ring.close_fd(fd)
+        # Closed now, as close(2) would: a client connecting after Server.close() returns
+        # must be refused, not queued on a listener the next iteration would close.
+        self._ring.flush()
 
     def _sock_connect(self, fut: Future[None], sock: socket.socket, address: Any) -> None:
         try:
