@@ -399,3 +399,16 @@ async def test_tls_needs_h2_by_alpn(codec: str, tls_files: tuple[Path, Path, Pat
     finally:
         pool.close()
         await origin.close()
+
+
+async def test_connection_lost_before_any_answer(origin: Any, pool: H2Pool) -> None:
+    # On a connection that served before, a stream that saw nothing before the connection died
+    # is retry-safe (the stale-connection race); on a fresh one it is not.
+    ep = ep_of(origin.port)
+    with pytest.raises(ReadError) as info:
+        await fetch(pool, ep, "/die")
+    assert not info.value.retry_safe
+    assert await body_bytes(await fetch(pool, ep, "/hello")) == b"hello from connection 2\n"
+    with pytest.raises(ReadError) as info:
+        await fetch(pool, ep, "/die")
+    assert info.value.retry_safe

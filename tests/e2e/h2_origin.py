@@ -10,7 +10,7 @@ length of the request body), ``/trailers`` (a body, then trailers), ``/slow/MS``
 (answers after MS milliseconds), ``/goaway`` (answers, then GOAWAY naming this
 stream as the last), ``/hold`` (three arriving together: the first is answered,
 then GOAWAY naming it as the last stream; fewer are answered after a second),
-``/refuse`` (RST_STREAM REFUSED_STREAM), ``/headers`` (the request's header list as
+``/refuse`` (RST_STREAM REFUSED_STREAM), ``/die`` (drops the connection), ``/headers`` (the request's header list as
 JSON).
 """
 
@@ -211,6 +211,8 @@ class _Conn(asyncio.Protocol):
                     self.held.remove(sid)
                     self.respond(sid, 200, [(b"content-length", b"5")])
                     await self.send(sid, b"held\n", True)
+        elif path == "/die":
+            self.transport.abort()  # no GOAWAY, no answer: as a peer that crashed or timed the connection out
         elif path == "/refuse":
             self.conn.reset_stream(sid, 0x7)  # REFUSED_STREAM: not processed, safe to retry
             self.flush()
