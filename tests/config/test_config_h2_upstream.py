@@ -67,8 +67,8 @@ def test_h2c_and_h2_accepted(tmp_path: Path) -> None:
             "not available with protocol = 'h2c'",
         ),
         (
-            doc(protocol="h2c", circuit_breaker={"max_requests": 10}),
-            "upstreams.app.circuit_breaker",
+            doc(protocol="h2c", circuit_breaker={"max_connections": 10}),
+            "upstreams.app.circuit_breaker.max_connections",
             "not available with protocol = 'h2c'",
         ),
     ],
@@ -93,13 +93,13 @@ def test_inline_upstreams_take_a_protocol() -> None:
     raw["servers"]["web"]["routes"][0]["protocol"] = "h2c"
     err = error(raw)
     assert err.path == "servers.web.routes[0].protocol" and "set it on the cluster" in err.reason
-    err = error(inline(protocol="h2c", retry={"attempts": 1}))
-    assert err.path == "servers.web.routes[0].retry"
 
 
-def test_retry_refused_on_h2_cluster() -> None:
-    raw = doc(protocol="h2c")
+def test_guarded_features_accepted_on_h2_cluster() -> None:
+    raw = doc(protocol="h2c", circuit_breaker={"max_requests": 10}, outlier_detection={})
     raw["servers"]["web"]["routes"][0]["retry"] = {"attempts": 1}
-    err = error(raw)
-    assert err.path == "servers.web.routes[0].retry"
-    assert "HTTP/2" in err.reason
+    cfg = parse_config(raw)
+    cluster = UpstreamCluster.from_config("app", cfg.upstreams["app"], Pool())
+    assert cluster.guarded and cluster.forward == cluster._forward_guarded
+    assert cluster._try == cluster._try_h2
+    assert parse_config(inline(protocol="h2c", retry={"attempts": 1})).servers["web"].routes[0].retry is not None

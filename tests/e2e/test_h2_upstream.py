@@ -330,3 +330,40 @@ def test_inline_upstreams_over_h2c(proxy: ProxyFactory, h2c_origin: H2OriginProc
         r = c.get(f"{p.url}/headers")
     assert r.status_code == 200
     assert dict(json.loads(r.content))[":path"] == "/headers"
+
+
+GUARDED = """
+[upstreams.h2]
+endpoints = [{ endpoint = "127.0.0.1:{dead}" }, { endpoint = "127.0.0.1:{port}" }]
+protocol = "h2c"
+
+[upstreams.h2.outlier_detection]
+consecutive_connect_failures = 2
+
+[upstreams.h2.circuit_breaker]
+max_requests = 100
+
+[servers.web]
+listener = "127.0.0.1:0"
+
+[[servers.web.routes]]
+path = "/"
+upstream = "h2"
+retry = { attempts = 1, on = ["connect_failure"] }
+"""
+
+
+def test_retries_and_outlier_ejection_over_h2(proxy: ProxyFactory, h2c_origin: H2OriginProcess) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    p = proxy(GUARDED, port=h2c_origin.port, dead=dead)
+    with client() as c:
+        codes = [c.get(f"{p.url}/hello").status_code for _ in range(8)]
+    assert codes == [200] * 8  # connect failures on the dead endpoint are retried on the live one
+    p.log.wait_line(rf"retrying GET /hello: cluster=h2 endpoint=127.0.0.1:{dead}: connect failure")
+    p.log.wait_line(rf"endpoint ejected: cluster=h2 endpoint=127.0.0.1:{dead} .* 2 consecutive connect failures")
+    # Ejected: the later requests went straight to the live endpoint.
+    assert p.log.count(rf"retrying GET /hello: cluster=h2 endpoint=127.0.0.1:{dead}") == 2

@@ -143,9 +143,15 @@ def _check_cluster(path: str, c: Cluster) -> None:
 
 
 def _check_h2_cluster(path: str, c: Cluster) -> None:
-    for key in ("health_check", "outlier_detection", "circuit_breaker"):
-        if getattr(c, key) is not None:
-            raise ConfigError(f"{path}.{key}", f"not available with protocol = {c.protocol!r} yet (only with http1)")
+    if c.health_check is not None:
+        raise ConfigError(f"{path}.health_check", f"not available with protocol = {c.protocol!r} yet (only with http1)")
+    cb = c.circuit_breaker
+    for key in ("max_connections", "max_pending"):
+        if cb is not None and getattr(cb, key) is not None:
+            raise ConfigError(
+                f"{path}.circuit_breaker.{key}",
+                f"not available with protocol = {c.protocol!r} (requests share connections); use max_requests",
+            )
     eps = [parse_endpoint(up.endpoint, up.weight) for up in c.endpoints]
     tls = c.tls is not None or any(ep.scheme == "https" for ep in eps)
     if c.protocol == "h2c" and tls:
@@ -351,8 +357,6 @@ def _check_route(path: str, r: Route, cfg: Config) -> None:
             raise ConfigError(f"{path}.retry.budget_percent", "must be >= 0")
         if r.retry.min_retry_concurrency < 0:
             raise ConfigError(f"{path}.retry.min_retry_concurrency", "must be >= 0")
-        if (cfg.upstreams[r.upstream].protocol if r.upstream is not None else r.protocol) != "http1":
-            raise ConfigError(f"{path}.retry", "retries are not available yet for HTTP/2 upstreams")
 
 
 def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:

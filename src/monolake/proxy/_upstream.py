@@ -122,8 +122,11 @@ class UpstreamCluster:
             self.forward = self._forward_guarded  # type: ignore[method-assign]
         self.protocol = protocol
         if protocol != "http1":
-            # HTTP/2 takes its own path (config refuses the guarded features with it).
-            self.forward = self._forward_h2  # type: ignore[method-assign]
+            # HTTP/2 exchanges, on the fast path or under the guarded one (config refuses
+            # health checks and connection limits with them).
+            self._try = self._try_h2  # type: ignore[method-assign]
+            if not self.guarded:
+                self.forward = self._forward_h2  # type: ignore[method-assign]
 
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
@@ -233,47 +236,7 @@ class UpstreamCluster:
         if track:
             self.balancer.started(ep)
         try:
-            if host is None:
-                authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
-            else:
-                authority = host or ep.authority.encode()
-            body = req.body
-            length = body.length if isinstance(body, Body) else len(body) if isinstance(body, bytes) else None
-            scheme = b"https" if ep.tls is not None else b"http"
-            headers = h2_request_headers(req.method, req.target, req.headers, authority, scheme, length)
-            pool = self.pool.h2
-            deadline = None
-            grpc = is_grpc(req.headers.get(b"content-type"))
-            if grpc:
-                deadline = deadline_of(req.headers, pool.loop.time())
-            for attempt in (0, 1):
-                conn = pool.take(ep) or await pool.acquire(
-                    ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
-                )
-                st = conn.request(
-                    headers,
-                    body,
-                    head_only=req.method == b"HEAD",
-                    read_timeout=self.read_timeout,
-                    deadline=deadline,
-                    grpc=grpc,
-                )
-                try:
-                    return await st.fut
-                except ReadError as exc:
-                    if attempt or not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
-                        raise
-                    log.info(
-                        "%s; retrying %s %s on another connection to %s",
-                        exc,
-                        req.method.decode(),
-                        req.target.decode("latin-1"),
-                        ep,
-                    )
-                except asyncio.CancelledError:
-                    st.cancel()
-                    raise
-            raise AssertionError("unreachable: the second try returns or raises")
+            return await self._exchange_h2(req, host, ep)
         except (ConnectError, ConnectTimeout) as exc:
             log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             raise
@@ -283,6 +246,89 @@ class UpstreamCluster:
         finally:
             if track:
                 self.balancer.finished(ep)
+
+    async def _exchange_h2(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
+        """One request to ``ep`` over HTTP/2 (``_forward_h2`` and ``_try_h2`` without their accounting)."""
+        if host is None:
+            authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
+        else:
+            authority = host or ep.authority.encode()
+        body = req.body
+        length = body.length if isinstance(body, Body) else len(body) if isinstance(body, bytes) else None
+        scheme = b"https" if ep.tls is not None else b"http"
+        headers = h2_request_headers(req.method, req.target, req.headers, authority, scheme, length)
+        pool = self.pool.h2
+        deadline = None
+        grpc = is_grpc(req.headers.get(b"content-type"))
+        if grpc:
+            deadline = deadline_of(req.headers, pool.loop.time())
+        for attempt in (0, 1):
+            conn = pool.take(ep) or await pool.acquire(
+                ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
+            )
+            st = conn.request(
+                headers,
+                body,
+                head_only=req.method == b"HEAD",
+                read_timeout=self.read_timeout,
+                deadline=deadline,
+                grpc=grpc,
+            )
+            try:
+                return await st.fut
+            except ReadError as exc:
+                if attempt or not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                    raise
+                log.info(
+                    "%s; retrying %s %s on another connection to %s",
+                    exc,
+                    req.method.decode(),
+                    req.target.decode("latin-1"),
+                    ep,
+                )
+            except asyncio.CancelledError:
+                st.cancel()
+                raise
+        raise AssertionError("unreachable: the second try returns or raises")
+
+    async def _try_h2(self, req: Request, host: bytes | None, ep: Endpoint, per_try_timeout: float | None) -> Response:
+        """``_try`` over HTTP/2: the same accounting around ``_exchange_h2``."""
+        req.ctx.endpoint = ep
+        st = self._state_of.get(id(ep))
+        outliers = self._outliers
+        balancer = self.balancer
+        track = self.track
+        if track:
+            balancer.started(ep)
+        if st is not None:
+            st.active_requests += 1
+        try:
+            if per_try_timeout is None:
+                resp = await self._exchange_h2(req, host, ep)
+            else:
+                try:
+                    async with asyncio.timeout(per_try_timeout):
+                        resp = await self._exchange_h2(req, host, ep)
+                except TimeoutError:
+                    raise ReadTimeout(f"per-try timeout of {per_try_timeout:g}s exceeded") from None
+        except (ConnectError, ConnectTimeout) as exc:
+            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            if outliers is not None and st is not None:
+                outliers.connect_failed(st)
+            raise
+        except (ReadError, ReadTimeout, UpstreamError) as exc:
+            log.warning("upstream exchange failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            if outliers is not None and st is not None:
+                outliers.failed(st, type(exc).__name__)
+            raise
+        finally:
+            if st is not None:
+                st.active_requests -= 1
+            if track:
+                balancer.finished(ep)
+        if outliers is not None and st is not None:
+            outliers.responded(st, resp.status)
+        return resp
 
     # -- health, outliers, circuit breaking, retries (the guarded path) --------------------
 
@@ -317,7 +363,7 @@ class UpstreamCluster:
     def open_connections(self) -> int:
         """Open pooled connections to this cluster's endpoints (shared with other clusters
         that name the same endpoints)."""
-        counts = self.pool.open
+        counts = self.pool.open if self.protocol == "http1" else self.pool.h2.open
         return sum(counts.get(k, 0) for k in self._keys)
 
     def statistics(self) -> dict[str, object]:
