@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Proxy, ProxyFactory
+from conftest import Proxy, ProxyFactory, free_port
 from monolake.proto.http2 import codec_kinds
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e .[test])")
@@ -236,10 +236,7 @@ def test_route_timeout_is_deadline_exceeded(
 
 
 def test_dead_upstream_is_unavailable(proxy: ProxyFactory, stubs: tuple[ModuleType, ModuleType], codec: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = proxy(CONFIG, port=port, route_timeout=30, env={"MONOLAKE_H2_CODEC": codec})
+    p = proxy(CONFIG, port=free_port(), route_timeout=30, env={"MONOLAKE_H2_CODEC": codec})
     with grpc.insecure_channel(p.address) as channel, pytest.raises(grpc.RpcError) as info:
         stubs[1].EchoStub(channel).Unary(stubs[0].Msg(data=b"x"), timeout=30)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

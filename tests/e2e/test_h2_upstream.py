@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import E2E, LineLog, Proxy, ProxyFactory, _stop_process, pattern, pattern_sha
+from conftest import E2E, LineLog, Proxy, ProxyFactory, _stop_process, free_port, pattern, pattern_sha
 from monolake.proto.http2 import codec_kinds
 
 pytestmark = pytest.mark.e2e
@@ -228,12 +228,7 @@ def test_trailers_to_an_http1_client_are_dropped(h2c_proxy: Proxy) -> None:
 
 
 def test_dead_upstream_is_502(proxy: ProxyFactory) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = proxy(H2C, port=port)
+    p = proxy(H2C, port=free_port())  # nothing listens there
     with client() as c:
         assert c.get(f"{p.url}/hello").status_code == 502
     p.log.wait_line(r"upstream connect failed: cluster=h2")
@@ -354,11 +349,7 @@ retry = { attempts = 1, on = ["connect_failure"] }
 
 
 def test_retries_and_outlier_ejection_over_h2(proxy: ProxyFactory, h2c_origin: H2OriginProcess) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()  # nothing listens there
     p = proxy(GUARDED, port=h2c_origin.port, dead=dead)
     with client() as c:
         codes = [c.get(f"{p.url}/hello").status_code for _ in range(8)]
