@@ -462,6 +462,41 @@ def test_proxy_falls_back_and_serves_when_io_uring_setup_fails(origin: Origin, t
         proxy.close()
 
 
+SQPOLL_CONFIG = """
+[runtime]
+drain_timeout = 2
+uring_entries = 64
+sqpoll_idle_ms = 20
+
+[log]
+level = "debug"
+
+[upstreams.origin]
+endpoints = [{{ endpoint = "{origin}" }}]
+
+[servers.web]
+listener = "127.0.0.1:0"
+
+[[servers.web.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+
+@pytest.mark.parametrize("kind", ["auto", "io_uring"])
+def test_proxy_serves_on_an_sqpoll_ring_from_config(kind: str, origin: Origin, tmp_path: Path) -> None:
+    proxy = Proxy(SQPOLL_CONFIG.format(origin=origin.url), tmp_path, loop=kind)
+    try:
+        proxy.log.wait_line(r"Using selector: _RingSelector")  # the worker's loop is the io_uring one
+        for _ in range(3):
+            with socket.create_connection(_hostport(proxy.address), timeout=30) as s:
+                s.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                assert _read_all(s).startswith(b"HTTP/1.1 200 ")
+        assert "io_uring unavailable" not in proxy.log.text
+    finally:
+        proxy.close()
+
+
 def _hostport(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
