@@ -42,25 +42,6 @@ TIMEOUT = 20.0
 READY = re.compile(r"monolake ready servers=(?P<servers>\S+) workers=(?P<workers>\d+) loop=(?P<loop>\S+)")
 LOOP_KINDS = os.environ.get("MONOLAKE_TEST_LOOPS", "uvloop asyncio io_uring").split()
 """Loop backends the e2e tests run on; MONOLAKE_TEST_LOOPS="io_uring" narrows a run to one."""
-NOT_ON_IO_URING = {
-    "test_l4": (
-        ("splice", "auto]"),
-        "expects splicing, which the io_uring loop does not do (its multishot recv reads ahead)",
-    ),
-}
-"""e2e tests skipped on io_uring: module name -> (substrings of the test id, why)."""
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or callspec.params.get("loop_kind") != "io_uring":
-            continue
-        rule = NOT_ON_IO_URING.get(item.module.__name__.rpartition(".")[2] if item.module else "")
-        if rule is not None and any(part in item.name for part in rule[0]):
-            item.add_marker(pytest.mark.skip(reason=rule[1]))
-
-
 BLOCK = bytes(range(256)) * 256
 """The origin's body pattern block (see origin_app.pattern)."""
 
@@ -230,6 +211,7 @@ class Proxy:
     ) -> None:
         self.config_path = directory / f"proxy-{next(_counter)}.toml"
         self.config_path.write_text(config_text)
+        self.loop = loop
         args = [sys.executable, "-m", "monolake.cli", "run", "-c", str(self.config_path), "--loop", loop]
         if workers is not None:
             args += ["--workers", str(workers)]

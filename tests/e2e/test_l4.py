@@ -414,8 +414,11 @@ SPLICING = {"splice", "unix_splice", "idle_splice", "auto"}
 
 
 def check_path(l4: Proxy, server: str, mark: int) -> None:
-    """The connection just made on ``server`` was spliced if and only if the server splices."""
-    if server in SPLICING:
+    """The connection just made on ``server`` was spliced if and only if the server splices.
+
+    The io_uring loop never splices (its multishot recv reads ahead of the relay): there the
+    same transfers run on the loop path and must arrive just as whole."""
+    if server in SPLICING and l4.loop != "io_uring":
         l4.log.wait_line(rf"l4 spliced: server={server} client=", after=mark)
     else:
         assert l4.log.count(rf"l4 spliced: server={server} ", after=mark) == 0
@@ -507,8 +510,10 @@ def test_many_concurrent_connections(l4: Proxy, server: str) -> None:
         await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), 60)
 
     asyncio.run(main())
-    if server == "splice":
+    if server == "splice" and l4.loop != "io_uring":
         assert l4.log.count(r"l4 spliced: server=splice ", after=mark) == 200
+    else:
+        assert l4.log.count(r"l4 spliced: server=splice ", after=mark) == 0
 
 
 @pytest.mark.parametrize("server", ["unix_splice", "unix_loop"])
