@@ -6,7 +6,15 @@ import pytest
 
 from monolake.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
 from monolake.proto.http1 import Headers, Request
-from monolake.proxy._grpc import deadline_of, failure_response, is_grpc, parse_timeout, status_of
+from monolake.proxy._grpc import (
+    deadline_of,
+    encode_timeout,
+    failure_response,
+    is_grpc,
+    parse_timeout,
+    status_of,
+    with_remaining_timeout,
+)
 from monolake.server import Overloaded
 from monolake.server._http import failure_response as server_failure_response
 
@@ -79,3 +87,26 @@ def test_server_answers_grpc_calls_with_a_status_and_others_with_http() -> None:
     plain = Request(b"GET", b"/", Headers())
     assert server_failure_response(plain, ReadTimeout("t"), "127.0.0.1:1", "web").status == 504
     assert server_failure_response(plain, ConnectError("c"), "127.0.0.1:1", "web").status == 502
+
+
+@pytest.mark.parametrize("seconds", [1e-7, 0.001, 0.25, 1.5, 99.9999999, 100.0, 3599.5, 1e6, 1e9])
+def test_encode_timeout_round_trips_never_shorter(seconds: float) -> None:
+    value = encode_timeout(seconds)
+    assert len(value) <= 9  # at most 8 digits and a unit
+    back = parse_timeout(value)
+    assert back is not None
+    assert back >= seconds * (1 - 1e-12)
+    assert back - seconds <= max(1e-6, seconds * 1e-6) or seconds > 1e5  # coarse units only for huge budgets
+
+
+def test_the_upstream_is_told_what_is_left_of_the_deadline() -> None:
+    headers = [(b":method", b"POST"), (b"grpc-timeout", b"2S"), (b"te", b"trailers")]
+    out = with_remaining_timeout(headers, deadline=10.0, now=9.25)
+    assert out == [(b":method", b"POST"), (b"grpc-timeout", b"750000u"), (b"te", b"trailers")]
+    assert headers[1] == (b"grpc-timeout", b"2S")  # the caller's list is left alone (a retry recomputes)
+
+
+def test_a_deadline_that_passed_before_sending_is_deadline_exceeded() -> None:
+    with pytest.raises(ReadTimeout) as info:
+        with_remaining_timeout([(b"grpc-timeout", b"1m")], deadline=5.0, now=5.0)
+    assert status_of(info.value)[0] == 4

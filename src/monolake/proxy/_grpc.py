@@ -7,7 +7,8 @@ client). Two things are gRPC-specific:
 
 - ``grpc-timeout`` (the client's deadline) bounds the upstream stream: the
   HTTP/2 client resets the stream when it passes and ends the call with
-  DEADLINE_EXCEEDED (``deadline_of``).
+  DEADLINE_EXCEEDED (``deadline_of``). The upstream is told what is left of it
+  when the call goes out (``with_remaining_timeout``), not the original budget.
 - When the proxy itself fails a call (no connection to the upstream, a timeout,
   an internal error), a gRPC client cannot read a 502 or 504: it gets HTTP 200 with
   a trailers-only response carrying the status (``failure_response``): 14
@@ -17,8 +18,11 @@ client). Two things are gRPC-specific:
 
 from __future__ import annotations
 
-from ..errors import ConnectError, ConnectTimeout, NetworkError, TimeoutError, UpstreamError
+import math
+
+from ..errors import ConnectError, ConnectTimeout, NetworkError, ReadTimeout, TimeoutError, UpstreamError
 from ..proto.http1 import Headers, Response
+from ..proto.http2 import HeaderList
 from ..server import Overloaded
 
 OK = 0
@@ -57,6 +61,27 @@ def deadline_of(headers: Headers, now: float) -> float | None:
         return None
     seconds = parse_timeout(value.strip())
     return None if seconds is None else now + seconds
+
+
+def encode_timeout(seconds: float) -> bytes:
+    """A ``grpc-timeout`` value for ``seconds`` (> 0), in the finest unit that fits 8 digits,
+    rounded up so the upstream never sees less time than is left."""
+    for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        n = math.ceil(seconds * scale)
+        if n <= 99_999_999:
+            return b"%d%s" % (max(n, 1), unit)
+    return b"99999999H"
+
+
+def with_remaining_timeout(headers: HeaderList, deadline: float, now: float) -> HeaderList:
+    """``headers`` with grpc-timeout set to what is left of the call's deadline at ``now``
+    (gRPC proxies pass the remaining time on, not the client's original budget).
+    Raises ReadTimeout when nothing is left."""
+    left = deadline - now
+    if left <= 0:
+        raise ReadTimeout("gRPC deadline passed before the call reached the upstream")
+    value = encode_timeout(left)
+    return [(name, value) if name == b"grpc-timeout" else (name, v) for name, v in headers]
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:

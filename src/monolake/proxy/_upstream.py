@@ -45,7 +45,7 @@ from ..proto.http1._serialize import CHUNKED_LINE, content_length_line, request_
 from ..server import error_response
 from ..tls import client_tls
 from ._balancer import Balancer, make_balancer
-from ._grpc import deadline_of, is_grpc
+from ._grpc import deadline_of, is_grpc, with_remaining_timeout
 from ._health import EndpointState, HealthChecker, Outliers
 from ._retry import RetryingCluster, RetryPolicy
 
@@ -266,6 +266,8 @@ class UpstreamCluster:
             conn = pool.take(ep) or await pool.acquire(
                 ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
             )
+            if deadline is not None:
+                headers = with_remaining_timeout(headers, deadline, pool.loop.time())
             st = conn.request(
                 headers,
                 body,
