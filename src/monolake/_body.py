@@ -144,6 +144,11 @@ class Body:
         return chunks
 
     @property
+    def piped(self) -> bool:
+        """True while the body goes to a consumer's sink (not dropped, not read)."""
+        return self._sink is not None and self._sink is not _DROP
+
+    @property
     def complete(self) -> bool:
         """True when the producer finished without error."""
         return self._done and self._exc is None

@@ -144,6 +144,16 @@ async def chunked_bytes(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def duplex(request: web.Request) -> web.StreamResponse:
+    """Full duplex: answer at once, then echo each piece of the request body as it arrives."""
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    async for piece in request.content.iter_any():
+        await resp.write(piece)
+    await resp.write_eof()
+    return resp
+
+
 async def status(request: web.Request) -> web.Response:
     code = int(request.match_info["n"])
     if code in (204, 304) or code < 200:
@@ -192,6 +202,7 @@ def make_app(app_name: str) -> web.Application:
     app.router.add_route("*", "/echo/{tail:.*}", echo)
     app.router.add_post("/stream-sha", stream_sha)
     app.router.add_post("/slow-sha", slow_sha)
+    app.router.add_post("/duplex", duplex)
     app.router.add_get("/bytes/{n:\\d+}", fixed_bytes)
     app.router.add_get("/chunked/{n:\\d+}", chunked_bytes)
     app.router.add_get("/blob/{n:\\d+}", blob)

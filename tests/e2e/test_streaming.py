@@ -191,3 +191,32 @@ def test_client_connection_reusable_after_backpressured_upload(proxy: ProxyFacto
             except TimeoutError:
                 pytest.fail(f"request after upload #{i + 1} ({size} bytes) hung: the client connection is paused")
             c.sock.settimeout(10)
+
+
+def read_chunks(c: RawClient, want: int) -> bytes:
+    """Decode a chunked response body as it arrives until ``want`` bytes are in (or it ends)."""
+    out = b""
+    while len(out) < want:
+        size = int(c._read_until(b"\r\n").split(b";")[0], 16)
+        if size == 0:
+            c._read_until(b"\r\n")
+            break
+        out += c._read_exact(size + 2)[:-2]
+    return out
+
+
+def test_full_duplex_upload_keeps_flowing_after_the_response_starts(web: Proxy) -> None:
+    """An upstream that answers at once and echoes the upload as it arrives: each piece the
+    client sends comes back before the next is sent, so the rest of the upload must keep
+    reaching the upstream after the response has started."""
+    with RawClient(web.address) as c:
+        c.send(b"POST /duplex HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        head = c.read_head()
+        assert head.status == 200
+        for i in range(5):
+            piece = (b"piece-%d;" % i) * 2000
+            c.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            assert read_chunks(c, len(piece)) == piece
+        c.send(b"0\r\n\r\n")
+        assert read_chunks(c, 1) == b""  # the response ends after the upload did
+        assert not c._fill(), "the connection closes once both directions are done"

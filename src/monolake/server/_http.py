@@ -313,6 +313,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._tunnel: Tunnel | None = None
         self._eof = False
         self._h2_probe = app.cfg.http2.enabled
+        self._upload_open = False  # a response started while the upload still streams upstream
+        self._close_after_upload = False
         # Plain transports send writelines in one writev; a TLS transport makes a record of each
         # piece, so there one joined write (one record) is cheaper. Chosen in connection_made.
         self._writelines: Callable[[Iterable[bytes]], None] = self._write_joined
@@ -467,6 +469,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         if rbody is not None:
             self._rbody = None
             rbody.feed_eof()
+        self._upload_open = False
+        if self._close_after_upload:
+            self._close()
 
     # -- request lifecycle ----------------------------------------------------------
 
@@ -505,7 +510,12 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         if isinstance(rbody, Body) and not rbody.done:
             # The body was not (fully) read: we cannot find the next request in it.
             keep_alive = False
-            rbody.detach()
+            if rbody.piped:
+                # Full duplex: the upstream answers while it still takes the upload. Keep
+                # relaying it; the connection closes once both directions are done.
+                self._upload_open = True
+            else:
+                rbody.detach()
         status = resp.status
         body = resp.body
         no_body = req.method == b"HEAD" or status < 200 or status in (204, 304)
@@ -589,7 +599,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         if self._closed:
             return
         if not keep_alive or self._closing:
-            self._close()
+            if self._upload_open:
+                self._close_after_upload = True
+            else:
+                self._close()
             return
         if self._queue:
             nxt = self._queue.popleft()
