@@ -549,3 +549,18 @@ def validate(cfg: Config) -> None:
         if addr in seen and not addr.endswith(":0"):
             raise ConfigError(f"servers.{name}.listener", f"{addr} is already used by servers.{seen[addr]}")
         seen[addr] = name
+    if cfg.admin is not None:
+        _check_admin(cfg.admin.listen, seen)
+
+
+def _check_admin(listen: str, servers: dict[str, str]) -> None:
+    """``admin.listen``: host:port (the admin endpoint is not served on a Unix socket), not a server's."""
+    try:
+        addr = parse_listener(listen)
+    except ValueError as exc:
+        raise ConfigError("admin.listen", str(exc)) from None
+    if addr.path:
+        raise ConfigError("admin.listen", "must be host:port (a Unix socket is not supported)")
+    used = str(addr)
+    if used in servers and not used.endswith(":0"):
+        raise ConfigError("admin.listen", f"{used} is already used by servers.{servers[used]}")
