@@ -231,6 +231,11 @@ class Proxy:
         self.stdout = LineLog(self.proc.stdout, f"proxy pid {self.pid} stdout")
         try:
             m = self.log.wait_line(READY)
+            if loop == "io_uring" and not full_env.get("MONOLAKE_URING_FAIL"):
+                # Falling back to uvloop would make every io_uring test a uvloop test.
+                assert not self.log.count(r"io_uring (unavailable|ring setup failed)"), (
+                    "the proxy fell back from io_uring: " + "\n".join(self.log.lines[-5:])
+                )
         except AssertionError:
             self.close()
             raise
@@ -555,7 +560,14 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 @pytest.fixture(scope="module", params=LOOP_KINDS)
 def loop_kind(request: pytest.FixtureRequest) -> str:
-    """The proxy's event loop backend; every e2e test runs on each."""
+    """The proxy's event loop backend; every e2e test runs on each (io_uring only where this
+    machine can run it: the skip names the reason, and a proxy that falls back fails)."""
+    if request.param == "io_uring":
+        from monolake.runtime.uring import unavailable
+
+        reason = unavailable()
+        if reason is not None:
+            pytest.skip(f"io_uring is not usable on this machine: {reason}")
     return str(request.param)
 
 
