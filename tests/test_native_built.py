@@ -1,0 +1,25 @@
+"""The native extensions are optional at install, but CI must not lose them silently.
+
+``.ci/run`` installs their C libraries and sets ``MONOLAKE_REQUIRE_NATIVE=1``: there the
+HTTP/2 codec over libnghttp2 and the io_uring ring must both import, or the tests that
+run on each codec and loop would quietly cover one side only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+REQUIRED = os.environ.get("MONOLAKE_REQUIRE_NATIVE") == "1"
+
+
+@pytest.mark.parametrize("module", ["monolake.proto.http2._nghttp2", "monolake.runtime._uring"])
+def test_native_extension_imports(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        if REQUIRED:
+            raise AssertionError(f"{module} is not built: {exc}") from exc
+        pytest.skip(f"{module} is not built here ({exc}); .ci/run builds it")
