@@ -364,6 +364,17 @@ def worker_metrics() -> WorkerMetrics:
     return _worker
 
 
+def _forget_parent() -> None:
+    # A forked worker starts with none of its parent's watched objects: the supervisor's
+    # dry build leaves clusters alive (in reference cycles) whose never-checked health
+    # would otherwise be written over the worker's own under the same labels.
+    global _worker
+    _worker = None
+
+
+os.register_at_fork(after_in_child=_forget_parent)
+
+
 def request_recorder(
     server: str, apps: Iterable[Any] = (), pools: Iterable[Any] = (), clusters: Iterable[Any] = ()
 ) -> RequestMetrics:

@@ -23,14 +23,18 @@ in-flight counts), the access log, and the source digest of every filter module.
   filters' globals half replaced although the reload aborts. Only the modules
   named in ``filters`` are reloaded, not modules they import.
 
-``commit`` does the adoptions and swaps the builder's state; ``abort`` closes what
-prepare opened. A worker started later (a restart after a crash, forked from the
+``commit`` does the adoptions, swaps the builder's state and starts the active
+health checks of clusters new to this config (kept clusters keep theirs, removed or
+replaced ones stop theirs); ``abort`` closes what prepare opened. A worker's first
+build starts every cluster's checks too, so they run from start-up, not from the
+first request. A worker started later (a restart after a crash, forked from the
 supervisor's older copy of this builder) checks the digests the same way on its
 first build, so it never serves a stale filter.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import importlib.util
@@ -46,6 +50,7 @@ from ..client import Pool
 from ..config import Cluster, Config, Server
 from ..errors import ConfigError
 from ..observe import AccessLog
+from ..observe._metrics import worker_metrics
 from ._app import Shared, build_apps, new_access_log
 from ._upstream import UpstreamCluster
 
@@ -95,6 +100,19 @@ def _uses_clusters(server: Server) -> set[str] | None:
     return names
 
 
+def _start_checks(clusters: Mapping[str, tuple[Cluster, UpstreamCluster]]) -> None:
+    """Start the clusters' active health checks now, so an endpoint that is down is found
+    before a request is routed to it. Only in a worker, whose loop runs while it builds; a
+    build without a loop (the supervisor's dry build, ``check``) starts nothing, and the
+    first guarded request starts them instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for _, u in clusters.values():
+        u.start()  # idempotent: a cluster kept across a reload keeps its running checks
+
+
 class ProxyBuilder:
     """The runtime's AppBuilder and Reloadable for the proxy. One per supervisor; each
     worker works on its own (forked) copy and makes its own pool on first use."""
@@ -124,6 +142,7 @@ class ProxyBuilder:
         if self._access_log is not None and self._access_log is not shared.access_log:
             self._access_log.close()
         self._settle(cfg, clusters, shared.access_log)
+        _start_checks(clusters)
         return dict(apps)
 
     def prepare(self, cfg: Config, old: Mapping[str, Any]) -> PreparedApps:
@@ -268,12 +287,15 @@ class PreparedApps:
             prev.adopt(new)
         old_log = b._access_log
         kept = {id(u) for _, u in self._clusters.values()}
+        watched = worker_metrics().clusters
         for _, u in b._clusters.values():
             if id(u) not in kept:
                 # A replaced or removed cluster: stop its health checks and ejection timers.
                 # Requests still in flight on the old chain finish through it.
                 u.close()
+                watched.discard(u)  # its last health must not be sampled over its successor's
         b._settle(self.cfg, self._clusters, self._access_log)
+        _start_checks(self._clusters)  # new clusters' checks; kept ones' keep running
         if old_log is not None and old_log is not self._access_log:
             # Requests still in flight log through their app's current on_complete: the new log.
             with contextlib.suppress(OSError):

@@ -336,7 +336,8 @@ class UpstreamCluster:
 
     def start(self) -> None:
         """Start the active health checks, if any (needs the worker's running loop). Idempotent;
-        the guarded path calls it on the first request."""
+        the proxy builder calls it when a worker builds or commits a reload, and the guarded
+        path on a first request for a cluster built otherwise."""
         if self._checker is not None:
             self._checker.start()
 
