@@ -116,6 +116,10 @@ def request_headers(
     return out
 
 
+_STATUS = {b"%d" % code: code for code in range(100, 600)}
+"""``:status`` values as ints without ``int()``."""
+
+
 class _StreamSink:
     """Writes a request body into a stream; aborting resets the stream."""
 
@@ -307,15 +311,18 @@ class _Stream:
             status = 0
             clen: int | None = None
             pairs: list[tuple[bytes, bytes]] = []
+            names: list[bytes] = []
             try:
-                for name, value in headers:
+                for field in headers:
+                    name = field[0]
                     if name[:1] == b":":
                         if name == b":status":
-                            status = int(value)
+                            status = _STATUS.get(field[1]) or int(field[1])
                     elif name == b"content-length":
-                        clen = int(value)
+                        clen = int(field[1])
                     else:
-                        pairs.append((name, value))
+                        pairs.append(field)
+                        names.append(name)
             except ValueError:
                 self.fail(UpstreamError("upstream sent a malformed :status or content-length"), reset=1)
                 return
@@ -323,7 +330,7 @@ class _Stream:
                 if status == 0:
                     self.fail(UpstreamError("upstream response without :status"), reset=1)
                 return  # 1xx: informational, not forwarded
-            resp = self.resp = Response(status, Headers(pairs, lower=[n for n, _ in pairs]), content_length=clen)
+            resp = self.resp = Response(status, Headers(pairs, lower=names), content_length=clen)
             if end_stream:
                 resp.body = None
                 if not self.head_only:
@@ -549,6 +556,12 @@ class H2Connection(asyncio.Protocol):
         waiting.
         """
         codec = self.codec
+        if isinstance(body, Body) and body.complete and not body.trailers:
+            # All there already (a unary gRPC call, a small upload the client sent with its
+            # head): the stream goes out as bytes would, without a sink and a pipe.
+            pending = body.take()
+            body.detach()
+            body = pending[0] if len(pending) == 1 else b"".join(pending)
         end = body is None or body == b""
         try:
             sid = codec.request(headers, end)

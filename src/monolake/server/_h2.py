@@ -95,6 +95,11 @@ _SPECIAL_IN = {
 _STATUS = {code: b"%d" % code for code in range(100, 600)}
 
 
+def _trailer_fields(trailers: list[tuple[bytes, bytes]]) -> HeaderList:
+    """Trailer fields for an HTTP/2 stream: names lowercased, connection-specific ones dropped."""
+    return [(lname, v) for n, v in trailers if (lname := n.lower()) not in _NOT_FORWARDED]
+
+
 def host_only(authority: bytes) -> bytes:
     """Lowercased host without port: b"Example.com:8443" -> b"example.com", b"[::1]:80" -> b"[::1]"."""
     if authority.startswith(b"["):
@@ -182,8 +187,7 @@ class _Stream:
         out = self.out
         trailers = out.trailers if out is not None else None
         if trailers:
-            fields = [(n.lower(), v) for n, v in trailers]
-            conn.codec.send_headers(self.sid, [f for f in fields if f[0] not in _NOT_FORWARDED], True)
+            conn.codec.send_headers(self.sid, _trailer_fields(trailers), True)
         else:
             conn.codec.send_data(self.sid, b"", True)
         conn.want_flush()
@@ -250,6 +254,8 @@ class H2Connection(asyncio.Protocol):
         self._idle_since = now
         self._resets = 0
         self._reset_start = now
+        self._authority = b""
+        self._host = b""
 
     def start(self, data: bytes) -> None:
         """Take over the connection: send SETTINGS, then process ``data`` (the bytes read so far)."""
@@ -513,7 +519,7 @@ class H2Connection(asyncio.Protocol):
             path or b"/",
             Headers(raw, lower=lower),
             version=b"2",
-            host=host_only(authority) if authority else b"",
+            host=self._host_of(authority) if authority else b"",
             raw_host=authority,
         )
         st.req = req
@@ -532,6 +538,15 @@ class H2Connection(asyncio.Protocol):
             self._respond(st, error_response(status))
             return
         st.task = self.loop.create_task(self._run(st, req))
+
+    def _host_of(self, authority: bytes) -> bytes:
+        """``host_only``, remembered for the connection's last authority (a client
+        rarely changes it between streams)."""
+        if authority == self._authority:
+            return self._host
+        host = self._host = host_only(authority)
+        self._authority = authority
+        return host
 
     async def _run(self, st: _Stream, req: Request) -> None:
         try:
@@ -589,10 +604,17 @@ class H2Connection(asyncio.Protocol):
                 fields.append((b"content-length", b"%d" % resp.content_length))
             codec.send_headers(sid, fields, False)
             pending = body.take()
-            if body.complete and not body.trailers:
-                # All there already (a small response): one DATA frame ends the stream.
+            if body.complete:
+                # All there already (a small response, a unary gRPC answer with its
+                # trailers): queued at once, no pipe.
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
-                codec.send_data(sid, data, True)
+                trailers = body.trailers
+                if trailers:
+                    if data:
+                        codec.send_data(sid, data, False)
+                    codec.send_headers(sid, _trailer_fields(trailers), True)
+                else:
+                    codec.send_data(sid, data, True)
                 st.sent = len(data)
             else:
                 st.out = body
