@@ -394,7 +394,9 @@ class _Stream:
             _resolve(self.fut, resp)
             self.maybe_done()
             return
-        body = Body(self, resp.content_length)
+        # A body complete already needs no producer: with the stream as its producer,
+        # the stream, the response and the body would form a cycle for the collector.
+        body = Body(_DONE if complete else self, resp.content_length)
         for piece in chunks:
             body.feed(piece)
         resp.body = body
@@ -406,6 +408,24 @@ class _Stream:
         _resolve(self.fut, resp)
         if complete:
             self.maybe_done()
+
+
+class _Done:
+    """The producer of a response body that arrived whole: nothing to pause, resume or cancel."""
+
+    __slots__ = ()
+
+    def pause_body(self) -> None:
+        return None
+
+    def resume_body(self) -> None:
+        return None
+
+    def cancel_body(self) -> None:
+        return None
+
+
+_DONE = _Done()
 
 
 def _resolve(fut: asyncio.Future[Response], resp: Response) -> None:

@@ -669,6 +669,9 @@ class H2Connection(asyncio.Protocol):
                 cb(req, resp, st.sent)
             except Exception:
                 log.exception("logging phase failed")
+        # The request body's producer is this stream: without this the stream, the request
+        # and its body form a cycle that only the garbage collector frees.
+        req.body = None
 
     # -- closing ------------------------------------------------------------------
 
