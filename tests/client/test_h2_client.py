@@ -4,6 +4,7 @@ server in tests/e2e/h2_origin.py) over real sockets on 127.0.0.1, on every codec
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import importlib.util
 import json
@@ -217,6 +218,36 @@ async def test_trailers_reach_the_body(origin: Any, pool: H2Pool) -> None:
     assert isinstance(resp.body, Body)
     assert await resp.body.read_all() == b"body before trailers\n"
     assert resp.body.trailers == [(b"x-checksum", b"abc123"), (b"x-done", b"yes")]
+
+
+async def test_complete_request_body_goes_out_whole(origin: Any, pool: H2Pool) -> None:
+    up = Upload()
+    body = Body(up, 11)
+    body.feed(b"hello ")
+    body.feed(b"world")
+    body.feed_eof()
+    resp = await fetch(pool, ep_of(origin.port), "/sha", body=body, method=b"POST")
+    got = json.loads(await body_bytes(resp))
+    assert got == {"sha256": hashlib.sha256(b"hello world").hexdigest(), "length": 11}
+
+
+async def test_whole_response_with_trailers_leaves_no_reference_cycle(origin: Any, pool: H2Pool) -> None:
+    await fetch(pool, ep_of(origin.port), "/hello")  # the connection exists
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            resp = await fetch(pool, ep_of(origin.port), "/trailers")
+            assert isinstance(resp.body, Body)
+            assert await resp.body.read_all() == b"body before trailers\n"
+            assert resp.body.trailers == [(b"x-checksum", b"abc123"), (b"x-done", b"yes")]
+            del resp
+        gc.collect()
+        left = [o for o in gc.garbage if type(o).__name__ in ("_Stream", "Response", "Body")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 async def test_goaway_sends_new_streams_to_a_new_connection(origin: Any, pool: H2Pool) -> None:

@@ -8,6 +8,7 @@ runs on both codecs (the native one is skipped where it is not built).
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -218,6 +219,37 @@ async def test_streamed_response_with_trailers(kind: str) -> None:
     blocks = headers(h.events, sid)
     assert blocks[-1] == [(b"grpc-status", b"0"), (b"grpc-message", b"ok")]
     assert ended(h.events, sid)
+    h.close()
+
+
+async def test_complete_response_with_trailers_and_no_reference_cycles(kind: str) -> None:
+    # A unary gRPC answer: the body and its trailers are all there when the head goes out.
+    async def service(req: Request) -> Response:
+        assert isinstance(req.body, Body)
+        data = await req.body.read_all()
+        body = Body(Upstream())
+        body.feed(data[::-1])
+        body.trailers = [(b"Grpc-Status", b"0"), (b"Connection", b"close")]
+        body.feed_eof()
+        return Response(200, Headers([(b"content-type", b"application/grpc")]), body)
+
+    h = Harness(kind, service)
+    await h.pump(3)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        sid = h.client.request(POST, False)
+        h.client.send_data(sid, b"call", True)
+        await h.pump()
+        gc.collect()
+        left = [o for o in gc.garbage if type(o).__name__ in ("_Stream", "Request", "Body")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert body_of(h.events, sid) == b"llac"
+    assert headers(h.events, sid)[-1] == [(b"grpc-status", b"0")]
+    assert ended(h.events, sid)
+    assert left == []  # freed by reference counting, not left to the collector
     h.close()
 
 
