@@ -14,7 +14,8 @@ that defers building its connection to the first ``do_handshake``: it reads the
 ClientHello from the incoming BIO (``proto.tls_hello``), asks the listener's
 ``ServerTlsContexts`` for the certificate's context (which also notices changed
 certificate files), puts the bytes back and builds the connection from that context.
-A listener with a single certificate skips reading the name.
+A listener with a single certificate skips reading the name. Its ``read`` also reports the
+client's close_notify as the end of the stream, which rtls' own ``read`` does not.
 
 What rtls (checked with 2026.9.21, rustls 0.23) cannot do on the server side, and the
 config therefore refuses for ``backend = "rustls"`` (config/_load.py): verify client
@@ -88,6 +89,7 @@ class ServerObject(TLSObject):
     def __init__(self, listener: ListenerContext, incoming: Any, outgoing: Any) -> None:
         self._listener = listener
         self._hello = b""
+        self._eof_read = False
         super().__init__(listener, incoming, outgoing, server_side=True)
 
     def _init_connection(self) -> None:
@@ -97,6 +99,32 @@ class ServerObject(TLSObject):
         if self._conn is None:
             self._start()
         super().do_handshake()
+
+    def _peer_closed(self) -> bool:
+        """The client's close_notify has been read (after it rustls no longer wants to read)."""
+        conn = self._conn
+        return conn is not None and not conn.is_handshaking() and not conn.wants_read() and not conn.pending()
+
+    def read(self, n: int = -1, buffer: bytearray | None = None) -> bytes | int:
+        """As rtls' ``read``, but the client's close_notify reads as the end of the stream (b"" or
+        0, as with ``ssl.SSLObject``), where rtls says "want read" forever. The loop's TLS layer
+        then calls ``eof_received`` and shuts down."""
+        try:
+            return super().read(n, buffer)
+        except rtls.SSLWantReadError:
+            if self._peer_closed():
+                self._eof_read = True
+                return 0 if buffer is not None else b""
+            raise
+
+    def pending(self) -> int:
+        """As rtls' ``pending``, plus 1 while a close_notify has not been read as the end of the
+        stream: rtls decrypts a close_notify together with the data before it, and uvloop reads
+        only while the incoming BIO or ``pending()`` says there is more."""
+        n: int = super().pending()
+        if n or self._eof_read or not self._peer_closed():
+            return n
+        return 1
 
     def _start(self) -> None:
         owner = self._listener.owner

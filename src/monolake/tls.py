@@ -16,7 +16,8 @@ connections keep theirs. A change that cannot be loaded (a half-written file) is
 logged and retried; the previous certificate stays in use meanwhile.
 
 ALPN: a listener offers ``ServerTls.alpn`` and an upstream ``UpstreamTls.alpn`` (both
-default ["http/1.1"]); ``negotiated_protocol(transport)`` says what was agreed.
+default ["http/1.1"] for HTTP, nothing for tcp and thrift); ``negotiated_protocol(transport)``
+says what was agreed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ log = logging.getLogger("monolake.tls")
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _CLIENT_AUTH = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+HTTP_ALPN = ("http/1.1",)
+"""ALPN offered where ``alpn`` is not set, on http servers and to HTTP upstreams (tcp and thrift: none)."""
 RELOAD_CHECK_INTERVAL = 1.0
 """Seconds between checks of the certificate files' modification times."""
 
@@ -68,9 +71,11 @@ def _mtime(path: str) -> float:
 class ServerTlsContexts:
     """The SSL contexts of one TLS listener (see the module docstring)."""
 
-    def __init__(self, path: str, cfg: ServerTls) -> None:
+    def __init__(self, path: str, cfg: ServerTls, default_alpn: tuple[str, ...] = HTTP_ALPN) -> None:
         self.path = path
         self.cfg = cfg
+        self.alpn = list(default_alpn) if cfg.alpn is None else cfg.alpn
+        """What ALPN offers: ``cfg.alpn``, else the server kind's default."""
         files = [f for c in cfg.certificates for f in (c.chain, c.key)]
         if cfg.client_ca:
             files.append(cfg.client_ca)
@@ -109,8 +114,8 @@ class ServerTlsContexts:
                     ctx.set_ciphers(cfg.ciphers)
             except ssl.SSLError:
                 raise ConfigError(f"{self.path}.ciphers", f"no cipher matches {cfg.ciphers!r}") from None
-        if cfg.alpn:
-            ctx.set_alpn_protocols(cfg.alpn)
+        if self.alpn:
+            ctx.set_alpn_protocols(self.alpn)
         if cfg.session_tickets is False and not rustls:  # rustls: see rtls_impl
             ctx.options |= ssl.OP_NO_TICKET
             ctx.num_tickets = 0
@@ -229,10 +234,13 @@ class ClientTls:
     """Identifies the settings (part of the pool key: different settings never share a connection)."""
 
 
-def client_tls(path: str, cfg: UpstreamTls | None) -> ClientTls:
-    """The client context of ``cfg`` (None: system roots, verification on). Raises ConfigError."""
+def client_tls(path: str, cfg: UpstreamTls | None, default_alpn: tuple[str, ...] = HTTP_ALPN) -> ClientTls:
+    """The client context of ``cfg`` (None: system roots, verification on); ALPN offers
+    ``cfg.alpn``, else ``default_alpn`` (none for tcp and thrift upstreams). Raises ConfigError."""
     if cfg is None:
         cfg = UpstreamTls()
+    if cfg.alpn is None:
+        cfg = msgspec.structs.replace(cfg, alpn=list(default_alpn))
     try:
         ctx: ssl.SSLContext = _module(cfg.backend).create_default_context(cafile=cfg.ca)
     except (OSError, ValueError, ssl.SSLError) as exc:

@@ -59,7 +59,7 @@ def test_valid_and_relative_files_resolved(files: Path) -> None:
     tls = cfg.servers["web"].tls
     assert tls is not None and tls.backend == "openssl"
     assert tls.certificates[0].chain == str(files / "cert.pem")
-    assert tls.alpn == ["http/1.1"] and tls.min_version == "1.2" and tls.session_tickets is None
+    assert tls.alpn is None and tls.min_version == "1.2" and tls.session_tickets is None
     up = cfg.upstreams["app"].tls
     assert up is not None and up.ca == str(files / "ca.pem") and up.verify
 
@@ -144,26 +144,6 @@ def test_bad_tls_names_key_path(files: Path, edit: Any, path: str, fragment: str
     exc = error(raw, files)
     assert exc.path == path, str(exc)
     assert fragment in exc.reason
-
-
-def test_tls_clusters_only_for_http_routes(files: Path) -> None:
-    raw = doc()
-    raw["servers"]["tcp"] = {"listener": "127.0.0.1:9001", "proxy_type": "tcp", "upstream": "app"}
-    exc = error(raw, files)
-    assert exc.path == "servers.tcp.upstream" and "TLS" in exc.reason
-    raw = doc()
-    raw["servers"]["tcp"] = {
-        "listener": "127.0.0.1:9001",
-        "proxy_type": "tcp",
-        "upstreams": [{"endpoint": "https://127.0.0.1:9"}],
-    }
-    assert error(raw, files).path == "servers.tcp.upstreams[0]"
-    raw = doc()
-    raw["servers"]["web"]["proxy_type"] = "tcp"
-    raw["servers"]["web"]["routes"] = []
-    raw["servers"]["web"]["upstreams"] = [{"endpoint": "127.0.0.1:9"}]
-    exc = error(raw, files)
-    assert exc.path == "servers.web.tls" and "not available yet" in exc.reason
 
 
 def test_rustls_accepted_where_supported(files: Path) -> None:

@@ -17,7 +17,7 @@ thriftpy2 or Apache threaded server, which simply reads the next call once it
 answered the last) both work. Oneway calls are written and forgotten.
 
 Failures reach waiters as monolake errors: ``ConnectError``/``ConnectTimeout``
-(nothing was sent), ``ReadTimeout`` (no reply within the call's timeout; a late
+(nothing was sent; a failed TLS handshake is one), ``ReadTimeout`` (no reply within the call's timeout; a late
 reply is dropped), ``ReadError`` (the upstream closed with the call in flight)
 and ``UpstreamError`` (it sent something we cannot read; the connection is
 closed, as its framing can no longer be trusted). Idle connections close after
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import Any, Protocol
 
 from ..config import Endpoint
@@ -305,12 +306,27 @@ class ThriftPool:
             async with asyncio.timeout(connect_timeout):
                 if ep.path:
                     _, proto = await loop.create_unix_connection(lambda: ThriftUpstream(self, slot), ep.path)
+                elif ep.tls is not None:
+                    tls = ep.tls
+                    _, proto = await loop.create_connection(
+                        lambda: ThriftUpstream(self, slot),
+                        ep.host,
+                        ep.port,
+                        ssl=tls.context,
+                        server_hostname=tls.sni or ep.host,
+                    )
                 else:
                     _, proto = await loop.create_connection(lambda: ThriftUpstream(self, slot), ep.host, ep.port)
             conn = proto
             self.connects += 1
         except TimeoutError:
             error = ConnectTimeout(f"connecting to {ep} timed out after {connect_timeout:g}s")
+        except ssl.SSLCertVerificationError as exc:
+            error = ConnectError(
+                f"TLS handshake with {ep} failed: certificate verify failed: {exc.verify_message or exc.reason}"
+            )
+        except ssl.SSLError as exc:
+            error = ConnectError(f"TLS handshake with {ep} failed: {exc.reason or exc}")
         except OSError as exc:
             error = ConnectError(f"cannot connect to {ep}: {exc.strerror or exc}")
         finally:

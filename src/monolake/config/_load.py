@@ -197,8 +197,10 @@ def _check_rustls_listener(path: str, t: ServerTls) -> None:
         )
 
 
-def _check_alpn(path: str, alpn: list[str], h2: bool = False) -> None:
+def _check_alpn(path: str, alpn: list[str] | None, h2: bool = False) -> None:
     """``h2``: "h2" may be offered too (a listener with HTTP/2 enabled)."""
+    if alpn is None:
+        return
     known = ("h2", "http/1.1") if h2 else ("http/1.1",)
     for i, proto in enumerate(alpn):
         if proto not in known:
@@ -227,8 +229,6 @@ def _check_server_tls(path: str, s: Server, t: ServerTls) -> None:
     _check_backend(path, t.backend)
     if t.backend == "rustls":
         _check_rustls_listener(path, t)
-    if s.proxy_type != "http":
-        raise ConfigError(path, f'TLS on a proxy_type = "{s.proxy_type}" server is not available yet')
     if s.proxy_protocol != "off":
         raise ConfigError(path, "TLS together with proxy_protocol is not available yet")
     if parse_listener(s.listener).is_unix:
@@ -242,9 +242,15 @@ def _check_server_tls(path: str, s: Server, t: ServerTls) -> None:
         for j, name in enumerate(c.server_names):
             if not name or name.count("*") > 1 or ("*" in name and not name.startswith("*.")) or name == "*.":
                 raise ConfigError(f"{cpath}.server_names[{j}]", f"expected an exact name or '*.suffix', got {name!r}")
-    if "h2" in t.alpn and not s.http2.enabled:
-        raise ConfigError(f"{path}.alpn", "offers 'h2' but http2.enabled is false")
-    _check_alpn(path, t.alpn, h2=True)
+    if s.proxy_type != "http":
+        # A byte relay or Thrift listener may announce any protocol its clients expect.
+        for i, proto in enumerate(t.alpn or []):
+            if not proto or len(proto.encode()) > 255:
+                raise ConfigError(f"{path}.alpn[{i}]", "expected a protocol name of 1 to 255 bytes")
+    else:
+        if t.alpn is not None and "h2" in t.alpn and not s.http2.enabled:
+            raise ConfigError(f"{path}.alpn", "offers 'h2' but http2.enabled is false")
+        _check_alpn(path, t.alpn, h2=True)
     if _VERSION_ORDER[t.min_version] > _VERSION_ORDER[t.max_version]:
         raise ConfigError(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
     if t.ciphers is not None and not t.ciphers:
@@ -373,17 +379,20 @@ def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
         raise ConfigError(f"{path}.upstream", f"unknown cluster {s.upstream!r} (known: {known})")
     if s.upstream is not None:
         _check_http_only_resilience(f"{path}.upstream", s.upstream, cfg, "tcp servers")
-        _check_no_tls(f"{path}.upstream", s.upstream, cfg, "tcp servers")
+        c = cfg.upstreams[s.upstream]
+        if c.send_proxy_protocol != "off" and _is_tls_cluster(c):
+            raise ConfigError(
+                f"upstreams.{s.upstream}.send_proxy_protocol",
+                "a PROXY header before TLS to the endpoints is not available yet (turn one off)",
+            )
     if s.upstreams is not None:
         if not s.upstreams:
             raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
         for i, up in enumerate(s.upstreams):
             try:
-                ep = parse_endpoint(up.endpoint, up.weight)
+                parse_endpoint(up.endpoint, up.weight)
             except ValueError as exc:
                 raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
-            if ep.scheme == "https":
-                raise ConfigError(f"{path}.upstreams[{i}]", "TLS to upstreams of tcp servers is not available yet")
         if s.load_balancer == "consistent_hash" and s.hash_on != "client_ip":
             raise ConfigError(f"{path}.hash_on", f"a tcp server can only hash on client_ip, got {s.hash_on!r}")
     if s.idle_timeout <= 0:
@@ -431,9 +440,6 @@ def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
             if value is not None and (not _names(value) or not all(_names(value))):
                 raise ConfigError(f"{rpath}.{key}", "expected a non-empty name or list of names")
         _check_route(rpath, r, cfg)
-        for j, up in enumerate(r.upstreams or []):
-            if parse_endpoint(up.endpoint, up.weight).scheme == "https":
-                raise ConfigError(f"{rpath}.upstreams[{j}]", "TLS to upstreams of thrift routes is not available yet")
         if r.upstreams is not None and r.load_balancer == "consistent_hash" and r.hash_on != "client_ip":
             raise ConfigError(f"{rpath}.hash_on", f"a thrift route can only hash on client_ip, got {r.hash_on!r}")
         if r.upstream is not None:
@@ -446,7 +452,6 @@ def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
             if c.send_proxy_protocol != "off":
                 raise ConfigError(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
             _check_http_only_resilience(f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
-            _check_no_tls(f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
     if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
         raise ConfigError(f"{path}.max_frame_size", "must be between 64 and 2147483647")
     for key in ("upstream_connections", "upstream_in_flight"):

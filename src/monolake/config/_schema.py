@@ -137,7 +137,8 @@ class UpstreamTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
     client_cert: str | None = None
     """PEM certificate chain presented to upstreams that ask for one (needs ``client_key``)."""
     client_key: str | None = None
-    alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
+    alpn: list[str] | None = None
+    """Protocols offered by ALPN; None: ["http/1.1"] to HTTP upstreams, none to tcp and thrift ones."""
     verify: bool = True
     """False skips certificate and host name verification (a warning is logged)."""
     min_version: TlsVersion | None = None
@@ -294,14 +295,15 @@ class Certificate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 
 
 class ServerTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """TLS on a server's listener (HTTP/1.1). Certificate files are reloaded when they change."""
+    """TLS on a server's listener (http, tcp or thrift). Certificate files are reloaded when they change."""
 
     backend: Literal["openssl", "rustls"] = "openssl"
     """"openssl" (the stdlib ``ssl`` module) or "rustls" (the ``rtls`` package; it cannot verify client
     certificates nor resume sessions, see monolake/rtls_impl.py)."""
     certificates: list[Certificate]
     """The first is the default (no SNI, or a name no certificate lists)."""
-    alpn: list[str] = msgspec.field(default_factory=lambda: ["http/1.1"])
+    alpn: list[str] | None = None
+    """Protocols offered by ALPN; None: ["http/1.1"] on http servers, none on tcp and thrift ones."""
     min_version: TlsVersion = "1.2"
     max_version: TlsVersion = "1.3"
     ciphers: str | None = None

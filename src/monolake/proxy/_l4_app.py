@@ -16,11 +16,13 @@ original client.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
-from ..config import Cluster, Config, Server, parse_endpoint
+from ..config import Cluster, Config, Endpoint, Server, parse_endpoint
 from ..proto.proxy_protocol import Family, ProxyHeader
 from ..server import HttpServerApp
 from ..server._l4 import L4ServerApp, L4Upstream, ProxyHeaderReader
+from ..tls import ServerTlsContexts, client_tls
 from ._balancer import make_balancer
 
 
@@ -38,14 +40,31 @@ def l4_upstream(name: str, server: Server, cfg: Config) -> L4Upstream:
             hash_on=server.hash_on,
             hash_algorithm=server.hash_algorithm,
         )
-    eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+    eps = tls_endpoints(f"upstreams.{cname}" if server.upstream is not None else f"servers.{name}", c)
     # hash_on header:/cookie: keys fall back to the client IP for want of headers.
     balancer = make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
     return L4Upstream(cname, balancer, connect_timeout=c.connect_timeout, send_proxy_protocol=c.send_proxy_protocol)
 
 
+def tls_endpoints(path: str, c: Cluster) -> list[Endpoint]:
+    """``c``'s endpoints; with ``c.tls`` or https:// ones, each TCP endpoint carries its client TLS
+    settings (ALPN offers nothing unless ``tls.alpn`` says so: the bytes are not HTTP)."""
+    eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+    if c.tls is None and not any(ep.scheme == "https" for ep in eps):
+        return eps
+    tls = client_tls(f"{path}.tls", c.tls, default_alpn=())
+    return [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
+
+
+def server_tls(name: str, server: Server) -> ServerTlsContexts | None:
+    """The listener TLS of a tcp or thrift server (no ALPN unless ``tls.alpn`` says so)."""
+    if server.tls is None:
+        return None
+    return ServerTlsContexts(f"servers.{name}.tls", server.tls, default_alpn=())
+
+
 def build_l4_app(name: str, server: Server, cfg: Config) -> L4ServerApp:
-    return L4ServerApp(name, server, l4_upstream(name, server, cfg), splice=server.splice)
+    return L4ServerApp(name, server, l4_upstream(name, server, cfg), splice=server.splice, tls=server_tls(name, server))
 
 
 class ProxyProtocolHttpApp:

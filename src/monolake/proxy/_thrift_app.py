@@ -28,6 +28,10 @@ or unreadable (INTERNAL_ERROR with the reason), a frame whose protocol or
 transforms we cannot read (INVALID_PROTOCOL / INVALID_TRANSFORM), a message that
 is not a call (INVALID_MESSAGE_TYPE). Oneway calls have nobody to tell; their
 failures are logged.
+
+TLS: a listener with ``tls`` serves Thrift over TLS; a cluster with ``tls`` (or
+https:// endpoints) is called over TLS, a failed handshake failing the waiting calls
+like a connect failure. Neither side offers ALPN unless ``tls.alpn`` lists protocols.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from __future__ import annotations
 import logging
 
 from ..client._thrift import ThriftPool
-from ..config import Cluster, Config, Route, Server, parse_endpoint
+from ..config import Cluster, Config, Route, Server
 from ..config import Endpoint as Endpoint
 from ..errors import MonolakeError, RemoteProtocolError
 from ..proto.thrift import (
@@ -50,6 +54,7 @@ from ..proto.thrift import (
 )
 from ..server._thrift import ThriftConnection, ThriftServerApp
 from ._balancer import Balancer, make_balancer
+from ._l4_app import server_tls, tls_endpoints
 
 log = logging.getLogger("monolake.thrift")
 
@@ -219,8 +224,8 @@ def _route_cluster(server_name: str, i: int, r: Route, cfg: Config) -> tuple[str
     return f"{server_name}.routes[{i}]", c
 
 
-def _balancer(c: Cluster) -> Balancer:
-    eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+def _balancer(path: str, c: Cluster) -> Balancer:
+    eps = tls_endpoints(path, c)
     return make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
 
 
@@ -232,7 +237,7 @@ def build_thrift_app(name: str, server: Server, cfg: Config) -> ThriftServerApp:
     for i, r in enumerate(server.routes):
         cname, c = _route_cluster(name, i, r, cfg)
         if cname not in balancers:
-            balancers[cname] = _balancer(c)
+            balancers[cname] = _balancer(f"upstreams.{cname}" if r.upstream is not None else f"servers.{cname}", c)
         routes.append(ThriftRoute(i, r, cname, balancers[cname], c, server.request_timeout))
         idle.append(c.idle_timeout)
     pool = ThriftPool(
@@ -241,4 +246,4 @@ def build_thrift_app(name: str, server: Server, cfg: Config) -> ThriftServerApp:
         max_frame_size=server.max_frame_size,
         idle_timeout=min(idle),
     )
-    return ThriftServerApp(name, server, ThriftProxy(name, ThriftRouter(routes), pool))
+    return ThriftServerApp(name, server, ThriftProxy(name, ThriftRouter(routes), pool), tls=server_tls(name, server))

@@ -23,14 +23,21 @@ reads the header first (within ``header_timeout``), then hands the transport,
 the header and the bytes after it to the server's real protocol with
 ``transport.set_protocol``. A malformed or missing header is logged and the
 connection closed. HTTP listeners use the same reader (see proxy/_l4_app.py).
+
+TLS: a listener with ``tls`` is served by the loop's TLS transport (certificate by SNI,
+``monolake.tls``); endpoints of a cluster with ``tls`` (or https://) are connected with
+TLS, a failed handshake being a connect failure. A TLS side never splices (its socket
+carries ciphertext), and has no half-close on these loops: an EOF that would be a
+half-close ends the relay once what is buffered both ways is flushed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..config import Endpoint
 from ..config import Server as ServerConfig
@@ -39,6 +46,9 @@ from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import SPLICE_AVAILABLE, Relay
+
+if TYPE_CHECKING:
+    from ..tls import ServerTlsContexts
 
 log = logging.getLogger("monolake.l4")
 
@@ -188,11 +198,15 @@ class ProxyHeaderReader(asyncio.Protocol):
 class L4ServerApp:
     """One TCP/Unix relay server (listener) in one worker: the runtime's ``ServerApp``."""
 
-    def __init__(self, name: str, cfg: ServerConfig, upstream: L4Upstream, *, splice: bool) -> None:
+    def __init__(
+        self, name: str, cfg: ServerConfig, upstream: L4Upstream, *, splice: bool, tls: ServerTlsContexts | None = None
+    ) -> None:
         self.name = name
         self.cfg = cfg
         self.upstream = upstream
-        self.splice = splice and SPLICE_AVAILABLE
+        self.tls = tls
+        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context`` (no splice then)."""
+        self.splice = splice and SPLICE_AVAILABLE and tls is None
         self.idle_timeout = cfg.idle_timeout
         self.conns: set[L4Connection] = set()
         self.pending: set[ProxyHeaderReader] = set()
@@ -201,6 +215,10 @@ class L4ServerApp:
         self._drained = DrainSignal()
         # Sweep often enough to close an idle connection within ~1/4 of its timeout past it.
         self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.ssl_context if self.tls is not None else None
 
     def protocol_factory(self) -> asyncio.Protocol:
         if self.loop is None:
@@ -235,10 +253,18 @@ class L4ServerApp:
         """Relay new connections with ``new``'s settings and cluster (a reload's commit).
 
         Connections already relayed keep their endpoint and the balancer they came from.
+        New handshakes use ``new``'s certificates; turning TLS on or off needs a new listener.
         """
         self.cfg = new.cfg
         self.upstream = new.upstream
-        self.splice = new.splice
+        if self.tls is not None and new.tls is not None:
+            self.tls.adopt(new.tls)
+        elif (self.tls is None) != (new.tls is None):
+            log.warning(
+                "servers.%s.tls: turning TLS on or off takes effect on a new listener (restart or change the address)",
+                self.name,
+            )
+        self.splice = new.splice and self.tls is None
         self.idle_timeout = new.idle_timeout
         self._sweeper.interval = new._sweeper.interval
 
@@ -313,10 +339,22 @@ class L4Connection(Relay):
             async with asyncio.timeout(upstream.connect_timeout):
                 if ep.path:
                     await self.loop.create_unix_connection(self._upstream_side, ep.path)
+                elif ep.tls is not None:
+                    self.splice_left = -1  # a TLS socket carries ciphertext
+                    await self.loop.create_connection(
+                        self._upstream_side, ep.host, ep.port, ssl=ep.tls.context, server_hostname=ep.tls.sni or ep.host
+                    )
                 else:
                     await self.loop.create_connection(self._upstream_side, ep.host, ep.port)
         except (OSError, TimeoutError) as exc:
-            why = f"timed out after {upstream.connect_timeout}s" if isinstance(exc, TimeoutError) else str(exc)
+            if isinstance(exc, TimeoutError):
+                why = f"timed out after {upstream.connect_timeout}s"
+            elif isinstance(exc, ssl.SSLCertVerificationError):
+                why = f"TLS handshake failed: certificate verify failed: {exc.verify_message or exc.reason}"
+            elif isinstance(exc, ssl.SSLError):
+                why = f"TLS handshake failed: {exc.reason or exc}"
+            else:
+                why = str(exc)
             log.warning(
                 "l4 connect failed: server=%s client=%s endpoint=%s cluster=%s: %s",
                 app.name,
@@ -346,11 +384,24 @@ class L4Connection(Relay):
         if first:
             up.transport.write(first)
         self.up_write = up.transport.write
-        if self.down_eof and up.transport.can_write_eof():
+        if self.down_eof:
+            if not up.transport.can_write_eof():
+                self._close_both()  # a TLS upstream: see eof_received
+                return
             up.transport.write_eof()
         if self._paused:
             self._paused = False
             self.transport.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        keep = super().eof_received()
+        up = self.up
+        if up is not None and self.up_write is not None and not up.transport.can_write_eof():
+            # The loops' TLS transports have no half-close: with a TLS upstream the client's EOF
+            # ends the relay, what is buffered both ways flushed first (nginx's proxy_half_close off).
+            self._close_both()
+        # A TLS client transport shuts itself down after the client's close_notify, whatever we return.
+        return keep if self.transport.can_write_eof() else None
 
     def _proxy_header(self) -> bytes:
         version = self.upstream.send_proxy_protocol

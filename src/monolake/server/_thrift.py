@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+import ssl
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Server as ServerConfig
 from ..errors import RemoteProtocolError
@@ -45,6 +46,9 @@ from ..proto.thrift import (
 )
 from ._l4 import ProxyHeaderReader
 from ._lifecycle import DrainSignal, Sweeper
+
+if TYPE_CHECKING:
+    from ..tls import ServerTlsContexts
 
 log = logging.getLogger("monolake.thrift")
 
@@ -84,10 +88,14 @@ class PickKey:
 class ThriftServerApp:
     """One Thrift server (listener) in one worker: the runtime's ``ServerApp``."""
 
-    def __init__(self, name: str, cfg: ServerConfig, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, name: str, cfg: ServerConfig, dispatcher: Dispatcher, *, tls: ServerTlsContexts | None = None
+    ) -> None:
         self.name = name
         self.cfg = cfg
         self.dispatcher = dispatcher
+        self.tls = tls
+        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context``."""
         self.max_frame_size = cfg.max_frame_size
         self.max_pipelined = cfg.limits.max_pipelined
         self.idle_timeout = cfg.idle_timeout
@@ -98,6 +106,10 @@ class ThriftServerApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._drained = DrainSignal()
         self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.ssl_context if self.tls is not None else None
 
     def protocol_factory(self) -> asyncio.Protocol:
         if self.loop is None:
