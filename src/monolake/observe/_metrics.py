@@ -137,6 +137,41 @@ class _Families:
             registry=None,
         )
         self.reloads = Counter("monolake_reloads", "Config reloads by result.", ["result"], registry=None)
+        # L4 and Thrift servers (counted in _conn_metrics.py).
+        from ._conn_metrics import DURATION_BUCKETS
+
+        self.l4_connections = Counter(
+            "monolake_l4_connections",
+            "L4 client connections ended, by outcome (ok: relayed to the upstream; connect_error).",
+            ["server", "upstream", "outcome"],
+            registry=None,
+        )
+        self.l4_duration = Histogram(
+            "monolake_l4_connection_duration_seconds",
+            "Time from accepting an L4 client connection to the end of its relay.",
+            ["server", "upstream"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self.l4_bytes = Counter(
+            "monolake_l4_bytes",
+            "Bytes relayed by ended L4 connections (up: client to upstream, down: upstream to client).",
+            ["server", "upstream", "direction"],
+            registry=None,
+        )
+        self.thrift_calls = Counter(
+            "monolake_thrift_calls",
+            "Thrift calls, by outcome (ok, exception, error, no_route, oneway).",
+            ["server", "service", "method", "outcome"],
+            registry=None,
+        )
+        self.thrift_duration = Histogram(
+            "monolake_thrift_call_duration_seconds",
+            "Time from a Thrift call's frame to its reply (or error) written back.",
+            ["server", "service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
 
 
 _families: _Families | None = None
@@ -194,6 +229,8 @@ class WorkerMetrics:
         self.apps: weakref.WeakSet[Any] = weakref.WeakSet()
         self.pools: weakref.WeakSet[Any] = weakref.WeakSet()
         self.clusters: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.counted: dict[tuple[str, str], Any] = {}
+        """L4 and Thrift servers' stats (``_conn_metrics.py``), by (kind, server)."""
         self._connects: dict[int, int] = {}
         self._errors: dict[tuple[int, str], int] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -236,6 +273,8 @@ class WorkerMetrics:
         fam = families()
         for s in self.series:
             s.flush(fam)
+        for st in self.counted.values():
+            st.flush(fam)
         by_server: dict[str, list[int]] = {}
         for app in list(self.apps):
             stats = getattr(app, "statistics", None)

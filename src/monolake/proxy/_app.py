@@ -112,11 +112,11 @@ def build_apps(
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
-        if server.proxy_type == "tcp":
-            apps[name] = build_l4_app(name, server, cfg)
-            continue
-        if server.proxy_type == "thrift":
-            apps[name] = build_thrift_app(name, server, cfg)
+        if server.proxy_type in ("tcp", "thrift"):
+            build = build_l4_app if server.proxy_type == "tcp" else build_thrift_app
+            apps[name] = build(name, server, cfg)
+            if metrics_on:  # open connections (and calls in flight); what ended counts itself
+                worker_metrics().watch(apps=[apps[name]])
             continue
         filters = load_filters(server.filters, f"servers.{name}.filters", modules=shared.modules)
         stack = server_stack(name, cfg, filters, clusters, pool)

@@ -37,11 +37,13 @@ like a connect failure. Neither side offers ALPN unless ``tls.alpn`` lists proto
 from __future__ import annotations
 
 import logging
+from time import monotonic as _now
 
 from ..client._thrift import ThriftPool
 from ..config import Cluster, Config, Route, Server
 from ..config import Endpoint as Endpoint
 from ..errors import MonolakeError, RemoteProtocolError
+from ..observe._conn_metrics import ThriftStats, thrift_stats
 from ..proto.thrift import (
     AppError,
     Frame,
@@ -60,6 +62,7 @@ log = logging.getLogger("monolake.thrift")
 
 _CALL = MessageType.CALL.value
 _ONEWAY = MessageType.ONEWAY.value
+_EXCEPTION = MessageType.EXCEPTION.value
 _TTHEADER = Transport.TTHEADER
 _CACHE_MAX = 4096
 
@@ -117,20 +120,36 @@ class ThriftRouter:
 class _ProxyCall:
     """One call in flight: restores the client's sequence id on the reply (a ``Waiter``)."""
 
-    __slots__ = ("conn", "endpoint", "frame", "name", "route", "seq")
+    __slots__ = ("conn", "endpoint", "frame", "method", "name", "route", "seq", "service", "start", "stats")
 
-    def __init__(self, conn: ThriftConnection, frame: Frame, head: MessageHead, route: ThriftRoute, ep: Endpoint):
+    def __init__(
+        self,
+        conn: ThriftConnection,
+        frame: Frame,
+        head: MessageHead,
+        route: ThriftRoute,
+        ep: Endpoint,
+        stats: ThriftStats,
+        service: str | None,
+        method: str,
+    ):
         self.conn = conn
         self.frame = frame
         self.name = head.name
         self.seq = head.seq_id
         self.route = route
         self.endpoint = ep
+        self.stats = stats
+        self.service = service
+        self.method = method
+        self.start = _now()
 
     def reply(self, frame: Frame, head: MessageHead) -> None:
         if self.route.track:
             self.route.balancer.finished(self.endpoint)
         self.conn.answer(rewrite_seq_id(frame, head, self.seq))
+        outcome = "exception" if head.type == _EXCEPTION else "ok"
+        self.stats.record(self.service, self.method, outcome, _now() - self.start)
 
     def fail(self, exc: MonolakeError) -> None:
         route = self.route
@@ -148,6 +167,7 @@ class _ProxyCall:
         )
         why = f"monolake: {type(exc).__name__}: {exc}"
         self.conn.answer_error(self.frame, self.name, self.seq, AppError.INTERNAL_ERROR, why)
+        self.stats.record(self.service, self.method, "error", _now() - self.start)
 
 
 class ThriftProxy:
@@ -157,6 +177,8 @@ class ThriftProxy:
         self.name = name
         self.router = router
         self.pool = pool
+        self.stats = thrift_stats(name)
+        """Counts calls for the metrics (observe/_conn_metrics.py)."""
 
     def dispatch(self, conn: ThriftConnection, frame: Frame) -> None:
         proto = frame.protocol
@@ -193,6 +215,7 @@ class ThriftProxy:
         if route is None:
             what = f"service {service!r} method {method!r}" if service is not None else f"method {method!r}"
             log.info("thrift: no route: server=%s client=%s %s", self.name, conn.peer, what)
+            self.stats.record(service, method, "no_route", 0.0)
             if not oneway:
                 conn.begin()
                 conn.answer_error(frame, name, head.seq_id, AppError.UNKNOWN_METHOD, f"monolake: no route for {what}")
@@ -200,11 +223,12 @@ class ThriftProxy:
         ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
         if oneway:
             self.pool.send(ep, frame, head, None, connect_timeout=route.connect_timeout, timeout=0, oneway=True)
+            self.stats.record(service, method, "oneway", 0.0)
             return
         conn.begin()
         if route.track:
             route.balancer.started(ep)
-        call = _ProxyCall(conn, frame, head, route, ep)
+        call = _ProxyCall(conn, frame, head, route, ep, self.stats, service, method)
         self.pool.send(ep, frame, head, call, connect_timeout=route.connect_timeout, timeout=route.timeout)
 
     def close(self) -> None:

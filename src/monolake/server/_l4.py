@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ..config import Endpoint
 from ..config import Server as ServerConfig
 from ..errors import ProtocolError
+from ..observe._conn_metrics import l4_stats
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ._lifecycle import DrainSignal, Sweeper
@@ -212,6 +213,8 @@ class L4ServerApp:
         self.pending: set[ProxyHeaderReader] = set()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.stats = l4_stats(name)
+        """Counts ended connections for the metrics (observe/_conn_metrics.py)."""
         self._drained = DrainSignal()
         # Sweep often enough to close an idle connection within ~1/4 of its timeout past it.
         self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
@@ -363,6 +366,7 @@ class L4Connection(Relay):
                 upstream.name,
                 why,
             )
+            app.stats.connect_failed(str(ep))
             self._close_client()
             return
         up = self.up
@@ -426,4 +430,6 @@ class L4Connection(Relay):
             self._picked = False
             assert self.endpoint is not None
             self.upstream.balancer.finished(self.endpoint)
+        outcome = "ok" if self.up is not None else "connect_error"
+        self.app.stats.closed(self.upstream.name, outcome, self.loop.time() - self.opened, self.sent_up, self.sent_down)
         self.app.conn_done(self)

@@ -135,6 +135,7 @@ class Relay(asyncio.Protocol):
         """Bytes to relay on the loop path before moving to splice; -1: never; 0: at the next chance."""
         self.active = True
         self.idle_since = loop.time()
+        self.opened = self.idle_since
         self.sent_up = 0
         self.sent_down = 0
         self._buf: list[bytes] = []
