@@ -124,7 +124,7 @@ class UpstreamCluster:
         if protocol != "http1":
             # HTTP/2 exchanges, on the fast path or under the guarded one (config refuses
             # health checks and connection limits with them).
-            self._try = self._try_h2  # type: ignore[method-assign]
+            self._exchange = self._exchange_h2  # type: ignore[method-assign]
             if not self.guarded:
                 self.forward = self._forward_h2  # type: ignore[method-assign]
 
@@ -248,7 +248,7 @@ class UpstreamCluster:
                 self.balancer.finished(ep)
 
     async def _exchange_h2(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
-        """One request to ``ep`` over HTTP/2 (``_forward_h2`` and ``_try_h2`` without their accounting)."""
+        """One request to ``ep`` over HTTP/2 (``_forward_h2`` and ``_try`` without their accounting)."""
         if host is None:
             authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
         else:
@@ -292,45 +292,6 @@ class UpstreamCluster:
                 st.cancel()
                 raise
         raise AssertionError("unreachable: the second try returns or raises")
-
-    async def _try_h2(self, req: Request, host: bytes | None, ep: Endpoint, per_try_timeout: float | None) -> Response:
-        """``_try`` over HTTP/2: the same accounting around ``_exchange_h2``."""
-        req.ctx.endpoint = ep
-        st = self._state_of.get(id(ep))
-        outliers = self._outliers
-        balancer = self.balancer
-        track = self.track
-        if track:
-            balancer.started(ep)
-        if st is not None:
-            st.active_requests += 1
-        try:
-            if per_try_timeout is None:
-                resp = await self._exchange_h2(req, host, ep)
-            else:
-                try:
-                    async with asyncio.timeout(per_try_timeout):
-                        resp = await self._exchange_h2(req, host, ep)
-                except TimeoutError:
-                    raise ReadTimeout(f"per-try timeout of {per_try_timeout:g}s exceeded") from None
-        except (ConnectError, ConnectTimeout) as exc:
-            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
-            if outliers is not None and st is not None:
-                outliers.connect_failed(st)
-            raise
-        except (ReadError, ReadTimeout, UpstreamError) as exc:
-            log.warning("upstream exchange failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
-            if outliers is not None and st is not None:
-                outliers.failed(st, type(exc).__name__)
-            raise
-        finally:
-            if st is not None:
-                st.active_requests -= 1
-            if track:
-                balancer.finished(ep)
-        if outliers is not None and st is not None:
-            outliers.responded(st, resp.status)
-        return resp
 
     # -- health, outliers, circuit breaking, retries (the guarded path) --------------------
 
@@ -485,10 +446,11 @@ class UpstreamCluster:
                 policy.done()
 
     async def _try(self, req: Request, host: bytes | None, ep: Endpoint, per_try_timeout: float | None) -> Response:
-        """One exchange with ``ep`` (the body of ``forward``) with the guarded path's accounting.
+        """One exchange with ``ep`` (``_exchange``: HTTP/1.1, or HTTP/2 for an h2 cluster) with the
+        guarded path's accounting.
 
-        Raises what ``forward`` raises, ReadTimeout when ``per_try_timeout`` passes
-        before the response head, and _Overflow for a circuit breaker limit.
+        Raises what ``forward`` raises, ReadTimeout when ``per_try_timeout`` passes before the
+        response head (the attempt's connect included), and _Overflow for a circuit breaker limit.
         """
         req.ctx.endpoint = ep
         st = self._state_of.get(id(ep))
@@ -500,51 +462,14 @@ class UpstreamCluster:
         if st is not None:
             st.active_requests += 1
         try:
-            if host is None and req.raw_host is None:
-                host = b""
-            if host is not None:
-                req.headers.set(b"Host", host or ep.authority.encode())
-            body = req.body
-            if body is None:
-                framing = b""
-                chunked = False
-            elif body.length is not None:
-                framing = content_length_line(body.length)
-                chunked = False
+            if per_try_timeout is None:
+                resp = await self._exchange(req, host, ep)
             else:
-                framing = CHUNKED_LINE
-                chunked = True
-            head = request_head(req.method, req.target, req.headers, framing)
-            head_only = req.method == b"HEAD"
-            conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
-            if conn is None:
-                conn = await self._connect(ep)
-            fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
-            try:
-                if per_try_timeout is None:
-                    resp = await fut
-                else:
-                    try:
-                        async with asyncio.timeout(per_try_timeout):
-                            resp = await fut
-                    except TimeoutError:
-                        conn.close()
-                        raise ReadTimeout(f"per-try timeout of {per_try_timeout:g}s exceeded") from None
-            except ReadError as exc:
-                if not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
-                    raise
-                log.info(
-                    "stale pooled connection to %s; retrying %s %s on a fresh one",
-                    ep,
-                    req.method.decode(),
-                    req.target.decode("latin-1"),
-                )
-                conn = await self._connect(ep)
-                fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
-                resp = await fut
-            except asyncio.CancelledError:
-                conn.close()
-                raise
+                try:
+                    async with asyncio.timeout(per_try_timeout):
+                        resp = await self._exchange(req, host, ep)
+                except TimeoutError:
+                    raise ReadTimeout(f"per-try timeout of {per_try_timeout:g}s exceeded") from None
         except (ConnectError, ConnectTimeout) as exc:
             log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             if outliers is not None and st is not None:
@@ -563,6 +488,52 @@ class UpstreamCluster:
         if outliers is not None and st is not None:
             outliers.responded(st, resp.status)
         return resp
+
+    async def _exchange(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
+        """One HTTP/1.1 request to ``ep`` on the guarded path (a fresh connection within the
+        circuit breaker's limits when none is idle; one retry on a stale pooled one). A
+        cancellation (the per-try timeout) closes the connection it was waiting on."""
+        if host is None and req.raw_host is None:
+            host = b""
+        if host is not None:
+            req.headers.set(b"Host", host or ep.authority.encode())
+        body = req.body
+        if body is None:
+            framing = b""
+            chunked = False
+        elif body.length is not None:
+            framing = content_length_line(body.length)
+            chunked = False
+        else:
+            framing = CHUNKED_LINE
+            chunked = True
+        head = request_head(req.method, req.target, req.headers, framing)
+        head_only = req.method == b"HEAD"
+        conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
+        if conn is None:
+            conn = await self._connect(ep)
+        fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
+        try:
+            return await fut
+        except ReadError as exc:
+            if not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                raise
+            log.info(
+                "stale pooled connection to %s; retrying %s %s on a fresh one",
+                ep,
+                req.method.decode(),
+                req.target.decode("latin-1"),
+            )
+            conn = await self._connect(ep)
+            fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
+            try:
+                return await fut
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+        except asyncio.CancelledError:
+            conn.close()
+            raise
 
     async def _connect(self, ep: Endpoint) -> UpstreamConnection:
         """A fresh pooled connection to ``ep`` within the circuit breaker's limits."""
