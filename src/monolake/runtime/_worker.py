@@ -253,6 +253,21 @@ class _Entry:
     def protocol_factory(self) -> asyncio.BaseProtocol:
         return self.app.protocol_factory()
 
+    def stop_accepting(self) -> None:
+        """Take no more connections, before ``close`` one loop iteration later.
+
+        Only the stdlib loop needs it: its accept handler gives each accepted socket to a
+        task that attaches it to the Server on the task's first step, and a Server closed
+        before that step drops the socket unread, which the client sees as a reset. With
+        the accept reader removed first, the tasks already scheduled attach in the next
+        iteration and are drained like every other connection.
+        """
+        loop = asyncio.get_running_loop()
+        server = self.server
+        if isinstance(server, asyncio.Server) and type(loop) is asyncio.SelectorEventLoop:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -347,6 +362,9 @@ class _Worker:
         cfg = self.cfg
         if self.pending is not None:
             self._abort(self.pending.id, reply=False)
+        for entry in self.entries.values():
+            entry.stop_accepting()
+        await asyncio.sleep(0)  # connections accepted just now attach to their servers (see stop_accepting)
         for entry in self.entries.values():
             entry.close()
         log.info("worker %d draining (listeners closed)", self.index)
