@@ -101,5 +101,5 @@ def test_guarded_features_accepted_on_h2_cluster() -> None:
     cfg = parse_config(raw)
     cluster = UpstreamCluster.from_config("app", cfg.upstreams["app"], Pool())
     assert cluster.guarded and cluster.forward == cluster._forward_guarded
-    assert cluster._try == cluster._try_h2
+    assert cluster._exchange == cluster._exchange_h2
     assert parse_config(inline(protocol="h2c", retry={"attempts": 1})).servers["web"].routes[0].retry is not None
