@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,24 +124,28 @@ def test_normalize_is_idempotent_or_an_error(path: bytes, decode: bool, dots: bo
         assert b"//" not in once
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=40), flags)
-def test_any_bytes_are_accepted_or_400(tail: bytes, merge: bool) -> None:
-    try:
-        out = normalize_path(b"/" + tail, merge_slashes=merge)
-    except RemoteProtocolError as exc:
-        assert exc.status_hint == 400
-    else:
-        assert normalize_path(out, merge_slashes=merge) == out
+def _load_fuzz_target() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_target.py"
+    spec = importlib.util.spec_from_file_location("fuzz_target", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=40))
-def test_absolute_form_accepted_or_400(rest: bytes) -> None:
-    try:
-        authority, target = split_absolute(b"http://" + rest)
-    except RemoteProtocolError as exc:
-        assert exc.status_hint == 400
-    else:
-        assert authority and b"/" not in authority and b"@" not in authority
-        assert target.startswith(b"/")
+fuzz = _load_fuzz_target()
+_PIECES_ABS = st.sampled_from([b"h", b"[::1]", b":", b"80", b"@", b"/", b"?", b"#", b"%2e", b".."])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(0, 15),
+    st.one_of(
+        st.binary(max_size=40),
+        st.lists(_PIECES, max_size=14).map(b"".join),
+        st.lists(_PIECES_ABS, max_size=10).map(b"".join),
+    ),
+)
+def test_fuzz_rule_accepted_or_400(mode: int, body: bytes) -> None:
+    """fuzz/fuzz_target.py's rule: accepted (and well-formed) or a 400, never anything else."""
+    fuzz.check(bytes([mode]) + body)
