@@ -20,8 +20,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE CHANGELOG.md ./
 COPY examples ./examples
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels . \
- && ls /wheels/monolake-*-linux_*.whl  # a platform wheel: the native modules were built (a pure one is -none-any)
+# MONOLAKE_REQUIRE_NATIVE=1: a native module that cannot be built fails the build (no silent pure wheel).
+RUN MONOLAKE_REQUIRE_NATIVE=1 pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN}
 LABEL org.opencontainers.image.title="monolake" \

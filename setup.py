@@ -11,6 +11,9 @@ a build's output unless the build fails (``-v`` shows it), so the notice is also
 written to the terminal (/dev/tty) when there is one: that is what a user running
 ``pip install`` sees at default verbosity.
 
+``MONOLAKE_REQUIRE_NATIVE=1`` turns a missing or failing native module into a
+build error (CI and the Dockerfile set it).
+
 ``examples/`` at the repository root is the source of the examples; the build
 copies it into the wheel as ``monolake/examples/`` (see ``monolake._examples``).
 """
@@ -131,7 +134,9 @@ SKIPPED: list[Native] = []
 """Extensions left out of this build; told when the build runs (not when pip only asks for metadata)."""
 
 
-def _extensions() -> list[Extension]:
+def _extensions(require: bool = False) -> list[Extension]:
+    """The extensions to build. ``require``: a missing library, or one failing to
+    compile, fails the build (pip then shows its output) instead of being left out."""
     out = []
     for ext in NATIVE:
         found = find_native(ext)
@@ -146,9 +151,12 @@ def _extensions() -> list[Extension]:
                 library_dirs=found.library_dirs,
                 libraries=found.libraries,
                 extra_compile_args=["-O2", "-Wall"],
-                optional=True,
+                optional=not require,
             )
         )
+    if require and SKIPPED:
+        lines = [notice(ext) for ext in SKIPPED]
+        raise SystemExit("\n".join([*lines, "monolake: MONOLAKE_REQUIRE_NATIVE=1: not building without them"]))
     return out
 
 
@@ -182,4 +190,4 @@ class BuildPy(build_py):
 
 
 if __name__ == "__main__":
-    setup(ext_modules=_extensions(), cmdclass={"build_py": BuildPy})
+    setup(ext_modules=_extensions(os.environ.get("MONOLAKE_REQUIRE_NATIVE") == "1"), cmdclass={"build_py": BuildPy})

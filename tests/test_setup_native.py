@@ -125,8 +125,8 @@ def test_skipped_module_is_told_when_building(
     assert "liburing.h not found" in err and "nghttp2/nghttp2.h not found" in err
 
 
-def test_pure_build_prints_the_notice(setup_py: ModuleType, tmp_path: Path) -> None:
-    """``setup.py build_py`` with both headers hidden (pkg-config off, no include dirs) says so on stderr."""
+def build_without_headers(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``setup.py build_py`` on a copy of the tree with both headers hidden (pkg-config off, no include dirs)."""
     tree = tmp_path / "tree"
     shutil.copytree(REPO / "examples", tree / "examples")
     shutil.copytree(REPO / "src", tree / "src", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
@@ -136,17 +136,28 @@ def test_pure_build_prints_the_notice(setup_py: ModuleType, tmp_path: Path) -> N
     hidden = text.replace('SYSTEM_INCLUDE = ("/usr/include", "/usr/local/include")', "SYSTEM_INCLUDE = ()")
     assert hidden != text
     (tree / "setup.py").write_text(hidden)
-    env = {"PATH": "/usr/bin:/bin", "PKG_CONFIG": "false", "HOME": str(tmp_path)}
-    out = subprocess.run(
+    return subprocess.run(
         [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path / "build")],
         cwd=tree,
-        env=env,
+        env={"PATH": "/usr/bin:/bin", "PKG_CONFIG": "false", "HOME": str(tmp_path), **env},
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # no controlling terminal: the notice goes to stderr only
     )
+
+
+def test_pure_build_prints_the_notice(tmp_path: Path) -> None:
+    out = build_without_headers(tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("NOTICE") == 2, out.stderr
     assert (tmp_path / "build" / "monolake" / "examples" / "quickstart.toml").is_file()
+
+
+def test_required_native_fails_the_build(tmp_path: Path) -> None:
+    """MONOLAKE_REQUIRE_NATIVE=1 (CI, the Dockerfile): no silent pure build; pip shows a failed build's output."""
+    out = build_without_headers(tmp_path, MONOLAKE_REQUIRE_NATIVE="1")
+    assert out.returncode != 0
+    assert "liburing.h not found" in out.stderr and "nghttp2/nghttp2.h not found" in out.stderr
+    assert "MONOLAKE_REQUIRE_NATIVE=1: not building without them" in out.stderr
