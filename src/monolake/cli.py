@@ -1,4 +1,4 @@
-"""``monolake run | check | reload | upgrade | version | demo-origin``.
+"""``monolake run | check | reload | upgrade | version | init | demo-origin``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config (the error
 names the key path and the reason, on stderr).
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
+from ._examples import add_init_parser
 from .config import Config, load_config
 from .errors import ConfigError
 
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.set_defaults(func=func)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda a: print(f"monolake {__version__}") or 0)
+    add_init_parser(sub)
     p = sub.add_parser("demo-origin", help="run the small demo origin used by the quickstart")
     p.add_argument("--listen", default="127.0.0.1:9000")
     p.set_defaults(func=_cmd_demo_origin)
