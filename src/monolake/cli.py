@@ -255,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"monolake: config error: {exc}", file=sys.stderr)
+        for each in getattr(exc, "errors", [exc]):  # ConfigErrors: one line each
+            print(f"monolake: config error: {each}", file=sys.stderr)
         return 2
 
 
