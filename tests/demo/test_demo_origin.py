@@ -47,6 +47,9 @@ def status_line(address: str, path: str) -> bytes:
         ("/status/299", b"HTTP/1.1 299 Unknown"),
         ("/status/100", b"HTTP/1.1 400 Bad Request"),
         ("/status/1000", b"HTTP/1.1 400 Bad Request"),
+        ("/delay/0", b"HTTP/1.1 200 OK"),
+        ("/delay/soon", b"HTTP/1.1 400 Bad Request"),
+        ("/delay/nan", b"HTTP/1.1 400 Bad Request"),
     ],
 )
 def test_status_line_has_the_standard_reason_phrase(origin: str, path: str, line: bytes) -> None:

@@ -68,8 +68,14 @@ class _OriginProtocol(asyncio.Protocol):
             if not 200 <= status <= 599:  # a 1xx is not a final answer; other numbers are not statuses
                 status, body = 400, b"/status/N takes 200 to 599\n"
         elif len(parts) == 2 and parts[0] == "delay":
-            asyncio.get_running_loop().call_later(float(parts[1]), self._answer, 200, b"delayed\n", keep)
-            return
+            try:
+                delay = float(parts[1])
+            except ValueError:
+                delay = -1.0
+            if 0 <= delay <= 3600:
+                asyncio.get_running_loop().call_later(delay, self._answer, 200, b"delayed\n", keep)
+                return
+            status, body = 400, b"/delay/S takes 0 to 3600 seconds\n"
         if not body:
             info = {
                 "origin_pid": os.getpid(),
