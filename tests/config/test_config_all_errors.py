@@ -179,3 +179,13 @@ def test_check_and_run_print_every_error_one_per_line(tmp_path: Path, command: s
     assert [line.split(": ", 3)[2] for line in lines] == BAD_PATHS, done.stderr
     assert all(line.startswith("monolake: config error: ") for line in lines)
     assert done.stdout == ""
+
+
+def test_an_unknown_key_does_not_hide_the_other_errors_of_its_table() -> None:
+    text = GOOD.replace('listener = "127.0.0.1:8080"', 'listener = "127.0.0.1:8080"\nlistner = "x"\nidle_timeout = 0')
+    text = text.replace('upstream = "app"', 'upstream = "app"\npath = "api"')
+    assert by_path(text) == {
+        "servers.web": "Object contains unknown field `listner`",
+        "servers.web.routes[0].path": "must start with '/', got 'api'",
+        "servers.web.idle_timeout": "must be > 0 (seconds)",
+    }

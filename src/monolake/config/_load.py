@@ -7,13 +7,15 @@ Two passes: msgspec converts the TOML tables into the frozen Structs of
 ``servers.web.routes[2].upstream``.
 
 Every error is reported, not only the first: msgspec stops at the first error of a
-table, so a table that fails is taken apart field by field (``_explain``) to find
-each; the semantic checks of the tables that decoded then run too, each adding to a
-``_Report`` instead of raising. A table that did not decode is not checked further,
-and a reference to it is not "unknown" (its own errors say what is wrong). One error
-is raised as itself; several as ``ConfigErrors`` (first one's path and reason, all
-in ``errors``). Enum errors list the allowed values (from the schema's Literal
-types); errors on durations say they are seconds.
+table, so a table that fails is taken apart field by field (``_explain``) to name
+each bad value; those values are then dropped for their defaults (``_repair``) and
+the semantic checks run on the rest, each adding to a ``_Report`` instead of
+raising. A semantic error about a dropped value (or a table holding one) is not
+reported: the check saw the default, not the file. A named server or cluster that
+cannot be kept (a required value is bad) is not checked further, and a reference to
+it is not "unknown". One error is raised as itself; several as ``ConfigErrors``
+(the first one's path and reason, all in ``errors``). Enum errors list the allowed
+values (from the schema's Literal types); errors on durations say they are seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ._schema import Cluster, Config, Http2, Route, Server, ServerTls, UpstreamS
 T = TypeVar("T")
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]*)`$")
 _SECONDS = re.compile(r"(?:^|[._])(?:timeout|time|interval)$")
 """Keys whose values are seconds (``connect_timeout``, ``base_ejection_time``, ``interval``...)."""
 
@@ -62,7 +65,9 @@ class _Report:
 
     def undecodable(self, errors: list[ConfigError]) -> None:
         self.errors += errors
-        self.broken += [e.path for e in errors if e.path]
+        for e in errors:
+            field = _FIELD.match(e.reason)  # about one key of the table at e.path
+            self.broken.append(_join(e.path, field[1]) if field else e.path)
 
     def raise_if_any(self) -> None:
         if len(self.errors) == 1:
