@@ -510,7 +510,7 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
         use = f if isinstance(f, str) else f.use
         if use.count(":") != 1 or not all(use.split(":")):
             raise ConfigError(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
-    for key in ("keepalive_timeout", "header_timeout", "idle_timeout"):
+    for key in ("keepalive_timeout", "header_timeout", "idle_timeout", "body_timeout"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"{path}.{key}", "must be > 0")
     if s.splice_after < 0:
@@ -519,7 +519,7 @@ def _check_server(path: str, s: Server, cfg: Config) -> None:
         raise ConfigError(f"{path}.request_timeout", "must be > 0")
     if s.max_concurrency is not None and s.max_concurrency < 1:
         raise ConfigError(f"{path}.max_concurrency", "must be >= 1")
-    for key in ("max_header_bytes", "max_headers", "max_pipelined"):
+    for key in ("max_header_bytes", "max_headers", "max_pipelined", "max_request_line_bytes"):
         if getattr(s.limits, key) < 1:
             raise ConfigError(f"{path}.limits.{key}", "must be >= 1")
     if s.limits.max_body_bytes < 0:
