@@ -226,9 +226,9 @@ class RequestReader:
         self._url += url
         # The line is method SP target SP HTTP/x.y (CRLF not counted); llhttp may hand the
         # target over in pieces, one per feed, so this runs as it grows. The method is
-        # looked at only near the limit (13: the shortest method, "GET", with the rest).
+        # looked at only near the limit (llhttp's longest method has fewer than 22 letters).
         limit = self.max_request_line_bytes
-        if len(self._url) > limit - 13 and len(self._parser.get_method()) + len(self._url) + 10 > limit:
+        if len(self._url) > limit - 32 and len(self._parser.get_method()) + len(self._url) + 10 > limit:
             raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
 
     def on_header(self, name: bytes, value: bytes) -> None:
