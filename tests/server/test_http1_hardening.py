@@ -129,6 +129,40 @@ def test_stalled_body_after_the_response_started_is_closed(web: Proxy) -> None:
         c.read_until_close()
 
 
+STUCK = """
+[upstreams.stuck]
+endpoints = [{ endpoint = "http://127.0.0.1:{port}" }]
+connect_timeout = 2.5
+
+[servers.web]
+listener = "127.0.0.1:0"
+body_timeout = 1
+
+[[servers.web.routes]]
+path = "/"
+upstream = "stuck"
+"""
+
+
+def test_body_timeout_waits_for_our_100_continue(proxy: ProxyFactory) -> None:
+    """A client that asked for 100 Continue sends nothing until it gets one: while the proxy
+    has not sent it (its upstream connect hangs here), the body is not late."""
+    with socket.socket() as lst:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        # One connection fills the accept queue: the proxy's SYNs are dropped and its connect hangs.
+        with socket.create_connection(lst.getsockname(), timeout=10):
+            p = proxy(STUCK, port=lst.getsockname()[1])
+            with RawClient(p.address) as c:
+                c.send(b"POST /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+                resp = c.read_response(head=True)
+    assert resp.status in (502, 504)
+    # The request failed on its connect, not on a body timeout (which it got before: the
+    # answer was the same, but the request was doomed whatever the upstream did next).
+    p.log.wait_line(r"\d{3} for POST /x ")
+    assert p.log.count(r"body timeout") == 0, "\n".join(p.log.lines)
+
+
 # -- 2: HTTP/1.0 with Transfer-Encoding --------------------------------------------------
 
 

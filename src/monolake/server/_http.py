@@ -327,6 +327,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._eof = False
         self._h2_probe = app.cfg.http2.enabled
         self._upload_open = False  # a response started while the upload still streams upstream
+        self._continue_due = False  # the body's sender waits for our 100 Continue (not timed meanwhile)
         self._close_after_upload = False
         # Plain transports send writelines in one writev; a TLS transport makes a record of each
         # piece, so there one joined write (one record) is cheaper. Chosen in connection_made.
@@ -463,7 +464,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def request_received(self, req: Request, has_body: bool, content_length: int | None) -> None:
         req.ctx = Context(self.peer, self.app.name, self._last)
         if has_body:
-            body = Body(self, content_length, self._send_continue if req.expect_continue else None)
+            expect = self._continue_due = req.expect_continue
+            body = Body(self, content_length, self._send_continue if expect else None)
             req.body = self._rbody = body
         else:
             self._rbody = None
@@ -516,6 +518,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         return failure_response(req, exc, self.peer, self.app.name)
 
     def _send_continue(self) -> None:
+        self._continue_due = False
+        self._last = self.loop.time()  # the body timeout runs from the client's go-ahead
         if not self._closed and self._sink is None:
             self.transport.write(CONTINUE_100)
 
@@ -726,10 +730,16 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         deadline from its first byte, and body progress."""
         if self._closed:
             return
-        if self._rbody is not None:
+        rbody = self._rbody
+        if rbody is not None:
             # A body is being received. Not timed while we paused reading (the upstream is
-            # slow, or requests queue): the client cannot make progress then.
-            if not self._paused and now - self._last > self.app.cfg.body_timeout:
+            # slow, or requests queue) nor while the client waits for a 100 Continue that we
+            # have not sent (and it has not sent anyway): it cannot make progress then.
+            if (
+                not self._paused
+                and not (self._continue_due and not rbody.received)
+                and now - self._last > self.app.cfg.body_timeout
+            ):
                 self._body_timeout()
             return
         if self._current is not None:
