@@ -163,6 +163,33 @@ def test_body_timeout_waits_for_our_100_continue(proxy: ProxyFactory) -> None:
     assert p.log.count(r"body timeout") == 0, "\n".join(p.log.lines)
 
 
+KEEPALIVE = """
+[upstreams.origin]
+endpoints = [{ endpoint = "{origin}" }]
+
+[servers.web]
+listener = "127.0.0.1:0"
+keepalive_timeout = 1.5
+
+[[servers.web.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+
+def test_keepalive_idle_time_counts_from_the_response_end(proxy: ProxyFactory, origin: Origin) -> None:
+    """A response slower than keepalive_timeout (2 s against 1.5 s) leaves the connection open for
+    the next request; it was closed at the first sweep after the response, the idle time counted
+    from the request's arrival."""
+    p = proxy(KEEPALIVE, origin=origin.url)
+    with RawClient(p.address) as c:
+        c.send(b"GET /delay/2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.read_response().status == 200
+        assert not c.is_closed(timeout=1.1)  # two sweeps
+        c.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.read_response().status == 200
+
+
 # -- 2: HTTP/1.0 with Transfer-Encoding --------------------------------------------------
 
 

@@ -629,6 +629,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self._start(nxt)
         elif self._pending_error is not None:
             self._answer_error(self._pending_error)
+        else:
+            # Idle now: keepalive_timeout counts from here, not from the request's last read
+            # (else a response slower than the timeout was followed by an immediate close).
+            self._last = self.loop.time()
 
     # -- protocol switches (Upgrade, CONNECT) ------------------------------------------
 
