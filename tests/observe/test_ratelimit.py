@@ -51,3 +51,14 @@ def test_next_window_reports_then_logs(caplog: pytest.LogCaptureFixture) -> None
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         RateLimitedLog(logging.getLogger("t"), "x", burst=0)
+
+
+def test_exc_info_is_passed_on(caplog: pytest.LogCaptureFixture) -> None:
+    rl = RateLimitedLog(logging.getLogger("t.rl3"), "x", level=logging.WARNING)
+    with caplog.at_level(logging.INFO, logger="t.rl3"):
+        try:
+            raise OSError("accept failed")
+        except OSError:
+            rl.log("accept: %s", "EMFILE", exc_info=True)
+    assert caplog.records[0].exc_info is not None
+    assert caplog.records[0].getMessage() == "accept: EMFILE"
