@@ -733,7 +733,7 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         use = f if isinstance(f, str) else f.use
         if use.count(":") != 1 or not all(use.split(":")):
             rep.add(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
-    for key in ("keepalive_timeout", "header_timeout", "idle_timeout"):
+    for key in ("keepalive_timeout", "header_timeout", "idle_timeout", "body_timeout"):
         if getattr(s, key) <= 0:
             rep.add(f"{path}.{key}", "must be > 0")
     if s.splice_after < 0:
@@ -742,7 +742,7 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.request_timeout", "must be > 0")
     if s.max_concurrency is not None and s.max_concurrency < 1:
         rep.add(f"{path}.max_concurrency", "must be >= 1")
-    for key in ("max_header_bytes", "max_headers", "max_pipelined"):
+    for key in ("max_header_bytes", "max_headers", "max_pipelined", "max_request_line_bytes"):
         if getattr(s.limits, key) < 1:
             rep.add(f"{path}.limits.{key}", "must be >= 1")
     if s.limits.max_body_bytes < 0:

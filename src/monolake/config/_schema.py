@@ -266,6 +266,9 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Larger bodies are answered 413; 0 means unlimited."""
     max_pipelined: int = 32
     """Queued pipelined requests before the connection stops reading."""
+    max_request_line_bytes: int = 8192
+    """Request line (method, target, version); a longer one is answered 414 (nginx's
+    large_client_header_buffers: 8 KiB). It also counts toward ``max_header_bytes``."""
 
 
 class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -329,6 +332,9 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     upstream_http_version: Literal["http11"] = "http11"
     keepalive_timeout: float = 75.0
     header_timeout: float = 60.0
+    """Seconds from the first byte of a request head to its end: a deadline for the whole head, not
+    an idle time, so a client trickling bytes is answered 408 when it passes (nginx's
+    client_header_timeout). Checked once a second."""
     max_concurrency: int | None = None
     """In-flight requests per worker; beyond it requests are shed with 503."""
     request_timeout: float | None = None
@@ -346,6 +352,10 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     uppercased) and dot segments removed; a path climbing above the root is answered 400."""
     merge_slashes: bool = True
     """Merge runs of "/" in request paths into one (before dot segments are removed)."""
+    body_timeout: float = 60.0
+    """Seconds without a byte of a request body being received (HTTP/1.1) before the request fails
+    with 408, or the connection closes if a response already started (nginx's client_body_timeout).
+    Not counted while the proxy itself stops reading (the upstream is slower than the client)."""
 
     # -- tcp servers --------------------------------------------------------------------
     upstream: str | None = None
