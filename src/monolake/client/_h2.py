@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from .._body import Body
 from ..config import Endpoint
-from ..errors import ConnectError, ReadError, ReadTimeout, UpstreamError
+from ..errors import ConnectError, ReadError, ReadTimeout, UpstreamError, WriteError
 from ..proto.http1 import Headers, Response
 from ..proto.http2 import (
     DATA,
@@ -616,6 +617,8 @@ class H2Connection(asyncio.Protocol):
         """A stream finished or failed: drop it; an idle connection starts its idle clock."""
         if self.streams.pop(st.sid, None) is None:
             return
+        if self.pool.waiters:
+            self.pool.wake(self.key)  # a stream slot is free for a Client waiting at its limit
         if not self.streams:
             if self.going_away:
                 if not self.closed:
@@ -693,6 +696,8 @@ class H2Connection(asyncio.Protocol):
         for st in list(self.streams.values()):
             if exc is not None:
                 err = exc
+            elif st.resp is None and not st.sent:
+                err = WriteError("upstream closed the connection while the request body was being sent" + why)
             elif st.resp is None:
                 # Nothing read since the stream opened on a connection that had served
                 # others: the stale-connection race, the request was not processed.
@@ -748,6 +753,8 @@ class H2Pool:
         """Failed connects per endpoint (shared with the HTTP/1 pool's, for metrics)."""
         self.open: dict[Key, int] = {}
         """Open connections per key (busy, idle or going away)."""
+        self.waiters: dict[Key, deque[asyncio.Future[None]]] = {}
+        """``Client.send`` callers waiting for a stream slot at their key's connection limit."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -843,6 +850,19 @@ class H2Pool:
             self.open[conn.key] = n - 1
         else:
             self.open.pop(conn.key, None)
+        if self.waiters:
+            self.wake(conn.key)
+
+    def wake(self, key: Key) -> None:
+        """A stream slot or a connection of ``key`` was freed: the first waiter decides again."""
+        q = self.waiters.get(key)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        if not q:
+            self.waiters.pop(key, None)
 
     def statistics(self) -> dict[str, int]:
         return {
