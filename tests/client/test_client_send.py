@@ -18,7 +18,7 @@ import pytest
 from monolake._body import Body
 from monolake.client import Client, PoolSettings
 from monolake.config import Endpoint, UpstreamTls
-from monolake.errors import PoolTimeout, Source, UpstreamError, WriteError
+from monolake.errors import ConnectError, PoolTimeout, Source, UpstreamError, WriteError
 from monolake.proto.http1 import Headers, Request, Response
 from monolake.tls import client_tls
 
@@ -287,3 +287,17 @@ async def test_per_key_settings(origin: Origin, client: Client) -> None:
     client.configure(ep, PoolSettings(max_connections=2))
     assert client.settings_for(ep).max_connections == 2
     assert client.settings_for(other) is client.default
+
+
+async def test_closing_the_pool_fails_its_waiters(origin: Origin) -> None:
+    client = Client(default=PoolSettings(max_connections=1))
+    ep = origin.endpoint
+    held = asyncio.create_task(client.send(get(b"/gate"), ep))
+    await wait_until(lambda: len(origin.requests) == 1)
+    waiter = asyncio.create_task(client.send(get(b"/ok"), ep))
+    await wait_until(lambda: ep.key in client.pool._waiters)
+    client.close()
+    with pytest.raises(ConnectError, match="pool closed"):
+        await asyncio.wait_for(waiter, 10)
+    origin.gate.set()
+    assert (await asyncio.wait_for(held, 10)).status == 200

@@ -192,7 +192,9 @@ class Client:
 
     async def _acquire_h2(self, ep: Endpoint, s: PoolSettings) -> H2Connection:
         """A connection with a free stream slot, connecting within ``max_connections``;
-        at the limit, wait (FIFO) for a stream or a connection to end."""
+        at the limit, wait (FIFO) for a stream or a connection to end. The limit is checked
+        before connecting: sends that arrive during a connect share it, and if the peer's
+        stream limit is below their number, ``H2Pool.acquire`` may open one more."""
         h2 = self.pool.h2
         limit = s.max_connections
         key = ep.key
@@ -221,7 +223,7 @@ class Client:
                         f"(max_connections {limit}, all streams busy)"
                     ) from None
             except BaseException:
-                if fut.done() and not fut.cancelled():
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
                     h2.wake(key)  # woken as we were cancelled: the next waiter's turn
                 raise
             finally:

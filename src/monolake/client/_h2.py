@@ -7,7 +7,8 @@ below the peer's SETTINGS_MAX_CONCURRENT_STREAMS; only when every connection is
 at that limit does the pool open another one (rather than queueing: a queue needs
 its own timeout and adds latency behind slow streams, and a peer's stream limit is
 usually 100 or more, so a second connection is rare). Concurrent requests that
-find no connection share one connect in progress.
+find no connection share one connect in progress. ``Client.send`` with a
+``max_connections`` queues at that limit in ``waiters``, woken as streams end.
 
 ``H2Connection`` is an ``asyncio.Protocol`` over a codec (``proto.http2``): bytes
 in, events out, bytes to write after each batch. Each request is a ``_Stream``:
@@ -873,6 +874,11 @@ class H2Pool:
         }
 
     def close(self) -> None:
+        for q in self.waiters.values():
+            for fut in q:
+                if not fut.done():
+                    fut.set_exception(ConnectError("the connection pool closed"))
+        self.waiters.clear()
         for task in self._connecting.values():
             task.cancel()
         for conns in list(self._conns.values()):
