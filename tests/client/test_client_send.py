@@ -18,7 +18,7 @@ import pytest
 from monolake._body import Body
 from monolake.client import Client, PoolSettings
 from monolake.config import Endpoint, UpstreamTls
-from monolake.errors import ConnectError, PoolTimeout, Source, UpstreamError, WriteError
+from monolake.errors import ConnectError, PoolTimeout, ReadError, Source, UpstreamError, WriteError
 from monolake.proto.http1 import Headers, Request, Response
 from monolake.tls import client_tls
 
@@ -301,3 +301,16 @@ async def test_closing_the_pool_fails_its_waiters(origin: Origin) -> None:
         await asyncio.wait_for(waiter, 10)
     origin.gate.set()
     assert (await asyncio.wait_for(held, 10)).status == 200
+
+
+async def test_stale_keepalive_race_is_retried_once_on_a_new_connection(origin: Origin, client: Client) -> None:
+    ep = origin.endpoint
+    assert (await client.send(get(b"/ok"), ep)).status == 200
+    # /hangup: the origin reads the request and closes without a byte. On the reused
+    # connection that is the stale keep-alive race (retry safe): sent again on a fresh
+    # connection, where the same failure is not retry safe and is raised.
+    with pytest.raises(ReadError) as info:
+        await asyncio.wait_for(client.send(get(b"/hangup"), ep), 10)
+    assert not info.value.retry_safe
+    assert [p for p, _ in origin.requests] == [b"/ok", b"/hangup", b"/hangup"]
+    assert origin.accepted == 2
