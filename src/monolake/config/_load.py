@@ -362,8 +362,6 @@ def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
 
 def _check_h2_cluster(rep: _Report, path: str, c: Cluster) -> None:
     """HTTP/2 to the endpoints (all of which parse)."""
-    if c.health_check is not None:
-        rep.add(f"{path}.health_check", f"not available with protocol = {c.protocol!r} yet (only with http1)")
     cb = c.circuit_breaker
     for key in ("max_connections", "max_pending"):
         if cb is not None and getattr(cb, key) is not None:

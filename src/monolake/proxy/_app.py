@@ -41,10 +41,6 @@ def _panic(req: Any, exc: BaseException) -> Response:
     return error_response(500)
 
 
-def _shed(req: Any) -> Response:
-    return error_response(503)
-
-
 def server_stack(
     name: str, cfg: Config, filters: list[object], clusters: dict[str, UpstreamCluster], pool: Pool
 ) -> Stack[Any]:
@@ -53,7 +49,8 @@ def server_stack(
     if server.request_timeout is not None:
         layers.append(TimeoutLayer(server.request_timeout))
     if server.max_concurrency is not None:
-        layers.append(ConcurrencyLimitLayer(server.max_concurrency, _shed))
+        # A shed request raises Overloaded: the driver answers 503 (gRPC: UNAVAILABLE) and logs.
+        layers.append(ConcurrencyLimitLayer(server.max_concurrency))
     leaf = ProxyFactory(name, server, cfg, filters, clusters, pool)
     return Stack(layers, leaf, provided=SERVER_PROVIDES)
 

@@ -48,6 +48,7 @@ from ..errors import (
     ConnectTimeout,
     MonolakeError,
     NetworkError,
+    Overloaded,
     ProtocolError,
     RemoteProtocolError,
     Source,
@@ -91,10 +92,6 @@ DRAIN_IDLE = 1.0
 
 OnComplete = Callable[[Request, Response, int], None]
 """Called once a response is fully written: (request, response, body bytes sent)."""
-
-
-class Overloaded(MonolakeError):
-    """Shed by a concurrency limit."""
 
 
 def status_for(exc: BaseException) -> int:
