@@ -18,7 +18,7 @@ import msgspec
 
 from ..errors import ConfigError
 from ._address import parse_endpoint, parse_listener
-from ._schema import Cluster, Config, Http2, Route, Server, ServerTls, UpstreamTls
+from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamTls
 
 T = TypeVar("T")
 
@@ -556,6 +556,7 @@ def validate(cfg: Config) -> None:
         seen[addr] = name
     if cfg.admin is not None:
         _check_admin(cfg.admin.listen, seen)
+        _check_admin_limits(cfg.admin)
 
 
 def _check_admin(listen: str, servers: dict[str, str]) -> None:
@@ -569,3 +570,13 @@ def _check_admin(listen: str, servers: dict[str, str]) -> None:
     used = str(addr)
     if used in servers and not used.endswith(":0"):
         raise ConfigError("admin.listen", f"{used} is already used by servers.{servers[used]}")
+
+
+def _check_admin_limits(admin: Admin) -> None:
+    """``admin.max_connections`` at least 1; ``admin.header_timeout`` and ``idle_timeout`` positive."""
+    if admin.max_connections < 1:
+        raise ConfigError("admin.max_connections", f"must be at least 1, not {admin.max_connections}")
+    for key in ("header_timeout", "idle_timeout"):
+        value = getattr(admin, key)
+        if not value > 0:
+            raise ConfigError(f"admin.{key}", f"must be a positive number of seconds, not {value}")
