@@ -44,6 +44,8 @@ MAX_BODY = 64 * 1024
 """Bytes of request body at most; more is answered 413."""
 HANDLER_THREADS = 4
 """Threads that run handlers (all daemons: a reload wait never holds up the process's exit)."""
+LINGER = 2.0
+"""Seconds an error reply's connection keeps reading (and discarding) before it closes."""
 STOP_WAIT = 5.0
 """Seconds ``close`` waits for the loop thread."""
 
@@ -162,6 +164,17 @@ class _Pool:
     def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close and discard what the client still sends, for at most ``LINGER`` seconds: closing
+    with unread input would reset the connection, and a reset can destroy the error reply before
+    the client reads it."""
+    with contextlib.suppress(OSError, TimeoutError):
+        writer.write_eof()
+        async with asyncio.timeout(LINGER):
+            while await reader.read(65536):
+                pass
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -296,6 +309,7 @@ class HttpListener:
             except _Refuse as exc:
                 self._failures.log("admin: %s: %d %s", peer, exc.status, exc.reason)
                 writer.write(_error(exc.status, exc.reason))
+                await _linger(reader, writer)
                 return
             if req is None:
                 return
