@@ -21,18 +21,17 @@ from monolake.admin._http import MAX_HEAD, Limits
 from monolake.config import parse_config
 from monolake.errors import ConfigError
 
-CFG = parse_config(
-    {
-        "admin": {"listen": "127.0.0.1:0", "token": "t0k"},
-        "upstreams": {"api": {"endpoints": [{"endpoint": "http://127.0.0.1:9"}]}},
-        "servers": {
-            "web": {
-                "listener": "127.0.0.1:0",
-                "routes": [{"path": "/", "upstream": "api"}, {"path": "/x", "upstreams": [{"endpoint": "unix:/s"}]}],
-            }
-        },
-    }
-)
+CFG_RAW: dict[str, Any] = {
+    "admin": {"listen": "127.0.0.1:0", "token": "t0k"},
+    "upstreams": {"api": {"endpoints": [{"endpoint": "http://127.0.0.1:9"}]}},
+    "servers": {
+        "web": {
+            "listener": "127.0.0.1:0",
+            "routes": [{"path": "/", "upstream": "api"}, {"path": "/x", "upstreams": [{"endpoint": "unix:/s"}]}],
+        }
+    },
+}
+CFG = parse_config(CFG_RAW)
 
 
 def test_redact() -> None:
@@ -204,6 +203,8 @@ def test_request_limits(bounded: AdminServer) -> None:
     # a kept-alive connection: two requests, then closed quietly once idle
     reply = exchange(bounded, b"GET /healthz HTTP/1.1\r\n\r\nHEAD /healthz HTTP/1.1\r\n\r\n")
     assert reply.count(b"HTTP/1.1 200 ") == 2 and b"408" not in reply
+    assert b"Connection: close" in exchange(bounded, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert b"Connection: keep-alive" in exchange(bounded, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     assert bounded.listener.open == 0
 
 
@@ -228,3 +229,9 @@ def poll_until(fn: Callable[[], bool], timeout: float = 10.0) -> None:
     while not fn():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("key", "value"), [("max_connections", 0), ("header_timeout", 0), ("idle_timeout", -1.0)])
+def test_admin_limits_are_validated(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=rf"admin\.{key}: must be"):
+        parse_config({**CFG_RAW, "admin": {key: value}})

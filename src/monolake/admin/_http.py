@@ -316,8 +316,10 @@ class HttpListener:
             first = False
             assert self._pool is not None
             reply = await self._pool.run(self.handler, req)
-            close = req.headers.get("connection", "").lower() == "close"
-            head = _head(reply.status, len(reply.body), reply.content_type, reply.headers, close=close)
+            connection = req.headers.get("connection", "").lower()
+            close = connection == "close"
+            extra = reply.headers if connection != "keep-alive" else {**reply.headers, "Connection": "keep-alive"}
+            head = _head(reply.status, len(reply.body), reply.content_type, extra, close=close)
             writer.write(head if req.method == "HEAD" else head + reply.body)
             try:
                 async with asyncio.timeout(limits.idle_timeout):
