@@ -235,3 +235,18 @@ def poll_until(fn: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_admin_limits_are_validated(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=rf"admin\.{key}: must be"):
         parse_config({**CFG_RAW, "admin": {key: value}})
+
+
+def test_close_with_open_connections_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    admin = AdminServer("127.0.0.1:0", AdminState(SimpleNamespace(config=SimpleNamespace()), None, None))
+    admin.start()
+    idle = [socket.create_connection(admin.address, timeout=10) for _ in range(3)]
+    try:
+        poll_until(lambda: admin.listener.open == 3)
+        admin.close()
+        for s in idle:
+            assert s.recv(100) == b""  # closed by the stop, without a reply
+    finally:
+        for s in idle:
+            s.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

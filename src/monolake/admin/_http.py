@@ -287,7 +287,10 @@ class HttpListener:
         try:
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
-            raise
+            # Only ``close`` cancels, and this is the task's outermost frame: end it here. Python
+            # 3.11's start_server callback calls ``task.exception()``, which raises (and logs a
+            # traceback) for a cancelled task.
+            return
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             why = "closed the connection mid-request" if isinstance(exc, asyncio.IncompleteReadError) else str(exc)
             self._failures.log("admin: %s: %s", peer, why or type(exc).__name__)
