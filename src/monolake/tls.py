@@ -277,8 +277,10 @@ class HandshakeRefused(MonolakeError):
 
 def handshake_refused(listener: str, exc: ssl.SSLError, alert: bytes) -> HandshakeRefused:
     """``exc`` (a failed handshake's error) as ``HandshakeRefused`` carrying ``alert`` (what the
-    TLS library wrote for the peer); installs the reporting handler on the running loop first."""
-    _install(asyncio.get_running_loop())
+    TLS library wrote for the peer); installs the reporting handler on the running loop first
+    (without a running loop the caller gets the exception and nothing is logged)."""
+    with contextlib.suppress(RuntimeError):
+        _install(asyncio.get_running_loop())
     code = exc.reason or ""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
         reason = f"certificate verify failed: {exc.verify_message}"
@@ -337,6 +339,7 @@ class _RefusalHandler:
 
     def __init__(self, previous: _Handler | None) -> None:
         self.previous = previous
+        self.flushing = False
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -348,17 +351,28 @@ class _RefusalHandler:
             return
         transport = context.get("transport")
         peer = _peer_text(transport.get_extra_info("peername") if transport is not None else None)
-        if exc.alert and transport is not None:
+        if exc.alert and transport is not None and not transport.get_write_buffer_size():
             # The transport is closing (its buffer is dropped) but its socket is still open
-            # until the next loop iteration: the alert goes straight to the socket.
+            # until the next loop iteration: the alert goes straight to the socket (nothing is
+            # queued before it: checked above).
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 with contextlib.suppress(OSError):
                     os.write(sock.fileno(), exc.alert)
-        if exc.client_cert:
-            _refusals.log("tls handshake refused from %s: %s (%s)", peer, exc.reason, exc.listener)
-        else:
-            _failures.log("tls handshake failed from %s: %s (%s)", peer, exc.reason, exc.listener)
+        lines = _refusals if exc.client_cert else _failures
+        verb = "refused" if exc.client_cert else "failed"
+        if (
+            not lines.log("tls handshake %s from %s: %s (%s)", verb, peer, exc.reason, exc.listener)
+            and not self.flushing
+        ):
+            # a flood that stops still gets its "N more suppressed" line, about a window later
+            self.flushing = True
+            loop.call_later(lines.interval, self._flush)
+
+    def _flush(self) -> None:
+        self.flushing = False
+        _refusals.flush()
+        _failures.flush()
 
 
 def _install(loop: asyncio.AbstractEventLoop) -> None:

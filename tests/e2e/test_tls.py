@@ -303,6 +303,12 @@ def test_mtls_refusal_is_logged_and_alerted(
     mark = p.log.mark()
     assert curl("--local-port", str(port), f"http://{p.servers['web']}/echo").returncode != 0
     p.log.wait_line(rf"tls handshake failed from 127\.0\.0\.1:{port}: plain HTTP sent to a TLS port", after=mark)
+    # a flood of them is rate-limited: a few lines, then one count
+    for _ in range(15):
+        with socket.create_connection(("127.0.0.1", port_of(p, "web")), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(100)  # the close
+    p.log.wait_line(r"tls: failed handshakes: \d+ more suppressed", after=mark)
     assert not p.log.count("Traceback")
     # and a client with a good certificate is still served
     c_chain, c_key = write_cert(client_ca.issue_cert("client.example"), tmp_path, "client")
