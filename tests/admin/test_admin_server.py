@@ -250,3 +250,10 @@ def test_close_with_open_connections_logs_no_error(caplog: pytest.LogCaptureFixt
         for s in idle:
             s.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_close_without_start() -> None:
+    admin = AdminServer("127.0.0.1:0", AdminState(SimpleNamespace(config=CFG), None, None))
+    admin.close()  # no unclosed-loop or unclosed-socket warning (warnings are errors here)
+    with pytest.raises(OSError):
+        socket.create_connection(admin.address, timeout=10)

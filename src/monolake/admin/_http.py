@@ -227,6 +227,8 @@ class HttpListener:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 self._loop.call_soon_threadsafe(_resolve, self._stop)
             self._thread.join(STOP_WAIT)
+        elif self._thread.ident is None:  # never started: the loop was never run
+            self._loop.close()
         if self._pool is not None:
             self._pool.close()
         self.sock.close()
