@@ -22,11 +22,12 @@ says what was agreed.
 A failed handshake on a listener (a client without an acceptable certificate where
 ``client_auth = "required"``, plaintext on a TLS port, a client that rejects our
 certificate) is logged as one line with the peer and the reason, rate-limited, and
-the alert OpenSSL wrote goes out. Neither happens by itself: the loops' SSL layers
+the alert the TLS library wrote goes out. Neither happens by itself: the loops' SSL layers
 (asyncio's, uvloop's) treat a handshake ``SSLError`` as an ``OSError``, log it only in
 debug mode and close the socket with the alert still in their memory BIO (the
-client saw "Empty reply from server" or a reset). So the listener's SSL object turns
-a failed handshake into ``HandshakeRefused``, which is not an ``OSError``: every loop
+client saw "Empty reply from server" or a reset). So the listener's SSL object
+(``_ListenerObject``; ``rtls_impl.ServerObject`` on rustls) turns a failed handshake into
+``HandshakeRefused``, which is not an ``OSError``: every loop
 (uvloop, asyncio, io_uring) closes the connection and hands it to the loop's exception
 handler together with the socket transport, which knows the peer. ``_RefusalHandler``,
 installed on the loop at the first refusal and deferring everything else to the
