@@ -357,7 +357,7 @@ BOUNDED = """
 listen = "127.0.0.1:0"
 token = "{token}"
 max_connections = 100
-header_timeout = 1
+header_timeout = 2
 idle_timeout = 1
 
 [upstreams.origin]
@@ -389,7 +389,7 @@ def test_idle_connections_are_capped_and_timed_out(proxy: ProxyFactory, origin: 
     socks = [socket.create_connection((host, int(port)), timeout=20) for _ in range(300)]
     try:
         # every connection beyond the cap is answered 503 and closed at once; the others wait
-        # for header_timeout (1 s), get 408 and are closed: each ends with one of the two
+        # for header_timeout (2 s), get 408 and are closed: each ends with one of the two
         assert threads_of(p.pid) <= before + 1  # no thread per connection (before: one each)
         statuses = []
         for s in socks:
