@@ -60,8 +60,10 @@ class RateLimitedLog:
         self.suppressed = 0
         """Lines dropped in the current window (not yet reported)."""
 
-    def log(self, msg: str, *args: object, level: int | None = None) -> bool:
-        """Log ``msg % args`` unless this window's burst is spent; True if it was written."""
+    def log(self, msg: str, *args: object, level: int | None = None, exc_info: bool = False) -> bool:
+        """Log ``msg % args`` (at ``level``, default the instance's; with the traceback of the
+        exception being handled if ``exc_info``) unless this window's burst is spent; True if
+        it was written."""
         now = self._clock()
         if now - self._start >= self.interval:
             self._roll(now)
@@ -69,7 +71,7 @@ class RateLimitedLog:
             self.suppressed += 1
             return False
         self._sent += 1
-        self._logger.log(self.level if level is None else level, msg, *args)
+        self._logger.log(self.level if level is None else level, msg, *args, exc_info=exc_info)
         return True
 
     def flush(self) -> None:
