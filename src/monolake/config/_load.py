@@ -31,7 +31,7 @@ import msgspec
 
 from ..errors import ConfigError, ConfigErrors
 from ._address import Endpoint, parse_endpoint, parse_listener
-from ._schema import Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
+from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
 
 T = TypeVar("T")
 
@@ -787,6 +787,7 @@ def _validate(cfg: Config, rep: _Report) -> None:
         seen[addr] = name
     if cfg.admin is not None:
         _check_admin(rep, cfg.admin.listen, seen)
+        _check_admin_limits(rep, cfg.admin)
 
 
 def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:
@@ -802,3 +803,13 @@ def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:
     used = str(addr)
     if used in servers and not used.endswith(":0"):
         rep.add("admin.listen", f"{used} is already used by servers.{servers[used]}")
+
+
+def _check_admin_limits(rep: _Report, admin: Admin) -> None:
+    """``admin.max_connections`` at least 1; ``admin.header_timeout`` and ``idle_timeout`` positive."""
+    if admin.max_connections < 1:
+        rep.add("admin.max_connections", f"must be at least 1, not {admin.max_connections}")
+    for key in ("header_timeout", "idle_timeout"):
+        value = getattr(admin, key)
+        if not value > 0:
+            rep.add(f"admin.{key}", f"must be a positive number of seconds, not {value}")

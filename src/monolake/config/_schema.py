@@ -393,6 +393,12 @@ class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """"host:port" of its own listener; keep it on localhost unless ``token`` is set."""
     token: str | None = None
     """When set, every request needs ``Authorization: Bearer TOKEN`` (shown redacted by /config)."""
+    max_connections: int = 256
+    """Open admin connections at most; one more is answered 503 and closed."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send a request's head, from connect or from its first byte; then 408 and close."""
+    idle_timeout: float = 30.0
+    """Seconds a kept-alive admin connection may wait for its next request before it is closed."""
 
 
 class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
