@@ -1,5 +1,6 @@
 """The reverse proxy: routing, balancing, rewrites, filters, and the app builder."""
 
+from ..server._l4 import ConnectionStats as ConnectionStats
 from ._app import build_apps as build_apps
 from ._app import server_stack as server_stack
 from ._balancer import Balancer as Balancer

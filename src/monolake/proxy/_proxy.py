@@ -261,6 +261,14 @@ class HttpProxy:
                 try:
                     async with asyncio.timeout_at(ctx.start + timeout) as scope:
                         answer = await f(arg, ctx)
+                except asyncio.CancelledError:
+                    # The server's Timeout layer has the same deadline (from the request head, on a
+                    # loop clock that may not have moved): both timers can fire in one iteration, and
+                    # then ours re-raises the cancellation instead of TimeoutError. It is still this
+                    # request's deadline, passed in a filter: answered as such, not as a slow upstream.
+                    if scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise
                 except Exception as exc:
                     if isinstance(exc, TimeoutError) and scope.expired():
                         raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
