@@ -74,9 +74,9 @@ class ConnectionStats:
     """What an ended L4 connection did (given to ``ConnectionHooks.closed``)."""
 
     bytes_up: int
-    """Bytes relayed from the client to the upstream."""
+    """Bytes read from the client (relayed upstream unless the connection never got there)."""
     bytes_down: int
-    """Bytes relayed from the upstream to the client."""
+    """Bytes read from the upstream (relayed to the client)."""
     duration: float
     """Seconds from accept to close."""
     endpoint: str | None
