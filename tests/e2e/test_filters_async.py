@@ -92,6 +92,17 @@ def test_async_auth_filter_calls_the_auth_service(web: Proxy, origin: Origin) ->
         assert c.get(url + "/echo", headers={"Authorization": "Bearer ok-bob"}).status_code == 200
 
 
+def test_async_filters_over_http2(web: Proxy) -> None:
+    # HTTP/2 streams go through the same chain (each stream in its own task): h2c by prior knowledge.
+    with httpx.Client(http1=False, http2=True, trust_env=False, timeout=20) as c:
+        r = c.get(web.url_of("auth") + "/echo", headers={"Authorization": "Bearer ok-h2"})
+        assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+        assert _headers(r)["x-user"] == "h2"
+        assert c.get(web.url_of("auth") + "/echo").status_code == 401
+        r = c.get(web.url_of("mixed") + "/echo")
+        assert r.headers["x-order"] == "a,b,c,d"
+
+
 def test_deadline_while_an_async_filter_waits_is_500_naming_it_not_504(web: Proxy) -> None:
     (worker,) = web.workers()
     mark = web.log.mark()
