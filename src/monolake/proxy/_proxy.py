@@ -331,7 +331,13 @@ class HttpProxy:
         for h in self._response_filters:
             h(resp, ctx)
         if self._response_mixed:
-            await self._run_mixed(self._response_mixed, resp, ctx)
+            try:
+                await self._run_mixed(self._response_mixed, resp, ctx)
+            except BaseException:
+                cancel = getattr(resp.body, "cancel", None)
+                if cancel is not None:
+                    cancel()  # the upstream body nobody will read: its connection is not reused
+                raise
         return resp
 
 
