@@ -324,6 +324,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     routes: list[Route] = []
     """Required for http and thrift servers, not allowed for tcp ones."""
     filters: list[str | FilterSpec] = []
+    """"module:Class" (or {use, args}): HttpFilter phases on http servers, TcpFilter ones on tcp servers,
+    ThriftFilter ones on thrift servers; plain or async. Modules are looked up beside the config file first."""
     forwarded: Forwarded = Forwarded()
     limits: Limits = Limits()
     upstream_http_version: Literal["http11"] = "http11"
