@@ -70,6 +70,17 @@ class DenyMethods(ThriftFilter):
             raise RefuseCall(f"method {call.method} is not allowed here")
 
 
+class RequireHeader(ThriftFilter):
+    """Refuses calls whose TTHeader/THeader headers lack ``header`` (plain: no I/O needed)."""
+
+    def __init__(self, header: str = "RPC_PERSIST_CALLER") -> None:
+        self.header = header
+
+    def call_filter(self, call: ThriftCall, ctx: Context) -> None:
+        if self.header not in call.headers:
+            raise RefuseCall(f"{self.header} is required", kind=7)  # PROTOCOL_ERROR
+
+
 class CallLog(ThriftFilter):
     def call_done(self, call: ThriftCall, outcome: str, ctx: Context) -> None:
         log.info("thrift-done method=%s seq=%d outcome=%s peer=%s", call.method, call.seq_id, outcome, ctx.peer)

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from thrift_peers import ThriftpyServer, thriftpy_client
+from thrift_peers import ThriftpyServer, TTClient, TTHeaderServer, thriftpy_client
 from thriftpy2.thrift import TApplicationException
 
 from conftest import TIMEOUT, Proxy, ProxyFactory
@@ -85,12 +85,26 @@ filters = [
 ]
 [[servers.rpc.routes]]
 upstreams = [{ endpoint = "{tpy}" }]
+
+[servers.rpc_tt]
+listener = "127.0.0.1:0"
+proxy_type = "thrift"
+filters = ["examples.filters.tcp_thrift:RequireHeader", "examples.filters.tcp_thrift:CallLog"]
+[[servers.rpc_tt.routes]]
+upstreams = [{ endpoint = "{tt}" }]
 """
 
 
 @pytest.fixture(scope="module")
-def proxy_(module_proxy: ProxyFactory, echo: EchoServer, tpy: ThriftpyServer) -> Proxy:
-    return module_proxy(CONFIG, echo=echo.address, tpy=tpy.address)
+def tt() -> Iterator[TTHeaderServer]:
+    server = TTHeaderServer("tt")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def proxy_(module_proxy: ProxyFactory, echo: EchoServer, tpy: ThriftpyServer, tt: TTHeaderServer) -> Proxy:
+    return module_proxy(CONFIG, echo=echo.address, tpy=tpy.address, tt=tt.address)
 
 
 def _connect(address: str) -> socket.socket:
@@ -143,3 +157,21 @@ def test_thrift_call_filter_refuses_a_method_and_call_done_sees_outcomes(proxy_:
     proxy_.log.wait_line(r"thrift-done method=echo seq=\d+ outcome=refused", after=mark)
     proxy_.log.wait_line(r"thrift-done method=add seq=\d+ outcome=ok", after=mark)
     assert proxy_.log.count(r"thrift-done method=add .*outcome=ok", after=mark) >= 1
+
+
+def test_thrift_plain_call_filter_sees_ttheader_headers(proxy_: Proxy) -> None:
+    mark = proxy_.log.mark()
+    c = TTClient(proxy_.servers["rpc_tt"])
+    try:
+        assert c.call("add", headers={"RPC_PERSIST_CALLER": "svc-a"}, a=1, b=2)[0] == 3
+        refused, _ = c.call("add", a=1, b=2)
+        assert isinstance(refused, TApplicationException)
+        assert (refused.type, refused.message) == (
+            TApplicationException.PROTOCOL_ERROR,
+            "RPC_PERSIST_CALLER is required",
+        )
+        assert c.call("add", headers={"RPC_PERSIST_CALLER": "svc-a"}, a=2, b=2)[0] == 4
+    finally:
+        c.close()
+    proxy_.log.wait_line(r"thrift-done method=add seq=2 outcome=refused", after=mark)
+    proxy_.log.wait_line(r"thrift-done method=add seq=3 outcome=ok", after=mark)
