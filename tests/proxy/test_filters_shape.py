@@ -145,7 +145,7 @@ def test_phases_know_which_filters_are_async_at_build_time() -> None:
     assert phases.awaits["request_filter"] is None  # all plain: the proxy keeps its plain loop
     assert phases.mixed("request_filter") == ()
     assert phases.awaits["logging"] == (True,)
-    assert [n for _, _, n in phases.mixed("logging")] == ["test_filters_shape:Flexible.logging"]
+    assert [n for _, _, n in phases.mixed("logging")] == [f"{Flexible.__module__}:Flexible.logging"]
     assert phases.awaits["response_filter"] is None
     assert len(phases.response_filter) == 1
 
