@@ -4,6 +4,7 @@ after-the-fact async phases run as bounded tasks."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import types
 from typing import Any
@@ -41,6 +42,20 @@ class Flexible(HttpFilter):
         return None
 
     async def logging(self, req: Any, resp: Any, ctx: Any, extra: int = 0) -> None:
+        return None
+
+
+def _traced(fn: Any) -> Any:
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        return fn(*args)  # a coroutine, from a plain function
+
+    return wrapper
+
+
+class Wrapped(HttpFilter):
+    @_traced
+    async def request_filter(self, req: Any, ctx: Any) -> None:
         return None
 
 
@@ -148,6 +163,8 @@ def test_phases_know_which_filters_are_async_at_build_time() -> None:
     assert [n for _, _, n in phases.mixed("logging")] == [f"{Flexible.__module__}:Flexible.logging"]
     assert phases.awaits["response_filter"] is None
     assert len(phases.response_filter) == 1
+    # An async def under a functools.wraps decorator is still awaited.
+    assert Phases([Wrapped()]).awaits["request_filter"] == (True,)
 
 
 def test_layers_must_be_layers() -> None:

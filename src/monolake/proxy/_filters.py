@@ -144,7 +144,13 @@ def _overrides(obj: object, base: type, phase: str) -> bool:
 
 
 def _is_async(call: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
+    """Whether calling ``call`` gives an awaitable: an ``async def`` (a method, a callable object's
+    ``__call__``, or one under a ``functools.wraps`` decorator, which ``iscoroutinefunction`` of
+    Python 3.11 does not look through)."""
+    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__):
+        return True
+    func = getattr(call, "__func__", call)
+    return func is not inspect.unwrap(func) and inspect.iscoroutinefunction(inspect.unwrap(func))
 
 
 Call = tuple[Callable[..., Any], bool, str]
