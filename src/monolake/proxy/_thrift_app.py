@@ -336,7 +336,8 @@ class ThriftProxy:
             except RemoteProtocolError as exc:
                 conn.reject(frame, head.name, head.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
                 return
-        call = ThriftCall(service, method, head.name, head.seq_id, headers, oneway, conn.peer)
+        named = service if service is not None else headers.get("isn")  # the IDL service, as routing would read it
+        call = ThriftCall(named, method, head.name, head.seq_id, headers, oneway, conn.peer)
         ctx = Context(conn.peer, self.name, _now())
         filtered = (phases, call, ctx)
         if not phases.awaits:
