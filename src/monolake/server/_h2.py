@@ -317,11 +317,12 @@ class H2Connection(asyncio.Protocol):
             self._close()
 
     def eof_received(self) -> bool | None:
-        # The client will send nothing more (not even WINDOW_UPDATEs): finish what can be finished.
+        # The client will send nothing more, not even the WINDOW_UPDATEs a stalled stream
+        # waits for: the transport closes (None) and connection_lost cancels every stream
+        # and its upstream exchange at once. Never True: TLS transports ignore it with a
+        # warning, and a half-open connection would hold stalled upstreams until read_timeout.
         self._closing = True
-        if not self.streams:
-            self._close()
-        return True
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
