@@ -559,3 +559,21 @@ async def test_send_timeout_resets_a_stream_without_window_progress(kind: str) -
     assert logged and h.app.in_flight == 1  # the reset stream reached the access log
     assert worker_buffered_bytes() >= h.conn.queued > 0
     h.close()
+
+
+async def test_answered_stream_whose_tail_waits_for_window_is_counted_and_timed_out(kind: str) -> None:
+    from monolake.server._h2 import worker_buffered_bytes
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), b"z" * 200_000)  # complete at once: no pipe
+
+    before = worker_buffered_bytes()
+    h = Harness(kind, service, send_timeout=5.0)
+    sid = h.client.request(GET, True)
+    await h.pump()
+    assert h.app.in_flight == 0 and not h.conn.streams  # answered and logged
+    assert sid in h.conn.stalled and worker_buffered_bytes() - before == h.conn.queued > 0
+    h.conn.check_timeouts(h.conn.loop.time() + 6.0, 75.0, 60.0)
+    assert (RESET, sid, 0x8) in await h.pump()
+    assert not h.conn.stalled and worker_buffered_bytes() == before
+    h.close()

@@ -739,6 +739,8 @@ class H2Connection(asyncio.Protocol):
                 else:
                     codec.send_data(sid, data, True)
                 st.sent = len(data)
+                if queued := codec.buffered(sid):
+                    self.account(st, queued)  # its tail waits for window: counted, and timed out
             else:
                 st.out = body
                 for piece in pending:
@@ -758,6 +760,8 @@ class H2Connection(asyncio.Protocol):
             codec.send_headers(sid, fields, False)
             codec.send_data(sid, body, True)
             st.sent = len(body)
+            if queued := codec.buffered(sid):
+                self.account(st, queued)
         else:
             fields.append((b"content-length", b"0"))
             codec.send_headers(sid, fields, True)
