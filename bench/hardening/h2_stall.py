@@ -117,13 +117,13 @@ def rss_kb(pids: list[int]) -> int:
 
 
 def origin_connections(port: int) -> int:
-    n = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                n += 1
-    return n
+    """Established connections to 127.0.0.1:port, counted on the connecting (proxy) side."""
+    peer = f"0100007F:{port:04X}"
+    return sum(
+        1
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if (fields := line.split())[2] == peer and fields[3] == "01"
+    )
 
 
 def measure(name: str, proc: Proc, port: int, origin_port: int, streams: int, body: str) -> dict[str, Any]:

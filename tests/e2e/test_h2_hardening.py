@@ -65,11 +65,14 @@ def own_origin() -> Iterator[Origin]:
 
 
 def origin_connections(origin: Origin) -> int:
-    """Established TCP connections accepted by ``origin`` (its port is the local one)."""
+    """Established TCP connections to ``origin``, counted on the connecting side (remote address
+    127.0.0.1:port): the origin's own side could be confused with another process's socket that
+    happens to use the same local port number, on a machine shared with other test runs."""
+    peer = f"0100007F:{origin.port:04X}"
     n = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == origin.port and fields[3] == "01":
+        if fields[2] == peer and fields[3] == "01":
             n += 1
     return n
 
