@@ -531,9 +531,9 @@ class H2Connection(asyncio.Protocol):
         self._open(sid, headers, end)
 
     def _on_reset(self, sid: int, code: int) -> None:
-        queued = self.stalled.get(sid)
-        if queued is not None:
-            self.account(queued, 0)
+        tail = self.stalled.get(sid)  # the codec dropped what it queued for the stream
+        if tail is not None:
+            self.account(tail, 0)
         st = self.streams.pop(sid, None)
         if st is not None:
             self._drop(st, ConnectionResetError(f"client reset the stream (error code {code})"))
