@@ -577,3 +577,29 @@ async def test_answered_stream_whose_tail_waits_for_window_is_counted_and_timed_
     assert (RESET, sid, 0x8) in await h.pump()
     assert not h.conn.stalled and worker_buffered_bytes() == before
     h.close()
+
+
+async def test_early_answer_is_sent_whole_before_the_no_error_reset(kind: str) -> None:
+    # Answered while the client still uploads: RST_STREAM(NO_ERROR) stops the upload (RFC 9113
+    # §8.1), but only once the response is out; sent at once, it would drop the queued tail.
+    size = 200_000
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), b"r" * size)
+
+    h = Harness(kind, service)
+    sid = h.client.request([*POST, (b"content-length", b"1000000")], False)
+    h.client.send_data(sid, b"u" * 1000, False)
+    await h.pump()
+    acked = 0
+    for _ in range(50):  # the client reads and returns window
+        got = len(body_of(h.events, sid))
+        if got == size or any(e[0] == RESET for e in h.events):
+            break
+        h.client.consumed(sid, got - acked)
+        acked = got
+        await h.pump(2)
+    assert len(body_of(h.events, sid)) == size and ended(h.events, sid)
+    await h.pump()
+    assert (RESET, sid, NO_ERROR) in h.events
+    h.close()

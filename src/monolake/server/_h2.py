@@ -354,6 +354,10 @@ class H2Connection(asyncio.Protocol):
                     if st is not None:
                         self.account(st, 0)
                         st.resume_out(_OUT_BUFFERED)
+                        if st.inbound and self.streams.get(st.sid) is not st:
+                            # Answered while the client still sent its body: now stop it.
+                            st.inbound = False
+                            self.codec.reset(st.sid, NO_ERROR)
                 elif kind == GOAWAY:
                     self._closing = True
                 if self._dead:
@@ -482,8 +486,11 @@ class H2Connection(asyncio.Protocol):
             # A stream we reset, answered, or failed the body of: only the window matters.
             if n:
                 self.codec.consumed(sid, n)
-            if end and st is not None:
-                st.inbound = False
+            if end:
+                if st is None:
+                    st = self.stalled.get(sid)  # answered; its tail waits to be sent
+                if st is not None:
+                    st.inbound = False
             return
         body = st.body
         if end:
@@ -785,9 +792,13 @@ class H2Connection(asyncio.Protocol):
             if body is not None:
                 st.body = None
                 body.detach()
-            self.codec.reset(st.sid, NO_ERROR)
-            self.account(st, 0)
-            self.want_flush()
+            if queued := self.codec.buffered(st.sid):
+                # Not before the response is out: a reset drops what the codec still queues.
+                self.account(st, queued)
+                st.inbound = True  # reset on DRAINED (or by the send timeout)
+            else:
+                self.codec.reset(st.sid, NO_ERROR)
+                self.want_flush()
         if not self.streams:
             self._idle_since = self.loop.time()
         cb = self.app.on_complete
