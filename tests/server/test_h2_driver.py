@@ -483,7 +483,7 @@ async def stalled_streams(h: Harness, bodies: list[Body], ups: list[Upstream]) -
     for _ in range(100):
         fed = False
         for body, up in zip(bodies, ups, strict=True):
-            if up.paused == up.resumed:
+            if up.paused == up.resumed and not up.cancelled:
                 body.feed(b"x" * CHUNK)
                 fed = True
         await h.pump(2)
@@ -499,8 +499,6 @@ async def stalled_streams(h: Harness, bodies: list[Body], ups: list[Upstream]) -
         ({"max_buffered_bytes": 1 << 20, "max_concurrent_streams": 16}, 8 * (65536 + CHUNK)),
         # Over the connection's cap: every stream stops after one more read.
         ({"max_buffered_bytes": 65536, "max_concurrent_streams": 16}, 65536 + 8 * CHUNK),
-        # Over the worker's cap: the same.
-        ({"max_worker_buffered_bytes": 32768}, 32768 + 8 * CHUNK),
     ],
 )
 async def test_stalled_streams_hold_a_bounded_amount(kind: str, caps: dict[str, int], bound: int) -> None:
@@ -602,4 +600,30 @@ async def test_early_answer_is_sent_whole_before_the_no_error_reset(kind: str) -
     assert len(body_of(h.events, sid)) == size and ended(h.events, sid)
     await h.pump()
     assert (RESET, sid, NO_ERROR) in h.events
+    h.close()
+
+
+async def test_over_the_worker_cap_stalled_streams_are_shed(kind: str) -> None:
+    from monolake.server._h2 import worker_buffered_bytes
+
+    ups = [Upstream() for _ in range(8)]
+    bodies = [Body(up) for up in ups]
+    it = iter(bodies)
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), next(it))
+
+    before = worker_buffered_bytes()
+    cap = 100_000
+    h = Harness(kind, service, max_worker_buffered_bytes=cap + before)
+    await stalled_streams(h, bodies, ups)
+    await h.pump()
+    assert worker_buffered_bytes() - before <= cap  # a hard bound: each write over it was shed
+    shed = [sid for e in h.events if e[0] == RESET and (sid := e[1])]
+    assert shed and all(e[2] == 0x8 for e in h.events if e[0] == RESET)  # CANCEL
+    assert sum(up.cancelled for up in ups) == len(shed)  # their upstreams are closed, not pooled
+    assert all(up.paused == up.resumed + 1 for up in ups if not up.cancelled)  # the rest wait
+    assert h.app.in_flight == 8 - len(shed)
+    h.conn.connection_lost(None)
+    assert worker_buffered_bytes() == before
     h.close()

@@ -288,7 +288,8 @@ class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     Each stream pauses its upstream once it holds its share (this / max_concurrent_streams, at least
     16 KiB, at most 256 KiB), or after one more upstream read while the connection is over this."""
     max_worker_buffered_bytes: int = 67108864
-    """The same bound for all HTTP/2 connections of a worker together."""
+    """The same for all HTTP/2 connections of a worker together, as a hard limit: over it, a stream whose
+    response bytes would wait for the client's window is reset (RST_STREAM CANCEL), its upstream closed."""
     send_timeout: float = 60.0
     """Seconds a stream's queued response bytes may wait without the client's window letting any out;
     then the stream is reset (RST_STREAM CANCEL) and its upstream connection closed."""

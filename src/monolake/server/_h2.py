@@ -22,8 +22,9 @@ the upstream reader once ``buffered`` reaches the stream's share of
 
 Slow readers are bounded: what waits in the codecs for a client's window is
 counted per stream, per connection and per worker; a stream pauses its upstream
-after one more chunk once its connection or the worker is over its cap, so a
-stalled stream holds at most its share plus one upstream read. A stream whose
+once it holds its share, or after one more chunk once its connection is over its
+cap, so a stalled stream holds at most its share plus one upstream read. Over the
+worker's cap, a stream whose bytes would wait for window is reset (load shedding). A stream whose
 queued bytes make no progress for ``http2.send_timeout`` seconds is reset
 (RST_STREAM CANCEL: the stream is no longer needed, RFC 9113 §7; the client broke
 no rule, so not FLOW_CONTROL_ERROR) and its upstream exchange cancelled, which
@@ -219,10 +220,13 @@ class _Stream:
         queued = codec.buffered(self.sid)
         if queued or self.queued:
             conn.account(self, queued)
-            if queued >= conn.stream_buffer or (
-                queued and (conn.queued >= conn.max_queued or _WORKER.bytes >= conn.max_worker_queued)
-            ):
-                self.pause_out(_OUT_BUFFERED)
+            if queued:
+                if _WORKER.bytes > conn.max_worker_queued:
+                    # Load shedding: the worker holds too much for slow readers.
+                    self.pause_out(_OUT_BUFFERED)
+                    conn.loop.call_soon(conn.shed, self)
+                elif queued >= conn.stream_buffer or conn.queued >= conn.max_queued:
+                    self.pause_out(_OUT_BUFFERED)
         conn.want_flush()
 
     def end(self) -> None:
@@ -425,29 +429,46 @@ class H2Connection(asyncio.Protocol):
         self._recount()
         limit = self.send_timeout
         for st in [st for st in self.stalled.values() if now - st.since >= limit]:
-            log.info(
-                "HTTP/2 client %s on %s opened no window for %g s: stream %d reset (CANCEL), %d bytes dropped",
-                self.peer,
-                self.app.name,
-                limit,
-                st.sid,
-                st.queued,
-            )
-            self.account(st, 0)
-            self.codec.reset(st.sid, CANCEL)
-            if self.streams.get(st.sid) is st:
-                # Cancelling the upstream body closes its connection (never pooled mid-body).
-                out = st.out
-                st.out = None
-                if out is not None:
-                    out.cancel()
-                body = st.body
-                if body is not None:
-                    st.body = None
-                    body.feed_error(TimeoutError("HTTP/2 stream reset: the client's window stayed closed"))
-                st.inbound = False
-                self.response_done(st)
+            self._reset_stalled(st, f"opened no window for {limit:g} s")
         self.want_flush()
+
+    def _queued_whole(self, st: _Stream, queued: int) -> None:
+        """A response queued at once (no pipe) whose tail waits for window: counted, timed
+        out and shed like a piped one."""
+        self.account(st, queued)
+        if _WORKER.bytes > self.max_worker_queued:
+            self.loop.call_soon(self.shed, st)
+
+    def shed(self, st: _Stream) -> None:
+        """Reset ``st`` if its bytes still wait for window while the worker is over
+        ``max_worker_buffered_bytes`` (called soon after the write that went over)."""
+        if self.stalled.get(st.sid) is st and _WORKER.bytes > self.max_worker_queued and not self.closed:
+            self._reset_stalled(st, f"worker holds over {self.max_worker_queued} bytes for slow readers")
+            self.want_flush()
+
+    def _reset_stalled(self, st: _Stream, why: str) -> None:
+        log.info(
+            "HTTP/2 client %s on %s %s: stream %d reset (CANCEL), %d bytes dropped",
+            self.peer,
+            self.app.name,
+            why,
+            st.sid,
+            st.queued,
+        )
+        self.account(st, 0)
+        self.codec.reset(st.sid, CANCEL)
+        if self.streams.get(st.sid) is st:
+            # Cancelling the upstream body closes its connection (never pooled mid-body).
+            out = st.out
+            st.out = None
+            if out is not None:
+                out.cancel()
+            body = st.body
+            if body is not None:
+                st.body = None
+                body.feed_error(TimeoutError("HTTP/2 stream reset: the client's window stayed closed"))
+            st.inbound = False
+            self.response_done(st)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -747,7 +768,7 @@ class H2Connection(asyncio.Protocol):
                     codec.send_data(sid, data, True)
                 st.sent = len(data)
                 if queued := codec.buffered(sid):
-                    self.account(st, queued)  # its tail waits for window: counted, and timed out
+                    self._queued_whole(st, queued)
             else:
                 st.out = body
                 for piece in pending:
@@ -768,7 +789,7 @@ class H2Connection(asyncio.Protocol):
             codec.send_data(sid, body, True)
             st.sent = len(body)
             if queued := codec.buffered(sid):
-                self.account(st, queued)
+                self._queued_whole(st, queued)
         else:
             fields.append((b"content-length", b"0"))
             codec.send_headers(sid, fields, True)
