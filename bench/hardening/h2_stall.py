@@ -88,17 +88,19 @@ class StalledClient:
             self.buf += data
 
     def heads(self, n: int) -> tuple[int, int]:
-        """Wait for ``n`` streams to be answered (HEADERS) or reset; returns (heads, resets)."""
-        heads = resets = 0
-        while heads + resets < n:
+        """Wait until each of ``n`` streams is answered (HEADERS) or reset; returns how many streams
+        got a response head and how many were reset meanwhile (a stream may count in both)."""
+        heads: set[int] = set()
+        resets: set[int] = set()
+        while len(heads | resets) < n:
             f = self.frame()
             if f is None:
                 break
             if isinstance(f, HeadersFrame):
-                heads += 1
+                heads.add(f.stream_id)
             elif isinstance(f, RstStreamFrame):
-                resets += 1
-        return heads, resets
+                resets.add(f.stream_id)
+        return len(heads), len(resets)
 
     def close(self) -> None:
         self.sock.close()
@@ -240,7 +242,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{m['cores']} cores. Load average {la[0]:.2f} before, {lb[0]:.2f} after: "
         + ("a busy machine, rough figures." if max(la[0], lb[0]) > 0.5 else "a quiet machine."),
         "",
-        "| proxy | heads / resets | RSS growth MiB | KiB per stream | upstream conns held | "
+        "| proxy | heads / resets (while opening) | RSS growth MiB | KiB per stream | upstream conns held | "
         "upstream conns 10 s after close | s to free upstreams |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -35,7 +35,7 @@ def test_defaults_enable_http2_with_bounded_limits() -> None:
     assert h.max_frame_size == 16384
     assert h.max_header_list_size == 65536
     assert h.max_resets_per_10s == 500
-    assert (h.max_buffered_bytes, h.max_worker_buffered_bytes, h.send_timeout) == (4194304, 67108864, 60.0)
+    assert (h.max_buffered_bytes, h.max_worker_buffered_bytes, h.send_timeout) == (4194304, 268435456, 60.0)
 
 
 def test_values_are_read() -> None:
