@@ -766,6 +766,11 @@ def _check_http2(rep: _Report, path: str, h: Http2) -> None:
         rep.add(f"{path}.initial_window_size", "must be between 1 and 2147483647 (RFC 9113 §6.5.2)")
     if not 16384 <= h.max_frame_size <= 16777215:
         rep.add(f"{path}.max_frame_size", "must be between 16384 and 16777215 (RFC 9113 §6.5.2)")
+    for key in ("max_buffered_bytes", "max_worker_buffered_bytes"):
+        if getattr(h, key) < 16384:
+            rep.add(f"{path}.{key}", "must be >= 16384 (one DATA frame)")
+    if not h.send_timeout > 0:
+        rep.add(f"{path}.send_timeout", "must be > 0 seconds")
 
 
 def validate(cfg: Config) -> None:

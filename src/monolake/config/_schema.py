@@ -286,6 +286,18 @@ class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     max_resets_per_10s: int = 500
     """Stream resets (by the client, or refusals) within 10 s before the connection is closed with
     GOAWAY ENHANCE_YOUR_CALM (the "rapid reset" attack, CVE-2023-44487)."""
+    max_buffered_bytes: int = 4194304
+    """Response bytes one connection may hold for streams waiting on the client's flow-control window.
+    Each stream pauses its upstream once it holds its share (this / max_concurrent_streams, at least
+    16 KiB, at most 256 KiB), or after one more upstream read while the connection is over this."""
+    max_worker_buffered_bytes: int = 268435456
+    """The same for all HTTP/2 connections of a worker together, as a hard limit: over it, a stream whose
+    response bytes would wait for the client's window is reset (RST_STREAM CANCEL), its upstream closed.
+    A stalled stream holds its share plus one upstream read (~70-110 KiB with the defaults), so this is a
+    safety net for a few thousand stalled streams, not a budget that slow but honest clients reach."""
+    send_timeout: float = 60.0
+    """Seconds a stream's queued response bytes may wait without the client's window letting any out;
+    then the stream is reset (RST_STREAM CANCEL) and its upstream connection closed."""
 
 
 class Certificate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
