@@ -33,6 +33,9 @@ task on the worker's loop:
   the new supervisor's worker with the same index serves on the same sockets, so
   no connection queued on them is lost when this worker closes its copies.
 
+Accept failures for lack of descriptors or memory are logged as one rate-limited line
+(``_limits``: the loop's exception handler, and on uvloop a once-a-second probe).
+
 Stop: the first SIGTERM (or EOF on the life pipe, i.e. the supervisor died) closes
 the listeners, asks every app to drain and waits up to ``runtime.drain_timeout``;
 a second SIGTERM hurries. Then ``app.close()`` force-closes what is left and the
@@ -58,6 +61,7 @@ import msgspec
 from ..config import Config
 from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
+from ._limits import AcceptErrors, FdProbe, is_uvloop
 from ._listeners import Listener, bind_tcp
 from ._logging import configure_logging, flush_logging
 from ._loops import LoopOptions, new_event_loop
@@ -330,6 +334,9 @@ class _Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.set_blocking(spec.life_fd, False)
         loop.add_reader(spec.life_fd, self._on_life)
+        accept_errors = AcceptErrors()
+        loop.set_exception_handler(accept_errors.handler)
+        probe = FdProbe(loop, accept_errors) if is_uvloop(loop) else None
 
         apps = spec.build(spec.cfg)
         check_apps(spec.cfg, apps)
@@ -354,6 +361,8 @@ class _Worker:
         finally:
             _current = None
             control.cancel()
+            if probe is not None:
+                probe.close()
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.channel.fileno())
         return await self._shutdown()
