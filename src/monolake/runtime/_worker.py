@@ -35,6 +35,7 @@ task on the worker's loop:
 
 Accept failures for lack of descriptors or memory are logged as one rate-limited line
 (``_limits``: the loop's exception handler, and on uvloop a once-a-second probe).
+Freed heap memory is given back to the system after a surge (``_memory``).
 
 Stop: the first SIGTERM (or EOF on the life pipe, i.e. the supervisor died) closes
 the listeners, asks every app to drain and waits up to ``runtime.drain_timeout``;
@@ -65,6 +66,7 @@ from ._limits import AcceptErrors, FdProbe, is_uvloop
 from ._listeners import Listener, bind_tcp
 from ._logging import configure_logging, flush_logging
 from ._loops import LoopOptions, new_event_loop
+from ._memory import HeapTrimmer
 
 log = logging.getLogger("monolake.worker")
 
@@ -337,6 +339,7 @@ class _Worker:
         accept_errors = AcceptErrors()
         loop.set_exception_handler(accept_errors.handler)
         probe = FdProbe(loop, accept_errors) if is_uvloop(loop) else None
+        trimmer = HeapTrimmer(loop, spec.cfg.runtime.trim_interval, self.index)
 
         apps = spec.build(spec.cfg)
         check_apps(spec.cfg, apps)
@@ -363,6 +366,7 @@ class _Worker:
             control.cancel()
             if probe is not None:
                 probe.close()
+            trimmer.close()
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.channel.fileno())
         return await self._shutdown()
