@@ -9,16 +9,19 @@ attack that subsided left RSS where it peaked). ``malloc_trim(0)`` also releases
 whole free pages in the middle of the heap (``madvise(MADV_DONTNEED)``), without
 moving anything.
 
-``HeapTrimmer`` looks every ``runtime.trim_interval`` seconds at how many objects
+``HeapTrimmer`` looks every ``runtime.trim_interval`` seconds (1) at how many objects
 Python has allocated (``sys.getallocatedblocks()``: a sum over pymalloc's arenas,
-~0.1 ms for a 100 MB heap) and trims once that count has dropped by
-``TRIM_MIN_BLOCKS`` below its peak since the last trim (an idle HTTP/1 connection is
-~43 blocks, so ~100 connections closed): nothing is done while the heap grows or
-holds steady, and one trim runs after a surge. Asking glibc how much is free
-(``mallinfo2``) would be the direct measure but walks every free chunk (12 ms on a
-fragmented 140 MB heap); a trim costs about as much, once per surge. pymalloc's
-own arenas (objects up to 512 bytes) are unmapped by CPython when they empty; a
-trim does not touch them. Elsewhere than glibc (musl) the trimmer does nothing.
+~0.1 ms for a 100 MB heap) and at RSS (``/proc/self/statm``), and trims when either
+says a surge has passed: the object count dropped by ``TRIM_MIN_BLOCKS`` below its
+peak since the last trim (an idle HTTP/1 connection is ~43 objects, so ~100
+connections closed), or RSS grew by ``TRIM_MIN_RSS`` since the last trim while the
+object count did not (a surge shorter than one interval). Nothing is done while the
+heap grows or holds steady, and a trim that gave nothing back is not repeated. Asking
+glibc how much is free (``mallinfo2``) would be the direct measure but walks every
+free chunk (12 ms on a fragmented 140 MB heap); a trim costs about as much, once per
+surge. pymalloc's own arenas (objects up to 512 bytes) are unmapped by CPython when
+they empty; a trim does not touch them. Elsewhere than glibc (musl) the trimmer does
+nothing.
 
 What is freed when a connection closes is what a trim can give back: the HTTP/1
 driver and the io_uring transport let go of their reference cycles on
@@ -40,6 +43,8 @@ log = logging.getLogger("monolake.worker")
 
 TRIM_MIN_BLOCKS = 4096
 """Python objects freed (below the peak since the last trim) that make a trim worth its later page faults."""
+TRIM_MIN_RSS = 8 << 20
+"""RSS grown since the last trim, with no more objects alive, that makes a trim worth it."""
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -68,7 +73,18 @@ class HeapTrimmer:
     ``trims`` and ``trimmed_bytes`` (RSS given back) are for tests and the debug log.
     """
 
-    __slots__ = ("_handle", "_index", "_interval", "_libc", "_loop", "_peak", "trimmed_bytes", "trims")
+    __slots__ = (
+        "_blocks_floor",
+        "_handle",
+        "_index",
+        "_interval",
+        "_libc",
+        "_loop",
+        "_peak",
+        "_rss_floor",
+        "trimmed_bytes",
+        "trims",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, index: int = 0) -> None:
         self._loop = loop
@@ -76,7 +92,8 @@ class HeapTrimmer:
         self._index = index
         self._libc = _libc() if interval > 0 else None
         self._handle: asyncio.TimerHandle | None = None
-        self._peak = sys.getallocatedblocks()
+        self._peak = self._blocks_floor = sys.getallocatedblocks()
+        self._rss_floor = _rss()
         self.trims = 0
         self.trimmed_bytes = 0
         if self._libc is not None:
@@ -87,8 +104,9 @@ class HeapTrimmer:
         blocks = sys.getallocatedblocks()
         if blocks > self._peak:
             self._peak = blocks
-        elif self._peak - blocks >= TRIM_MIN_BLOCKS:
-            self._peak = blocks
+        if self._peak - blocks >= TRIM_MIN_BLOCKS or (
+            blocks - self._blocks_floor < TRIM_MIN_BLOCKS and _rss() - self._rss_floor >= TRIM_MIN_RSS
+        ):
             self.trim()
 
     def trim(self) -> int:
@@ -97,7 +115,9 @@ class HeapTrimmer:
             return 0
         before = _rss()
         self._libc.malloc_trim(0)
-        released = max(0, before - _rss())
+        self._rss_floor = after = _rss()
+        self._peak = self._blocks_floor = sys.getallocatedblocks()
+        released = max(0, before - after)
         self.trims += 1
         self.trimmed_bytes += released
         log.debug("worker %d: heap trimmed, %d KiB given back to the system", self._index, released >> 10)
