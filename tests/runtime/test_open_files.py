@@ -104,3 +104,26 @@ def test_above_the_hard_limit_is_a_config_error(tmp_path: Path, origin: Origin) 
         out.stderr
     )
     assert "monolake ready" not in out.stderr
+
+
+def test_below_the_minimum_names_the_key() -> None:
+    from monolake.config import parse_config
+    from monolake.errors import ConfigError
+
+    server = {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstreams": [{"endpoint": "http://127.0.0.1:1"}]}]}
+    with pytest.raises(ConfigError, match=r"runtime\.max_open_files: .*>= 64"):
+        parse_config({"runtime": {"max_open_files": 10}, "servers": {"web": server}})
+
+
+def test_warning_rule() -> None:
+    from monolake.config import parse_config
+    from monolake.runtime._limits import WORKER_MARGIN, fds_needed, low_limit_warning
+
+    server = {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstreams": [{"endpoint": "http://127.0.0.1:1"}]}]}
+    cfg = parse_config(
+        {"servers": {"a": {**server, "backlog": 100}, "b": {**server, "backlog": 10, "max_concurrency": 50}}}
+    )
+    need = WORKER_MARGIN + (1 + 2 * 100) + (1 + 2 * 50)
+    assert fds_needed(cfg) == need
+    assert low_limit_warning(cfg, need) is None
+    assert low_limit_warning(cfg, need - 1) is not None
