@@ -40,6 +40,19 @@ class ConfigError(MonolakeError):
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
+class ConfigErrors(ConfigError):
+    """Several config errors found in one pass; ``errors`` lists each in file order.
+
+    ``path`` and ``reason`` are the first's (so code that shows one error still can);
+    the message names them all on one line (a log line).
+    """
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        super().__init__(errors[0].path, errors[0].reason)
+        self.args = (f"{len(errors)} errors: " + "; ".join(str(e) for e in errors),)
+
+
 class ProtocolError(MonolakeError):
     """The peer or we broke the wire protocol. ``status_hint`` is the HTTP status to answer with."""
 

@@ -7,7 +7,7 @@ can wait for "the origin has the request" instead of sleeping.
 
 Endpoints (every response carries ``X-Origin: NAME`` and ``X-Conn: <peer port>``):
 
-- ``/echo`` (any method): JSON of name, pid, method, path+query, headers (a list of
+- ``/echo`` (any method): JSON of name, pid, method, path+query, raw_path (the target as sent), headers (a list of
   pairs, duplicates kept), body length and sha256 (the body is read streaming), conn.
 - ``/stream-sha`` (POST): the body's length and sha256, read in pieces.
 - ``/slow-sha`` (POST): the same, read slowly (16 KiB then 1 ms of sleep).
@@ -88,6 +88,7 @@ async def echo(request: web.Request) -> web.Response:
         "pid": os.getpid(),
         "method": request.method,
         "path": request.path_qs,
+        "raw_path": request.raw_path,  # the request-target exactly as sent (path_qs is normalised by yarl)
         "version": f"{request.version.major}.{request.version.minor}",
         "headers": [[k, v] for k, v in request.headers.items()],
         "body_len": n,

@@ -347,6 +347,12 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Serve HTTPS on the listener (http servers)."""
     http2: Http2 = Http2()
     """HTTP/2 for http servers (on by default: a client that does not speak it costs one check per connection)."""
+    normalize_path: bool = True
+    """Normalise request paths before filters and routing, and forward the normalised path (RFC 3986
+    §6.2.2): escaped unreserved characters are decoded (``%2F`` and other reserved ones stay encoded, hex
+    uppercased) and dot segments removed; a path climbing above the root is answered 400."""
+    merge_slashes: bool = True
+    """Merge runs of "/" in request paths into one (before dot segments are removed)."""
 
     # -- tcp servers --------------------------------------------------------------------
     upstream: str | None = None

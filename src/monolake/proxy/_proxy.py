@@ -1,10 +1,15 @@
 """The HTTP reverse proxy: the leaf service of an HTTP server's stack.
 
-Per request: request filters → route → rewrites (path, Host, headers, X-Forwarded-*)
+Per request: target normalisation → request filters → route → rewrites (path, Host, headers, X-Forwarded-*)
 → upstream request filters → forward → response rewrites → response filters. All
 of it is plain calls except ``forward``, the single await. Everything that can be
 decided from config (header bytes, prefixes, which filters run in which phase) is
 decided in ``RouteRuntime.__init__`` and ``HttpProxy.__init__``, not per request.
+
+Targets first, so filters, routes and the origin all see one spelling of a path:
+an absolute-form target (``GET http://host/p HTTP/1.1``, RFC 9112 §3.2.2) becomes
+origin-form and its authority replaces Host, for routing and upstream alike; then
+the path is normalised (``proto._target``) when it holds ``%``, ``/.`` or ``//``.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from collections.abc import Sequence
 
 from ..client import Pool
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
-from ..errors import ReadTimeout
+from ..errors import ReadTimeout, RemoteProtocolError, Source
+from ..proto._target import normalize_path, split_absolute
 from ..proto.http1 import Headers, Request, Response
+from ..server._h2 import host_only
 from ..service import Factory, Service
 from ._filters import Phases
 from ._retry import RetryingCluster
@@ -168,6 +175,32 @@ class _Forwarding:
 _NOT_FOUND_BODY = b"404 Not Found\n"
 
 
+def absolute_to_origin_form(req: Request) -> None:
+    """Turn an absolute-form request into origin-form; its authority becomes the Host.
+
+    A server must accept absolute-form (RFC 9112 §3.2.2) and then ignore Host for the
+    URL's authority, which is also what a ``host_header = "keep"`` upstream is sent
+    (as nginx does). Raises RemoteProtocolError (400) for a target that is not
+    http(s) absolute-form, and for any such target over HTTP/2, where ``:path`` must be
+    origin-form (RFC 9113 §8.3.1).
+    """
+    if req.version == b"2":
+        raise RemoteProtocolError(":path must start with '/'", status_hint=400, source=Source.DOWNSTREAM)
+    authority, target = split_absolute(req.target)
+    path, sep, query = target.partition(b"?")
+    req.target = target
+    req.path = path
+    req.query = query if sep else b""
+    req.raw_host = authority
+    req.host = host_only(authority)
+    headers = req.headers
+    i = headers.index(b"host")
+    if i >= 0:
+        headers.replace_at(i, authority)
+    else:
+        headers.add(b"Host", authority)
+
+
 class HttpProxy:
     """The proxy service. Build through ``ProxyFactory``."""
 
@@ -179,8 +212,13 @@ class HttpProxy:
         clusters: dict[str, UpstreamCluster],
         *,
         https: bool = False,
+        normalize: bool = True,
+        merge_slashes: bool = True,
     ) -> None:
         self.router = router
+        self._normalize = normalize or merge_slashes
+        self._decode = self._dots = normalize
+        self._merge = merge_slashes
         self.phases = phases
         self.forwarding = _Forwarding(forwarding, https)
         self.clusters = clusters
@@ -189,6 +227,17 @@ class HttpProxy:
         self._response_filters = phases.response_filter
 
     async def __call__(self, req: Request) -> Response:
+        path = req.path
+        if path[:1] != b"/" and path != b"*":  # "*": OPTIONS' asterisk-form, left as it is
+            absolute_to_origin_form(req)
+            path = req.path
+        # Does the path hold "%", "/." or "//"? The common one holds none. An int needle is a
+        # memchr; a bytes needle with ``in`` first fails an int conversion (an exception raised
+        # and cleared, ~2x a ``find``), so "%" and "." are tested as ints and "/." only on a dot.
+        if self._normalize and (37 in path or (46 in path and path.find(b"/.") >= 0) or path.find(b"//") >= 0):
+            new = normalize_path(path, decode=self._decode, dots=self._dots, merge_slashes=self._merge)
+            if new != path:
+                req.set_path(new)
         ctx = req.ctx
         for f in self._request_filters:
             answer = f(req, ctx)
@@ -281,4 +330,6 @@ class ProxyFactory(Factory[HttpProxy]):
             self.server.forwarded,
             self.clusters,
             https=self.server.tls is not None,
+            normalize=self.server.normalize_path,
+            merge_slashes=self.server.merge_slashes,
         )
