@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,3 +128,22 @@ def test_warning_rule() -> None:
     assert fds_needed(cfg) == need
     assert low_limit_warning(cfg, need) is None
     assert low_limit_warning(cfg, need - 1) is not None
+
+
+def test_reload_warns_and_keeps_the_limit(tmp_path: Path, origin: Origin) -> None:
+    # Supervisor behaviour, the same on every loop: one loop is enough.
+    factory = ProxyFactory(tmp_path, "uvloop")
+    try:
+        p = factory(LOW.replace("max_open_files = 64", "max_open_files = 4096"), origin=origin.url)
+        assert not p.log.count(r"runtime\.max_open_files: each worker may open")
+        (worker,) = p.workers()
+        bigger = LOW.replace("max_open_files = 64", "max_open_files = 8192").replace("{origin}", origin.url)
+        p.config_path.write_text(bigger.replace('listener = "127.0.0.1:0"', 'listener = "127.0.0.1:0"\nbacklog = 4096'))
+        mark = p.log.mark()
+        os.kill(p.pid, signal.SIGHUP)
+        p.log.wait_line(r"reload 1 \(SIGHUP\) done", after=mark)
+        assert p.log.count(r"reload 1: runtime\.max_open_files changed \(4096 -> 8192\): needs a restart", after=mark)
+        assert p.log.count(r"reload 1: runtime\.max_open_files: each worker may open 4096 files", after=mark)
+        assert soft_nofile(worker) == 4096
+    finally:
+        factory.close()
