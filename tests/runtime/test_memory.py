@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import re
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import TIMEOUT, Origin, ProxyFactory
+from conftest import TIMEOUT, Origin, ProxyFactory, proc_status_kb
 
 pytestmark = pytest.mark.e2e
 
@@ -58,3 +59,66 @@ def test_idle_connections_closed_then_heap_trimmed(proxy: ProxyFactory, origin: 
     assert int(m[1]) > 0
     with httpx.Client(trust_env=False, timeout=TIMEOUT) as c:
         assert c.get(p.url + "/echo").status_code == 200
+
+
+TLS_CONFIG = """
+[servers.web]
+listener = "127.0.0.1:0"
+
+[servers.web.tls]
+certificates = [{ chain = "{chain}", key = "{key}" }]
+
+[[servers.web.routes]]
+path = "/"
+upstreams = [{ endpoint = "{origin}" }]
+"""
+
+TLS_CONNS = 200
+TLS_BOUND = 128 * 1024
+"""Bytes of worker RSS per idle TLS connection; the stdlib's SSL protocol alone held 256 KiB (io_uring)."""
+
+
+def test_idle_tls_connection_memory_is_bounded(
+    proxy: ProxyFactory, origin: Origin, tmp_path: Path, loop_kind: str
+) -> None:
+    if loop_kind == "asyncio":
+        pytest.skip("the stdlib loop (the oracle) keeps its SSLProtocol's 256 KiB buffer per connection")
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    p = proxy(TLS_CONFIG, origin=origin.url, chain=chain, key=key)
+    (worker,) = p.workers()
+    host, port = p.address.rsplit(":", 1)
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    request = b"GET /echo HTTP/1.1\r\nHost: test.local\r\n\r\n"
+
+    def one() -> ssl.SSLSocket:
+        s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=TIMEOUT), server_hostname=host)
+        s.sendall(request)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = s.recv(65536)
+            assert data, "closed before the response"
+            got += data
+        assert got.startswith(b"HTTP/1.1 200 ")
+        return s
+
+    for _ in range(5):
+        one().close()  # warm up: first-use allocations are not per connection
+    base = proc_status_kb(worker, "VmRSS")
+    held = []
+    try:
+        for _ in range(TLS_CONNS):
+            held.append(one())
+        grown = (proc_status_kb(worker, "VmRSS") - base) * 1024
+    finally:
+        for s in held:
+            s.close()
+    assert grown / TLS_CONNS < TLS_BOUND, f"{grown / TLS_CONNS:.0f} bytes per idle TLS connection"
