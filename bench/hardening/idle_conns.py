@@ -1,12 +1,13 @@
 """Memory held by idle keep-alive connections, monolake (per loop) vs nginx, and whether it is given back.
 
-Run: python -m bench.hardening.idle_conns [--conns 2000] [--loops uvloop,asyncio,io_uring] [--settle 12]
+Run: python -m bench.hardening.idle_conns [--conns 2000] [--loops uvloop,asyncio,io_uring] [--settle 12] [--tls]
 
 For each proxy (one worker, proxying ``/`` to an nginx origin; nginx as proxy has upstream keepalive):
 warm up with a few requests, read the worker's RSS (baseline), open ``--conns`` connections that each
 make one request and then stay open and idle (keep-alive), read RSS again (held; per connection =
 difference / conns), close them all, and read RSS right after and again ``--settle`` seconds later
-(given back or not). RSS is VmRSS of /proc/PID/status of the worker process (for monolake the
+(given back or not); ``--tls``: the same over TLS (an ECDSA certificate from trustme, TLS 1.3 by
+default on both). RSS is VmRSS of /proc/PID/status of the worker process (for monolake the
 supervisor's child, for nginx the master's child); anonymous memory (RssAnon) is reported beside it.
 
 Results: bench/results/hardening-idle-<UTC time>.json and .md. Run on a busy machine, the figures are
@@ -21,6 +22,7 @@ import json
 import os
 import resource
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -74,14 +76,41 @@ def read_response(sock: socket.socket) -> None:
         body += data
 
 
+_CLIENT_TLS: ssl.SSLContext | None = None
+
+
+def connect(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if _CLIENT_TLS is not None:
+        return _CLIENT_TLS.wrap_socket(s, server_hostname="127.0.0.1")
+    return s
+
+
 def one_request(port: int) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    with connect(port) as s:
         s.sendall(REQUEST)
         read_response(s)
 
 
-def monolake_conf(tmp: Path, name: str, port: int, origin_port: int, loop: str) -> Path:
+def certificate(tmp: Path) -> tuple[Path, Path]:
+    global _CLIENT_TLS
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", key_type=trustme.KeyType.ECDSA)
+    chain, key = tmp / "cert.pem", tmp / "key.pem"
+    chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    for p in (chain, key):
+        p.chmod(0o644)
+    _CLIENT_TLS = ssl.create_default_context()
+    ca.configure_trust(_CLIENT_TLS)
+    return chain, key
+
+
+def monolake_conf(tmp: Path, name: str, port: int, origin_port: int, loop: str, tls: tuple[Path, Path] | None) -> Path:
     conf = tmp / f"{name}.toml"
+    section = f'\n[servers.bench.tls]\ncertificates = [{{ chain = "{tls[0]}", key = "{tls[1]}" }}]\n' if tls else ""
     conf.write_text(f"""[runtime]
 workers = 1
 cpu_affinity = false
@@ -91,7 +120,7 @@ drain_timeout = 2.0
 [servers.bench]
 listener = "127.0.0.1:{port}"
 keepalive_timeout = 600.0
-
+{section}
 [[servers.bench.routes]]
 path = "/"
 upstreams = [{{ endpoint = "http://127.0.0.1:{origin_port}" }}]
@@ -99,13 +128,16 @@ upstreams = [{{ endpoint = "http://127.0.0.1:{origin_port}" }}]
     return conf
 
 
-def nginx_conf(tmp: Path, port: int, origin_port: int) -> Path:
+def nginx_conf(tmp: Path, port: int, origin_port: int, tls: tuple[Path, Path] | None) -> Path:
+    listen = f"listen 127.0.0.1:{port}"
+    if tls is not None:
+        listen += f" ssl;\n    ssl_certificate {tls[0]};\n    ssl_certificate_key {tls[1]}"
     return configs._nginx(
         tmp,
         "nginx_proxy",
         f"""  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port};
+    {listen};
     location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}""",
     )
@@ -120,7 +152,7 @@ def measure(name: str, proc: Proc, port: int, conns: int, settle: float) -> dict
     held: list[socket.socket] = []
     try:
         for _ in range(conns):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s = connect(port)
             held.append(s)
             s.sendall(REQUEST)
             read_response(s)
@@ -155,12 +187,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load_before": os.getloadavg(),
         "conns": args.conns,
         "settle": args.settle,
+        "tls": args.tls,
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="bench-idle-") as td:
         tmp = Path(td)
         procs = Procs(tmp)
         try:
+            tls = certificate(tmp) if args.tls else None
             origin_port = free_port()
             origin = procs.start("origin", ["nginx", "-c", str(configs.origin(tmp, origin_port, ["128"]))], None)
             wait_port(origin_port, alive=origin.popen)
@@ -168,10 +202,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in names:
                 port = free_port()
                 if name == "nginx":
-                    proc = procs.start(name, ["nginx", "-c", str(nginx_conf(tmp, port, origin_port))], None)
+                    proc = procs.start(name, ["nginx", "-c", str(nginx_conf(tmp, port, origin_port, tls))], None)
                 else:
                     loop = name.removeprefix("monolake-")
-                    conf = monolake_conf(tmp, name, port, origin_port, loop)
+                    conf = monolake_conf(tmp, name, port, origin_port, loop, tls)
                     env = dict(os.environ, PYTHONPATH=str(machine.REPO / "src"))
                     proc = procs.start(name, [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)], None, env)
                 wait_port(port, alive=proc.popen)
@@ -189,7 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(results: dict[str, Any]) -> str:
     settle = results["settle"]
     lines = [
-        f"# Idle keep-alive connections: memory held and given back ({results['conns']} connections)",
+        f"# Idle keep-alive {'TLS ' if results.get('tls') else ''}connections: memory held and given back"
+        f" ({results['conns']} connections)",
         "",
         f"Load average before/after: {results['load_before']} / {results['load_after']} (2 cores; rough figures).",
         f"monolake commit {results['machine'].get('monolake_commit')}, {results['machine'].get('nginx')}.",
@@ -213,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=2000)
     ap.add_argument("--loops", default="uvloop,asyncio,io_uring")
     ap.add_argument("--settle", type=float, default=12.0, help="seconds after closing before the last RSS reading")
+    ap.add_argument("--tls", action="store_true", help="connections over TLS")
     ap.add_argument("--label", default="", help="added to the result file names")
     args = ap.parse_args(argv)
     results = run(args)

@@ -81,6 +81,11 @@ _RELEASED_PARSER = httptools.HttpRequestParser(object())
 """Stands in for a closed connection's parser: its own holds bound methods of the connection, a
 cycle that only a full garbage collection (rare in an idle worker) would free."""
 
+
+def _discard(parts: Iterable[bytes]) -> None:
+    """A closed connection's ``_writelines`` (see ``connection_lost``)."""
+
+
 DRAIN_IDLE = 1.0
 """Seconds a connection must have been idle before a drain closes it without a response."""
 
@@ -417,7 +422,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self._current = None
             self.app.request_done()
         self._queue.clear()
-        self._parser = _RELEASED_PARSER  # freed now by refcount, not at the next full collection
+        # Freed now by refcount, not at the next full collection: the parser holds bound methods
+        # of this connection, and so does _writelines on TLS (self._write_joined).
+        self._parser = _RELEASED_PARSER
+        self._writelines = _discard
 
     def pause_writing(self) -> None:
         sink = self._sink
