@@ -11,7 +11,7 @@ moving anything.
 
 ``HeapTrimmer`` looks every ``runtime.trim_interval`` seconds (1) at how many objects
 Python has allocated (``sys.getallocatedblocks()``: a sum over pymalloc's arenas,
-~0.1 ms for a 100 MB heap) and at RSS (``/proc/self/statm``), and trims when either
+~0.1 ms for a 100 MB heap) and at RSS (``/proc/self/statm``, kept open), and trims when either
 says a surge has passed: the object count dropped by ``TRIM_MIN_BLOCKS`` below its
 peak since the last trim (an idle HTTP/1 connection is ~43 objects, so ~100
 connections closed), or RSS grew by ``TRIM_MIN_RSS`` since the last trim while the
@@ -62,9 +62,31 @@ def _libc() -> ctypes.CDLL | None:
     return libc
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
+class _Statm:
+    """RSS from /proc/self/statm, kept open: reading it must not need a free descriptor (the
+    worker may be out of them just when a trim is due)."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self) -> None:
+        try:
+            self._fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._fd = -1
+
+    def rss(self) -> int:
+        """Resident bytes, or 0 where unknown."""
+        if self._fd < 0:
+            return 0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class HeapTrimmer:
@@ -82,6 +104,7 @@ class HeapTrimmer:
         "_loop",
         "_peak",
         "_rss_floor",
+        "_statm",
         "trimmed_bytes",
         "trims",
     )
@@ -93,7 +116,8 @@ class HeapTrimmer:
         self._libc = _libc() if interval > 0 else None
         self._handle: asyncio.TimerHandle | None = None
         self._peak = self._blocks_floor = sys.getallocatedblocks()
-        self._rss_floor = _rss()
+        self._statm = _Statm()
+        self._rss_floor = self._statm.rss()
         self.trims = 0
         self.trimmed_bytes = 0
         if self._libc is not None:
@@ -105,7 +129,7 @@ class HeapTrimmer:
         if blocks > self._peak:
             self._peak = blocks
         if self._peak - blocks >= TRIM_MIN_BLOCKS or (
-            blocks - self._blocks_floor < TRIM_MIN_BLOCKS and _rss() - self._rss_floor >= TRIM_MIN_RSS
+            blocks - self._blocks_floor < TRIM_MIN_BLOCKS and self._statm.rss() - self._rss_floor >= TRIM_MIN_RSS
         ):
             self.trim()
 
@@ -113,9 +137,9 @@ class HeapTrimmer:
         """``malloc_trim(0)`` now; returns the bytes of RSS it gave back."""
         if self._libc is None:
             return 0
-        before = _rss()
+        before = self._statm.rss()
         self._libc.malloc_trim(0)
-        self._rss_floor = after = _rss()
+        self._rss_floor = after = self._statm.rss()
         self._peak = self._blocks_floor = sys.getallocatedblocks()
         released = max(0, before - after)
         self.trims += 1
@@ -127,3 +151,4 @@ class HeapTrimmer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._statm.close()
