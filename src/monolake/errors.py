@@ -89,7 +89,8 @@ class ReadError(NetworkError):
 
 
 class WriteError(NetworkError):
-    """Writing to a peer failed."""
+    """Writing to a peer failed (it closed or reset the connection while we were sending).
+    Not retry safe: part of the request may have been sent, and a streamed body is spent."""
 
 
 class TimeoutError(MonolakeError):
@@ -107,6 +108,9 @@ class ReadTimeout(TimeoutError):
 
 
 class PoolTimeout(TimeoutError):
+    """No connection of the pool's key became free within ``pool_timeout``; nothing was sent."""
+
+    source = Source.INTERNAL
     retry_safe = True
 
 
@@ -114,3 +118,10 @@ class UpstreamError(MonolakeError):
     """The upstream answered in a way we cannot forward (bad response framing, reset mid-body)."""
 
     source = Source.UPSTREAM
+
+
+class Overloaded(MonolakeError):
+    """Shed by a concurrency limit before the inner service saw the request (so a retry,
+    elsewhere or later, is safe). Drivers answer it with 503 (gRPC: UNAVAILABLE)."""
+
+    retry_safe = True

@@ -31,7 +31,7 @@ import msgspec
 
 from ..errors import ConfigError, ConfigErrors
 from ._address import Endpoint, parse_endpoint, parse_listener
-from ._schema import Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
+from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
 
 T = TypeVar("T")
 
@@ -263,7 +263,10 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Con
             name: c if c.tls is None else msgspec.structs.replace(c, tls=_resolve_tls(c.tls, Path(base_dir)))
             for name, c in upstreams.items()
         }
-    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers)
+    if "base_dir" in raw:
+        rep.add("base_dir", "is set by the loader (the config file's directory), not in the file")
+    where = None if base_dir is None else str(Path(base_dir).resolve())
+    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers, base_dir=where)
     _validate(cfg, rep)
     rep.raise_if_any()
     return cfg
@@ -362,8 +365,6 @@ def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
 
 def _check_h2_cluster(rep: _Report, path: str, c: Cluster) -> None:
     """HTTP/2 to the endpoints (all of which parse)."""
-    if c.health_check is not None:
-        rep.add(f"{path}.health_check", f"not available with protocol = {c.protocol!r} yet (only with http1)")
     cb = c.circuit_breaker
     for key in ("max_connections", "max_pending"):
         if cb is not None and getattr(cb, key) is not None:
@@ -589,11 +590,22 @@ def _check_route(rep: _Report, path: str, r: Route, cfg: Config) -> None:
             rep.add(f"{path}.retry.min_retry_concurrency", "must be >= 0")
 
 
+def _check_extensions(rep: _Report, path: str, s: Server) -> None:
+    """``filters`` and ``layers`` name "module:Class"; their shapes (which phases, by server kind)
+    are checked when they are imported (``proxy._filters``)."""
+    if s.layers and s.proxy_type != "http":
+        rep.add(f"{path}.layers", f"layers wrap an http server's request service, not a {s.proxy_type} server")
+    for key in ("filters", "layers"):
+        for i, f in enumerate(getattr(s, key)):
+            use = f if isinstance(f, str) else f.use
+            if use.count(":") != 1 or not all(use.split(":")):
+                rep.add(f"{path}.{key}[{i}]", f"expected 'module:Class', got {use!r}")
+
+
 def _check_tcp_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     if s.routes:
         rep.add(f"{path}.routes", 'a proxy_type = "tcp" server has no routes (give upstream or upstreams)')
-    if s.filters:
-        rep.add(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "tcp" server')
+    _check_extensions(rep, path, s)
     if s.upstream is not None and s.upstreams is not None:
         rep.add(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
     if s.upstream is None and s.upstreams is None:
@@ -640,8 +652,7 @@ def _names(value: str | list[str] | None) -> list[str]:
 
 
 def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
-    if s.filters:
-        rep.add(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "thrift" server')
+    _check_extensions(rep, path, s)
     for key in ("upstream", "upstreams"):
         if getattr(s, key) is not None:
             rep.add(f"{path}.{key}", "a thrift server sends calls to its routes' upstreams; set it there")
@@ -729,11 +740,8 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
                 f"cluster {r.upstream!r} sends the PROXY protocol (upstreams.{r.upstream}.send_proxy_protocol), "
                 "which HTTP routes do not support",
             )
-    for i, f in enumerate(s.filters):
-        use = f if isinstance(f, str) else f.use
-        if use.count(":") != 1 or not all(use.split(":")):
-            rep.add(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
-    for key in ("keepalive_timeout", "header_timeout", "idle_timeout"):
+    _check_extensions(rep, path, s)
+    for key in ("keepalive_timeout", "header_timeout", "idle_timeout", "body_timeout"):
         if getattr(s, key) <= 0:
             rep.add(f"{path}.{key}", "must be > 0")
     if s.splice_after < 0:
@@ -742,7 +750,7 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.request_timeout", "must be > 0")
     if s.max_concurrency is not None and s.max_concurrency < 1:
         rep.add(f"{path}.max_concurrency", "must be >= 1")
-    for key in ("max_header_bytes", "max_headers", "max_pipelined"):
+    for key in ("max_header_bytes", "max_headers", "max_pipelined", "max_request_line_bytes"):
         if getattr(s.limits, key) < 1:
             rep.add(f"{path}.limits.{key}", "must be >= 1")
     if s.limits.max_body_bytes < 0:
@@ -789,6 +797,7 @@ def _validate(cfg: Config, rep: _Report) -> None:
         seen[addr] = name
     if cfg.admin is not None:
         _check_admin(rep, cfg.admin.listen, seen)
+        _check_admin_limits(rep, cfg.admin)
 
 
 def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:
@@ -804,3 +813,13 @@ def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:
     used = str(addr)
     if used in servers and not used.endswith(":0"):
         rep.add("admin.listen", f"{used} is already used by servers.{servers[used]}")
+
+
+def _check_admin_limits(rep: _Report, admin: Admin) -> None:
+    """``admin.max_connections`` at least 1; ``admin.header_timeout`` and ``idle_timeout`` positive."""
+    if admin.max_connections < 1:
+        rep.add("admin.max_connections", f"must be at least 1, not {admin.max_connections}")
+    for key in ("header_timeout", "idle_timeout"):
+        value = getattr(admin, key)
+        if not value > 0:
+            rep.add(f"admin.{key}", f"must be a positive number of seconds, not {value}")
