@@ -14,12 +14,12 @@ worker's own descriptors (loop, pipes, control channel, logs, admin, health chec
 It is an estimate of a busy worker, not a bound: idle keep-alive connections are
 not limited by either setting.
 
-Accept failures for lack of descriptors are logged as one rate-limited line on
-every loop. asyncio and the io_uring loop report them to the loop's exception
-handler (and retry a second later, leaving the connection queued); uvloop's libuv
-accepts and closes such connections itself without telling the loop, so on uvloop
-``FdProbe`` samples the descriptor table once a second and logs the same line
-while it is full.
+Accept failures for lack of descriptors are logged as one line per 10 s on every
+loop, the failures in between counted (``observe.RateLimitedLog``). asyncio and
+the io_uring loop report them to the loop's exception handler (and retry a second
+later, leaving the connection queued); uvloop's libuv accepts and closes such
+connections itself without telling the loop, so on uvloop ``FdProbe`` samples the
+descriptor table once a second and logs the same line while it is full.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import errno
 import logging
 import os
 import resource
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
+from ..observe._ratelimit import RateLimitedLog
 
 log = logging.getLogger("monolake.worker")
 
@@ -121,30 +121,35 @@ def low_limit_warning(cfg: Config, limit: int) -> str | None:
 
 
 class AcceptErrors:
-    """Logs accept failures for lack of resources: one line per ``LOG_INTERVAL``, the rest counted."""
+    """Logs accept failures for lack of resources: one line per ``LOG_INTERVAL``; the rest are
+    counted and the count logged once the interval is over (``observe.RateLimitedLog``)."""
 
-    __slots__ = ("_last", "_suppressed")
+    __slots__ = ("_flush", "_log")
 
     def __init__(self) -> None:
-        self._last = -LOG_INTERVAL
-        self._suppressed = 0
+        self._log = RateLimitedLog(log, "accept failures", level=logging.ERROR, burst=1, interval=LOG_INTERVAL)
+        self._flush: asyncio.TimerHandle | None = None
 
-    def failed(self, err: int) -> None:
-        now = time.monotonic()
-        if now - self._last < LOG_INTERVAL:
-            self._suppressed += 1
-            return
-        self._last = now
-        what = _RESOURCE_ERRORS.get(err, os.strerror(err)).format(limit=open_files_limit())
-        more = f" ({self._suppressed} more since the last line)" if self._suppressed else ""
-        self._suppressed = 0
-        log.error("accept failed: %s%s", what, more)
+    def failed(self, loop: asyncio.AbstractEventLoop, err: int) -> None:
+        what = _RESOURCE_ERRORS.get(err, "{limit}")
+        if not self._log.log("accept failed: %s", what.format(limit=open_files_limit())) and self._flush is None:
+            # The count of a flood is written when its window ends, not at the next failure.
+            self._flush = loop.call_later(LOG_INTERVAL, self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush = None
+        self._log.flush()
+
+    def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
 
     def handler(self, loop: asyncio.AbstractEventLoop, context: Mapping[str, Any]) -> None:
         """A loop exception handler: accept failures here, anything else to the default handler."""
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRORS and "accept" in str(context.get("message", "")):
-            self.failed(exc.errno)
+            self.failed(loop, exc.errno)
             return
         loop.default_exception_handler(dict(context))
 
@@ -169,7 +174,7 @@ class FdProbe:
             os.close(os.dup(2))
         except OSError as exc:
             if exc.errno in _RESOURCE_ERRORS:
-                self._errors.failed(exc.errno)
+                self._errors.failed(self._loop, exc.errno)
         self._handle = self._loop.call_later(PROBE_INTERVAL, self._probe)
 
     def close(self) -> None:

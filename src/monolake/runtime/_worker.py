@@ -366,6 +366,7 @@ class _Worker:
             control.cancel()
             if probe is not None:
                 probe.close()
+            accept_errors.close()
             trimmer.close()
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.channel.fileno())
