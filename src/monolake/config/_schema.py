@@ -38,6 +38,13 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """Where the supervisor writes its pid once it serves (``monolake reload``/``upgrade`` read it)."""
     watch_config: bool = False
     """Reload when the config file changes (inotify; Linux)."""
+    max_open_files: Annotated[int, msgspec.Meta(ge=64)] | None = None
+    """Each worker's soft limit of open files (RLIMIT_NOFILE); None: the hard limit. Above the hard limit
+    it raises that too where allowed (root), else it is a config error. A start-up warning says when it is
+    low for the servers' backlog/max_concurrency (see README, "File descriptors"). Needs a restart."""
+    trim_interval: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """Seconds between checks of a worker's heap: once many objects were freed (e.g. a surge of connections
+    closed), glibc's ``malloc_trim`` gives the free pages back to the system. 0 turns it off."""
 
 
 class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
