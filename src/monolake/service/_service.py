@@ -23,11 +23,21 @@ bound.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from ..errors import ConfigError
 from ._context import ContextSlot, declared_names, lookup
+
+_T = TypeVar("_T")
+
+try:
+    from mypy_extensions import mypyc_attr
+except ImportError:  # only mypyc reads it (users subclass Layer and Factory); no runtime dependency
+
+    def mypyc_attr(*attrs: str, **kwattrs: object) -> Callable[[_T], _T]:
+        return lambda cls: cls
+
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -45,6 +55,7 @@ class Service(Protocol[Req_contra, Resp_co]):
     async def __call__(self, req: Req_contra, /) -> Resp_co: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users subclass it
 class Factory(ABC, Generic[S_co]):
     """Builds a service, optionally from the one it replaces.
 
@@ -64,6 +75,7 @@ class Factory(ABC, Generic[S_co]):
         Subclasses annotate it as ``MyService | None``."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # users subclass it
 class Layer(ABC, Generic[Req, Resp]):
     """Wraps a service. Built services must expose the wrapped one as ``.inner``.
 
@@ -101,6 +113,13 @@ def _resolve(owner: str, refs: Iterable[SlotRef], seen: dict[str, ContextSlot[An
     return out
 
 
+def _slots_of(stage: object, attr: str) -> Collection[SlotRef]:
+    # A generic lookup, not ``stage.requires``: compiled with mypyc, that would read the
+    # base class's default and miss a (Python) subclass's class-level declaration.
+    slots: Collection[SlotRef] = getattr(stage, attr)
+    return slots
+
+
 class Stack(Generic[Req, Resp]):
     """Layers outermost first, over a leaf factory.
 
@@ -124,9 +143,10 @@ class Stack(Generic[Req, Resp]):
         seen: dict[str, ContextSlot[Any]] = {}
         have = _resolve("the server driver", self.provided, seen)
         stages: list[tuple[str, Collection[SlotRef], Collection[SlotRef]]] = [
-            (layer.name, layer.requires, layer.provides) for layer in self.layers
+            (layer.name, _slots_of(layer, "requires"), _slots_of(layer, "provides")) for layer in self.layers
         ]
-        stages.append((type(self.leaf).__name__, self.leaf.requires, self.leaf.provides))
+        leaf = self.leaf
+        stages.append((type(leaf).__name__, _slots_of(leaf, "requires"), _slots_of(leaf, "provides")))
         for name, requires, provides in stages:
             required = _resolve(name, requires, seen)
             provided = _resolve(name, provides, seen)
