@@ -9,3 +9,15 @@ from ._service import Factory as Factory
 from ._service import Layer as Layer
 from ._service import Service as Service
 from ._service import Stack as Stack
+
+__all__ = [
+    "BUILTIN",
+    "SLOTS",
+    "Context",
+    "ContextSlot",
+    "Factory",
+    "Layer",
+    "Service",
+    "Stack",
+    "UnsetSlotError",
+]
