@@ -105,3 +105,12 @@ def test_deadline_exceeded_defaults() -> None:
     assert (exc.status_hint, exc.source, exc.retry_safe) == (503, Source.INTERNAL, False)
     proxy = DeadlineExceeded("x", source=Source.UPSTREAM, status_hint=504)
     assert (proxy.status_hint, proxy.source) == (504, Source.UPSTREAM)
+
+
+def test_grpc_status_of_a_services_own_deadline_blames_no_upstream() -> None:
+    from monolake.proxy._grpc import DEADLINE_EXCEEDED, status_of
+
+    assert status_of(DeadlineExceeded("t")) == (DEADLINE_EXCEEDED, "monolake: service deadline exceeded")
+    gateway = DeadlineExceeded("t", source=Source.UPSTREAM, status_hint=504)
+    assert status_of(gateway) == (DEADLINE_EXCEEDED, "monolake: upstream deadline exceeded")
+    assert status_of(ReadTimeout("t")) == (DEADLINE_EXCEEDED, "monolake: upstream deadline exceeded")
