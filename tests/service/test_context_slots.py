@@ -98,6 +98,7 @@ def test_builtin_slots_read_and_write_attributes() -> None:
     BUILTIN["route"].set(c, "r0")
     assert c.route == "r0"
     assert BUILTIN["peer"].get(c) == "127.0.0.1:1"
+    assert BUILTIN["tls"].get(c) is None and BUILTIN["tls"].get(c, "plain") == "plain"
     assert set(BUILTIN) == {"peer", "server", "start", "route", "cluster", "endpoint", "tls", "user"}
 
 
@@ -168,3 +169,11 @@ def test_two_slots_of_one_name_in_a_stack_are_a_config_error() -> None:
     c = ctx()
     first.set(c, "s1")
     assert second.get(c, None) is None
+
+
+def test_a_reloaded_module_s_slot_is_the_one_names_find() -> None:
+    old = ContextSlot("reloaded_slot", str)
+    new = ContextSlot("reloaded_slot", str)  # the module imported again by a reload
+    Stack([Stage("Auth", provides=(new,)), Stage("Use", requires=("reloaded_slot",))], LeafFactory()).check()
+    with pytest.raises(ConfigError, match="another slot of that name"):
+        Stack([Stage("Auth", provides=(old,)), Stage("Use", requires=("reloaded_slot",))], LeafFactory()).check()

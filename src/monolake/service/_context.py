@@ -128,7 +128,8 @@ class BuiltinSlot(ContextSlot[Any]):
         self.doc = doc
 
     def get(self, ctx: Context, default: Any = _MISSING) -> Any:
-        return getattr(ctx, self.name)
+        value = getattr(ctx, self.name)
+        return default if value is None and default is not _MISSING else value
 
     def set(self, ctx: Context, value: Any) -> None:
         setattr(ctx, self.name, value)

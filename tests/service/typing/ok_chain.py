@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from monolake.config import Server
 from monolake.proto.http1 import Headers, Request, Response
@@ -43,13 +43,34 @@ class AddHeaderLayer(Layer[Request, Response]):
         return AddHeader(inner)
 
 
+R = TypeVar("R")
+S = TypeVar("S")
+
+
+class Counted(Generic[R, S]):
+    def __init__(self, inner: Service[R, S]) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def __call__(self, req: R) -> S:
+        self.calls += 1
+        return await self.inner(req)
+
+
+class CountLayer(Layer[Any, Any]):
+    """A layer for any protocol: its ``layer`` keeps the types it is given."""
+
+    def layer(self, inner: Service[R, S]) -> Counted[R, S]:
+        return Counted(inner)
+
+
 def _panic(req: Request, exc: BaseException) -> Response:
     return Response(500, Headers([]), b"")
 
 
 def build() -> HttpServerApp:
     stack = Stack(
-        [CatchPanicLayer(_panic), TimeoutLayer(1.0), ConcurrencyLimitLayer(10), AddHeaderLayer()],
+        [CatchPanicLayer(_panic), TimeoutLayer(1.0), ConcurrencyLimitLayer(10), CountLayer(), AddHeaderLayer()],
         HelloFactory(),
         provided=("peer", "server", "start"),
     )
@@ -59,7 +80,8 @@ def build() -> HttpServerApp:
 
 async def direct(req: Request) -> Response:
     svc: Timeout[Request, Response] = TimeoutLayer(1.0).layer(Hello())
-    return await svc(req)
+    counted: Counted[Request, Response] = CountLayer().layer(svc)
+    return await counted(req)
 
 
 def slots(ctx: Context) -> str:
