@@ -16,6 +16,8 @@ import pytest
 
 import monolake
 
+pytest.importorskip("mypy")  # a test dependency ([test] extra)
+
 HERE = Path(__file__).parent / "typing"
 SRC = Path(monolake.__file__).resolve().parent.parent
 ERROR = re.compile(r"^(?P<file>[\w.]+):(?P<line>\d+): error: .*\[(?P<code>[\w-]+)\]$")
