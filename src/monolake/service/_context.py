@@ -65,10 +65,11 @@ class ContextSlot(Generic[T]):
     """A typed per-request value that layers, filters and services share.
 
     Declare one at module level: ``USER_ID = ContextSlot("user_id", str)``. The type
-    (``kind``) is for readers and messages (mypy takes ``T`` from it); values are not checked at run
-    time. Name it in a layer's ``requires``/``provides`` so that a stack where nothing
-    provides it upstream of a stage that requires it fails to build. Two different slot
-    objects with one name in the same stack are a build error too.
+    (``kind``) is for mypy, which takes ``T`` from it, and for readers; values are not
+    checked at run time. Name it in a layer's ``requires``/``provides`` so that a stack
+    where nothing provides it upstream of a stage that requires it fails to build. Two
+    different slot objects with one name in the same stack are a build error too (one
+    name declared again, by a reloaded module, is fine: names find the newest).
     """
 
     __slots__ = ("doc", "name", "type")
