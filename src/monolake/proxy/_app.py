@@ -47,12 +47,12 @@ def server_stack(
     filters: list[object],
     clusters: dict[str, UpstreamCluster],
     pool: Pool,
-    user_layers: Sequence[Layer] = (),
-) -> Stack[Any]:
+    user_layers: Sequence[Layer[Request, Response]] = (),
+) -> Stack[Request, Response]:
     server = cfg.servers[name]
-    layers: list[Layer] = [CatchPanicLayer(_panic)]
-    if server.request_timeout is not None:
-        layers.append(TimeoutLayer(server.request_timeout))
+    layers: list[Layer[Request, Response]] = [CatchPanicLayer(_panic)]
+    if server.request_timeout is not None:  # bounds the upstream's answer: 504 when it passes
+        layers.append(TimeoutLayer(server.request_timeout, gateway=True))
     if server.max_concurrency is not None:
         # A shed request raises Overloaded: the driver answers 503 (gRPC: UNAVAILABLE) and logs.
         layers.append(ConcurrencyLimitLayer(server.max_concurrency))

@@ -47,6 +47,7 @@ from ..config import Server as ServerConfig
 from ..errors import (
     ConnectError,
     ConnectTimeout,
+    DeadlineExceeded,
     MonolakeError,
     NetworkError,
     Overloaded,
@@ -71,7 +72,7 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..proto.http2 import PREFACE
-from ..service import Context
+from ..service import Context, Service
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import Switched, Tunnel
 
@@ -110,6 +111,8 @@ def status_for(exc: BaseException) -> int:
         return exc.status_hint
     if isinstance(exc, Overloaded):
         return 503
+    if isinstance(exc, DeadlineExceeded):  # a service's own deadline (503), or a proxy's (504)
+        return exc.status_hint
     if isinstance(exc, ConnectError | ConnectTimeout):
         return 502
     if isinstance(exc, TimeoutError):
@@ -162,7 +165,7 @@ class HttpServerApp:
         self,
         name: str,
         cfg: ServerConfig,
-        service: Any,
+        service: Service[Request, Response],
         *,
         on_complete: OnComplete | None = None,
         on_close: Callable[[], None] | None = None,
