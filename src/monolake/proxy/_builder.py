@@ -69,7 +69,10 @@ def _source_of(module: ModuleType) -> str | None:
 
 
 def _filter_modules(server: Server) -> list[str]:
-    return [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in server.filters]
+    names = [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in server.filters]
+    if server.handler is not None:  # reloaded in two phases like a filter module
+        names.append(server.handler.partition(":")[0])
+    return names
 
 
 def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
@@ -92,6 +95,8 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
+    if server.handler is not None:
+        return set()
     if server.proxy_type not in ("http", "tcp"):
         return None
     names = {r.upstream for r in server.routes if r.upstream is not None}
@@ -199,7 +204,7 @@ class ProxyBuilder:
                 try:
                     out[module_name] = (_load_fresh(module_name, path, mod), digest)
                 except Exception as exc:
-                    where = f"servers.{name}.filters[{i}]"
+                    where = f"servers.{name}.filters[{i}]" if i < len(server.filters) else f"servers.{name}.handler"
                     raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         return out
 
