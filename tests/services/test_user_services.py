@@ -1,0 +1,253 @@
+"""User services without the proxy: examples/services/ served from Python (``monolake.serve``)
+and from TOML (``handler = "module:attr"``), with real clients, on every loop backend.
+
+The Python side runs an example's ``main`` in a subprocess on a port-0 listener and
+reads the port from the ready line, as ``conftest.Proxy`` does for ``monolake run``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from conftest import READY, REPO, TIMEOUT, LineLog, Proxy, ProxyFactory, _stop_process
+
+EXAMPLES = REPO / "examples" / "services"
+
+pytestmark = pytest.mark.e2e
+
+
+class Served:
+    """``python examples/services/NAME.py --listen 127.0.0.1:0 --loop LOOP [args]``."""
+
+    def __init__(self, name: str, loop: str, *args: str) -> None:
+        cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--listen", "127.0.0.1:0", "--loop", loop, *args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert self.proc.stderr is not None
+        self.log = LineLog(self.proc.stderr, f"{name}.py stderr")
+        try:
+            m = self.log.wait_line(READY)
+        except AssertionError:
+            self.close()
+            raise
+        self.address = m["servers"].split("=", 1)[1]
+        self.url = f"http://{self.address}"
+
+    def close(self) -> None:
+        _stop_process(self.proc)
+        self.log.join()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def served(loop_kind: str) -> Iterator[list[Served]]:
+    started: list[Served] = []
+    yield started
+    for s in started:
+        s.close()
+
+
+def from_toml(proxy: ProxyFactory, directory: Path, name: str, **replace: str) -> Proxy:
+    """Serve examples/services/NAME.toml with ``monolake run``; the module is copied beside
+    the config (the working directory), where a handler module is looked up."""
+    shutil.copy(EXAMPLES / f"{name}.py", directory / f"{name}.py")
+    text = (EXAMPLES / f"{name}.toml").read_text()
+    text = text.replace('listener = "127.0.0.1:8080"', 'listener = "127.0.0.1:0"')
+    text = text.replace('listener = "127.0.0.1:7000"', 'listener = "127.0.0.1:0"')
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return proxy(text)
+
+
+# -- HTTP: hello_stream ------------------------------------------------------------------
+
+
+def check_hello(url: str, log: LineLog) -> None:
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+        assert c.get("/count").text == "1\n"
+        r = c.get("/stream")
+        assert r.status_code == 200
+        assert r.headers["transfer-encoding"] == "chunked"
+        assert r.text == "".join(f"chunk {i}\n" for i in range(5))
+        assert c.post("/echo", content=b"x" * 100_000).content == b"x" * 100_000
+        # SSE: each event arrives as it is sent; the next one waits for /release.
+        with c.stream("GET", "/events") as events:
+            assert events.headers["content-type"] == "text/event-stream"
+            lines = events.iter_lines()
+            assert next(lines) == "data: hello"
+            assert next(lines) == ""
+            for i in (1, 2):
+                with httpx.Client(base_url=url, timeout=TIMEOUT) as other:
+                    assert other.post("/release").status_code == 204
+                assert next(lines) == f"data: event {i}"
+                assert next(lines) == ""
+        mark = log.mark()
+        r = c.get("/fail")
+        assert r.status_code == 500
+        line = log.wait_line(r"500 for GET /fail .*server=hello handler=\S+ failed: RuntimeError", after=mark)
+        assert "upstream" not in line.string
+    # The same streamed body over HTTP/2 (h2c, prior knowledge), as DATA frames.
+    out = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-w", "%{http_version}", f"{url}/stream"],
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert out.stdout == b"".join(b"chunk %d\n" % i for i in range(5)) + b"2"
+
+
+def test_http_service_from_python(served: list[Served], loop_kind: str) -> None:
+    s = Served("hello_stream", loop_kind)
+    served.append(s)
+    check_hello(s.url, s.log)
+
+
+def test_http_service_from_toml(proxy: ProxyFactory, tmp_path: Path) -> None:
+    p = from_toml(proxy, tmp_path, "hello_stream", **{"request_timeout = 30": "request_timeout = 1"})
+    check_hello(p.url, p.log)
+    # The handler's own deadline: 503 and "handler timed out", not a 504 upstream timeout.
+    mark = p.log.mark()
+    r = httpx.get(f"{p.url}/slow", timeout=TIMEOUT)
+    assert r.status_code == 503
+    p.log.wait_line(
+        r"503 for GET /slow .*server=hello handler=hello_stream:HelloFactory: handler timed out", after=mark
+    )
+
+
+def count(url: str) -> int:
+    return int(httpx.get(f"{url}/count", timeout=TIMEOUT).text)
+
+
+def test_reload_keeps_state_from_python(served: list[Served], loop_kind: str) -> None:
+    if loop_kind != "uvloop":
+        pytest.skip("the runtime's reload is the same on every loop")
+    s = Served("hello_stream", loop_kind)
+    served.append(s)
+    assert [count(s.url) for _ in range(3)] == [1, 2, 3]
+    mark = s.log.mark()
+    s.proc.send_signal(signal.SIGHUP)
+    s.log.wait_line(r"reload \d+ \(SIGHUP\) done: rebuilt=hello", after=mark)
+    assert count(s.url) == 4
+
+
+def test_reload_keeps_state_from_toml(proxy: ProxyFactory, tmp_path: Path, loop_kind: str) -> None:
+    if loop_kind != "uvloop":
+        pytest.skip("the runtime's reload is the same on every loop")
+    p = from_toml(proxy, tmp_path, "hello_stream")
+    assert [count(p.url) for _ in range(3)] == [1, 2, 3]
+    # Unchanged config and module: the app stays as it is.
+    mark = p.log.mark()
+    p.proc.send_signal(signal.SIGHUP)
+    p.log.wait_line(r"reload \d+ \(SIGHUP\) done: unchanged=hello", after=mark)
+    assert count(p.url) == 4
+    # A changed server and a changed handler module: rebuilt with make(old), the new code
+    # serves and the count goes on.
+    module = tmp_path / "hello_stream.py"
+    module.write_text(module.read_text().replace('b"%d\\n" % self.count', 'b"%d (v2)\\n" % self.count'))
+    p.config_path.write_text(p.config_path.read_text().replace("request_timeout = 30", "request_timeout = 20"))
+    mark = p.log.mark()
+    p.proc.send_signal(signal.SIGHUP)
+    p.log.wait_line(r"reload \d+ \(SIGHUP\) done: changed=hello", after=mark)
+    assert httpx.get(f"{p.url}/count", timeout=TIMEOUT).text == "5 (v2)\n"
+
+
+# -- TCP: echo_tcp -------------------------------------------------------------------------
+
+
+def check_echo(address: str | Path, *, tls: ssl.SSLContext | None = None) -> None:
+    if isinstance(address, Path):
+        raw = socket.socket(socket.AF_UNIX)
+        raw.settimeout(TIMEOUT)
+        raw.connect(str(address))
+    else:
+        host, port = address.rsplit(":", 1)
+        raw = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    sock = tls.wrap_socket(raw, server_hostname="localhost") if tls is not None else raw
+    with sock:
+        f = sock.makefile("rb")
+        greeting = f.readline()
+        assert greeting.startswith(b"hello ") and b"connection 1\n" in greeting
+        payload = os.urandom(3_000_000)  # more than the socket buffers: the service's drain() waits
+        writer = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
+        writer.start()
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = f.read1(1 << 20)
+            assert chunk, "closed early"
+            got += chunk
+        writer.join(TIMEOUT)
+        assert bytes(got) == payload
+
+
+def test_tcp_service_from_python(served: list[Served], loop_kind: str) -> None:
+    s = Served("echo_tcp", loop_kind)
+    served.append(s)
+    check_echo(s.address)
+
+
+def test_tcp_service_from_toml_on_unix(proxy: ProxyFactory, tmp_path: Path) -> None:
+    path = tmp_path / "echo.sock"
+    p = from_toml(proxy, tmp_path, "echo_tcp", **{'listener = "127.0.0.1:0"': f'listener = "unix:{path}"'})
+    assert p.servers["echo"]
+    check_echo(path)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path, Path]:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost")
+    d = tmp_path_factory.mktemp("certs")
+    chain, key = d / "chain.pem", d / "key.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx, chain, key
+
+
+def test_tcp_service_over_tls(
+    served: list[Served],
+    loop_kind: str,
+    proxy: ProxyFactory,
+    tmp_path: Path,
+    tls_files: tuple[ssl.SSLContext, Path, Path],
+) -> None:
+    ctx, chain, key = tls_files
+    s = Served("echo_tcp", loop_kind, "--cert", str(chain), "--key", str(key))
+    served.append(s)
+    check_echo(s.address, tls=ctx)
+    tls = f'\n[servers.echo.tls]\ncertificates = [{{ chain = "{chain}", key = "{key}" }}]\n'
+    shutil.copy(EXAMPLES / "echo_tcp.py", tmp_path / "echo_tcp.py")
+    text = (EXAMPLES / "echo_tcp.toml").read_text().replace("127.0.0.1:7000", "127.0.0.1:0") + tls
+    p = proxy(text)
+    check_echo(p.address, tls=ctx)
+
+
+# -- a custom Layer ----------------------------------------------------------------------
+
+
+def check_layer(url: str) -> None:
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+        seen = [c.get("/").headers["x-request-count"] for _ in range(3)]
+        assert seen == ["1", "2", "3"]
+        assert c.get("/").text == "hi\n"
+
+
+def test_layer_from_python_and_toml(served: list[Served], loop_kind: str, proxy: ProxyFactory, tmp_path: Path) -> None:
+    s = Served("layer", loop_kind)
+    served.append(s)
+    check_layer(s.url)
+    check_layer(from_toml(proxy, tmp_path, "layer").url)
