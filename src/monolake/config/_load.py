@@ -691,7 +691,7 @@ def _check_handler_server(rep: _Report, path: str, s: Server) -> None:
     assert s.handler is not None
     module, sep, attr = s.handler.partition(":")
     if not sep or not module or not attr:
-        rep.add(f"{path}.handler", f"{s.handler!r} is not \"module:attr\"")
+        rep.add(f"{path}.handler", f'{s.handler!r} is not "module:attr"')
     if s.proxy_type == "thrift":
         rep.add(f"{path}.handler", 'a handler serves proxy_type = "http" or "tcp"')
     for key in ("routes", "filters"):
