@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import READY, REPO, TIMEOUT, LineLog, Proxy, ProxyFactory, _stop_process
+from conftest import READY, REPO, TIMEOUT, LineLog, Proxy, ProxyFactory, RawClient, _stop_process
 
 EXAMPLES = REPO / "examples" / "services"
 
@@ -251,3 +252,54 @@ def test_layer_from_python_and_toml(served: list[Served], loop_kind: str, proxy:
     served.append(s)
     check_layer(s.url)
     check_layer(from_toml(proxy, tmp_path, "layer").url)
+
+
+# -- backpressure on a streamed body -------------------------------------------------------
+
+FLOOD = """
+from monolake import Headers, Response
+
+
+class Flood:
+    def __init__(self) -> None:
+        self.produced = 0
+        self.closed = 0
+
+    async def __call__(self, req):
+        if req.path == b"/stats":
+            return Response(200, Headers(), b"%d %d" % (self.produced, self.closed))
+        return Response(200, Headers(), self.chunks())
+
+    async def chunks(self):
+        try:
+            while self.produced < 4000:  # 250 MiB: what an unpaused iterator would reach
+                self.produced += 1
+                yield b"x" * 65536
+        finally:
+            self.closed += 1
+"""
+
+
+def test_a_client_that_does_not_read_stops_the_iterator(proxy: ProxyFactory, tmp_path: Path) -> None:
+    (tmp_path / "flood.py").write_text(FLOOD)
+    p = proxy('[servers.web]\nlistener = "127.0.0.1:0"\nhandler = "flood:Flood"\n')
+
+    def stats() -> tuple[int, int]:
+        produced, closed = httpx.get(f"{p.url}/stats", timeout=TIMEOUT).text.split()
+        return int(produced), int(closed)
+
+    with RawClient(p.address, rcvbuf=65536) as client:
+        client.send(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.read_head()
+        # Wait until the producer stops (paused by the full transport), polling its count.
+        seen: list[int] = []
+        deadline = time.monotonic() + TIMEOUT
+        while (len(seen) < 5 or len(set(seen[-5:])) > 1) and time.monotonic() < deadline:
+            seen.append(stats()[0])
+            time.sleep(0.05)  # polling a condition: the producer's count settling
+        assert seen[-1] * 65536 < 32 * 1024 * 1024, f"{seen[-1]} chunks made for a client that reads nothing"
+    # The client went away: the iterator is cancelled and its finally runs.
+    deadline = time.monotonic() + TIMEOUT
+    while stats()[1] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats()[1] == 1
