@@ -263,7 +263,10 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Con
             name: c if c.tls is None else msgspec.structs.replace(c, tls=_resolve_tls(c.tls, Path(base_dir)))
             for name, c in upstreams.items()
         }
-    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers)
+    if "base_dir" in raw:
+        rep.add("base_dir", "is set by the loader (the config file's directory), not in the file")
+    where = None if base_dir is None else str(Path(base_dir).resolve())
+    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers, base_dir=where)
     _validate(cfg, rep)
     rep.raise_if_any()
     return cfg
@@ -587,11 +590,22 @@ def _check_route(rep: _Report, path: str, r: Route, cfg: Config) -> None:
             rep.add(f"{path}.retry.min_retry_concurrency", "must be >= 0")
 
 
+def _check_extensions(rep: _Report, path: str, s: Server) -> None:
+    """``filters`` and ``layers`` name "module:Class"; their shapes (which phases, by server kind)
+    are checked when they are imported (``proxy._filters``)."""
+    if s.layers and s.proxy_type != "http":
+        rep.add(f"{path}.layers", f"layers wrap an http server's request service, not a {s.proxy_type} server")
+    for key in ("filters", "layers"):
+        for i, f in enumerate(getattr(s, key)):
+            use = f if isinstance(f, str) else f.use
+            if use.count(":") != 1 or not all(use.split(":")):
+                rep.add(f"{path}.{key}[{i}]", f"expected 'module:Class', got {use!r}")
+
+
 def _check_tcp_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     if s.routes:
         rep.add(f"{path}.routes", 'a proxy_type = "tcp" server has no routes (give upstream or upstreams)')
-    if s.filters:
-        rep.add(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "tcp" server')
+    _check_extensions(rep, path, s)
     if s.upstream is not None and s.upstreams is not None:
         rep.add(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
     if s.upstream is None and s.upstreams is None:
@@ -638,8 +652,7 @@ def _names(value: str | list[str] | None) -> list[str]:
 
 
 def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
-    if s.filters:
-        rep.add(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "thrift" server')
+    _check_extensions(rep, path, s)
     for key in ("upstream", "upstreams"):
         if getattr(s, key) is not None:
             rep.add(f"{path}.{key}", "a thrift server sends calls to its routes' upstreams; set it there")
@@ -747,10 +760,7 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
                 f"cluster {r.upstream!r} sends the PROXY protocol (upstreams.{r.upstream}.send_proxy_protocol), "
                 "which HTTP routes do not support",
             )
-    for i, f in enumerate(s.filters):
-        use = f if isinstance(f, str) else f.use
-        if use.count(":") != 1 or not all(use.split(":")):
-            rep.add(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
+    _check_extensions(rep, path, s)
     for key in ("keepalive_timeout", "header_timeout", "idle_timeout", "body_timeout"):
         if getattr(s, key) <= 0:
             rep.add(f"{path}.{key}", "must be > 0")

@@ -327,6 +327,8 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     routes: list[Route] = []
     """Required for http and thrift servers, not allowed for tcp ones."""
     filters: list[str | FilterSpec] = []
+    """"module:Class" (or {use, args}): HttpFilter phases on http servers, TcpFilter ones on tcp servers,
+    ThriftFilter ones on thrift servers; plain or async. Modules are looked up beside the config file first."""
     forwarded: Forwarded = Forwarded()
     limits: Limits = Limits()
     upstream_http_version: Literal["http11"] = "http11"
@@ -385,6 +387,12 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     Servers that answer one call at a time per connection (thriftpy2, Apache) serve a connection's calls in
     turn, so keep it low for them; raise it for servers that answer out of order (Kitex with mux)."""
 
+    # -- extension points ---------------------------------------------------------------
+    layers: list[str | FilterSpec] = []
+    """http servers: "module:Factory" (or {use, args}) making a ``monolake.service.Layer``, inserted into the
+    server's stack around the proxy, outermost first (inside the catch-all, request_timeout and
+    max_concurrency layers). Modules resolve like filters' (the config file's directory first)."""
+
     # -- handler servers ----------------------------------------------------------------
     handler: str | None = None
     """"module:attr": serve your own service instead of proxying (no routes or upstream). ``attr`` is a
@@ -422,3 +430,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     admin: Admin | None = None
     """Admin endpoint; absent means none. Read at start only (a reload does not open or move it)."""
     metrics: Metrics = Metrics()
+    base_dir: str | None = None
+    """Set by the loader, not in the file: the config file's directory, where filter and layer modules
+    are looked up first."""

@@ -14,17 +14,16 @@
 ``proxy_type = "http"`` serves a ``Service[Request, Response]`` through the HTTP
 drivers behind ``HandlerGuard`` (500 with the handler's name on an exception, 503
 when ``request_timeout`` passes); ``"tcp"`` serves a ``Service[Connection, None]``
-once per connection. The module is imported from the config file's directory
-first, then the working directory and sys.path; ``ProxyBuilder`` reloads it in two
-phases like a filter module (``_builder._filter_modules`` names it).
+once per connection. The server's ``layers`` (from the config) wrap the handler's
+own. The module is imported as filter modules are (``_filters.make_importable``: the
+config file's directory first, then sys.path, then the working directory);
+``ProxyBuilder`` reloads it in two phases like a filter module.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
@@ -35,6 +34,7 @@ from ..errors import ConfigError
 from ..server._service_app import build_http_app
 from ..server._stream_app import build_stream_app
 from ..service import Factory, Layer, Stack
+from ._filters import load_layers, make_importable
 
 
 class _ClassFactory(Factory[Any]):
@@ -55,20 +55,6 @@ class _Fixed(Factory[Any]):
 
     def make(self, old: Any) -> Any:
         return self.service
-
-
-def make_importable(base_dir: str | None) -> None:
-    """The config file's directory first on sys.path, the working directory last."""
-    if base_dir is not None:
-        d = os.path.abspath(base_dir)
-        if sys.path[:1] != [d]:
-            if d in sys.path:
-                sys.path.remove(d)
-            sys.path.insert(0, d)
-            importlib.invalidate_caches()
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
 
 
 def _is_service(obj: object) -> bool:
@@ -140,9 +126,9 @@ def build_handler_app(
     """The app of a server with a ``handler``: an HTTP or stream app. Raises ConfigError."""
     assert server.handler is not None
     where = f"servers.{name}.handler"
-    layers, factory, label = load_handler(
-        server.handler, where, base_dir=getattr(cfg, "base_dir", None), modules=modules
-    )
+    layers, factory, label = load_handler(server.handler, where, base_dir=cfg.base_dir, modules=modules)
+    # ``layers`` from the config wrap the handler's own (a Stack's), outermost first.
+    layers = load_layers(server.layers, f"servers.{name}.layers", modules=modules, base_dir=cfg.base_dir) + layers
     try:
         if server.proxy_type == "tcp":
             return build_stream_app(name, server, factory, layers, old, handler=label)
