@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,3 +127,37 @@ def test_an_unknown_module_fails_the_build() -> None:
     cfg = parse_config(config(handler="no_such_module_here:App"))
     with pytest.raises(ConfigError, match=r"servers\.web\.handler: cannot import 'no_such_module_here'"):
         build_apps(cfg)
+
+
+@pytest.mark.parametrize("name", ["hello_stream", "echo_tcp", "layer"])
+def test_example_configs_check_from_anywhere(name: str, tmp_path: Path) -> None:
+    # The handler module is found beside the config file, whatever the working directory.
+    path = Path(__file__).resolve().parents[2] / "examples" / "services" / f"{name}.toml"
+    out = subprocess.run(
+        [sys.executable, "-m", "monolake.cli", "check", "-c", str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert ": ok (1 server(s)" in out.stdout
+
+
+def test_config_layers_wrap_the_handlers_own(handlers: str, tmp_path: Path) -> None:
+    (tmp_path / f"{handlers}_layer.py").write_text(
+        "from monolake import Layer\n\n"
+        "class Outer(Layer):\n"
+        "    def layer(self, inner):\n"
+        "        return Wrapped(inner)\n\n"
+        "class Wrapped:\n"
+        "    def __init__(self, inner):\n"
+        "        self.inner = inner\n\n"
+        "    async def __call__(self, req):\n"
+        "        return await self.inner(req)\n"
+    )
+    cfg = parse_config(config(handler=f"{handlers}:stack", layers=[f"{handlers}_layer:Outer"]), base_dir=tmp_path)
+    app = build_apps(cfg)["web"]
+    assert isinstance(app, HttpServerApp)
+    chain = app.service.inner  # inside HandlerGuard: the config's layer, then the Stack's Timeout
+    assert type(chain).__name__ == "Wrapped" and type(chain.inner).__name__ == "Timeout"
