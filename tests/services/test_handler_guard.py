@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from monolake import Body, Headers, Request, Response, sse_event, stream_body
-from monolake.errors import Overloaded, ReadTimeout
+from monolake.errors import MonolakeError, Overloaded, ReadTimeout, Source
 from monolake.server._service_app import HandlerGuard
 
 
@@ -147,9 +147,10 @@ async def test_a_failing_iterator_fails_the_body(caplog: pytest.LogCaptureFixtur
         raise ValueError("mid-stream")
 
     body = stream_body(gen(), "server=web handler=h")
-    with caplog.at_level(logging.ERROR, "monolake.handler"), pytest.raises(ValueError):
+    with caplog.at_level(logging.ERROR, "monolake.handler"), pytest.raises(MonolakeError) as info:
         await body.read_all()
     assert "server=web handler=h: response body failed mid-stream: ValueError" in caplog.text
+    assert info.value.source is Source.INTERNAL and isinstance(info.value.__cause__, ValueError)
 
 
 def test_sse_event_framing() -> None:

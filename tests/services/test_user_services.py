@@ -303,3 +303,30 @@ def test_a_client_that_does_not_read_stops_the_iterator(proxy: ProxyFactory, tmp
     while stats()[1] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stats()[1] == 1
+
+
+BROKEN = """
+from monolake import Headers, Response
+
+
+async def broken(req):
+    async def chunks():
+        yield b"first\\n"
+        raise ValueError("the stream broke")
+
+    return Response(200, Headers(), chunks())
+"""
+
+
+def test_a_body_failing_mid_stream_is_the_handlers_not_an_upstreams(proxy: ProxyFactory, tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN)
+    p = proxy('[servers.web]\nlistener = "127.0.0.1:0"\nhandler = "broken:broken"\n')
+    mark = p.log.mark()
+    with RawClient(p.address) as client:
+        client.send(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = client.read_head()
+        assert head.status == 200
+        assert b"first\n" in client.read_until_close()  # chunked, never terminated: closed instead
+    p.log.wait_line(r"server=web handler=broken:broken: response body failed mid-stream: ValueError", after=mark)
+    p.log.wait_line(r"response body failed mid-response: GET /b", after=mark)
+    assert not p.log.count("upstream", after=mark)

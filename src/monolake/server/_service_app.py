@@ -36,7 +36,7 @@ from typing import Any
 
 from .._body import Body
 from ..config import Server as ServerConfig
-from ..errors import MonolakeError
+from ..errors import MonolakeError, Source
 from ..proto.http1 import Headers, Request, Response
 from ..service import Factory, Layer, Service, Stack
 from ._http import HttpServerApp, OnComplete, error_response
@@ -92,7 +92,10 @@ class _IterProducer:
         except Exception as exc:
             log.error("%s: response body failed mid-stream: %s: %s", self.label, type(exc).__name__, exc, exc_info=exc)
             await _aclose(it)
-            body.feed_error(exc)
+            # INTERNAL: the driver's own line says "response body", not "upstream body".
+            failed = MonolakeError(f"{self.label}: {type(exc).__name__}: {exc}", source=Source.INTERNAL)
+            failed.__cause__ = exc
+            body.feed_error(failed)
 
     # -- Body producer -------------------------------------------------------------
 
