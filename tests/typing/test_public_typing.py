@@ -12,6 +12,8 @@ import monolake
 
 GOOD = """
 from monolake import Connection, Factory, Headers, HttpApp, Request, Response, StreamApp, sse_response
+from monolake.config import Server
+from monolake.server import HttpServerApp
 from collections.abc import AsyncIterator
 
 
@@ -53,6 +55,7 @@ BAD = (
     + """
 wrong_http = HttpApp(name="web", listen="127.0.0.1:0", factory=EchoFactory())  # line A
 wrong_stream = StreamApp(name="echo", listen="127.0.0.1:0", factory=HelloFactory())  # line B
+wrong_server = HttpServerApp("web", Server(listener="127.0.0.1:0"), Echo())  # line C
 """
 )
 
@@ -74,4 +77,4 @@ def test_mypy_strict_accepts_a_right_chain_and_refuses_a_wrong_one(tmp_path: Pat
     assert not [e for e in errors if e.startswith("good.py")], out.stdout
     bad_lines = BAD.splitlines()
     flagged = {bad_lines[int(m[1]) - 1].rsplit("# ", 1)[-1] for e in errors if (m := re.match(r"bad\.py:(\d+):", e))}
-    assert flagged == {"line A", "line B"}, out.stdout
+    assert flagged == {"line A", "line B", "line C"}, out.stdout

@@ -70,7 +70,7 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..proto.http2 import PREFACE
-from ..service import Context
+from ..service import Context, Service
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import Switched, Tunnel
 
@@ -152,7 +152,7 @@ class HttpServerApp:
         self,
         name: str,
         cfg: ServerConfig,
-        service: Any,
+        service: Service[Request, Response],
         *,
         on_complete: OnComplete | None = None,
         on_close: Callable[[], None] | None = None,
