@@ -206,17 +206,26 @@ def test_tcp_service_from_toml_on_unix(proxy: ProxyFactory, tmp_path: Path) -> N
     check_echo(path)
 
 
+TlsFiles = tuple[trustme.CA, Path, Path]
+
+
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, Path, Path]:
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost")
     d = tmp_path_factory.mktemp("certs")
     chain, key = d / "chain.pem", d / "key.pem"
     chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
     key.write_bytes(leaf.private_key_pem.bytes())
+    return ca, chain, key
+
+
+def client_ctx(ca: trustme.CA, alpn: list[str] | None = None) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
-    return ctx, chain, key
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
 
 
 def test_tcp_service_over_tls(
@@ -224,9 +233,10 @@ def test_tcp_service_over_tls(
     loop_kind: str,
     proxy: ProxyFactory,
     tmp_path: Path,
-    tls_files: tuple[ssl.SSLContext, Path, Path],
+    tls_files: TlsFiles,
 ) -> None:
-    ctx, chain, key = tls_files
+    ca, chain, key = tls_files
+    ctx = client_ctx(ca)
     s = Served("echo_tcp", loop_kind, "--cert", str(chain), "--key", str(key))
     served.append(s)
     check_echo(s.address, tls=ctx)
@@ -330,3 +340,21 @@ def test_a_body_failing_mid_stream_is_the_handlers_not_an_upstreams(proxy: Proxy
     p.log.wait_line(r"server=web handler=broken:broken: response body failed mid-stream: ValueError", after=mark)
     p.log.wait_line(r"response body failed mid-response: GET /b", after=mark)
     assert not p.log.count("upstream", after=mark)
+
+
+def test_http_service_over_tls_and_http2(proxy: ProxyFactory, tmp_path: Path, tls_files: TlsFiles) -> None:
+    ca, chain, key = tls_files
+    ctx = client_ctx(ca, ["h2", "http/1.1"])
+    certs = f'certificates = [{{ chain = "{chain}", key = "{key}" }}]\nalpn = ["h2", "http/1.1"]\n'
+    tls = "\n[servers.hello.tls]\n" + certs
+    shutil.copy(EXAMPLES / "hello_stream.py", tmp_path / "hello_stream.py")
+    text = (EXAMPLES / "hello_stream.toml").read_text().replace("127.0.0.1:8080", "127.0.0.1:0") + tls
+    p = proxy(text)
+    url = f"https://localhost:{p.address.rsplit(':', 1)[1]}"
+    with httpx.Client(base_url=url, http2=True, verify=ctx, timeout=TIMEOUT) as c:
+        r = c.get("/stream")
+        assert r.http_version == "HTTP/2"
+        assert r.text == "".join(f"chunk {i}\n" for i in range(5))
+        with c.stream("GET", "/events") as events:
+            lines = events.iter_lines()
+            assert next(lines) == "data: hello"  # sent before the next event exists
