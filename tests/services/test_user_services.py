@@ -190,6 +190,7 @@ def check_echo(address: str | Path, *, tls: ssl.SSLContext | None = None) -> Non
             assert chunk, "closed early"
             got += chunk
         writer.join(TIMEOUT)
+        f.close()
         assert bytes(got) == payload
 
 
@@ -358,3 +359,20 @@ def test_http_service_over_tls_and_http2(proxy: ProxyFactory, tmp_path: Path, tl
         with c.stream("GET", "/events") as events:
             lines = events.iter_lines()
             assert next(lines) == "data: hello"  # sent before the next event exists
+
+
+def test_a_stream_in_flight_is_served_through_a_stop(served: list[Served], loop_kind: str) -> None:
+    s = Served("echo_tcp", loop_kind)
+    served.append(s)
+    host, port = s.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"hello ")
+        mark = s.log.mark()
+        s.proc.send_signal(signal.SIGTERM)
+        s.log.wait_line(r"worker 0 draining", after=mark)
+        sock.sendall(b"still here\n")  # the service keeps its connection while the worker drains
+        assert f.readline() == b"still here\n"
+        f.close()
+    assert s.proc.wait(TIMEOUT) == 0  # the client closed: the drain ends without the timeout
+    assert not s.log.count(r"closing requests still in flight", after=mark)
