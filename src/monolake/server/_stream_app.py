@@ -150,7 +150,10 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self._eof = True
         self._wake()
-        return True  # keep our side open: the service may still answer
+        # Keep our side open (the service may still answer) where a half-close exists; a TLS
+        # transport has none and would log a warning for True.
+        t = self._transport
+        return True if t is not None and t.can_write_eof() else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
