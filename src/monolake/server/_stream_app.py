@@ -11,6 +11,8 @@ the worker serves on). The ``Connection`` is a small ``asyncio.Protocol`` adapte
 - ``conn.write(data)`` queues bytes on the transport; ``await conn.drain()``
   returns once the transport's buffer is below its high-water mark (raises
   ``ConnectionResetError`` if the peer went away), as ``StreamWriter.drain``;
+- ``conn.write_eof()`` half-closes where the transport can (not TLS: there, the
+  client's EOF also ends the connection once what is queued is sent);
 - ``conn.close()`` closes after what is queued is sent; ``conn.peer`` is the
   client's "ip:port" (or "unix"); ``conn.tls`` is the TLS object of the
   connection (``ssl.SSLObject``-like: ``version()``, ``selected_alpn_protocol()``)
