@@ -12,6 +12,7 @@ import pytest
 from monolake import Body, Headers, Request, Response, sse_event, stream_body
 from monolake.errors import MonolakeError, Overloaded, ReadTimeout, Source
 from monolake.server._service_app import HandlerGuard
+from monolake.service.layers import TimeoutLayer
 
 
 def request(path: bytes = b"/") -> Request:
@@ -46,6 +47,14 @@ async def test_own_deadline_is_a_503_handler_timed_out(caplog: pytest.LogCapture
         resp = await guard(request())
     assert resp.status == 503
     assert "handler timed out" in caplog.records[0].getMessage()
+
+
+async def test_a_timeout_layer_in_the_handlers_chain_is_a_503_not_a_504(caplog: pytest.LogCaptureFixture) -> None:
+    chain = TimeoutLayer(0.05).layer(Scripted("sleep"))
+    with caplog.at_level(logging.WARNING, "monolake.handler"):
+        resp = await HandlerGuard(chain, "web", "h")(request())
+    assert resp.status == 503
+    assert "handler timed out (request timeout of 0.05s exceeded)" in caplog.records[0].getMessage()
 
 
 async def test_a_timeout_error_of_the_handler_itself_is_a_500() -> None:

@@ -7,9 +7,11 @@ the outermost stage of its chain, which does what the proxy's stack does with
 
 - an exception escaping the service is answered ``500`` with one log line naming
   the server and the handler (with the traceback);
-- the server's own deadline (``request_timeout``) passing is answered ``503``
-  with "handler timed out": nothing upstream timed out, so ``504 Gateway Timeout``
-  would be a lie (Envoy keeps 504 for upstream timeouts too);
+- the server's own deadline (``request_timeout``), or a ``TimeoutLayer`` in the
+  handler's chain (it raises the base ``errors.TimeoutError``; the client's
+  timeouts are its subclasses), passing is answered ``503`` with "handler timed
+  out": nothing upstream timed out, so ``504 Gateway Timeout`` would be a lie
+  (Envoy keeps 504 for upstream timeouts too);
 - a ``MonolakeError`` passes to the driver as the proxy's do: a ``ProtocolError``
   is answered with its ``status_hint``, ``Overloaded`` with 503, and an error of
   an upstream the handler called through ``monolake.client`` (``ReadTimeout``,
@@ -37,6 +39,7 @@ from typing import Any
 from .._body import Body
 from ..config import Server as ServerConfig
 from ..errors import MonolakeError, Source
+from ..errors import TimeoutError as DeadlineError
 from ..proto.http1 import Headers, Request, Response
 from ..service import Factory, Layer, Service, Stack
 from ._http import HttpServerApp, OnComplete, error_response
@@ -191,20 +194,14 @@ class HandlerGuard:
                     resp = await self.inner(req)
         except asyncio.CancelledError:
             raise
-        except MonolakeError:
+        except MonolakeError as exc:
+            if type(exc) is DeadlineError:  # a TimeoutLayer in the handler's own chain
+                return self._timed_out(req, str(exc))
             raise  # the driver answers it as the proxy's (see the module docstring)
         except TimeoutError:
             if self.timeout is None or not scope.expired():
                 return self._failed(req, "failed", TimeoutError("the handler's own TimeoutError"))
-            log.warning(
-                "503 for %s %s peer=%s %s: handler timed out (request_timeout %gs)",
-                req.method.decode(),
-                req.original_target.decode("latin-1"),
-                _peer(req),
-                self.label,
-                self.timeout,
-            )
-            return error_response(503)
+            return self._timed_out(req, f"request_timeout {self.timeout:g}s")
         except Exception as exc:
             return self._failed(req, "failed", exc)
         if not isinstance(resp, Response):
@@ -224,6 +221,17 @@ class HandlerGuard:
                 why = TypeError(f"body is {type(body).__name__}: give bytes, str or an async iterator of bytes")
                 return self._failed(req, "returned an invalid response", why)
         return resp
+
+    def _timed_out(self, req: Request, why: str) -> Response:
+        log.warning(
+            "503 for %s %s peer=%s %s: handler timed out (%s)",
+            req.method.decode(),
+            req.original_target.decode("latin-1"),
+            _peer(req),
+            self.label,
+            why,
+        )
+        return error_response(503)
 
     def _failed(self, req: Request, what: str, exc: BaseException) -> Response:
         log.error(
