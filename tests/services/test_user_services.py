@@ -378,3 +378,21 @@ def test_a_stream_in_flight_is_served_through_a_stop(served: list[Served], loop_
         f.close()
     assert s.proc.wait(TIMEOUT) == 0  # the client closed: the drain ends without the timeout
     assert not s.log.count(r"closing requests still in flight", after=mark)
+
+
+def greeting(address: str) -> bytes:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock, sock.makefile("rb") as f:
+        return f.readline()
+
+
+def test_a_tcp_handler_keeps_state_across_a_changed_reload(proxy: ProxyFactory, tmp_path: Path, loop_kind: str) -> None:
+    if loop_kind != "uvloop":
+        pytest.skip("the runtime's reload is the same on every loop")
+    p = from_toml(proxy, tmp_path, "echo_tcp")
+    assert greeting(p.address).endswith(b"connection 1\n")
+    p.config_path.write_text(p.config_path.read_text() + "backlog = 512\n")
+    mark = p.log.mark()
+    p.proc.send_signal(signal.SIGHUP)
+    p.log.wait_line(r"reload \d+ \(SIGHUP\) done: changed=echo", after=mark)  # rebuilt with make(old), adopted
+    assert greeting(p.address).endswith(b"connection 2\n")
