@@ -31,17 +31,16 @@ import msgspec
 
 from ..config import Config, Log, Runtime, Server, ServerTls, parse_listener
 from ..errors import ConfigError
-from ..proto.http1 import Request, Response
-from ..server._service_app import build_http_app
-from ..server._stream_app import Connection, build_stream_app
-from ..service import Factory, Layer, Service
+from ..server._service_app import HttpService, build_http_app
+from ..server._stream_app import StreamService, build_stream_app
+from ..service import Factory, Layer
 from ._reload import ConfigSource
 
 if TYPE_CHECKING:
     from ._worker import ServerApp
 
-H = TypeVar("H", bound=Service[Request, Response])
-T = TypeVar("T", bound=Service[Connection, None])
+H = TypeVar("H", bound=HttpService)
+T = TypeVar("T", bound=StreamService)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,20 +34,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .._body import Body
 from ..config import Server as ServerConfig
 from ..errors import MonolakeError, Source
 from ..errors import TimeoutError as DeadlineError
 from ..proto.http1 import Headers, Request, Response
-from ..service import Factory, Layer, Service, Stack
+from ..service import Factory, Layer, Stack
 from ._http import HttpServerApp, OnComplete, error_response
 
 log = logging.getLogger("monolake.handler")
 
-HttpService = Service[Request, Response]
-"""A user's HTTP service: ``async def __call__(self, req: Request) -> Response``."""
+
+class HttpService(Protocol):
+    """A user's HTTP service, a ``Service[Request, Response]``: anything with
+    ``async def __call__(self, req: Request) -> Response``."""
+
+    async def __call__(self, req: Request, /) -> Response: ...
 
 
 class _IterProducer:

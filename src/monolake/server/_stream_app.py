@@ -32,7 +32,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..config import Server as ServerConfig
 from ..service import Factory, Layer, Service, Stack
@@ -278,8 +278,12 @@ class StreamServerApp:
         return {"connections": len(self.conns)}
 
 
-StreamService = Service[Connection, None]
-"""A user's stream service: ``async def __call__(self, conn: Connection) -> None``."""
+class StreamService(Protocol):
+    """A user's stream service, a ``Service[Connection, None]``: anything with
+    ``async def __call__(self, conn: Connection) -> None``, called once per connection."""
+
+    async def __call__(self, conn: Connection, /) -> None: ...
+
 
 STREAM_PROVIDES = ("peer", "server")
 """Context slots a stream server provides (as ``Connection.peer`` and ``.server``)."""
