@@ -412,6 +412,14 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     server's stack around the proxy, outermost first (inside the catch-all, request_timeout and
     max_concurrency layers). Modules resolve like filters' (the config file's directory first)."""
 
+    # -- handler servers ----------------------------------------------------------------
+    handler: str | None = None
+    """"module:attr": serve your own service instead of proxying (no routes or upstream). ``attr`` is a
+    ``monolake.Factory``, a ``Stack`` (its layers and leaf), a Service class, or a callable returning one of
+    these; HTTP services with ``proxy_type = "http"``, stream ones (a call per connection) with "tcp".
+    The module is looked up beside the config file first, then on sys.path. ``request_timeout`` is the
+    handler's deadline (503 past it, not 504: no upstream timed out)."""
+
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The admin HTTP endpoint, served by the supervisor (metrics, health, config, reload, dashboard)."""

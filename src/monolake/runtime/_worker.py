@@ -103,7 +103,10 @@ AppBuilder: TypeAlias = Callable[[Config], Mapping[str, ServerApp]]
 
 Called once in the supervisor (a dry run that validates before anything is bound;
 the result is discarded) and once in every worker, on that worker's running loop.
-A builder may also implement ``Reloadable`` to keep state across reloads.
+A builder may also implement ``Reloadable`` to keep state across reloads. A plain one
+is called afresh on reload, with nothing of the running apps: their services' state is
+lost and the reload reports them "replaced". (``monolake.serve``'s builder is a
+``Reloadable`` that rebuilds with ``Factory.make(old)``.)
 """
 
 
@@ -475,7 +478,11 @@ class _Worker:
             cfg = msgspec.json.decode(msg["config"], type=Config)
             build = self.spec.build
             prepare = getattr(build, "prepare", None)
-            prepared = prepare(cfg, dict(self.apps)) if prepare is not None else _Fresh(build(cfg))
+            if prepare is not None:
+                prepared = prepare(cfg, dict(self.apps))
+            else:  # every app new, no state kept: say so (it was reported "unchanged")
+                fresh = build(cfg)
+                prepared = _Fresh(fresh, dict.fromkeys(fresh, "replaced"))
             assert prepared is not None
             check_apps(cfg, prepared.apps)
             order: list[tuple[str, str]] = []

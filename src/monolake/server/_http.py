@@ -287,8 +287,10 @@ class _ResponseSink:
 
     def abort(self, exc: BaseException) -> None:
         # Headers are out; the only honest signal left is closing the connection.
+        internal = isinstance(exc, MonolakeError) and exc.source is Source.INTERNAL  # a handler's own body
         log.warning(
-            "upstream body failed mid-response: %s %s peer=%s error=%s",
+            "%s body failed mid-response: %s %s peer=%s error=%s",
+            "response" if internal else "upstream",
             self.req.method.decode(),
             self.req.original_target.decode("latin-1"),
             self.req.ctx.peer,
