@@ -64,7 +64,7 @@ def _is_service(obj: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def as_stack(obj: object, where: str, *, _depth: int = 0) -> tuple[list[Layer], Factory[Any]]:
+def as_stack(obj: object, where: str, *, _depth: int = 0) -> tuple[list[Layer[Any, Any]], Factory[Any]]:
     """Read a handler object as (layers, leaf factory). Raises ConfigError naming ``where``."""
     if isinstance(obj, Stack):
         return list(obj.layers), obj.leaf
@@ -94,7 +94,7 @@ def as_stack(obj: object, where: str, *, _depth: int = 0) -> tuple[list[Layer], 
 
 def load_handler(
     spec: str, where: str, *, base_dir: str | None = None, modules: Mapping[str, ModuleType] | None = None
-) -> tuple[list[Layer], Factory[Any], str]:
+) -> tuple[list[Layer[Any, Any]], Factory[Any], str]:
     """Import ``module:attr`` and read it with ``as_stack``; also returns a name for log lines.
     ``modules`` overrides the import of the modules it names (a reload's new versions)."""
     module_name, _, attr = spec.partition(":")

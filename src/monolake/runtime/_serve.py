@@ -31,8 +31,9 @@ import msgspec
 
 from ..config import Config, Log, Runtime, Server, ServerTls, parse_listener
 from ..errors import ConfigError
+from ..proto.http1 import Request, Response
 from ..server._service_app import HttpService, build_http_app
-from ..server._stream_app import StreamService, build_stream_app
+from ..server._stream_app import Connection, StreamService, build_stream_app
 from ..service import Factory, Layer
 from ._reload import ConfigSource
 
@@ -57,7 +58,7 @@ class HttpApp(Generic[H]):
     name: str
     listen: str
     factory: Factory[H]
-    layers: Sequence[Layer] = ()
+    layers: Sequence[Layer[Request, Response]] = ()
     tls: ServerTls | None = None
     settings: Server | None = None
 
@@ -71,7 +72,7 @@ class StreamApp(Generic[T]):
     name: str
     listen: str
     factory: Factory[T]
-    layers: Sequence[Layer] = ()
+    layers: Sequence[Layer[Connection, None]] = ()
     tls: ServerTls | None = None
     settings: Server | None = None
 

@@ -270,7 +270,7 @@ def build_http_app(
     name: str,
     server: ServerConfig,
     factory: Factory[Any],
-    layers: Sequence[Layer] = (),
+    layers: Sequence[Layer[Request, Response]] = (),
     old: object = None,
     *,
     handler: str = "",

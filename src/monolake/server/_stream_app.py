@@ -293,7 +293,7 @@ def build_stream_app(
     name: str,
     server: ServerConfig,
     factory: Factory[Any],
-    layers: Sequence[Layer] = (),
+    layers: Sequence[Layer[Connection, None]] = (),
     old: object = None,
     *,
     handler: str = "",
