@@ -15,7 +15,7 @@ written to the terminal (/dev/tty) when there is one: that is what a user runnin
 build error (CI and the Dockerfile set it).
 
 ``examples/`` at the repository root is the source of the examples; the build
-copies it into the wheel as ``monolake/examples/`` (see ``monolake._examples``).
+copies it into the wheel as ``monolake/examples/`` (see ``monolake.product._examples``).
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ class Native:
 
 NATIVE = [
     Native(
-        "monolake.runtime._uring", ["src/monolake/runtime/_uring.c"], "liburing", "uring", "liburing.h", "liburing-dev"
+        "monolake.core.runtime._uring", ["src/monolake/core/runtime/_uring.c"], "liburing", "uring", "liburing.h", "liburing-dev"
     ),
     Native(
-        "monolake.proto.http2._nghttp2",
-        ["src/monolake/proto/http2/_nghttp2.c"],
+        "monolake.core.proto.http2._nghttp2",
+        ["src/monolake/core/proto/http2/_nghttp2.c"],
         "libnghttp2",
         "nghttp2",
         "nghttp2/nghttp2.h",
@@ -167,7 +167,7 @@ class BuildPy(build_py):
     """Tells which native modules are skipped, and copies the repository's ``examples/``
     into the built package as ``monolake/examples/``.
 
-    Not in editable mode: there ``monolake._examples`` finds the checkout's own.
+    Not in editable mode: there ``monolake.product._examples`` finds the checkout's own.
     """
 
     def _examples(self) -> list[tuple[Path, Path]]:

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "runs": []}
     codecs = ["h2"]
     try:
-        from monolake.proto.http2 import native_available
+        from monolake.core.proto.http2 import native_available
 
         if native_available():
             codecs.append("native")
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _monolake(procs: Procs, tmp: Path, name: str, conf: Path, codec: str) -> Proc:
     env = dict(os.environ, MONOLAKE_H2_CODEC=codec)
-    return procs.start(name, [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)], PROXY_CPU, env=env)
+    return procs.start(name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], PROXY_CPU, env=env)
 
 
 def _measure(

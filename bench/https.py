@@ -126,7 +126,7 @@ def start(procs: Procs, tmp: Path, name: str, port: int, origin_port: int, tls: 
         return proc
     backend = None if name.endswith("-http") else name.removeprefix("monolake-")
     conf = monolake_conf(tmp, name, port, origin_port, backend, tls)
-    proc = procs.start(name, [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)], PROXY_CPU)
+    proc = procs.start(name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], PROXY_CPU)
     wait_port(port, alive=proc.popen)
     deadline = time.monotonic() + 20
     while b"monolake ready" not in proc.log.read_bytes():
@@ -323,9 +323,9 @@ def _profile(
 TLS_LAYER = "TLS layer: the SSL protocol and the ssl/rtls object, no application frame below, no syscall"
 GROUPS = {
     "HTTP/1 codec (httptools, proto/http1)": ("httptools", "proto/http1", "llhttp", "parser.pyx"),
-    "proxy service (monolake/proxy, monolake/service)": ("monolake/proxy", "monolake/service"),
-    "upstream client and pool (monolake/client)": ("monolake/client",),
-    "server connection driver (monolake/server)": ("monolake/server",),
+    "proxy service (monolake/apps/proxy, monolake/core/service)": ("monolake/apps/proxy", "monolake/core/service"),
+    "upstream client and pool (monolake/core/client)": ("monolake/core/client",),
+    "server connection driver (monolake/core/server)": ("monolake/core/server",),
 }
 SSL_FRAMES = ("SSLProtocol", "sslproto")
 SYSCALL_LEAVES = ("read (libc", "write (libc", "writev (libc", "sendmsg", "recvmsg", "send (libc", "recv (libc")

@@ -71,7 +71,7 @@ def serve(port: int, idl: str, transport: str) -> None:
             mod.Bench, Handler(), "127.0.0.1", port, trans_factory=TFramedTransportFactory(), client_timeout=None
         ).serve()
         return
-    from monolake.proto.thrift import FrameReader, encode_ttheader
+    from monolake.core.proto.thrift import FrameReader, encode_ttheader
 
     processor = TProcessor(mod.Bench, Handler())
     factory = TBinaryProtocolFactory()
@@ -116,7 +116,7 @@ def load(address: str, idl: str, clients: int, seconds: float, transport: str) -
         from thriftpy2.thrift import TMessageType
         from thriftpy2.transport import TMemoryBuffer
 
-        from monolake.proto.thrift import FrameReader, encode_ttheader
+        from monolake.core.proto.thrift import FrameReader, encode_ttheader
 
         factory = TBinaryProtocolFactory()
         s = socket.create_connection((host, int(port)))
@@ -206,7 +206,18 @@ def main() -> None:
                 f'[[servers.rpc.routes]]\nthrift_method = "echo"\nupstreams = [{{ endpoint = "127.0.0.1:{port}" }}]\n'
             )
             proxy = subprocess.Popen(
-                [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf), "--workers", "1", "--loop", args.loop],
+                [
+                    sys.executable,
+                    "-m",
+                    "monolake.product.cli",
+                    "run",
+                    "-c",
+                    str(conf),
+                    "--workers",
+                    "1",
+                    "--loop",
+                    args.loop,
+                ],
                 stderr=subprocess.PIPE,
                 text=True,
             )

@@ -22,9 +22,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 
-from monolake.errors import ProtocolError
-from monolake.proto.http1._message import Request
-from monolake.proto.http1._parse import RequestReader
+from monolake.core.errors import ProtocolError
+from monolake.core.proto.http1._message import Request
+from monolake.core.proto.http1._parse import RequestReader
 
 SEEDS: tuple[bytes, ...] = (
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",

@@ -1,4 +1,4 @@
-"""Fuzz target for request-target handling (``monolake.proto._target``).
+"""Fuzz target for request-target handling (``monolake.core.proto._target``).
 
 The rule: for any bytes, ``normalize_path`` (any settings) and ``split_absolute``
 either return or raise ``ProtocolError`` with status 400; never anything else.
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import sys
 
-from monolake.errors import ProtocolError
-from monolake.proto._target import normalize_path, split_absolute
+from monolake.core.errors import ProtocolError
+from monolake.core.proto._target import normalize_path, split_absolute
 
 
 def check(data: bytes) -> None:

@@ -2,7 +2,7 @@
 
 - ``Origin``: ``tests/e2e/origin_app.py`` (aiohttp) in its own process; it prints
   its port, then one line per request it starts handling.
-- ``Proxy``: ``python -m monolake.cli run -c FILE --loop KIND``; ready when its
+- ``Proxy``: ``python -m monolake.product.cli run -c FILE --loop KIND``; ready when its
   stderr shows ``monolake ready servers=...``; every later stderr line is kept so
   tests can wait for and assert on log lines.
 - ``Nginx``: nginx with a config, prefix, pid file and temp paths in a tmp dir,
@@ -213,7 +213,7 @@ class Proxy:
         self.config_path = directory / f"proxy-{next(_counter)}.toml"
         self.config_path.write_text(config_text)
         self.loop = loop
-        args = [sys.executable, "-m", "monolake.cli", "run", "-c", str(self.config_path), "--loop", loop]
+        args = [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(self.config_path), "--loop", loop]
         if workers is not None:
             args += ["--workers", str(workers)]
         args += extra_args or []
@@ -570,7 +570,7 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
     """The proxy's event loop backend; every e2e test runs on each (io_uring only where this
     machine can run it: the skip names the reason, and a proxy that falls back fails)."""
     if request.param == "io_uring":
-        from monolake.runtime.uring import unavailable
+        from monolake.core.runtime.uring import unavailable
 
         reason = unavailable()
         if reason is not None:

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from monolake.proto.http2 import CODEC_ENV, native_available
-from monolake.runtime import uring
+from monolake.core.proto.http2 import CODEC_ENV, native_available
+from monolake.core.runtime import uring
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> dict[str, str]:
     full = {**os.environ, **(env or {})}
     done = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", *args], capture_output=True, text=True, timeout=30, env=full
+        [sys.executable, "-m", "monolake.product.cli", *args], capture_output=True, text=True, timeout=30, env=full
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -71,7 +71,7 @@ def test_version_says_when_a_native_part_is_not_in_use(tmp_path: Path) -> None:
     # As where the codec was not built: its import fails in the child.
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text('import sys\nsys.modules["monolake.proto.http2._native"] = None\n')
+    (site / "sitecustomize.py").write_text('import sys\nsys.modules["monolake.core.proto.http2._native"] = None\n')
     path = os.pathsep.join(p for p in (str(site), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     rows = run("version", env={"PYTHONPATH": path, CODEC_ENV: ""})
     assert rows["nghttp2"].startswith("not built (") and rows["nghttp2"].endswith("uses the pure-Python h2 codec")

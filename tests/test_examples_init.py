@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import monolake
-from monolake import _examples
-from monolake.cli import main
-from monolake.config import load_config
+from monolake.apps.config import load_config
+from monolake.product import _examples
+from monolake.product.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 INSTALLED = os.environ.get("MONOLAKE_TEST_INSTALLED") == "1"
@@ -79,9 +79,9 @@ def test_init_unwritable_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_init_through_the_entry_point(tmp_path: Path) -> None:
-    """``python -m monolake.cli init`` as a user runs it, then ``check`` accepts the result."""
+    """``python -m monolake.product.cli init`` as a user runs it, then ``check`` accepts the result."""
     target = tmp_path / "monolake.toml"
-    run = [sys.executable, "-m", "monolake.cli"]
+    run = [sys.executable, "-m", "monolake.product.cli"]
     subprocess.run([*run, "init", str(target)], check=True, capture_output=True, timeout=60)
     out = subprocess.run([*run, "check", "-c", str(target)], check=True, capture_output=True, text=True, timeout=60)
     assert f"{target}: ok" in out.stdout

@@ -15,7 +15,7 @@ import pytest
 REQUIRED = os.environ.get("MONOLAKE_REQUIRE_NATIVE") == "1"
 
 
-@pytest.mark.parametrize("module", ["monolake.proto.http2._nghttp2", "monolake.runtime._uring"])
+@pytest.mark.parametrize("module", ["monolake.core.proto.http2._nghttp2", "monolake.core.runtime._uring"])
 def test_native_extension_imports(module: str) -> None:
     try:
         importlib.import_module(module)

@@ -20,4 +20,6 @@ def test_import_monolake_loads_neither_runtime_nor_drivers() -> None:
     code = "import monolake, sys; print(sorted(m for m in sys.modules if m.startswith('monolake.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     loaded = eval(out.stdout)
-    assert not [m for m in loaded if m.startswith(("monolake.runtime", "monolake.server", "monolake.proxy"))], loaded
+    assert not [
+        m for m in loaded if m.startswith(("monolake.core.runtime", "monolake.core.server", "monolake.apps.proxy"))
+    ], loaded

@@ -53,7 +53,7 @@ def test_not_found_anywhere(setup_py: ModuleType, tmp_path: Path) -> None:
     assert found is None
     text = setup_py.notice(ext)
     assert "nghttp2/nghttp2.h not found" in text
-    assert "monolake.proto.http2._nghttp2" in text
+    assert "monolake.core.proto.http2._nghttp2" in text
     assert "libnghttp2-dev" in text and "pure-Python" in text
 
 

@@ -180,7 +180,7 @@ def measure(name: str, proc: Proc, port: int, origin_port: int, streams: int, bo
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     codecs = ["native", "h2"]
-    from monolake.proto.http2 import native_available
+    from monolake.core.proto.http2 import native_available
 
     if not native_available():
         codecs.remove("native")
@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     [
                         sys.executable,
                         "-m",
-                        "monolake.cli",
+                        "monolake.product.cli",
                         "run",
                         "-c",
                         str(monolake_conf(tmp, f"stall-{codec}", port, origin_port, "http1")),

@@ -207,7 +207,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     loop = name.removeprefix("monolake-")
                     conf = monolake_conf(tmp, name, port, origin_port, loop, tls)
                     env = dict(os.environ, PYTHONPATH=str(machine.REPO / "src"))
-                    proc = procs.start(name, [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)], None, env)
+                    proc = procs.start(
+                        name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], None, env
+                    )
                 wait_port(port, alive=proc.popen)
                 try:
                     results["runs"].append(measure(name, proc, port, args.conns, args.settle))

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         if "monolake" in servers:
             port = ports["monolake"] = free_port()
             conf = monolake_conf(tmp, port, args.loop, args.timeout)
-            argv_m = [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)]
+            argv_m = [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)]
             proc = procs.start("monolake", argv_m, None, env=env)
             wait_port(port, alive=proc.popen)
             deadline = time.monotonic() + 20

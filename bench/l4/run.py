@@ -112,7 +112,7 @@ class Bench:
         env = None
         if kind.kind == "monolake":
             conf = configs.monolake(self.tmp, kind, ports, upstream, self.args.loop)
-            argv = [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)]
+            argv = [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)]
             env = self.monolake_env
         elif kind.kind == "nginx":
             conf = configs.nginx(self.tmp, kind, ports, upstream)

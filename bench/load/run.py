@@ -114,7 +114,7 @@ def start_proxy(
     name = f"{kind.name}-w{workers}" if workers != 1 else kind.name
     if kind.kind == "monolake":
         conf = configs.monolake(tmp, name, port, origin_port, kind.loop, workers, kind.minimal)
-        argv = [sys.executable, "-m", "monolake.cli", "run", "-c", str(conf)]
+        argv = [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)]
     elif kind.kind == "nginx":
         conf = configs.nginx_proxy(tmp, port, origin_port)
         argv = ["nginx", "-c", str(conf)]

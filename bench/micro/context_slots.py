@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import timeit
 
-from monolake.service import Context, ContextSlot
+from monolake.core.service import Context, ContextSlot
 
 TENANT = ContextSlot("bench_tenant", str)
 

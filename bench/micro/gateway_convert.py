@@ -48,10 +48,10 @@ from thriftpy2.utils import serialize
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bench_thrift import REQUEST, echo, naive
 
-from monolake.proto.http1 import Headers, Request
-from monolake.proto.thrift import MessageType, ThriftProtocol, message_begin
-from monolake.proxy.gateway import Compiler, load_methods
-from monolake.proxy.gateway._binary import BINARY, BinaryCompiler
+from monolake.apps.proxy.gateway import Compiler, load_methods
+from monolake.apps.proxy.gateway._binary import BINARY, BinaryCompiler
+from monolake.core.proto.http1 import Headers, Request
+from monolake.core.proto.thrift import MessageType, ThriftProtocol, message_begin
 
 REPO = Path(__file__).resolve().parents[2]
 IDL = REPO / "examples" / "gateway" / "echo.thrift"
@@ -124,7 +124,7 @@ def components() -> dict[str, Callable[[], Any]]:
     assert m.fast is not None
     typed = m.fast.__globals__["_dec0"]
     untyped = msgspec.json.Decoder().decode
-    from monolake.proxy.gateway._gateway import _cookies, _query_lists
+    from monolake.apps.proxy.gateway._gateway import _cookies, _query_lists
 
     return {
         "typed msgspec decode of the body": lambda: typed(BODY),

@@ -23,8 +23,8 @@ import statistics
 import sys
 import time
 
-from monolake.proto.http2._codec import Codec
-from monolake.proto.http2._select import codec_kinds, new_codec
+from monolake.core.proto.http2._codec import Codec
+from monolake.core.proto.http2._select import codec_kinds, new_codec
 
 REQUEST = [
     (b":method", b"POST"),

@@ -25,11 +25,11 @@ import sys
 import time
 from typing import Any
 
-from monolake.client import Pool, UpstreamConnection
-from monolake.config import Endpoint, parse_config
-from monolake.proto.http1 import Request, Response
-from monolake.proxy import HttpFilter, build_apps
-from monolake.service import Context
+from monolake.apps.config import Endpoint, parse_config
+from monolake.apps.proxy import HttpFilter, build_apps
+from monolake.core.client import Pool, UpstreamConnection
+from monolake.core.proto.http1 import Request, Response
+from monolake.core.service import Context
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"

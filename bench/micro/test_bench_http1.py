@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.proto.http1._parse import RequestReader, ResponseReader
-from monolake.proto.http1._serialize import request_head, response_head
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.proto.http1._parse import RequestReader, ResponseReader
+from monolake.core.proto.http1._serialize import request_head, response_head
 
 REQUEST = (
     b"GET /api/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: h2load nghttp2/1.52.0\r\nAccept: */*\r\n\r\n"

@@ -25,7 +25,9 @@ import thriftpy2
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.utils import serialize
 
-from monolake.proto.thrift import (
+from monolake.apps.proxy.gateway import Compiler
+from monolake.apps.proxy.gateway._binary import BinaryCompiler
+from monolake.core.proto.thrift import (
     FrameReader,
     MessageType,
     ThriftProtocol,
@@ -37,8 +39,6 @@ from monolake.proto.thrift import (
     read_header_info,
     rewrite_seq_id,
 )
-from monolake.proxy.gateway import Compiler
-from monolake.proxy.gateway._binary import BinaryCompiler
 
 REPO = Path(__file__).resolve().parents[2]
 echo: Any = thriftpy2.load(str(REPO / "examples" / "gateway" / "echo.thrift"), module_name="echo_bench_thrift")

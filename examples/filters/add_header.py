@@ -17,9 +17,9 @@ overrides are called.
 
 from __future__ import annotations
 
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.proxy import HttpFilter
-from monolake.service import Context
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.apps.proxy import HttpFilter
+from monolake.core.service import Context
 
 
 class AddHeader(HttpFilter):

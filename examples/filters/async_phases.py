@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.proxy import HttpFilter
-from monolake.service import Context
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.apps.proxy import HttpFilter
+from monolake.core.service import Context
 
 log = logging.getLogger("examples.filters")
 

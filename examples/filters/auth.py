@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from monolake.client import Pool
-from monolake.config import Cluster, UpstreamSpec
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.proxy import HttpFilter, UpstreamCluster
-from monolake.service import Context
+from monolake.core.client import Pool
+from monolake.apps.config import Cluster, UpstreamSpec
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.apps.proxy import HttpFilter, UpstreamCluster
+from monolake.core.service import Context
 
 MAX_AUTH_BODY = 64 * 1024
 

@@ -8,7 +8,7 @@ layers), outermost first::
         { use = "examples.filters.layers:ResponseHeader", args = { name = "X-Layer", value = "on" } },
     ]
 
-A layer is a ``monolake.service.Layer``: ``layer(inner)`` returns a service, an object
+A layer is a ``monolake.core.service.Layer``: ``layer(inner)`` returns a service, an object
 with ``async def __call__(req) -> Response`` that exposes what it wraps as ``inner``
 (a reload then finds the proxy under it and keeps its upstream state). Unlike a filter,
 a layer sees the whole exchange as one await, so it can time, retry or answer it.
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.service import Layer
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.service import Layer
 
 
 class _AddHeader:

@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from monolake.proxy import ConnectionStats, RefuseCall, TcpFilter, ThriftCall, ThriftFilter
-from monolake.service import Context
+from monolake.apps.proxy import ConnectionStats, RefuseCall, TcpFilter, ThriftCall, ThriftFilter
+from monolake.core.service import Context
 
 log = logging.getLogger("examples.filters")
 

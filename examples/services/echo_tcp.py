@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from monolake import Connection, Factory, StreamApp, serve
-from monolake.config import Certificate, ServerTls
+from monolake.apps.config import Certificate, ServerTls
 
 
 class Echo:

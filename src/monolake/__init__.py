@@ -15,49 +15,49 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._examples import examples_path as examples_path
+from .product._examples import examples_path as examples_path
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ._body import Body as Body
-    from .proto.http1 import Headers as Headers
-    from .proto.http1 import Request as Request
-    from .proto.http1 import Response as Response
-    from .runtime._serve import HttpApp as HttpApp
-    from .runtime._serve import StreamApp as StreamApp
-    from .runtime._serve import serve as serve
-    from .server._service_app import HttpService as HttpService
-    from .server._service_app import sse_event as sse_event
-    from .server._service_app import sse_response as sse_response
-    from .server._service_app import stream_body as stream_body
-    from .server._stream_app import Connection as Connection
-    from .server._stream_app import StreamService as StreamService
-    from .service import Context as Context
-    from .service import Factory as Factory
-    from .service import Layer as Layer
-    from .service import Service as Service
-    from .service import Stack as Stack
+    from .core._body import Body as Body
+    from .core.proto.http1 import Headers as Headers
+    from .core.proto.http1 import Request as Request
+    from .core.proto.http1 import Response as Response
+    from .core.runtime._serve import HttpApp as HttpApp
+    from .core.runtime._serve import StreamApp as StreamApp
+    from .core.runtime._serve import serve as serve
+    from .core.server._service_app import HttpService as HttpService
+    from .core.server._service_app import sse_event as sse_event
+    from .core.server._service_app import sse_response as sse_response
+    from .core.server._service_app import stream_body as stream_body
+    from .core.server._stream_app import Connection as Connection
+    from .core.server._stream_app import StreamService as StreamService
+    from .core.service import Context as Context
+    from .core.service import Factory as Factory
+    from .core.service import Layer as Layer
+    from .core.service import Service as Service
+    from .core.service import Stack as Stack
 
 _WHERE = {
-    "Body": "._body",
-    "Headers": ".proto.http1",
-    "Request": ".proto.http1",
-    "Response": ".proto.http1",
-    "HttpApp": ".runtime._serve",
-    "StreamApp": ".runtime._serve",
-    "serve": ".runtime._serve",
-    "HttpService": ".server._service_app",
-    "sse_event": ".server._service_app",
-    "sse_response": ".server._service_app",
-    "stream_body": ".server._service_app",
-    "Connection": ".server._stream_app",
-    "StreamService": ".server._stream_app",
-    "Context": ".service",
-    "Factory": ".service",
-    "Layer": ".service",
-    "Service": ".service",
-    "Stack": ".service",
+    "Body": ".core._body",
+    "Headers": ".core.proto.http1",
+    "Request": ".core.proto.http1",
+    "Response": ".core.proto.http1",
+    "HttpApp": ".core.runtime._serve",
+    "StreamApp": ".core.runtime._serve",
+    "serve": ".core.runtime._serve",
+    "HttpService": ".core.server._service_app",
+    "sse_event": ".core.server._service_app",
+    "sse_response": ".core.server._service_app",
+    "stream_body": ".core.server._service_app",
+    "Connection": ".core.server._stream_app",
+    "StreamService": ".core.server._stream_app",
+    "Context": ".core.service",
+    "Factory": ".core.service",
+    "Layer": ".core.service",
+    "Service": ".core.service",
+    "Stack": ".core.service",
 }
 
 __all__ = sorted([*_WHERE, "examples_path"])

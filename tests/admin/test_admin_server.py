@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from monolake.admin import AdminServer, AdminState, redact
-from monolake.admin._http import MAX_HEAD, Limits
-from monolake.config import parse_config
-from monolake.errors import ConfigError
+from monolake.apps.config import parse_config
+from monolake.core.errors import ConfigError
+from monolake.product.admin import AdminServer, AdminState, redact
+from monolake.product.admin._http import MAX_HEAD, Limits
 
 CFG_RAW: dict[str, Any] = {
     "admin": {"listen": "127.0.0.1:0", "token": "t0k"},

@@ -1,6 +1,6 @@
 """Body: buffering with backpressure, read / read_all, pipe, errors, cancel.
 
-``Body`` (src/monolake/_body.py) is fed by a connection's parser and consumed by a
+``Body`` (src/monolake/core/_body.py) is fed by a connection's parser and consumed by a
 filter (read) or another connection (pipe). A fake producer and sink record what
 the body asks of them.
 """
@@ -11,8 +11,8 @@ import asyncio
 
 import pytest
 
-from monolake._body import HIGH_WATER, Body
-from monolake.errors import ReadError, UpstreamError
+from monolake.core._body import HIGH_WATER, Body
+from monolake.core.errors import ReadError, UpstreamError
 
 
 class Producer:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from monolake._body import Body
-from monolake.client import Pool, UpstreamConnection
-from monolake.config import Endpoint
-from monolake.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, Source, UpstreamError
-from monolake.proto.http1._message import Headers, Response
-from monolake.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
+from monolake.apps.config import Endpoint
+from monolake.core._body import Body
+from monolake.core.client import Pool, UpstreamConnection
+from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, Source, UpstreamError
+from monolake.core.proto.http1._message import Headers, Response
+from monolake.core.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from monolake._body import Body
-from monolake.client import Client, PoolSettings
-from monolake.config import Endpoint, UpstreamTls
-from monolake.errors import ConnectError, PoolTimeout, ReadError, Source, UpstreamError, WriteError
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.tls import client_tls
+from monolake.apps.config import Endpoint, UpstreamTls
+from monolake.core._body import Body
+from monolake.core.client import Client, PoolSettings
+from monolake.core.errors import ConnectError, PoolTimeout, ReadError, Source, UpstreamError, WriteError
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.tls import client_tls
 
 from .test_client_pool import Origin, wait_until
 

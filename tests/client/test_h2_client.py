@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from monolake._body import Body
-from monolake.client._h2 import H2Pool, request_headers
-from monolake.config import Endpoint
-from monolake.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout
-from monolake.proto.http1 import Headers, Response
-from monolake.proto.http2 import codec_kinds
+from monolake.apps.config import Endpoint
+from monolake.core._body import Body
+from monolake.core.client._h2 import H2Pool, request_headers
+from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout
+from monolake.core.proto.http1 import Headers, Response
+from monolake.core.proto.http2 import codec_kinds
 
 _spec = importlib.util.spec_from_file_location(
     "h2_origin", Path(__file__).resolve().parents[1] / "e2e" / "h2_origin.py"
@@ -406,8 +406,8 @@ async def test_tls_needs_h2_by_alpn(codec: str, tls_files: tuple[Path, Path, Pat
     import dataclasses
     import ssl
 
-    from monolake.config import UpstreamTls
-    from monolake.tls import client_tls
+    from monolake.apps.config import UpstreamTls
+    from monolake.core.tls import client_tls
 
     chain, key, ca = tls_files
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

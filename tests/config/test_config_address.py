@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from monolake.config import Endpoint, ListenAddress, parse_endpoint, parse_listener
-from monolake.config._schema import EndpointSpec, ListenerSpec
+from monolake.apps.config import Endpoint, ListenAddress, parse_endpoint, parse_listener
+from monolake.apps.config._schema import EndpointSpec, ListenerSpec
 
 # --- listeners ----------------------------------------------------------------------
 

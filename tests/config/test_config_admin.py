@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from monolake.config import parse_config
-from monolake.errors import ConfigError
+from monolake.apps.config import parse_config
+from monolake.core.errors import ConfigError
 
 GOOD = """
 [servers.web]
@@ -30,7 +30,7 @@ def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     p = tmp_path / "monolake.toml"
     p.write_text(text)
     return subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "check", "-c", str(p)],
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(p)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from monolake.config import parse_config
-from monolake.config._schema import BalancerKind, LoopKind
-from monolake.errors import ConfigError, ConfigErrors
+from monolake.apps.config import parse_config
+from monolake.apps.config._schema import BalancerKind, LoopKind
+from monolake.core.errors import ConfigError, ConfigErrors
 
 GOOD = """
 [upstreams.app]
@@ -163,7 +163,7 @@ def cli(tmp_path: Path, command: str, text: str) -> subprocess.CompletedProcess[
     p = tmp_path / "monolake.toml"
     p.write_text(text)
     return subprocess.run(
-        [sys.executable, "-m", "monolake.cli", command, "-c", str(p)],
+        [sys.executable, "-m", "monolake.product.cli", command, "-c", str(p)],
         capture_output=True,
         text=True,
         timeout=30,

@@ -24,7 +24,7 @@ def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     p = tmp_path / "monolake.toml"
     p.write_text(text)
     return subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "check", "-c", str(p)],
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(p)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -77,7 +77,7 @@ def test_invalid_toml_exits_2(tmp_path: Path) -> None:
 
 def test_missing_file_exits_2(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "check", "-c", str(tmp_path / "absent.toml")],
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(tmp_path / "absent.toml")],
         capture_output=True,
         text=True,
         timeout=30,

@@ -6,9 +6,9 @@ import tomllib
 
 import pytest
 
-from monolake.config import parse_config
-from monolake.config._schema import Connect
-from monolake.errors import ConfigError
+from monolake.apps.config import parse_config
+from monolake.apps.config._schema import Connect
+from monolake.core.errors import ConfigError
 
 BASE = """
 [servers.fwd]

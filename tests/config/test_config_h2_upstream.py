@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import trustme
 
-from monolake.client import Pool
-from monolake.config import parse_config
-from monolake.errors import ConfigError
-from monolake.proxy._upstream import UpstreamCluster
+from monolake.apps.config import parse_config
+from monolake.apps.proxy._upstream import UpstreamCluster
+from monolake.core.client import Pool
+from monolake.core.errors import ConfigError
 
 Doc = dict[str, Any]
 

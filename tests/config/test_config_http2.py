@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from monolake.config import parse_config
-from monolake.errors import ConfigError
+from monolake.apps.config import parse_config
+from monolake.core.errors import ConfigError
 
 BASE = """
 [upstreams.app]

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import trustme
 
-from monolake.config import parse_config
-from monolake.errors import ConfigError
-from monolake.proxy._app import build_apps
-from monolake.server._l4 import L4ServerApp
-from monolake.server._thrift import ThriftServerApp
+from monolake.apps.config import parse_config
+from monolake.apps.proxy._app import build_apps
+from monolake.core.errors import ConfigError
+from monolake.core.server._l4 import L4ServerApp
+from monolake.core.server._thrift import ThriftServerApp
 
 Doc = dict[str, Any]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from monolake.config import (
+from monolake.apps.config import (
     Cluster,
     Config,
     Endpoint,
@@ -27,7 +27,7 @@ from monolake.config import (
     parse_endpoint,
     parse_listener,
 )
-from monolake.errors import ConfigError
+from monolake.core.errors import ConfigError
 
 Doc = dict[str, Any]
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from monolake.config import load_config, parse_config
-from monolake.errors import ConfigError
-from monolake.proxy import build_apps
+from monolake.apps.config import load_config, parse_config
+from monolake.apps.proxy import build_apps
+from monolake.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from monolake.config import Certificate, ServerTls, UpstreamTls, parse_config, parse_endpoint
-from monolake.errors import ConfigError
-from monolake.tls import ServerTlsContexts, client_tls
+from monolake.apps.config import Certificate, ServerTls, UpstreamTls, parse_config, parse_endpoint
+from monolake.core.errors import ConfigError
+from monolake.core.tls import ServerTlsContexts, client_tls
 
 Doc = dict[str, Any]
 
@@ -176,7 +176,7 @@ def test_pool_key_carries_tls_settings(files: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["openssl", "rustls"])
 def test_verify_false_warns(caplog: pytest.LogCaptureFixture, backend: Any) -> None:
-    with caplog.at_level("WARNING", logger="monolake.tls"):
+    with caplog.at_level("WARNING", logger="monolake.core.tls"):
         t = client_tls("upstreams.insecure.tls", UpstreamTls(verify=False, backend=backend))
     assert t.context.verify_mode == ssl.CERT_NONE and not t.context.check_hostname
     assert "upstreams.insecure.tls.verify = false" in caplog.text
@@ -244,7 +244,7 @@ def test_reload_checks_mtimes_at_most_once_a_second(files: Path, ca: trustme.CA,
 def test_reload_refuses_to_switch_backend(files: Path, caplog: pytest.LogCaptureFixture) -> None:
     running = ServerTlsContexts("servers.web.tls", _tls(files))
     before = running.select(None)
-    with caplog.at_level("WARNING", logger="monolake.tls"):
+    with caplog.at_level("WARNING", logger="monolake.core.tls"):
         running.adopt(ServerTlsContexts("servers.web.tls", _tls(files, backend="rustls")))
     assert running.select(None) is before and running.cfg.backend == "openssl"
     assert "servers.web.tls.backend: switching 'openssl' to 'rustls' takes effect on a new listener" in caplog.text

@@ -14,7 +14,7 @@ from conftest import LineLog, RawClient, _stop_process
 @pytest.fixture(scope="module")
 def origin() -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "monolake.cli", "demo-origin", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "monolake.product.cli", "demo-origin", "--listen", "127.0.0.1:0"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -25,7 +25,7 @@ TAG_MODULE = '''\
 
 import os
 
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 
 class Tag(HttpFilter):

@@ -30,7 +30,7 @@ DEMO_PORTS = ("9000", "9001", "9002")
 
 def monolake(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "monolake.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "monolake.product.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 

@@ -167,7 +167,7 @@ def test_layers_from_config(web: Proxy, origin: Origin) -> None:
 # -- where filter modules are found --------------------------------------------------------
 
 BESIDE = """
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 
 class Beside(HttpFilter):
@@ -199,7 +199,7 @@ def test_filter_module_beside_the_config_from_another_cwd(tmp_path: Path, loop_k
     config = conf / "proxy.toml"
     config.write_text(BESIDE_CONFIG.replace("{origin}", origin.url))
     check = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "check", "-c", str(config)],
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(config)],
         cwd=elsewhere,
         env=_env(),
         capture_output=True,
@@ -217,7 +217,7 @@ def test_filter_module_beside_the_config_from_another_cwd(tmp_path: Path, loop_k
 
 
 SHAPES = """
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 
 class OneArg(HttpFilter):
@@ -232,7 +232,7 @@ def test_check_rejects_a_wrong_shape_naming_it(tmp_path: Path) -> None:
     text = BESIDE_CONFIG.replace("h9_beside_filter:Beside", "h9_shapes:OneArg")
     config.write_text(text.replace("{origin}", "http://127.0.0.1:9"))
     check = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "check", "-c", str(config)],
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(config)],
         cwd="/",
         env=_env(),
         capture_output=True,

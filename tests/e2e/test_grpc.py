@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from conftest import Proxy, ProxyFactory, free_port
-from monolake.proto.http2 import codec_kinds
+from monolake.core.proto.http2 import codec_kinds
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e .[test])")
 protoc = pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools is not installed (pip install -e .[test])")
@@ -34,9 +34,9 @@ pytestmark = pytest.mark.e2e
 
 def _server_side_h2() -> str | None:
     try:
-        importlib.import_module("monolake.server._h2")
+        importlib.import_module("monolake.core.server._h2")
     except ImportError as exc:
-        return f"the HTTP/2 server driver (monolake.server._h2) is not available: {exc}"
+        return f"the HTTP/2 server driver (monolake.core.server._h2) is not available: {exc}"
     return None
 
 

@@ -21,7 +21,7 @@ from hyperframe.frame import DataFrame, HeadersFrame, RstStreamFrame, SettingsFr
 from test_h2_server import RawH2
 
 from conftest import TIMEOUT, Origin, Proxy, ProxyFactory, proc_status_kb
-from monolake.proto.http2 import PREFACE, codec_kinds
+from monolake.core.proto.http2 import PREFACE, codec_kinds
 
 pytestmark = pytest.mark.e2e
 

@@ -38,7 +38,7 @@ from hyperframe.frame import (
 )
 
 from conftest import TIMEOUT, Origin, Proxy, ProxyFactory, pattern_sha, proc_status_kb
-from monolake.proto.http2 import PREFACE, codec_kinds
+from monolake.core.proto.http2 import PREFACE, codec_kinds
 
 pytestmark = pytest.mark.e2e
 

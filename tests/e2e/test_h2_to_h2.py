@@ -14,7 +14,7 @@ from test_h2_server import RawH2
 from test_h2_upstream import H2OriginProcess
 
 from conftest import TIMEOUT, Proxy, ProxyFactory, pattern_sha
-from monolake.proto.http2 import codec_kinds
+from monolake.core.proto.http2 import codec_kinds
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from conftest import E2E, LineLog, Proxy, ProxyFactory, _stop_process, free_port, pattern, pattern_sha
-from monolake.proto.http2 import codec_kinds
+from monolake.core.proto.http2 import codec_kinds
 
 pytestmark = pytest.mark.e2e
 

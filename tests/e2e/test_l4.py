@@ -38,8 +38,8 @@ from conftest import (
     pattern_sha,
     raw_request,
 )
-from monolake.config import parse_config
-from monolake.errors import ConfigError
+from monolake.apps.config import parse_config
+from monolake.core.errors import ConfigError
 
 pytestmark = pytest.mark.e2e
 

@@ -102,7 +102,7 @@ FLAKY = """\
 import os
 import pathlib
 
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 if pathlib.Path(f"fail-{os.getpid()}").exists():
     raise ImportError(f"refusing to load in {os.getpid()}")
@@ -143,7 +143,7 @@ import pathlib
 if pathlib.Path(f"crash-{os.getpid()}").exists():
     os._exit(3)
 
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 
 class Pass(HttpFilter):
@@ -171,7 +171,7 @@ def test_worker_dying_while_preparing_aborts_and_restarts_on_the_running_config(
 
 
 STAMP = """\
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 STAMP = b"{stamp}"
 
@@ -207,7 +207,7 @@ def test_edited_filter_module_takes_effect_on_reload(start, origin: Origin, tmp_
     assert len(seen) == 2
 
     # A syntax error in the edited module aborts; the running filter stays.
-    module.write_text("from monolake.proxy import HttpFilter\nclass Stamp(HttpFilter):\n    def oops(:\n")
+    module.write_text("from monolake.apps.proxy import HttpFilter\nclass Stamp(HttpFilter):\n    def oops(:\n")
     m = fleet.reload()
     assert m[2] == "aborted" and "servers.web.filters[1]: cannot import 'stampmod': SyntaxError" in m.string
     assert httpx.get(p.url + "/echo", trust_env=False).headers["x-stamp"] == "v2"
@@ -370,9 +370,9 @@ ADMIN = '''\
 import asyncio
 import json
 
-from monolake.proto.http1 import Headers, Response
-from monolake.proxy import HttpFilter
-from monolake.runtime import reload_status, request_reload
+from monolake.core.proto.http1 import Headers, Response
+from monolake.apps.proxy import HttpFilter
+from monolake.core.runtime import reload_status, request_reload
 
 _task = None
 

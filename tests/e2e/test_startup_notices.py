@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from conftest import READY, REPO, TIMEOUT, Origin, ProxyFactory
-from monolake.proto.http2 import CODEC_ENV, codec_notice, native_available
-from monolake.runtime import uring
+from monolake.core.proto.http2 import CODEC_ENV, codec_notice, native_available
+from monolake.core.runtime import uring
 
 CONFIG = """
 [runtime]
@@ -56,7 +56,7 @@ def without_native(tmp_path: Path) -> dict[str, str]:
     """An environment whose processes cannot import the native codec, as where it was not built."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text('import sys\nsys.modules["monolake.proto.http2._native"] = None\n')
+    (site / "sitecustomize.py").write_text('import sys\nsys.modules["monolake.core.proto.http2._native"] = None\n')
     path = [str(site), str(REPO), os.environ.get("PYTHONPATH", "")]
     return {"PYTHONPATH": os.pathsep.join(p for p in path if p), CODEC_ENV: ""}
 
@@ -115,7 +115,7 @@ def test_codec_notice_cases(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CODEC_ENV, "nghttp2")
     severity, message = codec_notice()
     assert severity == "warning" and "'nghttp2' is not 'h2' or 'native'" in message
-    monkeypatch.setitem(sys.modules, "monolake.proto.http2._native", None)
+    monkeypatch.setitem(sys.modules, "monolake.core.proto.http2._native", None)
     monkeypatch.setenv(CODEC_ENV, "native")
     severity, message = codec_notice()
     assert severity == "error" and "unavailable" in message

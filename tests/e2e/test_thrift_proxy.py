@@ -3,7 +3,7 @@
 Peers (tests/e2e/thrift_peers.py): thriftpy2 and Apache Thrift servers and
 clients (Apache's from code ``thrift --gen py`` generates at test time into a tmp
 dir), and a TTHeader server/client pair built on thriftpy2's protocols with
-monolake.proto.thrift framing. Every transport (framed, THeader, TTHeader) and
+monolake.core.proto.thrift framing. Every transport (framed, THeader, TTHeader) and
 protocol (binary, compact) goes through the proxy; so do exceptions, oneway calls,
 many concurrent calls over a few multiplexed upstream connections, and the
 proxy's own failures, which reach the client as TApplicationException replies.
@@ -36,7 +36,7 @@ from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TTransportException
 
 from conftest import Proxy, ProxyFactory, free_port
-from monolake.proto.thrift import ThriftProtocol, encode_framed, message_begin
+from monolake.core.proto.thrift import ThriftProtocol, encode_framed, message_begin
 
 pytestmark = pytest.mark.e2e
 

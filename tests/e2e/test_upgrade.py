@@ -119,7 +119,7 @@ def test_monolake_upgrade_command(started: tuple[Proxy, Fleet, Path]) -> None:
     p, fleet, sock = started
     old = fleet.pid
     out = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "upgrade", "-c", str(p.config_path)],
+        [sys.executable, "-m", "monolake.product.cli", "upgrade", "-c", str(p.config_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -137,7 +137,7 @@ def test_monolake_upgrade_command(started: tuple[Proxy, Fleet, Path]) -> None:
 
     # And once more, from the upgraded one, with --pid.
     out = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "upgrade", "--pid", str(new)],
+        [sys.executable, "-m", "monolake.product.cli", "upgrade", "--pid", str(new)],
         capture_output=True,
         text=True,
         timeout=60,

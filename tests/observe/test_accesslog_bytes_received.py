@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from monolake._body import Body
-from monolake.observe._accesslog import VARIABLES
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.server._relay import Switched
+from monolake.apps.observe._accesslog import VARIABLES
+from monolake.core._body import Body
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.server._relay import Switched
 
 get = VARIABLES["bytes_received"]
 

@@ -9,7 +9,7 @@ import textwrap
 from types import SimpleNamespace
 from typing import Any
 
-from monolake.observe._metrics import (
+from monolake.apps.observe._metrics import (
     LATENCY_BUCKETS,
     WorkerMetrics,
     chain_completion,
@@ -87,7 +87,7 @@ FOLD = textwrap.dedent(
     """
     import asyncio, os, sys
     from types import SimpleNamespace
-    from monolake.observe import _metrics as m
+    from monolake.apps.observe import _metrics as m
 
     path = m.prepare_multiprocess()
     pid = os.fork()

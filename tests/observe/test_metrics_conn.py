@@ -7,14 +7,14 @@ import subprocess
 import sys
 import textwrap
 
-from monolake.observe import _conn_metrics as cm
-from monolake.observe._metrics import worker_metrics
+from monolake.apps.observe import _conn_metrics as cm
+from monolake.apps.observe._metrics import worker_metrics
 
 FOLD = textwrap.dedent(
     """
     import asyncio
-    from monolake.observe import _metrics as m
-    from monolake.observe import _conn_metrics as cm
+    from monolake.apps.observe import _metrics as m
+    from monolake.apps.observe import _conn_metrics as cm
 
     path = m.prepare_multiprocess()
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from monolake.observe import RateLimitedLog
+from monolake.apps.observe import RateLimitedLog
 
 
 class Clock:

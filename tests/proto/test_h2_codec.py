@@ -29,8 +29,8 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monolake.proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, PREFACE, RESET, SETTINGS, H2ConnectionError
-from monolake.proto.http2._codec import (
+from monolake.core.proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, PREFACE, RESET, SETTINGS, H2ConnectionError
+from monolake.core.proto.http2._codec import (
     CANCEL,
     ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
@@ -39,14 +39,14 @@ from monolake.proto.http2._codec import (
     REFUSED_STREAM,
     Codec,
 )
-from monolake.proto.http2._select import native_available, new_codec
+from monolake.core.proto.http2._select import native_available, new_codec
 
 KINDS = [
     "h2",
     pytest.param(
         "native",
         marks=pytest.mark.skipif(
-            not native_available(), reason="monolake.proto.http2._nghttp2 not built (no libnghttp2-dev at install)"
+            not native_available(), reason="monolake.core.proto.http2._nghttp2 not built (no libnghttp2-dev at install)"
         ),
     ),
 ]
@@ -693,7 +693,7 @@ def test_native_rapid_reset_flood_ends_the_connection(kind: str) -> None:
     """CVE-2023-44487: libnghttp2's token bucket (1000 resets, +33/s) answers a flood with GOAWAY."""
     if kind == "h2":
         pytest.skip("the h2 library has no reset rate limit (the server driver counts resets itself)")
-    from monolake.proto.http2._native import HAS_RESET_RATE_LIMIT
+    from monolake.core.proto.http2._native import HAS_RESET_RATE_LIMIT
 
     if not HAS_RESET_RATE_LIMIT:
         pytest.skip("this libnghttp2 predates nghttp2_option_set_stream_reset_rate_limit")
@@ -713,7 +713,7 @@ def test_native_continuation_flood_ends_the_connection(kind: str) -> None:
     """CVE-2024-27316 class: endless CONTINUATION frames are cut off, not buffered."""
     if kind == "h2":
         pytest.skip("the h2 library bounds the header block by size only")
-    from monolake.proto.http2._native import HAS_MAX_CONTINUATIONS
+    from monolake.core.proto.http2._native import HAS_MAX_CONTINUATIONS
 
     if not HAS_MAX_CONTINUATIONS:
         pytest.skip("this libnghttp2 predates nghttp2_option_set_max_continuations")
@@ -744,11 +744,11 @@ def test_arbitrary_bytes_give_events_or_a_connection_error(kind: str, chunks: li
 
 
 def test_new_codec_prefers_native_and_obeys_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from monolake.proto.http2._h2codec import H2Codec
+    from monolake.core.proto.http2._h2codec import H2Codec
 
     monkeypatch.delenv("MONOLAKE_H2_CODEC", raising=False)
     if native_available():
-        from monolake.proto.http2._native import NgCodec
+        from monolake.core.proto.http2._native import NgCodec
 
         assert isinstance(new_codec(True), NgCodec)
     else:
@@ -759,10 +759,10 @@ def test_new_codec_prefers_native_and_obeys_the_environment(monkeypatch: pytest.
 
 def test_new_codec_falls_back_when_the_extension_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """What an install without libnghttp2-dev sees: the import fails and the reference is used."""
-    from monolake.proto.http2._h2codec import H2Codec
+    from monolake.core.proto.http2._h2codec import H2Codec
 
     monkeypatch.delenv("MONOLAKE_H2_CODEC", raising=False)
-    monkeypatch.setitem(sys.modules, "monolake.proto.http2._native", None)  # makes the import raise ImportError
+    monkeypatch.setitem(sys.modules, "monolake.core.proto.http2._native", None)  # makes the import raise ImportError
     assert not native_available()
     assert isinstance(new_codec(True), H2Codec)
     with pytest.raises(ImportError):

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monolake.errors import LocalProtocolError, RemoteProtocolError
-from monolake.proto.proxy_protocol import (
+from monolake.core.errors import LocalProtocolError, RemoteProtocolError
+from monolake.core.proto.proxy_protocol import (
     V1_MAX_LENGTH,
     V2_SIGNATURE,
     Command,

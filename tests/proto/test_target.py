@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monolake.errors import RemoteProtocolError
-from monolake.proto._target import normalize_path, split_absolute
+from monolake.core.errors import RemoteProtocolError
+from monolake.core.proto._target import normalize_path, split_absolute
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from types import ModuleType
 import pytest
 import rtls
 
-from monolake.proto.tls_hello import server_name
+from monolake.core.proto.tls_hello import server_name
 
 
 def client_hello(module: ModuleType, name: str | None) -> bytes:

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from monolake.config._address import Endpoint
-from monolake.proto.http1._message import Headers, Request
-from monolake.proxy._balancer import (
+from monolake.apps.config._address import Endpoint
+from monolake.apps.proxy._balancer import (
     MAGLEV_TABLE_SIZE,
     Balancer,
     LeastRequestBalancer,
@@ -22,6 +21,7 @@ from monolake.proxy._balancer import (
     WeightedRoundRobinBalancer,
     make_balancer,
 )
+from monolake.core.proto.http1._message import Headers, Request
 
 
 def eps(*weights: int) -> list[Endpoint]:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from monolake.config import Config, parse_config
-from monolake.errors import ConfigError
-from monolake.proxy import ProxyBuilder
-from monolake.server import HttpServerApp
+from monolake.apps.config import Config, parse_config
+from monolake.apps.proxy import ProxyBuilder
+from monolake.core.errors import ConfigError
+from monolake.core.server import HttpServerApp
 
 ORIGIN = [{"endpoint": "127.0.0.1:9"}]
 
@@ -98,7 +98,7 @@ def module_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 
 STAMP = """\
-from monolake.proxy import HttpFilter
+from monolake.apps.proxy import HttpFilter
 
 STAMP = "{value}"
 
@@ -153,12 +153,12 @@ def test_a_new_filter_module_fixed_after_a_failed_reload_is_loaded_again(module_
     b = ProxyBuilder()
     apps = b(config(web=http()))
     new = module_dir / "new_filter_mod.py"
-    new.write_text("from monolake.proxy import HttpFilter\n")  # no class yet
+    new.write_text("from monolake.apps.proxy import HttpFilter\n")  # no class yet
     cfg = config(web=http(filters=["new_filter_mod:Late"]))
     with pytest.raises(ConfigError, match="has no attribute 'Late'"):
         b.prepare(cfg, apps)
     new.write_text(
-        "from monolake.proxy import HttpFilter\n\n\nclass Late(HttpFilter):\n"
+        "from monolake.apps.proxy import HttpFilter\n\n\nclass Late(HttpFilter):\n"
         "    def request_filter(self, req, ctx):\n        return None\n"
     )
     p = b.prepare(cfg, apps)

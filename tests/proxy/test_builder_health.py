@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from monolake.config import Config, parse_config
-from monolake.proxy import ProxyBuilder
+from monolake.apps.config import Config, parse_config
+from monolake.apps.proxy import ProxyBuilder
 
 DEAD = [{"endpoint": "127.0.0.1:9"}]
 CHECK = {"type": "tcp", "interval": 60.0, "timeout": 1.0}

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from monolake.config import FilterSpec, parse_config
-from monolake.errors import ConfigError
-from monolake.proxy import HttpFilter, TcpFilter, ThriftFilter, build_apps, load_filters, load_layers
-from monolake.proxy._filters import Background, Phases, ThriftPhases
-from monolake.service import Layer
+from monolake.apps.config import FilterSpec, parse_config
+from monolake.apps.proxy import HttpFilter, TcpFilter, ThriftFilter, build_apps, load_filters, load_layers
+from monolake.apps.proxy._filters import Background, Phases, ThriftPhases
+from monolake.core.errors import ConfigError
+from monolake.core.service import Layer
 
 
 class OneArg(HttpFilter):
@@ -173,7 +173,7 @@ def test_layers_must_be_layers() -> None:
     with pytest.raises(ConfigError) as info:
         load_layers(["h9mod:GoodLayer", FilterSpec(use="h9mod:NotALayer")], "servers.s.layers", modules=MODULES)
     assert info.value.path == "servers.s.layers[1]"
-    assert "made a NotALayer, not a monolake.service.Layer" in info.value.reason
+    assert "made a NotALayer, not a monolake.core.service.Layer" in info.value.reason
 
 
 def test_a_server_without_filters_gets_no_hooks() -> None:

@@ -21,9 +21,9 @@ from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.protocol.binary import TBinaryProtocolFactory as PyBinaryProtocolFactory
 from thriftpy2.utils import serialize
 
-from monolake.proto.http1 import Headers, Request
-from monolake.proxy.gateway import Compiler, Invalid, load_methods
-from monolake.proxy.gateway._binary import BinaryCompiler, Slow
+from monolake.apps.proxy.gateway import Compiler, Invalid, load_methods
+from monolake.apps.proxy.gateway._binary import BinaryCompiler, Slow
+from monolake.core.proto.http1 import Headers, Request
 
 TYPES = """
 enum Color { RED = 1, GREEN = 2, BLUE = 7 }
@@ -670,7 +670,7 @@ def test_doubles_round_like_float(node: Pair) -> None:
 def test_query_parsing_matches_parse_qsl(query: str) -> None:
     import urllib.parse
 
-    from monolake.proxy.gateway._gateway import _query_lists
+    from monolake.apps.proxy.gateway._gateway import _query_lists
 
     raw = query.encode("utf-8", "surrogatepass")
     expected: dict[str, list[str]] = {}
@@ -691,7 +691,7 @@ def test_query_parsing_matches_parse_qsl(query: str) -> None:
     ],
 )
 def test_cookies_first_of_each_name_wins(headers: list[tuple[bytes, bytes]]) -> None:
-    from monolake.proxy.gateway._gateway import _cookies
+    from monolake.apps.proxy.gateway._gateway import _cookies
 
     expected: dict[str, str] = {}
     for name, value in headers:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.utils import deserialize, serialize
 
-from monolake.proto.http1 import Headers, Request
-from monolake.proxy.gateway import Compiler, Invalid, load_methods
+from monolake.apps.proxy.gateway import Compiler, Invalid, load_methods
+from monolake.core.proto.http1 import Headers, Request
 
 REPO = Path(__file__).resolve().parents[2]
 IDL = REPO / "examples" / "gateway" / "echo.thrift"

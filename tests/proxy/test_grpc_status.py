@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monolake.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
-from monolake.proto.http1 import Headers, Request
-from monolake.proxy._grpc import (
+from monolake.apps.proxy._grpc import (
     deadline_of,
     encode_timeout,
     failure_response,
@@ -15,8 +13,10 @@ from monolake.proxy._grpc import (
     status_of,
     with_remaining_timeout,
 )
-from monolake.server import Overloaded
-from monolake.server._http import failure_response as server_failure_response
+from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
+from monolake.core.proto.http1 import Headers, Request
+from monolake.core.server import Overloaded
+from monolake.core.server._http import failure_response as server_failure_response
 
 
 @pytest.mark.parametrize(

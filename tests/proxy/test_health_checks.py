@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from test_resilience import Origin, closed_port, request, wait_for  # tests/proxy is on sys.path (no package)
 
-from monolake._body import Body
-from monolake.client import Pool
-from monolake.config import parse_config
-from monolake.proto.http1 import Request
-from monolake.proxy._upstream import UpstreamCluster
+from monolake.apps.config import parse_config
+from monolake.apps.proxy._upstream import UpstreamCluster
+from monolake.core._body import Body
+from monolake.core.client import Pool
+from monolake.core.proto.http1 import Request
 
 _spec = importlib.util.spec_from_file_location(
     "h2_origin", Path(__file__).resolve().parents[1] / "e2e" / "h2_origin.py"

@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from monolake.config._schema import Forwarded, Route
-from monolake.errors import RemoteProtocolError
-from monolake.proto.http1._message import Headers, Request, Response
-from monolake.proxy._filters import Phases
-from monolake.proxy._proxy import HttpProxy, RouteRuntime
-from monolake.proxy._router import Router
+from monolake.apps.config._schema import Forwarded, Route
+from monolake.apps.proxy._filters import Phases
+from monolake.apps.proxy._proxy import HttpProxy, RouteRuntime
+from monolake.apps.proxy._router import Router
+from monolake.core.errors import RemoteProtocolError
+from monolake.core.proto.http1._message import Headers, Request, Response
 
 
 class Seen:

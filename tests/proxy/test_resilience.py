@@ -11,14 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from monolake._body import Body
-from monolake.client import Pool
-from monolake.config import CircuitBreaker, Cluster, Endpoint, HealthCheck, OutlierDetection, Retry, UpstreamSpec
-from monolake.errors import ConnectError, ReadTimeout
-from monolake.proto.http1 import Headers, Request
-from monolake.proxy._health import EndpointState, HealthChecker, Outliers
-from monolake.proxy._retry import RetryPolicy
-from monolake.proxy._upstream import UpstreamCluster
+from monolake.apps.config import CircuitBreaker, Cluster, Endpoint, HealthCheck, OutlierDetection, Retry, UpstreamSpec
+from monolake.apps.proxy._health import EndpointState, HealthChecker, Outliers
+from monolake.apps.proxy._retry import RetryPolicy
+from monolake.apps.proxy._upstream import UpstreamCluster
+from monolake.core._body import Body
+from monolake.core.client import Pool
+from monolake.core.errors import ConnectError, ReadTimeout
+from monolake.core.proto.http1 import Headers, Request
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -346,8 +346,8 @@ async def test_passive_ejection_through_forward(origins: list[Origin]) -> None:
 
 
 async def test_a_reload_stops_the_checks_of_a_replaced_cluster(origins: list[Origin]) -> None:
-    from monolake.config import parse_config
-    from monolake.proxy import ProxyBuilder
+    from monolake.apps.config import parse_config
+    from monolake.apps.proxy import ProxyBuilder
 
     def cfg(interval: float) -> dict[str, object]:
         hc = {"path": "/health", "interval": interval}
@@ -400,8 +400,8 @@ async def test_a_reload_stops_the_checks_of_a_replaced_cluster(origins: list[Ori
 def test_config_errors_name_the_key(
     cluster_extra: dict[str, object], route_extra: dict[str, object], server_extra: dict[str, object], where: str
 ) -> None:
-    from monolake.config import parse_config
-    from monolake.errors import ConfigError
+    from monolake.apps.config import parse_config
+    from monolake.core.errors import ConfigError
 
     raw = {
         "upstreams": {"a": {"endpoints": [{"endpoint": "127.0.0.1:9"}], **cluster_extra}},
@@ -413,8 +413,8 @@ def test_config_errors_name_the_key(
 
 
 def test_config_resilience_keys_only_where_they_apply() -> None:
-    from monolake.config import parse_config
-    from monolake.errors import ConfigError
+    from monolake.apps.config import parse_config
+    from monolake.core.errors import ConfigError
 
     up = {"a": {"endpoints": [{"endpoint": "127.0.0.1:9"}], "outlier_detection": {}}}
     tcp = {"t": {"listener": "127.0.0.1:0", "proxy_type": "tcp", "upstream": "a"}}

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monolake.config._schema import Route
-from monolake.proto.http1._message import Headers, Request
-from monolake.proxy._router import Router
+from monolake.apps.config._schema import Route
+from monolake.apps.proxy._router import Router
+from monolake.core.proto.http1._message import Headers, Request
 
 
 def req(

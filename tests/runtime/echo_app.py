@@ -1,7 +1,7 @@
 """A tiny ServerApp for the runtime tests.
 
 Run as ``python echo_app.py CONFIG_JSON [CRASH_FLAG_PATH]``: the JSON is a config
-document for ``monolake.config.parse_config``. Every request (a line-and-headers
+document for ``monolake.apps.config.parse_config``. Every request (a line-and-headers
 HTTP/1.1 request, no body) is answered ``200 OK`` with ``pid=<worker pid>
 loop=<loop module> path=<path>``. ``/slow?s=N`` answers after N seconds and logs
 ``slow request in flight`` when it arrives, so a test can act while it is in
@@ -20,8 +20,8 @@ import sys
 from collections.abc import Mapping
 from typing import cast
 
-from monolake.config import Config, parse_config
-from monolake.runtime import ServerApp, run
+from monolake.apps.config import Config, parse_config
+from monolake.core.runtime import ServerApp, run
 
 SUPERVISOR_PID = os.getpid()
 log = logging.getLogger("echo")

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from monolake.runtime._control import Channel, ChannelClosed, channel_pair
+from monolake.core.runtime._control import Channel, ChannelClosed, channel_pair
 
 
 def pair() -> tuple[Channel, Channel]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from monolake.config import Config, parse_config
-from monolake.runtime._listeners import Listener, close_listeners, open_listeners, plan_listeners
-from monolake.runtime._reload import keep_runtime
+from monolake.apps.config import Config, parse_config
+from monolake.core.runtime._listeners import Listener, close_listeners, open_listeners, plan_listeners
+from monolake.core.runtime._reload import keep_runtime
 
 from ._harness import ROUTES
 

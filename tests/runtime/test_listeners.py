@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from monolake.config import Config, parse_config
-from monolake.errors import ConfigError
-from monolake.runtime._listeners import bind_tcp, close_listeners, open_listeners
+from monolake.apps.config import Config, parse_config
+from monolake.core.errors import ConfigError
+from monolake.core.runtime._listeners import bind_tcp, close_listeners, open_listeners
 
 from ._harness import ROUTES
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import uvloop
 
-from monolake.errors import ConfigError
-from monolake.runtime import new_event_loop
+from monolake.core.errors import ConfigError
+from monolake.core.runtime import new_event_loop
 
 
 @pytest.mark.parametrize(("kind", "cls"), [("uvloop", uvloop.Loop), ("asyncio", asyncio.SelectorEventLoop)])

@@ -72,8 +72,8 @@ def test_default_is_the_hard_limit(tmp_path: Path) -> None:
     # A soft limit of 1024 under a higher hard limit is raised to the hard limit.
     code = (
         "import resource\n"
-        "from monolake.config import Config\n"
-        "from monolake.runtime._limits import apply_open_files\n"
+        "from monolake.apps.config import Config\n"
+        "from monolake.core.runtime._limits import apply_open_files\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
         "got = apply_open_files(Config())\n"
@@ -93,7 +93,7 @@ def _lower_hard_limit() -> None:
 def test_above_the_hard_limit_is_a_config_error(tmp_path: Path, origin: Origin) -> None:
     config = tmp_path / "proxy.toml"
     config.write_text(LOW.replace("max_open_files = 64", "max_open_files = 8192").replace("{origin}", origin.url))
-    cmd = [sys.executable, "-m", "monolake.cli", "run", "-c", str(config), "--workers", "1"]
+    cmd = [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(config), "--workers", "1"]
     if os.geteuid() == 0:
         # Root may raise the hard limit; without CAP_SYS_RESOURCE it may not, as any other user.
         setpriv = shutil.which("setpriv")
@@ -111,8 +111,8 @@ def test_above_the_hard_limit_is_a_config_error(tmp_path: Path, origin: Origin) 
 
 
 def test_below_the_minimum_names_the_key() -> None:
-    from monolake.config import parse_config
-    from monolake.errors import ConfigError
+    from monolake.apps.config import parse_config
+    from monolake.core.errors import ConfigError
 
     server = {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstreams": [{"endpoint": "http://127.0.0.1:1"}]}]}
     with pytest.raises(ConfigError, match=r"runtime\.max_open_files: .*>= 64"):
@@ -120,8 +120,8 @@ def test_below_the_minimum_names_the_key() -> None:
 
 
 def test_warning_rule() -> None:
-    from monolake.config import parse_config
-    from monolake.runtime._limits import WORKER_MARGIN, fds_needed, low_limit_warning
+    from monolake.apps.config import parse_config
+    from monolake.core.runtime._limits import WORKER_MARGIN, fds_needed, low_limit_warning
 
     server = {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstreams": [{"endpoint": "http://127.0.0.1:1"}]}]}
     cfg = parse_config(

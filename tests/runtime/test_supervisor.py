@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from monolake.config import Config, parse_config
-from monolake.errors import ConfigError
-from monolake.runtime import ServerApp, cpu_count, run
+from monolake.apps.config import Config, parse_config
+from monolake.core.errors import ConfigError
+from monolake.core.runtime import ServerApp, cpu_count, run
 
 from ._harness import (
     READY,

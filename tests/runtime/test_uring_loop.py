@@ -19,13 +19,13 @@ import trustme
 import uvloop
 
 from conftest import Origin, Proxy
-from monolake.runtime import uring
-from monolake.runtime._loops import LoopOptions, new_event_loop
+from monolake.core.runtime import uring
+from monolake.core.runtime._loops import LoopOptions, new_event_loop
 
 if uring.unavailable() is not None:  # pragma: no cover - depends on the machine
     pytest.skip(f"io_uring unavailable here: {uring.unavailable()}", allow_module_level=True)
 
-from monolake.runtime.uring._loop import UringEventLoop
+from monolake.core.runtime.uring._loop import UringEventLoop
 
 T = TypeVar("T")
 
@@ -425,7 +425,7 @@ def test_forced_setup_failure_falls_back_to_uvloop_with_a_warning(
     kind: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(uring.FAIL_ENV, "1")
-    with caplog.at_level(logging.WARNING, logger="monolake.runtime"):
+    with caplog.at_level(logging.WARNING, logger="monolake.core.runtime"):
         lp = new_event_loop(kind)
     try:
         assert isinstance(lp, uvloop.Loop)
@@ -513,7 +513,7 @@ def _read_all(s: socket.socket) -> bytes:
 
 
 def test_ring_refuses_bad_arguments_and_use_after_close() -> None:
-    from monolake.runtime._uring import Ring
+    from monolake.core.runtime._uring import Ring
 
     with pytest.raises(ValueError, match="entries"):
         Ring(1)
@@ -529,7 +529,7 @@ def test_ring_refuses_bad_arguments_and_use_after_close() -> None:
 
 
 def test_ring_is_unusable_in_a_forked_child() -> None:
-    from monolake.runtime._uring import Ring
+    from monolake.core.runtime._uring import Ring
 
     ring = Ring(8)
     try:

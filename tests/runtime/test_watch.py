@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monolake.runtime._watch import ConfigWatcher, file_digest
+from monolake.core.runtime._watch import ConfigWatcher, file_digest
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
 

@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from monolake._body import HIGH_WATER, Body
-from monolake.config import Http2, Limits, Server
-from monolake.errors import ConnectError
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.proto.http2 import DATA, GOAWAY, HEADERS, RESET, Codec, new_codec
-from monolake.proto.http2._codec import ENHANCE_YOUR_CALM, NO_ERROR
-from monolake.proto.http2._select import native_available
-from monolake.server import HttpServerApp
-from monolake.server._h2 import H2Connection, host_only
+from monolake.apps.config import Http2, Limits, Server
+from monolake.core._body import HIGH_WATER, Body
+from monolake.core.errors import ConnectError
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.proto.http2 import DATA, GOAWAY, HEADERS, RESET, Codec, new_codec
+from monolake.core.proto.http2._codec import ENHANCE_YOUR_CALM, NO_ERROR
+from monolake.core.proto.http2._select import native_available
+from monolake.core.server import HttpServerApp
+from monolake.core.server._h2 import H2Connection, host_only
 
 KINDS = [
     "h2",
@@ -502,7 +502,7 @@ async def stalled_streams(h: Harness, bodies: list[Body], ups: list[Upstream]) -
     ],
 )
 async def test_stalled_streams_hold_a_bounded_amount(kind: str, caps: dict[str, int], bound: int) -> None:
-    from monolake.server._h2 import worker_buffered_bytes
+    from monolake.core.server._h2 import worker_buffered_bytes
 
     ups = [Upstream() for _ in range(8)]
     bodies = [Body(up) for up in ups]
@@ -526,7 +526,7 @@ async def test_stalled_streams_hold_a_bounded_amount(kind: str, caps: dict[str, 
 
 
 async def test_send_timeout_resets_a_stream_without_window_progress(kind: str) -> None:
-    from monolake.server._h2 import worker_buffered_bytes
+    from monolake.core.server._h2 import worker_buffered_bytes
 
     ups = [Upstream(), Upstream()]
     bodies = [Body(up) for up in ups]
@@ -560,7 +560,7 @@ async def test_send_timeout_resets_a_stream_without_window_progress(kind: str) -
 
 
 async def test_answered_stream_whose_tail_waits_for_window_is_counted_and_timed_out(kind: str) -> None:
-    from monolake.server._h2 import worker_buffered_bytes
+    from monolake.core.server._h2 import worker_buffered_bytes
 
     async def service(req: Request) -> Response:
         return Response(200, Headers(), b"z" * 200_000)  # complete at once: no pipe
@@ -604,7 +604,7 @@ async def test_early_answer_is_sent_whole_before_the_no_error_reset(kind: str) -
 
 
 async def test_over_the_worker_cap_stalled_streams_are_shed(kind: str) -> None:
-    from monolake.server._h2 import worker_buffered_bytes
+    from monolake.core.server._h2 import worker_buffered_bytes
 
     ups = [Upstream() for _ in range(8)]
     bodies = [Body(up) for up in ups]

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from monolake.errors import ConfigError
-from monolake.service import BUILTIN, Context, ContextSlot, Factory, Layer, Stack, UnsetSlotError
+from monolake.core.errors import ConfigError
+from monolake.core.service import BUILTIN, Context, ContextSlot, Factory, Layer, Stack, UnsetSlotError
 
 SERVER = ("peer", "server", "start")
 

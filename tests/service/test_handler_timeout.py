@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from monolake.config import Server
-from monolake.errors import DeadlineExceeded, ReadTimeout, Source
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.server import HttpServerApp, error_response
-from monolake.service import Factory, Layer, Stack
-from monolake.service.layers import CatchPanicLayer, TimeoutLayer
+from monolake.apps.config import Server
+from monolake.core.errors import DeadlineExceeded, ReadTimeout, Source
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.server import HttpServerApp, error_response
+from monolake.core.service import Factory, Layer, Stack
+from monolake.core.service.layers import CatchPanicLayer, TimeoutLayer
 
 
 class Handler:
@@ -66,14 +66,16 @@ async def base_url(gateway: bool) -> AsyncIterator[str]:
 
 
 def failure_lines(caplog: pytest.LogCaptureFixture, path: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "monolake.server" and f" {path} " in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.name == "monolake.core.server" and f" {path} " in r.getMessage()
+    ]
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2"])
 async def test_deadline_status_and_log_line(
     base_url: str, gateway: bool, http2: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="monolake.server")
+    caplog.set_level(logging.INFO, logger="monolake.core.server")
     async with httpx.AsyncClient(http1=not http2, http2=http2, timeout=30, trust_env=False) as client:
         slow = await client.get(base_url + "/slow")
         fast = await client.get(base_url + "/fast")
@@ -92,7 +94,7 @@ async def test_deadline_status_and_log_line(
 
 @pytest.mark.parametrize("gateway", [False], ids=["handler"], indirect=True)
 async def test_a_timeout_inside_the_service_is_its_own(base_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="monolake.server")
+    caplog.set_level(logging.INFO, logger="monolake.core.server")
     async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
         r = await client.get(base_url + "/inner-timeout")
     assert r.status_code == 504  # the service's backend timed out, not the service's deadline
@@ -108,7 +110,7 @@ def test_deadline_exceeded_defaults() -> None:
 
 
 def test_grpc_status_of_a_services_own_deadline_blames_no_upstream() -> None:
-    from monolake.proxy._grpc import DEADLINE_EXCEEDED, status_of
+    from monolake.apps.proxy._grpc import DEADLINE_EXCEEDED, status_of
 
     assert status_of(DeadlineExceeded("t")) == (DEADLINE_EXCEEDED, "monolake: service deadline exceeded")
     gateway = DeadlineExceeded("t", source=Source.UPSTREAM, status_hint=504)

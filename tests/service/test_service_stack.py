@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from monolake.config import parse_config
-from monolake.errors import ConfigError
-from monolake.proxy import ProxyFactory, build_apps, server_stack
-from monolake.service import SLOTS, Context, Factory, Layer, Stack
+from monolake.apps.config import parse_config
+from monolake.apps.proxy import ProxyFactory, build_apps, server_stack
+from monolake.core.errors import ConfigError
+from monolake.core.service import SLOTS, Context, Factory, Layer, Stack
 
 SERVER = ("peer", "server", "start")
 
@@ -236,8 +236,8 @@ CONFIG = {
 
 
 def test_user_layer_requiring_route_outside_the_proxy_fails_the_check() -> None:
-    from monolake.client import Pool
-    from monolake.proxy import UpstreamCluster
+    from monolake.apps.proxy import UpstreamCluster
+    from monolake.core.client import Pool
 
     cfg = parse_config(CONFIG)
     pool = Pool()
@@ -264,7 +264,7 @@ def test_build_apps_names_a_filter_that_cannot_be_imported() -> None:
 
 def test_build_apps_names_a_missing_filter_class() -> None:
     raw = msgspec.json.decode(msgspec.json.encode(CONFIG))
-    raw["servers"]["web"]["filters"] = ["monolake.proxy:HttpFilter", "monolake.proxy:NoSuchFilter"]
+    raw["servers"]["web"]["filters"] = ["monolake.apps.proxy:HttpFilter", "monolake.apps.proxy:NoSuchFilter"]
     with pytest.raises(ConfigError) as info:
         build_apps(parse_config(raw))
     assert info.value.path == "servers.web.filters[1]"

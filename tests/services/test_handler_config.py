@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from monolake.config import parse_config
-from monolake.errors import ConfigError
-from monolake.proxy import build_apps
-from monolake.server import HttpServerApp
-from monolake.server._stream_app import StreamServerApp
+from monolake.apps.config import parse_config
+from monolake.apps.proxy import build_apps
+from monolake.core.errors import ConfigError
+from monolake.core.server import HttpServerApp
+from monolake.core.server._stream_app import StreamServerApp
 
 HANDLERS = """
 from monolake import Factory, Headers, Request, Response, Stack
-from monolake.service.layers import TimeoutLayer
+from monolake.core.service.layers import TimeoutLayer
 
 
 class Hello:
@@ -134,7 +134,7 @@ def test_example_configs_check_from_anywhere(name: str, tmp_path: Path) -> None:
     # The handler module is found beside the config file, whatever the working directory.
     path = Path(__file__).resolve().parents[2] / "examples" / "services" / f"{name}.toml"
     out = subprocess.run(
-        [sys.executable, "-m", "monolake.cli", "check", "-c", str(path)],
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(path)],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from monolake import Body, Headers, Request, Response, sse_event, stream_body
-from monolake.errors import MonolakeError, Overloaded, ReadTimeout, Source
-from monolake.server._service_app import HandlerGuard
-from monolake.service.layers import TimeoutLayer
+from monolake.core.errors import MonolakeError, Overloaded, ReadTimeout, Source
+from monolake.core.server._service_app import HandlerGuard
+from monolake.core.service.layers import TimeoutLayer
 
 
 def request(path: bytes = b"/") -> Request:

@@ -16,9 +16,9 @@ from conftest import READY, TIMEOUT, LineLog, _stop_process
 SCRIPT = """
 import sys
 from monolake import Factory, Headers, HttpApp, Request, Response
-from monolake.runtime import run
-from monolake.runtime._serve import ServeBuilder, _InMemory, apps_config
-from monolake.server._service_app import build_http_app
+from monolake.core.runtime import run
+from monolake.core.runtime._serve import ServeBuilder, _InMemory, apps_config
+from monolake.core.server._service_app import build_http_app
 
 
 class Counter:

@@ -12,8 +12,8 @@ import monolake
 
 GOOD = """
 from monolake import Connection, Factory, Headers, HttpApp, Request, Response, StreamApp, sse_response
-from monolake.config import Server
-from monolake.server import HttpServerApp
+from monolake.apps.config import Server
+from monolake.core.server import HttpServerApp
 from collections.abc import AsyncIterator
 
 

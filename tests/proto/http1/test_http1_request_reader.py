@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from monolake.errors import ProtocolError, RemoteProtocolError, Source
-from monolake.proto.http1._message import Request
-from monolake.proto.http1._parse import HOP_BY_HOP, RequestReader
+from monolake.core.errors import ProtocolError, RemoteProtocolError, Source
+from monolake.core.proto.http1._message import Request
+from monolake.core.proto.http1._parse import HOP_BY_HOP, RequestReader
 
 # --- recording reader ---------------------------------------------------------------
 

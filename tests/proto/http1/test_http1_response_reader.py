@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from monolake.errors import ProtocolError, RemoteProtocolError, Source
-from monolake.proto.http1._message import Response
-from monolake.proto.http1._parse import ResponseReader
+from monolake.core.errors import ProtocolError, RemoteProtocolError, Source
+from monolake.core.proto.http1._message import Response
+from monolake.core.proto.http1._parse import ResponseReader
 
 
 @dataclass

@@ -6,9 +6,9 @@ from http import HTTPStatus
 
 import pytest
 
-from monolake.proto.http1._message import Headers, Request, Response
-from monolake.proto.http1._parse import RequestReader, ResponseReader
-from monolake.proto.http1._serialize import (
+from monolake.core.proto.http1._message import Headers, Request, Response
+from monolake.core.proto.http1._parse import RequestReader, ResponseReader
+from monolake.core.proto.http1._serialize import (
     CHUNKED_LINE,
     CLOSE_LINE,
     CONTINUE_100,

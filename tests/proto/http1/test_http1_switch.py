@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monolake.errors import ProtocolError, RemoteProtocolError
-from monolake.proto.http1._message import Request, Response
-from monolake.proto.http1._parse import RequestReader, ResponseReader
+from monolake.core.errors import ProtocolError, RemoteProtocolError
+from monolake.core.proto.http1._message import Request, Response
+from monolake.core.proto.http1._parse import RequestReader, ResponseReader
 
 
 class Requests(RequestReader):

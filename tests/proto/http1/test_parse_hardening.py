@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from monolake.errors import ProtocolError
-from monolake.proto.http1._message import Request
-from monolake.proto.http1._parse import RequestReader
+from monolake.core.errors import ProtocolError
+from monolake.core.proto.http1._message import Request
+from monolake.core.proto.http1._parse import RequestReader
 
 
 class Recorder(RequestReader):

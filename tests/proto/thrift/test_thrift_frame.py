@@ -13,8 +13,8 @@ from thrift.protocol.THeaderProtocol import THeaderProtocol
 from thrift.transport.THeaderTransport import THeaderClientType, THeaderTransport
 from thrift.transport.TTransport import TMemoryBuffer
 
-from monolake.errors import LocalProtocolError, RemoteProtocolError
-from monolake.proto.thrift import (
+from monolake.core.errors import LocalProtocolError, RemoteProtocolError
+from monolake.core.proto.thrift import (
     FrameReader,
     FrameTooLarge,
     HeaderInfo,

@@ -15,8 +15,8 @@ from thrift.protocol.TCompactProtocol import TCompactProtocol
 from thrift.Thrift import TApplicationException
 from thrift.transport.TTransport import TMemoryBuffer
 
-from monolake.errors import RemoteProtocolError
-from monolake.proto.thrift import (
+from monolake.core.errors import RemoteProtocolError
+from monolake.core.proto.thrift import (
     AppError,
     MessageType,
     ThriftProtocol,

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from monolake.errors import ConfigError, DeadlineExceeded, MonolakeError, ProtocolError, ReadError, Source
-from monolake.errors import TimeoutError as MonolakeTimeout
-from monolake.server import status_for
-from monolake.service.layers import (
+from monolake.core.errors import ConfigError, DeadlineExceeded, MonolakeError, ProtocolError, ReadError, Source
+from monolake.core.errors import TimeoutError as MonolakeTimeout
+from monolake.core.server import status_for
+from monolake.core.service.layers import (
     CatchPanic,
     CatchPanicLayer,
     ConcurrencyLimit,
@@ -292,9 +292,9 @@ async def test_catch_panic_over_timeout_over_limit() -> None:
 
 
 async def test_limit_without_on_shed_raises_overloaded() -> None:
-    from monolake.errors import Overloaded
-    from monolake.server import Overloaded as ServerOverloaded
-    from monolake.server import status_for
+    from monolake.core.errors import Overloaded
+    from monolake.core.server import Overloaded as ServerOverloaded
+    from monolake.core.server import status_for
 
     never = asyncio.Event()
     inner = Mock(wait_for(never))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monolake.config import Server
-from monolake.server import HttpServerApp
+from monolake.apps.config import Server
+from monolake.core.server import HttpServerApp
 
 
 class Echo:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.service import Factory, Layer, Service, Stack
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.service import Factory, Layer, Service, Stack
 
 
 class Hello:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from monolake.proto.http1 import Request, Response
-from monolake.service import Layer, Service
+from monolake.core.proto.http1 import Request, Response
+from monolake.core.service import Layer, Service
 
 
 class ToText:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from monolake.proto.http1 import Request, Response
-from monolake.service import Factory, Stack
-from monolake.service.layers import TimeoutLayer
+from monolake.core.proto.http1 import Request, Response
+from monolake.core.service import Factory, Stack
+from monolake.core.service.layers import TimeoutLayer
 
 
 class Echo:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monolake.service import Context, ContextSlot
+from monolake.core.service import Context, ContextSlot
 
 USER_ID = ContextSlot("user_id", str)
 

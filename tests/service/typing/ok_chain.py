@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from monolake.config import Server
-from monolake.proto.http1 import Headers, Request, Response
-from monolake.server import HttpServerApp
-from monolake.service import Context, ContextSlot, Factory, Layer, Service, Stack
-from monolake.service.layers import CatchPanicLayer, ConcurrencyLimitLayer, Timeout, TimeoutLayer
+from monolake.apps.config import Server
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.server import HttpServerApp
+from monolake.core.service import Context, ContextSlot, Factory, Layer, Service, Stack
+from monolake.core.service.layers import CatchPanicLayer, ConcurrencyLimitLayer, Timeout, TimeoutLayer
 
 USER_ID = ContextSlot("user_id", str)
 

@@ -1,0 +1,5 @@
+"""Observability: access logs and Prometheus metrics (``_metrics``; the admin endpoint serves them)."""
+
+from ...core._ratelimit import RateLimitedLog as RateLimitedLog
+from ._accesslog import AccessLog as AccessLog
+from ._accesslog import compile_format as compile_format

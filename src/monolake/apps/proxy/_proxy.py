@@ -1,0 +1,401 @@
+"""The HTTP reverse proxy: the leaf service of an HTTP server's stack.
+
+Per request: target normalisation → request filters → route → rewrites (path, Host, headers, X-Forwarded-*)
+→ upstream request filters → forward → response rewrites → response filters. All
+of it is plain calls except ``forward``, the single await. Everything that can be
+decided from config (header bytes, prefixes, which filters run in which phase) is
+decided in ``RouteRuntime.__init__`` and ``HttpProxy.__init__``, not per request.
+
+Async filters. A phase with an ``async def`` filter has a non-empty ``_*_mixed``
+tuple (and an empty plain one), so a phase costs one extra truth test when all its
+filters are plain, and only a phase with an async filter awaits (``_run_mixed``).
+An async filter runs within the server's ``request_timeout``, measured from the
+request head: when it passes while the filter awaits, the request is answered 500
+(``FilterError``, naming the filter), not 504, and no upstream is blamed; anything
+else an async filter raises is a 500 naming it too. Sync filters raise as before
+(CatchPanic: 500 and a log line).
+
+Targets first, so filters, routes and the origin all see one spelling of a path:
+an absolute-form target (``GET http://host/p HTTP/1.1``, RFC 9112 §3.2.2) becomes
+origin-form and its authority replaces Host, for routing and upstream alike; then
+the path is normalised (``proto._target``) when it holds ``%``, ``/.`` or ``//``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ...core.client import Pool
+from ...core.errors import ReadTimeout, RemoteProtocolError, Source
+from ...core.proto._target import normalize_path, split_absolute
+from ...core.proto.http1 import Headers, Request, Response
+from ...core.server._h2 import host_only
+from ...core.service import Context, Factory, Service
+from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
+from ._filters import Call, FilterError, Phases
+from ._retry import RetryingCluster
+from ._router import Router
+from ._tunnel import connect_only, connect_settings, switch
+from ._upstream import UpstreamCluster
+
+Handler = Service[Request, Response]
+"""An async ``handler(req) -> Response`` that answers a route itself."""
+
+
+def _pairs(d: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in d.items())
+
+
+class HeaderOps:
+    """A header rewrite with its bytes prepared."""
+
+    __slots__ = ("add", "append", "append_names", "drop", "remove", "set", "set_names")
+
+    def __init__(self, rw: HeaderRewrite) -> None:
+        self.add = _pairs(rw.add)
+        self.set = _pairs(rw.set)
+        self.remove = frozenset(n.lower().encode("latin-1") for n in rw.remove)
+        self.set_names = frozenset(n.lower() for n, _ in self.set)
+        self.drop = tuple(self.remove | self.set_names)
+        self.append = self.set + self.add
+        self.append_names = [n.lower() for n, _ in self.append]
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.set or self.remove)
+
+    def apply(self, headers: Headers) -> None:
+        names = headers.names()
+        for lname in self.drop:
+            if lname in names:
+                headers.remove(lname)
+        raw = headers.pairs()
+        raw.extend(self.append)
+        names.extend(self.append_names)
+
+
+class RouteRuntime:
+    """A route, ready to serve: its cluster and its precomputed rewrites."""
+
+    __slots__ = (
+        "cluster",
+        "connect",
+        "handler",
+        "host",
+        "index",
+        "name",
+        "prefix",
+        "replacement",
+        "request_ops",
+        "response_ops",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        r: Route,
+        cluster: UpstreamCluster | RetryingCluster | None,
+        handler: Handler | None = None,
+    ) -> None:
+        self.index = index
+        self.name = str(index)
+        self.cluster = cluster
+        self.handler = handler
+        """Answers instead of forwarding (a gateway route); ``cluster`` is then None."""
+        self.prefix: bytes | None = None
+        self.replacement = b""
+        if r.path is not None and (r.strip_prefix or r.prefix_rewrite is not None):
+            self.prefix = r.path.encode()
+            self.replacement = (r.prefix_rewrite or "").encode()
+        # None: keep the client's Host; b"": the endpoint's authority; else literal.
+        self.host: bytes | None = (
+            None if r.host_header == "keep" else b"" if r.host_header == "upstream" else r.host_header.encode("latin-1")
+        )
+        self.request_ops = HeaderOps(r.request_headers) if r.request_headers != HeaderRewrite() else None
+        self.response_ops = HeaderOps(r.response_headers) if r.response_headers != HeaderRewrite() else None
+        self.timeout = r.timeout
+        self.connect = connect_settings(r)
+
+    def rewrite_path(self, req: Request) -> None:
+        prefix = self.prefix
+        if prefix is not None and req.path.startswith(prefix):
+            rest = req.path[len(prefix) :]
+            new = self.replacement + rest
+            if not new.startswith(b"/"):
+                new = b"/" + new
+            req.set_path(new)
+
+
+class _Forwarding:
+    """X-Forwarded-* / Forwarded (RFC 7239) as configured."""
+
+    __slots__ = ("forwarded", "proto", "xff", "xfh", "xfp")
+
+    def __init__(self, f: Forwarded, https: bool = False) -> None:
+        self.xff = f.x_forwarded_for
+        self.xfp = f.x_forwarded_proto
+        self.xfh = f.x_forwarded_host
+        self.forwarded = f.forwarded
+        self.proto = b"https" if https else b"http"
+        """The listener's scheme (the server's, so computed once)."""
+
+    def __bool__(self) -> bool:
+        return self.xff or self.xfp or self.xfh or self.forwarded
+
+    def apply(self, req: Request, peer: str) -> None:
+        """Extend X-Forwarded-For and Forwarded, replace X-Forwarded-Proto/-Host.
+        Lookups are C-level searches of the lowered names; the lists are edited in
+        place, in step."""
+        h = req.headers
+        names = h.names()
+        raw = h.pairs()
+        bpeer = peer.encode()
+        if self.xff:
+            if b"x-forwarded-for" in names:
+                i = names.index(b"x-forwarded-for")
+                raw[i] = (raw[i][0], raw[i][1] + b", " + bpeer)
+            else:
+                raw.append((b"X-Forwarded-For", bpeer))
+                names.append(b"x-forwarded-for")
+        if self.xfp:
+            if b"x-forwarded-proto" in names:
+                h.remove(b"x-forwarded-proto")
+            raw.append((b"X-Forwarded-Proto", self.proto))
+            names.append(b"x-forwarded-proto")
+        if self.xfh and req.raw_host is not None:
+            if b"x-forwarded-host" in names:
+                h.remove(b"x-forwarded-host")
+            raw.append((b"X-Forwarded-Host", req.raw_host))
+            names.append(b"x-forwarded-host")
+        if self.forwarded:
+            node = b'"[' + bpeer + b']"' if b":" in bpeer else bpeer
+            value = b"for=" + node + b";proto=" + self.proto
+            if req.raw_host is not None:
+                value += b';host="' + req.raw_host + b'"'
+            if b"forwarded" in names:
+                i = names.index(b"forwarded")
+                raw[i] = (raw[i][0], raw[i][1] + b", " + value)
+            else:
+                raw.append((b"Forwarded", value))
+                names.append(b"forwarded")
+
+
+_NOT_FOUND_BODY = b"404 Not Found\n"
+
+
+def absolute_to_origin_form(req: Request) -> None:
+    """Turn an absolute-form request into origin-form; its authority becomes the Host.
+
+    A server must accept absolute-form (RFC 9112 §3.2.2) and then ignore Host for the
+    URL's authority, which is also what a ``host_header = "keep"`` upstream is sent
+    (as nginx does). Raises RemoteProtocolError (400) for a target that is not
+    http(s) absolute-form, and for any such target over HTTP/2, where ``:path`` must be
+    origin-form (RFC 9113 §8.3.1).
+    """
+    if req.version == b"2":
+        raise RemoteProtocolError(":path must start with '/'", status_hint=400, source=Source.DOWNSTREAM)
+    authority, target = split_absolute(req.target)
+    path, sep, query = target.partition(b"?")
+    req.target = target
+    req.path = path
+    req.query = query if sep else b""
+    req.raw_host = authority
+    req.host = host_only(authority)
+    headers = req.headers
+    i = headers.index(b"host")
+    if i >= 0:
+        headers.replace_at(i, authority)
+    else:
+        headers.add(b"Host", authority)
+
+
+class HttpProxy:
+    """The proxy service. Build through ``ProxyFactory``."""
+
+    def __init__(
+        self,
+        router: Router[RouteRuntime],
+        phases: Phases,
+        forwarding: Forwarded,
+        clusters: dict[str, UpstreamCluster],
+        *,
+        https: bool = False,
+        normalize: bool = True,
+        merge_slashes: bool = True,
+        filter_timeout: float | None = None,
+    ) -> None:
+        self.router = router
+        self._normalize = normalize or merge_slashes
+        self._decode = self._dots = normalize
+        self._merge = merge_slashes
+        self.phases = phases
+        self.forwarding = _Forwarding(forwarding, https)
+        self.clusters = clusters
+        # A phase with an async filter runs from its *_mixed tuple; its plain tuple is then empty.
+        self._request_mixed = phases.mixed("request_filter")
+        self._upstream_mixed = phases.mixed("upstream_request_filter")
+        self._response_mixed = phases.mixed("response_filter")
+        self._request_filters = () if self._request_mixed else phases.request_filter
+        self._upstream_filters = () if self._upstream_mixed else phases.upstream_request_filter
+        self._response_filters = () if self._response_mixed else phases.response_filter
+        self._filter_timeout = filter_timeout
+        """The server's request_timeout: async filters must be done within it from the request head."""
+
+    async def _run_mixed(
+        self, calls: tuple[Call, ...], arg: Request | Response, ctx: Context, answers: bool = False
+    ) -> Response | None:
+        """A phase with async filters, in config order; with ``answers`` (request_filter) the first
+        non-None answer ends it.
+        Raises FilterError for an async filter that raises or outlives the deadline."""
+        timeout = self._filter_timeout
+        for f, is_async, name in calls:
+            if not is_async:
+                answer = f(arg, ctx)
+            elif timeout is None:
+                try:
+                    answer = await f(arg, ctx)
+                except Exception as exc:
+                    raise FilterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            else:
+                try:
+                    async with asyncio.timeout_at(ctx.start + timeout) as scope:
+                        answer = await f(arg, ctx)
+                except asyncio.CancelledError:
+                    # The server's Timeout layer has the same deadline (from the request head, on a
+                    # loop clock that may not have moved): both timers can fire in one iteration, and
+                    # then ours re-raises the cancellation instead of TimeoutError. It is still this
+                    # request's deadline, passed in a filter: answered as such, not as a slow upstream.
+                    if scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, TimeoutError) and scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise FilterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            if answers and answer is not None:
+                return answer  # type: ignore[no-any-return]
+        return None
+
+    async def __call__(self, req: Request) -> Response:
+        path = req.path
+        if path[:1] != b"/" and path != b"*":  # "*": OPTIONS' asterisk-form, left as it is
+            absolute_to_origin_form(req)
+            path = req.path
+        # Does the path hold "%", "/." or "//"? The common one holds none. An int needle is a
+        # memchr; a bytes needle with ``in`` first fails an int conversion (an exception raised
+        # and cleared, ~2x a ``find``), so "%" and "." are tested as ints and "/." only on a dot.
+        if self._normalize and (37 in path or (46 in path and path.find(b"/.") >= 0) or path.find(b"//") >= 0):
+            new = normalize_path(path, decode=self._decode, dots=self._dots, merge_slashes=self._merge)
+            if new != path:
+                req.set_path(new)
+        ctx = req.ctx
+        for f in self._request_filters:
+            answer = f(req, ctx)
+            if answer is not None:
+                return answer  # type: ignore[no-any-return]
+        if self._request_mixed:
+            answer = await self._run_mixed(self._request_mixed, req, ctx, True)
+            if answer is not None:
+                return answer
+        route = self.router.match(req)
+        if route is None:
+            return Response(404, Headers([(b"Content-Type", b"text/plain")]), _NOT_FOUND_BODY)
+        ctx.route = route
+        cluster = route.cluster
+        ctx.cluster = cluster
+        if route.prefix is not None:
+            route.rewrite_path(req)
+        if self.forwarding:
+            self.forwarding.apply(req, ctx.peer)
+        if route.request_ops is not None:
+            route.request_ops.apply(req.headers)
+        for g in self._upstream_filters:
+            g(req, ctx)
+        if self._upstream_mixed:
+            await self._run_mixed(self._upstream_mixed, req, ctx)
+        if req.upgrade is not None:  # an Upgrade or CONNECT request the server holds for a tunnel
+            resp = await switch(req, route)
+        elif route.handler is not None:
+            resp = await route.handler(req)
+        elif route.timeout is None:
+            resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]  # set unless handler is
+        else:
+            try:
+                async with asyncio.timeout(route.timeout):
+                    resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]
+            except TimeoutError:
+                raise ReadTimeout(f"route timeout of {route.timeout:g}s exceeded") from None
+        if route.response_ops is not None:
+            route.response_ops.apply(resp.headers)
+        for h in self._response_filters:
+            h(resp, ctx)
+        if self._response_mixed:
+            try:
+                await self._run_mixed(self._response_mixed, resp, ctx)
+            except BaseException:
+                cancel = getattr(resp.body, "cancel", None)
+                if cancel is not None:
+                    cancel()  # the upstream body nobody will read: its connection is not reused
+                raise
+        return resp
+
+
+class ProxyFactory(Factory[HttpProxy]):
+    """Builds the proxy for one server. Clusters (and so the pool) come from the worker."""
+
+    requires = frozenset({"peer", "server"})
+    provides = frozenset({"route", "cluster", "endpoint"})
+    service_type = HttpProxy
+
+    def __init__(
+        self,
+        name: str,
+        server: Server,
+        cfg: Config,
+        filters: Sequence[object],
+        clusters: dict[str, UpstreamCluster],
+        pool: Pool,
+    ) -> None:
+        self.name = name
+        self.server = server
+        self.cfg = cfg
+        self.filters = filters
+        self.clusters = clusters
+        self.pool = pool
+
+    def make(self, old: HttpProxy | None) -> HttpProxy:
+        entries: list[tuple[Route, RouteRuntime]] = []
+        for i, r in enumerate(self.server.routes):
+            if r.gateway is not None:
+                from .gateway import make_gateway  # thriftpy2 loads only for configs with a gateway
+
+                entries.append((r, RouteRuntime(i, r, None, make_gateway(self.name, i, r, self.cfg, self.server))))
+                continue
+            if r.upstream is None and r.upstreams is None:  # a route for CONNECT only
+                entries.append((r, RouteRuntime(i, r, None, connect_only)))
+                continue
+            if r.upstream is not None:
+                cluster = self.clusters[r.upstream]
+            else:
+                assert r.upstreams is not None
+                c = Cluster(
+                    endpoints=r.upstreams,
+                    load_balancer=r.load_balancer,
+                    hash_on=r.hash_on,
+                    hash_algorithm=r.hash_algorithm,
+                    protocol=r.protocol,
+                )
+                cname = f"{self.name}.routes[{i}]"
+                cluster = UpstreamCluster.from_config(cname, c, self.pool)
+            entries.append((r, RouteRuntime(i, r, cluster.with_retry(r.retry))))
+        return HttpProxy(
+            Router(entries),
+            Phases(self.filters),
+            self.server.forwarded,
+            self.clusters,
+            https=self.server.tls is not None,
+            normalize=self.server.normalize_path,
+            merge_slashes=self.server.merge_slashes,
+            filter_timeout=self.server.request_timeout,
+        )

@@ -1,0 +1,554 @@
+"""Upstream clusters: choose an endpoint, take a pooled connection, exchange.
+
+``UpstreamCluster.forward`` is the only coroutine between the server and the
+upstream socket. It asks the balancer for an endpoint, gets a connection from the
+worker's pool and waits for the response head. One retry, on a fresh connection,
+covers the stale keep-alive race: a reused connection that died before the first
+response byte, for an idempotent request without a body (RFC 9110 §9.2.2).
+
+Health checks, outlier detection, circuit breaking and route retries live on a
+second path, ``_forward_guarded``. A cluster that has one of the first three rebinds
+``forward`` to it in ``__init__``, and a route with retries calls it through a
+``RetryingCluster``, so a cluster and route without them run exactly the code of
+``forward`` and pay nothing per request for features they do not use. A change of
+health rebuilds the balancer over the eligible endpoints (``_refresh``) rather
+than filtering every pick. The guarded path repeats the fast one's exchange code
+(``_try``) instead of sharing it: one more coroutine frame on every request of
+every cluster is what sharing would cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from ...core._body import Body
+from ...core.client import Pool, UpstreamConnection
+from ...core.client._h2 import request_headers as h2_request_headers
+from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
+from ...core.proto.http1 import Request, Response
+from ...core.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
+from ...core.server import error_response
+from ...core.tls import client_tls
+from ..config import (
+    CircuitBreaker,
+    Cluster,
+    Endpoint,
+    HealthCheck,
+    OutlierDetection,
+    Retry,
+    UpstreamTls,
+    parse_endpoint,
+)
+from ._balancer import Balancer, make_balancer
+from ._grpc import deadline_of, is_grpc, with_remaining_timeout
+from ._health import EndpointState, HealthChecker, Outliers
+from ._retry import RetryingCluster, RetryPolicy
+
+log = logging.getLogger("monolake.apps.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class _Overflow(Exception):
+    """A circuit breaker limit was reached: the request is answered 503."""
+
+    def __init__(self, limit: str, value: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+        self.value = value
+
+
+class UpstreamCluster:
+    """A set of endpoints behind one balancer, with its timeouts and resilience settings."""
+
+    def __init__(
+        self,
+        name: str,
+        endpoints: Sequence[Endpoint],
+        balancer: Balancer,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        idle_timeout: float,
+        max_idle: int,
+        pool: Pool,
+        health_check: HealthCheck | None = None,
+        outlier_detection: OutlierDetection | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        rebalance: Callable[[Sequence[Endpoint]], Balancer] | None = None,
+        protocol: str = "http1",
+    ) -> None:
+        self.name = name
+        self.endpoints = list(endpoints)
+        self.balancer = balancer
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self.pool = pool
+        # least_request needs in-flight counts; the others skip the two calls.
+        self.track = type(balancer).started is not Balancer.started
+        # -- the guarded path's state (unused by ``forward``) --
+        self._all = balancer
+        self._rebalance = rebalance or (lambda eps: type(balancer)(eps))
+        self._states = [EndpointState(ep) for ep in self.endpoints]
+        self._state_of = {id(ep): st for ep, st in zip(self.endpoints, self._states, strict=True)}
+        self._checker = (
+            HealthChecker(name, health_check, self._states, self._refresh, http2=protocol != "http1")
+            if health_check is not None
+            else None
+        )
+        self._outliers = (
+            Outliers(name, outlier_detection, self._states, self._refresh) if outlier_detection is not None else None
+        )
+        cb = circuit_breaker or CircuitBreaker()
+        self.max_requests = cb.max_requests
+        self.max_pending = cb.max_pending
+        self.max_connections = cb.max_connections
+        self._keys = list({ep.key for ep in self.endpoints})
+        self.active = 0
+        """Requests in flight (counted on the guarded path only)."""
+        self.pending = 0
+        """Requests waiting for a new connection (guarded path only)."""
+        self.overflows: dict[str, int] = {}
+        self._overflow_logged = -1e18
+        self._suppressed = 0
+        self.guarded = health_check is not None or outlier_detection is not None or circuit_breaker is not None
+        if self.guarded:
+            # An instance attribute shadows the fast method: plain clusters never test a flag.
+            self.forward = self._forward_guarded  # type: ignore[method-assign]
+        self.protocol = protocol
+        if protocol != "http1":
+            # HTTP/2 exchanges, on the fast path or under the guarded one (config refuses
+            # health checks and connection limits with them).
+            self._exchange = self._exchange_h2  # type: ignore[method-assign]
+            if not self.guarded:
+                self.forward = self._forward_h2  # type: ignore[method-assign]
+
+    @classmethod
+    def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
+        eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+        if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+            tls_cfg = c.tls
+            if c.protocol == "h2":
+                tls_cfg = msgspec.structs.replace(tls_cfg or UpstreamTls(), alpn=["h2"])
+            tls = client_tls(f"upstreams.{name}.tls", tls_cfg)
+            eps = [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
+
+        def rebalance(some: Sequence[Endpoint]) -> Balancer:
+            return make_balancer(c.load_balancer, some, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
+
+        return cls(
+            name,
+            eps,
+            rebalance(eps),
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            idle_timeout=c.idle_timeout,
+            max_idle=c.max_idle_per_key,
+            pool=pool,
+            health_check=c.health_check,
+            outlier_detection=c.outlier_detection,
+            circuit_breaker=c.circuit_breaker,
+            rebalance=rebalance,
+            protocol=c.protocol,
+        )
+
+    def with_retry(self, retry: Retry | None) -> UpstreamCluster | RetryingCluster:
+        """This cluster as a route with ``retry`` sees it (itself when there is none)."""
+        return self if retry is None else RetryingCluster(self, RetryPolicy(retry))
+
+    async def forward(self, req: Request, host: bytes | None) -> Response:
+        """Send ``req`` to an endpoint and return the response head.
+
+        ``host`` replaces the Host header when given; b"" means the endpoint's own
+        authority. Raises ConnectError, ConnectTimeout, ReadError, ReadTimeout,
+        UpstreamError, or the request body's error. On cancellation the upstream
+        connection is closed (it is mid-exchange and cannot be reused).
+        """
+        ep = self.balancer.pick(req)
+        req.ctx.endpoint = ep
+        track = self.track
+        if track:
+            self.balancer.started(ep)
+        try:
+            if host is None and req.raw_host is None:
+                host = b""  # an HTTP/1.0 client sent no Host; HTTP/1.1 upstreams need one
+            if host is not None:
+                req.headers.set(b"Host", host or ep.authority.encode())
+            body = req.body
+            if body is None:
+                framing = b""
+                chunked = False
+            elif body.length is not None:
+                framing = content_length_line(body.length)
+                chunked = False
+            else:
+                framing = CHUNKED_LINE
+                chunked = True
+            head = request_head(req.method, req.target, req.headers, framing)
+            head_only = req.method == b"HEAD"
+            conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle) or await self.pool.acquire(
+                ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout, max_idle=self.max_idle
+            )
+            fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
+            try:
+                return await fut
+            except ReadError as exc:
+                if not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                    raise
+                log.info(
+                    "stale pooled connection to %s; retrying %s %s on a fresh one",
+                    ep,
+                    req.method.decode(),
+                    req.target.decode("latin-1"),
+                )
+                conn = await self.pool.connect(ep, connect_timeout=self.connect_timeout)
+                conn.idle_timeout = self.idle_timeout
+                conn.max_idle = self.max_idle
+                fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
+                return await fut
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+        except (ConnectError, ConnectTimeout) as exc:
+            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            raise
+        except ReadTimeout as exc:
+            log.warning("upstream timeout: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            raise
+        finally:
+            if track:
+                self.balancer.finished(ep)
+
+    async def _forward_h2(self, req: Request, host: bytes | None) -> Response:
+        """``forward`` over HTTP/2 (protocol "h2c" or "h2"): a stream on the endpoint's shared
+        connection. Raises what ``forward`` raises. A stream the upstream did not process
+        (GOAWAY, REFUSED_STREAM) of an idempotent request without a body is retried once on
+        another connection. On cancellation the stream is reset; the connection stays.
+        """
+        ep = self.balancer.pick(req)
+        req.ctx.endpoint = ep
+        track = self.track
+        if track:
+            self.balancer.started(ep)
+        try:
+            return await self._exchange_h2(req, host, ep)
+        except (ConnectError, ConnectTimeout) as exc:
+            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            raise
+        except ReadTimeout as exc:
+            log.warning("upstream timeout: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            raise
+        finally:
+            if track:
+                self.balancer.finished(ep)
+
+    async def _exchange_h2(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
+        """One request to ``ep`` over HTTP/2 (``_forward_h2`` and ``_try`` without their accounting)."""
+        if host is None:
+            authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
+        else:
+            authority = host or ep.authority.encode()
+        body = req.body
+        length = body.length if isinstance(body, Body) else len(body) if isinstance(body, bytes) else None
+        scheme = b"https" if ep.tls is not None else b"http"
+        headers = h2_request_headers(req.method, req.target, req.headers, authority, scheme, length)
+        pool = self.pool.h2
+        deadline = None
+        grpc = is_grpc(req.headers.get(b"content-type"))
+        if grpc:
+            deadline = deadline_of(req.headers, pool.loop.time())
+        for attempt in (0, 1):
+            conn = pool.take(ep) or await pool.acquire(
+                ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
+            )
+            if deadline is not None:
+                headers = with_remaining_timeout(headers, deadline, pool.loop.time())
+            st = conn.request(
+                headers,
+                body,
+                head_only=req.method == b"HEAD",
+                read_timeout=self.read_timeout,
+                deadline=deadline,
+                grpc=grpc,
+            )
+            try:
+                return await st.fut
+            except ReadError as exc:
+                if attempt or not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                    raise
+                log.info(
+                    "%s; retrying %s %s on another connection to %s",
+                    exc,
+                    req.method.decode(),
+                    req.target.decode("latin-1"),
+                    ep,
+                )
+            except asyncio.CancelledError:
+                st.cancel()
+                raise
+        raise AssertionError("unreachable: the second try returns or raises")
+
+    # -- health, outliers, circuit breaking, retries (the guarded path) --------------------
+
+    def start(self) -> None:
+        """Start the active health checks, if any (needs the worker's running loop). Idempotent;
+        the proxy builder calls it when a worker builds or commits a reload, and the guarded
+        path on a first request for a cluster built otherwise."""
+        if self._checker is not None:
+            self._checker.start()
+
+    def close(self) -> None:
+        """Stop health checks and ejection timers (the pool is not this cluster's to close)."""
+        if self._checker is not None:
+            self._checker.stop()
+        if self._outliers is not None:
+            self._outliers.close()
+
+    def _refresh(self) -> None:
+        """Eligibility changed: balance over the eligible endpoints, or over all when none is."""
+        eligible = [st.endpoint for st in self._states if st.eligible]
+        if len(eligible) == len(self._states) or not eligible:
+            if not eligible:
+                log.warning("cluster %s: no healthy endpoint; balancing over all of them", self.name)
+            self.balancer = self._all
+        else:
+            self.balancer = self._rebalance(eligible)
+        self.track = type(self.balancer).started is not Balancer.started
+
+    def eligible(self) -> list[Endpoint]:
+        """Endpoints that are healthy and not ejected."""
+        return [st.endpoint for st in self._states if st.eligible]
+
+    def open_connections(self) -> int:
+        """Open pooled connections to this cluster's endpoints (shared with other clusters
+        that name the same endpoints)."""
+        counts = self.pool.open if self.protocol == "http1" else self.pool.h2.open
+        return sum(counts.get(k, 0) for k in self._keys)
+
+    def statistics(self) -> dict[str, object]:
+        """This worker's view of the cluster, for metrics and admin pages.
+
+        ``endpoints`` maps ``str(endpoint)`` to {healthy, ejected_until (loop time, or
+        None), ejections, active_requests, consecutive_5xx, consecutive_connect_failures}.
+        Request counts (``active_requests``, ``pending``) move only on the guarded path:
+        they stay 0 for a cluster without health checks, outlier detection, circuit
+        breaker or retrying routes.
+        """
+        return {
+            "name": self.name,
+            "guarded": self.guarded,
+            "eligible": len(self.eligible()),
+            "active_requests": self.active,
+            "pending": self.pending,
+            "open_connections": self.open_connections(),
+            "overflows": dict(self.overflows),
+            "endpoints": {str(st.endpoint): st.statistics() for st in self._states},
+        }
+
+    def _overflow(self, exc: _Overflow) -> Response:
+        self.overflows[exc.limit] = self.overflows.get(exc.limit, 0) + 1
+        now = self.pool.loop.time()
+        if now - self._overflow_logged >= 1.0:
+            more = f" ({self._suppressed} more since the last line)" if self._suppressed else ""
+            log.warning(
+                "circuit breaker open: cluster=%s %s=%d reached; answering 503%s", self.name, exc.limit, exc.value, more
+            )
+            self._overflow_logged = now
+            self._suppressed = 0
+        else:
+            self._suppressed += 1
+        return error_response(503)
+
+    async def _forward_guarded(self, req: Request, host: bytes | None, policy: RetryPolicy | None = None) -> Response:
+        """``forward`` with health, outlier accounting, circuit breaking and ``policy``'s retries."""
+        if self._checker is not None and not self._checker.running:
+            self._checker.start()
+        if self.max_requests is not None and self.active >= self.max_requests:
+            return self._overflow(_Overflow("max_requests", self.max_requests))
+        self.active += 1
+        try:
+            ep = self.balancer.pick(req)
+            if policy is None:
+                return await self._try(req, host, ep, None)
+            return await self._retrying(req, host, ep, policy)
+        except _Overflow as exc:
+            return self._overflow(exc)
+        finally:
+            self.active -= 1
+
+    def _next(self, req: Request, tried: list[Endpoint]) -> Endpoint:
+        ep = self.balancer.pick_excluding(req, tried)
+        if ep is None and self.balancer is not self._all:
+            ep = self._all.pick_excluding(req, tried)  # an ineligible one beats none
+        return ep if ep is not None else self.balancer.pick(req)
+
+    async def _retrying(self, req: Request, host: bytes | None, ep: Endpoint, policy: RetryPolicy) -> Response:
+        body = req.body
+        may_retry = body is None or req.method in IDEMPOTENT
+        tried = [ep]
+        budgeted = False
+        try:
+            for attempt in range(policy.attempts + 1):
+                last = attempt == policy.attempts or not may_retry
+                error: BaseException | None = None
+                resp: Response | None = None
+                try:
+                    resp = await self._try(req, host, ep, policy.per_try_timeout)
+                except (ConnectError, ConnectTimeout) as exc:
+                    # Nothing was sent: a body is still whole.
+                    if last or not policy.on_connect:
+                        raise
+                    error, why = exc, "connect failure"
+                except ReadTimeout as exc:
+                    if last or not policy.on_timeout or body is not None:
+                        raise
+                    error, why = exc, "timeout"
+                except (ReadError, UpstreamError) as exc:
+                    if last or not policy.on_reset or body is not None:
+                        raise
+                    error, why = exc, "reset"
+                else:
+                    if last or resp.status not in policy.on_status or body is not None:
+                        return resp
+                    why = f"status {resp.status}"
+                if not budgeted:
+                    if not policy.admit():
+                        log.info("retry budget exhausted: cluster=%s endpoint=%s: %s", self.name, ep, why)
+                        if error is not None:
+                            raise error
+                        assert resp is not None
+                        return resp
+                    budgeted = True
+                if resp is not None and isinstance(resp.body, Body):
+                    resp.body.cancel()  # not wanted: drop it with its connection
+                nxt = self._next(req, tried)
+                log.info(
+                    "retrying %s %s: cluster=%s endpoint=%s: %s; try %d on %s",
+                    req.method.decode(),
+                    req.target.decode("latin-1"),
+                    self.name,
+                    ep,
+                    why,
+                    attempt + 2,
+                    nxt,
+                )
+                ep = nxt
+                if ep not in tried:
+                    tried.append(ep)
+            raise AssertionError("unreachable: the last try returns or raises")
+        finally:
+            if budgeted:
+                policy.done()
+
+    async def _try(self, req: Request, host: bytes | None, ep: Endpoint, per_try_timeout: float | None) -> Response:
+        """One exchange with ``ep`` (``_exchange``: HTTP/1.1, or HTTP/2 for an h2 cluster) with the
+        guarded path's accounting.
+
+        Raises what ``forward`` raises, ReadTimeout when ``per_try_timeout`` passes before the
+        response head (the attempt's connect included), and _Overflow for a circuit breaker limit.
+        """
+        req.ctx.endpoint = ep
+        st = self._state_of.get(id(ep))
+        outliers = self._outliers
+        balancer = self.balancer
+        track = self.track
+        if track:
+            balancer.started(ep)
+        if st is not None:
+            st.active_requests += 1
+        try:
+            if per_try_timeout is None:
+                resp = await self._exchange(req, host, ep)
+            else:
+                try:
+                    async with asyncio.timeout(per_try_timeout):
+                        resp = await self._exchange(req, host, ep)
+                except TimeoutError:
+                    raise ReadTimeout(f"per-try timeout of {per_try_timeout:g}s exceeded") from None
+        except (ConnectError, ConnectTimeout) as exc:
+            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            if outliers is not None and st is not None:
+                outliers.connect_failed(st)
+            raise
+        except (ReadError, WriteError, ReadTimeout, UpstreamError) as exc:
+            log.warning("upstream exchange failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            if outliers is not None and st is not None:
+                outliers.failed(st, type(exc).__name__)
+            raise
+        finally:
+            if st is not None:
+                st.active_requests -= 1
+            if track:
+                balancer.finished(ep)
+        if outliers is not None and st is not None:
+            outliers.responded(st, resp.status)
+        return resp
+
+    async def _exchange(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
+        """One HTTP/1.1 request to ``ep`` on the guarded path (a fresh connection within the
+        circuit breaker's limits when none is idle; one retry on a stale pooled one). A
+        cancellation (the per-try timeout) closes the connection it was waiting on."""
+        if host is None and req.raw_host is None:
+            host = b""
+        if host is not None:
+            req.headers.set(b"Host", host or ep.authority.encode())
+        body = req.body
+        if body is None:
+            framing = b""
+            chunked = False
+        elif body.length is not None:
+            framing = content_length_line(body.length)
+            chunked = False
+        else:
+            framing = CHUNKED_LINE
+            chunked = True
+        head = request_head(req.method, req.target, req.headers, framing)
+        head_only = req.method == b"HEAD"
+        conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
+        if conn is None:
+            conn = await self._connect(ep)
+        fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
+        try:
+            return await fut
+        except ReadError as exc:
+            if not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                raise
+            log.info(
+                "stale pooled connection to %s; retrying %s %s on a fresh one",
+                ep,
+                req.method.decode(),
+                req.target.decode("latin-1"),
+            )
+            conn = await self._connect(ep)
+            fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
+            try:
+                return await fut
+            except asyncio.CancelledError:
+                conn.close()
+                raise
+        except asyncio.CancelledError:
+            conn.close()
+            raise
+
+    async def _connect(self, ep: Endpoint) -> UpstreamConnection:
+        """A fresh pooled connection to ``ep`` within the circuit breaker's limits."""
+        # Connects in progress count: they are connections a moment from now.
+        if self.max_connections is not None and self.open_connections() + self.pending >= self.max_connections:
+            raise _Overflow("max_connections", self.max_connections)
+        if self.max_pending is not None and self.pending >= self.max_pending:
+            raise _Overflow("max_pending", self.max_pending)
+        self.pending += 1
+        try:
+            conn = await self.pool.connect(ep, connect_timeout=self.connect_timeout)
+        finally:
+            self.pending -= 1
+        conn.idle_timeout = self.idle_timeout
+        conn.max_idle = self.max_idle
+        return conn

@@ -1,0 +1,307 @@
+"""The Thrift server driver: one ``ThriftConnection`` protocol per client connection.
+
+Theory of operation. Bytes arrive in ``data_received`` and go through a
+``FrameReader``, which detects the transport of every frame (framed, TTHeader,
+THeader; binary or compact); each frame is handed to the app's ``Dispatcher``
+(the proxy, in proxy/_thrift_app.py) with a plain call. There is no task per
+call: the dispatcher forwards the frame and the reply comes back through a
+callback that calls ``answer``. Replies are written in the order they arrive,
+which need not be the order of the calls; each carries its call's sequence id.
+
+A call that expects a reply counts as in flight from ``begin`` until ``answer``.
+With ``limits.max_pipelined`` calls in flight the connection stops reading until
+one is answered; when the client reads too slowly (``pause_writing``) it stops
+reading too. Errors the client can be told about become ``TApplicationException``
+replies for that call's sequence id; a frame that breaks the framing (bad length,
+unknown transport, over ``max_frame_size``) is answered if the bytes so far name
+the call, and the connection is then closed, since the stream cannot be resynced.
+
+Drain: idle connections close at once, busy ones as soon as their last call is
+answered; calls that arrive meanwhile are still served. Idle timeout: one sweep
+per server closes connections that moved no byte for ``idle_timeout`` seconds
+and have nothing in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ...apps.config import Server as ServerConfig
+from ..errors import RemoteProtocolError
+from ..proto.http1 import Headers
+from ..proto.proxy_protocol import Family, ProxyHeader
+from ..proto.thrift import (
+    AppError,
+    Frame,
+    FrameReader,
+    FrameTooLarge,
+    ThriftProtocol,
+    application_exception,
+    classify,
+    encode_frame,
+    peek_message,
+)
+from ._l4 import ProxyHeaderReader
+from ._lifecycle import DrainSignal, Sweeper
+
+if TYPE_CHECKING:
+    from ..tls import ServerTlsContexts
+
+log = logging.getLogger("monolake.thrift")
+
+
+class Dispatcher(Protocol):
+    """What a Thrift server runs per frame: the proxy."""
+
+    def dispatch(self, conn: ThriftConnection, frame: Frame) -> None:
+        """Handle one frame from ``conn``. Must not raise; answers through ``conn``."""
+        ...
+
+    def close(self) -> None: ...
+
+    def statistics(self) -> dict[str, int]: ...
+
+
+def error_frame(frame: Frame, name: str, seq_id: int, kind: int, message: str) -> bytes:
+    """A TApplicationException reply in ``frame``'s transport and protocol."""
+    protocol = frame.protocol if frame.protocol is not None else ThriftProtocol.BINARY
+    payload = application_exception(name, seq_id, protocol, kind, message)
+    return encode_frame(frame.transport, payload, seq_id=seq_id, protocol=protocol)
+
+
+class PickKey:
+    """Request-shaped key for ``Balancer.pick``: ``ctx.peer`` is the client IP, no headers."""
+
+    __slots__ = ("ctx", "headers", "peer")
+
+    _EMPTY = Headers([])
+
+    def __init__(self, peer: str) -> None:
+        self.ctx = self
+        self.peer = peer
+        self.headers = self._EMPTY
+
+
+class ThriftServerApp:
+    """One Thrift server (listener) in one worker: the runtime's ``ServerApp``."""
+
+    def __init__(
+        self, name: str, cfg: ServerConfig, dispatcher: Dispatcher, *, tls: ServerTlsContexts | None = None
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.dispatcher = dispatcher
+        self.tls = tls
+        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context``."""
+        self.max_frame_size = cfg.max_frame_size
+        self.max_pipelined = cfg.limits.max_pipelined
+        self.idle_timeout = cfg.idle_timeout
+        self.conns: set[ThriftConnection] = set()
+        self.pending: set[ProxyHeaderReader] = set()
+        self.in_flight = 0
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._drained = DrainSignal()
+        self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.tls.ssl_context if self.tls is not None else None
+
+    def protocol_factory(self) -> asyncio.Protocol:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            self._sweeper.start(self.loop)
+        if self.cfg.proxy_protocol != "off":
+            return ProxyHeaderReader(
+                self.cfg.proxy_protocol, self.cfg.header_timeout, self.name, self._handoff, self.pending
+            )
+        return ThriftConnection(self)
+
+    def _handoff(self, transport: asyncio.BaseTransport, hdr: ProxyHeader | None, rest: bytes) -> None:
+        conn = ThriftConnection(self)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        if hdr is not None and hdr.client is not None:
+            conn.set_peer("unix" if hdr.family is Family.UNIX else hdr.src_addr)
+        if rest:
+            conn.data_received(rest)
+
+    def _sweep(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        for conn in list(self.conns):
+            conn.check_idle(now, self.idle_timeout)
+
+    def call_done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._drained.set()
+
+    def start_draining(self) -> None:
+        self.draining = True
+        for reader in list(self.pending):
+            reader.abort()
+        for conn in list(self.conns):
+            conn.drain()
+
+    async def wait_drained(self) -> None:
+        if self.in_flight:
+            await self._drained.wait()
+
+    def close(self) -> None:
+        self._sweeper.stop()
+        for reader in list(self.pending):
+            reader.abort()
+        for conn in list(self.conns):
+            conn.abort()
+        self.dispatcher.close()
+
+    def statistics(self) -> dict[str, int]:
+        return {"connections": len(self.conns), "in_flight": self.in_flight, **self.dispatcher.statistics()}
+
+
+class ThriftConnection(asyncio.Protocol):
+    """One client connection. See the module docstring."""
+
+    def __init__(self, app: ThriftServerApp) -> None:
+        self.app = app
+        self.dispatch = app.dispatcher.dispatch
+        self.reader = FrameReader(app.max_frame_size)
+        self.transport: Any = None
+        self.peer = ""
+        self.pick_key = PickKey("")
+        self.in_flight = 0
+        self.closed = False
+        self.active = True
+        self.idle_since = 0.0
+        self.eof = False
+        self._paused = 0  # bit 1: too many calls in flight; bit 2: the client reads too slowly
+
+    def set_peer(self, peer: str) -> None:
+        self.peer = peer
+        self.pick_key = PickKey(peer)
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.set_peer(peer[0] if isinstance(peer, tuple) else "unix")
+        self.app.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        try:
+            frames = self.reader.feed(data)
+        except FrameTooLarge as exc:
+            self._too_large(exc)
+            return
+        except RemoteProtocolError as exc:
+            log.warning("thrift: bad frame: server=%s client=%s: %s", self.app.name, self.peer, exc)
+            self._close()
+            return
+        dispatch = self.dispatch
+        for frame in frames:
+            if self.closed:
+                return
+            dispatch(self, frame)
+
+    def eof_received(self) -> bool | None:
+        # Calls in flight are still answered; we close once they are (see answer).
+        self.eof = True
+        # A TLS transport closes itself after the peer's close_notify (and warns about a True).
+        return None if self.in_flight == 0 or not self.transport.can_write_eof() else True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.app.conns.discard(self)
+        # Calls still in flight will find the connection closed and only count down.
+
+    def pause_writing(self) -> None:
+        self._pause(2)
+
+    def resume_writing(self) -> None:
+        self._resume(2)
+
+    # -- what the dispatcher calls ---------------------------------------------------
+
+    def begin(self) -> None:
+        """A call that expects a reply has started."""
+        self.in_flight += 1
+        self.app.in_flight += 1
+        if self.in_flight >= self.app.max_pipelined:
+            self._pause(1)
+
+    def answer(self, data: bytes | bytearray) -> None:
+        """Write a reply frame and end one call started with ``begin``."""
+        if not self.closed:
+            self.transport.write(data)
+        self.in_flight -= 1
+        self.app.call_done()
+        if self._paused & 1 and self.in_flight < self.app.max_pipelined:
+            self._resume(1)
+        if self.in_flight == 0 and (self.app.draining or self.eof):
+            self._close()
+
+    def answer_error(self, frame: Frame, name: str, seq_id: int, kind: int, message: str) -> None:
+        self.answer(error_frame(frame, name, seq_id, kind, message))
+
+    def reject(self, frame: Frame, name: str, seq_id: int, kind: int, message: str) -> None:
+        """Answer a frame that never began as a call, then close (its stream is not trustworthy)."""
+        if not self.closed:
+            self.transport.write(error_frame(frame, name, seq_id, kind, message))
+        self._close()
+
+    # -- the rest ----------------------------------------------------------------------
+
+    def _too_large(self, exc: FrameTooLarge) -> None:
+        log.warning("thrift: %s: server=%s client=%s", exc, self.app.name, self.peer)
+        try:
+            frame = classify(exc.prefix)
+            seq = frame.seq_id
+            name = ""
+            if frame.protocol is not None:
+                head = peek_message(frame.data, frame.payload, frame.protocol)
+                seq, name = head.seq_id, head.name
+            self.reject(frame, name, seq, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+        except RemoteProtocolError:
+            self._close()  # too little of it arrived to say whose call it was
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused and not self.closed:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        was = self._paused
+        self._paused &= ~reason
+        if was and not self._paused and not self.closed:
+            self.transport.resume_reading()
+
+    def drain(self) -> None:
+        if self.in_flight == 0:
+            self._close()
+
+    def check_idle(self, now: float, idle: float) -> None:
+        if self.active:
+            self.active = False
+            self.idle_since = now
+        elif self.in_flight == 0 and now - self.idle_since >= idle:
+            log.info("thrift: idle timeout: server=%s client=%s after %.1fs", self.app.name, self.peer, idle)
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.app.conns.discard(self)
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.app.conns.discard(self)
+            self.transport.abort()
