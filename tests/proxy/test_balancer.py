@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from monolake.apps.config._address import Endpoint
 from monolake.apps.proxy._balancer import (
     MAGLEV_TABLE_SIZE,
     Balancer,
@@ -21,6 +20,7 @@ from monolake.apps.proxy._balancer import (
     WeightedRoundRobinBalancer,
     make_balancer,
 )
+from monolake.core.address import Endpoint
 from monolake.core.proto.http1._message import Headers, Request
 
 

@@ -50,9 +50,9 @@ from typing import Any
 
 import msgspec
 
-from ..apps.config import Certificate, ServerTls, UpstreamTls
 from ._ratelimit import RateLimitedLog
 from .errors import ConfigError, MonolakeError, Source
+from .tls_settings import Certificate, ServerTls, UpstreamTls
 
 log = logging.getLogger("monolake.core.tls")
 

@@ -1,9 +1,9 @@
 """Configuration: TOML → validated, frozen structs."""
 
-from ._address import Endpoint as Endpoint
-from ._address import ListenAddress as ListenAddress
-from ._address import parse_endpoint as parse_endpoint
-from ._address import parse_listener as parse_listener
+from ...core.address import Endpoint as Endpoint
+from ...core.address import ListenAddress as ListenAddress
+from ...core.address import parse_endpoint as parse_endpoint
+from ...core.address import parse_listener as parse_listener
 from ._load import load_config as load_config
 from ._load import parse_config as parse_config
 from ._load import validate as validate

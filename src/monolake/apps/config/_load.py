@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ...core.address import Endpoint, parse_endpoint, parse_listener
 from ...core.errors import ConfigError, ConfigErrors
-from ._address import Endpoint, parse_endpoint, parse_listener
 from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
 
 T = TypeVar("T")

@@ -16,6 +16,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from ...core.tls_settings import Certificate as Certificate
+from ...core.tls_settings import ServerTls as ServerTls
+from ...core.tls_settings import TlsVersion as TlsVersion
+from ...core.tls_settings import UpstreamTls as UpstreamTls
+
 LoopKind = Literal["uvloop", "asyncio", "io_uring", "auto"]
 RetryOn = Literal["connect_failure", "reset", "502", "503", "504", "timeout"]
 BalancerKind = Literal["round_robin", "weighted_round_robin", "random", "least_request", "consistent_hash"]
@@ -127,29 +132,6 @@ class Retry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """Retries in flight may be at most this share of the route's requests in flight ..."""
     min_retry_concurrency: int = 3
     """... or this many, whichever is larger."""
-
-
-TlsVersion = Literal["1.2", "1.3"]
-
-
-class UpstreamTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """TLS to a cluster's endpoints (every endpoint of the cluster speaks TLS)."""
-
-    backend: Literal["openssl", "rustls"] = "openssl"
-    """"openssl" (the stdlib ``ssl`` module) or "rustls" (the ``rtls`` package); both support every option."""
-    ca: str | None = None
-    """PEM file of the CAs that sign the upstreams' certificates; default the system roots."""
-    sni: str | None = None
-    """Server name sent and verified; default the endpoint's host."""
-    client_cert: str | None = None
-    """PEM certificate chain presented to upstreams that ask for one (needs ``client_key``)."""
-    client_key: str | None = None
-    alpn: list[str] | None = None
-    """Protocols offered by ALPN; None: ["http/1.1"] to HTTP upstreams, none to tcp and thrift ones."""
-    verify: bool = True
-    """False skips certificate and host name verification (a warning is logged)."""
-    min_version: TlsVersion | None = None
-    max_version: TlsVersion | None = None
 
 
 class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -305,36 +287,6 @@ class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     send_timeout: float = 60.0
     """Seconds a stream's queued response bytes may wait without the client's window letting any out;
     then the stream is reset (RST_STREAM CANCEL) and its upstream connection closed."""
-
-
-class Certificate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    chain: str
-    """PEM file: the certificate, then its intermediates."""
-    key: str
-    """PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)."""
-    server_names: list[str] = []
-    """SNI names this certificate serves: exact names or "*.suffix"."""
-
-
-class ServerTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """TLS on a server's listener (http, tcp or thrift). Certificate files are reloaded when they change."""
-
-    backend: Literal["openssl", "rustls"] = "openssl"
-    """"openssl" (the stdlib ``ssl`` module) or "rustls" (the ``rtls`` package; it cannot verify client
-    certificates nor resume sessions, see monolake/core/rtls_impl.py)."""
-    certificates: list[Certificate]
-    """The first is the default (no SNI, or a name no certificate lists)."""
-    alpn: list[str] | None = None
-    """Protocols offered by ALPN; None: ["http/1.1"] on http servers, none on tcp and thrift ones."""
-    min_version: TlsVersion = "1.2"
-    max_version: TlsVersion = "1.3"
-    ciphers: str | None = None
-    """OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults)."""
-    session_tickets: bool | None = None
-    """Session resumption with tickets; None: on where the backend supports it (openssl), off on rustls."""
-    client_ca: str | None = None
-    """PEM file of the CAs client certificates must chain to (mutual TLS)."""
-    client_auth: Literal["none", "optional", "required"] = "none"
 
 
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -24,9 +24,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any
 
-from ._metrics import LATENCY_BUCKETS, multiprocess_dir, worker_metrics
+from ._metrics import DURATION_BUCKETS, LATENCY_BUCKETS, multiprocess_dir, worker_metrics
 
-DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 """Upper bounds in seconds of ``monolake_l4_connection_duration_seconds`` (+Inf is added)."""
 MAX_METHODS = 1000
 _NO_LABEL = "-"

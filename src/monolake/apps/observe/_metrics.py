@@ -36,6 +36,8 @@ from ...core.proto.http1 import Request, Response
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_INTERVAL = 1.0
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+"""Connection durations (seconds) of tcp and thrift servers."""
 """Upper bounds in seconds of ``monolake_request_duration_seconds`` (+Inf is added)."""
 
 
@@ -138,7 +140,6 @@ class _Families:
         )
         self.reloads = Counter("monolake_reloads", "Config reloads by result.", ["result"], registry=None)
         # L4 and Thrift servers (counted in _conn_metrics.py).
-        from ._conn_metrics import DURATION_BUCKETS
 
         self.l4_connections = Counter(
             "monolake_l4_connections",

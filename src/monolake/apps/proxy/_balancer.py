@@ -32,8 +32,8 @@ import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TypeVar
 
+from ...core.address import Endpoint
 from ...core.proto.http1._message import Request
-from ..config._address import Endpoint
 
 _I = TypeVar("_I")
 

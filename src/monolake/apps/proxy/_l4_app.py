@@ -24,6 +24,7 @@ from ...core.server import HttpServerApp
 from ...core.server._l4 import L4ServerApp, L4Upstream, ProxyHeaderReader
 from ...core.tls import ServerTlsContexts, client_tls
 from ..config import Cluster, Config, Endpoint, Server, parse_endpoint
+from ..observe._conn_metrics import l4_stats
 from ._balancer import make_balancer
 from ._filters import TcpPhases
 
@@ -68,7 +69,13 @@ def server_tls(name: str, server: Server) -> ServerTlsContexts | None:
 def build_l4_app(name: str, server: Server, cfg: Config, filters: Sequence[object] = ()) -> L4ServerApp:
     hooks = TcpPhases(name, filters) if filters else None
     return L4ServerApp(
-        name, server, l4_upstream(name, server, cfg), splice=server.splice, tls=server_tls(name, server), hooks=hooks
+        name,
+        server,
+        l4_upstream(name, server, cfg),
+        splice=server.splice,
+        tls=server_tls(name, server),
+        hooks=hooks,
+        stats=l4_stats(name),
     )
 
 

@@ -30,6 +30,7 @@ from ...core._body import Body
 from ...core.client import Pool, UpstreamConnection
 from ...core.client._h2 import request_headers as h2_request_headers
 from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
+from ...core.proto.grpc import deadline_of, is_grpc, with_remaining_timeout
 from ...core.proto.http1 import Request, Response
 from ...core.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 from ...core.server import error_response
@@ -45,7 +46,6 @@ from ..config import (
     parse_endpoint,
 )
 from ._balancer import Balancer, make_balancer
-from ._grpc import deadline_of, is_grpc, with_remaining_timeout
 from ._health import EndpointState, HealthChecker, Outliers
 from ._retry import RetryingCluster, RetryPolicy
 

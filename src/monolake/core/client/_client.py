@@ -31,8 +31,8 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from ...apps.config import Endpoint
 from .._body import Body
+from ..address import Endpoint
 from ..errors import PoolTimeout, ReadError
 from ..proto.http1 import Request, Response
 from ..proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head

@@ -45,8 +45,8 @@ import logging
 from collections import deque
 from typing import Any
 
-from ...apps.config import Endpoint
 from .._body import Body
+from ..address import Endpoint
 from ..errors import ConnectError, ReadError, ReadTimeout, UpstreamError, WriteError
 from ..proto.http1 import Headers, Response
 from ..proto.http2 import (
@@ -62,7 +62,7 @@ from ..proto.http2 import (
     new_codec,
 )
 from ..proto.http2._codec import CANCEL, NO_ERROR, REFUSED_STREAM
-from ._pool import open_transport
+from ._connect import open_transport
 
 log = logging.getLogger("monolake.core.client")
 

@@ -31,7 +31,7 @@ import logging
 import ssl
 from typing import Any, Protocol
 
-from ...apps.config import Endpoint
+from ..address import Endpoint
 from ..errors import (
     ConnectError,
     ConnectTimeout,

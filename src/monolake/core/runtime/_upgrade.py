@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...apps.config import ListenAddress
+from ..address import ListenAddress
 from ._control import Channel, ChannelClosed, close_fds
 from ._listeners import Listener
 

@@ -55,7 +55,7 @@ from ..proto.http1 import Headers, Request, Response
 from ..proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, RESET, H2ConnectionError, HeaderList, new_codec
 from ..proto.http2._codec import CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
 from ..service import Context
-from ._http import error_response, failure_response
+from ._answers import error_response, failure_response
 
 if TYPE_CHECKING:
     from ._http import HttpServerApp

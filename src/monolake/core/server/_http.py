@@ -35,30 +35,20 @@ retries); ``wait_drained`` returns when no connection is left.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from ...apps.config import Server as ServerConfig
 from .._body import Body
-from .._ratelimit import RateLimitedLog
 from ..errors import (
-    ConnectError,
-    ConnectTimeout,
-    DeadlineExceeded,
     MonolakeError,
-    NetworkError,
-    Overloaded,
     ProtocolError,
     RemoteProtocolError,
     Source,
-    TimeoutError,
-    UpstreamError,
 )
-from ..proto.http1 import Headers, Request, Response
+from ..proto.http1 import Request, Response
 from ..proto.http1._parse import RequestReader
 from ..proto.http1._serialize import (
     CHUNKED_LINE,
@@ -68,20 +58,19 @@ from ..proto.http1._serialize import (
     LAST_CHUNK,
     chunk,
     content_length_line,
-    reason_phrase,
     response_head,
 )
 from ..proto.http2 import PREFACE
 from ..service import Context, Service
+from ._answers import bad_request_log, error_response, failure_response, log
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import Switched, Tunnel
+from ._settings import HttpSettings as ServerConfig
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts
     from ._h2 import H2Connection
 
-log = logging.getLogger("monolake.core.server")
-bad_request_log = RateLimitedLog(log, "bad requests", level=logging.INFO, burst=10, interval=1.0)
 """Lines about malformed or refused requests: a client chooses how many it causes."""
 
 _PAUSE_BODY = 1
@@ -103,59 +92,6 @@ DRAIN_IDLE = 1.0
 
 OnComplete = Callable[[Request, Response, int], None]
 """Called once a response is fully written: (request, response, body bytes sent)."""
-
-
-def status_for(exc: BaseException) -> int:
-    """The HTTP status a failed request is answered with."""
-    if isinstance(exc, ProtocolError):
-        return exc.status_hint
-    if isinstance(exc, Overloaded):
-        return 503
-    if isinstance(exc, DeadlineExceeded):  # a service's own deadline (503), or a proxy's (504)
-        return exc.status_hint
-    if isinstance(exc, ConnectError | ConnectTimeout):
-        return 502
-    if isinstance(exc, TimeoutError):
-        return 504
-    if isinstance(exc, NetworkError | UpstreamError):
-        return 502
-    return 500
-
-
-def error_response(status: int, *, close: bool = False) -> Response:
-    body = b"%d %s\n" % (status, reason_phrase(status))
-    headers = Headers([(b"Content-Type", b"text/plain"), (b"Server", b"monolake")])
-    return Response(status, headers, body, keep_alive=not close)
-
-
-def failure_response(req: Request, exc: BaseException, peer: str, server: str) -> Response:
-    """Log why the service failed ``req`` and build its answer: ``error_response(status_for(exc))``
-    (closing the connection after a downstream protocol error), or for a gRPC call, which
-    cannot read a 502, a trailers-only response carrying the gRPC status (``proxy._grpc``)."""
-    status = status_for(exc)
-    where = exc.source.value if isinstance(exc, MonolakeError) else "internal"
-    level = logging.ERROR if status == 500 else logging.WARNING
-    downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
-    args = (
-        status,
-        req.method.decode(),
-        req.original_target.decode("latin-1"),
-        peer,
-        server,
-        where,
-        type(exc).__name__,
-        exc,
-    )
-    if downstream:  # the client's doing (a body over the limit, too slow...): rate-limited
-        bad_request_log.log("%d for %s %s peer=%s server=%s (%s error: %s: %s)", *args, level=level)
-    else:
-        log.log(level, "%d for %s %s peer=%s server=%s (%s error: %s: %s)", *args, exc_info=status == 500)
-    ctype = req.headers.get(b"content-type")
-    if ctype is not None and ctype[:16].lower() == b"application/grpc":
-        from ...apps.proxy._grpc import failure_response as grpc_failure  # proxy/ imports server/
-
-        return grpc_failure(exc)
-    return error_response(status, close=downstream)
 
 
 class HttpServerApp:

@@ -45,15 +45,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ...apps.config import Endpoint
-from ...apps.config import Server as ServerConfig
-from ...apps.observe._conn_metrics import l4_stats
+from ..address import Endpoint
 from ..errors import ProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ..service import Context
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import SPLICE_AVAILABLE, Relay
+from ._settings import StreamSettings as ServerConfig
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts
@@ -232,6 +231,27 @@ class ProxyHeaderReader(asyncio.Protocol):
 # -- the L4 server app ------------------------------------------------------------------
 
 
+class RelayStats(Protocol):
+    """Where a relay server counts its connections (no-op unless one is given)."""
+
+    def connect_failed(self, endpoint: str) -> None: ...
+
+    def closed(self, upstream: str, outcome: str, duration: float, up: int, down: int) -> None:
+        """A connection ended: ``outcome`` "ok" (it reached its upstream) or "connect_error"."""
+        ...
+
+
+class _NoStats:
+    def connect_failed(self, endpoint: str) -> None:
+        return None
+
+    def closed(self, upstream: str, outcome: str, duration: float, up: int, down: int) -> None:
+        return None
+
+
+_NO_STATS = _NoStats()
+
+
 class L4ServerApp:
     """One TCP/Unix relay server (listener) in one worker: the runtime's ``ServerApp``."""
 
@@ -244,6 +264,7 @@ class L4ServerApp:
         splice: bool,
         tls: ServerTlsContexts | None = None,
         hooks: ConnectionHooks | None = None,
+        stats: RelayStats | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -257,8 +278,8 @@ class L4ServerApp:
         self.pending: set[ProxyHeaderReader] = set()
         self.draining = False
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.stats = l4_stats(name)
-        """Counts ended connections for the metrics (observe/_conn_metrics.py)."""
+        self.stats: RelayStats = stats if stats is not None else _NO_STATS
+        """Counts ended connections (the proxy passes its metrics, ``apps/observe/_conn_metrics.py``)."""
         self._drained = DrainSignal()
         # Sweep often enough to close an idle connection within ~1/4 of its timeout past it.
         self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))

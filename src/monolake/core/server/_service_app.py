@@ -42,7 +42,8 @@ from ..errors import MonolakeError, Source
 from ..errors import TimeoutError as DeadlineError
 from ..proto.http1 import Headers, Request, Response
 from ..service import Factory, Layer, Stack
-from ._http import HttpServerApp, OnComplete, error_response
+from ._answers import error_response
+from ._http import HttpServerApp, OnComplete
 
 log = logging.getLogger("monolake.handler")
 

@@ -29,7 +29,6 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ...apps.config import Server as ServerConfig
 from ..errors import RemoteProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Family, ProxyHeader
@@ -46,6 +45,7 @@ from ..proto.thrift import (
 )
 from ._l4 import ProxyHeaderReader
 from ._lifecycle import DrainSignal, Sweeper
+from ._settings import ThriftSettings as ServerConfig
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts

@@ -39,8 +39,8 @@ from typing import Any
 import msgspec
 
 from ...apps.config import Config
-from ...apps.config._address import parse_endpoint, parse_listener
 from ...apps.observe._metrics import LATENCY_BUCKETS, reap_dead
+from ...core.address import parse_endpoint, parse_listener
 from ...core.errors import ConfigError
 from ...core.runtime._logging import logger as log
 from ._http import HttpListener, Limits, Reply, Request

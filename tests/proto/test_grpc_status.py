@@ -1,10 +1,11 @@
-"""proxy/_grpc: grpc-timeout parsing, the status for each proxy failure, the trailers-only answer."""
+"""core/proto/grpc: grpc-timeout parsing, the status for each proxy failure, the trailers-only answer."""
 
 from __future__ import annotations
 
 import pytest
 
-from monolake.apps.proxy._grpc import (
+from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
+from monolake.core.proto.grpc import (
     deadline_of,
     encode_timeout,
     failure_response,
@@ -13,10 +14,9 @@ from monolake.apps.proxy._grpc import (
     status_of,
     with_remaining_timeout,
 )
-from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
 from monolake.core.proto.http1 import Headers, Request
 from monolake.core.server import Overloaded
-from monolake.core.server._http import failure_response as server_failure_response
+from monolake.core.server._answers import failure_response as server_failure_response
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,24 @@
-"""Listener and endpoint addresses, parsed once from their config spellings."""
+"""Listener and endpoint addresses, parsed once from their text spellings.
+
+Core types: the runtime binds ``ListenAddress``es and the client connects to ``Endpoint``s. The config's
+``{type, value}`` tables are accepted as any object with ``type`` and ``value`` attributes.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from ._schema import EndpointSpec, ListenerSpec
+
+class AddressSpec(Protocol):
+    """The seed project's ``{type = "socket" | "unix" | "uri", value = "..."}`` spelling."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def value(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,9 +89,9 @@ def _split_host_port(text: str, what: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def parse_listener(spec: str | ListenerSpec) -> ListenAddress:
+def parse_listener(spec: str | AddressSpec) -> ListenAddress:
     """Parse "host:port", "unix:/path" or {type, value}. Raises ValueError with the reason."""
-    if isinstance(spec, ListenerSpec):
+    if not isinstance(spec, str):
         if spec.type == "unix":
             if not spec.value:
                 raise ValueError("unix listener needs a path in 'value'")
@@ -99,11 +111,11 @@ def parse_listener(spec: str | ListenerSpec) -> ListenAddress:
     return ListenAddress(host=host, port=port)
 
 
-def parse_endpoint(spec: str | EndpointSpec, weight: int = 1) -> Endpoint:
+def parse_endpoint(spec: str | AddressSpec, weight: int = 1) -> Endpoint:
     """Parse an upstream endpoint. Raises ValueError with the reason."""
     if weight < 1:
         raise ValueError(f"weight must be >= 1, got {weight}")
-    if isinstance(spec, EndpointSpec):
+    if not isinstance(spec, str):
         if spec.type == "unix":
             if not spec.value:
                 raise ValueError("unix endpoint needs a path in 'value'")

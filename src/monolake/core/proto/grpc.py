@@ -1,4 +1,4 @@
-"""gRPC as the proxy sees it: deadlines in, statuses out.
+"""gRPC over HTTP/2 as a server or proxy sees it: deadlines in, statuses out (no I/O).
 
 A gRPC call is an HTTP/2 POST with ``content-type: application/grpc[+proto|...]``;
 the proxy forwards it like any request (the HTTP/2 client keeps ``te: trailers``
@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import math
 
-from ...core.errors import (
+from ..errors import (
     ConnectError,
     ConnectTimeout,
     DeadlineExceeded,
     NetworkError,
+    Overloaded,
     ReadTimeout,
     Source,
     TimeoutError,
     UpstreamError,
 )
-from ...core.proto.http1 import Headers, Response
-from ...core.proto.http2 import HeaderList
-from ...core.server import Overloaded
+from .http1 import Headers, Response
+from .http2 import HeaderList
 
 OK = 0
 DEADLINE_EXCEEDED = 4
