@@ -54,7 +54,7 @@ async def test_a_timeout_layer_in_the_handlers_chain_is_a_503_not_a_504(caplog: 
     with caplog.at_level(logging.WARNING, "monolake.handler"):
         resp = await HandlerGuard(chain, "web", "h")(request())
     assert resp.status == 503
-    assert "handler timed out (request timeout of 0.05s exceeded)" in caplog.records[0].getMessage()
+    assert "handler timed out (service timed out: its deadline of 0.05s passed)" in caplog.records[0].getMessage()
 
 
 async def test_a_timeout_error_of_the_handler_itself_is_a_500() -> None:

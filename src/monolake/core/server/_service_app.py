@@ -38,8 +38,7 @@ from typing import Any, Protocol
 
 from ...apps.config import Server as ServerConfig
 from .._body import Body
-from ..errors import MonolakeError, Source
-from ..errors import TimeoutError as DeadlineError
+from ..errors import DeadlineExceeded, MonolakeError, Source
 from ..proto.http1 import Headers, Request, Response
 from ..service import Factory, Layer, Stack
 from ._answers import error_response
@@ -200,8 +199,8 @@ class HandlerGuard:
         except asyncio.CancelledError:
             raise
         except MonolakeError as exc:
-            if type(exc) is DeadlineError:  # a TimeoutLayer in the handler's own chain
-                return self._timed_out(req, str(exc))
+            if isinstance(exc, DeadlineExceeded) and exc.source is Source.INTERNAL:
+                return self._timed_out(req, str(exc))  # a TimeoutLayer in the handler's own chain
             raise  # the driver answers it as the proxy's (see the module docstring)
         except TimeoutError:
             if self.timeout is None or not scope.expired():
