@@ -93,6 +93,21 @@ def test_included_examples_are_run_by_tests() -> None:
         assert any(n in tests for n in names), f"{page.relative_to(REPO)} shows {path}, which no test runs"
 
 
+FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL)
+
+
+def test_guides_paste_no_code() -> None:
+    """Python and TOML in the pages are included from files, never pasted: a code block in
+    those languages holds one ``--8<--`` line and nothing else."""
+    for page in _pages():
+        for m in FENCE.finditer(page.read_text()):
+            if m["lang"] in ("python", "py", "toml"):
+                body = m["body"].strip()
+                assert body.startswith("--8<--") and "\n" not in body, (
+                    f"{page.relative_to(REPO)}: a {m['lang']} block pastes code: {body[:60]!r}"
+                )
+
+
 def _generator() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("gen_config_reference", DOCS / "gen_config_reference.py")
     assert spec and spec.loader
