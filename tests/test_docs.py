@@ -79,9 +79,10 @@ def test_snippets_exist_under_examples_or_docs() -> None:
 
 
 def test_included_examples_are_run_by_tests() -> None:
-    """A test names each included example by its path, its module name or its file name
-    (the examples/*.toml are all served by tests/e2e/test_examples.py, which globs them)."""
-    tests = "\n".join(p.read_text() for p in (REPO / "tests").rglob("*.py") if p.name != "test_docs.py")
+    """A test names each included example by its path, its module name or its file name, or
+    by its quoted stem (``"hello_stream"``) in a file that names its directory; the
+    examples/*.toml are all served by tests/e2e/test_examples.py, which globs them."""
+    tests = [p.read_text() for p in (REPO / "tests").rglob("*.py") if p.name != "test_docs.py"]
     globs_toml = 'glob("*.toml")' in (REPO / "tests" / "e2e" / "test_examples.py").read_text()
     for page, path in _snippets():
         rel = Path(path)
@@ -89,8 +90,12 @@ def test_included_examples_are_run_by_tests() -> None:
             continue
         if globs_toml and rel.suffix == ".toml" and len(rel.parts) == 2:
             continue
-        names = {path, ".".join(rel.with_suffix("").parts), rel.name}
-        assert any(n in tests for n in names), f"{page.relative_to(REPO)} shows {path}, which no test runs"
+        names = (path, ".".join(rel.with_suffix("").parts), rel.name)
+        dirs = ("/".join(rel.parts[:-1]), " / ".join(f'"{p}"' for p in rel.parts[:-1]))
+        assert any(
+            any(n in text for n in names) or (f'"{rel.stem}"' in text and any(d in text for d in dirs))
+            for text in tests
+        ), f"{page.relative_to(REPO)} shows {path}, which no test runs"
 
 
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.MULTILINE | re.DOTALL)
