@@ -19,6 +19,8 @@ Endpoints (every response carries ``X-Origin: NAME`` and ``X-Conn: <peer port>``
 - ``/close``: answers with ``Connection: close``.
 - ``/pid``, ``/name``, ``/conn``: this process's pid, its name, the peer port of the
   TCP connection the request came on (one id per upstream connection).
+- ``/auth``: an auth service: ``Authorization: Bearer ok-USER`` is 200 with ``X-Auth-User: USER``,
+  ``Bearer no`` is 403, anything else 401.
 - ``/hop``: a response carrying hop-by-hop headers (Connection-listed, Keep-Alive,
   Upgrade, Proxy-Authenticate, Trailer) the proxy must not forward.
 """
@@ -195,6 +197,16 @@ async def hop(request: web.Request) -> web.Response:
     return resp
 
 
+async def auth(request: web.Request) -> web.Response:
+    """An auth service: "Bearer ok-USER" is 200 with X-Auth-User: USER, "Bearer no" 403, else 401."""
+    token = request.headers.get("Authorization", "")
+    if token.startswith("Bearer ok-"):
+        return web.Response(text="ok\n", headers={"X-Auth-User": token[len("Bearer ok-") :]})
+    if token == "Bearer no":
+        return web.Response(status=403, text="no\n")
+    return web.Response(status=401, text="who?\n")
+
+
 def make_app(app_name: str) -> web.Application:
     app = web.Application(middlewares=[announce], client_max_size=1 << 30)
     app["name"] = app_name
@@ -214,6 +226,7 @@ def make_app(app_name: str) -> web.Application:
     app.router.add_get("/name", name)
     app.router.add_get("/conn", conn)
     app.router.add_get("/hop", hop)
+    app.router.add_get("/auth", auth)
     # Everything else echoes too, so routing tests can use any path.
     app.router.add_route("*", "/{tail:.*}", echo)
     return app

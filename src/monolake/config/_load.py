@@ -263,7 +263,10 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Con
             name: c if c.tls is None else msgspec.structs.replace(c, tls=_resolve_tls(c.tls, Path(base_dir)))
             for name, c in upstreams.items()
         }
-    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers)
+    if "base_dir" in raw:
+        rep.add("base_dir", "is set by the loader (the config file's directory), not in the file")
+    where = None if base_dir is None else str(Path(base_dir).resolve())
+    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers, base_dir=where)
     _validate(cfg, rep)
     rep.raise_if_any()
     return cfg
@@ -587,11 +590,22 @@ def _check_route(rep: _Report, path: str, r: Route, cfg: Config) -> None:
             rep.add(f"{path}.retry.min_retry_concurrency", "must be >= 0")
 
 
+def _check_extensions(rep: _Report, path: str, s: Server) -> None:
+    """``filters`` and ``layers`` name "module:Class"; their shapes (which phases, by server kind)
+    are checked when they are imported (``proxy._filters``)."""
+    if s.layers and s.proxy_type != "http":
+        rep.add(f"{path}.layers", f"layers wrap an http server's request service, not a {s.proxy_type} server")
+    for key in ("filters", "layers"):
+        for i, f in enumerate(getattr(s, key)):
+            use = f if isinstance(f, str) else f.use
+            if use.count(":") != 1 or not all(use.split(":")):
+                rep.add(f"{path}.{key}[{i}]", f"expected 'module:Class', got {use!r}")
+
+
 def _check_tcp_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     if s.routes:
         rep.add(f"{path}.routes", 'a proxy_type = "tcp" server has no routes (give upstream or upstreams)')
-    if s.filters:
-        rep.add(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "tcp" server')
+    _check_extensions(rep, path, s)
     if s.upstream is not None and s.upstreams is not None:
         rep.add(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
     if s.upstream is None and s.upstreams is None:
@@ -638,8 +652,7 @@ def _names(value: str | list[str] | None) -> list[str]:
 
 
 def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
-    if s.filters:
-        rep.add(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "thrift" server')
+    _check_extensions(rep, path, s)
     for key in ("upstream", "upstreams"):
         if getattr(s, key) is not None:
             rep.add(f"{path}.{key}", "a thrift server sends calls to its routes' upstreams; set it there")
@@ -686,6 +699,22 @@ def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> Non
         rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
 
 
+def _check_handler_server(rep: _Report, path: str, s: Server) -> None:
+    """A server answering with its own service: no routes or upstreams to check, none allowed."""
+    assert s.handler is not None
+    module, sep, attr = s.handler.partition(":")
+    if not sep or not module or not attr:
+        rep.add(f"{path}.handler", f'{s.handler!r} is not "module:attr"')
+    if s.proxy_type == "thrift":
+        rep.add(f"{path}.handler", 'a handler serves proxy_type = "http" or "tcp"')
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no routes or filters")
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no upstream")
+
+
 def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
@@ -693,6 +722,10 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.listener", str(exc))
     if s.tls is not None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
+    if s.handler is not None:
+        _check_handler_server(rep, path, s)
+        if s.proxy_type != "http":
+            return
     if s.proxy_type == "tcp":
         _check_tcp_server(rep, path, s, cfg)
         return
@@ -700,10 +733,10 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         _check_thrift_server(rep, path, s, cfg)
         return
     for key in ("upstream", "upstreams"):
-        if getattr(s, key) is not None:
+        if getattr(s, key) is not None and s.handler is None:
             rep.add(f"{path}.{key}", 'only a proxy_type = "tcp" server has one; http servers use routes')
-    if not s.routes:
-        rep.add(f"{path}.routes", "a server needs at least one route")
+    if not s.routes and s.handler is None:
+        rep.add(f"{path}.routes", "a server needs at least one route (or a handler)")
     for i, r in enumerate(s.routes):
         for key in ("thrift_method", "thrift_service"):
             if getattr(r, key) is not None:
@@ -727,10 +760,7 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
                 f"cluster {r.upstream!r} sends the PROXY protocol (upstreams.{r.upstream}.send_proxy_protocol), "
                 "which HTTP routes do not support",
             )
-    for i, f in enumerate(s.filters):
-        use = f if isinstance(f, str) else f.use
-        if use.count(":") != 1 or not all(use.split(":")):
-            rep.add(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
+    _check_extensions(rep, path, s)
     for key in ("keepalive_timeout", "header_timeout", "idle_timeout", "body_timeout"):
         if getattr(s, key) <= 0:
             rep.add(f"{path}.{key}", "must be > 0")
@@ -756,6 +786,11 @@ def _check_http2(rep: _Report, path: str, h: Http2) -> None:
         rep.add(f"{path}.initial_window_size", "must be between 1 and 2147483647 (RFC 9113 §6.5.2)")
     if not 16384 <= h.max_frame_size <= 16777215:
         rep.add(f"{path}.max_frame_size", "must be between 16384 and 16777215 (RFC 9113 §6.5.2)")
+    for key in ("max_buffered_bytes", "max_worker_buffered_bytes"):
+        if getattr(h, key) < 16384:
+            rep.add(f"{path}.{key}", "must be >= 16384 (one DATA frame)")
+    if not h.send_timeout > 0:
+        rep.add(f"{path}.send_timeout", "must be > 0 seconds")
 
 
 def validate(cfg: Config) -> None:
