@@ -64,7 +64,7 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     config = (site / "reference" / "config" / "index.html").read_text()
     assert 'id="route"' in config and "max_request_line_bytes" in config  # the hook filled the page in
     service = (site / "reference" / "service" / "index.html").read_text()
-    assert 'id="monolake.service.Stack"' in service  # re-exported names are documented
+    assert 'id="monolake.core.service.Stack"' in service  # re-exported names are documented
     assert not re.search(r'id="monolake\.service\._', service)  # private modules and __all__ are not
 
 

@@ -18,8 +18,8 @@ import argparse
 import sys
 
 from monolake import Factory, Headers, HttpApp, HttpService, Layer, Request, Response, serve
-from monolake.errors import ConfigError
-from monolake.service import ContextSlot
+from monolake.core.errors import ConfigError
+from monolake.core.service import ContextSlot
 
 TENANT = ContextSlot("tenant", str, "the tenant a request is for, from its X-Tenant header")
 
