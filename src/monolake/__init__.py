@@ -20,13 +20,13 @@ from .product._examples import examples_path as examples_path
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .apps._serve import HttpApp as HttpApp
+    from .apps._serve import StreamApp as StreamApp
+    from .apps._serve import serve as serve
     from .core._body import Body as Body
     from .core.proto.http1 import Headers as Headers
     from .core.proto.http1 import Request as Request
     from .core.proto.http1 import Response as Response
-    from .core.runtime._serve import HttpApp as HttpApp
-    from .core.runtime._serve import StreamApp as StreamApp
-    from .core.runtime._serve import serve as serve
     from .core.server._service_app import HttpService as HttpService
     from .core.server._service_app import sse_event as sse_event
     from .core.server._service_app import sse_response as sse_response
@@ -44,9 +44,9 @@ _WHERE = {
     "Headers": ".core.proto.http1",
     "Request": ".core.proto.http1",
     "Response": ".core.proto.http1",
-    "HttpApp": ".core.runtime._serve",
-    "StreamApp": ".core.runtime._serve",
-    "serve": ".core.runtime._serve",
+    "HttpApp": ".apps._serve",
+    "StreamApp": ".apps._serve",
+    "serve": ".apps._serve",
     "HttpService": ".core.server._service_app",
     "sse_event": ".core.server._service_app",
     "sse_response": ".core.server._service_app",

@@ -17,7 +17,7 @@ SCRIPT = """
 import sys
 from monolake import Factory, Headers, HttpApp, Request, Response
 from monolake.core.runtime import run
-from monolake.core.runtime._serve import ServeBuilder, _InMemory, apps_config
+from monolake.apps._serve import ServeBuilder, _InMemory, apps_config
 from monolake.core.server._service_app import build_http_app
 
 
@@ -44,7 +44,7 @@ def plain(cfg):
 
 
 builder = plain if sys.argv[1] == "plain" else ServeBuilder([app])
-sys.exit(run(cfg, builder, source=_InMemory("", None, cfg)))
+sys.exit(run(cfg, builder, source=_InMemory("", cfg=cfg)))
 """
 
 

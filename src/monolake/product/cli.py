@@ -11,17 +11,21 @@ until the old supervisor has exited.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from ..apps.config import Config, load_config
 from ..core.errors import ConfigError
 from ._examples import add_init_parser
+
+if TYPE_CHECKING:
+    from ..core.runtime import Supervisor
 
 
 def _load(path: str) -> Config:
@@ -56,8 +60,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return msgspec.structs.replace(cfg, runtime=rt)
 
     # The command-line overrides hold for every reload too.
-    source = ConfigSource(os.path.abspath(args.config), adjust)
-    return run(source.load(), ProxyBuilder(), source=source)
+    source = ConfigSource(os.path.abspath(args.config), load_config, adjust)
+    return run(source.load(), ProxyBuilder(), source=source, operations=_operations)
+
+
+@contextlib.contextmanager
+def _operations(cfg: Config, supervisor: Supervisor) -> Iterator[None]:
+    """Held while the proxy serves: the start-up notices, the metrics directory, the admin endpoint."""
+    from ..apps._startup import log_h2_codec
+    from .admin import operations
+
+    log_h2_codec(cfg)
+    with operations(cfg, supervisor):
+        yield
 
 
 def _pid_file_of(path: str) -> str | None:

@@ -32,9 +32,9 @@ import resource
 from collections.abc import Mapping
 from typing import Any
 
-from ...apps.config import Config
 from .._ratelimit import RateLimitedLog
 from ..errors import ConfigError
+from ._settings import RuntimeConfig as Config
 
 log = logging.getLogger("monolake.worker")
 

@@ -31,8 +31,10 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ...apps.config import Config, ListenAddress, Server, parse_listener
+from ..address import ListenAddress, parse_listener
 from ..errors import ConfigError
+from ._settings import ListenerSettings as Server
+from ._settings import RuntimeConfig as Config
 
 
 @dataclass(slots=True, kw_only=True)

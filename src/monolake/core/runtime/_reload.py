@@ -31,9 +31,9 @@ from typing import Any
 
 import msgspec
 
-from ...apps.config import Config, load_config
 from ..errors import ConfigError
 from ._listeners import Listener, close_listeners, open_listener, plan_listeners
+from ._settings import RuntimeConfig as Config
 
 PREPARE_TIMEOUT = 30.0
 """Seconds every worker gets to build and bind before the reload is aborted."""
@@ -45,15 +45,19 @@ _RESTART_ONLY = ("workers", "loop", "cpu_affinity", "max_open_files")
 
 @dataclass(frozen=True, slots=True)
 class ConfigSource:
-    """Where a running supervisor reads its config again: a TOML file, plus the
-    adjustments its command line made (``--workers``, ``--loop``)."""
+    """Where a running supervisor reads its config again: a file read by ``loader`` (the
+    proxy's TOML loader, say), plus the adjustments its command line made (``--workers``,
+    ``--loop``). The runtime only calls ``load`` and digests ``path`` (empty: nothing to digest)."""
 
     path: str
-    adjust: Callable[[Config], Config] | None = None
+    loader: Callable[[str], Any] | None = None
+    adjust: Callable[[Any], Any] | None = None
 
-    def load(self) -> Config:
+    def load(self) -> Any:
         """Read and validate the file. Raises ConfigError."""
-        cfg = load_config(self.path)
+        if self.loader is None:
+            raise ConfigError("", "this config source cannot be read again")
+        cfg = self.loader(self.path)
         return self.adjust(cfg) if self.adjust is not None else cfg
 
 
@@ -79,7 +83,7 @@ class ReloadResult:
         }
 
 
-def keep_runtime(old: Config, new: Config) -> tuple[Config, list[str]]:
+def keep_runtime(old: Any, new: Any) -> tuple[Any, list[str]]:
     """``new`` with the restart-only runtime settings of ``old``, and what differed."""
     notes = []
     for key in _RESTART_ONLY:

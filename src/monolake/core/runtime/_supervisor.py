@@ -36,7 +36,6 @@ hurry.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import select
 import signal
@@ -44,11 +43,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from ...apps.config import Config
 from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, channel_pair, close_fds
 from ._limits import apply_open_files, low_limit_warning, open_files_limit
@@ -64,6 +63,7 @@ from ._reload import (
     config_error_result,
     describe_changes,
 )
+from ._settings import RuntimeConfig as Config
 from ._upgrade import COLLECT_TIMEOUT, Handover, Upgrade, take_handover
 from ._watch import DEBOUNCE, DEBOUNCE_MAX, ConfigWatcher, file_digest
 from ._worker import AppBuilder, WorkerSpec, check_apps, worker_main
@@ -102,11 +102,20 @@ def _plan_cpus(cfg: Config, n: int) -> list[int | None]:
     return [usable[i % len(usable)] for i in range(n)] if want else [None] * n
 
 
-def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -> int:
+def run(
+    cfg: Config,
+    build: AppBuilder,
+    *,
+    source: ConfigSource | None = None,
+    operations: Callable[[Any, Supervisor], AbstractContextManager[object]] | None = None,
+) -> int:
     """Serve ``cfg`` with apps from ``build`` in N worker processes; block until stopped.
 
-    ``source`` is where a reload reads the config again (SIGHUP, file changes,
+    ``cfg`` is any msgspec Struct with what ``RuntimeConfig`` names; ``build`` gets it as it
+    is. ``source`` is where a reload reads the config again (SIGHUP, file changes,
     ``request_reload``); without it a reload request is refused with a log line.
+    ``operations(cfg, supervisor)`` is a context manager held while the supervisor serves
+    (the proxy's admin endpoint and metrics directory live there).
     Returns the process exit code: 0 after a SIGTERM/SIGINT stop or a completed
     upgrade, 1 if a worker failed before all were ready. Raises ConfigError (from
     ``build``, the loop kind, affinity or a listener that cannot be bound) before
@@ -115,7 +124,6 @@ def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -
     that runs no event loop (it forks).
     """
     configure_logging(cfg.log.level)
-    _log_h2_codec(cfg)
     handover = take_handover()
     try:
         check_apps(cfg, build(cfg))
@@ -134,31 +142,11 @@ def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -
     if handover is not None:
         log.info("upgrade: took over %d listener(s) from the old supervisor", len(handover.listeners))
     sup = Supervisor(cfg, build, listeners, cpus, source=source, handover=handover)
-    from ...product.admin import (
-        operations,  # metrics directory and admin listener (imported late: admin imports runtime)
-    )
-
     try:
-        with operations(cfg, sup):
+        with operations(cfg, sup) if operations is not None else contextlib.nullcontext():
             return sup.serve()
     finally:
         close_listeners(sup.listeners)
-
-
-def _log_h2_codec(cfg: Config) -> None:
-    """Say once per start which HTTP/2 codec the workers get (workers pick it per connection,
-    so this is the one line; a fallback to the pure-Python codec must not be silent)."""
-    servers = cfg.servers.values()
-    if not (
-        any(s.proxy_type == "http" and s.http2.enabled for s in servers)
-        or any(c.protocol != "http1" for c in cfg.upstreams.values())
-        or any(r.protocol != "http1" for s in servers for r in s.routes)
-    ):
-        return
-    from ..proto.http2 import codec_notice
-
-    severity, message = codec_notice()
-    log.log(logging.getLevelNamesMapping()[severity.upper()], message)
 
 
 @dataclass(slots=True)

@@ -59,7 +59,6 @@ from typing import Any, NoReturn, Protocol, TypeAlias
 
 import msgspec
 
-from ...apps.config import Config
 from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
 from ._limits import AcceptErrors, FdProbe, is_uvloop
@@ -67,6 +66,7 @@ from ._listeners import Listener, bind_tcp
 from ._logging import configure_logging, flush_logging
 from ._loops import LoopOptions, loop_kind, new_event_loop
 from ._memory import HeapTrimmer
+from ._settings import RuntimeConfig as Config
 
 log = logging.getLogger("monolake.worker")
 
@@ -98,8 +98,9 @@ class ServerApp(Protocol):
         ...
 
 
-AppBuilder: TypeAlias = Callable[[Config], Mapping[str, ServerApp]]
-"""Builds one app per server name in ``cfg.servers``; may raise ConfigError.
+AppBuilder: TypeAlias = Callable[[Any], Mapping[str, ServerApp]]
+"""Builds one app per server name in ``cfg.servers`` (``cfg`` is the config object given to
+``run``, of the caller's own type); may raise ConfigError.
 
 Called once in the supervisor (a dry run that validates before anything is bound;
 the result is discarded) and once in every worker, on that worker's running loop.
@@ -133,9 +134,9 @@ class Prepared(Protocol):
 class Reloadable(Protocol):
     """An ``AppBuilder`` that can rebuild from the apps it built before (hot reload)."""
 
-    def __call__(self, cfg: Config, /) -> Mapping[str, ServerApp]: ...
+    def __call__(self, cfg: Any, /) -> Mapping[str, ServerApp]: ...
 
-    def prepare(self, cfg: Config, old: Mapping[str, ServerApp], /) -> Prepared:
+    def prepare(self, cfg: Any, old: Mapping[str, ServerApp], /) -> Prepared:
         """Build ``cfg``'s apps from ``old`` (the apps now serving) without changing them.
         Raises ConfigError (or anything else: the reload aborts with its message)."""
         ...
@@ -475,7 +476,7 @@ class _Worker:
         socks: list[socket.socket] = []
         wrapped: set[int] = set()
         try:
-            cfg = msgspec.json.decode(msg["config"], type=Config)
+            cfg = msgspec.json.decode(msg["config"], type=type(self.cfg))  # the caller's config type
             build = self.spec.build
             prepare = getattr(build, "prepare", None)
             if prepare is not None:

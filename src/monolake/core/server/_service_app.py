@@ -36,13 +36,13 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from ...apps.config import Server as ServerConfig
 from .._body import Body
 from ..errors import DeadlineExceeded, MonolakeError, Source
 from ..proto.http1 import Headers, Request, Response
 from ..service import Factory, Layer, Stack
 from ._answers import error_response
 from ._http import HttpServerApp, OnComplete
+from ._settings import ServiceSettings as ServerConfig
 
 log = logging.getLogger("monolake.handler")
 

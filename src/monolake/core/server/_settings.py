@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..tls_settings import ServerTls
+
 
 class HttpLimits(Protocol):
     """Sizes a client's request may have (HTTP/1.1 and HTTP/2)."""
@@ -152,3 +154,27 @@ class ThriftSettings(Protocol):
 
     @property
     def limits(self) -> HttpLimits: ...
+
+
+class ServiceSettings(HttpSettings, Protocol):
+    """A user's own HTTP service: the listener's settings, plus its bounds and TLS."""
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """Requests in flight per worker; beyond it they are answered 503."""
+        ...
+
+    @property
+    def request_timeout(self) -> float | None:
+        """Seconds a request may take (503 "handler timed out" beyond it)."""
+        ...
+
+    @property
+    def tls(self) -> ServerTls | None: ...
+
+
+class TlsListenerSettings(Protocol):
+    """A listener that may serve TLS (a user's raw stream service)."""
+
+    @property
+    def tls(self) -> ServerTls | None: ...

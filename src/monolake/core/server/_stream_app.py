@@ -34,9 +34,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ...apps.config import Server as ServerConfig
 from ..service import Factory, Layer, Service, Stack
 from ._lifecycle import DrainSignal
+from ._settings import TlsListenerSettings as ServerConfig
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts

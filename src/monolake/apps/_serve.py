@@ -29,16 +29,16 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import msgspec
 
-from ...apps.config import Config, Log, Runtime, Server, ServerTls, parse_listener
-from ..errors import ConfigError
-from ..proto.http1 import Request, Response
-from ..server._service_app import HttpService, build_http_app
-from ..server._stream_app import Connection, StreamService, build_stream_app
-from ..service import Factory, Layer
-from ._reload import ConfigSource
+from ..core.errors import ConfigError
+from ..core.proto.http1 import Request, Response
+from ..core.runtime import ConfigSource
+from ..core.server._service_app import HttpService, build_http_app
+from ..core.server._stream_app import Connection, StreamService, build_stream_app
+from ..core.service import Factory, Layer
+from .config import Config, Log, Runtime, Server, ServerTls, parse_listener
 
 if TYPE_CHECKING:
-    from ._worker import ServerApp
+    from ..core.runtime import ServerApp
 
 H = TypeVar("H", bound=HttpService)
 T = TypeVar("T", bound=StreamService)
@@ -200,9 +200,10 @@ def serve(
     is bound when an app is invalid (the error names ``servers.NAME...``). Call it from
     the main thread of a process that runs no event loop (it forks).
     """
-    from ._supervisor import run
+    from ..core.runtime import run
+    from ._startup import started
 
     cfg = apps_config(
         apps, workers=workers, loop=loop, drain_timeout=drain_timeout, log_level=log_level, pid_file=pid_file
     )
-    return run(cfg, ServeBuilder(apps), source=_InMemory("", None, cfg))
+    return run(cfg, ServeBuilder(apps), source=_InMemory("", cfg=cfg), operations=started)
