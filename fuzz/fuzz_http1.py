@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable
 
 from monolake.core.errors import ProtocolError
-from monolake.core.proto.http1._message import Request
+from monolake.core.proto.http._message import Request
 from monolake.core.proto.http1._parse import RequestReader
 
 SEEDS: tuple[bytes, ...] = (

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from monolake.apps.config._address import Endpoint
 from monolake.apps.config._schema import Route
 from monolake.apps.proxy._balancer import make_balancer
 from monolake.apps.proxy._router import Router
-from monolake.core.proto.http1._message import Headers, Request
+from monolake.core.address import Endpoint
+from monolake.core.proto.http._message import Headers, Request
 
 
 def _req(path: bytes, host: bytes = b"www.example.com", headers: list[tuple[bytes, bytes]] | None = None) -> Request:

@@ -24,7 +24,7 @@ from monolake.apps.config import Endpoint
 from monolake.core._body import Body
 from monolake.core.client import Pool, UpstreamConnection
 from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, Source, UpstreamError
-from monolake.core.proto.http1._message import Headers, Response
+from monolake.core.proto.http._message import Headers, Response
 from monolake.core.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

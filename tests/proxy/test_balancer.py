@@ -21,7 +21,7 @@ from monolake.apps.proxy._balancer import (
     make_balancer,
 )
 from monolake.core.address import Endpoint
-from monolake.core.proto.http1._message import Headers, Request
+from monolake.core.proto.http._message import Headers, Request
 
 
 def eps(*weights: int) -> list[Endpoint]:

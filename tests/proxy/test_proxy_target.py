@@ -12,7 +12,7 @@ from monolake.apps.proxy._filters import Phases
 from monolake.apps.proxy._proxy import HttpProxy, RouteRuntime
 from monolake.apps.proxy._router import Router
 from monolake.core.errors import RemoteProtocolError
-from monolake.core.proto.http1._message import Headers, Request, Response
+from monolake.core.proto.http._message import Headers, Request, Response
 
 
 class Seen:

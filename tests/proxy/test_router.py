@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from monolake.apps.config._schema import Route
 from monolake.apps.proxy._router import Router
-from monolake.core.proto.http1._message import Headers, Request
+from monolake.core.proto.http._message import Headers, Request
 
 
 def req(

@@ -110,7 +110,7 @@ def test_deadline_exceeded_defaults() -> None:
 
 
 def test_grpc_status_of_a_services_own_deadline_blames_no_upstream() -> None:
-    from monolake.apps.proxy._grpc import DEADLINE_EXCEEDED, status_of
+    from monolake.core.proto.grpc import DEADLINE_EXCEEDED, status_of
 
     assert status_of(DeadlineExceeded("t")) == (DEADLINE_EXCEEDED, "monolake: service deadline exceeded")
     gateway = DeadlineExceeded("t", source=Source.UPSTREAM, status_hint=504)

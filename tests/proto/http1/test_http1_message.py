@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from monolake.core.proto.http1._message import Headers, Request, Response, parse_block
+from monolake.core.proto.http._message import Headers, Request, Response, parse_block
 
 # --- Headers ------------------------------------------------------------------------
 

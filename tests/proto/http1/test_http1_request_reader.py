@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from monolake.core.errors import ProtocolError, RemoteProtocolError, Source
-from monolake.core.proto.http1._message import Request
+from monolake.core.proto.http._message import Request
 from monolake.core.proto.http1._parse import HOP_BY_HOP, RequestReader
 
 # --- recording reader ---------------------------------------------------------------

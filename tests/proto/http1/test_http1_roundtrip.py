@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monolake.core.proto.http1._message import Headers, Request, Response
+from monolake.core.proto.http._message import Headers, Request, Response
 from monolake.core.proto.http1._parse import HOP_BY_HOP, RequestReader, ResponseReader
 from monolake.core.proto.http1._serialize import (
     CHUNKED_LINE,

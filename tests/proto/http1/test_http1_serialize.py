@@ -6,7 +6,7 @@ from http import HTTPStatus
 
 import pytest
 
-from monolake.core.proto.http1._message import Headers, Request, Response
+from monolake.core.proto.http._message import Headers, Request, Response
 from monolake.core.proto.http1._parse import RequestReader, ResponseReader
 from monolake.core.proto.http1._serialize import (
     CHUNKED_LINE,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monolake.core.errors import ProtocolError, RemoteProtocolError
-from monolake.core.proto.http1._message import Request, Response
+from monolake.core.proto.http._message import Request, Response
 from monolake.core.proto.http1._parse import RequestReader, ResponseReader
 
 

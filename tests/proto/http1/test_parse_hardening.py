@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from monolake.core.errors import ProtocolError
-from monolake.core.proto.http1._message import Request
+from monolake.core.proto.http._message import Request
 from monolake.core.proto.http1._parse import RequestReader
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TypeVar
 
 from ...core.address import Endpoint
-from ...core.proto.http1._message import Request
+from ...core.proto.http._message import Request
 
 _I = TypeVar("_I")
 

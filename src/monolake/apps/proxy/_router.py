@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from ...core.proto.http1._message import Request
+from ...core.proto.http._message import Request
 from ..config._schema import Route
 
 T = TypeVar("T")

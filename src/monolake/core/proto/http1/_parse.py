@@ -30,7 +30,7 @@ from typing import Any
 import httptools
 
 from ...errors import ProtocolError, RemoteProtocolError, Source
-from ._message import Headers, Request, Response, parse_block
+from ..http._message import Headers, Request, Response, parse_block
 
 HOP_BY_HOP = frozenset(
     {

@@ -1,4 +1,4 @@
-"""HTTP messages as the proxy sees them: one mutable object per message.
+"""HTTP messages (version-neutral): one mutable object per message.
 
 These are deliberately mutable and slotted (not frozen events): filters rewrite a
 request or response in place, and a frozen copy per phase would cost microseconds
