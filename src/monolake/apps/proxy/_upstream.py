@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -119,16 +119,16 @@ class UpstreamCluster:
         self._overflow_logged = -1e18
         self._suppressed = 0
         self.guarded = health_check is not None or outlier_detection is not None or circuit_breaker is not None
-        if self.guarded:
-            # An instance attribute shadows the fast method: plain clusters never test a flag.
-            self.forward = self._forward_guarded  # type: ignore[method-assign]
         self.protocol = protocol
-        if protocol != "http1":
-            # HTTP/2 exchanges, on the fast path or under the guarded one (config refuses
-            # health checks and connection limits with them).
-            self._exchange = self._exchange_h2  # type: ignore[method-assign]
-            if not self.guarded:
-                self.forward = self._forward_h2  # type: ignore[method-assign]
+        # Chosen once: ``forward`` and ``_exchange`` are attributes holding the bound method for this
+        # cluster's kind (plain clusters never test a flag per request; no method is rebound, which a
+        # compiled class would refuse). HTTP/2 exchanges run on the fast path or under the guarded one.
+        self._exchange: Callable[[Request, bytes | None, Endpoint], Awaitable[Response]] = (
+            self._exchange_h1 if protocol == "http1" else self._exchange_h2
+        )
+        self.forward: Callable[[Request, bytes | None], Awaitable[Response]] = (
+            self._forward_guarded if self.guarded else self._forward_h1 if protocol == "http1" else self._forward_h2
+        )
 
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
@@ -163,8 +163,9 @@ class UpstreamCluster:
         """This cluster as a route with ``retry`` sees it (itself when there is none)."""
         return self if retry is None else RetryingCluster(self, RetryPolicy(retry))
 
-    async def forward(self, req: Request, host: bytes | None) -> Response:
-        """Send ``req`` to an endpoint and return the response head.
+    async def _forward_h1(self, req: Request, host: bytes | None) -> Response:
+        """``forward`` of a plain HTTP/1.1 cluster. ``forward(req, host)``: send ``req`` to an
+        endpoint and return the response head.
 
         ``host`` replaces the Host header when given; b"" means the endpoint's own
         authority. Raises ConnectError, ConnectTimeout, ReadError, ReadTimeout,
@@ -491,7 +492,7 @@ class UpstreamCluster:
             outliers.responded(st, resp.status)
         return resp
 
-    async def _exchange(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
+    async def _exchange_h1(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
         """One HTTP/1.1 request to ``ep`` on the guarded path (a fresh connection within the
         circuit breaker's limits when none is idle; one retry on a stale pooled one). A
         cancellation (the per-try timeout) closes the connection it was waiting on."""
