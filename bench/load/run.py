@@ -25,6 +25,8 @@ RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
 MONOLAKE_ENV: dict[str, str] | None = None
 """Environment for the monolake processes; set by --rev to run an extracted revision."""
+MONOLAKE_CLI = "monolake.product.cli"
+"""The CLI module; a --rev from before the three tiers has it at monolake.cli."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,7 +116,7 @@ def start_proxy(
     name = f"{kind.name}-w{workers}" if workers != 1 else kind.name
     if kind.kind == "monolake":
         conf = configs.monolake(tmp, name, port, origin_port, kind.loop, workers, kind.minimal)
-        argv = [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)]
+        argv = [sys.executable, "-m", MONOLAKE_CLI, "run", "-c", str(conf)]
     elif kind.kind == "nginx":
         conf = configs.nginx_proxy(tmp, port, origin_port)
         argv = ["nginx", "-c", str(conf)]
@@ -285,7 +287,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global MONOLAKE_ENV
+    global MONOLAKE_ENV, MONOLAKE_CLI
     args = parse_args(argv)
     if args.report:
         path = Path(args.report)
@@ -314,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     src = None
     if args.rev:
         src = machine.extract(args.rev, tmp / "rev")
+        if (src / "monolake" / "cli.py").exists():
+            MONOLAKE_CLI = "monolake.cli"
         MONOLAKE_ENV = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])),
