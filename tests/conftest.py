@@ -138,6 +138,23 @@ class LineLog:
         with self._cond:
             return sum(1 for line in self.lines[after:] if rx.search(line))
 
+    def wait_count(self, pattern: str, n: int, *, after: int = 0, timeout: float = TIMEOUT) -> bool:
+        """True once ``n`` lines at index >= ``after`` match ``pattern``; False on timeout or EOF."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen, i = 0, after
+        with self._cond:
+            while True:
+                for line in self.lines[i:]:
+                    seen += 1 if rx.search(line) else 0
+                i = len(self.lines)
+                left = deadline - time.monotonic()
+                if seen >= n:
+                    return True
+                if self.eof or left <= 0:
+                    return False
+                self._cond.wait(left)
+
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)
 
@@ -265,8 +282,22 @@ class Proxy:
         return code
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.workers()
+        """Teardown: stop now, not gracefully (a test of the graceful stop calls ``stop``).
+
+        The first SIGTERM starts the drain; once each worker has logged it, a second one
+        hurries them, so an idle keep-alive connection (closed after 1 s of drain) or a
+        request left in flight (``drain_timeout``) does not hold the suite up. Waiting
+        for the lines first matters: two SIGTERMs that reach a worker before it handled
+        the first are one signal to the kernel."""
+        workers = self.workers()
+        if self.proc.poll() is None:
+            mark = self.log.mark()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            self.log.wait_count(r"worker \d+ draining", len(workers), after=mark, timeout=5)
+            with contextlib.suppress(ProcessLookupError):
+                if self.proc.poll() is None:
+                    self.proc.send_signal(signal.SIGTERM)
         _stop_process(self.proc)
         # Workers outlive a killed supervisor only until they see the life pipe close;
         # anything still running our exact command line is ours and goes now.
