@@ -77,6 +77,32 @@ def render(template: str, **values: Any) -> str:
     return re.sub(r"\{([a-z_][a-z0-9_]*)\}", lambda m: str(values[m[1]]) if m[1] in values else m[0], template)
 
 
+# -- parallel runs ---------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``python -m pytest`` runs on one process per core when pytest-xdist is installed
+    (``-n auto --dist loadfile``: a file's tests stay together, so its module-scoped proxies
+    start once). The e2e tests mostly wait on timers and child processes, bind port 0 and
+    write under tmp_path only. An explicit ``-n``, ``-s``, ``--pdb`` or a test id (``file::test``)
+    keeps one process, as does a missing xdist (the wheel check's clean venv)."""
+    opt = config.option
+    if (
+        hasattr(config, "workerinput")  # an xdist worker: never spawn more
+        or not config.pluginmanager.hasplugin("xdist")
+        or opt.numprocesses is not None
+        or getattr(opt, "dist", "no") != "no"
+        or opt.usepdb
+        or opt.capture == "no"
+        or opt.collectonly
+        or any("::" in arg for arg in config.args)
+    ):
+        return
+    opt.numprocesses = "auto"
+    opt.dist = "loadfile"
+
+
 # -- output collection -------------------------------------------------------------
 
 
