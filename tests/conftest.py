@@ -251,6 +251,7 @@ class Proxy:
         workers: int | None = 1,
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.config_path = directory / f"proxy-{next(_counter)}.toml"
         self.config_path.write_text(config_text)
@@ -265,7 +266,12 @@ class Proxy:
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=directory
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=cwd or directory,  # ``cwd``: run from elsewhere than the config file's directory
         )
         self.pid = self.proc.pid
         self.seen_workers: set[int] = set()
@@ -352,9 +358,10 @@ class ProxyFactory:
         *,
         workers: int | None = 1,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
         **values: Any,
     ) -> Proxy:
-        proxy = Proxy(render(template, **values), self.directory, loop=self.loop, workers=workers, env=env)
+        proxy = Proxy(render(template, **values), self.directory, loop=self.loop, workers=workers, env=env, cwd=cwd)
         self.started.append(proxy)
         return proxy
 

@@ -1,6 +1,6 @@
 """The proxy's Python cost per request, without sockets or a kernel.
 
-    python bench/micro/proxy_path.py [--loop uvloop|asyncio] [-n 20000] [--profile]
+    python bench/micro/proxy_path.py [--loop uvloop|asyncio] [-n 20000] [--profile] [--filters none|sync|async]
 
 Drives the real HttpConnection → proxy stack → UpstreamConnection path with fake
 transports: a request is fed to the server protocol, the head it writes upstream is
@@ -8,6 +8,11 @@ answered with a canned nginx-like response, and the response written back is
 checked. What is left is exactly the Python work a request costs in a worker (the
 syscalls, about 2/3 of a proxied request on loopback, are not in it). Repeatable
 enough to compare two versions of the hot path on the same machine.
+
+``--filters sync`` puts two plain filters on the server (a request_filter and a
+response_filter), ``--filters async`` the same two as ``async def``: the first must
+cost what it did before async phases existed (their plain loop is unchanged), the
+second shows what awaiting costs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any
 
 from monolake.client import Pool, UpstreamConnection
 from monolake.config import Endpoint, parse_config
-from monolake.proxy import build_apps
+from monolake.proto.http1 import Request, Response
+from monolake.proxy import HttpFilter, build_apps
+from monolake.service import Context
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -53,6 +60,25 @@ CONFIG = {
     },
     "upstreams": {"api": {"endpoints": [{"endpoint": "http://127.0.0.1:9001"}]}},
 }
+
+
+class SyncCheck(HttpFilter):
+    def request_filter(self, req: Request, ctx: Context) -> Response | None:
+        return None if req.path else Response(400)
+
+    def response_filter(self, resp: Response, ctx: Context) -> None:
+        resp.headers.add(b"X-Checked", b"1")
+
+
+class AsyncCheck(HttpFilter):
+    async def request_filter(self, req: Request, ctx: Context) -> Response | None:
+        return None if req.path else Response(400)
+
+    async def response_filter(self, resp: Response, ctx: Context) -> None:
+        resp.headers.add(b"X-Checked", b"1")
+
+
+FILTERS = {"none": [], "sync": ["__main__:SyncCheck"], "async": ["__main__:AsyncCheck"]}
 
 
 class FakeTransport:
@@ -86,8 +112,9 @@ class FakeTransport:
         self.closed = True
 
 
-async def run(n: int, profile: bool) -> float:
-    cfg = parse_config(CONFIG)
+async def run(n: int, profile: bool, filters: str = "none") -> float:
+    config: dict[str, Any] = {**CONFIG, "servers": {"web": {**CONFIG["servers"]["web"], "filters": FILTERS[filters]}}}  # type: ignore[index]
+    cfg = parse_config(config)
     app = build_apps(cfg)["web"]
     upstream: list[UpstreamConnection] = []
 
@@ -136,6 +163,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--filters", default="none", choices=sorted(FILTERS))
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -143,11 +171,10 @@ def main() -> int:
         runner: Any = uvloop.run
     else:
         runner = asyncio.run
-    results = [runner(run(args.n, args.profile)) for _ in range(args.repeat)]
+    results = [runner(run(args.n, args.profile, args.filters)) for _ in range(args.repeat)]
     print(
-        f"{args.loop}: {min(results):.2f} µs of Python per proxied request (best of {args.repeat}: "
-        + ", ".join(f"{r:.2f}" for r in results)
-        + ")"
+        f"{args.loop} filters={args.filters}: {min(results):.2f} µs of Python per proxied request "
+        f"(best of {args.repeat}: " + ", ".join(f"{r:.2f}" for r in results) + ")"
     )
     return 0
 

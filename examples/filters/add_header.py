@@ -1,7 +1,8 @@
 """Example filters: name them in a server's ``filters`` list as ``"module:Class"``.
 
-``monolake run`` makes its working directory importable, so from the repository
-root these are ``examples.filters.add_header:AddHeader`` and so on::
+Filter modules are looked up in the config file's directory first, then on
+``sys.path`` and in the working directory, so from the repository root these are
+``examples.filters.add_header:AddHeader`` and so on::
 
     [servers.web]
     filters = [
@@ -9,8 +10,9 @@ root these are ``examples.filters.add_header:AddHeader`` and so on::
         { use = "examples.filters.add_header:DenyPath", args = { prefix = "/admin" } },
     ]
 
-Filter methods are plain calls on the request path (no ``async``): they must not
-block. Only the phases a class overrides are called.
+These filter methods are plain calls on the request path: they must not block.
+A phase that needs I/O is ``async def`` (see ``auth.py``). Only the phases a class
+overrides are called.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``monolake run | check | reload | upgrade | version | demo-origin``.
+"""``monolake run | check | reload | upgrade | version | init | demo-origin``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config (the error
 names the key path and the reason, on stderr).
@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__
+from ._examples import add_init_parser
 from .config import Config, load_config
 from .errors import ConfigError
 
@@ -154,6 +154,68 @@ def _cmd_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version_of(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def version_report() -> str:
+    """``monolake version``: what this install runs on, one ``name  value`` line each, and
+    which native parts are active (each has a pure-Python or uvloop fallback that is slower)."""
+    import platform
+    import ssl
+
+    from .proto.http2 import CODEC_ENV
+    from .runtime import uring
+
+    mine = _version_of("monolake") or getattr(sys.modules["monolake"], "__version__", "unknown")
+    rows = [
+        ("monolake", mine),
+        ("python", f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"),
+    ]
+    for dist in ("uvloop", "httptools", "h2", "msgspec"):
+        rows.append((dist, _version_of(dist) or "not installed"))
+    rows.append(("openssl", f"{ssl.OPENSSL_VERSION} (tls backend 'openssl')"))
+    rtls = _version_of("rtls")
+    rows.append(
+        ("rtls", f"{rtls} (tls backend 'rustls')" if rtls else "not installed (tls backend 'rustls' unavailable)")
+    )
+    try:
+        from .proto.http2._native import NGHTTP2_VERSION  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        h2 = f"not built ({exc}): HTTP/2 uses the pure-Python h2 codec"
+    else:
+        h2 = f"native codec active (libnghttp2 {NGHTTP2_VERSION})"
+        if os.environ.get(CODEC_ENV) == "h2":
+            h2 = f"native codec built (libnghttp2 {NGHTTP2_VERSION}), not used: {CODEC_ENV}=h2"
+    rows.append(("nghttp2", h2))
+    reason = uring.unavailable()  # probes: sets up (and closes) a small ring
+    ring = f"unavailable, loop = io_uring runs uvloop: {reason}" if reason else "native loop built and usable"
+    rows.append(("io_uring", f"{ring}; kernel {platform.release()}"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _cmd_version(args: argparse.Namespace) -> int:
+    print(version_report())
+    return 0
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the same report as ``monolake version`` (computed only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print versions and native parts, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_report())
+        parser.exit()
+
+
 def _cmd_demo_origin(args: argparse.Namespace) -> int:
     from .demo import run_origin
 
@@ -164,6 +226,7 @@ def _cmd_demo_origin(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monolake", description="A thread-per-core proxy in Python.")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="serve with a config file")
     p.add_argument("-c", "--config", required=True)
@@ -184,8 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "upgrade":
             p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the old one to exit")
         p.set_defaults(func=func)
-    p = sub.add_parser("version", help="print the version")
-    p.set_defaults(func=lambda a: print(f"monolake {__version__}") or 0)
+    p = sub.add_parser("version", help="print the versions of monolake, Python, its libraries and native parts")
+    p.set_defaults(func=_cmd_version)
+    add_init_parser(sub)
     p = sub.add_parser("demo-origin", help="run the small demo origin used by the quickstart")
     p.add_argument("--listen", default="127.0.0.1:9000")
     p.set_defaults(func=_cmd_demo_origin)
@@ -193,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"monolake: config error: {exc}", file=sys.stderr)
+        for each in getattr(exc, "errors", [exc]):  # ConfigErrors: one line each
+            print(f"monolake: config error: {each}", file=sys.stderr)
         return 2
 
 

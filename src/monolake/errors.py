@@ -40,6 +40,19 @@ class ConfigError(MonolakeError):
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
+class ConfigErrors(ConfigError):
+    """Several config errors found in one pass; ``errors`` lists each in file order.
+
+    ``path`` and ``reason`` are the first's (so code that shows one error still can);
+    the message names them all on one line (a log line).
+    """
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        super().__init__(errors[0].path, errors[0].reason)
+        self.args = (f"{len(errors)} errors: " + "; ".join(str(e) for e in errors),)
+
+
 class ProtocolError(MonolakeError):
     """The peer or we broke the wire protocol. ``status_hint`` is the HTTP status to answer with."""
 
@@ -76,7 +89,8 @@ class ReadError(NetworkError):
 
 
 class WriteError(NetworkError):
-    """Writing to a peer failed."""
+    """Writing to a peer failed (it closed or reset the connection while we were sending).
+    Not retry safe: part of the request may have been sent, and a streamed body is spent."""
 
 
 class TimeoutError(MonolakeError):
@@ -94,6 +108,9 @@ class ReadTimeout(TimeoutError):
 
 
 class PoolTimeout(TimeoutError):
+    """No connection of the pool's key became free within ``pool_timeout``; nothing was sent."""
+
+    source = Source.INTERNAL
     retry_safe = True
 
 
@@ -101,3 +118,10 @@ class UpstreamError(MonolakeError):
     """The upstream answered in a way we cannot forward (bad response framing, reset mid-body)."""
 
     source = Source.UPSTREAM
+
+
+class Overloaded(MonolakeError):
+    """Shed by a concurrency limit before the inner service saw the request (so a retry,
+    elsewhere or later, is safe). Drivers answer it with 503 (gRPC: UNAVAILABLE)."""
+
+    retry_safe = True

@@ -29,6 +29,7 @@ so an rtls release that changes them fails there first.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from typing import TYPE_CHECKING, Any
 
@@ -96,9 +97,18 @@ class ServerObject(TLSObject):
         """Deferred to ``do_handshake`` (the certificate depends on the ClientHello)."""
 
     def do_handshake(self) -> None:
-        if self._conn is None:
-            self._start()
-        super().do_handshake()
+        """As rtls' ``do_handshake``; a failed handshake raises ``tls.HandshakeRefused`` (logged
+        with the peer and its alert sent, see ``tls``), as on OpenSSL listeners."""
+        try:
+            if self._conn is None:
+                self._start()
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            with contextlib.suppress(Exception):  # rustls may still hold the alert
+                self._flush_outgoing()
+            raise self._listener.owner.refused(exc, self._outgoing.read()) from None
 
     def _peer_closed(self) -> bool:
         """The client's close_notify has been read (after it rustls no longer wants to read)."""

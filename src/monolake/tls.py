@@ -18,15 +18,32 @@ logged and retried; the previous certificate stays in use meanwhile.
 ALPN: a listener offers ``ServerTls.alpn`` and an upstream ``UpstreamTls.alpn`` (both
 default ["http/1.1"] for HTTP, nothing for tcp and thrift); ``negotiated_protocol(transport)``
 says what was agreed.
+
+A failed handshake on a listener (a client without an acceptable certificate where
+``client_auth = "required"``, plaintext on a TLS port, a client that rejects our
+certificate) is logged as one line with the peer and the reason, rate-limited, and
+the alert the TLS library wrote goes out. Neither happens by itself: the loops' SSL layers
+(asyncio's, uvloop's) treat a handshake ``SSLError`` as an ``OSError``, log it only in
+debug mode and close the socket with the alert still in their memory BIO (the
+client saw "Empty reply from server" or a reset). So the listener's SSL object
+(``_ListenerObject``; ``rtls_impl.ServerObject`` on rustls) turns a failed handshake into
+``HandshakeRefused``, which is not an ``OSError``: every loop
+(uvloop, asyncio, io_uring) closes the connection and hands it to the loop's exception
+handler together with the socket transport, which knows the peer. ``_RefusalHandler``,
+installed on the loop at the first refusal and deferring everything else to the
+handler it replaced, writes the alert to the socket and the line to the log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -34,7 +51,8 @@ from typing import Any
 import msgspec
 
 from .config import Certificate, ServerTls, UpstreamTls
-from .errors import ConfigError
+from .errors import ConfigError, MonolakeError, Source
+from .observe._ratelimit import RateLimitedLog
 
 log = logging.getLogger("monolake.tls")
 
@@ -94,14 +112,19 @@ class ServerTlsContexts:
 
             self.ssl_context = ListenerContext(self)
         else:
-            self.ssl_context = self._new_context(cfg.certificates[0], f"{path}.certificates[0]")
+            self.ssl_context = self._new_context(cfg.certificates[0], f"{path}.certificates[0]", listener=True)
             self.ssl_context.sni_callback = self._on_sni
 
-    def _new_context(self, cert: Certificate, where: str) -> ssl.SSLContext:
+    def _new_context(self, cert: Certificate, where: str, *, listener: bool = False) -> ssl.SSLContext:
         cfg = self.cfg
         rustls = cfg.backend == "rustls"
         m = _module(cfg.backend)
-        ctx: ssl.SSLContext = m.SSLContext(m.PROTOCOL_TLS_SERVER)
+        ctx: ssl.SSLContext
+        if listener:
+            ctx = _ListenerContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.listener_path = self.path
+        else:
+            ctx = m.SSLContext(m.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = VERSIONS[cfg.min_version]
         ctx.maximum_version = VERSIONS[cfg.max_version]
         if cfg.ciphers:
@@ -215,12 +238,154 @@ class ServerTlsContexts:
         self._files, self._stamp, self._checked = new._files, new._stamp, new._checked
         self._contexts, self.exact, self.wildcard = new._contexts, new.exact, new.wildcard
 
+    def refused(self, exc: ssl.SSLError, alert: bytes) -> HandshakeRefused:
+        """``handshake_refused`` for this listener (what its rustls SSL objects raise)."""
+        return handshake_refused(self.path, exc, alert)
+
     def _on_sni(self, sock: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         try:
             self.check_files()
             sock.context = self.select(server_name)
         except Exception:  # an exception here would abort the handshake with an opaque alert
             log.exception("%s: selecting a certificate for %r failed", self.path, server_name)
+
+
+# -- failed handshakes on listeners ---------------------------------------------------------
+
+_CLIENT_CERT_REASONS = frozenset({"PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED"})
+_PLAIN_REASONS = {
+    "HTTP_REQUEST": "plain HTTP sent to a TLS port",
+    "WRONG_VERSION_NUMBER": "not TLS (wrong version number)",
+}
+_refusals = RateLimitedLog(log, "tls: refused client certificates", level=logging.WARNING)
+_failures = RateLimitedLog(log, "tls: failed handshakes", level=logging.INFO)
+
+
+class HandshakeRefused(MonolakeError):
+    """A TLS listener's handshake failed (raised out of the loop's SSL layer, see the module
+    docstring). ``alert`` is what the TLS library wrote for the peer; ``client_cert`` says the
+    client's certificate (missing or not trusted) was the reason."""
+
+    source = Source.DOWNSTREAM
+
+    def __init__(self, listener: str, reason: str, alert: bytes, *, client_cert: bool) -> None:
+        super().__init__(f"{listener}: tls handshake refused: {reason}")
+        self.listener = listener
+        self.reason = reason
+        self.alert = alert
+        self.client_cert = client_cert
+
+
+def handshake_refused(listener: str, exc: ssl.SSLError, alert: bytes) -> HandshakeRefused:
+    """``exc`` (a failed handshake's error) as ``HandshakeRefused`` carrying ``alert`` (what the
+    TLS library wrote for the peer); installs the reporting handler on the running loop first
+    (without a running loop the caller gets the exception and nothing is logged)."""
+    with contextlib.suppress(RuntimeError):
+        _install(asyncio.get_running_loop())
+    code = exc.reason or ""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        reason = f"certificate verify failed: {exc.verify_message}"
+    elif code in _PLAIN_REASONS:
+        reason = _PLAIN_REASONS[code]
+    elif code:
+        reason = code.lower().replace("_", " ")
+    else:
+        reason = str(exc)
+    return HandshakeRefused(listener, reason, alert, client_cert=code in _CLIENT_CERT_REASONS)
+
+
+class _ListenerObject(ssl.SSLObject):
+    """The SSL object of an OpenSSL listener's connection: a failed handshake raises
+    ``HandshakeRefused`` instead of ``ssl.SSLError``. The loop calls ``do_handshake`` a few
+    times per connection; the happy path costs one extra call."""
+
+    listener_path = "?"
+    outgoing: ssl.MemoryBIO
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise
+        except ssl.SSLError as exc:
+            raise handshake_refused(self.listener_path, exc, self.outgoing.read()) from None
+
+
+class _ListenerContext(ssl.SSLContext):
+    """An OpenSSL listener's context: its SSL objects are ``_ListenerObject``."""
+
+    listener_path = "?"
+    sslobject_class = _ListenerObject
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> _ListenerObject:
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        assert isinstance(obj, _ListenerObject)
+        obj.listener_path = self.listener_path
+        obj.outgoing = outgoing
+        return obj
+
+
+_Handler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+class _RefusalHandler:
+    """A loop exception handler that reports ``HandshakeRefused`` and passes anything else on."""
+
+    def __init__(self, previous: _Handler | None) -> None:
+        self.previous = previous
+        self.flushing = False
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not isinstance(exc, HandshakeRefused):
+            if self.previous is not None:
+                self.previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        transport = context.get("transport")
+        peer = _peer_text(transport.get_extra_info("peername") if transport is not None else None)
+        if exc.alert and transport is not None and not transport.get_write_buffer_size():
+            # The transport is closing (its buffer is dropped) but its socket is still open
+            # until the next loop iteration: the alert goes straight to the socket (nothing is
+            # queued before it: checked above).
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    os.write(sock.fileno(), exc.alert)
+        lines = _refusals if exc.client_cert else _failures
+        verb = "refused" if exc.client_cert else "failed"
+        if (
+            not lines.log("tls handshake %s from %s: %s (%s)", verb, peer, exc.reason, exc.listener)
+            and not self.flushing
+        ):
+            # a flood that stops still gets its "N more suppressed" line, about a window later
+            self.flushing = True
+            loop.call_later(lines.interval, self._flush)
+
+    def _flush(self) -> None:
+        self.flushing = False
+        _refusals.flush()
+        _failures.flush()
+
+
+def _install(loop: asyncio.AbstractEventLoop) -> None:
+    current = loop.get_exception_handler()
+    if not isinstance(current, _RefusalHandler):
+        loop.set_exception_handler(_RefusalHandler(current))
+
+
+def _peer_text(addr: Any) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
+    return str(addr) if addr else "?"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,8 @@ The origin answers by path: ``/ok`` (keep-alive), ``/close`` (Connection: close)
 ``/then-close`` (keep-alive answer, then the origin closes the idle connection),
 ``/hangup`` (reads the request, closes without a byte), ``/silent`` (never answers),
 ``/partial`` (announces 10 bytes, sends 3, closes), ``/echo`` (returns the body),
-``/big`` (512 KiB chunked, streamed).
+``/big`` (512 KiB chunked, streamed), ``/gate`` (answers once ``gate`` is set),
+``/drop-upload`` (closes after the head, without reading the body).
 Every test runs on stdlib asyncio and on uvloop (conftest.py).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl as ssl_
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -39,13 +41,14 @@ class Origin:
         self._server: asyncio.Server | None = None
         self.port = 0
         self.path = ""
+        self.gate = asyncio.Event()
 
-    async def start(self, unix_path: str | None = None) -> None:
+    async def start(self, unix_path: str | None = None, ssl: ssl_.SSLContext | None = None) -> None:
         if unix_path is not None:
             self._server = await asyncio.start_unix_server(self._handle, unix_path)
             self.path = unix_path
         else:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=ssl)
             self.port = self._server.sockets[0].getsockname()[1]
 
     @property
@@ -83,6 +86,9 @@ class Origin:
                     self.eofs += 1
                     return
                 path = head.split(b" ", 2)[1]
+                if path == b"/drop-upload":
+                    self.requests.append((path, b""))
+                    return  # closes without reading the body (nor answering)
                 body = await self._read_body(reader, head)
                 self.requests.append((path, body))
                 if path == b"/ok":
@@ -109,6 +115,9 @@ class Origin:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
                     await writer.drain()
                     return
+                elif path == b"/gate":
+                    await self.gate.wait()
+                    writer.write(OK)
                 elif path == b"/silent":
                     await asyncio.Event().wait()
                 await writer.drain()

@@ -62,11 +62,6 @@ def test_h2c_and_h2_accepted(tmp_path: Path) -> None:
             '"h2c" is HTTP/2 in cleartext',
         ),
         (
-            doc(protocol="h2c", health_check={"path": "/health"}),
-            "upstreams.app.health_check",
-            "not available with protocol = 'h2c'",
-        ),
-        (
             doc(protocol="h2c", circuit_breaker={"max_connections": 10}),
             "upstreams.app.circuit_breaker.max_connections",
             "not available with protocol = 'h2c'",
@@ -96,10 +91,13 @@ def test_inline_upstreams_take_a_protocol() -> None:
 
 
 def test_guarded_features_accepted_on_h2_cluster() -> None:
-    raw = doc(protocol="h2c", circuit_breaker={"max_requests": 10}, outlier_detection={})
+    raw = doc(
+        protocol="h2c", circuit_breaker={"max_requests": 10}, outlier_detection={}, health_check={"path": "/health"}
+    )
     raw["servers"]["web"]["routes"][0]["retry"] = {"attempts": 1}
     cfg = parse_config(raw)
     cluster = UpstreamCluster.from_config("app", cfg.upstreams["app"], Pool())
     assert cluster.guarded and cluster.forward == cluster._forward_guarded
     assert cluster._exchange == cluster._exchange_h2
+    assert cluster._checker is not None and cluster._checker.http2  # checked over HTTP/2
     assert parse_config(inline(protocol="h2c", retry={"attempts": 1})).servers["web"].routes[0].retry is not None

@@ -52,7 +52,7 @@ def test_matchers_accept_a_name_or_a_list() -> None:
         (thrift(max_frame_size=10), "servers.t.max_frame_size", "between"),
         (thrift(upstream_connections=0), "servers.t.upstream_connections", ">= 1"),
         (thrift(upstream_in_flight=0), "servers.t.upstream_in_flight", ">= 1"),
-        (thrift(filters=["a:B"]), "servers.t.filters", "do not apply"),
+        (thrift(filters=["nocolon"]), "servers.t.filters[0]", "module:Class"),
         (thrift(upstreams=[{"endpoint": "127.0.0.1:1"}]), "servers.t.upstreams", "routes' upstreams"),
         (thrift(routes=[]), "servers.t.routes", "at least one route"),
         (thrift(proxy_type="udp"), "servers.t.proxy_type", "Invalid enum value 'udp'"),

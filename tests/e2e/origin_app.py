@@ -7,7 +7,7 @@ can wait for "the origin has the request" instead of sleeping.
 
 Endpoints (every response carries ``X-Origin: NAME`` and ``X-Conn: <peer port>``):
 
-- ``/echo`` (any method): JSON of name, pid, method, path+query, headers (a list of
+- ``/echo`` (any method): JSON of name, pid, method, path+query, raw_path (the target as sent), headers (a list of
   pairs, duplicates kept), body length and sha256 (the body is read streaming), conn.
 - ``/stream-sha`` (POST): the body's length and sha256, read in pieces.
 - ``/slow-sha`` (POST): the same, read slowly (16 KiB then 1 ms of sleep).
@@ -19,6 +19,8 @@ Endpoints (every response carries ``X-Origin: NAME`` and ``X-Conn: <peer port>``
 - ``/close``: answers with ``Connection: close``.
 - ``/pid``, ``/name``, ``/conn``: this process's pid, its name, the peer port of the
   TCP connection the request came on (one id per upstream connection).
+- ``/auth``: an auth service: ``Authorization: Bearer ok-USER`` is 200 with ``X-Auth-User: USER``,
+  ``Bearer no`` is 403, anything else 401.
 - ``/hop``: a response carrying hop-by-hop headers (Connection-listed, Keep-Alive,
   Upgrade, Proxy-Authenticate, Trailer) the proxy must not forward.
 """
@@ -88,6 +90,7 @@ async def echo(request: web.Request) -> web.Response:
         "pid": os.getpid(),
         "method": request.method,
         "path": request.path_qs,
+        "raw_path": request.raw_path,  # the request-target exactly as sent (path_qs is normalised by yarl)
         "version": f"{request.version.major}.{request.version.minor}",
         "headers": [[k, v] for k, v in request.headers.items()],
         "body_len": n,
@@ -194,6 +197,16 @@ async def hop(request: web.Request) -> web.Response:
     return resp
 
 
+async def auth(request: web.Request) -> web.Response:
+    """An auth service: "Bearer ok-USER" is 200 with X-Auth-User: USER, "Bearer no" 403, else 401."""
+    token = request.headers.get("Authorization", "")
+    if token.startswith("Bearer ok-"):
+        return web.Response(text="ok\n", headers={"X-Auth-User": token[len("Bearer ok-") :]})
+    if token == "Bearer no":
+        return web.Response(status=403, text="no\n")
+    return web.Response(status=401, text="who?\n")
+
+
 def make_app(app_name: str) -> web.Application:
     app = web.Application(middlewares=[announce], client_max_size=1 << 30)
     app["name"] = app_name
@@ -213,6 +226,7 @@ def make_app(app_name: str) -> web.Application:
     app.router.add_get("/name", name)
     app.router.add_get("/conn", conn)
     app.router.add_get("/hop", hop)
+    app.router.add_get("/auth", auth)
     # Everything else echoes too, so routing tests can use any path.
     app.router.add_route("*", "/{tail:.*}", echo)
     return app

@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -346,3 +348,80 @@ def test_stats_json_is_valid_json(admin: tuple[Proxy, str]) -> None:
     with client() as c:
         raw = c.get(f"{url}/stats.json", headers=auth()).text
     json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+# -- a bounded admin listener (issue 17 E) ---------------------------------------------------------
+
+BOUNDED = """
+[admin]
+listen = "127.0.0.1:0"
+token = "{token}"
+max_connections = 100
+header_timeout = 2
+idle_timeout = 1
+
+[upstreams.origin]
+endpoints = [{ endpoint = "{origin}" }]
+
+[servers.web]
+listener = "127.0.0.1:0"
+
+[[servers.web.routes]]
+path = "/"
+upstream = "origin"
+"""
+
+
+def threads_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_idle_connections_are_capped_and_timed_out(proxy: ProxyFactory, origin: Origin, loop_kind: str) -> None:
+    if loop_kind != "uvloop":
+        pytest.skip("the admin listener does not depend on the workers' loop: checked once, with uvloop")
+    p = proxy(BOUNDED, origin=origin.url, token=TOKEN)
+    url = admin_url(p)
+    host, port = url.removeprefix("http://").split(":")
+    before = threads_of(p.pid)
+    socks = [socket.create_connection((host, int(port)), timeout=20) for _ in range(300)]
+    try:
+        # every connection beyond the cap is answered 503 and closed at once; the others wait
+        # for header_timeout (2 s), get 408 and are closed: each ends with one of the two
+        assert threads_of(p.pid) <= before + 1  # no thread per connection (before: one each)
+        statuses = []
+        for s in socks:
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+            statuses.append(got.split(b" ", 2)[1].decode())
+        assert set(statuses) <= {"503", "408"}, set(statuses)
+        assert statuses.count("503") >= 100  # at most 100 were served at a time
+        assert threads_of(p.pid) <= before + 1
+    finally:
+        for s in socks:
+            s.close()
+    p.log.wait_line(r"admin: refused connections: \d+ more suppressed")  # rate-limited, not 200 lines
+    assert p.log.count(r"answered 127\.0\.0\.1:\d+ with 503") < statuses.count("503")
+    with client() as c:
+        assert c.get(f"{url}/healthz", headers=auth()).status_code == 200
+
+
+def test_aborted_admin_connection_is_one_line(proxy: ProxyFactory, origin: Origin, loop_kind: str) -> None:
+    if loop_kind != "uvloop":
+        pytest.skip("the admin listener does not depend on the workers' loop: checked once, with uvloop")
+    p = proxy(BOUNDED, origin=origin.url, token=TOKEN)
+    url = admin_url(p)
+    host, port = url.removeprefix("http://").split(":")
+    mark = p.log.mark()
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n")  # half a head, then a reset
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    line = p.log.wait_line(r"admin: 127\.0\.0\.1:\d+: .*(reset|closed|408)", after=mark)
+    assert line is not None
+    with client() as c:
+        assert c.get(f"{url}/healthz", headers=auth()).status_code == 200
+    assert not [x for x in p.log.since(mark) if "Traceback" in x or "Exception" in x], p.log.since(mark)

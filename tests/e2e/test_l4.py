@@ -785,7 +785,8 @@ HTTP_ROUTE = {"path": "/", "upstream": "c"}
     ("servers", "upstreams", "path", "fragment"),
     [
         ({"t": {**TCP, "routes": [HTTP_ROUTE]}}, {}, "servers.t.routes", "no routes"),
-        ({"t": {**TCP, "filters": ["a:B"]}}, {}, "servers.t.filters", "do not apply"),
+        ({"t": {**TCP, "filters": ["nocolon"]}}, {}, "servers.t.filters[0]", "module:Class"),
+        ({"t": {**TCP, "layers": ["a:B"]}}, {}, "servers.t.layers", "layers wrap an http server"),
         ({"t": {"listener": "127.0.0.1:0", "proxy_type": "tcp"}}, {}, "servers.t", "needs 'upstream'"),
         ({"t": {**TCP, "upstream": "c"}}, {"c": {"endpoints": [{"endpoint": "127.0.0.1:9"}]}}, "servers.t", "not both"),
         ({"t": {**TCP, "upstreams": None, "upstream": "nope"}}, {}, "servers.t.upstream", "unknown cluster"),

@@ -369,3 +369,16 @@ def test_bad_upstream_certificate_closes_client_and_logs(front: Proxy) -> None:
         r"TLS handshake failed: certificate verify failed",
         after=mark,
     )
+
+
+def test_failed_handshake_on_a_tcp_listener_is_one_line(front: Proxy) -> None:
+    """Plain bytes to a tcp server's TLS listener: one log line with the peer, no traceback."""
+    mark = front.log.mark()
+    with socket.create_connection(("127.0.0.1", port_of(front, "tls_in")), timeout=TIMEOUT) as s:
+        peer_port = s.getsockname()[1]
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(100)
+    front.log.wait_line(
+        rf"tls handshake failed from 127\.0\.0\.1:{peer_port}: .+ \(servers\.tls_in\.tls\)$", after=mark
+    )
+    assert not [line for line in front.log.since(mark) if "Traceback" in line]

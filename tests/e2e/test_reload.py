@@ -213,6 +213,24 @@ def test_edited_filter_module_takes_effect_on_reload(start, origin: Origin, tmp_
     assert httpx.get(p.url + "/echo", trust_env=False).headers["x-stamp"] == "v2"
 
 
+def test_reload_refuses_a_filter_phase_of_the_wrong_shape(start, origin: Origin, tmp_path: Path) -> None:
+    module = tmp_path / "stampmod.py"
+    module.write_text(STAMP.replace("{stamp}", "v1"))
+    p, fleet = start(conf(origin, filters=', "stampmod:Stamp"'))
+    assert httpx.get(p.url + "/echo", trust_env=False).headers["x-stamp"] == "v1"
+    wrong = STAMP.replace("{stamp}", "v2").replace(
+        "def response_filter(self, resp, ctx)", "async def response_filter(self, resp)"
+    )
+    module.write_text(wrong)
+    m = fleet.reload()
+    assert m[2] == "aborted", m.string
+    assert (
+        "servers.web.filters[1]: `stampmod:Stamp.response_filter` takes 1 positional argument, "
+        "a response_filter takes (resp, ctx)"
+    ) in m.string
+    assert httpx.get(p.url + "/echo", trust_env=False).headers["x-stamp"] == "v1"  # the running filter stays
+
+
 def test_config_file_change_reloads_with_debounce(start, origin: Origin) -> None:
     watched = "watch_config = true\n"
     p, fleet = start(conf(origin, runtime=watched, path="/a"))

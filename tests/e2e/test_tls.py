@@ -25,7 +25,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from conftest import Origin, Proxy, ProxyFactory, render
+from conftest import Origin, Proxy, ProxyFactory, free_port, render
 
 pytestmark = pytest.mark.e2e
 
@@ -174,6 +174,14 @@ def test_sni_selects_exact_wildcard_then_default(listener: Proxy, tmp_path: Path
     assert out.returncode == 0, out.stderr
 
 
+def test_failed_handshake_is_one_line(listener: Proxy) -> None:
+    """Plain HTTP on a TLS port (either backend): one log line naming the peer, no traceback."""
+    port = free_port()
+    assert curl("--local-port", str(port), f"http://{listener.servers['web']}/").returncode != 0
+    listener.log.wait_line(rf"tls handshake failed from 127\.0\.0\.1:{port}: .+ \(servers\.web\.tls\)$")
+    assert not listener.log.count("Traceback")
+
+
 def der_of_file(path: Path) -> bytes:
     """The DER of the first certificate of a PEM chain file."""
     end = "-----END CERTIFICATE-----"
@@ -251,6 +259,61 @@ def test_mtls_required(proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_
     s_chain, s_key = write_cert(stranger.issue_cert("client.example"), tmp_path, "stranger")
     out = curl("--cacert", str(tmp_path / "ca.pem"), "--cert", str(s_chain), "--key", str(s_key), url)
     assert out.returncode != 0
+
+
+def test_mtls_refusal_is_logged_and_alerted(
+    proxy: ProxyFactory, origin: Origin, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A client without an acceptable certificate gets the TLS alert (before: the connection just
+    closed, "Empty reply from server") and the proxy logs one line with the peer and the reason;
+    so do other failed handshakes (plain HTTP on the TLS port)."""
+    chain, key = write_cert(ca.issue_cert("127.0.0.1"), tmp_path, "server")
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    stranger = trustme.CA()
+    s_chain, s_key = write_cert(stranger.issue_cert("client.example"), tmp_path, "stranger")
+    p = proxy(MTLS, origin=origin.url, chain=chain, key=key, client_ca=tmp_path / "client-ca.pem")
+    url = https_url(p, "web") + "/echo"
+    cafile = str(tmp_path / "ca.pem")
+    cases = [
+        (
+            ["--tlsv1.3"],
+            "alert certificate required",
+            r"tls handshake refused from {peer}: peer did not return a certificate",
+        ),
+        (
+            ["--tls-max", "1.2"],
+            "alert handshake failure",
+            r"tls handshake refused from {peer}: peer did not return a certificate",
+        ),
+        (
+            ["--cert", str(s_chain), "--key", str(s_key)],
+            "alert unknown ca",
+            r"tls handshake refused from {peer}: certificate verify failed: unable to get local issuer certificate",
+        ),
+    ]
+    for args, alert, line in cases:
+        port = free_port()
+        mark = p.log.mark()
+        out = curl("--cacert", cafile, "--local-port", str(port), *args, url)
+        assert out.returncode != 0 and alert in out.stderr.decode(), out.stderr
+        p.log.wait_line(line.format(peer=rf"127\.0\.0\.1:{port}") + r" \(servers\.web\.tls\)", after=mark)
+    port = free_port()
+    mark = p.log.mark()
+    assert curl("--local-port", str(port), f"http://{p.servers['web']}/echo").returncode != 0
+    p.log.wait_line(rf"tls handshake failed from 127\.0\.0\.1:{port}: plain HTTP sent to a TLS port", after=mark)
+    # a flood of them is rate-limited: a few lines, then one count
+    for _ in range(15):
+        with socket.create_connection(("127.0.0.1", port_of(p, "web")), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(100)  # the close
+    p.log.wait_line(r"tls: failed handshakes: \d+ more suppressed", after=mark)
+    assert not p.log.count("Traceback")
+    # and a client with a good certificate is still served
+    c_chain, c_key = write_cert(client_ca.issue_cert("client.example"), tmp_path, "client")
+    out = curl("--cacert", cafile, "--cert", str(c_chain), "--key", str(c_key), url)
+    assert out.returncode == 0, out.stderr
 
 
 # -- upstream TLS --------------------------------------------------------------------

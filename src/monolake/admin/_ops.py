@@ -4,7 +4,8 @@
 before any worker is forked: with metrics on (``[admin]`` or ``[metrics] enabled``)
 it makes the directory every process writes its metrics to and sets
 ``PROMETHEUS_MULTIPROC_DIR`` so the workers inherit it; with ``[admin]`` it binds
-the admin listener (ConfigError if it cannot) and serves it from a thread. On exit
+the admin listener (ConfigError if it cannot) and serves it from a thread
+(``_http``: bounded by ``[admin]`` ``max_connections``, ``header_timeout``, ``idle_timeout``). On exit
 it stops the listener and removes the directory. Both are decided at start: a
 reload that adds, removes or moves ``[admin]`` takes effect at the next start or
 upgrade (a changed ``token`` applies at once).
@@ -19,6 +20,7 @@ from typing import Any
 from ..config import Config
 from ..observe._metrics import cleanup_multiprocess, count_reload, metrics_enabled, prepare_multiprocess
 from ..runtime._logging import logger as log
+from ._http import Limits
 from ._server import AdminServer, AdminState
 
 
@@ -40,7 +42,11 @@ def operations(cfg: Config, supervisor: Any) -> Iterator[AdminServer | None]:
         if hasattr(supervisor, "on_reload"):
             supervisor.on_reload = on_reload
         if cfg.admin is not None:
-            admin = AdminServer(cfg.admin.listen, state)
+            a = cfg.admin
+            limits = Limits(
+                max_connections=a.max_connections, header_timeout=a.header_timeout, idle_timeout=a.idle_timeout
+            )
+            admin = AdminServer(a.listen, state, limits)
             admin.start()
         yield admin
     finally:

@@ -2,8 +2,9 @@
 
 It is off the hot path by construction: workers never see it; it reads what they
 wrote to the shared metrics directory (``observe._metrics``) and asks the
-supervisor for a reload through its thread-safe ``request_reload``. A
-``ThreadingHTTPServer`` is plenty for a handful of operators and a scraper.
+supervisor for a reload through its thread-safe ``request_reload``. Connections
+are served by ``_http.HttpListener`` (one event loop thread, a few handler
+threads, a connection cap and timeouts from ``[admin]``).
 
 Endpoints (all GET unless said): ``/`` the dashboard (a static page; it carries
 no data, so it is served without the token and sends the token on its own
@@ -13,6 +14,11 @@ in force, secrets redacted), ``/upstreams`` (endpoints and their health),
 outcome; ``GET /reload`` shows the last one). With ``[admin] token`` set, every
 endpoint but ``/`` needs ``Authorization: Bearer TOKEN``.
 
+``/config`` redacts what may be a secret: values under secret-looking keys
+(token, password, ...), every header value the config sets or matches on (a
+rewrite's ``add``/``set``, a route's ``headers``: an ``X-Api-Key`` or ``Cookie``
+injected towards an upstream is a credential), and every private key path.
+
 The listening socket has SO_REUSEPORT so a new supervisor started by a binary
 upgrade can bind the same address while the old one still serves.
 """
@@ -20,13 +26,13 @@ upgrade can bind the same address while the old one still serves.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
@@ -37,27 +43,58 @@ from ..config._address import parse_endpoint, parse_listener
 from ..errors import ConfigError
 from ..observe._metrics import LATENCY_BUCKETS, reap_dead
 from ..runtime._logging import logger as log
+from ._http import HttpListener, Limits, Reply, Request
 
 RELOAD_WAIT = 60.0
 """Seconds ``POST /reload`` waits for the reload's outcome before answering 202."""
 REDACTED = "<redacted>"
-_SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "authorization", "credential")
+_SECRET_WORDS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "api_key",
+    "apikey",
+    "api-key",
+    "authorization",
+    "credential",
+    "cookie",
+)
+_KEY_PATHS = ("key", "client_key")
+"""Keys whose value is a private key's path (``certificates[].key``, ``tls.client_key``)."""
+_HEADER_REWRITES = ("request_headers", "response_headers")
+_SET_HEADERS = ("add", "set")
 
 
 def redact(value: Any) -> Any:
-    """``value`` (built-in types) with the values of secret-looking keys replaced by ``REDACTED``."""
+    """``value`` (built-in types, as ``msgspec.to_builtins`` makes them) with what may be a secret
+    replaced by ``REDACTED``: values of secret-looking keys, of private key paths, and every header
+    value the config sets (``request_headers``/``response_headers`` ``add``/``set``) or matches on
+    (a route's ``headers``). Names stay visible; None stays None."""
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             key = str(k)
-            if v is not None and any(w in key.lower() for w in _SECRET_WORDS):
+            if v is None:
+                out[key] = None
+            elif key in _KEY_PATHS or any(w in key.lower() for w in _SECRET_WORDS):
                 out[key] = REDACTED
+            elif key in _HEADER_REWRITES and isinstance(v, Mapping):
+                out[key] = {op: _redact_values(hv) if op in _SET_HEADERS else redact(hv) for op, hv in v.items()}
+            elif key == "headers" and isinstance(v, Mapping):
+                out[key] = _redact_values(v)
             else:
                 out[key] = redact(v)
         return out
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     return value
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED for k in value}
+    return redact(value)
 
 
 def _page() -> bytes:
@@ -230,47 +267,12 @@ def _endpoint_text(spec: Any) -> str:
         return str(spec)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "monolake-admin"
+class _Routes:
+    """The endpoints: ``__call__(Request) -> Reply``, run on the listener's handler threads."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("admin: %s %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: bytes, ctype: str, extra: Mapping[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, value: Any) -> None:
-        self._send(status, json.dumps(value, indent=1).encode() + b"\n", "application/json")
-
-    def _authorized(self) -> bool:
-        token = self.server.state.current_token()
-        if token is None:
-            return True
-        got = self.headers.get("Authorization", "")
-        scheme, _, value = got.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
-            return True
-        self._send(
-            401,
-            b'{"error": "missing or wrong bearer token"}\n',
-            "application/json",
-            {"WWW-Authenticate": 'Bearer realm="monolake-admin"'},
-        )
-        return False
-
-    def _route(self) -> Callable[[], None] | None:
-        path = self.path.split("?", 1)[0]
-        get = {
+    def __init__(self, state: AdminState) -> None:
+        self.state = state
+        self.get: dict[str, Callable[[], Reply]] = {
             "/": self._index,
             "/metrics": self._metrics,
             "/healthz": self._healthz,
@@ -279,81 +281,89 @@ class _Handler(BaseHTTPRequestHandler):
             "/stats.json": self._stats,
             "/reload": self._last_reload,
         }
-        if self.command in ("GET", "HEAD"):
-            return get.get(path)
-        if self.command == "POST" and path == "/reload":
-            return self._reload
-        return None
 
-    def _dispatch(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(min(length, 65536))
-        handler = self._route()
+    def __call__(self, req: Request) -> Reply:
+        path = req.path
+        handler: Callable[[], Reply] | None = None
+        if req.method in ("GET", "HEAD"):
+            handler = self.get.get(path)
+        elif req.method == "POST" and path == "/reload":
+            handler = self._reload
         if handler is None:
-            known = self.path.split("?", 1)[0] in ("/", "/metrics", "/healthz", "/config", "/upstreams", "/reload")
-            self._json(405 if known else 404, {"error": "method not allowed" if known else "not found"})
-            return
-        if handler != self._index and not self._authorized():
-            return
+            known = path in self.get
+            return _json(405 if known else 404, {"error": "method not allowed" if known else "not found"})
+        if handler != self._index:
+            denied = self._denied(req)
+            if denied is not None:
+                return denied
         try:
-            handler()
+            return handler()
         except Exception as exc:
-            log.exception("admin: %s %s failed", self.command, self.path)
-            self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
+            log.exception("admin: %s %s failed", req.method, req.target)
+            return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
-    do_GET = do_HEAD = do_POST = _dispatch
+    def _denied(self, req: Request) -> Reply | None:
+        token = self.state.current_token()
+        if token is None:
+            return None
+        scheme, _, value = req.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
+            return None
+        return Reply(
+            status=401,
+            body=b'{"error": "missing or wrong bearer token"}\n',
+            headers={"WWW-Authenticate": 'Bearer realm="monolake-admin"'},
+        )
 
-    def _index(self) -> None:
-        self._send(200, _page(), "text/html; charset=utf-8")
+    def _index(self) -> Reply:
+        return Reply(status=200, body=_page(), content_type="text/html; charset=utf-8")
 
-    def _metrics(self) -> None:
-        body, ctype = self.server.state.exposition()
-        self._send(200, body, ctype)
+    def _metrics(self) -> Reply:
+        body, ctype = self.state.exposition()
+        return Reply(status=200, body=body, content_type=ctype)
 
-    def _healthz(self) -> None:
-        st = self.server.state
-        self._json(200, {"status": "ok", "pid": os.getpid(), "uptime": round(time.time() - st.started, 3)})
+    def _healthz(self) -> Reply:
+        st = self.state
+        return _json(200, {"status": "ok", "pid": os.getpid(), "uptime": round(time.time() - st.started, 3)})
 
-    def _config(self) -> None:
-        self._json(200, redact(msgspec.to_builtins(self.server.state.config())))
+    def _config(self) -> Reply:
+        return _json(200, redact(msgspec.to_builtins(self.state.config())))
 
-    def _upstreams(self) -> None:
-        self._json(200, self.server.state.upstreams())
+    def _upstreams(self) -> Reply:
+        return _json(200, self.state.upstreams())
 
-    def _stats(self) -> None:
-        self._json(200, self.server.state.stats())
+    def _stats(self) -> Reply:
+        return _json(200, self.state.stats())
 
-    def _last_reload(self) -> None:
-        last = getattr(self.server.state.supervisor, "last_reload", None)
-        self._json(200, {"last_reload": last.as_dict() if last is not None else None})
+    def _last_reload(self) -> Reply:
+        last = getattr(self.state.supervisor, "last_reload", None)
+        return _json(200, {"last_reload": last.as_dict() if last is not None else None})
 
-    def _reload(self) -> None:
-        status, payload = self.server.state.reload()
-        self._json(status, payload)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, addr: tuple[str, int], state: AdminState) -> None:
-        self.state = state
-        super().__init__(addr, _Handler)
-
-    def server_bind(self) -> None:
-        if hasattr(socket, "SO_REUSEPORT"):
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def _reload(self) -> Reply:
+        status, payload = self.state.reload()
+        return _json(status, payload)
 
 
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+def _json(status: int, value: Any) -> Reply:
+    return Reply(status=status, body=json.dumps(value, indent=1).encode() + b"\n")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class AdminServer:
-    """The admin listener and its thread. ``start`` binds (ConfigError if it cannot); ``close`` stops it."""
+    """The admin listener. ``start`` serves it from its thread (see ``_http``); ``close`` stops it.
 
-    def __init__(self, listen: str, state: AdminState) -> None:
+    The constructor binds (ConfigError if it cannot). ``limits`` default to ``[admin]``'s
+    defaults. The listening socket has SO_REUSEPORT so a new supervisor started by a
+    binary upgrade can bind the same address while the old one still serves.
+    """
+
+    def __init__(self, listen: str, state: AdminState, limits: Limits | None = None) -> None:
         try:
             addr = parse_listener(listen)
         except ValueError as exc:
@@ -362,19 +372,32 @@ class AdminServer:
             raise ConfigError("admin.listen", "must be host:port (a Unix socket is not supported)")
         self.state = state
         host = "127.0.0.1" if addr.host == "localhost" else addr.host
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            self._server = (_Server6 if ":" in host else _Server)((host, addr.port), state)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, addr.port))
+            sock.listen(128)
+            sock.setblocking(False)
         except OSError as exc:
+            sock.close()
             raise ConfigError("admin.listen", f"cannot listen on {listen}: {exc.strerror or exc}") from None
-        self.address: tuple[str, int] = self._server.server_address[:2]  # type: ignore[assignment]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="monolake-admin", daemon=True)
+        self.address: tuple[str, int] = sock.getsockname()[:2]
+        self.listener = HttpListener(sock, _Routes(state), limits or Limits())
 
     def start(self) -> None:
-        self._thread.start()
+        self.listener.start()
         log.info("admin endpoint on http://%s:%d/", *self.address)
+        host = self.address[0]
+        if self.state.current_token() is None and not _is_loopback(host):
+            shown = f"[{host}]" if ":" in host else host
+            log.warning(
+                "admin endpoint listens on %s:%d without a token: anyone who can reach it can read the config "
+                "and reload (set [admin] token, or listen on 127.0.0.1)",
+                shown,
+                self.address[1],
+            )
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join(5.0)
-        self._server.server_close()
+        self.listener.close()

@@ -7,7 +7,8 @@ below the peer's SETTINGS_MAX_CONCURRENT_STREAMS; only when every connection is
 at that limit does the pool open another one (rather than queueing: a queue needs
 its own timeout and adds latency behind slow streams, and a peer's stream limit is
 usually 100 or more, so a second connection is rare). Concurrent requests that
-find no connection share one connect in progress.
+find no connection share one connect in progress. ``Client.send`` with a
+``max_connections`` queues at that limit in ``waiters``, woken as streams end.
 
 ``H2Connection`` is an ``asyncio.Protocol`` over a codec (``proto.http2``): bytes
 in, events out, bytes to write after each batch. Each request is a ``_Stream``:
@@ -41,11 +42,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from .._body import Body
 from ..config import Endpoint
-from ..errors import ConnectError, ReadError, ReadTimeout, UpstreamError
+from ..errors import ConnectError, ReadError, ReadTimeout, UpstreamError, WriteError
 from ..proto.http1 import Headers, Response
 from ..proto.http2 import (
     DATA,
@@ -616,6 +618,8 @@ class H2Connection(asyncio.Protocol):
         """A stream finished or failed: drop it; an idle connection starts its idle clock."""
         if self.streams.pop(st.sid, None) is None:
             return
+        if self.pool.waiters:
+            self.pool.wake(self.key)  # a stream slot is free for a Client waiting at its limit
         if not self.streams:
             if self.going_away:
                 if not self.closed:
@@ -693,6 +697,8 @@ class H2Connection(asyncio.Protocol):
         for st in list(self.streams.values()):
             if exc is not None:
                 err = exc
+            elif st.resp is None and not st.sent:
+                err = WriteError("upstream closed the connection while the request body was being sent" + why)
             elif st.resp is None:
                 # Nothing read since the stream opened on a connection that had served
                 # others: the stale-connection race, the request was not processed.
@@ -748,6 +754,8 @@ class H2Pool:
         """Failed connects per endpoint (shared with the HTTP/1 pool's, for metrics)."""
         self.open: dict[Key, int] = {}
         """Open connections per key (busy, idle or going away)."""
+        self.waiters: dict[Key, deque[asyncio.Future[None]]] = {}
+        """``Client.send`` callers waiting for a stream slot at their key's connection limit."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -843,6 +851,19 @@ class H2Pool:
             self.open[conn.key] = n - 1
         else:
             self.open.pop(conn.key, None)
+        if self.waiters:
+            self.wake(conn.key)
+
+    def wake(self, key: Key) -> None:
+        """A stream slot or a connection of ``key`` was freed: the first waiter decides again."""
+        q = self.waiters.get(key)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        if not q:
+            self.waiters.pop(key, None)
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -853,6 +874,11 @@ class H2Pool:
         }
 
     def close(self) -> None:
+        for q in self.waiters.values():
+            for fut in q:
+                if not fut.done():
+                    fut.set_exception(ConnectError("the connection pool closed"))
+        self.waiters.clear()
         for task in self._connecting.values():
             task.cancel()
         for conns in list(self._conns.values()):

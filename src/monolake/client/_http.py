@@ -9,7 +9,9 @@ A connection goes back to its pool only when both directions finished cleanly an
 the upstream did not ask to close; anything else (error, ``Connection: close``, a
 consumer that went away mid-body) closes it. A reused connection that dies before
 the first response byte raises ``ReadError`` with ``retry_safe=True``: the request
-may have never reached the upstream (the stale keep-alive race).
+may have never reached the upstream (the stale keep-alive race). One that dies while
+the request body is still being sent raises ``WriteError`` (not retry safe: the body
+is spent).
 
 The read timeout is lazy: one timer per request that re-arms itself from the time
 of the last read, instead of a cancel/re-arm on every chunk.
@@ -21,7 +23,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .._body import Body
-from ..errors import ProtocolError, ReadError, ReadTimeout, Source, UpstreamError
+from ..errors import ProtocolError, ReadError, ReadTimeout, Source, UpstreamError, WriteError
 from ..proto.http1 import Response
 from ..proto.http1._parse import ResponseReader
 from ..proto.http1._serialize import LAST_CHUNK, chunk
@@ -130,6 +132,11 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             err: BaseException
             if self._error is not None:
                 err = self._error
+            elif self._fut is not None and not self._fut.done() and not self._sent:
+                # The request body was still going out: the upstream will not read it.
+                err = WriteError(
+                    "upstream closed the connection while the request body was being sent" + (f": {exc}" if exc else "")
+                )
             elif self._fut is not None and not self._fut.done():
                 err = ReadError(
                     "upstream closed the connection before responding" + (f": {exc}" if exc else ""),

@@ -9,6 +9,14 @@ closed after ``idle_timeout`` by one sweep timer per pool. A connection that the
 upstream closes while idle leaves the pool at once (``forget`` from
 ``connection_lost``). ``acquire`` decides first (reuse or connect) and then does I/O.
 
+``acquire_limited`` (what ``Client.send`` uses) adds a connection limit per key: at
+the limit, callers wait in a FIFO queue. A released connection is handed to the first
+waiter instead of going idle; a connection that closes (or a connect that fails)
+hands its slot to the first waiter, counted as a connect in progress for it, so a
+newcomer cannot jump the queue. A waiter still waiting after ``pool_timeout`` gets
+``PoolTimeout``. The request path of the proxy's clusters (``take_idle``/``connect``)
+has no limit; ``release`` and ``lost`` only test one dict for emptiness for it.
+
 State carried across a rebuild: the pool is owned by the worker, not by a chain,
 so a reloaded chain that names the same endpoint finds its warm connections.
 """
@@ -18,17 +26,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import Endpoint
-from ..errors import ConnectError, ConnectTimeout
+from ..errors import ConnectError, ConnectTimeout, PoolTimeout
 from ._http import UpstreamConnection
 
 if TYPE_CHECKING:
     from ._h2 import H2Pool
 
 P = TypeVar("P", bound=asyncio.Protocol)
+
+Key = tuple[str, str, int, str]
 
 
 async def open_transport(
@@ -100,6 +111,12 @@ class Pool:
         self.open: dict[tuple[str, str, int, str], int] = {}
         """Open connections per key, idle or busy (for circuit breakers)."""
         self._h2: H2Pool | None = None
+        self._waiters: dict[Key, deque[asyncio.Future[UpstreamConnection | None]]] = {}
+        """Callers of ``acquire_limited`` waiting for a connection, by key (no empty deques)."""
+        self._connecting: dict[Key, int] = {}
+        """Connects in progress (or slots promised to a woken waiter) of ``acquire_limited``."""
+        self._limit: dict[Key, int] = {}
+        """Each limited key's ``max_connections``, as its last ``acquire_limited`` gave it."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -153,6 +170,122 @@ class Pool:
         conn.max_idle = max_idle
         return conn
 
+    async def acquire_limited(
+        self,
+        ep: Endpoint,
+        *,
+        max_connections: int,
+        pool_timeout: float,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_idle: int,
+    ) -> UpstreamConnection:
+        """``acquire`` with at most ``max_connections`` open to ``ep``'s key (idle, busy or
+        connecting); beyond that, wait in FIFO order for one to be released or to close.
+
+        Raises PoolTimeout after ``pool_timeout`` seconds of waiting, ConnectError or
+        ConnectTimeout (all retry safe: nothing was sent). Cancelled while waiting, the
+        caller leaves the queue and whatever it was handed goes to the next waiter.
+        """
+        key = ep.key
+        self._limit[key] = max_connections
+        deadline = 0.0
+        while True:
+            conn = self.take_idle(ep, idle_timeout, max_idle)
+            if conn is not None:
+                return conn
+            # Decide: a free slot (and nobody queued before us) means connect; else queue.
+            if key not in self._waiters and self.open.get(key, 0) + self._connecting.get(key, 0) < max_connections:
+                self._connecting[key] = self._connecting.get(key, 0) + 1
+            else:
+                if not deadline:
+                    deadline = self.loop.time() + pool_timeout
+                got = await self._wait(key, deadline - self.loop.time(), pool_timeout, ep)
+                if got is not None:
+                    if not got.usable:
+                        continue  # closed between its release and now: decide again
+                    got.idle_timeout = idle_timeout
+                    got.max_idle = max_idle
+                    return got
+                # None: a slot was promised to us (counted in _connecting).
+            try:
+                conn = await self.connect(ep, connect_timeout=connect_timeout)
+            except BaseException:
+                self._unreserve(key)
+                raise
+            self._unreserve(key, wake=False)  # counted in ``open`` now
+            conn.idle_timeout = idle_timeout
+            conn.max_idle = max_idle
+            return conn
+
+    async def _wait(self, key: Key, left: float, pool_timeout: float, ep: Endpoint) -> UpstreamConnection | None:
+        """Queue for ``key``: a handed-over connection, or None for a promised slot."""
+        fut: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
+        queue = self._waiters.get(key)
+        if queue is None:
+            queue = self._waiters[key] = deque()
+        queue.append(fut)
+        try:
+            async with asyncio.timeout(left):
+                return await fut
+        except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                return fut.result()  # handed over in the same loop iteration as the timeout
+            raise PoolTimeout(
+                f"no connection to {ep} free within {pool_timeout:g}s "
+                f"(max_connections {self._limit.get(key, 0)}, all busy)"
+            ) from None
+        except BaseException:
+            # Cancelled just as we were handed something: pass it on.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                got = fut.result()
+                if got is None:
+                    self._unreserve(key)
+                else:
+                    self.release(got)
+            raise
+        finally:
+            if not fut.done():
+                fut.cancel()
+            q = self._waiters.get(key)
+            if q is not None:
+                if fut in q:
+                    q.remove(fut)
+                if not q:
+                    del self._waiters[key]
+
+    def _next_waiter(self, key: Key) -> asyncio.Future[UpstreamConnection | None] | None:
+        q = self._waiters.get(key)
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                if not q:
+                    del self._waiters[key]
+                return fut
+        self._waiters.pop(key, None)
+        return None
+
+    def _unreserve(self, key: Key, *, wake: bool = True) -> None:
+        """A promised slot or a connect in progress ended; with ``wake``, the slot is free."""
+        n = self._connecting.get(key, 0)
+        if n > 1:
+            self._connecting[key] = n - 1
+        else:
+            self._connecting.pop(key, None)
+        if wake:
+            self._slot_freed(key)
+
+    def _slot_freed(self, key: Key) -> None:
+        """A connection of ``key`` closed: promise its slot to the first waiter, if any."""
+        if key not in self._waiters:
+            return
+        if self.open.get(key, 0) + self._connecting.get(key, 0) >= self._limit.get(key, 0):
+            return
+        fut = self._next_waiter(key)
+        if fut is not None:
+            self._connecting[key] = self._connecting.get(key, 0) + 1
+            fut.set_result(None)
+
     async def connect(self, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
         """A fresh connection to ``ep``. Raises ConnectError or ConnectTimeout."""
         loop = self.loop
@@ -169,6 +302,13 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take back a connection whose exchange finished cleanly."""
+        if self._waiters and conn.key in self._waiters:
+            fut = self._next_waiter(conn.key)
+            if fut is not None:
+                conn.reused = True
+                self.reuses += 1
+                fut.set_result(conn)
+                return
         idle = self._idle.get(conn.key)
         if idle is None:
             idle = self._idle[conn.key] = []
@@ -188,6 +328,8 @@ class Pool:
             self.open[conn.key] = n - 1
         else:
             self.open.pop(conn.key, None)
+        if self._waiters:
+            self._slot_freed(conn.key)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Drop a connection that closed (called from its connection_lost)."""
@@ -216,6 +358,11 @@ class Pool:
         }
 
     def close(self) -> None:
+        for q in self._waiters.values():
+            for fut in q:
+                if not fut.done():
+                    fut.set_exception(ConnectError("the connection pool closed"))
+        self._waiters.clear()
         if self._h2 is not None:
             self._h2.close()
         if self._sweeper is not None:

@@ -2,69 +2,273 @@
 
 Two passes: msgspec converts the TOML tables into the frozen Structs of
 ``_schema`` (types, unknown keys), then ``validate`` checks what a schema cannot
-(references between tables, regexes, addresses, balancer options). Both report a
-``ConfigError`` whose ``path`` is the dotted key path, e.g.
+(references between tables, regexes, addresses, balancer options). Both report
+``ConfigError``s whose ``path`` is the dotted key path, e.g.
 ``servers.web.routes[2].upstream``.
+
+Every error is reported, not only the first: msgspec stops at the first error of a
+table, so a table that fails is taken apart field by field (``_explain``) to name
+each bad value; those values are then dropped for their defaults (``_repair``) and
+the semantic checks run on the rest, each adding to a ``_Report`` instead of
+raising. A semantic error about a dropped value (or a table holding one) is not
+reported: the check saw the default, not the file. A named server or cluster that
+cannot be kept (a required value is bad) is not checked further, and a reference to
+it is not "unknown". One error is raised as itself; several as ``ConfigErrors``
+(the first one's path and reason, all in ``errors``). Enum errors list the allowed
+values (from the schema's Literal types); errors on durations say they are seconds.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-from ..errors import ConfigError
-from ._address import parse_endpoint, parse_listener
-from ._schema import Cluster, Config, Http2, Route, Server, ServerTls, UpstreamTls
+from ..errors import ConfigError, ConfigErrors
+from ._address import Endpoint, parse_endpoint, parse_listener
+from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
 
 T = TypeVar("T")
 
 _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_FIELD = re.compile(r"^Object (?:contains unknown|missing required) field `([^`]*)`$")
+_SECONDS = re.compile(r"(?:^|[._])(?:timeout|time|interval)$")
+"""Keys whose values are seconds (``connect_timeout``, ``base_ejection_time``, ``interval``...)."""
 
 
-def _convert(raw: Any, typ: type[T], path: str) -> T:
+class _Report:
+    """The errors found so far, in file order, and the named tables that did not decode."""
+
+    __slots__ = ("bad_servers", "bad_upstreams", "broken", "errors")
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+        self.bad_servers: set[str] = set()
+        self.bad_upstreams: set[str] = set()
+        self.broken: list[str] = []
+        """Key paths of decode errors: a value there was dropped for its default."""
+
+    def add(self, path: str, reason: str) -> None:
+        """A semantic error, unless it is about a value already reported as undecodable (or
+        a table holding one): that value was replaced by its default, so the check saw
+        the default, not what the file says."""
+        if any(_related(path, b) for b in self.broken):
+            return
+        if _SECONDS.search(_last_key(path)) and "second" not in reason:
+            reason += " (seconds)"
+        self.errors.append(ConfigError(path, reason))
+
+    def undecodable(self, errors: list[ConfigError]) -> None:
+        self.errors += errors
+        for e in errors:
+            field = _FIELD.match(e.reason)  # about one key of the table at e.path
+            self.broken.append(_join(e.path, field[1]) if field else e.path)
+
+    def raise_if_any(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
+def _related(path: str, other: str) -> bool:
+    """One key path is the other or inside it."""
+    a, b = sorted((path, other), key=len)
+    return a == b or b.startswith((a + ".", a + "["))
+
+
+def _last_key(path: str) -> str:
+    return path.rpartition(".")[2].partition("[")[0]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _base(typ: Any) -> Any:
+    """``typ`` without ``Annotated[...]`` constraints."""
+    return typing.get_args(typ)[0] if typing.get_origin(typ) is typing.Annotated else typ
+
+
+def _members(typ: Any) -> tuple[Any, ...]:
+    """The types a union accepts (``typ`` itself if it is not a union), constraints stripped."""
+    typ = _base(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return tuple(_base(t) for t in typing.get_args(typ))
+    return (typ,)
+
+
+def _literal_values(typ: Any) -> list[Any]:
+    return [v for t in _members(typ) if typing.get_origin(t) is typing.Literal for v in typing.get_args(t)]
+
+
+def _translate(exc: msgspec.ValidationError, path: str, typ: Any, raw: Any) -> ConfigError:
+    text = str(exc)
+    sub = ""
+    m = _AT.search(text)
+    if m:
+        text = text[: m.start()]
+        sub = m.group("path")
+    full = (path + sub).lstrip(".")
+    if not sub:  # about this value itself, whose type is ``typ``
+        allowed = _literal_values(typ)
+        if allowed:
+            text = f"Invalid enum value {raw!r}: not one of {', '.join(str(v) for v in allowed)}"
+        elif float in _members(typ) and _SECONDS.search(_last_key(full)):
+            text = f"{text} {raw!r} (a number of seconds)" if isinstance(raw, str) else f"{text} (seconds)"
+    return ConfigError(full, text)
+
+
+def _explain(raw: Any, typ: Any, path: str) -> list[ConfigError]:
+    """Every error of ``raw`` read as a ``typ``, each at its own key path ([] if none).
+
+    msgspec reports the first error only; this descends into tables, arrays and
+    named tables to report each, and falls back to msgspec's error where it cannot
+    go finer.
+    """
+    try:
+        msgspec.convert(raw, typ, strict=True)
+        return []
+    except msgspec.ValidationError as exc:
+        first = exc
+    out: list[ConfigError] = []
+    for member in _members(typ):
+        origin = typing.get_origin(member) or member
+        if isinstance(raw, dict) and isinstance(origin, type) and issubclass(origin, msgspec.Struct):
+            fields = {f.encode_name: f for f in msgspec.structs.fields(origin)}
+            for key, value in raw.items():
+                f = fields.get(key)
+                if f is None:
+                    out.append(ConfigError(path, f"Object contains unknown field `{key}`"))
+                else:
+                    out += _explain(value, f.type, _join(path, key))
+            out += [
+                ConfigError(path, f"Object missing required field `{key}`")
+                for key, f in fields.items()
+                if f.required and key not in raw
+            ]
+            break
+        if isinstance(raw, dict) and origin is dict:
+            value_type = typing.get_args(member)[1]
+            for key, value in raw.items():
+                out += _explain(value, value_type, _join(path, key))
+            break
+        if isinstance(raw, list) and origin is list:
+            for i, value in enumerate(raw):
+                out += _explain(value, typing.get_args(member)[0], f"{path}[{i}]")
+            break
+    return out or [_translate(first, path, typ, raw)]
+
+
+_BAD: Any = object()
+
+
+def _repair(raw: Any, typ: Any) -> Any:
+    """``raw`` with every value that is not valid dropped (so its default applies), or
+    ``_BAD`` where that is not possible (a required field, an array element)."""
+    try:
+        msgspec.convert(raw, typ, strict=True)
+        return raw
+    except msgspec.ValidationError:
+        pass
+    for member in _members(typ):
+        origin = typing.get_origin(member) or member
+        fixed: Any
+        if isinstance(raw, dict) and isinstance(origin, type) and issubclass(origin, msgspec.Struct):
+            fields = {f.encode_name: f for f in msgspec.structs.fields(origin)}
+            fixed = {}
+            for key, value in raw.items():
+                if key in fields and (v := _repair(value, fields[key].type)) is not _BAD:
+                    fixed[key] = v
+        elif isinstance(raw, dict) and origin is dict:
+            value_type = typing.get_args(member)[1]
+            fixed = {k: v for k, v in ((k, _repair(v, value_type)) for k, v in raw.items()) if v is not _BAD}
+        elif isinstance(raw, list) and origin is list:
+            fixed = [_repair(v, typing.get_args(member)[0]) for v in raw]
+        else:
+            continue
+        try:
+            msgspec.convert(fixed, typ, strict=True)
+        except msgspec.ValidationError:
+            return _BAD
+        return fixed
+    return _BAD
+
+
+def _decode(raw: Any, typ: type[T], path: str, rep: _Report) -> T:
+    """``raw`` as a ``typ``; where it is not, every error goes to ``rep`` and the result is
+    ``raw`` without its invalid values (``_BAD`` if that is not a ``typ`` either), so the
+    semantic checks still look at the rest."""
     try:
         return msgspec.convert(raw, typ, strict=True)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        m = _AT.search(text)
-        sub = ""
-        if m:
-            text = text[: m.start()]
-            sub = m.group("path")
-        full = (path + sub) if sub.startswith("[") or not path else f"{path}{sub}"
-        raise ConfigError(full.lstrip("."), text) from None
+    except msgspec.ValidationError:
+        rep.undecodable(_explain(raw, typ, path))
+    fixed = _repair(raw, typ)
+    return typing.cast(T, _BAD) if fixed is _BAD else msgspec.convert(fixed, typ, strict=True)
 
 
-def _convert_named(raw: Any, typ: type[T], path: str) -> dict[str, T]:
+def _decode_named(raw: Any, typ: type[T], path: str, rep: _Report, bad: set[str]) -> dict[str, T]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(path, f"expected a table, got {type(raw).__name__}")
-    return {name: _convert(value, typ, f"{path}.{name}") for name, value in raw.items()}
+        rep.add(path, f"expected a table, got {type(raw).__name__}")
+        bad.add("")
+        return {}
+    out: dict[str, T] = {}
+    for name, value in raw.items():
+        decoded = _decode(value, typ, f"{path}.{name}", rep)
+        if decoded is _BAD:
+            bad.add(name)
+        else:
+            out[name] = decoded
+    return out
+
+
+def _decode_base(raw: dict[str, Any], rep: _Report) -> Config:
+    """Every top-level table but servers and upstreams; one that fails keeps its defaults."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(Config)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("servers", "upstreams"):
+            continue
+        f = fields.get(key)
+        if f is None:
+            rep.add("", f"Object contains unknown field `{key}`")
+            continue
+        decoded = _decode(value, f.type, key, rep)
+        if decoded is not _BAD:
+            values[f.name] = decoded
+    return Config(**values)
 
 
 def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Config:
-    """Turn a decoded TOML document into a validated Config, or raise ConfigError.
+    """Turn a decoded TOML document into a validated Config, or raise ConfigError
+    (``ConfigErrors`` when there is more than one error).
 
     Relative file names in the config (gateway IDLs) are taken relative to
     ``base_dir`` (the config file's directory) when given, else to the working directory.
     """
-    rest = {k: v for k, v in raw.items() if k not in ("servers", "upstreams")}
-    base = _convert(rest, Config, "")
-    servers = _convert_named(raw.get("servers"), Server, "servers")
-    upstreams = _convert_named(raw.get("upstreams"), Cluster, "upstreams")
+    rep = _Report()
+    base = _decode_base(raw, rep)
+    servers = _decode_named(raw.get("servers"), Server, "servers", rep, rep.bad_servers)
+    upstreams = _decode_named(raw.get("upstreams"), Cluster, "upstreams", rep, rep.bad_upstreams)
     if base_dir is not None:
         servers = {name: _resolve_files(s, Path(base_dir)) for name, s in servers.items()}
         upstreams = {
             name: c if c.tls is None else msgspec.structs.replace(c, tls=_resolve_tls(c.tls, Path(base_dir)))
             for name, c in upstreams.items()
         }
-    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers)
-    validate(cfg)
+    if "base_dir" in raw:
+        rep.add("base_dir", "is set by the loader (the config file's directory), not in the file")
+    where = None if base_dir is None else str(Path(base_dir).resolve())
+    cfg = msgspec.structs.replace(base, upstreams=upstreams, servers=servers, base_dir=where)
+    _validate(cfg, rep)
+    rep.raise_if_any()
     return cfg
 
 
@@ -111,53 +315,69 @@ def load_config(path: str | Path) -> Config:
 _HASH_ON = re.compile(r"^(client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^=;, ]+)$")
 
 
-def _check_balancer(path: str, lb: str, hash_on: str) -> None:
-    if lb == "consistent_hash" and not _HASH_ON.match(hash_on):
-        raise ConfigError(f"{path}.hash_on", f"expected client_ip, header:NAME or cookie:NAME, got {hash_on!r}")
+def _endpoint(up: UpstreamSpec) -> Endpoint | None:
+    """The parsed endpoint, or None where it is invalid (reported by the endpoint's own check)."""
+    try:
+        return parse_endpoint(up.endpoint, up.weight)
+    except ValueError:
+        return None
 
 
-def _check_cluster(path: str, c: Cluster) -> None:
-    if not c.endpoints:
-        raise ConfigError(f"{path}.endpoints", "a cluster needs at least one endpoint")
-    for i, up in enumerate(c.endpoints):
+def _check_endpoints(rep: _Report, path: str, ups: list[UpstreamSpec]) -> bool:
+    """Each endpoint parses (an error each that does not); True if all do and there is one."""
+    ok = bool(ups)
+    for i, up in enumerate(ups):
         try:
             parse_endpoint(up.endpoint, up.weight)
         except ValueError as exc:
-            raise ConfigError(f"{path}.endpoints[{i}]", str(exc)) from None
-    _check_balancer(path, c.load_balancer, c.hash_on)
+            rep.add(f"{path}[{i}]", str(exc))
+            ok = False
+    return ok
+
+
+def _check_balancer(rep: _Report, path: str, lb: str, hash_on: str) -> None:
+    if lb == "consistent_hash" and not _HASH_ON.match(hash_on):
+        rep.add(f"{path}.hash_on", f"expected client_ip, header:NAME or cookie:NAME, got {hash_on!r}")
+
+
+def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
+    if not c.endpoints:
+        rep.add(f"{path}.endpoints", "a cluster needs at least one endpoint")
+    endpoints_ok = _check_endpoints(rep, f"{path}.endpoints", c.endpoints)
+    _check_balancer(rep, path, c.load_balancer, c.hash_on)
     for key in ("connect_timeout", "read_timeout", "idle_timeout"):
         if getattr(c, key) <= 0:
-            raise ConfigError(f"{path}.{key}", "must be > 0")
+            rep.add(f"{path}.{key}", "must be > 0")
     if c.max_idle_per_key < 0:
-        raise ConfigError(f"{path}.max_idle_per_key", "must be >= 0")
-    _check_resilience(path, c)
+        rep.add(f"{path}.max_idle_per_key", "must be >= 0")
+    _check_resilience(rep, path, c)
     if c.tls is not None:
-        _check_upstream_tls(f"{path}.tls", c.tls)
+        _check_upstream_tls(rep, f"{path}.tls", c.tls)
         for i, up in enumerate(c.endpoints):
-            if parse_endpoint(up.endpoint, up.weight).scheme == "http" and _says_http(up.endpoint):
-                raise ConfigError(
+            ep = _endpoint(up)
+            if ep is not None and ep.scheme == "http" and _says_http(up.endpoint):
+                rep.add(
                     f"{path}.endpoints[{i}]", "an http:// endpoint in a cluster with [tls] (use https:// or host:port)"
                 )
-    if c.protocol != "http1":
-        _check_h2_cluster(path, c)
+    if c.protocol != "http1" and endpoints_ok:
+        _check_h2_cluster(rep, path, c)
 
 
-def _check_h2_cluster(path: str, c: Cluster) -> None:
-    if c.health_check is not None:
-        raise ConfigError(f"{path}.health_check", f"not available with protocol = {c.protocol!r} yet (only with http1)")
+def _check_h2_cluster(rep: _Report, path: str, c: Cluster) -> None:
+    """HTTP/2 to the endpoints (all of which parse)."""
     cb = c.circuit_breaker
     for key in ("max_connections", "max_pending"):
         if cb is not None and getattr(cb, key) is not None:
-            raise ConfigError(
+            rep.add(
                 f"{path}.circuit_breaker.{key}",
                 f"not available with protocol = {c.protocol!r} (requests share connections); use max_requests",
             )
     eps = [parse_endpoint(up.endpoint, up.weight) for up in c.endpoints]
     tls = c.tls is not None or any(ep.scheme == "https" for ep in eps)
     if c.protocol == "h2c" and tls:
-        raise ConfigError(f"{path}.protocol", '"h2c" is HTTP/2 in cleartext; use "h2" for HTTP/2 over TLS')
+        rep.add(f"{path}.protocol", '"h2c" is HTTP/2 in cleartext; use "h2" for HTTP/2 over TLS')
     if c.protocol == "h2" and (not tls or any(ep.path for ep in eps)):
-        raise ConfigError(
+        rep.add(
             f"{path}.protocol",
             '"h2" is HTTP/2 over TLS: give https:// (not unix) endpoints or a [tls] table, or use "h2c" for cleartext',
         )
@@ -171,234 +391,245 @@ def _says_http(spec: object) -> bool:
 _VERSION_ORDER = {"1.2": 0, "1.3": 1}
 
 
-def _check_file(path: str, name: str | None) -> None:
+def _check_file(rep: _Report, path: str, name: str | None) -> None:
     if name is not None and not Path(name).is_file():
-        raise ConfigError(path, f"no such file: {name}")
+        rep.add(path, f"no such file: {name}")
 
 
-def _check_backend(path: str, backend: str) -> None:
+def _check_backend(rep: _Report, path: str, backend: str) -> None:
     if backend == "rustls":
         try:
             import rtls  # noqa: F401
         except ImportError as exc:
-            raise ConfigError(f"{path}.backend", f"TLS backend 'rustls' needs the rtls package: {exc}") from None
+            rep.add(f"{path}.backend", f"TLS backend 'rustls' needs the rtls package: {exc}")
 
 
-def _check_rustls_listener(path: str, t: ServerTls) -> None:
+def _check_rustls_listener(rep: _Report, path: str, t: ServerTls) -> None:
     """What the rustls backend (rtls) cannot do on a listener (see monolake/rtls_impl.py)."""
     if t.client_auth != "none" or t.client_ca is not None:
         key = "client_auth" if t.client_auth != "none" else "client_ca"
-        raise ConfigError(
-            f"{path}.{key}", "backend 'rustls' cannot verify client certificates (mTLS); use backend = 'openssl'"
-        )
+        rep.add(f"{path}.{key}", "backend 'rustls' cannot verify client certificates (mTLS); use backend = 'openssl'")
     if t.session_tickets:
-        raise ConfigError(
-            f"{path}.session_tickets", "backend 'rustls' cannot resume sessions; leave it unset or use 'openssl'"
-        )
+        rep.add(f"{path}.session_tickets", "backend 'rustls' cannot resume sessions; leave it unset or use 'openssl'")
 
 
-def _check_alpn(path: str, alpn: list[str] | None, h2: bool = False) -> None:
+def _check_alpn(rep: _Report, path: str, alpn: list[str] | None, h2: bool = False) -> None:
     """``h2``: "h2" may be offered too (a listener with HTTP/2 enabled)."""
     if alpn is None:
         return
     known = ("h2", "http/1.1") if h2 else ("http/1.1",)
     for i, proto in enumerate(alpn):
         if proto not in known:
-            raise ConfigError(f"{path}.alpn[{i}]", f"protocol {proto!r} is not available here (only {known})")
+            rep.add(f"{path}.alpn[{i}]", f"protocol {proto!r} is not available here (only {known})")
 
 
-def _check_upstream_tls(path: str, t: UpstreamTls) -> None:
-    _check_backend(path, t.backend)
-    _check_file(f"{path}.ca", t.ca)
-    _check_file(f"{path}.client_cert", t.client_cert)
-    _check_file(f"{path}.client_key", t.client_key)
+def _check_upstream_tls(rep: _Report, path: str, t: UpstreamTls) -> None:
+    _check_backend(rep, path, t.backend)
+    _check_file(rep, f"{path}.ca", t.ca)
+    _check_file(rep, f"{path}.client_cert", t.client_cert)
+    _check_file(rep, f"{path}.client_key", t.client_key)
     if (t.client_cert is None) != (t.client_key is None):
-        raise ConfigError(path, "give both client_cert and client_key, or neither")
+        rep.add(path, "give both client_cert and client_key, or neither")
     if t.sni is not None and (not t.sni or any(c.isspace() for c in t.sni)):
-        raise ConfigError(f"{path}.sni", f"expected a host name, got {t.sni!r}")
-    _check_alpn(path, t.alpn)
+        rep.add(f"{path}.sni", f"expected a host name, got {t.sni!r}")
+    _check_alpn(rep, path, t.alpn)
     if (
         t.min_version is not None
         and t.max_version is not None
         and _VERSION_ORDER[t.min_version] > _VERSION_ORDER[t.max_version]
     ):
-        raise ConfigError(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
+        rep.add(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
 
 
-def _check_server_tls(path: str, s: Server, t: ServerTls) -> None:
-    _check_backend(path, t.backend)
+def _is_unix(s: Server) -> bool:
+    try:
+        return parse_listener(s.listener).is_unix
+    except ValueError:
+        return False  # reported as servers.NAME.listener
+
+
+def _check_server_tls(rep: _Report, path: str, s: Server, t: ServerTls) -> None:
+    _check_backend(rep, path, t.backend)
     if t.backend == "rustls":
-        _check_rustls_listener(path, t)
+        _check_rustls_listener(rep, path, t)
     if s.proxy_protocol != "off":
-        raise ConfigError(path, "TLS together with proxy_protocol is not available yet")
-    if parse_listener(s.listener).is_unix:
-        raise ConfigError(path, "TLS on a unix listener is not available yet")
+        rep.add(path, "TLS together with proxy_protocol is not available yet")
+    if _is_unix(s):
+        rep.add(path, "TLS on a unix listener is not available yet")
     if not t.certificates:
-        raise ConfigError(f"{path}.certificates", "needs at least one certificate")
+        rep.add(f"{path}.certificates", "needs at least one certificate")
     for i, c in enumerate(t.certificates):
         cpath = f"{path}.certificates[{i}]"
-        _check_file(f"{cpath}.chain", c.chain)
-        _check_file(f"{cpath}.key", c.key)
+        _check_file(rep, f"{cpath}.chain", c.chain)
+        _check_file(rep, f"{cpath}.key", c.key)
         for j, name in enumerate(c.server_names):
             if not name or name.count("*") > 1 or ("*" in name and not name.startswith("*.")) or name == "*.":
-                raise ConfigError(f"{cpath}.server_names[{j}]", f"expected an exact name or '*.suffix', got {name!r}")
+                rep.add(f"{cpath}.server_names[{j}]", f"expected an exact name or '*.suffix', got {name!r}")
     if s.proxy_type != "http":
         # A byte relay or Thrift listener may announce any protocol its clients expect.
         for i, proto in enumerate(t.alpn or []):
             if not proto or len(proto.encode()) > 255:
-                raise ConfigError(f"{path}.alpn[{i}]", "expected a protocol name of 1 to 255 bytes")
+                rep.add(f"{path}.alpn[{i}]", "expected a protocol name of 1 to 255 bytes")
     else:
         if t.alpn is not None and "h2" in t.alpn and not s.http2.enabled:
-            raise ConfigError(f"{path}.alpn", "offers 'h2' but http2.enabled is false")
-        _check_alpn(path, t.alpn, h2=True)
+            rep.add(f"{path}.alpn", "offers 'h2' but http2.enabled is false")
+        _check_alpn(rep, path, t.alpn, h2=True)
     if _VERSION_ORDER[t.min_version] > _VERSION_ORDER[t.max_version]:
-        raise ConfigError(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
+        rep.add(f"{path}.min_version", f"{t.min_version} is above max_version {t.max_version}")
     if t.ciphers is not None and not t.ciphers:
-        raise ConfigError(f"{path}.ciphers", "must not be empty")
-    _check_file(f"{path}.client_ca", t.client_ca)
+        rep.add(f"{path}.ciphers", "must not be empty")
+    _check_file(rep, f"{path}.client_ca", t.client_ca)
     if t.client_auth != "none" and t.client_ca is None:
-        raise ConfigError(f"{path}.client_auth", f"client_auth = {t.client_auth!r} needs client_ca")
+        rep.add(f"{path}.client_auth", f"client_auth = {t.client_auth!r} needs client_ca")
 
 
 def _is_tls_cluster(c: Cluster) -> bool:
-    return c.tls is not None or any(parse_endpoint(u.endpoint, u.weight).scheme == "https" for u in c.endpoints)
+    return c.tls is not None or any((ep := _endpoint(u)) is not None and ep.scheme == "https" for u in c.endpoints)
 
 
-def _check_no_tls(path: str, name: str, cfg: Config, what: str) -> None:
-    if _is_tls_cluster(cfg.upstreams[name]):
-        raise ConfigError(path, f"cluster {name!r} speaks TLS, which {what} do not support yet")
+def _check_no_tls(rep: _Report, path: str, name: str, cfg: Config, what: str) -> None:
+    if name in cfg.upstreams and _is_tls_cluster(cfg.upstreams[name]):
+        rep.add(path, f"cluster {name!r} speaks TLS, which {what} do not support yet")
 
 
-def _check_resilience(path: str, c: Cluster) -> None:
+def _check_resilience(rep: _Report, path: str, c: Cluster) -> None:
     hc = c.health_check
     if hc is not None:
         p = f"{path}.health_check"
         for key in ("interval", "timeout"):
             if getattr(hc, key) <= 0:
-                raise ConfigError(f"{p}.{key}", "must be > 0")
+                rep.add(f"{p}.{key}", "must be > 0")
         for key in ("healthy_threshold", "unhealthy_threshold"):
             if getattr(hc, key) < 1:
-                raise ConfigError(f"{p}.{key}", "must be >= 1")
+                rep.add(f"{p}.{key}", "must be >= 1")
         if not hc.path.startswith("/"):
-            raise ConfigError(f"{p}.path", f"must start with '/', got {hc.path!r}")
+            rep.add(f"{p}.path", f"must start with '/', got {hc.path!r}")
         if not hc.expected_status or any(not 100 <= st <= 599 for st in hc.expected_status):
-            raise ConfigError(f"{p}.expected_status", "expected a non-empty list of HTTP statuses (100-599)")
+            rep.add(f"{p}.expected_status", "expected a non-empty list of HTTP statuses (100-599)")
     od = c.outlier_detection
     if od is not None:
         p = f"{path}.outlier_detection"
         for key in ("consecutive_5xx", "consecutive_connect_failures"):
             if getattr(od, key) < 0:
-                raise ConfigError(f"{p}.{key}", "must be >= 0 (0 disables)")
+                rep.add(f"{p}.{key}", "must be >= 0 (0 disables)")
         for key in ("base_ejection_time", "max_ejection_time"):
             if getattr(od, key) <= 0:
-                raise ConfigError(f"{p}.{key}", "must be > 0")
+                rep.add(f"{p}.{key}", "must be > 0")
         if not 0 <= od.max_ejection_percent <= 100:
-            raise ConfigError(f"{p}.max_ejection_percent", "must be between 0 and 100")
+            rep.add(f"{p}.max_ejection_percent", "must be between 0 and 100")
     cb = c.circuit_breaker
     if cb is not None:
         for key in ("max_connections", "max_pending", "max_requests"):
             value = getattr(cb, key)
             if value is not None and value < 1:
-                raise ConfigError(f"{path}.circuit_breaker.{key}", "must be >= 1")
+                rep.add(f"{path}.circuit_breaker.{key}", "must be >= 1")
 
 
-def _check_http_only_resilience(path: str, name: str, cfg: Config, what: str) -> None:
-    c = cfg.upstreams[name]
+def _check_http_only_resilience(rep: _Report, path: str, name: str, cfg: Config, what: str) -> None:
+    c = cfg.upstreams.get(name)
     for key in ("health_check", "outlier_detection", "circuit_breaker"):
-        if getattr(c, key) is not None:
-            raise ConfigError(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not use")
+        if c is not None and getattr(c, key) is not None:
+            rep.add(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not use")
 
 
-def _check_route(path: str, r: Route, cfg: Config) -> None:
+def _check_known(rep: _Report, path: str, name: str, cfg: Config) -> None:
+    """``name`` is a cluster under [upstreams] (one that did not decode counts: its errors say why)."""
+    if name not in cfg.upstreams and name not in rep.bad_upstreams:
+        known = ", ".join(sorted({*cfg.upstreams, *rep.bad_upstreams} - {""})) or "none defined"
+        rep.add(path, f"unknown cluster {name!r} (known: {known})")
+
+
+def _check_route(rep: _Report, path: str, r: Route, cfg: Config) -> None:
     matchers = [k for k in ("path", "path_exact", "path_regex") if getattr(r, k) is not None]
     if len(matchers) > 1:
-        raise ConfigError(path, f"give only one of path, path_exact, path_regex (got {', '.join(matchers)})")
+        rep.add(path, f"give only one of path, path_exact, path_regex (got {', '.join(matchers)})")
     for key in ("path", "path_exact"):
         value = getattr(r, key)
         if value is not None and not value.startswith("/"):
-            raise ConfigError(f"{path}.{key}", f"must start with '/', got {value!r}")
+            rep.add(f"{path}.{key}", f"must start with '/', got {value!r}")
     if r.path_regex is not None:
         try:
             re.compile(r.path_regex.encode())  # the router matches bytes paths
         except re.error as exc:
-            raise ConfigError(f"{path}.path_regex", f"invalid regular expression: {exc}") from None
+            rep.add(f"{path}.path_regex", f"invalid regular expression: {exc}")
     if (r.strip_prefix or r.prefix_rewrite is not None) and r.path is None:
-        raise ConfigError(path, "strip_prefix/prefix_rewrite need a 'path' prefix to replace")
+        rep.add(path, "strip_prefix/prefix_rewrite need a 'path' prefix to replace")
     if r.host is not None and (not r.host or r.host.count("*") > 1 or ("*" in r.host and not r.host.startswith("*."))):
-        raise ConfigError(f"{path}.host", f"expected an exact host or '*.suffix', got {r.host!r}")
+        rep.add(f"{path}.host", f"expected an exact host or '*.suffix', got {r.host!r}")
     if r.upstream is not None and r.upstreams is not None:
-        raise ConfigError(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
+        rep.add(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
     if r.upstream is None and r.upstreams is None and not r.connect:
-        raise ConfigError(path, "a route needs 'upstream' (a cluster name) or inline 'upstreams'")
+        rep.add(path, "a route needs 'upstream' (a cluster name) or inline 'upstreams'")
     if not isinstance(r.connect, bool):  # a [connect] table
         for i, port in enumerate(r.connect.ports):
             if not 0 < port < 65536:
-                raise ConfigError(f"{path}.connect.ports[{i}]", f"not a TCP port: {port}")
+                rep.add(f"{path}.connect.ports[{i}]", f"not a TCP port: {port}")
         if r.connect.connect_timeout <= 0:
-            raise ConfigError(f"{path}.connect.connect_timeout", "must be > 0")
-    if r.upstream is not None and r.upstream not in cfg.upstreams:
-        known = ", ".join(sorted(cfg.upstreams)) or "none defined"
-        raise ConfigError(f"{path}.upstream", f"unknown cluster {r.upstream!r} (known: {known})")
+            rep.add(f"{path}.connect.connect_timeout", "must be > 0")
+    if r.upstream is not None:
+        _check_known(rep, f"{path}.upstream", r.upstream, cfg)
     if r.upstreams is not None:
         if not r.upstreams:
-            raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
-        for i, up in enumerate(r.upstreams):
-            try:
-                parse_endpoint(up.endpoint, up.weight)
-            except ValueError as exc:
-                raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
-        _check_balancer(path, r.load_balancer, r.hash_on)
-        if r.protocol != "http1":
-            _check_h2_cluster(path, Cluster(endpoints=r.upstreams, protocol=r.protocol))
+            rep.add(f"{path}.upstreams", "needs at least one endpoint")
+        endpoints_ok = _check_endpoints(rep, f"{path}.upstreams", r.upstreams)
+        _check_balancer(rep, path, r.load_balancer, r.hash_on)
+        if r.protocol != "http1" and endpoints_ok:
+            _check_h2_cluster(rep, path, Cluster(endpoints=r.upstreams, protocol=r.protocol))
     elif r.protocol != "http1":
-        raise ConfigError(f"{path}.protocol", "applies to inline 'upstreams'; set it on the cluster instead")
+        rep.add(f"{path}.protocol", "applies to inline 'upstreams'; set it on the cluster instead")
     if r.timeout is not None and r.timeout <= 0:
-        raise ConfigError(f"{path}.timeout", "must be > 0")
+        rep.add(f"{path}.timeout", "must be > 0")
     if r.retry is not None:
         if r.retry.attempts < 0:
-            raise ConfigError(f"{path}.retry.attempts", "must be >= 0")
+            rep.add(f"{path}.retry.attempts", "must be >= 0")
         if r.retry.per_try_timeout is not None and r.retry.per_try_timeout <= 0:
-            raise ConfigError(f"{path}.retry.per_try_timeout", "must be > 0")
+            rep.add(f"{path}.retry.per_try_timeout", "must be > 0")
         if r.retry.budget_percent < 0:
-            raise ConfigError(f"{path}.retry.budget_percent", "must be >= 0")
+            rep.add(f"{path}.retry.budget_percent", "must be >= 0")
         if r.retry.min_retry_concurrency < 0:
-            raise ConfigError(f"{path}.retry.min_retry_concurrency", "must be >= 0")
+            rep.add(f"{path}.retry.min_retry_concurrency", "must be >= 0")
 
 
-def _check_tcp_server(path: str, s: Server, cfg: Config) -> None:
+def _check_extensions(rep: _Report, path: str, s: Server) -> None:
+    """``filters`` and ``layers`` name "module:Class"; their shapes (which phases, by server kind)
+    are checked when they are imported (``proxy._filters``)."""
+    if s.layers and s.proxy_type != "http":
+        rep.add(f"{path}.layers", f"layers wrap an http server's request service, not a {s.proxy_type} server")
+    for key in ("filters", "layers"):
+        for i, f in enumerate(getattr(s, key)):
+            use = f if isinstance(f, str) else f.use
+            if use.count(":") != 1 or not all(use.split(":")):
+                rep.add(f"{path}.{key}[{i}]", f"expected 'module:Class', got {use!r}")
+
+
+def _check_tcp_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     if s.routes:
-        raise ConfigError(f"{path}.routes", 'a proxy_type = "tcp" server has no routes (give upstream or upstreams)')
-    if s.filters:
-        raise ConfigError(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "tcp" server')
+        rep.add(f"{path}.routes", 'a proxy_type = "tcp" server has no routes (give upstream or upstreams)')
+    _check_extensions(rep, path, s)
     if s.upstream is not None and s.upstreams is not None:
-        raise ConfigError(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
+        rep.add(path, "give either 'upstream' (a cluster name) or inline 'upstreams', not both")
     if s.upstream is None and s.upstreams is None:
-        raise ConfigError(path, "a tcp server needs 'upstream' (a cluster name) or inline 'upstreams'")
-    if s.upstream is not None and s.upstream not in cfg.upstreams:
-        known = ", ".join(sorted(cfg.upstreams)) or "none defined"
-        raise ConfigError(f"{path}.upstream", f"unknown cluster {s.upstream!r} (known: {known})")
+        rep.add(path, "a tcp server needs 'upstream' (a cluster name) or inline 'upstreams'")
     if s.upstream is not None:
-        _check_http_only_resilience(f"{path}.upstream", s.upstream, cfg, "tcp servers")
+        _check_known(rep, f"{path}.upstream", s.upstream, cfg)
+    if s.upstream is not None and s.upstream in cfg.upstreams:
+        _check_http_only_resilience(rep, f"{path}.upstream", s.upstream, cfg, "tcp servers")
         c = cfg.upstreams[s.upstream]
         if c.send_proxy_protocol != "off" and _is_tls_cluster(c):
-            raise ConfigError(
+            rep.add(
                 f"upstreams.{s.upstream}.send_proxy_protocol",
                 "a PROXY header before TLS to the endpoints is not available yet (turn one off)",
             )
     if s.upstreams is not None:
         if not s.upstreams:
-            raise ConfigError(f"{path}.upstreams", "needs at least one endpoint")
-        for i, up in enumerate(s.upstreams):
-            try:
-                parse_endpoint(up.endpoint, up.weight)
-            except ValueError as exc:
-                raise ConfigError(f"{path}.upstreams[{i}]", str(exc)) from None
+            rep.add(f"{path}.upstreams", "needs at least one endpoint")
+        _check_endpoints(rep, f"{path}.upstreams", s.upstreams)
         if s.load_balancer == "consistent_hash" and s.hash_on != "client_ip":
-            raise ConfigError(f"{path}.hash_on", f"a tcp server can only hash on client_ip, got {s.hash_on!r}")
+            rep.add(f"{path}.hash_on", f"a tcp server can only hash on client_ip, got {s.hash_on!r}")
     if s.idle_timeout <= 0:
-        raise ConfigError(f"{path}.idle_timeout", "must be > 0")
+        rep.add(f"{path}.idle_timeout", "must be > 0")
     if s.splice_after < 0:
-        raise ConfigError(f"{path}.splice_after", "must be >= 0")
+        rep.add(f"{path}.splice_after", "must be >= 0")
 
 
 _HTTP_ONLY_ROUTE_KEYS = (
@@ -420,152 +651,175 @@ def _names(value: str | list[str] | None) -> list[str]:
     return [] if value is None else [value] if isinstance(value, str) else value
 
 
-def _check_thrift_server(path: str, s: Server, cfg: Config) -> None:
-    if s.filters:
-        raise ConfigError(f"{path}.filters", 'HTTP filters do not apply to a proxy_type = "thrift" server')
+def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
+    _check_extensions(rep, path, s)
     for key in ("upstream", "upstreams"):
         if getattr(s, key) is not None:
-            raise ConfigError(f"{path}.{key}", "a thrift server sends calls to its routes' upstreams; set it there")
+            rep.add(f"{path}.{key}", "a thrift server sends calls to its routes' upstreams; set it there")
     if not s.routes:
-        raise ConfigError(f"{path}.routes", "a thrift server needs at least one route")
+        rep.add(f"{path}.routes", "a thrift server needs at least one route")
     for i, r in enumerate(s.routes):
         rpath = f"{path}.routes[{i}]"
-        for key in (*_HTTP_ONLY_ROUTE_KEYS, "strip_prefix", "host_header", "request_headers", "response_headers"):
-            if getattr(r, key) != getattr(_THRIFT_DEFAULTS, key):
-                raise ConfigError(
-                    f"{rpath}.{key}", "an HTTP route key; thrift routes match thrift_service/thrift_method"
-                )
+        http_keys = [
+            key
+            for key in (*_HTTP_ONLY_ROUTE_KEYS, "strip_prefix", "host_header", "request_headers", "response_headers")
+            if getattr(r, key) != getattr(_THRIFT_DEFAULTS, key)
+        ]
+        for key in http_keys:
+            rep.add(f"{rpath}.{key}", "an HTTP route key; thrift routes match thrift_service/thrift_method")
         for key in ("thrift_method", "thrift_service"):
             value = getattr(r, key)
             if value is not None and (not _names(value) or not all(_names(value))):
-                raise ConfigError(f"{rpath}.{key}", "expected a non-empty name or list of names")
-        _check_route(rpath, r, cfg)
+                rep.add(f"{rpath}.{key}", "expected a non-empty name or list of names")
+        if http_keys:
+            continue  # an HTTP route by mistake: its HTTP checks would only repeat that
+        _check_route(rep, rpath, r, cfg)
         if r.upstreams is not None and r.load_balancer == "consistent_hash" and r.hash_on != "client_ip":
-            raise ConfigError(f"{rpath}.hash_on", f"a thrift route can only hash on client_ip, got {r.hash_on!r}")
-        if r.upstream is not None:
+            rep.add(f"{rpath}.hash_on", f"a thrift route can only hash on client_ip, got {r.hash_on!r}")
+        if r.upstream is not None and r.upstream in cfg.upstreams:
             c = cfg.upstreams[r.upstream]
             if c.load_balancer == "consistent_hash" and c.hash_on != "client_ip":
-                raise ConfigError(
+                rep.add(
                     f"{rpath}.upstream",
                     f"cluster {r.upstream!r} hashes on {c.hash_on!r}; thrift routes hash on client_ip",
                 )
             if c.send_proxy_protocol != "off":
-                raise ConfigError(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
-            _check_http_only_resilience(f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
+                rep.add(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
+            _check_http_only_resilience(rep, f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
     if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
-        raise ConfigError(f"{path}.max_frame_size", "must be between 64 and 2147483647")
+        rep.add(f"{path}.max_frame_size", "must be between 64 and 2147483647")
     for key in ("upstream_connections", "upstream_in_flight"):
         if getattr(s, key) < 1:
-            raise ConfigError(f"{path}.{key}", "must be >= 1")
+            rep.add(f"{path}.{key}", "must be >= 1")
     if s.idle_timeout <= 0:
-        raise ConfigError(f"{path}.idle_timeout", "must be > 0")
+        rep.add(f"{path}.idle_timeout", "must be > 0")
     if s.request_timeout is not None and s.request_timeout <= 0:
-        raise ConfigError(f"{path}.request_timeout", "must be > 0")
+        rep.add(f"{path}.request_timeout", "must be > 0")
     if s.limits.max_pipelined < 1:
-        raise ConfigError(f"{path}.limits.max_pipelined", "must be >= 1")
+        rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
 
 
-def _check_server(path: str, s: Server, cfg: Config) -> None:
+def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
     except ValueError as exc:
-        raise ConfigError(f"{path}.listener", str(exc)) from None
+        rep.add(f"{path}.listener", str(exc))
     if s.tls is not None:
-        _check_server_tls(f"{path}.tls", s, s.tls)
+        _check_server_tls(rep, f"{path}.tls", s, s.tls)
     if s.proxy_type == "tcp":
-        _check_tcp_server(path, s, cfg)
+        _check_tcp_server(rep, path, s, cfg)
         return
     if s.proxy_type == "thrift":
-        _check_thrift_server(path, s, cfg)
+        _check_thrift_server(rep, path, s, cfg)
         return
     for key in ("upstream", "upstreams"):
         if getattr(s, key) is not None:
-            raise ConfigError(f"{path}.{key}", 'only a proxy_type = "tcp" server has one; http servers use routes')
+            rep.add(f"{path}.{key}", 'only a proxy_type = "tcp" server has one; http servers use routes')
     if not s.routes:
-        raise ConfigError(f"{path}.routes", "a server needs at least one route")
+        rep.add(f"{path}.routes", "a server needs at least one route")
     for i, r in enumerate(s.routes):
         for key in ("thrift_method", "thrift_service"):
             if getattr(r, key) is not None:
-                raise ConfigError(f"{path}.routes[{i}].{key}", 'only routes of a proxy_type = "thrift" server have one')
+                rep.add(f"{path}.routes[{i}].{key}", 'only routes of a proxy_type = "thrift" server have one')
         if r.gateway is not None:
             for key in ("idl", "service"):
                 if not getattr(r.gateway, key):
-                    raise ConfigError(f"{path}.routes[{i}].gateway.{key}", "must not be empty")
+                    rep.add(f"{path}.routes[{i}].gateway.{key}", "must not be empty")
             if r.retry is not None:
-                raise ConfigError(f"{path}.routes[{i}].retry", "gateway routes are not retried")
+                rep.add(f"{path}.routes[{i}].retry", "gateway routes are not retried")
             if r.upstream is not None and r.upstream in cfg.upstreams:
-                _check_http_only_resilience(f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
-                _check_no_tls(f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
+                _check_http_only_resilience(rep, f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
+                _check_no_tls(rep, f"{path}.routes[{i}].upstream", r.upstream, cfg, "gateway routes")
             for j, up in enumerate(r.upstreams or []):
-                if parse_endpoint(up.endpoint, up.weight).scheme == "https":
-                    raise ConfigError(f"{path}.routes[{i}].upstreams[{j}]", "gateway routes do not support TLS yet")
-        _check_route(f"{path}.routes[{i}]", r, cfg)
-        if r.upstream is not None and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
-            raise ConfigError(
+                if (ep := _endpoint(up)) is not None and ep.scheme == "https":
+                    rep.add(f"{path}.routes[{i}].upstreams[{j}]", "gateway routes do not support TLS yet")
+        _check_route(rep, f"{path}.routes[{i}]", r, cfg)
+        if r.upstream in cfg.upstreams and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
+            rep.add(
                 f"{path}.routes[{i}].upstream",
                 f"cluster {r.upstream!r} sends the PROXY protocol (upstreams.{r.upstream}.send_proxy_protocol), "
                 "which HTTP routes do not support",
             )
-    for i, f in enumerate(s.filters):
-        use = f if isinstance(f, str) else f.use
-        if use.count(":") != 1 or not all(use.split(":")):
-            raise ConfigError(f"{path}.filters[{i}]", f"expected 'module:Class', got {use!r}")
-    for key in ("keepalive_timeout", "header_timeout", "idle_timeout"):
+    _check_extensions(rep, path, s)
+    for key in ("keepalive_timeout", "header_timeout", "idle_timeout", "body_timeout"):
         if getattr(s, key) <= 0:
-            raise ConfigError(f"{path}.{key}", "must be > 0")
+            rep.add(f"{path}.{key}", "must be > 0")
     if s.splice_after < 0:
-        raise ConfigError(f"{path}.splice_after", "must be >= 0")
+        rep.add(f"{path}.splice_after", "must be >= 0")
     if s.request_timeout is not None and s.request_timeout <= 0:
-        raise ConfigError(f"{path}.request_timeout", "must be > 0")
+        rep.add(f"{path}.request_timeout", "must be > 0")
     if s.max_concurrency is not None and s.max_concurrency < 1:
-        raise ConfigError(f"{path}.max_concurrency", "must be >= 1")
-    for key in ("max_header_bytes", "max_headers", "max_pipelined"):
+        rep.add(f"{path}.max_concurrency", "must be >= 1")
+    for key in ("max_header_bytes", "max_headers", "max_pipelined", "max_request_line_bytes"):
         if getattr(s.limits, key) < 1:
-            raise ConfigError(f"{path}.limits.{key}", "must be >= 1")
+            rep.add(f"{path}.limits.{key}", "must be >= 1")
     if s.limits.max_body_bytes < 0:
-        raise ConfigError(f"{path}.limits.max_body_bytes", "must be >= 0 (0 = unlimited)")
-    _check_http2(f"{path}.http2", s.http2)
+        rep.add(f"{path}.limits.max_body_bytes", "must be >= 0 (0 = unlimited)")
+    _check_http2(rep, f"{path}.http2", s.http2)
 
 
-def _check_http2(path: str, h: Http2) -> None:
+def _check_http2(rep: _Report, path: str, h: Http2) -> None:
     for key in ("max_concurrent_streams", "max_header_list_size", "max_resets_per_10s"):
         if getattr(h, key) < 1:
-            raise ConfigError(f"{path}.{key}", "must be >= 1")
+            rep.add(f"{path}.{key}", "must be >= 1")
     if not 1 <= h.initial_window_size <= 2**31 - 1:
-        raise ConfigError(f"{path}.initial_window_size", "must be between 1 and 2147483647 (RFC 9113 §6.5.2)")
+        rep.add(f"{path}.initial_window_size", "must be between 1 and 2147483647 (RFC 9113 §6.5.2)")
     if not 16384 <= h.max_frame_size <= 16777215:
-        raise ConfigError(f"{path}.max_frame_size", "must be between 16384 and 16777215 (RFC 9113 §6.5.2)")
+        rep.add(f"{path}.max_frame_size", "must be between 16384 and 16777215 (RFC 9113 §6.5.2)")
 
 
 def validate(cfg: Config) -> None:
-    """Check cross-references and values. Raises ConfigError naming the key path."""
+    """Check cross-references and values. Raises ConfigError naming the key path
+    (``ConfigErrors`` listing each when there is more than one)."""
+    rep = _Report()
+    _validate(cfg, rep)
+    rep.raise_if_any()
+
+
+def _validate(cfg: Config, rep: _Report) -> None:
     if cfg.runtime.workers < 0:
-        raise ConfigError("runtime.workers", "must be >= 0 (0 = one per core)")
+        rep.add("runtime.workers", "must be >= 0 (0 = one per core)")
     if cfg.runtime.drain_timeout < 0:
-        raise ConfigError("runtime.drain_timeout", "must be >= 0")
+        rep.add("runtime.drain_timeout", "must be >= 0")
     for name, c in cfg.upstreams.items():
-        _check_cluster(f"upstreams.{name}", c)
-    if not cfg.servers:
-        raise ConfigError("servers", "no servers configured")
+        _check_cluster(rep, f"upstreams.{name}", c)
+    if not cfg.servers and not rep.bad_servers:
+        rep.add("servers", "no servers configured")
     seen: dict[str, str] = {}
     for name, s in cfg.servers.items():
-        _check_server(f"servers.{name}", s, cfg)
-        addr = str(parse_listener(s.listener))
+        _check_server(rep, f"servers.{name}", s, cfg)
+        try:
+            addr = str(parse_listener(s.listener))
+        except ValueError:
+            continue  # reported by _check_server
         if addr in seen and not addr.endswith(":0"):
-            raise ConfigError(f"servers.{name}.listener", f"{addr} is already used by servers.{seen[addr]}")
+            rep.add(f"servers.{name}.listener", f"{addr} is already used by servers.{seen[addr]}")
         seen[addr] = name
     if cfg.admin is not None:
-        _check_admin(cfg.admin.listen, seen)
+        _check_admin(rep, cfg.admin.listen, seen)
+        _check_admin_limits(rep, cfg.admin)
 
 
-def _check_admin(listen: str, servers: dict[str, str]) -> None:
+def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:
     """``admin.listen``: host:port (the admin endpoint is not served on a Unix socket), not a server's."""
     try:
         addr = parse_listener(listen)
     except ValueError as exc:
-        raise ConfigError("admin.listen", str(exc)) from None
+        rep.add("admin.listen", str(exc))
+        return
     if addr.path:
-        raise ConfigError("admin.listen", "must be host:port (a Unix socket is not supported)")
+        rep.add("admin.listen", "must be host:port (a Unix socket is not supported)")
+        return
     used = str(addr)
     if used in servers and not used.endswith(":0"):
-        raise ConfigError("admin.listen", f"{used} is already used by servers.{servers[used]}")
+        rep.add("admin.listen", f"{used} is already used by servers.{servers[used]}")
+
+
+def _check_admin_limits(rep: _Report, admin: Admin) -> None:
+    """``admin.max_connections`` at least 1; ``admin.header_timeout`` and ``idle_timeout`` positive."""
+    if admin.max_connections < 1:
+        rep.add("admin.max_connections", f"must be at least 1, not {admin.max_connections}")
+    for key in ("header_timeout", "idle_timeout"):
+        value = getattr(admin, key)
+        if not value > 0:
+            rep.add(f"admin.{key}", f"must be a positive number of seconds, not {value}")

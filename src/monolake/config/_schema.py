@@ -266,6 +266,9 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Larger bodies are answered 413; 0 means unlimited."""
     max_pipelined: int = 32
     """Queued pipelined requests before the connection stops reading."""
+    max_request_line_bytes: int = 8192
+    """Request line (method, target, version); a longer one is answered 414 (nginx's
+    large_client_header_buffers: 8 KiB). It also counts toward ``max_header_bytes``."""
 
 
 class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -324,11 +327,16 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     routes: list[Route] = []
     """Required for http and thrift servers, not allowed for tcp ones."""
     filters: list[str | FilterSpec] = []
+    """"module:Class" (or {use, args}): HttpFilter phases on http servers, TcpFilter ones on tcp servers,
+    ThriftFilter ones on thrift servers; plain or async. Modules are looked up beside the config file first."""
     forwarded: Forwarded = Forwarded()
     limits: Limits = Limits()
     upstream_http_version: Literal["http11"] = "http11"
     keepalive_timeout: float = 75.0
     header_timeout: float = 60.0
+    """Seconds from the first byte of a request head to its end: a deadline for the whole head, not
+    an idle time, so a client trickling bytes is answered 408 when it passes (nginx's
+    client_header_timeout). Checked once a second."""
     max_concurrency: int | None = None
     """In-flight requests per worker; beyond it requests are shed with 503."""
     request_timeout: float | None = None
@@ -340,6 +348,16 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Serve HTTPS on the listener (http servers)."""
     http2: Http2 = Http2()
     """HTTP/2 for http servers (on by default: a client that does not speak it costs one check per connection)."""
+    normalize_path: bool = True
+    """Normalise request paths before filters and routing, and forward the normalised path (RFC 3986
+    §6.2.2): escaped unreserved characters are decoded (``%2F`` and other reserved ones stay encoded, hex
+    uppercased) and dot segments removed; a path climbing above the root is answered 400."""
+    merge_slashes: bool = True
+    """Merge runs of "/" in request paths into one (before dot segments are removed)."""
+    body_timeout: float = 60.0
+    """Seconds without a byte of a request body being received (HTTP/1.1) before the request fails
+    with 408, or the connection closes if a response already started (nginx's client_body_timeout).
+    Not counted while the proxy itself stops reading (the upstream is slower than the client)."""
 
     # -- tcp servers --------------------------------------------------------------------
     upstream: str | None = None
@@ -369,6 +387,12 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     Servers that answer one call at a time per connection (thriftpy2, Apache) serve a connection's calls in
     turn, so keep it low for them; raise it for servers that answer out of order (Kitex with mux)."""
 
+    # -- extension points ---------------------------------------------------------------
+    layers: list[str | FilterSpec] = []
+    """http servers: "module:Factory" (or {use, args}) making a ``monolake.service.Layer``, inserted into the
+    server's stack around the proxy, outermost first (inside the catch-all, request_timeout and
+    max_concurrency layers). Modules resolve like filters' (the config file's directory first)."""
+
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """The admin HTTP endpoint, served by the supervisor (metrics, health, config, reload, dashboard)."""
@@ -377,6 +401,12 @@ class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """"host:port" of its own listener; keep it on localhost unless ``token`` is set."""
     token: str | None = None
     """When set, every request needs ``Authorization: Bearer TOKEN`` (shown redacted by /config)."""
+    max_connections: int = 256
+    """Open admin connections at most; one more is answered 503 and closed."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send a request's head, from connect or from its first byte; then 408 and close."""
+    idle_timeout: float = 30.0
+    """Seconds a kept-alive admin connection may wait for its next request before it is closed."""
 
 
 class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -392,3 +422,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     admin: Admin | None = None
     """Admin endpoint; absent means none. Read at start only (a reload does not open or move it)."""
     metrics: Metrics = Metrics()
+    base_dir: str | None = None
+    """Set by the loader, not in the file: the config file's directory, where filter and layer modules
+    are looked up first."""

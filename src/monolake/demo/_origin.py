@@ -10,8 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from http import HTTPStatus
 
 import httptools
+
+
+def _reason(status: int) -> str:
+    """The standard reason phrase; a status without one (e.g. 299) still needs a non-empty token."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 class _OriginProtocol(asyncio.Protocol):
@@ -56,9 +65,17 @@ class _OriginProtocol(asyncio.Protocol):
             body = b"x" * int(parts[1])
         elif len(parts) == 2 and parts[0] == "status" and parts[1].isdigit():
             status = int(parts[1])
+            if not 200 <= status <= 599:  # a 1xx is not a final answer; other numbers are not statuses
+                status, body = 400, b"/status/N takes 200 to 599\n"
         elif len(parts) == 2 and parts[0] == "delay":
-            asyncio.get_running_loop().call_later(float(parts[1]), self._answer, 200, b"delayed\n", keep)
-            return
+            try:
+                delay = float(parts[1])
+            except ValueError:
+                delay = -1.0
+            if 0 <= delay <= 3600:
+                asyncio.get_running_loop().call_later(delay, self._answer, 200, b"delayed\n", keep)
+                return
+            status, body = 400, b"/delay/S takes 0 to 3600 seconds\n"
         if not body:
             info = {
                 "origin_pid": os.getpid(),
@@ -75,7 +92,8 @@ class _OriginProtocol(asyncio.Protocol):
         if t is None or t.is_closing():
             return
         no_body = status in (204, 304)
-        head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nServer: monolake-demo-origin\r\n"
+        head = f"HTTP/1.1 {status} {_reason(status)}\r\n"
+        head += "Content-Type: application/json\r\nServer: monolake-demo-origin\r\n"
         if not no_body:
             head += f"Content-Length: {len(body)}\r\n"
         if not keep:

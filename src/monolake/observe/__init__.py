@@ -2,3 +2,4 @@
 
 from ._accesslog import AccessLog as AccessLog
 from ._accesslog import compile_format as compile_format
+from ._ratelimit import RateLimitedLog as RateLimitedLog

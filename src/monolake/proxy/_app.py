@@ -11,7 +11,7 @@ one that lives as long as the worker, so a reload keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -27,7 +27,7 @@ from ..server._thrift import ThriftServerApp
 from ..service import Layer, Stack
 from ..service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ..tls import ServerTlsContexts
-from ._filters import Phases, load_filters
+from ._filters import Background, Phases, load_filters, load_layers
 from ._l4_app import AnyApp, ProxyProtocolHttpApp, build_l4_app
 from ._proxy import ProxyFactory
 from ._thrift_app import build_thrift_app
@@ -41,29 +41,44 @@ def _panic(req: Any, exc: BaseException) -> Response:
     return error_response(500)
 
 
-def _shed(req: Any) -> Response:
-    return error_response(503)
-
-
 def server_stack(
-    name: str, cfg: Config, filters: list[object], clusters: dict[str, UpstreamCluster], pool: Pool
+    name: str,
+    cfg: Config,
+    filters: list[object],
+    clusters: dict[str, UpstreamCluster],
+    pool: Pool,
+    user_layers: Sequence[Layer] = (),
 ) -> Stack[Any]:
     server = cfg.servers[name]
     layers: list[Layer] = [CatchPanicLayer(_panic)]
     if server.request_timeout is not None:
         layers.append(TimeoutLayer(server.request_timeout))
     if server.max_concurrency is not None:
-        layers.append(ConcurrencyLimitLayer(server.max_concurrency, _shed))
+        # A shed request raises Overloaded: the driver answers 503 (gRPC: UNAVAILABLE) and logs.
+        layers.append(ConcurrencyLimitLayer(server.max_concurrency))
+    layers.extend(user_layers)  # ``servers.NAME.layers``: inside the limits, around the proxy
     leaf = ProxyFactory(name, server, cfg, filters, clusters, pool)
     return Stack(layers, leaf, provided=SERVER_PROVIDES)
 
 
-def _completion(access_log: AccessLog | None, phases: Phases) -> Callable[[Request, Response, int], None] | None:
+def _completion(
+    access_log: AccessLog | None, phases: Phases, server: str = ""
+) -> Callable[[Request, Response, int], None] | None:
     loggers = phases.logging
     if access_log is None and not loggers:
         return None
     if not loggers:
         return access_log
+    mixed = phases.mixed("logging")
+    if mixed:  # async loggers run as tasks: the response is already written
+        background = Background(server)
+
+        def on_complete_async(req: Request, resp: Response, sent: int) -> None:
+            background.run(mixed, req, resp, req.ctx)
+            if access_log is not None:
+                access_log(req, resp, sent)
+
+        return on_complete_async
 
     def on_complete(req: Request, resp: Response, sent: int) -> None:
         for f in loggers:
@@ -114,18 +129,23 @@ def build_apps(
     for name, server in cfg.servers.items():
         if server.proxy_type in ("tcp", "thrift"):
             build = build_l4_app if server.proxy_type == "tcp" else build_thrift_app
-            apps[name] = build(name, server, cfg)
+            kind = server.proxy_type
+            where = f"servers.{name}.filters"
+            filters = load_filters(server.filters, where, modules=shared.modules, kind=kind, base_dir=cfg.base_dir)
+            apps[name] = build(name, server, cfg, filters)
             if metrics_on:  # open connections (and calls in flight); what ended counts itself
                 worker_metrics().watch(apps=[apps[name]])
             continue
-        filters = load_filters(server.filters, f"servers.{name}.filters", modules=shared.modules)
-        stack = server_stack(name, cfg, filters, clusters, pool)
+        where, base_dir = f"servers.{name}", cfg.base_dir
+        filters = load_filters(server.filters, f"{where}.filters", modules=shared.modules, base_dir=base_dir)
+        user_layers = load_layers(server.layers, f"{where}.layers", modules=shared.modules, base_dir=base_dir)
+        stack = server_stack(name, cfg, filters, clusters, pool, user_layers)
         try:
             prev = old.get(name) if old else None
             service = stack.build(prev.service if isinstance(prev, HttpServerApp | ProxyProtocolHttpApp) else None)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
-        on_complete = _completion(access_log, Phases(filters))
+        on_complete = _completion(access_log, Phases(filters), name)
         if metrics_on:
             on_complete = chain_completion(request_recorder(name, [], [pool], clusters.values()), on_complete)
         app = HttpServerApp(

@@ -52,6 +52,7 @@ from ..errors import ConfigError
 from ..observe import AccessLog
 from ..observe._metrics import worker_metrics
 from ._app import Shared, build_apps, new_access_log
+from ._filters import make_importable
 from ._upstream import UpstreamCluster
 
 
@@ -69,7 +70,9 @@ def _source_of(module: ModuleType) -> str | None:
 
 
 def _filter_modules(server: Server) -> list[str]:
-    return [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in server.filters]
+    """Modules named by ``filters`` and ``layers`` (reloaded alike)."""
+    specs = [*server.filters, *server.layers]
+    return [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
 
 
 def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
@@ -184,6 +187,8 @@ class ProxyBuilder:
         """New versions (and source digests) of the imported filter modules whose source
         changed. Raises ConfigError."""
         out: dict[str, tuple[ModuleType, str]] = {}
+        if any(_filter_modules(s) for s in cfg.servers.values()):
+            make_importable(cfg.base_dir)  # so a first import's source is found where the build will find it
         for name, server in cfg.servers.items():
             for i, module_name in enumerate(_filter_modules(server)):
                 mod = sys.modules.get(module_name)
@@ -199,7 +204,8 @@ class ProxyBuilder:
                 try:
                     out[module_name] = (_load_fresh(module_name, path, mod), digest)
                 except Exception as exc:
-                    where = f"servers.{name}.filters[{i}]"
+                    nf = len(server.filters)
+                    where = f"servers.{name}.filters[{i}]" if i < nf else f"servers.{name}.layers[{i - nf}]"
                     raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         return out
 

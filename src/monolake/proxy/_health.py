@@ -11,9 +11,10 @@ request. When no endpoint is eligible the cluster balances over all of them
 
 ``HealthChecker`` runs one task per endpoint on the worker's loop: connect (TCP
 check) or ``GET path`` and compare the status (HTTP check), each within ``timeout``,
-every ``interval``. ``unhealthy_threshold`` failures in a row take an endpoint out,
-``healthy_threshold`` passes in a row bring it back. Endpoints start healthy, so a
-worker serves at once.
+every ``interval``, through the client (``check_endpoint``): TLS for https endpoints,
+HTTP/2 for an h2/h2c cluster, on a connection of the check's own.
+``unhealthy_threshold`` failures in a row take an endpoint out, ``healthy_threshold``
+passes in a row bring it back. Endpoints start healthy, so a worker serves at once.
 
 ``Outliers`` counts outcomes of real requests: ``consecutive_5xx`` 5xx answers or
 failed exchanges, or ``consecutive_connect_failures`` failed connects, eject an
@@ -25,11 +26,14 @@ an endpoint has gone ``max_ejection_time`` without an ejection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
+from .._body import Body
+from ..client import Client, PoolSettings
 from ..config import Endpoint, HealthCheck, OutlierDetection
+from ..errors import MonolakeError
+from ..proto.http1 import Headers, Request
 
 log = logging.getLogger("monolake.proxy.health")
 
@@ -156,49 +160,60 @@ class Outliers:
         self._timers.clear()
 
 
-async def check_endpoint(ep: Endpoint, hc: HealthCheck) -> str | None:
+async def check_endpoint(ep: Endpoint, hc: HealthCheck, *, http2: bool = False) -> str | None:
     """One active check of ``ep``: None when it passes, else why it failed. Never raises
-    (except CancelledError)."""
+    (except CancelledError).
+
+    The check goes through the client on a connection of its own, opened for this check
+    and closed after it: an https endpoint is checked over TLS with its cluster's TLS
+    settings (CA, SNI, client certificate), an HTTP/2 cluster's (``http2``) over HTTP/2.
+    A check never takes a connection from the request pool nor leaves one there, so a
+    check connection that goes bad cannot poison request traffic, and every check tests
+    what a cold pool needs: connect, handshake, protocol.
+    """
+    client = Client(default=PoolSettings(http2=http2, connect_timeout=hc.timeout, read_timeout=hc.timeout, max_idle=0))
     try:
         async with asyncio.timeout(hc.timeout):
-            if ep.path:
-                reader, writer = await asyncio.open_unix_connection(ep.path)
-            else:
-                reader, writer = await asyncio.open_connection(ep.host, ep.port)
-            try:
-                if hc.type == "tcp":
-                    return None
-                host = hc.host or ep.authority
-                writer.write(
-                    f"GET {hc.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: monolake-health-check\r\n"
-                    "Connection: close\r\n\r\n".encode("latin-1")
-                )
-                line = await reader.readline()
-                parts = line.split(None, 2)
-                if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-                    return f"bad status line {line[:60]!r}"
-                status = int(parts[1])
-                return None if status in hc.expected_status else f"status {status}"
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+            if hc.type == "tcp":
+                conn = await client.pool.connect(ep, connect_timeout=hc.timeout)
+                conn.close()
+                return None
+            host = (hc.host or ep.authority).encode()
+            fields = [(b"Host", host), (b"User-Agent", b"monolake-health-check")]
+            if not http2:
+                fields.append((b"Connection", b"close"))
+            resp = await client.send(Request(b"GET", hc.path.encode(), Headers(fields)), ep)
+            if isinstance(resp.body, Body):
+                resp.body.cancel()  # not needed: its connection closes (HTTP/2: the stream is reset)
+            return None if resp.status in hc.expected_status else f"status {resp.status}"
     except TimeoutError:
         return f"no answer within {hc.timeout:g}s"
+    except MonolakeError as exc:
+        return f"{type(exc).__name__}: {exc}"
     except OSError as exc:
         return exc.strerror or str(exc) or type(exc).__name__
+    finally:
+        client.close()
 
 
 class HealthChecker:
     """Active checks of a cluster's endpoints: one task per endpoint on the running loop."""
 
     def __init__(
-        self, cluster: str, cfg: HealthCheck, states: Sequence[EndpointState], on_change: Callable[[], None]
+        self,
+        cluster: str,
+        cfg: HealthCheck,
+        states: Sequence[EndpointState],
+        on_change: Callable[[], None],
+        *,
+        http2: bool = False,
     ) -> None:
         self.cluster = cluster
         self.cfg = cfg
         self.states = states
         self.on_change = on_change
+        self.http2 = http2
+        """Check over HTTP/2 (the cluster's protocol is h2 or h2c)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -215,7 +230,7 @@ class HealthChecker:
     async def _run(self, st: EndpointState) -> None:
         cfg = self.cfg
         while True:
-            why = await check_endpoint(st.endpoint, cfg)
+            why = await check_endpoint(st.endpoint, cfg, http2=self.http2)
             self.record(st, why)
             await asyncio.sleep(cfg.interval)
 

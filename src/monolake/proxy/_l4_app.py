@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 
 from ..config import Cluster, Config, Endpoint, Server, parse_endpoint
 from ..proto.proxy_protocol import Family, ProxyHeader
@@ -24,6 +25,7 @@ from ..server import HttpServerApp
 from ..server._l4 import L4ServerApp, L4Upstream, ProxyHeaderReader
 from ..tls import ServerTlsContexts, client_tls
 from ._balancer import make_balancer
+from ._filters import TcpPhases
 
 
 def l4_upstream(name: str, server: Server, cfg: Config) -> L4Upstream:
@@ -63,8 +65,11 @@ def server_tls(name: str, server: Server) -> ServerTlsContexts | None:
     return ServerTlsContexts(f"servers.{name}.tls", server.tls, default_alpn=())
 
 
-def build_l4_app(name: str, server: Server, cfg: Config) -> L4ServerApp:
-    return L4ServerApp(name, server, l4_upstream(name, server, cfg), splice=server.splice, tls=server_tls(name, server))
+def build_l4_app(name: str, server: Server, cfg: Config, filters: Sequence[object] = ()) -> L4ServerApp:
+    hooks = TcpPhases(name, filters) if filters else None
+    return L4ServerApp(
+        name, server, l4_upstream(name, server, cfg), splice=server.splice, tls=server_tls(name, server), hooks=hooks
+    )
 
 
 class ProxyProtocolHttpApp:

@@ -1,10 +1,24 @@
 """The HTTP reverse proxy: the leaf service of an HTTP server's stack.
 
-Per request: request filters → route → rewrites (path, Host, headers, X-Forwarded-*)
+Per request: target normalisation → request filters → route → rewrites (path, Host, headers, X-Forwarded-*)
 → upstream request filters → forward → response rewrites → response filters. All
 of it is plain calls except ``forward``, the single await. Everything that can be
 decided from config (header bytes, prefixes, which filters run in which phase) is
 decided in ``RouteRuntime.__init__`` and ``HttpProxy.__init__``, not per request.
+
+Async filters. A phase with an ``async def`` filter has a non-empty ``_*_mixed``
+tuple (and an empty plain one), so a phase costs one extra truth test when all its
+filters are plain, and only a phase with an async filter awaits (``_run_mixed``).
+An async filter runs within the server's ``request_timeout``, measured from the
+request head: when it passes while the filter awaits, the request is answered 500
+(``FilterError``, naming the filter), not 504, and no upstream is blamed; anything
+else an async filter raises is a 500 naming it too. Sync filters raise as before
+(CatchPanic: 500 and a log line).
+
+Targets first, so filters, routes and the origin all see one spelling of a path:
+an absolute-form target (``GET http://host/p HTTP/1.1``, RFC 9112 §3.2.2) becomes
+origin-form and its authority replaces Host, for routing and upstream alike; then
+the path is normalised (``proto._target``) when it holds ``%``, ``/.`` or ``//``.
 """
 
 from __future__ import annotations
@@ -14,10 +28,12 @@ from collections.abc import Sequence
 
 from ..client import Pool
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
-from ..errors import ReadTimeout
+from ..errors import ReadTimeout, RemoteProtocolError, Source
+from ..proto._target import normalize_path, split_absolute
 from ..proto.http1 import Headers, Request, Response
-from ..service import Factory, Service
-from ._filters import Phases
+from ..server._h2 import host_only
+from ..service import Context, Factory, Service
+from ._filters import Call, FilterError, Phases
 from ._retry import RetryingCluster
 from ._router import Router
 from ._tunnel import connect_only, connect_settings, switch
@@ -168,6 +184,32 @@ class _Forwarding:
 _NOT_FOUND_BODY = b"404 Not Found\n"
 
 
+def absolute_to_origin_form(req: Request) -> None:
+    """Turn an absolute-form request into origin-form; its authority becomes the Host.
+
+    A server must accept absolute-form (RFC 9112 §3.2.2) and then ignore Host for the
+    URL's authority, which is also what a ``host_header = "keep"`` upstream is sent
+    (as nginx does). Raises RemoteProtocolError (400) for a target that is not
+    http(s) absolute-form, and for any such target over HTTP/2, where ``:path`` must be
+    origin-form (RFC 9113 §8.3.1).
+    """
+    if req.version == b"2":
+        raise RemoteProtocolError(":path must start with '/'", status_hint=400, source=Source.DOWNSTREAM)
+    authority, target = split_absolute(req.target)
+    path, sep, query = target.partition(b"?")
+    req.target = target
+    req.path = path
+    req.query = query if sep else b""
+    req.raw_host = authority
+    req.host = host_only(authority)
+    headers = req.headers
+    i = headers.index(b"host")
+    if i >= 0:
+        headers.replace_at(i, authority)
+    else:
+        headers.add(b"Host", authority)
+
+
 class HttpProxy:
     """The proxy service. Build through ``ProxyFactory``."""
 
@@ -179,19 +221,81 @@ class HttpProxy:
         clusters: dict[str, UpstreamCluster],
         *,
         https: bool = False,
+        normalize: bool = True,
+        merge_slashes: bool = True,
+        filter_timeout: float | None = None,
     ) -> None:
         self.router = router
+        self._normalize = normalize or merge_slashes
+        self._decode = self._dots = normalize
+        self._merge = merge_slashes
         self.phases = phases
         self.forwarding = _Forwarding(forwarding, https)
         self.clusters = clusters
-        self._request_filters = phases.request_filter
-        self._upstream_filters = phases.upstream_request_filter
-        self._response_filters = phases.response_filter
+        # A phase with an async filter runs from its *_mixed tuple; its plain tuple is then empty.
+        self._request_mixed = phases.mixed("request_filter")
+        self._upstream_mixed = phases.mixed("upstream_request_filter")
+        self._response_mixed = phases.mixed("response_filter")
+        self._request_filters = () if self._request_mixed else phases.request_filter
+        self._upstream_filters = () if self._upstream_mixed else phases.upstream_request_filter
+        self._response_filters = () if self._response_mixed else phases.response_filter
+        self._filter_timeout = filter_timeout
+        """The server's request_timeout: async filters must be done within it from the request head."""
+
+    async def _run_mixed(
+        self, calls: tuple[Call, ...], arg: Request | Response, ctx: Context, answers: bool = False
+    ) -> Response | None:
+        """A phase with async filters, in config order; with ``answers`` (request_filter) the first
+        non-None answer ends it.
+        Raises FilterError for an async filter that raises or outlives the deadline."""
+        timeout = self._filter_timeout
+        for f, is_async, name in calls:
+            if not is_async:
+                answer = f(arg, ctx)
+            elif timeout is None:
+                try:
+                    answer = await f(arg, ctx)
+                except Exception as exc:
+                    raise FilterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            else:
+                try:
+                    async with asyncio.timeout_at(ctx.start + timeout) as scope:
+                        answer = await f(arg, ctx)
+                except asyncio.CancelledError:
+                    # The server's Timeout layer has the same deadline (from the request head, on a
+                    # loop clock that may not have moved): both timers can fire in one iteration, and
+                    # then ours re-raises the cancellation instead of TimeoutError. It is still this
+                    # request's deadline, passed in a filter: answered as such, not as a slow upstream.
+                    if scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, TimeoutError) and scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise FilterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            if answers and answer is not None:
+                return answer  # type: ignore[no-any-return]
+        return None
 
     async def __call__(self, req: Request) -> Response:
+        path = req.path
+        if path[:1] != b"/" and path != b"*":  # "*": OPTIONS' asterisk-form, left as it is
+            absolute_to_origin_form(req)
+            path = req.path
+        # Does the path hold "%", "/." or "//"? The common one holds none. An int needle is a
+        # memchr; a bytes needle with ``in`` first fails an int conversion (an exception raised
+        # and cleared, ~2x a ``find``), so "%" and "." are tested as ints and "/." only on a dot.
+        if self._normalize and (37 in path or (46 in path and path.find(b"/.") >= 0) or path.find(b"//") >= 0):
+            new = normalize_path(path, decode=self._decode, dots=self._dots, merge_slashes=self._merge)
+            if new != path:
+                req.set_path(new)
         ctx = req.ctx
         for f in self._request_filters:
             answer = f(req, ctx)
+            if answer is not None:
+                return answer  # type: ignore[no-any-return]
+        if self._request_mixed:
+            answer = await self._run_mixed(self._request_mixed, req, ctx, True)
             if answer is not None:
                 return answer
         route = self.router.match(req)
@@ -208,6 +312,8 @@ class HttpProxy:
             route.request_ops.apply(req.headers)
         for g in self._upstream_filters:
             g(req, ctx)
+        if self._upstream_mixed:
+            await self._run_mixed(self._upstream_mixed, req, ctx)
         if req.upgrade is not None:  # an Upgrade or CONNECT request the server holds for a tunnel
             resp = await switch(req, route)
         elif route.handler is not None:
@@ -224,6 +330,14 @@ class HttpProxy:
             route.response_ops.apply(resp.headers)
         for h in self._response_filters:
             h(resp, ctx)
+        if self._response_mixed:
+            try:
+                await self._run_mixed(self._response_mixed, resp, ctx)
+            except BaseException:
+                cancel = getattr(resp.body, "cancel", None)
+                if cancel is not None:
+                    cancel()  # the upstream body nobody will read: its connection is not reused
+                raise
         return resp
 
 
@@ -281,4 +395,7 @@ class ProxyFactory(Factory[HttpProxy]):
             self.server.forwarded,
             self.clusters,
             https=self.server.tls is not None,
+            normalize=self.server.normalize_path,
+            merge_slashes=self.server.merge_slashes,
+            filter_timeout=self.server.request_timeout,
         )

@@ -29,6 +29,14 @@ transforms we cannot read (INVALID_PROTOCOL / INVALID_TRANSFORM), a message that
 is not a call (INVALID_MESSAGE_TYPE). Oneway calls have nobody to tell; their
 failures are logged.
 
+Filters (``ThriftFilter``): with ``filters`` set, each call is described as a
+``ThriftCall`` (service, method, seq id, TTHeader headers) and ``call_filter`` runs
+before routing: raising (``RefuseCall``, or anything) answers the call with a
+TApplicationException instead of forwarding it. When a call filter is async the call
+waits for it in a task (in flight meanwhile, so a drain waits for it too).
+``call_done`` sees every filtered call's outcome. A server without filters pays one
+``is None`` test per call.
+
 TLS: a listener with ``tls`` serves Thrift over TLS; a cluster with ``tls`` (or
 https:// endpoints) is called over TLS, a failed handshake failing the waiting calls
 like a connect failure. Neither side offers ALPN unless ``tls.alpn`` lists protocols.
@@ -36,7 +44,9 @@ like a connect failure. Neither side offers ALPN unless ``tls.alpn`` lists proto
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from time import monotonic as _now
 
 from ..client._thrift import ThriftPool
@@ -55,7 +65,9 @@ from ..proto.thrift import (
     rewrite_seq_id,
 )
 from ..server._thrift import ThriftConnection, ThriftServerApp
+from ..service import Context
 from ._balancer import Balancer, make_balancer
+from ._filters import RefuseCall, ThriftPhases
 from ._l4_app import server_tls, tls_endpoints
 
 log = logging.getLogger("monolake.thrift")
@@ -64,6 +76,7 @@ _CALL = MessageType.CALL.value
 _ONEWAY = MessageType.ONEWAY.value
 _EXCEPTION = MessageType.EXCEPTION.value
 _TTHEADER = Transport.TTHEADER
+_FRAMED = Transport.FRAMED
 _CACHE_MAX = 4096
 
 
@@ -117,10 +130,49 @@ class ThriftRouter:
         return found
 
 
+class ThriftCall:
+    """A call as a thrift server's filters see it."""
+
+    __slots__ = ("headers", "method", "name", "oneway", "peer", "seq_id", "service")
+
+    def __init__(
+        self, service: str | None, method: str, name: str, seq_id: int, headers: dict[str, str], oneway: bool, peer: str
+    ) -> None:
+        self.service = service
+        """The IDL service name (TTHeader ``isn``, or a multiplexed "Service:" prefix), or None."""
+        self.method = method
+        self.name = name
+        """The message name as sent (with a multiplexed prefix)."""
+        self.seq_id = seq_id
+        """The client's sequence id."""
+        self.headers = headers
+        """TTHeader/THeader string headers (CloudWeGo metadata among them); {} for other transports."""
+        self.oneway = oneway
+        self.peer = peer
+
+    def __repr__(self) -> str:
+        return f"<ThriftCall {self.name} seq={self.seq_id} peer={self.peer}>"
+
+
+_Filtered = tuple[ThriftPhases, ThriftCall, Context]
+
+
 class _ProxyCall:
     """One call in flight: restores the client's sequence id on the reply (a ``Waiter``)."""
 
-    __slots__ = ("conn", "endpoint", "frame", "method", "name", "route", "seq", "service", "start", "stats")
+    __slots__ = (
+        "conn",
+        "endpoint",
+        "filtered",
+        "frame",
+        "method",
+        "name",
+        "route",
+        "seq",
+        "service",
+        "start",
+        "stats",
+    )
 
     def __init__(
         self,
@@ -132,8 +184,10 @@ class _ProxyCall:
         stats: ThriftStats,
         service: str | None,
         method: str,
+        filtered: _Filtered | None,
     ):
         self.conn = conn
+        self.filtered = filtered
         self.frame = frame
         self.name = head.name
         self.seq = head.seq_id
@@ -150,6 +204,9 @@ class _ProxyCall:
         self.conn.answer(rewrite_seq_id(frame, head, self.seq))
         outcome = "exception" if head.type == _EXCEPTION else "ok"
         self.stats.record(self.service, self.method, outcome, _now() - self.start)
+        if self.filtered is not None:
+            phases, call, ctx = self.filtered
+            phases.done(call, outcome, ctx)
 
     def fail(self, exc: MonolakeError) -> None:
         route = self.route
@@ -168,15 +225,20 @@ class _ProxyCall:
         why = f"monolake: {type(exc).__name__}: {exc}"
         self.conn.answer_error(self.frame, self.name, self.seq, AppError.INTERNAL_ERROR, why)
         self.stats.record(self.service, self.method, "error", _now() - self.start)
+        if self.filtered is not None:
+            phases, call, ctx = self.filtered
+            phases.done(call, "error", ctx)
 
 
 class ThriftProxy:
     """The ``Dispatcher`` of a thrift server. See the module docstring."""
 
-    def __init__(self, name: str, router: ThriftRouter, pool: ThriftPool) -> None:
+    def __init__(self, name: str, router: ThriftRouter, pool: ThriftPool, phases: ThriftPhases | None = None) -> None:
         self.name = name
         self.router = router
         self.pool = pool
+        self.phases = phases
+        self._tasks: set[asyncio.Task[None]] = set()
         self.stats = thrift_stats(name)
         """Counts calls for the metrics (observe/_conn_metrics.py)."""
 
@@ -211,27 +273,146 @@ class ThriftProxy:
             except RemoteProtocolError as exc:
                 conn.reject(frame, name, head.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
                 return
+        if self.phases is not None:
+            self._filter(conn, frame, head, service, method, oneway, self.phases)
+            return
+        self._forward(conn, frame, head, service, method, oneway, None, False)
+
+    def _forward(
+        self,
+        conn: ThriftConnection,
+        frame: Frame,
+        head: MessageHead,
+        service: str | None,
+        method: str,
+        oneway: bool,
+        filtered: _Filtered | None,
+        begun: bool,
+    ) -> None:
+        """Route and send a call (``begun``: already counted in flight by ``conn.begin``)."""
+        name = head.name
         route = self.router.match(service, method)
         if route is None:
             what = f"service {service!r} method {method!r}" if service is not None else f"method {method!r}"
             log.info("thrift: no route: server=%s client=%s %s", self.name, conn.peer, what)
             self.stats.record(service, method, "no_route", 0.0)
             if not oneway:
-                conn.begin()
+                if not begun:
+                    conn.begin()
                 conn.answer_error(frame, name, head.seq_id, AppError.UNKNOWN_METHOD, f"monolake: no route for {what}")
+            if filtered is not None:
+                filtered[0].done(filtered[1], "no_route", filtered[2])
             return
         ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
         if oneway:
             self.pool.send(ep, frame, head, None, connect_timeout=route.connect_timeout, timeout=0, oneway=True)
             self.stats.record(service, method, "oneway", 0.0)
+            if filtered is not None:
+                filtered[0].done(filtered[1], "oneway", filtered[2])
             return
-        conn.begin()
+        if not begun:
+            conn.begin()
         if route.track:
             route.balancer.started(ep)
-        call = _ProxyCall(conn, frame, head, route, ep, self.stats, service, method)
+        call = _ProxyCall(conn, frame, head, route, ep, self.stats, service, method, filtered)
         self.pool.send(ep, frame, head, call, connect_timeout=route.connect_timeout, timeout=route.timeout)
 
+    # -- filters -------------------------------------------------------------------------
+
+    def _filter(
+        self,
+        conn: ThriftConnection,
+        frame: Frame,
+        head: MessageHead,
+        service: str | None,
+        method: str,
+        oneway: bool,
+        phases: ThriftPhases,
+    ) -> None:
+        headers: dict[str, str] = {}
+        if frame.transport is not _FRAMED:
+            try:
+                headers = read_header_info(frame).headers
+            except RemoteProtocolError as exc:
+                conn.reject(frame, head.name, head.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+                return
+        named = service if service is not None else headers.get("isn")  # the IDL service, as routing would read it
+        call = ThriftCall(named, method, head.name, head.seq_id, headers, oneway, conn.peer)
+        ctx = Context(conn.peer, self.name, _now())
+        filtered = (phases, call, ctx)
+        if not phases.awaits:
+            try:
+                phases.check(call, ctx)
+            except Exception as exc:
+                self._refuse(conn, frame, head, filtered, exc, begun=False)
+                return
+            self._forward(conn, frame, head, service, method, oneway, filtered, False)
+            return
+        if not oneway:
+            conn.begin()  # in flight while its filters run
+        task = asyncio.get_running_loop().create_task(
+            self._filter_async(conn, frame, head, service, method, oneway, filtered)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _filter_async(
+        self,
+        conn: ThriftConnection,
+        frame: Frame,
+        head: MessageHead,
+        service: str | None,
+        method: str,
+        oneway: bool,
+        filtered: _Filtered,
+    ) -> None:
+        phases, call, ctx = filtered
+        try:
+            await phases.check_async(call, ctx)
+        except asyncio.CancelledError:
+            if not oneway:
+                conn.answer_error(frame, head.name, head.seq_id, AppError.INTERNAL_ERROR, "monolake: shutting down")
+            raise
+        except Exception as exc:
+            self._refuse(conn, frame, head, filtered, exc, begun=not oneway)
+            return
+        self._forward(conn, frame, head, service, method, oneway, filtered, not oneway)
+
+    def _refuse(
+        self, conn: ThriftConnection, frame: Frame, head: MessageHead, filtered: _Filtered, exc: Exception, begun: bool
+    ) -> None:
+        """A call filter raised: answer a TApplicationException (a ``RefuseCall``'s message and type;
+        anything else is a broken filter, logged with its traceback, INTERNAL_ERROR)."""
+        phases, call, ctx = filtered
+        if isinstance(exc, RefuseCall):
+            kind, message = exc.kind, exc.message
+            log.info(
+                "thrift: call refused: server=%s client=%s method=%s: %s", self.name, conn.peer, call.name, message
+            )
+        elif isinstance(exc, TimeoutError):
+            kind, message = AppError.INTERNAL_ERROR, f"request timeout of {phases.timeout:g}s exceeded in call filters"
+            log.warning("thrift: %s: server=%s client=%s method=%s", message, self.name, conn.peer, call.name)
+        else:
+            kind, message = AppError.INTERNAL_ERROR, f"call filter failed: {type(exc).__name__}"
+            log.error(
+                "thrift: call filter failed: server=%s client=%s method=%s: %s: %s",
+                self.name,
+                conn.peer,
+                call.name,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+        self.stats.record(call.service, call.method, "refused", 0.0)
+        if not call.oneway:
+            if not begun:
+                conn.begin()
+            conn.answer_error(frame, call.name, call.seq_id, kind, message)
+        phases.done(call, "refused", ctx)
+
     def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         self.pool.close()
 
     def statistics(self) -> dict[str, int]:
@@ -253,7 +434,7 @@ def _balancer(path: str, c: Cluster) -> Balancer:
     return make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
 
 
-def build_thrift_app(name: str, server: Server, cfg: Config) -> ThriftServerApp:
+def build_thrift_app(name: str, server: Server, cfg: Config, filters: Sequence[object] = ()) -> ThriftServerApp:
     """The app of a validated thrift server; named clusters share one balancer per server."""
     balancers: dict[str, Balancer] = {}
     routes: list[ThriftRoute] = []
@@ -270,4 +451,6 @@ def build_thrift_app(name: str, server: Server, cfg: Config) -> ThriftServerApp:
         max_frame_size=server.max_frame_size,
         idle_timeout=min(idle),
     )
-    return ThriftServerApp(name, server, ThriftProxy(name, ThriftRouter(routes), pool), tls=server_tls(name, server))
+    phases = ThriftPhases(name, filters, server.request_timeout) if filters else None
+    proxy = ThriftProxy(name, ThriftRouter(routes), pool, phases)
+    return ThriftServerApp(name, server, proxy, tls=server_tls(name, server))

@@ -39,7 +39,7 @@ from ..config import (
     UpstreamTls,
     parse_endpoint,
 )
-from ..errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
+from ..errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
 from ..proto.http1 import Request, Response
 from ..proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 from ..server import error_response
@@ -99,7 +99,9 @@ class UpstreamCluster:
         self._states = [EndpointState(ep) for ep in self.endpoints]
         self._state_of = {id(ep): st for ep, st in zip(self.endpoints, self._states, strict=True)}
         self._checker = (
-            HealthChecker(name, health_check, self._states, self._refresh) if health_check is not None else None
+            HealthChecker(name, health_check, self._states, self._refresh, http2=protocol != "http1")
+            if health_check is not None
+            else None
         )
         self._outliers = (
             Outliers(name, outlier_detection, self._states, self._refresh) if outlier_detection is not None else None
@@ -475,7 +477,7 @@ class UpstreamCluster:
             if outliers is not None and st is not None:
                 outliers.connect_failed(st)
             raise
-        except (ReadError, ReadTimeout, UpstreamError) as exc:
+        except (ReadError, WriteError, ReadTimeout, UpstreamError) as exc:
             log.warning("upstream exchange failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             if outliers is not None and st is not None:
                 outliers.failed(st, type(exc).__name__)

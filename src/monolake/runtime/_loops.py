@@ -87,3 +87,16 @@ def new_event_loop(kind: str, options: LoopOptions | None = None) -> asyncio.Abs
     back to uvloop with a warning instead.
     """
     return loop_factory(kind, options)()
+
+
+def loop_kind(loop: asyncio.AbstractEventLoop) -> str:
+    """The kind of a running loop ("io_uring", "uvloop", "asyncio"; else its class name):
+    what serves, which after a fallback is not the kind asked for."""
+    module = type(loop).__module__
+    if module.startswith(__package__ + ".uring"):
+        return "io_uring"
+    if module.split(".")[0] == "uvloop":
+        return "uvloop"
+    if isinstance(loop, asyncio.SelectorEventLoop):
+        return "asyncio"
+    return type(loop).__name__

@@ -15,7 +15,8 @@ Signals are blocked around ``fork`` so a signal meant for the supervisor cannot
 run its handler in the child (the wakeup pipe is shared until the child drops it).
 
 ``monolake ready servers=... workers=N loop=KIND`` is logged once, when every
-worker first reports ready; the pid file (``runtime.pid_file``) is written just before. A
+worker first reports ready (KIND: the loop the workers report running, after any
+io_uring fallback); the pid file (``runtime.pid_file``) is written just before. A
 worker that dies after that is logged at WARNING and restarted (with the config
 in force, after any reload), with exponential back-off while it keeps dying
 within a second of starting; restarts wait while a reload is between PREPARE and
@@ -35,6 +36,7 @@ hurry.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -112,6 +114,7 @@ def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -
     that runs no event loop (it forks).
     """
     configure_logging(cfg.log.level)
+    _log_h2_codec(cfg)
     handover = take_handover()
     try:
         check_apps(cfg, build(cfg))
@@ -136,6 +139,22 @@ def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -
         close_listeners(sup.listeners)
 
 
+def _log_h2_codec(cfg: Config) -> None:
+    """Say once per start which HTTP/2 codec the workers get (workers pick it per connection,
+    so this is the one line; a fallback to the pure-Python codec must not be silent)."""
+    servers = cfg.servers.values()
+    if not (
+        any(s.proxy_type == "http" and s.http2.enabled for s in servers)
+        or any(c.protocol != "http1" for c in cfg.upstreams.values())
+        or any(r.protocol != "http1" for s in servers for r in s.routes)
+    ):
+        return
+    from ..proto.http2 import codec_notice
+
+    severity, message = codec_notice()
+    log.log(logging.getLevelNamesMapping()[severity.upper()], message)
+
+
 @dataclass(slots=True)
 class _Slot:
     index: int
@@ -143,6 +162,8 @@ class _Slot:
     pid: int = 0
     ready_fd: int = -1
     ready: bool = False
+    loop: str = ""
+    """The loop kind the worker reported running (after any io_uring fallback)."""
     started: float = 0.0
     fails: int = 0
     restart_at: float | None = None
@@ -343,6 +364,7 @@ class Supervisor:
         if b"R" not in data:
             return  # EOF: the worker died before it was ready; _reap reports it
         slot.ready = True
+        slot.loop = data.partition(b"R")[2].decode(errors="replace")
         if self._announced:
             log.info("worker %d restarted, pid %d", slot.index, slot.pid)
 
@@ -353,7 +375,8 @@ class Supervisor:
         servers = ",".join(f"{lst.name}={lst.address}" for lst in self.listeners)
         # The pid file first: whoever waits for the ready line may read it at once.
         self._write_pid_file(self._cfg.runtime.pid_file)
-        log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), self._cfg.runtime.loop)
+        loops = ",".join(sorted({s.loop for s in self._slots if s.loop})) or self._cfg.runtime.loop
+        log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), loops)
         if self._handover is not None:
             self._handover.ready(self.listeners)
             self._handover = None

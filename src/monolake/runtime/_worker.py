@@ -8,8 +8,8 @@ an exception escape) would make it a second supervisor. It always ends in
 Start-up, in order: drop the supervisor's signal handlers and descriptors, pin to
 a core, create the loop (``_loops``), install the SIGTERM handler (SIGTERM stays
 blocked from before the fork until then, so a stop request is never lost or
-fatal), ``build(cfg)`` this worker's apps, bind and serve, then write ``R`` to the
-ready pipe. SIGINT is ignored: Ctrl-C reaches the whole process group and the
+fatal), ``build(cfg)`` this worker's apps, bind and serve, then write ``R`` and the
+kind of loop it runs to the ready pipe. SIGINT is ignored: Ctrl-C reaches the whole process group and the
 supervisor decides what it means.
 
 Every listener is served through an ``_Entry`` whose protocol factory asks the
@@ -60,7 +60,7 @@ from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
 from ._listeners import Listener, bind_tcp
 from ._logging import configure_logging, flush_logging
-from ._loops import LoopOptions, new_event_loop
+from ._loops import LoopOptions, loop_kind, new_event_loop
 
 log = logging.getLogger("monolake.worker")
 
@@ -342,7 +342,7 @@ class _Worker:
                 entry.protocol_factory, sock=sock, backlog=lst.backlog, ssl=_ssl_of(entry.app)
             )
             self.entries[lst.key] = entry
-        os.write(spec.ready_fd, b"R")
+        os.write(spec.ready_fd, b"R" + loop_kind(loop).encode())
         os.close(spec.ready_fd)
         log.debug("worker %d ready (cpu %s)", self.index, spec.cpu)
 

@@ -13,8 +13,14 @@ this transport's buffer is full.
 
 Errors never escape: a malformed request is answered with the status its
 ``ProtocolError`` carries (400, 413, 431, 501) and the connection closed; a failing
-service is answered 5xx; both are logged. Keep-alive and header timeouts are
-enforced by one periodic sweep per server, not by a timer per request.
+service is answered 5xx; both are logged, lines a client causes at a bounded rate
+(``observe.RateLimitedLog``). Keep-alive, header and body timeouts are enforced by
+one periodic sweep per server, not by a timer per request. The header timeout is a
+deadline for the whole head from its first byte (the reader stamps ``head_since``
+with the read's time), so a client trickling a byte at a time is answered 408 when
+it passes, as nginx's client_header_timeout; the body timeout bounds the time
+between two reads of a body being received (408 if no response started yet, else
+the connection closes).
 
 Reload and drain: a connection looks up ``app.service`` for every request, so a
 reload that swaps the app's chain (``adopt``) reaches open keep-alive connections
@@ -42,11 +48,14 @@ from ..errors import (
     ConnectTimeout,
     MonolakeError,
     NetworkError,
+    Overloaded,
     ProtocolError,
+    RemoteProtocolError,
     Source,
     TimeoutError,
     UpstreamError,
 )
+from ..observe._ratelimit import RateLimitedLog
 from ..proto.http1 import Headers, Request, Response
 from ..proto.http1._parse import RequestReader
 from ..proto.http1._serialize import (
@@ -70,6 +79,8 @@ if TYPE_CHECKING:
     from ._h2 import H2Connection
 
 log = logging.getLogger("monolake.server")
+bad_request_log = RateLimitedLog(log, "bad requests", level=logging.INFO, burst=10, interval=1.0)
+"""Lines about malformed or refused requests: a client chooses how many it causes."""
 
 _PAUSE_BODY = 1
 _PAUSE_PIPELINE = 2
@@ -81,10 +92,6 @@ DRAIN_IDLE = 1.0
 
 OnComplete = Callable[[Request, Response, int], None]
 """Called once a response is fully written: (request, response, body bytes sent)."""
-
-
-class Overloaded(MonolakeError):
-    """Shed by a concurrency limit."""
 
 
 def status_for(exc: BaseException) -> int:
@@ -115,9 +122,8 @@ def failure_response(req: Request, exc: BaseException, peer: str, server: str) -
     status = status_for(exc)
     where = exc.source.value if isinstance(exc, MonolakeError) else "internal"
     level = logging.ERROR if status == 500 else logging.WARNING
-    log.log(
-        level,
-        "%d for %s %s peer=%s server=%s (%s error: %s: %s)",
+    downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
+    args = (
         status,
         req.method.decode(),
         req.original_target.decode("latin-1"),
@@ -126,14 +132,16 @@ def failure_response(req: Request, exc: BaseException, peer: str, server: str) -
         where,
         type(exc).__name__,
         exc,
-        exc_info=status == 500,
     )
+    if downstream:  # the client's doing (a body over the limit, too slow...): rate-limited
+        bad_request_log.log("%d for %s %s peer=%s server=%s (%s error: %s: %s)", *args, level=level)
+    else:
+        log.log(level, "%d for %s %s peer=%s server=%s (%s error: %s: %s)", *args, exc_info=status == 500)
     ctype = req.headers.get(b"content-type")
     if ctype is not None and ctype[:16].lower() == b"application/grpc":
         from ..proxy._grpc import failure_response as grpc_failure  # proxy/ imports server/
 
         return grpc_failure(exc)
-    downstream = isinstance(exc, ProtocolError) and exc.source is Source.DOWNSTREAM
     return error_response(status, close=downstream)
 
 
@@ -200,6 +208,7 @@ class HttpServerApp:
         header = self.cfg.header_timeout
         for conn in list(self.conns):
             conn.check_timeouts(now, keepalive, header)
+        bad_request_log.flush()
 
     def request_done(self) -> None:
         self.in_flight -= 1
@@ -291,6 +300,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self.app = app
         limits = app.cfg.limits
         self.max_header_bytes = limits.max_header_bytes
+        self.max_request_line_bytes = limits.max_request_line_bytes
         self.max_headers = limits.max_headers
         self.max_body_bytes = limits.max_body_bytes
         self.max_pipelined = limits.max_pipelined
@@ -314,6 +324,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._eof = False
         self._h2_probe = app.cfg.http2.enabled
         self._upload_open = False  # a response started while the upload still streams upstream
+        self._continue_due = False  # the body's sender waits for our 100 Continue (not timed meanwhile)
         self._close_after_upload = False
         # Plain transports send writelines in one writev; a TLS transport makes a record of each
         # piece, so there one joined write (one record) is cheaper. Chosen in connection_made.
@@ -341,11 +352,11 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self.transport.write(b"".join(parts))
 
     def data_received(self, data: bytes) -> None:
-        self._last = self.loop.time()
+        self._last = now = self.loop.time()
         if self._h2_probe and self._probe_h2(data):
             return
         try:
-            self.feed(data)
+            self.feed(data, now)
         except ProtocolError as exc:
             self._protocol_error(exc)
         except Exception as exc:  # a bug of ours must not take the worker down
@@ -387,12 +398,13 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         conn.start(data)
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: answer what is in flight, then close.
+        # The client half-closed: answer what is in flight, then close. A TLS transport has
+        # no half-close (it closes itself whatever we return, and warns about a True).
         self._closing = True
         self._eof = True
         if self._current is None:
             self._close()
-        return True
+        return True if self.transport.can_write_eof() else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -433,6 +445,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self._paused &= ~reason
             if not self._paused and not self._closed:
                 self.transport.resume_reading()
+                self._last = self.loop.time()  # the body timeout counts from here, not from the pause
 
     def pause_body(self) -> None:
         self._pause(_PAUSE_BODY)
@@ -448,7 +461,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def request_received(self, req: Request, has_body: bool, content_length: int | None) -> None:
         req.ctx = Context(self.peer, self.app.name, self._last)
         if has_body:
-            body = Body(self, content_length, self._send_continue if req.expect_continue else None)
+            expect = self._continue_due = req.expect_continue
+            body = Body(self, content_length, self._send_continue if expect else None)
             req.body = self._rbody = body
         else:
             self._rbody = None
@@ -501,6 +515,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         return failure_response(req, exc, self.peer, self.app.name)
 
     def _send_continue(self) -> None:
+        self._continue_due = False
+        self._last = self.loop.time()  # the body timeout runs from the client's go-ahead
         if not self._closed and self._sink is None:
             self.transport.write(CONTINUE_100)
 
@@ -610,6 +626,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self._start(nxt)
         elif self._pending_error is not None:
             self._answer_error(self._pending_error)
+        else:
+            # Idle now: keepalive_timeout counts from here, not from the request's last read
+            # (else a response slower than the timeout was followed by an immediate close).
+            self._last = self.loop.time()
 
     # -- protocol switches (Upgrade, CONNECT) ------------------------------------------
 
@@ -677,7 +697,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     # -- errors and closing ---------------------------------------------------------
 
     def _protocol_error(self, exc: ProtocolError) -> None:
-        log.info("bad request from %s on %s: %d %s", self.peer, self.app.name, exc.status_hint, exc)
+        bad_request_log.log("bad request from %s on %s: %d %s", self.peer, self.app.name, exc.status_hint, exc)
         self._pause(_PAUSE_ERROR)
         rbody = self._rbody
         if rbody is not None:
@@ -707,16 +727,41 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self._close()
 
     def check_timeouts(self, now: float, keepalive: float, header: float) -> None:
-        if self._current is not None or self._closed:
+        """The sweep's look at this connection (once a second): keep-alive idle time, the head's
+        deadline from its first byte, and body progress."""
+        if self._closed:
+            return
+        rbody = self._rbody
+        if rbody is not None:
+            # A body is being received. Not timed while we paused reading (the upstream is
+            # slow, or requests queue) nor while the client waits for a 100 Continue that we
+            # have not sent (and it has not sent anyway): it cannot make progress then.
+            if (
+                not self._paused
+                and not (self._continue_due and not rbody.received)
+                and now - self._last > self.app.cfg.body_timeout
+            ):
+                self._body_timeout()
+            return
+        if self._current is not None:
             if self._tunnel is not None:
                 self._tunnel.check_idle(now, self.app.cfg.idle_timeout)
             return
-        idle = now - self._last
         if self._in_head and self._head_bytes:
-            if idle > header:
+            if now - self.head_since > header:
+                bad_request_log.log("request head timeout: %s on %s: 408", self.peer, self.app.name)
                 self._answer_error(ProtocolError("request head timeout", status_hint=408))
-        elif idle > keepalive:
+        elif now - self._last > keepalive:
             self._close()
+
+    def _body_timeout(self) -> None:
+        """No body bytes for ``body_timeout``: the request fails with 408 (its service sees the
+        error) if no response started; once one has, closing is the only signal left."""
+        if self._sink is not None or self._upload_open:
+            bad_request_log.log("request body timeout: %s on %s: closed", self.peer, self.app.name)
+            self._close()  # connection_lost fails the body, so the upstream side stops too
+            return
+        self._protocol_error(RemoteProtocolError("request body timeout", status_hint=408, source=Source.DOWNSTREAM))
 
     def _close(self) -> None:
         if not self._closed and self.transport is not None:

@@ -24,6 +24,11 @@ the header and the bytes after it to the server's real protocol with
 ``transport.set_protocol``. A malformed or missing header is logged and the
 connection closed. HTTP listeners use the same reader (see proxy/_l4_app.py).
 
+Hooks: a server built with ``hooks`` (the proxy's tcp filters) asks ``hooks.allow`` in the
+connect task before an endpoint is picked (False: the client connection is closed, outcome
+"refused"), and tells ``hooks.closed`` the connection's ``ConnectionStats`` once it ended.
+Without hooks neither costs anything (one ``is None`` test per connection).
+
 TLS: a listener with ``tls`` is served by the loop's TLS transport (certificate by SNI,
 ``monolake.tls``); endpoints of a cluster with ``tls`` (or https://) are connected with
 TLS, a failed handshake being a connect failure. A TLS side never splices (its socket
@@ -37,6 +42,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..config import Endpoint
@@ -45,6 +51,7 @@ from ..errors import ProtocolError
 from ..observe._conn_metrics import l4_stats
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
+from ..service import Context
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import SPLICE_AVAILABLE, Relay
 
@@ -60,6 +67,35 @@ class BalancerLike(Protocol):
     def started(self, ep: Endpoint) -> None: ...
 
     def finished(self, ep: Endpoint) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionStats:
+    """What an ended L4 connection did (given to ``ConnectionHooks.closed``)."""
+
+    bytes_up: int
+    """Bytes read from the client (relayed upstream unless the connection never got there)."""
+    bytes_down: int
+    """Bytes read from the upstream (relayed to the client)."""
+    duration: float
+    """Seconds from accept to close."""
+    endpoint: str | None
+    """The endpoint it was relayed to (None: refused, or the client left first)."""
+    outcome: str
+    """"ok" (it reached its upstream), "connect_error", "refused" (by a hook), or "closed" (the client
+    left while a hook ran)."""
+
+
+class ConnectionHooks(Protocol):
+    """Per-connection calls an L4 server makes when it has them (the proxy's tcp filters)."""
+
+    async def allow(self, peer: str, ctx: Context) -> bool:
+        """Whether to relay this client's connection; ``ctx`` stays with the connection."""
+        ...
+
+    def closed(self, ctx: Context, stats: ConnectionStats) -> None:
+        """The connection ended (must not raise, must not block)."""
+        ...
 
 
 class L4Upstream:
@@ -200,11 +236,19 @@ class L4ServerApp:
     """One TCP/Unix relay server (listener) in one worker: the runtime's ``ServerApp``."""
 
     def __init__(
-        self, name: str, cfg: ServerConfig, upstream: L4Upstream, *, splice: bool, tls: ServerTlsContexts | None = None
+        self,
+        name: str,
+        cfg: ServerConfig,
+        upstream: L4Upstream,
+        *,
+        splice: bool,
+        tls: ServerTlsContexts | None = None,
+        hooks: ConnectionHooks | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
         self.upstream = upstream
+        self.hooks = hooks
         self.tls = tls
         """The listener's TLS contexts; the runtime serves TLS with ``ssl_context`` (no splice then)."""
         self.splice = splice and SPLICE_AVAILABLE and tls is None
@@ -260,6 +304,7 @@ class L4ServerApp:
         """
         self.cfg = new.cfg
         self.upstream = new.upstream
+        self.hooks = new.hooks
         if self.tls is not None and new.tls is not None:
             self.tls.adopt(new.tls)
         elif (self.tls is None) != (new.tls is None):
@@ -305,6 +350,9 @@ class L4Connection(Relay):
         self.upstream = app.upstream
         """The cluster this connection was relayed to (a reload may change the app's)."""
         self._picked = False
+        self.hooks = app.hooks
+        self.ctx: Context | None = None
+        self.refused = False
 
     # -- client side (asyncio.Protocol) ---------------------------------------------------
 
@@ -330,6 +378,13 @@ class L4Connection(Relay):
     async def _connect(self) -> None:
         app = self.app
         upstream = self.upstream = app.upstream
+        hooks = self.hooks
+        if hooks is not None:
+            ctx = self.ctx = Context(self.peer, app.name, self.opened)
+            if not await hooks.allow(self.peer, ctx):
+                self.refused = True
+                self._close_client()
+                return
         try:
             ep = self.endpoint = upstream.balancer.pick(_PickKey(self.peer))
             upstream.balancer.started(ep)
@@ -430,6 +485,21 @@ class L4Connection(Relay):
             self._picked = False
             assert self.endpoint is not None
             self.upstream.balancer.finished(self.endpoint)
-        outcome = "ok" if self.up is not None else "connect_error"
-        self.app.stats.closed(self.upstream.name, outcome, self.loop.time() - self.opened, self.sent_up, self.sent_down)
+        outcome = (
+            "ok"
+            if self.up is not None
+            else "refused"
+            if self.refused
+            else "closed"  # the client left while a hook ran
+            if self.endpoint is None
+            else "connect_error"
+        )
+        duration = self.loop.time() - self.opened
+        self.app.stats.closed(self.upstream.name, outcome, duration, self.sent_up, self.sent_down)
+        if self.ctx is not None and self.hooks is not None:
+            ep = None if self.endpoint is None else str(self.endpoint)
+            stats = ConnectionStats(
+                bytes_up=self.sent_up, bytes_down=self.sent_down, duration=duration, endpoint=ep, outcome=outcome
+            )
+            self.hooks.closed(self.ctx, stats)
         self.app.conn_done(self)

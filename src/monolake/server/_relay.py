@@ -94,7 +94,8 @@ class _PeerSide(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.conn.upstream_eof()
-        return True
+        # A TLS transport has no half-close: it closes itself, and warns about a True.
+        return True if self.transport.can_write_eof() else None
 
     def pause_writing(self) -> None:
         self.conn.transport.pause_reading()
@@ -173,8 +174,9 @@ class Relay(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
+        keep = True if self.transport.can_write_eof() else None  # as in _PeerSide
         if self.down_eof:
-            return True
+            return keep
         self.down_eof = True
         up = self.up
         if up is not None and self.up_write is not None:  # else the connect step passes the EOF on
@@ -182,7 +184,7 @@ class Relay(asyncio.Protocol):
                 up.transport.write_eof()
             if self.up_eof:
                 self._close_both()
-        return True
+        return keep
 
     def pause_writing(self) -> None:
         up = self.up

@@ -213,7 +213,8 @@ class ThriftConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # Calls in flight are still answered; we close once they are (see answer).
         self.eof = True
-        return None if self.in_flight == 0 else True
+        # A TLS transport closes itself after the peer's close_notify (and warns about a True).
+        return None if self.in_flight == 0 or not self.transport.can_write_eof() else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -260,3 +260,26 @@ async def test_catch_panic_over_timeout_over_limit() -> None:
     assert svc.inner.inner.in_flight == 0  # the timed-out call freed its slot
     assert await svc(2) == "500"
     assert await svc(3) == "ok"
+
+
+async def test_limit_without_on_shed_raises_overloaded() -> None:
+    from monolake.errors import Overloaded
+    from monolake.server import Overloaded as ServerOverloaded
+    from monolake.server import status_for
+
+    never = asyncio.Event()
+    inner = Mock(wait_for(never))
+    svc = ConcurrencyLimitLayer(1).layer(inner)
+    task = asyncio.create_task(svc(1))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as info:
+        await svc(2)
+    assert info.value.retry_safe and isinstance(info.value, MonolakeError)
+    assert inner.calls == [1] and svc.shed == 1
+    assert ServerOverloaded is Overloaded and status_for(info.value) == 503
+    # CatchPanic lets it through to the driver, which answers 503.
+    with pytest.raises(Overloaded):
+        await CatchPanic(svc, lambda r, e: "500")(3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -10,8 +10,16 @@ status to answer) for anything malformed.
 
 llhttp is strict by default and already rejects the request smuggling shapes:
 Content-Length with Transfer-Encoding, duplicate Content-Length, obs-fold, bad
-chunk sizes, bare LF. We add the limits it does not have (head size, header count,
-body size) and refuse transfer codings other than ``chunked`` (RFC 9112 §6.1, 501).
+chunk sizes, bare LF. We add the limits it does not have (request line length, 414;
+head size and header count, 431; body size, 413), refuse transfer codings other than
+``chunked`` (RFC 9112 §6.1, 501) and any Transfer-Encoding in an HTTP/1.0 request
+(§6.1: faulty framing, 400), answer versions other than HTTP/1.x with 505, and
+check the Host field's syntax (RFC 9110 §7.2, RFC 3986 §3.2.2: one host, an
+optional port; 400), so an odd one never reaches routing or X-Forwarded-Host.
+
+Time is the driver's: ``feed(data, now)`` takes its clock reading and the reader
+notes in ``head_since`` when the head still incomplete after a feed began, so a
+driver can enforce a deadline on the whole head (see ``server._http``).
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 
 
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host"}
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(?::[0-9]*)?")
+"""A Host value (RFC 9110 §7.2): uri-host [":" port], the host an IP-literal (without
+zone or IPvFuture) or a reg-name / IPv4address. A comma is a sub-delim in RFC 3986
+but here it means two values folded into one, so it is refused with them."""
 _OWS = (32, 9)
 _EMPTY_LINE_START = (b"\r", b"\n")
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
@@ -103,12 +115,16 @@ class RequestReader:
     """
 
     max_header_bytes = 32768
+    max_request_line_bytes = 8192
     max_headers = 100
     max_body_bytes = 0
     tunnels = False
 
     def reader_init(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
+        self.head_since = 0.0
+        """The ``now`` of the feed in which the incomplete head began (valid while ``_in_head``
+        and ``_head_bytes``)."""
         self._in_head = True
         self._began = self._ended = False
         self._head_bytes = 0
@@ -130,8 +146,9 @@ class RequestReader:
 
     # -- feeding -----------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
-        """Parse ``data``. Raises ProtocolError (status_hint 400/405/413/431/501)."""
+    def feed(self, data: bytes, now: float = 0.0) -> None:
+        """Parse ``data``, read at time ``now`` (the driver's clock; only stored, in
+        ``head_since``). Raises ProtocolError (status_hint 400/405/413/414/431/501/505)."""
         size = self._cur = len(data)
         self._began = self._ended = False
         while data:
@@ -167,6 +184,8 @@ class RequestReader:
             # A head still incomplete after this feed: count what it has taken so far.
             # When it began after another message ended within this feed, only its
             # complete lines are known; the partial one is bounded by one read's size.
+            if self._began or not self._head_bytes:
+                self.head_since = now
             if not self._began:
                 self._head_bytes += size
             elif self._ended:
@@ -205,6 +224,12 @@ class RequestReader:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        # The line is method SP target SP HTTP/x.y (CRLF not counted); llhttp may hand the
+        # target over in pieces, one per feed, so this runs as it grows. The method is
+        # looked at only near the limit (llhttp's longest method has fewer than 22 letters).
+        limit = self.max_request_line_bytes
+        if len(self._url) > limit - 32 and len(self._parser.get_method()) + len(self._url) + 10 > limit:
+            raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
@@ -231,6 +256,12 @@ class RequestReader:
         elif lname == b"content-length":
             self._cl = int(value)
         elif lname == b"transfer-encoding":
+            if self._parser.get_http_version() != "1.1":
+                # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
+                # a 1.0 peer may not know chunked, and what it sends after could ride as a request.
+                raise RemoteProtocolError(
+                    "Transfer-Encoding in an HTTP/1.0 request", status_hint=400, source=Source.DOWNSTREAM
+                )
             if value.strip().lower() != b"chunked":
                 raise RemoteProtocolError("unsupported transfer coding", status_hint=501, source=Source.DOWNSTREAM)
             self._chunked = True
@@ -259,11 +290,14 @@ class RequestReader:
             if size > self.max_header_bytes:
                 raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
         parser = self._parser
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            # llhttp takes HTTP/2.0 (and refuses 3.0, 1.2): only 1.x is served here (RFC 9110 §15.6.6).
+            raise RemoteProtocolError("HTTP version not supported", status_hint=505, source=Source.DOWNSTREAM)
         method = parser.get_method()
         if method == b"CONNECT":
             self._connect_received()
             return
-        version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         keep_alive = parser.should_keep_alive()
         headers = Headers(raw, lower=self._lower)
         tokens = self._conn_tokens
@@ -275,7 +309,12 @@ class RequestReader:
                 raise RemoteProtocolError("missing Host header", status_hint=400, source=Source.DOWNSTREAM)
             lhost = b""
         else:
-            lhost = _host_only(host)
+            m = _HOST.fullmatch(host)
+            if m is None:
+                # Empty included: RFC 9112 §3.2 allows it only for a target without an authority,
+                # which no route serves; nginx answers 400 too.
+                raise RemoteProtocolError("invalid Host header", status_hint=400, source=Source.DOWNSTREAM)
+            lhost = m.group(1).lower()
         cl = self._cl
         limit = self.max_body_bytes
         if limit and cl is not None and cl > limit:
@@ -327,6 +366,8 @@ class RequestReader:
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         if self._host is None and version == b"1.1":
             raise RemoteProtocolError("missing Host header", status_hint=400, source=Source.DOWNSTREAM)
+        if self._host is not None and _HOST.fullmatch(self._host) is None:
+            raise RemoteProtocolError("invalid Host header", status_hint=400, source=Source.DOWNSTREAM)
         req = Request(
             b"CONNECT",
             url,

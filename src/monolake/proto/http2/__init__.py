@@ -13,7 +13,7 @@ from ._codec import (
     H2ConnectionError,
     HeaderList,
 )
-from ._select import CODEC_ENV, codec_kinds, native_available, new_codec
+from ._select import CODEC_ENV, codec_kinds, codec_notice, native_available, new_codec
 
 __all__ = [
     "CODEC_ENV",
@@ -29,6 +29,7 @@ __all__ = [
     "H2ConnectionError",
     "HeaderList",
     "codec_kinds",
+    "codec_notice",
     "native_available",
     "new_codec",
 ]

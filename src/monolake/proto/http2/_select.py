@@ -54,3 +54,24 @@ def new_codec(
             codec: Codec = NgCodec(client_side, **settings)
             return codec
     return H2Codec(client_side, **settings)
+
+
+def codec_notice() -> tuple[str, str]:
+    """Which codec new connections get in this process and why, as (severity, message) for
+    the one line a server logs at start (this module does not log): "debug" for the native
+    codec; "info" when ``MONOLAKE_H2_CODEC=h2`` chose the reference; "warning" when the
+    native codec is not built (the reference is used instead, which costs CPU) or the
+    variable has an unknown value; "error" when ``MONOLAKE_H2_CODEC=native`` asks for a
+    codec that is not built (every new HTTP/2 connection then fails)."""
+    want = os.environ.get(CODEC_ENV) or "auto"
+    if want == "h2":
+        return "info", f"HTTP/2 codec: h2 (pure Python), chosen by {CODEC_ENV}=h2"
+    try:
+        from ._native import NGHTTP2_VERSION  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        if want == "native":
+            return "error", f"{CODEC_ENV}=native but the native HTTP/2 codec is unavailable ({exc}): HTTP/2 fails"
+        return "warning", f"native HTTP/2 codec unavailable, using h2 (pure Python) instead: {exc}"
+    if want not in ("auto", "native"):
+        return "warning", f"{CODEC_ENV}={want!r} is not 'h2' or 'native' (ignored); HTTP/2 codec: native"
+    return "debug", f"HTTP/2 codec: native (libnghttp2 {NGHTTP2_VERSION})"

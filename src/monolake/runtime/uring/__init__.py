@@ -47,13 +47,21 @@ def unavailable() -> str | None:
     return None
 
 
+_said: tuple[int, str] | None = None
+"""(pid, reason) of the last fallback warning: a worker forked after its supervisor said the
+same thing does not repeat it, so a start logs it once (a process asking again does)."""
+
+
 def factory(
     entries: int = 256, sqpoll_idle_ms: int = 0, fallback: str = "uvloop"
 ) -> Callable[[], asyncio.AbstractEventLoop]:
     """A loop factory: an io_uring loop, or uvloop with a warning naming the reason."""
+    global _said
     reason = unavailable()
     if reason is not None:
-        log.warning("io_uring unavailable, using %s instead: %s", fallback, reason)
+        if _said is None or _said[1] != reason or _said[0] == os.getpid():
+            log.warning("io_uring unavailable, using %s instead: %s", fallback, reason)
+            _said = (os.getpid(), reason)
         return _fallback(fallback)
 
     def make() -> asyncio.AbstractEventLoop:

@@ -2,7 +2,9 @@
 
 Shedding instead of queueing keeps latency bounded under overload (the client
 gets a fast 503 and may retry elsewhere) and costs two integer updates per call.
-The shed answer comes from ``on_shed(req)``.
+A shed call raises ``Overloaded`` (retry safe: the inner service never saw it), which
+the drivers answer with 503, or gRPC's UNAVAILABLE, and log; with ``on_shed`` the
+shed answer is ``on_shed(req)`` instead, logged here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ...errors import Overloaded
 from .._service import Layer
 
 log = logging.getLogger("monolake.limit")
@@ -19,7 +22,7 @@ log = logging.getLogger("monolake.limit")
 class ConcurrencyLimit:
     __slots__ = ("in_flight", "inner", "limit", "on_shed", "shed")
 
-    def __init__(self, inner: Any, limit: int, on_shed: Callable[[Any], Any]) -> None:
+    def __init__(self, inner: Any, limit: int, on_shed: Callable[[Any], Any] | None = None) -> None:
         self.inner = inner
         self.limit = limit
         self.on_shed = on_shed
@@ -29,13 +32,16 @@ class ConcurrencyLimit:
     async def __call__(self, req: Any) -> Any:
         if self.in_flight >= self.limit:
             self.shed += 1
+            on_shed = self.on_shed
+            if on_shed is None:
+                raise Overloaded(f"{self.in_flight} requests in flight (limit {self.limit})")
             log.warning(
                 "load shed: %d requests in flight (limit %d), %d shed so far",
                 self.in_flight,
                 self.limit,
                 self.shed,
             )
-            return self.on_shed(req)
+            return on_shed(req)
         self.in_flight += 1
         try:
             return await self.inner(req)
@@ -44,7 +50,7 @@ class ConcurrencyLimit:
 
 
 class ConcurrencyLimitLayer(Layer):
-    def __init__(self, limit: int, on_shed: Callable[[Any], Any]) -> None:
+    def __init__(self, limit: int, on_shed: Callable[[Any], Any] | None = None) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.limit = limit
