@@ -10,7 +10,8 @@
 
 Readiness is never guessed with sleeps: a thread reads each child's output line by
 line and tests wait on the line they need, with a generous timeout. Every process
-started here is stopped by its pid at teardown (SIGTERM, then SIGKILL).
+started here is stopped by its pid at teardown (SIGTERM, then SIGKILL; a proxy gets a
+second SIGTERM once its workers drain, which hurries them: see ``Proxy.close``).
 """
 
 from __future__ import annotations
@@ -326,7 +327,8 @@ class Proxy:
             mark = self.log.mark()
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
-            self.log.wait_count(r"worker \d+ draining", len(workers), after=mark, timeout=5)
+            # (a worker's line, runtime/_worker.py; EOF when the proxy exits first)
+            self.log.wait_count(r"worker \d+ draining", len(workers), after=mark, timeout=3)
             with contextlib.suppress(ProcessLookupError):
                 if self.proc.poll() is None:
                     self.proc.send_signal(signal.SIGTERM)
