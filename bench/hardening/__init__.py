@@ -1,0 +1,1 @@
+"""Hardening measurements: what misbehaving clients cost the proxy, beside nginx in the same run."""

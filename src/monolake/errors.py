@@ -114,6 +114,20 @@ class PoolTimeout(TimeoutError):
     retry_safe = True
 
 
+class DeadlineExceeded(TimeoutError):
+    """A service's own deadline passed (a ``Timeout`` layer's, a server's ``request_timeout``):
+    not an upstream's doing, so source internal and answered 503 (``status_hint``). A proxy's
+    deadline bounds its upstream's answer: raised there with source upstream and 504."""
+
+    source = Source.INTERNAL
+    status_hint: int = 503
+
+    def __init__(self, message: str = "", *, source: Source | None = None, status_hint: int | None = None):
+        super().__init__(message, source=source)
+        if status_hint is not None:
+            self.status_hint = status_hint
+
+
 class UpstreamError(MonolakeError):
     """The upstream answered in a way we cannot forward (bad response framing, reset mid-body)."""
 

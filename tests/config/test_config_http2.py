@@ -35,6 +35,7 @@ def test_defaults_enable_http2_with_bounded_limits() -> None:
     assert h.max_frame_size == 16384
     assert h.max_header_list_size == 65536
     assert h.max_resets_per_10s == 500
+    assert (h.max_buffered_bytes, h.max_worker_buffered_bytes, h.send_timeout) == (4194304, 268435456, 60.0)
 
 
 def test_values_are_read() -> None:
@@ -52,6 +53,9 @@ def test_values_are_read() -> None:
         ({"max_resets_per_10s": 0}, "servers.web.http2.max_resets_per_10s", ">= 1"),
         ({"initial_window_size": 2**31}, "servers.web.http2.initial_window_size", "2147483647"),
         ({"max_frame_size": 1024}, "servers.web.http2.max_frame_size", "16384"),
+        ({"max_buffered_bytes": 1000}, "servers.web.http2.max_buffered_bytes", ">= 16384"),
+        ({"max_worker_buffered_bytes": 0}, "servers.web.http2.max_worker_buffered_bytes", ">= 16384"),
+        ({"send_timeout": 0}, "servers.web.http2.send_timeout", "> 0 seconds"),
         ({"colour": "red"}, "servers.web.http2", "unknown field `colour`"),
         ({"enabled": "yes"}, "servers.web.http2.enabled", "Expected `bool`"),
     ],

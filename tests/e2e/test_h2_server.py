@@ -104,16 +104,17 @@ def headers_of(echo: dict[str, object]) -> list[tuple[str, str]]:
 class RawH2:
     """A blocking socket that writes frames as told and reads frames back."""
 
-    def __init__(self, address: str, *, window: int = 0) -> None:
-        """``window``: the receive window to announce (stream and connection), else the default 65535."""
+    def __init__(self, address: str, *, window: int | None = None) -> None:
+        """``window``: the receive window to announce (stream and connection; 0 stalls every
+        stream), else the default 65535."""
         host, _, port = address.rpartition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=TIMEOUT)
         self.buf = b""
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
-        settings = SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: window} if window else {})
+        settings = SettingsFrame(0, settings={SettingsFrame.INITIAL_WINDOW_SIZE: window} if window is not None else {})
         hello = PREFACE + settings.serialize()
-        if window > 65535:
+        if window is not None and window > 65535:
             hello += WindowUpdateFrame(0, window_increment=window - 65535).serialize()
         self.send(hello)
 

@@ -17,7 +17,15 @@ import h2.connection
 import h2.events
 import hpack
 import pytest
-from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -811,16 +819,26 @@ def test_header_block_split_over_continuation_frames(kind: str) -> None:
     ids=["connection-header", "no-scheme", "late-pseudo", "crlf-value"],
 )
 def test_malformed_requests_never_reach_the_driver(kind: str, bad: list[tuple[bytes, bytes]]) -> None:
-    """A malformed request is a stream error (the native codec resets the stream and the connection
-    goes on) or a connection error (the h2 library); the driver never sees its HEADERS."""
+    """A malformed request is a stream error on both codecs (RFC 9113 §8.1.1): the stream is reset
+    with PROTOCOL_ERROR, the connection goes on, and the driver never sees its HEADERS."""
     server = codec(kind, False)
     enc, _ = _raw_client(server)
-    try:
-        events = server.feed(HeadersFrame(1, enc.encode(bad), flags=["END_HEADERS", "END_STREAM"]).serialize())
-    except H2ConnectionError as exc:
-        assert exc.error_code == PROTOCOL_ERROR
-        return
+    events = server.feed(HeadersFrame(1, enc.encode(bad), flags=["END_HEADERS", "END_STREAM"]).serialize())
     assert not any(e[0] == HEADERS for e in events)
+    rst = [f for f in _frames(server.pending()) if isinstance(f, RstStreamFrame)]
+    assert [(f.stream_id, f.error_code) for f in rst] == [(1, PROTOCOL_ERROR)]
+    good = server.feed(HeadersFrame(3, enc.encode(GET), flags=["END_HEADERS", "END_STREAM"]).serialize())
+    assert good == [(HEADERS, 3, GET, True)]
+
+
+def test_body_longer_than_content_length_is_a_stream_error(kind: str) -> None:
+    """RFC 9113 §8.1.1: a DATA payload beyond content-length makes the request malformed; the
+    stream is reset, its bytes still count toward the connection window, the next stream is served."""
+    server = codec(kind, False, initial_window_size=65535)
+    enc, _ = _raw_client(server)
+    head = HeadersFrame(1, enc.encode([*REQ, (b"content-length", b"3")]), flags=["END_HEADERS"])
+    events = server.feed(head.serialize() + DataFrame(1, b"0123456789", flags=["END_STREAM"]).serialize())
+    assert [e[0] for e in events if e[0] != SETTINGS] == [HEADERS, RESET]
     rst = [f for f in _frames(server.pending()) if isinstance(f, RstStreamFrame)]
     assert [(f.stream_id, f.error_code) for f in rst] == [(1, PROTOCOL_ERROR)]
     good = server.feed(HeadersFrame(3, enc.encode(GET), flags=["END_HEADERS", "END_STREAM"]).serialize())

@@ -468,3 +468,162 @@ async def test_http1_request_split_inside_the_preface_prefix_is_still_http1() ->
     assert t.protocol is None  # never handed over
     assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"h1:POST")
     app.close()
+
+
+# -- slow readers ---------------------------------------------------------------------
+
+CHUNK = 20_000
+
+
+async def stalled_streams(h: Harness, bodies: list[Body], ups: list[Upstream]) -> None:
+    """Open a stream per body and feed each like an upstream would: a chunk per read, until paused."""
+    for _ in bodies:
+        h.client.request(GET, True)
+    await h.pump()
+    for _ in range(100):
+        fed = False
+        for body, up in zip(bodies, ups, strict=True):
+            if up.paused == up.resumed and not up.cancelled:
+                body.feed(b"x" * CHUNK)
+                fed = True
+        await h.pump(2)
+        if not fed:
+            return
+    raise AssertionError("some upstream was never paused")
+
+
+@pytest.mark.parametrize(
+    ("caps", "bound"),
+    [
+        # The stream's share (1 MiB / 16) plus one upstream read each: 256 KiB each before.
+        ({"max_buffered_bytes": 1 << 20, "max_concurrent_streams": 16}, 8 * (65536 + CHUNK)),
+        # Over the connection's cap: every stream stops after one more read.
+        ({"max_buffered_bytes": 65536, "max_concurrent_streams": 16}, 65536 + 8 * CHUNK),
+    ],
+)
+async def test_stalled_streams_hold_a_bounded_amount(kind: str, caps: dict[str, int], bound: int) -> None:
+    from monolake.server._h2 import worker_buffered_bytes
+
+    ups = [Upstream() for _ in range(8)]
+    bodies = [Body(up) for up in ups]
+    it = iter(bodies)
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), next(it))
+
+    before = worker_buffered_bytes()
+    h = Harness(kind, service, **{"max_concurrent_streams": 8, **caps})
+    # The client never returns window: after its first 64 KiB everything waits in the codec.
+    await stalled_streams(h, bodies, ups)
+    queued = h.conn.queued
+    assert 0 < queued <= bound
+    assert worker_buffered_bytes() - before == queued
+    assert all(up.paused == up.resumed + 1 for up in ups)
+    h.conn.connection_lost(None)
+    assert worker_buffered_bytes() == before
+    assert all(up.cancelled for up in ups)
+    h.close()
+
+
+async def test_send_timeout_resets_a_stream_without_window_progress(kind: str) -> None:
+    from monolake.server._h2 import worker_buffered_bytes
+
+    ups = [Upstream(), Upstream()]
+    bodies = [Body(up) for up in ups]
+    it = iter(bodies)
+    logged: list[int] = []
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), next(it))
+
+    # A share of 128 KiB: what the client's window lets out later leaves some queued.
+    h = Harness(kind, service, send_timeout=5.0, max_buffered_bytes=16 << 20)
+    h.app.on_complete = lambda req, resp, sent: logged.append(sent)
+    await stalled_streams(h, bodies, ups)
+    slow, moving = sorted(h.conn.stalled)
+    now = h.conn.loop.time()
+    h.conn.check_timeouts(now + 4.0, 75.0, 60.0)  # not yet
+    assert not [e for e in await h.pump() if e[0] == RESET]
+    for st in h.conn.stalled.values():
+        st.since -= 10.0  # both stalled for longer than send_timeout...
+    # ...but the client now lets some bytes of one out: its clock restarts.
+    h.client.consumed(moving, len(body_of(h.events, moving)))
+    await h.pump()
+    h.conn.check_timeouts(h.conn.loop.time(), 75.0, 60.0)
+    resets = [e for e in await h.pump() if e[0] == RESET]
+    assert resets == [(RESET, slow, 0x8)]  # CANCEL
+    assert ups[0].cancelled and not ups[1].cancelled  # the upstream exchange is cancelled, not pooled
+    assert slow not in h.conn.streams and moving in h.conn.streams
+    assert logged and h.app.in_flight == 1  # the reset stream reached the access log
+    assert worker_buffered_bytes() >= h.conn.queued > 0
+    h.close()
+
+
+async def test_answered_stream_whose_tail_waits_for_window_is_counted_and_timed_out(kind: str) -> None:
+    from monolake.server._h2 import worker_buffered_bytes
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), b"z" * 200_000)  # complete at once: no pipe
+
+    before = worker_buffered_bytes()
+    h = Harness(kind, service, send_timeout=5.0)
+    sid = h.client.request(GET, True)
+    await h.pump()
+    assert h.app.in_flight == 0 and not h.conn.streams  # answered and logged
+    assert sid in h.conn.stalled and worker_buffered_bytes() - before == h.conn.queued > 0
+    h.conn.check_timeouts(h.conn.loop.time() + 6.0, 75.0, 60.0)
+    assert (RESET, sid, 0x8) in await h.pump()
+    assert not h.conn.stalled and worker_buffered_bytes() == before
+    h.close()
+
+
+async def test_early_answer_is_sent_whole_before_the_no_error_reset(kind: str) -> None:
+    # Answered while the client still uploads: RST_STREAM(NO_ERROR) stops the upload (RFC 9113
+    # §8.1), but only once the response is out; sent at once, it would drop the queued tail.
+    size = 200_000
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), b"r" * size)
+
+    h = Harness(kind, service)
+    sid = h.client.request([*POST, (b"content-length", b"1000000")], False)
+    h.client.send_data(sid, b"u" * 1000, False)
+    await h.pump()
+    acked = 0
+    for _ in range(50):  # the client reads and returns window
+        got = len(body_of(h.events, sid))
+        if got == size or any(e[0] == RESET for e in h.events):
+            break
+        h.client.consumed(sid, got - acked)
+        acked = got
+        await h.pump(2)
+    assert len(body_of(h.events, sid)) == size and ended(h.events, sid)
+    await h.pump()
+    assert (RESET, sid, NO_ERROR) in h.events
+    h.close()
+
+
+async def test_over_the_worker_cap_stalled_streams_are_shed(kind: str) -> None:
+    from monolake.server._h2 import worker_buffered_bytes
+
+    ups = [Upstream() for _ in range(8)]
+    bodies = [Body(up) for up in ups]
+    it = iter(bodies)
+
+    async def service(req: Request) -> Response:
+        return Response(200, Headers(), next(it))
+
+    before = worker_buffered_bytes()
+    cap = 100_000
+    h = Harness(kind, service, max_worker_buffered_bytes=cap + before)
+    await stalled_streams(h, bodies, ups)
+    await h.pump()
+    assert worker_buffered_bytes() - before <= cap  # a hard bound: each write over it was shed
+    shed = [sid for e in h.events if e[0] == RESET and (sid := e[1])]
+    assert shed and all(e[2] == 0x8 for e in h.events if e[0] == RESET)  # CANCEL
+    assert sum(up.cancelled for up in ups) == len(shed)  # their upstreams are closed, not pooled
+    assert all(up.paused == up.resumed + 1 for up in ups if not up.cancelled)  # the rest wait
+    assert h.app.in_flight == 8 - len(shed)
+    h.conn.connection_lost(None)
+    assert worker_buffered_bytes() == before
+    h.close()

@@ -699,6 +699,22 @@ def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> Non
         rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
 
 
+def _check_handler_server(rep: _Report, path: str, s: Server) -> None:
+    """A server answering with its own service: no routes or upstreams to check, none allowed."""
+    assert s.handler is not None
+    module, sep, attr = s.handler.partition(":")
+    if not sep or not module or not attr:
+        rep.add(f"{path}.handler", f'{s.handler!r} is not "module:attr"')
+    if s.proxy_type == "thrift":
+        rep.add(f"{path}.handler", 'a handler serves proxy_type = "http" or "tcp"')
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no routes or filters")
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no upstream")
+
+
 def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
@@ -706,6 +722,10 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.listener", str(exc))
     if s.tls is not None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
+    if s.handler is not None:
+        _check_handler_server(rep, path, s)
+        if s.proxy_type != "http":
+            return
     if s.proxy_type == "tcp":
         _check_tcp_server(rep, path, s, cfg)
         return
@@ -713,10 +733,10 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         _check_thrift_server(rep, path, s, cfg)
         return
     for key in ("upstream", "upstreams"):
-        if getattr(s, key) is not None:
+        if getattr(s, key) is not None and s.handler is None:
             rep.add(f"{path}.{key}", 'only a proxy_type = "tcp" server has one; http servers use routes')
-    if not s.routes:
-        rep.add(f"{path}.routes", "a server needs at least one route")
+    if not s.routes and s.handler is None:
+        rep.add(f"{path}.routes", "a server needs at least one route (or a handler)")
     for i, r in enumerate(s.routes):
         for key in ("thrift_method", "thrift_service"):
             if getattr(r, key) is not None:
@@ -766,6 +786,11 @@ def _check_http2(rep: _Report, path: str, h: Http2) -> None:
         rep.add(f"{path}.initial_window_size", "must be between 1 and 2147483647 (RFC 9113 §6.5.2)")
     if not 16384 <= h.max_frame_size <= 16777215:
         rep.add(f"{path}.max_frame_size", "must be between 16384 and 16777215 (RFC 9113 §6.5.2)")
+    for key in ("max_buffered_bytes", "max_worker_buffered_bytes"):
+        if getattr(h, key) < 16384:
+            rep.add(f"{path}.{key}", "must be >= 16384 (one DATA frame)")
+    if not h.send_timeout > 0:
+        rep.add(f"{path}.send_timeout", "must be > 0 seconds")
 
 
 def validate(cfg: Config) -> None:

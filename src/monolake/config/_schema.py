@@ -38,6 +38,13 @@ class Runtime(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """Where the supervisor writes its pid once it serves (``monolake reload``/``upgrade`` read it)."""
     watch_config: bool = False
     """Reload when the config file changes (inotify; Linux)."""
+    max_open_files: Annotated[int, msgspec.Meta(ge=64)] | None = None
+    """Each worker's soft limit of open files (RLIMIT_NOFILE); None: the hard limit. Above the hard limit
+    it raises that too where allowed (root), else it is a config error. A start-up warning says when it is
+    low for the servers' backlog/max_concurrency (see README, "File descriptors"). Needs a restart."""
+    trim_interval: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """Seconds between checks of a worker's heap: once many objects were freed (e.g. a surge of connections
+    closed), glibc's ``malloc_trim`` gives the free pages back to the system. 0 turns it off."""
 
 
 class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -286,6 +293,18 @@ class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     max_resets_per_10s: int = 500
     """Stream resets (by the client, or refusals) within 10 s before the connection is closed with
     GOAWAY ENHANCE_YOUR_CALM (the "rapid reset" attack, CVE-2023-44487)."""
+    max_buffered_bytes: int = 4194304
+    """Response bytes one connection may hold for streams waiting on the client's flow-control window.
+    Each stream pauses its upstream once it holds its share (this / max_concurrent_streams, at least
+    16 KiB, at most 256 KiB), or after one more upstream read while the connection is over this."""
+    max_worker_buffered_bytes: int = 268435456
+    """The same for all HTTP/2 connections of a worker together, as a hard limit: over it, a stream whose
+    response bytes would wait for the client's window is reset (RST_STREAM CANCEL), its upstream closed.
+    A stalled stream holds its share plus one upstream read (~70-110 KiB with the defaults), so this is a
+    safety net for a few thousand stalled streams, not a budget that slow but honest clients reach."""
+    send_timeout: float = 60.0
+    """Seconds a stream's queued response bytes may wait without the client's window letting any out;
+    then the stream is reset (RST_STREAM CANCEL) and its upstream connection closed."""
 
 
 class Certificate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -392,6 +411,14 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """http servers: "module:Factory" (or {use, args}) making a ``monolake.service.Layer``, inserted into the
     server's stack around the proxy, outermost first (inside the catch-all, request_timeout and
     max_concurrency layers). Modules resolve like filters' (the config file's directory first)."""
+
+    # -- handler servers ----------------------------------------------------------------
+    handler: str | None = None
+    """"module:attr": serve your own service instead of proxying (no routes or upstream). ``attr`` is a
+    ``monolake.Factory``, a ``Stack`` (its layers and leaf), a Service class, or a callable returning one of
+    these; HTTP services with ``proxy_type = "http"``, stream ones (a call per connection) with "tcp".
+    The module is looked up beside the config file first, then on sys.path. ``request_timeout`` is the
+    handler's deadline (503 past it, not 504: no upstream timed out)."""
 
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -28,6 +28,7 @@ from ..service import Layer, Stack
 from ..service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ..tls import ServerTlsContexts
 from ._filters import Background, Phases, load_filters, load_layers
+from ._handler import build_handler_app
 from ._l4_app import AnyApp, ProxyProtocolHttpApp, build_l4_app
 from ._proxy import ProxyFactory
 from ._thrift_app import build_thrift_app
@@ -47,12 +48,12 @@ def server_stack(
     filters: list[object],
     clusters: dict[str, UpstreamCluster],
     pool: Pool,
-    user_layers: Sequence[Layer] = (),
-) -> Stack[Any]:
+    user_layers: Sequence[Layer[Request, Response]] = (),
+) -> Stack[Request, Response]:
     server = cfg.servers[name]
-    layers: list[Layer] = [CatchPanicLayer(_panic)]
-    if server.request_timeout is not None:
-        layers.append(TimeoutLayer(server.request_timeout))
+    layers: list[Layer[Request, Response]] = [CatchPanicLayer(_panic)]
+    if server.request_timeout is not None:  # bounds the upstream's answer: 504 when it passes
+        layers.append(TimeoutLayer(server.request_timeout, gateway=True))
     if server.max_concurrency is not None:
         # A shed request raises Overloaded: the driver answers 503 (gRPC: UNAVAILABLE) and logs.
         layers.append(ConcurrencyLimitLayer(server.max_concurrency))
@@ -127,6 +128,23 @@ def build_apps(
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
+        if server.handler is not None:  # the user's own service, no proxying
+            prev = old.get(name) if old else None
+            handler_app = build_handler_app(
+                name,
+                server,
+                cfg,
+                prev.inner if isinstance(prev, ProxyProtocolHttpApp) else prev,
+                modules=shared.modules,
+                on_complete=access_log if server.proxy_type == "http" else None,
+                on_close=access_log.flush if access_log is not None else None,
+            )
+            if isinstance(handler_app, HttpServerApp) and server.proxy_protocol != "off":
+                handler_app = ProxyProtocolHttpApp(handler_app)
+            apps[name] = handler_app
+            if metrics_on:
+                worker_metrics().watch(apps=[apps[name]])
+            continue
         if server.proxy_type in ("tcp", "thrift"):
             build = build_l4_app if server.proxy_type == "tcp" else build_thrift_app
             kind = server.proxy_type

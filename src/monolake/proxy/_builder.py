@@ -70,9 +70,12 @@ def _source_of(module: ModuleType) -> str | None:
 
 
 def _filter_modules(server: Server) -> list[str]:
-    """Modules named by ``filters`` and ``layers`` (reloaded alike)."""
+    """Modules named by ``filters``, ``layers`` and ``handler`` (reloaded alike)."""
     specs = [*server.filters, *server.layers]
-    return [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
+    names = [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
+    if server.handler is not None:
+        names.append(server.handler.partition(":")[0])
+    return names
 
 
 def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
@@ -95,6 +98,8 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
+    if server.handler is not None:
+        return set()
     if server.proxy_type not in ("http", "tcp"):
         return None
     names = {r.upstream for r in server.routes if r.upstream is not None}
@@ -204,8 +209,14 @@ class ProxyBuilder:
                 try:
                     out[module_name] = (_load_fresh(module_name, path, mod), digest)
                 except Exception as exc:
-                    nf = len(server.filters)
-                    where = f"servers.{name}.filters[{i}]" if i < nf else f"servers.{name}.layers[{i - nf}]"
+                    nf, nl = len(server.filters), len(server.layers)
+                    where = (
+                        f"servers.{name}.filters[{i}]"
+                        if i < nf
+                        else f"servers.{name}.layers[{i - nf}]"
+                        if i < nf + nl
+                        else f"servers.{name}.handler"
+                    )
                     raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         return out
 

@@ -448,12 +448,12 @@ def load_layers(
     *,
     modules: Mapping[str, ModuleType] | None = None,
     base_dir: str | None = None,
-) -> list[Layer]:
+) -> list[Layer[Request, Response]]:
     """Import and instantiate ``layers`` entries (``"module:Factory"``: a Layer subclass, or a
     callable returning a Layer). Raises ConfigError naming ``path[i]``."""
     if specs:
         make_importable(base_dir)
-    out: list[Layer] = []
+    out: list[Layer[Request, Response]] = []
     for i, spec in enumerate(specs):
         where = f"{path}[{i}]"
         use, obj = _instantiate(spec, where, modules)

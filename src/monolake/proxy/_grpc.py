@@ -20,7 +20,16 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ConnectError, ConnectTimeout, NetworkError, ReadTimeout, TimeoutError, UpstreamError
+from ..errors import (
+    ConnectError,
+    ConnectTimeout,
+    DeadlineExceeded,
+    NetworkError,
+    ReadTimeout,
+    Source,
+    TimeoutError,
+    UpstreamError,
+)
 from ..proto.http1 import Headers, Response
 from ..proto.http2 import HeaderList
 from ..server import Overloaded
@@ -88,6 +97,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     """The gRPC status (and message) for a call the proxy failed with ``exc``."""
     if isinstance(exc, ConnectError | ConnectTimeout):
         return UNAVAILABLE, "monolake: cannot connect to the upstream"
+    if isinstance(exc, DeadlineExceeded) and exc.source is not Source.UPSTREAM:
+        return DEADLINE_EXCEEDED, "monolake: service deadline exceeded"  # the service's own, not an upstream's
     if isinstance(exc, TimeoutError):
         return DEADLINE_EXCEEDED, "monolake: upstream deadline exceeded"
     if isinstance(exc, NetworkError | UpstreamError):

@@ -39,7 +39,7 @@ PREPARE_TIMEOUT = 30.0
 """Seconds every worker gets to build and bind before the reload is aborted."""
 COMMIT_TIMEOUT = 10.0
 
-_RESTART_ONLY = ("workers", "loop", "cpu_affinity")
+_RESTART_ONLY = ("workers", "loop", "cpu_affinity", "max_open_files")
 """Runtime settings a running supervisor cannot change: they shape its processes."""
 
 

@@ -51,6 +51,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, channel_pair, close_fds
+from ._limits import apply_open_files, low_limit_warning, open_files_limit
 from ._listeners import Listener, close_listeners, open_listeners
 from ._logging import configure_logging, logger
 from ._loops import loop_factory
@@ -121,6 +122,9 @@ def run(cfg: Config, build: AppBuilder, *, source: ConfigSource | None = None) -
         loop_factory(cfg.runtime.loop)
         n = cfg.runtime.workers or cpu_count()
         cpus = _plan_cpus(cfg, n)
+        warning = low_limit_warning(cfg, apply_open_files(cfg))  # before the fork: workers inherit it
+        if warning is not None:
+            log.warning("%s", warning)
         listeners = open_listeners(cfg, handover.listeners if handover else ())
     except BaseException:
         if handover is not None:
@@ -498,6 +502,9 @@ class Supervisor:
         self._digest = digest
         for note in txn.needs_restart:
             log.warning("reload %d: %s", txn_id, note)
+        warning = low_limit_warning(txn.cfg, open_files_limit())  # servers or backlogs may have grown
+        if warning is not None:
+            log.warning("reload %d: %s", txn_id, warning)
         txn.changes = txn.listener_changes(self.listeners)
         live = [s for s in self._slots if s.pid and s.ready and s.channel is not None]
         msg, fds = txn.prepare_message()

@@ -33,6 +33,10 @@ task on the worker's loop:
   the new supervisor's worker with the same index serves on the same sockets, so
   no connection queued on them is lost when this worker closes its copies.
 
+Accept failures for lack of descriptors or memory are logged as one rate-limited line
+(``_limits``: the loop's exception handler, and on uvloop a once-a-second probe).
+Freed heap memory is given back to the system after a surge (``_memory``).
+
 Stop: the first SIGTERM (or EOF on the life pipe, i.e. the supervisor died) closes
 the listeners, asks every app to drain and waits up to ``runtime.drain_timeout``;
 a second SIGTERM hurries. Then ``app.close()`` force-closes what is left and the
@@ -58,9 +62,11 @@ import msgspec
 from ..config import Config
 from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
+from ._limits import AcceptErrors, FdProbe, is_uvloop
 from ._listeners import Listener, bind_tcp
 from ._logging import configure_logging, flush_logging
 from ._loops import LoopOptions, loop_kind, new_event_loop
+from ._memory import HeapTrimmer
 
 log = logging.getLogger("monolake.worker")
 
@@ -97,7 +103,10 @@ AppBuilder: TypeAlias = Callable[[Config], Mapping[str, ServerApp]]
 
 Called once in the supervisor (a dry run that validates before anything is bound;
 the result is discarded) and once in every worker, on that worker's running loop.
-A builder may also implement ``Reloadable`` to keep state across reloads.
+A builder may also implement ``Reloadable`` to keep state across reloads. A plain one
+is called afresh on reload, with nothing of the running apps: their services' state is
+lost and the reload reports them "replaced". (``monolake.serve``'s builder is a
+``Reloadable`` that rebuilds with ``Factory.make(old)``.)
 """
 
 
@@ -330,6 +339,10 @@ class _Worker:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         os.set_blocking(spec.life_fd, False)
         loop.add_reader(spec.life_fd, self._on_life)
+        accept_errors = AcceptErrors()
+        loop.set_exception_handler(accept_errors.handler)
+        probe = FdProbe(loop, accept_errors) if is_uvloop(loop) else None
+        trimmer = HeapTrimmer(loop, spec.cfg.runtime.trim_interval, self.index)
 
         apps = spec.build(spec.cfg)
         check_apps(spec.cfg, apps)
@@ -354,6 +367,10 @@ class _Worker:
         finally:
             _current = None
             control.cancel()
+            if probe is not None:
+                probe.close()
+            accept_errors.close()
+            trimmer.close()
             with contextlib.suppress(Exception):
                 loop.remove_reader(self.channel.fileno())
         return await self._shutdown()
@@ -461,7 +478,11 @@ class _Worker:
             cfg = msgspec.json.decode(msg["config"], type=Config)
             build = self.spec.build
             prepare = getattr(build, "prepare", None)
-            prepared = prepare(cfg, dict(self.apps)) if prepare is not None else _Fresh(build(cfg))
+            if prepare is not None:
+                prepared = prepare(cfg, dict(self.apps))
+            else:  # every app new, no state kept: say so (it was reported "unchanged")
+                fresh = build(cfg)
+                prepared = _Fresh(fresh, dict.fromkeys(fresh, "replaced"))
             assert prepared is not None
             check_apps(cfg, prepared.apps)
             order: list[tuple[str, str]] = []

@@ -16,8 +16,20 @@ stream: DATA bytes are handed to it at once, but their window goes back to the
 client (``codec.consumed``) only while the consumer keeps up; when the upstream
 connection's buffer fills, the window is withheld and the client stops. A
 response body is piped into the stream, which queues it in the codec and pauses
-the upstream reader once ``buffered`` passes ``HIGH_WATER`` (or the client's
-transport buffer fills), resuming on ``DRAINED``.
+the upstream reader once ``buffered`` reaches the stream's share of
+``http2.max_buffered_bytes`` (or the client's transport buffer fills), resuming on
+``DRAINED``.
+
+Slow readers are bounded: what waits in the codecs for a client's window is
+counted per stream, per connection and per worker; a stream pauses its upstream
+once it holds its share, or after one more chunk once its connection is over its
+cap, so a stalled stream holds at most its share plus one upstream read. Over the
+worker's cap, a stream whose bytes would wait for window is reset (load shedding). A stream whose
+queued bytes make no progress for ``http2.send_timeout`` seconds is reset
+(RST_STREAM CANCEL: the stream is no longer needed, RFC 9113 §7; the client broke
+no rule, so not FLOW_CONTROL_ERROR) and its upstream exchange cancelled, which
+closes that upstream connection rather than pooling it mid-body. A client's EOF
+closes the connection and cancels its streams at once.
 
 Writes are batched: bytes the codec produces while reading are written once per
 ``data_received``; those produced by other connections' callbacks (response
@@ -41,7 +53,7 @@ from .._body import HIGH_WATER, Body
 from ..errors import RemoteProtocolError, Source
 from ..proto.http1 import Headers, Request, Response
 from ..proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, RESET, H2ConnectionError, HeaderList, new_codec
-from ..proto.http2._codec import ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM
+from ..proto.http2._codec import CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
 from ..service import Context
 from ._http import error_response, failure_response
 
@@ -52,6 +64,27 @@ log = logging.getLogger("monolake.server")
 
 RESET_WINDOW = 10.0
 """Seconds over which stream resets are counted (``http2.max_resets_per_10s``)."""
+
+MIN_STREAM_BUFFER = 16384
+"""Floor of a stream's share of ``http2.max_buffered_bytes`` (one full DATA frame)."""
+
+
+class _WorkerQueued:
+    """Response bytes queued in this worker's HTTP/2 server codecs (a worker is a process)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
+_WORKER = _WorkerQueued()
+
+
+def worker_buffered_bytes() -> int:
+    """Response bytes this worker holds for HTTP/2 clients whose flow-control window is closed."""
+    return _WORKER.bytes
+
 
 _OUT_BUFFERED = 1
 _OUT_TRANSPORT = 2
@@ -120,10 +153,12 @@ class _Stream:
         "out",
         "out_paused",
         "paused",
+        "queued",
         "req",
         "resp",
         "sent",
         "sid",
+        "since",
         "task",
     )
 
@@ -144,6 +179,10 @@ class _Stream:
         """DATA bytes received but not yet returned as window (the consumer is paused)."""
         self.paused = False
         self.out_paused = 0
+        self.queued = 0
+        """Bytes of the response queued in the codec (waiting for the client's window), as last seen."""
+        self.since = 0.0
+        """When ``queued`` last went down (or became non-zero): the send timeout's start."""
 
     # -- Producer of the request body ------------------------------------------------
 
@@ -178,8 +217,16 @@ class _Stream:
         codec = conn.codec
         self.sent += len(data)
         codec.send_data(self.sid, data, False)
-        if codec.buffered(self.sid) >= HIGH_WATER:
-            self.pause_out(_OUT_BUFFERED)
+        queued = codec.buffered(self.sid)
+        if queued or self.queued:
+            conn.account(self, queued)
+            if queued:
+                if _WORKER.bytes > conn.max_worker_queued:
+                    # Load shedding: the worker holds too much for slow readers.
+                    self.pause_out(_OUT_BUFFERED)
+                    conn.loop.call_soon(conn.shed, self)
+                elif queued >= conn.stream_buffer or conn.queued >= conn.max_queued:
+                    self.pause_out(_OUT_BUFFERED)
         conn.want_flush()
 
     def end(self) -> None:
@@ -205,6 +252,7 @@ class _Stream:
             exc,
         )
         conn.codec.reset(self.sid, INTERNAL_ERROR)
+        conn.account(self, 0)
         conn.want_flush()
         conn.response_done(self)
 
@@ -242,6 +290,15 @@ class H2Connection(asyncio.Protocol):
         self.max_header_list = h2.max_header_list_size
         self.max_headers = cfg.limits.max_headers
         self.max_body = cfg.limits.max_body_bytes
+        self.max_queued = h2.max_buffered_bytes
+        self.max_worker_queued = h2.max_worker_buffered_bytes
+        self.stream_buffer = max(MIN_STREAM_BUFFER, min(HIGH_WATER, h2.max_buffered_bytes // h2.max_concurrent_streams))
+        """A stream pauses its upstream once this much of its response waits for window."""
+        self.send_timeout = h2.send_timeout
+        self.queued = 0
+        """Response bytes waiting in the codec for the client's window, all streams."""
+        self.stalled: dict[int, _Stream] = {}
+        """Streams with bytes queued, finished ones included (their tail still waits)."""
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self._closing = False
@@ -297,9 +354,14 @@ class H2Connection(asyncio.Protocol):
                 elif kind == RESET:
                     self._on_reset(ev[1], ev[2])
                 elif kind == DRAINED:
-                    st = self.streams.get(ev[1])
+                    st = self.stalled.get(ev[1])
                     if st is not None:
+                        self.account(st, 0)
                         st.resume_out(_OUT_BUFFERED)
+                        if st.inbound and self.streams.get(st.sid) is not st:
+                            # Answered while the client still sent its body: now stop it.
+                            st.inbound = False
+                            self.codec.reset(st.sid, NO_ERROR)
                 elif kind == GOAWAY:
                     self._closing = True
                 if self._dead:
@@ -312,16 +374,19 @@ class H2Connection(asyncio.Protocol):
             return
         finally:
             self._reading = False
+        if self.stalled:
+            self._recount()
         self._flush()
         if self._closing and not self.streams:
             self._close()
 
     def eof_received(self) -> bool | None:
-        # The client will send nothing more (not even WINDOW_UPDATEs): finish what can be finished.
+        # The client will send nothing more, not even the WINDOW_UPDATEs a stalled stream
+        # waits for: the transport closes (None) and connection_lost cancels every stream
+        # and its upstream exchange at once. Never True: TLS transports ignore it with a
+        # warning, and a half-open connection would hold stalled upstreams until read_timeout.
         self._closing = True
-        if not self.streams:
-            self._close()
-        return True
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -331,7 +396,79 @@ class H2Connection(asyncio.Protocol):
             handle.cancel()
             self._flush_handle = None
         self.app.forget(self)
+        _WORKER.bytes -= self.queued
+        self.queued = 0
+        self.stalled.clear()
         self._drop_all(ConnectionResetError("client closed the connection"))
+
+    # -- slow readers ---------------------------------------------------------------
+
+    def account(self, st: _Stream, queued: int) -> None:
+        """``st`` now has ``queued`` bytes waiting in the codec: update the counts and the
+        send timeout's start (progress is when the queue goes down)."""
+        delta = queued - st.queued
+        if not delta:
+            return
+        st.queued = queued
+        self.queued += delta
+        _WORKER.bytes += delta
+        if not queued:
+            self.stalled.pop(st.sid, None)
+        elif delta < 0 or st.sid not in self.stalled:
+            st.since = self.loop.time()
+            self.stalled[st.sid] = st
+
+    def _recount(self) -> None:
+        """Read the queues again after a read: WINDOW_UPDATEs may have let bytes out."""
+        buffered = self.codec.buffered
+        for st in list(self.stalled.values()):
+            self.account(st, buffered(st.sid))
+
+    def _expire_stalled(self, now: float) -> None:
+        """Reset the streams whose queued bytes made no progress for ``send_timeout``."""
+        self._recount()
+        limit = self.send_timeout
+        for st in [st for st in self.stalled.values() if now - st.since >= limit]:
+            self._reset_stalled(st, f"opened no window for {limit:g} s")
+        self.want_flush()
+
+    def _queued_whole(self, st: _Stream, queued: int) -> None:
+        """A response queued at once (no pipe) whose tail waits for window: counted, timed
+        out and shed like a piped one."""
+        self.account(st, queued)
+        if _WORKER.bytes > self.max_worker_queued:
+            self.loop.call_soon(self.shed, st)
+
+    def shed(self, st: _Stream) -> None:
+        """Reset ``st`` if its bytes still wait for window while the worker is over
+        ``max_worker_buffered_bytes`` (called soon after the write that went over)."""
+        if self.stalled.get(st.sid) is st and _WORKER.bytes > self.max_worker_queued and not self.closed:
+            self._reset_stalled(st, f"worker holds over {self.max_worker_queued} bytes for slow readers")
+            self.want_flush()
+
+    def _reset_stalled(self, st: _Stream, why: str) -> None:
+        log.info(
+            "HTTP/2 client %s on %s %s: stream %d reset (CANCEL), %d bytes dropped",
+            self.peer,
+            self.app.name,
+            why,
+            st.sid,
+            st.queued,
+        )
+        self.account(st, 0)
+        self.codec.reset(st.sid, CANCEL)
+        if self.streams.get(st.sid) is st:
+            # Cancelling the upstream body closes its connection (never pooled mid-body).
+            out = st.out
+            st.out = None
+            if out is not None:
+                out.cancel()
+            body = st.body
+            if body is not None:
+                st.body = None
+                body.feed_error(TimeoutError("HTTP/2 stream reset: the client's window stayed closed"))
+            st.inbound = False
+            self.response_done(st)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -370,8 +507,11 @@ class H2Connection(asyncio.Protocol):
             # A stream we reset, answered, or failed the body of: only the window matters.
             if n:
                 self.codec.consumed(sid, n)
-            if end and st is not None:
-                st.inbound = False
+            if end:
+                if st is None:
+                    st = self.stalled.get(sid)  # answered; its tail waits to be sent
+                if st is not None:
+                    st.inbound = False
             return
         body = st.body
         if end:
@@ -419,6 +559,9 @@ class H2Connection(asyncio.Protocol):
         self._open(sid, headers, end)
 
     def _on_reset(self, sid: int, code: int) -> None:
+        tail = self.stalled.get(sid)  # the codec dropped what it queued for the stream
+        if tail is not None:
+            self.account(tail, 0)
         st = self.streams.pop(sid, None)
         if st is not None:
             self._drop(st, ConnectionResetError(f"client reset the stream (error code {code})"))
@@ -500,6 +643,13 @@ class H2Connection(asyncio.Protocol):
             lower.append(b"cookie")
         if authority is None:
             authority = host
+        elif host is not None and host != authority:
+            # RFC 9113 §8.3.1: malformed, a stream error (what the h2 codec does itself; the
+            # native one leaves it to us). Compared as bytes, as h2 does, so both codecs agree.
+            log.info("malformed HTTP/2 request from %s on %s: host differs from :authority", self.peer, self.app.name)
+            self.codec.reset(sid, PROTOCOL_ERROR)
+            self._count_reset()
+            return
         if authority is not None:
             raw.insert(0, (b"host", authority))
             lower.insert(0, b"host")
@@ -557,7 +707,7 @@ class H2Connection(asyncio.Protocol):
             resp = failure_response(req, exc, self.peer, self.app.name)
         st.task = None
         if self.streams.get(st.sid) is not st:
-            # The client reset the stream meanwhile.
+            # The client reset the stream meanwhile (or the send timeout did).
             if isinstance(resp.body, Body):
                 resp.body.cancel()
             return
@@ -566,6 +716,7 @@ class H2Connection(asyncio.Protocol):
         except Exception:
             log.exception("internal error while sending an HTTP/2 response to %s", self.peer)
             self.codec.reset(st.sid, INTERNAL_ERROR)
+            self.account(st, 0)
             self.want_flush()
             self.response_done(st)
 
@@ -616,6 +767,8 @@ class H2Connection(asyncio.Protocol):
                 else:
                     codec.send_data(sid, data, True)
                 st.sent = len(data)
+                if queued := codec.buffered(sid):
+                    self._queued_whole(st, queued)
             else:
                 st.out = body
                 for piece in pending:
@@ -635,6 +788,8 @@ class H2Connection(asyncio.Protocol):
             codec.send_headers(sid, fields, False)
             codec.send_data(sid, body, True)
             st.sent = len(body)
+            if queued := codec.buffered(sid):
+                self._queued_whole(st, queued)
         else:
             fields.append((b"content-length", b"0"))
             codec.send_headers(sid, fields, True)
@@ -658,8 +813,13 @@ class H2Connection(asyncio.Protocol):
             if body is not None:
                 st.body = None
                 body.detach()
-            self.codec.reset(st.sid, NO_ERROR)
-            self.want_flush()
+            if queued := self.codec.buffered(st.sid):
+                # Not before the response is out: a reset drops what the codec still queues.
+                self.account(st, queued)
+                st.inbound = True  # reset on DRAINED (or by the send timeout)
+            else:
+                self.codec.reset(st.sid, NO_ERROR)
+                self.want_flush()
         if not self.streams:
             self._idle_since = self.loop.time()
         cb = self.app.on_complete
@@ -717,7 +877,11 @@ class H2Connection(asyncio.Protocol):
             self._close()
 
     def check_timeouts(self, now: float, keepalive: float, header: float) -> None:
-        if self.streams or self.closed:
+        if self.closed:
+            return
+        if self.stalled:
+            self._expire_stalled(now)
+        if self.streams:
             return
         if now - self._idle_since > keepalive:
             if not self._closing:

@@ -37,15 +37,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+
+import httptools
 
 from .._body import Body
 from ..config import Server as ServerConfig
 from ..errors import (
     ConnectError,
     ConnectTimeout,
+    DeadlineExceeded,
     MonolakeError,
     NetworkError,
     Overloaded,
@@ -70,7 +72,7 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..proto.http2 import PREFACE
-from ..service import Context
+from ..service import Context, Service
 from ._lifecycle import DrainSignal, Sweeper
 from ._relay import Switched, Tunnel
 
@@ -87,6 +89,15 @@ _PAUSE_PIPELINE = 2
 _PAUSE_ERROR = 4
 _PAUSE_SWITCH = 8
 
+_RELEASED_PARSER = httptools.HttpRequestParser(object())
+"""Stands in for a closed connection's parser: its own holds bound methods of the connection, a
+cycle that only a full garbage collection (rare in an idle worker) would free."""
+
+
+def _discard(parts: Iterable[bytes]) -> None:
+    """A closed connection's ``_writelines`` (see ``connection_lost``)."""
+
+
 DRAIN_IDLE = 1.0
 """Seconds a connection must have been idle before a drain closes it without a response."""
 
@@ -100,6 +111,8 @@ def status_for(exc: BaseException) -> int:
         return exc.status_hint
     if isinstance(exc, Overloaded):
         return 503
+    if isinstance(exc, DeadlineExceeded):  # a service's own deadline (503), or a proxy's (504)
+        return exc.status_hint
     if isinstance(exc, ConnectError | ConnectTimeout):
         return 502
     if isinstance(exc, TimeoutError):
@@ -152,7 +165,7 @@ class HttpServerApp:
         self,
         name: str,
         cfg: ServerConfig,
-        service: Any,
+        service: Service[Request, Response],
         *,
         on_complete: OnComplete | None = None,
         on_close: Callable[[], None] | None = None,
@@ -274,8 +287,10 @@ class _ResponseSink:
 
     def abort(self, exc: BaseException) -> None:
         # Headers are out; the only honest signal left is closing the connection.
+        internal = isinstance(exc, MonolakeError) and exc.source is Source.INTERNAL  # a handler's own body
         log.warning(
-            "upstream body failed mid-response: %s %s peer=%s error=%s",
+            "%s body failed mid-response: %s %s peer=%s error=%s",
+            "response" if internal else "upstream",
             self.req.method.decode(),
             self.req.original_target.decode("latin-1"),
             self.req.ctx.peer,
@@ -308,7 +323,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self.reader_init()
         self.transport: Any = None
         self.peer = ""
-        self._queue: deque[Request] = deque()
+        # Pipelined heads waiting (at most max_pipelined): a list, as an idle connection's empty
+        # deque would hold a 64-slot block (~600 bytes) per connection.
+        self._queue: list[Request] = []
         self._current: Request | None = None
         self._task: asyncio.Task[None] | None = None
         self._rbody: Body | None = None
@@ -422,6 +439,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             self._current = None
             self.app.request_done()
         self._queue.clear()
+        # Freed now by refcount, not at the next full collection: the parser holds bound methods
+        # of this connection, and so does _writelines on TLS (self._write_joined).
+        self._parser = _RELEASED_PARSER
+        self._writelines = _discard
 
     def pause_writing(self) -> None:
         sink = self._sink
@@ -621,7 +642,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 self._close()
             return
         if self._queue:
-            nxt = self._queue.popleft()
+            nxt = self._queue.pop(0)
             self._resume(_PAUSE_PIPELINE)
             self._start(nxt)
         elif self._pending_error is not None:

@@ -1,8 +1,23 @@
-"""Service core: Service, Layer, Factory, Stack and the typed per-request Context."""
+"""Service core: Service, Layer, Factory, Stack, the typed per-request Context and its slots."""
 
+from ._context import BUILTIN as BUILTIN
 from ._context import SLOTS as SLOTS
 from ._context import Context as Context
+from ._context import ContextSlot as ContextSlot
+from ._context import UnsetSlotError as UnsetSlotError
 from ._service import Factory as Factory
 from ._service import Layer as Layer
 from ._service import Service as Service
 from ._service import Stack as Stack
+
+__all__ = [
+    "BUILTIN",
+    "SLOTS",
+    "Context",
+    "ContextSlot",
+    "Factory",
+    "Layer",
+    "Service",
+    "Stack",
+    "UnsetSlotError",
+]

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from monolake.errors import ConfigError, MonolakeError, ProtocolError, ReadError
+from monolake.errors import ConfigError, DeadlineExceeded, MonolakeError, ProtocolError, ReadError, Source
 from monolake.errors import TimeoutError as MonolakeTimeout
+from monolake.server import status_for
 from monolake.service.layers import (
     CatchPanic,
     CatchPanicLayer,
@@ -102,6 +103,34 @@ async def test_timeout_deadline_is_per_call() -> None:
     with pytest.raises(MonolakeTimeout):
         await svc(1)
     assert await svc(2) == "fast"
+
+
+async def test_timeout_is_the_services_own_deadline_not_an_upstreams() -> None:
+    svc = TimeoutLayer(0.05).layer(Mock(wait_for(asyncio.Event())))
+    with pytest.raises(DeadlineExceeded) as info:
+        await svc("r")
+    assert info.value.source is Source.INTERNAL
+    assert "timed out" in str(info.value) and "0.05s" in str(info.value)
+    assert status_for(info.value) == 503
+
+
+async def test_gateway_timeout_is_the_upstreams() -> None:
+    svc = TimeoutLayer(0.05, gateway=True).layer(Mock(wait_for(asyncio.Event())))
+    with pytest.raises(DeadlineExceeded) as info:
+        await svc("r")
+    assert info.value.source is Source.UPSTREAM
+    assert status_for(info.value) == 504
+
+
+async def test_a_builtin_timeout_inside_the_service_is_not_the_layers() -> None:
+    async def own(req: Any) -> Any:
+        async with asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+
+    svc = TimeoutLayer(5).layer(Mock(own))
+    with pytest.raises(TimeoutError) as info:  # the builtin, as the inner service raised it
+        await svc("r")
+    assert not isinstance(info.value, DeadlineExceeded)
 
 
 @pytest.mark.parametrize("seconds", [0, -1])

@@ -14,9 +14,11 @@ from collections import deque
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.exceptions
 import hyperframe.frame
 
 from ._codec import (
@@ -25,6 +27,7 @@ from ._codec import (
     GOAWAY,
     HEADERS,
     NO_ERROR,
+    PROTOCOL_ERROR,
     RESET,
     SETTINGS,
     Event,
@@ -37,6 +40,10 @@ _HEADER_EVENTS = (
     h2.events.ResponseReceived,
     h2.events.TrailersReceived,
 )
+
+_MALFORMED = (h2.exceptions.ProtocolError, h2.exceptions.InvalidBodyLengthError)
+"""h2's errors for a malformed message (invalid fields, content-length), not for framing."""
+_STREAM_FRAMES = (hyperframe.frame.HeadersFrame, hyperframe.frame.DataFrame)
 
 
 class _Outbound:
@@ -99,14 +106,36 @@ class H2Codec:
             self._conn.increment_flow_control_window(extra)
 
     def feed(self, data: bytes) -> list[Event]:
-        try:
-            events = self._conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 has queued the GOAWAY already.
-            raise H2ConnectionError(int(exc.error_code), str(exc) or type(exc).__name__) from None
+        conn = self._conn
         out: list[Event] = []
+        # h2's receive_data turns every error into a connection error; RFC 9113 §8.1.1 makes a
+        # malformed request or response a stream error (PROTOCOL_ERROR), as libnghttp2 does.
+        # So frames are handed to h2 one at a time and a malformed stream is reset alone.
+        events: list[h2.events.Event | Event] = []
+        buf = conn.incoming_buffer
+        try:
+            buf.add_data(data)  # checks the client preface
+            buf.max_frame_size = conn.max_inbound_frame_size
+            for frame in buf:
+                try:
+                    events.extend(conn._receive_frame(frame))
+                except h2.exceptions.ProtocolError as exc:
+                    if not self._stream_error(frame, exc):
+                        raise
+                    sid = frame.stream_id
+                    self.reset(sid, PROTOCOL_ERROR)
+                    events.append((RESET, sid, PROTOCOL_ERROR))  # in order with the others
+        except h2.exceptions.ProtocolError as exc:
+            # As h2's receive_data does: queue the GOAWAY, then report.
+            conn._terminate_connection(exc.error_code)
+            raise H2ConnectionError(int(exc.error_code), str(exc) or type(exc).__name__) from None
+        except hyperframe.exceptions.InvalidPaddingError:
+            conn._terminate_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            raise H2ConnectionError(PROTOCOL_ERROR, "frame with invalid padding") from None
         for ev in events:
-            if isinstance(ev, h2.events.DataReceived):
+            if isinstance(ev, tuple):
+                out.append(ev)
+            elif isinstance(ev, h2.events.DataReceived):
                 sid = ev.stream_id
                 data_ = ev.data
                 padding = ev.flow_controlled_length - len(data_)
@@ -131,6 +160,21 @@ class H2Codec:
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 out.append((GOAWAY, ev.last_stream_id or 0, int(ev.error_code or 0)))
         return out
+
+    def _stream_error(self, frame: hyperframe.frame.Frame, exc: h2.exceptions.ProtocolError) -> bool:
+        """Whether ``exc``, raised by ``frame``, is a malformed message on a stream that is
+        still open (a stream error) rather than a connection error. Plain ``ProtocolError``
+        is what h2 raises for invalid fields and bad content-length; its subclasses (frame
+        size, flow control, stream ids, too many streams) stay connection errors."""
+        if type(exc) not in _MALFORMED or not isinstance(frame, _STREAM_FRAMES):
+            return False
+        stream = self._conn.streams.get(frame.stream_id)
+        if stream is None or stream.closed:
+            return False
+        if isinstance(frame, hyperframe.frame.DataFrame):
+            # Counted against the connection window before h2 failed the stream: return it.
+            self._conn.acknowledge_received_data(frame.flow_controlled_length, frame.stream_id)
+        return True
 
     def pending(self) -> bytes:
         return self._conn.data_to_send()

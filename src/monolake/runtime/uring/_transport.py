@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 _MAX_IOV = 1024
 _QUIET_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _QUIET_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED)
+_CLOSED = Protocol()
+"""The protocol of a transport whose connection_lost ran (its own is let go)."""
 
 
 def _feed(proto: BufferedProtocol, data: bytes) -> None:
@@ -468,3 +470,7 @@ class UringSocketTransport(transports.Transport):
             server, self._server = self._server, None
             if server is not None:
                 server._detach()  # type: ignore[attr-defined]
+            # As asyncio's transports do: the protocol usually holds this transport, and a cycle
+            # would keep both (and the connection's buffers) until a full collection.
+            self._protocol = _CLOSED
+            self._data_received = _CLOSED.data_received

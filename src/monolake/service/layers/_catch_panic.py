@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from ...errors import MonolakeError
-from .._service import Layer
+from .._service import Layer, Service
 
 log = logging.getLogger("monolake.panic")
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
-class CatchPanic:
+
+class CatchPanic(Generic[Req, Resp]):
     __slots__ = ("inner", "on_panic")
 
-    def __init__(self, inner: Any, on_panic: Callable[[Any, BaseException], Any]) -> None:
+    def __init__(self, inner: Service[Req, Resp], on_panic: Callable[[Req, BaseException], Resp]) -> None:
         self.inner = inner
         self.on_panic = on_panic
 
-    async def __call__(self, req: Any) -> Any:
+    async def __call__(self, req: Req) -> Resp:
         try:
             return await self.inner(req)
         except MonolakeError:
@@ -35,9 +38,9 @@ class CatchPanic:
             return self.on_panic(req, exc)
 
 
-class CatchPanicLayer(Layer):
-    def __init__(self, on_panic: Callable[[Any, BaseException], Any]) -> None:
+class CatchPanicLayer(Layer[Req, Resp]):
+    def __init__(self, on_panic: Callable[[Req, BaseException], Resp]) -> None:
         self.on_panic = on_panic
 
-    def layer(self, inner: Any) -> CatchPanic:
+    def layer(self, inner: Service[Req, Resp]) -> CatchPanic[Req, Resp]:
         return CatchPanic(inner, self.on_panic)

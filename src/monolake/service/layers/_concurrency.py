@@ -11,25 +11,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 from ...errors import Overloaded
-from .._service import Layer
+from .._service import Layer, Service
 
 log = logging.getLogger("monolake.limit")
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
-class ConcurrencyLimit:
+
+class ConcurrencyLimit(Generic[Req, Resp]):
     __slots__ = ("in_flight", "inner", "limit", "on_shed", "shed")
 
-    def __init__(self, inner: Any, limit: int, on_shed: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, inner: Service[Req, Resp], limit: int, on_shed: Callable[[Req], Resp] | None = None) -> None:
         self.inner = inner
         self.limit = limit
         self.on_shed = on_shed
         self.in_flight = 0
         self.shed = 0
 
-    async def __call__(self, req: Any) -> Any:
+    async def __call__(self, req: Req) -> Resp:
         if self.in_flight >= self.limit:
             self.shed += 1
             on_shed = self.on_shed
@@ -49,12 +52,12 @@ class ConcurrencyLimit:
             self.in_flight -= 1
 
 
-class ConcurrencyLimitLayer(Layer):
-    def __init__(self, limit: int, on_shed: Callable[[Any], Any] | None = None) -> None:
+class ConcurrencyLimitLayer(Layer[Req, Resp]):
+    def __init__(self, limit: int, on_shed: Callable[[Req], Resp] | None = None) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.limit = limit
         self.on_shed = on_shed
 
-    def layer(self, inner: Any) -> ConcurrencyLimit:
+    def layer(self, inner: Service[Req, Resp]) -> ConcurrencyLimit[Req, Resp]:
         return ConcurrencyLimit(inner, self.limit, self.on_shed)

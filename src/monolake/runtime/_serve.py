@@ -1,0 +1,208 @@
+"""``serve(*apps)``: run a user's own services on the multi-process runtime, from Python.
+
+An app names a listener and a ``Factory`` of its service: ``HttpApp`` for a
+``Service[Request, Response]`` (served by the HTTP/1.1 and HTTP/2 drivers, behind
+``HandlerGuard``), ``StreamApp`` for a ``Service[Connection, None]`` (one call per
+TCP, Unix or TLS connection). ``serve`` runs them exactly as ``monolake run`` runs
+the proxy: a supervisor, one pinned worker per core, SO_REUSEPORT listeners, drain
+on SIGTERM, reload on SIGHUP, binary upgrade on SIGUSR2.
+
+Reload keeps state: ``ServeBuilder`` is a ``Reloadable`` builder, so on SIGHUP every
+worker rebuilds each app's chain with ``Stack.build(old)``, which hands the running
+service to ``factory.make(old)``, and the running app object adopts the new chain
+(open keep-alive connections use it from their next request). A plain
+``AppBuilder`` (a function of the config) cannot do that: the runtime has no old
+service to give it, which is why a counter kept by a custom service went back to
+its start on reload while the reload's log said "unchanged".
+
+The runtime still takes its listener and runtime settings as a ``Config`` (the TOML
+schema's structs); ``serve`` builds one in memory (``servers.NAME`` with the app's
+listener and settings, no routes) and reload re-reads that same object. Making the
+runtime take its own small settings object instead is left to the re-layering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import msgspec
+
+from ..config import Config, Log, Runtime, Server, ServerTls, parse_listener
+from ..errors import ConfigError
+from ..proto.http1 import Request, Response
+from ..server._service_app import HttpService, build_http_app
+from ..server._stream_app import Connection, StreamService, build_stream_app
+from ..service import Factory, Layer
+from ._reload import ConfigSource
+
+if TYPE_CHECKING:
+    from ._worker import ServerApp
+
+H = TypeVar("H", bound=HttpService)
+T = TypeVar("T", bound=StreamService)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpApp(Generic[H]):
+    """An HTTP server running ``factory``'s service (HTTP/1.1, and HTTP/2 by h2c or ALPN).
+
+    ``listen``: "host:port" or "unix:/path"; ``layers``: outermost first; ``tls``: the
+    listener's certificates (``monolake.config.ServerTls``); ``settings``: a
+    ``monolake.config.Server`` for limits and timeouts (``request_timeout`` is the
+    handler's deadline: 503 past it; ``max_concurrency`` sheds with 503), its
+    ``listener``, ``proxy_type`` and ``tls`` being replaced by this app's.
+    """
+
+    name: str
+    listen: str
+    factory: Factory[H]
+    layers: Sequence[Layer[Request, Response]] = ()
+    tls: ServerTls | None = None
+    settings: Server | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamApp(Generic[T]):
+    """A raw byte-stream server: ``factory``'s service is called once per connection
+    with a ``Connection``. ``listen``, ``layers``, ``tls`` and ``settings`` as ``HttpApp``'s
+    (of ``settings``, ``backlog`` applies)."""
+
+    name: str
+    listen: str
+    factory: Factory[T]
+    layers: Sequence[Layer[Connection, None]] = ()
+    tls: ServerTls | None = None
+    settings: Server | None = None
+
+
+AnyApp = HttpApp[Any] | StreamApp[Any]
+
+
+def _server_of(app: AnyApp) -> Server:
+    kind: Literal["http", "tcp"] = "http" if isinstance(app, HttpApp) else "tcp"
+    base = app.settings if app.settings is not None else Server(listener=app.listen)
+    return msgspec.structs.replace(base, listener=app.listen, proxy_type=kind, tls=app.tls)
+
+
+def apps_config(
+    apps: Sequence[AnyApp],
+    *,
+    workers: int = 0,
+    loop: str = "uvloop",
+    drain_timeout: float = 10.0,
+    log_level: str = "info",
+    pid_file: str | None = None,
+) -> Config:
+    """The in-memory ``Config`` the runtime serves ``apps`` from. Raises ConfigError."""
+    servers: dict[str, Server] = {}
+    for i, app in enumerate(apps):
+        if not isinstance(app, HttpApp | StreamApp):
+            raise ConfigError(f"apps[{i}]", f"is a {type(app).__name__}, not an HttpApp or StreamApp")
+        if not isinstance(app.factory, Factory):
+            raise ConfigError(f"servers.{app.name}.factory", f"{app.factory!r} is not a monolake.Factory")
+        if app.name in servers:
+            raise ConfigError(f"servers.{app.name}", "two apps have this name")
+        servers[app.name] = _server_of(app)
+    if not servers:
+        raise ConfigError("servers", "serve() needs at least one app")
+    try:
+        runtime = msgspec.convert(
+            {"workers": workers, "loop": loop, "drain_timeout": drain_timeout, "pid_file": pid_file}, Runtime
+        )
+        log = msgspec.convert({"level": log_level}, Log)
+    except msgspec.ValidationError as exc:
+        raise ConfigError("runtime", str(exc)) from None
+    for name, s in servers.items():
+        try:
+            parse_listener(s.listener)
+        except ValueError as exc:
+            raise ConfigError(f"servers.{name}.listener", str(exc)) from None
+    return Config(runtime=runtime, log=log, servers=servers)
+
+
+@dataclass(slots=True)
+class _Rebuilt:
+    """A reload's apps: the running app objects, each adopting its rebuilt chain at commit."""
+
+    apps: Mapping[str, ServerApp]
+    adopt: list[tuple[Any, Any]]
+    changes: dict[str, str] = field(default_factory=dict)
+
+    def commit(self) -> None:
+        for prev, new in self.adopt:
+            prev.adopt(new)
+
+    def abort(self) -> None:
+        pass
+
+
+class ServeBuilder:
+    """The runtime's builder (and ``Reloadable``) for ``serve``'s apps: one app per server
+    of the config, found by name; on reload each is rebuilt with ``make(old)``."""
+
+    def __init__(self, apps: Sequence[AnyApp]) -> None:
+        self.apps = {app.name: app for app in apps}
+
+    def _build(self, name: str, server: Server, old: object) -> ServerApp:
+        spec = self.apps.get(name)
+        if spec is None:
+            raise ConfigError(f"servers.{name}", "no app of this name was given to serve()")
+        try:
+            if isinstance(spec, HttpApp):
+                return build_http_app(name, server, spec.factory, spec.layers, old)
+            return build_stream_app(name, server, spec.factory, spec.layers, old)
+        except ConfigError as exc:
+            raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
+
+    def __call__(self, cfg: Config) -> dict[str, ServerApp]:
+        return {name: self._build(name, server, None) for name, server in cfg.servers.items()}
+
+    def prepare(self, cfg: Config, old: Mapping[str, ServerApp]) -> _Rebuilt:
+        apps: dict[str, ServerApp] = {}
+        adopt: list[tuple[Any, Any]] = []
+        changes: dict[str, str] = {}
+        for name, server in cfg.servers.items():
+            prev = old.get(name)
+            new = self._build(name, server, prev)
+            if prev is not None and type(prev) is type(new):
+                apps[name], changes[name] = prev, "rebuilt"
+                adopt.append((prev, new))
+            else:
+                apps[name], changes[name] = new, "replaced" if prev is not None else "added"
+        return _Rebuilt(apps, adopt, changes)
+
+
+@dataclass(frozen=True, slots=True)
+class _InMemory(ConfigSource):
+    """A reload's "config file" for ``serve``: the same in-memory config again."""
+
+    cfg: Config | None = None
+
+    def load(self) -> Config:
+        assert self.cfg is not None
+        return self.cfg
+
+
+def serve(
+    *apps: AnyApp,
+    workers: int = 0,
+    loop: Literal["uvloop", "asyncio", "io_uring", "auto"] = "uvloop",
+    drain_timeout: float = 10.0,
+    log_level: Literal["debug", "info", "warning", "error"] = "info",
+    pid_file: str | None = None,
+) -> int:
+    """Serve ``apps`` in ``workers`` processes (0: one per core) until SIGTERM or SIGINT.
+
+    Blocks; returns the exit code (0 after a clean stop). SIGHUP rebuilds every app's
+    chain with ``Factory.make(old)`` (state is kept). Raises ConfigError before anything
+    is bound when an app is invalid (the error names ``servers.NAME...``). Call it from
+    the main thread of a process that runs no event loop (it forks).
+    """
+    from ._supervisor import run
+
+    cfg = apps_config(
+        apps, workers=workers, loop=loop, drain_timeout=drain_timeout, log_level=log_level, pid_file=pid_file
+    )
+    return run(cfg, ServeBuilder(apps), source=_InMemory("", None, cfg))
