@@ -10,7 +10,8 @@
 
 Readiness is never guessed with sleeps: a thread reads each child's output line by
 line and tests wait on the line they need, with a generous timeout. Every process
-started here is stopped by its pid at teardown (SIGTERM, then SIGKILL).
+started here is stopped by its pid at teardown (SIGTERM, then SIGKILL; a proxy gets a
+second SIGTERM once its workers drain, which hurries them: see ``Proxy.close``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,32 @@ def render(template: str, **values: Any) -> str:
     return re.sub(r"\{([a-z_][a-z0-9_]*)\}", lambda m: str(values[m[1]]) if m[1] in values else m[0], template)
 
 
+# -- parallel runs ---------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """``python -m pytest`` runs on one process per core when pytest-xdist is installed
+    (``-n auto --dist loadfile``: a file's tests stay together, so its module-scoped proxies
+    start once). The e2e tests mostly wait on timers and child processes, bind port 0 and
+    write under tmp_path only. An explicit ``-n``, ``-s``, ``--pdb`` or a test id (``file::test``)
+    keeps one process, as does a missing xdist (the wheel check's clean venv)."""
+    opt = config.option
+    if (
+        hasattr(config, "workerinput")  # an xdist worker: never spawn more
+        or not config.pluginmanager.hasplugin("xdist")
+        or opt.numprocesses is not None
+        or getattr(opt, "dist", "no") != "no"
+        or opt.usepdb
+        or opt.capture == "no"
+        or opt.collectonly
+        or any("::" in arg for arg in config.args)
+    ):
+        return
+    opt.numprocesses = "auto"
+    opt.dist = "loadfile"
+
+
 # -- output collection -------------------------------------------------------------
 
 
@@ -137,6 +164,23 @@ class LineLog:
         rx = re.compile(pattern)
         with self._cond:
             return sum(1 for line in self.lines[after:] if rx.search(line))
+
+    def wait_count(self, pattern: str, n: int, *, after: int = 0, timeout: float = TIMEOUT) -> bool:
+        """True once ``n`` lines at index >= ``after`` match ``pattern``; False on timeout or EOF."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen, i = 0, after
+        with self._cond:
+            while True:
+                for line in self.lines[i:]:
+                    seen += 1 if rx.search(line) else 0
+                i = len(self.lines)
+                left = deadline - time.monotonic()
+                if seen >= n:
+                    return True
+                if self.eof or left <= 0:
+                    return False
+                self._cond.wait(left)
 
     def join(self, timeout: float = 5.0) -> None:
         self._thread.join(timeout)
@@ -271,8 +315,23 @@ class Proxy:
         return code
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.workers()
+        """Teardown: stop now, not gracefully (a test of the graceful stop calls ``stop``).
+
+        The first SIGTERM starts the drain; once each worker has logged it, a second one
+        hurries them, so an idle keep-alive connection (closed after 1 s of drain) or a
+        request left in flight (``drain_timeout``) does not hold the suite up. Waiting
+        for the lines first matters: two SIGTERMs that reach a worker before it handled
+        the first are one signal to the kernel."""
+        workers = self.workers()
+        if self.proc.poll() is None:
+            mark = self.log.mark()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            # (a worker's line, runtime/_worker.py; EOF when the proxy exits first)
+            self.log.wait_count(r"worker \d+ draining", len(workers), after=mark, timeout=3)
+            with contextlib.suppress(ProcessLookupError):
+                if self.proc.poll() is None:
+                    self.proc.send_signal(signal.SIGTERM)
         _stop_process(self.proc)
         # Workers outlive a killed supervisor only until they see the life pipe close;
         # anything still running our exact command line is ours and goes now.

@@ -5,12 +5,20 @@ Unary, server-streaming, client-streaming and bidi calls, a 10 MB message each w
 statuses and trailing metadata forwarded, and the proxy's own failures as gRPC
 statuses: DEADLINE_EXCEEDED (route timeout; grpc-timeout before and after the
 response head) and UNAVAILABLE (dead upstream). The stubs are generated at test time
-with grpc_tools.protoc. The grpc-timeout tests use a raw ``h2`` client, which keeps
-no deadline of its own, so the status it reads can only come from the proxy.
+with grpc_tools.protoc.
+
+The deadline tests must see the proxy's deadline fire, never a peer's. The proxy
+forwards grpc-timeout rewritten to what is left, so a grpcio origin holds nearly the
+same deadline as the proxy and, on a busy machine, its own "Deadline Exceeded" could
+arrive first. Those tests therefore run against ``DeafOrigin``, which ignores
+grpc-timeout and never finishes a call, and the grpc-timeout tests use a raw ``h2``
+client, which keeps no deadline of its own: the status they read can only come from
+the proxy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import socket
 import sys
@@ -24,6 +32,7 @@ from typing import Any
 import pytest
 
 from conftest import Proxy, ProxyFactory, free_port
+from monolake.core.proto.grpc import parse_timeout
 from monolake.core.proto.http2 import codec_kinds
 
 grpc = pytest.importorskip("grpc", reason="grpcio is not installed (pip install -e .[test])")
@@ -85,10 +94,8 @@ def stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleT
 class Servicer:
     def __init__(self, pb2: ModuleType) -> None:
         self.pb2 = pb2
-        self.cancelled = threading.Event()
 
     def Unary(self, req: Any, ctx: Any) -> Any:
-        ctx.add_callback(self.cancelled.set)
         if req.delay_ms:
             time.sleep(req.delay_ms / 1000)
         if req.fail:
@@ -122,6 +129,76 @@ def grpc_server(stubs: tuple[ModuleType, ModuleType]) -> Iterator[tuple[int, Ser
     server.start()
     yield port, servicer
     server.stop(grace=None)
+
+
+class DeafOrigin:
+    """A gRPC-over-h2c origin that ignores grpc-timeout and never finishes a call.
+
+    Unary calls get no answer at all; ServerStream calls get the response head and one
+    message, then nothing. Only a reset from the proxy (or the connection closing) ends
+    a stream, so whatever status a client reads came from the proxy. Each call's
+    grpc-timeout header is kept in ``timeouts``; ``reset`` is set when the proxy
+    resets a stream. Threads with blocking sockets: no event loop of its own.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.timeouts: list[bytes | None] = []
+        self.reset = threading.Event()
+        self.socks: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.socks.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        import h2.config
+        import h2.connection
+        import h2.events
+
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        with contextlib.suppress(OSError), sock:
+            sock.sendall(conn.data_to_send())
+            while chunk := sock.recv(65536):
+                for ev in conn.receive_data(chunk):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        headers = dict(ev.headers)
+                        self.timeouts.append(headers.get(b"grpc-timeout"))
+                        if headers.get(b":path", b"").endswith(b"/ServerStream"):
+                            conn.send_headers(
+                                ev.stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")]
+                            )
+                            conn.send_data(ev.stream_id, b"\x00\x00\x00\x00\x02\x0a\x00")  # one Msg(data=b"")
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        self.reset.set()
+                sock.sendall(conn.data_to_send())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone does not
+        self.listener.close()
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def deaf_origin() -> Iterator[DeafOrigin]:
+    origin = DeafOrigin()
+    yield origin
+    origin.close()
 
 
 @pytest.fixture(params=codec_kinds())
@@ -226,11 +303,13 @@ def test_ten_megabyte_messages(stub: Any, stubs: tuple[ModuleType, ModuleType]) 
 
 
 def test_route_timeout_is_deadline_exceeded(
-    proxy: ProxyFactory, grpc_server: tuple[int, Servicer], stubs: tuple[ModuleType, ModuleType], codec: str
+    proxy: ProxyFactory, deaf_origin: DeafOrigin, stubs: tuple[ModuleType, ModuleType], codec: str
 ) -> None:
-    p = proxy(CONFIG, port=grpc_server[0], route_timeout=0.3, env={"MONOLAKE_H2_CODEC": codec})
+    # The origin never answers and the client's deadline is 100 times the route's:
+    # only the route timeout can end the call.
+    p = proxy(CONFIG, port=deaf_origin.port, route_timeout=0.3, env={"MONOLAKE_H2_CODEC": codec})
     with grpc.insecure_channel(p.address) as channel, pytest.raises(grpc.RpcError) as info:
-        stubs[1].EchoStub(channel).Unary(stubs[0].Msg(data=b"x", delay_ms=3000), timeout=30)
+        stubs[1].EchoStub(channel).Unary(stubs[0].Msg(data=b"x"), timeout=30)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert info.value.details() == "monolake: upstream deadline exceeded"
 
@@ -297,27 +376,36 @@ def raw_call(address: str, path: str, message: bytes, timeout_header: bytes) -> 
     return headers, data, trailers
 
 
+@pytest.fixture
+def deaf_proxy(proxy: ProxyFactory, deaf_origin: DeafOrigin, codec: str) -> Proxy:
+    deaf_origin.reset.clear()
+    deaf_origin.timeouts.clear()
+    return proxy(CONFIG, port=deaf_origin.port, route_timeout=30, env={"MONOLAKE_H2_CODEC": codec})
+
+
 def test_grpc_timeout_before_the_response_is_deadline_exceeded(
-    grpc_proxy: Proxy, grpc_server: tuple[int, Servicer], stubs: tuple[ModuleType, ModuleType]
+    deaf_proxy: Proxy, deaf_origin: DeafOrigin, stubs: tuple[ModuleType, ModuleType]
 ) -> None:
-    servicer = grpc_server[1]
-    servicer.cancelled.clear()
-    msg = stubs[0].Msg(data=b"x", delay_ms=3000).SerializeToString()
-    started = time.monotonic()
-    headers, data, trailers = raw_call(grpc_proxy.address, "/monolake.test.Echo/Unary", msg, b"300m")
-    assert time.monotonic() - started < 2.5  # the proxy's deadline, not the origin's answer
+    msg = stubs[0].Msg(data=b"x").SerializeToString()
+    headers, data, trailers = raw_call(deaf_proxy.address, "/monolake.test.Echo/Unary", msg, b"300m")
     assert dict(headers)[b":status"] == b"200"
     assert trailers[b"grpc-status"] == b"4"
     assert trailers[b"grpc-message"] == b"monolake: upstream deadline exceeded"
     assert data == []
-    assert servicer.cancelled.wait(10)  # the upstream stream was reset, so grpcio cancelled the call
+    assert deaf_origin.reset.wait(10)  # the proxy reset the upstream stream
+    # The origin was told what was left of the client's 300 ms, not more.
+    (forwarded,) = deaf_origin.timeouts
+    seconds = parse_timeout(forwarded or b"")
+    assert seconds is not None and 0 < seconds <= 0.3
 
 
 def test_grpc_timeout_mid_stream_ends_with_deadline_exceeded(
-    grpc_proxy: Proxy, stubs: tuple[ModuleType, ModuleType]
+    deaf_proxy: Proxy, deaf_origin: DeafOrigin, stubs: tuple[ModuleType, ModuleType]
 ) -> None:
-    msg = stubs[0].Msg(data=b"s", count=3, delay_ms=3000).SerializeToString()
-    headers, data, trailers = raw_call(grpc_proxy.address, "/monolake.test.Echo/ServerStream", msg, b"500m")
+    msg = stubs[0].Msg(data=b"s", count=3).SerializeToString()
+    headers, data, trailers = raw_call(deaf_proxy.address, "/monolake.test.Echo/ServerStream", msg, b"500m")
     assert dict(headers)[b":status"] == b"200"
-    assert len(data) >= 1  # the first reply came before the deadline
+    assert b"".join(data) == b"\x00\x00\x00\x00\x02\x0a\x00"  # the one reply the origin sent
     assert trailers[b"grpc-status"] == b"4"
+    assert trailers[b"grpc-message"] == b"monolake: upstream deadline exceeded"
+    assert deaf_origin.reset.wait(10)

