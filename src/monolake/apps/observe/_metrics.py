@@ -91,6 +91,33 @@ def reap_dead(path: str) -> None:
             pass
 
 
+def worker_families(path: str) -> list[Any]:
+    """The metric families merged from every worker's files in ``path`` (dead workers' reaped first).
+
+    A scrape can meet a worker that is starting (its file created, still empty) or one whose
+    files ``reap_dead`` or the supervisor is removing: empty files are skipped, and a file that
+    vanishes under the merge makes it list the directory again (prometheus-client's own
+    collector raised on both, and the scrape was a 500).
+    """
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    reap_dead(path)
+    for _ in range(3):
+        files = []
+        for name in sorted(os.listdir(path)) if os.path.isdir(path) else ():
+            if not name.endswith(".db"):
+                continue
+            full = os.path.join(path, name)
+            with contextlib.suppress(OSError):
+                if os.path.getsize(full) >= 8:  # the used-bytes header is written
+                    files.append(full)
+        try:
+            return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+        except FileNotFoundError:
+            continue
+    return []
+
+
 class _Families:
     """The metric families, made once per process on first use."""
 

@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 
 from ...apps.config import Config
-from ...apps.observe._metrics import LATENCY_BUCKETS, reap_dead
+from ...apps.observe._metrics import LATENCY_BUCKETS, worker_families
 from ...core.address import parse_endpoint, parse_listener
 from ...core.errors import ConfigError
 from ...core.runtime._logging import logger as log
@@ -101,6 +101,16 @@ def _page() -> bytes:
     return resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
 
+class _Snapshot:
+    """A collector that yields families already merged (``worker_families``)."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
 class AdminState:
     """What the handlers read: the supervisor (or anything shaped like it) and the metrics directory.
 
@@ -136,21 +146,14 @@ class AdminState:
     def families(self) -> list[Any]:
         if self.metrics_dir is None:
             return []
-        from prometheus_client import multiprocess
-
-        reap_dead(self.metrics_dir)
-        collector = multiprocess.MultiProcessCollector(None, self.metrics_dir)  # type: ignore[no-untyped-call]
-        return list(collector.collect())  # type: ignore[no-untyped-call]
+        return worker_families(self.metrics_dir)
 
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         registry = CollectorRegistry()
         if self.metrics_dir is not None:
-            from prometheus_client import multiprocess
-
-            reap_dead(self.metrics_dir)
-            multiprocess.MultiProcessCollector(registry, self.metrics_dir)  # type: ignore[no-untyped-call]
+            registry.register(_Snapshot(self.families()))
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def upstreams(self, fams: Iterable[Any] | None = None) -> dict[str, Any]:
