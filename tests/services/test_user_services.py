@@ -7,6 +7,8 @@ reads the port from the ready line, as ``conftest.Proxy`` does for ``monolake ru
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -14,7 +16,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,29 +170,31 @@ def test_reload_keeps_state_from_toml(proxy: ProxyFactory, tmp_path: Path, loop_
 
 
 def check_echo(address: str | Path, *, tls: ssl.SSLContext | None = None) -> None:
+    asyncio.run(asyncio.wait_for(_echo(address, tls), TIMEOUT))
+
+
+async def _echo(address: str | Path, tls: ssl.SSLContext | None) -> None:
+    # One thread, reading and writing at once: an SSLSocket must not be read in one thread while
+    # another writes it (OpenSSL's connection object is not thread-safe; it read "closed early").
+    name = "localhost" if tls is not None else None
     if isinstance(address, Path):
-        raw = socket.socket(socket.AF_UNIX)
-        raw.settimeout(TIMEOUT)
-        raw.connect(str(address))
+        reader, writer = await asyncio.open_unix_connection(str(address), ssl=tls, server_hostname=name)
     else:
         host, port = address.rsplit(":", 1)
-        raw = socket.create_connection((host, int(port)), timeout=TIMEOUT)
-    sock = tls.wrap_socket(raw, server_hostname="localhost") if tls is not None else raw
-    with sock:
-        f = sock.makefile("rb")
-        greeting = f.readline()
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=tls, server_hostname=name)
+    try:
+        greeting = await reader.readline()
         assert greeting.startswith(b"hello ") and b"connection 1\n" in greeting
         payload = os.urandom(3_000_000)  # more than the socket buffers: the service's drain() waits
-        writer = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
-        writer.start()
-        got = bytearray()
-        while len(got) < len(payload):
-            chunk = f.read1(1 << 20)
-            assert chunk, "closed early"
-            got += chunk
-        writer.join(TIMEOUT)
-        f.close()
-        assert bytes(got) == payload
+        writer.write(payload)
+        sender = asyncio.ensure_future(writer.drain())
+        got = await reader.readexactly(len(payload))  # IncompleteReadError if it closed early
+        await sender
+        assert got == payload
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 def test_tcp_service_from_python(served: list[Served], loop_kind: str) -> None:
