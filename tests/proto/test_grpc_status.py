@@ -110,3 +110,13 @@ def test_a_deadline_that_passed_before_sending_is_deadline_exceeded() -> None:
     with pytest.raises(ReadTimeout) as info:
         with_remaining_timeout([(b"grpc-timeout", b"1m")], deadline=5.0, now=5.0)
     assert status_of(info.value)[0] == 4
+
+
+def test_a_deadline_read_back_at_once_is_the_clients_own_timeout() -> None:
+    # start + 0.3 - start is 0.30000000000001 in floats: rounding that up sent the upstream 300001u, more
+    # than the client's own 300000u (seen in CI through a grpcio origin that checks it).
+    start = 1.0
+    deadline = start + 0.3
+    assert deadline - start > 0.3
+    out = with_remaining_timeout([(b"grpc-timeout", b"300000u")], deadline=deadline, now=start)
+    assert out == [(b"grpc-timeout", b"300000u")]

@@ -74,9 +74,11 @@ def deadline_of(headers: Headers, now: float) -> float | None:
 
 def encode_timeout(seconds: float) -> bytes:
     """A ``grpc-timeout`` value for ``seconds`` (> 0), in the finest unit that fits 8 digits,
-    rounded up so the upstream never sees less time than is left."""
+    rounded up so the upstream never sees less time than is left. Float noise below a millionth
+    of the unit is not rounded up: a deadline of ``now + 0.3`` read back at the same ``now`` is
+    0.30000000000001, which must go out as the client's own 300000u, not 300001u."""
     for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
-        n = math.ceil(seconds * scale)
+        n = math.ceil(round(seconds * scale, 6))
         if n <= 99_999_999:
             return b"%d%s" % (max(n, 1), unit)
     return b"99999999H"
