@@ -33,7 +33,13 @@ TRIMMED = re.compile(r"worker 0: heap trimmed, (\d+) KiB given back to the syste
 CONNS = 800
 
 
-def test_idle_connections_closed_then_heap_trimmed(proxy: ProxyFactory, origin: Origin) -> None:
+def test_idle_connections_closed_then_heap_trimmed(proxy: ProxyFactory, origin: Origin, loop_kind: str) -> None:
+    if loop_kind == "asyncio":
+        pytest.skip(
+            "the stdlib loop (the oracle) keeps each closed transport in a reference cycle through its own "
+            "methods, so its connections are freed by the next full collection, not at close: the trim follows "
+            "the collector's timing (this failed once in CI with no trim in 20 s)"
+        )
     p = proxy(CONFIG, origin=origin.url)
     host, port = p.address.rsplit(":", 1)
     request = b"GET /echo HTTP/1.1\r\nHost: test.local\r\n\r\n"
