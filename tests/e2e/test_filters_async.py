@@ -87,6 +87,8 @@ def test_async_auth_filter_calls_the_auth_service(web: Proxy, origin: Origin) ->
         r = c.get(url + "/echo/secret")
         assert r.status_code == 401
         # The refused requests asked the auth service (twice) but never reached the origin's /echo.
+        # The origin's log reaches the test through a pipe and a reader thread: wait for the lines.
+        assert origin.log.wait_count(r"REQ GET /auth ", 2, after=mark)
         assert origin.log.count(r"REQ GET /auth ", after=mark) == 2
         assert origin.log.count(r"REQ GET /echo/secret", after=mark) == 0
         assert c.get(url + "/echo", headers={"Authorization": "Bearer ok-bob"}).status_code == 200

@@ -364,4 +364,5 @@ def test_retries_and_outlier_ejection_over_h2(proxy: ProxyFactory, h2c_origin: H
     p.log.wait_line(rf"retrying GET /hello: cluster=h2 endpoint=127.0.0.1:{dead}: connect failure")
     p.log.wait_line(rf"endpoint ejected: cluster=h2 endpoint=127.0.0.1:{dead} .* 2 consecutive connect failures")
     # Ejected: the later requests went straight to the live endpoint.
+    assert p.log.wait_count(rf"retrying GET /hello: cluster=h2 endpoint=127.0.0.1:{dead}", 2)
     assert p.log.count(rf"retrying GET /hello: cluster=h2 endpoint=127.0.0.1:{dead}") == 2

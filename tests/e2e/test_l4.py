@@ -511,6 +511,7 @@ def test_many_concurrent_connections(l4: Proxy, server: str) -> None:
 
     asyncio.run(main())
     if server == "splice" and l4.loop != "io_uring":
+        assert l4.log.wait_count(r"l4 spliced: server=splice ", 200, after=mark)
         assert l4.log.count(r"l4 spliced: server=splice ", after=mark) == 200
     else:
         assert l4.log.count(r"l4 spliced: server=splice ", after=mark) == 0
