@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import importlib.util
 import json
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import load_h2_origin
 from monolake.apps.config import Endpoint
 from monolake.core._body import Body
 from monolake.core.client._h2 import H2Pool, request_headers
@@ -23,13 +22,7 @@ from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTi
 from monolake.core.proto.http1 import Headers, Response
 from monolake.core.proto.http2 import codec_kinds
 
-_spec = importlib.util.spec_from_file_location(
-    "h2_origin", Path(__file__).resolve().parents[1] / "e2e" / "h2_origin.py"
-)
-assert _spec is not None and _spec.loader is not None
-h2_origin = importlib.util.module_from_spec(_spec)
-sys.modules["h2_origin"] = h2_origin
-_spec.loader.exec_module(h2_origin)
+h2_origin = load_h2_origin()
 
 
 @pytest.fixture(params=codec_kinds())
