@@ -25,6 +25,7 @@ from ...core.service import Layer, Stack
 from ...core.service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ...core.tls import ServerTlsContexts
 from ..config import Config
+from ..edge._shared import set_workers as set_edge_workers
 from ..observe import AccessLog, compile_format
 from ..observe._metrics import chain_completion, metrics_enabled, request_recorder, worker_metrics
 from ._filters import Background, Phases, load_filters, load_layers
@@ -125,6 +126,7 @@ def build_apps(
         clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
         shared = Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg))
     pool, clusters, access_log = shared.pool, shared.clusters, shared.access_log
+    set_edge_workers(cfg.runtime.workers)  # before filters are built: edge limits are divided by it
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():

@@ -1,0 +1,59 @@
+"""What the edge filters share: the worker count (a limit is divided across workers), plain
+answers, and a log line that repeats at most once per interval."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from ...core.proto.http1 import Headers, Response
+from ...core.service import ContextSlot
+
+_workers = 0
+
+
+def set_workers(n: int) -> None:
+    """Called by the app builder with ``runtime.workers`` (0: one per core) before filters are built."""
+    global _workers
+    _workers = n
+
+
+def workers() -> int:
+    """How many workers share a per-worker limit (at least 1)."""
+    return max(1, _workers or os.cpu_count() or 1)
+
+
+def answer(status: int, text: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
+    headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+    if extra:
+        headers.extend(extra)
+    return Response(status, Headers(headers), text)
+
+
+class Throttled:
+    """A warning logged at most once per ``interval`` seconds, saying how many were held back."""
+
+    __slots__ = ("held", "interval", "last", "logger")
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.last = -interval
+        self.held = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.held += 1
+            return
+        held, self.held, self.last = self.held, 0, now
+        if held:
+            self.logger.warning(msg + " (%d more since the last line)", *args, held)
+        else:
+            self.logger.warning(msg, *args)
+
+
+CLAIMS: ContextSlot[dict[str, Any]] = ContextSlot("jwt_claims", dict, "the verified JWT's claims")
+"""The claims of the request's verified JWT: set by ``Jwt``, read by ``RateLimit(key="claim:NAME")``."""

@@ -1,0 +1,330 @@
+"""Rate limits: token buckets per key, per worker or shared by a fleet through Redis.
+
+``RateLimit(requests=100, period=1)`` lets each key make ``requests`` per ``period``
+seconds, with bursts up to ``burst`` (default ``requests``). The key is the client IP
+(``key = "ip"``), a request header (``"header:X-Api-Key"``; a request without it is
+keyed by its IP), a JWT claim set by a ``Jwt`` filter listed before this one
+(``"claim:sub"``; none: the IP), or ``"route"``: one bucket for everything the filter
+sees (the whole server, or the route it is on).
+
+Local limits (no ``redis``) live in each worker: the configured rate and burst are
+divided by ``runtime.workers`` (the kernel spreads connections across workers, so
+each sees about its share). The bucket state is two floats per key in a dict, the
+clock is the request's own ``ctx.start``: a plain ``request_filter`` with no syscall and
+no await. Idle keys (their bucket full again) are swept when the table reaches
+``max_keys``; if every key is busy the table is cleared (a burst of new keys forgets
+old debts rather than growing memory without bound).
+
+Global limits (``redis = "redis://host:6379/0"``) keep one bucket per key in Redis,
+updated by one Lua script (atomic, Redis's clock), so every monolake instance and
+worker using that Redis shares it. The filter is then ``async``. When Redis does not
+answer within ``redis_timeout``, ``fail = "open"`` lets the request through and
+``"closed"`` answers 503; either way a warning is logged, at most once per 10 s.
+
+A refused request gets 429 with ``Retry-After`` and the IETF draft's
+``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` and
+``RateLimit-Policy`` headers.
+
+``ConnectionLimit`` is the ``proxy_type = "tcp"`` filter: new connections per second
+and concurrent connections per client IP (per worker: both divided by the workers,
+at least 1 each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any
+
+from ...core.proto.http1 import Request, Response
+from ...core.service import Context, ContextSlot
+from ..proxy._filters import HttpFilter, TcpFilter
+from ._shared import CLAIMS, Throttled, answer, workers
+
+log = logging.getLogger("monolake.edge.ratelimit")
+
+_IP, _HEADER, _CLAIM, _ROUTE = range(4)
+_ROUTE_KEY = "*"
+
+
+def _parse_key(key: str) -> tuple[int, str]:
+    if key == "ip":
+        return _IP, ""
+    if key == "route":
+        return _ROUTE, ""
+    kind, sep, name = key.partition(":")
+    if sep and name and kind == "header":
+        return _HEADER, name.lower()
+    if sep and name and kind == "claim":
+        return _CLAIM, name
+    raise ValueError(f'key must be "ip", "route", "header:NAME" or "claim:NAME", got {key!r}')
+
+
+def _positive(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+class RateLimit(HttpFilter):
+    """A token bucket per key; see the module docstring. With ``redis``, a ``RedisRateLimit``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> RateLimit:
+        if cls is RateLimit and kwargs.get("redis"):
+            return super().__new__(RedisRateLimit)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        requests: float,
+        period: float = 1.0,
+        burst: float | None = None,
+        key: str = "ip",
+        redis: str | None = None,
+        fail: str = "open",
+        redis_timeout: float = 0.1,
+        prefix: str = "monolake:ratelimit:",
+        max_keys: int = 100_000,
+        workers: int | None = None,
+    ) -> None:
+        self.requests = _positive("requests", requests)
+        self.period = _positive("period", period)
+        self.burst_total = self.requests if burst is None else _positive("burst", burst)
+        if self.burst_total < 1:
+            raise ValueError(f"burst must be >= 1, got {burst!r}")
+        self.kind, self.name = _parse_key(key)
+        self.key_text = key
+        if not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys must be an integer >= 1, got {max_keys!r}")
+        self.max_keys = max_keys
+        n = _workers_of(workers) if redis is None else 1
+        self.rate = self.requests / self.period / n
+        """Tokens per second, this worker's share."""
+        self.burst = max(1.0, self.burst_total / n)
+        self.buckets: dict[Any, list[float]] = {}
+        limit = str(int(self.requests) if self.requests.is_integer() else self.requests)
+        window = str(int(self.period) if self.period.is_integer() else self.period)
+        self._limit = limit.encode()
+        self._policy = f"{limit};w={window}".encode()
+
+    def key_of(self, req: Request, ctx: Context) -> Any:
+        kind = self.kind
+        if kind == _IP:
+            return ctx.peer
+        if kind == _ROUTE:
+            return _ROUTE_KEY
+        if kind == _HEADER:
+            value = req.headers.get(self.name)
+            return ctx.peer if value is None else value
+        claims = CLAIMS.get(ctx, None)
+        value = None if claims is None else claims.get(self.name)
+        return ctx.peer if value is None else f"claim:{value}"
+
+    def refuse(self, wait: float) -> Response:
+        secs = str(max(1, math.ceil(wait))).encode()
+        return answer(
+            429,
+            b"too many requests\n",
+            [
+                (b"Retry-After", secs),
+                (b"RateLimit-Limit", self._limit),
+                (b"RateLimit-Remaining", b"0"),
+                (b"RateLimit-Reset", secs),
+                (b"RateLimit-Policy", self._policy),
+            ],
+        )
+
+    def request_filter(self, req: Request, ctx: Context) -> Response | None:
+        key = self.key_of(req, ctx)
+        now = ctx.start
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.max_keys:
+                self.sweep(now)
+            self.buckets[key] = [self.burst - 1.0, now]
+            return None
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return None
+        bucket[0] = tokens
+        return self.refuse((1.0 - tokens) / self.rate)
+
+    def sweep(self, now: float) -> None:
+        """Forget the keys whose bucket is full again; all of them if none is."""
+        rate, burst = self.rate, self.burst
+        idle = [k for k, (t, s) in self.buckets.items() if t + (now - s) * rate >= burst]
+        if not idle:
+            self.buckets.clear()
+            return
+        for k in idle:
+            del self.buckets[k]
+
+
+def _workers_of(n: int | None) -> int:
+    if n is None:
+        return workers()
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {n!r}")
+    return n
+
+
+LUA_TOKEN_BUCKET = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 't', 's')
+local tokens = tonumber(v[1])
+local stamp = tonumber(v[2])
+if tokens == nil or stamp == nil then
+  tokens = burst
+  stamp = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(wait)}
+"""
+"""One token bucket in a Redis hash (t: tokens, s: stamp), taken atomically with Redis's clock;
+the key expires once the bucket would be full again. Returns {allowed, seconds to wait}."""
+
+
+class RedisRateLimit(RateLimit):
+    """A fleet-wide token bucket per key in Redis (``RateLimit(redis=...)``); async."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        url = kwargs["redis"]
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, got {url!r}")
+        fail = kwargs.get("fail", "open")
+        if fail not in ("open", "closed"):
+            raise ValueError(f'fail must be "open" or "closed", got {fail!r}')
+        try:
+            import redis.asyncio  # noqa: F401  (checked at build time, so a missing extra is a config error)
+        except ImportError:
+            raise ValueError("a redis rate limit needs the redis package: pip install 'monolake[edge]'") from None
+        self.url = url
+        self.fail_open = fail == "open"
+        self.timeout = _positive("redis_timeout", kwargs.get("redis_timeout", 0.1))
+        self.prefix = str(kwargs.get("prefix", "monolake:ratelimit:"))
+        self.args = (repr(self.rate), repr(self.burst))
+        self._client: Any = None
+        self._script: Any = None
+        self._down = Throttled(log)
+
+    def _connect(self) -> Any:
+        # Made on first use, in the worker's loop (a client binds its connections to the loop).
+        import redis.asyncio as aioredis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._client = aioredis.Redis.from_url(
+            self.url,
+            socket_timeout=self.timeout,
+            socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script = self._client.register_script(LUA_TOKEN_BUCKET)
+        return self._script
+
+    async def request_filter(self, req: Request, ctx: Context) -> Response | None:  # type: ignore[override]
+        key = self.key_of(req, ctx)
+        script = self._script or self._connect()
+        try:
+            async with asyncio.timeout(self.timeout):
+                allowed, wait = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args)
+        except Exception as exc:  # redis errors, OSError, TimeoutError: the store is down
+            self._down.warning(
+                "rate limit store %s unavailable (%s: %s): failing %s",
+                self.url,
+                type(exc).__name__,
+                exc,
+                "open" if self.fail_open else "closed",
+            )
+            if self.fail_open:
+                return None
+            return answer(503, b"rate limit store unavailable\n", [(b"Retry-After", b"1")])
+        if allowed:
+            return None
+        return self.refuse(float(wait))
+
+
+_HELD: ContextSlot[str] = ContextSlot("edge_connection_limit", str, "the client IP a ConnectionLimit counted")
+
+
+class ConnectionLimit(TcpFilter):
+    """New connections per second (``rate``, bursts of ``burst``) and ``concurrent`` connections
+    per client IP, for a tcp server; this worker's share of each (divided by the workers)."""
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        burst: float | None = None,
+        concurrent: int | None = None,
+        max_keys: int = 100_000,
+        workers: int | None = None,
+    ) -> None:
+        if rate is None and concurrent is None:
+            raise ValueError("set rate (connections per second) or concurrent (connections at once), or both")
+        n = _workers_of(workers)
+        self.buckets: RateLimit | None = None
+        if rate is not None:
+            self.buckets = RateLimit(
+                requests=_positive("rate", rate),
+                burst=burst if burst is not None else rate,
+                max_keys=max_keys,
+                workers=n,
+            )
+        self.concurrent = 0
+        if concurrent is not None:
+            if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
+                raise ValueError(f"concurrent must be an integer >= 1, got {concurrent!r}")
+            self.concurrent = max(1, concurrent // n)
+        self.open: dict[str, int] = {}
+
+    def on_connect(self, peer: str, ctx: Context) -> bool:
+        if self.concurrent and self.open.get(peer, 0) >= self.concurrent:
+            return False
+        if self.buckets is not None:
+            b = self.buckets
+            now = ctx.start
+            bucket = b.buckets.get(peer)
+            if bucket is None:
+                if len(b.buckets) >= b.max_keys:
+                    b.sweep(now)
+                b.buckets[peer] = [b.burst - 1.0, now]
+            else:
+                tokens = min(b.burst, bucket[0] + (now - bucket[1]) * b.rate)
+                bucket[1] = now
+                if tokens < 1.0:
+                    bucket[0] = tokens
+                    return False
+                bucket[0] = tokens - 1.0
+        if self.concurrent:
+            self.open[peer] = self.open.get(peer, 0) + 1
+            _HELD.set(ctx, peer)
+        return True
+
+    def on_close(self, ctx: Context, stats: Any) -> None:
+        peer = _HELD.get(ctx, None)
+        if peer is None:
+            return
+        n = self.open.get(peer, 0) - 1
+        if n > 0:
+            self.open[peer] = n
+        else:
+            self.open.pop(peer, None)

@@ -1,0 +1,116 @@
+"""Local token buckets (RateLimit, ConnectionLimit) driven by hand: the clock is ``ctx.start``."""
+
+from __future__ import annotations
+
+import pytest
+
+from monolake.apps.config import FilterSpec
+from monolake.apps.edge._shared import CLAIMS
+from monolake.apps.edge.ratelimit import ConnectionLimit, RateLimit, RedisRateLimit
+from monolake.apps.proxy._filters import load_filters
+from monolake.core.errors import ConfigError
+from monolake.core.proto.http1 import Headers, Request
+from monolake.core.service import Context
+
+
+def _req(headers: list[tuple[bytes, bytes]] | None = None) -> Request:
+    return Request(b"GET", b"/", Headers(headers or []))
+
+
+def _ctx(t: float, peer: str = "10.0.0.1") -> Context:
+    return Context(peer, "web", t)
+
+
+def test_bucket_allows_the_burst_then_429_with_the_ratelimit_headers() -> None:
+    rl = RateLimit(requests=2, period=1, workers=1)
+    assert rl.request_filter(_req(), _ctx(100.0)) is None
+    assert rl.request_filter(_req(), _ctx(100.0)) is None
+    r = rl.request_filter(_req(), _ctx(100.0))
+    assert r is not None and r.status == 429
+    h = r.headers
+    assert (h.get("retry-after"), h.get("ratelimit-limit"), h.get("ratelimit-remaining")) == (b"1", b"2", b"0")
+    assert (h.get("ratelimit-reset"), h.get("ratelimit-policy")) == (b"1", b"2;w=1")
+    # Half a second later one token came back (2/s); another client was never limited.
+    assert rl.request_filter(_req(), _ctx(100.5)) is None
+    assert rl.request_filter(_req(), _ctx(100.5)) is not None
+    assert rl.request_filter(_req(), _ctx(100.5, peer="10.0.0.2")) is None
+
+
+def test_the_limit_is_divided_across_workers() -> None:
+    rl = RateLimit(requests=10, period=60, workers=2)  # 5 per worker per minute
+    allowed = sum(rl.request_filter(_req(), _ctx(0.0)) is None for _ in range(10))
+    assert allowed == 5
+    r = rl.request_filter(_req(), _ctx(0.0))
+    assert r is not None and r.headers.get("retry-after") == b"12"  # one token per 12 s here
+    assert r.headers.get("ratelimit-policy") == b"10;w=60"
+
+
+def test_header_key_falls_back_to_the_ip() -> None:
+    rl = RateLimit(requests=1, key="header:X-Api-Key", workers=1)
+    assert rl.request_filter(_req([(b"X-Api-Key", b"a")]), _ctx(0.0)) is None
+    assert rl.request_filter(_req([(b"X-Api-Key", b"a")]), _ctx(0.0)) is not None
+    assert rl.request_filter(_req([(b"X-Api-Key", b"b")]), _ctx(0.0)) is None
+    assert rl.request_filter(_req(), _ctx(0.0)) is None  # keyed by 10.0.0.1
+    assert rl.request_filter(_req(), _ctx(0.0)) is not None
+
+
+def test_claim_and_route_keys() -> None:
+    rl = RateLimit(requests=1, key="claim:sub", workers=1)
+    for sub, ok in (("alice", True), ("alice", False), ("bob", True)):
+        ctx = _ctx(0.0)
+        CLAIMS.set(ctx, {"sub": sub})
+        assert (rl.request_filter(_req(), ctx) is None) is ok
+    route = RateLimit(requests=1, key="route", workers=1)
+    assert route.request_filter(_req(), _ctx(0.0, "1.1.1.1")) is None
+    assert route.request_filter(_req(), _ctx(0.0, "2.2.2.2")) is not None
+
+
+def test_the_key_table_is_bounded() -> None:
+    rl = RateLimit(requests=1, period=1, max_keys=3, workers=1)
+    for i in range(3):
+        rl.request_filter(_req(), _ctx(0.0, f"10.0.0.{i}"))
+    rl.request_filter(_req(), _ctx(0.5, "10.0.1.1"))  # none idle yet: cleared
+    assert len(rl.buckets) == 1
+    for i in range(2):
+        rl.request_filter(_req(), _ctx(0.6, f"10.0.2.{i}"))
+    rl.request_filter(_req(), _ctx(1.55, "10.0.3.1"))  # 10.0.1.1's bucket is full again: swept
+    assert "10.0.1.1" not in rl.buckets and len(rl.buckets) == 3
+
+
+def test_redis_variant_is_async_and_chosen_by_the_redis_key() -> None:
+    rl = RateLimit(requests=5, redis="redis://127.0.0.1:1/0", fail="closed")
+    assert isinstance(rl, RedisRateLimit)
+    assert rl.burst == 5 and rl.rate == 5  # global: not divided
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        ({"requests": 0}, "requests must be a number > 0"),
+        ({"requests": 1, "key": "cookie:x"}, 'key must be "ip", "route"'),
+        ({"requests": 1, "redis": "http://x", "fail": "open"}, "redis must be a redis://"),
+        ({"requests": 1, "redis": "redis://x", "fail": "maybe"}, 'fail must be "open" or "closed"'),
+        ({"requests": 1, "burst": 0.5}, "burst must be >= 1"),
+    ],
+)
+def test_bad_arguments_are_config_errors_naming_the_filter(args: dict[str, object], reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_filters([FilterSpec(use="monolake.apps.edge.ratelimit:RateLimit", args=args)], "servers.web.filters")
+    assert "servers.web.filters[0]" in str(info.value) and reason in str(info.value)
+
+
+def test_connection_limit_counts_concurrent_connections_and_their_rate() -> None:
+    cl = ConnectionLimit(concurrent=2, rate=3, workers=1)
+    ctxs = [_ctx(0.0) for _ in range(3)]
+    assert [cl.on_connect("10.0.0.1", c) for c in ctxs] == [True, True, False]
+    assert cl.on_connect("10.0.0.2", _ctx(0.0)) is True
+    cl.on_close(ctxs[0], None)
+    cl.on_close(ctxs[2], None)  # refused: never counted, nothing to give back
+    assert cl.open["10.0.0.1"] == 1
+    assert cl.on_connect("10.0.0.1", _ctx(0.0)) is True  # the 3rd new connection this second
+    c = _ctx(0.0)
+    cl.on_close(ctxs[1], None)
+    assert cl.on_connect("10.0.0.1", c) is False  # a free slot, but no token left
+    assert cl.on_connect("10.0.0.1", _ctx(1.0)) is True
+    with pytest.raises(ValueError, match="set rate"):
+        ConnectionLimit()
