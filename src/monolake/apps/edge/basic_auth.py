@@ -1,0 +1,177 @@
+"""HTTP Basic authentication (RFC 7617) against an htpasswd file: bcrypt and {SHA} entries.
+
+The file is Apache's format, one ``user:hash`` a line (``#`` comments and blank lines
+skipped): ``$2y$``/``$2b$``/``$2a$`` bcrypt hashes (``htpasswd -B``) or ``{SHA}`` base64
+SHA-1 (``htpasswd -s``; weak, for old files). Any other hash (MD5 ``$apr1$``, crypt) is
+a config error naming the line. The file is read when the filter is built (so a
+config reload rereads it) and again whenever it changed: its identity (inode, size,
+mtime) is looked at most once per ``check_interval`` seconds, from the request's own
+clock; a file that no longer parses keeps the users already loaded and logs an error.
+
+bcrypt is slow on purpose (a few ms at cost 10, blocking the worker that long), so
+answers are cached per ``Authorization`` value, bounded by ``cache_size`` and emptied
+when the file changes: a client sending the same credentials pays one bcrypt, then a
+dict lookup. A wrong password costs one bcrypt per distinct attempt.
+
+A passing request has its ``Authorization`` header removed (``strip_credentials``) and
+the user name put in ``user_header`` when one is given (any copy the client sent is
+removed first). A failing one gets 401 with ``WWW-Authenticate: Basic realm="..."``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+from typing import Any
+
+from ...core.proto.http1 import Request, Response
+from ...core.service import Context
+from ..proxy._filters import HttpFilter
+from ._shared import answer
+
+log = logging.getLogger("monolake.edge.basic_auth")
+
+_BCRYPT = (b"$2y$", b"$2b$", b"$2a$")
+
+
+def parse_htpasswd(data: bytes, path: str) -> dict[bytes, bytes]:
+    """User -> hash. Raises ValueError naming ``path:line`` for what it cannot check."""
+    users: dict[bytes, bytes] = {}
+    for n, raw in enumerate(data.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        user, sep, hashed = line.partition(b":")
+        if not sep or not user or not hashed:
+            raise ValueError(f"{path}:{n}: not a user:hash line")
+        if hashed.startswith(_BCRYPT):
+            try:
+                import bcrypt  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    f"{path}:{n}: bcrypt hashes need the bcrypt package: pip install 'monolake[edge]'"
+                ) from None
+        elif hashed.startswith(b"{SHA}"):
+            try:
+                if len(base64.b64decode(hashed[5:], validate=True)) != 20:
+                    raise ValueError
+            except (ValueError, binascii.Error):
+                raise ValueError(f"{path}:{n}: {{SHA}} hash is not base64 of 20 bytes") from None
+        else:
+            kind = hashed.split(b"$")[1].decode("latin-1", "replace") if hashed.startswith(b"$") else "plain/crypt"
+            raise ValueError(
+                f"{path}:{n}: user {user.decode('latin-1')!r}: hash type {kind!r} not supported (bcrypt or {{SHA}})"
+            )
+        users[user] = hashed
+    return users
+
+
+def check_password(password: bytes, hashed: bytes) -> bool:
+    if hashed.startswith(b"{SHA}"):
+        digest = base64.b64encode(hashlib.sha1(password).digest())
+        return hmac.compare_digest(digest, hashed[5:])
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(password, hashed))
+    except ValueError:
+        return False
+
+
+def _stat(path: str) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class BasicAuth(HttpFilter):
+    """Checks ``Authorization: Basic`` credentials against the htpasswd ``file``."""
+
+    def __init__(
+        self,
+        file: str,
+        realm: str = "monolake",
+        user_header: str | None = None,
+        strip_credentials: bool = True,
+        check_interval: float = 1.0,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.path = file
+        try:
+            self.ident = _stat(file)
+            with open(file, "rb") as f:
+                self.users = parse_htpasswd(f.read(), file)
+        except OSError as exc:
+            raise ValueError(f"cannot read {file}: {exc.strerror}") from None
+        if not isinstance(check_interval, (int, float)) or check_interval < 0:
+            raise ValueError(
+                f"check_interval must be a number of seconds >= 0 (0: at reloads only), got {check_interval!r}"
+            )
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
+        if any(c in realm for c in '"\\\r\n'):
+            raise ValueError(f"realm must not contain quotes, backslashes or line breaks, got {realm!r}")
+        self.interval = float(check_interval)
+        self.checked = float("-inf")
+        self.cache_size = cache_size
+        self.cache: dict[bytes, bytes | None] = {}
+        """Authorization value -> user (None: refused)."""
+        self.user_header = user_header.encode("latin-1") if user_header else None
+        self.strip = strip_credentials
+        self.challenge = [(b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())]
+
+    def reload_if_changed(self) -> None:
+        try:
+            ident = _stat(self.path)
+            if ident == self.ident:
+                return
+            with open(self.path, "rb") as f:
+                users = parse_htpasswd(f.read(), self.path)
+        except (OSError, ValueError) as exc:
+            log.error("basic auth: keeping %d users, cannot reload %s: %s", len(self.users), self.path, exc)
+            return
+        self.ident, self.users = ident, users
+        self.cache.clear()
+        log.info("basic auth: %s reloaded, %d users", self.path, len(users))
+
+    def user_of(self, value: bytes) -> bytes | None:
+        scheme, _, encoded = value.partition(b" ")
+        if scheme.lower() != b"basic":
+            return None
+        try:
+            user, sep, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+        except (ValueError, binascii.Error):
+            return None
+        hashed = self.users.get(user) if sep else None
+        return user if hashed is not None and check_password(password, hashed) else None
+
+    def request_filter(self, req: Request, ctx: Context) -> Response | None:
+        if self.interval and ctx.start - self.checked >= self.interval:
+            self.checked = ctx.start
+            self.reload_if_changed()
+        headers = req.headers
+        value = headers.get(b"authorization")
+        if value is None:
+            return answer(401, b"credentials required\n", self.challenge)
+        cache = self.cache
+        if value in cache:
+            user = cache[value]
+        else:
+            user = self.user_of(value)
+            if self.cache_size:
+                if len(cache) >= self.cache_size:
+                    cache.clear()
+                cache[value] = user
+        if user is None:
+            return answer(401, b"unauthorized\n", self.challenge)
+        if self.strip:
+            headers.remove(b"authorization")
+        if self.user_header is not None:
+            headers.set(self.user_header, user)
+        return None
+
+    def statistics(self) -> dict[str, Any]:
+        return {"users": len(self.users), "cached": len(self.cache)}
