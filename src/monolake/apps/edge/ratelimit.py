@@ -252,7 +252,7 @@ class RedisRateLimit(RateLimit):
                 "rate limit store %s unavailable (%s: %s): failing %s",
                 self.url,
                 type(exc).__name__,
-                exc,
+                str(exc) or "timed out",
                 "open" if self.fail_open else "closed",
             )
             if self.fail_open:
