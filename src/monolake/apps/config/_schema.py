@@ -12,7 +12,7 @@ live in ``_load.py`` and report the same key paths.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -231,12 +231,19 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     connect: bool | Connect = False
     """Tunnel CONNECT requests matched here (true, or a table of settings); off: they are answered 405.
     CONNECT requests match routes as path "/" with the target's host. A route with it needs no upstream."""
+    filters: list[str | FilterSpec] = []
+    """Filters for requests matched to this route (http servers): "module:Class", a built-in's name
+    ("cors", see docs/edge.md) or a {use, args} table. Each phase runs them after the server's filters
+    of that phase; their request_filter runs after routing."""
+    layers: list[str | FilterSpec] = []
+    """Layers around this route's upstream call (http servers), outermost first, inside the server's."""
 
 
 class FilterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     use: str
-    """"module:Class" importable from the worker."""
-    args: dict[str, str | int | float | bool | list[str]] = {}
+    """"module:Class" importable from the worker, or a built-in's name ("cors", see docs/edge.md)."""
+    args: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = {}
+    """Keyword arguments of the class; a built-in's settings."""
 
 
 class Forwarded(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
