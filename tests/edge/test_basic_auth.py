@@ -97,10 +97,8 @@ def test_bad_files_are_config_errors(tmp_path: Path, text: str | None, reason: s
     if text is not None:
         path.write_text(text)
     with pytest.raises(ConfigError) as info:
-        load_filters(
-            [FilterSpec(use="monolake.apps.edge.basic_auth:BasicAuth", args={"file": str(path)})], "servers.a.filters"
-        )
-    assert "servers.a.filters[0]" in str(info.value) and reason in str(info.value)
+        load_filters([FilterSpec(use="basic_auth", args={"file": str(path)})], "servers.a.filters")
+    assert str(info.value).startswith("servers.a.filters[0].args.file: ") and reason in str(info.value)
 
 
 @pytest.fixture(scope="module")

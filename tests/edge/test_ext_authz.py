@@ -140,16 +140,16 @@ def test_no_answer_in_time_fails_closed_or_open(setup: tuple[AuthService, Proxy]
 
 
 @pytest.mark.parametrize(
-    ("args", "reason"),
+    ("args", "where", "reason"),
     [
-        ({"url": "tcp://x"}, "url must be http(s)://host:port[/path_prefix]"),
-        ({"url": "http://x/", "fail": "maybe"}, 'fail must be "open" or "closed"'),
-        ({"url": "http://x/", "status_on_error": 200}, "status_on_error must be a 4xx or 5xx"),
-        ({"url": "http://x/", "allowed_headers": ["X Y"]}, "'X Y' is not a header name"),
-        ({"url": "http://x/", "timeout": 0}, "timeout must be a number of seconds > 0"),
+        ({"url": "tcp://x"}, "args.url", "must be http(s)://host:port[/path_prefix]"),
+        ({"url": "http://x/", "fail": "maybe"}, "args.fail", "Invalid enum value 'maybe'"),
+        ({"url": "http://x/", "status_on_error": 200}, "args.status_on_error", "must be a 4xx or 5xx"),
+        ({"url": "http://x/", "allowed_headers": ["A", "X Y"]}, "args.allowed_headers[1]", "not a header name"),
+        ({"url": "http://x/", "timeout": 0}, "args.timeout", "must be a number of seconds > 0"),
     ],
 )
-def test_bad_arguments_are_config_errors(args: dict[str, Any], reason: str) -> None:
+def test_bad_settings_are_config_errors_at_their_key_path(args: dict[str, Any], where: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_filters([FilterSpec(use="monolake.apps.edge.ext_authz:ExtAuthz", args=args)], "servers.api.filters")
-    assert "servers.api.filters[0]" in str(info.value) and reason in str(info.value)
+        load_filters([FilterSpec(use="ext_authz", args=args)], "servers.api.filters")
+    assert str(info.value).startswith(f"servers.api.filters[0].{where}: ") and reason in str(info.value)

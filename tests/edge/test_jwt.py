@@ -52,7 +52,7 @@ def flt(key_files: list[str]) -> Jwt:
         audiences=["api", "admin"],
         required_claims=["exp", "sub"],
         leeway=5,
-        claims_to_headers=["sub=X-User", "scope=X-Scopes"],
+        claims_to_headers={"sub": "X-User", "scope": "X-Scopes"},
     )
 
 
@@ -139,20 +139,25 @@ def test_jwks_url_makes_the_async_variant() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "reason"),
+    ("args", "where", "reason"),
     [
-        ({}, "give keys (files) or jwks_url"),
-        ({"keys": ["/nonexistent/jwks.json"]}, "cannot read /nonexistent/jwks.json"),
-        ({"jwks_url": "ftp://x/"}, "jwks_url must be an http(s):// URL"),
-        ({"jwks_url": "http://x/", "algorithms": ["HS256"]}, "algorithms ['HS256'] not supported"),
-        ({"jwks_url": "http://x/", "claims_to_headers": ["sub"]}, "claim=Header-Name"),
-        ({"jwks_url": "http://x/", "refresh": 0}, "refresh must be a number of seconds > 0"),
+        ({}, "args.keys", "give keys (files) or jwks_url"),
+        ({"keys": ["/nonexistent/jwks.json"]}, "args.keys[0]", "cannot read /nonexistent/jwks.json"),
+        ({"jwks_url": "ftp://x/"}, "args.jwks_url", "must be an http(s):// URL"),
+        ({"jwks_url": "http://x/", "algorithms": ["ES256", "HS256"]}, "args.algorithms[1]", "'HS256' not supported"),
+        (
+            {"jwks_url": "http://x/", "claims_to_headers": {"sub": "X User"}},
+            "args.claims_to_headers.sub",
+            "not a header",
+        ),
+        ({"jwks_url": "http://x/", "refresh": 0}, "args.refresh", "must be a number of seconds > 0"),
+        ({"jwks_url": "http://x/", "leeway": "5s"}, "args.leeway", "Expected `int`, got `str`"),
     ],
 )
-def test_bad_arguments_are_config_errors(args: dict[str, Any], reason: str) -> None:
+def test_bad_settings_are_config_errors_at_their_key_path(args: dict[str, Any], where: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_filters([FilterSpec(use="monolake.apps.edge.jwt:Jwt", args=args)], "servers.api.filters")
-    assert "servers.api.filters[0]" in str(info.value) and reason in str(info.value)
+        load_filters([FilterSpec(use="jwt", args=args)], "servers.api.filters")
+    assert str(info.value).startswith(f"servers.api.filters[0].{where}: ") and reason in str(info.value)
 
 
 def test_private_keys_are_refused(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from monolake.apps.config import FilterSpec
@@ -84,19 +86,28 @@ def test_redis_variant_is_async_and_chosen_by_the_redis_key() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "reason"),
+    ("args", "where", "reason"),
     [
-        ({"requests": 0}, "requests must be a number > 0"),
-        ({"requests": 1, "key": "cookie:x"}, 'key must be "ip", "route"'),
-        ({"requests": 1, "redis": "http://x", "fail": "open"}, "redis must be a redis://"),
-        ({"requests": 1, "redis": "redis://x", "fail": "maybe"}, 'fail must be "open" or "closed"'),
-        ({"requests": 1, "burst": 0.5}, "burst must be >= 1"),
+        ({"requests": 0}, "args.requests", "must be a number > 0"),
+        ({"requests": 1, "key": "cookie:x"}, "args.key", 'must be "ip", "route", "header:NAME" or "claim:NAME"'),
+        ({"requests": 1, "redis": "http://x"}, "args.redis", "must be a redis://"),
+        ({"requests": 1, "redis": "redis://x", "fail": "maybe"}, "args.fail", "Invalid enum value 'maybe'"),
+        ({"requests": 1, "burst": 0.5}, "args.burst", "must be >= 1"),
+        ({"period": 1}, "args", "missing required field `requests`"),
+        ({"requests": 1, "per": 1}, "args", "unknown field `per`"),
     ],
 )
-def test_bad_arguments_are_config_errors_naming_the_filter(args: dict[str, object], reason: str) -> None:
+def test_bad_settings_are_config_errors_at_their_key_path(args: dict[str, Any], where: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_filters([FilterSpec(use="monolake.apps.edge.ratelimit:RateLimit", args=args)], "servers.web.filters")
-    assert "servers.web.filters[0]" in str(info.value) and reason in str(info.value)
+        load_filters([FilterSpec(use="rate_limit", args=args)], "servers.web.filters")
+    assert str(info.value).startswith(f"servers.web.filters[0].{where}: ") and reason in str(info.value)
+
+
+def test_connection_limit_is_for_tcp_servers() -> None:
+    with pytest.raises(ConfigError, match=r"servers\.web\.filters\[0\]: built-in 'connection_limit' is for tcp"):
+        load_filters([FilterSpec(use="connection_limit", args={"concurrent": 1})], "servers.web.filters")
+    (f,) = load_filters([FilterSpec(use="connection_limit", args={"concurrent": 1})], "servers.t.filters", kind="tcp")
+    assert isinstance(f, ConnectionLimit)
 
 
 def test_connection_limit_counts_concurrent_connections_and_their_rate() -> None:
@@ -112,5 +123,5 @@ def test_connection_limit_counts_concurrent_connections_and_their_rate() -> None
     cl.on_close(ctxs[1], None)
     assert cl.on_connect("10.0.0.1", c) is False  # a free slot, but no token left
     assert cl.on_connect("10.0.0.1", _ctx(1.0)) is True
-    with pytest.raises(ValueError, match="set rate"):
+    with pytest.raises(ValueError, match="rate: set rate"):
         ConnectionLimit()

@@ -12,6 +12,11 @@ from ...core.errors import ConfigError
 
 BUILTINS: dict[str, str] = {
     "request_id": "monolake.apps.edge.request_id:RequestId",
+    "rate_limit": "monolake.apps.edge.ratelimit:RateLimit",
+    "connection_limit": "monolake.apps.edge.ratelimit:ConnectionLimit",
+    "jwt": "monolake.apps.edge.jwt:Jwt",
+    "basic_auth": "monolake.apps.edge.basic_auth:BasicAuth",
+    "ext_authz": "monolake.apps.edge.ext_authz:ExtAuthz",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 

@@ -6,12 +6,30 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from ...core.proto.http1 import Headers, Response
 from ...core.service import ContextSlot
+from ._base import ArgError as ArgError
+
+S = TypeVar("S")
 
 _workers = 0
+
+
+def settings_of(kind: type[S], args: S | None, kwargs: dict[str, Any]) -> S:
+    """The filter's settings: ``args`` as the built-in scheme passes them, or keyword
+    arguments (a ``"module:Class"`` entry's ``args`` table) converted to ``kind``."""
+    if args is not None:
+        if kwargs:
+            raise TypeError("give the settings object or keyword arguments, not both")
+        return args
+    try:
+        return msgspec.convert(kwargs, kind, str_keys=True)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def set_workers(n: int) -> None:

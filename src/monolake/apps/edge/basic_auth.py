@@ -28,10 +28,12 @@ import logging
 import os
 from typing import Any
 
+import msgspec
+
 from ...core.proto.http1 import Request, Response
 from ...core.service import Context
 from ..proxy._filters import HttpFilter
-from ._shared import answer
+from ._shared import ArgError, answer, settings_of
 
 log = logging.getLogger("monolake.edge.basic_auth")
 
@@ -87,41 +89,55 @@ def _stat(path: str) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+class BasicAuthArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Settings of ``basic_auth`` (``BasicAuth``)."""
+
+    file: str
+    """The htpasswd file (bcrypt or {SHA} entries); relative to the working directory."""
+    realm: str = "monolake"
+    """The ``realm`` of the 401's ``WWW-Authenticate``."""
+    user_header: str | None = None
+    """A request header to put the user name in (the client's copies are removed)."""
+    strip_credentials: bool = True
+    """Remove ``Authorization`` from a request that passed."""
+    check_interval: float = 1.0
+    """Seconds between looks at whether the file changed (0: only when the config is reloaded)."""
+    cache_size: int = 10_000
+    """Answers remembered per Authorization value (bcrypt is slow)."""
+
+
 class BasicAuth(HttpFilter):
     """Checks ``Authorization: Basic`` credentials against the htpasswd ``file``."""
 
-    def __init__(
-        self,
-        file: str,
-        realm: str = "monolake",
-        user_header: str | None = None,
-        strip_credentials: bool = True,
-        check_interval: float = 1.0,
-        cache_size: int = 10_000,
-    ) -> None:
-        self.path = file
+    Args = BasicAuthArgs
+
+    def __init__(self, args: BasicAuthArgs | None = None, /, **kwargs: Any) -> None:
+        a = settings_of(BasicAuthArgs, args, kwargs)
+        self.path = a.file
         try:
-            self.ident = _stat(file)
-            with open(file, "rb") as f:
-                self.users = parse_htpasswd(f.read(), file)
+            self.ident = _stat(a.file)
+            with open(a.file, "rb") as f:
+                self.users = parse_htpasswd(f.read(), a.file)
         except OSError as exc:
-            raise ValueError(f"cannot read {file}: {exc.strerror}") from None
-        if not isinstance(check_interval, (int, float)) or check_interval < 0:
-            raise ValueError(
-                f"check_interval must be a number of seconds >= 0 (0: at reloads only), got {check_interval!r}"
-            )
-        if not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
-        if any(c in realm for c in '"\\\r\n'):
-            raise ValueError(f"realm must not contain quotes, backslashes or line breaks, got {realm!r}")
-        self.interval = float(check_interval)
+            raise ArgError("file", f"cannot read {a.file}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ArgError("file", str(exc)) from None
+        if a.check_interval < 0:
+            raise ArgError("check_interval", f"must be >= 0 seconds (0: reloads only), got {a.check_interval!r}")
+        if a.cache_size < 0:
+            raise ArgError("cache_size", f"must be >= 0, got {a.cache_size!r}")
+        if any(c in a.realm for c in '"\\\r\n'):
+            raise ArgError("realm", f"must not contain quotes, backslashes or line breaks, got {a.realm!r}")
+        if a.user_header is not None and (not a.user_header or any(c in a.user_header for c in " :\r\n")):
+            raise ArgError("user_header", f"not a header name: {a.user_header!r}")
+        self.interval = float(a.check_interval)
         self.checked = float("-inf")
-        self.cache_size = cache_size
+        self.cache_size = a.cache_size
         self.cache: dict[bytes, bytes | None] = {}
         """Authorization value -> user (None: refused)."""
-        self.user_header = user_header.encode("latin-1") if user_header else None
-        self.strip = strip_credentials
-        self.challenge = [(b"WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'.encode())]
+        self.user_header = a.user_header.encode("latin-1") if a.user_header else None
+        self.strip = a.strip_credentials
+        self.challenge = [(b"WWW-Authenticate", f'Basic realm="{a.realm}", charset="UTF-8"'.encode())]
 
     def reload_if_changed(self) -> None:
         try:

@@ -23,15 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
+
+import msgspec
 
 from ...core.address import parse_endpoint
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context
 from ..proxy._filters import HttpFilter
-from ._shared import Throttled, answer
+from ._shared import ArgError, Throttled, answer, settings_of
 
 log = logging.getLogger("monolake.edge.ext_authz")
 
@@ -39,48 +40,59 @@ MAX_DENY_BODY = 64 * 1024
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"upgrade"})
 
 
-def _names(name: str, value: Any) -> tuple[bytes, ...]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"{name} must be a list of header names, got {value!r}")
-    bad = [v for v in value if any(c in v for c in " :\r\n")]
-    if bad:
-        raise ValueError(f"{name}: {bad[0]!r} is not a header name")
-    return tuple(v.lower().encode("latin-1") for v in value)
+def _names(key: str, values: list[str]) -> tuple[bytes, ...]:
+    for i, v in enumerate(values):
+        if not v or any(c in v for c in " :\r\n"):
+            raise ArgError(f"{key}[{i}]", f"not a header name: {v!r}")
+    return tuple(v.lower().encode("latin-1") for v in values)
+
+
+class ExtAuthzArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Settings of ``ext_authz`` (``ExtAuthz``)."""
+
+    url: str
+    """The auth service: http(s)://host:port[/path_prefix] (the prefix goes before each request's path)."""
+    timeout: float = 0.5
+    """Seconds the whole call may take."""
+    fail: Literal["open", "closed"] = "closed"
+    """No answer in time (or an error): "closed" answers ``status_on_error``, "open" lets the request through."""
+    status_on_error: int = 403
+    """The status for a failed call when failing closed."""
+    allowed_headers: list[str] = msgspec.field(default_factory=lambda: ["Authorization", "Cookie"])
+    """Request headers sent to the auth service."""
+    allowed_upstream_headers: list[str] = []
+    """Headers of a 2xx answer copied onto the request (replacing the client's)."""
+    allowed_client_headers: list[str] | None = None
+    """Headers of a denial passed to the client; default: all but the framing ones."""
 
 
 class ExtAuthz(HttpFilter):
     """Asks the auth service at ``url`` about every request; see the module docstring."""
 
-    def __init__(
-        self,
-        url: str,
-        timeout: float = 0.5,
-        fail: str = "closed",
-        status_on_error: int = 403,
-        allowed_headers: Sequence[str] = ("Authorization", "Cookie"),
-        allowed_upstream_headers: Sequence[str] = (),
-        allowed_client_headers: Sequence[str] | None = None,
-    ) -> None:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ValueError(f"url must be http(s)://host:port[/path_prefix], got {url!r}")
-        self.url = url
-        self.endpoint = parse_endpoint(f"{parts.scheme}://{parts.netloc}")
+    Args = ExtAuthzArgs
+
+    def __init__(self, args: ExtAuthzArgs | None = None, /, **kwargs: Any) -> None:
+        a = settings_of(ExtAuthzArgs, args, kwargs)
+        parts = urlsplit(a.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ArgError("url", f"must be http(s)://host:port[/path_prefix], got {a.url!r}")
+        self.url = a.url
+        try:
+            self.endpoint = parse_endpoint(f"{parts.scheme}://{parts.netloc}")
+        except ValueError as exc:
+            raise ArgError("url", str(exc)) from None
         self.prefix = parts.path.rstrip("/").encode()
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        self.timeout = float(timeout)
-        if fail not in ("open", "closed"):
-            raise ValueError(f'fail must be "open" or "closed", got {fail!r}')
-        self.fail_open = fail == "open"
-        if not isinstance(status_on_error, int) or not 400 <= status_on_error <= 599:
-            raise ValueError(f"status_on_error must be a 4xx or 5xx status, got {status_on_error!r}")
-        self.status_on_error = status_on_error
-        self.allowed = _names("allowed_headers", list(allowed_headers))
-        self.upstream_headers = _names("allowed_upstream_headers", list(allowed_upstream_headers))
-        self.client_headers = (
-            None if allowed_client_headers is None else _names("allowed_client_headers", list(allowed_client_headers))
-        )
+        if not a.timeout > 0:
+            raise ArgError("timeout", f"must be a number of seconds > 0, got {a.timeout!r}")
+        self.timeout = float(a.timeout)
+        self.fail_open = a.fail == "open"
+        if not 400 <= a.status_on_error <= 599:
+            raise ArgError("status_on_error", f"must be a 4xx or 5xx status, got {a.status_on_error!r}")
+        self.status_on_error = a.status_on_error
+        self.allowed = _names("allowed_headers", a.allowed_headers)
+        self.upstream_headers = _names("allowed_upstream_headers", a.allowed_upstream_headers)
+        keep = a.allowed_client_headers
+        self.client_headers = None if keep is None else _names("allowed_client_headers", keep)
         self._client: Any = None
         self._down = Throttled(log)
 

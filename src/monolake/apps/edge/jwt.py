@@ -16,7 +16,7 @@ key's). Then the claims: ``exp`` and ``nbf`` with ``leeway`` seconds, ``iss`` on
 OpenSSL), so a verified token is cached, bounded by ``cache_size``, until its ``exp``:
 the same token again costs a dict lookup and the time checks.
 
-A passing request gets ``claims_to_headers`` (``"sub=X-User"``: claim ``sub`` as header
+A passing request gets ``claims_to_headers`` (``{ sub = "X-User" }``: claim ``sub`` as header
 ``X-User``; the client's own copies of these headers are always removed first) and its
 claims in the ``CLAIMS`` context slot (``RateLimit(key="claim:sub")`` reads it). A
 failing one is answered 401 with ``WWW-Authenticate: Bearer realm=..., error="invalid_token",
@@ -32,16 +32,17 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from ...core.address import parse_endpoint
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context
 from ..proxy._filters import HttpFilter
-from ._shared import CLAIMS, Throttled, answer
+from ._shared import CLAIMS, ArgError, Throttled, answer, settings_of
 
 log = logging.getLogger("monolake.edge.jwt")
 
@@ -49,14 +50,6 @@ ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS
 """Asymmetric algorithms only: a shared secret does not belong in a proxy's config."""
 
 MAX_JWKS_BYTES = 1 << 20
-
-
-def _strings(name: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"{name} must be a list of non-empty strings, got {value!r}")
-    return tuple(value)
 
 
 def _import_jwks(data: bytes | str, where: str) -> dict[str | None, Any]:
@@ -96,67 +89,101 @@ class _Invalid(Exception):
     """The token is refused; the message goes in ``error_description``."""
 
 
+class JwtArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Settings of ``jwt`` (``Jwt``)."""
+
+    keys: list[str] = []
+    """Files of public keys: a JWKS, one JWK or a PEM public key each (read when the server is built)."""
+    jwks_url: str | None = None
+    """An http(s) URL serving the key set (fetched on first use, refreshed, refetched for an unknown kid)."""
+    issuers: list[str] = []
+    """Accepted ``iss`` values; empty: any."""
+    audiences: list[str] = []
+    """Accepted ``aud`` values (the token's must hold one); empty: any."""
+    required_claims: list[str] = msgspec.field(default_factory=lambda: ["exp"])
+    """Claims a token must have."""
+    leeway: int = 0
+    """Seconds of clock skew allowed on ``exp`` and ``nbf``."""
+    algorithms: list[str] = msgspec.field(default_factory=lambda: ["ES256", "RS256"])
+    """Accepted ``alg`` values (asymmetric only)."""
+    claims_to_headers: dict[str, str] = {}
+    """Claim -> request header sent upstream (``{ sub = "X-User" }``); the client's copies are removed."""
+    header: str = "Authorization"
+    """Where the token is: ``Authorization`` (as ``Bearer TOKEN``) or another header (the raw token)."""
+    realm: str = "monolake"
+    """The ``realm`` of the 401's ``WWW-Authenticate``."""
+    cache_size: int = 10_000
+    """Verified tokens remembered until they expire (0: verify every time)."""
+    refresh: float = 300.0
+    """Seconds between background refreshes of the JWKS."""
+    refetch_min: float = 10.0
+    """Seconds at least between fetches caused by unknown key ids."""
+    fetch_timeout: float = 5.0
+    """Seconds a JWKS fetch may take."""
+
+
+def _names(key: str, values: list[str]) -> tuple[str, ...]:
+    for i, v in enumerate(values):
+        if not v:
+            raise ArgError(f"{key}[{i}]", "must not be empty")
+    return tuple(values)
+
+
 class Jwt(HttpFilter):
     """Validates a bearer JWT with keys from files; with ``jwks_url``, a ``JwksJwt``."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Jwt:
-        if cls is Jwt and kwargs.get("jwks_url"):
+    Args = JwtArgs
+
+    def __new__(cls, args: JwtArgs | None = None, /, **kwargs: Any) -> Jwt:
+        url = args.jwks_url if args is not None else kwargs.get("jwks_url")
+        if cls is Jwt and url:
             return super().__new__(JwksJwt)
         return super().__new__(cls)
 
-    def __init__(
-        self,
-        keys: Sequence[str] = (),
-        jwks_url: str | None = None,
-        issuers: Sequence[str] = (),
-        audiences: Sequence[str] = (),
-        required_claims: Sequence[str] = ("exp",),
-        leeway: int = 0,
-        algorithms: Sequence[str] = ("ES256", "RS256"),
-        claims_to_headers: Sequence[str] = (),
-        header: str = "Authorization",
-        realm: str = "monolake",
-        cache_size: int = 10_000,
-        refresh: float = 300.0,
-        refetch_min: float = 10.0,
-        fetch_timeout: float = 5.0,
-    ) -> None:
+    def __init__(self, args: JwtArgs | None = None, /, **kwargs: Any) -> None:
+        a = self.args = settings_of(JwtArgs, args, kwargs)
         try:
             from joserfc import jwt as _jwt  # noqa: F401
         except ImportError:
-            raise ValueError("the Jwt filter needs joserfc: pip install 'monolake[edge]'") from None
-        self.algorithms = _strings("algorithms", algorithms)
-        bad = [a for a in self.algorithms if a not in ALGORITHMS]
-        if bad:
-            raise ValueError(f"algorithms {bad} not supported; use some of {', '.join(ALGORITHMS)}")
-        self.issuers = _strings("issuers", issuers) if issuers else ()
-        self.audiences = _strings("audiences", audiences) if audiences else ()
-        self.required = _strings("required_claims", required_claims) if required_claims else ()
-        if not isinstance(leeway, int) or isinstance(leeway, bool) or leeway < 0:
-            raise ValueError(f"leeway must be an integer number of seconds >= 0, got {leeway!r}")
-        self.leeway = leeway
+            raise ArgError("keys", "the jwt filter needs joserfc: pip install 'monolake[edge]'") from None
+        self.algorithms = _names("algorithms", a.algorithms)
+        for i, alg in enumerate(self.algorithms):
+            if alg not in ALGORITHMS:
+                raise ArgError(f"algorithms[{i}]", f"{alg!r} not supported; use some of {', '.join(ALGORITHMS)}")
+        self.issuers = _names("issuers", a.issuers)
+        self.audiences = _names("audiences", a.audiences)
+        self.required = _names("required_claims", a.required_claims)
+        if a.leeway < 0:
+            raise ArgError("leeway", f"must be >= 0 seconds, got {a.leeway!r}")
+        self.leeway = a.leeway
         self.to_headers: list[tuple[str, bytes]] = []
-        for item in _strings("claims_to_headers", claims_to_headers) if claims_to_headers else ():
-            claim, sep, name = item.partition("=")
-            if not sep or not claim or not name or any(c in name for c in " :\r\n"):
-                raise ValueError(f'claims_to_headers entries are "claim=Header-Name", got {item!r}')
+        for claim, name in a.claims_to_headers.items():
+            if not claim or not name or any(c in name for c in " :\r\n"):
+                raise ArgError(f"claims_to_headers.{claim}", f"not a header name: {name!r}")
             self.to_headers.append((claim, name.encode("latin-1")))
-        self.header = header.lower().encode("latin-1")
+        if not a.header or any(c in a.header for c in " :\r\n"):
+            raise ArgError("header", f"not a header name: {a.header!r}")
+        self.header = a.header.lower().encode("latin-1")
         self.bearer = self.header == b"authorization"
-        if not isinstance(cache_size, int) or cache_size < 0:
-            raise ValueError(f"cache_size must be an integer >= 0, got {cache_size!r}")
-        self.cache_size = cache_size
+        if a.cache_size < 0:
+            raise ArgError("cache_size", f"must be >= 0, got {a.cache_size!r}")
+        self.cache_size = a.cache_size
         self.cache: dict[bytes, tuple[dict[str, Any], float, float]] = {}
-        self.challenge = f'Bearer realm="{realm}"'.encode("latin-1")
+        if any(c in a.realm for c in '"\\\r\n'):
+            raise ArgError("realm", f"must not contain quotes, backslashes or line breaks, got {a.realm!r}")
+        self.challenge = f'Bearer realm="{a.realm}"'.encode("latin-1")
         self.keys: dict[str | None, Any] = {}
-        for path in _strings("keys", keys) if keys else ():
+        for i, path in enumerate(a.keys):
             try:
                 data = Path(path).read_bytes()
             except OSError as exc:
-                raise ValueError(f"keys: cannot read {path}: {exc.strerror}") from None
-            self.keys.update(_import_jwks(data, path))
+                raise ArgError(f"keys[{i}]", f"cannot read {path}: {exc.strerror}") from None
+            try:
+                self.keys.update(_import_jwks(data, path))
+            except ValueError as exc:
+                raise ArgError(f"keys[{i}]", str(exc)) from None
         if not self.keys and type(self) is Jwt:
-            raise ValueError("give keys (files) or jwks_url")
+            raise ArgError("keys", "give keys (files) or jwks_url")
         from joserfc.jwt import JWTClaimsRegistry
 
         options: dict[str, Any] = {name: {"essential": True} for name in self.required}
@@ -286,23 +313,25 @@ class Jwt(HttpFilter):
 class JwksJwt(Jwt):
     """``Jwt(jwks_url=...)``: keys fetched from a JWKS URL, cached and refreshed (async filter)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        url = kwargs["jwks_url"]
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"jwks_url must be an http(s):// URL, got {url!r}")
+    def __init__(self, args: JwtArgs | None = None, /, **kwargs: Any) -> None:
+        super().__init__(args, **kwargs)
+        a = self.args
+        url = a.jwks_url or ""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ArgError("jwks_url", f"must be an http(s):// URL, got {url!r}")
         self.url = url
-        self.endpoint = parse_endpoint(f"{parts.scheme}://{parts.netloc}")
+        try:
+            self.endpoint = parse_endpoint(f"{parts.scheme}://{parts.netloc}")
+        except ValueError as exc:
+            raise ArgError("jwks_url", str(exc)) from None
         self.target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode()
-        for name, default in (("refresh", 300.0), ("refetch_min", 10.0), ("fetch_timeout", 5.0)):
-            v = kwargs.get(name, default)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {v!r}")
-            setattr(self, name, float(v))
-        self.refresh: float
-        self.refetch_min: float
-        self.fetch_timeout: float
+        for name in ("refresh", "refetch_min", "fetch_timeout"):
+            if not getattr(a, name) > 0:
+                raise ArgError(name, f"must be a number of seconds > 0, got {getattr(a, name)!r}")
+        self.refresh = a.refresh
+        self.refetch_min = a.refetch_min
+        self.fetch_timeout = a.fetch_timeout
         self.file_keys = dict(self.keys)
         self.fetched_at = float("-inf")
         """Loop time of the last fetch attempt."""

@@ -35,12 +35,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from ...core.proto.http1 import Request, Response
 from ...core.service import Context, ContextSlot
 from ..proxy._filters import HttpFilter, TcpFilter
-from ._shared import CLAIMS, Throttled, answer, workers
+from ._shared import CLAIMS, ArgError, Throttled, answer, settings_of, workers
 
 log = logging.getLogger("monolake.edge.ratelimit")
 
@@ -58,47 +60,73 @@ def _parse_key(key: str) -> tuple[int, str]:
         return _HEADER, name.lower()
     if sep and name and kind == "claim":
         return _CLAIM, name
-    raise ValueError(f'key must be "ip", "route", "header:NAME" or "claim:NAME", got {key!r}')
+    raise ArgError("key", f'must be "ip", "route", "header:NAME" or "claim:NAME", got {key!r}')
 
 
 def _positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or math.isinf(value):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if not value > 0 or math.isinf(value):
+        raise ArgError(name, f"must be a number > 0, got {value!r}")
     return float(value)
+
+
+def _workers_of(n: int | None) -> int:
+    if n is None:
+        return workers()
+    if n < 1:
+        raise ArgError("workers", f"must be >= 1, got {n!r}")
+    return n
+
+
+class RateLimitArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Settings of ``rate_limit`` (``RateLimit``)."""
+
+    requests: float
+    """Requests allowed per ``period``: for the whole fleet with ``redis``, else for this server (each
+    worker enforces its share)."""
+    period: float = 1.0
+    """Seconds."""
+    burst: float | None = None
+    """Requests that may come at once (the bucket's size); default: ``requests``."""
+    key: str = "ip"
+    """What gets its own bucket: "ip", "header:NAME", "claim:NAME" (a Jwt filter's claim) or "route"."""
+    redis: str | None = None
+    """A redis:// (rediss://, unix://) URL: one bucket per key shared by every worker and instance."""
+    fail: Literal["open", "closed"] = "open"
+    """Redis not answering: "open" lets requests through, "closed" answers 503."""
+    redis_timeout: float = 0.1
+    """Seconds to wait for Redis per request."""
+    prefix: str = "monolake:ratelimit:"
+    """Prefix of the Redis keys (separates limits sharing one Redis)."""
+    max_keys: int = 100_000
+    """Keys remembered per worker (local limits)."""
+    workers: int | None = None
+    """Workers sharing a local limit; default: ``runtime.workers``."""
 
 
 class RateLimit(HttpFilter):
     """A token bucket per key; see the module docstring. With ``redis``, a ``RedisRateLimit``."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> RateLimit:
-        if cls is RateLimit and kwargs.get("redis"):
+    Args = RateLimitArgs
+
+    def __new__(cls, args: RateLimitArgs | None = None, /, **kwargs: Any) -> RateLimit:
+        redis = args.redis if args is not None else kwargs.get("redis")
+        if cls is RateLimit and redis:
             return super().__new__(RedisRateLimit)
         return super().__new__(cls)
 
-    def __init__(
-        self,
-        requests: float,
-        period: float = 1.0,
-        burst: float | None = None,
-        key: str = "ip",
-        redis: str | None = None,
-        fail: str = "open",
-        redis_timeout: float = 0.1,
-        prefix: str = "monolake:ratelimit:",
-        max_keys: int = 100_000,
-        workers: int | None = None,
-    ) -> None:
-        self.requests = _positive("requests", requests)
-        self.period = _positive("period", period)
-        self.burst_total = self.requests if burst is None else _positive("burst", burst)
+    def __init__(self, args: RateLimitArgs | None = None, /, **kwargs: Any) -> None:
+        a = self.args = settings_of(RateLimitArgs, args, kwargs)
+        self.requests = _positive("requests", a.requests)
+        self.period = _positive("period", a.period)
+        self.burst_total = self.requests if a.burst is None else _positive("burst", a.burst)
         if self.burst_total < 1:
-            raise ValueError(f"burst must be >= 1, got {burst!r}")
-        self.kind, self.name = _parse_key(key)
-        self.key_text = key
-        if not isinstance(max_keys, int) or max_keys < 1:
-            raise ValueError(f"max_keys must be an integer >= 1, got {max_keys!r}")
-        self.max_keys = max_keys
-        n = _workers_of(workers) if redis is None else 1
+            raise ArgError("burst", f"must be >= 1, got {a.burst!r}")
+        self.kind, self.name = _parse_key(a.key)
+        self.key_text = a.key
+        if a.max_keys < 1:
+            raise ArgError("max_keys", f"must be >= 1, got {a.max_keys!r}")
+        self.max_keys = a.max_keys
+        n = _workers_of(a.workers) if a.redis is None else 1
         self.rate = self.requests / self.period / n
         """Tokens per second, this worker's share."""
         self.burst = max(1.0, self.burst_total / n)
@@ -165,14 +193,6 @@ class RateLimit(HttpFilter):
             del self.buckets[k]
 
 
-def _workers_of(n: int | None) -> int:
-    if n is None:
-        return workers()
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {n!r}")
-    return n
-
-
 LUA_TOKEN_BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -205,23 +225,21 @@ the key expires once the bucket would be full again. Returns {allowed, seconds t
 class RedisRateLimit(RateLimit):
     """A fleet-wide token bucket per key in Redis (``RateLimit(redis=...)``); async."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        url = kwargs["redis"]
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, got {url!r}")
-        fail = kwargs.get("fail", "open")
-        if fail not in ("open", "closed"):
-            raise ValueError(f'fail must be "open" or "closed", got {fail!r}')
+    def __init__(self, args: RateLimitArgs | None = None, /, **kwargs: Any) -> None:
+        super().__init__(args, **kwargs)
+        a = self.args
+        url = a.redis
+        if url is None or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ArgError("redis", f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
         try:
             import redis.asyncio  # noqa: F401  (checked at build time, so a missing extra is a config error)
         except ImportError:
-            raise ValueError("a redis rate limit needs the redis package: pip install 'monolake[edge]'") from None
+            raise ArgError("redis", "needs the redis package: pip install 'monolake[edge]'") from None
         self.url = url
-        self.fail_open = fail == "open"
-        self.timeout = _positive("redis_timeout", kwargs.get("redis_timeout", 0.1))
-        self.prefix = str(kwargs.get("prefix", "monolake:ratelimit:"))
-        self.args = (repr(self.rate), repr(self.burst))
+        self.fail_open = a.fail == "open"
+        self.timeout = _positive("redis_timeout", a.redis_timeout)
+        self.prefix = a.prefix
+        self.args_lua = (repr(self.rate), repr(self.burst))
         self._client: Any = None
         self._script: Any = None
         self._down = Throttled(log)
@@ -246,7 +264,7 @@ class RedisRateLimit(RateLimit):
         script = self._script or self._connect()
         try:
             async with asyncio.timeout(self.timeout):
-                allowed, wait = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args)
+                allowed, wait = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args_lua)
         except Exception as exc:  # redis errors, OSError, TimeoutError: the store is down
             self._down.warning(
                 "rate limit store %s unavailable (%s: %s): failing %s",
@@ -266,34 +284,43 @@ class RedisRateLimit(RateLimit):
 _HELD: ContextSlot[str] = ContextSlot("edge_connection_limit", str, "the client IP a ConnectionLimit counted")
 
 
+class ConnectionLimitArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Settings of ``connection_limit`` (``ConnectionLimit``, tcp servers)."""
+
+    rate: float | None = None
+    """New connections per second per client IP (each worker enforces its share)."""
+    burst: float | None = None
+    """New connections that may come at once; default: ``rate``."""
+    concurrent: int | None = None
+    """Connections open at once per client IP (each worker: its share, at least 1)."""
+    max_keys: int = 100_000
+    """Client IPs remembered per worker for ``rate``."""
+    workers: int | None = None
+    """Workers sharing the limits; default: ``runtime.workers``."""
+
+
 class ConnectionLimit(TcpFilter):
     """New connections per second (``rate``, bursts of ``burst``) and ``concurrent`` connections
     per client IP, for a tcp server; this worker's share of each (divided by the workers)."""
 
-    def __init__(
-        self,
-        rate: float | None = None,
-        burst: float | None = None,
-        concurrent: int | None = None,
-        max_keys: int = 100_000,
-        workers: int | None = None,
-    ) -> None:
-        if rate is None and concurrent is None:
-            raise ValueError("set rate (connections per second) or concurrent (connections at once), or both")
-        n = _workers_of(workers)
+    Args = ConnectionLimitArgs
+    kinds = ("tcp",)
+
+    def __init__(self, args: ConnectionLimitArgs | None = None, /, **kwargs: Any) -> None:
+        a = settings_of(ConnectionLimitArgs, args, kwargs)
+        if a.rate is None and a.concurrent is None:
+            raise ArgError("rate", "set rate (connections per second) or concurrent (connections at once), or both")
+        n = _workers_of(a.workers)
         self.buckets: RateLimit | None = None
-        if rate is not None:
-            self.buckets = RateLimit(
-                requests=_positive("rate", rate),
-                burst=burst if burst is not None else rate,
-                max_keys=max_keys,
-                workers=n,
-            )
+        if a.rate is not None:
+            rate = _positive("rate", a.rate)
+            burst = rate if a.burst is None else _positive("burst", a.burst)
+            self.buckets = RateLimit(RateLimitArgs(requests=rate, burst=burst, max_keys=a.max_keys, workers=n))
         self.concurrent = 0
-        if concurrent is not None:
-            if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
-                raise ValueError(f"concurrent must be an integer >= 1, got {concurrent!r}")
-            self.concurrent = max(1, concurrent // n)
+        if a.concurrent is not None:
+            if a.concurrent < 1:
+                raise ArgError("concurrent", f"must be >= 1, got {a.concurrent!r}")
+            self.concurrent = max(1, a.concurrent // n)
         self.open: dict[str, int] = {}
 
     def on_connect(self, peer: str, ctx: Context) -> bool:
