@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -125,3 +126,27 @@ def test_connection_limit_counts_concurrent_connections_and_their_rate() -> None
     assert cl.on_connect("10.0.0.1", _ctx(1.0)) is True
     with pytest.raises(ValueError, match="rate: set rate"):
         ConnectionLimit()
+
+
+class FailingStore:
+    """Stands in for the Redis script: every call fails as a refused connection would."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, keys: list[str], args: tuple[str, ...]) -> list[Any]:
+        self.calls += 1
+        raise ConnectionRefusedError("refused")
+
+
+def test_redis_failure_leaves_redis_alone_for_redis_retry() -> None:
+    rl = RateLimit(requests=5, redis="redis://127.0.0.1:1/0", fail="closed", redis_retry=1)
+    assert isinstance(rl, RedisRateLimit)
+    store = rl._script = FailingStore()
+
+    async def go() -> list[Any]:
+        return [await rl.request_filter(_req(), _ctx(t)) for t in (10.0, 10.5, 10.99, 11.0, 11.5)]
+
+    out = asyncio.run(go())
+    assert [r.status for r in out] == [503] * 5 and out[0].headers.get("retry-after") == b"1"
+    assert store.calls == 2  # at 10.0 and 11.0: the other three got the fail mode without asking

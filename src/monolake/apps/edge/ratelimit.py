@@ -19,7 +19,9 @@ Global limits (``redis = "redis://host:6379/0"``) keep one bucket per key in Red
 updated by one Lua script (atomic, Redis's clock), so every monolake instance and
 worker using that Redis shares it. The filter is then ``async``. When Redis does not
 answer within ``redis_timeout``, ``fail = "open"`` lets the request through and
-``"closed"`` answers 503; either way a warning is logged, at most once per 10 s.
+``"closed"`` answers 503; either way a warning is logged, at most once per 10 s. After
+a failure Redis is left alone for ``redis_retry`` seconds (the fail mode applies at
+once), so an unreachable Redis does not add ``redis_timeout`` to every request.
 
 A refused request gets 429 with ``Retry-After`` and the IETF draft's
 ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` and
@@ -95,6 +97,8 @@ class RateLimitArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     """Redis not answering: "open" lets requests through, "closed" answers 503."""
     redis_timeout: float = 0.1
     """Seconds to wait for Redis per request."""
+    redis_retry: float = 1.0
+    """Seconds after a Redis failure during which requests get the fail mode without asking Redis."""
     prefix: str = "monolake:ratelimit:"
     """Prefix of the Redis keys (separates limits sharing one Redis)."""
     max_keys: int = 100_000
@@ -238,6 +242,9 @@ class RedisRateLimit(RateLimit):
         self.url = url
         self.fail_open = a.fail == "open"
         self.timeout = _positive("redis_timeout", a.redis_timeout)
+        self.retry = _positive("redis_retry", a.redis_retry)
+        self.down_until = float("-inf")
+        """Loop time until which Redis is not asked (set by a failure)."""
         self.prefix = a.prefix
         self.args_lua = (repr(self.rate), repr(self.burst))
         self._client: Any = None
@@ -259,23 +266,30 @@ class RedisRateLimit(RateLimit):
         self._script = self._client.register_script(LUA_TOKEN_BUCKET)
         return self._script
 
+    def failed(self) -> Response | None:
+        if self.fail_open:
+            return None
+        return answer(503, b"rate limit store unavailable\n", [(b"Retry-After", b"1")])
+
     async def request_filter(self, req: Request, ctx: Context) -> Response | None:  # type: ignore[override]
+        if ctx.start < self.down_until:
+            return self.failed()
         key = self.key_of(req, ctx)
         script = self._script or self._connect()
         try:
             async with asyncio.timeout(self.timeout):
                 allowed, wait = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args_lua)
         except Exception as exc:  # redis errors, OSError, TimeoutError: the store is down
+            self.down_until = ctx.start + self.retry
             self._down.warning(
-                "rate limit store %s unavailable (%s: %s): failing %s",
+                "rate limit store %s unavailable (%s: %s): failing %s for %gs",
                 self.url,
                 type(exc).__name__,
                 str(exc) or "timed out",
                 "open" if self.fail_open else "closed",
+                self.retry,
             )
-            if self.fail_open:
-                return None
-            return answer(503, b"rate limit store unavailable\n", [(b"Retry-After", b"1")])
+            return self.failed()
         if allowed:
             return None
         return self.refuse(float(wait))
