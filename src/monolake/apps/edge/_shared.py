@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, TypeVar
 
@@ -39,8 +40,17 @@ def set_workers(n: int) -> None:
 
 
 def workers() -> int:
-    """How many workers share a per-worker limit (at least 1)."""
-    return max(1, _workers or os.cpu_count() or 1)
+    """How many workers share a per-worker limit: ``runtime.workers``, or for 0 (one per core) the
+    CPUs the supervisor may run on, as it counts them. Read from the supervisor (the parent): a
+    worker builds its filters after pinning itself to one core."""
+    if _workers > 0:
+        return _workers
+    if sys.platform == "linux":
+        try:
+            return max(1, len(os.sched_getaffinity(os.getppid())))
+        except OSError:
+            pass
+    return max(1, os.cpu_count() or 1)
 
 
 def answer(status: int, text: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> Response:
