@@ -9,10 +9,10 @@ import pytest
 
 from monolake.apps.config import FilterSpec
 from monolake.apps.edge._shared import CLAIMS
-from monolake.apps.edge.ratelimit import ConnectionLimit, RateLimit, RedisRateLimit
+from monolake.apps.edge.ratelimit import ConnectionLimit, RateLimit, RateLimitHeaders, RedisRateLimit
 from monolake.apps.proxy._filters import load_filters
 from monolake.core.errors import ConfigError
-from monolake.core.proto.http1 import Headers, Request
+from monolake.core.proto.http1 import Headers, Request, Response
 from monolake.core.service import Context
 
 
@@ -150,3 +150,24 @@ def test_redis_failure_leaves_redis_alone_for_redis_retry() -> None:
     out = asyncio.run(go())
     assert [r.status for r in out] == [503] * 5 and out[0].headers.get("retry-after") == b"1"
     assert store.calls == 2  # at 10.0 and 11.0: the other three got the fail mode without asking
+
+
+def test_headers_variant_reports_what_is_left_on_passing_responses() -> None:
+    plain = RateLimit(requests=4, workers=2)
+    assert type(plain) is RateLimit and "response_filter" not in vars(RateLimit)  # no phase unless asked
+    rl = RateLimit(requests=4, period=1, workers=2, headers=True)  # each worker: 2/s, bursts of 2
+    assert isinstance(rl, RateLimitHeaders)
+    ctx = _ctx(0.0)
+    assert rl.request_filter(_req(), ctx) is None
+    resp = Response(200)
+    rl.response_filter(resp, ctx)
+    h = resp.headers
+    assert (h.get("ratelimit-limit"), h.get("ratelimit-remaining"), h.get("ratelimit-reset")) == (b"4", b"2", b"1")
+    assert h.get("ratelimit-policy") == b"4;w=1"
+    refused_ctx = _ctx(0.0)
+    rl.request_filter(_req(), _ctx(0.0))
+    out = rl.request_filter(_req(), refused_ctx)
+    assert out is not None and out.status == 429
+    resp = Response(200)
+    rl.response_filter(resp, refused_ctx)  # a refused request has no state: nothing added
+    assert "ratelimit-limit" not in resp.headers

@@ -80,8 +80,11 @@ def test_global_limit_is_shared_by_two_instances_then_redis_down_fails_open_or_c
 ) -> None:
     redis, (a, b) = setup
     with httpx.Client(trust_env=False, timeout=TIMEOUT) as c:
-        statuses = [c.get(p.url_of("api") + "/echo", headers={"X-Api-Key": "k1"}).status_code for p in (a, b) * 3]
-        assert statuses == [200] * 6
+        passed = [c.get(p.url_of("api") + "/echo", headers={"X-Api-Key": "k1"}) for p in (a, b) * 3]
+        assert [r.status_code for r in passed] == [200] * 6
+        # headers = true: each passing response says what is left of the shared bucket.
+        assert [r.headers["ratelimit-remaining"] for r in passed] == ["5", "4", "3", "2", "1", "0"]
+        assert {r.headers["ratelimit-limit"] for r in passed} == {"6"}
         for p in (a, b):
             r = c.get(p.url_of("api") + "/echo", headers={"X-Api-Key": "k1"})
             assert r.status_code == 429

@@ -105,6 +105,9 @@ class RateLimitArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     """Keys remembered per worker (local limits)."""
     workers: int | None = None
     """Workers sharing a local limit; default: ``runtime.workers``."""
+    headers: bool = False
+    """Also send ``RateLimit-Limit``/``-Remaining``/``-Reset``/``-Policy`` on responses that passed (a
+    local limit's Remaining is this worker's share times the workers)."""
 
 
 class RateLimit(HttpFilter):
@@ -113,10 +116,15 @@ class RateLimit(HttpFilter):
     Args = RateLimitArgs
 
     def __new__(cls, args: RateLimitArgs | None = None, /, **kwargs: Any) -> RateLimit:
+        if cls is not RateLimit:
+            return super().__new__(cls)
         redis = args.redis if args is not None else kwargs.get("redis")
-        if cls is RateLimit and redis:
-            return super().__new__(RedisRateLimit)
-        return super().__new__(cls)
+        headers = args.headers if args is not None else kwargs.get("headers")
+        # The variants are classes, not flags: a plain local limit keeps its plain call and no
+        # response_filter (only the phases a class defines are called).
+        if redis:
+            return super().__new__(RedisRateLimitHeaders if headers else RedisRateLimit)
+        return super().__new__(RateLimitHeaders if headers else RateLimit)
 
     def __init__(self, args: RateLimitArgs | None = None, /, **kwargs: Any) -> None:
         a = self.args = settings_of(RateLimitArgs, args, kwargs)
@@ -134,6 +142,7 @@ class RateLimit(HttpFilter):
         self.rate = self.requests / self.period / n
         """Tokens per second, this worker's share."""
         self.burst = max(1.0, self.burst_total / n)
+        self.workers = n
         self.buckets: dict[Any, list[float]] = {}
         limit = str(int(self.requests) if self.requests.is_integer() else self.requests)
         window = str(int(self.period) if self.period.is_integer() else self.period)
@@ -197,6 +206,37 @@ class RateLimit(HttpFilter):
             del self.buckets[k]
 
 
+_STATE: ContextSlot[tuple[float, float]] = ContextSlot(
+    "edge_rate_limit", tuple, "tokens left for the whole limit, seconds until the bucket is full"
+)
+
+
+def _add_headers(limit: RateLimit, resp: Response, ctx: Context) -> None:
+    state = _STATE.get(ctx, None)
+    if state is None:  # refused (or answered before this filter ran)
+        return
+    remaining, reset = state
+    h = resp.headers
+    h.set(b"RateLimit-Limit", limit._limit)
+    h.set(b"RateLimit-Remaining", str(max(0, int(remaining))).encode())
+    h.set(b"RateLimit-Reset", str(max(0, math.ceil(reset))).encode())
+    h.set(b"RateLimit-Policy", limit._policy)
+
+
+class RateLimitHeaders(RateLimit):
+    """A local ``RateLimit`` with ``headers = true``: passing responses carry the RateLimit headers."""
+
+    def response_filter(self, resp: Response, ctx: Context) -> None:
+        _add_headers(self, resp, ctx)
+
+    def request_filter(self, req: Request, ctx: Context) -> Response | None:
+        out = RateLimit.request_filter(self, req, ctx)
+        if out is None:
+            tokens = self.buckets[self.key_of(req, ctx)][0]
+            _STATE.set(ctx, (tokens * self.workers, (self.burst - tokens) / self.rate))
+        return out
+
+
 LUA_TOKEN_BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -220,10 +260,10 @@ else
 end
 redis.call('HSET', KEYS[1], 't', tostring(tokens), 's', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(wait)}
+return {allowed, tostring(wait), tostring(tokens)}
 """
 """One token bucket in a Redis hash (t: tokens, s: stamp), taken atomically with Redis's clock;
-the key expires once the bucket would be full again. Returns {allowed, seconds to wait}."""
+the key expires once the bucket would be full again. Returns {allowed, seconds to wait, tokens left}."""
 
 
 class RedisRateLimit(RateLimit):
@@ -246,6 +286,7 @@ class RedisRateLimit(RateLimit):
         self.down_until = float("-inf")
         """Loop time until which Redis is not asked (set by a failure)."""
         self.prefix = a.prefix
+        self.headers = a.headers
         self.args_lua = (repr(self.rate), repr(self.burst))
         self._client: Any = None
         self._script: Any = None
@@ -278,7 +319,7 @@ class RedisRateLimit(RateLimit):
         script = self._script or self._connect()
         try:
             async with asyncio.timeout(self.timeout):
-                allowed, wait = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args_lua)
+                allowed, wait, tokens = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args_lua)
         except Exception as exc:  # redis errors, OSError, TimeoutError: the store is down
             self.down_until = ctx.start + self.retry
             self._down.warning(
@@ -291,8 +332,18 @@ class RedisRateLimit(RateLimit):
             )
             return self.failed()
         if allowed:
+            if self.headers:
+                left = float(tokens)
+                _STATE.set(ctx, (left, (self.burst - left) / self.rate))
             return None
         return self.refuse(float(wait))
+
+
+class RedisRateLimitHeaders(RedisRateLimit):
+    """A Redis ``RateLimit`` with ``headers = true``: passing responses carry the RateLimit headers."""
+
+    def response_filter(self, resp: Response, ctx: Context) -> None:
+        _add_headers(self, resp, ctx)
 
 
 _HELD: ContextSlot[str] = ContextSlot("edge_connection_limit", str, "the client IP a ConnectionLimit counted")
