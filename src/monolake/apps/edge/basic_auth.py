@@ -1,5 +1,7 @@
 """HTTP Basic authentication (RFC 7617) against an htpasswd file: bcrypt and {SHA} entries.
 
+Built-in ``basic_auth`` (``BasicAuth``; settings ``BasicAuthArgs``).
+
 The file is Apache's format, one ``user:hash`` a line (``#`` comments and blank lines
 skipped): ``$2y$``/``$2b$``/``$2a$`` bcrypt hashes (``htpasswd -B``) or ``{SHA}`` base64
 SHA-1 (``htpasswd -s``; weak, for old files). Any other hash (MD5 ``$apr1$``, crypt) is

@@ -1,6 +1,8 @@
 """External authorization: one HTTP call per request to an auth service (Envoy ext_authz's
 HTTP contract), through the core ``Client``.
 
+Built-in ``ext_authz`` (``ExtAuthz``; settings ``ExtAuthzArgs``).
+
 For each request the auth service gets the same method, ``path_prefix`` + the original
 target (path and query), the original ``Host``, ``Content-Length: 0`` and no body, and
 the request headers named in ``allowed_headers`` (default: ``Authorization`` and

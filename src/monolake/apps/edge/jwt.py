@@ -1,5 +1,7 @@
 """JWT validation (RFC 7519) with keys from files or a JWKS URL; 401 with ``WWW-Authenticate``.
 
+Built-in ``jwt`` (``Jwt``; settings ``JwtArgs``).
+
 ``Jwt(keys=[...])`` reads public keys from files (a JWKS, one JWK, or a PEM public key)
 once, at build time: its ``request_filter`` is a plain call. ``Jwt(jwks_url=...)`` is a
 ``JwksJwt``, whose ``request_filter`` is ``async``: it fetches the key set through the

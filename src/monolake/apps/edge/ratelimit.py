@@ -1,6 +1,9 @@
 """Rate limits: token buckets per key, per worker or shared by a fleet through Redis.
 
-``RateLimit(requests=100, period=1)`` lets each key make ``requests`` per ``period``
+Built-ins ``rate_limit`` (``RateLimit``) and, for tcp servers, ``connection_limit``
+(``ConnectionLimit``); their settings are ``RateLimitArgs`` and ``ConnectionLimitArgs``.
+
+``rate_limit`` with ``requests = 100, period = 1`` lets each key make ``requests`` per ``period``
 seconds, with bursts up to ``burst`` (default ``requests``). The key is the client IP
 (``key = "ip"``), a request header (``"header:X-Api-Key"``; a request without it is
 keyed by its IP), a JWT claim set by a ``Jwt`` filter listed before this one
@@ -25,7 +28,8 @@ once), so an unreachable Redis does not add ``redis_timeout`` to every request.
 
 A refused request gets 429 with ``Retry-After`` and the IETF draft's
 ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` and
-``RateLimit-Policy`` headers.
+``RateLimit-Policy`` headers; with ``headers = true`` (the ``*Headers`` variants) passing
+responses get them too.
 
 ``ConnectionLimit`` is the ``proxy_type = "tcp"`` filter: new connections per second
 and concurrent connections per client IP (per worker: both divided by the workers,
