@@ -3,14 +3,17 @@ example config served by ``monolake run`` (uvloop: the loop does not matter here
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import inspect
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 import httpx
@@ -18,7 +21,7 @@ import pytest
 
 from conftest import REPO, TIMEOUT, Origin, Proxy, ProxyFactory
 from monolake.apps.config import FilterSpec
-from monolake.apps.edge.basic_auth import BasicAuth
+from monolake.apps.edge.basic_auth import BasicAuth, BasicAuthThreaded
 from monolake.apps.proxy._filters import load_filters
 from monolake.core.errors import ConfigError
 from monolake.core.proto.http1 import Headers, Request, Response
@@ -50,16 +53,20 @@ def write(path: Path, *lines: str) -> None:
 
 
 def call(f: BasicAuth, value: str | None, t: float = 0.0) -> tuple[Response | None, Request]:
-    req = Request(
-        b"GET", b"/", Headers([(b"X-User", b"mallory")] + ([(b"Authorization", value.encode())] if value else []))
-    )
-    return f.request_filter(req, Context("10.0.0.1", "web", t)), req
+    auth = [(b"Authorization", value.encode())] if value else []
+    req = Request(b"GET", b"/", Headers([(b"X-User", b"mallory"), *auth]))
+    out: Any = f.request_filter(req, Context("10.0.0.1", "web", t))
+    if inspect.isawaitable(out):  # threads = true: the async variant
+        out = asyncio.run(out)
+    return out, req
 
 
-def test_bcrypt_and_sha_entries(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "inline"])
+def test_bcrypt_and_sha_entries(tmp_path: Path, threads: bool) -> None:
     path = tmp_path / "users"
     write(path, entry("alice", "secret", "bcrypt"), entry("bob", "hunter2", "sha"))
-    f = BasicAuth(file=str(path), realm="r", user_header="X-User")
+    f = BasicAuth(file=str(path), realm="r", user_header="X-User", threads=threads)
+    assert isinstance(f, BasicAuthThreaded) is threads
     for user, password in (("alice", "secret"), ("bob", "hunter2")):
         out, req = call(f, creds(user, password))
         assert out is None and req.headers.get("x-user") == user.encode() and "authorization" not in req.headers
@@ -81,6 +88,31 @@ def test_the_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     assert call(f, creds("alice", "secret"), t=1.0)[0] is not None  # the cache went with the old file
     path.write_text("bob:$apr1$xyz$abc\n")
     assert call(f, creds("bob", "hunter2"), t=2.0)[0] is None  # broken file: the users stay
+
+
+def test_a_bcrypt_check_does_not_hold_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    write(path, entry("alice", "secret", "bcrypt"))
+    f = BasicAuth(file=str(path))
+    req = Request(b"GET", b"/", Headers([(b"Authorization", creds("alice", "secret").encode())]))
+    ticks: list[int] = []
+
+    async def other() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    async def go() -> tuple[Any, int]:
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        before = len(ticks)
+        out = await f.request_filter(req, Context("10.0.0.1", "web", 0.0))  # type: ignore[misc]
+        during = len(ticks) - before
+        task.cancel()
+        return out, during
+
+    out, during = asyncio.run(go())
+    assert out is None and during > 0  # other tasks ran while bcrypt did
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,13 @@ config reload rereads it) and again whenever it changed: its identity (inode, si
 mtime) is looked at most once per ``check_interval`` seconds, from the request's own
 clock; a file that no longer parses keeps the users already loaded and logs an error.
 
-bcrypt is slow on purpose (a few ms at cost 10, blocking the worker that long), so
-answers are cached per ``Authorization`` value, bounded by ``cache_size`` and emptied
-when the file changes: a client sending the same credentials pays one bcrypt, then a
-dict lookup. A wrong password costs one bcrypt per distinct attempt.
+bcrypt is slow on purpose (tens of ms at cost 10), so answers are cached per
+``Authorization`` value, bounded by ``cache_size`` and emptied when the file changes: a
+client sending the same credentials pays one bcrypt, then a dict lookup. With
+``threads`` (the default) a bcrypt check runs in the loop's default thread pool
+(bcrypt releases the GIL), so the worker serves other requests meanwhile; the filter is
+then ``async`` (``BasicAuthThreaded``), though a cached answer or a {SHA} entry never
+waits. ``threads = false`` checks inline, blocking the worker for each bcrypt.
 
 A passing request has its ``Authorization`` header removed (``strip_credentials``) and
 the user name put in ``user_header`` when one is given (any copy the client sent is
@@ -22,6 +25,7 @@ removed first). A failing one gets 401 with ``WWW-Authenticate: Basic realm="...
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -106,12 +110,20 @@ class BasicAuthArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fr
     """Seconds between looks at whether the file changed (0: only when the config is reloaded)."""
     cache_size: int = 10_000
     """Answers remembered per Authorization value (bcrypt is slow)."""
+    threads: bool = True
+    """Run bcrypt checks in a thread, the worker serving on meanwhile (the filter is then async)."""
 
 
 class BasicAuth(HttpFilter):
     """Checks ``Authorization: Basic`` credentials against the htpasswd ``file``."""
 
     Args = BasicAuthArgs
+
+    def __new__(cls, args: BasicAuthArgs | None = None, /, **kwargs: Any) -> BasicAuth:
+        threads = args.threads if args is not None else kwargs.get("threads", True)
+        if cls is BasicAuth and threads:
+            return super().__new__(BasicAuthThreaded)
+        return super().__new__(cls)
 
     def __init__(self, args: BasicAuthArgs | None = None, /, **kwargs: Any) -> None:
         a = settings_of(BasicAuthArgs, args, kwargs)
@@ -155,7 +167,8 @@ class BasicAuth(HttpFilter):
         self.cache.clear()
         log.info("basic auth: %s reloaded, %d users", self.path, len(users))
 
-    def user_of(self, value: bytes) -> bytes | None:
+    def credentials(self, value: bytes) -> tuple[bytes, bytes, bytes] | None:
+        """(user, password, the user's hash) from an Authorization value; None if malformed or unknown."""
         scheme, _, encoded = value.partition(b" ")
         if scheme.lower() != b"basic":
             return None
@@ -164,7 +177,23 @@ class BasicAuth(HttpFilter):
         except (ValueError, binascii.Error):
             return None
         hashed = self.users.get(user) if sep else None
-        return user if hashed is not None and check_password(password, hashed) else None
+        return None if hashed is None else (user, password, hashed)
+
+    def user_of(self, value: bytes) -> bytes | None:
+        creds = self.credentials(value)
+        return creds[0] if creds is not None and check_password(creds[1], creds[2]) else None
+
+    def remember(self, value: bytes, user: bytes | None) -> None:
+        if self.cache_size:
+            if len(self.cache) >= self.cache_size:
+                self.cache.clear()
+            self.cache[value] = user
+
+    def accept(self, req: Request, user: bytes) -> None:
+        if self.strip:
+            req.headers.remove(b"authorization")
+        if self.user_header is not None:
+            req.headers.set(self.user_header, user)
 
     def request_filter(self, req: Request, ctx: Context) -> Response | None:
         if self.interval and ctx.start - self.checked >= self.interval:
@@ -179,17 +208,46 @@ class BasicAuth(HttpFilter):
             user = cache[value]
         else:
             user = self.user_of(value)
-            if self.cache_size:
-                if len(cache) >= self.cache_size:
-                    cache.clear()
-                cache[value] = user
+            self.remember(value, user)
         if user is None:
             return answer(401, b"unauthorized\n", self.challenge)
-        if self.strip:
-            headers.remove(b"authorization")
-        if self.user_header is not None:
-            headers.set(self.user_header, user)
+        self.accept(req, user)
         return None
 
     def statistics(self) -> dict[str, Any]:
         return {"users": len(self.users), "cached": len(self.cache)}
+
+
+class BasicAuthThreaded(BasicAuth):
+    """``BasicAuth`` with ``threads = true``: bcrypt checks in the loop's thread pool (async filter)."""
+
+    async def request_filter(self, req: Request, ctx: Context) -> Response | None:  # type: ignore[override]
+        if self.interval and ctx.start - self.checked >= self.interval:
+            self.checked = ctx.start
+            self.reload_if_changed()
+        value = req.headers.get(b"authorization")
+        if value is None:
+            return answer(401, b"credentials required\n", self.challenge)
+        if value in self.cache:
+            user = self.cache[value]
+        else:
+            creds = self.credentials(value)
+            if creds is None:
+                user = None
+            elif creds[2].startswith(_BCRYPT):
+                users = self.users
+                loop = asyncio.get_running_loop()
+                ok = await loop.run_in_executor(None, check_password, creds[1], creds[2])
+                user = creds[0] if ok else None
+                if self.users is not users:  # the file changed meanwhile: answer, but remember nothing
+                    return self._answer(req, user)
+            else:
+                user = creds[0] if check_password(creds[1], creds[2]) else None
+            self.remember(value, user)
+        return self._answer(req, user)
+
+    def _answer(self, req: Request, user: bytes | None) -> Response | None:
+        if user is None:
+            return answer(401, b"unauthorized\n", self.challenge)
+        self.accept(req, user)
+        return None
