@@ -165,3 +165,27 @@ def test_private_keys_are_refused(tmp_path: Path) -> None:
     p.write_text(json.dumps(EC.as_dict(private=True)))
     with pytest.raises(ValueError, match="holds a private key"):
         Jwt(keys=[str(p)])
+
+
+def test_jwks_unreachable_answers_503_without_asking_on_every_request() -> None:
+    import asyncio
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    f = Jwt(jwks_url=f"http://127.0.0.1:{port}/jwks.json", refetch_min=60)
+    assert isinstance(f, JwksJwt)
+
+    async def go() -> list[Any]:
+        out = []
+        for _ in range(2):
+            req = Request(b"GET", b"/", Headers([(b"Authorization", f"Bearer {token(EC, 'ES256')}".encode())]))
+            ctx = Context("10.0.0.1", "web", asyncio.get_running_loop().time())
+            out.append(await f.request_filter(req, ctx))
+        return out
+
+    first, second = asyncio.run(go())
+    assert first.status == 503 and first.headers.get("retry-after") == b"1"
+    assert second.status == 503
+    assert f.fetches == 1  # the second one did not ask again (NO_KEYS_RETRY)

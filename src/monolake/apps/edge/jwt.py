@@ -52,6 +52,8 @@ ALGORITHMS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS
 """Asymmetric algorithms only: a shared secret does not belong in a proxy's config."""
 
 MAX_JWKS_BYTES = 1 << 20
+NO_KEYS_RETRY = 1.0
+"""Seconds between fetches while no key set could be fetched yet (requests get 503 meanwhile)."""
 
 
 def _import_jwks(data: bytes | str, where: str) -> dict[str | None, Any]:
@@ -390,10 +392,11 @@ class JwksJwt(Jwt):
                 alg, key, kid = self.key_for(token)
                 if key is None:
                     loop = asyncio.get_running_loop()
-                    if not self.keys or loop.time() - self.fetched_at >= self.refetch_min:
+                    pending = self._fetch
+                    if pending is not None and not pending.done():
+                        await asyncio.shield(pending)
+                    elif loop.time() - self.fetched_at >= (self.refetch_min if self.keys else NO_KEYS_RETRY):
                         await asyncio.shield(self.fetch(loop))
-                    elif self._fetch is not None and not self._fetch.done():
-                        await asyncio.shield(self._fetch)
                     if not self.keys:
                         self._down.warning("jwks %s: no keys, answering 503", self.url)
                         return answer(503, b"token keys unavailable\n", [(b"Retry-After", b"1")])
