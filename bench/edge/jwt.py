@@ -37,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "jwks.json"
         path.write_text(json.dumps({"keys": [ec.as_dict(private=False), rsa.as_dict(private=False)]}))
-        args = {"keys": [str(path)], "issuers": ["i"], "audiences": ["api"], "claims_to_headers": ["sub=X-User"]}
+        args = {"keys": [str(path)], "issuers": ["i"], "audiences": ["api"], "claims_to_headers": {"sub": "X-User"}}
         cached = Jwt(**args).request_filter
         uncached = Jwt(**args, cache_size=0).request_filter
     ctx = Context("10.0.0.1", "web", 0.0)
