@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -189,3 +190,12 @@ def test_jwks_unreachable_answers_503_without_asking_on_every_request() -> None:
     assert first.status == 503 and first.headers.get("retry-after") == b"1"
     assert second.status == 503
     assert f.fetches == 1  # the second one did not ask again (NO_KEYS_RETRY)
+
+
+def test_the_error_description_is_printable_and_bounded(key_files: list[str]) -> None:
+    f = Jwt(keys=key_files[:1])  # no PEM key to fall back on: an unknown kid is named in the answer
+    kid = 'x"\r\nSet-Cookie: a=b\\' + "é" * 40 + "z" * 300
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "ES256", "kid": kid}).encode()).rstrip(b"=").decode()
+    desc = _desc(run(f, f"{header}.e30.sig")[0])
+    assert "unknown key id" in desc and "Set-Cookie" in desc  # quoted, but on the one line
+    assert desc.isascii() and "\r" not in desc and "\n" not in desc and desc.count('"') == 6 and len(desc) < 300

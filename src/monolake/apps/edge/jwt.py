@@ -289,13 +289,10 @@ class Jwt(HttpFilter):
     def refuse(self, reason: str | None) -> Response:
         if reason is None:
             return answer(401, b"credentials required\n", [(b"WWW-Authenticate", self.challenge)])
-        desc = reason.replace("\\", "").replace('"', "'")
-        value = self.challenge + f', error="invalid_token", error_description="{desc}"'.encode("latin-1", "replace")
+        # The reason may quote the token's own header (its kid, alg): printable ASCII only, bounded.
+        desc = "".join(c for c in reason[:200] if " " <= c <= "~" and c not in '"\\')
+        value = self.challenge + f', error="invalid_token", error_description="{desc}"'.encode()
         return answer(401, b"invalid token\n", [(b"WWW-Authenticate", value)])
-
-    def strip(self, req: Request) -> None:
-        for _, name in self.to_headers:
-            req.headers.remove(name)
 
     def request_filter(self, req: Request, ctx: Context) -> Response | None:
         token = self.token_of(req)
