@@ -199,3 +199,8 @@ def test_the_error_description_is_printable_and_bounded(key_files: list[str]) ->
     desc = _desc(run(f, f"{header}.e30.sig")[0])
     assert "unknown key id" in desc and "Set-Cookie" in desc  # quoted, but on the one line
     assert desc.isascii() and "\r" not in desc and "\n" not in desc and desc.count('"') == 6 and len(desc) < 300
+
+
+def test_claims_with_control_characters_are_cleaned_for_headers(flt: Jwt) -> None:
+    out, req, _ = run(flt, token(EC, "ES256", sub="al\r\nX-Evil: 1\x00ice"))
+    assert out is None and req.headers.get("x-user") == b"alX-Evil: 1ice"

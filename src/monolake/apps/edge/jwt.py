@@ -283,7 +283,9 @@ class Jwt(HttpFilter):
                 text = value
             else:
                 text = json.dumps(value, separators=(",", ":"))
-            headers.set(name, text.encode("utf-8", "replace").replace(b"\r", b"").replace(b"\n", b""))
+            if not text.isprintable():  # control characters cannot go in a header
+                text = "".join(c for c in text if c.isprintable())
+            headers.set(name, text.encode("utf-8", "replace"))
         CLAIMS.set(ctx, claims)
 
     def refuse(self, reason: str | None) -> Response:
