@@ -12,6 +12,8 @@ from ...core.errors import ConfigError
 
 BUILTINS: dict[str, str] = {
     "request_id": "monolake.apps.edge.request_id:RequestId",
+    "compress": "monolake.apps.edge.compress:Compress",
+    "decompress": "monolake.apps.edge.compress:Decompress",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 
