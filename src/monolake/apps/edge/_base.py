@@ -14,6 +14,7 @@ BUILTINS: dict[str, str] = {
     "request_id": "monolake.apps.edge.request_id:RequestId",
     "compress": "monolake.apps.edge.compress:Compress",
     "decompress": "monolake.apps.edge.compress:Decompress",
+    "cors": "monolake.apps.edge.cors:Cors",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 
