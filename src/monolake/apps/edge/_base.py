@@ -15,6 +15,7 @@ BUILTINS: dict[str, str] = {
     "compress": "monolake.apps.edge.compress:Compress",
     "decompress": "monolake.apps.edge.compress:Decompress",
     "cors": "monolake.apps.edge.cors:Cors",
+    "ip_rules": "monolake.apps.edge.ip_rules:IpRules",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 
