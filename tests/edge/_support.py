@@ -60,6 +60,7 @@ class EchoOrigin:
         self.server: asyncio.Server = lt.run(self._start())
         self.port = self.server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.address = f"127.0.0.1:{self.port}"
         self.lt = lt
 
     async def _start(self) -> asyncio.Server:

@@ -59,6 +59,11 @@ class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     access_log_format: str = (
         '$remote_addr "$request" $status $body_bytes_sent $request_time "$upstream_addr" $server $route'
     )
+    format: Literal["text", "json"] = "text"
+    """"json": the error log and the access log write one JSON object per line (the access log's keys
+    are the variables ``access_log_format`` names). "text": as today; either way every value that a
+    client or an upstream controls is escaped (nginx's ``escape=default``: ``"``, ``\\`` and bytes
+    outside printable ASCII as ``\\xHH``; JSON escaping in "json")."""
 
 
 class ListenerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -12,6 +12,10 @@ from ...core.errors import ConfigError
 
 BUILTINS: dict[str, str] = {
     "request_id": "monolake.apps.edge.request_id:RequestId",
+    "compress": "monolake.apps.edge.compress:Compress",
+    "decompress": "monolake.apps.edge.compress:Decompress",
+    "cors": "monolake.apps.edge.cors:Cors",
+    "ip_rules": "monolake.apps.edge.ip_rules:IpRules",
     "rate_limit": "monolake.apps.edge.ratelimit:RateLimit",
     "connection_limit": "monolake.apps.edge.ratelimit:ConnectionLimit",
     "jwt": "monolake.apps.edge.jwt:Jwt",

@@ -14,11 +14,12 @@ import os
 import msgspec
 
 from ...core.proto.http1 import Request, Response
-from ...core.service import Context, ContextSlot
+from ...core.service import Context
 from ..proxy._filters import HttpFilter
 from ._base import ArgError
+from ._slots import REQUEST_ID
 
-REQUEST_ID = ContextSlot("request_id", bytes, "The request's id (the request_id filter): $request_id.")
+__all__ = ["REQUEST_ID", "RequestId", "RequestIdArgs"]
 
 
 class RequestIdArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

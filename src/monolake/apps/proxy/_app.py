@@ -136,7 +136,7 @@ def new_access_log(cfg: Config) -> AccessLog | None:
     if cfg.log.access_log == "off":
         return None
     try:
-        return AccessLog(cfg.log.access_log, cfg.log.access_log_format)
+        return AccessLog(cfg.log.access_log, cfg.log.access_log_format, cfg.log.format)
     except OSError as exc:
         raise ConfigError("log.access_log", f"cannot open {cfg.log.access_log}: {exc.strerror or exc}") from None
 

@@ -38,6 +38,8 @@ from ...core.proto.http1 import Headers, Request, Response
 from ...core.server._h2 import host_only
 from ...core.service import Context, Factory, Layer, Service
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
+from ..edge._slots import UPSTREAM_TIMES
+from ..observe._accesslog import uses_upstream_timing
 from ._filters import Call, FilterError, Phases
 from ._retry import RetryingCluster
 from ._router import Router
@@ -162,11 +164,20 @@ class RouteEdge:
         "response_filter",
         "response_mixed",
         "service",
+        "timed",
         "upstream_filter",
         "upstream_mixed",
     )
 
-    def __init__(self, route: RouteRuntime, filters: Sequence[object], layers: Sequence[Layer[Request, Response]]):
+    def __init__(
+        self,
+        route: RouteRuntime,
+        filters: Sequence[object],
+        layers: Sequence[Layer[Request, Response]],
+        timed: bool = False,
+    ) -> None:
+        self.timed = timed
+        """Record when the upstream call started and answered (the access log's upstream times)."""
         phases = Phases(filters)
         self.request_mixed = phases.mixed("request_filter")
         self.upstream_mixed = phases.mixed("upstream_request_filter")
@@ -422,7 +433,13 @@ class HttpProxy:
             g(req, ctx)
         if edge.upstream_mixed:
             await self._run_mixed(edge.upstream_mixed, req, ctx)
-        resp = await edge.service(req)
+        if edge.timed:
+            clock = asyncio.get_running_loop().time
+            t0 = clock()
+            resp = await edge.service(req)
+            UPSTREAM_TIMES.set(ctx, (t0, clock()))
+        else:
+            resp = await edge.service(req)
         if route.response_ops is not None:
             route.response_ops.apply(resp.headers)
         try:
@@ -493,9 +510,12 @@ class ProxyFactory(Factory[HttpProxy]):
                 cname = f"{self.name}.routes[{i}]"
                 cluster = UpstreamCluster.from_config(cname, c, self.pool)
             entries.append((r, RouteRuntime(i, r, cluster.with_retry(r.retry))))
-        for (_, rt), (filters, layers) in zip(entries, self.route_extensions, strict=False):
-            if filters or layers:
-                rt.edge = RouteEdge(rt, filters, layers)
+        log = self.cfg.log
+        timed = log.access_log != "off" and uses_upstream_timing(log.access_log_format)
+        extensions = list(self.route_extensions) + [((), ())] * (len(entries) - len(self.route_extensions))
+        for (_, rt), (filters, layers) in zip(entries, extensions, strict=True):
+            if filters or layers or timed:
+                rt.edge = RouteEdge(rt, filters, layers, timed)
         return HttpProxy(
             Router(entries),
             Phases(self.filters),

@@ -123,7 +123,7 @@ def run(
     bound. Call it from the main thread (it installs signal handlers) of a process
     that runs no event loop (it forks).
     """
-    configure_logging(cfg.log.level)
+    configure_logging(cfg.log.level, cfg.log.format)
     handover = take_handover()
     try:
         check_apps(cfg, build(cfg))
@@ -539,8 +539,8 @@ class Supervisor:
         for slot in self._slots:
             if slot.pid and self._send(slot, {"op": "commit", "id": txn.id}):
                 txn.waiting.add(slot.index)
-        if txn.cfg.log.level != old_cfg.log.level:
-            configure_logging(txn.cfg.log.level)
+        if txn.cfg.log.level != old_cfg.log.level or txn.cfg.log.format != old_cfg.log.format:
+            configure_logging(txn.cfg.log.level, txn.cfg.log.format)
         if txn.cfg.runtime.watch_config != old_cfg.runtime.watch_config:
             self._set_watch(txn.cfg.runtime.watch_config)
         if txn.cfg.runtime.pid_file != old_cfg.runtime.pid_file:
