@@ -1,16 +1,16 @@
 """What the edge filters share: the worker count (a limit is divided across workers), plain
-answers, and a log line that repeats at most once per interval."""
+answers, settings from keyword arguments, and the outage log line."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import time
 from typing import Any, TypeVar
 
 import msgspec
 
+from ...core._ratelimit import RateLimitedLog
 from ...core.proto.http1 import Headers, Response
 from ...core.service import ContextSlot
 from ._base import ArgError as ArgError
@@ -60,27 +60,10 @@ def answer(status: int, text: bytes, extra: list[tuple[bytes, bytes]] | None = N
     return Response(status, Headers(headers), text)
 
 
-class Throttled:
-    """A warning logged at most once per ``interval`` seconds, saying how many were held back."""
-
-    __slots__ = ("held", "interval", "last", "logger")
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.last = -interval
-        self.held = 0
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            self.held += 1
-            return
-        held, self.held, self.last = self.held, 0, now
-        if held:
-            self.logger.warning(msg + " (%d more since the last line)", *args, held)
-        else:
-            self.logger.warning(msg, *args)
+def outage_log(logger: logging.Logger, what: str) -> RateLimitedLog:
+    """One warning per 10 s about a dependency that is down (Redis, a JWKS, an auth service); the
+    lines held back are counted in the next one (``RateLimitedLog``)."""
+    return RateLimitedLog(logger, what, level=logging.WARNING, burst=1, interval=10.0)
 
 
 CLAIMS: ContextSlot[dict[str, Any]] = ContextSlot("jwt_claims", dict, "the verified JWT's claims")

@@ -34,7 +34,7 @@ from ...core.address import parse_endpoint
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context
 from ..proxy._filters import HttpFilter
-from ._shared import ArgError, Throttled, answer, settings_of
+from ._shared import ArgError, answer, outage_log, settings_of
 
 log = logging.getLogger("monolake.edge.ext_authz")
 
@@ -96,7 +96,7 @@ class ExtAuthz(HttpFilter):
         keep = a.allowed_client_headers
         self.client_headers = None if keep is None else _names("allowed_client_headers", keep)
         self._client: Any = None
-        self._down = Throttled(log)
+        self._down = outage_log(log, "ext_authz failures")
 
     def check_request(self, req: Request, ctx: Context) -> Request:
         headers = [(b"Host", req.raw_host or req.host or self.endpoint.authority.encode())]
@@ -127,7 +127,7 @@ class ExtAuthz(HttpFilter):
         try:
             resp, body = await self.ask(self.check_request(req, ctx))
         except Exception as exc:  # timeout, connect/read errors, a body over the cap
-            self._down.warning(
+            self._down.log(
                 "ext_authz %s failed (%s: %s): failing %s",
                 self.url,
                 type(exc).__name__,

@@ -44,7 +44,7 @@ from ...core.address import parse_endpoint
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context
 from ..proxy._filters import HttpFilter
-from ._shared import CLAIMS, ArgError, Throttled, answer, settings_of
+from ._shared import CLAIMS, ArgError, answer, outage_log, settings_of
 
 log = logging.getLogger("monolake.edge.jwt")
 
@@ -341,7 +341,7 @@ class JwksJwt(Jwt):
         self.fetches = 0
         self._fetch: asyncio.Task[None] | None = None
         self._client: Any = None
-        self._down = Throttled(log)
+        self._down = outage_log(log, "jwks failures")
 
     async def _get(self) -> None:
         from ...core.client import Client, PoolSettings
@@ -363,7 +363,7 @@ class JwksJwt(Jwt):
                 raise ValueError(f"answered {resp.status}")
             keys = _import_jwks(body, self.url)
         except Exception as exc:
-            self._down.warning(
+            self._down.log(
                 "jwks %s: fetch failed, keeping %d keys: %s: %s", self.url, len(self.keys), type(exc).__name__, exc
             )
             return
@@ -397,7 +397,7 @@ class JwksJwt(Jwt):
                     elif loop.time() - self.fetched_at >= (self.refetch_min if self.keys else NO_KEYS_RETRY):
                         await asyncio.shield(self.fetch(loop))
                     if not self.keys:
-                        self._down.warning("jwks %s: no keys, answering 503", self.url)
+                        self._down.log("jwks %s: no keys, answering 503", self.url)
                         return answer(503, b"token keys unavailable\n", [(b"Retry-After", b"1")])
                     alg, key, kid = self.key_for(token)
                     if key is None:

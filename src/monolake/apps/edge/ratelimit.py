@@ -48,7 +48,7 @@ import msgspec
 from ...core.proto.http1 import Request, Response
 from ...core.service import Context, ContextSlot
 from ..proxy._filters import HttpFilter, TcpFilter
-from ._shared import CLAIMS, ArgError, Throttled, answer, settings_of, workers
+from ._shared import CLAIMS, ArgError, answer, outage_log, settings_of, workers
 
 log = logging.getLogger("monolake.edge.ratelimit")
 
@@ -294,7 +294,7 @@ class RedisRateLimit(RateLimit):
         self.args_lua = (repr(self.rate), repr(self.burst))
         self._client: Any = None
         self._script: Any = None
-        self._down = Throttled(log)
+        self._down = outage_log(log, "rate limit store failures")
 
     def _connect(self) -> Any:
         # Made on first use, in the worker's loop (a client binds its connections to the loop).
@@ -326,7 +326,7 @@ class RedisRateLimit(RateLimit):
                 allowed, wait, tokens = await script(keys=[f"{self.prefix}{self.key_text}:{key}"], args=self.args_lua)
         except Exception as exc:  # redis errors, OSError, TimeoutError: the store is down
             self.down_until = ctx.start + self.retry
-            self._down.warning(
+            self._down.log(
                 "rate limit store %s unavailable (%s: %s): failing %s for %gs",
                 self.url,
                 type(exc).__name__,
