@@ -31,7 +31,7 @@ import msgspec
 
 from ...core.address import Endpoint, parse_endpoint, parse_listener
 from ...core.errors import ConfigError, ConfigErrors
-from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
+from ._schema import Admin, Cluster, Config, FilterSpec, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
 
 T = TypeVar("T")
 
@@ -595,9 +595,25 @@ def _check_extensions(rep: _Report, path: str, s: Server) -> None:
     are checked when they are imported (``proxy._filters``)."""
     if s.layers and s.proxy_type != "http":
         rep.add(f"{path}.layers", f"layers wrap an http server's request service, not a {s.proxy_type} server")
-    for key in ("filters", "layers"):
-        for i, f in enumerate(getattr(s, key)):
+    _check_filter_specs(rep, path, s.filters, s.layers, s.proxy_type)
+
+
+def _check_filter_specs(
+    rep: _Report, path: str, filters: list[str | FilterSpec], layers: list[str | FilterSpec], kind: str
+) -> None:
+    """ "module:Class" entries, or built-ins (``apps/edge``) whose args are checked here (by
+    building them: their constructors do no I/O)."""
+    from ..edge import is_builtin, make_builtin
+
+    for key, specs in (("filters", filters), ("layers", layers)):
+        for i, f in enumerate(specs):
             use = f if isinstance(f, str) else f.use
+            if key == "filters" and is_builtin(use):
+                try:
+                    make_builtin(use, {} if isinstance(f, str) else dict(f.args), f"{path}.{key}[{i}]", kind)
+                except ConfigError as exc:
+                    rep.add(exc.path, exc.reason)
+                continue
             if use.count(":") != 1 or not all(use.split(":")):
                 rep.add(f"{path}.{key}[{i}]", f"expected 'module:Class', got {use!r}")
 
@@ -643,6 +659,8 @@ _HTTP_ONLY_ROUTE_KEYS = (
     "gateway",
     "retry",
     "connect",
+    "filters",
+    "layers",
 )
 _THRIFT_DEFAULTS = Route()
 
@@ -754,6 +772,8 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
                 if (ep := _endpoint(up)) is not None and ep.scheme == "https":
                     rep.add(f"{path}.routes[{i}].upstreams[{j}]", "gateway routes do not support TLS yet")
         _check_route(rep, f"{path}.routes[{i}]", r, cfg)
+        if r.filters or r.layers:
+            _check_filter_specs(rep, f"{path}.routes[{i}]", r.filters, r.layers, "http")
         if r.upstream in cfg.upstreams and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
             rep.add(
                 f"{path}.routes[{i}].upstream",

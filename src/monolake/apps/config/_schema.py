@@ -12,7 +12,7 @@ live in ``_load.py`` and report the same key paths.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -59,6 +59,11 @@ class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     access_log_format: str = (
         '$remote_addr "$request" $status $body_bytes_sent $request_time "$upstream_addr" $server $route'
     )
+    format: Literal["text", "json"] = "text"
+    """"json": the error log and the access log write one JSON object per line (the access log's keys
+    are the variables ``access_log_format`` names). "text": as today; either way every value that a
+    client or an upstream controls is escaped (nginx's ``escape=default``: ``"``, ``\\`` and bytes
+    outside printable ASCII as ``\\xHH``; JSON escaping in "json")."""
 
 
 class ListenerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -231,12 +236,19 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     connect: bool | Connect = False
     """Tunnel CONNECT requests matched here (true, or a table of settings); off: they are answered 405.
     CONNECT requests match routes as path "/" with the target's host. A route with it needs no upstream."""
+    filters: list[str | FilterSpec] = []
+    """Filters for requests matched to this route (http servers): "module:Class", a built-in's name
+    ("cors", see docs/edge.md) or a {use, args} table. Each phase runs them after the server's filters
+    of that phase; their request_filter runs after routing."""
+    layers: list[str | FilterSpec] = []
+    """Layers around this route's upstream call (http servers), outermost first, inside the server's."""
 
 
 class FilterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     use: str
-    """"module:Class" importable from the worker."""
-    args: dict[str, str | int | float | bool | list[str]] = {}
+    """"module:Class" importable from the worker, or a built-in's name ("cors", see docs/edge.md)."""
+    args: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = {}
+    """Keyword arguments of the class; a built-in's settings."""
 
 
 class Forwarded(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

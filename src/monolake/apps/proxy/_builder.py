@@ -71,11 +71,24 @@ def _source_of(module: ModuleType) -> str | None:
 
 def _filter_modules(server: Server) -> list[str]:
     """Modules named by ``filters``, ``layers`` and ``handler`` (reloaded alike)."""
-    specs = [*server.filters, *server.layers]
-    names = [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
+    return [m for m, _ in _filter_module_paths("", server)]
+
+
+def _filter_module_paths(name: str, server: Server) -> list[tuple[str, str]]:
+    """(module, key path) of every user module a server names: its and its routes' ``filters``
+    and ``layers`` (built-ins, in ``apps/edge``, are not reloaded), and its ``handler``."""
+    out: list[tuple[str, str]] = []
+    lists = [(f"servers.{name}.filters", server.filters), (f"servers.{name}.layers", server.layers)]
+    for i, r in enumerate(server.routes):
+        lists += [(f"servers.{name}.routes[{i}].filters", r.filters), (f"servers.{name}.routes[{i}].layers", r.layers)]
+    for where, specs in lists:
+        for j, spec in enumerate(specs):
+            use = spec if isinstance(spec, str) else spec.use
+            if ":" in use:
+                out.append((use.partition(":")[0], f"{where}[{j}]"))
     if server.handler is not None:
-        names.append(server.handler.partition(":")[0])
-    return names
+        out.append((server.handler.partition(":")[0], f"servers.{name}.handler"))
+    return out
 
 
 def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
@@ -195,7 +208,7 @@ class ProxyBuilder:
         if any(_filter_modules(s) for s in cfg.servers.values()):
             make_importable(cfg.base_dir)  # so a first import's source is found where the build will find it
         for name, server in cfg.servers.items():
-            for i, module_name in enumerate(_filter_modules(server)):
+            for module_name, where in _filter_module_paths(name, server):
                 mod = sys.modules.get(module_name)
                 if mod is None:
                     self._first_import(module_name)
@@ -209,14 +222,6 @@ class ProxyBuilder:
                 try:
                     out[module_name] = (_load_fresh(module_name, path, mod), digest)
                 except Exception as exc:
-                    nf, nl = len(server.filters), len(server.layers)
-                    where = (
-                        f"servers.{name}.filters[{i}]"
-                        if i < nf
-                        else f"servers.{name}.layers[{i - nf}]"
-                        if i < nf + nl
-                        else f"servers.{name}.handler"
-                    )
                     raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         return out
 

@@ -115,7 +115,7 @@ def run(
     bound. Call it from the main thread (it installs signal handlers) of a process
     that runs no event loop (it forks).
     """
-    configure_logging(cfg.log.level)
+    configure_logging(cfg.log.level, cfg.log.format)
     handover = take_handover()
     try:
         check_apps(cfg, build(cfg))
@@ -410,8 +410,8 @@ class Supervisor:
 
     def adopt(self, cfg: Config, listeners: list[Listener]) -> None:
         old, self._cfg, self.listeners = self._cfg, cfg, listeners
-        if cfg.log.level != old.log.level:
-            configure_logging(cfg.log.level)
+        if cfg.log.level != old.log.level or cfg.log.format != old.log.format:
+            configure_logging(cfg.log.level, cfg.log.format)
         if cfg.runtime.watch_config != old.runtime.watch_config:
             self._set_watch(cfg.runtime.watch_config)
         if cfg.runtime.pid_file != old.runtime.pid_file:

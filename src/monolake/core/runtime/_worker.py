@@ -63,7 +63,7 @@ from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
 from ._limits import AcceptErrors, FdProbe, is_uvloop
 from ._listeners import Listener, bind_tcp
-from ._logging import configure_logging, flush_logging
+from ._logging import configure_logging, flush_logging, watch_level
 from ._loops import LoopOptions, loop_kind, new_event_loop
 from ._memory import HeapTrimmer
 from ._settings import RuntimeConfig as Config
@@ -344,6 +344,7 @@ class _Worker:
         loop.set_exception_handler(accept_errors.handler)
         probe = FdProbe(loop, accept_errors) if is_uvloop(loop) else None
         trimmer = HeapTrimmer(loop, spec.cfg.runtime.trim_interval, self.index)
+        watch_level(loop)  # the admin endpoint's /log_level, shared by the supervisor
 
         apps = spec.build(spec.cfg)
         check_apps(spec.cfg, apps)
@@ -563,8 +564,8 @@ class _Worker:
                 replaced.append(entry.app)
         self.entries = entries
         self.apps = dict(p.prepared.apps)
-        if p.cfg.log.level != self.cfg.log.level:
-            configure_logging(p.cfg.log.level)
+        if p.cfg.log.level != self.cfg.log.level or p.cfg.log.format != self.cfg.log.format:
+            configure_logging(p.cfg.log.level, p.cfg.log.format)
         self.cfg = p.cfg
         for app in dict.fromkeys(replaced):
             self.retiring[app] = self.loop.create_task(self._retire(app))

@@ -11,7 +11,8 @@ no data, so it is served without the token and sends the token on its own
 requests), ``/metrics`` (Prometheus text), ``/healthz``, ``/config`` (the config
 in force, secrets redacted), ``/upstreams`` (endpoints and their health),
 ``/stats.json`` (what the dashboard polls), ``POST /reload`` (waits for the
-outcome; ``GET /reload`` shows the last one). With ``[admin] token`` set, every
+outcome; ``GET /reload`` shows the last one), ``GET /log_level`` and ``POST
+/log_level?level=debug`` (every process's log level, until a restart). With ``[admin] token`` set, every
 endpoint but ``/`` needs ``Authorization: Bearer TOKEN``.
 
 ``/config`` redacts what may be a secret: values under secret-looking keys
@@ -42,6 +43,7 @@ from ...apps.config import Config
 from ...apps.observe._metrics import LATENCY_BUCKETS, worker_families
 from ...core.address import parse_endpoint, parse_listener
 from ...core.errors import ConfigError
+from ...core.runtime._logging import LEVEL_NAMES, set_level, shared_level
 from ...core.runtime._logging import logger as log
 from ._http import HttpListener, Limits, Reply, Request
 
@@ -283,6 +285,7 @@ class _Routes:
             "/upstreams": self._upstreams,
             "/stats.json": self._stats,
             "/reload": self._last_reload,
+            "/log_level": self._log_level,
         }
 
     def __call__(self, req: Request) -> Reply:
@@ -292,6 +295,8 @@ class _Routes:
             handler = self.get.get(path)
         elif req.method == "POST" and path == "/reload":
             handler = self._reload
+        elif req.method in ("POST", "PUT") and path == "/log_level":
+            handler = lambda: self._set_log_level(req)  # noqa: E731
         if handler is None:
             known = path in self.get
             return _json(405 if known else 404, {"error": "method not allowed" if known else "not found"})
@@ -341,6 +346,29 @@ class _Routes:
     def _last_reload(self) -> Reply:
         last = getattr(self.state.supervisor, "last_reload", None)
         return _json(200, {"last_reload": last.as_dict() if last is not None else None})
+
+    def _log_level(self) -> Reply:
+        return _json(200, {"level": LEVEL_NAMES.get(shared_level(), str(shared_level()))})
+
+    def _set_log_level(self, req: Request) -> Reply:
+        """``POST /log_level?level=debug`` (or a body ``debug``/``{"level": "debug"}``): the
+        supervisor's and every worker's level until the next restart, or a reload that changes
+        ``log.level``."""
+        _, _, query = req.target.partition("?")
+        level = dict(p.partition("=")[::2] for p in query.split("&") if p).get("level")
+        if level is None:
+            body = req.body.strip()
+            try:
+                doc = json.loads(body) if body.startswith(b"{") else body.decode()
+                level = doc.get("level") if isinstance(doc, dict) else doc
+            except (ValueError, UnicodeDecodeError):
+                level = None
+        names = {v: k for k, v in LEVEL_NAMES.items()}
+        if not isinstance(level, str) or level.lower() not in names:
+            return _json(400, {"error": f"level must be one of {', '.join(names)}, got {level!r}"})
+        set_level(names[level.lower()])
+        log.warning("admin: log level set to %s", level.lower())
+        return _json(200, {"level": level.lower()})
 
     def _reload(self) -> Reply:
         status, payload = self.state.reload()
