@@ -54,10 +54,10 @@ from ._limits import apply_open_files, low_limit_warning
 from ._listeners import Listener, close_listeners, open_listeners
 from ._logging import configure_logging, describe_status, logger
 from ._loops import loop_factory
+from ._pidfile import PidFile
 from ._reload import ConfigSource, Reloader, ReloadResult
 from ._settings import RuntimeConfig as Config
 from ._upgrade import Handover, Upgrader, take_handover
-from ._watch import DEBOUNCE, DEBOUNCE_MAX, ConfigWatcher
 from ._worker import AppBuilder, WorkerSpec, check_apps, worker_main
 
 log = logger
@@ -190,11 +190,9 @@ class Supervisor:
             os.set_blocking(fd, False)
         self._requests: deque[tuple[str, str, tuple[int, int] | None]] = deque()
         self._reload = Reloader(self, source)
-        self._watcher: ConfigWatcher | None = None
-        self._watch_first: float | None = None
-        self._watch_due: float | None = None
         self._upgrade = Upgrader(self)
-        self._pid_file: str | None = None
+        # Relative to the config file, as ``monolake reload -c FILE`` reads it.
+        self._pid_file = PidFile(os.path.dirname(os.path.abspath(source.path)) if source is not None else None)
 
     @property
     def config(self) -> Config:
@@ -240,7 +238,7 @@ class Supervisor:
         old_handlers = {sig: signal.signal(sig, _ignore) for sig in _HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
-            self._set_watch(self._cfg.runtime.watch_config)
+            self._reload.watch(self._cfg.runtime.watch_config)
             for slot in self._slots:
                 self._spawn(slot)
             if self._handover is not None:
@@ -252,8 +250,7 @@ class Supervisor:
             self._upgrade.close()
             if self._handover is not None:
                 self._handover.close()
-            self._set_watch(False)
-            self._remove_pid_file()
+            self._pid_file.remove()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
@@ -273,9 +270,10 @@ class Supervisor:
                     flags = select.POLLIN | (select.POLLOUT if slot.channel.wants_write else 0)
                     poller.register(slot.channel.fileno(), flags)
                     handlers[slot.channel.fileno()] = (self._on_worker_channel, slot)
-            if self._watcher is not None:
-                poller.register(self._watcher.fileno(), select.POLLIN)
-                handlers[self._watcher.fileno()] = (self._on_watch, None)
+            watch_fd = self._reload.watch_fd()
+            if watch_fd is not None:
+                poller.register(watch_fd, select.POLLIN)
+                handlers[watch_fd] = (self._reload.on_watch_event, None)
             up = self._upgrade.channel
             if up is not None and not up.closed:
                 poller.register(up.fileno(), select.POLLIN | (select.POLLOUT if up.wants_write else 0))
@@ -301,7 +299,7 @@ class Supervisor:
         # The 1 s cap is a safety net only: every event we wait for also wakes the poll.
         now = time.monotonic()
         deadlines = [s.restart_at for s in self._slots if s.restart_at is not None]
-        for d in (self._kill_at, self._watch_due, self._reload.deadline, self._upgrade.deadline):
+        for d in (self._kill_at, self._reload.deadline, self._upgrade.deadline):
             if d is not None:
                 deadlines.append(d)
         return max(0.0, min([1.0, *(d - now for d in deadlines)]))
@@ -347,7 +345,7 @@ class Supervisor:
         self._announced = True
         servers = ",".join(f"{lst.name}={lst.address}" for lst in self.listeners)
         # The pid file first: whoever waits for the ready line may read it at once.
-        self._write_pid_file(self._cfg.runtime.pid_file)
+        self._pid_file.write(self._cfg.runtime.pid_file)
         loops = ",".join(sorted({s.loop for s in self._slots if s.loop})) or self._cfg.runtime.loop
         log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), loops)
         if self._handover is not None:
@@ -356,9 +354,6 @@ class Supervisor:
 
     def _timers(self) -> None:
         now = time.monotonic()
-        if self._watch_due is not None and now >= self._watch_due:
-            self._watch_due = self._watch_first = None
-            self._reload.file_changed()
         self._reload.on_timer(now)
         self._upgrade.on_timer(now)
 
@@ -412,11 +407,9 @@ class Supervisor:
         old, self._cfg, self.listeners = self._cfg, cfg, listeners
         if cfg.log.level != old.log.level:
             configure_logging(cfg.log.level)
-        if cfg.runtime.watch_config != old.runtime.watch_config:
-            self._set_watch(cfg.runtime.watch_config)
         if cfg.runtime.pid_file != old.runtime.pid_file:
-            self._remove_pid_file()
-            self._write_pid_file(cfg.runtime.pid_file)
+            self._pid_file.remove()
+            self._pid_file.write(cfg.runtime.pid_file)
 
     def upgraded(self, pid: int, unused_paths: set[str]) -> None:
         for lst in self.listeners:
@@ -439,57 +432,6 @@ class Supervisor:
                 slot.index, {"op": "status_result", "req": int(msg["req"]), "result": last.as_dict() if last else {}}
             )
 
-    # -- config file watching -------------------------------------------------------------
-
-    def _set_watch(self, on: bool) -> None:
-        if on and self._watcher is None and self._source is not None:
-            try:
-                self._watcher = ConfigWatcher(self._source.path)
-            except OSError as exc:
-                log.warning("cannot watch %s for changes: %s", self._source.path, exc)
-                return
-            log.info("watching %s for changes", self._source.path)
-        elif not on and self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
-            self._watch_due = self._watch_first = None
-
-    def _on_watch(self, events: int) -> None:
-        if self._watcher is None or not self._watcher.read():
-            return
-        now = time.monotonic()
-        if self._watch_first is None:
-            self._watch_first = now
-        self._watch_due = min(now + DEBOUNCE, self._watch_first + DEBOUNCE_MAX)
-
-    # -- pid file -------------------------------------------------------------------------
-
-    def _write_pid_file(self, path: str | None) -> None:
-        if path is None:
-            return
-        if self._source is not None:
-            # Relative to the config file, as ``monolake reload -c FILE`` reads it.
-            path = os.path.join(os.path.dirname(os.path.abspath(self._source.path)), path)
-        try:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            os.replace(tmp, path)  # readers never see a half-written file
-        except OSError as exc:
-            log.error("cannot write the pid file %s: %s", path, exc.strerror or exc)
-            return
-        self._pid_file = path
-
-    def _remove_pid_file(self) -> None:
-        path, self._pid_file = self._pid_file, None
-        if path is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            with open(path) as fh:
-                if int(fh.read().strip()) != os.getpid():
-                    return  # a new supervisor wrote its own
-            os.unlink(path)
-
     # -- workers --------------------------------------------------------------------------
 
     def _spawn(self, slot: _Slot) -> None:
@@ -505,8 +447,9 @@ class Supervisor:
             *(s.ready_fd for s in self._slots if s.ready_fd >= 0),
             *(s.channel.fileno() for s in self._slots if s.channel is not None and not s.channel.closed),
         ]
-        if self._watcher is not None:
-            close.append(self._watcher.fileno())
+        watch_fd = self._reload.watch_fd()
+        if watch_fd is not None:
+            close.append(watch_fd)
         close += self._upgrade.fds()
         if self._handover is not None:
             close += [*self._handover.worker_fds(but=slot.index), self._handover.channel.fileno()]
