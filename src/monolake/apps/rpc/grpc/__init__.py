@@ -1,0 +1,23 @@
+"""gRPC services and clients in Python on the monolake runtime (``monolake.rpc``'s gRPC half).
+
+Serve: ``GrpcServer(protos, servicer)`` is a ``Factory`` of an HTTP service, run by the
+HTTP/2 driver like any other (``grpc_app`` wraps it in an ``HttpApp`` for ``monolake.serve``).
+Call: ``GrpcClient`` (see ``_client``).
+"""
+
+from ._protos import MethodInfo, Protos, load_protos
+from ._server import GrpcServer, GrpcService, HealthServicer, ServicerContext
+from ._status import Metadata, RpcError, StatusCode
+
+__all__ = [
+    "GrpcServer",
+    "GrpcService",
+    "HealthServicer",
+    "Metadata",
+    "MethodInfo",
+    "Protos",
+    "RpcError",
+    "ServicerContext",
+    "StatusCode",
+    "load_protos",
+]
