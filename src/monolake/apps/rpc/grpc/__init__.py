@@ -5,6 +5,7 @@ HTTP/2 driver like any other (``grpc_app`` wraps it in an ``HttpApp`` for ``mono
 Call: ``GrpcClient`` (see ``_client``).
 """
 
+from ._app import grpc_app, grpc_factory
 from ._protos import MethodInfo, Protos, load_protos
 from ._server import GrpcServer, GrpcService, HealthServicer, ServicerContext
 from ._status import Metadata, RpcError, StatusCode
@@ -19,5 +20,7 @@ __all__ = [
     "RpcError",
     "ServicerContext",
     "StatusCode",
+    "grpc_app",
+    "grpc_factory",
     "load_protos",
 ]

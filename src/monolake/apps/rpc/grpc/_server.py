@@ -660,15 +660,6 @@ class ReflectionServicer:
 # -- the factory -------------------------------------------------------------------------------
 
 
-def _servicer_methods(servicer: Any, names: Sequence[str]) -> dict[str, Callable[..., Any]]:
-    out: dict[str, Callable[..., Any]] = {}
-    for n in names:
-        fn = getattr(servicer, n, None)
-        if fn is not None and callable(fn):
-            out[n] = fn
-    return out
-
-
 class GrpcServer(Factory[GrpcService]):
     """Serves ``servicers`` for the services of ``protos`` (a ``Protos`` or what ``load_protos``
     takes). ``servicers``: a mapping of full service name to servicer, or one servicer (or a
@@ -708,9 +699,9 @@ class GrpcServer(Factory[GrpcService]):
             raise ValueError(f"compression {compression!r}: only 'gzip' is supported")
         self.compression = compression
         self.on_call = on_call
-        self.bound = self._bind(None)  # fails here, before serving, when nothing matches
+        self._bind(None, make=False)  # fails here, before serving, when nothing matches
 
-    def _bind(self, old: GrpcService | None) -> dict[str, Any]:
+    def _bind(self, old: GrpcService | None, *, make: bool = True) -> dict[str, Any]:
         """Full service name -> servicer instance."""
         given = self.servicers
         bound: dict[str, Any] = {}
@@ -724,14 +715,14 @@ class GrpcServer(Factory[GrpcService]):
             for s in items:
                 hit = False
                 for name, svc in self.protos.services.items():
-                    if _servicer_methods(s, [m.name for m in svc.methods]):
+                    if any(callable(getattr(s, m.name, None)) for m in svc.methods):
                         bound.setdefault(name, s)
                         hit = True
                 if not hit:
                     raise ValueError(f"{s!r} implements no method of the services in the protos")
         prev = old.servicers if old is not None else {}
         for name, s in bound.items():
-            if isinstance(s, type):
+            if isinstance(s, type) and make:
                 was = prev.get(name)
                 bound[name] = was if type(was) is s else s()
         return bound
