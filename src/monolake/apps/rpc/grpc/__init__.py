@@ -5,22 +5,30 @@ HTTP/2 driver like any other (``grpc_app`` wraps it in an ``HttpApp`` for ``mono
 Call: ``GrpcClient`` (see ``_client``).
 """
 
+from . import _metainfo as metainfo
 from ._app import grpc_app, grpc_factory
+from ._client import GrpcCall, GrpcClient, GrpcReply, RetryBudget, StaticDiscover
 from ._protos import MethodInfo, Protos, load_protos
 from ._server import GrpcServer, GrpcService, HealthServicer, ServicerContext
 from ._status import Metadata, RpcError, StatusCode
 
 __all__ = [
+    "GrpcCall",
+    "GrpcClient",
+    "GrpcReply",
     "GrpcServer",
     "GrpcService",
     "HealthServicer",
     "Metadata",
     "MethodInfo",
     "Protos",
+    "RetryBudget",
     "RpcError",
     "ServicerContext",
+    "StaticDiscover",
     "StatusCode",
     "grpc_app",
     "grpc_factory",
     "load_protos",
+    "metainfo",
 ]

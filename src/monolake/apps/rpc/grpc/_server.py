@@ -37,6 +37,7 @@ from ....core._body import Body
 from ....core.proto.grpc import parse_timeout
 from ....core.proto.http1 import Headers, Request, Response
 from ....core.service import Factory
+from . import _metainfo
 from ._protos import MethodInfo, Protos, builtin_protos
 from ._status import Metadata, RpcError, StatusCode, metadata_in, metadata_out, status_fields
 
@@ -319,8 +320,15 @@ class _StreamCall:
             task.cancel()
 
 
+def _backward() -> list[tuple[bytes, bytes]]:
+    """Metainfo the handler sends back to its caller (rpc-backward-*), if any."""
+    mi = _metainfo.peek()
+    return mi.backward_fields() if mi is not None and mi.backward_out else []
+
+
 def _trailers_only(code: int, message: str, details: bytes | None, trailers: Metadata, extra: list[Any]) -> Response:
     fields = [(b"content-type", b"application/grpc"), *extra, *status_fields(code, message, details, trailers)]
+    fields += _backward()
     return Response(200, Headers(fields), None)
 
 
@@ -393,7 +401,9 @@ class GrpcService:
             if seconds is not None:
                 deadline = asyncio.get_running_loop().time() + seconds
         ctx = req.ctx
-        ctx_ = ServicerContext(route.path, metadata_in(h.pairs()), deadline, str(ctx.peer) if ctx is not None else "")
+        pairs = h.pairs()
+        ctx_ = ServicerContext(route.path, metadata_in(pairs), deadline, str(ctx.peer) if ctx is not None else "")
+        _metainfo.from_request(pairs)
         reqs = _Requests(req.body, route.info.request, self.max_receive, gzip_in, route.path)
         if route.kind == UNARY or route.kind == CLIENT_STREAM:
             return await self._unary(req, route, reqs, ctx_, compress, start)
@@ -437,7 +447,7 @@ class GrpcService:
             return _trailers_only(code, ctx._message, ctx._details, ctx._trailers, self.accept)
         body = Body(_SILENT, None)
         body.feed(_frame(payload, compress))
-        body.trailers = status_fields(0, "", None, ctx._trailers)
+        body.trailers = status_fields(0, "", None, ctx._trailers) + _backward()
         body.feed_eof()
         self._done(req, route.path, StatusCode.OK, start)
         return Response(200, self._head(ctx, compress), body)
@@ -504,7 +514,7 @@ class GrpcService:
             return
         call.ready()
         body = call.body
-        body.trailers = status_fields(*status)
+        body.trailers = status_fields(*status) + _backward()
         body.feed_eof()
 
     async def _produce(self, route: _Route, reqs: _Requests, ctx: ServicerContext, call: _StreamCall) -> None:
