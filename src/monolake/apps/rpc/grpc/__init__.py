@@ -11,6 +11,7 @@ from ._client import GrpcCall, GrpcClient, GrpcReply, RetryBudget, StaticDiscove
 from ._protos import MethodInfo, Protos, load_protos
 from ._server import GrpcServer, GrpcService, HealthServicer, ServicerContext
 from ._status import Metadata, RpcError, StatusCode
+from ._testing import serve_local
 
 __all__ = [
     "GrpcCall",
@@ -31,4 +32,5 @@ __all__ = [
     "grpc_factory",
     "load_protos",
     "metainfo",
+    "serve_local",
 ]
