@@ -79,6 +79,12 @@ def test_greeter_from_python(from_python: tuple[str, LineLog], pb: Any) -> None:
         say_hello(pb, address, "")
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert ei.value.details() == "name is empty"  # type: ignore[attr-defined]
+    # the guide's client example, against the same server
+    client = subprocess.run(
+        [sys.executable, str(EXAMPLE / "greeter_client.py"), address], capture_output=True, text=True, timeout=60
+    )
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.splitlines() == ["Hello, monolake!", "Hi a", "Hi b", "error: INVALID_ARGUMENT name is empty"]
 
 
 def test_greeter_from_toml_and_reload(proxy: ProxyFactory, tmp_path: Path, loop_kind: str, pb: Any) -> None:
