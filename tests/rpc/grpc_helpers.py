@@ -32,6 +32,13 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
@@ -54,6 +61,7 @@ class Served:
     def close(self) -> None:
         async def stop() -> None:
             self.server.close()
+            self.app.close()  # abort open connections: the loop closes without live transports
 
         self.lt.run(stop())
 

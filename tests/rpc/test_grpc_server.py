@@ -327,3 +327,31 @@ def test_not_grpc_and_http1(served: Served) -> None:
     assert r.status_code == 415
     r = httpx.get(f"http://{served.address}{SVC}Unary", timeout=20)
     assert r.status_code == 405
+
+
+def test_calls_counted_by_method_and_status(loop_thread: LoopThread, caplog: pytest.LogCaptureFixture) -> None:
+    from monolake.apps.rpc.grpc._app import CallRecorder
+    from monolake.apps.rpc.grpc._metrics import GrpcStats
+
+    stats = GrpcStats("m")
+    s = Served(loop_thread, GrpcServer(P, Echo(), on_call=CallRecorder("m", stats, True)))
+    try:
+        with grpc.insecure_channel(s.address) as ch, caplog.at_level(logging.INFO, "monolake.grpc.access"):
+            stub(ch, "Unary", "unary_unary")(M.EchoRequest(text="a"), timeout=20)
+            stub(ch, "Unary", "unary_unary")(M.EchoRequest(text="b"), timeout=20)
+            with pytest.raises(grpc.RpcError):
+                stub(ch, "Unary", "unary_unary")(M.EchoRequest(text="fail"), timeout=20)
+            list(stub(ch, "ServerStream", "unary_stream")(M.EchoRequest(count=2), timeout=20))
+            with pytest.raises(grpc.RpcError):
+                ch.unary_unary("/no.Such/Method")(b"", timeout=20)
+        assert wait_for(lambda: sum(stats.counts().values()) == 5)
+        assert stats.counts() == {
+            (SVC + "Unary", "OK"): 2,
+            (SVC + "Unary", "FAILED_PRECONDITION"): 1,
+            (SVC + "ServerStream", "OK"): 1,
+            ("-unknown-", "UNIMPLEMENTED"): 1,  # a client's path is not a label
+        }
+        lines = [r.getMessage() for r in caplog.records if r.name == "monolake.grpc.access"]
+        assert f"grpc server=m method={SVC}Unary code=9" in " ".join(lines)
+    finally:
+        s.close()

@@ -4,7 +4,7 @@
 ``monolake_grpc_server_call_duration_seconds{server,method}``, counted like the Thrift
 ones (``apps/observe/_conn_metrics.py``): a call adds to a plain per-worker series; the
 worker's ``WorkerMetrics`` folds the series into the metric files. Method names come from
-the routes built at ``make`` (unknown paths count as "-unknown-"), so labels are bounded.
+the routes built at ``make`` (the server counts unknown paths as "-unknown-"), so labels are bounded.
 """
 
 from __future__ import annotations
@@ -47,17 +47,14 @@ _CODE_NAMES = {int(c): c.name for c in StatusCode}
 class GrpcStats:
     """One gRPC server's calls in this worker, by (method, code)."""
 
-    def __init__(self, server: str, methods: set[str] | None = None) -> None:
+    def __init__(self, server: str) -> None:
         self.server = server
-        self.methods = methods
         self.series: dict[tuple[str, int], _Counted] = {}
 
     def record(self, method: str, code: int, duration: float) -> None:
         c = self.series.get((method, code))
         if c is None:
-            if self.methods is not None and method not in self.methods:
-                method = "-unknown-"
-            c = self.series.setdefault((method, code), _Counted(LATENCY_BUCKETS))
+            c = self.series[(method, code)] = _Counted(LATENCY_BUCKETS)
         c.add(duration)
 
     def counts(self) -> dict[tuple[str, str], int]:

@@ -47,6 +47,9 @@ access = logging.getLogger("monolake.grpc.access")
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
 """grpcio's default bound on one received message (bytes)."""
 
+UNKNOWN_METHOD = "-unknown-"
+"""The method an unknown path is counted as (``on_call``)."""
+
 DRAIN_CAP = 64 * 1024 * 1024
 """Most request bytes read and dropped after a unary call failed early (see ``_Requests.drain``)."""
 
@@ -380,7 +383,7 @@ class GrpcService:
         route = self.routes.get(req.path)
         if route is None:
             path = req.path.decode("latin-1")
-            self._done(req, path, StatusCode.UNIMPLEMENTED, start)
+            self._done(req, UNKNOWN_METHOD, StatusCode.UNIMPLEMENTED, start)  # bounded labels: paths are the client's
             return _trailers_only(StatusCode.UNIMPLEMENTED, f"unknown method {path}", None, (), [])
         enc = h.get(b"grpc-encoding")
         gzip_in = False

@@ -23,3 +23,4 @@ async def serve_local(factory: Factory[Any], host: str = "127.0.0.1") -> AsyncIt
         yield f"{host}:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
+        app.close()
