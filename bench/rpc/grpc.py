@@ -1,6 +1,6 @@
 """gRPC unary and bidi streaming: monolake's gRPC server vs grpcio's asyncio server, one core each.
 
-Run: python -m bench.rpc.grpc [--seconds 5] [--rounds 1] [--conc 16] [--only unary-h2load,unary-grpcio,bidi-grpcio]
+Run: python -m bench.rpc.grpc [--seconds 5] [--rounds 1] [--conc 16] [--only unary-h2load,bidi-monolake,...]
 
 Each server runs alone on core 1 (taskset; monolake: one worker), the load generator on core 0:
 
@@ -8,7 +8,9 @@ Each server runs alone on core 1 (taskset; monolake: one worker), the load gener
   ``bench.Msg``) to ``/bench.Echo/Unary``: calls/s and p99 from its request log;
 - ``unary-grpcio``: grpcio's asyncio client (``bench/rpc/grpc_client.py``), ``--conc`` callers back to back;
 - ``bidi-grpcio``: the same client, ``--conc`` bidi streams each echoing one message at a time:
-  messages/s and the p99 of a message's round trip.
+  messages/s and the p99 of a message's round trip;
+- ``unary-monolake``, ``bidi-monolake``: the same with monolake's ``GrpcClient`` (uvloop) as the client:
+  the client side, against both servers.
 
 The servers (``bench/rpc/grpc_servers.py``) echo the message they parsed. The grpcio client is
 itself slow (it may be the bottleneck: then both servers show about the same rate); h2load is
@@ -34,7 +36,7 @@ from ..load.procs import Procs, free_port, wait_port
 
 RESULTS = machine.REPO / "bench" / "results"
 SERVER_CPU, LOAD_CPU = 1, 0
-SCENARIOS = ("unary-h2load", "unary-grpcio", "bidi-grpcio")
+SCENARIOS = ("unary-h2load", "unary-grpcio", "bidi-grpcio", "unary-monolake", "bidi-monolake")
 
 
 def _frame(tmp: Path) -> Path:
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             if scenario == "unary-h2load":
                                 r = h2load_unary(port, args.seconds, frame)
                             else:
-                                mode = scenario.split("-")[0]
+                                mode, client = scenario.split("-")
+                                mode = mode if client == "grpcio" else f"ml-{mode}"
                                 r = grpcio_client(mode, port, args.seconds, args.conc)
                             r.update(server=server, scenario=scenario, round=rnd, load=os.getloadavg()[0])
                             print(
