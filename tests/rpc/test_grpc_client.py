@@ -15,7 +15,16 @@ import grpc
 import pytest
 from grpc_helpers import LoopThread, Served, echo_protos
 
-from monolake.apps.rpc.grpc import GrpcCall, GrpcClient, GrpcReply, GrpcServer, RpcError, StatusCode, metainfo
+from monolake.apps.rpc.grpc import (
+    DnsDiscover,
+    GrpcCall,
+    GrpcClient,
+    GrpcReply,
+    GrpcServer,
+    RpcError,
+    StatusCode,
+    metainfo,
+)
 from monolake.core.service import Layer
 
 P = echo_protos()
@@ -365,3 +374,25 @@ def test_metainfo_along_a_chain() -> None:
 
 async def _close(c: GrpcClient) -> None:
     c.close()
+
+
+def test_dns_discovery(grpcio_servers: list[tuple[GrpcioEcho, str]]) -> None:
+    port = int(grpcio_servers[0][1].rpartition(":")[2])
+
+    async def main() -> None:
+        d = DnsDiscover("localhost", port)
+        c = GrpcClient(P, discover=d, timeout=30)
+        try:
+            reply = await c.call("Echo.Unary", M.EchoRequest(text="dns"))
+            assert reply.message.text == "dns"
+            assert reply.endpoint is not None and reply.endpoint.port == port
+            assert any(ep.host == "127.0.0.1" for ep in d.list)
+        finally:
+            c.close()
+        bad = GrpcClient(P, discover=DnsDiscover("no-such-host.invalid", port), attempts=1)
+        with pytest.raises(RpcError) as ei:
+            await bad.unary("Echo.Unary", M.EchoRequest())
+        assert ei.value.code == StatusCode.UNAVAILABLE
+        bad.close()
+
+    run(main())

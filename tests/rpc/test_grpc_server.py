@@ -327,6 +327,8 @@ def test_not_grpc_and_http1(served: Served) -> None:
     assert r.status_code == 415
     r = httpx.get(f"http://{served.address}{SVC}Unary", timeout=20)
     assert r.status_code == 405
+    r = httpx.post(f"http://{served.address}{SVC}Unary", content=b"", headers={"content-type": "application/grpc"})
+    assert r.status_code == 505  # HTTP/1.1: no trailers for the status
 
 
 def test_calls_counted_by_method_and_status(loop_thread: LoopThread, caplog: pytest.LogCaptureFixture) -> None:

@@ -7,13 +7,14 @@ Call: ``GrpcClient`` (see ``_client``).
 
 from . import _metainfo as metainfo
 from ._app import grpc_app, grpc_factory
-from ._client import GrpcCall, GrpcClient, GrpcReply, RetryBudget, StaticDiscover
+from ._client import DnsDiscover, GrpcCall, GrpcClient, GrpcReply, RetryBudget, StaticDiscover
 from ._protos import MethodInfo, Protos, load_protos
 from ._server import GrpcServer, GrpcService, HealthServicer, ServicerContext
 from ._status import Metadata, RpcError, StatusCode
 from ._testing import serve_local
 
 __all__ = [
+    "DnsDiscover",
     "GrpcCall",
     "GrpcClient",
     "GrpcReply",

@@ -13,7 +13,9 @@ picked for one try.
 - Timeout: the call's ``timeout`` or the client's becomes a deadline; it goes out as
   ``grpc-timeout`` (what is left of it) and bounds the HTTP/2 stream; passing it ends
   the call with DEADLINE_EXCEEDED.
-- Discovery: ``StaticDiscover`` (a fixed list); any object with ``endpoints()`` works.
+- Discovery: ``StaticDiscover`` (a fixed list) or ``DnsDiscover`` (a name's addresses, resolved
+  again in the background); any object with ``endpoints()`` (and optionally ``async wait()``,
+  awaited while it has none yet) works.
   Load balancing uses the proxy's balancers (``apps/proxy/_balancer.py``: round robin,
   random, least request, consistent hashing on a metadata key...).
 - Retries: only a call that failed with a retryable status (UNAVAILABLE by default:
@@ -308,6 +310,52 @@ class StaticDiscover:
         return self.list
 
 
+class DnsDiscover:
+    """Discovery from DNS: every address ``host`` resolves to, on ``port``; resolved again in the
+    background once ``refresh`` seconds old (the last good answer is kept when a lookup fails)."""
+
+    def __init__(self, host: str, port: int, *, refresh: float = 30.0) -> None:
+        self.host = host
+        self.port = port
+        self.refresh = refresh
+        self.list: list[Endpoint] = []
+        self._at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def endpoints(self) -> list[Endpoint]:
+        loop = asyncio.get_running_loop()
+        if self._task is None and loop.time() - self._at > self.refresh:
+            self._task = loop.create_task(self._resolve())
+        return self.list
+
+    async def wait(self) -> None:
+        """Resolve now if nothing was resolved yet (the first call waits for it)."""
+        self.endpoints()
+        task = self._task
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _resolve(self) -> None:
+        import socket
+
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+            found: list[Endpoint] = []
+            for _family, _type, _proto, _name, addr in infos:
+                ep = Endpoint(host=str(addr[0]), port=int(addr[1]))
+                if ep not in found:
+                    found.append(ep)
+            if found != self.list:
+                self.list = found
+        except OSError as exc:
+            if not self.list:
+                raise RpcError(StatusCode.UNAVAILABLE, f"cannot resolve {self.host}: {exc}") from None
+        finally:
+            self._at = loop.time()
+            self._task = None
+
+
 class RetryBudget:
     """Retries in flight at most ``percent`` of calls in flight, or ``min_retries``."""
 
@@ -328,6 +376,9 @@ class RetryBudget:
         self.retrying += 1
         self.retries += 1
         return True
+
+
+_NO_REQUEST = Request(b"POST", b"/", Headers())
 
 
 class Balanced:
@@ -356,8 +407,13 @@ class Balanced:
         self._eps: list[Endpoint] | None = None
         self._balancer: Any = None
 
-    def _balancer_now(self) -> Any:
+    async def _balancer_now(self) -> Any:
         eps = self.discover.endpoints()
+        if not eps:
+            wait = getattr(self.discover, "wait", None)
+            if wait is not None:
+                await wait()
+                eps = self.discover.endpoints()
         if eps is not self._eps:
             from ...proxy._balancer import make_balancer
 
@@ -371,8 +427,13 @@ class Balanced:
         if call.address is not None:
             call.endpoint = parse_endpoint(call.address)
             return await self.inner(call)
-        balancer = self._balancer_now()
-        req = Request(b"POST", call.method.path.encode(), Headers(metadata_out(call.metadata)))
+        balancer = await self._balancer_now()
+        # Only hashing balancers read the request (a metadata key); the others get a shared stand-in.
+        req = (
+            Request(b"POST", call.method.path.encode(), Headers(metadata_out(call.metadata)))
+            if self.kind == "consistent_hash"
+            else _NO_REQUEST
+        )
         budget = self.budget
         budget.active += 1
         tried: list[Endpoint] = []

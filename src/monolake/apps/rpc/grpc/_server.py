@@ -379,6 +379,8 @@ class GrpcService:
         ctype = h.get(b"content-type")
         if ctype is None or ctype[:16].lower() != b"application/grpc":
             return Response(415, Headers([(b"content-type", b"text/plain")]), b"not a gRPC request\n")
+        if req.version != b"2":  # the status travels in trailers, which HTTP/1.1 answers cannot carry here
+            return Response(505, Headers([(b"content-type", b"text/plain")]), b"gRPC needs HTTP/2\n")
         start = time.monotonic()
         route = self.routes.get(req.path)
         if route is None:
