@@ -396,3 +396,44 @@ def test_dns_discovery(grpcio_servers: list[tuple[GrpcioEcho, str]]) -> None:
         bad.close()
 
     run(main())
+
+
+def test_deadline_propagates_down_a_chain() -> None:
+    """client (0.5 s) -> A -> B: A's client has no timeout, yet its call to B carries the
+    client's deadline (B sees one) and the whole chain ends with DEADLINE_EXCEEDED."""
+    lt = LoopThread()
+    seen: dict[str, Any] = {}
+
+    class B:
+        async def Unary(self, req: Any, ctx: Any) -> Any:
+            seen["b_deadline"] = ctx.time_remaining()
+            await asyncio.sleep(60)
+            return M.EchoReply()
+
+    sb = Served(lt, GrpcServer(P, B()))
+    client_b = GrpcClient(P, [sb.address])
+
+    class A:
+        async def Unary(self, req: Any, ctx: Any) -> Any:
+            await client_b.unary("Echo.Unary", M.EchoRequest())
+            return M.EchoReply()
+
+    sa = Served(lt, GrpcServer(P, A()))
+    try:
+
+        async def main() -> None:
+            c = GrpcClient(P, [sa.address], timeout=0.5)
+            try:
+                with pytest.raises(RpcError) as ei:
+                    await c.unary("Echo.Unary", M.EchoRequest())
+                assert ei.value.code == StatusCode.DEADLINE_EXCEEDED
+            finally:
+                c.close()
+
+        run(main())
+        assert seen["b_deadline"] is not None
+    finally:
+        lt.run(_close(client_b))
+        sa.close()
+        sb.close()
+        lt.close()

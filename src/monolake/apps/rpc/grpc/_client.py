@@ -10,7 +10,8 @@ each a ``Service[GrpcCall, GrpcReply]`` (``core.service``'s Service and Layer), 
 layer sees the call before its deadline is set and an inner layer sees the endpoint
 picked for one try.
 
-- Timeout: the call's ``timeout`` or the client's becomes a deadline; it goes out as
+- Timeout: the call's ``timeout`` or the client's becomes a deadline (no later than the deadline
+  of the server call the client is called from, if any: deadlines propagate); it goes out as
   ``grpc-timeout`` (what is left of it) and bounds the HTTP/2 stream; passing it ends
   the call with DEADLINE_EXCEEDED.
 - Discovery: ``StaticDiscover`` (a fixed list) or ``DnsDiscover`` (a name's addresses, resolved
@@ -47,7 +48,7 @@ from ....core.server._service_app import stream_body
 from ....core.service import Layer, Service
 from . import _metainfo
 from ._protos import MethodInfo, Protos, load_protos
-from ._server import DEFAULT_MAX_RECEIVE
+from ._server import CALL_DEADLINE, DEFAULT_MAX_RECEIVE
 from ._status import Metadata, RpcError, StatusCode, metadata_in, metadata_out, percent_decode
 
 _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
@@ -482,10 +483,13 @@ class Timeout:
 
     async def __call__(self, call: GrpcCall) -> GrpcReply:
         t = call.timeout if call.timeout is not None else self.default
-        if t is None:
+        inherited = CALL_DEADLINE.get()
+        if t is None and inherited is None:
             return await self.inner(call)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + t
+        deadline = asyncio.get_running_loop().time() + t if t is not None else inherited
+        assert deadline is not None
+        if inherited is not None and inherited < deadline:
+            deadline = inherited
         if call.deadline is None or deadline < call.deadline:
             call.deadline = deadline
         if call.method.server_streaming:

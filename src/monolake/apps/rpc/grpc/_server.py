@@ -24,6 +24,7 @@ Nothing here is per request that can be done at ``make``: no deadline scope with
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gzip
 import inspect
 import logging
@@ -49,6 +50,10 @@ DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
 
 UNKNOWN_METHOD = "-unknown-"
 """The method an unknown path is counted as (``on_call``)."""
+
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("monolake_grpc_deadline", default=None)
+"""The deadline (loop time) of the server call this task serves: a ``GrpcClient`` call made from
+the handler ends by it too (the caller's deadline propagates down the chain)."""
 
 DRAIN_CAP = 64 * 1024 * 1024
 """Most request bytes read and dropped after a unary call failed early (see ``_Requests.drain``)."""
@@ -405,6 +410,7 @@ class GrpcService:
             seconds = parse_timeout(t.strip())
             if seconds is not None:
                 deadline = asyncio.get_running_loop().time() + seconds
+                CALL_DEADLINE.set(deadline)
         ctx = req.ctx
         pairs = h.pairs()
         ctx_ = ServicerContext(route.path, metadata_in(pairs), deadline, str(ctx.peer) if ctx is not None else "")
