@@ -69,6 +69,7 @@ class ServicerContext:
         "_call",
         "_code",
         "_details",
+        "_fields",
         "_initial",
         "_message",
         "_trailers",
@@ -78,10 +79,11 @@ class ServicerContext:
         "peer_addr",
     )
 
-    def __init__(self, method: str, metadata: list[tuple[str, str | bytes]], deadline: float | None, peer: str) -> None:
+    def __init__(self, method: str, fields: list[tuple[bytes, bytes]], deadline: float | None, peer: str) -> None:
         self.method = method
         """The full method path, "/package.Service/Method"."""
-        self.metadata = metadata
+        self._fields = fields
+        self.metadata: list[tuple[str, str | bytes]] | None = None
         self.deadline = deadline
         """The loop time (``asyncio.get_running_loop().time()``) the call must end by, or None."""
         self.peer_addr = peer
@@ -93,8 +95,11 @@ class ServicerContext:
         self._call: _StreamCall | None = None
 
     def invocation_metadata(self) -> list[tuple[str, str | bytes]]:
-        """The client's metadata: (key, value), ``-bin`` values as bytes."""
-        return self.metadata
+        """The client's metadata: (key, value), ``-bin`` values as bytes (decoded on first use)."""
+        md = self.metadata
+        if md is None:
+            md = self.metadata = metadata_in(self._fields)
+        return md
 
     def peer(self) -> str:
         return self.peer_addr
@@ -240,6 +245,12 @@ class _Requests:
             seen += len(chunk)
 
     async def one(self) -> Message:
+        body = self.body
+        if body is not None and body.done and not self.buf:
+            # The whole request came with its headers (the usual unary call): no awaiting.
+            self.buf += b"".join(body.take())
+            if body.complete:
+                self.body = None
         msg = await self.next()
         if msg is None:
             raise RpcError(StatusCode.INTERNAL, "no request message on a unary call")
@@ -413,7 +424,7 @@ class GrpcService:
                 CALL_DEADLINE.set(deadline)
         ctx = req.ctx
         pairs = h.pairs()
-        ctx_ = ServicerContext(route.path, metadata_in(pairs), deadline, str(ctx.peer) if ctx is not None else "")
+        ctx_ = ServicerContext(route.path, pairs, deadline, str(ctx.peer) if ctx is not None else "")
         _metainfo.from_request(pairs)
         reqs = _Requests(req.body, route.info.request, self.max_receive, gzip_in, route.path)
         if route.kind == UNARY or route.kind == CLIENT_STREAM:
