@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_helpers import LoopThread, Served, echo_protos, wait_for
 
-from monolake.apps.rpc.grpc import GrpcServer, RpcError, StatusCode
+from monolake.apps.rpc.grpc import GrpcServer, HealthServicer, RpcError, StatusCode
 
 P = echo_protos()
 M = P.module("echo.proto")
@@ -259,14 +259,13 @@ def test_health_service(channel: grpc.Channel) -> None:
 def test_health_watch_sees_changes(loop_thread: LoopThread) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    factory = GrpcServer(P, Echo())
-    s = Served(loop_thread, factory)
+    health = HealthServicer()  # the user's own, whose statuses their code sets
+    s = Served(loop_thread, GrpcServer(P, Echo(), health=health))
     try:
         with grpc.insecure_channel(s.address) as ch:
             watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="monolake.test.Echo"))
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-            svc = s.app.service.inner  # HandlerGuard -> GrpcService
-            loop_thread.loop.call_soon_threadsafe(svc.health.set, "monolake.test.Echo", 2)
+            loop_thread.loop.call_soon_threadsafe(health.set, "monolake.test.Echo", 2)
             assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
     finally:

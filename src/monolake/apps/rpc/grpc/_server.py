@@ -698,7 +698,8 @@ class GrpcServer(Factory[GrpcService]):
     list): each serves every service of ``protos`` whose methods it defines. A servicer given
     as a class is instantiated at ``make`` (a reload keeps the instance while the class is the same).
 
-    ``health``/``reflection`` add grpc.health.v1 and server reflection (v1 and v1alpha);
+    ``health``/``reflection`` add grpc.health.v1 and server reflection (v1 and v1alpha); ``health``
+    may be a ``HealthServicer`` of yours, whose ``set`` your code calls;
     ``max_receive_message_bytes`` bounds a request message (grpcio's 4 MiB by default),
     ``max_send_message_bytes`` a response one; ``compression="gzip"`` compresses responses for
     clients that accept it. ``on_call(method, status_code, seconds)`` is called once per call.
@@ -712,7 +713,7 @@ class GrpcServer(Factory[GrpcService]):
         servicers: Mapping[str, Any] | Any,
         *,
         import_paths: Sequence[str] = (),
-        health: bool = True,
+        health: bool | HealthServicer = True,
         reflection: bool = True,
         max_receive_message_bytes: int = DEFAULT_MAX_RECEIVE,
         max_send_message_bytes: int = 2**31 - 1,
@@ -771,8 +772,11 @@ class GrpcServer(Factory[GrpcService]):
                     routes[info.path.encode()] = _Route(info, fn)
         health: HealthServicer | None = None
         extra: dict[str, Any] = {}
-        if self.health:
+        if isinstance(self.health, HealthServicer):
+            health = self.health  # the user's own: their code sets its statuses (per worker process)
+        elif self.health:
             health = old.health if old is not None and old.health is not None else HealthServicer()
+        if health is not None:
             for name in bound:
                 health.statuses.setdefault(name, SERVING)
             extra["grpc.health.v1.Health"] = health
