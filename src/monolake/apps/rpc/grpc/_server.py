@@ -431,6 +431,10 @@ class GrpcService:
             return await self._unary(req, route, reqs, ctx_, compress, start)
         return await self._streaming(req, route, reqs, ctx_, compress, start)
 
+    def _extra(self, ctx: ServicerContext) -> list[tuple[bytes, bytes]]:
+        """Fields of a Trailers-Only answer beside the status: the initial metadata the handler sent."""
+        return self.accept + metadata_out(ctx._initial) if ctx._initial else self.accept
+
     def _head(self, ctx: ServicerContext, compress: bool) -> Headers:
         fields = [(b"content-type", b"application/grpc")]
         if compress:
@@ -462,11 +466,11 @@ class GrpcService:
             if route.kind == UNARY:
                 await reqs.drain(DRAIN_CAP)
             self._done(req, route.path, code, start)
-            return _trailers_only(code, message, details, trailers, self.accept)
+            return _trailers_only(code, message, details, trailers, self._extra(ctx))
         code = ctx._code if ctx._code is not None else StatusCode.OK
         if code != StatusCode.OK:
             self._done(req, route.path, code, start)
-            return _trailers_only(code, ctx._message, ctx._details, ctx._trailers, self.accept)
+            return _trailers_only(code, ctx._message, ctx._details, ctx._trailers, self._extra(ctx))
         body = Body(_SILENT, None)
         body.feed(_frame(payload, compress))
         body.trailers = status_fields(0, "", None, ctx._trailers) + _backward()
@@ -505,7 +509,7 @@ class GrpcService:
         status = call.status
         if status is not None and call.sent == 0:
             code, message, details, trailers = status
-            return _trailers_only(code, message, details, trailers, self.accept)
+            return _trailers_only(code, message, details, trailers, self._extra(ctx))
         return Response(200, self._head(ctx, compress), call.body)
 
     async def _run_stream(
