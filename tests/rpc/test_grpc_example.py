@@ -56,7 +56,7 @@ def only_uvloop(loop_kind: str) -> None:
 
 
 @pytest.fixture
-def from_python(loop_kind: str) -> Iterator[tuple[str, LineLog]]:
+def from_python(loop_kind: str) -> Iterator[tuple[str, LineLog, subprocess.Popen[bytes]]]:
     only_uvloop(loop_kind)
     cmd = [sys.executable, str(EXAMPLE / "greeter.py"), "--listen", "127.0.0.1:0", "--loop", loop_kind]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -64,16 +64,21 @@ def from_python(loop_kind: str) -> Iterator[tuple[str, LineLog]]:
     log = LineLog(proc.stderr, "greeter.py stderr")
     try:
         m = log.wait_line(READY)
-        yield m["servers"].split("=", 1)[1], log
+        yield m["servers"].split("=", 1)[1], log, proc
     finally:
         _stop_process(proc)
         log.join()
         proc.stderr.close()
 
 
-def test_greeter_from_python(from_python: tuple[str, LineLog], pb: Any) -> None:
-    address, _ = from_python
+def test_greeter_from_python(from_python: tuple[str, LineLog, subprocess.Popen[bytes]], pb: Any) -> None:
+    address, log, proc = from_python
     assert say_hello(pb, address, "you").message == "Hello, you!"
+    # SIGHUP rebuilds the app with make(old): the servicer instance, and its count, is kept
+    mark = log.mark()
+    proc.send_signal(signal.SIGHUP)
+    log.wait_line(r"reload \d+ \(SIGHUP\) done: rebuilt=greeter", after=mark)
+    assert say_hello(pb, address, "again").count == 2
     assert chat(pb, address, ["a", "b"]) == ["Hi a", "Hi b"]
     with pytest.raises(grpc.RpcError) as ei:
         say_hello(pb, address, "")
