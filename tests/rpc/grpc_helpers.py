@@ -52,7 +52,8 @@ class Served:
         self.app = build_http_app("grpc", settings or Server(listener="127.0.0.1:0"), factory)
 
         async def start() -> Any:
-            return await asyncio.get_running_loop().create_server(self.app.protocol_factory, "127.0.0.1", 0)
+            loop = asyncio.get_running_loop()
+            return await loop.create_server(self.app.protocol_factory, "127.0.0.1", 0, ssl=self.app.ssl_context)
 
         self.server = lt.run(start())
         self.port = self.server.sockets[0].getsockname()[1]

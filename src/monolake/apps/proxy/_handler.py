@@ -125,11 +125,12 @@ def build_handler_app(
 ) -> Any:
     """The app of a server with a ``handler``: an HTTP or stream app. Raises ConfigError."""
     if server.rpc_grpc is not None:
-        from ..rpc.grpc._app import grpc_factory
+        from ..rpc.grpc._app import grpc_factory, grpc_settings
 
         factory: Factory[Any] = grpc_factory(name, server.rpc_grpc, cfg.base_dir, modules)
-        layers: list[Layer[Any, Any]] = []
         label = server.rpc_grpc.handler
+        server = grpc_settings(server)  # TLS offers h2
+        layers: list[Layer[Any, Any]] = []
     else:
         assert server.handler is not None
         where = f"servers.{name}.handler"

@@ -16,15 +16,27 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ....core.errors import ConfigError
+from ...config import Server
 from ._metrics import GrpcStats, grpc_stats
 from ._protos import Protos, load_protos
 from ._server import DEFAULT_MAX_RECEIVE, GrpcServer
 
 if TYPE_CHECKING:
     from ..._serve import HttpApp
-    from ...config import RpcGrpc, Server, ServerTls
+    from ...config import RpcGrpc, ServerTls
 
 access = logging.getLogger("monolake.grpc.access")
+
+
+def grpc_settings(server: Server) -> Server:
+    """``server`` as a gRPC server needs it: TLS offers "h2" by ALPN unless ``tls.alpn`` says
+    otherwise (an http server's default is "http/1.1", which gRPC clients refuse)."""
+    import msgspec
+
+    tls = server.tls
+    if tls is not None and tls.alpn is None:
+        return msgspec.structs.replace(server, tls=msgspec.structs.replace(tls, alpn=["h2"]))
+    return server
 
 
 class CallRecorder:
@@ -62,6 +74,10 @@ def grpc_app(
 
     loaded = protos if isinstance(protos, Protos) else load_protos(list(protos), import_paths)
     factory = GrpcServer(loaded, servicers, on_call=CallRecorder(name, grpc_stats(name), log_calls), **options)
+    if tls is not None and tls.alpn is None:
+        import msgspec
+
+        tls = msgspec.structs.replace(tls, alpn=["h2"])  # see grpc_settings
     return HttpApp(name=name, listen=listen, factory=factory, tls=tls, settings=settings)
 
 
@@ -110,4 +126,4 @@ def grpc_factory(
         raise ConfigError(f"{where}.handler", str(exc)) from None
 
 
-__all__ = ["DEFAULT_MAX_RECEIVE", "CallRecorder", "grpc_app", "grpc_factory"]
+__all__ = ["DEFAULT_MAX_RECEIVE", "CallRecorder", "grpc_app", "grpc_factory", "grpc_settings"]

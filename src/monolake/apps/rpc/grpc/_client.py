@@ -618,3 +618,14 @@ class GrpcClient:
         """Close the client's connections (not a pool it was given)."""
         if self._own_pool:
             self.pool.close()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """``close``, then wait (up to ``timeout`` seconds) until the connections are gone: a TLS
+        connection's close_notify needs the loop to run, so call this before the loop ends."""
+        self.close()
+        if not self._own_pool:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while any(self.pool.open.values()) and loop.time() < until:
+            await asyncio.sleep(0.01)
