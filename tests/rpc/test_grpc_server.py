@@ -356,3 +356,28 @@ def test_calls_counted_by_method_and_status(loop_thread: LoopThread, caplog: pyt
         assert f"grpc server=m method={SVC}Unary code=9" in " ".join(lines)
     finally:
         s.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "code"),
+    [
+        (b"\x00\x00\x00\x00\x10abc", {}, "13"),  # declares 16 bytes, ends after 3: INTERNAL
+        (b"\x00\x00\x00", {}, "13"),  # ends inside the 5-byte prefix
+        (b"\x01\x00\x00\x00\x01x", {}, "13"),  # compressed flag, no grpc-encoding
+        (b"\x00\x00\x00\x00\x00", {"grpc-encoding": "snappy"}, "12"),  # unknown encoding: UNIMPLEMENTED
+        (b"\x00\x00\x00\x00\x00" * 2, {}, "13"),  # two messages on a unary call
+        (b"", {}, "13"),  # no message at all
+    ],
+)
+def test_bad_frames_answered_with_a_status(served: Served, body: bytes, headers: dict[str, str], code: str) -> None:
+    import httpx
+
+    with httpx.Client(http1=False, http2=True, timeout=20) as c:  # h2c by prior knowledge
+        h = {"content-type": "application/grpc", "te": "trailers", **headers}
+        r = c.post(f"http://{served.address}{SVC}Unary", content=body, headers=h)
+        assert r.status_code == 200
+        assert r.headers["grpc-status"] == code  # Trailers-Only: the status is in the headers
+        # the server still answers
+        plain = {"content-type": "application/grpc", "te": "trailers"}
+        ok = c.post(f"http://{served.address}{SVC}Unary", content=b"\x00\x00\x00\x00\x00", headers=plain)
+        assert ok.content == b"\x00\x00\x00\x00\x00"  # an empty EchoReply

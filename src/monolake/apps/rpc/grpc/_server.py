@@ -227,22 +227,9 @@ class _Requests:
             raise RpcError(StatusCode.INTERNAL, "invalid request message (protobuf parse error)") from None
 
     async def drain(self, cap: int) -> None:
-        """Read and drop the rest of the request (at most ``cap`` bytes): a call answered while
-        the client still sends is reset (NO_ERROR) after the answer, and grpcio can take that
-        reset for the status when the client is mid-message."""
-        body = self.body
+        """Read and drop the rest of the request (see ``drain_body``)."""
         self.buf.clear()
-        if body is None or body.done:
-            return
-        seen = 0
-        while seen < cap:
-            try:
-                chunk = await body.read()
-            except Exception:
-                return
-            if not chunk:
-                return
-            seen += len(chunk)
+        await drain_body(self.body, cap)
 
     async def one(self) -> Message:
         body = self.body
@@ -257,6 +244,26 @@ class _Requests:
         if await self.next() is not None:
             raise RpcError(StatusCode.INTERNAL, "more than one request message on a unary call")
         return msg
+
+
+async def drain_body(body: Body | None, cap: int = 0, seconds: float = 1.0) -> None:
+    """Read and drop what is left of a request body, at most ``cap`` bytes (``DRAIN_CAP``) and
+    ``seconds``: a call answered while the client still sends is reset (NO_ERROR) after the
+    answer, and grpcio and h2 clients can take that reset for the call's outcome when it comes
+    while they are mid-message."""
+    if body is None or body.done:
+        return
+    cap = cap or DRAIN_CAP
+    seen = 0
+    try:
+        async with asyncio.timeout(seconds):
+            while seen < cap:
+                chunk = await body.read()
+                if not chunk:
+                    return
+                seen += len(chunk)
+    except Exception:  # a timeout, or the client's reset: nothing more to drop
+        return
 
 
 class _Silent:
@@ -402,6 +409,7 @@ class GrpcService:
         if route is None:
             path = req.path.decode("latin-1")
             self._done(req, UNKNOWN_METHOD, StatusCode.UNIMPLEMENTED, start)  # bounded labels: paths are the client's
+            await drain_body(req.body)
             return _trailers_only(StatusCode.UNIMPLEMENTED, f"unknown method {path}", None, (), [])
         enc = h.get(b"grpc-encoding")
         gzip_in = False
@@ -409,6 +417,7 @@ class GrpcService:
             if enc != b"gzip":
                 msg = f"grpc-encoding {enc.decode('latin-1')} is not supported"
                 self._done(req, route.path, StatusCode.UNIMPLEMENTED, start)
+                await drain_body(req.body)
                 return _trailers_only(StatusCode.UNIMPLEMENTED, msg, None, (), self.accept)
             gzip_in = True
         compress = False
