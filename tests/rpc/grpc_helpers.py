@@ -68,9 +68,13 @@ class Served:
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """Poll ``pred`` until it holds or ``timeout`` seconds passed (a readiness wait, not a timing check)."""
+    import time
+
     ev = threading.Event()
-    for _ in range(int(timeout / 0.01)):
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
         if pred():
             return True
-        ev.wait(0.01)
+        ev.wait(0.02)
     return pred()

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
+from grpc_helpers import wait_for
 
 from conftest import READY, REPO, TIMEOUT, LineLog, ProxyFactory, _stop_process
 from monolake.apps.config import parse_config
@@ -97,9 +99,14 @@ def test_greeter_from_toml_and_reload(proxy: ProxyFactory, tmp_path: Path, loop_
     for name in ("greeter.py", "greeter.proto"):
         shutil.copy(EXAMPLE / name, tmp_path / name)
     text = (EXAMPLE / "greeter.toml").read_text().replace("127.0.0.1:50051", "127.0.0.1:0")
+    text += '\n[admin]\nlisten = "127.0.0.1:0"\n'  # metrics on
     p = proxy(text.replace("{", "{{").replace("}", "}}"))
     assert [say_hello(pb, p.address, "x").count for _ in range(2)] == [1, 2]
     p.log.wait_line(r"grpc server=greeter method=/greeter.Greeter/SayHello code=0")
+    # calls by method and status on the admin endpoint (a worker folds its counts in once a second)
+    admin = p.log.wait_line(r"admin endpoint on (http://127\.0\.0\.1:\d+)/")[1]
+    want = 'monolake_grpc_server_calls_total{code="OK",method="/greeter.Greeter/SayHello",server="greeter"} 2.0'
+    assert wait_for(lambda: want in httpx.get(f"{admin}/metrics", timeout=TIMEOUT).text)
     # The same module: the servicer instance (its count) is kept.
     mark = p.log.mark()
     p.proc.send_signal(signal.SIGHUP)
