@@ -162,11 +162,16 @@ def call(
 ) -> str:
     """Call ``method`` ("Service.Method" or "package.Service.Method") on ``address`` with the
     request in JSON; the reply in JSON. A client-streaming call takes a JSON array of requests;
-    a server-streaming one answers a JSON array. Raises RpcError, ValueError (bad JSON)."""
+    a server-streaming one answers a JSON array. Raises RpcError, ValueError (bad JSON, no such
+    method), ConfigError (a .proto protoc refuses)."""
     idl = Path(idl)
     paths = [Path(p) for p in import_paths] or [idl.parent]
     protos = load_protos([idl], paths)
-    info = protos.method(method)
+    try:
+        info = protos.method(method)
+    except KeyError:
+        known = ", ".join(f"{i.service}.{i.name}" for i in protos.methods.values())
+        raise ValueError(f"{idl} has no method {method!r} (it has: {known})") from None
 
     def parse(value: Any) -> Any:
         return json_format.ParseDict(value, info.request())
