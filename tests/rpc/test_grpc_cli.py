@@ -54,7 +54,7 @@ def test_call_with_json(served: Served) -> None:
     with pytest.raises(RpcError) as ei:
         call(served.address, ECHO, "Echo.Unary", '{"text": "invalid"}')
     assert ei.value.code == StatusCode.INVALID_ARGUMENT
-    with pytest.raises(ValueError, match="has no method 'Echo.Nope'"):
+    with pytest.raises(ValueError, match=r"has no method 'Echo\.Nope'"):
         call(served.address, ECHO, "Echo.Nope", "{}")
     with pytest.raises(Exception, match="nosuchfield"):
         call(served.address, ECHO, "Echo.Unary", '{"nosuchfield": 1}')
