@@ -73,3 +73,17 @@ def test_our_client_over_tls(tls_server: tuple[Served, trustme.CA, Path]) -> Non
             await c.aclose()  # TLS: the close_notify exchange needs the loop
 
     asyncio.run(main())
+
+
+def test_grpc_settings() -> None:
+    """h2 by ALPN unless set; the whole-stream body limit off unless set (messages are bounded)."""
+    from monolake.apps.config import Limits
+
+    tls = ServerTls(certificates=[Certificate(chain="c", key="k")])
+    s = grpc_settings(Server(listener="127.0.0.1:0", tls=tls))
+    assert s.tls is not None and s.tls.alpn == ["h2"]
+    assert s.limits.max_body_bytes == 0
+    own = ServerTls(certificates=[Certificate(chain="c", key="k")], alpn=["h2", "http/1.1"])
+    s = grpc_settings(Server(listener="127.0.0.1:0", tls=own, limits=Limits(max_body_bytes=1000)))
+    assert s.tls is not None and s.tls.alpn == ["h2", "http/1.1"]
+    assert s.limits.max_body_bytes == 1000

@@ -398,7 +398,9 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     The module is looked up beside the config file first, then on sys.path. ``request_timeout`` is the
     handler's deadline (503 past it, not 504: no upstream timed out)."""
     rpc_grpc: RpcGrpc | None = None
-    """Serve gRPC services from ``.proto`` files and a Python servicer (see ``RpcGrpc``) instead of proxying."""
+    """Serve gRPC services from ``.proto`` files and a Python servicer (see ``RpcGrpc``) instead of proxying.
+    Such a server's TLS offers h2 by ALPN unless ``tls.alpn`` is set, and ``limits.max_body_bytes`` left at
+    its default is off (it would count a stream's bytes over its life; messages are bounded instead)."""
 
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

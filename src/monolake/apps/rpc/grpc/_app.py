@@ -30,12 +30,19 @@ access = logging.getLogger("monolake.grpc.access")
 
 def grpc_settings(server: Server) -> Server:
     """``server`` as a gRPC server needs it: TLS offers "h2" by ALPN unless ``tls.alpn`` says
-    otherwise (an http server's default is "http/1.1", which gRPC clients refuse)."""
+    otherwise (an http server's default is "http/1.1", which gRPC clients refuse); and
+    ``limits.max_body_bytes`` left at its default is off, since it counts a stream's bytes over its
+    whole life and would end a long client stream; gRPC bounds each message instead
+    (``max_receive_message_bytes``)."""
     import msgspec
+
+    from ...config import Limits
 
     tls = server.tls
     if tls is not None and tls.alpn is None:
-        return msgspec.structs.replace(server, tls=msgspec.structs.replace(tls, alpn=["h2"]))
+        server = msgspec.structs.replace(server, tls=msgspec.structs.replace(tls, alpn=["h2"]))
+    if server.limits.max_body_bytes == Limits().max_body_bytes:
+        server = msgspec.structs.replace(server, limits=msgspec.structs.replace(server.limits, max_body_bytes=0))
     return server
 
 
@@ -78,6 +85,7 @@ def grpc_app(
         import msgspec
 
         tls = msgspec.structs.replace(tls, alpn=["h2"])  # see grpc_settings
+    settings = grpc_settings(settings if settings is not None else Server(listener=listen))
     return HttpApp(name=name, listen=listen, factory=factory, tls=tls, settings=settings)
 
 
