@@ -279,11 +279,11 @@ def test_client_against_our_own_server() -> None:
     """All four kinds against a monolake server (the server tests use grpcio's client)."""
     lt = LoopThread()
 
-    class Echo:
-        async def Unary(self, req: Any, ctx: Any) -> Any:
+    class Echo:  # plain def for unary and server streaming: CPU-only handlers
+        def Unary(self, req: Any, ctx: Any) -> Any:
             return M.EchoReply(text=req.text)
 
-        async def ServerStream(self, req: Any, ctx: Any) -> Any:
+        def ServerStream(self, req: Any, ctx: Any) -> Any:
             for i in range(req.count):
                 yield M.EchoReply(index=i)
 

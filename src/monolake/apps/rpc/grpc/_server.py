@@ -4,7 +4,8 @@ that the HTTP/2 driver (``core/server/_h2.py``, native nghttp2 codec) runs per s
 A servicer is an object with one method per RPC, named as in the ``.proto``, as
 grpcio's asyncio servicers are: ``async def M(self, request, context) -> Reply``;
 a server-streaming method is an async generator (or calls ``await context.write``);
-a client-streaming one takes an async iterator of requests; bidi both.
+a client-streaming one takes an async iterator of requests; bidi both. A plain ``def``
+(or generator) is allowed for CPU-only work: it runs on the loop, so it must not block.
 
 Per call: the path picks the method (a dict lookup, routes built at ``make``);
 ``grpc-timeout`` becomes a deadline the handler sees (``context.time_remaining()``)
@@ -43,7 +44,6 @@ from ._protos import MethodInfo, Protos, builtin_protos
 from ._status import Metadata, RpcError, StatusCode, metadata_in, metadata_out, status_fields
 
 log = logging.getLogger("monolake.grpc")
-access = logging.getLogger("monolake.grpc.access")
 
 DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
 """grpcio's default bound on one received message (bytes)."""
@@ -148,7 +148,7 @@ class ServicerContext:
 class _Route:
     """One method as served: its info, the bound handler and how to call it."""
 
-    __slots__ = ("fn", "info", "is_gen", "kind", "path")
+    __slots__ = ("fn", "info", "is_gen", "is_sync", "is_sync_gen", "kind", "path")
 
     def __init__(self, info: MethodInfo, fn: Callable[..., Any]) -> None:
         self.info = info
@@ -157,6 +157,9 @@ class _Route:
         cs, ss = info.client_streaming, info.server_streaming
         self.kind = BIDI if cs and ss else CLIENT_STREAM if cs else SERVER_STREAM if ss else UNARY
         self.is_gen = inspect.isasyncgenfunction(fn)
+        self.is_sync_gen = inspect.isgeneratorfunction(fn)
+        self.is_sync = not (self.is_gen or self.is_sync_gen or inspect.iscoroutinefunction(fn))
+        """A plain ``def`` (CPU-only work): called on the loop, its result used as is."""
 
 
 def _frame(payload: bytes, compress: bool) -> bytes:
@@ -489,6 +492,8 @@ class GrpcService:
 
     async def _invoke(self, route: _Route, reqs: _Requests, ctx: ServicerContext) -> Any:
         arg = reqs if route.kind == CLIENT_STREAM else await reqs.one()
+        if route.is_sync:
+            return route.fn(arg, ctx)
         return await route.fn(arg, ctx)
 
     def _status_of(
@@ -566,6 +571,14 @@ class GrpcService:
                 aclose = getattr(agen, "aclose", None)
                 if aclose is not None:
                     await aclose()
+        elif route.is_sync_gen:
+            cls = route.info.response
+            for msg in route.fn(arg, ctx):
+                if not isinstance(msg, cls):
+                    raise TypeError(f"yielded {type(msg).__name__}, not {cls.__name__}")
+                await call.send(msg)
+        elif route.is_sync:
+            route.fn(arg, ctx)
         else:
             await route.fn(arg, ctx)
 
