@@ -381,3 +381,32 @@ def test_bad_frames_answered_with_a_status(served: Served, body: bytes, headers:
         plain = {"content-type": "application/grpc", "te": "trailers"}
         ok = c.post(f"http://{served.address}{SVC}Unary", content=b"\x00\x00\x00\x00\x00", headers=plain)
         assert ok.content == b"\x00\x00\x00\x00\x00"  # an empty EchoReply
+
+
+def test_a_stream_to_a_client_that_stops_reading_pauses_its_handler(loop_thread: LoopThread) -> None:
+    """The handler's writes wait while the client's window is closed: nothing piles up in the worker."""
+    state: dict[str, Any] = {"sent": 0, "ctx": None, "cancelled": threading.Event()}
+
+    class Flood:
+        async def ServerStream(self, req: Any, ctx: Any) -> None:
+            state["ctx"] = ctx
+            chunk = M.EchoReply(payload=b"z" * 65536)
+            try:
+                for _ in range(100_000):  # 6.5 GB if nothing held it back
+                    await ctx.write(chunk)
+                    state["sent"] += 1
+            except asyncio.CancelledError:
+                state["cancelled"].set()
+                raise
+
+    s = Served(loop_thread, GrpcServer(P, Flood()))
+    try:
+        with grpc.insecure_channel(s.address) as ch:
+            it = stub(ch, "ServerStream", "unary_stream")(M.EchoRequest(count=1), timeout=60)
+            next(it)
+            assert wait_for(lambda: state["ctx"] is not None and state["ctx"]._call.paused)
+            assert state["sent"] < 1000  # held back by flow control (windows and buffers: a few MB)
+            it.cancel()
+            assert state["cancelled"].wait(20)
+    finally:
+        s.close()
