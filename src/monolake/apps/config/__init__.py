@@ -22,6 +22,7 @@ from ._schema import Log as Log
 from ._schema import OutlierDetection as OutlierDetection
 from ._schema import Retry as Retry
 from ._schema import Route as Route
+from ._schema import RpcGrpc as RpcGrpc
 from ._schema import Runtime as Runtime
 from ._schema import Server as Server
 from ._schema import ServerTls as ServerTls

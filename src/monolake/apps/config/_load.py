@@ -733,6 +733,31 @@ def _check_handler_server(rep: _Report, path: str, s: Server) -> None:
             rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no upstream")
 
 
+def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
+    """A gRPC server from .proto files: an http server answering itself."""
+    g = s.rpc_grpc
+    assert g is not None
+    where = f"{path}.rpc_grpc"
+    module, sep, attr = g.handler.partition(":")
+    if not sep or not module or not attr:
+        rep.add(f"{where}.handler", f'{g.handler!r} is not "module:attr"')
+    if not g.protos:
+        rep.add(f"{where}.protos", "needs at least one .proto file")
+    for key in ("max_receive_message_bytes", "max_send_message_bytes"):
+        if getattr(g, key) < 1:
+            rep.add(f"{where}.{key}", "must be >= 1 (bytes)")
+    if s.proxy_type != "http":
+        rep.add(f"{path}.proxy_type", 'a server with rpc_grpc is proxy_type = "http"')
+    if s.handler is not None:
+        rep.add(f"{path}.handler", "a server has a handler or rpc_grpc, not both")
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no routes or filters")
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no upstream")
+
+
 def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
@@ -740,6 +765,9 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.listener", str(exc))
     if s.tls is not None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
+    if s.rpc_grpc is not None:
+        _check_rpc_grpc_server(rep, path, s)
+        return
     if s.handler is not None:
         _check_handler_server(rep, path, s)
         if s.proxy_type != "http":

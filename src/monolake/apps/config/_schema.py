@@ -301,6 +301,32 @@ class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     then the stream is reset (RST_STREAM CANCEL) and its upstream connection closed."""
 
 
+class RpcGrpc(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """``[servers.NAME.rpc_grpc]``: serve gRPC services written in Python from ``.proto`` files
+    (``monolake.apps.rpc.grpc``), on an http server without routes or upstream."""
+
+    protos: list[str]
+    """``.proto`` files (relative to the config file), compiled once with protoc (grpcio-tools)."""
+    import_paths: list[str] = []
+    """Directories their imports are found in (relative to the config file); a file's own directory
+    is searched too."""
+    handler: str
+    """"module:attr": the servicer (a class, instantiated per worker, or an instance), or a dict of
+    full service name to servicer. Looked up beside the config file first; reloaded like a handler's."""
+    health: bool = True
+    """Serve grpc.health.v1.Health (every service SERVING)."""
+    reflection: bool = True
+    """Serve server reflection (grpc.reflection.v1 and v1alpha), for grpcurl-style tools."""
+    max_receive_message_bytes: int = 4 * 1024 * 1024
+    """Largest request message in bytes (RESOURCE_EXHAUSTED past it)."""
+    max_send_message_bytes: int = 2**31 - 1
+    """Largest response message in bytes (RESOURCE_EXHAUSTED past it)."""
+    compression: Literal["off", "gzip"] = "off"
+    """"gzip": compress response messages for clients that accept it (requests are always accepted)."""
+    log_calls: bool = False
+    """Log one line per call (method, status code, seconds) to the ``monolake.grpc.access`` logger."""
+
+
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
@@ -383,6 +409,10 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     these; HTTP services with ``proxy_type = "http"``, stream ones (a call per connection) with "tcp".
     The module is looked up beside the config file first, then on sys.path. ``request_timeout`` is the
     handler's deadline (503 past it, not 504: no upstream timed out)."""
+    rpc_grpc: RpcGrpc | None = None
+    """Serve gRPC services from ``.proto`` files and a Python servicer (see ``RpcGrpc``) instead of proxying.
+    Such a server's TLS offers h2 by ALPN unless ``tls.alpn`` is set, and ``limits.max_body_bytes`` left at
+    its default is off (it would count a stream's bytes over its life; messages are bounded instead)."""
 
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -154,7 +154,7 @@ def build_apps(
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
-        if server.handler is not None:  # the user's own service, no proxying
+        if server.handler is not None or server.rpc_grpc is not None:  # the user's own service, no proxying
             prev = old.get(name) if old else None
             handler_app = build_handler_app(
                 name,

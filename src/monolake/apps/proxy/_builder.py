@@ -88,6 +88,8 @@ def _filter_module_paths(name: str, server: Server) -> list[tuple[str, str]]:
                 out.append((use.partition(":")[0], f"{where}[{j}]"))
     if server.handler is not None:
         out.append((server.handler.partition(":")[0], f"servers.{name}.handler"))
+    if server.rpc_grpc is not None:
+        out.append((server.rpc_grpc.handler.partition(":")[0], f"servers.{name}.rpc_grpc.handler"))
     return out
 
 
@@ -111,7 +113,7 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
-    if server.handler is not None:
+    if server.handler is not None or server.rpc_grpc is not None:
         return set()
     if server.proxy_type not in ("http", "tcp"):
         return None

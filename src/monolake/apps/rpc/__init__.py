@@ -1,0 +1,1 @@
+"""RPC frameworks (Thrift, gRPC) on the monolake runtime."""
