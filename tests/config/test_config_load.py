@@ -523,7 +523,7 @@ def test_inline_endpoint_weight_zero() -> None:
     ("mutate", "path", "fragment"),
     [
         (lambda d: app(d).update(endpoints=[]), "upstreams.app.endpoints", "at least one endpoint"),
-        (lambda d: app(d).pop("endpoints"), "upstreams.app", "missing required field `endpoints`"),
+        (lambda d: app(d).pop("endpoints"), "upstreams.app.endpoints", "at least one endpoint"),
         (
             lambda d: app(d).update(load_balancer="consistent_hash", hash_on="bogus"),
             "upstreams.app.hash_on",

@@ -33,6 +33,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TypeVar
 
 from ...core.address import Endpoint
+from ...core.errors import Overloaded
 from ...core.proto.http._message import Request
 
 _I = TypeVar("_I")
@@ -487,6 +488,24 @@ class MaglevBalancer(_HashBalancer):
         for ep in self._table:
             counts[str(ep)] += 1
         return counts
+
+
+class EmptyBalancer(Balancer):
+    """The balancer of a cluster whose discovery found no endpoint (yet): every pick raises
+    ``Overloaded``, which the server answers 503."""
+
+    __slots__ = ("_why",)
+
+    def __init__(self, cluster: str) -> None:
+        # No endpoint: the base class's checks would refuse it.
+        self.endpoints = ()
+        self._why = f"cluster {cluster} has no endpoints"
+
+    def pick(self, req: Request) -> Endpoint:
+        raise Overloaded(self._why)
+
+    def pick_excluding(self, req: Request, exclude: Collection[Endpoint]) -> Endpoint | None:
+        return None
 
 
 def make_balancer(

@@ -49,6 +49,7 @@ import msgspec
 from ...core.client import Pool
 from ...core.errors import ConfigError
 from ..config import Cluster, Config, Server
+from ..discovery._record import EndpointRecord, records_from_wire, to_endpoints
 from ..observe import AccessLog
 from ..observe._metrics import worker_metrics
 from ._app import Shared, build_apps, new_access_log
@@ -132,6 +133,25 @@ class ProxyBuilder:
         self._clusters: dict[str, tuple[Cluster, UpstreamCluster]] = {}
         self._access_log: AccessLog | None = None
         self._digests: dict[str, str] = {}
+        self._discovered: dict[str, list[EndpointRecord]] = {}
+        """The last endpoint set discovery sent for each cluster (``on_message``)."""
+
+    def on_message(self, msg: Mapping[str, Any]) -> None:
+        """A message the supervisor broadcast to the workers: a cluster's discovered endpoint
+        set (``apps.discovery``), applied at once to the running cluster and kept for the
+        clusters later reloads build. An empty message forgets the cluster's set."""
+        name = msg.get("cluster")
+        if not isinstance(name, str):
+            return
+        if "records" not in msg:
+            self._discovered.pop(name, None)
+            return
+        records = records_from_wire(msg["records"])
+        self._discovered[name] = records
+        running = self._clusters.get(name)
+        if running is not None and running[0].discovery is not None:
+            active, draining = to_endpoints(records)
+            running[1].set_endpoints(active, draining)
 
     @property
     def pool(self) -> Pool:
@@ -247,6 +267,9 @@ class ProxyBuilder:
             prev = self._clusters.get(cname) if reuse else None
             if prev is None or prev[0] != c:
                 prev = (c, UpstreamCluster.from_config(cname, c, pool))
+                found = self._discovered.get(cname) if c.discovery is not None else None
+                if found is not None:
+                    prev[1].set_endpoints(*to_endpoints(found))
             clusters[cname] = prev
         same_log = reuse and self._cfg is not None and self._cfg.log == cfg.log
         access_log = self._access_log if same_log else new_access_log(cfg)
