@@ -70,7 +70,11 @@ def parse_record(data: bytes, where: str) -> EndpointRecord:
 
 
 def records_to_wire(records: Sequence[EndpointRecord]) -> list[dict[str, Any]]:
-    return [msgspec.to_builtins(r) for r in records]
+    """JSON-ready objects (what travels to the workers and what the admin pages show)."""
+    return [
+        {"address": r.address, "weight": r.weight, "zone": r.zone, "tags": list(r.tags), "draining": r.draining}
+        for r in records
+    ]
 
 
 def records_from_wire(items: Iterable[Any]) -> list[EndpointRecord]:
