@@ -870,6 +870,9 @@ def _validate(cfg: Config, rep: _Report) -> None:
     if cfg.admin is not None:
         _check_admin(rep, cfg.admin.listen, seen)
         _check_admin_limits(rep, cfg.admin)
+        for i, name in enumerate(cfg.admin.ready_upstreams):
+            if name not in cfg.upstreams:
+                rep.add(f"admin.ready_upstreams[{i}]", f"no [upstreams.{name}] table")
 
 
 def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:

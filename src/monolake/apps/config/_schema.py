@@ -434,6 +434,11 @@ class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """Seconds a client has to send a request's head, from connect or from its first byte; then 408 and close."""
     idle_timeout: float = 30.0
     """Seconds a kept-alive admin connection may wait for its next request before it is closed."""
+    ready_upstreams: list[str] = []
+    """Clusters ``/ready`` needs healthy: it answers 503 while one of them has fewer than
+    ``ready_min_healthy`` healthy endpoints in some worker (and while starting or draining)."""
+    ready_min_healthy: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """Healthy endpoints each of ``ready_upstreams`` needs for ``/ready`` to answer 200."""
 
 
 class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -64,14 +64,14 @@ class FileSource(EndpointSource):
         sink.update(records)
 
     async def run(self, sink: Sink) -> None:
-        self._load(sink)
         loop = asyncio.get_running_loop()
         try:
-            watcher = ConfigWatcher(self.path)
+            watcher = ConfigWatcher(self.path)  # before the first read: a change after it is seen
         except OSError:
             while True:
-                await asyncio.sleep(POLL)
                 self._load(sink)
+                await asyncio.sleep(POLL)
+        self._load(sink)
         changed = asyncio.Event()
 
         def on_events() -> None:

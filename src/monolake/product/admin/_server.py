@@ -43,6 +43,7 @@ from ...apps.observe._metrics import LATENCY_BUCKETS, worker_families
 from ...core.address import parse_endpoint, parse_listener
 from ...core.errors import ConfigError
 from ...core.runtime._logging import logger as log
+from ._fleet import PREFIX, endpoint_call, readiness
 from ._http import HttpListener, Limits, Reply, Request
 
 RELOAD_WAIT = 60.0
@@ -126,6 +127,8 @@ class AdminState:
         self.started = time.time()
         self.reloads = threading.Condition()
         self.last_reload: Any = None
+        self.hub: Any = None
+        """The discovery hub (``apps.discovery.DiscoveryHub``) when a cluster discovers its endpoints."""
 
     def config(self) -> Config:
         return self.supervisor.config  # type: ignore[no-any-return]
@@ -154,6 +157,8 @@ class AdminState:
         registry = CollectorRegistry()
         if self.metrics_dir is not None:
             registry.register(_Snapshot(self.families()))
+        if self.hub is not None:
+            registry.register(_Snapshot(self.hub.families()))
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def upstreams(self, fams: Iterable[Any] | None = None) -> dict[str, Any]:
@@ -283,6 +288,8 @@ class _Routes:
             "/upstreams": self._upstreams,
             "/stats.json": self._stats,
             "/reload": self._last_reload,
+            "/ready": self._ready,
+            "/endpoints": self._endpoints,
         }
 
     def __call__(self, req: Request) -> Reply:
@@ -292,6 +299,12 @@ class _Routes:
             handler = self.get.get(path)
         elif req.method == "POST" and path == "/reload":
             handler = self._reload
+        elif path.startswith(PREFIX) and req.method in ("PUT", "DELETE", "POST"):
+            denied = self._denied(req)
+            if denied is not None:
+                return denied
+            status, payload = endpoint_call(self.state.hub, req.method, path, req.body)
+            return _json(status, payload)
         if handler is None:
             known = path in self.get
             return _json(405 if known else 404, {"error": "method not allowed" if known else "not found"})
@@ -328,6 +341,15 @@ class _Routes:
     def _healthz(self) -> Reply:
         st = self.state
         return _json(200, {"status": "ok", "pid": os.getpid(), "uptime": round(time.time() - st.started, 3)})
+
+    def _ready(self) -> Reply:
+        st = self.state
+        ok, details = readiness(getattr(st.supervisor, "state", "ready"), st.config(), st.families())
+        return _json(200 if ok else 503, details)
+
+    def _endpoints(self) -> Reply:
+        hub = self.state.hub
+        return _json(200, {"upstreams": hub.statistics() if hub is not None else {}})
 
     def _config(self) -> Reply:
         return _json(200, redact(msgspec.to_builtins(self.state.config())))
