@@ -128,6 +128,9 @@ class AdminState:
         self.reloads = threading.Condition()
         self.last_reload: Any = None
         self.hub: Any = None
+        self.config_url: str | None = None
+        """Where the config comes from when not a file (``etcd://...``): ``/config`` names it, and the
+        last reload's error when it failed (a bad config pushed to the key)."""
         """The discovery hub (``apps.discovery.DiscoveryHub``) when a cluster discovers its endpoints."""
 
     def config(self) -> Config:
@@ -352,7 +355,13 @@ class _Routes:
         return _json(200, {"upstreams": hub.statistics() if hub is not None else {}})
 
     def _config(self) -> Reply:
-        return _json(200, redact(msgspec.to_builtins(self.state.config())))
+        doc = redact(msgspec.to_builtins(self.state.config()))
+        url = self.state.config_url
+        if url is not None:
+            last = getattr(self.state.supervisor, "last_reload", None)
+            error = last.error if last is not None and not last.ok else None
+            doc["_source"] = {"url": url, "last_reload_error": error}
+        return _json(200, doc)
 
     def _upstreams(self) -> Reply:
         return _json(200, self.state.upstreams())
