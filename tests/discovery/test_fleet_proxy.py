@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -149,7 +150,7 @@ def test_ready_and_metrics(fleet: tuple[Proxy, str, Path]) -> None:
     text = get(admin + "/metrics")[1].decode()
     assert 'monolake_discovery_updates_total{source="file",upstream="api"}' in text
     assert "monolake_discovery_last_success_timestamp_seconds" in text
-    assert 'monolake_upstream_endpoints{state="healthy",upstream="api"}' in text
+    assert re.search(r'monolake_upstream_endpoints\{pid="\d+",state="healthy",upstream="api"\} 1.0', text)
 
 
 def test_readiness_rules() -> None:

@@ -168,9 +168,9 @@ class _Families:
         self.reloads = Counter("monolake_reloads", "Config reloads by result.", ["result"], registry=None)
         self.endpoints = Gauge(
             "monolake_upstream_endpoints",
-            "Endpoints of a cluster by state (healthy, unhealthy, ejected, draining); the least any worker counts.",
+            "Endpoints of a cluster by state (healthy, unhealthy, ejected, draining), per worker (pid).",
             ["upstream", "state"],
-            multiprocess_mode="livemin",
+            multiprocess_mode="liveall",
             registry=None,
         )
         # L4 and Thrift servers (counted in _conn_metrics.py).

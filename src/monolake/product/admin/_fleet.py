@@ -48,7 +48,8 @@ def readiness(state: str, cfg: Any, families: list[Any]) -> tuple[bool, dict[str
     for fam in families:
         for s in fam.samples:
             if s.name == "monolake_upstream_endpoints" and s.labels.get("state") == "healthy":
-                healthy[s.labels["upstream"]] = s.value
+                name = s.labels["upstream"]
+                healthy[name] = min(s.value, healthy.get(name, s.value))  # the worker that has the fewest
     counts: dict[str, float | None] = {}
     for name in wanted:
         n = healthy.get(name)
