@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from etcd_cluster import Cluster, delete, put
 
-from conftest import TIMEOUT, Proxy, free_port
+from conftest import REPO, TIMEOUT, Proxy, free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("etcd") is None or shutil.which("h2load") is None, reason="needs etcd and h2load"
@@ -30,18 +30,21 @@ pytestmark = pytest.mark.skipif(
 
 LOAD_SECONDS = 6
 
-CONFIG = """
-[runtime]
-workers = {workers}
-[admin]
-listen = "127.0.0.1:{admin}"
-[upstreams.api]
-load_balancer = "round_robin"
-discovery = {{ kind = "etcd", endpoints = ["{etcd}"], prefix = "/fleet/api/" }}
-[servers.web]
-listener = "127.0.0.1:0"
-routes = [{{ path = "/", upstream = "api" }}]
-"""
+EXAMPLE = REPO / "examples" / "fleet.toml"
+
+
+def fleet_config(etcd: str, admin: int, workers: int) -> str:
+    """examples/fleet.toml (the guide's file) on this test's etcd and ports."""
+    text = EXAMPLE.read_text()
+    for old, new in (
+        ("http://127.0.0.1:2379", etcd),
+        ("127.0.0.1:9901", f"127.0.0.1:{admin}"),
+        ("127.0.0.1:8080", "127.0.0.1:0"),
+        ("workers = 0", f"workers = {workers}"),
+    ):
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
 
 
 class Backends:
@@ -134,10 +137,10 @@ def test_scale_2_to_10_to_1_under_load_with_zero_failures(tmp_path: Path, backen
     loads: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(2):
-            put(url, f"/fleet/api/{i}", {"address": backends.start(i)})
+            put(url, f"/monolake/endpoints/api/{i}", {"address": backends.start(i)})
         admins = [(free_port(), 2), (free_port(), 1)]
         for admin, workers in admins:
-            put(url, f"/fleet/config/{admin}", CONFIG.format(workers=workers, admin=admin, etcd=url))
+            put(url, f"/fleet/config/{admin}", fleet_config(url, admin, workers))
             target = url.replace("http://", "etcd://") + f"/fleet/config/{admin}"
             proxies.append(Proxy("", tmp_path, loop="uvloop", workers=None, extra_args=["-c", target]))
         settled(admins, 2)
@@ -150,11 +153,11 @@ def test_scale_2_to_10_to_1_under_load_with_zero_failures(tmp_path: Path, backen
             for p in proxies
         ]
         for i in range(2, 10):
-            put(url, f"/fleet/api/{i}", {"address": backends.start(i), "weight": 1})
+            put(url, f"/monolake/endpoints/api/{i}", {"address": backends.start(i), "weight": 1})
         settled(admins, 10)
-        put(url, "/fleet/api/0", {"address": f"127.0.0.1:{backends.ports[0]}", "weight": 3})  # reweighted
+        put(url, "/monolake/endpoints/api/0", {"address": f"127.0.0.1:{backends.ports[0]}", "weight": 3})  # reweighted
         for i in range(1, 10):
-            delete(url, f"/fleet/api/{i}")
+            delete(url, f"/monolake/endpoints/api/{i}")
         settled(admins, 1)
         for i in range(1, 10):
             backends.stop(i)  # deregistered everywhere: the autoscaler may stop it now
