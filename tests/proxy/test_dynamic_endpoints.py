@@ -149,3 +149,36 @@ def test_records_carry_weight_zone_tags_and_draining() -> None:
     assert [str(e) for e in active] == ["10.0.0.1:80"] and active[0].weight == 3
     assert active[0].meta == {"zone": "eu-1a", "tags": ["canary"]}
     assert [str(e) for e in draining] == ["10.0.0.2:80"]
+
+
+def test_builder_applies_sets_to_running_prepared_and_rebuilt_clusters(tmp_path: object) -> None:
+    from monolake.apps.config import parse_config
+    from monolake.apps.proxy import ProxyBuilder
+
+    def cfg(read_timeout: float) -> object:
+        return parse_config(
+            {
+                "upstreams": {"api": {"discovery": {"kind": "file", "path": "e.json"}, "read_timeout": read_timeout}},
+                "servers": {"web": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "api"}]}},
+            }
+        )
+
+    def msg(*addresses: str) -> dict[str, object]:
+        return {"op": "app", "cluster": "api", "records": [{"address": a} for a in addresses]}
+
+    b = ProxyBuilder()
+    b.on_message(msg("10.0.0.1:80"))  # retained, before the first build (a restarted worker)
+    apps = b(cfg(60.0))
+    running = b._clusters["api"][1]
+    assert [str(e) for e in running.endpoints] == ["10.0.0.1:80"]
+    b.on_message(msg("10.0.0.2:80"))
+    assert [str(e) for e in running.endpoints] == ["10.0.0.2:80"]
+    prepared = b.prepare(cfg(30.0), apps)  # the cluster changed: rebuilt with the current set
+    new = b._preparing["api"][1]
+    assert new is not running and [str(e) for e in new.endpoints] == ["10.0.0.2:80"]
+    b.on_message(msg("10.0.0.3:80"))  # between prepare and commit: both get it
+    assert [str(e) for e in new.endpoints] == [str(e) for e in running.endpoints] == ["10.0.0.3:80"]
+    prepared.commit()
+    assert b._clusters["api"][1] is new and not b._preparing
+    b.on_message({"op": "app", "cluster": "api"})  # forgotten (discovery removed by a reload)
+    assert "api" not in b._discovered

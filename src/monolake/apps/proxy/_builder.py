@@ -135,6 +135,8 @@ class ProxyBuilder:
         self._digests: dict[str, str] = {}
         self._discovered: dict[str, list[EndpointRecord]] = {}
         """The last endpoint set discovery sent for each cluster (``on_message``)."""
+        self._preparing: dict[str, tuple[Cluster, UpstreamCluster]] = {}
+        """The clusters of a reload between prepare and commit/abort (they get sets too)."""
 
     def on_message(self, msg: Mapping[str, Any]) -> None:
         """A message the supervisor broadcast to the workers: a cluster's discovered endpoint
@@ -148,10 +150,12 @@ class ProxyBuilder:
             return
         records = records_from_wire(msg["records"])
         self._discovered[name] = records
-        running = self._clusters.get(name)
-        if running is not None and running[0].discovery is not None:
-            active, draining = to_endpoints(records)
-            running[1].set_endpoints(active, draining)
+        active, draining = to_endpoints(records)
+        done: set[int] = set()
+        for found in (self._clusters.get(name), self._preparing.get(name)):
+            if found is not None and found[0].discovery is not None and id(found[1]) not in done:
+                done.add(id(found[1]))
+                found[1].set_endpoints(active, draining)
 
     @property
     def pool(self) -> Pool:
@@ -204,6 +208,7 @@ class ProxyBuilder:
                 adopt.append((prev, new))
             else:
                 apps[name], changes[name] = new, "replaced" if prev is not None else "added"
+        self._preparing = clusters
         return PreparedApps(self, cfg, apps, changes, adopt, fresh, clusters, shared.access_log)
 
     # -- helpers ------------------------------------------------------------------------
@@ -335,6 +340,7 @@ class PreparedApps:
                 u.close()
                 watched.discard(u)  # its last health must not be sampled over its successor's
         b._settle(self.cfg, self._clusters, self._access_log)
+        b._preparing = {}
         _start_checks(self._clusters)  # new clusters' checks; kept ones' keep running
         if old_log is not None and old_log is not self._access_log:
             # Requests still in flight log through their app's current on_complete: the new log.
@@ -342,5 +348,6 @@ class PreparedApps:
                 old_log.close()
 
     def abort(self) -> None:
+        self.builder._preparing = {}
         if self._access_log is not None and self._access_log is not self.builder._access_log:
             self._access_log.close()

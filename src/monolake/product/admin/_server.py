@@ -170,6 +170,9 @@ class AdminState:
         out: dict[str, dict[str, Any]] = {}
         for name, c in cfg.upstreams.items():
             out[name] = {"endpoints": [_endpoint_text(u.endpoint) for u in c.endpoints]}
+            found = self.hub.current(name) if self.hub is not None else None
+            if found is not None:  # discovery's set, not the config's
+                out[name] = {"endpoints": [_endpoint_text(r.address) for r in found if not r.draining]}
         for sname, server in cfg.servers.items():
             for i, r in enumerate(server.routes):
                 if r.upstreams:
