@@ -368,7 +368,10 @@ def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
 
 
 def _check_discovery(rep: _Report, path: str, d: Discovery) -> None:
-    need = {"dns": ("name",), "file": ("path",), "etcd": ("endpoints", "prefix")}.get(d.kind, ())
+    need = {"dns": ("name",), "file": ("path",), "etcd": ("endpoints", "prefix"), "custom": ("source",)}.get(d.kind, ())
+    module, sep, attr = d.source.partition(":")
+    if d.source and not (sep and module and attr):
+        rep.add(f"{path}.source", f'{d.source!r} is not "module:Class"')
     for key in need:
         if not getattr(d, key):
             rep.add(f"{path}.{key}", f'discovery kind "{d.kind}" needs it')

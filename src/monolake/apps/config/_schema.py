@@ -12,7 +12,7 @@ live in ``_load.py`` and report the same key paths.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -141,11 +141,12 @@ class Discovery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     ``{"address": "10.0.0.5:8080", "weight": 1, "zone": "a", "tags": ["canary"], "draining": false}``
     (only ``address`` is required)."""
 
-    kind: Literal["static", "dns", "file", "etcd", "admin"]
+    kind: Literal["static", "dns", "file", "etcd", "admin", "custom"]
     """"static": the cluster's ``endpoints``; "dns": A/AAAA or SRV records of ``name``; "file": the
     records in ``path``; "etcd": the records under the key ``prefix``; "admin": what the admin
     endpoint's ``PUT``/``DELETE /upstreams/NAME/endpoints/ADDRESS`` set, starting from ``endpoints``.
-    The admin endpoint changes the set of every kind (until the source's next update)."""
+    The admin endpoint changes the set of every kind (until the source's next update). "custom": your
+    own ``EndpointSource`` named by ``source``."""
     name: str = ""
     """dns: the name to resolve."""
     record: Literal["A", "AAAA", "A+AAAA", "SRV"] = "A+AAAA"
@@ -177,6 +178,11 @@ class Discovery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     """etcd: TLS to the members (CA, client certificate for etcd's client-certificate auth)."""
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     """dns, etcd: seconds one query or connect may take."""
+    source: str = ""
+    """custom: "module:Class", a ``monolake.apps.discovery.EndpointSource`` subclass; the supervisor
+    makes one per cluster as ``Class(cluster_name, **args)``."""
+    args: dict[str, Any] = {}
+    """custom: the keyword arguments of ``source``."""
 
 
 class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -179,7 +179,10 @@ class EtcdClient:
                     if "error" in doc:
                         err = doc["error"]
                         message = str(err.get("message", err))
-                        raise EtcdError(f"{ep}: watch: {message}", auth="auth" in message or "token" in message)
+                        auth = "auth" in message or "token" in message
+                        if auth:
+                            self.token = None  # expired (etcd's simple tokens do): authenticate again
+                        raise EtcdError(f"{ep}: watch: {message}", auth=auth)
                     result = doc.get("result", {})
                     if result.get("canceled") or result.get("compact_revision"):
                         if int(result.get("compact_revision", 0) or 0):

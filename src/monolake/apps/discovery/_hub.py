@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from ...core.errors import ConfigError
 from ..config import Config, Discovery
 from ._record import EndpointRecord, records_to_wire
 from ._source import EndpointSource
@@ -57,7 +59,25 @@ def make_source(cluster: str, d: Discovery, base_dir: str | None) -> EndpointSou
         from ._etcd import EtcdSource
 
         return EtcdSource(cluster, d)
+    if d.kind == "custom":
+        return _custom(cluster, d)
     return None
+
+
+def _custom(cluster: str, d: Discovery) -> EndpointSource:
+    """``d.source``'s class made for ``cluster``. Raises ConfigError naming the key path."""
+    where = f"upstreams.{cluster}.discovery.source"
+    module, _, attr = d.source.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except Exception as exc:
+        raise ConfigError(where, f"cannot import {d.source!r}: {type(exc).__name__}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, EndpointSource)):
+        raise ConfigError(where, f"{d.source!r} is not an EndpointSource subclass")
+    try:
+        return cls(cluster, **d.args)  # type: ignore[no-any-return,unused-ignore]
+    except Exception as exc:
+        raise ConfigError(f"upstreams.{cluster}.discovery.args", f"{type(exc).__name__}: {exc}") from None
 
 
 def topic(cluster: str) -> str:
@@ -153,7 +173,11 @@ class DiscoveryHub:
         self._thread = threading.Thread(target=main, name="monolake-discovery", daemon=True)
         self._thread.start()
         ready.wait()
-        self.reconfigure(self._cfg)
+        try:
+            self.reconfigure(self._cfg, strict=True)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         loop, thread = self._loop, self._thread
@@ -164,9 +188,10 @@ class DiscoveryHub:
         thread.join(5.0)
         self._loop = self._thread = None
 
-    def reconfigure(self, cfg: Config) -> None:
+    def reconfigure(self, cfg: Config, *, strict: bool = False) -> None:
         """Follow a (reloaded) config: start sources of new or changed discovery tables, stop
-        those of removed ones. Thread-safe."""
+        those of removed ones. Thread-safe. A custom source that cannot be made raises
+        ConfigError with ``strict`` (at start), else is logged and its cluster keeps its set."""
         self._cfg = cfg
         self._base_dir = cfg.base_dir
         wanted = {n: c for n, c in cfg.upstreams.items() if c.discovery is not None}
@@ -183,7 +208,13 @@ class DiscoveryHub:
                 if cs is not None:
                     self._stop(cs)
                 initial = [EndpointRecord(address=_spec_text(u.endpoint), weight=u.weight) for u in c.endpoints]
-                source = make_source(name, d, self._base_dir)
+                try:
+                    source = make_source(name, d, self._base_dir)
+                except ConfigError as exc:
+                    if strict:
+                        raise
+                    log.error("discovery: cluster %s: %s; its endpoints stay as they are", name, exc)
+                    continue
                 cs = self.sets[name] = ClusterSet(name, d, source, initial)
                 if source is None:
                     if d.kind == "admin":
