@@ -364,9 +364,10 @@ class UpstreamCluster:
                 st.endpoint = ep
             states.append(st)
         old_keys = set(self._keys)
-        keys = list({ep.key for ep in eps})
-        self.pool.use(k for k in keys if k not in old_keys)
-        self.pool.unuse(k for k in old_keys if k not in set(keys))
+        new_keys = {ep.key for ep in eps}
+        keys = list(new_keys)
+        self.pool.use(new_keys - old_keys)
+        self.pool.unuse(old_keys - new_keys)
         self.endpoints = eps
         self.draining = [self._shape(ep) for ep in draining]
         self._states[:] = states  # in place: the checker and outlier detector hold this list
