@@ -109,3 +109,30 @@ def test_hub_publishes_sets_and_admin_edits(tmp_path: Path) -> None:
         assert got[-1] == ("endpoints/m", {})
     finally:
         hub.close()
+
+
+def test_hub_static_and_admin_sets_start_over_when_the_config_changes(tmp_path: Path) -> None:
+    def cfg(addr: str) -> Any:
+        return parse_config(
+            {
+                "upstreams": {
+                    "s": {"endpoints": [{"endpoint": addr}], "discovery": {"kind": "static"}},
+                    "m": {"endpoints": [{"endpoint": addr}], "discovery": {"kind": "admin"}},
+                },
+                "servers": {"web": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "s"}]}},
+            }
+        )
+
+    got: list[tuple[str, dict[str, Any]]] = []
+    hub = DiscoveryHub(cfg("10.0.0.1:80"), lambda t, m: got.append((t, m)))
+    hub.start()
+    try:
+        assert [t for t, _ in got] == ["endpoints/m"]  # a static set is the config's: nothing to send
+        hub.put("s", EndpointRecord(address="10.0.0.9:80"))
+        hub.reconfigure(cfg("10.0.0.1:80"))  # unchanged: the admin edit stays
+        assert [r.address for r in hub.current("s") or []] == ["10.0.0.1:80", "10.0.0.9:80"]
+        hub.reconfigure(cfg("10.0.0.2:80"))
+        for name in ("s", "m"):
+            assert [r["address"] for r in dict(got)[f"endpoints/{name}"]["records"]] == ["10.0.0.2:80"]
+    finally:
+        hub.close()

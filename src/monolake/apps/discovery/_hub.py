@@ -92,6 +92,8 @@ class ClusterSet:
         self.discovery = d
         self.source = source
         self.records: list[EndpointRecord] = initial
+        self.configured = list(initial)
+        """The config's own endpoints (where a static or admin set starts)."""
         self.published = False
         self.updates = 0
         self.errors = 0
@@ -203,11 +205,13 @@ class DiscoveryHub:
                 d = c.discovery
                 assert d is not None
                 cs = self.sets.get(name)
-                if cs is not None and cs.discovery == d:
+                initial = [EndpointRecord(address=_spec_text(u.endpoint), weight=u.weight) for u in c.endpoints]
+                if cs is not None and cs.discovery == d and (cs.source is not None or cs.configured == initial):
                     continue
+                # (A static or admin set starts over from the config's endpoints when they change.)
+                edited = cs is not None and cs.published
                 if cs is not None:
                     self._stop(cs)
-                initial = [EndpointRecord(address=_spec_text(u.endpoint), weight=u.weight) for u in c.endpoints]
                 try:
                     source = make_source(name, d, self._base_dir)
                 except ConfigError as exc:
@@ -217,7 +221,7 @@ class DiscoveryHub:
                     continue
                 cs = self.sets[name] = ClusterSet(name, d, source, initial)
                 if source is None:
-                    if d.kind == "admin":
+                    if d.kind == "admin" or edited:  # a static set the admin API changed is the config's again
                         self._publish(cs)
                     continue
                 log.info("discovery: cluster %s follows %s", name, source.describe())
