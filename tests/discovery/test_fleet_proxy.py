@@ -102,6 +102,9 @@ def test_file_changes_reach_every_worker_without_a_reload(
     assert status == 200 and doc["kind"] == "file" and doc["updates"] >= 2
     assert sorted(e["address"] for e in doc["endpoints"]) == sorted([b.address, c.address])
     assert doc["endpoints"][0]["zone"] == "z1" and doc["last_success"] is not None
+    # /upstreams lists the set in force, not the config's (none) nor a removed endpoint
+    listed = json.loads(get(admin + "/upstreams")[1])["upstreams"]["api"]["endpoints"]
+    assert sorted(e["endpoint"] for e in listed) == sorted([b.address, c.address])
 
 
 def test_admin_api_puts_drains_and_deletes(fleet: tuple[Proxy, str, Path], origins: list[Origin]) -> None:

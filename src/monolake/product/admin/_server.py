@@ -194,6 +194,8 @@ class AdminState:
             eps = [{"endpoint": ep, "healthy": health.pop((name, ep), None)} for ep in info["endpoints"]]
             result[name] = {"endpoints": eps, "requests": requests.get(name, 0), "errors_5xx": errors.get(name, 0)}
         for (name, ep), ok in health.items():  # endpoints named differently by the health checker
+            if self.hub is not None and self.hub.current(name) is not None:
+                continue  # a discovered endpoint since removed (its gauge outlives it in the metric files)
             entry = result.setdefault(name, {"endpoints": [], "requests": 0, "errors_5xx": 0})
             for e in entry["endpoints"]:
                 if e["healthy"] is None and (e["endpoint"].endswith(ep) or ep.endswith(e["endpoint"])):
