@@ -56,15 +56,20 @@ def names(url: str, n: int = 16) -> Counter[str]:
     """Which origins answer ``n`` requests, each on a new connection (so both workers serve)."""
     seen: Counter[str] = Counter()
     for _ in range(n):
-        status, body = get(url + "/name")
+        try:
+            status, body = get(url + "/name")
+        except OSError as exc:  # URLError included: said in the failure message, not raised
+            seen[f"error {exc}"] += 1
+            continue
         seen[body.decode() if status == 200 else f"status {status}"] += 1
     return seen
 
 
-def until(cond: Any, timeout: float = TIMEOUT, proxy: Proxy | None = None) -> None:
+def until(probe: Any, want: Any, proxy: Proxy, timeout: float = TIMEOUT) -> None:
+    """Until ``probe()`` returns ``want``; the last value and the proxy's log say why not."""
     deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time" + (f":\n{proxy.log.text}" if proxy else "")
+    while (got := probe()) != want:
+        assert time.monotonic() < deadline, f"wanted {want!r}, last got {got!r}; proxy log:\n{proxy.log.text}"
         time.sleep(0.05)
 
 
@@ -93,9 +98,9 @@ def test_file_changes_reach_every_worker_without_a_reload(
     proxy, admin, eps = fleet
     _a, b, c = origins
     web = proxy.url_of("web")
-    until(lambda: set(names(web)) == {"a"})
+    until(lambda: set(names(web)), {"a"}, proxy)
     write_eps(eps, [b, c])
-    until(lambda: set(names(web, 24)) == {"b", "c"}, proxy=proxy)
+    until(lambda: set(names(web, 24)), {"b", "c"}, proxy)
     assert not proxy.log.count("reload")
     status, body = get(admin + "/endpoints")
     doc = json.loads(body)["upstreams"]["api"]
@@ -114,9 +119,9 @@ def test_admin_api_puts_drains_and_deletes(fleet: tuple[Proxy, str, Path], origi
     assert set(names(man)) == {"a"}
     status, body = get(f"{admin}/upstreams/man/endpoints/{b.address}", "PUT", b'{"weight": 2}')
     assert status == 200, body
-    until(lambda: set(names(man, 24)) == {"a", "b"})
+    until(lambda: set(names(man, 24)), {"a", "b"}, proxy)
     assert get(f"{admin}/upstreams/man/endpoints/{a.address}/drain", "POST")[0] == 200
-    until(lambda: set(names(man, 24)) == {"b"})
+    until(lambda: set(names(man, 24)), {"b"}, proxy)
     listed = json.loads(get(admin + "/endpoints")[1])["upstreams"]["man"]["endpoints"]
     assert [(e["address"], e["draining"]) for e in listed] == [(a.address, True), (b.address, False)]
     assert get(f"{admin}/upstreams/man/endpoints/{a.address}", "DELETE")[0] == 200
@@ -131,7 +136,7 @@ def test_restarted_worker_builds_with_the_current_set(fleet: tuple[Proxy, str, P
     c = origins[2]
     write_eps(eps, [c])
     web = proxy.url_of("web")
-    until(lambda: set(names(web, 24)) == {"c"})
+    until(lambda: set(names(web, 24)), {"c"}, proxy)
     mark = proxy.log.mark()
     victim = proxy.workers()[0]
     os.kill(victim, signal.SIGKILL)
@@ -141,12 +146,8 @@ def test_restarted_worker_builds_with_the_current_set(fleet: tuple[Proxy, str, P
 
 
 def test_ready_and_metrics(fleet: tuple[Proxy, str, Path]) -> None:
-    admin = fleet[1]
-
-    def ready() -> bool:
-        return get(admin + "/ready")[0] == 200
-
-    until(ready)  # once both workers sampled their clusters
+    proxy, admin, _ = fleet
+    until(lambda: get(admin + "/ready")[0], 200, proxy)  # once both workers sampled their clusters
     doc = json.loads(get(admin + "/ready")[1])
     assert doc["state"] == "ready" and doc["healthy_endpoints"]["api"] >= 1
     assert get(admin + "/healthz")[0] == 200

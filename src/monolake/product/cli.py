@@ -72,7 +72,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if is_etcd_url(args.config):
         from ..apps.discovery._etcd_config import load_etcd_config
 
-        source = ConfigSource(args.config, load_etcd_config, adjust)
+        def adjust_etcd(cfg: Config) -> Config:
+            # No config file to be relative to: a relative pid file is in the working directory.
+            cfg = adjust(cfg)
+            pid_file = cfg.runtime.pid_file
+            if pid_file is None or os.path.isabs(pid_file):
+                return cfg
+            rt = msgspec.structs.replace(cfg.runtime, pid_file=os.path.abspath(pid_file))
+            return msgspec.structs.replace(cfg, runtime=rt)
+
+        source = ConfigSource(args.config, load_etcd_config, adjust_etcd)
         ops = functools.partial(_operations, etcd_url=args.config)
         return run(source.load(), ProxyBuilder(), source=source, operations=ops)
     source = ConfigSource(os.path.abspath(args.config), load_config, adjust)

@@ -25,7 +25,10 @@ returned to whoever asked.
 PREPARE → COMMIT → IDLE, or PREPARE → IDLE on abort). The supervisor feeds it
 events (requests, worker replies and exits, timers, its own stop) and asks it for
 its next deadline; the machine reaches the workers and the running config only
-through ``ReloadHost``, so its transitions are testable without processes.
+through ``ReloadHost``, so its transitions are testable without processes. It also
+owns the config file watcher (``runtime.watch_config``): a change that settles for
+``DEBOUNCE`` seconds (at most ``DEBOUNCE_MAX`` after the first event) and changed the
+file's bytes queues a reload.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from ._limits import low_limit_warning, open_files_limit
 from ._listeners import Listener, close_listeners, open_listener, plan_listeners
 from ._logging import logger as log
 from ._settings import RuntimeConfig as Config
-from ._watch import file_digest
+from ._watch import DEBOUNCE, DEBOUNCE_MAX, ConfigWatcher, file_digest
 
 PREPARE_TIMEOUT = 30.0
 """Seconds every worker gets to build and bind before the reload is aborted."""
@@ -266,10 +269,34 @@ class Reloader:
         """The config file's digest as last loaded (the watcher compares against it)."""
         self.last: ReloadResult | None = None
         self.on_result: Callable[[ReloadResult], None] | None = None
+        self._watcher: ConfigWatcher | None = None
+        self._watch_first: float | None = None
+        self._watch_due: float | None = None
 
     @property
     def deadline(self) -> float | None:
-        return self.txn.deadline if self.txn is not None else None
+        due = self._watch_due
+        if self.txn is None:
+            return due
+        return self.txn.deadline if due is None else min(due, self.txn.deadline)
+
+    def watch_fd(self) -> int | None:
+        """The config watcher's descriptor to poll (None: not watching)."""
+        return self._watcher.fileno() if self._watcher is not None else None
+
+    def watch(self, on: bool) -> None:
+        """Start or stop watching the config file (``runtime.watch_config``)."""
+        if on and self._watcher is None and self.source is not None:
+            try:
+                self._watcher = ConfigWatcher(self.source.path)
+            except OSError as exc:
+                log.warning("cannot watch %s for changes: %s", self.source.path, exc)
+                return
+            log.info("watching %s for changes", self.source.path)
+        elif not on and self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+            self._watch_due = self._watch_first = None
 
     @property
     def running(self) -> bool:
@@ -292,6 +319,15 @@ class Reloader:
         if self.running:
             log.info("%s: a reload is running; another one follows it", trigger)
         self._queue.append((trigger, requester))
+
+    def on_watch_event(self, events: int = 0) -> None:
+        """The watcher's descriptor is readable: (re)start the debounce."""
+        if self._watcher is None or not self._watcher.read():
+            return
+        now = time.monotonic()
+        if self._watch_first is None:
+            self._watch_first = now
+        self._watch_due = min(now + DEBOUNCE, self._watch_first + DEBOUNCE_MAX)
 
     def file_changed(self) -> None:
         """The watched file settled: reload if its bytes differ from the ones loaded."""
@@ -377,6 +413,9 @@ class Reloader:
             self._finish()
 
     def on_timer(self, now: float) -> None:
+        if self._watch_due is not None and now >= self._watch_due:
+            self._watch_due = self._watch_first = None
+            self.file_changed()
         txn = self.txn
         if txn is None or now < txn.deadline:
             return
@@ -394,7 +433,8 @@ class Reloader:
             self._abort("the supervisor is stopping")
 
     def close(self) -> None:
-        """The supervisor exits: release what a reload still holds."""
+        """The supervisor exits: release what a reload still holds, stop watching."""
+        self.watch(False)
         txn, phase = self.txn, self.phase
         self.txn, self.phase = None, ReloadPhase.IDLE
         if txn is None:
@@ -413,7 +453,10 @@ class Reloader:
         self.phase = ReloadPhase.COMMIT
         txn.deadline = time.monotonic() + COMMIT_TIMEOUT
         # From here on the new config is in force: a worker restarted now builds it.
+        watched = self._host.config.runtime.watch_config
         self._host.adopt(txn.cfg, txn.listeners)
+        if txn.cfg.runtime.watch_config != watched:
+            self.watch(txn.cfg.runtime.watch_config)
         for index in self._host.running_workers():
             if self._host.send(index, {"op": "commit", "id": txn.id}):
                 txn.waiting.add(index)

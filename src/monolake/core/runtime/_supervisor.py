@@ -8,11 +8,9 @@ single-threaded poll loop that serves nothing: it wakes on signals (delivered as
 bytes on a ``signal.set_wakeup_fd`` pipe; the Python handlers do nothing, so no
 work runs inside a signal handler), on workers' ready pipes and control channels
 (``_control``), on the config watcher (``_watch``), on the upgrade channel and on
-timers. Children are reaped by pid with ``waitpid(pid, WNOHANG)``, never
-``waitpid(-1)``, so an embedding program's other children are left alone.
-
-Signals are blocked around ``fork`` so a signal meant for the supervisor cannot
-run its handler in the child (the wakeup pipe is shared until the child drops it).
+timers. Each worker lives in a slot (``_slots``: fork, reap by pid, restart back-off).
+The reload and the upgrade are state machines of their own (``Reloader``,
+``Upgrader``): the loop feeds them events and polls their deadlines.
 
 ``monolake ready servers=... workers=N loop=KIND`` is logged once, when every
 worker first reports ready (KIND: the loop the workers report running, after any
@@ -23,7 +21,7 @@ within a second of starting; restarts wait while a reload is between PREPARE and
 its end. A worker that dies before the first ready line means the config cannot
 serve: the supervisor stops the others and returns 1.
 
-SIGHUP, a changed config file and ``request_reload`` reload (``_reload``).
+SIGHUP, a changed config file and ``request_reload`` reload.
 SIGUSR2 upgrades (``_upgrade``); when the new supervisor serves, this one stops
 its workers as for SIGTERM and returns 0.
 
@@ -49,30 +47,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from ..errors import ConfigError
-from ._control import Channel, ChannelClosed, Message, channel_pair, close_fds
+from ._control import ChannelClosed, Message, channel_pair, close_fds
 from ._limits import apply_open_files, low_limit_warning
 from ._listeners import Listener, close_listeners, open_listeners
 from ._logging import configure_logging, describe_status, logger
 from ._loops import loop_factory
 from ._notify import notify
 from ._notify import reloading as notify_reloading
+from ._pidfile import PidFile
 from ._reload import ConfigSource, Reloader, ReloadResult
 from ._settings import RuntimeConfig as Config
+from ._slots import FAST_DEATH, WorkerSlot, fork_worker
 from ._upgrade import Handover, Upgrader, take_handover
-from ._watch import DEBOUNCE, DEBOUNCE_MAX, ConfigWatcher
-from ._worker import AppBuilder, WorkerSpec, check_apps, worker_main
+from ._worker import AppBuilder, WorkerSpec, check_apps
 
 log = logger
 
-FAST_DEATH = 1.0
-"""A worker dying sooner than this after its fork counts as crash-looping."""
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
 KILL_GRACE = 5.0
 """Seconds past drain_timeout before stuck workers get SIGKILL."""
 
@@ -148,21 +142,6 @@ def run(
         close_listeners(sup.listeners)
 
 
-@dataclass(slots=True)
-class _Slot:
-    index: int
-    cpu: int | None
-    pid: int = 0
-    ready_fd: int = -1
-    ready: bool = False
-    loop: str = ""
-    """The loop kind the worker reported running (after any io_uring fallback)."""
-    started: float = 0.0
-    fails: int = 0
-    restart_at: float | None = None
-    channel: Channel | None = None
-
-
 def _ignore(signum: int, frame: FrameType | None) -> None:
     # The C-level handler has already written signum to the wakeup pipe; the loop acts on it.
     pass
@@ -184,7 +163,7 @@ class Supervisor:
         self._cfg = cfg
         self._build = build
         self.listeners = listeners
-        self._slots = [_Slot(i, cpu) for i, cpu in enumerate(cpus)]
+        self._slots = [WorkerSlot(i, cpu) for i, cpu in enumerate(cpus)]
         self._source = source
         self._handover = handover
         self._stopping = False
@@ -197,11 +176,9 @@ class Supervisor:
             os.set_blocking(fd, False)
         self._requests: deque[tuple[str, str, tuple[int, int] | None]] = deque()
         self._reload = Reloader(self, source)
-        self._watcher: ConfigWatcher | None = None
-        self._watch_first: float | None = None
-        self._watch_due: float | None = None
         self._upgrade = Upgrader(self)
-        self._pid_file: str | None = None
+        # Relative to the config file, as ``monolake reload -c FILE`` reads it.
+        self._pid_file = PidFile(os.path.dirname(os.path.abspath(source.path)) if source is not None else None)
         self._broadcasts: deque[tuple[str, Message]] = deque()
         self._retained: dict[str, Message] = {}
         """The last message of each broadcast topic, for workers started later."""
@@ -278,7 +255,7 @@ class Supervisor:
         old_handlers = {sig: signal.signal(sig, _ignore) for sig in _HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
-            self._set_watch(self._cfg.runtime.watch_config)
+            self._reload.watch(self._cfg.runtime.watch_config)
             for slot in self._slots:
                 self._spawn(slot)
             if self._handover is not None:
@@ -290,8 +267,7 @@ class Supervisor:
             self._upgrade.close()
             if self._handover is not None:
                 self._handover.close()
-            self._set_watch(False)
-            self._remove_pid_file()
+            self._pid_file.remove()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
@@ -311,9 +287,10 @@ class Supervisor:
                     flags = select.POLLIN | (select.POLLOUT if slot.channel.wants_write else 0)
                     poller.register(slot.channel.fileno(), flags)
                     handlers[slot.channel.fileno()] = (self._on_worker_channel, slot)
-            if self._watcher is not None:
-                poller.register(self._watcher.fileno(), select.POLLIN)
-                handlers[self._watcher.fileno()] = (self._on_watch, None)
+            watch_fd = self._reload.watch_fd()
+            if watch_fd is not None:
+                poller.register(watch_fd, select.POLLIN)
+                handlers[watch_fd] = (self._reload.on_watch_event, None)
             up = self._upgrade.channel
             if up is not None and not up.closed:
                 poller.register(up.fileno(), select.POLLIN | (select.POLLOUT if up.wants_write else 0))
@@ -339,7 +316,7 @@ class Supervisor:
         # The 1 s cap is a safety net only: every event we wait for also wakes the poll.
         now = time.monotonic()
         deadlines = [s.restart_at for s in self._slots if s.restart_at is not None]
-        for d in (self._kill_at, self._watch_due, self._reload.deadline, self._upgrade.deadline):
+        for d in (self._kill_at, self._reload.deadline, self._upgrade.deadline):
             if d is not None:
                 deadlines.append(d)
         return max(0.0, min([1.0, *(d - now for d in deadlines)]))
@@ -366,18 +343,8 @@ class Supervisor:
                         self._upgrade.request(reason)
         # SIGCHLD needs nothing here: _reap runs after every wake-up.
 
-    def _on_ready_pipe(self, slot: _Slot, events: int) -> None:
-        try:
-            data = os.read(slot.ready_fd, 16)
-        except BlockingIOError:
-            return
-        os.close(slot.ready_fd)
-        slot.ready_fd = -1
-        if b"R" not in data:
-            return  # EOF: the worker died before it was ready; _reap reports it
-        slot.ready = True
-        slot.loop = data.partition(b"R")[2].decode(errors="replace")
-        if self._announced:
+    def _on_ready_pipe(self, slot: WorkerSlot, events: int) -> None:
+        if slot.read_ready() and self._announced:
             log.info("worker %d restarted, pid %d", slot.index, slot.pid)
 
     def _announce(self) -> None:
@@ -386,7 +353,7 @@ class Supervisor:
         self._announced = True
         servers = ",".join(f"{lst.name}={lst.address}" for lst in self.listeners)
         # The pid file first: whoever waits for the ready line may read it at once.
-        self._write_pid_file(self._cfg.runtime.pid_file)
+        self._pid_file.write(self._cfg.runtime.pid_file)
         loops = ",".join(sorted({s.loop for s in self._slots if s.loop})) or self._cfg.runtime.loop
         log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), loops)
         notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving {servers} with {len(self._slots)} workers")
@@ -396,9 +363,6 @@ class Supervisor:
 
     def _timers(self) -> None:
         now = time.monotonic()
-        if self._watch_due is not None and now >= self._watch_due:
-            self._watch_due = self._watch_first = None
-            self._reload.file_changed()
         self._reload.on_timer(now)
         self._upgrade.on_timer(now)
 
@@ -419,7 +383,7 @@ class Supervisor:
 
     # -- control channels ---------------------------------------------------------------
 
-    def _on_worker_channel(self, slot: _Slot, events: int) -> None:
+    def _on_worker_channel(self, slot: WorkerSlot, events: int) -> None:
         channel = slot.channel
         if channel is None:
             return
@@ -457,11 +421,9 @@ class Supervisor:
         old, self._cfg, self.listeners = self._cfg, cfg, listeners
         if cfg.log.level != old.log.level:
             configure_logging(cfg.log.level)
-        if cfg.runtime.watch_config != old.runtime.watch_config:
-            self._set_watch(cfg.runtime.watch_config)
         if cfg.runtime.pid_file != old.runtime.pid_file:
-            self._remove_pid_file()
-            self._write_pid_file(cfg.runtime.pid_file)
+            self._pid_file.remove()
+            self._pid_file.write(cfg.runtime.pid_file)
 
     def upgraded(self, pid: int, unused_paths: set[str]) -> None:
         for lst in self.listeners:
@@ -469,7 +431,7 @@ class Supervisor:
             lst.owned = lst.address.is_unix and lst.address.path in unused_paths
         self._stop("upgrade")
 
-    def _on_worker_message(self, slot: _Slot, msg: Message, fds: list[int]) -> None:
+    def _on_worker_message(self, slot: WorkerSlot, msg: Message, fds: list[int]) -> None:
         if self._upgrade.on_sockets(slot.index, msg, fds):
             return
         close_fds(fds)
@@ -484,60 +446,9 @@ class Supervisor:
                 slot.index, {"op": "status_result", "req": int(msg["req"]), "result": last.as_dict() if last else {}}
             )
 
-    # -- config file watching -------------------------------------------------------------
-
-    def _set_watch(self, on: bool) -> None:
-        if on and self._watcher is None and self._source is not None:
-            try:
-                self._watcher = ConfigWatcher(self._source.path)
-            except OSError as exc:
-                log.warning("cannot watch %s for changes: %s", self._source.path, exc)
-                return
-            log.info("watching %s for changes", self._source.path)
-        elif not on and self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
-            self._watch_due = self._watch_first = None
-
-    def _on_watch(self, events: int) -> None:
-        if self._watcher is None or not self._watcher.read():
-            return
-        now = time.monotonic()
-        if self._watch_first is None:
-            self._watch_first = now
-        self._watch_due = min(now + DEBOUNCE, self._watch_first + DEBOUNCE_MAX)
-
-    # -- pid file -------------------------------------------------------------------------
-
-    def _write_pid_file(self, path: str | None) -> None:
-        if path is None:
-            return
-        if self._source is not None:
-            # Relative to the config file, as ``monolake reload -c FILE`` reads it.
-            path = os.path.join(os.path.dirname(os.path.abspath(self._source.path)), path)
-        try:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            os.replace(tmp, path)  # readers never see a half-written file
-        except OSError as exc:
-            log.error("cannot write the pid file %s: %s", path, exc.strerror or exc)
-            return
-        self._pid_file = path
-
-    def _remove_pid_file(self) -> None:
-        path, self._pid_file = self._pid_file, None
-        if path is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            with open(path) as fh:
-                if int(fh.read().strip()) != os.getpid():
-                    return  # a new supervisor wrote its own
-            os.unlink(path)
-
     # -- workers --------------------------------------------------------------------------
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: WorkerSlot) -> None:
         ready_r, ready_w = os.pipe()
         channel, child_sock = channel_pair()
         inherited = self._handover.for_worker(slot.index) if self._handover is not None else {}
@@ -547,11 +458,11 @@ class Supervisor:
             self._life_w,
             ready_r,
             channel.fileno(),
-            *(s.ready_fd for s in self._slots if s.ready_fd >= 0),
-            *(s.channel.fileno() for s in self._slots if s.channel is not None and not s.channel.closed),
+            *(fd for s in self._slots for fd in s.fds()),
         ]
-        if self._watcher is not None:
-            close.append(self._watcher.fileno())
+        watch_fd = self._reload.watch_fd()
+        if watch_fd is not None:
+            close.append(watch_fd)
         close += self._upgrade.fds()
         if self._handover is not None:
             close += [*self._handover.worker_fds(but=slot.index), self._handover.channel.fileno()]
@@ -568,51 +479,31 @@ class Supervisor:
             inherited=inherited,
             retained=list(self._retained.values()),
         )
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
-            pid = os.fork()
-            if pid == 0:
-                worker_main(spec)
+            pid = fork_worker(spec, _HANDLED)
         except OSError as exc:
             os.close(ready_r)
             channel.close()
             log.error("worker %d: fork failed: %s", slot.index, exc.strerror)
-            self._schedule_restart(slot, fast=True)
+            slot.schedule_restart(fast=True)
             return
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ready_w)
             child_sock.close()
         if self._handover is not None:
             self._handover.release_worker(slot.index)
-        slot.pid = pid
-        slot.ready_fd = ready_r
-        slot.channel = channel
-        slot.ready = False
-        slot.started = time.monotonic()
-        slot.restart_at = None
+        slot.running(pid, ready_r, channel)
         log.debug("worker %d started, pid %d, cpu %s", slot.index, pid, slot.cpu)
 
     def _reap(self) -> None:
         for slot in self._slots:
-            if not slot.pid:
-                continue
-            try:
-                pid, status = os.waitpid(slot.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = slot.pid, 0  # reaped behind our back; treat as a plain exit
-            if pid:
+            status = slot.poll_exit()
+            if status is not None:
                 self._on_exit(slot, status)
         self._upgrade.reap()
 
-    def _on_exit(self, slot: _Slot, status: int) -> None:
-        pid, slot.pid, slot.ready = slot.pid, 0, False
-        if slot.ready_fd >= 0:
-            os.close(slot.ready_fd)
-            slot.ready_fd = -1
-        if slot.channel is not None:
-            slot.channel.close()
-            slot.channel = None
+    def _on_exit(self, slot: WorkerSlot, status: int) -> None:
+        pid = slot.release()
         how = describe_status(status)
         self._reload.on_worker_exit(slot.index, pid, how)
         self._upgrade.on_worker_exit(slot.index, pid, how)
@@ -627,14 +518,8 @@ class Supervisor:
             self._exit_code = 1
             self._stop(None)
             return
-        delay = self._schedule_restart(slot, fast=time.monotonic() - slot.started < FAST_DEATH)
+        delay = slot.schedule_restart(fast=time.monotonic() - slot.started < FAST_DEATH)
         log.warning("worker %d (pid %d) %s; restarting in %.1fs", slot.index, pid, how, delay)
-
-    def _schedule_restart(self, slot: _Slot, *, fast: bool) -> float:
-        slot.fails = slot.fails + 1 if fast else 0
-        delay = 0.0 if not slot.fails else min(BACKOFF_FIRST * 2 ** (slot.fails - 1), BACKOFF_MAX)
-        slot.restart_at = time.monotonic() + delay
-        return delay
 
     def _restart_due(self) -> None:
         if self._reload.running:
@@ -660,9 +545,7 @@ class Supervisor:
         elif signame:
             log.info("%s again: workers close now", signame)
         for slot in self._slots:
-            if slot.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGTERM)
+            slot.kill(signal.SIGTERM)
 
     def _kill_overdue(self) -> None:
         if self._kill_at is None or time.monotonic() < self._kill_at:
@@ -671,22 +554,10 @@ class Supervisor:
         for slot in self._slots:
             if slot.pid:
                 log.warning("worker %d (pid %d) did not stop in time, killing it", slot.index, slot.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGKILL)
+                slot.kill(signal.SIGKILL)
         self._upgrade.kill()
 
     def _abandon_workers(self) -> None:
         # Only reached with live workers if the loop itself failed: leave no orphans behind.
         for slot in self._slots:
-            if slot.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(slot.pid, 0)
-                slot.pid = 0
-            if slot.ready_fd >= 0:
-                os.close(slot.ready_fd)
-                slot.ready_fd = -1
-            if slot.channel is not None:
-                slot.channel.close()
-                slot.channel = None
+            slot.abandon()
