@@ -144,6 +144,14 @@ def test_restarted_worker_builds_with_the_current_set(fleet: tuple[Proxy, str, P
     # The new worker never saw the file change as a message: it got the retained set at fork.
     assert names(web, 24) == Counter({"c": 24})
 
+    # Nor does it hold the supervisor's discovery descriptors (the file source's inotify one).
+    def inotify_fds(pid: int) -> int:
+        fds = Path(f"/proc/{pid}/fd")
+        return sum(1 for fd in fds.iterdir() if "inotify" in os.readlink(fd))
+
+    assert inotify_fds(proxy.pid) >= 1
+    assert all(inotify_fds(w) == 0 for w in proxy.workers())
+
 
 def test_ready_and_metrics(fleet: tuple[Proxy, str, Path]) -> None:
     proxy, admin, _ = fleet

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -32,6 +33,7 @@ from ...core.errors import ConfigError, MonolakeError
 from ...core.tls_settings import UpstreamTls
 from ..config import Config, parse_config
 from ._etcd import RETRY, RETRY_MAX, Compacted, EtcdClient, EtcdError
+from ._source import close_in_child
 
 log = logging.getLogger("monolake.discovery")
 
@@ -124,6 +126,7 @@ class EtcdConfigWatch:
         def main() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
+            os.register_at_fork(after_in_child=functools.partial(close_in_child, loop))
             task = loop.create_task(self._run())
             ready.set()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +37,7 @@ import msgspec
 from ...core.errors import ConfigError
 from ..config import Config, Discovery
 from ._record import EndpointRecord, records_to_wire
-from ._source import EndpointSource
+from ._source import EndpointSource, close_in_child
 
 log = logging.getLogger("monolake.discovery")
 
@@ -161,6 +163,7 @@ class DiscoveryHub:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            os.register_at_fork(after_in_child=functools.partial(close_in_child, loop))
             ready.set()
             try:
                 loop.run_forever()

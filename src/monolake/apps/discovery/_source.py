@@ -19,6 +19,8 @@ schema's ``Discovery.kind``).
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -52,3 +54,24 @@ class EndpointSource(abc.ABC):
     def describe(self) -> str:
         """What it watches, for logs and the admin page."""
         return self.kind
+
+
+def close_in_child(loop: object) -> None:
+    """Close, in a forked child, the descriptors a discovery loop (a thread of the supervisor)
+    watches: its sockets to etcd or a resolver, its inotify descriptor, its epoll descriptor.
+
+    A worker is forked from the supervisor and would otherwise hold copies of them for its
+    whole life: a connection the supervisor closes would stay open (no FIN while a copy
+    lives). Only descriptors are closed: the loop's thread does not exist in the child.
+    """
+    selector = getattr(loop, "_selector", None)
+    if selector is None:
+        return
+    try:
+        fds = [key.fd for key in selector.get_map().values()]
+        fds.append(selector.fileno())
+    except Exception:
+        return
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
