@@ -182,3 +182,17 @@ def test_builder_applies_sets_to_running_prepared_and_rebuilt_clusters(tmp_path:
     assert b._clusters["api"][1] is new and not b._preparing
     b.on_message({"op": "app", "cluster": "api"})  # forgotten (discovery removed by a reload)
     assert "api" not in b._discovered
+
+
+def test_discovered_https_endpoints_speak_tls_with_the_cluster_settings(tmp_path: object) -> None:
+    from monolake.apps.config import Cluster as ClusterCfg
+    from monolake.apps.config import Discovery
+    from monolake.apps.proxy._upstream import UpstreamCluster
+
+    plain = UpstreamCluster.from_config("p", ClusterCfg(discovery=Discovery(kind="file", path="x")), Pool())
+    plain.set_endpoints([parse_endpoint("https://10.0.0.1"), parse_endpoint("10.0.0.2:80")])
+    assert [e.tls is not None for e in plain.endpoints] == [True, False]
+    h2 = UpstreamCluster.from_config("h", ClusterCfg(discovery=Discovery(kind="file", path="x"), protocol="h2"), Pool())
+    h2.set_endpoints([parse_endpoint("https://10.0.0.1")])
+    assert h2.endpoints[0].tls is not None
+    assert h2.endpoints[0].tls.fingerprint != plain.endpoints[0].tls.fingerprint  # it offers h2 by ALPN

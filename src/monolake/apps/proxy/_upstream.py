@@ -74,6 +74,10 @@ def _with_tls(tls: object, ep: Endpoint) -> Endpoint:
     return ep if ep.path else dataclasses.replace(ep, scheme="https", tls=tls)
 
 
+def _discovered_tls(tls: object, every: bool, ep: Endpoint) -> Endpoint:
+    return _with_tls(tls, ep) if every or ep.scheme == "https" else ep
+
+
 class UpstreamCluster:
     """A set of endpoints behind one balancer, with its timeouts and resilience settings."""
 
@@ -155,14 +159,16 @@ class UpstreamCluster:
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
         eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
         shape = _as_is
-        if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+        if c.tls is not None or c.discovery is not None or any(ep.scheme == "https" for ep in eps):
             tls_cfg = c.tls
             if c.protocol == "h2":
                 tls_cfg = msgspec.structs.replace(tls_cfg or UpstreamTls(), alpn=["h2"])
             tls = client_tls(f"upstreams.{name}.tls", tls_cfg)
-            if c.tls is not None:
-                shape = functools.partial(_with_tls, tls)  # discovered endpoints speak TLS too
-            eps = [_with_tls(tls, ep) for ep in eps]
+            # A discovered endpoint speaks TLS with the cluster's settings when the cluster has a
+            # [tls] table, or when its record says https://.
+            shape = functools.partial(_discovered_tls, tls, c.tls is not None)
+            if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+                eps = [_with_tls(tls, ep) for ep in eps]
 
         def rebalance(some: Sequence[Endpoint]) -> Balancer:
             return make_balancer(c.load_balancer, some, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
