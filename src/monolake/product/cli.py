@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -28,7 +29,15 @@ if TYPE_CHECKING:
     from ..core.runtime import Supervisor
 
 
+def is_etcd_url(text: str) -> bool:
+    return text.startswith(("etcd://", "etcds://"))
+
+
 def _load(path: str) -> Config:
+    if is_etcd_url(path):
+        from ..apps.discovery._etcd_config import load_etcd_config
+
+        return load_etcd_config(path)
     return load_config(path)
 
 
@@ -60,19 +69,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return msgspec.structs.replace(cfg, runtime=rt)
 
     # The command-line overrides hold for every reload too.
+    if is_etcd_url(args.config):
+        from ..apps.discovery._etcd_config import load_etcd_config
+
+        def adjust_etcd(cfg: Config) -> Config:
+            # No config file to be relative to: a relative pid file is in the working directory.
+            cfg = adjust(cfg)
+            pid_file = cfg.runtime.pid_file
+            if pid_file is None or os.path.isabs(pid_file):
+                return cfg
+            rt = msgspec.structs.replace(cfg.runtime, pid_file=os.path.abspath(pid_file))
+            return msgspec.structs.replace(cfg, runtime=rt)
+
+        source = ConfigSource(args.config, load_etcd_config, adjust_etcd)
+        ops = functools.partial(_operations, etcd_url=args.config)
+        return run(source.load(), ProxyBuilder(), source=source, operations=ops)
     source = ConfigSource(os.path.abspath(args.config), load_config, adjust)
     return run(source.load(), ProxyBuilder(), source=source, operations=_operations)
 
 
 @contextlib.contextmanager
-def _operations(cfg: Config, supervisor: Supervisor) -> Iterator[None]:
-    """Held while the proxy serves: the start-up notices, the metrics directory, the admin endpoint."""
+def _operations(cfg: Config, supervisor: Supervisor, etcd_url: str | None = None) -> Iterator[None]:
+    """Held while the proxy serves: the start-up notices, the metrics directory, the admin endpoint,
+    and with a config in etcd, the watch of its key (a change reloads, as SIGHUP does)."""
     from ..apps._startup import log_h2_codec
     from .admin import operations
 
     log_h2_codec(cfg)
-    with operations(cfg, supervisor):
-        yield
+    with operations(cfg, supervisor) as admin:
+        if etcd_url is None:
+            yield
+            return
+        from ..apps.discovery._etcd_config import EtcdConfigWatch
+
+        if admin is not None:
+            admin.state.config_url = etcd_url
+        watch = EtcdConfigWatch(etcd_url, lambda: supervisor.request_reload("etcd config key changed"))
+        watch.start()
+        try:
+            yield
+        finally:
+            watch.close()
 
 
 def _pid_file_of(path: str) -> str | None:

@@ -11,6 +11,7 @@ from ._schema import Certificate as Certificate
 from ._schema import CircuitBreaker as CircuitBreaker
 from ._schema import Cluster as Cluster
 from ._schema import Config as Config
+from ._schema import Discovery as Discovery
 from ._schema import FilterSpec as FilterSpec
 from ._schema import Forwarded as Forwarded
 from ._schema import Gateway as Gateway

@@ -20,6 +20,7 @@ values (from the schema's Literal types); errors on durations say they are secon
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 import types
@@ -31,7 +32,19 @@ import msgspec
 
 from ...core.address import Endpoint, parse_endpoint, parse_listener
 from ...core.errors import ConfigError, ConfigErrors
-from ._schema import Admin, Cluster, Config, FilterSpec, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
+from ._schema import (
+    Admin,
+    Cluster,
+    Config,
+    Discovery,
+    FilterSpec,
+    Http2,
+    Route,
+    Server,
+    ServerTls,
+    UpstreamSpec,
+    UpstreamTls,
+)
 
 T = TypeVar("T")
 
@@ -341,8 +354,11 @@ def _check_balancer(rep: _Report, path: str, lb: str, hash_on: str) -> None:
 
 
 def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
-    if not c.endpoints:
+    dynamic = c.discovery is not None and c.discovery.kind not in ("static", "admin")
+    if not c.endpoints and not dynamic:
         rep.add(f"{path}.endpoints", "a cluster needs at least one endpoint")
+    if c.discovery is not None:
+        _check_discovery(rep, f"{path}.discovery", c.discovery)
     endpoints_ok = _check_endpoints(rep, f"{path}.endpoints", c.endpoints)
     _check_balancer(rep, path, c.load_balancer, c.hash_on)
     for key in ("connect_timeout", "read_timeout", "idle_timeout"):
@@ -361,6 +377,52 @@ def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
                 )
     if c.protocol != "http1" and endpoints_ok:
         _check_h2_cluster(rep, path, c)
+
+
+def _check_discovery(rep: _Report, path: str, d: Discovery) -> None:
+    need = {"dns": ("name",), "file": ("path",), "etcd": ("endpoints", "prefix"), "custom": ("source",)}.get(d.kind, ())
+    module, sep, attr = d.source.partition(":")
+    if d.source and not (sep and module and attr):
+        rep.add(f"{path}.source", f'{d.source!r} is not "module:Class"')
+    for key in need:
+        if not getattr(d, key):
+            rep.add(f"{path}.{key}", f'discovery kind "{d.kind}" needs it')
+    if d.kind == "dns" and d.record != "SRV" and not d.port:
+        rep.add(f"{path}.port", "an A/AAAA discovery needs the endpoints' port")
+    if d.min_interval > d.max_interval:
+        rep.add(f"{path}.min_interval", f"must be <= max_interval ({d.max_interval:g})")
+    for i, ns in enumerate(d.nameservers):
+        try:
+            split_nameserver(ns)
+        except ValueError as exc:
+            rep.add(f"{path}.nameservers[{i}]", str(exc))
+    for i, url in enumerate(d.endpoints):
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+            rep.add(f"{path}.endpoints[{i}]", f'expected "http://host:port" or "https://host:port", got {url!r}')
+    if (d.username is None) != (d.password is None):
+        rep.add(f"{path}.username", "username and password go together")
+    if d.tls is not None:
+        _check_upstream_tls(rep, f"{path}.tls", d.tls)
+
+
+def split_nameserver(text: str) -> tuple[str, int]:
+    """ "ip", "ip:port" or "[v6]:port" → (ip, port). Raises ValueError."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":")) if rest.startswith(":") and rest[1:].isdigit() else -1
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p) if p.isdigit() else -1
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'expected "ip" or "ip:port", got {text!r}') from None
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port in {text!r}")
+    return host, port
 
 
 def _check_h2_cluster(rep: _Report, path: str, c: Cluster) -> None:
@@ -527,7 +589,7 @@ def _check_resilience(rep: _Report, path: str, c: Cluster) -> None:
 
 def _check_http_only_resilience(rep: _Report, path: str, name: str, cfg: Config, what: str) -> None:
     c = cfg.upstreams.get(name)
-    for key in ("health_check", "outlier_detection", "circuit_breaker"):
+    for key in ("health_check", "outlier_detection", "circuit_breaker", "discovery"):
         if c is not None and getattr(c, key) is not None:
             rep.add(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not use")
 
@@ -871,6 +933,9 @@ def _validate(cfg: Config, rep: _Report) -> None:
     if cfg.admin is not None:
         _check_admin(rep, cfg.admin.listen, seen)
         _check_admin_limits(rep, cfg.admin)
+        for i, name in enumerate(cfg.admin.ready_upstreams):
+            if name not in cfg.upstreams:
+                rep.add(f"admin.ready_upstreams[{i}]", f"no [upstreams.{name}] table")
 
 
 def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:

@@ -139,8 +139,60 @@ class Retry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """... or this many, whichever is larger."""
 
 
+class Discovery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Where a cluster's endpoints come from at run time (``[upstreams.NAME.discovery]``). The
+    supervisor runs one source per cluster and sends every change to the workers, which rebuild
+    the cluster's balancer without a reload. Endpoint records are JSON objects
+    ``{"address": "10.0.0.5:8080", "weight": 1, "zone": "a", "tags": ["canary"], "draining": false}``
+    (only ``address`` is required)."""
+
+    kind: Literal["static", "dns", "file", "etcd", "admin", "custom"]
+    """"static": the cluster's ``endpoints``; "dns": A/AAAA or SRV records of ``name``; "file": the
+    records in ``path``; "etcd": the records under the key ``prefix``; "admin": what the admin
+    endpoint's ``PUT``/``DELETE /upstreams/NAME/endpoints/ADDRESS`` set, starting from ``endpoints``.
+    The admin endpoint changes the set of every kind (until the source's next update). "custom": your
+    own ``EndpointSource`` named by ``source``."""
+    name: str = ""
+    """dns: the name to resolve."""
+    record: Literal["A", "AAAA", "A+AAAA", "SRV"] = "A+AAAA"
+    """dns: "A", "AAAA", both ("A+AAAA": every address of either family), or "SRV" (targets with
+    their ports and weights; the targets' addresses are resolved too)."""
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """dns (A/AAAA): the endpoints' port."""
+    scheme: Literal["http", "https"] = "http"
+    """dns: the endpoints' scheme."""
+    nameservers: list[str] = []
+    """dns: "ip" or "ip:port" of the resolvers to ask; empty: the system's (/etc/resolv.conf)."""
+    min_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """dns: seconds; a record's TTL shorter than this is re-resolved only this often. After a failed
+    resolution (the last good set is kept) the next try is this much later."""
+    max_interval: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """dns: seconds; a record's TTL longer than this is re-resolved this often anyway."""
+    path: str = ""
+    """file: a JSON file (a list of records, or ``{"endpoints": [...]}``) or a ``.toml`` file
+    (``[[endpoints]]`` tables), watched with inotify; relative to the config file."""
+    endpoints: list[str] = []
+    """etcd: the members' URLs, "http://127.0.0.1:2379" (https:// with ``tls``); the watch moves to
+    the next one when one fails and resumes from the last revision it saw."""
+    prefix: str = ""
+    """etcd: the key prefix whose values are endpoint records (one key per endpoint)."""
+    username: str | None = None
+    """etcd: user for etcd's authentication (with ``password``)."""
+    password: str | None = None
+    tls: UpstreamTls | None = None
+    """etcd: TLS to the members (CA, client certificate for etcd's client-certificate auth)."""
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """dns, etcd: seconds one query or connect may take."""
+    source: str = ""
+    """custom: "module:Class", a ``monolake.apps.discovery.EndpointSource`` subclass; the supervisor
+    makes one per cluster as ``Class(cluster_name, **args)``."""
+    args: dict[str, Any] = {}
+    """custom: the keyword arguments of ``source``."""
+
+
 class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    endpoints: list[UpstreamSpec]
+    endpoints: list[UpstreamSpec] = []
+    """The endpoints; with a ``discovery`` of kind dns, file or etcd they may be left out."""
     load_balancer: BalancerKind = "round_robin"
     hash_on: str = "client_ip"
     """For consistent_hash: "client_ip", "header:NAME" or "cookie:NAME"."""
@@ -160,6 +212,8 @@ class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """HTTP to the endpoints: "http1"; "h2c" (HTTP/2 in cleartext, by prior knowledge); "h2" (HTTP/2
     over TLS, which must pick it by ALPN). HTTP/2 multiplexes the requests of a worker on one
     connection per endpoint (more only when the endpoint's stream limit is reached)."""
+    discovery: Discovery | None = None
+    """Endpoints that change at run time; absent: ``endpoints`` as written (a reload changes them)."""
 
 
 class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -428,6 +482,11 @@ class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """Seconds a client has to send a request's head, from connect or from its first byte; then 408 and close."""
     idle_timeout: float = 30.0
     """Seconds a kept-alive admin connection may wait for its next request before it is closed."""
+    ready_upstreams: list[str] = []
+    """Clusters ``/ready`` needs healthy: it answers 503 while one of them has fewer than
+    ``ready_min_healthy`` healthy endpoints in some worker (and while starting or draining)."""
+    ready_min_healthy: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """Healthy endpoints each of ``ready_upstreams`` needs for ``/ready`` to answer 200."""
 
 
 class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

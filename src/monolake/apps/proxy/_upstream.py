@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -49,7 +50,7 @@ from ..config import (
     UpstreamTls,
     parse_endpoint,
 )
-from ._balancer import Balancer, make_balancer
+from ._balancer import Balancer, EmptyBalancer, make_balancer
 from ._health import EndpointState, HealthChecker, Outliers
 from ._retry import Attempt, RetryingCluster, RetryPolicy
 
@@ -63,6 +64,18 @@ class _Overflow(Exception):
         super().__init__(limit)
         self.limit = limit
         self.value = value
+
+
+def _as_is(ep: Endpoint) -> Endpoint:
+    return ep
+
+
+def _with_tls(tls: object, ep: Endpoint) -> Endpoint:
+    return ep if ep.path else dataclasses.replace(ep, scheme="https", tls=tls)
+
+
+def _discovered_tls(tls: object, every: bool, ep: Endpoint) -> Endpoint:
+    return _with_tls(tls, ep) if every or ep.scheme == "https" else ep
 
 
 class UpstreamCluster:
@@ -113,6 +126,14 @@ class UpstreamCluster:
         self.max_pending = cb.max_pending
         self.max_connections = cb.max_connections
         self._keys = list({ep.key for ep in self.endpoints})
+        pool.use(self._keys)
+        self._closed = False
+        self._shape: Callable[[Endpoint], Endpoint] = _as_is
+        """What a discovered endpoint becomes in this cluster (its TLS settings)."""
+        self.draining: list[Endpoint] = []
+        """Endpoints discovery marked draining: kept for the admin pages, never picked."""
+        self.updates = 0
+        """Endpoint sets applied by ``set_endpoints``."""
         self.active = 0
         """Requests in flight (counted on the guarded path only)."""
         self.pending = 0
@@ -137,20 +158,25 @@ class UpstreamCluster:
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
         eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
-        if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+        shape = _as_is
+        if c.tls is not None or c.discovery is not None or any(ep.scheme == "https" for ep in eps):
             tls_cfg = c.tls
             if c.protocol == "h2":
                 tls_cfg = msgspec.structs.replace(tls_cfg or UpstreamTls(), alpn=["h2"])
             tls = client_tls(f"upstreams.{name}.tls", tls_cfg)
-            eps = [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
+            # A discovered endpoint speaks TLS with the cluster's settings when the cluster has a
+            # [tls] table, or when its record says https://.
+            shape = functools.partial(_discovered_tls, tls, c.tls is not None)
+            if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+                eps = [_with_tls(tls, ep) for ep in eps]
 
         def rebalance(some: Sequence[Endpoint]) -> Balancer:
             return make_balancer(c.load_balancer, some, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
 
-        return cls(
+        cluster = cls(
             name,
             eps,
-            rebalance(eps),
+            rebalance(eps) if eps else EmptyBalancer(name),
             connect_timeout=c.connect_timeout,
             read_timeout=c.read_timeout,
             idle_timeout=c.idle_timeout,
@@ -162,6 +188,8 @@ class UpstreamCluster:
             rebalance=rebalance,
             protocol=c.protocol,
         )
+        cluster._shape = shape
+        return cluster
 
     def with_retry(self, retry: Retry | None) -> UpstreamCluster | RetryingCluster:
         """This cluster as a route with ``retry`` sees it (itself when there is none)."""
@@ -310,17 +338,60 @@ class UpstreamCluster:
             self._checker.start()
 
     def close(self) -> None:
-        """Stop health checks and ejection timers (the pool is not this cluster's to close)."""
+        """Stop health checks and ejection timers; connections to endpoints no other cluster
+        names drain (the pool is not this cluster's to close)."""
         if self._checker is not None:
             self._checker.stop()
         if self._outliers is not None:
             self._outliers.close()
+        if not self._closed:
+            self._closed = True
+            self.pool.unuse(self._keys)
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint], draining: Sequence[Endpoint] = ()) -> None:
+        """Balance over ``endpoints`` from now on (discovery changed the set; no reload).
+
+        The balancer is rebuilt once here, so a pick costs what it did. An endpoint that
+        stays (same pool key: scheme, host, port, path; its weight or metadata may change)
+        keeps its health state and its pooled connections; a new one starts healthy and
+        its active checks start; a removed one's checks stop and its connections drain:
+        requests in flight on them finish, then they close (``Pool.unuse``). ``draining``
+        endpoints count as removed but are listed by ``statistics``. An empty set makes
+        every request a 503 until endpoints come back. Raises nothing.
+        """
+        eps = [self._shape(ep) for ep in endpoints]
+        by_key = {st.endpoint.key: st for st in self._states}
+        states: list[EndpointState] = []
+        for ep in eps:
+            st = by_key.get(ep.key)
+            if st is None:
+                st = EndpointState(ep)
+            else:
+                st.endpoint = ep
+            states.append(st)
+        old_keys = set(self._keys)
+        new_keys = {ep.key for ep in eps}
+        keys = list(new_keys)
+        self.pool.use(new_keys - old_keys)
+        self.pool.unuse(old_keys - new_keys)
+        self.endpoints = eps
+        self.draining = [self._shape(ep) for ep in draining]
+        self._states[:] = states  # in place: the checker and outlier detector hold this list
+        self._state_of = {id(ep): st for ep, st in zip(eps, states, strict=True)}
+        self._keys = keys
+        self._all = self._rebalance(eps) if eps else EmptyBalancer(self.name)
+        self.updates += 1
+        if self._outliers is not None:
+            self._outliers.resize()
+        self._refresh()
+        if self._checker is not None:
+            self._checker.sync()
 
     def _refresh(self) -> None:
         """Eligibility changed: balance over the eligible endpoints, or over all when none is."""
         eligible = [st.endpoint for st in self._states if st.eligible]
         if len(eligible) == len(self._states) or not eligible:
-            if not eligible:
+            if not eligible and self._states:
                 log.warning("cluster %s: no healthy endpoint; balancing over all of them", self.name)
             self.balancer = self._all
         else:
@@ -355,7 +426,17 @@ class UpstreamCluster:
             "open_connections": self.open_connections(),
             "overflows": dict(self.overflows),
             "endpoints": {str(st.endpoint): st.statistics() for st in self._states},
+            "draining": [str(ep) for ep in self.draining],
+            "updates": self.updates,
         }
+
+    def endpoint_states(self) -> dict[str, int]:
+        """Endpoints by state: healthy (eligible), unhealthy (failing checks), ejected (outlier
+        detection) and draining (marked by discovery), for the metrics."""
+        out = {"healthy": 0, "unhealthy": 0, "ejected": 0, "draining": len(self.draining)}
+        for st in self._states:
+            out["healthy" if st.eligible else "unhealthy" if not st.healthy else "ejected"] += 1
+        return out
 
     def _overflow(self, exc: _Overflow) -> Response:
         self.overflows[exc.limit] = self.overflows.get(exc.limit, 0) + 1

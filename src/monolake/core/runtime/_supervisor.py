@@ -25,6 +25,11 @@ SIGHUP, a changed config file and ``request_reload`` reload.
 SIGUSR2 upgrades (``_upgrade``); when the new supervisor serves, this one stops
 its workers as for SIGTERM and returns 0.
 
+``broadcast(topic, msg)`` (thread-safe) sends an application message to every worker
+and keeps the last one of each topic for workers started later (they get them before they
+build); the discovery hub fans endpoint sets out this way. With ``NOTIFY_SOCKET`` set,
+systemd hears READY=1, RELOADING=1, STOPPING=1 and a STATUS= line (``_notify``).
+
 SIGTERM/SIGINT: forward SIGTERM to every worker (they drain), wait for all of
 them, SIGKILL any still alive ``drain_timeout + 5`` seconds later, unlink the Unix
 socket files it owns, return 0. Another SIGTERM/SIGINT is forwarded too: workers
@@ -51,6 +56,8 @@ from ._limits import apply_open_files, low_limit_warning
 from ._listeners import Listener, close_listeners, open_listeners
 from ._logging import configure_logging, describe_status, logger
 from ._loops import loop_factory
+from ._notify import notify
+from ._notify import reloading as notify_reloading
 from ._pidfile import PidFile
 from ._reload import ConfigSource, Reloader, ReloadResult
 from ._settings import RuntimeConfig as Config
@@ -172,6 +179,10 @@ class Supervisor:
         self._upgrade = Upgrader(self)
         # Relative to the config file, as ``monolake reload -c FILE`` reads it.
         self._pid_file = PidFile(os.path.dirname(os.path.abspath(source.path)) if source is not None else None)
+        self._broadcasts: deque[tuple[str, Message]] = deque()
+        self._retained: dict[str, Message] = {}
+        """The last message of each broadcast topic, for workers started later."""
+        self._notified_reload = False
 
     @property
     def config(self) -> Config:
@@ -206,6 +217,33 @@ class Supervisor:
         """Start a binary upgrade as for SIGUSR2 (thread-safe, returns at once)."""
         self._requests.append(("upgrade", reason, None))
         self._poke()
+
+    def broadcast(self, topic: str, msg: Message) -> None:
+        """Send ``msg`` (``{"op": "app", ...}``) to every worker, and to every worker started
+        later (the last message of each ``topic`` is kept; an empty ``msg`` forgets the topic).
+        Thread-safe, returns at once. Workers hand it to their builder's ``on_message``."""
+        self._broadcasts.append((topic, msg))
+        self._poke()
+
+    @property
+    def state(self) -> str:
+        """ "starting" (until every worker first serves), "ready", "reloading" or "stopping"."""
+        if self._stopping:
+            return "stopping"
+        if not self._announced:
+            return "starting"
+        return "reloading" if self._reload.running else "ready"
+
+    def _deliver(self) -> None:
+        while self._broadcasts:
+            topic, msg = self._broadcasts.popleft()
+            if not msg:
+                self._retained.pop(topic, None)
+                continue
+            self._retained[topic] = msg
+            for slot in self._slots:
+                if slot.pid:
+                    self.send(slot.index, msg)
 
     def _poke(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -296,6 +334,7 @@ class Supervisor:
             elif signum == signal.SIGUSR2:
                 self._upgrade.request("SIGUSR2")
             elif signum == _REQUEST:
+                self._deliver()
                 while self._requests:
                     what, reason, requester = self._requests.popleft()
                     if what == "reload":
@@ -317,6 +356,7 @@ class Supervisor:
         self._pid_file.write(self._cfg.runtime.pid_file)
         loops = ",".join(sorted({s.loop for s in self._slots if s.loop})) or self._cfg.runtime.loop
         log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), loops)
+        notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving {servers} with {len(self._slots)} workers")
         if self._handover is not None:
             self._handover.ready(self.listeners)
             self._handover = None
@@ -327,11 +367,16 @@ class Supervisor:
         self._upgrade.on_timer(now)
 
     def _start_pending(self) -> None:
+        if self._notified_reload and not self._reload.running and not self._stopping:
+            self._notified_reload = False
+            last = self._reload.last
+            notify("READY=1", f"STATUS=reload {'done' if last is not None and last.ok else 'failed'}; serving")
         if self._stopping or not self._announced or self._reload.running or self._upgrade.busy:
             return
         if any(s.pid and not s.ready for s in self._slots):
             return  # a starting worker builds the running config; start when it is up
         if self._reload.pending:
+            self._notified_reload = notify_reloading("reloading the config")
             self._reload.start()
         elif self._upgrade.wanted:
             self._upgrade.start()
@@ -432,6 +477,7 @@ class Supervisor:
             ctl_fd=child_sock.fileno(),
             close_fds=close,
             inherited=inherited,
+            retained=list(self._retained.values()),
         )
         try:
             pid = fork_worker(spec, _HANDLED)
@@ -493,6 +539,7 @@ class Supervisor:
                 slot.restart_at = None
             self._reload.stop()
             self._upgrade.stop()
+            notify("STOPPING=1", f"STATUS=draining ({signame or 'stop'})")
             if signame:
                 log.info("%s: draining workers (timeout %gs)", signame, self._cfg.runtime.drain_timeout)
         elif signame:
