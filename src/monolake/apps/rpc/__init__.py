@@ -1,0 +1,21 @@
+"""RPC frameworks on the monolake runtime: Thrift (``thrift/``) and gRPC (``grpc/``)."""
+
+from .thrift import Metainfo as Metainfo
+from .thrift import ServiceDef as ServiceDef
+from .thrift import ThriftApp as ThriftApp
+from .thrift import ThriftRequest as ThriftRequest
+from .thrift import ThriftServer as ThriftServer
+from .thrift import ThriftService as ThriftService
+from .thrift import load_service as load_service
+from .thrift import metainfo as metainfo
+
+__all__ = [
+    "Metainfo",
+    "ServiceDef",
+    "ThriftApp",
+    "ThriftRequest",
+    "ThriftServer",
+    "ThriftService",
+    "load_service",
+    "metainfo",
+]

@@ -1,0 +1,21 @@
+"""``monolake.rpc``: serve and call Thrift (and gRPC) services from IDL. See docs/rpc-thrift.md."""
+
+from .apps.rpc import Metainfo as Metainfo
+from .apps.rpc import ServiceDef as ServiceDef
+from .apps.rpc import ThriftApp as ThriftApp
+from .apps.rpc import ThriftRequest as ThriftRequest
+from .apps.rpc import ThriftServer as ThriftServer
+from .apps.rpc import ThriftService as ThriftService
+from .apps.rpc import load_service as load_service
+from .apps.rpc import metainfo as metainfo
+
+__all__ = [
+    "Metainfo",
+    "ServiceDef",
+    "ThriftApp",
+    "ThriftRequest",
+    "ThriftServer",
+    "ThriftService",
+    "load_service",
+    "metainfo",
+]
