@@ -75,6 +75,8 @@ def _filter_modules(server: Server) -> list[str]:
     names = [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
     if server.handler is not None:
         names.append(server.handler.partition(":")[0])
+    if server.rpc_thrift is not None:
+        names.append(server.rpc_thrift.handler.partition(":")[0])
     return names
 
 
@@ -98,7 +100,7 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
-    if server.handler is not None:
+    if server.handler is not None or server.rpc_thrift is not None:
         return set()
     if server.proxy_type not in ("http", "tcp"):
         return None
@@ -216,6 +218,8 @@ class ProxyBuilder:
                         else f"servers.{name}.layers[{i - nf}]"
                         if i < nf + nl
                         else f"servers.{name}.handler"
+                        if server.rpc_thrift is None
+                        else f"servers.{name}.rpc_thrift.handler"
                     )
                     raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from ....core.errors import ConfigError
@@ -60,7 +61,7 @@ class ServiceDef:
         return f"<ServiceDef {self.name} {sorted(self.methods)}>"
 
 
-def load_module(idl: str, where: str = "idl", *, include_dirs: list[str] | None = None) -> Any:
+def load_module(idl: str, where: str = "idl", *, include_dirs: Sequence[str] = ()) -> Any:
     """The thriftpy2 module of the IDL file ``idl``. Raises ConfigError naming ``where``."""
     import thriftpy2
 
@@ -71,7 +72,7 @@ def load_module(idl: str, where: str = "idl", *, include_dirs: list[str] | None 
     # classes under the same name (thriftpy2 registers the module for pickling).
     name = f"{stem}_{next(_counter)}_thrift"  # thriftpy2 wants the suffix
     try:
-        return thriftpy2.load(idl, module_name=name, include_dirs=list(include_dirs or []))
+        return thriftpy2.load(idl, module_name=name, include_dirs=list(include_dirs))
     except Exception as exc:
         raise ConfigError(where, f"cannot load {idl}: {type(exc).__name__}: {exc}") from None
 

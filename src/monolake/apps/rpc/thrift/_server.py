@@ -665,7 +665,7 @@ class ThriftApp:
         if server.tls is not None:
             from ....core.tls import ServerTlsContexts
 
-            tls = ServerTlsContexts(f"servers.{self.name}.tls", server.tls)
+            tls = ServerTlsContexts(f"servers.{self.name}.tls", server.tls, default_alpn=())
         log_ = AccessLog(self.access_log, "") if self.access_log else None
         stats = thrift_stats(self.name) if multiprocess_dir() is not None else None
         return build_server(self.name, server, self.service, tls=tls, stats=stats, access_log=log_)
