@@ -138,3 +138,40 @@ def apache_module(directory: Path, idl: Path) -> Any:
         sys.path.remove(str(out))
     mod.ttypes = ttypes
     return mod
+
+
+def thriftpy2_server(mod: Any, handler: object, port: int, *, compact: bool = False) -> Any:
+    """thriftpy2's threaded server (framed) on ``port``, serving in a daemon thread."""
+    from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
+    from thriftpy2.rpc import make_server
+    from thriftpy2.transport import TFramedTransportFactory
+
+    proto = TCompactProtocolFactory() if compact else TBinaryProtocolFactory()
+    server = make_server(
+        mod.Echo, handler, "127.0.0.1", port, proto_factory=proto, trans_factory=TFramedTransportFactory(),
+        client_timeout=None,
+    )  # fmt: skip
+    server.trans.listen()
+    server.trans.listen = lambda: None  # serve() listens again otherwise
+    threading.Thread(target=server.serve, daemon=True).start()
+    return server
+
+
+def apache_server(apache: Any, handler: object, port: int, *, theader: bool = False) -> Any:
+    """Apache Thrift's TThreadedServer (framed binary, or THeader) on ``port``, in a daemon thread."""
+    from thrift.protocol import TBinaryProtocol
+    from thrift.protocol.THeaderProtocol import THeaderProtocolFactory
+    from thrift.server import TServer
+    from thrift.transport import TSocket, TTransport
+
+    sock = TSocket.TServerSocket(host="127.0.0.1", port=port)
+    sock.listen()
+    sock.listen = lambda: None
+    if theader:
+        tf: Any = TTransport.TBufferedTransportFactory()
+        pf: Any = THeaderProtocolFactory()
+    else:
+        tf, pf = TTransport.TFramedTransportFactory(), TBinaryProtocol.TBinaryProtocolAcceleratedFactory()
+    server = TServer.TThreadedServer(apache.Processor(handler), sock, tf, pf, daemon=True)
+    threading.Thread(target=server.serve, daemon=True).start()
+    return server

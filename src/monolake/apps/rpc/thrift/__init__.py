@@ -1,5 +1,9 @@
 """Thrift RPC: servers and clients of a service loaded from IDL, on the monolake runtime."""
 
+from ._client import ClientCall as ClientCall
+from ._client import RetryBudget as RetryBudget
+from ._client import StaticDiscovery as StaticDiscovery
+from ._client import ThriftClient as ThriftClient
 from ._idl import MethodDef as MethodDef
 from ._idl import ServiceDef as ServiceDef
 from ._idl import load_service as load_service
@@ -12,10 +16,14 @@ from ._server import ThriftService as ThriftService
 from ._server import build_server as build_server
 
 __all__ = [
+    "ClientCall",
     "Metainfo",
     "MethodDef",
+    "RetryBudget",
     "ServiceDef",
+    "StaticDiscovery",
     "ThriftApp",
+    "ThriftClient",
     "ThriftRequest",
     "ThriftServer",
     "ThriftService",
