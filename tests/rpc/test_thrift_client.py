@@ -198,7 +198,7 @@ async def test_retries_go_to_another_instance(env: Env) -> None:
 
 
 async def test_round_robin_and_fixed_address(env: Env) -> None:
-    (_, _, pa, ha), (_, _, pb, hb) = env.ours
+    (_, _, pa, _), (_, _, pb, _) = env.ours
     async with ThriftClient(env.mod.Echo, [f"127.0.0.1:{pa}", f"127.0.0.1:{pb}"]) as c:
         got = {await c.echo("z") for _ in range(4)}
         assert got == {"a:z", "b:z"}
