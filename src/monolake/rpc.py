@@ -10,6 +10,7 @@ from .apps.rpc import ThriftClient as ThriftClient
 from .apps.rpc import ThriftRequest as ThriftRequest
 from .apps.rpc import ThriftServer as ThriftServer
 from .apps.rpc import ThriftService as ThriftService
+from .apps.rpc import build_server as build_server
 from .apps.rpc import load_service as load_service
 from .apps.rpc import metainfo as metainfo
 
@@ -24,6 +25,7 @@ __all__ = [
     "ThriftRequest",
     "ThriftServer",
     "ThriftService",
+    "build_server",
     "load_service",
     "metainfo",
 ]

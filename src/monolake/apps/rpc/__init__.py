@@ -10,6 +10,7 @@ from .thrift import ThriftClient as ThriftClient
 from .thrift import ThriftRequest as ThriftRequest
 from .thrift import ThriftServer as ThriftServer
 from .thrift import ThriftService as ThriftService
+from .thrift import build_server as build_server
 from .thrift import load_service as load_service
 from .thrift import metainfo as metainfo
 
@@ -24,6 +25,7 @@ __all__ = [
     "ThriftRequest",
     "ThriftServer",
     "ThriftService",
+    "build_server",
     "load_service",
     "metainfo",
 ]
