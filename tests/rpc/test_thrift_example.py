@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import thriftpy2
-from conftest import READY, REPO, LineLog, Proxy, _stop_process
 from thrift_support import apache_module
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TBufferedTransportFactory
 
+from conftest import READY, REPO, LineLog, Proxy, _stop_process
 from monolake.product.cli import main
 
 EXAMPLE = REPO / "examples" / "rpc" / "thrift"
