@@ -190,8 +190,7 @@ class _Call:
 
 async def _invoke(svc: ThriftService, b: _Bound, call: _Call, values: list[Any]) -> Any:
     if svc.chain is not None:
-        assert call.meta is not None
-        return await svc.chain(ThriftRequest(svc.name, call.name, values, call.conn.peer, call.meta))
+        return await svc.chain(ThriftRequest(svc.name, call.name, values, call.conn.peer, _metainfo.metainfo()))
     if b.is_async:
         return await b.fn(*values)
     return b.fn(*values)
@@ -251,7 +250,9 @@ class _Dispatcher:
             return
         svc = self.service
         b = svc.bound.get(head.name)
-        call = _Call(conn, frame, head.name, head.seq_id, proto, loop.time(), b)
+        call = _Call(
+            conn, frame, head.name, head.seq_id, proto, loop.time() if self.stats or self.access_log else 0.0, b
+        )
         if not oneway:
             conn.begin()
             if call.ordered:
@@ -282,13 +283,12 @@ class _Dispatcher:
             else:
                 if headers:
                     meta = _metainfo.from_headers(headers)
-        if meta is None:
-            meta = _metainfo.Metainfo()
-        call.meta = meta
+        # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
+        # in the handler's own context (its task's, or the one set and reset around a plain call).
         d = args.__dict__
         values = [d[n] for n in b.m.arg_names]
         if b.is_async or svc.chain is not None or svc.timeout:
-            task = loop.create_task(self._run(call, svc, b, values, oneway))
+            task = loop.create_task(self._run(call, svc, b, values, oneway, meta))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
@@ -296,15 +296,20 @@ class _Dispatcher:
         try:
             value = b.fn(*values)
         except Exception as exc:
+            call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
         else:
+            call.meta = _metainfo.current.get()
             self._succeeded(call, value, oneway)
         finally:
             _metainfo.current.reset(token)
 
-    async def _run(self, call: _Call, svc: ThriftService, b: _Bound, values: list[Any], oneway: bool) -> None:
-        assert call.meta is not None
-        _metainfo.current.set(call.meta)  # this task's own context
+    async def _run(
+        self, call: _Call, svc: ThriftService, b: _Bound, values: list[Any], oneway: bool, meta: Any
+    ) -> None:
+        # The task runs in a copy of the dispatching context, where ``current`` is unset.
+        if meta is not None:
+            _metainfo.current.set(meta)
         cm = asyncio.timeout(svc.timeout) if svc.timeout else None
         try:
             if cm is None and svc.chain is None:
@@ -315,10 +320,12 @@ class _Dispatcher:
                 async with cm:
                     value = await _invoke(svc, b, call, values)
         except asyncio.CancelledError:
+            call.meta = _metainfo.current.get()
             if not oneway:
                 self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
             raise
         except TimeoutError as exc:
+            call.meta = _metainfo.current.get()
             if cm is not None and cm.expired():
                 log.warning(
                     "thrift: handler timed out: server=%s client=%s method=%s after %gs",
@@ -328,8 +335,10 @@ class _Dispatcher:
             else:
                 self._failed(call, exc, oneway)
         except Exception as exc:
+            call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
         else:
+            call.meta = _metainfo.current.get()
             self._succeeded(call, value, oneway)
 
     # -- answers -----------------------------------------------------------------------
