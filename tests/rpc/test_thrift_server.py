@@ -3,6 +3,7 @@ every protocol/transport pair, declared exceptions, oneway, unknown methods, bad
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import struct
@@ -260,3 +261,31 @@ def test_framed_replies_in_order(env: Env) -> None:
 def test_settings_struct_is_a_server() -> None:
     s = msgspec.structs.replace(Server(listener="127.0.0.1:0"), proxy_type="thrift")
     assert s.max_frame_size > 0
+
+
+@pytest.mark.parametrize("framing", ["framed", "unframed"])
+def test_drain_answers_calls_in_flight_then_closes(tmp_path: Path, framing: str) -> None:
+    from monolake.apps.rpc.thrift._server import build_server
+
+    idl = write_idl(tmp_path)
+    lt = LoopThread()
+    app = build_server("drain", Server(listener="127.0.0.1:0"), ThriftService(str(idl), Handler()))
+    srv, port = start_server(lt, app)
+    try:
+        slow = b"\x04\x00\x01" + struct.pack("!d", 0.3) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"done" + b"\x00"
+        call = _call("slow", 1, slow)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(struct.pack("!I", len(call)) + call if framing == "framed" else call)
+            # the call is in flight once the server counts it
+            while app.statistics()["in_flight"] == 0:
+                lt.call(lambda: None)
+            lt.call(app.start_draining)
+            drained = asyncio.run_coroutine_threadsafe(app.wait_drained(), lt.loop)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            assert data.endswith(b"done\x00")  # answered, then closed by the server
+            drained.result(30)
+    finally:
+        stop_server(lt, srv, app)
+        lt.close()
