@@ -539,12 +539,25 @@ class _Sniff(asyncio.Protocol):
     def __init__(self, server: ThriftServer) -> None:
         self.server = server
         self.transport: Any = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.server.sniffing.add(self)
+        # A client that connects and sends nothing is closed after header_timeout.
+        self.timer = asyncio.get_running_loop().call_later(self.server.settings.header_timeout, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.sniffing.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         server = self.server
+        server.sniffing.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         proto: asyncio.Protocol
         # An unframed message starts 0x80 (binary) or 0x82 (compact); a frame length never does.
         proto = _UnframedConnection(server) if data[0] & 0x80 else ThriftConnection(server.inner)
@@ -576,6 +589,8 @@ class ThriftServer:
         self.inner = ThriftServerApp(name, settings, dispatcher, tls=tls)
         self.max_frame_size = settings.max_frame_size
         self.unframed: set[_UnframedConnection] = set()
+        self.sniffing: set[_Sniff] = set()
+        """Connections that sent nothing yet (closed at once on drain, as idle ones are)."""
         self.unframed_in_flight = 0
         self.draining = False
         self._drained: asyncio.Future[None] | None = None
@@ -609,6 +624,8 @@ class ThriftServer:
         self.inner.start_draining()
         for conn in list(self.unframed):
             conn.drain()
+        for sniff in list(self.sniffing):
+            sniff.transport.close()
 
     async def wait_drained(self) -> None:
         await self.inner.wait_drained()
@@ -620,6 +637,8 @@ class ThriftServer:
         self.inner.close()
         for conn in list(self.unframed):
             conn.abort()
+        for sniff in list(self.sniffing):
+            sniff.transport.abort()
 
     def statistics(self) -> dict[str, int]:
         st = self.inner.statistics()
