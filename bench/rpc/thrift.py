@@ -206,6 +206,115 @@ def load_main(port: int, conns: int, seconds: float, rate: float) -> None:
     print(json.dumps(uvloop.run(_load(port, conns, seconds, rate, b"x" * 100))), flush=True)
 
 
+# -- clients against one server (``--clients``) --------------------------------------------
+
+CLIENTS = ["monolake", "thriftpy2-aio", "apache"]
+
+
+def client_main(kind: str, port: int, conns: int, seconds: float, directory: str) -> None:
+    """``conns`` callers making echo calls back to back for ``seconds``; prints calls/s and CPU/call."""
+    idl = os.path.join(directory, "echo.thrift")
+    text = "x" * 100
+    count = 0
+    t_cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    stop = t0 + seconds
+    if kind == "apache":
+        import threading
+
+        sys.path.insert(0, os.path.join(directory, "gen"))
+        from benchecho import Echo
+        from thrift.protocol import TBinaryProtocol
+        from thrift.transport import TSocket, TTransport
+
+        counts = [0] * conns
+
+        def run(i: int) -> None:
+            tr = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", port))
+            tr.open()
+            c = Echo.Client(TBinaryProtocol.TBinaryProtocolAccelerated(tr))
+            while time.perf_counter() < stop:
+                c.echo(text)
+                counts[i] += 1
+            tr.close()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(conns)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        count = sum(counts)
+    else:
+        import uvloop
+
+        async def main() -> int:
+            n = 0
+            if kind == "monolake":
+                from monolake.rpc import ThriftClient
+
+                client = ThriftClient(idl, [f"127.0.0.1:{port}"], transport="ttheader", max_connections=conns)
+
+                async def caller() -> None:
+                    nonlocal n
+                    while time.perf_counter() < stop:
+                        await client.echo(text)
+                        n += 1
+
+                await asyncio.gather(*(caller() for _ in range(conns)))
+                client.close()
+                return n
+            import thriftpy2
+            from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
+            from thriftpy2.rpc import make_aio_client
+
+            mod = thriftpy2.load(idl, module_name="benchecho_thrift")
+
+            async def one() -> None:
+                nonlocal n
+                c = await make_aio_client(
+                    mod.Echo, "127.0.0.1", port, trans_factory=TAsyncFramedTransportFactory(), timeout=None
+                )
+                while time.perf_counter() < stop:
+                    await c.echo(text)
+                    n += 1
+                c.close()
+
+            await asyncio.gather(*(one() for _ in range(conns)))
+            return n
+
+        count = uvloop.run(main())
+    took = time.perf_counter() - t0
+    cpu = time.process_time() - t_cpu0
+    print(json.dumps({"client": kind, "calls_per_s": count / took, "client_cpu_us_per_call": cpu / count * 1e6}))
+
+
+def run_clients(directory: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each client in turn against one monolake server (core ``--server-cpu``)."""
+    port = _free_port()
+    path = os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    taskset = ["taskset", "-c", args.server_cpu] if shutil.which("taskset") else []
+    srv = subprocess.Popen(
+        [*taskset, sys.executable, "-m", "bench.rpc.thrift", "serve", "monolake", str(port), directory],
+        stdout=subprocess.PIPE, env=env, cwd=REPO,
+    )  # fmt: skip
+    out = []
+    try:
+        assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+        ltaskset = ["taskset", "-c", args.client_cpu] if taskset else []
+        for kind in args.clients.split(","):
+            res = subprocess.run(
+                [*ltaskset, sys.executable, "-m", "bench.rpc.thrift", "client", kind, str(port), str(args.conns),
+                 str(args.seconds), directory],
+                capture_output=True, env=env, cwd=REPO, check=True, timeout=args.seconds * 4 + 60,
+            )  # fmt: skip
+            out.append(json.loads(res.stdout.decode().strip().splitlines()[-1]))
+    finally:
+        srv.kill()
+        srv.wait()
+    return out
+
+
 # -- driver ----------------------------------------------------------------------------
 
 
@@ -260,6 +369,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         serve(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "client":
+        client_main(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "load":
         load_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
         return
@@ -271,6 +383,8 @@ def main() -> None:
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--server-cpu", default="1")
     ap.add_argument("--client-cpu", default="0")
+    ap.add_argument("--clients", default=",".join(CLIENTS), help="client side: these against a monolake server")
+    ap.add_argument("--no-clients", action="store_true", help="skip the client-side comparison")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -280,11 +394,12 @@ def main() -> None:
         subprocess.run(gen, check=True)
         load_before = os.getloadavg()
         runs = [run_one(kind, d, args) for _ in range(args.rounds) for kind in args.servers.split(",")]
+        clients = [] if args.no_clients else [c for _ in range(args.rounds) for c in run_clients(d, args)]
         load_after = os.getloadavg()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report = {
         "when": stamp, "args": vars(args), "loadavg_start": load_before, "loadavg_end": load_after,
-        "cpus": os.cpu_count(), "runs": runs,
+        "cpus": os.cpu_count(), "runs": runs, "clients": clients,
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,6 +419,17 @@ def main() -> None:
             f"| {r['server']} | {r['calls_per_s']:.0f} | {r['server_cpu_us_per_call']:.1f} | {r['p50_ms']:.2f} | "
             f"{r['p99_ms']:.2f} |"
         )
+    if clients:
+        lines += [
+            "",
+            f"Clients against the monolake server ({args.conns} callers each; monolake's client on TTHeader,"
+            " the others framed):",
+            "",
+            "| client | calls/s | client CPU µs/call |",
+            "|---|--:|--:|",
+        ]
+        for c in clients:
+            lines.append(f"| {c['client']} | {c['calls_per_s']:.0f} | {c['client_cpu_us_per_call']:.1f} |")
     (out / f"rpc-thrift-{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -3,7 +3,7 @@
 Theory of operation. ``ThriftClient.call`` makes a ``ClientCall`` and runs it down a
 stack in Volo's order::
 
-    user layers -> timeout -> discovery / load balancing (+ retries) -> inner layers -> transport
+    user layers -> timeout + discovery / load balancing (+ retries) -> inner layers -> transport
 
 - the timeout service sets the call's deadline (per call, else the client's); every
   attempt below it gets what is left, so retries never outlive the caller's budget;
@@ -38,16 +38,17 @@ from ....core.proto.thrift import (
     DEFAULT_MAX_FRAME_SIZE,
     AppError,
     Frame,
+    MessageHead,
     MessageType,
     ThriftProtocol,
     Transport,
-    classify,
     encode_frame,
+    encode_framed,
     message_begin,
     parse_application_exception,
-    peek_message,
     read_header_info,
 )
+from ....core.server._thrift import PickKey
 from ....core.service import Layer, Service
 from . import _metainfo
 from ._codec import decode_struct, encode_struct
@@ -101,8 +102,6 @@ class _Key:
     __slots__ = ("ctx", "headers", "peer")
 
     def __init__(self, key: str) -> None:
-        from ....core.server._thrift import PickKey
-
         self.ctx = self
         self.peer = key
         self.headers = PickKey._EMPTY
@@ -134,6 +133,24 @@ def parse_address(spec: str | Endpoint) -> Endpoint:
     return Endpoint(scheme="thrift", host=host.strip("[]"), port=int(port))
 
 
+_FRAMED = Transport.FRAMED
+
+
+class _Begin:
+    """A method's message head with sequence id 0, and where the id sits in it."""
+
+    __slots__ = ("data", "mtype", "seq_offset", "seq_size")
+
+    def __init__(self, m: MethodDef, proto: ThriftProtocol) -> None:
+        self.mtype = MessageType.ONEWAY if m.oneway else MessageType.CALL
+        self.data = message_begin(m.name, self.mtype, 0, proto)
+        n = len(m.name.encode())
+        if proto is ThriftProtocol.BINARY:
+            self.seq_offset, self.seq_size = 8 + n, 4
+        else:
+            self.seq_offset, self.seq_size = 2, 1  # compact: varint 0 right after the type byte
+
+
 class _Transport:
     """The innermost service: one attempt on ``call.endpoint``."""
 
@@ -150,13 +167,20 @@ class _Transport:
             args = m.args_cls(**dict(zip(m.arg_names, call.args, strict=False)))
         except TypeError as exc:
             raise ValueError(f"{m.name}: {exc}") from None
-        mtype = MessageType.ONEWAY if m.oneway else MessageType.CALL
-        payload = message_begin(m.name, mtype, 0, proto) + encode_struct(args, proto)
-        headers = None
-        if c.transport is not Transport.FRAMED:
+        begin = c.begins.get(m.name)
+        if begin is None:
+            begin = c.begins[m.name] = _Begin(m, proto)
+        payload = begin.data + encode_struct(args, proto)
+        # The frame and head are made from what we just encoded, not parsed back.
+        if c.transport is _FRAMED:
+            data = encode_framed(payload)
+            off, info = 4, 0
+        else:
             headers = _metainfo.forward_headers(_metainfo.current.get(), call.transient)
-        frame = classify(encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers))
-        head = peek_message(frame.data, frame.payload, proto, decode_name=False)
+            data = encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers)
+            off, info = len(data) - len(payload), 16  # 14 fixed bytes, protocol id, no transforms
+        frame = Frame(data, c.transport, proto, off, info=info)
+        head = MessageHead(m.name, begin.mtype, 0, off + begin.seq_offset, begin.seq_size, off + len(begin.data))
         loop = c.pool.loop
         left = call.deadline - loop.time() if call.deadline else 0.0
         if call.deadline and left <= 0:
@@ -222,10 +246,18 @@ class _Balance:
 
     async def __call__(self, call: ClientCall) -> Any:
         c = self.client
+        if not call.deadline:  # the timeout service, merged in: one deadline for every attempt
+            t = call.timeout if call.timeout is not None else c.timeout
+            if t:
+                call.deadline = c.pool.loop.time() + t
         if call.address is not None:
             call.endpoint = call.address
             return await self.inner(call)
         bal = self.balancer()
+        eps = bal.endpoints
+        if len(eps) == 1:  # nothing to choose, nowhere else to retry
+            call.endpoint = eps[0]
+            return await self.inner(call)
         key = _Key(call.hash_key)
         ep = bal.pick(key)
         tried: list[Endpoint] = []
@@ -245,20 +277,6 @@ class _Balance:
             finally:
                 bal.finished(ep)
             ep = nxt
-
-
-class _Deadline:
-    """The timeout service: the call's deadline, for every attempt below it."""
-
-    def __init__(self, client: ThriftClient, inner: Service[ClientCall, Any]) -> None:
-        self.client = client
-        self.inner = inner
-
-    async def __call__(self, call: ClientCall) -> Any:
-        t = call.timeout if call.timeout is not None else self.client.timeout
-        if t and not call.deadline:
-            call.deadline = self.client.pool.loop.time() + t
-        return await self.inner(call)
 
 
 class RetryBudget:
@@ -348,10 +366,11 @@ class ThriftClient:
         svc: Any = _Transport(self)
         for layer in reversed(list(inner_layers)):
             svc = layer.layer(svc)
-        svc = _Deadline(self, _Balance(self, svc))
+        svc = _Balance(self, svc)
         for layer in reversed(list(layers)):
             svc = layer.layer(svc)
         self.chain: Service[ClientCall, Any] = svc
+        self.begins: dict[str, _Begin] = {}
 
     async def call(
         self,
@@ -396,6 +415,7 @@ class ThriftClient:
             return await self.call(name, *args, **kwargs)
 
         method.__name__ = name
+        self.__dict__[name] = method  # found without __getattr__ from now on
         return method
 
     def close(self) -> None:
