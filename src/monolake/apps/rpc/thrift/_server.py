@@ -694,6 +694,9 @@ class ThriftApp:
             from ....core.tls import ServerTlsContexts
 
             tls = ServerTlsContexts(f"servers.{self.name}.tls", server.tls, default_alpn=())
-        log_ = AccessLog(self.access_log, "") if self.access_log else None
+        log_ = None
+        if self.access_log:
+            kept = old.dispatcher.access_log if isinstance(old, ThriftServer) else None
+            log_ = kept if kept is not None else AccessLog(self.access_log, "")  # one file open across reloads
         stats = thrift_stats(self.name) if multiprocess_dir() is not None else None
         return build_server(self.name, server, self.service, tls=tls, stats=stats, access_log=log_)
