@@ -6,11 +6,12 @@ worker's pool and waits for the response head. One retry, on a fresh connection,
 covers the stale keep-alive race: a reused connection that died before the first
 response byte, for an idempotent request without a body (RFC 9110 §9.2.2).
 
-Health checks, outlier detection, circuit breaking and route retries live on a
-second path, ``_forward_guarded``. A cluster that has one of the first three rebinds
-``forward`` to it in ``__init__``, and a route with retries calls it through a
-``RetryingCluster``, so a cluster and route without them run exactly the code of
-``forward`` and pay nothing per request for features they do not use. A change of
+Health checks, outlier detection and circuit breaking live on a second path,
+``_forward_guarded``: a cluster that has one of them points ``forward`` at it in
+``__init__``. A route with retries runs its ``RetryLayer`` (``_retry``) over the
+cluster's one-try service ``tries``, under ``guard``. So a cluster and route without
+them run exactly the code of ``forward`` and pay nothing per request for features
+they do not use. A change of
 health rebuilds the balancer over the eligible endpoints (``_refresh``) rather
 than filtering every pick. The guarded path repeats the fast one's exchange code
 (``_try``) instead of sharing it: one more coroutine frame on every request of
@@ -22,18 +23,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import msgspec
 
 from ...core._body import Body
 from ...core.client import Pool, UpstreamConnection
+from ...core.client._client import IDEMPOTENT
 from ...core.client._h2 import request_headers as h2_request_headers
 from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
 from ...core.proto.grpc import deadline_of, is_grpc, with_remaining_timeout
 from ...core.proto.http1 import Request, Response
 from ...core.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 from ...core.server import error_response
+from ...core.service import Service
 from ...core.tls import client_tls
 from ..config import (
     CircuitBreaker,
@@ -47,11 +51,9 @@ from ..config import (
 )
 from ._balancer import Balancer, make_balancer
 from ._health import EndpointState, HealthChecker, Outliers
-from ._retry import RetryingCluster, RetryPolicy
+from ._retry import Attempt, RetryingCluster, RetryPolicy
 
 log = logging.getLogger("monolake.apps.proxy")
-
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class _Overflow(Exception):
@@ -129,6 +131,8 @@ class UpstreamCluster:
         self.forward: Callable[[Request, bytes | None], Awaitable[Response]] = (
             self._forward_guarded if self.guarded else self._forward_h1 if protocol == "http1" else self._forward_h2
         )
+        self.tries = _Tries(self)
+        """One try of an ``Attempt`` (the service a route's ``RetryLayer`` wraps)."""
 
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
@@ -367,86 +371,48 @@ class UpstreamCluster:
             self._suppressed += 1
         return error_response(503)
 
-    async def _forward_guarded(self, req: Request, host: bytes | None, policy: RetryPolicy | None = None) -> Response:
-        """``forward`` with health, outlier accounting, circuit breaking and ``policy``'s retries."""
+    def _admit(self) -> Response | None:
+        """Enter the guarded path: a 503 if ``max_requests`` are in flight, else None (counted)."""
         if self._checker is not None and not self._checker.running:
             self._checker.start()
         if self.max_requests is not None and self.active >= self.max_requests:
             return self._overflow(_Overflow("max_requests", self.max_requests))
         self.active += 1
+        return None
+
+    async def _forward_guarded(self, req: Request, host: bytes | None) -> Response:
+        """``forward`` with health, outlier accounting and circuit breaking."""
+        refused = self._admit()
+        if refused is not None:
+            return refused
         try:
-            ep = self.balancer.pick(req)
-            if policy is None:
-                return await self._try(req, host, ep, None)
-            return await self._retrying(req, host, ep, policy)
+            return await self._try(req, host, self.balancer.pick(req), None)
         except _Overflow as exc:
             return self._overflow(exc)
         finally:
             self.active -= 1
 
-    def _next(self, req: Request, tried: list[Endpoint]) -> Endpoint:
+    async def guard(self, service: Service[Attempt, Response], a: Attempt) -> Response:
+        """Run ``service`` (a route's retries over ``tries``) for ``a`` on the guarded path,
+        its first try aimed by the balancer."""
+        refused = self._admit()
+        if refused is not None:
+            return refused
+        try:
+            ep = a.endpoint = self.balancer.pick(a.req)
+            a.tried.append(ep)
+            return await service(a)
+        except _Overflow as exc:
+            return self._overflow(exc)
+        finally:
+            self.active -= 1
+
+    def next_endpoint(self, req: Request, tried: list[Endpoint]) -> Endpoint:
+        """Where a retry goes: an eligible endpoint not in ``tried``, else an ineligible one, else any."""
         ep = self.balancer.pick_excluding(req, tried)
         if ep is None and self.balancer is not self._all:
             ep = self._all.pick_excluding(req, tried)  # an ineligible one beats none
         return ep if ep is not None else self.balancer.pick(req)
-
-    async def _retrying(self, req: Request, host: bytes | None, ep: Endpoint, policy: RetryPolicy) -> Response:
-        body = req.body
-        may_retry = body is None or req.method in IDEMPOTENT
-        tried = [ep]
-        budgeted = False
-        try:
-            for attempt in range(policy.attempts + 1):
-                last = attempt == policy.attempts or not may_retry
-                error: BaseException | None = None
-                resp: Response | None = None
-                try:
-                    resp = await self._try(req, host, ep, policy.per_try_timeout)
-                except (ConnectError, ConnectTimeout) as exc:
-                    # Nothing was sent: a body is still whole.
-                    if last or not policy.on_connect:
-                        raise
-                    error, why = exc, "connect failure"
-                except ReadTimeout as exc:
-                    if last or not policy.on_timeout or body is not None:
-                        raise
-                    error, why = exc, "timeout"
-                except (ReadError, UpstreamError) as exc:
-                    if last or not policy.on_reset or body is not None:
-                        raise
-                    error, why = exc, "reset"
-                else:
-                    if last or resp.status not in policy.on_status or body is not None:
-                        return resp
-                    why = f"status {resp.status}"
-                if not budgeted:
-                    if not policy.admit():
-                        log.info("retry budget exhausted: cluster=%s endpoint=%s: %s", self.name, ep, why)
-                        if error is not None:
-                            raise error
-                        assert resp is not None
-                        return resp
-                    budgeted = True
-                if resp is not None and isinstance(resp.body, Body):
-                    resp.body.cancel()  # not wanted: drop it with its connection
-                nxt = self._next(req, tried)
-                log.info(
-                    "retrying %s %s: cluster=%s endpoint=%s: %s; try %d on %s",
-                    req.method.decode(),
-                    req.target.decode("latin-1"),
-                    self.name,
-                    ep,
-                    why,
-                    attempt + 2,
-                    nxt,
-                )
-                ep = nxt
-                if ep not in tried:
-                    tried.append(ep)
-            raise AssertionError("unreachable: the last try returns or raises")
-        finally:
-            if budgeted:
-                policy.done()
 
     async def _try(self, req: Request, host: bytes | None, ep: Endpoint, per_try_timeout: float | None) -> Response:
         """One exchange with ``ep`` (``_exchange``: HTTP/1.1, or HTTP/2 for an h2 cluster) with the
@@ -553,3 +519,17 @@ class UpstreamCluster:
         conn.idle_timeout = self.idle_timeout
         conn.max_idle = self.max_idle
         return conn
+
+
+class _Tries:
+    """A cluster's one-try service: ``Attempt`` in, the response of its endpoint out."""
+
+    __slots__ = ("cluster",)
+
+    def __init__(self, cluster: UpstreamCluster) -> None:
+        self.cluster = cluster
+
+    def __call__(self, a: Attempt) -> Coroutine[Any, Any, Response]:
+        # A plain call returning ``_try``'s coroutine: no frame of its own per try.
+        assert a.endpoint is not None  # aimed by ``guard``, then by ``Attempt.reroute``
+        return self.cluster._try(a.req, a.host, a.endpoint, a.per_try_timeout)

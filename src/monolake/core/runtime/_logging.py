@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -37,3 +39,15 @@ def flush_logging() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+
+
+def describe_status(status: int) -> str:
+    """A child's wait status for a log line: ``exited with status 3``, ``was killed by signal 9 (SIGKILL)``."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "?"
+        return f"was killed by signal {sig} ({name})"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

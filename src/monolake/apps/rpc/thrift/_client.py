@@ -48,7 +48,7 @@ from ....core.proto.thrift import (
     parse_application_exception,
     read_header_info,
 )
-from ....core.server._thrift import PickKey
+from ....core.server._l4 import PickKey
 from ....core.service import Layer, Service
 from . import _metainfo
 from ._codec import decode_struct, encode_struct
