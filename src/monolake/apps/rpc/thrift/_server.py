@@ -611,8 +611,16 @@ class ThriftServer:
         return _Sniff(self)
 
     def adopt(self, new: ThriftServer) -> None:
-        """Serve ``new``'s handler from now on (a reload); running calls finish on theirs."""
+        """Serve ``new``'s handler and settings from now on (a reload); running calls finish on theirs.
+
+        New handshakes use ``new``'s certificates; turning TLS on or off needs a new listener.
+        """
         self.dispatcher.adopt(new.dispatcher)
+        inner, fresh = self.inner, new.inner
+        inner.cfg, inner.max_frame_size, inner.max_pipelined = fresh.cfg, fresh.max_frame_size, fresh.max_pipelined
+        inner._adopt_tls(fresh.tls, log)
+        inner._set_idle_timeout(fresh.idle_timeout)
+        self.settings, self.max_frame_size = new.settings, new.max_frame_size
 
     def unframed_done(self) -> None:
         self.unframed_in_flight -= 1
