@@ -4,7 +4,6 @@ refused with an error, never read past (thriftpy2's Cython reader trusts length 
 from __future__ import annotations
 
 import contextlib
-
 from typing import Any
 
 import pytest
