@@ -210,3 +210,15 @@ async def test_compact_protocol_against_our_server(env: Env) -> None:
     async with ThriftClient(env.mod.Echo, [f"127.0.0.1:{port}"], protocol="compact") as c:
         assert await c.echo("c") == "a:c"
         assert (await c.item(env.mod.Item(id=1, name="q", scores={"s": 2.0}))).scores == {"s": 2.0}
+
+
+async def test_consistent_hash_keeps_a_key_on_one_instance(env: Env) -> None:
+    (_, _, pa, _), (_, _, pb, _) = env.ours
+    eps = [f"127.0.0.1:{pa}", f"127.0.0.1:{pb}"]
+    async with ThriftClient(env.mod.Echo, eps, load_balancer="consistent_hash") as c:
+        by_key = {}
+        for key in ("user-1", "user-2", "user-3", "user-4", "user-5", "user-6"):
+            answers = {await c.call("echo", "h", hash_key=key) for _ in range(3)}
+            assert len(answers) == 1  # every call with one key went to one instance
+            by_key[key] = answers.pop()
+        assert set(by_key.values()) == {"a:h", "b:h"}  # and the keys are spread over both
