@@ -302,6 +302,12 @@ def _resolve_tls(t: T, base: Path) -> T:
 def _resolve_files(s: Server, base: Path) -> Server:
     if s.tls is not None:
         s = msgspec.structs.replace(s, tls=_resolve_tls(s.tls, base))
+    if s.rpc_thrift is not None:
+        rt = s.rpc_thrift
+        rt = msgspec.structs.replace(
+            rt, idl=str(base / rt.idl), include_dirs=[str(base / d) for d in rt.include_dirs]
+        )  # absolute parts stay as they are (Path's / keeps them)
+        s = msgspec.structs.replace(s, rpc_thrift=rt)
     if not any(r.gateway is not None and not Path(r.gateway.idl).is_absolute() for r in s.routes):
         return s
     routes = [
@@ -820,6 +826,37 @@ def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
             rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no upstream")
 
 
+def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
+    """A Thrift RPC server from IDL: the IDL must load and name the service; nothing to proxy."""
+    rt = s.rpc_thrift
+    assert rt is not None
+    if s.proxy_type != "thrift":
+        rep.add(f"{path}.proxy_type", 'a server with rpc_thrift has proxy_type = "thrift"')
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "an rpc_thrift server answers with its handler: it has no routes or filters")
+    for key in ("upstream", "upstreams", "handler"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "an rpc_thrift server answers with rpc_thrift.handler: remove this key")
+    module, sep, attr = rt.handler.partition(":")
+    if not sep or not module or not attr:
+        rep.add(f"{path}.rpc_thrift.handler", f'{rt.handler!r} is not "module:attr"')
+    from ..rpc.thrift._idl import load_module, service_def
+
+    try:
+        service_def(load_module(rt.idl, include_dirs=rt.include_dirs), rt.service)
+    except ConfigError as exc:
+        rep.add(f"{path}.rpc_thrift.{'idl' if exc.path == 'idl' else 'service'}", exc.reason)
+    if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
+        rep.add(f"{path}.max_frame_size", "must be between 64 and 2147483647")
+    if s.idle_timeout <= 0:
+        rep.add(f"{path}.idle_timeout", "must be > 0")
+    if s.request_timeout is not None and s.request_timeout <= 0:
+        rep.add(f"{path}.request_timeout", "must be > 0")
+    if s.limits.max_pipelined < 1:
+        rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
+
+
 def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
@@ -829,6 +866,8 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
     if s.rpc_grpc is not None:
         _check_rpc_grpc_server(rep, path, s)
+    if s.rpc_thrift is not None:
+        _check_rpc_thrift_server(rep, path, s)
         return
     if s.handler is not None:
         _check_handler_server(rep, path, s)

@@ -381,6 +381,20 @@ class RpcGrpc(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """Log one line per call (method, status code, seconds) to the ``monolake.grpc.access`` logger."""
 
 
+class RpcThrift(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A Thrift RPC service answered by your own handler (``proxy_type = "thrift"``, no routes)."""
+
+    idl: str
+    """Path of the ``.thrift`` file (relative to the config file's directory), loaded with thriftpy2."""
+    handler: str
+    """"module:attr": a class (instantiated without arguments; a reload keeps the instance while the class is
+    the same), or an object, with a method per IDL method (``async def``, or ``def`` for CPU-only work)."""
+    service: str | None = None
+    """The IDL's service to serve; may be left out when the IDL defines one service."""
+    include_dirs: list[str] = []
+    """Directories (relative to the config file's) searched for the IDL's includes."""
+
+
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
@@ -467,6 +481,13 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     """Serve gRPC services from ``.proto`` files and a Python servicer (see ``RpcGrpc``) instead of proxying.
     Such a server's TLS offers h2 by ALPN unless ``tls.alpn`` is set, and ``limits.max_body_bytes`` left at
     its default is off (it would count a stream's bytes over its life; messages are bounded instead)."""
+
+    # -- thrift rpc servers ---------------------------------------------------------------
+    rpc_thrift: RpcThrift | None = None
+    """Serve a Thrift service from IDL with your handler (``proxy_type = "thrift"``, no routes or upstreams).
+    Framed, TTHeader, THeader and unframed transports, binary and compact, are detected per connection;
+    ``request_timeout`` bounds each call, ``max_frame_size`` each message, ``limits.max_pipelined`` the calls
+    in flight per connection."""
 
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -154,6 +154,22 @@ def build_apps(
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
+        if server.rpc_thrift is not None:  # a Thrift service from IDL, answered by the user's handler
+            from ..rpc.thrift._config import build_config_app
+
+            rpc_app: Any = build_config_app(
+                name,
+                server,
+                cfg,
+                old.get(name) if old else None,
+                modules=shared.modules,
+                access_log=access_log,
+                metrics=metrics_on,
+            )
+            apps[name] = rpc_app
+            if metrics_on:
+                worker_metrics().watch(apps=[apps[name]])
+            continue
         if server.handler is not None or server.rpc_grpc is not None:  # the user's own service, no proxying
             prev = old.get(name) if old else None
             handler_app = build_handler_app(
