@@ -866,6 +866,7 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
     if s.rpc_grpc is not None:
         _check_rpc_grpc_server(rep, path, s)
+        return
     if s.rpc_thrift is not None:
         _check_rpc_thrift_server(rep, path, s)
         return
