@@ -60,6 +60,13 @@ def test_call_with_json(served: Served) -> None:
         call(served.address, ECHO, "Echo.Unary", '{"nosuchfield": 1}')
 
 
+def test_the_cli_dispatches_proto_to_grpc(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    from monolake.product.cli import main
+
+    assert main(["rpc", "call", served.address, "Echo.Unary", '{"text": "cli"}', "--idl", str(ECHO)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"text": "CLI"}
+
+
 def test_new_project_is_runnable(tmp_path: Path) -> None:
     root = new_project("echo-svc", ECHO, tmp_path)
     module = (root / "echo_svc_service.py").read_text()

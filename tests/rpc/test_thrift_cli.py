@@ -111,11 +111,3 @@ def test_rpc_call_errors(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     assert "add.a: expected an integer" in capsys.readouterr().err
     assert main(["rpc", "call", env.address, "Echo.boom", '{"why": "w"}', "--idl", idl]) == 1
     assert "TApplicationException" in capsys.readouterr().err
-
-
-def test_proto_goes_to_the_grpc_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if importlib.util.find_spec("monolake.apps.rpc.grpc") is not None:
-        pytest.skip("monolake.apps.rpc.grpc exists: its own tests cover `monolake rpc` for .proto")
-    (tmp_path / "x.proto").write_text('syntax = "proto3";\n')
-    assert main(["rpc", "new", "p", "--idl", str(tmp_path / "x.proto"), "--dest", str(tmp_path)]) == 2
-    assert ".proto is not supported yet" in capsys.readouterr().err
