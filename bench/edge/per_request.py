@@ -7,7 +7,9 @@ proxy → upstream client path over fake transports, so only Python work is meas
 Rows: the plain route, then one per feature (request_id; cors on an allowed origin;
 compress choosing gzip for a 128-byte response under min_length, i.e. negotiation and
 Vary only; compress with min_length 0, which gzips the 128 bytes; ip_rules with an
-allow list; the access log as text vs JSON with the default format, written to
+allow list; tracing at 100% sampling, whose export thread's CPU (it runs in the same
+process: serialising the batches; the collector it names refuses them) is counted too; the
+access log as text vs JSON with the default format, written to
 /dev/null). Each row's delta is against the plain route measured in the same run.
 Rough on a busy machine: compare deltas, rerun on a quiet one.
 """
@@ -39,6 +41,9 @@ FEATURES: dict[str, dict[str, Any]] = {
     "compress (negotiate, under min_length)": {"filters": ["compress"]},
     "compress (gzip 128 B)": {"filters": [{"use": "compress", "args": {"min_length": 0, "encodings": ["gzip"]}}]},
     "ip_rules": {"filters": [{"use": "ip_rules", "args": {"allow": ["127.0.0.0/8", "10.0.0.0/8"]}}]},
+    "tracing (100% sampled)": {
+        "filters": [{"use": "tracing", "args": {"endpoint": "http://127.0.0.1:1/v1/traces", "export_timeout": 0.2}}]
+    },
     "access log text": {"log": "text"},
     "access log json": {"log": "json"},
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -55,7 +56,14 @@ def check(*paths: Path) -> tuple[int, str]:
 
 def test_examples_pass_check() -> None:
     paths = sorted(EXAMPLES.glob("*.toml"))
-    assert [p.name for p in paths] == ["compress.toml", "cors.toml", "ip_rules.toml", "logs.toml", "route_filters.toml"]
+    assert [p.name for p in paths] == [
+        "compress.toml",
+        "cors.toml",
+        "ip_rules.toml",
+        "logs.toml",
+        "route_filters.toml",
+        "tracing.toml",
+    ]
     code, out = check(*paths)
     assert code == 0, out
     assert out.count(": ok (") == len(paths)
@@ -157,5 +165,28 @@ def test_ip_rules_example(env: Any) -> None:
                 assert chunk, out
                 out += chunk
         assert out.startswith(b"HTTP/1.1 200")
+    finally:
+        proxy.close()
+
+
+def test_tracing_example(env: Any) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (pip install monolake[tracing])")
+    lt, origin, tmp = env
+    raw = load("tracing.toml", origin, tmp)
+    args = raw["servers"]["web"]["filters"][0]["args"]
+    args |= {"endpoint": "http://127.0.0.1:1/v1/traces", "sample_ratio": 1.0, "export_timeout": 0.5}
+    proxy = InProcessProxy(lt, raw)
+    try:
+        with httpx.Client(base_url=proxy.url, timeout=30) as c:
+            # the collector is down: requests are served all the same, the spans dropped
+            sent = c.get("/x").json()["headers"]
+        assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[13]", sent["traceparent"])
+        deadline = time.monotonic() + 10
+        path = tmp / "access.log"
+        while not (path.exists() and "trace=" in path.read_text()):
+            lt.run(_flush(proxy))
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert f"trace={sent['traceparent'][3:35]}" in path.read_text()
     finally:
         proxy.close()

@@ -16,6 +16,7 @@ BUILTINS: dict[str, str] = {
     "decompress": "monolake.apps.edge.compress:Decompress",
     "cors": "monolake.apps.edge.cors:Cors",
     "ip_rules": "monolake.apps.edge.ip_rules:IpRules",
+    "tracing": "monolake.apps.edge.tracing:Tracing",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 
