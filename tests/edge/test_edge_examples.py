@@ -170,7 +170,6 @@ def test_ip_rules_example(env: Any) -> None:
 
 
 def test_tracing_example(env: Any) -> None:
-    pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (pip install monolake[tracing])")
     lt, origin, tmp = env
     raw = load("tracing.toml", origin, tmp)
     args = raw["servers"]["web"]["filters"][0]["args"]

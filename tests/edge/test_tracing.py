@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-pytest.importorskip("opentelemetry.sdk", reason="tracing needs opentelemetry-sdk (pip install monolake[tracing])")
+pytest.importorskip(
+    "opentelemetry.proto", reason="the OTLP receiver decodes with opentelemetry-proto (a test dependency)"
+)
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
