@@ -55,15 +55,9 @@ def check(*paths: Path) -> tuple[int, str]:
 
 
 def test_examples_pass_check() -> None:
-    paths = sorted(EXAMPLES.glob("*.toml"))
-    assert [p.name for p in paths] == [
-        "compress.toml",
-        "cors.toml",
-        "ip_rules.toml",
-        "logs.toml",
-        "route_filters.toml",
-        "tracing.toml",
-    ]
+    # docs/edge.md's (the auth and limit guide's, beside them, are its tests' business)
+    names = ["compress.toml", "cors.toml", "ip_rules.toml", "logs.toml", "route_filters.toml", "tracing.toml"]
+    paths = [EXAMPLES / n for n in names]
     code, out = check(*paths)
     assert code == 0, out
     assert out.count(": ok (") == len(paths)

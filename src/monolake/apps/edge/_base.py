@@ -16,6 +16,11 @@ BUILTINS: dict[str, str] = {
     "decompress": "monolake.apps.edge.compress:Decompress",
     "cors": "monolake.apps.edge.cors:Cors",
     "ip_rules": "monolake.apps.edge.ip_rules:IpRules",
+    "rate_limit": "monolake.apps.edge.ratelimit:RateLimit",
+    "connection_limit": "monolake.apps.edge.ratelimit:ConnectionLimit",
+    "jwt": "monolake.apps.edge.jwt:Jwt",
+    "basic_auth": "monolake.apps.edge.basic_auth:BasicAuth",
+    "ext_authz": "monolake.apps.edge.ext_authz:ExtAuthz",
     "tracing": "monolake.apps.edge.tracing:Tracing",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""

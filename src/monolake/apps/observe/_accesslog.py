@@ -257,6 +257,18 @@ class AccessLog:
         elif self._timer is None:
             self._timer = loop.call_later(1.0, self.flush)
 
+    def write(self, line: str) -> None:
+        """Log a line made by the caller (a Thrift call's, which has no HTTP request)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > 65536:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(1.0, self.flush)
+
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -25,6 +25,7 @@ from ...core.service import Layer, Stack
 from ...core.service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ...core.tls import ServerTlsContexts
 from ..config import Config
+from ..edge._shared import set_workers as set_edge_workers
 from ..observe import AccessLog, compile_format
 from ..observe._metrics import chain_completion, metrics_enabled, request_recorder, worker_metrics
 from ._filters import Background, Phases, load_filters, load_layers
@@ -149,10 +150,27 @@ def build_apps(
         clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
         shared = Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg))
     pool, clusters, access_log = shared.pool, shared.clusters, shared.access_log
+    set_edge_workers(cfg.runtime.workers)  # before filters are built: edge limits are divided by it
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
-        if server.handler is not None:  # the user's own service, no proxying
+        if server.rpc_thrift is not None:  # a Thrift service from IDL, answered by the user's handler
+            from ..rpc.thrift._config import build_config_app
+
+            rpc_app: Any = build_config_app(
+                name,
+                server,
+                cfg,
+                old.get(name) if old else None,
+                modules=shared.modules,
+                access_log=access_log,
+                metrics=metrics_on,
+            )
+            apps[name] = rpc_app
+            if metrics_on:
+                worker_metrics().watch(apps=[apps[name]])
+            continue
+        if server.handler is not None or server.rpc_grpc is not None:  # the user's own service, no proxying
             prev = old.get(name) if old else None
             handler_app = build_handler_app(
                 name,

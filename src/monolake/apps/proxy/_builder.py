@@ -49,6 +49,7 @@ import msgspec
 from ...core.client import Pool
 from ...core.errors import ConfigError
 from ..config import Cluster, Config, Server
+from ..discovery._record import EndpointRecord, records_from_wire, to_endpoints
 from ..observe import AccessLog
 from ..observe._metrics import worker_metrics
 from ._app import Shared, build_apps, new_access_log
@@ -88,6 +89,10 @@ def _filter_module_paths(name: str, server: Server) -> list[tuple[str, str]]:
                 out.append((use.partition(":")[0], f"{where}[{j}]"))
     if server.handler is not None:
         out.append((server.handler.partition(":")[0], f"servers.{name}.handler"))
+    if server.rpc_grpc is not None:
+        out.append((server.rpc_grpc.handler.partition(":")[0], f"servers.{name}.rpc_grpc.handler"))
+    if server.rpc_thrift is not None:
+        out.append((server.rpc_thrift.handler.partition(":")[0], f"servers.{name}.rpc_thrift.handler"))
     return out
 
 
@@ -111,7 +116,7 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
-    if server.handler is not None:
+    if server.handler is not None or server.rpc_grpc is not None or server.rpc_thrift is not None:
         return set()
     if server.proxy_type not in ("http", "tcp"):
         return None
@@ -145,6 +150,29 @@ class ProxyBuilder:
         self._clusters: dict[str, tuple[Cluster, UpstreamCluster]] = {}
         self._access_log: AccessLog | None = None
         self._digests: dict[str, str] = {}
+        self._discovered: dict[str, list[EndpointRecord]] = {}
+        """The last endpoint set discovery sent for each cluster (``on_message``)."""
+        self._preparing: dict[str, tuple[Cluster, UpstreamCluster]] = {}
+        """The clusters of a reload between prepare and commit/abort (they get sets too)."""
+
+    def on_message(self, msg: Mapping[str, Any]) -> None:
+        """A message the supervisor broadcast to the workers: a cluster's discovered endpoint
+        set (``apps.discovery``), applied at once to the running cluster and kept for the
+        clusters later reloads build. An empty message forgets the cluster's set."""
+        name = msg.get("cluster")
+        if not isinstance(name, str):
+            return
+        if "records" not in msg:
+            self._discovered.pop(name, None)
+            return
+        records = records_from_wire(msg["records"])
+        self._discovered[name] = records
+        active, draining = to_endpoints(records)
+        done: set[int] = set()
+        for found in (self._clusters.get(name), self._preparing.get(name)):
+            if found is not None and found[0].discovery is not None and id(found[1]) not in done:
+                done.add(id(found[1]))
+                found[1].set_endpoints(active, draining)
 
     @property
     def pool(self) -> Pool:
@@ -197,6 +225,7 @@ class ProxyBuilder:
                 adopt.append((prev, new))
             else:
                 apps[name], changes[name] = new, "replaced" if prev is not None else "added"
+        self._preparing = clusters
         return PreparedApps(self, cfg, apps, changes, adopt, fresh, clusters, shared.access_log)
 
     # -- helpers ------------------------------------------------------------------------
@@ -252,6 +281,9 @@ class ProxyBuilder:
             prev = self._clusters.get(cname) if reuse else None
             if prev is None or prev[0] != c:
                 prev = (c, UpstreamCluster.from_config(cname, c, pool))
+                found = self._discovered.get(cname) if c.discovery is not None else None
+                if found is not None:
+                    prev[1].set_endpoints(*to_endpoints(found))
             clusters[cname] = prev
         same_log = reuse and self._cfg is not None and self._cfg.log == cfg.log
         access_log = self._access_log if same_log else new_access_log(cfg)
@@ -317,6 +349,7 @@ class PreparedApps:
                 u.close()
                 watched.discard(u)  # its last health must not be sampled over its successor's
         b._settle(self.cfg, self._clusters, self._access_log)
+        b._preparing = {}
         _start_checks(self._clusters)  # new clusters' checks; kept ones' keep running
         if old_log is not None and old_log is not self._access_log:
             # Requests still in flight log through their app's current on_complete: the new log.
@@ -324,5 +357,6 @@ class PreparedApps:
                 old_log.close()
 
     def abort(self) -> None:
+        self.builder._preparing = {}
         if self._access_log is not None and self._access_log is not self.builder._access_log:
             self._access_log.close()

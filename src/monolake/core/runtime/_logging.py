@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import mmap
+import os
+import signal
 import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
@@ -101,3 +103,15 @@ def flush_logging() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+
+
+def describe_status(status: int) -> str:
+    """A child's wait status for a log line: ``exited with status 3``, ``was killed by signal 9 (SIGKILL)``."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "?"
+        return f"was killed by signal {sig} ({name})"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"

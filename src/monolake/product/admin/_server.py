@@ -45,6 +45,7 @@ from ...core.address import parse_endpoint, parse_listener
 from ...core.errors import ConfigError
 from ...core.runtime._logging import LEVEL_NAMES, set_level, shared_level
 from ...core.runtime._logging import logger as log
+from ._fleet import PREFIX, endpoint_call, readiness
 from ._http import HttpListener, Limits, Reply, Request
 
 RELOAD_WAIT = 60.0
@@ -128,6 +129,11 @@ class AdminState:
         self.started = time.time()
         self.reloads = threading.Condition()
         self.last_reload: Any = None
+        self.hub: Any = None
+        self.config_url: str | None = None
+        """Where the config comes from when not a file (``etcd://...``): ``/config`` names it, and the
+        last reload's error when it failed (a bad config pushed to the key)."""
+        """The discovery hub (``apps.discovery.DiscoveryHub``) when a cluster discovers its endpoints."""
 
     def config(self) -> Config:
         return self.supervisor.config  # type: ignore[no-any-return]
@@ -156,6 +162,8 @@ class AdminState:
         registry = CollectorRegistry()
         if self.metrics_dir is not None:
             registry.register(_Snapshot(self.families()))
+        if self.hub is not None:
+            registry.register(_Snapshot(self.hub.families()))
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def upstreams(self, fams: Iterable[Any] | None = None) -> dict[str, Any]:
@@ -164,6 +172,9 @@ class AdminState:
         out: dict[str, dict[str, Any]] = {}
         for name, c in cfg.upstreams.items():
             out[name] = {"endpoints": [_endpoint_text(u.endpoint) for u in c.endpoints]}
+            found = self.hub.current(name) if self.hub is not None else None
+            if found is not None:  # discovery's set, not the config's
+                out[name] = {"endpoints": [_endpoint_text(r.address) for r in found if not r.draining]}
         for sname, server in cfg.servers.items():
             for i, r in enumerate(server.routes):
                 if r.upstreams:
@@ -185,6 +196,8 @@ class AdminState:
             eps = [{"endpoint": ep, "healthy": health.pop((name, ep), None)} for ep in info["endpoints"]]
             result[name] = {"endpoints": eps, "requests": requests.get(name, 0), "errors_5xx": errors.get(name, 0)}
         for (name, ep), ok in health.items():  # endpoints named differently by the health checker
+            if self.hub is not None and self.hub.current(name) is not None:
+                continue  # a discovered endpoint since removed (its gauge outlives it in the metric files)
             entry = result.setdefault(name, {"endpoints": [], "requests": 0, "errors_5xx": 0})
             for e in entry["endpoints"]:
                 if e["healthy"] is None and (e["endpoint"].endswith(ep) or ep.endswith(e["endpoint"])):
@@ -286,6 +299,8 @@ class _Routes:
             "/stats.json": self._stats,
             "/reload": self._last_reload,
             "/log_level": self._log_level,
+            "/ready": self._ready,
+            "/endpoints": self._endpoints,
         }
 
     def __call__(self, req: Request) -> Reply:
@@ -297,6 +312,12 @@ class _Routes:
             handler = self._reload
         elif req.method in ("POST", "PUT") and path == "/log_level":
             handler = lambda: self._set_log_level(req)  # noqa: E731
+        elif path.startswith(PREFIX) and req.method in ("PUT", "DELETE", "POST"):
+            denied = self._denied(req)
+            if denied is not None:
+                return denied
+            status, payload = endpoint_call(self.state.hub, req.method, path, req.body)
+            return _json(status, payload)
         if handler is None:
             known = path in self.get
             return _json(405 if known else 404, {"error": "method not allowed" if known else "not found"})
@@ -334,8 +355,23 @@ class _Routes:
         st = self.state
         return _json(200, {"status": "ok", "pid": os.getpid(), "uptime": round(time.time() - st.started, 3)})
 
+    def _ready(self) -> Reply:
+        st = self.state
+        ok, details = readiness(getattr(st.supervisor, "state", "ready"), st.config(), st.families())
+        return _json(200 if ok else 503, details)
+
+    def _endpoints(self) -> Reply:
+        hub = self.state.hub
+        return _json(200, {"upstreams": hub.statistics() if hub is not None else {}})
+
     def _config(self) -> Reply:
-        return _json(200, redact(msgspec.to_builtins(self.state.config())))
+        doc = redact(msgspec.to_builtins(self.state.config()))
+        url = self.state.config_url
+        if url is not None:
+            last = getattr(self.state.supervisor, "last_reload", None)
+            error = last.error if last is not None and not last.ok else None
+            doc["_source"] = {"url": url, "last_reload_error": error}
+        return _json(200, doc)
 
     def _upstreams(self) -> Reply:
         return _json(200, self.state.upstreams())
