@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from monolake.apps.proxy import HttpFilter
 from monolake.core.proto.http1 import Headers, Request, Response
 from monolake.core.service import Context, Layer, Service
@@ -55,3 +57,10 @@ class Stamp(Layer[Request, Response]):
                 return resp
 
         return Stamped()
+
+
+class DebugLine(HttpFilter):
+    """Logs one debug line per request (to see the level change in a worker)."""
+
+    def request_filter(self, req: Request, ctx: Context) -> None:
+        logging.getLogger("monolake.test").debug("debug line for %s", req.path.decode())

@@ -134,6 +134,7 @@ def test_json_error_log_is_one_escaped_object_per_line() -> None:
     assert "\n" not in line
     doc = json.loads(line)
     assert doc["message"] == 'bad "a\nb"' and doc["level"] == "WARNING" and doc["logger"] == "monolake.x"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", doc["time"])
 
 
 def _child(conn: Any) -> None:

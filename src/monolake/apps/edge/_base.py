@@ -21,6 +21,7 @@ BUILTINS: dict[str, str] = {
     "jwt": "monolake.apps.edge.jwt:Jwt",
     "basic_auth": "monolake.apps.edge.basic_auth:BasicAuth",
     "ext_authz": "monolake.apps.edge.ext_authz:ExtAuthz",
+    "tracing": "monolake.apps.edge.tracing:Tracing",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 

@@ -12,3 +12,4 @@ UPSTREAM_TIMES = ContextSlot(
     "(loop time the upstream call started, loop time its response head came): $upstream_header_time, "
     "$upstream_response_time. Set only when the access log format uses them.",
 )
+TRACE_ID = ContextSlot("trace_id", bytes, "The request's trace id, 32 hex digits (the tracing filter): $trace_id.")

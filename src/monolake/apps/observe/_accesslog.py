@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ...core.proto.http1 import Request, Response
-from ..edge._slots import REQUEST_ID, UPSTREAM_TIMES
+from ..edge._slots import REQUEST_ID, TRACE_ID, UPSTREAM_TIMES
 
 Getter = Callable[[Request, Response, int, float], str]
 _encode = msgspec.json.Encoder().encode
@@ -93,6 +93,11 @@ def _request_id(req: Request, resp: Response, sent: int, now: float) -> str:
     return "-" if rid is None else rid.decode("latin-1")
 
 
+def _trace_id(req: Request, resp: Response, sent: int, now: float) -> str:
+    tid = TRACE_ID.get(req.ctx, None)
+    return "-" if tid is None else tid.decode()
+
+
 def _upstream_header_time(req: Request, resp: Response, sent: int, now: float) -> str:
     t = UPSTREAM_TIMES.get(req.ctx, None)
     return "-" if t is None else f"{t[1] - t[0]:.3f}"
@@ -120,6 +125,7 @@ VARIABLES: dict[str, Getter] = {
     "server": lambda req, resp, sent, now: req.ctx.server,
     "route": _route,
     "request_id": _request_id,
+    "trace_id": _trace_id,
     "upstream_header_time": _upstream_header_time,
     "upstream_response_time": _upstream_response_time,
 }
@@ -131,7 +137,9 @@ PREFIXED: dict[str, Callable[[str], Getter]] = {
 }
 """``$http_NAME`` (request header; "_" for "-"), ``$cookie_NAME``, ``$upstream_http_NAME``."""
 
-SAFE = frozenset({"remote_addr", "status", "body_bytes_sent", "bytes_received", "request_time", "server", "route"})
+SAFE = frozenset(
+    {"remote_addr", "status", "body_bytes_sent", "bytes_received", "request_time", "server", "route", "trace_id"}
+)
 """Variables whose values no client or upstream controls (numbers, our names): never escaped."""
 NUMBERS = frozenset(
     {"status", "body_bytes_sent", "bytes_received", "request_time", "upstream_header_time", "upstream_response_time"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import mmap
@@ -33,12 +34,12 @@ _handler: logging.Handler | None = None
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, pid, message (and exc when there is one).
+    """One JSON object per record: time (ISO 8601, UTC), level, logger, pid, message (and exc when there is one).
     Every value is JSON-escaped, so a client-controlled string in a message cannot forge a line."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
-            "time": self.formatTime(record),
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,

@@ -1,0 +1,129 @@
+"""Added CPU per request of each edge built-in: a route with the feature vs the same route
+without it, in the same run (the ``bench/micro/proxy_path.py`` harness: the real server →
+proxy → upstream client path over fake transports, so only Python work is measured).
+
+    python bench/edge/per_request.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
+
+Rows: the plain route, then one per feature (request_id; cors on an allowed origin;
+compress choosing gzip for a 128-byte response under min_length, i.e. negotiation and
+Vary only; compress with min_length 0, which gzips the 128 bytes; ip_rules with an
+allow list; tracing at 100% sampling, whose export thread's CPU (it runs in the same
+process: serialising the batches; the collector it names refuses them) is counted too; the
+access log as text vs JSON with the default format, written to
+/dev/null). Each row's delta is against the plain route measured in the same run.
+Rough on a busy machine: compare deltas, rerun on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport
+from monolake.apps.config import Endpoint, parse_config
+from monolake.apps.proxy import build_apps
+from monolake.core.client import Pool, UpstreamConnection
+
+REQUEST = (
+    b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
+    b"Accept: */*\r\nAccept-Encoding: gzip, deflate, br, zstd\r\nCookie: a=b\r\n"
+    b"Origin: https://app.example.com\r\n\r\n"
+)
+
+FEATURES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "request_id": {"filters": ["request_id"]},
+    "cors": {"filters": [{"use": "cors", "args": {"allow_origins": ["https://app.example.com"]}}]},
+    "compress (negotiate, under min_length)": {"filters": ["compress"]},
+    "compress (gzip 128 B)": {"filters": [{"use": "compress", "args": {"min_length": 0, "encodings": ["gzip"]}}]},
+    "ip_rules": {"filters": [{"use": "ip_rules", "args": {"allow": ["127.0.0.0/8", "10.0.0.0/8"]}}]},
+    "tracing (100% sampled)": {
+        "filters": [{"use": "tracing", "args": {"endpoint": "http://127.0.0.1:1/v1/traces", "export_timeout": 0.2}}]
+    },
+    "access log text": {"log": "text"},
+    "access log json": {"log": "json"},
+}
+
+
+def config(feature: dict[str, Any]) -> dict[str, Any]:
+    route: dict[str, Any] = {"path": "/api/", "upstream": "api", "filters": feature.get("filters", [])}
+    cfg: dict[str, Any] = {
+        "servers": {"web": {"listener": "127.0.0.1:0", "routes": [route]}},
+        "upstreams": {"api": {"endpoints": [{"endpoint": "http://127.0.0.1:9001"}]}},
+    }
+    if "log" in feature:
+        cfg["log"] = {"access_log": os.devnull, "format": feature["log"]}
+    return cfg
+
+
+async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
+    """(µs per request of the loop's thread, µs per request of the whole process)."""
+    app = build_apps(parse_config(config(feature)))["web"]
+    upstream: list[UpstreamConnection] = []
+
+    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
+        conn = UpstreamConnection(self, ep.key)
+        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
+        upstream.append(conn)
+        return conn
+
+    Pool.connect = connect  # type: ignore[method-assign]
+    down = app.protocol_factory()
+    dt = FakeTransport()
+    down.connection_made(dt)  # type: ignore[arg-type]
+
+    async def one() -> None:
+        down.data_received(REQUEST)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        upstream[-1].data_received(RESPONSE)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    for _ in range(200):
+        await one()
+    assert dt.out and dt.out[-1][:12] == b"HTTP/1.1 200", dt.out[-1:]
+    dt.out.clear()
+    t0, p0 = time.thread_time(), time.process_time()
+    for _ in range(n):
+        await one()
+    elapsed, process = time.thread_time() - t0, time.process_time() - p0
+    assert len(dt.out) == n
+    if "min_length" not in repr(feature):  # the gzip row changes the body
+        assert all(o.endswith(BODY) for o in dt.out), (feature, dt.out[-1][-300:])
+    app.close()
+    return elapsed * 1e6 / n, process * 1e6 / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
+    ap.add_argument("-n", type=int, default=20000)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    if args.loop == "uvloop":
+        import uvloop
+
+        runner: Any = uvloop.run
+    else:
+        runner = asyncio.run
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(args.repeat):  # interleaved, so load changes hit every row alike
+        for name, feature in FEATURES.items():
+            us = runner(run(feature, args.n))
+            best[name] = min(best.get(name, us), us)
+    base, pbase = best["plain"]
+    print(f"{args.loop}, best of {args.repeat} x {args.n} requests; load average {os.getloadavg()[0]:.2f}")
+    print("request path: the loop thread's CPU; process: with other threads (tracing's exporter)")
+    print(f"{'':40} {'µs/request':>11} {'added':>8} {'process':>9} {'added':>8}")
+    for name, (us, pus) in best.items():
+        print(f"{name:40} {us:11.2f} {us - base:+8.2f} {pus:9.2f} {pus - pbase:+8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

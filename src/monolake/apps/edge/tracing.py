@@ -1,0 +1,331 @@
+"""``tracing``: OpenTelemetry spans for proxied requests, exported over OTLP/HTTP in batches.
+
+Per request: a SERVER span (the incoming W3C ``traceparent``/``tracestate`` is its parent
+when there is one) and a CLIENT span for the upstream call, whose context goes upstream
+in ``traceparent``/``tracestate``. Sampling is ``sample_ratio`` of the trace ids (the
+ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
+``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
+HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
+``server.address``, ``client.address``, ``http.response.status_code``; the client span's
+``server.address`` is the endpoint), plus ``monolake.route`` (the route's index). The
+trace id is in the ``TRACE_ID`` slot (the access log's ``$trace_id``).
+
+Why not the OpenTelemetry SDK's spans: each costs tens of microseconds (attribute
+validation, locks, context objects), and a request has two. Here a span is a small list
+filled by plain calls, queued when the request is logged; an export thread per worker
+encodes each batch as an OTLP ``ExportTraceServiceRequest`` (protobuf, written by hand:
+no dependency) and POSTs it. A request never waits for the collector; a full queue drops spans (counted)
+and a failed export is a log line (at most one per 10 s), never a failed request. The
+thread starts on the first sampled request in each worker (building the filter does no
+I/O: ``monolake check`` runs it).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import re
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import msgspec
+
+from ...core.proto.http1 import Request, Response
+from ...core.service import Context, ContextSlot
+from ..proxy._filters import HttpFilter
+from ._base import ArgError
+from ._slots import TRACE_ID
+
+log = logging.getLogger("monolake.edge.tracing")
+
+SPANS = ContextSlot("trace_spans", list, "The tracing filter's server span record, with its client span's.")
+
+__all__ = ["TRACE_ID", "Tracing", "TracingArgs"]
+
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+# A span record: [trace_id, span_id, parent_id, start_ns, end_ns, name (bytes), raw attributes, error,
+# client record | None] (+ sampled, tracestate on the server record)
+_TID, _SID, _PID, _START, _END, _NAME, _ATTRS, _ERR, _CLIENT = range(9)
+
+
+class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """The OTLP/HTTP traces URL of the collector."""
+    service_name: str = "monolake"
+    """The ``service.name`` resource attribute."""
+    sample_ratio: float = 1.0
+    """Share of new traces recorded, 0..1."""
+    parent_based: bool = True
+    """Follow an incoming traceparent's sampled flag instead of the ratio."""
+    export_interval: float = 1.0
+    """Seconds between batch exports (sooner once ``batch`` spans are queued)."""
+    export_timeout: float = 10.0
+    """Seconds one export may take."""
+    max_queue: int = 8192
+    """Requests' spans queued for export; more are dropped (counted, logged)."""
+    batch: int = 512
+    """Requests whose spans go in one export."""
+    headers: dict[str, str] = {}
+    """Extra HTTP headers of the export requests (an API key...)."""
+
+
+# -- OTLP protobuf, encoded by hand (opentelemetry/proto/trace/v1/trace.proto): a few fields
+# of a few messages, so no protobuf runtime is needed and an export costs little CPU.
+
+_KIND_SERVER = 2
+_KIND_CLIENT = 3
+_STATUS_ERROR = b"\x18\x02"  # Status.code (field 3, varint) = STATUS_CODE_ERROR
+
+
+_SMALL = [bytes((i,)) for i in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (bytes, string, message)."""
+    n = len(payload)
+    return _SMALL[number << 3 | 2] + (_SMALL[n] if n < 128 else _varint(n)) + payload
+
+
+_ATTR_CACHE: dict[tuple[str, Any], bytes] = {}
+
+
+def _kv(key: str, value: Any) -> bytes:
+    """A KeyValue: key (1), value (2) an AnyValue with string_value (1) or int_value (3)."""
+    if isinstance(value, int):
+        any_value = b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+    else:
+        any_value = _field(1, str(value).encode())
+    return _field(1, key.encode()) + _field(2, any_value)
+
+
+def _attr(key: str, value: Any) -> bytes:
+    """A span's attribute field (9). Most (key, value) pairs repeat (method, scheme, status...): cached."""
+    cached = _ATTR_CACHE.get((key, value))
+    if cached is not None:
+        return cached
+    out = _field(9, _kv(key, value))
+    if len(_ATTR_CACHE) < 4096:
+        _ATTR_CACHE[(key, value)] = out
+    return out
+
+
+def _server_attrs(a: list[Any]) -> dict[str, Any]:
+    method, path, query, host, peer, version, route, status = a
+    out: dict[str, Any] = {
+        "http.request.method": method.decode("latin-1"),
+        "url.path": path.decode("latin-1"),
+        "url.scheme": "http",
+        "client.address": peer,
+        "network.protocol.version": version.decode("latin-1"),
+        "http.response.status_code": status,
+    }
+    if query:
+        out["url.query"] = query.decode("latin-1")
+    if host:
+        out["server.address"] = host.decode("latin-1")
+    if route is not None:
+        out["monolake.route"] = str(route)  # the route's index in its server's list
+    return out
+
+
+def _client_attrs(a: list[Any]) -> dict[str, Any]:
+    method, path, status, endpoint = a
+    out: dict[str, Any] = {"http.request.method": method.decode("latin-1"), "url.path": path.decode("latin-1")}
+    if status is not None:
+        out["http.response.status_code"] = status
+    if endpoint is not None:
+        out["server.address"] = str(endpoint)
+    return out
+
+
+def _span(r: list[Any], kind: int, parent: int, attrs: dict[str, Any]) -> bytes:
+    out: bytes = _field(1, r[_TID].to_bytes(16, "big")) + _field(2, r[_SID].to_bytes(8, "big"))
+    if parent:
+        out += _field(4, parent.to_bytes(8, "big"))
+    out += _field(5, r[_NAME])  # the method, bytes
+    out += b"\x30" + _varint(kind)  # kind (6, varint)
+    out += b"\x39" + r[_START].to_bytes(8, "little")  # start_time_unix_nano (7, fixed64)
+    out += b"\x41" + (r[_END] or r[_START]).to_bytes(8, "little")  # end_time_unix_nano (8, fixed64)
+    out += b"".join([_attr(k, v) for k, v in attrs.items()])
+    if r[_ERR]:
+        out += _field(15, _STATUS_ERROR)
+    return out
+
+
+class _Exporter:
+    """One worker's export thread: batches of span records to OTLP/HTTP protobuf."""
+
+    def __init__(self, args: TracingArgs) -> None:
+        self.args = args
+        self.queue: collections.deque[list[Any]] = collections.deque()
+        self.dropped = 0
+        self.exported = 0
+        self.wake = threading.Event()
+        self._last_error = 0.0
+        self.pid = os.getpid()
+        self.thread = threading.Thread(target=self._run, name="monolake-otlp", daemon=True)
+        self.thread.start()
+
+    def add(self, record: list[Any]) -> None:
+        if len(self.queue) >= self.args.max_queue:
+            self.dropped += 1
+            return
+        self.queue.append(record)
+        if len(self.queue) >= self.args.batch:
+            self.wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait(self.args.export_interval)
+            self.wake.clear()
+            while self.queue:
+                n = min(len(self.queue), self.args.batch)
+                records = [self.queue.popleft() for _ in range(n)]
+                try:
+                    self._post(self._encode(records))
+                    self.exported += n
+                except Exception as exc:
+                    now = time.monotonic()
+                    if now - self._last_error >= 10:
+                        self._last_error = now
+                        log.warning(
+                            "tracing: export to %s failed, %d spans dropped: %s", self.args.endpoint, 2 * n, exc
+                        )
+                    break
+
+    def _encode(self, records: list[list[Any]]) -> bytes:
+        spans = []
+        for r in records:
+            spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(r[_ATTRS])))
+            c = r[_CLIENT]
+            if c is not None:
+                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
+        scope = _field(1, _field(1, b"monolake.edge.tracing")) + b"".join(_field(2, sp) for sp in spans)
+        resource = _field(1, _kv("service.name", self.args.service_name))
+        return _field(1, _field(1, resource) + _field(2, scope))
+
+    def _post(self, body: bytes) -> None:
+        headers = {"Content-Type": "application/x-protobuf", **self.args.headers}
+        req = urllib.request.Request(self.args.endpoint, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=self.args.export_timeout) as resp:
+            resp.read()
+
+
+class Tracing(HttpFilter):
+    """OpenTelemetry tracing; see the module docstring."""
+
+    Args = TracingArgs
+
+    def __init__(self, args: TracingArgs) -> None:
+        if not 0.0 <= args.sample_ratio <= 1.0:
+            raise ArgError("sample_ratio", f"must be between 0 and 1, got {args.sample_ratio}")
+        if not args.endpoint.startswith(("http://", "https://")):
+            raise ArgError("endpoint", f"expected an http(s):// URL, got {args.endpoint!r}")
+        for key in ("export_interval", "export_timeout"):
+            if getattr(args, key) <= 0:
+                raise ArgError(key, "must be > 0 (seconds)")
+        for key in ("max_queue", "batch"):
+            if getattr(args, key) < 1:
+                raise ArgError(key, "must be >= 1")
+        self.args = args
+        self.bound = int(args.sample_ratio * (1 << 64))
+        self.parent_based = args.parent_based
+        self._exporter: _Exporter | None = None
+
+    @property
+    def exporter(self) -> _Exporter:
+        e = self._exporter
+        if e is None or e.pid != os.getpid():  # none yet, or one inherited through a fork (no thread)
+            e = self._exporter = _Exporter(self.args)
+        return e
+
+    def request_filter(self, req: Request, ctx: Context) -> None:
+        headers = req.headers
+        parent = 0
+        tp = headers.get(b"traceparent")
+        m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
+        if m is not None and m[1] != b"ff" and int(m[2], 16) and int(m[3], 16):
+            trace_id = int(m[2], 16)
+            parent = int(m[3], 16)
+            sampled = bool(int(m[4], 16) & 1) if self.parent_based else (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            state = headers.get(b"tracestate")
+        else:
+            trace_id = random.getrandbits(128) or 1
+            sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            state = None
+        method = req.method
+        # Attributes are raw values here, made into strings by the export thread.
+        record: list[Any] = [trace_id, random.getrandbits(64) or 1, parent, 0, 0, method, None, False, None]
+        record.append(sampled)
+        record.append(state)
+        if sampled:
+            record[_START] = time.time_ns()
+            record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, None, None]
+            TRACE_ID.set(ctx, b"%032x" % trace_id)
+        SPANS.set(ctx, record)
+        return None
+
+    def upstream_request_filter(self, req: Request, ctx: Context) -> None:
+        record = SPANS.get(ctx, None)
+        if record is None:
+            return
+        sampled = record[9]
+        client_id = random.getrandbits(64) or 1
+        headers = req.headers
+        headers.set(b"traceparent", b"00-%032x-%016x-%s" % (record[_TID], client_id, b"01" if sampled else b"00"))
+        state = record[10]
+        if state is not None:
+            headers.set(b"tracestate", state)
+        if sampled:
+            record[_ATTRS][6] = getattr(ctx.route, "name", None)
+            record[_CLIENT] = [
+                record[_TID],
+                client_id,
+                record[_SID],
+                time.time_ns(),
+                0,
+                record[_NAME],
+                [record[_NAME], req.path, None, None],
+                True,  # until a response head comes
+                None,
+            ]
+
+    def response_filter(self, resp: Response, ctx: Context) -> None:
+        record = SPANS.get(ctx, None)
+        if record is None or record[_CLIENT] is None:
+            return
+        client = record[_CLIENT]
+        client[_END] = time.time_ns()
+        client[_ERR] = resp.status >= 500
+        attrs = client[_ATTRS]
+        attrs[2] = resp.status
+        attrs[3] = ctx.endpoint
+
+    def logging(self, req: Request, resp: Response, ctx: Context) -> None:
+        record = SPANS.get(ctx, None)
+        if record is None or not record[9]:
+            return
+        now = time.time_ns()
+        client = record[_CLIENT]
+        if client is not None and not client[_END]:  # the upstream call failed: no response head came
+            client[_END] = now
+        record[_END] = now
+        record[_ATTRS][7] = resp.status
+        record[_ERR] = resp.status >= 500
+        self.exporter.add(record)
