@@ -78,6 +78,12 @@ class StreamApp(Generic[T]):
 
 
 AnyApp = HttpApp[Any] | StreamApp[Any]
+"""Also ``monolake.streams.StreamsApp`` (checked by its ``build`` method: apps/ may not import it here)."""
+
+
+def _builds_itself(app: object) -> bool:
+    """An app that builds its own worker app (``StreamsApp``): ``build(name, server, old)``."""
+    return callable(getattr(app, "build", None)) and isinstance(getattr(app, "factory", None), Factory)
 
 
 def _server_of(app: AnyApp) -> Server:
@@ -98,7 +104,7 @@ def apps_config(
     """The in-memory ``Config`` the runtime serves ``apps`` from. Raises ConfigError."""
     servers: dict[str, Server] = {}
     for i, app in enumerate(apps):
-        if not isinstance(app, HttpApp | StreamApp):
+        if not isinstance(app, HttpApp | StreamApp) and not _builds_itself(app):
             raise ConfigError(f"apps[{i}]", f"is a {type(app).__name__}, not an HttpApp or StreamApp")
         if not isinstance(app.factory, Factory):
             raise ConfigError(f"servers.{app.name}.factory", f"{app.factory!r} is not a monolake.Factory")
@@ -152,6 +158,9 @@ class ServeBuilder:
         try:
             if isinstance(spec, HttpApp):
                 return build_http_app(name, server, spec.factory, spec.layers, old)
+            if _builds_itself(spec):
+                app: ServerApp = spec.build(name, server, old)  # type: ignore[attr-defined]
+                return app
             return build_stream_app(name, server, spec.factory, spec.layers, old)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None

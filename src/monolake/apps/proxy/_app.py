@@ -128,6 +128,20 @@ def build_apps(
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
+        if server.streams is not None:  # a message stream server (apps/streams)
+            from ..streams._app import build_streams_app
+
+            apps[name] = build_streams_app(  # type: ignore[assignment]
+                name,
+                server,
+                cfg.base_dir,
+                old.get(name) if old else None,
+                modules=shared.modules,
+                access_log_fd=access_log.fd if access_log is not None else None,
+            )
+            if metrics_on:
+                worker_metrics().watch(apps=[apps[name]])
+            continue
         if server.handler is not None:  # the user's own service, no proxying
             prev = old.get(name) if old else None
             handler_app = build_handler_app(

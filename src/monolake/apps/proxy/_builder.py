@@ -75,6 +75,8 @@ def _filter_modules(server: Server) -> list[str]:
     names = [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
     if server.handler is not None:
         names.append(server.handler.partition(":")[0])
+    if server.streams is not None:  # a message stream server's handler (generated message modules stay)
+        names.append(server.streams.handler.partition(":")[0])
     return names
 
 
@@ -98,7 +100,7 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
-    if server.handler is not None:
+    if server.handler is not None or server.streams is not None:
         return set()
     if server.proxy_type not in ("http", "tcp"):
         return None
