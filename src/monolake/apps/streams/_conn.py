@@ -11,7 +11,8 @@ most once, and a read of many small messages costs one decode call.
 Sending encodes at once and queues the frame; the queue goes out with one
 ``writelines`` per loop iteration (a ``call_soon`` armed by the first send of the
 iteration, or at the end of the read that produced the sends), so a burst of
-replies is one syscall.
+replies is one syscall; past ``FLUSH_AT`` queued bytes it goes out at once, so a
+producer that never yields still meets the transport's backpressure.
 
 Backpressure both ways. Out: when the transport's buffer passes its high-water mark
 (``pause_writing``), ``writable`` turns False and ``wait_writable()`` blocks until it
@@ -44,6 +45,8 @@ T = TypeVar("T")
 INITIAL_BUFFER = 64 * 1024
 MIN_READ = 16 * 1024
 """Free bytes offered to a read at least; the buffer is compacted or grown below it."""
+FLUSH_AT = 64 * 1024
+"""Queued bytes that go out at once instead of at the end of the loop iteration."""
 MAX_QUEUED = 1024
 """Messages a ``MessageConnection`` holds for ``recv`` before reading pauses."""
 
@@ -72,6 +75,7 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         self._start = 0
         self._end = 0
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_armed = False
         self._in_read = False
         self._transport: asyncio.Transport | None = None
@@ -114,8 +118,12 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         data = self._encode(message)
         self._out.append(data)
         self.messages_out += 1
-        self.bytes_out += len(data)
-        if not self._flush_armed and not self._in_read:
+        n = len(data)
+        self.bytes_out += n
+        self._out_bytes += n
+        if self._out_bytes >= FLUSH_AT:
+            self._flush()  # the transport sees it now, and can say pause_writing
+        elif not self._flush_armed and not self._in_read:
             self._flush_armed = True
             loop = self._loop
             if loop is not None:
@@ -300,6 +308,7 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
             out.clear()
             return
         self._out = []
+        self._out_bytes = 0
         if len(out) == 1:
             t.write(out[0])
         else:

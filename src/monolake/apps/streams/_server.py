@@ -97,6 +97,8 @@ class CallConnection(Framed[Any]):
         self._queue: deque[Any] = deque()
         self._in_flight = 0
         self._workers = 0
+        self._ready = 0
+        """Workers not in a call (idle, or started and not yet running)."""
         self._idle: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -129,11 +131,13 @@ class CallConnection(Framed[Any]):
         if self._draining:
             self._maybe_done()
         idle = self._idle
-        while idle and q:
+        woken = 0
+        while idle and woken < len(q):
             fut = idle.pop()
             if not fut.done():
                 fut.set_result(None)
-        if q and self._workers < self._max_workers and len(q) > len(idle):
+                woken += 1
+        if q and self._ready == 0 and self._workers < self._max_workers:
             self._spawn()
         if self._in_flight >= self._max_in_flight or self._w_paused:
             self._set_full(True)
@@ -180,8 +184,11 @@ class CallConnection(Framed[Any]):
     # -- calls ------------------------------------------------------------------------------
 
     def _spawn(self) -> None:
+        # One more worker only when none is free to take the next message: a handler that
+        # answers at once lets one worker serve a whole read without new tasks.
         assert self._loop is not None
         self._workers += 1
+        self._ready += 1
         task = self._loop.create_task(self._work())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -211,7 +218,14 @@ class CallConnection(Framed[Any]):
         try:
             while not self.closed:
                 while q:
-                    await self._call(q.popleft())
+                    message = q.popleft()
+                    self._ready -= 1
+                    if q and self._ready == 0 and self._workers < self._max_workers:
+                        self._spawn()  # this call may block: someone takes the next one
+                    try:
+                        await self._call(message)
+                    finally:
+                        self._ready += 1
                 if self._draining or self.closed:
                     return
                 fut = loop.create_future()
@@ -219,6 +233,7 @@ class CallConnection(Framed[Any]):
                 await fut
         finally:
             self._workers -= 1
+            self._ready -= 1
 
     async def _call(self, message: Any) -> None:
         rpc = self._rpc
@@ -294,12 +309,14 @@ class CallConnection(Framed[Any]):
         replies = self._replies
         n = 0
         async for item in items:
-            if self._w_paused:
-                await self.wait_writable()  # the next item is produced only when there is room
             if replies is not None:
                 replies.set_message_id(item, mid)
             self.send(item)
             n += 1
+            if self._w_paused:
+                await self.wait_writable()  # the next item is produced only when there is room
+            elif not n & 255:
+                await asyncio.sleep(0)  # a producer that never waits still lets the loop run
         if self._rpc is not None:
             self._reply_end(mid)
         return n
