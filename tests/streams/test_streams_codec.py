@@ -1,7 +1,14 @@
 """Codecs, bytes only: frames built by Google's protobuf runtime and by msgspec, fed whole,
 split at every byte, many to a read; bad prefixes and bodies raise FrameError."""
 
+# ruff: noqa: E402  (the example directory goes on sys.path before its modules are imported)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "streams"
+sys.path.insert(0, str(EXAMPLES))  # echo_pb2 and echo_server, as the example imports them
 
 import echo_pb2
 import msgspec

@@ -3,7 +3,14 @@ Google's protobuf runtime, cancellation, semantics, backpressure both ways, bad 
 (both backends), Unix sockets, drain. The loop matters for framing (BufferedProtocol) and
 TLS, so those run on uvloop, asyncio and io_uring; the rest on uvloop."""
 
+# ruff: noqa: E402  (the example directory goes on sys.path before its modules are imported)
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "streams"
+sys.path.insert(0, str(EXAMPLES))  # echo_pb2 and echo_server, as the example imports them
 
 import asyncio
 import logging
