@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TIMEOUT, Proxy, free_port
+from conftest import READY, TIMEOUT, LineLog, Proxy, _stop_process, free_port
 from monolake.apps.config import parse_config
 from monolake.core.errors import ConfigError
 
@@ -116,3 +116,33 @@ def test_a_handler_that_cannot_be_imported_names_the_key(tmp_path: Path) -> None
     cfg = parse_config({"servers": {"s": {**BASE, "streams": {"handler": "no_such_module:F", "codec": "bytes"}}}})
     with pytest.raises(ConfigError, match=r"servers\.s\.streams\.handler.*no_such_module"):
         build_streams_app("s", cfg.servers["s"], str(tmp_path))
+
+
+def test_the_guides_service_from_python() -> None:
+    """examples/streams/hello_rpc.py: ``monolake.serve(StreamsApp(...))`` on the real runtime."""
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "hello_rpc.py"), "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    log = LineLog(proc.stderr, "hello_rpc.py stderr")
+    try:
+        address = log.wait_line(READY)["servers"].split("=", 1)[1]
+        out = client(address, calls=100)
+        assert "100 unary calls" in out and "stream: stream (6 messages)" in out
+    finally:
+        _stop_process(proc)
+        log.join()
+        proc.stderr.close()
+
+
+def test_monolake_check_accepts_the_example() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "monolake.product.cli", "check", "-c", str(EXAMPLES / "echo.toml")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
