@@ -94,6 +94,7 @@ class CallConnection(Framed[Any]):
         self._replies = app.responses
         self._max_workers = 1 if app.settings.semantics == "ordered" else app.settings.max_in_flight
         self._max_in_flight = app.settings.max_in_flight
+        self._resume_at = app.settings.max_in_flight // 2
         self._queue: deque[Any] = deque()
         self._in_flight = 0
         self._workers = 0
@@ -104,6 +105,7 @@ class CallConnection(Framed[Any]):
         self._running: dict[int, asyncio.Task[None]] = {}
         self._cancelled: set[int] = set()
         self._draining = False
+        self._on_call = app.on_call
 
     # -- Framed -----------------------------------------------------------------------
 
@@ -157,7 +159,7 @@ class CallConnection(Framed[Any]):
         self._set_full(True)  # no new calls while the client does not take our replies
 
     def _on_write_resumed(self) -> None:
-        if self._in_flight < self._max_in_flight:
+        if self._in_flight <= self._resume_at and not self._draining:
             self._set_full(False)
 
     def _on_lost(self) -> None:
@@ -237,13 +239,16 @@ class CallConnection(Framed[Any]):
 
     async def _call(self, message: Any) -> None:
         rpc = self._rpc
-        mid = rpc.message_id(message) if rpc is not None else 0
-        started = time.monotonic()
+        started = time.monotonic() if self._on_call is not None else 0.0
         outcome = "ok"
         replies = 0
-        task = asyncio.current_task()
-        if rpc is not None and task is not None:
-            self._running[mid] = task
+        task = None
+        mid = 0
+        if rpc is not None:
+            mid = rpc.message_id(message)
+            task = asyncio.current_task()
+            if task is not None:
+                self._running[mid] = task
         try:
             result = await self._service(message)
             if result is None:
@@ -297,10 +302,11 @@ class CallConnection(Framed[Any]):
     def _finish(self, mid: int, outcome: str, replies: int, started: float) -> None:
         if self._rpc is not None and outcome in ("cancelled", "error", "rejected") and not self.closed:
             self._reply_cancelled(mid)
-        on_call = self._app.on_call
+        on_call = self._on_call
         if on_call is not None:
             on_call(CallRecord(self._app.name, self.peer, mid, outcome, replies, time.monotonic() - started))
-        if self._full and self._in_flight < self._max_in_flight and not self._w_paused and not self._draining:
+        # Resume at half the bound, not one below it: one pause per half-window, not per call.
+        if self._full and self._in_flight <= self._resume_at and not self._w_paused and not self._draining:
             self._set_full(False)
         if self._draining:
             self._maybe_done()
