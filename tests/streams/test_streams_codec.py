@@ -120,3 +120,19 @@ def test_bytes_codec() -> None:
     assert feed(codec, [bytes([b]) for b in wire]) == msgs
     with pytest.raises(FrameError, match="over max_message_size"):
         codec.decode(memoryview(b"\x00\x00\x00\x41"), [])
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_raise_frame_error(data: bytes) -> None:
+    """The fuzz rule: whatever arrives is messages, a partial frame, or FrameError, never another error."""
+    for codec in (
+        ProtobufCodec(echo_pb2.Request, max_message_size=150),
+        MsgpackCodec(max_message_size=150),
+        BytesCodec(),
+    ):
+        out: list[object] = []
+        try:
+            used = codec.decode(memoryview(data), out)  # type: ignore[attr-defined]
+        except FrameError:
+            continue
+        assert 0 <= used <= len(data)

@@ -118,13 +118,13 @@ class RpcConnection(Framed[Resp], Generic[Req, Resp]):
         or CallCancelled when the server cancels the call. On cancellation, tells the server."""
         if self.closed:
             raise ConnectionClosed(f"connection to {self.peer} closed: {self.error or 'closed'}")
+        if self._w_paused:
+            await self.wait_writable()  # the server reads slowly: callers wait, buffers do not grow
         mid = next(self._ids)
         self._requests.set_message_id(request, mid)
         assert self._loop is not None
         fut: asyncio.Future[Resp] = self._loop.create_future()
         self._unary[mid] = fut
-        if self._w_paused:
-            await self.wait_writable()
         self.send(request)
         try:
             return await fut
@@ -139,12 +139,12 @@ class RpcConnection(Framed[Resp], Generic[Req, Resp]):
         early (or being cancelled) cancels the call on the server."""
         if self.closed:
             raise ConnectionClosed(f"connection to {self.peer} closed: {self.error or 'closed'}")
+        if self._w_paused:
+            await self.wait_writable()
         mid = next(self._ids)
         self._requests.set_message_id(request, mid)
         st = _Stream()
         self._streams[mid] = st
-        if self._w_paused:
-            await self.wait_writable()
         self.send(request)
         assert self._loop is not None
         try:
