@@ -102,6 +102,7 @@ BASE = {"listener": "127.0.0.1:0", "proxy_type": "tcp"}
         ),
         ({"streams": {"handler": "m:F", "codec": "bytes"}, "upstream": "x"}, "servers.s.upstream", "no upstream"),
         ({"streams": {"handler": "m:F", "codec": "bytes"}, "proxy_type": "http"}, "servers.s.proxy_type", '"tcp"'),
+        ({"streams": {"handler": "m:F", "codec": "bytes"}, "handler": "m:G"}, "servers.s.handler", "streams.handler"),
     ],
 )
 def test_config_errors_name_the_key(server: dict[str, object], path: str, reason: str) -> None:

@@ -753,13 +753,13 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.listener", str(exc))
     if s.tls is not None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
+    if s.streams is not None:
+        _check_streams_server(rep, path, s)
+        return
     if s.handler is not None:
         _check_handler_server(rep, path, s)
         if s.proxy_type != "http":
             return
-    if s.streams is not None:
-        _check_streams_server(rep, path, s)
-        return
     if s.proxy_type == "tcp":
         _check_tcp_server(rep, path, s, cfg)
         return
