@@ -5,7 +5,8 @@
 KIND: ``rpc`` (monolake streams, protosocket-rpc echo of examples/streams: protobuf, unary and
 server stream), ``bytes`` (monolake streams, a per-message handler echoing 4-byte length-prefixed
 bytes), ``floor`` (a plain asyncio Protocol echoing 4-byte length-prefixed frames: the Python floor),
-``grpc`` (grpcio's asyncio server: unary, server-streaming and bidi echo of the same messages).
+``floor_calls`` (the same, calling an ``async def`` handler per frame), ``grpc`` (grpcio's asyncio
+server: unary, server-streaming and bidi echo of the same messages).
 The monolake servers run on a bare loop (no supervisor) so exactly one process serves.
 Prints "ready PORT" once listening.
 """
@@ -49,6 +50,35 @@ class Floor(asyncio.Protocol):
             self.t.writelines(out)
 
 
+class FloorCalls(Floor):
+    """The floor with a handler: each frame goes through ``await handler(frame)``, driven with
+    ``coro.send(None)`` (the cheapest way to call an async def that does not wait)."""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, end = 0, len(buf)
+        out = []
+        handler = _echo
+        while end - pos >= 4:
+            n = int.from_bytes(buf[pos : pos + 4], "big")
+            if end - pos - 4 < n:
+                break
+            coro = handler(buf[pos + 4 : pos + 4 + n])
+            try:
+                coro.send(None)
+            except StopIteration as done:
+                m = done.value
+                out.append(len(m).to_bytes(4, "big") + m)
+            pos += 4 + n
+        self.buf = buf[pos:]
+        if out:
+            self.t.writelines(out)
+
+
+async def _echo(m: bytes) -> bytes:
+    return m
+
+
 class BytesEcho:
     async def __call__(self, m: bytes) -> bytes:
         return m
@@ -62,6 +92,8 @@ async def serve(kind: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     if kind == "floor":
         server = await loop.create_server(Floor, "127.0.0.1", port)
+    elif kind == "floor_calls":
+        server = await loop.create_server(FloorCalls, "127.0.0.1", port)
     elif kind == "bytes":
         app = MessageServerApp("bytes", BytesEcho(), BytesCodec(), settings=StreamSettings(semantics="ordered"))
         server = await loop.create_server(app.protocol_factory, "127.0.0.1", port)
@@ -121,7 +153,7 @@ def serve_grpc(port: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["rpc", "bytes", "floor", "grpc"])
+    p.add_argument("kind", choices=["rpc", "bytes", "floor", "floor_calls", "grpc"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio", "io_uring"])
     args = p.parse_args()
