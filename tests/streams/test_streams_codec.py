@@ -136,3 +136,22 @@ def test_any_bytes_decode_or_raise_frame_error(data: bytes) -> None:
         except FrameError:
             continue
         assert 0 <= used <= len(data)
+
+
+def test_fields_reads_the_envelope_and_the_older_body_only_shape() -> None:
+    from monolake.streams import Fields
+
+    f = Fields(echo_pb2.Request)
+    assert f.control_code(echo_pb2.Request(request_id=3, code=1)) == 1
+    assert f.cancelled(4) == echo_pb2.Request(request_id=4, code=1)
+    assert f.ended(5) == echo_pb2.Request(request_id=5, code=2)
+    assert f.control_code(echo_pb2.Request(code=9)) == 1  # unknown codes read as cancel, as in protosocket
+
+    class Old(msgspec.Struct):  # protosocket's first example-proto: no code, a message without a body cancels
+        request_id: int = 0
+        body: str | None = None
+
+    old = Fields(Old, code_field=None, body_field="body")
+    assert old.control_code(Old(1, "hi")) == 0
+    assert old.control_code(Old(1)) == 1
+    assert old.cancelled(7) == Old(7)
