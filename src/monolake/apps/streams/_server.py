@@ -374,6 +374,7 @@ class MessageServerApp:
         self.conns: set[Framed[Any]] = set()
         self.draining = False
         self._drained = DrainSignal()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.closed_stats = {"messages_in": 0, "messages_out": 0, "bytes_in": 0, "bytes_out": 0}
 
     @property
@@ -394,7 +395,9 @@ class MessageServerApp:
 
     def _serve_connection(self, conn: MessageConnection[Any]) -> None:
         self.conns.add(conn)
-        asyncio.get_running_loop().create_task(self._run_service(conn, self.service))
+        task = asyncio.get_running_loop().create_task(self._run_service(conn, self.service))
+        self._tasks.add(task)  # held here: the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_service(self, conn: MessageConnection[Any], service: Service[Any, Any]) -> None:
         try:
