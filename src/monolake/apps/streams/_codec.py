@@ -21,6 +21,7 @@ The codecs shipped are stateless, so one object serves every connection:
 
 from __future__ import annotations
 
+from struct import Struct
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
@@ -30,6 +31,7 @@ from ...core.errors import RemoteProtocolError
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
+_U32 = Struct(">I")
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 """Bytes of one message (its body, without the length prefix) accepted by default."""
 
@@ -136,7 +138,7 @@ class MsgpackCodec(Generic[T]):
 
     def encode(self, message: Any, /) -> bytes:
         body = self._encode(message)
-        return b"\xce" + len(body).to_bytes(4, "big") + body
+        return b"\xce" + _U32.pack(len(body)) + body
 
     def decode(self, view: memoryview, out: list[T], /) -> int:
         end = len(view)
@@ -146,7 +148,7 @@ class MsgpackCodec(Generic[T]):
         while end - pos >= 5:
             if view[pos] != 0xCE:
                 raise FrameError(f"length prefix is not a msgpack uint32 (0x{view[pos]:02x}, not 0xce)")
-            n = int.from_bytes(view[pos + 1 : pos + 5], "big")
+            (n,) = _U32.unpack_from(view, pos + 1)
             if n > limit:
                 raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
             stop = pos + 5 + n
@@ -169,14 +171,15 @@ class BytesCodec:
         self.max_message_size = max_message_size
 
     def encode(self, message: Any, /) -> bytes:
-        return len(message).to_bytes(4, "big") + bytes(message)
+        return _U32.pack(len(message)) + bytes(message)
 
     def decode(self, view: memoryview, out: list[bytes], /) -> int:
         end = len(view)
         pos = 0
         limit = self.max_message_size
+        unpack = _U32.unpack_from
         while end - pos >= 4:
-            n = int.from_bytes(view[pos : pos + 4], "big")
+            (n,) = unpack(view, pos)
             if n > limit:
                 raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
             stop = pos + 4 + n

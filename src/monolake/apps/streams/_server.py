@@ -217,6 +217,9 @@ class CallConnection(Framed[Any]):
         q = self._queue
         loop = self._loop
         assert loop is not None
+        # No ids and no call hook: nothing to record per call, so the call is inlined here.
+        plain = self._rpc is None and self._on_call is None
+        service = self._service
         try:
             while not self.closed:
                 while q:
@@ -225,7 +228,23 @@ class CallConnection(Framed[Any]):
                     if q and self._ready == 0 and self._workers < self._max_workers:
                         self._spawn()  # this call may block: someone takes the next one
                     try:
-                        await self._call(message)
+                        if not plain:
+                            await self._call(message)
+                            continue
+                        try:
+                            result = await service(message)
+                            if result is None or self._w_paused or hasattr(result, "__aiter__"):
+                                await self._reply(0, result)
+                            else:
+                                self.send(result)
+                        except asyncio.CancelledError:
+                            if not self.closed:
+                                raise
+                        except Exception as exc:
+                            self._failed(0, exc)
+                        finally:
+                            self._in_flight -= 1
+                        self._settle()
                     finally:
                         self._ready += 1
                 if self._draining or self.closed:
@@ -250,19 +269,7 @@ class CallConnection(Framed[Any]):
             if task is not None:
                 self._running[mid] = task
         try:
-            result = await self._service(message)
-            if result is None:
-                if rpc is not None:
-                    self._reply_end(mid)
-            elif hasattr(result, "__aiter__"):
-                replies = await self._stream(mid, result)
-            else:
-                if self._w_paused:
-                    await self.wait_writable()
-                if self._replies is not None:
-                    self._replies.set_message_id(result, mid)
-                self.send(result)
-                replies = 1
+            replies = await self._reply(mid, await self._service(message))
         except asyncio.CancelledError:
             if mid in self._cancelled and rpc is not None:
                 self._cancelled.discard(mid)
@@ -273,25 +280,8 @@ class CallConnection(Framed[Any]):
                 outcome = "aborted"
             else:
                 raise
-        except RejectCall as exc:
-            outcome = "rejected"
-            if rpc is None:
-                self.fail(exc)
         except Exception as exc:
-            outcome = "aborted" if self.closed else "error"
-            if not self.closed:
-                log.error(
-                    "servers.%s handler=%s peer=%s call %d failed: %s: %s",
-                    self._app.name,
-                    self._app.handler,
-                    self.peer,
-                    mid,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-                if rpc is None:
-                    self.fail(exc)  # no ids: a missing reply would pair the rest wrongly
+            outcome = self._failed(mid, exc)
         finally:
             if rpc is not None:
                 self._running.pop(mid, None)
@@ -299,12 +289,54 @@ class CallConnection(Framed[Any]):
             self._in_flight -= 1
         self._finish(mid, outcome, replies, started)
 
+    async def _reply(self, mid: int, result: Any) -> int:
+        """Send what the handler returned; returns the replies sent."""
+        if result is None:
+            if self._rpc is not None:
+                self._reply_end(mid)
+            return 0
+        if hasattr(result, "__aiter__"):
+            return await self._stream(mid, result)
+        if self._w_paused:
+            await self.wait_writable()
+        if self._replies is not None:
+            self._replies.set_message_id(result, mid)
+        self.send(result)
+        return 1
+
+    def _failed(self, mid: int, exc: Exception) -> str:
+        """A handler raised: log it (``RejectCall`` quietly); without RPC, close the connection
+        (no ids: a missing reply would pair the rest wrongly). Returns the call's outcome."""
+        if self.closed:
+            return "aborted"
+        if isinstance(exc, RejectCall):
+            if self._rpc is None:
+                self.fail(exc)
+            return "rejected"
+        log.error(
+            "servers.%s handler=%s peer=%s call %d failed: %s: %s",
+            self._app.name,
+            self._app.handler,
+            self.peer,
+            mid,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        if self._rpc is None:
+            self.fail(exc)
+        return "error"
+
     def _finish(self, mid: int, outcome: str, replies: int, started: float) -> None:
         if self._rpc is not None and outcome in ("cancelled", "error", "rejected") and not self.closed:
             self._reply_cancelled(mid)
         on_call = self._on_call
         if on_call is not None:
             on_call(CallRecord(self._app.name, self.peer, mid, outcome, replies, time.monotonic() - started))
+        self._settle()
+
+    def _settle(self) -> None:
+        """A call ended: resume reading, or close a draining connection with nothing in flight."""
         # Resume at half the bound, not one below it: one pause per half-window, not per call.
         if self._full and self._in_flight <= self._resume_at and not self._w_paused and not self._draining:
             self._set_full(False)
