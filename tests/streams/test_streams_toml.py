@@ -147,3 +147,41 @@ def test_monolake_check_accepts_the_example() -> None:
         timeout=TIMEOUT,
     )
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_echo_from_toml_over_tls(tmp_path: Path) -> None:
+    """``[servers.echo.tls]`` on a streams server: the runtime's listener serves TLS, the client verifies it."""
+    import asyncio
+
+    import trustme
+
+    sys.path.insert(0, str(EXAMPLES))
+    import echo_pb2
+
+    from monolake.apps.config import UpstreamTls
+    from monolake.streams import Fields, ProtobufCodec, connect_rpc
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    chain, key, cafile = tmp_path / "chain.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    ca.cert_pem.write_to_path(str(cafile))
+    for name in ("echo_server.py", "echo_pb2.py"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    text = (EXAMPLES / "echo.toml").read_text().replace("127.0.0.1:9000", "127.0.0.1:0")
+    text += f'\n[[servers.echo.tls.certificates]]\nchain = "{chain}"\nkey = "{key}"\n'
+    p = Proxy(text, tmp_path, loop="uvloop")
+    try:
+
+        async def call() -> str:
+            rpc = (Fields(echo_pb2.Request), Fields(echo_pb2.Response))
+            conn = await connect_rpc(p.address, ProtobufCodec(echo_pb2.Response), *rpc, tls=UpstreamTls(ca=str(cafile)))
+            req = echo_pb2.Request(body=echo_pb2.EchoRequest(message="over tls"))
+            reply = await conn.call(req)
+            conn.close()
+            return reply.echo.message
+
+        assert asyncio.run(call()) == "over tls"
+    finally:
+        p.close()
