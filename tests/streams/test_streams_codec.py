@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from google.protobuf.internal.decoder import _DecodeVarint
 from google.protobuf.internal.encoder import _VarintBytes
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monolake.streams import BytesCodec, FrameError, MsgpackCodec, ProtobufCodec
@@ -65,6 +65,7 @@ def test_protobuf_decodes_many_per_read_and_split_at_every_byte() -> None:
     assert feed(codec, [bytes([b]) for b in wire]) == msgs
 
 
+@settings(deadline=None)  # a busy machine: timing is not what this checks
 @given(st.lists(st.text(max_size=300), max_size=8), st.data())
 def test_protobuf_any_split(texts: list[str], data: st.DataObject) -> None:
     msgs = [echo_pb2.Request(request_id=i, body=echo_pb2.EchoRequest(message=t)) for i, t in enumerate(texts)]
@@ -122,6 +123,7 @@ def test_bytes_codec() -> None:
         codec.decode(memoryview(b"\x00\x00\x00\x41"), [])
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_frame_error(data: bytes) -> None:
     """The fuzz rule: whatever arrives is messages, a partial frame, or FrameError, never another error."""
@@ -155,3 +157,10 @@ def test_fields_reads_the_envelope_and_the_older_body_only_shape() -> None:
     assert old.control_code(Old(1, "hi")) == 0
     assert old.control_code(Old(1)) == 1
     assert old.cancelled(7) == Old(7)
+
+
+def test_public_names_resolve_with_docstrings() -> None:
+    import monolake.streams as streams
+
+    for name in streams.__all__:
+        assert getattr(streams, name).__doc__, name

@@ -13,6 +13,7 @@ server stream is over). An unknown code reads as cancel, as in protosocket.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -50,7 +51,7 @@ class Fields(Generic[T]):
     ``cancelled``/``ended`` build ``message_type(**{id_field: id, code_field: code})``.
     """
 
-    __slots__ = ("body_field", "code_field", "id_field", "message_type")
+    __slots__ = ("_get_code", "_get_id", "body_field", "code_field", "id_field", "message_type")
 
     def __init__(
         self,
@@ -64,13 +65,16 @@ class Fields(Generic[T]):
         self.id_field = id_field
         self.code_field = code_field
         self.body_field = body_field
+        self._get_id = attrgetter(id_field)  # called per message: no name lookup by string each time
+        self._get_code = attrgetter(code_field) if code_field is not None else None
 
     def message_id(self, message: T, /) -> int:
-        return int(getattr(message, self.id_field))
+        return int(self._get_id(message))
 
     def control_code(self, message: T, /) -> int:
-        if self.code_field is not None:
-            code = int(getattr(message, self.code_field))
+        get = self._get_code
+        if get is not None:
+            code = int(get(message))
             return code if code <= END else CANCEL
         body = self.body_field
         if body is not None and not _has(message, body):
