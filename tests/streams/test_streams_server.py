@@ -195,6 +195,7 @@ def test_client_calls_and_streams(kind: str) -> None:
             await conn.call(Req())  # no body: the server cancels the call
         assert conn.in_flight == 0
         conn.close()
+        await conn.wait_closed()
         server.close()
 
     run(kind, test)
@@ -259,6 +260,7 @@ def test_a_cancelled_caller_cancels_the_server_call() -> None:
         h.release.set()
         assert (await conn.call(echo_req(0, "z"))).echo.message == "z"
         conn.close()
+        await conn.wait_closed()
         server.close()
 
 
@@ -292,6 +294,7 @@ def test_leaving_a_stream_early_cancels_it_on_the_server() -> None:
         while app.statistics()["in_flight"]:
             await asyncio.sleep(0.01)
         conn.close()
+        await conn.wait_closed()
 
     run("uvloop", test)
 
@@ -344,6 +347,7 @@ def test_reading_pauses_when_calls_in_flight_reach_the_bound() -> None:
         h.release.set()
         assert [r.echo.message for r in await asyncio.gather(*calls)] == [str(i) for i in range(200)]
         conn.close()
+        await conn.wait_closed()
         server.close()
 
     run("uvloop", test)
@@ -467,6 +471,7 @@ def test_core_layers_apply_timeout() -> None:
         with pytest.raises(CallCancelled):  # the deadline passed: the call is answered with a cancel
             await conn.call(echo_req(0, "x"))
         conn.close()
+        await conn.wait_closed()
         server.close()
 
     run("uvloop", test)
@@ -502,6 +507,7 @@ def test_tls_both_backends(kind: str, backend: str, certs: tuple[ServerTls, str]
         replies = await asyncio.gather(*(conn.call(echo_req(0, "t" * i)) for i in range(300)))
         assert [len(r.echo.message) for r in replies] == list(range(300))
         conn.close()
+        await conn.wait_closed()
         server.close()
 
     run(kind, test)
@@ -518,7 +524,7 @@ def test_unix_socket_and_a_pool(tmp_path: Path) -> None:
         assert [r.echo.message for r in replies] == [str(i) for i in range(3000)]
         a, b = app_a.statistics()["messages_in"], app_b.statistics()["messages_in"]
         assert a + b == 3000 and a > 0 and b > 0  # balanced over both endpoints
-        pool.close()
+        await pool.aclose()
         sa.close()
         sb.close()
 

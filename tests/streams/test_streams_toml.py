@@ -180,6 +180,7 @@ def test_echo_from_toml_over_tls(tmp_path: Path) -> None:
             req = echo_pb2.Request(body=echo_pb2.EchoRequest(message="over tls"))
             reply = await conn.call(req)
             conn.close()
+            await conn.wait_closed()  # the TLS close finishes before the loop does
             return reply.echo.message
 
         assert asyncio.run(call()) == "over tls"

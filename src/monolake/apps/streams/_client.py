@@ -331,7 +331,16 @@ class RpcPool(Generic[Req, Resp]):
             self._balancer.finished(ep)
 
     def close(self) -> None:
+        """Close every connection (calls in flight on them fail with ConnectionClosed)."""
         for slots in self._conns.values():
             for c in slots:
                 if c is not None:
                     c.close()
+
+    async def aclose(self) -> None:
+        """``close()``, then wait until every connection (and socket) is closed."""
+        self.close()
+        for slots in self._conns.values():
+            for c in slots:
+                if c is not None:
+                    await c.wait_closed()

@@ -82,6 +82,7 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._w_paused = False
         self._writers: list[asyncio.Future[None]] = []
+        self._closers: list[asyncio.Future[None]] = []
         self._full = False
         self._r_paused = False
         self._idle_timeout = idle_timeout
@@ -153,6 +154,15 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         t = self._transport
         if t is not None:
             t.abort()
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (its socket too)."""
+        if self.closed:
+            return
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        self._closers.append(fut)
+        await fut
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -243,6 +253,10 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
                 fut.exception()  # retrieved: a writer that never waits must not warn
         self._writers.clear()
         self._on_lost()
+        for fut in self._closers:
+            if not fut.done():
+                fut.set_result(None)
+        self._closers.clear()
 
     def pause_writing(self) -> None:
         self._w_paused = True
@@ -399,16 +413,6 @@ class MessageConnection(Framed[T]):
             if self.error is not None and not isinstance(self.error, ConnectionResetError):
                 raise
             raise StopAsyncIteration from None
-
-    async def wait_closed(self) -> None:
-        """Return once the connection is closed."""
-        while not self.closed:
-            assert self._loop is not None
-            self._waiter = self._loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
     def _wake(self) -> None:
         w = self._waiter
