@@ -37,6 +37,7 @@ async def run(address: str, calls: int) -> None:
     parts = [r.stream.message async for r in conn.stream(req)]
     print("stream:", "".join(parts), f"({len(parts)} messages)")
     conn.close()
+    await conn.wait_closed()
 
 
 def main() -> int:
