@@ -35,6 +35,7 @@ from monolake.core.service.layers import TimeoutLayer
 from monolake.core.tls import ServerTlsContexts
 from monolake.streams import (
     CallCancelled,
+    ConnectionClosed,
     Fields,
     MessageConnection,
     MessageServerApp,
@@ -596,3 +597,25 @@ def test_idle_connections_close(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, "monolake.streams"):
         run("uvloop", test)
     assert any("closing: idle for 0.05s" in r.getMessage() for r in caplog.records)
+
+
+def test_drain_ends_a_connection_services_iteration() -> None:
+    class Echoes:
+        async def __call__(self, conn: MessageConnection[Point]) -> None:
+            async for p in conn:
+                conn.send(p)
+
+    async def test() -> None:
+        app = MessageServerApp("points", Echoes(), MsgpackCodec(Point), per_message=False)
+        _, address = await listen(app)
+        conn = await connect(address, MsgpackCodec(Point))
+        conn.send(Point(1, "a"))
+        assert await conn.recv() == Point(1, "a")
+        app.start_draining()  # the service's loop ends, its connection closes, the app is drained
+        await app.wait_drained()
+        with pytest.raises(ConnectionClosed):  # the client sees the end of the stream
+            await conn.recv()
+        conn.close()
+        await conn.wait_closed()
+
+    run("uvloop", test)

@@ -365,6 +365,7 @@ class MessageConnection(Framed[T]):
         self._queue: deque[T] = deque()
         self._max_queued = max_queued
         self._eof = False
+        self._draining = False
         self._waiter: asyncio.Future[None] | None = None
         self._made = on_made
         self._lost_cb = on_lost
@@ -379,7 +380,7 @@ class MessageConnection(Framed[T]):
         failed: ``error`` says why) and every message received was taken."""
         q = self._queue
         while not q:
-            if self._eof or self.closed:
+            if self._eof or self.closed or self._draining:
                 if self.error is not None:
                     raise ConnectionClosed(f"connection to {self.peer} closed: {self.error}")
                 raise ConnectionClosed(f"connection to {self.peer} closed")
@@ -390,16 +391,24 @@ class MessageConnection(Framed[T]):
             finally:
                 self._waiter = None
         msg = q.popleft()
-        if self._full and len(q) <= self._max_queued // 2:
+        if self._full and len(q) <= self._max_queued // 2 and not self._draining:
             self._set_full(False)
         return msg
+
+    def start_draining(self) -> None:
+        """Stop reading: the messages already received are still delivered, then the iteration
+        ends (as at the peer's EOF), so a service looping ``async for`` returns and its
+        connection closes once its replies are sent (a reload's or stop's drain)."""
+        self._draining = True
+        self._set_full(True)
+        self._wake()
 
     def recv_nowait(self) -> list[T]:
         """Every message received and not yet taken (maybe none), without waiting."""
         q = self._queue
         out = list(q)
         q.clear()
-        if self._full:
+        if self._full and not self._draining:
             self._set_full(False)
         return out
 

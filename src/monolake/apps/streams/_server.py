@@ -475,9 +475,8 @@ class MessageServerApp:
     def start_draining(self) -> None:
         self.draining = True
         for conn in list(self.conns):
-            if isinstance(conn, CallConnection):
+            if isinstance(conn, CallConnection | MessageConnection):
                 conn.start_draining()
-            # a MessageConnection's own service decides when it ends (drain_timeout bounds it)
 
     async def wait_drained(self) -> None:
         if self.conns:
