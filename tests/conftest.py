@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import itertools
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 import pytest
@@ -683,3 +686,38 @@ def nginx_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     n = start_nginx(tmp_path_factory.mktemp("nginx"), files)
     yield n
     stop_nginx(n)
+
+
+# -- in-process TLS and HTTP/2 origins (client and health-check tests) ----------------------
+
+
+def load_h2_origin() -> ModuleType:
+    """tests/e2e/h2_origin.py (an HTTP/2 origin on the ``h2`` library), imported once per process."""
+    mod = sys.modules.get("h2_origin")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("h2_origin", E2E / "h2_origin.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["h2_origin"] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def issue_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """A fresh test CA and a certificate for 127.0.0.1 under ``directory``: (chain, key, CA) PEM paths."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_pem.write_to_path(str(directory / "key.pem"))
+    (directory / "chain.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    return directory / "chain.pem", directory / "key.pem", directory / "ca.pem"
+
+
+def tls_server_context(certs: tuple[Path, Path, Path], alpn: list[str]) -> ssl.SSLContext:
+    """A server context for ``issue_certs``' certificate offering ``alpn``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(certs[0]), str(certs[1]))
+    ctx.set_alpn_protocols(alpn)
+    return ctx

@@ -143,5 +143,5 @@ def test_config_reference_shows_types_defaults_and_docs() -> None:
     # an enum lists its values, a duration says seconds, a required key says so, docstrings come along
     assert '| `loop` | one of `"uvloop"`, `"asyncio"`, `"io_uring"`, `"auto"` | `"uvloop"` |' in text
     assert "| `drain_timeout` | number (seconds) | `10.0` | Seconds a stopping worker waits" in text
-    assert "| `endpoints` | array of [table](#upstreamspec) | **required** |" in text
+    assert '| `kind` | one of `"static"`, `"dns"`, `"file"`, `"etcd"`, `"admin"`, `"custom"` | **required** |' in text
     assert "## `servers.NAME.routes[].retry` {#retry}" in text

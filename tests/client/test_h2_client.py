@@ -6,16 +6,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import importlib.util
 import json
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import issue_certs, load_h2_origin, tls_server_context
 from monolake.apps.config import Endpoint
 from monolake.core._body import Body
 from monolake.core.client._h2 import H2Pool, request_headers
@@ -23,13 +22,7 @@ from monolake.core.errors import ConnectError, ConnectTimeout, ReadError, ReadTi
 from monolake.core.proto.http1 import Headers, Response
 from monolake.core.proto.http2 import codec_kinds
 
-_spec = importlib.util.spec_from_file_location(
-    "h2_origin", Path(__file__).resolve().parents[1] / "e2e" / "h2_origin.py"
-)
-assert _spec is not None and _spec.loader is not None
-h2_origin = importlib.util.module_from_spec(_spec)
-sys.modules["h2_origin"] = h2_origin
-_spec.loader.exec_module(h2_origin)
+h2_origin = load_h2_origin()
 
 
 @pytest.fixture(params=codec_kinds())
@@ -390,30 +383,18 @@ async def test_refused_stream_is_retry_safe(origin: Any, pool: H2Pool) -> None:
 
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    import trustme
-
-    d = tmp_path_factory.mktemp("h2tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(str(d / "key.pem"))
-    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    return d / "chain.pem", d / "key.pem", d / "ca.pem"
+    return issue_certs(tmp_path_factory.mktemp("h2tls"))
 
 
 @pytest.mark.parametrize("server_alpn", [["h2"], ["http/1.1"]])
 async def test_tls_needs_h2_by_alpn(codec: str, tls_files: tuple[Path, Path, Path], server_alpn: list[str]) -> None:
     import dataclasses
-    import ssl
 
     from monolake.apps.config import UpstreamTls
     from monolake.core.tls import client_tls
 
-    chain, key, ca = tls_files
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(chain), str(key))
-    ctx.set_alpn_protocols(server_alpn)
-    origin = h2_origin.H2Origin(ssl_context=ctx)
+    ca = tls_files[2]
+    origin = h2_origin.H2Origin(ssl_context=tls_server_context(tls_files, server_alpn))
     await origin.start()
     pool = H2Pool(codec_kind=codec)
     ep = dataclasses.replace(

@@ -523,7 +523,7 @@ def test_inline_endpoint_weight_zero() -> None:
     ("mutate", "path", "fragment"),
     [
         (lambda d: app(d).update(endpoints=[]), "upstreams.app.endpoints", "at least one endpoint"),
-        (lambda d: app(d).pop("endpoints"), "upstreams.app", "missing required field `endpoints`"),
+        (lambda d: app(d).pop("endpoints"), "upstreams.app.endpoints", "at least one endpoint"),
         (
             lambda d: app(d).update(load_balancer="consistent_hash", hash_on="bogus"),
             "upstreams.app.hash_on",
@@ -642,3 +642,64 @@ def test_file_errors_carry_key_paths_too(tmp_path: Path) -> None:
         load_config(p)
     assert info.value.path == "servers.web.routes[0].upstream"
     assert "unknown cluster 'ap' (known: app)" in info.value.reason
+
+
+# -- discovery (issue 15) -----------------------------------------------------------
+
+
+def _disc(discovery: dict[str, Any], **cluster: Any) -> dict[str, Any]:
+    return {
+        "upstreams": {"api": {"discovery": discovery, **cluster}},
+        "servers": {"web": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "api"}]}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "path", "fragment"),
+    [
+        (_disc({"kind": "dns"}), "upstreams.api.discovery.name", 'kind "dns" needs it'),
+        (_disc({"kind": "dns", "name": "a.test"}), "upstreams.api.discovery.port", "needs the endpoints' port"),
+        (
+            _disc({"kind": "dns", "name": "a", "port": 80, "nameservers": ["dns.test"]}),
+            "upstreams.api.discovery.nameservers[0]",
+            '"ip" or "ip:port"',
+        ),
+        (
+            _disc({"kind": "dns", "name": "a", "port": 80, "min_interval": 5, "max_interval": 1}),
+            "upstreams.api.discovery.min_interval",
+            "must be <= max_interval",
+        ),
+        (_disc({"kind": "file"}), "upstreams.api.discovery.path", 'kind "file" needs it'),
+        (_disc({"kind": "etcd", "prefix": "/x/"}), "upstreams.api.discovery.endpoints", 'kind "etcd" needs it'),
+        (
+            _disc({"kind": "etcd", "prefix": "/x/", "endpoints": ["127.0.0.1:2379"]}),
+            "upstreams.api.discovery.endpoints[0]",
+            "http://host:port",
+        ),
+        (
+            _disc({"kind": "etcd", "prefix": "/x/", "endpoints": ["http://e:2379"], "username": "u"}),
+            "upstreams.api.discovery.username",
+            "go together",
+        ),
+        (_disc({"kind": "admin"}), "upstreams.api.endpoints", "at least one endpoint"),
+        (_disc({"kind": "consul"}), "upstreams.api.discovery.kind", "consul"),
+    ],
+)
+def test_discovery_errors(raw: dict[str, Any], path: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    errors = getattr(info.value, "errors", [info.value])
+    assert any(e.path == path and fragment in e.reason for e in errors), str(info.value)
+
+
+def test_discovery_clusters_need_no_endpoints_but_tcp_servers_refuse_them() -> None:
+    cfg = parse_config(_disc({"kind": "dns", "name": "api.test", "port": 80, "nameservers": ["127.0.0.1:5353"]}))
+    assert cfg.upstreams["api"].endpoints == [] and cfg.upstreams["api"].discovery is not None
+    raw = _disc({"kind": "file", "path": "eps.json"})
+    raw["servers"]["l4"] = {"listener": "127.0.0.1:0", "proxy_type": "tcp", "upstream": "api"}
+    with pytest.raises(ConfigError, match="which tcp servers do not use"):
+        parse_config(raw)
+    raw = _disc({"kind": "file", "path": "eps.json"})
+    raw["admin"] = {"ready_upstreams": ["nope"]}
+    with pytest.raises(ConfigError, match=r"admin.ready_upstreams\[0\]"):
+        parse_config(raw)

@@ -123,6 +123,8 @@ def rewrite(example: Path, origins: list[Origin], tmp: Path) -> str:
     text = re.sub(r'(\bidl\s*=\s*")([^"/][^"]*)"', lambda m: f'{m[1]}{example.parent / m[2]}"', text)
     for port, origin in zip(DEMO_PORTS, origins, strict=True):
         text = re.sub(rf"(?<![\d.])127\.0\.0\.1:{port}\b", origin.address, text)
+    # An admin endpoint listens on a port of its own too.
+    text = re.sub(r'(\[admin\]\s*\nlisten\s*=\s*")[^"]*"', r'\g<1>127.0.0.1:0"', text)
     # Whatever the file listens on now is ours.
     for server in tomllib.loads(text).get("servers", {}).values():
         listener = server["listener"]

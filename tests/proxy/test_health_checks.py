@@ -5,9 +5,7 @@ built from config (``UpstreamCluster.from_config``) against real origins on 127.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import ssl
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,40 +13,20 @@ from typing import Any
 import pytest
 from test_resilience import Origin, closed_port, request, wait_for  # tests/proxy is on sys.path (no package)
 
+from conftest import issue_certs, load_h2_origin
+from conftest import tls_server_context as server_ctx
 from monolake.apps.config import parse_config
 from monolake.apps.proxy._upstream import UpstreamCluster
 from monolake.core._body import Body
 from monolake.core.client import Pool
 from monolake.core.proto.http1 import Request
 
-_spec = importlib.util.spec_from_file_location(
-    "h2_origin", Path(__file__).resolve().parents[1] / "e2e" / "h2_origin.py"
-)
-assert _spec is not None and _spec.loader is not None
-h2_origin = sys.modules.get("h2_origin") or importlib.util.module_from_spec(_spec)
-if "h2_origin" not in sys.modules:
-    sys.modules["h2_origin"] = h2_origin
-    _spec.loader.exec_module(h2_origin)
+h2_origin = load_h2_origin()
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    import trustme
-
-    d = tmp_path_factory.mktemp("hctls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(str(d / "key.pem"))
-    (d / "chain.pem").write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    return d / "chain.pem", d / "key.pem", d / "ca.pem"
-
-
-def server_ctx(certs: tuple[Path, Path, Path], alpn: list[str]) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(certs[0]), str(certs[1]))
-    ctx.set_alpn_protocols(alpn)
-    return ctx
+    return issue_certs(tmp_path_factory.mktemp("hctls"))
 
 
 class TlsOrigin(Origin):

@@ -4,6 +4,7 @@ checks: an ``UpstreamCluster`` against tiny origins on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,12 +14,13 @@ import pytest
 
 from monolake.apps.config import CircuitBreaker, Cluster, Endpoint, HealthCheck, OutlierDetection, Retry, UpstreamSpec
 from monolake.apps.proxy._health import EndpointState, HealthChecker, Outliers
-from monolake.apps.proxy._retry import RetryPolicy
+from monolake.apps.proxy._retry import Attempt, RetryingCluster, RetryLayer, RetryPolicy
 from monolake.apps.proxy._upstream import UpstreamCluster
 from monolake.core._body import Body
 from monolake.core.client import Pool
 from monolake.core.errors import ConnectError, ReadTimeout
-from monolake.core.proto.http1 import Headers, Request
+from monolake.core.proto.http1 import Headers, Request, Response
+from monolake.core.service import Layer
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -185,6 +187,35 @@ def test_retry_budget() -> None:
 
 
 # -- retries -----------------------------------------------------------------------------
+
+
+async def test_retry_layer_over_a_fake_try_service(caplog: pytest.LogCaptureFixture) -> None:
+    # The layer alone: its inner service stands in for the cluster's tries (no sockets);
+    # the cluster only aims the tries. A route without ``retry`` gets the cluster itself.
+    pool = Pool()
+    c = cluster([1, 2, 3], pool, load_balancer="round_robin")
+    assert c.with_retry(None) is c
+    assert isinstance(c.with_retry(Retry()), RetryingCluster)
+    seen: list[int] = []
+
+    class Tries:
+        async def __call__(self, a: Attempt) -> Response:
+            assert a.endpoint is not None and a.per_try_timeout == 0.5
+            seen.append(a.endpoint.port)
+            if len(seen) < 3:
+                raise ConnectError("refused")
+            return Response(200, Headers([]), b"ok")
+
+    layer: Layer[Attempt, Response] = RetryLayer(RetryPolicy(Retry(attempts=2, per_try_timeout=0.5)))
+    a = Attempt(c, request(), None)
+    a.endpoint = c.endpoints[0]
+    a.tried.append(a.endpoint)
+    with caplog.at_level(logging.INFO, logger="monolake.apps.proxy"):
+        resp = await layer.layer(Tries())(a)
+    assert resp.status == 200 and seen == [1, 2, 3], "each retry on an endpoint not tried yet"
+    assert "retrying GET /x: cluster=c endpoint=127.0.0.1:1: connect failure; try 2 on 127.0.0.1:2" in caplog.text
+    assert "retrying GET /x: cluster=c endpoint=127.0.0.1:2: connect failure; try 3 on 127.0.0.1:3" in caplog.text
+    pool.close()
 
 
 async def test_get_retried_on_another_endpoint_after_connect_failure(origins: list[Origin]) -> None:

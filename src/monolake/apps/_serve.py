@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -77,16 +77,24 @@ class StreamApp(Generic[T]):
     settings: Server | None = None
 
 
-AnyApp = HttpApp[Any] | StreamApp[Any]
-"""Also ``monolake.streams.StreamsApp`` (checked by its ``build`` method: apps/ may not import it here)."""
+class CustomApp(Protocol):
+    """Any other app ``serve`` runs (``monolake.rpc.ThriftApp``): it gives its server settings
+    and builds its runtime app from them (``old``: the running one, on reload)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def server_settings(self) -> Server: ...
+
+    def build_app(self, server: Server, old: object) -> ServerApp: ...
 
 
-def _builds_itself(app: object) -> bool:
-    """An app that builds its own worker app (``StreamsApp``): ``build(name, server, old)``."""
-    return callable(getattr(app, "build", None)) and isinstance(getattr(app, "factory", None), Factory)
+AnyApp = HttpApp[Any] | StreamApp[Any] | CustomApp
 
 
 def _server_of(app: AnyApp) -> Server:
+    if not isinstance(app, HttpApp | StreamApp):
+        return app.server_settings()
     kind: Literal["http", "tcp"] = "http" if isinstance(app, HttpApp) else "tcp"
     base = app.settings if app.settings is not None else Server(listener=app.listen)
     return msgspec.structs.replace(base, listener=app.listen, proxy_type=kind, tls=app.tls)
@@ -104,9 +112,9 @@ def apps_config(
     """The in-memory ``Config`` the runtime serves ``apps`` from. Raises ConfigError."""
     servers: dict[str, Server] = {}
     for i, app in enumerate(apps):
-        if not isinstance(app, HttpApp | StreamApp) and not _builds_itself(app):
+        if not isinstance(app, HttpApp | StreamApp) and not callable(getattr(app, "build_app", None)):
             raise ConfigError(f"apps[{i}]", f"is a {type(app).__name__}, not an HttpApp or StreamApp")
-        if not isinstance(app.factory, Factory):
+        if isinstance(app, HttpApp | StreamApp) and not isinstance(app.factory, Factory):
             raise ConfigError(f"servers.{app.name}.factory", f"{app.factory!r} is not a monolake.Factory")
         if app.name in servers:
             raise ConfigError(f"servers.{app.name}", "two apps have this name")
@@ -156,11 +164,10 @@ class ServeBuilder:
         if spec is None:
             raise ConfigError(f"servers.{name}", "no app of this name was given to serve()")
         try:
+            if not isinstance(spec, HttpApp | StreamApp):
+                return spec.build_app(server, old)
             if isinstance(spec, HttpApp):
                 return build_http_app(name, server, spec.factory, spec.layers, old)
-            if _builds_itself(spec):
-                app: ServerApp = spec.build(name, server, old)  # type: ignore[attr-defined]
-                return app
             return build_stream_app(name, server, spec.factory, spec.layers, old)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None

@@ -50,6 +50,8 @@ class Endpoint:
     weight: int = 1
     tls: Any = field(default=None, compare=False, repr=False)
     """The client TLS settings (``monolake.core.tls.ClientTls``) of an https endpoint; None: the defaults."""
+    meta: Any = field(default=None, compare=False, repr=False)
+    """What discovery knows of it (``{"zone": ..., "tags": [...]}``), for filters and admin pages; None: nothing."""
 
     @property
     def key(self) -> tuple[str, str, int, str]:

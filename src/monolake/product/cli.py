@@ -1,4 +1,4 @@
-"""``monolake run | check | reload | upgrade | version | init | demo-origin``.
+"""``monolake run | check | reload | upgrade | version | init | rpc | demo-origin``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config (the error
 names the key path and the reason, on stderr).
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import sys
 import time
 import tomllib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..apps.config import Config, load_config
 from ..core.errors import ConfigError
@@ -28,7 +29,15 @@ if TYPE_CHECKING:
     from ..core.runtime import Supervisor
 
 
+def is_etcd_url(text: str) -> bool:
+    return text.startswith(("etcd://", "etcds://"))
+
+
 def _load(path: str) -> Config:
+    if is_etcd_url(path):
+        from ..apps.discovery._etcd_config import load_etcd_config
+
+        return load_etcd_config(path)
     return load_config(path)
 
 
@@ -60,19 +69,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return msgspec.structs.replace(cfg, runtime=rt)
 
     # The command-line overrides hold for every reload too.
+    if is_etcd_url(args.config):
+        from ..apps.discovery._etcd_config import load_etcd_config
+
+        def adjust_etcd(cfg: Config) -> Config:
+            # No config file to be relative to: a relative pid file is in the working directory.
+            cfg = adjust(cfg)
+            pid_file = cfg.runtime.pid_file
+            if pid_file is None or os.path.isabs(pid_file):
+                return cfg
+            rt = msgspec.structs.replace(cfg.runtime, pid_file=os.path.abspath(pid_file))
+            return msgspec.structs.replace(cfg, runtime=rt)
+
+        source = ConfigSource(args.config, load_etcd_config, adjust_etcd)
+        ops = functools.partial(_operations, etcd_url=args.config)
+        return run(source.load(), ProxyBuilder(), source=source, operations=ops)
     source = ConfigSource(os.path.abspath(args.config), load_config, adjust)
     return run(source.load(), ProxyBuilder(), source=source, operations=_operations)
 
 
 @contextlib.contextmanager
-def _operations(cfg: Config, supervisor: Supervisor) -> Iterator[None]:
-    """Held while the proxy serves: the start-up notices, the metrics directory, the admin endpoint."""
+def _operations(cfg: Config, supervisor: Supervisor, etcd_url: str | None = None) -> Iterator[None]:
+    """Held while the proxy serves: the start-up notices, the metrics directory, the admin endpoint,
+    and with a config in etcd, the watch of its key (a change reloads, as SIGHUP does)."""
     from ..apps._startup import log_h2_codec
     from .admin import operations
 
     log_h2_codec(cfg)
-    with operations(cfg, supervisor):
-        yield
+    with operations(cfg, supervisor) as admin:
+        if etcd_url is None:
+            yield
+            return
+        from ..apps.discovery._etcd_config import EtcdConfigWatch
+
+        if admin is not None:
+            admin.state.config_url = etcd_url
+        watch = EtcdConfigWatch(etcd_url, lambda: supervisor.request_reload("etcd config key changed"))
+        watch.start()
+        try:
+            yield
+        finally:
+            watch.close()
 
 
 def _pid_file_of(path: str) -> str | None:
@@ -239,6 +276,57 @@ def _cmd_demo_origin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rpc_cli(idl: str) -> Any:
+    """The ``_cli`` module of the RPC framework an IDL file's extension names."""
+    if idl.endswith(".thrift"):
+        from ..apps.rpc.thrift import _cli as thrift_cli
+
+        return thrift_cli
+    if idl.endswith(".proto"):
+        import importlib
+
+        try:  # written by the gRPC half of monolake.rpc; absent until it lands
+            return importlib.import_module("monolake.apps.rpc.grpc._cli")
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("monolake.apps.rpc.grpc"):
+                raise
+            raise ConfigError("--idl", ".proto is not supported yet (no monolake.apps.rpc.grpc)") from None
+    raise ConfigError("--idl", f"{idl!r}: expected a .thrift or .proto file")
+
+
+def _cmd_rpc_new(args: argparse.Namespace) -> int:
+    where = _rpc_cli(args.idl).new_project(args.name, args.idl, args.dest)
+    print(f"created {where}: cd {where} && monolake run -c monolake.toml")
+    return 0
+
+
+def _cmd_rpc_call(args: argparse.Namespace) -> int:
+    try:
+        print(_rpc_cli(args.idl).call(args.address, args.idl, args.method, args.json))
+    except ConfigError:
+        raise
+    except Exception as exc:
+        print(f"monolake: rpc call failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_rpc_parser(sub: Any) -> None:
+    rpc = sub.add_parser("rpc", help="Thrift/gRPC: create a service project from IDL, call a method")
+    rsub = rpc.add_subparsers(dest="rpc_cmd", required=True)
+    p = rsub.add_parser("new", help="create a runnable project: handler stub, config, a test")
+    p.add_argument("name", help="project directory and handler module name")
+    p.add_argument("--idl", required=True, help="the .thrift (or .proto) file")
+    p.add_argument("--dest", default=".", help="where to create the project directory")
+    p.set_defaults(func=_cmd_rpc_new)
+    p = rsub.add_parser("call", help="call a method with JSON arguments; prints the JSON answer")
+    p.add_argument("address", help="host:port")
+    p.add_argument("method", help="Service.method")
+    p.add_argument("json", nargs="?", default="{}", help="arguments: a JSON object by name, or an array")
+    p.add_argument("--idl", required=True, help="the .thrift (or .proto) file")
+    p.set_defaults(func=_cmd_rpc_call)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monolake", description="A thread-per-core proxy in Python.")
     parser.add_argument("--version", action=_VersionAction)
@@ -265,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("version", help="print the versions of monolake, Python, its libraries and native parts")
     p.set_defaults(func=_cmd_version)
     add_init_parser(sub)
+    _add_rpc_parser(sub)
     p = sub.add_parser("demo-origin", help="run the small demo origin used by the quickstart")
     p.add_argument("--listen", default="127.0.0.1:9000")
     p.set_defaults(func=_cmd_demo_origin)

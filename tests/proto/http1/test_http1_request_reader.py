@@ -478,6 +478,27 @@ def test_headers_named_in_connection_are_dropped() -> None:
     assert r.keep_alive is True
 
 
+def test_hop_by_hop_headers_are_set_apart_for_services() -> None:
+    # The proxy forwards ``headers`` only; a service answering itself may read the rest.
+    data = head(
+        "Host: a",
+        "Proxy-Authorization: Basic Zm9vOmJhcg== ",
+        "TE: trailers",
+        "Connection: X-Foo, keep-alive",
+        "X-Foo: 1",
+        "X-Keep: 2",
+    )
+    r = parse_one(data).req
+    assert r.headers.raw == [(b"Host", b"a"), (b"X-Keep", b"2")]
+    assert r.hop_headers == [
+        (b"proxy-authorization", b"Basic Zm9vOmJhcg=="),
+        (b"te", b"trailers"),
+        (b"connection", b"X-Foo, keep-alive"),
+        (b"x-foo", b"1"),
+    ]
+    assert parse_one(head("Host: a", "X-Keep: 2")).req.hop_headers is None
+
+
 def test_connection_naming_host_drops_host_header_but_keeps_req_host() -> None:
     # A client may name any field; the parsed host survives for routing.
     r = parse_one(head("Host: a", "Connection: Host")).req

@@ -400,6 +400,16 @@ def test_hop_by_hop_and_connection_listed_headers_are_dropped() -> None:
     )
     m = parse_one(data)
     assert m.resp.headers.raw == [(b"X-B", b"2")]
+    # Set apart, not lost: a client that is not a proxy may read them.
+    assert m.resp.hop_headers == [
+        (b"connection", b"X-A, keep-alive"),
+        (b"keep-alive", b"timeout=5"),
+        (b"proxy-authenticate", b"Basic"),
+        (b"trailer", b"X-T"),
+        (b"content-length", b"1"),
+        (b"x-a", b"1"),
+    ]
+    assert parse_one(resp("X-B: 2", "Content-Length: 0")).resp.hop_headers == [(b"content-length", b"0")]
 
 
 def test_non_chunked_transfer_encoding_is_close_delimited() -> None:

@@ -11,6 +11,7 @@ from ._schema import Certificate as Certificate
 from ._schema import CircuitBreaker as CircuitBreaker
 from ._schema import Cluster as Cluster
 from ._schema import Config as Config
+from ._schema import Discovery as Discovery
 from ._schema import FilterSpec as FilterSpec
 from ._schema import Forwarded as Forwarded
 from ._schema import Gateway as Gateway
@@ -22,6 +23,7 @@ from ._schema import Log as Log
 from ._schema import OutlierDetection as OutlierDetection
 from ._schema import Retry as Retry
 from ._schema import Route as Route
+from ._schema import RpcGrpc as RpcGrpc
 from ._schema import Runtime as Runtime
 from ._schema import Server as Server
 from ._schema import ServerTls as ServerTls

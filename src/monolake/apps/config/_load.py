@@ -20,6 +20,7 @@ values (from the schema's Literal types); errors on durations say they are secon
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 import types
@@ -31,7 +32,19 @@ import msgspec
 
 from ...core.address import Endpoint, parse_endpoint, parse_listener
 from ...core.errors import ConfigError, ConfigErrors
-from ._schema import Admin, Cluster, Config, Http2, Route, Server, ServerTls, UpstreamSpec, UpstreamTls
+from ._schema import (
+    Admin,
+    Cluster,
+    Config,
+    Discovery,
+    FilterSpec,
+    Http2,
+    Route,
+    Server,
+    ServerTls,
+    UpstreamSpec,
+    UpstreamTls,
+)
 
 T = TypeVar("T")
 
@@ -289,6 +302,12 @@ def _resolve_tls(t: T, base: Path) -> T:
 def _resolve_files(s: Server, base: Path) -> Server:
     if s.tls is not None:
         s = msgspec.structs.replace(s, tls=_resolve_tls(s.tls, base))
+    if s.rpc_thrift is not None:
+        rt = s.rpc_thrift
+        rt = msgspec.structs.replace(
+            rt, idl=str(base / rt.idl), include_dirs=[str(base / d) for d in rt.include_dirs]
+        )  # absolute parts stay as they are (Path's / keeps them)
+        s = msgspec.structs.replace(s, rpc_thrift=rt)
     if not any(r.gateway is not None and not Path(r.gateway.idl).is_absolute() for r in s.routes):
         return s
     routes = [
@@ -341,8 +360,11 @@ def _check_balancer(rep: _Report, path: str, lb: str, hash_on: str) -> None:
 
 
 def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
-    if not c.endpoints:
+    dynamic = c.discovery is not None and c.discovery.kind not in ("static", "admin")
+    if not c.endpoints and not dynamic:
         rep.add(f"{path}.endpoints", "a cluster needs at least one endpoint")
+    if c.discovery is not None:
+        _check_discovery(rep, f"{path}.discovery", c.discovery)
     endpoints_ok = _check_endpoints(rep, f"{path}.endpoints", c.endpoints)
     _check_balancer(rep, path, c.load_balancer, c.hash_on)
     for key in ("connect_timeout", "read_timeout", "idle_timeout"):
@@ -361,6 +383,52 @@ def _check_cluster(rep: _Report, path: str, c: Cluster) -> None:
                 )
     if c.protocol != "http1" and endpoints_ok:
         _check_h2_cluster(rep, path, c)
+
+
+def _check_discovery(rep: _Report, path: str, d: Discovery) -> None:
+    need = {"dns": ("name",), "file": ("path",), "etcd": ("endpoints", "prefix"), "custom": ("source",)}.get(d.kind, ())
+    module, sep, attr = d.source.partition(":")
+    if d.source and not (sep and module and attr):
+        rep.add(f"{path}.source", f'{d.source!r} is not "module:Class"')
+    for key in need:
+        if not getattr(d, key):
+            rep.add(f"{path}.{key}", f'discovery kind "{d.kind}" needs it')
+    if d.kind == "dns" and d.record != "SRV" and not d.port:
+        rep.add(f"{path}.port", "an A/AAAA discovery needs the endpoints' port")
+    if d.min_interval > d.max_interval:
+        rep.add(f"{path}.min_interval", f"must be <= max_interval ({d.max_interval:g})")
+    for i, ns in enumerate(d.nameservers):
+        try:
+            split_nameserver(ns)
+        except ValueError as exc:
+            rep.add(f"{path}.nameservers[{i}]", str(exc))
+    for i, url in enumerate(d.endpoints):
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+            rep.add(f"{path}.endpoints[{i}]", f'expected "http://host:port" or "https://host:port", got {url!r}')
+    if (d.username is None) != (d.password is None):
+        rep.add(f"{path}.username", "username and password go together")
+    if d.tls is not None:
+        _check_upstream_tls(rep, f"{path}.tls", d.tls)
+
+
+def split_nameserver(text: str) -> tuple[str, int]:
+    """ "ip", "ip:port" or "[v6]:port" → (ip, port). Raises ValueError."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":")) if rest.startswith(":") and rest[1:].isdigit() else -1
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p) if p.isdigit() else -1
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'expected "ip" or "ip:port", got {text!r}') from None
+    if not 0 < port < 65536:
+        raise ValueError(f"invalid port in {text!r}")
+    return host, port
 
 
 def _check_h2_cluster(rep: _Report, path: str, c: Cluster) -> None:
@@ -527,7 +595,7 @@ def _check_resilience(rep: _Report, path: str, c: Cluster) -> None:
 
 def _check_http_only_resilience(rep: _Report, path: str, name: str, cfg: Config, what: str) -> None:
     c = cfg.upstreams.get(name)
-    for key in ("health_check", "outlier_detection", "circuit_breaker"):
+    for key in ("health_check", "outlier_detection", "circuit_breaker", "discovery"):
         if c is not None and getattr(c, key) is not None:
             rep.add(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not use")
 
@@ -595,9 +663,25 @@ def _check_extensions(rep: _Report, path: str, s: Server) -> None:
     are checked when they are imported (``proxy._filters``)."""
     if s.layers and s.proxy_type != "http":
         rep.add(f"{path}.layers", f"layers wrap an http server's request service, not a {s.proxy_type} server")
-    for key in ("filters", "layers"):
-        for i, f in enumerate(getattr(s, key)):
+    _check_filter_specs(rep, path, s.filters, s.layers, s.proxy_type)
+
+
+def _check_filter_specs(
+    rep: _Report, path: str, filters: list[str | FilterSpec], layers: list[str | FilterSpec], kind: str
+) -> None:
+    """ "module:Class" entries, or built-ins (``apps/edge``) whose args are checked here (by
+    building them: their constructors do no I/O)."""
+    from ..edge import is_builtin, make_builtin
+
+    for key, specs in (("filters", filters), ("layers", layers)):
+        for i, f in enumerate(specs):
             use = f if isinstance(f, str) else f.use
+            if key == "filters" and is_builtin(use):
+                try:
+                    make_builtin(use, {} if isinstance(f, str) else dict(f.args), f"{path}.{key}[{i}]", kind)
+                except ConfigError as exc:
+                    rep.add(exc.path, exc.reason)
+                continue
             if use.count(":") != 1 or not all(use.split(":")):
                 rep.add(f"{path}.{key}[{i}]", f"expected 'module:Class', got {use!r}")
 
@@ -643,6 +727,8 @@ _HTTP_ONLY_ROUTE_KEYS = (
     "gateway",
     "retry",
     "connect",
+    "filters",
+    "layers",
 )
 _THRIFT_DEFAULTS = Route()
 
@@ -715,6 +801,62 @@ def _check_handler_server(rep: _Report, path: str, s: Server) -> None:
             rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no upstream")
 
 
+def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
+    """A gRPC server from .proto files: an http server answering itself."""
+    g = s.rpc_grpc
+    assert g is not None
+    where = f"{path}.rpc_grpc"
+    module, sep, attr = g.handler.partition(":")
+    if not sep or not module or not attr:
+        rep.add(f"{where}.handler", f'{g.handler!r} is not "module:attr"')
+    if not g.protos:
+        rep.add(f"{where}.protos", "needs at least one .proto file")
+    for key in ("max_receive_message_bytes", "max_send_message_bytes"):
+        if getattr(g, key) < 1:
+            rep.add(f"{where}.{key}", "must be >= 1 (bytes)")
+    if s.proxy_type != "http":
+        rep.add(f"{path}.proxy_type", 'a server with rpc_grpc is proxy_type = "http"')
+    if s.handler is not None:
+        rep.add(f"{path}.handler", "a server has a handler or rpc_grpc, not both")
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no routes or filters")
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no upstream")
+
+
+def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
+    """A Thrift RPC server from IDL: the IDL must load and name the service; nothing to proxy."""
+    rt = s.rpc_thrift
+    assert rt is not None
+    if s.proxy_type != "thrift":
+        rep.add(f"{path}.proxy_type", 'a server with rpc_thrift has proxy_type = "thrift"')
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "an rpc_thrift server answers with its handler: it has no routes or filters")
+    for key in ("upstream", "upstreams", "handler"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "an rpc_thrift server answers with rpc_thrift.handler: remove this key")
+    module, sep, attr = rt.handler.partition(":")
+    if not sep or not module or not attr:
+        rep.add(f"{path}.rpc_thrift.handler", f'{rt.handler!r} is not "module:attr"')
+    from ..rpc.thrift._idl import load_module, service_def
+
+    try:
+        service_def(load_module(rt.idl, include_dirs=rt.include_dirs), rt.service)
+    except ConfigError as exc:
+        rep.add(f"{path}.rpc_thrift.{'idl' if exc.path == 'idl' else 'service'}", exc.reason)
+    if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
+        rep.add(f"{path}.max_frame_size", "must be between 64 and 2147483647")
+    if s.idle_timeout <= 0:
+        rep.add(f"{path}.idle_timeout", "must be > 0")
+    if s.request_timeout is not None and s.request_timeout <= 0:
+        rep.add(f"{path}.request_timeout", "must be > 0")
+    if s.limits.max_pipelined < 1:
+        rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
+
+
 def _check_streams_server(rep: _Report, path: str, s: Server) -> None:
     """A message stream server: a tcp listener, its own handler, no upstream."""
     st = s.streams
@@ -753,6 +895,12 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         rep.add(f"{path}.listener", str(exc))
     if s.tls is not None:
         _check_server_tls(rep, f"{path}.tls", s, s.tls)
+    if s.rpc_grpc is not None:
+        _check_rpc_grpc_server(rep, path, s)
+        return
+    if s.rpc_thrift is not None:
+        _check_rpc_thrift_server(rep, path, s)
+        return
     if s.streams is not None:
         _check_streams_server(rep, path, s)
         return
@@ -788,6 +936,8 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
                 if (ep := _endpoint(up)) is not None and ep.scheme == "https":
                     rep.add(f"{path}.routes[{i}].upstreams[{j}]", "gateway routes do not support TLS yet")
         _check_route(rep, f"{path}.routes[{i}]", r, cfg)
+        if r.filters or r.layers:
+            _check_filter_specs(rep, f"{path}.routes[{i}]", r.filters, r.layers, "http")
         if r.upstream in cfg.upstreams and cfg.upstreams[r.upstream].send_proxy_protocol != "off":
             rep.add(
                 f"{path}.routes[{i}].upstream",
@@ -857,6 +1007,9 @@ def _validate(cfg: Config, rep: _Report) -> None:
     if cfg.admin is not None:
         _check_admin(rep, cfg.admin.listen, seen)
         _check_admin_limits(rep, cfg.admin)
+        for i, name in enumerate(cfg.admin.ready_upstreams):
+            if name not in cfg.upstreams:
+                rep.add(f"admin.ready_upstreams[{i}]", f"no [upstreams.{name}] table")
 
 
 def _check_admin(rep: _Report, listen: str, servers: dict[str, str]) -> None:

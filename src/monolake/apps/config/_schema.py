@@ -12,7 +12,7 @@ live in ``_load.py`` and report the same key paths.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -59,6 +59,11 @@ class Log(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True)
     access_log_format: str = (
         '$remote_addr "$request" $status $body_bytes_sent $request_time "$upstream_addr" $server $route'
     )
+    format: Literal["text", "json"] = "text"
+    """"json": the error log and the access log write one JSON object per line (the access log's keys
+    are the variables ``access_log_format`` names). "text": as today; either way every value that a
+    client or an upstream controls is escaped (nginx's ``escape=default``: ``"``, ``\\`` and bytes
+    outside printable ASCII as ``\\xHH``; JSON escaping in "json")."""
 
 
 class ListenerSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -134,8 +139,60 @@ class Retry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """... or this many, whichever is larger."""
 
 
+class Discovery(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """Where a cluster's endpoints come from at run time (``[upstreams.NAME.discovery]``). The
+    supervisor runs one source per cluster and sends every change to the workers, which rebuild
+    the cluster's balancer without a reload. Endpoint records are JSON objects
+    ``{"address": "10.0.0.5:8080", "weight": 1, "zone": "a", "tags": ["canary"], "draining": false}``
+    (only ``address`` is required)."""
+
+    kind: Literal["static", "dns", "file", "etcd", "admin", "custom"]
+    """"static": the cluster's ``endpoints``; "dns": A/AAAA or SRV records of ``name``; "file": the
+    records in ``path``; "etcd": the records under the key ``prefix``; "admin": what the admin
+    endpoint's ``PUT``/``DELETE /upstreams/NAME/endpoints/ADDRESS`` set, starting from ``endpoints``.
+    The admin endpoint changes the set of every kind (until the source's next update). "custom": your
+    own ``EndpointSource`` named by ``source``."""
+    name: str = ""
+    """dns: the name to resolve."""
+    record: Literal["A", "AAAA", "A+AAAA", "SRV"] = "A+AAAA"
+    """dns: "A", "AAAA", both ("A+AAAA": every address of either family), or "SRV" (targets with
+    their ports and weights; the targets' addresses are resolved too)."""
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    """dns (A/AAAA): the endpoints' port."""
+    scheme: Literal["http", "https"] = "http"
+    """dns: the endpoints' scheme."""
+    nameservers: list[str] = []
+    """dns: "ip" or "ip:port" of the resolvers to ask; empty: the system's (/etc/resolv.conf)."""
+    min_interval: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """dns: seconds; a record's TTL shorter than this is re-resolved only this often. After a failed
+    resolution (the last good set is kept) the next try is this much later."""
+    max_interval: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    """dns: seconds; a record's TTL longer than this is re-resolved this often anyway."""
+    path: str = ""
+    """file: a JSON file (a list of records, or ``{"endpoints": [...]}``) or a ``.toml`` file
+    (``[[endpoints]]`` tables), watched with inotify; relative to the config file."""
+    endpoints: list[str] = []
+    """etcd: the members' URLs, "http://127.0.0.1:2379" (https:// with ``tls``); the watch moves to
+    the next one when one fails and resumes from the last revision it saw."""
+    prefix: str = ""
+    """etcd: the key prefix whose values are endpoint records (one key per endpoint)."""
+    username: str | None = None
+    """etcd: user for etcd's authentication (with ``password``)."""
+    password: str | None = None
+    tls: UpstreamTls | None = None
+    """etcd: TLS to the members (CA, client certificate for etcd's client-certificate auth)."""
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    """dns, etcd: seconds one query or connect may take."""
+    source: str = ""
+    """custom: "module:Class", a ``monolake.apps.discovery.EndpointSource`` subclass; the supervisor
+    makes one per cluster as ``Class(cluster_name, **args)``."""
+    args: dict[str, Any] = {}
+    """custom: the keyword arguments of ``source``."""
+
+
 class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    endpoints: list[UpstreamSpec]
+    endpoints: list[UpstreamSpec] = []
+    """The endpoints; with a ``discovery`` of kind dns, file or etcd they may be left out."""
     load_balancer: BalancerKind = "round_robin"
     hash_on: str = "client_ip"
     """For consistent_hash: "client_ip", "header:NAME" or "cookie:NAME"."""
@@ -155,6 +212,8 @@ class Cluster(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """HTTP to the endpoints: "http1"; "h2c" (HTTP/2 in cleartext, by prior knowledge); "h2" (HTTP/2
     over TLS, which must pick it by ALPN). HTTP/2 multiplexes the requests of a worker on one
     connection per endpoint (more only when the endpoint's stream limit is reached)."""
+    discovery: Discovery | None = None
+    """Endpoints that change at run time; absent: ``endpoints`` as written (a reload changes them)."""
 
 
 class HeaderRewrite(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -231,12 +290,19 @@ class Route(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     connect: bool | Connect = False
     """Tunnel CONNECT requests matched here (true, or a table of settings); off: they are answered 405.
     CONNECT requests match routes as path "/" with the target's host. A route with it needs no upstream."""
+    filters: list[str | FilterSpec] = []
+    """Filters for requests matched to this route (http servers): "module:Class", a built-in's name
+    ("cors", see docs/edge.md) or a {use, args} table. Each phase runs them after the server's filters
+    of that phase; their request_filter runs after routing."""
+    layers: list[str | FilterSpec] = []
+    """Layers around this route's upstream call (http servers), outermost first, inside the server's."""
 
 
 class FilterSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     use: str
-    """"module:Class" importable from the worker."""
-    args: dict[str, str | int | float | bool | list[str]] = {}
+    """"module:Class" importable from the worker, or a built-in's name ("cors", see docs/edge.md)."""
+    args: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = {}
+    """Keyword arguments of the class; a built-in's settings."""
 
 
 class Forwarded(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -287,6 +353,46 @@ class Http2(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     send_timeout: float = 60.0
     """Seconds a stream's queued response bytes may wait without the client's window letting any out;
     then the stream is reset (RST_STREAM CANCEL) and its upstream connection closed."""
+
+
+class RpcGrpc(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """``[servers.NAME.rpc_grpc]``: serve gRPC services written in Python from ``.proto`` files
+    (``monolake.apps.rpc.grpc``), on an http server without routes or upstream."""
+
+    protos: list[str]
+    """``.proto`` files (relative to the config file), compiled once with protoc (grpcio-tools)."""
+    import_paths: list[str] = []
+    """Directories their imports are found in (relative to the config file); a file's own directory
+    is searched too."""
+    handler: str
+    """"module:attr": the servicer (a class, instantiated per worker, or an instance), or a dict of
+    full service name to servicer. Looked up beside the config file first; reloaded like a handler's."""
+    health: bool = True
+    """Serve grpc.health.v1.Health (every service SERVING)."""
+    reflection: bool = True
+    """Serve server reflection (grpc.reflection.v1 and v1alpha), for grpcurl-style tools."""
+    max_receive_message_bytes: int = 4 * 1024 * 1024
+    """Largest request message in bytes (RESOURCE_EXHAUSTED past it)."""
+    max_send_message_bytes: int = 2**31 - 1
+    """Largest response message in bytes (RESOURCE_EXHAUSTED past it)."""
+    compression: Literal["off", "gzip"] = "off"
+    """"gzip": compress response messages for clients that accept it (requests are always accepted)."""
+    log_calls: bool = False
+    """Log one line per call (method, status code, seconds) to the ``monolake.grpc.access`` logger."""
+
+
+class RpcThrift(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A Thrift RPC service answered by your own handler (``proxy_type = "thrift"``, no routes)."""
+
+    idl: str
+    """Path of the ``.thrift`` file (relative to the config file's directory), loaded with thriftpy2."""
+    handler: str
+    """"module:attr": a class (instantiated without arguments; a reload keeps the instance while the class is
+    the same), or an object, with a method per IDL method (``async def``, or ``def`` for CPU-only work)."""
+    service: str | None = None
+    """The IDL's service to serve; may be left out when the IDL defines one service."""
+    include_dirs: list[str] = []
+    """Directories (relative to the config file's) searched for the IDL's includes."""
 
 
 class Streams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -403,6 +509,17 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     these; HTTP services with ``proxy_type = "http"``, stream ones (a call per connection) with "tcp".
     The module is looked up beside the config file first, then on sys.path. ``request_timeout`` is the
     handler's deadline (503 past it, not 504: no upstream timed out)."""
+    rpc_grpc: RpcGrpc | None = None
+    """Serve gRPC services from ``.proto`` files and a Python servicer (see ``RpcGrpc``) instead of proxying.
+    Such a server's TLS offers h2 by ALPN unless ``tls.alpn`` is set, and ``limits.max_body_bytes`` left at
+    its default is off (it would count a stream's bytes over its life; messages are bounded instead)."""
+
+    # -- thrift rpc servers ---------------------------------------------------------------
+    rpc_thrift: RpcThrift | None = None
+    """Serve a Thrift service from IDL with your handler (``proxy_type = "thrift"``, no routes or upstreams).
+    Framed, TTHeader, THeader and unframed transports, binary and compact, are detected per connection;
+    ``request_timeout`` bounds each call, ``max_frame_size`` each message, ``limits.max_pipelined`` the calls
+    in flight per connection."""
 
     # -- message stream servers -----------------------------------------------------------
     streams: Streams | None = None
@@ -422,6 +539,11 @@ class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tru
     """Seconds a client has to send a request's head, from connect or from its first byte; then 408 and close."""
     idle_timeout: float = 30.0
     """Seconds a kept-alive admin connection may wait for its next request before it is closed."""
+    ready_upstreams: list[str] = []
+    """Clusters ``/ready`` needs healthy: it answers 503 while one of them has fewer than
+    ``ready_min_healthy`` healthy endpoints in some worker (and while starting or draining)."""
+    ready_min_healthy: Annotated[int, msgspec.Meta(ge=1)] = 1
+    """Healthy endpoints each of ``ready_upstreams`` needs for ``/ready`` to answer 200."""
 
 
 class Metrics(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

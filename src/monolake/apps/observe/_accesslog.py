@@ -1,7 +1,11 @@
 """Access log: one line per request, nginx-style ``$variables``, written in batches.
 
 The format is compiled once into a list of literal pieces and getters; a request
-costs one join when the log is on and nothing when it is off. Lines are collected
+costs one join when the log is on and nothing when it is off. Values a client or an
+upstream controls are escaped (``escape``: nginx's ``escape=default``); with ``[log]
+format = "json"`` a line is one JSON object of the format's variables instead. Upstream
+timings are measured only when the format names them (``uses_upstream_timing``, read
+when the proxy is built). Lines are collected
 and written with one ``os.write`` per second (or per 64 KiB), whole lines only, so
 lines from several workers appending to one file do not interleave mid-line.
 """
@@ -14,9 +18,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from ...core.proto.http1 import Request, Response
+from ..edge._slots import REQUEST_ID, UPSTREAM_TIMES
 
 Getter = Callable[[Request, Response, int, float], str]
+_encode = msgspec.json.Encoder().encode
 
 
 def _request_line(req: Request, resp: Response, sent: int, now: float) -> str:
@@ -54,6 +62,49 @@ def _header_getter(name: str) -> Getter:
     return get
 
 
+def _upstream_header_getter(name: str) -> Getter:
+    bname = name.replace("_", "-").encode()
+
+    def get(req: Request, resp: Response, sent: int, now: float) -> str:
+        if req.ctx.endpoint is None:  # answered by the proxy itself: no upstream header
+            return "-"
+        v = resp.headers.get(bname)
+        return "-" if v is None else v.decode("latin-1")
+
+    return get
+
+
+def _cookie_getter(name: str) -> Getter:
+    want = name.encode()
+
+    def get(req: Request, resp: Response, sent: int, now: float) -> str:
+        for header in req.headers.get_all(b"cookie"):
+            for pair in header.split(b";"):
+                k, sep, v = pair.strip().partition(b"=")
+                if sep and k == want:
+                    return v.decode("latin-1")
+        return "-"
+
+    return get
+
+
+def _request_id(req: Request, resp: Response, sent: int, now: float) -> str:
+    rid = REQUEST_ID.get(req.ctx, None)
+    return "-" if rid is None else rid.decode("latin-1")
+
+
+def _upstream_header_time(req: Request, resp: Response, sent: int, now: float) -> str:
+    t = UPSTREAM_TIMES.get(req.ctx, None)
+    return "-" if t is None else f"{t[1] - t[0]:.3f}"
+
+
+def _upstream_response_time(req: Request, resp: Response, sent: int, now: float) -> str:
+    # Until the response was written out, which for a streamed body is when its last upstream
+    # byte was relayed.
+    t = UPSTREAM_TIMES.get(req.ctx, None)
+    return "-" if t is None else f"{now - t[0]:.3f}"
+
+
 VARIABLES: dict[str, Getter] = {
     "remote_addr": lambda req, resp, sent, now: req.ctx.peer,
     "request": _request_line,
@@ -68,37 +119,107 @@ VARIABLES: dict[str, Getter] = {
     "upstream_addr": _upstream,
     "server": lambda req, resp, sent, now: req.ctx.server,
     "route": _route,
+    "request_id": _request_id,
+    "upstream_header_time": _upstream_header_time,
+    "upstream_response_time": _upstream_response_time,
 }
 
+PREFIXED: dict[str, Callable[[str], Getter]] = {
+    "http_": _header_getter,
+    "cookie_": _cookie_getter,
+    "upstream_http_": _upstream_header_getter,
+}
+"""``$http_NAME`` (request header; "_" for "-"), ``$cookie_NAME``, ``$upstream_http_NAME``."""
+
+SAFE = frozenset({"remote_addr", "status", "body_bytes_sent", "bytes_received", "request_time", "server", "route"})
+"""Variables whose values no client or upstream controls (numbers, our names): never escaped."""
+NUMBERS = frozenset(
+    {"status", "body_bytes_sent", "bytes_received", "request_time", "upstream_header_time", "upstream_response_time"}
+)
+"""Written as JSON numbers (null for "-") in the JSON format."""
+UPSTREAM_TIMING = frozenset({"upstream_header_time", "upstream_response_time"})
+
 _VAR = re.compile(r"\$([a-z_][a-z0-9_]*)")
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def _hex(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02X}"
+
+
+def escape(value: str) -> str:
+    """nginx's ``escape=default``: ``"``, ``\\`` and characters outside printable ASCII as ``\\xHH``,
+    so a logged value cannot end its field or forge a line."""
+    return value if _UNSAFE.search(value) is None else _UNSAFE.sub(_hex, value)
+
+
+def _escaped(get: Getter) -> Getter:
+    def escaped(req: Request, resp: Response, sent: int, now: float) -> str:
+        return escape(get(req, resp, sent, now))
+
+    return escaped
+
+
+def _lookup(name: str) -> Getter:
+    for prefix, make in PREFIXED.items():
+        if name.startswith(prefix) and name != prefix:
+            return make(name[len(prefix) :])
+    getter = VARIABLES.get(name)
+    if getter is None:
+        known = ", ".join(sorted(VARIABLES)) + ", " + ", ".join(f"{p}<name>" for p in PREFIXED)
+        raise ValueError(f"unknown variable ${name} (known: {known})")
+    return getter
+
+
+def variables(fmt: str) -> list[str]:
+    """The variable names ``fmt`` uses, in order."""
+    return [m.group(1) for m in _VAR.finditer(fmt)]
+
+
+def uses_upstream_timing(fmt: str) -> bool:
+    return any(v in UPSTREAM_TIMING for v in variables(fmt))
 
 
 def compile_format(fmt: str) -> list[str | Getter]:
-    """Split ``fmt`` into literals and getters. Raises ValueError for unknown variables."""
+    """Split ``fmt`` into literals and getters (escaping ones for values a client or upstream
+    controls). Raises ValueError for unknown variables."""
     parts: list[str | Getter] = []
     pos = 0
     for m in _VAR.finditer(fmt):
         if m.start() > pos:
             parts.append(fmt[pos : m.start()])
         name = m.group(1)
-        if name.startswith("http_"):
-            parts.append(_header_getter(name[5:]))
-        elif name in VARIABLES:
-            parts.append(VARIABLES[name])
-        else:
-            known = ", ".join(sorted(VARIABLES)) + ", http_<header>"
-            raise ValueError(f"unknown variable ${name} (known: {known})")
+        getter = _lookup(name)
+        parts.append(getter if name in SAFE else _escaped(getter))
         pos = m.end()
     if pos < len(fmt):
         parts.append(fmt[pos:])
     return parts
 
 
+def compile_json(fmt: str) -> list[tuple[str, Getter, bool]]:
+    """The JSON format's fields: (key, getter, is a number), one per variable of ``fmt`` (the
+    literals between them are dropped). Raises ValueError for unknown variables."""
+    return [(name, _lookup(name), name in NUMBERS) for name in dict.fromkeys(variables(fmt))]
+
+
+def _json_line(fields: list[tuple[str, Getter, bool]], req: Request, resp: Response, sent: int, now: float) -> str:
+    doc: dict[str, str | float | None] = {}
+    for key, get, number in fields:
+        v = get(req, resp, sent, now)
+        if number:
+            doc[key] = None if v == "-" else float(v) if "." in v else int(v)
+        else:
+            doc[key] = v
+    return _encode(doc).decode()
+
+
 class AccessLog:
     """Writes formatted lines to ``dest`` ("stdout", "stderr" or a path)."""
 
-    def __init__(self, dest: str, fmt: str) -> None:
+    def __init__(self, dest: str, fmt: str, style: str = "text") -> None:
         self.parts = compile_format(fmt)
+        self.fields = compile_json(fmt) if style == "json" else None
         if dest == "stdout":
             self.fd, self._own = 1, False
         elif dest == "stderr":
@@ -117,7 +238,22 @@ class AccessLog:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         now = loop.time()
-        line = "".join(p if isinstance(p, str) else p(req, resp, sent, now) for p in self.parts)
+        if self.fields is None:
+            line = "".join(p if isinstance(p, str) else p(req, resp, sent, now) for p in self.parts)
+        else:
+            line = _json_line(self.fields, req, resp, sent, now)
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > 65536:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(1.0, self.flush)
+
+    def write(self, line: str) -> None:
+        """Log a line made by the caller (a Thrift call's, which has no HTTP request)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         self._lines.append(line)
         self._size += len(line)
         if self._size > 65536:

@@ -166,6 +166,13 @@ class _Families:
             registry=None,
         )
         self.reloads = Counter("monolake_reloads", "Config reloads by result.", ["result"], registry=None)
+        self.endpoints = Gauge(
+            "monolake_upstream_endpoints",
+            "Endpoints of a cluster by state (healthy, unhealthy, ejected, draining), per worker (pid).",
+            ["upstream", "state"],
+            multiprocess_mode="liveall",
+            registry=None,
+        )
         # L4 and Thrift servers (counted in _conn_metrics.py).
 
         self.l4_connections = Counter(
@@ -335,6 +342,10 @@ class WorkerMetrics:
         for cluster in list(self.clusters):
             for ep, healthy in endpoint_health(cluster):
                 fam.healthy.labels(str(cluster.name), ep).set(1 if healthy else 0)
+            states = getattr(cluster, "endpoint_states", None)
+            if states is not None:
+                for state, n in states().items():
+                    fam.endpoints.labels(str(cluster.name), state).set(n)
 
     def recorder(self, server: str) -> RequestMetrics:
         return RequestMetrics(server, self)

@@ -25,6 +25,7 @@ from ...core.service import Layer, Stack
 from ...core.service.layers import CatchPanicLayer, ConcurrencyLimitLayer, TimeoutLayer
 from ...core.tls import ServerTlsContexts
 from ..config import Config
+from ..edge._shared import set_workers as set_edge_workers
 from ..observe import AccessLog, compile_format
 from ..observe._metrics import chain_completion, metrics_enabled, request_recorder, worker_metrics
 from ._filters import Background, Phases, load_filters, load_layers
@@ -49,6 +50,7 @@ def server_stack(
     clusters: dict[str, UpstreamCluster],
     pool: Pool,
     user_layers: Sequence[Layer[Request, Response]] = (),
+    route_extensions: Sequence[tuple[Sequence[object], Sequence[Layer[Request, Response]]]] = (),
 ) -> Stack[Request, Response]:
     server = cfg.servers[name]
     layers: list[Layer[Request, Response]] = [CatchPanicLayer(_panic)]
@@ -58,7 +60,7 @@ def server_stack(
         # A shed request raises Overloaded: the driver answers 503 (gRPC: UNAVAILABLE) and logs.
         layers.append(ConcurrencyLimitLayer(server.max_concurrency))
     layers.extend(user_layers)  # ``servers.NAME.layers``: inside the limits, around the proxy
-    leaf = ProxyFactory(name, server, cfg, filters, clusters, pool)
+    leaf = ProxyFactory(name, server, cfg, filters, clusters, pool, route_extensions)
     return Stack(layers, leaf, provided=SERVER_PROVIDES)
 
 
@@ -90,6 +92,29 @@ def _completion(
     return on_complete
 
 
+def _route_logging(
+    server_loggers: Callable[[Request, Response, int], None] | None, access_log: AccessLog | None, server: str
+) -> Callable[[Request, Response, int], None]:
+    """The server's logging filters, the matched route's (``RouteEdge``), then the access log.
+    Only servers with a route that has logging filters pay for the lookup."""
+    background = Background(server)
+
+    def on_complete(req: Request, resp: Response, sent: int) -> None:
+        if server_loggers is not None:
+            server_loggers(req, resp, sent)
+        edge = getattr(req.ctx.route, "edge", None)
+        if edge is not None:
+            if edge.logging_mixed:
+                background.run(edge.logging_mixed, req, resp, req.ctx)
+            else:
+                for f in edge.logging:
+                    f(req, resp, req.ctx)
+        if access_log is not None:
+            access_log(req, resp, sent)
+
+    return on_complete
+
+
 @dataclass(slots=True, kw_only=True)
 class Shared:
     """What one worker's apps share; ``ProxyBuilder`` keeps it across rebuilds."""
@@ -111,7 +136,7 @@ def new_access_log(cfg: Config) -> AccessLog | None:
     if cfg.log.access_log == "off":
         return None
     try:
-        return AccessLog(cfg.log.access_log, cfg.log.access_log_format)
+        return AccessLog(cfg.log.access_log, cfg.log.access_log_format, cfg.log.format)
     except OSError as exc:
         raise ConfigError("log.access_log", f"cannot open {cfg.log.access_log}: {exc.strerror or exc}") from None
 
@@ -125,13 +150,14 @@ def build_apps(
         clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
         shared = Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg))
     pool, clusters, access_log = shared.pool, shared.clusters, shared.access_log
+    set_edge_workers(cfg.runtime.workers)  # before filters are built: edge limits are divided by it
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
         if server.streams is not None:  # a message stream server (apps/streams)
             from ..streams._app import build_streams_app
 
-            apps[name] = build_streams_app(  # type: ignore[assignment]
+            streams_app: Any = build_streams_app(
                 name,
                 server,
                 cfg.base_dir,
@@ -139,10 +165,27 @@ def build_apps(
                 modules=shared.modules,
                 access_log_fd=access_log.fd if access_log is not None else None,
             )
+            apps[name] = streams_app
             if metrics_on:
                 worker_metrics().watch(apps=[apps[name]])
             continue
-        if server.handler is not None:  # the user's own service, no proxying
+        if server.rpc_thrift is not None:  # a Thrift service from IDL, answered by the user's handler
+            from ..rpc.thrift._config import build_config_app
+
+            rpc_app: Any = build_config_app(
+                name,
+                server,
+                cfg,
+                old.get(name) if old else None,
+                modules=shared.modules,
+                access_log=access_log,
+                metrics=metrics_on,
+            )
+            apps[name] = rpc_app
+            if metrics_on:
+                worker_metrics().watch(apps=[apps[name]])
+            continue
+        if server.handler is not None or server.rpc_grpc is not None:  # the user's own service, no proxying
             prev = old.get(name) if old else None
             handler_app = build_handler_app(
                 name,
@@ -171,13 +214,24 @@ def build_apps(
         where, base_dir = f"servers.{name}", cfg.base_dir
         filters = load_filters(server.filters, f"{where}.filters", modules=shared.modules, base_dir=base_dir)
         user_layers = load_layers(server.layers, f"{where}.layers", modules=shared.modules, base_dir=base_dir)
-        stack = server_stack(name, cfg, filters, clusters, pool, user_layers)
+        route_extensions = [
+            (
+                load_filters(r.filters, f"{where}.routes[{i}].filters", modules=shared.modules, base_dir=base_dir),
+                load_layers(r.layers, f"{where}.routes[{i}].layers", modules=shared.modules, base_dir=base_dir),
+            )
+            for i, r in enumerate(server.routes)
+        ]
+        stack = server_stack(name, cfg, filters, clusters, pool, user_layers, route_extensions)
         try:
             prev = old.get(name) if old else None
             service = stack.build(prev.service if isinstance(prev, HttpServerApp | ProxyProtocolHttpApp) else None)
         except ConfigError as exc:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
-        on_complete = _completion(access_log, Phases(filters), name)
+        on_complete: Callable[[Request, Response, int], None] | None
+        if any(Phases(f).logging for f, _ in route_extensions):
+            on_complete = _route_logging(_completion(None, Phases(filters), name), access_log, name)
+        else:
+            on_complete = _completion(access_log, Phases(filters), name)
         if metrics_on:
             on_complete = chain_completion(request_recorder(name, [], [pool], clusters.values()), on_complete)
         app = HttpServerApp(

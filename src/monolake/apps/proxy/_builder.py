@@ -49,6 +49,7 @@ import msgspec
 from ...core.client import Pool
 from ...core.errors import ConfigError
 from ..config import Cluster, Config, Server
+from ..discovery._record import EndpointRecord, records_from_wire, to_endpoints
 from ..observe import AccessLog
 from ..observe._metrics import worker_metrics
 from ._app import Shared, build_apps, new_access_log
@@ -71,13 +72,30 @@ def _source_of(module: ModuleType) -> str | None:
 
 def _filter_modules(server: Server) -> list[str]:
     """Modules named by ``filters``, ``layers`` and ``handler`` (reloaded alike)."""
-    specs = [*server.filters, *server.layers]
-    names = [(spec if isinstance(spec, str) else spec.use).partition(":")[0] for spec in specs]
+    return [m for m, _ in _filter_module_paths("", server)]
+
+
+def _filter_module_paths(name: str, server: Server) -> list[tuple[str, str]]:
+    """(module, key path) of every user module a server names: its and its routes' ``filters``
+    and ``layers`` (built-ins, in ``apps/edge``, are not reloaded), and its ``handler``."""
+    out: list[tuple[str, str]] = []
+    lists = [(f"servers.{name}.filters", server.filters), (f"servers.{name}.layers", server.layers)]
+    for i, r in enumerate(server.routes):
+        lists += [(f"servers.{name}.routes[{i}].filters", r.filters), (f"servers.{name}.routes[{i}].layers", r.layers)]
+    for where, specs in lists:
+        for j, spec in enumerate(specs):
+            use = spec if isinstance(spec, str) else spec.use
+            if ":" in use:
+                out.append((use.partition(":")[0], f"{where}[{j}]"))
     if server.handler is not None:
-        names.append(server.handler.partition(":")[0])
+        out.append((server.handler.partition(":")[0], f"servers.{name}.handler"))
+    if server.rpc_grpc is not None:
+        out.append((server.rpc_grpc.handler.partition(":")[0], f"servers.{name}.rpc_grpc.handler"))
+    if server.rpc_thrift is not None:
+        out.append((server.rpc_thrift.handler.partition(":")[0], f"servers.{name}.rpc_thrift.handler"))
     if server.streams is not None:  # a message stream server's handler (generated message modules stay)
-        names.append(server.streams.handler.partition(":")[0])
-    return names
+        out.append((server.streams.handler.partition(":")[0], f"servers.{name}.streams.handler"))
+    return out
 
 
 def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
@@ -100,7 +118,12 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
-    if server.handler is not None or server.streams is not None:
+    if (
+        server.handler is not None
+        or server.rpc_grpc is not None
+        or server.rpc_thrift is not None
+        or server.streams is not None
+    ):
         return set()
     if server.proxy_type not in ("http", "tcp"):
         return None
@@ -134,6 +157,29 @@ class ProxyBuilder:
         self._clusters: dict[str, tuple[Cluster, UpstreamCluster]] = {}
         self._access_log: AccessLog | None = None
         self._digests: dict[str, str] = {}
+        self._discovered: dict[str, list[EndpointRecord]] = {}
+        """The last endpoint set discovery sent for each cluster (``on_message``)."""
+        self._preparing: dict[str, tuple[Cluster, UpstreamCluster]] = {}
+        """The clusters of a reload between prepare and commit/abort (they get sets too)."""
+
+    def on_message(self, msg: Mapping[str, Any]) -> None:
+        """A message the supervisor broadcast to the workers: a cluster's discovered endpoint
+        set (``apps.discovery``), applied at once to the running cluster and kept for the
+        clusters later reloads build. An empty message forgets the cluster's set."""
+        name = msg.get("cluster")
+        if not isinstance(name, str):
+            return
+        if "records" not in msg:
+            self._discovered.pop(name, None)
+            return
+        records = records_from_wire(msg["records"])
+        self._discovered[name] = records
+        active, draining = to_endpoints(records)
+        done: set[int] = set()
+        for found in (self._clusters.get(name), self._preparing.get(name)):
+            if found is not None and found[0].discovery is not None and id(found[1]) not in done:
+                done.add(id(found[1]))
+                found[1].set_endpoints(active, draining)
 
     @property
     def pool(self) -> Pool:
@@ -186,6 +232,7 @@ class ProxyBuilder:
                 adopt.append((prev, new))
             else:
                 apps[name], changes[name] = new, "replaced" if prev is not None else "added"
+        self._preparing = clusters
         return PreparedApps(self, cfg, apps, changes, adopt, fresh, clusters, shared.access_log)
 
     # -- helpers ------------------------------------------------------------------------
@@ -197,7 +244,7 @@ class ProxyBuilder:
         if any(_filter_modules(s) for s in cfg.servers.values()):
             make_importable(cfg.base_dir)  # so a first import's source is found where the build will find it
         for name, server in cfg.servers.items():
-            for i, module_name in enumerate(_filter_modules(server)):
+            for module_name, where in _filter_module_paths(name, server):
                 mod = sys.modules.get(module_name)
                 if mod is None:
                     self._first_import(module_name)
@@ -211,14 +258,6 @@ class ProxyBuilder:
                 try:
                     out[module_name] = (_load_fresh(module_name, path, mod), digest)
                 except Exception as exc:
-                    nf, nl = len(server.filters), len(server.layers)
-                    where = (
-                        f"servers.{name}.filters[{i}]"
-                        if i < nf
-                        else f"servers.{name}.layers[{i - nf}]"
-                        if i < nf + nl
-                        else f"servers.{name}.handler"
-                    )
                     raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
         return out
 
@@ -249,6 +288,9 @@ class ProxyBuilder:
             prev = self._clusters.get(cname) if reuse else None
             if prev is None or prev[0] != c:
                 prev = (c, UpstreamCluster.from_config(cname, c, pool))
+                found = self._discovered.get(cname) if c.discovery is not None else None
+                if found is not None:
+                    prev[1].set_endpoints(*to_endpoints(found))
             clusters[cname] = prev
         same_log = reuse and self._cfg is not None and self._cfg.log == cfg.log
         access_log = self._access_log if same_log else new_access_log(cfg)
@@ -314,6 +356,7 @@ class PreparedApps:
                 u.close()
                 watched.discard(u)  # its last health must not be sampled over its successor's
         b._settle(self.cfg, self._clusters, self._access_log)
+        b._preparing = {}
         _start_checks(self._clusters)  # new clusters' checks; kept ones' keep running
         if old_log is not None and old_log is not self._access_log:
             # Requests still in flight log through their app's current on_complete: the new log.
@@ -321,5 +364,6 @@ class PreparedApps:
                 old_log.close()
 
     def abort(self) -> None:
+        self.builder._preparing = {}
         if self._access_log is not None and self._access_log is not self.builder._access_log:
             self._access_log.close()

@@ -24,8 +24,9 @@ failure is logged).
 
 Only the methods a filter overrides are called. Filters are named in config as
 ``"module:Class"`` (or a table with ``use`` and ``args``, passed to the constructor
-as keyword arguments); the module is looked up in the config file's directory first,
-then on ``sys.path`` (the working directory last). Each phase's shape is checked when
+as keyword arguments), or by a built-in's name (``"cors"``: ``apps/edge``); the module
+is looked up in the config file's directory first, then on ``sys.path`` (the working
+directory last). Each phase's shape is checked when
 the filter is loaded: how many positional arguments it takes, that it is callable
 and not a generator; a wrong one is a ConfigError naming ``servers.NAME.filters[i]``,
 the class and the phase (so ``monolake check`` and a reload refuse it).
@@ -47,6 +48,7 @@ from ...core.errors import ConfigError, MonolakeError
 from ...core.proto.http1 import Request, Response
 from ...core.service import Context, Layer
 from ..config import FilterSpec
+from ..edge import is_builtin, make_builtin
 
 log = logging.getLogger("monolake.filters")
 
@@ -363,8 +365,12 @@ def make_importable(base_dir: str | None) -> None:
         importlib.invalidate_caches()
 
 
-def _instantiate(spec: str | FilterSpec, where: str, modules: Mapping[str, ModuleType] | None) -> tuple[str, object]:
+def _instantiate(
+    spec: str | FilterSpec, where: str, modules: Mapping[str, ModuleType] | None, kind: str = "http"
+) -> tuple[str, object]:
     use, args = (spec, {}) if isinstance(spec, str) else (spec.use, dict(spec.args))
+    if is_builtin(use):  # a built-in edge filter ("cors", ...): its args are checked against its settings
+        return use, make_builtin(use, args, where, kind)
     module_name, _, attr = use.partition(":")
     try:
         module = modules[module_name] if modules and module_name in modules else importlib.import_module(module_name)
@@ -436,7 +442,7 @@ def load_filters(
     out: list[object] = []
     for i, spec in enumerate(specs):
         where = f"{path}[{i}]"
-        use, obj = _instantiate(spec, where, modules)
+        use, obj = _instantiate(spec, where, modules, kind)
         check_shape(obj, kind, use, where)
         out.append(obj)
     return out

@@ -124,9 +124,17 @@ def build_handler_app(
     on_close: Callable[[], None] | None = None,
 ) -> Any:
     """The app of a server with a ``handler``: an HTTP or stream app. Raises ConfigError."""
-    assert server.handler is not None
-    where = f"servers.{name}.handler"
-    layers, factory, label = load_handler(server.handler, where, base_dir=cfg.base_dir, modules=modules)
+    if server.rpc_grpc is not None:
+        from ..rpc.grpc._app import grpc_factory, grpc_settings
+
+        factory: Factory[Any] = grpc_factory(name, server.rpc_grpc, cfg.base_dir, modules)
+        label = server.rpc_grpc.handler
+        server = grpc_settings(server)  # TLS offers h2
+        layers: list[Layer[Any, Any]] = []
+    else:
+        assert server.handler is not None
+        where = f"servers.{name}.handler"
+        layers, factory, label = load_handler(server.handler, where, base_dir=cfg.base_dir, modules=modules)
     # ``layers`` from the config wrap the handler's own (a Stack's), outermost first.
     layers = load_layers(server.layers, f"servers.{name}.layers", modules=modules, base_dir=cfg.base_dir) + layers
     try:

@@ -100,8 +100,13 @@ class Outliers:
         self.states = states
         self.on_change = on_change
         self._timers: list[asyncio.TimerHandle] = []
-        pct = cfg.max_ejection_percent
-        self.max_ejected = 0 if pct == 0 else max(1, len(states) * pct // 100)
+        self.max_ejected = 0
+        self.resize()
+
+    def resize(self) -> None:
+        """The endpoint set changed (discovery): ``max_ejection_percent`` of the new count."""
+        pct = self.cfg.max_ejection_percent
+        self.max_ejected = 0 if pct == 0 else max(1, len(self.states) * pct // 100)
 
     def responded(self, st: EndpointState, status: int) -> None:
         st.consecutive_connect_failures = 0
@@ -214,18 +219,33 @@ class HealthChecker:
         self.on_change = on_change
         self.http2 = http2
         """Check over HTTP/2 (the cluster's protocol is h2 or h2c)."""
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        """By ``id`` of the state checked."""
+        self._started = False
 
     @property
     def running(self) -> bool:
-        return bool(self._tasks)
+        return self._started
 
     def start(self) -> None:
         """Start checking (needs a running loop). Idempotent."""
-        if self._tasks:
+        if self._started:
             return
+        self._started = True
+        self.sync()
+
+    def sync(self) -> None:
+        """The endpoint set changed (discovery): check new endpoints from now on (they start
+        healthy, like every endpoint), stop checking removed ones. Nothing before ``start``."""
+        if not self._started:
+            return
+        live = {id(st): st for st in self.states}
+        for key in [k for k in self._tasks if k not in live]:
+            self._tasks.pop(key).cancel()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run(st)) for st in self.states]
+        for key, st in live.items():
+            if key not in self._tasks:
+                self._tasks[key] = loop.create_task(self._run(st))
 
     async def _run(self, st: EndpointState) -> None:
         cfg = self.cfg
@@ -252,6 +272,7 @@ class HealthChecker:
                 self.on_change()
 
     def stop(self) -> None:
-        for t in self._tasks:
+        for t in self._tasks.values():
             t.cancel()
         self._tasks.clear()
+        self._started = False

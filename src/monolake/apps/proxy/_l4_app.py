@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from ...core.proto.proxy_protocol import Family, ProxyHeader
 from ...core.server import HttpServerApp
 from ...core.server._l4 import L4ServerApp, L4Upstream, ProxyHeaderReader
+from ...core.server._lifecycle import Abortable
 from ...core.tls import ServerTlsContexts, client_tls
 from ..config import Cluster, Config, Endpoint, Server, parse_endpoint
 from ..observe._conn_metrics import l4_stats
@@ -86,7 +87,7 @@ class ProxyProtocolHttpApp:
         self.inner = inner
         self.name = inner.name
         self.cfg = inner.cfg
-        self.pending: set[ProxyHeaderReader] = set()
+        self.pending: set[Abortable] = set()
 
     @property
     def service(self) -> object:

@@ -15,6 +15,11 @@ request head: when it passes while the filter awaits, the request is answered 50
 else an async filter raises is a 500 naming it too. Sync filters raise as before
 (CatchPanic: 500 and a log line).
 
+Route filters and layers. A route with its own ``filters`` or ``layers`` has a
+``RouteEdge`` (``route.edge``); the proxy then continues in ``_routed``, where each
+phase runs the server's filters and then the route's, and the upstream call goes
+through the route's layers. A route without them costs one ``is not None`` test.
+
 Targets first, so filters, routes and the origin all see one spelling of a path:
 an absolute-form target (``GET http://host/p HTTP/1.1``, RFC 9112 §3.2.2) becomes
 origin-form and its authority replaces Host, for routing and upstream alike; then
@@ -31,8 +36,10 @@ from ...core.errors import ReadTimeout, RemoteProtocolError, Source
 from ...core.proto._target import normalize_path, split_absolute
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.server._h2 import host_only
-from ...core.service import Context, Factory, Service
+from ...core.service import Context, Factory, Layer, Service
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
+from ..edge._slots import UPSTREAM_TIMES
+from ..observe._accesslog import uses_upstream_timing
 from ._filters import Call, FilterError, Phases
 from ._retry import RetryingCluster
 from ._router import Router
@@ -80,6 +87,7 @@ class RouteRuntime:
     __slots__ = (
         "cluster",
         "connect",
+        "edge",
         "handler",
         "host",
         "index",
@@ -116,6 +124,23 @@ class RouteRuntime:
         self.response_ops = HeaderOps(r.response_headers) if r.response_headers != HeaderRewrite() else None
         self.timeout = r.timeout
         self.connect = connect_settings(r)
+        self.edge: RouteEdge | None = None
+        """The route's own filters and layers; None (the common case) keeps the proxy's plain path."""
+
+    async def call(self, req: Request) -> Response:
+        """The route's upstream call (a tunnel, its handler, or a forward within its timeout): the
+        leaf a route's layers wrap. The plain path inlines it."""
+        if req.upgrade is not None:
+            return await switch(req, self)
+        if self.handler is not None:
+            return await self.handler(req)
+        if self.timeout is None:
+            return await self.cluster.forward(req, self.host)  # type: ignore[union-attr]  # set unless handler is
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.cluster.forward(req, self.host)  # type: ignore[union-attr]
+        except TimeoutError:
+            raise ReadTimeout(f"route timeout of {self.timeout:g}s exceeded") from None
 
     def rewrite_path(self, req: Request) -> None:
         prefix = self.prefix
@@ -125,6 +150,47 @@ class RouteRuntime:
             if not new.startswith(b"/"):
                 new = b"/" + new
             req.set_path(new)
+
+
+class RouteEdge:
+    """A route's filters (each phase: plain calls, or the mixed triples when one is async) and its
+    service: ``RouteRuntime.call`` wrapped by its layers."""
+
+    __slots__ = (
+        "logging",
+        "logging_mixed",
+        "request_filter",
+        "request_mixed",
+        "response_filter",
+        "response_mixed",
+        "service",
+        "timed",
+        "upstream_filter",
+        "upstream_mixed",
+    )
+
+    def __init__(
+        self,
+        route: RouteRuntime,
+        filters: Sequence[object],
+        layers: Sequence[Layer[Request, Response]],
+        timed: bool = False,
+    ) -> None:
+        self.timed = timed
+        """Record when the upstream call started and answered (the access log's upstream times)."""
+        phases = Phases(filters)
+        self.request_mixed = phases.mixed("request_filter")
+        self.upstream_mixed = phases.mixed("upstream_request_filter")
+        self.response_mixed = phases.mixed("response_filter")
+        self.logging_mixed = phases.mixed("logging")
+        self.request_filter = () if self.request_mixed else phases.request_filter
+        self.upstream_filter = () if self.upstream_mixed else phases.upstream_request_filter
+        self.response_filter = () if self.response_mixed else phases.response_filter
+        self.logging = () if self.logging_mixed else phases.logging
+        service: Handler = route.call
+        for layer in reversed(layers):
+            service = layer.layer(service)
+        self.service = service
 
 
 class _Forwarding:
@@ -304,6 +370,8 @@ class HttpProxy:
         ctx.route = route
         cluster = route.cluster
         ctx.cluster = cluster
+        if route.edge is not None:
+            return await self._routed(req, ctx, route, route.edge)
         if route.prefix is not None:
             route.rewrite_path(req)
         if self.forwarding:
@@ -340,6 +408,56 @@ class HttpProxy:
                 raise
         return resp
 
+    async def _routed(self, req: Request, ctx: Context, route: RouteRuntime, edge: RouteEdge) -> Response:
+        """The rest of ``__call__`` for a route with its own filters or layers: each phase runs the
+        server's filters, then the route's; the upstream call goes through the route's layers."""
+        for f in edge.request_filter:
+            answer = f(req, ctx)
+            if answer is not None:
+                return answer  # type: ignore[no-any-return]
+        if edge.request_mixed:
+            answer = await self._run_mixed(edge.request_mixed, req, ctx, True)
+            if answer is not None:
+                return answer
+        if route.prefix is not None:
+            route.rewrite_path(req)
+        if self.forwarding:
+            self.forwarding.apply(req, ctx.peer)
+        if route.request_ops is not None:
+            route.request_ops.apply(req.headers)
+        for g in self._upstream_filters:
+            g(req, ctx)
+        if self._upstream_mixed:
+            await self._run_mixed(self._upstream_mixed, req, ctx)
+        for g in edge.upstream_filter:
+            g(req, ctx)
+        if edge.upstream_mixed:
+            await self._run_mixed(edge.upstream_mixed, req, ctx)
+        if edge.timed:
+            clock = asyncio.get_running_loop().time
+            t0 = clock()
+            resp = await edge.service(req)
+            UPSTREAM_TIMES.set(ctx, (t0, clock()))
+        else:
+            resp = await edge.service(req)
+        if route.response_ops is not None:
+            route.response_ops.apply(resp.headers)
+        try:
+            for h in self._response_filters:
+                h(resp, ctx)
+            if self._response_mixed:
+                await self._run_mixed(self._response_mixed, resp, ctx)
+            for h in edge.response_filter:
+                h(resp, ctx)
+            if edge.response_mixed:
+                await self._run_mixed(edge.response_mixed, resp, ctx)
+        except BaseException:
+            cancel = getattr(resp.body, "cancel", None)
+            if cancel is not None:
+                cancel()  # the upstream body nobody will read: its connection is not reused
+            raise
+        return resp
+
 
 class ProxyFactory(Factory[HttpProxy]):
     """Builds the proxy for one server. Clusters (and so the pool) come from the worker."""
@@ -356,6 +474,7 @@ class ProxyFactory(Factory[HttpProxy]):
         filters: Sequence[object],
         clusters: dict[str, UpstreamCluster],
         pool: Pool,
+        route_extensions: Sequence[tuple[Sequence[object], Sequence[Layer[Request, Response]]]] = (),
     ) -> None:
         self.name = name
         self.server = server
@@ -363,6 +482,8 @@ class ProxyFactory(Factory[HttpProxy]):
         self.filters = filters
         self.clusters = clusters
         self.pool = pool
+        self.route_extensions = route_extensions
+        """Per route (by index, or empty): its loaded filters and layers."""
 
     def make(self, old: HttpProxy | None) -> HttpProxy:
         entries: list[tuple[Route, RouteRuntime]] = []
@@ -389,6 +510,12 @@ class ProxyFactory(Factory[HttpProxy]):
                 cname = f"{self.name}.routes[{i}]"
                 cluster = UpstreamCluster.from_config(cname, c, self.pool)
             entries.append((r, RouteRuntime(i, r, cluster.with_retry(r.retry))))
+        log = self.cfg.log
+        timed = log.access_log != "off" and uses_upstream_timing(log.access_log_format)
+        extensions = list(self.route_extensions) + [((), ())] * (len(entries) - len(self.route_extensions))
+        for (_, rt), (filters, layers) in zip(entries, extensions, strict=True):
+            if filters or layers or timed:
+                rt.edge = RouteEdge(rt, filters, layers, timed)
         return HttpProxy(
             Router(entries),
             Phases(self.filters),

@@ -1,14 +1,18 @@
-"""Route retries: which failures are retried, and the budget that bounds them.
+"""Route retries as a layer: which failures are retried, and the budget that bounds them.
 
-A route with a ``retry`` table forwards through a ``RetryingCluster``: the route's
-``RetryPolicy`` plus the cluster, whose ``forward`` runs the retry loop
-(``UpstreamCluster._forward_guarded``). Routes without one call the cluster directly
-and pay nothing.
+A route with a ``retry`` table forwards through a ``RetryingCluster``: a
+``RetryLayer(policy)`` (a ``monolake.core.service.Layer``, tower-style) over the
+cluster's one-try service (``UpstreamCluster.tries``), run under the cluster's
+circuit breaker (``UpstreamCluster.guard``). The service between them takes an
+``Attempt``: the request, the route's Host rewrite, the endpoint to try and those
+tried before. Routes without a ``retry`` table call the cluster directly: no layer,
+no ``Attempt``, nothing per request.
 
 Safety (RFC 9110 §9.2.2): a request is retried only when its method is idempotent or
 it has no body, and once a try has sent it upstream, only when it has no body (a
 streamed body cannot be sent twice). A connect failure sent nothing, so any eligible
-request is retried after it.
+request is retried after it. A retry goes to an endpoint not tried yet when there is
+one (an ineligible one before a repeat).
 
 Budget (Envoy's retry budget): the retries in flight on a route may be at most
 ``budget_percent`` of its requests in flight, or ``min_retry_concurrency``, whichever
@@ -18,13 +22,20 @@ counters are per worker, like the pool.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+from ...core._body import Body
+from ...core.client._client import IDEMPOTENT
+from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
 from ...core.proto.http1 import Request, Response
-from ..config import Retry
+from ...core.service import Layer, Service
+from ..config import Endpoint, Retry
 
 if TYPE_CHECKING:
     from ._upstream import UpstreamCluster
+
+log = logging.getLogger("monolake.apps.proxy")
 
 
 class RetryPolicy:
@@ -84,22 +95,126 @@ class RetryPolicy:
         }
 
 
+class Attempt:
+    """One request on its way through a cluster, as the retry layer drives it."""
+
+    __slots__ = ("cluster", "endpoint", "host", "per_try_timeout", "req", "tried")
+
+    def __init__(self, cluster: UpstreamCluster, req: Request, host: bytes | None) -> None:
+        self.cluster = cluster
+        self.req = req
+        self.host = host
+        """The route's Host rewrite, as ``UpstreamCluster.forward`` takes it."""
+        self.endpoint: Endpoint | None = None
+        """The endpoint of the next try (the cluster's balancer picks the first)."""
+        self.tried: list[Endpoint] = []
+        self.per_try_timeout: float | None = None
+
+    def reroute(self) -> Endpoint:
+        """Aim the next try at an endpoint not tried yet when there is one; return it."""
+        ep = self.cluster.next_endpoint(self.req, self.tried)
+        if ep not in self.tried:
+            self.tried.append(ep)
+        self.endpoint = ep
+        return ep
+
+
+class Retrying:
+    """The service ``RetryLayer`` builds: tries ``inner`` until an answer stands."""
+
+    __slots__ = ("inner", "policy")
+
+    def __init__(self, inner: Service[Attempt, Response], policy: RetryPolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+
+    async def __call__(self, a: Attempt) -> Response:
+        """The last try's response; raises what the last try raised."""
+        policy = self.policy
+        req = a.req
+        body = req.body
+        may_retry = body is None or req.method in IDEMPOTENT
+        a.per_try_timeout = policy.per_try_timeout
+        budgeted = False
+        try:
+            for attempt in range(policy.attempts + 1):
+                last = attempt == policy.attempts or not may_retry
+                error: BaseException | None = None
+                resp: Response | None = None
+                try:
+                    resp = await self.inner(a)
+                except (ConnectError, ConnectTimeout) as exc:
+                    # Nothing was sent: a body is still whole.
+                    if last or not policy.on_connect:
+                        raise
+                    error, why = exc, "connect failure"
+                except ReadTimeout as exc:
+                    if last or not policy.on_timeout or body is not None:
+                        raise
+                    error, why = exc, "timeout"
+                except (ReadError, UpstreamError) as exc:
+                    if last or not policy.on_reset or body is not None:
+                        raise
+                    error, why = exc, "reset"
+                else:
+                    if last or resp.status not in policy.on_status or body is not None:
+                        return resp
+                    why = f"status {resp.status}"
+                ep = a.endpoint
+                if not budgeted:
+                    if not policy.admit():
+                        log.info("retry budget exhausted: cluster=%s endpoint=%s: %s", a.cluster.name, ep, why)
+                        if error is not None:
+                            raise error
+                        assert resp is not None
+                        return resp
+                    budgeted = True
+                if resp is not None and isinstance(resp.body, Body):
+                    resp.body.cancel()  # not wanted: drop it with its connection
+                nxt = a.reroute()
+                log.info(
+                    "retrying %s %s: cluster=%s endpoint=%s: %s; try %d on %s",
+                    req.method.decode(),
+                    req.target.decode("latin-1"),
+                    a.cluster.name,
+                    ep,
+                    why,
+                    attempt + 2,
+                    nxt,
+                )
+            raise AssertionError("unreachable: the last try returns or raises")
+        finally:
+            if budgeted:
+                policy.done()
+
+
+class RetryLayer(Layer[Attempt, Response]):
+    """Retries a cluster's tries by one route's ``RetryPolicy`` (its budget counters are the layer's)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def layer(self, inner: Service[Attempt, Response]) -> Retrying:
+        return Retrying(inner, self.policy)
+
+
 class RetryingCluster:
     """A cluster as one route sees it: the same endpoints, with the route's retries."""
 
-    __slots__ = ("cluster", "name", "policy")
+    __slots__ = ("cluster", "name", "policy", "service")
 
     def __init__(self, cluster: UpstreamCluster, policy: RetryPolicy) -> None:
         self.cluster = cluster
         self.policy = policy
         self.name = cluster.name
+        self.service = RetryLayer(policy).layer(cluster.tries)
 
     async def forward(self, req: Request, host: bytes | None) -> Response:
         """``UpstreamCluster.forward`` with retries; raises what the last try raised."""
         policy = self.policy
         policy.active += 1
         try:
-            return await self.cluster._forward_guarded(req, host, policy)
+            return await self.cluster.guard(self.service, Attempt(self.cluster, req, host))
         finally:
             policy.active -= 1
 

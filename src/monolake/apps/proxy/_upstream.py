@@ -6,11 +6,12 @@ worker's pool and waits for the response head. One retry, on a fresh connection,
 covers the stale keep-alive race: a reused connection that died before the first
 response byte, for an idempotent request without a body (RFC 9110 §9.2.2).
 
-Health checks, outlier detection, circuit breaking and route retries live on a
-second path, ``_forward_guarded``. A cluster that has one of the first three rebinds
-``forward`` to it in ``__init__``, and a route with retries calls it through a
-``RetryingCluster``, so a cluster and route without them run exactly the code of
-``forward`` and pay nothing per request for features they do not use. A change of
+Health checks, outlier detection and circuit breaking live on a second path,
+``_forward_guarded``: a cluster that has one of them points ``forward`` at it in
+``__init__``. A route with retries runs its ``RetryLayer`` (``_retry``) over the
+cluster's one-try service ``tries``, under ``guard``. So a cluster and route without
+them run exactly the code of ``forward`` and pay nothing per request for features
+they do not use. A change of
 health rebuilds the balancer over the eligible endpoints (``_refresh``) rather
 than filtering every pick. The guarded path repeats the fast one's exchange code
 (``_try``) instead of sharing it: one more coroutine frame on every request of
@@ -21,19 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import msgspec
 
 from ...core._body import Body
 from ...core.client import Pool, UpstreamConnection
+from ...core.client._client import IDEMPOTENT
 from ...core.client._h2 import request_headers as h2_request_headers
 from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
 from ...core.proto.grpc import deadline_of, is_grpc, with_remaining_timeout
 from ...core.proto.http1 import Request, Response
 from ...core.proto.http1._serialize import CHUNKED_LINE, content_length_line, request_head
 from ...core.server import error_response
+from ...core.service import Service
 from ...core.tls import client_tls
 from ..config import (
     CircuitBreaker,
@@ -45,13 +50,11 @@ from ..config import (
     UpstreamTls,
     parse_endpoint,
 )
-from ._balancer import Balancer, make_balancer
+from ._balancer import Balancer, EmptyBalancer, make_balancer
 from ._health import EndpointState, HealthChecker, Outliers
-from ._retry import RetryingCluster, RetryPolicy
+from ._retry import Attempt, RetryingCluster, RetryPolicy
 
 log = logging.getLogger("monolake.apps.proxy")
-
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class _Overflow(Exception):
@@ -61,6 +64,18 @@ class _Overflow(Exception):
         super().__init__(limit)
         self.limit = limit
         self.value = value
+
+
+def _as_is(ep: Endpoint) -> Endpoint:
+    return ep
+
+
+def _with_tls(tls: object, ep: Endpoint) -> Endpoint:
+    return ep if ep.path else dataclasses.replace(ep, scheme="https", tls=tls)
+
+
+def _discovered_tls(tls: object, every: bool, ep: Endpoint) -> Endpoint:
+    return _with_tls(tls, ep) if every or ep.scheme == "https" else ep
 
 
 class UpstreamCluster:
@@ -111,6 +126,14 @@ class UpstreamCluster:
         self.max_pending = cb.max_pending
         self.max_connections = cb.max_connections
         self._keys = list({ep.key for ep in self.endpoints})
+        pool.use(self._keys)
+        self._closed = False
+        self._shape: Callable[[Endpoint], Endpoint] = _as_is
+        """What a discovered endpoint becomes in this cluster (its TLS settings)."""
+        self.draining: list[Endpoint] = []
+        """Endpoints discovery marked draining: kept for the admin pages, never picked."""
+        self.updates = 0
+        """Endpoint sets applied by ``set_endpoints``."""
         self.active = 0
         """Requests in flight (counted on the guarded path only)."""
         self.pending = 0
@@ -129,24 +152,31 @@ class UpstreamCluster:
         self.forward: Callable[[Request, bytes | None], Awaitable[Response]] = (
             self._forward_guarded if self.guarded else self._forward_h1 if protocol == "http1" else self._forward_h2
         )
+        self.tries = _Tries(self)
+        """One try of an ``Attempt`` (the service a route's ``RetryLayer`` wraps)."""
 
     @classmethod
     def from_config(cls, name: str, c: Cluster, pool: Pool) -> UpstreamCluster:
         eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
-        if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+        shape = _as_is
+        if c.tls is not None or c.discovery is not None or any(ep.scheme == "https" for ep in eps):
             tls_cfg = c.tls
             if c.protocol == "h2":
                 tls_cfg = msgspec.structs.replace(tls_cfg or UpstreamTls(), alpn=["h2"])
             tls = client_tls(f"upstreams.{name}.tls", tls_cfg)
-            eps = [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
+            # A discovered endpoint speaks TLS with the cluster's settings when the cluster has a
+            # [tls] table, or when its record says https://.
+            shape = functools.partial(_discovered_tls, tls, c.tls is not None)
+            if c.tls is not None or any(ep.scheme == "https" for ep in eps):
+                eps = [_with_tls(tls, ep) for ep in eps]
 
         def rebalance(some: Sequence[Endpoint]) -> Balancer:
             return make_balancer(c.load_balancer, some, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
 
-        return cls(
+        cluster = cls(
             name,
             eps,
-            rebalance(eps),
+            rebalance(eps) if eps else EmptyBalancer(name),
             connect_timeout=c.connect_timeout,
             read_timeout=c.read_timeout,
             idle_timeout=c.idle_timeout,
@@ -158,6 +188,8 @@ class UpstreamCluster:
             rebalance=rebalance,
             protocol=c.protocol,
         )
+        cluster._shape = shape
+        return cluster
 
     def with_retry(self, retry: Retry | None) -> UpstreamCluster | RetryingCluster:
         """This cluster as a route with ``retry`` sees it (itself when there is none)."""
@@ -306,17 +338,60 @@ class UpstreamCluster:
             self._checker.start()
 
     def close(self) -> None:
-        """Stop health checks and ejection timers (the pool is not this cluster's to close)."""
+        """Stop health checks and ejection timers; connections to endpoints no other cluster
+        names drain (the pool is not this cluster's to close)."""
         if self._checker is not None:
             self._checker.stop()
         if self._outliers is not None:
             self._outliers.close()
+        if not self._closed:
+            self._closed = True
+            self.pool.unuse(self._keys)
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint], draining: Sequence[Endpoint] = ()) -> None:
+        """Balance over ``endpoints`` from now on (discovery changed the set; no reload).
+
+        The balancer is rebuilt once here, so a pick costs what it did. An endpoint that
+        stays (same pool key: scheme, host, port, path; its weight or metadata may change)
+        keeps its health state and its pooled connections; a new one starts healthy and
+        its active checks start; a removed one's checks stop and its connections drain:
+        requests in flight on them finish, then they close (``Pool.unuse``). ``draining``
+        endpoints count as removed but are listed by ``statistics``. An empty set makes
+        every request a 503 until endpoints come back. Raises nothing.
+        """
+        eps = [self._shape(ep) for ep in endpoints]
+        by_key = {st.endpoint.key: st for st in self._states}
+        states: list[EndpointState] = []
+        for ep in eps:
+            st = by_key.get(ep.key)
+            if st is None:
+                st = EndpointState(ep)
+            else:
+                st.endpoint = ep
+            states.append(st)
+        old_keys = set(self._keys)
+        new_keys = {ep.key for ep in eps}
+        keys = list(new_keys)
+        self.pool.use(new_keys - old_keys)
+        self.pool.unuse(old_keys - new_keys)
+        self.endpoints = eps
+        self.draining = [self._shape(ep) for ep in draining]
+        self._states[:] = states  # in place: the checker and outlier detector hold this list
+        self._state_of = {id(ep): st for ep, st in zip(eps, states, strict=True)}
+        self._keys = keys
+        self._all = self._rebalance(eps) if eps else EmptyBalancer(self.name)
+        self.updates += 1
+        if self._outliers is not None:
+            self._outliers.resize()
+        self._refresh()
+        if self._checker is not None:
+            self._checker.sync()
 
     def _refresh(self) -> None:
         """Eligibility changed: balance over the eligible endpoints, or over all when none is."""
         eligible = [st.endpoint for st in self._states if st.eligible]
         if len(eligible) == len(self._states) or not eligible:
-            if not eligible:
+            if not eligible and self._states:
                 log.warning("cluster %s: no healthy endpoint; balancing over all of them", self.name)
             self.balancer = self._all
         else:
@@ -351,7 +426,17 @@ class UpstreamCluster:
             "open_connections": self.open_connections(),
             "overflows": dict(self.overflows),
             "endpoints": {str(st.endpoint): st.statistics() for st in self._states},
+            "draining": [str(ep) for ep in self.draining],
+            "updates": self.updates,
         }
+
+    def endpoint_states(self) -> dict[str, int]:
+        """Endpoints by state: healthy (eligible), unhealthy (failing checks), ejected (outlier
+        detection) and draining (marked by discovery), for the metrics."""
+        out = {"healthy": 0, "unhealthy": 0, "ejected": 0, "draining": len(self.draining)}
+        for st in self._states:
+            out["healthy" if st.eligible else "unhealthy" if not st.healthy else "ejected"] += 1
+        return out
 
     def _overflow(self, exc: _Overflow) -> Response:
         self.overflows[exc.limit] = self.overflows.get(exc.limit, 0) + 1
@@ -367,86 +452,48 @@ class UpstreamCluster:
             self._suppressed += 1
         return error_response(503)
 
-    async def _forward_guarded(self, req: Request, host: bytes | None, policy: RetryPolicy | None = None) -> Response:
-        """``forward`` with health, outlier accounting, circuit breaking and ``policy``'s retries."""
+    def _admit(self) -> Response | None:
+        """Enter the guarded path: a 503 if ``max_requests`` are in flight, else None (counted)."""
         if self._checker is not None and not self._checker.running:
             self._checker.start()
         if self.max_requests is not None and self.active >= self.max_requests:
             return self._overflow(_Overflow("max_requests", self.max_requests))
         self.active += 1
+        return None
+
+    async def _forward_guarded(self, req: Request, host: bytes | None) -> Response:
+        """``forward`` with health, outlier accounting and circuit breaking."""
+        refused = self._admit()
+        if refused is not None:
+            return refused
         try:
-            ep = self.balancer.pick(req)
-            if policy is None:
-                return await self._try(req, host, ep, None)
-            return await self._retrying(req, host, ep, policy)
+            return await self._try(req, host, self.balancer.pick(req), None)
         except _Overflow as exc:
             return self._overflow(exc)
         finally:
             self.active -= 1
 
-    def _next(self, req: Request, tried: list[Endpoint]) -> Endpoint:
+    async def guard(self, service: Service[Attempt, Response], a: Attempt) -> Response:
+        """Run ``service`` (a route's retries over ``tries``) for ``a`` on the guarded path,
+        its first try aimed by the balancer."""
+        refused = self._admit()
+        if refused is not None:
+            return refused
+        try:
+            ep = a.endpoint = self.balancer.pick(a.req)
+            a.tried.append(ep)
+            return await service(a)
+        except _Overflow as exc:
+            return self._overflow(exc)
+        finally:
+            self.active -= 1
+
+    def next_endpoint(self, req: Request, tried: list[Endpoint]) -> Endpoint:
+        """Where a retry goes: an eligible endpoint not in ``tried``, else an ineligible one, else any."""
         ep = self.balancer.pick_excluding(req, tried)
         if ep is None and self.balancer is not self._all:
             ep = self._all.pick_excluding(req, tried)  # an ineligible one beats none
         return ep if ep is not None else self.balancer.pick(req)
-
-    async def _retrying(self, req: Request, host: bytes | None, ep: Endpoint, policy: RetryPolicy) -> Response:
-        body = req.body
-        may_retry = body is None or req.method in IDEMPOTENT
-        tried = [ep]
-        budgeted = False
-        try:
-            for attempt in range(policy.attempts + 1):
-                last = attempt == policy.attempts or not may_retry
-                error: BaseException | None = None
-                resp: Response | None = None
-                try:
-                    resp = await self._try(req, host, ep, policy.per_try_timeout)
-                except (ConnectError, ConnectTimeout) as exc:
-                    # Nothing was sent: a body is still whole.
-                    if last or not policy.on_connect:
-                        raise
-                    error, why = exc, "connect failure"
-                except ReadTimeout as exc:
-                    if last or not policy.on_timeout or body is not None:
-                        raise
-                    error, why = exc, "timeout"
-                except (ReadError, UpstreamError) as exc:
-                    if last or not policy.on_reset or body is not None:
-                        raise
-                    error, why = exc, "reset"
-                else:
-                    if last or resp.status not in policy.on_status or body is not None:
-                        return resp
-                    why = f"status {resp.status}"
-                if not budgeted:
-                    if not policy.admit():
-                        log.info("retry budget exhausted: cluster=%s endpoint=%s: %s", self.name, ep, why)
-                        if error is not None:
-                            raise error
-                        assert resp is not None
-                        return resp
-                    budgeted = True
-                if resp is not None and isinstance(resp.body, Body):
-                    resp.body.cancel()  # not wanted: drop it with its connection
-                nxt = self._next(req, tried)
-                log.info(
-                    "retrying %s %s: cluster=%s endpoint=%s: %s; try %d on %s",
-                    req.method.decode(),
-                    req.target.decode("latin-1"),
-                    self.name,
-                    ep,
-                    why,
-                    attempt + 2,
-                    nxt,
-                )
-                ep = nxt
-                if ep not in tried:
-                    tried.append(ep)
-            raise AssertionError("unreachable: the last try returns or raises")
-        finally:
-            if budgeted:
-                policy.done()
 
     async def _try(self, req: Request, host: bytes | None, ep: Endpoint, per_try_timeout: float | None) -> Response:
         """One exchange with ``ep`` (``_exchange``: HTTP/1.1, or HTTP/2 for an h2 cluster) with the
@@ -553,3 +600,17 @@ class UpstreamCluster:
         conn.idle_timeout = self.idle_timeout
         conn.max_idle = self.max_idle
         return conn
+
+
+class _Tries:
+    """A cluster's one-try service: ``Attempt`` in, the response of its endpoint out."""
+
+    __slots__ = ("cluster",)
+
+    def __init__(self, cluster: UpstreamCluster) -> None:
+        self.cluster = cluster
+
+    def __call__(self, a: Attempt) -> Coroutine[Any, Any, Response]:
+        # A plain call returning ``_try``'s coroutine: no frame of its own per try.
+        assert a.endpoint is not None  # aimed by ``guard``, then by ``Attempt.reroute``
+        return self.cluster._try(a.req, a.host, a.endpoint, a.per_try_timeout)

@@ -179,8 +179,18 @@ class StreamsApp(Generic[S]):
     on_call: Callable[[CallRecord], None] | None = None
     """Called as each call ends (per-message servers): metrics, logs of your own."""
 
-    def build(self, name: str, server: Server, old: object) -> MessageServerApp:
+    def server_settings(self) -> Server:
+        """The listener's settings as ``serve`` gives them to the runtime (a tcp server)."""
+        import msgspec
+
+        from ..config import Server
+
+        base = self.settings if self.settings is not None else Server(listener=self.listen)
+        return msgspec.structs.replace(base, listener=self.listen, proxy_type="tcp", tls=self.tls)
+
+    def build_app(self, server: Server, old: object) -> MessageServerApp:
         """The worker's app (``monolake.serve``'s builder calls it; a reload passes the running one)."""
+        name = self.name
         prev = old.service if isinstance(old, MessageServerApp) else None
         service = Stack(self.layers, self.factory).build(prev)
         req, resp = self.rpc if self.rpc is not None else (None, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from ..address import Endpoint
@@ -61,6 +62,10 @@ class Pool:
         """Connects in progress (or slots promised to a woken waiter) of ``acquire_limited``."""
         self._limit: dict[Key, int] = {}
         """Each limited key's ``max_connections``, as its last ``acquire_limited`` gave it."""
+        self._users: dict[Key, int] = {}
+        """Clusters naming each key (``use``/``unuse``), so a key no cluster names any more drains."""
+        self._draining: set[Key] = set()
+        """Keys no cluster names: a connection released to one closes instead of going idle."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -246,6 +251,9 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take back a connection whose exchange finished cleanly."""
+        if self._draining and conn.key in self._draining:
+            conn.close()  # its endpoint left every cluster: the request it served was the last
+            return
         if self._waiters and conn.key in self._waiters:
             fut = self._next_waiter(conn.key)
             if fut is not None:
@@ -280,6 +288,30 @@ class Pool:
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
+
+    def use(self, keys: Iterable[Key]) -> None:
+        """A cluster names ``keys`` (its endpoints): they are not draining."""
+        for key in keys:
+            self._users[key] = self._users.get(key, 0) + 1
+            self._draining.discard(key)
+
+    def unuse(self, keys: Iterable[Key]) -> None:
+        """A cluster no longer names ``keys``. A key that no cluster names any more drains: its
+        idle connections close now, busy ones when their exchange ends (HTTP/2 connections
+        take no new streams from a cluster that does not pick them and close when idle).
+
+        A cluster built but never used (an aborted reload) never calls this, so its keys
+        stay counted: they then go idle and expire as usual, never drain early.
+        """
+        for key in keys:
+            n = self._users.get(key, 0) - 1
+            if n > 0:
+                self._users[key] = n
+                continue
+            self._users.pop(key, None)
+            self._draining.add(key)
+            for conn in self._idle.pop(key, ()):
+                conn.close()
 
     def _sweep(self) -> None:
         self._sweeper = None

@@ -57,6 +57,10 @@ class LogSettings(Protocol):
     @property
     def level(self) -> str: ...
 
+    @property
+    def format(self) -> str:
+        """ "text" or "json" (the error log's lines)."""
+
 
 class ListenerSettings(Protocol):
     """One server as the runtime sees it: where it listens."""

@@ -8,11 +8,9 @@ single-threaded poll loop that serves nothing: it wakes on signals (delivered as
 bytes on a ``signal.set_wakeup_fd`` pipe; the Python handlers do nothing, so no
 work runs inside a signal handler), on workers' ready pipes and control channels
 (``_control``), on the config watcher (``_watch``), on the upgrade channel and on
-timers. Children are reaped by pid with ``waitpid(pid, WNOHANG)``, never
-``waitpid(-1)``, so an embedding program's other children are left alone.
-
-Signals are blocked around ``fork`` so a signal meant for the supervisor cannot
-run its handler in the child (the wakeup pipe is shared until the child drops it).
+timers. Each worker lives in a slot (``_slots``: fork, reap by pid, restart back-off).
+The reload and the upgrade are state machines of their own (``Reloader``,
+``Upgrader``): the loop feeds them events and polls their deadlines.
 
 ``monolake ready servers=... workers=N loop=KIND`` is logged once, when every
 worker first reports ready (KIND: the loop the workers report running, after any
@@ -23,9 +21,14 @@ within a second of starting; restarts wait while a reload is between PREPARE and
 its end. A worker that dies before the first ready line means the config cannot
 serve: the supervisor stops the others and returns 1.
 
-SIGHUP, a changed config file and ``request_reload`` reload (``_reload``).
+SIGHUP, a changed config file and ``request_reload`` reload.
 SIGUSR2 upgrades (``_upgrade``); when the new supervisor serves, this one stops
 its workers as for SIGTERM and returns 0.
+
+``broadcast(topic, msg)`` (thread-safe) sends an application message to every worker
+and keeps the last one of each topic for workers started later (they get them before they
+build); the discovery hub fans endpoint sets out this way. With ``NOTIFY_SOCKET`` set,
+systemd hears READY=1, RELOADING=1, STOPPING=1 and a STATUS= line (``_notify``).
 
 SIGTERM/SIGINT: forward SIGTERM to every worker (they drain), wait for all of
 them, SIGKILL any still alive ``drain_timeout + 5`` seconds later, unlink the Unix
@@ -44,36 +47,26 @@ import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 from ..errors import ConfigError
-from ._control import Channel, ChannelClosed, Message, channel_pair, close_fds
-from ._limits import apply_open_files, low_limit_warning, open_files_limit
+from ._control import ChannelClosed, Message, channel_pair, close_fds
+from ._limits import apply_open_files, low_limit_warning
 from ._listeners import Listener, close_listeners, open_listeners
-from ._logging import configure_logging, logger
+from ._logging import configure_logging, describe_status, logger
 from ._loops import loop_factory
-from ._reload import (
-    COMMIT_TIMEOUT,
-    PREPARE_TIMEOUT,
-    ConfigSource,
-    ReloadResult,
-    ReloadTxn,
-    config_error_result,
-    describe_changes,
-)
+from ._notify import notify
+from ._notify import reloading as notify_reloading
+from ._pidfile import PidFile
+from ._reload import ConfigSource, Reloader, ReloadResult
 from ._settings import RuntimeConfig as Config
-from ._upgrade import COLLECT_TIMEOUT, Handover, Upgrade, take_handover
-from ._watch import DEBOUNCE, DEBOUNCE_MAX, ConfigWatcher, file_digest
-from ._worker import AppBuilder, WorkerSpec, check_apps, worker_main
+from ._slots import FAST_DEATH, WorkerSlot, fork_worker
+from ._upgrade import Handover, Upgrader, take_handover
+from ._worker import AppBuilder, WorkerSpec, check_apps
 
 log = logger
 
-FAST_DEATH = 1.0
-"""A worker dying sooner than this after its fork counts as crash-looping."""
-BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
 KILL_GRACE = 5.0
 """Seconds past drain_timeout before stuck workers get SIGKILL."""
 
@@ -123,7 +116,7 @@ def run(
     bound. Call it from the main thread (it installs signal handlers) of a process
     that runs no event loop (it forks).
     """
-    configure_logging(cfg.log.level)
+    configure_logging(cfg.log.level, cfg.log.format)
     handover = take_handover()
     try:
         check_apps(cfg, build(cfg))
@@ -149,32 +142,6 @@ def run(
         close_listeners(sup.listeners)
 
 
-@dataclass(slots=True)
-class _Slot:
-    index: int
-    cpu: int | None
-    pid: int = 0
-    ready_fd: int = -1
-    ready: bool = False
-    loop: str = ""
-    """The loop kind the worker reported running (after any io_uring fallback)."""
-    started: float = 0.0
-    fails: int = 0
-    restart_at: float | None = None
-    channel: Channel | None = None
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = "?"
-        return f"was killed by signal {sig} ({name})"
-    return f"exited with status {os.waitstatus_to_exitcode(status)}"
-
-
 def _ignore(signum: int, frame: FrameType | None) -> None:
     # The C-level handler has already written signum to the wakeup pipe; the loop acts on it.
     pass
@@ -196,7 +163,7 @@ class Supervisor:
         self._cfg = cfg
         self._build = build
         self.listeners = listeners
-        self._slots = [_Slot(i, cpu) for i, cpu in enumerate(cpus)]
+        self._slots = [WorkerSlot(i, cpu) for i, cpu in enumerate(cpus)]
         self._source = source
         self._handover = handover
         self._stopping = False
@@ -208,27 +175,33 @@ class Supervisor:
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         self._requests: deque[tuple[str, str, tuple[int, int] | None]] = deque()
-        # reload
-        self._reload: ReloadTxn | None = None
-        self._reload_queue: list[tuple[str, tuple[int, int] | None]] = []
-        self._reload_count = 0
-        self.last_reload: ReloadResult | None = None
-        self.on_reload: Callable[[ReloadResult], None] | None = None
-        """Called (in the supervisor's thread) with every reload's outcome; the admin endpoint sets it."""
-        self._watcher: ConfigWatcher | None = None
-        self._watch_first: float | None = None
-        self._watch_due: float | None = None
-        self._digest = file_digest(source.path) if source is not None else None
-        # upgrade
-        self._upgrade: Upgrade | None = None
-        self._upgrade_wanted: str | None = None
-        self._upgraded = False
-        self._pid_file: str | None = None
+        self._reload = Reloader(self, source)
+        self._upgrade = Upgrader(self)
+        # Relative to the config file, as ``monolake reload -c FILE`` reads it.
+        self._pid_file = PidFile(os.path.dirname(os.path.abspath(source.path)) if source is not None else None)
+        self._broadcasts: deque[tuple[str, Message]] = deque()
+        self._retained: dict[str, Message] = {}
+        """The last message of each broadcast topic, for workers started later."""
+        self._notified_reload = False
 
     @property
     def config(self) -> Config:
         """The config in force (the new one from a reload's commit on)."""
         return self._cfg
+
+    @property
+    def last_reload(self) -> ReloadResult | None:
+        """The last reload's outcome."""
+        return self._reload.last
+
+    @property
+    def on_reload(self) -> Callable[[ReloadResult], None] | None:
+        """Called (in the supervisor's thread) with every reload's outcome; the admin endpoint sets it."""
+        return self._reload.on_result
+
+    @on_reload.setter
+    def on_reload(self, hook: Callable[[ReloadResult], None] | None) -> None:
+        self._reload.on_result = hook
 
     # -- public, thread-safe requests -------------------------------------------------
 
@@ -245,6 +218,33 @@ class Supervisor:
         self._requests.append(("upgrade", reason, None))
         self._poke()
 
+    def broadcast(self, topic: str, msg: Message) -> None:
+        """Send ``msg`` (``{"op": "app", ...}``) to every worker, and to every worker started
+        later (the last message of each ``topic`` is kept; an empty ``msg`` forgets the topic).
+        Thread-safe, returns at once. Workers hand it to their builder's ``on_message``."""
+        self._broadcasts.append((topic, msg))
+        self._poke()
+
+    @property
+    def state(self) -> str:
+        """ "starting" (until every worker first serves), "ready", "reloading" or "stopping"."""
+        if self._stopping:
+            return "stopping"
+        if not self._announced:
+            return "starting"
+        return "reloading" if self._reload.running else "ready"
+
+    def _deliver(self) -> None:
+        while self._broadcasts:
+            topic, msg = self._broadcasts.popleft()
+            if not msg:
+                self._retained.pop(topic, None)
+                continue
+            self._retained[topic] = msg
+            for slot in self._slots:
+                if slot.pid:
+                    self.send(slot.index, msg)
+
     def _poke(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, bytes([_REQUEST]))
@@ -255,7 +255,7 @@ class Supervisor:
         old_handlers = {sig: signal.signal(sig, _ignore) for sig in _HANDLED}
         old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         try:
-            self._set_watch(self._cfg.runtime.watch_config)
+            self._reload.watch(self._cfg.runtime.watch_config)
             for slot in self._slots:
                 self._spawn(slot)
             if self._handover is not None:
@@ -263,12 +263,11 @@ class Supervisor:
             return self._loop()
         finally:
             self._abandon_workers()
-            self._end_reload_on_exit()
-            self._end_upgrade_on_exit()
+            self._reload.close()
+            self._upgrade.close()
             if self._handover is not None:
                 self._handover.close()
-            self._set_watch(False)
-            self._remove_pid_file()
+            self._pid_file.remove()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, signal.SIG_DFL if handler is None else handler)
@@ -276,7 +275,7 @@ class Supervisor:
                 os.close(fd)
 
     def _loop(self) -> int:
-        while not (self._stopping and not any(s.pid for s in self._slots) and not self._successor_running()):
+        while not (self._stopping and not any(s.pid for s in self._slots) and not self._upgrade.successor_running):
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             handlers: dict[int, Any] = {}
@@ -288,14 +287,14 @@ class Supervisor:
                     flags = select.POLLIN | (select.POLLOUT if slot.channel.wants_write else 0)
                     poller.register(slot.channel.fileno(), flags)
                     handlers[slot.channel.fileno()] = (self._on_worker_channel, slot)
-            if self._watcher is not None:
-                poller.register(self._watcher.fileno(), select.POLLIN)
-                handlers[self._watcher.fileno()] = (self._on_watch, None)
-            up = self._upgrade
-            if up is not None and up.channel is not None and not up.channel.closed:
-                flags = select.POLLIN | (select.POLLOUT if up.channel.wants_write else 0)
-                poller.register(up.channel.fileno(), flags)
-                handlers[up.channel.fileno()] = (self._on_upgrade_channel, None)
+            watch_fd = self._reload.watch_fd()
+            if watch_fd is not None:
+                poller.register(watch_fd, select.POLLIN)
+                handlers[watch_fd] = (self._reload.on_watch_event, None)
+            up = self._upgrade.channel
+            if up is not None and not up.closed:
+                poller.register(up.fileno(), select.POLLIN | (select.POLLOUT if up.wants_write else 0))
+                handlers[up.fileno()] = (self._upgrade.on_channel, None)
             for fd, events in poller.poll(self._timeout() * 1000):
                 if fd == self._wake_r:
                     self._on_signals()
@@ -317,12 +316,7 @@ class Supervisor:
         # The 1 s cap is a safety net only: every event we wait for also wakes the poll.
         now = time.monotonic()
         deadlines = [s.restart_at for s in self._slots if s.restart_at is not None]
-        for d in (
-            self._kill_at,
-            self._watch_due,
-            self._reload.deadline if self._reload else None,
-            self._upgrade.deadline if self._upgrade else None,
-        ):
+        for d in (self._kill_at, self._reload.deadline, self._upgrade.deadline):
             if d is not None:
                 deadlines.append(d)
         return max(0.0, min([1.0, *(d - now for d in deadlines)]))
@@ -336,30 +330,21 @@ class Supervisor:
             if signum in _STOP_SIGNALS:
                 self._stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
-                self._queue_reload("SIGHUP", None)
+                self._reload.request("SIGHUP")
             elif signum == signal.SIGUSR2:
-                self._queue_upgrade("SIGUSR2")
+                self._upgrade.request("SIGUSR2")
             elif signum == _REQUEST:
+                self._deliver()
                 while self._requests:
                     what, reason, requester = self._requests.popleft()
                     if what == "reload":
-                        self._queue_reload(reason, requester)
+                        self._reload.request(reason, requester)
                     else:
-                        self._queue_upgrade(reason)
+                        self._upgrade.request(reason)
         # SIGCHLD needs nothing here: _reap runs after every wake-up.
 
-    def _on_ready_pipe(self, slot: _Slot, events: int) -> None:
-        try:
-            data = os.read(slot.ready_fd, 16)
-        except BlockingIOError:
-            return
-        os.close(slot.ready_fd)
-        slot.ready_fd = -1
-        if b"R" not in data:
-            return  # EOF: the worker died before it was ready; _reap reports it
-        slot.ready = True
-        slot.loop = data.partition(b"R")[2].decode(errors="replace")
-        if self._announced:
+    def _on_ready_pipe(self, slot: WorkerSlot, events: int) -> None:
+        if slot.read_ready() and self._announced:
             log.info("worker %d restarted, pid %d", slot.index, slot.pid)
 
     def _announce(self) -> None:
@@ -368,51 +353,37 @@ class Supervisor:
         self._announced = True
         servers = ",".join(f"{lst.name}={lst.address}" for lst in self.listeners)
         # The pid file first: whoever waits for the ready line may read it at once.
-        self._write_pid_file(self._cfg.runtime.pid_file)
+        self._pid_file.write(self._cfg.runtime.pid_file)
         loops = ",".join(sorted({s.loop for s in self._slots if s.loop})) or self._cfg.runtime.loop
         log.info("monolake ready servers=%s workers=%d loop=%s", servers, len(self._slots), loops)
+        notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving {servers} with {len(self._slots)} workers")
         if self._handover is not None:
             self._handover.ready(self.listeners)
             self._handover = None
 
     def _timers(self) -> None:
         now = time.monotonic()
-        if self._watch_due is not None and now >= self._watch_due:
-            self._watch_due = self._watch_first = None
-            self._config_file_settled()
-        txn = self._reload
-        if txn is not None and now >= txn.deadline:
-            if txn.phase == "prepare":
-                late = ", ".join(f"worker {i}" for i in sorted(txn.waiting))
-                self._abort_reload(f"{late} did not prepare within {PREPARE_TIMEOUT:g}s")
-            else:
-                log.warning("reload %d: %s did not confirm the commit in time", txn.id, sorted(txn.waiting))
-                self._finish_reload()
-        up = self._upgrade
-        if up is not None and now >= up.deadline:
-            if up.phase == "collect":
-                self._fail_upgrade("workers did not hand over their sockets in time")
-            elif up.phase == "spawned":
-                self._fail_upgrade(f"the new supervisor (pid {up.pid}) was not ready in time")
-            elif up.pid:
-                log.warning("upgrade: the new supervisor (pid %d) ignored SIGTERM; killing it", up.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(up.pid, signal.SIGKILL)
-                up.deadline = now + 3600.0
+        self._reload.on_timer(now)
+        self._upgrade.on_timer(now)
 
     def _start_pending(self) -> None:
-        if self._stopping or not self._announced or self._reload or self._upgrade:
+        if self._notified_reload and not self._reload.running and not self._stopping:
+            self._notified_reload = False
+            last = self._reload.last
+            notify("READY=1", f"STATUS=reload {'done' if last is not None and last.ok else 'failed'}; serving")
+        if self._stopping or not self._announced or self._reload.running or self._upgrade.busy:
             return
         if any(s.pid and not s.ready for s in self._slots):
             return  # a starting worker builds the running config; start when it is up
-        if self._reload_queue:
-            self._start_reload()
-        elif self._upgrade_wanted is not None:
-            self._start_upgrade()
+        if self._reload.pending:
+            self._notified_reload = notify_reloading("reloading the config")
+            self._reload.start()
+        elif self._upgrade.wanted:
+            self._upgrade.start()
 
     # -- control channels ---------------------------------------------------------------
 
-    def _on_worker_channel(self, slot: _Slot, events: int) -> None:
+    def _on_worker_channel(self, slot: WorkerSlot, events: int) -> None:
         channel = slot.channel
         if channel is None:
             return
@@ -428,342 +399,56 @@ class Supervisor:
         for msg, fds in messages:
             self._on_worker_message(slot, msg, fds)
 
-    def _send(self, slot: _Slot, msg: Message, fds: list[int] | None = None) -> bool:
-        if slot.channel is None or slot.channel.closed:
+    # The machines' host interface (ReloadHost, UpgradeHost).
+
+    def send(self, index: int, msg: Message, fds: list[int] | None = None) -> bool:
+        channel = self._slots[index].channel
+        if channel is None or channel.closed:
             return False
         try:
-            slot.channel.send(msg, fds)
+            channel.send(msg, fds)
         except ChannelClosed:
             return False
         return True
 
-    def _on_worker_message(self, slot: _Slot, msg: Message, fds: list[int]) -> None:
-        op = msg.get("op")
-        txn, up = self._reload, self._upgrade
-        if op == "sockets" and up is not None and up.phase == "collect" and slot.index in up.waiting:
-            up.sockets[slot.index] = dict(zip(msg.get("keys", []), fds, strict=False))
-            up.waiting.discard(slot.index)
-            if not up.waiting:
-                self._spawn_successor()
-            return
-        close_fds(fds)
-        if op in ("prepared", "committed") and txn is not None and int(msg["id"]) == txn.id:
-            self._on_reload_reply(slot, op, msg)
-        elif op == "reload":
-            self._queue_reload(str(msg.get("reason") or "worker request"), (slot.index, int(msg["req"])))
-        elif op == "status":
-            result = self.last_reload.as_dict() if self.last_reload else {}
-            self._send(slot, {"op": "status_result", "req": int(msg["req"]), "result": result})
+    def live_workers(self) -> list[int]:
+        return [s.index for s in self._slots if s.pid and s.ready and s.channel is not None]
 
-    # -- reload ---------------------------------------------------------------------------
+    def running_workers(self) -> list[int]:
+        return [s.index for s in self._slots if s.pid]
 
-    def _queue_reload(self, trigger: str, requester: tuple[int, int] | None) -> None:
-        if self._stopping:
-            log.info("%s: stopping, not reloading", trigger)
-            if requester is not None:
-                refused = ReloadResult(0, trigger, False, "the supervisor is stopping", finished=time.time())
-                self._send(
-                    self._slots[requester[0]], {"op": "reload_result", "req": requester[1], "result": refused.as_dict()}
-                )
-            return
-        if self._reload is not None:
-            log.info("%s: a reload is running; another one follows it", trigger)
-        self._reload_queue.append((trigger, requester))
+    def adopt(self, cfg: Config, listeners: list[Listener]) -> None:
+        old, self._cfg, self.listeners = self._cfg, cfg, listeners
+        if cfg.log.level != old.log.level or cfg.log.format != old.log.format:
+            configure_logging(cfg.log.level, cfg.log.format)
+        if cfg.runtime.pid_file != old.runtime.pid_file:
+            self._pid_file.remove()
+            self._pid_file.write(cfg.runtime.pid_file)
 
-    def _start_reload(self) -> None:
-        queue, self._reload_queue = self._reload_queue, []
-        trigger = ", ".join(dict.fromkeys(t for t, _ in queue))
-        requesters = [r for _, r in queue if r is not None]
-        self._reload_count += 1
-        txn_id = self._reload_count
-        if self._source is None:
-            error = "reload needs a config file (this supervisor was started without one)"
-            log.error("reload %d (%s) refused: %s", txn_id, trigger, error)
-            self._record(ReloadResult(txn_id, trigger, False, error, finished=time.time()), requesters)
-            return
-        try:
-            digest = file_digest(self._source.path)
-            cfg = self._source.load()
-            txn = ReloadTxn.start(txn_id, trigger, cfg, self._cfg, self.listeners, requesters)
-        except ConfigError as exc:
-            log.error("reload %d (%s) failed: config error: %s; still serving the running config", txn_id, trigger, exc)
-            self._record(config_error_result(txn_id, trigger, exc), requesters)
-            return
-        self._digest = digest
-        for note in txn.needs_restart:
-            log.warning("reload %d: %s", txn_id, note)
-        warning = low_limit_warning(txn.cfg, open_files_limit())  # servers or backlogs may have grown
-        if warning is not None:
-            log.warning("reload %d: %s", txn_id, warning)
-        txn.changes = txn.listener_changes(self.listeners)
-        live = [s for s in self._slots if s.pid and s.ready and s.channel is not None]
-        msg, fds = txn.prepare_message()
-        log.info("reload %d (%s): preparing in %d worker(s)", txn_id, trigger, len(live))
-        self._reload = txn
-        txn.deadline = time.monotonic() + PREPARE_TIMEOUT
-        for slot in live:
-            if self._send(slot, msg, fds):
-                txn.waiting.add(slot.index)
-        if not txn.waiting:
-            self._commit_reload()
-
-    def _on_reload_reply(self, slot: _Slot, op: str, msg: Message) -> None:
-        txn = self._reload
-        assert txn is not None
-        if slot.index not in txn.waiting:
-            return
-        txn.waiting.discard(slot.index)
-        if op == "prepared" and txn.phase == "prepare":
-            if not msg.get("ok"):
-                self._abort_reload(f"worker {slot.index}: {msg.get('error')}")
-                return
-            for name, kind in (msg.get("changes") or {}).items():
-                txn.changes.setdefault(str(name), str(kind))
-            if not txn.waiting:
-                self._commit_reload()
-        elif op == "committed" and txn.phase == "commit":
-            if not msg.get("ok"):
-                log.error("reload %d: worker %d could not commit: %s", txn.id, slot.index, msg.get("error"))
-            if not txn.waiting:
-                self._finish_reload()
-
-    def _commit_reload(self) -> None:
-        txn = self._reload
-        assert txn is not None
-        txn.phase = "commit"
-        txn.deadline = time.monotonic() + COMMIT_TIMEOUT
-        old_cfg = self._cfg
-        # From here on the new config is in force: a worker restarted now builds it.
-        self._cfg = txn.cfg
-        self.listeners = txn.listeners
-        for slot in self._slots:
-            if slot.pid and self._send(slot, {"op": "commit", "id": txn.id}):
-                txn.waiting.add(slot.index)
-        if txn.cfg.log.level != old_cfg.log.level:
-            configure_logging(txn.cfg.log.level)
-        if txn.cfg.runtime.watch_config != old_cfg.runtime.watch_config:
-            self._set_watch(txn.cfg.runtime.watch_config)
-        if txn.cfg.runtime.pid_file != old_cfg.runtime.pid_file:
-            self._remove_pid_file()
-            self._write_pid_file(txn.cfg.runtime.pid_file)
-        if not txn.waiting:
-            self._finish_reload()
-
-    def _finish_reload(self) -> None:
-        txn = self._reload
-        assert txn is not None
-        self._reload = None
-        close_listeners(txn.unused)
-        for name in self._cfg.servers:
-            txn.changes.setdefault(name, "unchanged")
-        log.info("reload %d (%s) done: %s", txn.id, txn.trigger, describe_changes(txn.changes))
-        if any(kind in ("added", "removed", "moved") for kind in txn.changes.values()):
-            servers = ",".join(f"{lst.name}={lst.address}" for lst in self.listeners)
-            log.info("listening servers=%s", servers)
-        self._record(txn.result(True), txn.requesters)
-
-    def _abort_reload(self, error: str) -> None:
-        txn = self._reload
-        assert txn is not None
-        self._reload = None
-        txn.error = error
-        for slot in self._slots:
-            if slot.pid:
-                self._send(slot, {"op": "abort", "id": txn.id})
-        txn.abort()
-        log.error("reload %d (%s) aborted: %s; still serving the running config", txn.id, txn.trigger, error)
-        self._record(txn.result(False), txn.requesters)
-
-    def _record(self, result: ReloadResult, requesters: list[tuple[int, int]]) -> None:
-        self.last_reload = result
-        if self.on_reload is not None:
-            try:
-                self.on_reload(result)
-            except Exception:
-                log.exception("reload %d: on_reload hook failed", result.id)
-        payload = result.as_dict()
-        for index, req in requesters:
-            self._send(self._slots[index], {"op": "reload_result", "req": req, "result": payload})
-
-    def _end_reload_on_exit(self) -> None:
-        txn = self._reload
-        if txn is not None:
-            self._reload = None
-            if txn.phase == "prepare":
-                txn.abort()
-            else:
-                close_listeners(txn.unused)
-
-    # -- config file watching -------------------------------------------------------------
-
-    def _set_watch(self, on: bool) -> None:
-        if on and self._watcher is None and self._source is not None:
-            try:
-                self._watcher = ConfigWatcher(self._source.path)
-            except OSError as exc:
-                log.warning("cannot watch %s for changes: %s", self._source.path, exc)
-                return
-            log.info("watching %s for changes", self._source.path)
-        elif not on and self._watcher is not None:
-            self._watcher.close()
-            self._watcher = None
-            self._watch_due = self._watch_first = None
-
-    def _on_watch(self, events: int) -> None:
-        if self._watcher is None or not self._watcher.read():
-            return
-        now = time.monotonic()
-        if self._watch_first is None:
-            self._watch_first = now
-        self._watch_due = min(now + DEBOUNCE, self._watch_first + DEBOUNCE_MAX)
-
-    def _config_file_settled(self) -> None:
-        if self._source is None:
-            return
-        digest = file_digest(self._source.path)
-        if digest is None or digest == self._digest:
-            return  # unreadable (mid-replace: another event follows) or the same bytes
-        self._digest = digest
-        self._queue_reload("config file changed", None)
-
-    # -- upgrade --------------------------------------------------------------------------
-
-    def _queue_upgrade(self, trigger: str) -> None:
-        if self._stopping:
-            log.info("%s: stopping, not upgrading", trigger)
-        elif self._upgrade is not None or self._upgrade_wanted is not None:
-            log.info("%s: an upgrade is already under way", trigger)
-        else:
-            self._upgrade_wanted = trigger
-
-    def _start_upgrade(self) -> None:
-        trigger, self._upgrade_wanted = self._upgrade_wanted or "upgrade", None
-        live = [s for s in self._slots if s.pid and s.ready]
-        log.info("upgrade (%s): collecting listening sockets from %d worker(s)", trigger, len(live))
-        up = self._upgrade = Upgrade(trigger, set(), time.monotonic() + COLLECT_TIMEOUT)
-        for slot in live:
-            if self._send(slot, {"op": "handover", "id": 0}):
-                up.waiting.add(slot.index)
-        if not up.waiting:
-            self._spawn_successor()
-
-    def _spawn_successor(self) -> None:
-        up = self._upgrade
-        assert up is not None
-        try:
-            up.spawn(self.listeners)
-        except (OSError, ChannelClosed) as exc:
-            self._fail_upgrade(f"cannot start the new supervisor: {exc}")
-            return
-        log.info("upgrade (%s): started the new supervisor, pid %d", up.trigger, up.pid)
-
-    def _on_upgrade_channel(self, events: int) -> None:
-        up = self._upgrade
-        if up is None or up.channel is None:
-            return
-        try:
-            if events & select.POLLOUT:
-                up.channel.flush()
-            messages = up.channel.receive() if events & (select.POLLIN | select.POLLHUP | select.POLLERR) else []
-        except ChannelClosed:
-            if up.channel is not None:
-                up.channel.close()
-            if up.pid:
-                self._fail_upgrade(f"the new supervisor (pid {up.pid}) closed the handover before it was ready")
-            return
-        for msg, fds in messages:
-            close_fds(fds)
-            if msg.get("op") == "ready":
-                self._upgrade_done(up, int(msg.get("pid", up.pid)), set(msg.get("unused_paths") or ()))
-                return
-
-    def _upgrade_done(self, up: Upgrade, pid: int, unused_paths: set[str]) -> None:
+    def upgraded(self, pid: int, unused_paths: set[str]) -> None:
         for lst in self.listeners:
             # Ours to unlink on exit only if the new supervisor does not serve it.
             lst.owned = lst.address.is_unix and lst.address.path in unused_paths
-        self._upgraded = True
-        up.close()
-        self._upgrade = None
-        log.info("upgrade (%s): new supervisor pid %d is serving; stopping the old workers", up.trigger, pid)
         self._stop("upgrade")
 
-    def _fail_upgrade(self, why: str) -> None:
-        up = self._upgrade
-        if up is None:
+    def _on_worker_message(self, slot: WorkerSlot, msg: Message, fds: list[int]) -> None:
+        if self._upgrade.on_sockets(slot.index, msg, fds):
             return
-        log.error("upgrade (%s) failed: %s; the running supervisor keeps serving", up.trigger, why)
-        up.close()
-        if up.pid and self._successor_alive(up.pid):
-            up.stop_successor()
-            up.deadline = time.monotonic() + KILL_GRACE  # now only waiting to reap it
-            up.phase = "failed"
-        else:
-            self._upgrade = None
-
-    def _successor_alive(self, pid: int) -> bool:
-        try:
-            got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return False
-        if got:
-            log.warning("upgrade: the new supervisor (pid %d) %s", pid, _describe(status))
-            return False
-        return True
-
-    def _successor_running(self) -> bool:
-        up = self._upgrade
-        return up is not None and up.pid != 0 and up.phase == "failed"
-
-    def _reap_successor(self) -> None:
-        up = self._upgrade
-        if up is None or not up.pid:
+        close_fds(fds)
+        if self._reload.on_reply(slot.index, msg):
             return
-        if not self._successor_alive(up.pid):
-            if up.phase == "failed":
-                self._upgrade = None
-            else:
-                up.pid = 0
-                self._fail_upgrade("the new supervisor exited before it was ready")
-
-    def _end_upgrade_on_exit(self) -> None:
-        up = self._upgrade
-        if up is not None:
-            self._upgrade = None
-            up.close()
-            if up.pid and self._successor_alive(up.pid):
-                up.stop_successor()
-
-    # -- pid file -------------------------------------------------------------------------
-
-    def _write_pid_file(self, path: str | None) -> None:
-        if path is None:
-            return
-        if self._source is not None:
-            # Relative to the config file, as ``monolake reload -c FILE`` reads it.
-            path = os.path.join(os.path.dirname(os.path.abspath(self._source.path)), path)
-        try:
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            os.replace(tmp, path)  # readers never see a half-written file
-        except OSError as exc:
-            log.error("cannot write the pid file %s: %s", path, exc.strerror or exc)
-            return
-        self._pid_file = path
-
-    def _remove_pid_file(self) -> None:
-        path, self._pid_file = self._pid_file, None
-        if path is None:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            with open(path) as fh:
-                if int(fh.read().strip()) != os.getpid():
-                    return  # a new supervisor wrote its own
-            os.unlink(path)
+        op = msg.get("op")
+        if op == "reload":
+            self._reload.request(str(msg.get("reason") or "worker request"), (slot.index, int(msg["req"])))
+        elif op == "status":
+            last = self._reload.last
+            self.send(
+                slot.index, {"op": "status_result", "req": int(msg["req"]), "result": last.as_dict() if last else {}}
+            )
 
     # -- workers --------------------------------------------------------------------------
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: WorkerSlot) -> None:
         ready_r, ready_w = os.pipe()
         channel, child_sock = channel_pair()
         inherited = self._handover.for_worker(slot.index) if self._handover is not None else {}
@@ -773,15 +458,12 @@ class Supervisor:
             self._life_w,
             ready_r,
             channel.fileno(),
-            *(s.ready_fd for s in self._slots if s.ready_fd >= 0),
-            *(s.channel.fileno() for s in self._slots if s.channel is not None and not s.channel.closed),
+            *(fd for s in self._slots for fd in s.fds()),
         ]
-        if self._watcher is not None:
-            close.append(self._watcher.fileno())
-        if self._upgrade is not None:
-            close += self._upgrade.fds()
-            if self._upgrade.channel is not None and not self._upgrade.channel.closed:
-                close.append(self._upgrade.channel.fileno())
+        watch_fd = self._reload.watch_fd()
+        if watch_fd is not None:
+            close.append(watch_fd)
+        close += self._upgrade.fds()
         if self._handover is not None:
             close += [*self._handover.worker_fds(but=slot.index), self._handover.channel.fileno()]
         spec = WorkerSpec(
@@ -795,62 +477,36 @@ class Supervisor:
             ctl_fd=child_sock.fileno(),
             close_fds=close,
             inherited=inherited,
+            retained=list(self._retained.values()),
         )
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
         try:
-            pid = os.fork()
-            if pid == 0:
-                worker_main(spec)
+            pid = fork_worker(spec, _HANDLED)
         except OSError as exc:
             os.close(ready_r)
             channel.close()
             log.error("worker %d: fork failed: %s", slot.index, exc.strerror)
-            self._schedule_restart(slot, fast=True)
+            slot.schedule_restart(fast=True)
             return
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ready_w)
             child_sock.close()
         if self._handover is not None:
             self._handover.release_worker(slot.index)
-        slot.pid = pid
-        slot.ready_fd = ready_r
-        slot.channel = channel
-        slot.ready = False
-        slot.started = time.monotonic()
-        slot.restart_at = None
+        slot.running(pid, ready_r, channel)
         log.debug("worker %d started, pid %d, cpu %s", slot.index, pid, slot.cpu)
 
     def _reap(self) -> None:
         for slot in self._slots:
-            if not slot.pid:
-                continue
-            try:
-                pid, status = os.waitpid(slot.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = slot.pid, 0  # reaped behind our back; treat as a plain exit
-            if pid:
+            status = slot.poll_exit()
+            if status is not None:
                 self._on_exit(slot, status)
-        self._reap_successor()
+        self._upgrade.reap()
 
-    def _on_exit(self, slot: _Slot, status: int) -> None:
-        pid, slot.pid, slot.ready = slot.pid, 0, False
-        if slot.ready_fd >= 0:
-            os.close(slot.ready_fd)
-            slot.ready_fd = -1
-        if slot.channel is not None:
-            slot.channel.close()
-            slot.channel = None
-        how = _describe(status)
-        txn, up = self._reload, self._upgrade
-        if txn is not None and slot.index in txn.waiting:
-            txn.waiting.discard(slot.index)
-            if txn.phase == "prepare":
-                self._abort_reload(f"worker {slot.index} (pid {pid}) {how} during the reload")
-            elif not txn.waiting:
-                self._finish_reload()
-        if up is not None and up.phase == "collect" and slot.index in up.waiting:
-            self._fail_upgrade(f"worker {slot.index} (pid {pid}) {how} during the upgrade")
+    def _on_exit(self, slot: WorkerSlot, status: int) -> None:
+        pid = slot.release()
+        how = describe_status(status)
+        self._reload.on_worker_exit(slot.index, pid, how)
+        self._upgrade.on_worker_exit(slot.index, pid, how)
         if self._stopping:
             if os.waitstatus_to_exitcode(status) == 0:
                 log.debug("worker %d (pid %d) stopped", slot.index, pid)
@@ -862,17 +518,11 @@ class Supervisor:
             self._exit_code = 1
             self._stop(None)
             return
-        delay = self._schedule_restart(slot, fast=time.monotonic() - slot.started < FAST_DEATH)
+        delay = slot.schedule_restart(fast=time.monotonic() - slot.started < FAST_DEATH)
         log.warning("worker %d (pid %d) %s; restarting in %.1fs", slot.index, pid, how, delay)
 
-    def _schedule_restart(self, slot: _Slot, *, fast: bool) -> float:
-        slot.fails = slot.fails + 1 if fast else 0
-        delay = 0.0 if not slot.fails else min(BACKOFF_FIRST * 2 ** (slot.fails - 1), BACKOFF_MAX)
-        slot.restart_at = time.monotonic() + delay
-        return delay
-
     def _restart_due(self) -> None:
-        if self._reload is not None:
+        if self._reload.running:
             return  # the worker would build one config and be asked to prepare another
         now = time.monotonic()
         for slot in self._slots:
@@ -887,18 +537,15 @@ class Supervisor:
             self._kill_at = time.monotonic() + self._cfg.runtime.drain_timeout + KILL_GRACE
             for slot in self._slots:
                 slot.restart_at = None
-            if self._reload is not None and self._reload.phase == "prepare":
-                self._abort_reload("the supervisor is stopping")
-            if self._upgrade is not None:
-                self._fail_upgrade("the supervisor is stopping")
+            self._reload.stop()
+            self._upgrade.stop()
+            notify("STOPPING=1", f"STATUS=draining ({signame or 'stop'})")
             if signame:
                 log.info("%s: draining workers (timeout %gs)", signame, self._cfg.runtime.drain_timeout)
         elif signame:
             log.info("%s again: workers close now", signame)
         for slot in self._slots:
-            if slot.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGTERM)
+            slot.kill(signal.SIGTERM)
 
     def _kill_overdue(self) -> None:
         if self._kill_at is None or time.monotonic() < self._kill_at:
@@ -907,25 +554,10 @@ class Supervisor:
         for slot in self._slots:
             if slot.pid:
                 log.warning("worker %d (pid %d) did not stop in time, killing it", slot.index, slot.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGKILL)
-        up = self._upgrade
-        if up is not None and up.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(up.pid, signal.SIGKILL)
+                slot.kill(signal.SIGKILL)
+        self._upgrade.kill()
 
     def _abandon_workers(self) -> None:
         # Only reached with live workers if the loop itself failed: leave no orphans behind.
         for slot in self._slots:
-            if slot.pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(slot.pid, signal.SIGKILL)
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(slot.pid, 0)
-                slot.pid = 0
-            if slot.ready_fd >= 0:
-                os.close(slot.ready_fd)
-                slot.ready_fd = -1
-            if slot.channel is not None:
-                slot.channel.close()
-                slot.channel = None
+            slot.abandon()

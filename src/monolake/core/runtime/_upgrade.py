@@ -29,22 +29,30 @@ opens any listener, takes over what its config still names (``open_listeners``),
 gives worker *i* the sockets of old worker *i*, and sends ``ready`` once its
 ``monolake ready`` line is logged. Unix socket files pass to the new supervisor's
 ownership only then, so a failed upgrade never unlinks a live socket.
+
+The old side is the ``Upgrader`` state machine (``UpgradePhase``); the supervisor
+feeds it events (requests, worker replies and exits, the new supervisor's channel,
+timers, SIGCHLD) and reaches it for its deadline, as for ``_reload.Reloader``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
+import select
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..address import ListenAddress
-from ._control import Channel, ChannelClosed, close_fds
+from ._control import Channel, ChannelClosed, Message, close_fds
 from ._listeners import Listener
+from ._logging import describe_status
+from ._logging import logger as log
 
 UPGRADE_FD_ENV = "MONOLAKE_UPGRADE_FD"
 COLLECT_TIMEOUT = 10.0
@@ -53,29 +61,238 @@ READY_TIMEOUT = 60.0
 """Seconds the new supervisor gets to have all its workers serving."""
 HANDOVER_TIMEOUT = 10.0
 """Seconds a new supervisor waits for the old one's listener messages."""
+KILL_GRACE = 5.0
+"""Seconds a failed upgrade's new supervisor gets after SIGTERM before SIGKILL."""
 
 
-@dataclass(slots=True)
-class Upgrade:
-    """The old supervisor's side of one upgrade."""
+class UpgradePhase(enum.Enum):
+    IDLE = "idle"
+    WANTED = "wanted"
+    """Requested; starts once no reload runs and no worker is starting."""
+    COLLECT = "collect"
+    """Waiting for every ready worker's listening sockets."""
+    SPAWNED = "spawned"
+    """The new supervisor runs and has the sockets; waiting for its ``ready``."""
+    FAILED = "failed"
+    """Given up; the new supervisor was told to stop and is waiting to be reaped."""
 
-    trigger: str
-    waiting: set[int]
-    deadline: float
-    phase: str = "collect"
-    sockets: dict[int, dict[str, int]] = field(default_factory=dict)
-    """worker index -> listener key -> descriptor received from that worker (ours to close)."""
-    pid: int = 0
-    channel: Channel | None = None
+
+class UpgradeHost(Protocol):
+    """What the upgrade machine needs of the supervisor."""
+
+    @property
+    def listeners(self) -> list[Listener]: ...
+
+    def live_workers(self) -> list[int]:
+        """Indexes of workers that are ready and reachable (asked for their sockets)."""
+        ...
+
+    def send(self, index: int, msg: Message, fds: list[int] | None = None) -> bool: ...
+
+    def upgraded(self, pid: int, unused_paths: set[str]) -> None:
+        """The new supervisor (``pid``) serves: stop this one's workers."""
+        ...
+
+
+class Upgrader:
+    """The old supervisor's side of an upgrade, as a state machine.
+
+    IDLE → WANTED (``request``) → COLLECT (``start``) → SPAWNED (every socket in) →
+    IDLE (``ready``: ``host.upgraded``). Any failure from COLLECT or SPAWNED goes to
+    FAILED while a new supervisor is still alive (IDLE once it is reaped), else to IDLE.
+    """
+
+    def __init__(self, host: UpgradeHost) -> None:
+        self._host = host
+        self.phase = UpgradePhase.IDLE
+        self.trigger = ""
+        self.waiting: set[int] = set()
+        self.deadline: float | None = None
+        self.sockets: dict[int, dict[str, int]] = {}
+        """worker index -> listener key -> descriptor received from that worker (ours to close)."""
+        self.pid = 0
+        self.channel: Channel | None = None
+        self._stopping = False
+
+    @property
+    def busy(self) -> bool:
+        """Between ``start`` and its end (a successor being reaped included)."""
+        return self.phase not in (UpgradePhase.IDLE, UpgradePhase.WANTED)
+
+    @property
+    def wanted(self) -> bool:
+        return self.phase is UpgradePhase.WANTED
+
+    @property
+    def successor_running(self) -> bool:
+        """A failed upgrade's new supervisor is still to be reaped (the old one waits for it)."""
+        return self.phase is UpgradePhase.FAILED and self.pid != 0
 
     def fds(self) -> list[int]:
-        return [fd for keys in self.sockets.values() for fd in keys.values()]
+        """Descriptors a forked worker must close."""
+        out = [fd for keys in self.sockets.values() for fd in keys.values()]
+        if self.channel is not None and not self.channel.closed:
+            out.append(self.channel.fileno())
+        return out
 
-    def close_sockets(self) -> None:
-        close_fds(self.fds())
+    # -- events -------------------------------------------------------------------------
+
+    def request(self, trigger: str) -> None:
+        if self._stopping:
+            log.info("%s: stopping, not upgrading", trigger)
+        elif self.phase is not UpgradePhase.IDLE:
+            log.info("%s: an upgrade is already under way", trigger)
+        else:
+            self.phase, self.trigger = UpgradePhase.WANTED, trigger
+
+    def start(self) -> None:
+        """WANTED -> COLLECT: ask every ready worker for its listening sockets."""
+        assert self.phase is UpgradePhase.WANTED
+        live = self._host.live_workers()
+        log.info("upgrade (%s): collecting listening sockets from %d worker(s)", self.trigger, len(live))
+        self.phase = UpgradePhase.COLLECT
+        self.deadline = time.monotonic() + COLLECT_TIMEOUT
+        for index in live:
+            if self._host.send(index, {"op": "handover", "id": 0}):
+                self.waiting.add(index)
+        if not self.waiting:
+            self._spawn()
+
+    def on_sockets(self, index: int, msg: Message, fds: list[int]) -> bool:
+        """A worker's ``sockets`` reply; False (``fds`` not taken) if not for this machine."""
+        if msg.get("op") != "sockets" or self.phase is not UpgradePhase.COLLECT or index not in self.waiting:
+            return False
+        self.sockets[index] = dict(zip(msg.get("keys", []), fds, strict=False))
+        self.waiting.discard(index)
+        if not self.waiting:
+            self._spawn()
+        return True
+
+    def on_channel(self, events: int) -> None:
+        """The new supervisor's channel is readable/writable."""
+        channel = self.channel
+        if channel is None:
+            return
+        try:
+            if events & select.POLLOUT:
+                channel.flush()
+            messages = channel.receive() if events & (select.POLLIN | select.POLLHUP | select.POLLERR) else []
+        except ChannelClosed:
+            channel.close()
+            if self.pid:
+                self.fail(f"the new supervisor (pid {self.pid}) closed the handover before it was ready")
+            return
+        for msg, fds in messages:
+            close_fds(fds)
+            if msg.get("op") == "ready":
+                self._done(int(msg.get("pid", self.pid)), set(msg.get("unused_paths") or ()))
+                return
+
+    def on_worker_exit(self, index: int, pid: int, how: str) -> None:
+        if self.phase is UpgradePhase.COLLECT and index in self.waiting:
+            self.fail(f"worker {index} (pid {pid}) {how} during the upgrade")
+
+    def on_timer(self, now: float) -> None:
+        if self.deadline is None or now < self.deadline:
+            return
+        if self.phase is UpgradePhase.COLLECT:
+            self.fail("workers did not hand over their sockets in time")
+        elif self.phase is UpgradePhase.SPAWNED:
+            self.fail(f"the new supervisor (pid {self.pid}) was not ready in time")
+        elif self.phase is UpgradePhase.FAILED and self.pid:
+            log.warning("upgrade: the new supervisor (pid %d) ignored SIGTERM; killing it", self.pid)
+            self.kill()
+            self.deadline = now + 3600.0
+
+    def reap(self) -> None:
+        """Check on the new supervisor (after every wake-up: SIGCHLD)."""
+        if not self.busy or not self.pid:
+            return
+        if not self._successor_alive():
+            if self.phase is UpgradePhase.FAILED:
+                self._reset()
+            else:
+                self.pid = 0
+                self.fail("the new supervisor exited before it was ready")
+
+    def fail(self, why: str) -> None:
+        """COLLECT/SPAWNED -> FAILED (a new supervisor to reap) or IDLE; this supervisor keeps serving."""
+        if not self.busy:
+            return
+        log.error("upgrade (%s) failed: %s; the running supervisor keeps serving", self.trigger, why)
+        self._release()
+        if self.pid and self._successor_alive():
+            self._stop_successor()
+            self.deadline = time.monotonic() + KILL_GRACE  # now only waiting to reap it
+            self.phase = UpgradePhase.FAILED
+        else:
+            self._reset()
+
+    def stop(self) -> None:
+        """The supervisor stops: refuse new requests, give up one under way."""
+        self._stopping = True
+        self.fail("the supervisor is stopping")
+
+    def kill(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """The supervisor exits: release everything, stop a new supervisor still running."""
+        if not self.busy:
+            return
+        self._release()
+        if self.pid and self._successor_alive():
+            self._stop_successor()
+        self._reset()
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """COLLECT -> SPAWNED: start the new supervisor and send it the listeners."""
+        try:
+            self._start_successor(self._host.listeners)
+        except (OSError, ChannelClosed) as exc:
+            self.fail(f"cannot start the new supervisor: {exc}")
+            return
+        log.info("upgrade (%s): started the new supervisor, pid %d", self.trigger, self.pid)
+
+    def _done(self, pid: int, unused_paths: set[str]) -> None:
+        """SPAWNED -> IDLE: the new supervisor serves."""
+        trigger = self.trigger
+        self._release()
+        self._reset()
+        log.info("upgrade (%s): new supervisor pid %d is serving; stopping the old workers", trigger, pid)
+        self._host.upgraded(pid, unused_paths)
+
+    def _reset(self) -> None:
+        self.phase, self.trigger, self.deadline, self.pid = UpgradePhase.IDLE, "", None, 0
+        self.waiting.clear()
+
+    def _release(self) -> None:
+        close_fds([fd for keys in self.sockets.values() for fd in keys.values()])
         self.sockets.clear()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
 
-    def spawn(self, listeners: list[Listener]) -> None:
+    def _successor_alive(self) -> bool:
+        try:
+            got, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if got:
+            log.warning("upgrade: the new supervisor (pid %d) %s", self.pid, describe_status(status))
+            return False
+        return True
+
+    def _stop_successor(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def _start_successor(self, listeners: list[Listener]) -> None:
         """Start the new supervisor and send it the listeners. Raises OSError or ChannelClosed."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -96,7 +313,7 @@ class Upgrade:
         finally:
             child.close()
         self.channel = Channel(parent)
-        self.phase = "spawned"
+        self.phase = UpgradePhase.SPAWNED
         self.deadline = time.monotonic() + READY_TIMEOUT
         for lst in listeners:
             slots = sorted(i for i, keys in self.sockets.items() if lst.key in keys)
@@ -114,17 +331,6 @@ class Upgrade:
             }
             self.channel.send(msg, fds)
         self.channel.send({"op": "end"})
-
-    def stop_successor(self) -> None:
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-
-    def close(self) -> None:
-        self.close_sockets()
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
 
 
 @dataclass(slots=True)

@@ -29,6 +29,9 @@ task on the worker's loop:
   (``start_draining``, ``wait_drained`` bounded by ``drain_timeout``, ``close``)
   while everything else serves on.
 - ``abort``: ``Prepared.abort()``, close whatever prepare opened.
+- ``app``: a message the supervisor broadcast, handed to the builder's ``on_message``
+  (the proxy's: a cluster's discovered endpoints); the retained ones arrive in
+  ``WorkerSpec.retained`` and are handed over before the first build.
 - ``handover`` (binary upgrade): reply with this worker's TCP listening sockets;
   the new supervisor's worker with the same index serves on the same sockets, so
   no connection queued on them is lost when this worker closes its copies.
@@ -63,7 +66,7 @@ from ..errors import ConfigError
 from ._control import Channel, ChannelClosed, Message, close_fds
 from ._limits import AcceptErrors, FdProbe, is_uvloop
 from ._listeners import Listener, bind_tcp
-from ._logging import configure_logging, flush_logging
+from ._logging import configure_logging, flush_logging, watch_level
 from ._loops import LoopOptions, loop_kind, new_event_loop
 from ._memory import HeapTrimmer
 from ._settings import RuntimeConfig as Config
@@ -184,6 +187,8 @@ class WorkerSpec:
     """The supervisor's descriptors this worker must not hold."""
     inherited: Mapping[str, socket.socket] = field(default_factory=dict)
     """Listening sockets by listener key, handed over by an old supervisor's worker."""
+    retained: Sequence[Message] = ()
+    """The supervisor's last broadcast of each topic, given to the builder before it builds."""
 
 
 def worker_main(spec: WorkerSpec) -> NoReturn:
@@ -344,7 +349,10 @@ class _Worker:
         loop.set_exception_handler(accept_errors.handler)
         probe = FdProbe(loop, accept_errors) if is_uvloop(loop) else None
         trimmer = HeapTrimmer(loop, spec.cfg.runtime.trim_interval, self.index)
+        watch_level(loop)  # the admin endpoint's /log_level, shared by the supervisor
 
+        for msg in spec.retained:
+            self._deliver(msg)
         apps = spec.build(spec.cfg)
         check_apps(spec.cfg, apps)
         self.apps = dict(apps)
@@ -454,6 +462,9 @@ class _Worker:
                     self._abort(int(msg["id"]))
                 elif op == "handover":
                     self._handover(int(msg["id"]))
+                elif op == "app":
+                    close_fds(fds)
+                    self._deliver(msg)
                 elif op in ("reload_result", "status_result"):
                     close_fds(fds)
                     fut = self.requests.pop(int(msg["req"]), None)
@@ -466,6 +477,16 @@ class _Worker:
                 raise
             except Exception:
                 log.exception("worker %d: control message %r failed", self.index, op)
+
+    def _deliver(self, msg: Message) -> None:
+        """A message the supervisor broadcast (``Supervisor.broadcast``): the builder's business."""
+        on_message = getattr(self.spec.build, "on_message", None)
+        if on_message is None:
+            return
+        try:
+            on_message(msg)
+        except Exception:
+            log.exception("worker %d: a broadcast message failed", self.index)
 
     async def _prepare(self, msg: Message, fds: list[int]) -> None:
         txn = int(msg["id"])
@@ -563,8 +584,8 @@ class _Worker:
                 replaced.append(entry.app)
         self.entries = entries
         self.apps = dict(p.prepared.apps)
-        if p.cfg.log.level != self.cfg.log.level:
-            configure_logging(p.cfg.log.level)
+        if p.cfg.log.level != self.cfg.log.level or p.cfg.log.format != self.cfg.log.format:
+            configure_logging(p.cfg.log.level, p.cfg.log.format)
         self.cfg = p.cfg
         for app in dict.fromkeys(replaced):
             self.retiring[app] = self.loop.create_task(self._retire(app))

@@ -395,7 +395,7 @@ class H2Connection(asyncio.Protocol):
         if handle is not None:
             handle.cancel()
             self._flush_handle = None
-        self.app.forget(self)
+        self.app.conn_done(self)
         _WORKER.bytes -= self.queued
         self.queued = 0
         self.stalled.clear()

@@ -35,7 +35,6 @@ retries); ``wait_drained`` returns when no connection is left.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -63,13 +62,13 @@ from ..proto.http1._serialize import (
 from ..proto.http2 import PREFACE
 from ..service import Context, Service
 from ._answers import bad_request_log, error_response, failure_response, log
-from ._lifecycle import DrainSignal, Sweeper
+from ._lifecycle import ConnectionServer
 from ._relay import Switched, Tunnel
 from ._settings import HttpSettings as ServerConfig
 
 if TYPE_CHECKING:
     from ..tls import ServerTlsContexts
-    from ._h2 import H2Connection
+    from ._h2 import H2Connection  # noqa: F401  (named in a string in HttpServerApp's base class)
 
 """Lines about malformed or refused requests: a client chooses how many it causes."""
 
@@ -94,7 +93,7 @@ OnComplete = Callable[[Request, Response, int], None]
 """Called once a response is fully written: (request, response, body bytes sent)."""
 
 
-class HttpServerApp:
+class HttpServerApp(ConnectionServer["HttpConnection | H2Connection"]):
     """One HTTP server (listener) in one worker: the runtime's ``ServerApp``."""
 
     def __init__(
@@ -107,29 +106,16 @@ class HttpServerApp:
         on_close: Callable[[], None] | None = None,
         tls: ServerTlsContexts | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, tls, 1.0)
         self.cfg = cfg
         self.service = service
         self.on_complete = on_complete
         self.on_close = on_close
-        self.tls = tls
-        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context``."""
-        self.conns: set[HttpConnection | H2Connection] = set()
         self.in_flight = 0
-        self.draining = False
-        self._drained = DrainSignal()
-        self._sweeper = Sweeper(self._sweep, 1.0)
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     def protocol_factory(self) -> HttpConnection:
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-            self._sweeper.start(self.loop)
+        self._serving()
         return HttpConnection(self)
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self.tls.ssl_context if self.tls is not None else None
 
     def adopt(self, new: HttpServerApp) -> None:
         """Serve with ``new``'s chain and settings from now on (a reload's commit).
@@ -142,13 +128,7 @@ class HttpServerApp:
         self.service = new.service
         self.on_complete = new.on_complete
         self.on_close = new.on_close
-        if self.tls is not None and new.tls is not None:
-            self.tls.adopt(new.tls)
-        elif (self.tls is None) != (new.tls is None):
-            log.warning(
-                "servers.%s.tls: turning TLS on or off takes effect on a new listener (restart or change the address)",
-                self.name,
-            )
+        self._adopt_tls(new.tls, log)
 
     def _sweep(self) -> None:
         assert self.loop is not None
@@ -162,27 +142,14 @@ class HttpServerApp:
     def request_done(self) -> None:
         self.in_flight -= 1
 
-    def forget(self, conn: HttpConnection | H2Connection) -> None:
-        """A connection closed."""
-        self.conns.discard(conn)
-        if not self.conns:
-            self._drained.set()
-
     def start_draining(self) -> None:
         """Stop keep-alive: busy connections close after their response, idle ones once idle for DRAIN_IDLE."""
-        self.draining = True
+        super().start_draining()
         for conn in list(self.conns):
             conn.drain()
 
-    async def wait_drained(self) -> None:
-        """Return once every connection is closed."""
-        if self.conns:
-            await self._drained.wait()
-
     def close(self) -> None:
-        self._sweeper.stop()
-        for conn in list(self.conns):
-            conn.abort()
+        super().close()
         if self.on_close is not None:
             self.on_close()
 
@@ -345,7 +312,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             log.exception("cannot serve HTTP/2 to %s on %s", self.peer, self.app.name)
             self.abort()
             return
-        self.app.conns.discard(self)  # not forget(): the connection lives on as ``conn``
+        self.app.conns.discard(self)  # not conn_done(): the connection lives on as ``conn``
         self._closed = True
         self.transport.set_protocol(conn)
         conn.start(data)
@@ -361,7 +328,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.app.forget(self)
+        self.app.conn_done(self)
         if self._rbody is not None:
             self._rbody.feed_error(ConnectionResetError("client closed the connection"))
             self._rbody = None
@@ -629,7 +596,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def _tunnel_done(self, tunnel: Tunnel, req: Request, resp: Response) -> None:
         self._tunnel = None
         self._closed = True
-        self.app.forget(self)
+        self.app.conn_done(self)
         if self._current is req:
             self._current = None
             self._task = None

@@ -50,7 +50,7 @@ from ..errors import ProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ..service import Context
-from ._lifecycle import DrainSignal, Sweeper
+from ._lifecycle import Abortable, IdleConnectionServer
 from ._relay import SPLICE_AVAILABLE, Relay
 from ._settings import StreamSettings as ServerConfig
 
@@ -116,7 +116,7 @@ class L4Upstream:
         self.send_proxy_protocol = send_proxy_protocol
 
 
-class _PickKey:
+class PickKey:
     """Request-shaped key for ``Balancer.pick``: ``ctx.peer`` is the client IP, no headers."""
 
     __slots__ = ("ctx", "headers", "peer")
@@ -160,7 +160,7 @@ class ProxyHeaderReader(asyncio.Protocol):
 
     __slots__ = ("_buf", "_done", "_handoff", "_optional", "_pending", "_server", "_timer", "_versions", "transport")
 
-    def __init__(self, mode: str, timeout: float, server: str, handoff: Handoff, pending: set[ProxyHeaderReader]):
+    def __init__(self, mode: str, timeout: float, server: str, handoff: Handoff, pending: set[Abortable]):
         self._versions: tuple[int, ...] = (1,) if mode == "v1" else (2,) if mode == "v2" else (1, 2)
         self._optional = mode == "optional"
         self._server = server
@@ -252,7 +252,7 @@ class _NoStats:
 _NO_STATS = _NoStats()
 
 
-class L4ServerApp:
+class L4ServerApp(IdleConnectionServer["L4Connection"]):
     """One TCP/Unix relay server (listener) in one worker: the runtime's ``ServerApp``."""
 
     def __init__(
@@ -266,32 +266,16 @@ class L4ServerApp:
         hooks: ConnectionHooks | None = None,
         stats: RelayStats | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, tls, cfg.idle_timeout)  # TLS: no splice
         self.cfg = cfg
         self.upstream = upstream
         self.hooks = hooks
-        self.tls = tls
-        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context`` (no splice then)."""
         self.splice = splice and SPLICE_AVAILABLE and tls is None
-        self.idle_timeout = cfg.idle_timeout
-        self.conns: set[L4Connection] = set()
-        self.pending: set[ProxyHeaderReader] = set()
-        self.draining = False
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.stats: RelayStats = stats if stats is not None else _NO_STATS
         """Counts ended connections (the proxy passes its metrics, ``apps/observe/_conn_metrics.py``)."""
-        self._drained = DrainSignal()
-        # Sweep often enough to close an idle connection within ~1/4 of its timeout past it.
-        self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self.tls.ssl_context if self.tls is not None else None
 
     def protocol_factory(self) -> asyncio.Protocol:
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-            self._sweeper.start(self.loop)
+        self._serving()
         if self.cfg.proxy_protocol != "off":
             return ProxyHeaderReader(
                 self.cfg.proxy_protocol, self.cfg.header_timeout, self.name, self._handoff, self.pending
@@ -305,18 +289,6 @@ class L4ServerApp:
         if rest:
             conn.data_received(rest)
 
-    def _sweep(self) -> None:
-        assert self.loop is not None
-        now = self.loop.time()
-        idle = self.idle_timeout
-        for conn in list(self.conns):
-            conn.check_idle(now, idle)
-
-    def conn_done(self, conn: L4Connection) -> None:
-        self.conns.discard(conn)
-        if not self.conns:
-            self._drained.set()
-
     def adopt(self, new: L4ServerApp) -> None:
         """Relay new connections with ``new``'s settings and cluster (a reload's commit).
 
@@ -326,33 +298,11 @@ class L4ServerApp:
         self.cfg = new.cfg
         self.upstream = new.upstream
         self.hooks = new.hooks
-        if self.tls is not None and new.tls is not None:
-            self.tls.adopt(new.tls)
-        elif (self.tls is None) != (new.tls is None):
-            log.warning(
-                "servers.%s.tls: turning TLS on or off takes effect on a new listener (restart or change the address)",
-                self.name,
-            )
+        self._adopt_tls(new.tls, log)
         self.splice = new.splice and self.tls is None
-        self.idle_timeout = new.idle_timeout
-        self._sweeper.interval = new._sweeper.interval
+        self._set_idle_timeout(new.idle_timeout)
 
-    def start_draining(self) -> None:
-        """Connections waiting for a PROXY header close; relayed ones carry on."""
-        self.draining = True
-        for reader in list(self.pending):
-            reader.abort()
-
-    async def wait_drained(self) -> None:
-        if self.conns:
-            await self._drained.wait()
-
-    def close(self) -> None:
-        self._sweeper.stop()
-        for reader in list(self.pending):
-            reader.abort()
-        for conn in list(self.conns):
-            conn.abort()
+    # start_draining: connections waiting for a PROXY header close; relayed ones carry on.
 
     def statistics(self) -> dict[str, int]:
         return {"connections": len(self.conns), "spliced": sum(1 for c in self.conns if c.spliced)}
@@ -407,7 +357,7 @@ class L4Connection(Relay):
                 self._close_client()
                 return
         try:
-            ep = self.endpoint = upstream.balancer.pick(_PickKey(self.peer))
+            ep = self.endpoint = upstream.balancer.pick(PickKey(self.peer))
             upstream.balancer.started(ep)
             self._picked = True
         except Exception:

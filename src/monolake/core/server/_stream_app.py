@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..service import Factory, Layer, Service, Stack
-from ._lifecycle import DrainSignal
+from ._lifecycle import ConnectionServer
 from ._settings import TlsListenerSettings as ServerConfig
 
 if TYPE_CHECKING:
@@ -217,7 +216,7 @@ class Connection(asyncio.Protocol):
             task.cancel()
 
 
-class StreamServerApp:
+class StreamServerApp(ConnectionServer["Connection"]):
     """One stream server (listener) in one worker: the runtime's ``ServerApp``.
 
     ``service`` is called once per connection; a reload's ``adopt`` swaps it for the
@@ -227,52 +226,21 @@ class StreamServerApp:
     def __init__(
         self, name: str, service: Service[Connection, None], *, handler: str = "", tls: ServerTlsContexts | None = None
     ) -> None:
-        self.name = name
+        super().__init__(name, tls, None)
         self.service = service
         self.handler = handler or type(service).__qualname__
-        self.tls = tls
-        self.conns: set[Connection] = set()
-        self.draining = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._drained = DrainSignal()
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self.tls.ssl_context if self.tls is not None else None
 
     def protocol_factory(self) -> Connection:
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
+        self._serving()
         return Connection(self)
-
-    def conn_done(self, conn: Connection) -> None:
-        self.conns.discard(conn)
-        if not self.conns:
-            self._drained.set()
 
     def adopt(self, new: StreamServerApp) -> None:
         """Serve new connections with ``new``'s service (a reload's commit)."""
         self.service = new.service
         self.handler = new.handler
-        if self.tls is not None and new.tls is not None:
-            self.tls.adopt(new.tls)
-        elif (self.tls is None) != (new.tls is None):
-            log.warning(
-                "servers.%s.tls: turning TLS on or off takes effect on a new listener (restart or change the address)",
-                self.name,
-            )
+        self._adopt_tls(new.tls, log)
 
-    def start_draining(self) -> None:
-        """Nothing to tell the services: they end their connections themselves."""
-        self.draining = True
-
-    async def wait_drained(self) -> None:
-        if self.conns:
-            await self._drained.wait()
-
-    def close(self) -> None:
-        for conn in list(self.conns):
-            conn.abort()
+    # start_draining: nothing to tell the services, they end their connections themselves.
 
     def statistics(self) -> dict[str, int]:
         return {"connections": len(self.conns)}

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RemoteProtocolError
-from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Family, ProxyHeader
 from ..proto.thrift import (
     AppError,
@@ -43,8 +41,8 @@ from ..proto.thrift import (
     encode_frame,
     peek_message,
 )
-from ._l4 import ProxyHeaderReader
-from ._lifecycle import DrainSignal, Sweeper
+from ._l4 import PickKey, ProxyHeaderReader
+from ._lifecycle import IdleConnectionServer
 from ._settings import ThriftSettings as ServerConfig
 
 if TYPE_CHECKING:
@@ -72,49 +70,24 @@ def error_frame(frame: Frame, name: str, seq_id: int, kind: int, message: str) -
     return encode_frame(frame.transport, payload, seq_id=seq_id, protocol=protocol)
 
 
-class PickKey:
-    """Request-shaped key for ``Balancer.pick``: ``ctx.peer`` is the client IP, no headers."""
+class ThriftServerApp(IdleConnectionServer["ThriftConnection"]):
+    """One Thrift server (listener) in one worker: the runtime's ``ServerApp``.
 
-    __slots__ = ("ctx", "headers", "peer")
-
-    _EMPTY = Headers([])
-
-    def __init__(self, peer: str) -> None:
-        self.ctx = self
-        self.peer = peer
-        self.headers = self._EMPTY
-
-
-class ThriftServerApp:
-    """One Thrift server (listener) in one worker: the runtime's ``ServerApp``."""
+    Its drain waits for the calls in flight, not for the connections to close.
+    """
 
     def __init__(
         self, name: str, cfg: ServerConfig, dispatcher: Dispatcher, *, tls: ServerTlsContexts | None = None
     ) -> None:
-        self.name = name
+        super().__init__(name, tls, cfg.idle_timeout)
         self.cfg = cfg
         self.dispatcher = dispatcher
-        self.tls = tls
-        """The listener's TLS contexts; the runtime serves TLS with ``ssl_context``."""
         self.max_frame_size = cfg.max_frame_size
         self.max_pipelined = cfg.limits.max_pipelined
-        self.idle_timeout = cfg.idle_timeout
-        self.conns: set[ThriftConnection] = set()
-        self.pending: set[ProxyHeaderReader] = set()
         self.in_flight = 0
-        self.draining = False
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._drained = DrainSignal()
-        self._sweeper = Sweeper(self._sweep, max(0.05, min(1.0, self.idle_timeout / 4)))
-
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self.tls.ssl_context if self.tls is not None else None
 
     def protocol_factory(self) -> asyncio.Protocol:
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-            self._sweeper.start(self.loop)
+        self._serving()
         if self.cfg.proxy_protocol != "off":
             return ProxyHeaderReader(
                 self.cfg.proxy_protocol, self.cfg.header_timeout, self.name, self._handoff, self.pending
@@ -130,21 +103,13 @@ class ThriftServerApp:
         if rest:
             conn.data_received(rest)
 
-    def _sweep(self) -> None:
-        assert self.loop is not None
-        now = self.loop.time()
-        for conn in list(self.conns):
-            conn.check_idle(now, self.idle_timeout)
-
     def call_done(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._drained.set()
 
     def start_draining(self) -> None:
-        self.draining = True
-        for reader in list(self.pending):
-            reader.abort()
+        super().start_draining()
         for conn in list(self.conns):
             conn.drain()
 
@@ -153,11 +118,7 @@ class ThriftServerApp:
             await self._drained.wait()
 
     def close(self) -> None:
-        self._sweeper.stop()
-        for reader in list(self.pending):
-            reader.abort()
-        for conn in list(self.conns):
-            conn.abort()
+        super().close()
         self.dispatcher.close()
 
     def statistics(self) -> dict[str, int]:

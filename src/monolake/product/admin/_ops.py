@@ -39,8 +39,32 @@ def operations(cfg: Config, supervisor: Any) -> Iterator[AdminServer | None]:
                 count_reload(bool(getattr(result, "ok", False)))
             state.reload_done(result)
 
+        hub: Any = None
+
+        def follow(config: Any) -> None:
+            # One discovery hub per supervisor, made when a cluster first discovers its endpoints.
+            nonlocal hub
+            if (
+                hub is None
+                and hasattr(supervisor, "broadcast")
+                and any(c.discovery is not None for c in config.upstreams.values())
+            ):
+                from ...apps.discovery import DiscoveryHub
+
+                hub = DiscoveryHub(config, supervisor.broadcast)
+                hub.start()
+                state.hub = hub
+            elif hub is not None:
+                hub.reconfigure(config)
+
+        def on_reload_and_follow(result: Any) -> None:
+            on_reload(result)
+            if getattr(result, "ok", False):
+                follow(supervisor.config)
+
+        follow(cfg)
         if hasattr(supervisor, "on_reload"):
-            supervisor.on_reload = on_reload
+            supervisor.on_reload = on_reload_and_follow
         if cfg.admin is not None:
             a = cfg.admin
             limits = Limits(
@@ -50,6 +74,8 @@ def operations(cfg: Config, supervisor: Any) -> Iterator[AdminServer | None]:
             admin.start()
         yield admin
     finally:
+        if state.hub is not None:
+            state.hub.close()
         if admin is not None:
             admin.close()
         if path is not None:

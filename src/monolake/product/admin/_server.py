@@ -11,7 +11,8 @@ no data, so it is served without the token and sends the token on its own
 requests), ``/metrics`` (Prometheus text), ``/healthz``, ``/config`` (the config
 in force, secrets redacted), ``/upstreams`` (endpoints and their health),
 ``/stats.json`` (what the dashboard polls), ``POST /reload`` (waits for the
-outcome; ``GET /reload`` shows the last one). With ``[admin] token`` set, every
+outcome; ``GET /reload`` shows the last one), ``GET /log_level`` and ``POST
+/log_level?level=debug`` (every process's log level, until a restart). With ``[admin] token`` set, every
 endpoint but ``/`` needs ``Authorization: Bearer TOKEN``.
 
 ``/config`` redacts what may be a secret: values under secret-looking keys
@@ -42,7 +43,9 @@ from ...apps.config import Config
 from ...apps.observe._metrics import LATENCY_BUCKETS, worker_families
 from ...core.address import parse_endpoint, parse_listener
 from ...core.errors import ConfigError
+from ...core.runtime._logging import LEVEL_NAMES, set_level, shared_level
 from ...core.runtime._logging import logger as log
+from ._fleet import PREFIX, endpoint_call, readiness
 from ._http import HttpListener, Limits, Reply, Request
 
 RELOAD_WAIT = 60.0
@@ -126,6 +129,11 @@ class AdminState:
         self.started = time.time()
         self.reloads = threading.Condition()
         self.last_reload: Any = None
+        self.hub: Any = None
+        self.config_url: str | None = None
+        """Where the config comes from when not a file (``etcd://...``): ``/config`` names it, and the
+        last reload's error when it failed (a bad config pushed to the key)."""
+        """The discovery hub (``apps.discovery.DiscoveryHub``) when a cluster discovers its endpoints."""
 
     def config(self) -> Config:
         return self.supervisor.config  # type: ignore[no-any-return]
@@ -154,6 +162,8 @@ class AdminState:
         registry = CollectorRegistry()
         if self.metrics_dir is not None:
             registry.register(_Snapshot(self.families()))
+        if self.hub is not None:
+            registry.register(_Snapshot(self.hub.families()))
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def upstreams(self, fams: Iterable[Any] | None = None) -> dict[str, Any]:
@@ -162,6 +172,9 @@ class AdminState:
         out: dict[str, dict[str, Any]] = {}
         for name, c in cfg.upstreams.items():
             out[name] = {"endpoints": [_endpoint_text(u.endpoint) for u in c.endpoints]}
+            found = self.hub.current(name) if self.hub is not None else None
+            if found is not None:  # discovery's set, not the config's
+                out[name] = {"endpoints": [_endpoint_text(r.address) for r in found if not r.draining]}
         for sname, server in cfg.servers.items():
             for i, r in enumerate(server.routes):
                 if r.upstreams:
@@ -183,6 +196,8 @@ class AdminState:
             eps = [{"endpoint": ep, "healthy": health.pop((name, ep), None)} for ep in info["endpoints"]]
             result[name] = {"endpoints": eps, "requests": requests.get(name, 0), "errors_5xx": errors.get(name, 0)}
         for (name, ep), ok in health.items():  # endpoints named differently by the health checker
+            if self.hub is not None and self.hub.current(name) is not None:
+                continue  # a discovered endpoint since removed (its gauge outlives it in the metric files)
             entry = result.setdefault(name, {"endpoints": [], "requests": 0, "errors_5xx": 0})
             for e in entry["endpoints"]:
                 if e["healthy"] is None and (e["endpoint"].endswith(ep) or ep.endswith(e["endpoint"])):
@@ -283,6 +298,9 @@ class _Routes:
             "/upstreams": self._upstreams,
             "/stats.json": self._stats,
             "/reload": self._last_reload,
+            "/log_level": self._log_level,
+            "/ready": self._ready,
+            "/endpoints": self._endpoints,
         }
 
     def __call__(self, req: Request) -> Reply:
@@ -292,6 +310,14 @@ class _Routes:
             handler = self.get.get(path)
         elif req.method == "POST" and path == "/reload":
             handler = self._reload
+        elif req.method in ("POST", "PUT") and path == "/log_level":
+            handler = lambda: self._set_log_level(req)  # noqa: E731
+        elif path.startswith(PREFIX) and req.method in ("PUT", "DELETE", "POST"):
+            denied = self._denied(req)
+            if denied is not None:
+                return denied
+            status, payload = endpoint_call(self.state.hub, req.method, path, req.body)
+            return _json(status, payload)
         if handler is None:
             known = path in self.get
             return _json(405 if known else 404, {"error": "method not allowed" if known else "not found"})
@@ -329,8 +355,23 @@ class _Routes:
         st = self.state
         return _json(200, {"status": "ok", "pid": os.getpid(), "uptime": round(time.time() - st.started, 3)})
 
+    def _ready(self) -> Reply:
+        st = self.state
+        ok, details = readiness(getattr(st.supervisor, "state", "ready"), st.config(), st.families())
+        return _json(200 if ok else 503, details)
+
+    def _endpoints(self) -> Reply:
+        hub = self.state.hub
+        return _json(200, {"upstreams": hub.statistics() if hub is not None else {}})
+
     def _config(self) -> Reply:
-        return _json(200, redact(msgspec.to_builtins(self.state.config())))
+        doc = redact(msgspec.to_builtins(self.state.config()))
+        url = self.state.config_url
+        if url is not None:
+            last = getattr(self.state.supervisor, "last_reload", None)
+            error = last.error if last is not None and not last.ok else None
+            doc["_source"] = {"url": url, "last_reload_error": error}
+        return _json(200, doc)
 
     def _upstreams(self) -> Reply:
         return _json(200, self.state.upstreams())
@@ -341,6 +382,29 @@ class _Routes:
     def _last_reload(self) -> Reply:
         last = getattr(self.state.supervisor, "last_reload", None)
         return _json(200, {"last_reload": last.as_dict() if last is not None else None})
+
+    def _log_level(self) -> Reply:
+        return _json(200, {"level": LEVEL_NAMES.get(shared_level(), str(shared_level()))})
+
+    def _set_log_level(self, req: Request) -> Reply:
+        """``POST /log_level?level=debug`` (or a body ``debug``/``{"level": "debug"}``): the
+        supervisor's and every worker's level until the next restart, or a reload that changes
+        ``log.level``."""
+        _, _, query = req.target.partition("?")
+        level = dict(p.partition("=")[::2] for p in query.split("&") if p).get("level")
+        if level is None:
+            body = req.body.strip()
+            try:
+                doc = json.loads(body) if body.startswith(b"{") else body.decode()
+                level = doc.get("level") if isinstance(doc, dict) else doc
+            except (ValueError, UnicodeDecodeError):
+                level = None
+        names = {v: k for k, v in LEVEL_NAMES.items()}
+        if not isinstance(level, str) or level.lower() not in names:
+            return _json(400, {"error": f"level must be one of {', '.join(names)}, got {level!r}"})
+        set_level(names[level.lower()])
+        log.warning("admin: log level set to %s", level.lower())
+        return _json(200, {"level": level.lower()})
 
     def _reload(self) -> Reply:
         status, payload = self.state.reload()

@@ -164,8 +164,11 @@ class Request:
     method: b"GET"; target: the raw request-target; path / query: target split at
     '?' (query without the '?'); host: Host header lowercased without port (b"" if
     absent); version: b"1.1" or b"1.0"; keep_alive: whether the client wants the
-    connection kept; headers: end-to-end headers only (hop-by-hop ones are dropped
-    by the parser); ctx: the per-request Context set by the server driver.
+    connection kept; headers: end-to-end headers only; hop_headers: the (lowercased
+    name, value) fields an HTTP/1 parser set apart (hop-by-hop and framing ones, and
+    those named in Connection: RFC 9110 §7.6.1), or None: a proxy does not forward
+    them, a service answering itself may read them; ctx: the per-request Context set
+    by the server driver.
     """
 
     __slots__ = (
@@ -173,6 +176,7 @@ class Request:
         "ctx",
         "expect_continue",
         "headers",
+        "hop_headers",
         "host",
         "keep_alive",
         "method",
@@ -213,6 +217,7 @@ class Request:
         self.body = body
         self.expect_continue = expect_continue
         self.upgrade = upgrade
+        self.hop_headers: list[tuple[bytes, bytes]] | None = None
         self.ctx: Any = None
 
     def set_path(self, path: bytes) -> None:
@@ -229,10 +234,11 @@ class Response:
 
     body is bytes (complete), None (no body) or a stream object from a driver.
     content_length is the body length when known, None when it must be chunked or
-    delimited by close.
+    delimited by close. hop_headers: as ``Request.hop_headers``, for a response read
+    from an HTTP/1 upstream (never written: a server frames its own response).
     """
 
-    __slots__ = ("body", "content_length", "headers", "keep_alive", "reason", "status", "version")
+    __slots__ = ("body", "content_length", "headers", "hop_headers", "keep_alive", "reason", "status", "version")
 
     def __init__(
         self,
@@ -253,6 +259,7 @@ class Response:
             content_length = len(body)
         self.content_length = content_length
         self.keep_alive = keep_alive
+        self.hop_headers: list[tuple[bytes, bytes]] | None = None
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"

@@ -2,8 +2,12 @@
 
 ``RequestReader`` and ``ResponseReader`` are mixins whose methods are httptools'
 callbacks. They turn the callbacks into one ``Request``/``Response`` object per
-message plus body chunks, enforce size limits, and drop hop-by-hop headers while
-the headers stream past (RFC 9110 §7.6.1), so nothing walks the header list twice.
+message plus body chunks, enforce size limits, and set hop-by-hop headers apart
+while the headers stream past (RFC 9110 §7.6.1), so nothing walks the header list
+twice: a message's ``headers`` hold the end-to-end fields, its ``hop_headers`` the
+others (hop-by-hop, framing, and those named in Connection). Not forwarding them is
+the proxy's part: it sends ``headers`` on and leaves ``hop_headers`` behind; a
+service answering itself may read them (Proxy-Authorization, TE, Connection...).
 A driver (server/ or client/) subclasses one and implements the ``*_received``
 hooks; it feeds bytes with ``feed`` and gets ``ProtocolError`` (with the HTTP
 status to answer) for anything malformed.
@@ -129,6 +133,7 @@ class RequestReader:
         self._began = self._ended = False
         self._head_bytes = 0
         self._nhop = 0
+        self._hop: list[tuple[bytes, bytes]] | None = None
         self._lower: list[bytes] = []
         self._cur = 0
         self._url = b""
@@ -211,6 +216,7 @@ class RequestReader:
         self._began = True
         self._head_bytes = 0
         self._nhop = 0
+        self._hop = None
         self._url = b""
         self._raw = []
         self._lower = []
@@ -245,15 +251,22 @@ class RequestReader:
     def _special(self, name: bytes, lname: bytes, value: bytes) -> None:
         if not self._in_head:
             return
-        self._nhop += 1
         if lname == b"host":
             if self._host is not None:
                 raise RemoteProtocolError("duplicate Host header", status_hint=400, source=Source.DOWNSTREAM)
             self._host = value.rstrip(b" \t")  # RFC 9110 §5.5: OWS is not part of the value
-            self._nhop -= 1
             self._raw.append((name, self._host))
             self._lower.append(b"host")
-        elif lname == b"content-length":
+            return
+        self._nhop += 1
+        if value and value[-1] in _OWS:
+            value = value.rstrip(b" \t")
+        hop = self._hop
+        if hop is None:
+            self._hop = [(lname, value)]
+        else:
+            hop.append((lname, value))
+        if lname == b"content-length":
             self._cl = int(value)
         elif lname == b"transfer-encoding":
             if self._parser.get_http_version() != "1.1":
@@ -302,7 +315,7 @@ class RequestReader:
         headers = Headers(raw, lower=self._lower)
         tokens = self._conn_tokens
         if tokens is not None and tokens not in _PLAIN_TOKENS:
-            _drop_connection_listed(headers, tokens)
+            self._hop = _take_connection_listed(headers, tokens, self._hop)
         host = self._host
         if host is None:
             if version == b"1.1":
@@ -349,6 +362,8 @@ class RequestReader:
             expect_continue=self._expect and has_body and version == b"1.1",
             upgrade=upgrade,
         )
+        if self._hop is not None:
+            req.hop_headers = self._hop
         if switch:
             self._switch_req = req
         self.request_received(req, has_body, None if self._chunked else cl)
@@ -380,6 +395,8 @@ class RequestReader:
         )
         # Routes match a path; an authority-form target has none, so CONNECT matches as "/".
         req.path = b"/"
+        if self._hop is not None:
+            req.hop_headers = self._hop
         self._switch_req = req
         self.request_received(req, False, None)
 
@@ -540,9 +557,10 @@ class ResponseReader:
         cl: int | None = None
         chunked = until_close = False
         tokens: bytes | None = None
-        block, hop = _cut_hop_by_hop(block)
-        if hop:
-            for lname, value in hop:
+        block, cut = _cut_hop_by_hop(block)
+        hop: list[tuple[bytes, bytes]] | None = cut
+        if cut:
+            for lname, value in cut:
                 if lname == b"content-length":
                     cl = int(value)
                 elif lname == b"transfer-encoding":
@@ -566,7 +584,7 @@ class ResponseReader:
                 keep_alive = _has_token(tokens, b"keep-alive")
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             headers = Headers(parse_block(block))
-            _drop_connection_listed(headers, tokens)
+            hop = _take_connection_listed(headers, tokens, hop)
         else:
             headers = Headers(block=block)
         no_body = self.expect_no_body or status in (204, 304)
@@ -576,6 +594,8 @@ class ResponseReader:
             # Delimited by close: the connection cannot be reused.
             keep_alive = False
         resp = Response(status, headers, None, buf[pos + 13 : line_end], version, cl, keep_alive)
+        if hop:
+            resp.hop_headers = hop
         has_body = not no_body and (chunked or cl is None or cl > 0)
         self._chunked = chunked
         self._head_here = True
@@ -605,7 +625,9 @@ class ResponseReader:
         self.switch_token = token
         self._ignore = True  # llhttp completes the message; it is not a response to complete
         version = _VERSIONS.get(parser.get_http_version(), b"1.1")
-        self.response_received(Response(101, Headers(block=block), None, reason, version, None, False), False)
+        resp = Response(101, Headers(block=block), None, reason, version, None, False)
+        resp.hop_headers = hop
+        self.response_received(resp, False)
 
     def on_body(self, body: bytes) -> None:
         if not self._ignore:
@@ -660,7 +682,13 @@ def _host_only(host: bytes) -> bytes:
     return (host[:colon] if colon >= 0 else host).lower()
 
 
-def _drop_connection_listed(headers: Headers, tokens: bytes) -> None:
-    """Remove headers named in Connection (RFC 9110 §7.6.1), besides the usual ones."""
+def _take_connection_listed(
+    headers: Headers, tokens: bytes, hop: list[tuple[bytes, bytes]] | None
+) -> list[tuple[bytes, bytes]] | None:
+    """Move the headers named in Connection (RFC 9110 §7.6.1) from ``headers`` to ``hop``."""
     for name in {t.strip() for t in tokens.split(_TOKEN_SPLIT)} - _PLAIN_TOKENS:
-        headers.remove(name)
+        values = headers.get_all(name)
+        if values:
+            headers.remove(name)
+            hop = [*(hop or ()), *((name, v) for v in values)]
+    return hop

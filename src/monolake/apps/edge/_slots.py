@@ -1,0 +1,14 @@
+"""Context slots the edge filters fill and the access log reads (no imports of the proxy here:
+``observe`` imports this module)."""
+
+from __future__ import annotations
+
+from ...core.service import ContextSlot
+
+REQUEST_ID = ContextSlot("request_id", bytes, "The request's id (the request_id filter): $request_id.")
+UPSTREAM_TIMES = ContextSlot(
+    "upstream_times",
+    tuple,
+    "(loop time the upstream call started, loop time its response head came): $upstream_header_time, "
+    "$upstream_response_time. Set only when the access log format uses them.",
+)

@@ -1,0 +1,710 @@
+"""Thrift RPC server: a user's handler object served from an IDL, on the core Thrift driver.
+
+Theory of operation. The core driver (``core.server._thrift``) cuts each connection
+into frames (framed, TTHeader, THeader; binary or compact) and hands every frame to
+a dispatcher with a plain call; ``ThriftServer`` adds unframed ("buffered")
+connections, told apart by their first byte (an unframed message starts ``80`` or
+``82``; a frame length never has its top bit set), which ``_UnframedConnection``
+cuts into messages by walking their structs (``_codec.message_end``).
+
+``_Dispatcher.dispatch`` peeks the message head (ours, ~0.5 µs), looks the method
+up in the bound table, decodes the argument struct (thriftpy2) and calls the
+handler: a plain ``def`` method inline, with no task; an ``async def`` one (or any
+method once the service has layers or a timeout) in a task of its own, so many
+calls run at once per connection. A header transport (TTHeader, THeader) carries
+the sequence id in every frame, so replies go out as calls finish, out of order;
+framed and unframed clients match replies by order, so on those connections the
+replies wait for the calls before them (a queue per connection, only while more
+than one call is in flight).
+
+Answers: a value becomes the result struct's ``success``; an exception declared
+by the method goes into its result field; ``TApplicationException`` raised by the
+handler goes out as it is; anything else is logged with its traceback and
+answered ``TApplicationException(INTERNAL_ERROR)``. Unknown methods are answered
+``UNKNOWN_METHOD``, undecodable arguments ``PROTOCOL_ERROR`` (the connection
+stays up: its framing is intact); a frame that breaks the framing is answered if
+its head can be read and the connection closed. Oneway calls are run and never
+answered. Each finished call is counted (``ThriftStats``: by method and outcome)
+and written to the access log when there is one.
+
+Reload: ``adopt`` swaps the running dispatcher's table for the new one; calls
+already running finish on the handler they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ....core.errors import ConfigError, RemoteProtocolError
+from ....core.proto.thrift import (
+    AppError,
+    Frame,
+    MessageType,
+    ThriftProtocol,
+    Transport,
+    application_exception,
+    encode_frame,
+    encode_framed,
+    message_begin,
+    peek_message,
+    read_header_info,
+)
+from ....core.server._thrift import ThriftConnection, ThriftServerApp
+from ....core.service import Factory, Layer, Stack
+from . import _metainfo
+from ._codec import decode_struct, encode_struct, message_end
+from ._idl import MethodDef, ServiceDef, as_service_def, load_service
+
+if TYPE_CHECKING:
+    from ....core.server._settings import ThriftSettings
+    from ....core.tls import ServerTlsContexts
+    from ...observe._conn_metrics import ThriftStats
+
+log = logging.getLogger("monolake.rpc.thrift")
+
+_FRAMED = Transport.FRAMED
+_CALL = MessageType.CALL
+_ONEWAY = MessageType.ONEWAY
+_REPLY = MessageType.REPLY
+
+
+def _app_exception_type() -> type:
+    from thriftpy2.thrift import TApplicationException
+
+    return TApplicationException
+
+
+_TAppExc = _app_exception_type()
+
+
+class ThriftRequest:
+    """What server layers see: one call. ``args`` in IDL order; ``metainfo`` is the call's."""
+
+    __slots__ = ("args", "metainfo", "method", "peer", "service")
+
+    def __init__(self, service: str, method: str, args: list[Any], peer: str, metainfo: _metainfo.Metainfo) -> None:
+        self.service = service
+        self.method = method
+        self.args = args
+        self.peer = peer
+        self.metainfo = metainfo
+
+    def __repr__(self) -> str:
+        return f"<ThriftRequest {self.service}.{self.method} from {self.peer}>"
+
+
+class _Bound:
+    __slots__ = ("fn", "is_async", "m")
+
+    def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
+        self.m = m
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+
+class _Leaf:
+    """The innermost service of a layered server: calls the handler's method."""
+
+    def __init__(self, bound: dict[str, _Bound]) -> None:
+        self.bound = bound
+
+    async def __call__(self, req: ThriftRequest) -> Any:
+        b = self.bound[req.method]
+        if b.is_async:
+            return await b.fn(*req.args)
+        return b.fn(*req.args)
+
+
+class _LeafFactory(Factory[Any]):
+    def __init__(self, bound: dict[str, _Bound]) -> None:
+        self.bound = bound
+
+    def make(self, old: Any) -> Any:
+        return _Leaf(self.bound)
+
+
+class ThriftService:
+    """A service of an IDL bound to a handler object: what a ``ThriftServer`` serves.
+
+    ``idl``: a path to a ``.thrift`` file, a ``ServiceDef`` or a thriftpy2 service
+    class; ``service``: the service's name when the IDL has several. ``handler``:
+    an object with a method per IDL method (``async def``, or ``def`` for CPU-only
+    work), taking the arguments in IDL order. ``layers`` (outermost first) wrap the
+    handler as ``Service[ThriftRequest, Any]``; ``timeout`` (seconds) bounds each
+    call (``TApplicationException(INTERNAL_ERROR)`` past it). Raises ConfigError when
+    the IDL cannot be read or the handler lacks a method.
+    """
+
+    def __init__(
+        self,
+        idl: str | ServiceDef | Any,
+        handler: object,
+        *,
+        service: str | None = None,
+        layers: Sequence[Layer[ThriftRequest, Any]] = (),
+        timeout: float | None = None,
+        where: str = "handler",
+    ) -> None:
+        self.definition = load_service(idl, service) if isinstance(idl, str) else as_service_def(idl)
+        self.handler = handler
+        self.layers = list(layers)
+        self.timeout = timeout
+        missing = [m for m in self.definition.methods if not callable(getattr(handler, m, None))]
+        if missing:
+            raise ConfigError(
+                where, f"{type(handler).__name__} lacks method(s) {', '.join(missing)} of {self.definition.name}"
+            )
+        self.bound = {name: _Bound(m, getattr(handler, name)) for name, m in self.definition.methods.items()}
+        self.chain: Any = Stack(self.layers, _LeafFactory(self.bound)).build() if self.layers else None
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+
+class _Call:
+    """One call being served."""
+
+    __slots__ = ("bound", "conn", "frame", "meta", "name", "ordered", "out", "proto", "seq", "start")
+
+    def __init__(
+        self, conn: Any, frame: Frame, name: str, seq: int, proto: ThriftProtocol, start: float, bound: _Bound | None
+    ) -> None:
+        self.conn = conn
+        self.frame = frame
+        self.name = name
+        self.seq = seq
+        self.proto = proto
+        self.start = start
+        self.bound = bound
+        self.meta: _metainfo.Metainfo | None = None
+        self.ordered = frame.transport is _FRAMED
+        self.out: bytes | None = None
+
+
+async def _invoke(svc: ThriftService, b: _Bound, call: _Call, values: list[Any]) -> Any:
+    if svc.chain is not None:
+        return await svc.chain(ThriftRequest(svc.name, call.name, values, call.conn.peer, _metainfo.metainfo()))
+    if b.is_async:
+        return await b.fn(*values)
+    return b.fn(*values)
+
+
+class _Dispatcher:
+    """The core driver's ``Dispatcher`` for one server. See the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        service: ThriftService,
+        *,
+        stats: ThriftStats | None = None,
+        access_log: Any = None,
+    ) -> None:
+        self.name = name
+        self.service = service
+        self.stats = stats
+        self.access_log = access_log
+        self._order: dict[Any, deque[_Call]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.calls = 0
+        self.errors = 0
+
+    def adopt(self, new: _Dispatcher) -> None:
+        self.service = new.service
+        self.stats = new.stats
+        self.access_log = new.access_log
+
+    # -- per frame ---------------------------------------------------------------------
+
+    def dispatch(self, conn: Any, frame: Frame) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        proto = frame.protocol
+        if proto is None or frame.transforms:
+            why = "unsupported protocol id" if proto is None else f"unsupported transforms {list(frame.transforms)}"
+            log.warning("thrift: %s: server=%s client=%s", why, self.name, conn.peer)
+            kind = AppError.INVALID_PROTOCOL if proto is None else AppError.INVALID_TRANSFORM
+            conn.reject(frame, "", frame.seq_id, kind, f"monolake: {why}")
+            return
+        data = frame.data
+        try:
+            head = peek_message(data, frame.payload, proto)
+        except RemoteProtocolError as exc:
+            log.warning("thrift: bad message: server=%s client=%s: %s", self.name, conn.peer, exc)
+            conn.reject(frame, "", frame.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+            return
+        mtype = head.type
+        oneway = mtype == _ONEWAY
+        if mtype != _CALL and not oneway:
+            log.warning("thrift: message of type %d is not a call: server=%s client=%s", mtype, self.name, conn.peer)
+            conn.reject(frame, head.name, head.seq_id, AppError.INVALID_MESSAGE_TYPE, "monolake: not a call")
+            return
+        svc = self.service
+        b = svc.bound.get(head.name)
+        call = _Call(
+            conn, frame, head.name, head.seq_id, proto, loop.time() if self.stats or self.access_log else 0.0, b
+        )
+        if not oneway:
+            conn.begin()
+            if call.ordered:
+                q = self._order.get(conn)
+                if q is not None or b is None or b.is_async or svc.chain is not None or svc.timeout:
+                    if q is None:
+                        q = self._order[conn] = deque()
+                    q.append(call)
+        if b is None:
+            log.info("thrift: unknown method %r: server=%s client=%s", head.name, self.name, conn.peer)
+            self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {head.name}", "unknown_method")
+            return
+        try:
+            args = decode_struct(b.m.args_cls, data[head.end :], proto)
+        except Exception as exc:
+            log.warning(
+                "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
+                self.name, conn.peer, head.name, type(exc).__name__, exc,
+            )  # fmt: skip
+            self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
+            return
+        meta: _metainfo.Metainfo | None = None
+        if frame.info and frame.info < frame.payload:
+            try:
+                headers = read_header_info(frame).headers
+            except RemoteProtocolError as exc:
+                log.warning("thrift: bad header info: server=%s client=%s: %s", self.name, conn.peer, exc)
+            else:
+                if headers:
+                    meta = _metainfo.from_headers(headers)
+        # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
+        # in the handler's own context (its task's, or the one set and reset around a plain call).
+        d = args.__dict__
+        values = [d[n] for n in b.m.arg_names]
+        if b.is_async or svc.chain is not None or svc.timeout:
+            task = loop.create_task(self._run(call, svc, b, values, oneway, meta))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        token = _metainfo.current.set(meta)
+        try:
+            value = b.fn(*values)
+        except Exception as exc:
+            call.meta = _metainfo.current.get()
+            self._failed(call, exc, oneway)
+        else:
+            call.meta = _metainfo.current.get()
+            self._succeeded(call, value, oneway)
+        finally:
+            _metainfo.current.reset(token)
+
+    async def _run(
+        self, call: _Call, svc: ThriftService, b: _Bound, values: list[Any], oneway: bool, meta: Any
+    ) -> None:
+        # The task runs in a copy of the dispatching context, where ``current`` is unset.
+        if meta is not None:
+            _metainfo.current.set(meta)
+        cm = asyncio.timeout(svc.timeout) if svc.timeout else None
+        try:
+            if cm is None and svc.chain is None:
+                value = await b.fn(*values)  # the usual case: an async method, nothing around it
+            elif cm is None:
+                value = await _invoke(svc, b, call, values)
+            else:
+                async with cm:
+                    value = await _invoke(svc, b, call, values)
+        except asyncio.CancelledError:
+            call.meta = _metainfo.current.get()
+            if not oneway:
+                self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
+            raise
+        except TimeoutError as exc:
+            call.meta = _metainfo.current.get()
+            if cm is not None and cm.expired():
+                log.warning(
+                    "thrift: handler timed out: server=%s client=%s method=%s after %gs",
+                    self.name, call.conn.peer, call.name, svc.timeout,
+                )  # fmt: skip
+                self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: handler timed out", "timeout")
+            else:
+                self._failed(call, exc, oneway)
+        except Exception as exc:
+            call.meta = _metainfo.current.get()
+            self._failed(call, exc, oneway)
+        else:
+            call.meta = _metainfo.current.get()
+            self._succeeded(call, value, oneway)
+
+    # -- answers -----------------------------------------------------------------------
+
+    def _succeeded(self, call: _Call, value: Any, oneway: bool) -> None:
+        if oneway:
+            self._done(call, "oneway")
+            return
+        assert call.bound is not None
+        m = call.bound.m
+        result = m.result_cls()
+        if not m.void:
+            result.success = value
+        self._result(call, result, "ok")
+
+    def _failed(self, call: _Call, exc: Exception, oneway: bool) -> None:
+        assert call.bound is not None
+        m = call.bound.m
+        if not oneway:
+            for field, cls in m.exceptions:
+                # By name too: a handler module that loaded the IDL itself raises its own classes.
+                if isinstance(exc, cls) or (type(exc).__name__ == cls.__name__ and hasattr(exc, "thrift_spec")):
+                    result = m.result_cls()
+                    setattr(result, field, exc)
+                    self._result(call, result, "exception")
+                    return
+            if isinstance(exc, _TAppExc):
+                app_exc: Any = exc
+                self._error(call, oneway, app_exc.type, app_exc.message or "", "error")
+                return
+        log.error(
+            "thrift: handler failed: server=%s client=%s method=%s: %s: %s",
+            self.name, call.conn.peer, call.name, type(exc).__name__, exc, exc_info=exc,
+        )  # fmt: skip
+        self._error(
+            call, oneway, AppError.INTERNAL_ERROR, f"monolake: {call.name} failed: {type(exc).__name__}", "error"
+        )
+
+    def _result(self, call: _Call, result: Any, outcome: str) -> None:
+        try:
+            body = encode_struct(result, call.proto)
+        except Exception as exc:
+            log.error(
+                "thrift: cannot encode the result: server=%s method=%s: %s: %s",
+                self.name, call.name, type(exc).__name__, exc,
+            )  # fmt: skip
+            self._error(call, False, AppError.INTERNAL_ERROR, f"monolake: bad result: {type(exc).__name__}", "error")
+            return
+        self._write(call, message_begin(call.name, _REPLY, call.seq, call.proto) + body, outcome)
+
+    def _error(self, call: _Call, oneway: bool, kind: int, message: str, outcome: str) -> None:
+        self.errors += 1
+        if oneway:
+            self._done(call, outcome)
+            return
+        self._write(call, application_exception(call.name, call.seq, call.proto, kind, message), outcome)
+
+    def _write(self, call: _Call, payload: bytes, outcome: str) -> None:
+        frame = call.frame
+        if frame.payload == 0:  # unframed
+            data = payload
+        elif frame.transport is _FRAMED:
+            data = encode_framed(payload)
+        else:
+            data = encode_frame(
+                frame.transport, payload, seq_id=frame.seq_id, protocol=call.proto,
+                headers=_metainfo.backward_headers(call.meta),
+            )  # fmt: skip
+        conn = call.conn
+        q = self._order.get(conn) if call.ordered else None
+        if q is None:
+            conn.answer(data)
+        else:
+            call.out = data
+            while q and q[0].out is not None:
+                c = q.popleft()
+                conn.answer(c.out)
+            if not q:
+                del self._order[conn]
+        self._done(call, outcome)
+
+    def _done(self, call: _Call, outcome: str) -> None:
+        self.calls += 1
+        if self.stats is None and self.access_log is None:
+            return
+        assert self._loop is not None
+        took = self._loop.time() - call.start
+        if self.stats is not None:
+            self.stats.record(self.service.name, call.name, outcome, took)
+        if self.access_log is not None:
+            self.access_log.write(
+                f"{call.conn.peer} thrift {self.name} {self.service.name}.{call.name} seq={call.seq} "
+                f"{outcome} {took * 1000:.3f}ms"
+            )
+
+    # -- the rest ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def statistics(self) -> dict[str, int]:
+        return {"calls": self.calls, "call_errors": self.errors, "handlers_running": len(self._tasks)}
+
+
+class _UnframedConnection(asyncio.Protocol):
+    """A client speaking unframed Thrift: messages back to back, replies in order."""
+
+    def __init__(self, server: ThriftServer) -> None:
+        self.server = server
+        self.dispatch = server.dispatcher.dispatch
+        self.max = server.max_frame_size
+        self.transport: Any = None
+        self.peer = ""
+        self.protocol: ThriftProtocol | None = None
+        self.buf = b""
+        self.in_flight = 0
+        self.closed = False
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "unix"
+        self.server.unframed.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        while buf and not self.closed:
+            proto = self.protocol
+            if proto is None:
+                proto = self.protocol = ThriftProtocol.BINARY if buf[0] == 0x80 else ThriftProtocol.COMPACT
+            try:
+                end = message_end(buf, proto)
+            except RemoteProtocolError as exc:
+                log.warning("thrift: bad unframed message: server=%s client=%s: %s", self.server.name, self.peer, exc)
+                self._close()
+                return
+            if end is None:
+                if len(buf) > self.max:
+                    log.warning(
+                        "thrift: unframed message over %d bytes: server=%s client=%s",
+                        self.max, self.server.name, self.peer,
+                    )  # fmt: skip
+                    self._close()
+                    return
+                break
+            msg, buf = (buf, b"") if end == len(buf) else (buf[:end], buf[end:])
+            self.dispatch(self, Frame(msg, _FRAMED, proto, 0))
+        self.buf = buf
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return True if self.in_flight else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.unframed.discard(self)
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.server.unframed_in_flight += 1
+
+    def answer(self, data: bytes | bytearray) -> None:
+        if not self.closed:
+            self.transport.write(data)
+        self.in_flight -= 1
+        self.server.unframed_done()
+        if self.in_flight == 0 and (self.server.draining or self.eof):
+            self._close()
+
+    def reject(self, frame: Frame, name: str, seq_id: int, kind: int, message: str) -> None:
+        if not self.closed:
+            proto = frame.protocol if frame.protocol is not None else ThriftProtocol.BINARY
+            self.transport.write(application_exception(name, seq_id, proto, kind, message))
+        self._close()
+
+    def drain(self) -> None:
+        if self.in_flight == 0:
+            self._close()
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.server.unframed.discard(self)
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.server.unframed.discard(self)
+            self.transport.abort()
+
+
+class _Sniff(asyncio.Protocol):
+    """A new connection until its first byte says framed (the core driver) or unframed."""
+
+    def __init__(self, server: ThriftServer) -> None:
+        self.server = server
+        self.transport: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.server.sniffing.add(self)
+        # A client that connects and sends nothing is closed after header_timeout.
+        self.timer = asyncio.get_running_loop().call_later(self.server.settings.header_timeout, transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.sniffing.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        server.sniffing.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        proto: asyncio.Protocol
+        # An unframed message starts 0x80 (binary) or 0x82 (compact); a frame length never does.
+        proto = _UnframedConnection(server) if data[0] & 0x80 else ThriftConnection(server.inner)
+        self.transport.set_protocol(proto)
+        proto.connection_made(self.transport)
+        proto.data_received(data)
+
+
+class ThriftServer:
+    """One Thrift RPC server (listener) in one worker: the runtime's ``ServerApp``.
+
+    Framed, TTHeader and THeader connections run on the core driver
+    (``ThriftServerApp``: drain, idle timeout, ``limits.max_pipelined``,
+    ``max_frame_size``); unframed ones on ``_UnframedConnection``. Behind a PROXY
+    protocol header only framed transports are served.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: ThriftSettings,
+        dispatcher: _Dispatcher,
+        *,
+        tls: ServerTlsContexts | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.inner = ThriftServerApp(name, settings, dispatcher, tls=tls)
+        self.max_frame_size = settings.max_frame_size
+        self.unframed: set[_UnframedConnection] = set()
+        self.sniffing: set[_Sniff] = set()
+        """Connections that sent nothing yet (closed at once on drain, as idle ones are)."""
+        self.unframed_in_flight = 0
+        self.draining = False
+        self._drained: asyncio.Future[None] | None = None
+
+    @property
+    def service(self) -> ThriftService:
+        return self.dispatcher.service
+
+    @property
+    def ssl_context(self) -> Any:
+        return self.inner.ssl_context
+
+    def protocol_factory(self) -> asyncio.BaseProtocol:
+        if self.settings.proxy_protocol != "off":
+            return self.inner.protocol_factory()
+        if self.inner.loop is None:
+            self.inner.protocol_factory()  # starts its idle sweep; that first protocol is never connected
+        return _Sniff(self)
+
+    def adopt(self, new: ThriftServer) -> None:
+        """Serve ``new``'s handler and settings from now on (a reload); running calls finish on theirs.
+
+        New handshakes use ``new``'s certificates; turning TLS on or off needs a new listener.
+        """
+        self.dispatcher.adopt(new.dispatcher)
+        inner, fresh = self.inner, new.inner
+        inner.cfg, inner.max_frame_size, inner.max_pipelined = fresh.cfg, fresh.max_frame_size, fresh.max_pipelined
+        inner._adopt_tls(fresh.tls, log)
+        inner._set_idle_timeout(fresh.idle_timeout)
+        self.settings, self.max_frame_size = new.settings, new.max_frame_size
+
+    def unframed_done(self) -> None:
+        self.unframed_in_flight -= 1
+        if self.unframed_in_flight == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def start_draining(self) -> None:
+        self.draining = True
+        self.inner.start_draining()
+        for conn in list(self.unframed):
+            conn.drain()
+        for sniff in list(self.sniffing):
+            sniff.transport.close()
+
+    async def wait_drained(self) -> None:
+        await self.inner.wait_drained()
+        if self.unframed_in_flight:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def close(self) -> None:
+        self.inner.close()
+        for conn in list(self.unframed):
+            conn.abort()
+        for sniff in list(self.sniffing):
+            sniff.transport.abort()
+
+    def statistics(self) -> dict[str, int]:
+        st = self.inner.statistics()
+        st["connections"] += len(self.unframed)
+        st["in_flight"] += self.unframed_in_flight
+        return st
+
+
+def build_server(
+    name: str,
+    settings: ThriftSettings,
+    service: ThriftService,
+    *,
+    tls: ServerTlsContexts | None = None,
+    stats: ThriftStats | None = None,
+    access_log: Any = None,
+) -> ThriftServer:
+    return ThriftServer(name, settings, _Dispatcher(name, service, stats=stats, access_log=access_log), tls=tls)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThriftApp:
+    """A Thrift RPC server for ``monolake.serve``: ``service`` served on ``listen``.
+
+    ``listen``: "host:port" or "unix:/path"; ``settings``: a ``monolake.apps.config.Server``
+    for ``max_frame_size``, ``idle_timeout``, ``limits.max_pipelined`` (its listener and
+    proxy_type are replaced); ``tls``: the listener's certificates; ``access_log``:
+    "stdout", "stderr" or a path for a line per call.
+    """
+
+    name: str
+    listen: str
+    service: ThriftService
+    settings: Any = None
+    tls: Any = None
+    access_log: str | None = None
+
+    def server_settings(self) -> Any:
+        import msgspec
+
+        from ...config import Server
+
+        base = self.settings if self.settings is not None else Server(listener=self.listen)
+        return msgspec.structs.replace(base, listener=self.listen, proxy_type="thrift", tls=self.tls)
+
+    def build_app(self, server: Any, old: object) -> ThriftServer:
+        from ...observe import AccessLog
+        from ...observe._conn_metrics import thrift_stats
+        from ...observe._metrics import multiprocess_dir
+
+        tls = None
+        if server.tls is not None:
+            from ....core.tls import ServerTlsContexts
+
+            tls = ServerTlsContexts(f"servers.{self.name}.tls", server.tls, default_alpn=())
+        log_ = None
+        if self.access_log:
+            kept = old.dispatcher.access_log if isinstance(old, ThriftServer) else None
+            log_ = kept if kept is not None else AccessLog(self.access_log, "")  # one file open across reloads
+        stats = thrift_stats(self.name) if multiprocess_dir() is not None else None
+        return build_server(self.name, server, self.service, tls=tls, stats=stats, access_log=log_)

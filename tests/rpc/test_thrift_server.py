@@ -1,0 +1,291 @@
+"""The Thrift RPC server against real clients: thriftpy2 and Apache Thrift (generated code),
+every protocol/transport pair, declared exceptions, oneway, unknown methods, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import thriftpy2
+from thrift_support import Handler, LoopThread, apache_module, start_server, stop_server, write_idl
+from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
+from thriftpy2.rpc import make_client
+from thriftpy2.thrift import TApplicationException
+from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
+
+from monolake.apps.config import Server
+from monolake.core.proto.thrift import ThriftProtocol, encode_ttheader, message_begin
+from monolake.rpc import ThriftService
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.idl = write_idl(tmp)
+        self.mod = thriftpy2.load(str(self.idl), module_name="echo_test_thrift")
+        self.handler = Handler(self.mod.Oops)
+        self.lt = LoopThread()
+        from monolake.apps.rpc.thrift._server import build_server
+
+        self.service = ThriftService(str(self.idl), self.handler)
+        settings = Server(listener="127.0.0.1:0", proxy_type="thrift", max_frame_size=4096)
+        self.app = build_server("rpc", settings, self.service)
+        self.srv, self.port = start_server(self.lt, self.app)
+        self.apache = apache_module(tmp, self.idl)
+
+    def close(self) -> None:
+        stop_server(self.lt, self.srv, self.app)
+        self.lt.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    e = Env(tmp_path_factory.mktemp("rpc"))
+    yield e
+    e.close()
+
+
+PROTOS = {"binary": TBinaryProtocolFactory(), "compact": TCompactProtocolFactory()}
+TRANS = {"framed": TFramedTransportFactory(), "buffered": TBufferedTransportFactory()}
+
+
+@pytest.mark.parametrize("trans", sorted(TRANS))
+@pytest.mark.parametrize("proto", sorted(PROTOS))
+def test_thriftpy2_client(env: Env, proto: str, trans: str) -> None:
+    c = make_client(
+        env.mod.Echo, "127.0.0.1", env.port, proto_factory=PROTOS[proto], trans_factory=TRANS[trans], timeout=30000
+    )
+    try:
+        assert c.echo("héllo") == "héllo"
+        assert c.add(40, 2) == 42
+        it = c.item(env.mod.Item(id=7, name="x", tags=["a"], scores={"k": 1.5}))
+        assert (it.id, it.name, it.tags, it.scores) == (7, "x", ["a", "seen"], {"k": 1.5})
+        with pytest.raises(env.mod.Oops) as oops:
+            c.item(env.mod.Item(id=9, name="bad"))
+        assert oops.value.why == "bad item 9"
+        with pytest.raises(TApplicationException) as app_exc:
+            c.boom("kaboom")
+        assert app_exc.value.type == TApplicationException.INTERNAL_ERROR
+        assert c.nothing() is None
+        env.handler.fired_event.clear()
+        c.fire(f"{proto}-{trans}")
+        assert env.handler.fired_event.wait(30)
+        assert c.echo("after oneway") == "after oneway"  # the connection is still in step
+        assert f"{proto}-{trans}" in env.handler.fired
+    finally:
+        c.close()
+
+
+def _apache_client(env: Env, proto: str, trans: str) -> tuple[Any, Any]:
+    from thrift.protocol import TBinaryProtocol, TCompactProtocol
+    from thrift.protocol.THeaderProtocol import THeaderProtocol
+    from thrift.transport import TSocket, TTransport
+    from thrift.transport.THeaderTransport import THeaderClientType
+
+    sock = TSocket.TSocket("127.0.0.1", env.port)
+    sock.setTimeout(30000)
+    if trans == "theader":
+        transport = TTransport.TBufferedTransport(sock)
+        protocol = THeaderProtocol(
+            transport,
+            allowed_client_types=(THeaderClientType.HEADERS,),
+            default_protocol=2 if proto == "compact" else 0,
+        )
+    else:
+        transport = TTransport.TFramedTransport(sock) if trans == "framed" else TTransport.TBufferedTransport(sock)
+        protocol = (
+            TBinaryProtocol.TBinaryProtocolAccelerated(transport)
+            if proto == "binary"
+            else TCompactProtocol.TCompactProtocolAccelerated(transport)
+        )
+    transport.open()
+    return env.apache.Client(protocol), transport
+
+
+@pytest.mark.parametrize("trans", ["buffered", "framed", "theader"])
+@pytest.mark.parametrize("proto", ["binary", "compact"])
+def test_apache_client(env: Env, proto: str, trans: str) -> None:
+    from thrift.Thrift import TApplicationException as ApacheAppExc
+
+    c, transport = _apache_client(env, proto, trans)
+    tt = env.apache.ttypes
+    try:
+        assert c.echo("hi") == "hi"
+        assert c.add(-5, 3) == -2
+        it = c.item(tt.Item(id=1, name="n", tags=[], scores={}))
+        assert it.tags == ["seen"]
+        with pytest.raises(tt.Oops) as oops:
+            c.item(tt.Item(id=3, name="bad"))
+        assert oops.value.why == "bad item 3"
+        with pytest.raises(ApacheAppExc) as app_exc:
+            c.boom("x")
+        assert app_exc.value.type == ApacheAppExc.INTERNAL_ERROR
+        assert c.echo("still up") == "still up"
+    finally:
+        transport.close()
+
+
+def _raw(env: Env) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", env.port), timeout=30)
+    return s
+
+
+def _recv_frame(s: socket.socket) -> bytes:
+    head = b""
+    while len(head) < 4:
+        chunk = s.recv(4 - len(head))
+        assert chunk, "closed"
+        head += chunk
+    (n,) = struct.unpack("!I", head)
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        assert chunk
+        body += chunk
+    return body
+
+
+def _call(name: str, seq: int, args: bytes = b"\x00") -> bytes:
+    return message_begin(name, 1, seq, ThriftProtocol.BINARY) + args
+
+
+def _echo_args(msg: str) -> bytes:
+    raw = msg.encode()
+    return b"\x0b\x00\x01" + struct.pack("!i", len(raw)) + raw + b"\x00"
+
+
+def _closed(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_unknown_method_answered_connection_kept(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, "monolake.rpc.thrift"), _raw(env) as s:
+        s.sendall(struct.pack("!I", len(_call("nope", 5))) + _call("nope", 5))
+        reply = _recv_frame(s)
+        assert reply[:4] == b"\x80\x01\x00\x03"  # EXCEPTION
+        assert b"Unknown method nope" in reply
+        payload = _call("echo", 6, _echo_args("ok"))
+        s.sendall(struct.pack("!I", len(payload)) + payload)
+        assert _recv_frame(s).endswith(b"ok\x00")
+    assert "unknown method 'nope'" in caplog.text
+
+
+def test_bad_arguments_answered_protocol_error(env: Env) -> None:
+    with _raw(env) as s:
+        payload = _call("echo", 1, b"\x0b\x00\x01\x7f\xff\xff\xff")  # a string longer than the frame
+        s.sendall(struct.pack("!I", len(payload)) + payload)
+        reply = _recv_frame(s)
+        assert reply[:4] == b"\x80\x01\x00\x03"
+        assert b"bad arguments" in reply
+
+
+def test_wrong_protocol_id_closed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), _raw(env) as s:
+        s.sendall(struct.pack("!I", 12) + b"\x80\x02\x00\x01" + b"\x00" * 8)
+        assert _closed(s)
+    assert "bad frame" in caplog.text or "bad binary protocol version" in caplog.text
+
+
+def test_oversized_frame_answered_and_closed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), _raw(env) as s:
+        payload = _call("echo", 77, _echo_args("x" * 5000))
+        s.sendall(struct.pack("!I", len(payload)) + payload[:100])
+        reply = _recv_frame(s)
+        assert reply[:4] == b"\x80\x01\x00\x03"
+        assert b"exceeds the limit" in reply
+        assert _closed(s)
+    assert "exceeds the limit of 4096" in caplog.text
+
+
+def test_oversized_unframed_closed(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING), _raw(env) as s:
+        s.sendall(_call("echo", 1, b"\x0b\x00\x01" + struct.pack("!i", 100000) + b"x" * 5000))
+        assert _closed(s)
+    assert "unframed message over 4096 bytes" in caplog.text
+
+
+def test_truncated_frame_then_close(env: Env) -> None:
+    with _raw(env) as s:
+        payload = _call("echo", 3, _echo_args("abc"))
+        s.sendall(struct.pack("!I", len(payload)) + payload[:10])
+        s.shutdown(socket.SHUT_WR)
+        assert _closed(s)
+    # The worker is alive: a new connection works.
+    with _raw(env) as s2:
+        payload = _call("echo", 4, _echo_args("alive"))
+        s2.sendall(struct.pack("!I", len(payload)) + payload)
+        assert _recv_frame(s2).endswith(b"alive\x00")
+
+
+def _tt_call(seq: int, name: str, args: bytes) -> bytes:
+    return encode_ttheader(_call(name, seq, args), seq_id=seq)
+
+
+def test_ttheader_replies_out_of_order(env: Env) -> None:
+    from monolake.core.proto.thrift import FrameReader, peek_message
+
+    slow = b"\x04\x00\x01" + struct.pack("!d", 0.5) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"slow" + b"\x00"
+    with _raw(env) as s:
+        s.sendall(_tt_call(1, "slow", slow) + _tt_call(2, "echo", _echo_args("fast")))
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 2:
+            frames += reader.feed(s.recv(65536))
+        seqs = [peek_message(f.data, f.payload, ThriftProtocol.BINARY).seq_id for f in frames]
+        assert seqs == [2, 1]
+        assert [f.seq_id for f in frames] == [2, 1]
+
+
+def test_framed_replies_in_order(env: Env) -> None:
+    slow = b"\x04\x00\x01" + struct.pack("!d", 0.3) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"slow" + b"\x00"
+    with _raw(env) as s:
+        a = _call("slow", 1, slow)
+        b = _call("echo", 2, _echo_args("fast"))
+        s.sendall(struct.pack("!I", len(a)) + a + struct.pack("!I", len(b)) + b)
+        first, second = _recv_frame(s), _recv_frame(s)
+        assert b"slow" in first and first.endswith(b"slow\x00")
+        assert second.endswith(b"fast\x00")
+
+
+def test_settings_struct_is_a_server() -> None:
+    s = msgspec.structs.replace(Server(listener="127.0.0.1:0"), proxy_type="thrift")
+    assert s.max_frame_size > 0
+
+
+@pytest.mark.parametrize("framing", ["framed", "unframed"])
+def test_drain_answers_calls_in_flight_then_closes(tmp_path: Path, framing: str) -> None:
+    from monolake.apps.rpc.thrift._server import build_server
+
+    idl = write_idl(tmp_path)
+    lt = LoopThread()
+    app = build_server("drain", Server(listener="127.0.0.1:0"), ThriftService(str(idl), Handler()))
+    srv, port = start_server(lt, app)
+    try:
+        slow = b"\x04\x00\x01" + struct.pack("!d", 0.3) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"done" + b"\x00"
+        call = _call("slow", 1, slow)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(struct.pack("!I", len(call)) + call if framing == "framed" else call)
+            # the call is in flight once the server counts it
+            while app.statistics()["in_flight"] == 0:
+                lt.call(lambda: None)
+            lt.call(app.start_draining)
+            drained = asyncio.run_coroutine_threadsafe(app.wait_drained(), lt.loop)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            assert data.endswith(b"done\x00")  # answered, then closed by the server
+            drained.result(30)
+    finally:
+        stop_server(lt, srv, app)
+        lt.close()
