@@ -457,7 +457,7 @@ def test_a_failing_handler_answers_one_call_with_cancel(caplog: pytest.LogCaptur
     assert any("call 1 failed: RuntimeError: boom" in r.getMessage() for r in caplog.records)
 
 
-def test_core_layers_apply_timeout() -> None:
+def test_core_layers_apply_timeout(caplog: pytest.LogCaptureFixture) -> None:
     class Slow(Factory[Parked]):
         def make(self, old: Parked | None) -> Parked:
             return Parked()
@@ -471,6 +471,7 @@ def test_core_layers_apply_timeout() -> None:
         conn = await connect_rpc(address, ProtobufCodec(Resp), *RPC)
         with pytest.raises(CallCancelled):  # the deadline passed: the call is answered with a cancel
             await conn.call(echo_req(0, "x"))
+        assert any("call 1: DeadlineExceeded" in r.getMessage() for r in caplog.records)
         conn.close()
         await conn.wait_closed()
         server.close()

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ...core.errors import DeadlineExceeded, Overloaded
 from ...core.server._lifecycle import DrainSignal
 from ...core.service import Service
 from ._codec import Codec
@@ -313,6 +314,11 @@ class CallConnection(Framed[Any]):
             if self._rpc is None:
                 self.fail(exc)
             return "rejected"
+        if isinstance(exc, Overloaded | DeadlineExceeded):  # the server's own limits: no traceback
+            log.warning("servers.%s peer=%s call %d: %s: %s", self._app.name, self.peer, mid, type(exc).__name__, exc)
+            if self._rpc is None:
+                self.fail(exc)
+            return "error"
         log.error(
             "servers.%s handler=%s peer=%s call %d failed: %s: %s",
             self._app.name,
