@@ -857,6 +857,37 @@ def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
         rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
 
 
+def _check_streams_server(rep: _Report, path: str, s: Server) -> None:
+    """A message stream server: a tcp listener, its own handler, no upstream."""
+    st = s.streams
+    assert st is not None
+    spath = f"{path}.streams"
+    if s.proxy_type != "tcp":
+        rep.add(f"{path}.proxy_type", 'a server with [streams] has proxy_type = "tcp"')
+    if s.handler is not None:
+        rep.add(f"{path}.handler", "a server with [streams] names its handler in streams.handler")
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", "a message stream server answers itself: it has no upstream")
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", "a message stream server has no routes or filters")
+    for key in ("handler", "message", "response"):
+        v = getattr(st, key)
+        if v is not None and (v.count(":") != 1 or not all(v.split(":"))):
+            rep.add(f"{spath}.{key}", f'{v!r} is not "module:attr"')
+    if st.codec == "protobuf" and st.message is None:
+        rep.add(f"{spath}.message", 'the protobuf codec needs the message class ("module:Class")')
+    if st.rpc and st.response is None:
+        rep.add(f"{spath}.response", 'rpc needs the response class ("module:Class") to make cancel and end replies')
+    if st.max_in_flight < 1:
+        rep.add(f"{spath}.max_in_flight", "must be >= 1")
+    if st.max_message_size < 1:
+        rep.add(f"{spath}.max_message_size", "must be >= 1 (bytes)")
+    if st.idle_timeout < 0:
+        rep.add(f"{spath}.idle_timeout", "must be >= 0 (seconds; 0: never)")
+
+
 def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
     try:
         parse_listener(s.listener)
@@ -869,6 +900,9 @@ def _check_server(rep: _Report, path: str, s: Server, cfg: Config) -> None:
         return
     if s.rpc_thrift is not None:
         _check_rpc_thrift_server(rep, path, s)
+        return
+    if s.streams is not None:
+        _check_streams_server(rep, path, s)
         return
     if s.handler is not None:
         _check_handler_server(rep, path, s)

@@ -395,6 +395,38 @@ class RpcThrift(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     """Directories (relative to the config file's) searched for the IDL's includes."""
 
 
+class Streams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """A message stream server (``monolake.streams``): framed messages in, a handler called per message."""
+
+    codec: Literal["protobuf", "msgpack", "bytes"] = "protobuf"
+    """"protobuf": varint length-delimited (protosocket-prost's wire); "msgpack": a msgpack uint32 length, then
+    msgpack (protosocket-messagepack's); "bytes": a 4-byte big-endian length, then the bytes."""
+    message: str | None = None
+    """"module:Class" of the messages received (a protobuf message class, a msgspec Struct); required for
+    "protobuf", optional for "msgpack" (any msgpack value), unused for "bytes"."""
+    response: str | None = None
+    """"module:Class" of the replies; needed with ``rpc`` (cancel and end messages are made of it)."""
+    handler: str
+    """"module:attr": the handler, called per message (a Factory, Stack, Service class or callable, as a
+    server's ``handler``); it returns a reply, an async iterable of replies (a stream), or None."""
+    rpc: bool = False
+    """protosocket-rpc's envelope: the messages' ``id_field``/``code_field`` carry a call id and a control code
+    (0 normal, 1 cancel, 2 end); replies get their call's id, cancels abort the call, streams end with an end."""
+    id_field: str = "request_id"
+    """Attribute of ``message`` and ``response`` holding the call id (with ``rpc``)."""
+    code_field: str = "code"
+    """Attribute of ``message`` and ``response`` holding the control code (with ``rpc``)."""
+    semantics: Literal["ordered", "concurrent"] = "concurrent"
+    """"ordered": a connection's messages are handled one at a time, replies in order; "concurrent": up to
+    ``max_in_flight`` at once, replies as they finish."""
+    max_in_flight: int = 1024
+    """Messages received and not yet answered per connection; reading from it pauses at this many."""
+    max_message_size: int = 4194304
+    """Bytes of one message (without its length prefix); a larger length prefix closes the connection."""
+    idle_timeout: float = 600.0
+    """Seconds without a message received or a call in flight before a connection is closed (0: never)."""
+
+
 class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     listener: str | ListenerSpec
     """"host:port", "unix:/path", or the seed's {type, value} table."""
@@ -488,6 +520,10 @@ class Server(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=Tr
     Framed, TTHeader, THeader and unframed transports, binary and compact, are detected per connection;
     ``request_timeout`` bounds each call, ``max_frame_size`` each message, ``limits.max_pipelined`` the calls
     in flight per connection."""
+
+    # -- message stream servers -----------------------------------------------------------
+    streams: Streams | None = None
+    """A message stream server (``proxy_type = "tcp"``, no upstream): see ``[servers.NAME.streams]``."""
 
 
 class Admin(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

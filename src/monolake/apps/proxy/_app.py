@@ -154,6 +154,21 @@ def build_apps(
     apps: dict[str, AnyApp | ThriftServerApp] = {}
     metrics_on = metrics_enabled(cfg)
     for name, server in cfg.servers.items():
+        if server.streams is not None:  # a message stream server (apps/streams)
+            from ..streams._app import build_streams_app
+
+            streams_app: Any = build_streams_app(
+                name,
+                server,
+                cfg.base_dir,
+                old.get(name) if old else None,
+                modules=shared.modules,
+                access_log_fd=access_log.fd if access_log is not None else None,
+            )
+            apps[name] = streams_app
+            if metrics_on:
+                worker_metrics().watch(apps=[apps[name]])
+            continue
         if server.rpc_thrift is not None:  # a Thrift service from IDL, answered by the user's handler
             from ..rpc.thrift._config import build_config_app
 

@@ -93,6 +93,8 @@ def _filter_module_paths(name: str, server: Server) -> list[tuple[str, str]]:
         out.append((server.rpc_grpc.handler.partition(":")[0], f"servers.{name}.rpc_grpc.handler"))
     if server.rpc_thrift is not None:
         out.append((server.rpc_thrift.handler.partition(":")[0], f"servers.{name}.rpc_thrift.handler"))
+    if server.streams is not None:  # a message stream server's handler (generated message modules stay)
+        out.append((server.streams.handler.partition(":")[0], f"servers.{name}.streams.handler"))
     return out
 
 
@@ -116,7 +118,12 @@ def _load_fresh(name: str, path: str, old: ModuleType) -> ModuleType:
 
 def _uses_clusters(server: Server) -> set[str] | None:
     """Cluster names a server refers to; None when not known (compare them all)."""
-    if server.handler is not None or server.rpc_grpc is not None or server.rpc_thrift is not None:
+    if (
+        server.handler is not None
+        or server.rpc_grpc is not None
+        or server.rpc_thrift is not None
+        or server.streams is not None
+    ):
         return set()
     if server.proxy_type not in ("http", "tcp"):
         return None

@@ -1,0 +1,478 @@
+"""Message streams benchmark: monolake streams vs grpcio's asyncio server, and vs the Python floor.
+
+    python -m bench.streams.run [--quick] [--loop uvloop]
+
+The server under test runs alone on core 1 (``taskset -c 1``), the load on core 0 (this process).
+
+1. protosocket's metric: the highest offered rate (calls/s, open loop: requests sent on a 1 ms
+   tick whatever the replies do) at which p99.9 latency stays under 5 ms, for unary echo and a
+   server stream (8 messages then the end; latency to the end), over 8 connections; grpcio's
+   asyncio server doing the same echo unary, server-streaming and bidi (messages on 8 long-lived
+   bidi streams). Rates climb until p99.9 passes 5 ms or the load cannot offer the rate.
+2. Messages/s per core at saturation, 64 B and 4 KiB, closed loop (a window of frames in flight
+   per connection, 4 connections): monolake's per-message server (``bytes``: 4-byte lengths,
+   ordered, a handler returning the message) against a plain asyncio Protocol echoing the same
+   frames (the floor), and the same Protocol calling an ``async def`` handler per frame (the floor
+   for "a handler per message"). Per core = messages/s divided by the server's CPU share (from
+   /proc); with the load generator saturating first, that share is well under 1 and the figure is
+   an extrapolation.
+
+The load generator is Python too: where it, not the server, saturates (grpcio's client above all),
+the figure is a floor for the server; the JSON records both processes' CPU so that shows. Results:
+bench/results/streams-<time>.{json,md,png}. Rough on a busy machine: rerun on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples" / "streams"))
+
+import echo_pb2  # noqa: E402
+from google.protobuf.internal.encoder import _VarintBytes  # noqa: E402
+
+SLO = 0.005
+CONNS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, kind: str, loop: str) -> None:
+        self.port = free_port()
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")])
+        )
+        self.proc = subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                "1",
+                sys.executable,
+                "-m",
+                "bench.streams.servers",
+                kind,
+                "--port",
+                str(self.port),
+                "--loop",
+                loop,
+            ],
+            stdout=subprocess.PIPE,
+            cwd=REPO,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        assert line.startswith("ready"), line
+
+    def cpu(self) -> float:
+        """CPU seconds (user + sys) used so far."""
+        f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("inf")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+# -- monolake streams: open-loop RPC load ---------------------------------------------------------
+
+
+class RpcLoad(asyncio.Protocol):
+    """Sends stamped requests, reads replies (Google's parser), records latency at the end of each call."""
+
+    def __init__(self, lat: list[float], stream: bool) -> None:
+        self.lat = lat
+        self.stream = stream
+        self.buf = b""
+        self.t: Any = None
+        self.next_id = 1
+        self.outstanding = 0
+        self.starts: dict[int, int] = {}
+
+    def connection_made(self, t: Any) -> None:
+        self.t = t
+
+    def send(self, n: int) -> None:
+        out = []
+        now = time.perf_counter_ns()
+        behavior = echo_pb2.STREAM if self.stream else echo_pb2.UNARY
+        for _ in range(n):
+            body = echo_pb2.Request(
+                request_id=self.next_id,
+                body=echo_pb2.EchoRequest(message="abcdefgh", nanotime=now),
+                response_behavior=behavior,
+            ).SerializeToString()
+            out.append(_VarintBytes(len(body)) + body)
+            if self.stream:
+                self.starts[self.next_id] = now
+            self.next_id += 1
+        self.outstanding += n
+        self.t.writelines(out)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, end = 0, len(buf)
+        now = time.perf_counter_ns()
+        parse = echo_pb2.Response.FromString
+        while pos < end:
+            n, shift, i = 0, 0, pos
+            while i < end:
+                b = buf[i]
+                n |= (b & 0x7F) << shift
+                i += 1
+                if b < 0x80:
+                    break
+                shift += 7
+            else:
+                break
+            if i + n > end:
+                break
+            r = parse(buf[i : i + n])
+            pos = i + n
+            if self.stream:
+                if r.code == 2:  # the end of a stream: latency from its request
+                    self.outstanding -= 1
+                    self.lat.append((now - self.starts.pop(r.request_id)) / 1e9)
+            else:
+                self.outstanding -= 1
+                self.lat.append((now - r.echo.nanotime) / 1e9)
+        self.buf = buf[pos:]
+
+
+async def open_loop(rate: int, seconds: float, send: Any, lat: list[float]) -> tuple[float, float]:
+    """Offer ``rate`` calls/s on a 1 ms tick; returns (achieved send rate, seconds run)."""
+    loop = asyncio.get_running_loop()
+    warm = loop.time()
+    while loop.time() - warm < 0.3:  # warm up (connections, first calls), then measure
+        send(max(1, rate // 1000))
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    lat.clear()
+    start = loop.time()
+    sent = 0
+    tick = 0.001
+    while (now := loop.time()) - start < seconds:
+        due = int(rate * (now - start)) - sent
+        if due > 0:
+            send(due)
+            sent += due
+        await asyncio.sleep(tick)
+    elapsed = loop.time() - start
+    await asyncio.sleep(0.2)  # let the last replies in
+    return sent / elapsed, elapsed
+
+
+async def streams_rate(port: int, rate: int, seconds: float, stream: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    lat: list[float] = []
+    conns = [(await loop.create_connection(lambda: RpcLoad(lat, stream), "127.0.0.1", port))[1] for _ in range(CONNS)]
+    rr = [0]
+
+    def send(n: int) -> None:
+        per, extra = divmod(n, CONNS)
+        for j, c in enumerate(conns):
+            k = per + (1 if (j + rr[0]) % CONNS < extra else 0)
+            if k:
+                c.send(k)
+        rr[0] += 1
+
+    achieved, _ = await open_loop(rate, seconds, send, lat)
+    for c in conns:
+        c.t.close()
+    return {
+        "offered": rate,
+        "achieved": round(achieved),
+        "done": len(lat),
+        "p50_ms": percentile(lat, 0.5) * 1e3,
+        "p999_ms": percentile(lat, 0.999) * 1e3,
+    }
+
+
+# -- grpcio ---------------------------------------------------------------------------------------
+
+
+async def grpc_rate(port: int, rate: int, seconds: float, mode: str) -> dict[str, Any]:
+    import grpc
+
+    lat: list[float] = []
+    chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CONNS)]
+    ser, de = echo_pb2.Request.SerializeToString, echo_pb2.Response.FromString
+    unary = [c.unary_unary("/echo.Echo/Unary", request_serializer=ser, response_deserializer=de) for c in chans]
+    sstream = [c.unary_stream("/echo.Echo/Stream", request_serializer=ser, response_deserializer=de) for c in chans]
+    bidi = [c.stream_stream("/echo.Echo/Bidi", request_serializer=ser, response_deserializer=de) for c in chans]
+    tasks: set[asyncio.Task[None]] = set()
+    rr = [0]
+
+    def req() -> Any:
+        return echo_pb2.Request(body=echo_pb2.EchoRequest(message="abcdefgh", nanotime=time.perf_counter_ns()))
+
+    async def one_unary(i: int) -> None:
+        r = await unary[i](req())
+        lat.append((time.perf_counter_ns() - r.echo.nanotime) / 1e9)
+
+    async def one_stream(i: int) -> None:
+        q = req()
+        async for _ in sstream[i](q):
+            pass
+        lat.append((time.perf_counter_ns() - q.body.nanotime) / 1e9)
+
+    queues: list[asyncio.Queue[Any]] = [asyncio.Queue() for _ in chans]
+
+    async def bidi_reader(i: int) -> None:
+        async def gen() -> Any:
+            while True:
+                item = await queues[i].get()
+                if item is None:
+                    return
+                yield item
+
+        async for r in bidi[i](gen()):
+            lat.append((time.perf_counter_ns() - r.echo.nanotime) / 1e9)
+
+    readers = [asyncio.ensure_future(bidi_reader(i)) for i in range(CONNS)] if mode == "bidi" else []
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            i = rr[0] % CONNS
+            rr[0] += 1
+            if mode == "bidi":
+                queues[i].put_nowait(req())
+                continue
+            t = asyncio.ensure_future(one_unary(i) if mode == "unary" else one_stream(i))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+
+    achieved, _ = await open_loop(rate, seconds, send, lat)
+    for q in queues:
+        q.put_nowait(None)
+    for t in list(tasks) + readers:
+        t.cancel()
+    await asyncio.gather(*tasks, *readers, return_exceptions=True)
+    for c in chans:
+        await c.close()
+    return {
+        "offered": rate,
+        "achieved": round(achieved),
+        "done": len(lat),
+        "p50_ms": percentile(lat, 0.5) * 1e3,
+        "p999_ms": percentile(lat, 0.999) * 1e3,
+    }
+
+
+def ladder(name: str, server: Server, fn: Any, rates: list[int], seconds: float) -> dict[str, Any]:
+    rows = []
+    best = 0
+    for rate in rates:
+        c0, s0 = own_cpu(), server.cpu()
+        row = asyncio.run(fn(rate, seconds))
+        row["server_cpu"] = round((server.cpu() - s0) / seconds, 2)
+        row["load_cpu"] = round((own_cpu() - c0) / seconds, 2)
+        rows.append(row)
+        ok = row["p999_ms"] < SLO * 1e3 and row["achieved"] >= 0.95 * rate and row["done"] >= 0.95 * rate * seconds
+        verdict = "ok" if ok else "over"
+        print(
+            f"  {name:>22} {rate:>7}/s  p50 {row['p50_ms']:.2f} ms  p99.9 {row['p999_ms']:.2f} ms  "
+            f"server cpu {row['server_cpu']}  load cpu {row['load_cpu']}  {verdict}",
+            flush=True,
+        )
+        if not ok:
+            break
+        best = rate
+    return {"name": name, "max_rate_p999_under_5ms": best, "rows": rows}
+
+
+# -- saturation: closed loop ------------------------------------------------------------------------
+
+
+class Pump(asyncio.Protocol):
+    def __init__(self, frame: bytes, window: int, counter: list[int]) -> None:
+        self.frame = frame
+        self.window = window
+        self.counter = counter
+        self.pending = 0
+        self.t: Any = None
+
+    def connection_made(self, t: Any) -> None:
+        self.t = t
+        t.write(self.frame * self.window)
+
+    def data_received(self, data: bytes) -> None:
+        self.pending += len(data)
+        n, self.pending = divmod(self.pending, len(self.frame))
+        if n:
+            self.counter[0] += n
+            self.t.write(self.frame * n)
+
+
+async def saturate(port: int, size: int, seconds: float) -> int:
+    loop = asyncio.get_running_loop()
+    frame = size.to_bytes(4, "big") + os.urandom(size)
+    counter = [0]
+    window = max(16, 256 * 1024 // len(frame))
+    conns = [
+        (await loop.create_connection(lambda: Pump(frame, window, counter), "127.0.0.1", port))[0] for _ in range(4)
+    ]
+    await asyncio.sleep(0.5)
+    c0 = counter[0]
+    await asyncio.sleep(seconds)
+    n = counter[0] - c0
+    for t in conns:
+        t.close()
+    return int(n / seconds)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 s per step, fewer rates")
+    p.add_argument("--loop", default="uvloop")
+    args = p.parse_args()
+    os.sched_setaffinity(0, {0})
+    seconds = 1.0 if args.quick else 3.0
+    rates = [1000, 2000, 5000, 10000, 15000, 20000, 30000, 40000, 60000, 80000, 100000]
+    result: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": os.getloadavg(),
+        "loop": args.loop,
+        "seconds_per_step": seconds,
+    }
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the load generator's own loop
+    except ImportError:
+        pass
+    ladders = []
+    s = Server("rpc", args.loop)
+    try:
+        ladders.append(ladder("monolake unary", s, lambda r, t: streams_rate(s.port, r, t, False), rates, seconds))
+        ladders.append(
+            ladder("monolake server stream", s, lambda r, t: streams_rate(s.port, r, t, True), rates, seconds)
+        )
+    finally:
+        s.close()
+    g = Server("grpc", args.loop)
+    try:
+        for mode in ("unary", "stream", "bidi"):
+            ladders.append(ladder(f"grpcio {mode}", g, lambda r, t, m=mode: grpc_rate(g.port, r, t, m), rates, seconds))
+    finally:
+        g.close()
+    result["slo"] = ladders
+    sat = []
+    for size in (64, 4096):
+        row: dict[str, Any] = {"size": size}
+        for kind in ("bytes", "floor_calls", "floor"):
+            srv = Server(kind, args.loop)
+            try:
+                s0 = srv.cpu()
+                t0 = time.monotonic()
+                rate = asyncio.run(saturate(srv.port, size, seconds))
+                share = (srv.cpu() - s0) / (time.monotonic() - t0)
+            finally:
+                srv.close()
+            row[kind] = {"msgs_per_s": rate, "server_cpu": round(share, 2), "per_core": int(rate / max(share, 0.05))}
+            print(
+                f"  saturation {size:>5} B {kind:>6}: {rate:>8} msg/s, server cpu {share:.2f}, "
+                f"per core {row[kind]['per_core']}",
+                flush=True,
+            )
+        row["floor_over_monolake"] = round(row["floor"]["per_core"] / max(1, row["bytes"]["per_core"]), 2)
+        row["floor_calls_over_monolake"] = round(row["floor_calls"]["per_core"] / max(1, row["bytes"]["per_core"]), 2)
+        sat.append(row)
+    result["saturation"] = sat
+    write(result)
+    return 0
+
+
+def write(result: dict[str, Any]) -> None:
+    out = REPO / "bench" / "results"
+    stamp = result["time"].replace(":", "").replace("-", "")
+    base = out / f"streams-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    by = {lad["name"]: lad["max_rate_p999_under_5ms"] for lad in result["slo"]}
+    load = ", ".join(f"{x:.2f}" for x in result["loadavg"])
+    lines = [
+        f"# Message streams benchmark, {result['time']} (load average {load})",
+        "",
+        "Highest offered rate with p99.9 < 5 ms (one server core; Python load generator on the other):",
+        "",
+        "| server | calls/s | server CPU µs per call at the first rate |",
+        "|---|--:|--:|",
+    ]
+    for lad in result["slo"]:
+        first = lad["rows"][0]
+        us = (
+            first["server_cpu"] / max(1, first["achieved"]) * 1e6
+        )  # CPU time per call: steadier than a rate on a busy machine
+        lines.append(f"| {lad['name']} | {lad['max_rate_p999_under_5ms']} | {us:.0f} |")
+    mu, gu = by.get("monolake unary", 0), by.get("grpcio unary", 0)
+    ms, gs = by.get("monolake server stream", 0), by.get("grpcio stream", 0)
+    lines += [
+        "",
+        f"Ratio unary: {mu / gu:.2f}x grpcio" if gu else "",
+        f"Ratio server stream: {ms / gs:.2f}x grpcio" if gs else "",
+    ]
+    lines += [
+        "",
+        "Messages/s per core at saturation (closed loop):",
+        "",
+        "| size | monolake streams | floor + handler call | floor | floor+call / monolake | floor / monolake |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    lines += [
+        f"| {r['size']} B | {r['bytes']['per_core']} | {r['floor_calls']['per_core']} | {r['floor']['per_core']} "
+        f"| {r['floor_calls_over_monolake']} | {r['floor_over_monolake']} |"
+        for r in result["saturation"]
+    ]
+    base.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for lad in result["slo"]:
+            rows = lad["rows"]
+            ax.plot([r["offered"] for r in rows], [r["p999_ms"] for r in rows], marker="o", label=lad["name"])
+        ax.axhline(5, color="gray", linestyle="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered calls/s")
+        ax.set_ylabel("p99.9 latency (ms)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(base.with_suffix(".png"))
+    except ImportError:
+        pass
+    print(f"wrote {base}.json/.md")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Codecs, bytes only: frames built by Google's protobuf runtime and by msgspec, fed whole,
+split at every byte, many to a read; bad prefixes and bodies raise FrameError."""
+
+# ruff: noqa: E402  (the example directory goes on sys.path before its modules are imported)
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "streams"
+sys.path.insert(0, str(EXAMPLES))  # echo_pb2 and echo_server, as the example imports them
+
+import echo_pb2
+import msgspec
+import pytest
+from google.protobuf.internal.decoder import _DecodeVarint
+from google.protobuf.internal.encoder import _VarintBytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monolake.streams import BytesCodec, FrameError, MsgpackCodec, ProtobufCodec
+
+
+def delimited(msg: echo_pb2.Request) -> bytes:
+    """protobuf's writeDelimitedTo, with Google's own varint encoder."""
+    body = msg.SerializeToString()
+    return _VarintBytes(len(body)) + body
+
+
+def requests(n: int, size: int = 5) -> list[echo_pb2.Request]:
+    return [
+        echo_pb2.Request(request_id=i + 1, body=echo_pb2.EchoRequest(message="x" * (size * i), nanotime=i * 7))
+        for i in range(n)
+    ]
+
+
+def feed(codec: object, chunks: list[bytes]) -> list[object]:
+    """Feed chunks as a connection does: unread bytes kept, the codec sees them again with more."""
+    buf = b""
+    out: list[object] = []
+    for c in chunks:
+        buf += c
+        used = codec.decode(memoryview(buf), out)  # type: ignore[attr-defined]
+        buf = buf[used:]
+    assert buf == b""
+    return out
+
+
+def test_protobuf_encode_is_writeDelimitedTo() -> None:
+    codec = ProtobufCodec(echo_pb2.Request)
+    for msg in requests(40, size=7):  # lengths up to ~280: one- and two-byte varints
+        frame = codec.encode(msg)
+        assert frame == delimited(msg)
+        n, pos = _DecodeVarint(frame, 0)
+        assert echo_pb2.Request.FromString(frame[pos : pos + n]) == msg
+
+
+def test_protobuf_decodes_many_per_read_and_split_at_every_byte() -> None:
+    msgs = requests(6, size=30)  # 0..150 byte bodies
+    wire = b"".join(delimited(m) for m in msgs)
+    codec = ProtobufCodec(echo_pb2.Request)
+    assert feed(codec, [wire]) == msgs
+    for cut in range(1, len(wire)):
+        assert feed(codec, [wire[:cut], wire[cut:]]) == msgs
+    assert feed(codec, [bytes([b]) for b in wire]) == msgs
+
+
+@settings(deadline=None)  # a busy machine: timing is not what this checks
+@given(st.lists(st.text(max_size=300), max_size=8), st.data())
+def test_protobuf_any_split(texts: list[str], data: st.DataObject) -> None:
+    msgs = [echo_pb2.Request(request_id=i, body=echo_pb2.EchoRequest(message=t)) for i, t in enumerate(texts)]
+    wire = b"".join(delimited(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+    chunks = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    assert feed(ProtobufCodec(echo_pb2.Request), chunks) == msgs
+
+
+def test_protobuf_bad_input() -> None:
+    codec = ProtobufCodec(echo_pb2.Request, max_message_size=100)
+    out: list[object] = []
+    with pytest.raises(FrameError, match="over max_message_size"):
+        codec.decode(memoryview(_VarintBytes(101)), out)  # refused from the prefix alone
+    with pytest.raises(FrameError, match="malformed varint"):
+        codec.decode(memoryview(b"\xff" * 11), out)
+    with pytest.raises(FrameError, match="undecodable Request"):
+        codec.decode(memoryview(b"\x03\xff\xff\xff"), out)
+    # A partial varint or body is not an error: nothing is consumed yet.
+    assert codec.decode(memoryview(b"\x80"), out) == 0
+    assert codec.decode(memoryview(b"\x05ab"), out) == 0
+    assert out == []
+
+
+def test_msgpack_is_protosocket_messagepacks_framing() -> None:
+    class Msg(msgspec.Struct):
+        request_id: int
+        code: int = 0
+        body: str | None = None
+
+    codec = MsgpackCodec(Msg, max_message_size=1000)
+    msgs = [Msg(i, 0, "b" * i) for i in range(20)]
+    wire = b"".join(codec.encode(m) for m in msgs)
+    # 0xce, a big-endian u32 length, then msgpack (rmp's write_u32 + rmp_serde)
+    body = msgspec.msgpack.encode(msgs[3])
+    assert codec.encode(msgs[3]) == b"\xce" + len(body).to_bytes(4, "big") + body
+    assert feed(codec, [wire]) == msgs
+    assert feed(codec, [bytes([b]) for b in wire]) == msgs
+    with pytest.raises(FrameError, match="not a msgpack uint32"):
+        codec.decode(memoryview(b"\x01\x00\x00\x00\x00"), [])
+    with pytest.raises(FrameError, match="over max_message_size"):
+        codec.decode(memoryview(b"\xce\x00\x00\x10\x00"), [])
+    with pytest.raises(FrameError, match="undecodable"):
+        codec.decode(memoryview(b"\xce\x00\x00\x00\x01\xc1"), [])
+
+
+def test_bytes_codec() -> None:
+    codec = BytesCodec(max_message_size=64)
+    msgs = [b"", b"a", b"x" * 64]
+    wire = b"".join(codec.encode(m) for m in msgs)
+    assert wire[:4] == b"\x00\x00\x00\x00" and wire[4:9] == b"\x00\x00\x00\x01a"
+    assert feed(codec, [wire]) == msgs
+    assert feed(codec, [bytes([b]) for b in wire]) == msgs
+    with pytest.raises(FrameError, match="over max_message_size"):
+        codec.decode(memoryview(b"\x00\x00\x00\x41"), [])
+
+
+def test_fuzz_rule() -> None:
+    """fuzz/fuzz_streams.py's rule, for a bounded number of examples: messages, a partial frame or
+    FrameError, never another error, and the same result whole or split in two."""
+    path = Path(__file__).resolve().parents[2] / "fuzz" / "fuzz_streams.py"
+    spec = importlib.util.spec_from_file_location("fuzz_streams", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod._run_hypothesis(300)
+
+
+def test_fields_reads_the_envelope_and_the_older_body_only_shape() -> None:
+    from monolake.streams import Fields
+
+    f = Fields(echo_pb2.Request)
+    assert f.control_code(echo_pb2.Request(request_id=3, code=1)) == 1
+    assert f.cancelled(4) == echo_pb2.Request(request_id=4, code=1)
+    assert f.ended(5) == echo_pb2.Request(request_id=5, code=2)
+    assert f.control_code(echo_pb2.Request(code=9)) == 1  # unknown codes read as cancel, as in protosocket
+
+    class Old(msgspec.Struct):  # protosocket's first example-proto: no code, a message without a body cancels
+        request_id: int = 0
+        body: str | None = None
+
+    old = Fields(Old, code_field=None, body_field="body")
+    assert old.control_code(Old(1, "hi")) == 0
+    assert old.control_code(Old(1)) == 1
+    assert old.cancelled(7) == Old(7)
+
+
+def test_public_names_resolve_with_docstrings() -> None:
+    import monolake.streams as streams
+
+    for name in streams.__all__:
+        assert getattr(streams, name).__doc__, name
