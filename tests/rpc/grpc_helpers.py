@@ -13,7 +13,7 @@ from monolake.apps.rpc.grpc import GrpcServer, Protos, load_protos
 from monolake.core.server._service_app import build_http_app
 
 PROTOS = Path(__file__).parent / "protos"
-ECHO = PROTOS / "echo.proto"
+ECHO = PROTOS / "grpc_echo.proto"
 
 
 def echo_protos() -> Protos:

@@ -17,7 +17,7 @@ from monolake.apps.rpc.grpc import GrpcServer, RpcError, StatusCode
 from monolake.apps.rpc.grpc._cli import call, new_project
 
 P = echo_protos()
-M = P.module("echo.proto")
+M = P.module("grpc_echo.proto")
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -28,7 +28,7 @@ from monolake.apps.rpc.grpc import (
 from monolake.core.service import Layer
 
 P = echo_protos()
-M = P.module("echo.proto")
+M = P.module("grpc_echo.proto")
 
 
 class GrpcioEcho:

@@ -21,7 +21,7 @@ from grpc_helpers import LoopThread, Served, echo_protos, wait_for
 from monolake.apps.rpc.grpc import GrpcServer, HealthServicer, RpcError, StatusCode
 
 P = echo_protos()
-M = P.module("echo.proto")
+M = P.module("grpc_echo.proto")
 SVC = "/monolake.test.Echo/"
 MB = 1024 * 1024
 
@@ -301,7 +301,7 @@ def test_reflection(channel: grpc.Channel, version: str) -> None:
     assert {"monolake.test.Echo", "grpc.health.v1.Health", f"grpc.reflection.{version}.ServerReflection"} <= names
     found = by_symbol.file_descriptor_response.file_descriptor_proto
     files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in found]
-    assert files[0].name == "echo.proto"
+    assert files[0].name == "grpc_echo.proto"
     assert "google/protobuf/empty.proto" in {f.name for f in files}  # its imports too
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 

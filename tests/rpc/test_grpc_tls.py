@@ -20,7 +20,7 @@ from monolake.core.tls import client_tls
 from monolake.core.tls_settings import Certificate, ServerTls, UpstreamTls
 
 P = echo_protos()
-M = P.module("echo.proto")
+M = P.module("grpc_echo.proto")
 
 
 class Echo:

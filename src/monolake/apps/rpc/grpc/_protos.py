@@ -190,9 +190,17 @@ def load_protos(
             sys.path.append(str(out))
         for name in names:
             try:
-                modules.append(importlib.import_module(name))
+                module = importlib.import_module(name)
             except Exception as exc:
                 raise ConfigError(where, f"cannot import the code protoc made for {name}: {exc}") from None
+            found = getattr(module, "__file__", None)
+            if found is None or not Path(found).resolve().is_relative_to(Path(out).resolve()):
+                # Generated modules (and protobuf's descriptor pool) are named after the .proto file:
+                # another ``NAME_pb2`` imported first, or earlier on sys.path, would be used silently.
+                raise ConfigError(
+                    where, f"{name} is already the module {found}: rename the .proto (one name per process)"
+                )
+            modules.append(module)
     return Protos([m.DESCRIPTOR for m in modules], modules)
 
 
