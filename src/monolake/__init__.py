@@ -20,6 +20,7 @@ from .product._examples import examples_path as examples_path
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .apps._proxy_app import ProxyApp as ProxyApp
     from .apps._serve import HttpApp as HttpApp
     from .apps._serve import StreamApp as StreamApp
     from .apps._serve import serve as serve
@@ -46,6 +47,7 @@ _WHERE = {
     "Response": ".core.proto.http1",
     "HttpApp": ".apps._serve",
     "StreamApp": ".apps._serve",
+    "ProxyApp": ".apps._proxy_app",
     "serve": ".apps._serve",
     "HttpService": ".core.server._service_app",
     "sse_event": ".core.server._service_app",

@@ -1,0 +1,180 @@
+"""``ProxyApp``: a proxy server given from Python, served by ``serve(...)`` beside the user's own apps.
+
+A ``ProxyApp`` is one ``[servers.NAME]`` table of the TOML config (its routes,
+filters, layers, limits) plus the ``[upstreams.NAME]`` clusters its routes name,
+with one addition: ``filters`` and ``layers`` entries may be Python objects, not only
+``"module:Class"`` strings. Everything else is the TOML path: ``serve`` turns the
+apps into the same raw tables and validates them with ``parse_config`` (errors name
+``servers.NAME.routes[0].upstreams[0].endpoint`` as ``monolake check`` would), and the
+workers build them with the proxy's own ``ProxyBuilder``, which keeps the upstream
+pool, the clusters and the filter objects across a reload (SIGHUP).
+
+Python objects reach the builder through this module: each is registered under a
+name, and the server's table names it as ``"monolake.apps._proxy_app:NAME"``, an
+attribute this module resolves (PEP 562). The builder imports and instantiates it
+like any filter, so the shape checks, the key paths in errors and the per-filter
+log names (which name the object's own class) are the same. Workers are forked, so
+each gets its own copy of the registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..core.errors import ConfigError
+from .config import Cluster, Config, FilterSpec, Route, Server, ServerTls, parse_config
+
+_OBJECTS: dict[str, Callable[[], object]] = {}
+_ids = itertools.count(1)
+
+
+def __getattr__(name: str) -> Callable[[], object]:
+    try:
+        return _OBJECTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def _label(obj: object) -> str:
+    target = obj.func if isinstance(obj, functools.partial) else obj
+    named = target if isinstance(target, type) or inspect.isroutine(target) else type(target)
+    return getattr(named, "__qualname__", type(target).__name__).replace(":", ".")
+
+
+def _is_factory(obj: object) -> bool:
+    """A class, a function or a ``functools.partial``: called at each build (in every worker)."""
+    return isinstance(obj, type | functools.partial) or inspect.isfunction(obj)
+
+
+def _register(obj: object) -> str:
+    """The ``use`` string naming ``obj``: its factory, or a function giving the object itself."""
+    key = f"{_label(obj)}@{next(_ids)}"
+    _OBJECTS[key] = obj if _is_factory(obj) else (lambda: obj)  # type: ignore[assignment]
+    return f"{__name__}:{key}"
+
+
+def _spec(entry: object, where: str) -> str | dict[str, Any]:
+    """A ``filters``/``layers`` entry as the TOML table has it."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, FilterSpec):
+        return msgspec.to_builtins(entry)  # type: ignore[no-any-return]
+    if isinstance(entry, Mapping):
+        return dict(entry)  # {use, args}: validated as in TOML
+    if entry is None:
+        raise ConfigError(where, "is None, not a filter or a layer")
+    return _register(entry)
+
+
+def _seq(entries: object, where: str) -> Sequence[object]:
+    if isinstance(entries, str | bytes | Mapping) or not isinstance(entries, Sequence):
+        raise ConfigError(where, f"expected a list, got {type(entries).__name__}")
+    return entries
+
+
+def _specs(entries: object, where: str) -> list[str | dict[str, Any]]:
+    return [_spec(e, f"{where}[{i}]") for i, e in enumerate(_seq(entries, where))]
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    """A struct or a mapping as a raw TOML table."""
+    if isinstance(value, msgspec.Struct):
+        raw = msgspec.to_builtins(value)
+        assert isinstance(raw, dict)
+        return raw
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ConfigError(where, f"expected a table (a dict or a monolake.apps.config struct), got {type(value).__name__}")
+
+
+def _route(value: object, where: str) -> dict[str, Any]:
+    raw = _table(value, where)
+    for key in ("filters", "layers"):
+        if key in raw:
+            raw[key] = _specs(raw[key], f"{where}.{key}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProxyApp:
+    """A reverse-proxy server, as a ``[servers.NAME]`` table is, served by ``monolake.serve``.
+
+    ``listen``: "host:port" or "unix:/path". ``routes``: the route tables, in order
+    (dicts with the TOML keys, or ``monolake.apps.config.Route``). ``upstreams``: named
+    clusters (``[upstreams.NAME]`` tables) the routes refer to with ``upstream = NAME``;
+    apps served together share them (one definition per name). ``filters`` and ``layers``:
+    each entry a filter or ``Layer`` object (used as is, a copy per worker), a class, a
+    function or ``functools.partial`` that makes one (called in every worker's build),
+    a ``"module:Class"`` string, a built-in's name (``"cors"``) or a ``{use, args}`` table;
+    route tables' ``filters`` and ``layers`` take the same. ``tls``: the listener's
+    certificates. ``settings``: any other key of the server table (``request_timeout``,
+    ``limits``, ``proxy_type = "tcp"`` with ``upstream``...), as a dict or a
+    ``monolake.apps.config.Server``.
+
+    A reload (SIGHUP) keeps the app as it runs (the pool's connections, the clusters'
+    balancer and health state, the filter objects); ``"module:Class"`` filters whose
+    source changed on disk are imported again, as with ``monolake run``.
+    """
+
+    name: str
+    listen: str
+    routes: Sequence[Mapping[str, Any] | Route] = ()
+    filters: Sequence[object] = ()
+    layers: Sequence[object] = ()
+    upstreams: Mapping[str, Mapping[str, Any] | Cluster] = field(default_factory=dict)
+    tls: ServerTls | Mapping[str, Any] | None = None
+    settings: Mapping[str, Any] | Server | None = None
+
+    def server_table(self) -> dict[str, Any]:
+        """The ``[servers.NAME]`` table, Python objects registered. Raises ConfigError."""
+        where = f"servers.{self.name}"
+        raw = _table(self.settings, f"{where}.settings") if self.settings is not None else {}
+        raw["listener"] = self.listen
+        given = {"routes": self.routes, "filters": self.filters, "layers": self.layers, "tls": self.tls}
+        for key, value in given.items():
+            if value is None or (not value and key != "tls"):
+                continue
+            if raw.get(key):
+                raise ConfigError(f"{where}.{key}", f"given both as ProxyApp({key}=...) and in settings")
+            raw[key] = value
+        # Entries from ``settings`` too: a dict's route tables may hold Python filter objects.
+        for key in ("filters", "layers"):
+            if key in raw:
+                raw[key] = _specs(raw[key], f"{where}.{key}")
+        if "routes" in raw:
+            routes = _seq(raw["routes"], f"{where}.routes")
+            raw["routes"] = [_route(r, f"{where}.routes[{i}]") for i, r in enumerate(routes)]
+        if raw.get("tls") is not None:
+            raw["tls"] = _table(raw["tls"], f"{where}.tls")
+        for key in ("handler", "rpc_grpc", "rpc_thrift"):
+            if raw.get(key) is not None:
+                raise ConfigError(f"{where}.{key}", "a ProxyApp proxies; serve your own service with HttpApp")
+        return raw
+
+
+def proxy_config(apps: Sequence[ProxyApp], base: Config) -> Config:
+    """``base`` with ``apps`` as servers and their clusters, validated as a TOML file is
+    (every error found, each naming its key path). Raises ConfigError."""
+    servers: dict[str, Any] = {}
+    upstreams: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for app in apps:
+        servers[app.name] = app.server_table()
+        for cname, cluster in app.upstreams.items():
+            table = _table(cluster, f"upstreams.{cname}")
+            if cname in upstreams and upstreams[cname] != table:
+                raise ConfigError(f"upstreams.{cname}", f"defined differently by {owner[cname]} and {app.name}")
+            upstreams[cname], owner[cname] = table, app.name
+            if table.get("discovery") is not None:
+                raise ConfigError(
+                    f"upstreams.{cname}.discovery", "is followed by `monolake run`, not by serve(): list endpoints"
+                )
+    cfg = parse_config({"servers": servers, "upstreams": upstreams})
+    return msgspec.structs.replace(base, servers={**base.servers, **cfg.servers}, upstreams=cfg.upstreams)
