@@ -4,7 +4,8 @@ The public API: write a ``Service`` (an HTTP one answering ``Request`` with
 ``Response``, or a stream one called once per ``Connection``), wrap it in
 ``Layer``s, build it with a ``Factory`` (whose ``make(old)`` keeps state across
 reloads), and ``serve`` it on the multi-process runtime, or name its factory as a
-server's ``handler = "module:attr"`` in a TOML config for ``monolake run``.
+server's ``handler = "module:attr"`` in a TOML config for ``monolake run``. ``serve``
+also runs the proxy (``ProxyApp``: a TOML server table, its filters Python objects).
 
 The names are imported on first use (PEP 562), so ``import monolake`` (and the
 ``monolake`` command) stays cheap; type checkers see ordinary re-exports.

@@ -49,8 +49,9 @@ def _label(obj: object) -> str:
 
 
 def _is_factory(obj: object) -> bool:
-    """A class, a function or a ``functools.partial``: called at each build (in every worker)."""
-    return isinstance(obj, type | functools.partial) or inspect.isfunction(obj)
+    """A class, a function, a bound method or a ``functools.partial``: called at each build (in
+    every worker). Anything else is the filter or layer itself."""
+    return isinstance(obj, type | functools.partial) or inspect.isfunction(obj) or inspect.ismethod(obj)
 
 
 def _register(obj: object) -> str:
@@ -111,7 +112,8 @@ class ProxyApp:
     clusters (``[upstreams.NAME]`` tables) the routes refer to with ``upstream = NAME``;
     apps served together share them (one definition per name). ``filters`` and ``layers``:
     each entry a filter or ``Layer`` object (used as is, a copy per worker), a class, a
-    function or ``functools.partial`` that makes one (called in every worker's build),
+    function, a method or a ``functools.partial`` that makes one (called with no arguments
+    in every worker's build: an object holding connections or tasks is best made so),
     a ``"module:Class"`` string, a built-in's name (``"cors"``) or a ``{use, args}`` table;
     route tables' ``filters`` and ``layers`` take the same. ``tls``: the listener's
     certificates. ``settings``: any other key of the server table (``request_timeout``,

@@ -3,7 +3,8 @@
 An app names a listener and a ``Factory`` of its service: ``HttpApp`` for a
 ``Service[Request, Response]`` (served by the HTTP/1.1 and HTTP/2 drivers, behind
 ``HandlerGuard``), ``StreamApp`` for a ``Service[Connection, None]`` (one call per
-TCP, Unix or TLS connection). ``serve`` runs them exactly as ``monolake run`` runs
+TCP, Unix or TLS connection), ``ProxyApp`` (``_proxy_app.py``) for a reverse-proxy
+server as the TOML config has it. ``serve`` runs them exactly as ``monolake run`` runs
 the proxy: a supervisor, one pinned worker per core, SO_REUSEPORT listeners, drain
 on SIGTERM, reload on SIGHUP, binary upgrade on SIGUSR2.
 
@@ -268,7 +269,8 @@ def serve(
     """Serve ``apps`` in ``workers`` processes (0: one per core) until SIGTERM or SIGINT.
 
     Blocks; returns the exit code (0 after a clean stop). SIGHUP rebuilds every app's
-    chain with ``Factory.make(old)`` (state is kept). Raises ConfigError before anything
+    chain with ``Factory.make(old)`` (state is kept); ``ProxyApp``s keep running as they
+    are (their pool, clusters and filter objects). Raises ConfigError before anything
     is bound when an app is invalid (the error names ``servers.NAME...``). Call it from
     the main thread of a process that runs no event loop (it forks).
     """
