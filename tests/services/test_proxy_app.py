@@ -135,7 +135,9 @@ def _build(*apps: HttpApp[Hello] | ProxyApp) -> dict[str, object]:
     return dict(ServeBuilder(apps)(apps_config(apps, workers=1)))
 
 
-def test_filters_as_objects_classes_and_strings_are_built_for_each_build() -> None:
+def test_filters_and_layers_as_objects_classes_and_strings() -> None:
+    from examples.filters.layers import Maintenance
+
     made = Tag.made
     tag = Tag("object")
     app = ProxyApp(
@@ -143,12 +145,24 @@ def test_filters_as_objects_classes_and_strings_are_built_for_each_build() -> No
         listen="127.0.0.1:0",
         routes=[{**ROUTES[0], "filters": [Tag]}],  # a route's filters take objects too
         filters=[tag, "cors", {"use": "examples.filters.add_header:AddHeader", "args": {"name": "A", "value": "b"}}],
+        layers=[Maintenance(path="/down"), "examples.filters.layers:ResponseHeader"],
         upstreams={"spare": {"endpoints": [{"endpoint": "http://127.0.0.1:9"}]}},
     )
     hello = HttpApp(name="hello", listen="127.0.0.1:0", factory=HelloFactory())
-    built = _build(app, hello)
-    assert list(built) == ["hello", "web"]
-    assert Tag.made == made + 2  # the object once (by us), the class once per build
+    cfg = apps_config([app, hello], workers=1)
+    assert list(cfg.upstreams) == ["spare"]
+    web = cfg.servers["web"]
+    assert [f if isinstance(f, str) else f.use for f in web.filters][1:] == [
+        "cors",
+        "examples.filters.add_header:AddHeader",
+    ]
+    built = ServeBuilder([app, hello])(cfg)
+    assert sorted(built) == ["hello", "web"]
+    assert Tag.made == made + 2  # the object once (by us), the class once for this build
+    ServeBuilder([app, hello])(cfg)
+    assert Tag.made == made + 3  # the class again for each build (each worker's); the object is reused
+    with pytest.raises(ConfigError, match=r"servers\.bad\.layers\[0\]: .*made a Tag, not a monolake"):
+        _build(ProxyApp(name="bad", listen="127.0.0.1:0", routes=ROUTES, layers=[tag]))
 
 
 def test_errors_name_the_key_path() -> None:

@@ -9,12 +9,13 @@ apps into the same raw tables and validates them with ``parse_config`` (errors n
 workers build them with the proxy's own ``ProxyBuilder``, which keeps the upstream
 pool, the clusters and the filter objects across a reload (SIGHUP).
 
-Python objects reach the builder through this module: each is registered under a
-name, and the server's table names it as ``"monolake.apps._proxy_app:NAME"``, an
-attribute this module resolves (PEP 562). The builder imports and instantiates it
-like any filter, so the shape checks, the key paths in errors and the per-filter
-log names (which name the object's own class) are the same. Workers are forked, so
-each gets its own copy of the registry.
+Python objects reach the builder through a module made in memory,
+``monolake.apps._proxy_objects``: each is registered there under a name, and the
+server's table names it as ``"monolake.apps._proxy_objects:NAME"``. The builder
+imports and instantiates it like any filter, so the shape checks, the key paths in
+errors and the per-filter log names (which name the object's own class) are the
+same. The module has no source file, so a reload never loads it again (which would
+lose the objects); workers are forked, so each gets its own copy.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -31,15 +34,15 @@ import msgspec
 from ..core.errors import ConfigError
 from .config import Cluster, Config, FilterSpec, Route, Server, ServerTls, parse_config
 
-_OBJECTS: dict[str, Callable[[], object]] = {}
+OBJECTS_MODULE = "monolake.apps._proxy_objects"
 _ids = itertools.count(1)
 
 
-def __getattr__(name: str) -> Callable[[], object]:
-    try:
-        return _OBJECTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+def _objects() -> ModuleType:
+    module = sys.modules.get(OBJECTS_MODULE)
+    if module is None:
+        module = sys.modules[OBJECTS_MODULE] = ModuleType(OBJECTS_MODULE, "Filters and layers given to ProxyApp.")
+    return module
 
 
 def _label(obj: object) -> str:
@@ -57,8 +60,8 @@ def _is_factory(obj: object) -> bool:
 def _register(obj: object) -> str:
     """The ``use`` string naming ``obj``: its factory, or a function giving the object itself."""
     key = f"{_label(obj)}@{next(_ids)}"
-    _OBJECTS[key] = obj if _is_factory(obj) else (lambda: obj)  # type: ignore[assignment]
-    return f"{__name__}:{key}"
+    setattr(_objects(), key, obj if _is_factory(obj) else (lambda: obj))
+    return f"{OBJECTS_MODULE}:{key}"
 
 
 def _spec(entry: object, where: str) -> str | dict[str, Any]:
