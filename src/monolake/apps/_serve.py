@@ -248,7 +248,7 @@ class ServeBuilder:
 
 
 @dataclass(frozen=True, slots=True)
-class _InMemory(ConfigSource):
+class _InMemory(ConfigSource[Config]):
     """A reload's "config file" for ``serve``: the same in-memory config again."""
 
     cfg: Config | None = None
