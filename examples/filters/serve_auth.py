@@ -59,7 +59,7 @@ def main() -> int:
         filters=[functools.partial(ExternalAuth, url=f"http://{args.auth_listen}/auth")],
         settings={"request_timeout": 5},  # bounds the auth call too: past it, 500 naming the filter
     )
-    return serve(auth, web, workers=args.workers, loop=args.loop)
+    return serve(auth, web, workers=args.workers, loop=args.loop, access_log="stderr")
 
 
 if __name__ == "__main__":

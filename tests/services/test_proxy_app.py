@@ -75,7 +75,7 @@ def test_async_auth_filter_object_on_a_proxy_served_from_python(served: Served, 
         r = c.get(url + "/echo", headers={"Authorization": "Bearer ok-alice"})
         assert r.status_code == 200
         assert _seen_headers(r)["x-user"] == "alice"  # set by the filter from the auth service's answer
-        mark = origin.log.mark()
+        mark, mark_log = origin.log.mark(), served.log.mark()
         r = c.get(url + "/echo/secret")
         assert (r.status_code, r.text) == (401, "credentials required\n")  # the filter's own answer
         r = c.get(url + "/echo/secret", headers={"Authorization": "Bearer nope"})
@@ -84,6 +84,7 @@ def test_async_auth_filter_object_on_a_proxy_served_from_python(served: Served, 
         assert (r.status_code, r.text) == (403, "forbidden\n")
         assert c.get(url + "/echo", headers={"Authorization": "Bearer ok-bob"}).status_code == 200
         origin.log.wait_line(r"REQ GET /echo ", after=mark)
+        served.log.wait_line(r'"GET /echo/secret HTTP/1.1" 403 .* web ', after=mark_log)
         assert origin.log.count(r"/echo/secret", after=mark) == 0  # refused ones never reached the origin
         # The HttpApp served beside the proxy answers by itself too.
         r = c.get(served.url("auth") + "/auth", headers={"Authorization": "Bearer ok-carol"})

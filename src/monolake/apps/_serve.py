@@ -111,6 +111,7 @@ def apps_config(
     drain_timeout: float = 10.0,
     log_level: str = "info",
     pid_file: str | None = None,
+    access_log: str = "off",
 ) -> Config:
     """The in-memory ``Config`` the runtime serves ``apps`` from. Raises ConfigError."""
     servers: dict[str, Server] = {}
@@ -137,7 +138,7 @@ def apps_config(
         runtime = msgspec.convert(
             {"workers": workers, "loop": loop, "drain_timeout": drain_timeout, "pid_file": pid_file}, Runtime
         )
-        log = msgspec.convert({"level": log_level}, Log)
+        log = msgspec.convert({"level": log_level, "access_log": access_log}, Log)
     except msgspec.ValidationError as exc:
         raise ConfigError("runtime", str(exc)) from None
     for name, s in servers.items():
@@ -265,19 +266,28 @@ def serve(
     drain_timeout: float = 10.0,
     log_level: Literal["debug", "info", "warning", "error"] = "info",
     pid_file: str | None = None,
+    access_log: str = "off",
 ) -> int:
     """Serve ``apps`` in ``workers`` processes (0: one per core) until SIGTERM or SIGINT.
 
     Blocks; returns the exit code (0 after a clean stop). SIGHUP rebuilds every app's
     chain with ``Factory.make(old)`` (state is kept); ``ProxyApp``s keep running as they
-    are (their pool, clusters and filter objects). Raises ConfigError before anything
-    is bound when an app is invalid (the error names ``servers.NAME...``). Call it from
-    the main thread of a process that runs no event loop (it forks).
+    are (their pool, clusters and filter objects). ``access_log``: where ``ProxyApp``s log
+    each request ("off", "stdout", "stderr" or a file path; the ``[log]`` table's format).
+    Raises ConfigError before anything is bound when an app is invalid (the error names
+    ``servers.NAME...``). Call it from the main thread of a process that runs no event
+    loop (it forks).
     """
     from ..core.runtime import run
     from ._startup import started
 
     cfg = apps_config(
-        apps, workers=workers, loop=loop, drain_timeout=drain_timeout, log_level=log_level, pid_file=pid_file
+        apps,
+        workers=workers,
+        loop=loop,
+        drain_timeout=drain_timeout,
+        log_level=log_level,
+        pid_file=pid_file,
+        access_log=access_log,
     )
     return run(cfg, ServeBuilder(apps), source=_InMemory("", cfg=cfg), operations=started)
