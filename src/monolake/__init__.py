@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .apps._proxy_app import ProxyApp as ProxyApp
+    from .apps._proxy_app import proxy_apps as proxy_apps
     from .apps._serve import HttpApp as HttpApp
     from .apps._serve import StreamApp as StreamApp
     from .apps._serve import serve as serve
@@ -49,6 +50,7 @@ _WHERE = {
     "HttpApp": ".apps._serve",
     "StreamApp": ".apps._serve",
     "ProxyApp": ".apps._proxy_app",
+    "proxy_apps": ".apps._proxy_app",
     "serve": ".apps._serve",
     "HttpService": ".core.server._service_app",
     "sse_event": ".core.server._service_app",

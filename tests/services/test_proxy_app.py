@@ -10,12 +10,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from conftest import READY, REPO, TIMEOUT, LineLog, Origin, _stop_process
-from monolake import Factory, HttpApp, ProxyApp, Request, Response
+from monolake import Factory, HttpApp, ProxyApp, Request, Response, proxy_apps
 from monolake.apps._serve import ServeBuilder, apps_config
 from monolake.apps.proxy import HttpFilter
 from monolake.core.errors import ConfigError
@@ -185,3 +186,47 @@ def test_errors_name_the_key_path() -> None:
         apps_config([twice])
     with pytest.raises(ConfigError, match=r"servers\.web: two apps have this name"):
         apps_config([ProxyApp(name="web", listen="127.0.0.1:0", routes=ROUTES)] * 2)
+
+
+BESIDE = """
+from monolake.apps.proxy import HttpFilter
+
+
+class Beside(HttpFilter):
+    def response_filter(self, resp, ctx):
+        resp.headers.add(b"X-Beside", b"found")
+"""
+
+CONFIG = """
+[runtime]
+workers = 3   # not used: serve()'s arguments say how to run
+
+[upstreams.app]
+endpoints = [{ endpoint = "http://127.0.0.1:9" }]
+
+[servers.web]
+listener = "127.0.0.1:0"
+filters = ["h11_beside_py:Beside"]
+[[servers.web.routes]]
+path = "/"
+upstream = "app"
+
+[servers.l4]
+listener = "127.0.0.1:0"
+proxy_type = "tcp"
+upstream = "app"
+"""
+
+
+def test_a_toml_config_served_from_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the build puts the config's directory first
+    monkeypatch.chdir("/")
+    (tmp_path / "h11_beside_py.py").write_text(BESIDE)
+    (tmp_path / "proxy.toml").write_text(CONFIG)
+    apps = [*proxy_apps(tmp_path / "proxy.toml"), HttpApp(name="hello", listen="127.0.0.1:0", factory=HelloFactory())]
+    assert [a.name for a in apps[:2]] == ["web", "l4"]
+    cfg = apps_config(apps, workers=1)
+    assert (cfg.runtime.workers, list(cfg.upstreams), cfg.base_dir) == (1, ["app"], str(tmp_path))
+    assert sorted(ServeBuilder(apps)(cfg)) == ["hello", "l4", "web"]  # the filter found beside the file
+    with pytest.raises(ConfigError, match=r"upstreams\.api\.discovery: is followed by `monolake run`"):
+        apps_config(proxy_apps(REPO / "examples" / "fleet.toml"))  # (a dict or a Config is taken too)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any
 import msgspec
 
 from ..core.errors import ConfigError
-from .config import Cluster, Config, FilterSpec, Route, Server, ServerTls, parse_config
+from .config import Cluster, Config, FilterSpec, Route, Server, ServerTls, load_config, parse_config, parse_listener
 
 OBJECTS_MODULE = "monolake.apps._proxy_objects"
 _ids = itertools.count(1)
@@ -121,7 +122,8 @@ class ProxyApp:
     route tables' ``filters`` and ``layers`` take the same. ``tls``: the listener's
     certificates. ``settings``: any other key of the server table (``request_timeout``,
     ``limits``, ``proxy_type = "tcp"`` with ``upstream``...), as a dict or a
-    ``monolake.apps.config.Server``.
+    ``monolake.apps.config.Server``. ``base_dir``: where ``"module:Class"`` entries are
+    looked up first (then ``sys.path``); apps served together share one.
 
     A reload (SIGHUP) keeps the app as it runs (the pool's connections, the clusters'
     balancer and health state, the filter objects); ``"module:Class"`` filters whose
@@ -136,6 +138,7 @@ class ProxyApp:
     upstreams: Mapping[str, Mapping[str, Any] | Cluster] = field(default_factory=dict)
     tls: ServerTls | Mapping[str, Any] | None = None
     settings: Mapping[str, Any] | Server | None = None
+    base_dir: str | None = None
 
     def server_table(self) -> dict[str, Any]:
         """The ``[servers.NAME]`` table, Python objects registered. Raises ConfigError."""
@@ -170,6 +173,9 @@ def proxy_config(apps: Sequence[ProxyApp], base: Config) -> Config:
     servers: dict[str, Any] = {}
     upstreams: dict[str, Any] = {}
     owner: dict[str, str] = {}
+    base_dirs = {os.path.abspath(a.base_dir) for a in apps if a.base_dir is not None}
+    if len(base_dirs) > 1:
+        raise ConfigError("base_dir", f"apps served together look modules up in one directory, not {sorted(base_dirs)}")
     for app in apps:
         servers[app.name] = app.server_table()
         for cname, cluster in app.upstreams.items():
@@ -181,5 +187,31 @@ def proxy_config(apps: Sequence[ProxyApp], base: Config) -> Config:
                 raise ConfigError(
                     f"upstreams.{cname}.discovery", "is followed by `monolake run`, not by serve(): list endpoints"
                 )
+    # File names given from Python are relative to the working directory (``proxy_apps`` has
+    # resolved a file's already): base_dir only says where modules are looked up first.
     cfg = parse_config({"servers": servers, "upstreams": upstreams})
-    return msgspec.structs.replace(base, servers={**base.servers, **cfg.servers}, upstreams=cfg.upstreams)
+    return msgspec.structs.replace(
+        base, servers={**base.servers, **cfg.servers}, upstreams=cfg.upstreams, base_dir=next(iter(base_dirs), None)
+    )
+
+
+def proxy_apps(config: str | os.PathLike[str] | Mapping[str, Any] | Config) -> list[ProxyApp]:
+    """The servers of a proxy config as ``ProxyApp``s, to ``serve`` beside other apps:
+    a TOML file's path, its decoded tables, or a ``Config``. Every server gets the
+    config's clusters; a file's directory is where its filter modules are looked up
+    first. Its ``[runtime]``, ``[log]``, ``[admin]`` and ``[metrics]`` tables are not
+    used (``serve``'s arguments say how to run). Raises ConfigError."""
+    if isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = parse_config(dict(config))
+    else:
+        cfg = load_config(os.fspath(config))
+    apps: list[ProxyApp] = []
+    for name, server in cfg.servers.items():
+        try:
+            listen = str(parse_listener(server.listener))
+        except ValueError as exc:
+            raise ConfigError(f"servers.{name}.listener", str(exc)) from None
+        apps.append(ProxyApp(name=name, listen=listen, upstreams=cfg.upstreams, settings=server, base_dir=cfg.base_dir))
+    return apps
