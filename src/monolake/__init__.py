@@ -4,7 +4,8 @@ The public API: write a ``Service`` (an HTTP one answering ``Request`` with
 ``Response``, or a stream one called once per ``Connection``), wrap it in
 ``Layer``s, build it with a ``Factory`` (whose ``make(old)`` keeps state across
 reloads), and ``serve`` it on the multi-process runtime, or name its factory as a
-server's ``handler = "module:attr"`` in a TOML config for ``monolake run``.
+server's ``handler = "module:attr"`` in a TOML config for ``monolake run``. ``serve``
+also runs the proxy (``ProxyApp``: a TOML server table, its filters Python objects).
 
 The names are imported on first use (PEP 562), so ``import monolake`` (and the
 ``monolake`` command) stays cheap; type checkers see ordinary re-exports.
@@ -20,6 +21,8 @@ from .product._examples import examples_path as examples_path
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .apps._proxy_app import ProxyApp as ProxyApp
+    from .apps._proxy_app import proxy_apps as proxy_apps
     from .apps._serve import HttpApp as HttpApp
     from .apps._serve import StreamApp as StreamApp
     from .apps._serve import serve as serve
@@ -46,6 +49,8 @@ _WHERE = {
     "Response": ".core.proto.http1",
     "HttpApp": ".apps._serve",
     "StreamApp": ".apps._serve",
+    "ProxyApp": ".apps._proxy_app",
+    "proxy_apps": ".apps._proxy_app",
     "serve": ".apps._serve",
     "HttpService": ".core.server._service_app",
     "sse_event": ".core.server._service_app",

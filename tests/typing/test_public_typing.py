@@ -1,4 +1,5 @@
-"""mypy --strict on user code of the public API: a correct chain passes, a wrong one is an error."""
+"""mypy --strict on user code of the public API: a correct chain passes, a wrong one is an error
+(as is a runtime builder of another config type than the one ``run`` is given)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 import monolake
 
 GOOD = """
-from monolake import Connection, Factory, Headers, HttpApp, Request, Response, StreamApp, sse_response
-from monolake.apps.config import Server
+from monolake import Connection, Factory, Headers, HttpApp, ProxyApp, Request, Response, StreamApp, sse_response
+from monolake.apps.config import Config, Server
+from monolake.core.runtime import ServerApp, run
 from monolake.core.server import HttpServerApp
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 
 class Hello:
@@ -48,6 +50,17 @@ async def events() -> AsyncIterator[str]:
 http = HttpApp(name="web", listen="127.0.0.1:0", factory=HelloFactory())
 stream = StreamApp(name="echo", listen="127.0.0.1:0", factory=EchoFactory())
 sse = sse_response(events())
+proxy = ProxyApp(
+    name="p", listen="127.0.0.1:0", routes=[{"path": "/", "upstreams": [{"endpoint": "http://127.0.0.1:9"}]}]
+)
+
+
+def build(cfg: Config) -> Mapping[str, ServerApp]:
+    return {}
+
+
+def serve_it(cfg: Config) -> int:
+    return run(cfg, build)
 """
 
 BAD = (
@@ -56,6 +69,14 @@ BAD = (
 wrong_http = HttpApp(name="web", listen="127.0.0.1:0", factory=EchoFactory())  # line A
 wrong_stream = StreamApp(name="echo", listen="127.0.0.1:0", factory=HelloFactory())  # line B
 wrong_server = HttpServerApp("web", Server(listener="127.0.0.1:0"), Echo())  # line C
+
+
+def build_other(cfg: int) -> Mapping[str, ServerApp]:
+    return {}
+
+
+def run_other(cfg: Config) -> int:
+    return run(cfg, build_other)  # line D
 """
 )
 
@@ -77,4 +98,4 @@ def test_mypy_strict_accepts_a_right_chain_and_refuses_a_wrong_one(tmp_path: Pat
     assert not [e for e in errors if e.startswith("good.py")], out.stdout
     bad_lines = BAD.splitlines()
     flagged = {bad_lines[int(m[1]) - 1].rsplit("# ", 1)[-1] for e in errors if (m := re.match(r"bad\.py:(\d+):", e))}
-    assert flagged == {"line A", "line B", "line C"}, out.stdout
+    assert flagged == {"line A", "line B", "line C", "line D"}, out.stdout

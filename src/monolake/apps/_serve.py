@@ -3,7 +3,8 @@
 An app names a listener and a ``Factory`` of its service: ``HttpApp`` for a
 ``Service[Request, Response]`` (served by the HTTP/1.1 and HTTP/2 drivers, behind
 ``HandlerGuard``), ``StreamApp`` for a ``Service[Connection, None]`` (one call per
-TCP, Unix or TLS connection). ``serve`` runs them exactly as ``monolake run`` runs
+TCP, Unix or TLS connection), ``ProxyApp`` (``_proxy_app.py``) for a reverse-proxy
+server as the TOML config has it. ``serve`` runs them exactly as ``monolake run`` runs
 the proxy: a supervisor, one pinned worker per core, SO_REUSEPORT listeners, drain
 on SIGTERM, reload on SIGHUP, binary upgrade on SIGUSR2.
 
@@ -35,10 +36,12 @@ from ..core.runtime import ConfigSource
 from ..core.server._service_app import HttpService, build_http_app
 from ..core.server._stream_app import Connection, StreamService, build_stream_app
 from ..core.service import Factory, Layer
+from ._proxy_app import ProxyApp, proxy_config
 from .config import Config, Log, Runtime, Server, ServerTls, parse_listener
 
 if TYPE_CHECKING:
-    from ..core.runtime import ServerApp
+    from ..core.runtime import Prepared, ServerApp
+    from .proxy import ProxyBuilder
 
 H = TypeVar("H", bound=HttpService)
 T = TypeVar("T", bound=StreamService)
@@ -89,10 +92,10 @@ class CustomApp(Protocol):
     def build_app(self, server: Server, old: object) -> ServerApp: ...
 
 
-AnyApp = HttpApp[Any] | StreamApp[Any] | CustomApp
+AnyApp = HttpApp[Any] | StreamApp[Any] | ProxyApp | CustomApp
 
 
-def _server_of(app: AnyApp) -> Server:
+def _server_of(app: HttpApp[Any] | StreamApp[Any] | CustomApp) -> Server:
     if not isinstance(app, HttpApp | StreamApp):
         return app.server_settings()
     kind: Literal["http", "tcp"] = "http" if isinstance(app, HttpApp) else "tcp"
@@ -108,24 +111,34 @@ def apps_config(
     drain_timeout: float = 10.0,
     log_level: str = "info",
     pid_file: str | None = None,
+    access_log: str = "off",
 ) -> Config:
     """The in-memory ``Config`` the runtime serves ``apps`` from. Raises ConfigError."""
     servers: dict[str, Server] = {}
+    proxies: list[ProxyApp] = []
+    names: set[str] = set()
     for i, app in enumerate(apps):
+        if isinstance(app, ProxyApp):
+            if app.name in names:
+                raise ConfigError(f"servers.{app.name}", "two apps have this name")
+            names.add(app.name)
+            proxies.append(app)
+            continue
         if not isinstance(app, HttpApp | StreamApp) and not callable(getattr(app, "build_app", None)):
-            raise ConfigError(f"apps[{i}]", f"is a {type(app).__name__}, not an HttpApp or StreamApp")
+            raise ConfigError(f"apps[{i}]", f"is a {type(app).__name__}, not an HttpApp, StreamApp or ProxyApp")
         if isinstance(app, HttpApp | StreamApp) and not isinstance(app.factory, Factory):
             raise ConfigError(f"servers.{app.name}.factory", f"{app.factory!r} is not a monolake.Factory")
-        if app.name in servers:
+        if app.name in names:
             raise ConfigError(f"servers.{app.name}", "two apps have this name")
+        names.add(app.name)
         servers[app.name] = _server_of(app)
-    if not servers:
+    if not names:
         raise ConfigError("servers", "serve() needs at least one app")
     try:
         runtime = msgspec.convert(
             {"workers": workers, "loop": loop, "drain_timeout": drain_timeout, "pid_file": pid_file}, Runtime
         )
-        log = msgspec.convert({"level": log_level}, Log)
+        log = msgspec.convert({"level": log_level, "access_log": access_log}, Log)
     except msgspec.ValidationError as exc:
         raise ConfigError("runtime", str(exc)) from None
     for name, s in servers.items():
@@ -133,35 +146,62 @@ def apps_config(
             parse_listener(s.listener)
         except ValueError as exc:
             raise ConfigError(f"servers.{name}.listener", str(exc)) from None
-    return Config(runtime=runtime, log=log, servers=servers)
+    cfg = Config(runtime=runtime, log=log, servers=servers)
+    return proxy_config(proxies, cfg) if proxies else cfg
 
 
 @dataclass(slots=True)
 class _Rebuilt:
-    """A reload's apps: the running app objects, each adopting its rebuilt chain at commit."""
+    """A reload's apps: the running app objects, each adopting its rebuilt chain at commit;
+    ``proxy``: the proxy apps' own prepared reload (``ProxyBuilder.prepare``), if any."""
 
     apps: Mapping[str, ServerApp]
     adopt: list[tuple[Any, Any]]
     changes: dict[str, str] = field(default_factory=dict)
+    proxy: Prepared | None = None
 
     def commit(self) -> None:
         for prev, new in self.adopt:
             prev.adopt(new)
+        if self.proxy is not None:
+            self.proxy.commit()
 
     def abort(self) -> None:
-        pass
+        if self.proxy is not None:
+            self.proxy.abort()
 
 
 class ServeBuilder:
     """The runtime's builder (and ``Reloadable``) for ``serve``'s apps: one app per server
-    of the config, found by name; on reload each is rebuilt with ``make(old)``."""
+    of the config, found by name; on reload each is rebuilt with ``make(old)``. The
+    ``ProxyApp`` servers are built together (they share clusters and a pool) by the
+    proxy's ``ProxyBuilder``, which keeps them as they run when nothing changed."""
 
     def __init__(self, apps: Sequence[AnyApp]) -> None:
         self.apps = {app.name: app for app in apps}
+        self.proxied = frozenset(n for n, a in self.apps.items() if isinstance(a, ProxyApp))
+        self._proxy: ProxyBuilder | None = None
+
+    def _proxy_builder(self) -> ProxyBuilder:
+        if self._proxy is None:  # imported only when a ProxyApp is served
+            from .proxy import ProxyBuilder
+
+            self._proxy = ProxyBuilder()
+        return self._proxy
+
+    def _proxy_cfg(self, cfg: Config) -> Config | None:
+        if not self.proxied:
+            return None
+        return msgspec.structs.replace(cfg, servers={n: s for n, s in cfg.servers.items() if n in self.proxied})
+
+    def on_message(self, msg: Mapping[str, Any]) -> None:
+        """A supervisor broadcast (a discovered endpoint set): the proxy apps' clusters take it."""
+        if self._proxy is not None:
+            self._proxy.on_message(msg)
 
     def _build(self, name: str, server: Server, old: object) -> ServerApp:
         spec = self.apps.get(name)
-        if spec is None:
+        if spec is None or isinstance(spec, ProxyApp):
             raise ConfigError(f"servers.{name}", "no app of this name was given to serve()")
         try:
             if not isinstance(spec, HttpApp | StreamApp):
@@ -173,25 +213,43 @@ class ServeBuilder:
             raise ConfigError(f"servers.{name}", f"stack: {exc}") from None
 
     def __call__(self, cfg: Config) -> dict[str, ServerApp]:
-        return {name: self._build(name, server, None) for name, server in cfg.servers.items()}
+        proxy_cfg = self._proxy_cfg(cfg)
+        built: dict[str, ServerApp] = dict(self._proxy_builder()(proxy_cfg)) if proxy_cfg is not None else {}
+        for name, server in cfg.servers.items():
+            if name not in self.proxied:
+                built[name] = self._build(name, server, None)
+        return {name: built[name] for name in cfg.servers if name in built}
 
     def prepare(self, cfg: Config, old: Mapping[str, ServerApp]) -> _Rebuilt:
+        proxy_cfg = self._proxy_cfg(cfg)
+        proxy: Prepared | None = None
+        if proxy_cfg is not None:
+            proxy = self._proxy_builder().prepare(proxy_cfg, {n: a for n, a in old.items() if n in self.proxied})
         apps: dict[str, ServerApp] = {}
         adopt: list[tuple[Any, Any]] = []
-        changes: dict[str, str] = {}
-        for name, server in cfg.servers.items():
-            prev = old.get(name)
-            new = self._build(name, server, prev)
-            if prev is not None and type(prev) is type(new):
-                apps[name], changes[name] = prev, "rebuilt"
-                adopt.append((prev, new))
-            else:
-                apps[name], changes[name] = new, "replaced" if prev is not None else "added"
-        return _Rebuilt(apps, adopt, changes)
+        changes: dict[str, str] = dict(getattr(proxy, "changes", {}))
+        try:
+            for name, server in cfg.servers.items():
+                if name in self.proxied:
+                    continue
+                prev = old.get(name)
+                new = self._build(name, server, prev)
+                if prev is not None and type(prev) is type(new):
+                    apps[name], changes[name] = prev, "rebuilt"
+                    adopt.append((prev, new))
+                else:
+                    apps[name], changes[name] = new, "replaced" if prev is not None else "added"
+        except BaseException:
+            if proxy is not None:
+                proxy.abort()
+            raise
+        if proxy is not None:
+            apps.update(proxy.apps)
+        return _Rebuilt({n: apps[n] for n in cfg.servers if n in apps}, adopt, changes, proxy)
 
 
 @dataclass(frozen=True, slots=True)
-class _InMemory(ConfigSource):
+class _InMemory(ConfigSource[Config]):
     """A reload's "config file" for ``serve``: the same in-memory config again."""
 
     cfg: Config | None = None
@@ -208,18 +266,28 @@ def serve(
     drain_timeout: float = 10.0,
     log_level: Literal["debug", "info", "warning", "error"] = "info",
     pid_file: str | None = None,
+    access_log: str = "off",
 ) -> int:
     """Serve ``apps`` in ``workers`` processes (0: one per core) until SIGTERM or SIGINT.
 
     Blocks; returns the exit code (0 after a clean stop). SIGHUP rebuilds every app's
-    chain with ``Factory.make(old)`` (state is kept). Raises ConfigError before anything
-    is bound when an app is invalid (the error names ``servers.NAME...``). Call it from
-    the main thread of a process that runs no event loop (it forks).
+    chain with ``Factory.make(old)`` (state is kept); ``ProxyApp``s keep running as they
+    are (their pool, clusters and filter objects). ``access_log``: where ``ProxyApp``s log
+    each request ("off", "stdout", "stderr" or a file path; the ``[log]`` table's format).
+    Raises ConfigError before anything is bound when an app is invalid (the error names
+    ``servers.NAME...``). Call it from the main thread of a process that runs no event
+    loop (it forks).
     """
     from ..core.runtime import run
     from ._startup import started
 
     cfg = apps_config(
-        apps, workers=workers, loop=loop, drain_timeout=drain_timeout, log_level=log_level, pid_file=pid_file
+        apps,
+        workers=workers,
+        loop=loop,
+        drain_timeout=drain_timeout,
+        log_level=log_level,
+        pid_file=pid_file,
+        access_log=access_log,
     )
     return run(cfg, ServeBuilder(apps), source=_InMemory("", cfg=cfg), operations=started)

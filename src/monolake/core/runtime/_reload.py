@@ -37,7 +37,7 @@ import enum
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -57,17 +57,20 @@ _RESTART_ONLY = ("workers", "loop", "cpu_affinity", "max_open_files")
 """Runtime settings a running supervisor cannot change: they shape its processes."""
 
 
+_C = TypeVar("_C")
+
+
 @dataclass(frozen=True, slots=True)
-class ConfigSource:
+class ConfigSource(Generic[_C]):
     """Where a running supervisor reads its config again: a file read by ``loader`` (the
     proxy's TOML loader, say), plus the adjustments its command line made (``--workers``,
     ``--loop``). The runtime only calls ``load`` and digests ``path`` (empty: nothing to digest)."""
 
     path: str
-    loader: Callable[[str], Any] | None = None
-    adjust: Callable[[Any], Any] | None = None
+    loader: Callable[[str], _C] | None = None
+    adjust: Callable[[_C], _C] | None = None
 
-    def load(self) -> Any:
+    def load(self) -> _C:
         """Read and validate the file. Raises ConfigError."""
         if self.loader is None:
             raise ConfigError("", "this config source cannot be read again")
@@ -257,7 +260,7 @@ class ReloadHost(Protocol):
 class Reloader:
     """The reload state machine: one transaction at a time, later requests merged into the next."""
 
-    def __init__(self, host: ReloadHost, source: ConfigSource | None) -> None:
+    def __init__(self, host: ReloadHost, source: ConfigSource[Any] | None) -> None:
         self._host = host
         self.source = source
         self.phase = ReloadPhase.IDLE

@@ -63,7 +63,7 @@ from ._reload import ConfigSource, Reloader, ReloadResult
 from ._settings import RuntimeConfig as Config
 from ._slots import FAST_DEATH, WorkerSlot, fork_worker
 from ._upgrade import Handover, Upgrader, take_handover
-from ._worker import AppBuilder, WorkerSpec, check_apps
+from ._worker import AppBuilder, C, WorkerSpec, check_apps
 
 log = logger
 
@@ -96,16 +96,17 @@ def _plan_cpus(cfg: Config, n: int) -> list[int | None]:
 
 
 def run(
-    cfg: Config,
-    build: AppBuilder,
+    cfg: C,
+    build: AppBuilder[C],
     *,
-    source: ConfigSource | None = None,
-    operations: Callable[[Any, Supervisor], AbstractContextManager[object]] | None = None,
+    source: ConfigSource[C] | None = None,
+    operations: Callable[[C, Supervisor], AbstractContextManager[object]] | None = None,
 ) -> int:
     """Serve ``cfg`` with apps from ``build`` in N worker processes; block until stopped.
 
     ``cfg`` is any msgspec Struct with what ``RuntimeConfig`` names; ``build`` gets it as it
-    is. ``source`` is where a reload reads the config again (SIGHUP, file changes,
+    is (its type ``C`` is the caller's: a builder of another config type is a type error).
+    ``source`` is where a reload reads the config again (SIGHUP, file changes,
     ``request_reload``); without it a reload request is refused with a log line.
     ``operations(cfg, supervisor)`` is a context manager held while the supervisor serves
     (the proxy's admin endpoint and metrics directory live there).
@@ -153,11 +154,11 @@ class Supervisor:
     def __init__(
         self,
         cfg: Config,
-        build: AppBuilder,
+        build: AppBuilder[Any],
         listeners: list[Listener],
         cpus: list[int | None],
         *,
-        source: ConfigSource | None = None,
+        source: ConfigSource[Any] | None = None,
         handover: Handover | None = None,
     ):
         self._cfg = cfg

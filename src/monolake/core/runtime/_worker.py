@@ -58,7 +58,7 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol, TypeAlias
+from typing import Any, NoReturn, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
@@ -101,9 +101,14 @@ class ServerApp(Protocol):
         ...
 
 
-AppBuilder: TypeAlias = Callable[[Any], Mapping[str, ServerApp]]
+C = TypeVar("C", bound=Config)
+"""The caller's own config type (the proxy's ``apps.config.Config``, say)."""
+C_contra = TypeVar("C_contra", bound=Config, contravariant=True)
+
+AppBuilder: TypeAlias = Callable[[C], Mapping[str, ServerApp]]
 """Builds one app per server name in ``cfg.servers`` (``cfg`` is the config object given to
-``run``, of the caller's own type); may raise ConfigError.
+``run``, of the caller's own type: ``run`` checks that ``AppBuilder[C]`` takes the ``C`` it is
+given); may raise ConfigError.
 
 Called once in the supervisor (a dry run that validates before anything is bound;
 the result is discarded) and once in every worker, on that worker's running loop.
@@ -134,12 +139,12 @@ class Prepared(Protocol):
         ...
 
 
-class Reloadable(Protocol):
+class Reloadable(Protocol[C_contra]):
     """An ``AppBuilder`` that can rebuild from the apps it built before (hot reload)."""
 
-    def __call__(self, cfg: Any, /) -> Mapping[str, ServerApp]: ...
+    def __call__(self, cfg: C_contra, /) -> Mapping[str, ServerApp]: ...
 
-    def prepare(self, cfg: Any, old: Mapping[str, ServerApp], /) -> Prepared:
+    def prepare(self, cfg: C_contra, old: Mapping[str, ServerApp], /) -> Prepared:
         """Build ``cfg``'s apps from ``old`` (the apps now serving) without changing them.
         Raises ConfigError (or anything else: the reload aborts with its message)."""
         ...
@@ -173,7 +178,7 @@ def check_apps(cfg: Config, apps: Mapping[str, ServerApp]) -> None:
 class WorkerSpec:
     index: int
     cfg: Config
-    build: AppBuilder
+    build: AppBuilder[Any]
     listeners: Sequence[Listener]
     cpu: int | None
     """Core to pin to, or None to leave affinity alone."""
