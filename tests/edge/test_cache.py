@@ -243,3 +243,23 @@ def test_check_names_the_key(args: dict[str, Any], where: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(raw)
     assert f"servers.web.routes[0].filters[0].{where}" in str(e.value)
+
+
+def test_docs_example(tmp_path: Any) -> None:
+    """examples/edge/cache.toml (docs/edge.md) caches /static/ by its default_ttl, not /."""
+    from .test_edge_examples import load
+
+    lt = LoopThread()
+    origin = EchoOrigin(lt)
+    raw = load("cache.toml", origin, tmp_path)
+    raw.pop("admin")
+    p = InProcessProxy(lt, raw)
+    try:
+        with httpx.Client(base_url=p.url, timeout=30) as c:
+            assert [c.get("/static/a.css").headers["x-cache"] for _ in range(2)] == ["MISS", "HIT"]
+            assert "x-cache" not in c.get("/other").headers
+        assert [t for _, t, _ in origin.requests] == [b"/static/a.css", b"/other"]
+    finally:
+        p.close()
+        origin.close()
+        lt.close()
