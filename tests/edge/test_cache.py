@@ -121,6 +121,8 @@ def test_miss_then_hit_with_age(env: tuple[LoopThread, InProcessProxy]) -> None:
     assert int(r2.headers["age"]) >= 0
     head = httpx.head(p.url + "/fresh1", timeout=30)
     assert (head.headers["x-cache"], head.headers["content-length"]) == ("HIT", "7")
+    head = httpx.head(p.url + "/fresh-head", timeout=30)  # a HEAD miss goes upstream, is not stored
+    assert head.headers["x-cache"] == "MISS" and get(p, "/fresh-head").headers["x-cache"] == "MISS"
     assert get(p, "/fresh1?q=2").headers["x-cache"] == "MISS"  # the query is part of the key
     assert hits["/fresh1"] == 1
     # A request asking to revalidate goes upstream, and its response replaces the entry.

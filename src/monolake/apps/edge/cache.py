@@ -115,11 +115,19 @@ class Plan:
 class _State:
     """A request's cache state between its request and response phases."""
 
-    __slots__ = ("base", "capture", "done", "headers", "key", "leader")
+    __slots__ = ("base", "capture", "done", "headers", "key", "leader", "word")
 
     def __init__(
-        self, base: bytes, key: Key, headers: Headers, capture: bool, leader: asyncio.Future[None] | None
+        self,
+        base: bytes,
+        key: Key,
+        headers: Headers,
+        capture: bool,
+        leader: asyncio.Future[None] | None,
+        word: bytes,
     ) -> None:
+        self.word = word
+        """What the response's X-Cache says: MISS or BYPASS."""
         self.base = base
         self.key = key
         self.headers = headers
@@ -291,7 +299,7 @@ class Cache(HttpFilter):
         base = req.host + req.path + (b"?" + req.query if req.query else b"")
         cc = headers.get(b"cache-control")
         if headers.get(b"authorization") is not None or (cc is not None and b"no-store" in cc.lower()):
-            STATE.set(ctx, _State(base, (base, ()), headers, False, None))
+            STATE.set(ctx, _State(base, (base, ()), headers, False, None, b"BYPASS"))
             return None
         key = self.key_of(base, headers)
         revalidate = (cc is not None and _wants_refetch(cc)) or (cc is None and headers.get(b"pragma") == b"no-cache")
@@ -330,7 +338,7 @@ class Cache(HttpFilter):
         leader: asyncio.Future[None] | None = None
         if method == b"GET" and key not in self.pending:
             leader = self.pending[key] = asyncio.get_running_loop().create_future()
-        STATE.set(ctx, _State(base, key, headers, method == b"GET", leader))
+        STATE.set(ctx, _State(base, key, headers, method == b"GET", leader, b"MISS"))
         return None
 
     def _refresh(self, req: Request, ctx: Context, key: Key) -> None:
@@ -386,6 +394,7 @@ class Cache(HttpFilter):
         if resp.status not in self.statuses:
             return None
         headers = resp.headers
+        wire = headers.block  # as the upstream sent it (hop-by-hop lines removed), if untouched
         names = headers.names()
         if b"set-cookie" in names:
             return None
@@ -401,7 +410,7 @@ class Cache(HttpFilter):
             ttl = max(0.0, expires - (date if date is not None else time.time())) if expires is not None else 0.0
         if ttl is None:
             ttl = self.default_ttl
-        age = _seconds(headers.get(b"age")) or 0.0
+        age = (_seconds(headers.get(b"age")) or 0.0) if b"age" in names else 0.0
         if ttl - age <= 0:
             return None
         if b"must-revalidate" in cc or b"proxy-revalidate" in cc:
@@ -410,7 +419,7 @@ class Cache(HttpFilter):
             own = _seconds(cc.get(b"stale-while-revalidate"))
             swr = own if own is not None else self.swr
         vary: list[bytes] = []
-        for v in headers.get_all(b"vary"):
+        for v in headers.get_all(b"vary") if b"vary" in names else ():
             for token in v.split(b","):
                 t = token.strip().lower()
                 if t == b"*":
@@ -418,6 +427,8 @@ class Cache(HttpFilter):
                 if t and t not in vary:
                     vary.append(t)
         lheader = self.lheader
+        if wire is not None and b"age" not in names and lheader not in names:
+            return Plan(resp.status, tuple(vary), wire, ttl, swr, age)
         block = b"".join(
             n + b": " + v + b"\r\n"
             for (n, v), ln in zip(headers.pairs(), names, strict=True)
@@ -431,7 +442,7 @@ class Cache(HttpFilter):
             return
         plan = self.plan(resp) if state.capture else None
         if self.header:
-            resp.headers.set(self.header, b"MISS" if state.capture or state.leader else b"BYPASS")
+            resp.headers.set(self.header, state.word)
         if plan is None:
             self.finish(state)
             return
