@@ -30,6 +30,8 @@ def answer(method: bytes, target: bytes, headers: dict[str, str], body: bytes) -
     text = [("Content-Type", "text/plain")]
     if path.startswith("/fresh"):
         return 200, [*text, ("Cache-Control", "max-age=300")], b"fresh " + n
+    if path == "/etag":
+        return 200, [*text, ("Cache-Control", "max-age=300"), ("ETag", 'W/"v1"')], b"tagged"
     if path == "/no-store":
         return 200, [*text, ("Cache-Control", "no-store")], b"nope " + n
     if path == "/private":
@@ -132,6 +134,23 @@ def test_miss_then_hit_with_age(env: tuple[LoopThread, InProcessProxy]) -> None:
     # A request with no-store neither reads nor writes the cache.
     assert get(p, "/fresh1", **{"Cache-Control": "no-store"}).headers["x-cache"] == "BYPASS"
     assert hits["/fresh1"] == 3
+
+
+def test_if_none_match_answered_304_from_the_cache(env: tuple[LoopThread, InProcessProxy]) -> None:
+    _, p = env
+    assert get(p, "/etag").headers["x-cache"] == "MISS"
+    r = get(p, "/etag", **{"If-None-Match": '"v0", "v1"'})
+    assert (r.status_code, r.headers["x-cache"], r.headers["etag"], r.content) == (304, "HIT", 'W/"v1"', b"")
+    assert get(p, "/etag", **{"If-None-Match": '"v2"'}).content == b"tagged"
+    assert hits["/etag"] == 1
+
+
+def test_unsafe_method_invalidates(env: tuple[LoopThread, InProcessProxy]) -> None:
+    _, p = env
+    assert [get(p, "/fresh-post").headers["x-cache"] for _ in range(2)] == ["MISS", "HIT"]
+    assert httpx.post(p.url + "/fresh-post", content=b"x", timeout=30).status_code == 200
+    r = get(p, "/fresh-post")
+    assert (r.headers["x-cache"], r.content) == ("MISS", b"fresh 3")
 
 
 @pytest.mark.parametrize("path", ["/no-store", "/private", "/cookie", "/plain"])

@@ -10,7 +10,9 @@ against it. Not stored: ``no-store``, ``private`` and ``no-cache`` responses, ``
 for a request with ``Authorization`` or ``Cache-Control: no-store``.
 
 A request with ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma: no-cache``) is
-not answered from the cache: it goes upstream and its response replaces the entry.
+not answered from the cache: it goes upstream and its response replaces the entry. An
+``If-None-Match`` matching a stored 200's ``ETag`` is answered 304. A successful POST, PUT,
+DELETE or PATCH drops what is stored for its URL.
 
 A stale entry inside its stale-while-revalidate window (the response's
 ``stale-while-revalidate=N``, else ``stale_while_revalidate``) is served as ``STALE`` and
@@ -81,10 +83,14 @@ class CacheArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
 class Entry:
     """A stored response: status, header block (``Name: value\\r\\n`` lines), body and freshness."""
 
-    __slots__ = ("block", "body", "fresh_until", "size", "stale_until", "status", "stored")
+    __slots__ = ("block", "body", "etag", "fresh_until", "size", "stale_until", "status", "stored")
 
-    def __init__(self, status: int, block: bytes, body: bytes, stored: float, ttl: float, swr: float) -> None:
+    def __init__(
+        self, status: int, block: bytes, body: bytes, stored: float, ttl: float, swr: float, etag: bytes | None
+    ) -> None:
         self.status = status
+        self.etag = etag
+        """The opaque tag of the ``ETag`` (``W/`` and quotes kept off), for ``If-None-Match``."""
         self.block = block
         self.body = body
         self.stored = stored
@@ -101,10 +107,20 @@ class Plan:
     """How a storable response is kept: its status, the request headers it varies on, its header
     block, seconds fresh and stale-while-revalidate, and the upstream's ``Age``."""
 
-    __slots__ = ("age", "block", "status", "swr", "ttl", "vary")
+    __slots__ = ("age", "block", "etag", "status", "swr", "ttl", "vary")
 
-    def __init__(self, status: int, vary: tuple[bytes, ...], block: bytes, ttl: float, swr: float, age: float) -> None:
+    def __init__(
+        self,
+        status: int,
+        vary: tuple[bytes, ...],
+        block: bytes,
+        ttl: float,
+        swr: float,
+        age: float,
+        etag: bytes | None = None,
+    ) -> None:
         self.status = status
+        self.etag = etag
         self.vary = vary
         self.block = block
         self.ttl = ttl
@@ -250,7 +266,7 @@ class Cache(HttpFilter):
             else:
                 self.vary.pop(base, None)
         key: Key = (base, tuple(headers.get(n) for n in names))
-        entry = Entry(plan.status, plan.block, data, time.monotonic() - plan.age, plan.ttl, plan.swr)
+        entry = Entry(plan.status, plan.block, data, time.monotonic() - plan.age, plan.ttl, plan.swr, plan.etag)
         entries = self.entries
         old = entries.pop(key, None)
         if old is not None:
@@ -263,6 +279,15 @@ class Cache(HttpFilter):
         if len(self.vary) > 2 * self.max_entries:
             alive = {k[0] for k in entries}
             self.vary = {b: n for b, n in self.vary.items() if b in alive}
+
+    def invalidate(self, base: bytes) -> None:
+        """Drop what is stored for ``base`` (every variant)."""
+        if base in self.vary:
+            self._drop_base(base)
+            return
+        gone = self.entries.pop((base, ()), None)
+        if gone is not None:
+            self.size -= gone.size
 
     def _drop_base(self, base: bytes) -> None:
         for k in [k for k in self.entries if k[0] == base]:
@@ -286,6 +311,11 @@ class Cache(HttpFilter):
 
     def _answer(self, req: Request, entry: Entry, now: float, word: bytes) -> Response:
         block = entry.block + b"Age: %d\r\n" % int(now - entry.stored) + self.lines[word]
+        etag = entry.etag
+        if etag is not None and entry.status == 200:
+            inm = req.headers.get(b"if-none-match")
+            if inm is not None and _matches(inm, etag):
+                return Response(304, Headers(block=block), None)  # the client's copy is current
         resp = Response(entry.status, Headers(block=block), entry.body)
         if req.method == b"HEAD":
             resp.content_length = len(entry.body)
@@ -293,10 +323,12 @@ class Cache(HttpFilter):
 
     async def request_filter(self, req: Request, ctx: Context) -> Response | None:
         method = req.method
-        if method != b"GET" and method != b"HEAD":
-            return None
         headers = req.headers
         base = req.host + req.path + (b"?" + req.query if req.query else b"")
+        if method != b"GET" and method != b"HEAD":
+            if method in _UNSAFE:  # its success makes what is stored for the URL out of date
+                STATE.set(ctx, _State(base, (base, ()), headers, False, None, b""))
+            return None
         cc = headers.get(b"cache-control")
         if headers.get(b"authorization") is not None or (cc is not None and b"no-store" in cc.lower()):
             STATE.set(ctx, _State(base, (base, ()), headers, False, None, b"BYPASS"))
@@ -426,19 +458,24 @@ class Cache(HttpFilter):
                     return None
                 if t and t not in vary:
                     vary.append(t)
+        etag = _opaque(headers.get(b"etag")) if b"etag" in names else None
         lheader = self.lheader
         if wire is not None and b"age" not in names and lheader not in names:
-            return Plan(resp.status, tuple(vary), wire, ttl, swr, age)
+            return Plan(resp.status, tuple(vary), wire, ttl, swr, age, etag)
         block = b"".join(
             n + b": " + v + b"\r\n"
             for (n, v), ln in zip(headers.pairs(), names, strict=True)
             if ln not in _HOP and ln != lheader
         )
-        return Plan(resp.status, tuple(vary), block, ttl, swr, age)
+        return Plan(resp.status, tuple(vary), block, ttl, swr, age, etag)
 
     def response_filter(self, resp: Response, ctx: Context) -> None:
         state = STATE.get(ctx, None)
         if state is None:
+            return
+        if not state.word:  # an unsafe method
+            if resp.status < 400:
+                self.invalidate(state.base)
             return
         plan = self.plan(resp) if state.capture else None
         if self.header:
@@ -477,6 +514,25 @@ class Cache(HttpFilter):
         state = STATE.get(ctx, None)
         if state is not None and not state.done:
             self.finish(state)  # the upstream call failed, or the client went away mid-body
+
+
+_UNSAFE = frozenset({b"POST", b"PUT", b"DELETE", b"PATCH"})
+
+
+def _opaque(etag: bytes | None) -> bytes | None:
+    if not etag:
+        return None
+    e = etag.strip()
+    if e.startswith(b"W/"):
+        e = e[2:]
+    return e.strip(b'"')
+
+
+def _matches(if_none_match: bytes, etag: bytes) -> bool:
+    """``If-None-Match`` against a stored tag (weak comparison, RFC 9110 §13.1.2)."""
+    if if_none_match.strip() == b"*":
+        return True
+    return any(_opaque(t) == etag for t in if_none_match.split(b","))
 
 
 def _wants_refetch(cc: bytes) -> bool:
