@@ -32,6 +32,11 @@ def answer(method: bytes, target: bytes, headers: dict[str, str], body: bytes) -
         return 200, [*text, ("Cache-Control", "max-age=300")], b"fresh " + n
     if path == "/etag":
         return 200, [*text, ("Cache-Control", "max-age=300"), ("ETag", 'W/"v1"')], b"tagged"
+    if path == "/validate":
+        tag = [("ETag", '"e1"'), ("Last-Modified", "Mon, 07 Dec 2026 10:00:00 GMT")]
+        if headers.get("if-none-match") == '"e1"':
+            return 304, [("Cache-Control", "max-age=300"), *tag], b""
+        return 200, [*text, ("Cache-Control", "max-age=300"), *tag], b"validated " + n
     if path == "/no-store":
         return 200, [*text, ("Cache-Control", "no-store")], b"nope " + n
     if path == "/private":
@@ -103,11 +108,19 @@ def env() -> Iterator[tuple[LoopThread, InProcessProxy]]:
         {"path": "/", "upstreams": up, "filters": [{"use": "cache", "args": {"max_entry_bytes": 100_000}}]},
     ]
     p = InProcessProxy(lt, {"servers": {"web": {"listener": "127.0.0.1:0", "routes": routes}}})
+    origins[id(p)] = origin
     yield lt, p
     p.close()
     origin.close()
     streaming.close()
     lt.close()
+
+
+origins: dict[int, EchoOrigin] = {}
+
+
+def env_origin_requests(p: InProcessProxy) -> list[tuple[bytes, bytes, dict[str, str]]]:
+    return origins[id(p)].requests
 
 
 def get(p: InProcessProxy, path: str, **headers: str) -> httpx.Response:
@@ -143,6 +156,18 @@ def test_if_none_match_answered_304_from_the_cache(env: tuple[LoopThread, InProc
     assert (r.status_code, r.headers["x-cache"], r.headers["etag"], r.content) == (304, "HIT", 'W/"v1"', b"")
     assert get(p, "/etag", **{"If-None-Match": '"v2"'}).content == b"tagged"
     assert hits["/etag"] == 1
+
+
+def test_revalidation_upstream_with_the_stored_validators(env: tuple[LoopThread, InProcessProxy]) -> None:
+    _, p = env
+    assert get(p, "/validate").headers["x-cache"] == "MISS"
+    r = get(p, "/validate", **{"Cache-Control": "no-cache"})  # asks for a check: a 304 upstream
+    assert (r.status_code, r.headers["x-cache"], r.content) == (200, "REVALIDATED", b"validated 1")
+    assert get(p, "/validate").headers["x-cache"] == "HIT"
+    assert hits["/validate"] == 2
+    seen = [h for _, t, h in env_origin_requests(p) if t == b"/validate"]
+    assert "if-none-match" not in seen[0]
+    assert (seen[1]["if-none-match"], seen[1]["if-modified-since"]) == ('"e1"', "Mon, 07 Dec 2026 10:00:00 GMT")
 
 
 def test_unsafe_method_invalidates(env: tuple[LoopThread, InProcessProxy]) -> None:

@@ -10,7 +10,10 @@ against it. Not stored: ``no-store``, ``private`` and ``no-cache`` responses, ``
 for a request with ``Authorization`` or ``Cache-Control: no-store``.
 
 A request with ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma: no-cache``) is
-not answered from the cache: it goes upstream and its response replaces the entry. An
+not answered from the cache: it goes upstream and its response replaces the entry. Going
+upstream for a stored entry, the request carries its ``ETag``/``Last-Modified`` as
+``If-None-Match``/``If-Modified-Since`` (when the client sent no conditions of its own); a 304
+makes the entry fresh again and the client gets it as ``REVALIDATED``. An
 ``If-None-Match`` matching a stored 200's ``ETag`` is answered 304. A successful POST, PUT,
 DELETE or PATCH drops what is stored for its URL.
 
@@ -25,7 +28,7 @@ A streamed body is captured as it flows to the first client (each chunk is forwa
 at once, with the same backpressure); past ``max_entry_bytes`` the capture stops and
 the response is not stored. The cache is bounded by ``max_bytes`` and ``max_entries``,
 least recently used first out. Responses get ``Age`` and ``X-Cache: HIT|MISS|STALE|BYPASS``
-(``header``). ``POST /cache/purge`` on the admin endpoint drops entries by key prefix
+(``header``; ``REVALIDATED`` after a 304). ``POST /cache/purge`` on the admin endpoint drops entries by key prefix
 in every worker (``purge_all``).
 
 The background refresh of a route-level cache goes to the route's upstream through its
@@ -83,12 +86,36 @@ class CacheArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
 class Entry:
     """A stored response: status, header block (``Name: value\\r\\n`` lines), body and freshness."""
 
-    __slots__ = ("block", "body", "etag", "fresh_until", "size", "stale_until", "status", "stored")
+    __slots__ = (
+        "block",
+        "body",
+        "etag",
+        "fresh_until",
+        "size",
+        "stale_until",
+        "status",
+        "stored",
+        "swr",
+        "ttl",
+        "validators",
+    )
 
     def __init__(
-        self, status: int, block: bytes, body: bytes, stored: float, ttl: float, swr: float, etag: bytes | None
+        self,
+        status: int,
+        block: bytes,
+        body: bytes,
+        stored: float,
+        ttl: float,
+        swr: float,
+        etag: bytes | None,
+        validators: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         self.status = status
+        self.ttl = ttl
+        self.swr = swr
+        self.validators = validators
+        """``If-None-Match`` / ``If-Modified-Since`` to revalidate it with upstream."""
         self.etag = etag
         """The opaque tag of the ``ETag`` (``W/`` and quotes kept off), for ``If-None-Match``."""
         self.block = block
@@ -107,7 +134,7 @@ class Plan:
     """How a storable response is kept: its status, the request headers it varies on, its header
     block, seconds fresh and stale-while-revalidate, and the upstream's ``Age``."""
 
-    __slots__ = ("age", "block", "etag", "status", "swr", "ttl", "vary")
+    __slots__ = ("age", "block", "etag", "status", "swr", "ttl", "validators", "vary")
 
     def __init__(
         self,
@@ -118,9 +145,11 @@ class Plan:
         swr: float,
         age: float,
         etag: bytes | None = None,
+        validators: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         self.status = status
         self.etag = etag
+        self.validators = validators
         self.vary = vary
         self.block = block
         self.ttl = ttl
@@ -131,7 +160,7 @@ class Plan:
 class _State:
     """A request's cache state between its request and response phases."""
 
-    __slots__ = ("base", "capture", "done", "headers", "key", "leader", "word")
+    __slots__ = ("base", "capture", "done", "headers", "key", "leader", "stale", "word")
 
     def __init__(
         self,
@@ -144,6 +173,8 @@ class _State:
     ) -> None:
         self.word = word
         """What the response's X-Cache says: MISS or BYPASS."""
+        self.stale: Entry | None = None
+        """The stored entry this request asks upstream to confirm (a 304 makes it fresh again)."""
         self.base = base
         self.key = key
         self.headers = headers
@@ -234,7 +265,8 @@ class Cache(HttpFilter):
         self.header = h.encode()
         self.lheader = self.header.lower()
         self.lines = {
-            w: (self.header + b": " + w + b"\r\n") if h else b"" for w in (b"HIT", b"MISS", b"STALE", b"BYPASS")
+            w: (self.header + b": " + w + b"\r\n") if h else b""
+            for w in (b"HIT", b"MISS", b"STALE", b"BYPASS", b"REVALIDATED")
         }
         self.entries: OrderedDict[Key, Entry] = OrderedDict()
         self.vary: dict[bytes, tuple[bytes, ...]] = {}
@@ -266,7 +298,8 @@ class Cache(HttpFilter):
             else:
                 self.vary.pop(base, None)
         key: Key = (base, tuple(headers.get(n) for n in names))
-        entry = Entry(plan.status, plan.block, data, time.monotonic() - plan.age, plan.ttl, plan.swr, plan.etag)
+        now = time.monotonic()
+        entry = Entry(plan.status, plan.block, data, now - plan.age, plan.ttl, plan.swr, plan.etag, plan.validators)
         entries = self.entries
         old = entries.pop(key, None)
         if old is not None:
@@ -346,7 +379,7 @@ class Cache(HttpFilter):
                 if now < entry.stale_until and ctx.route is not None:
                     self.stale += 1
                     if key not in self.refreshing and key not in self.pending:
-                        self._refresh(req, ctx, key)
+                        self._refresh(req, ctx, key, entry)
                     return self._answer(req, entry, now, b"STALE")
             waiter = self.pending.get(key)
             if waiter is not None:
@@ -370,10 +403,20 @@ class Cache(HttpFilter):
         leader: asyncio.Future[None] | None = None
         if method == b"GET" and key not in self.pending:
             leader = self.pending[key] = asyncio.get_running_loop().create_future()
-        STATE.set(ctx, _State(base, key, headers, method == b"GET", leader, b"MISS"))
+        state = _State(base, key, headers, method == b"GET", leader, b"MISS")
+        if method == b"GET":
+            stale = self.entries.get(key)
+            if stale is not None and stale.validators:
+                names = headers.names()
+                if b"if-none-match" not in names and b"if-modified-since" not in names and b"range" not in names:
+                    # Ask upstream whether the stored copy is still good: a 304 costs no body.
+                    for name, value in stale.validators:
+                        headers.add(name, value)
+                    state.stale = stale
+        STATE.set(ctx, state)
         return None
 
-    def _refresh(self, req: Request, ctx: Context, key: Key) -> None:
+    def _refresh(self, req: Request, ctx: Context, key: Key, entry: Entry) -> None:
         """Refetch ``key`` in the background through the matched route (one at a time per key)."""
         route = ctx.route
         names = req.headers.names()
@@ -382,6 +425,8 @@ class Cache(HttpFilter):
             for p, n in zip(req.headers.pairs(), names, strict=True)
             if n not in (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"range")
         ]
+        original = Headers(list(pairs))
+        pairs.extend(entry.validators)
         again = Request(
             b"GET", req.target, Headers(pairs), version=b"1.1", host=req.host, raw_host=req.raw_host, body=None
         )
@@ -389,10 +434,10 @@ class Cache(HttpFilter):
         again.ctx.route = route
         again.ctx.cluster = ctx.cluster
         self.refreshing.add(key)
-        task = asyncio.get_running_loop().create_task(self._refetch(route, again, Headers(list(pairs)), key))
+        task = asyncio.get_running_loop().create_task(self._refetch(route, again, original, key, entry))
         task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
 
-    async def _refetch(self, route: Any, req: Request, original: Headers, key: Key) -> None:
+    async def _refetch(self, route: Any, req: Request, original: Headers, key: Key, entry: Entry) -> None:
         try:
             if route.prefix is not None:
                 route.rewrite_path(req)
@@ -403,6 +448,11 @@ class Cache(HttpFilter):
             if route.response_ops is not None:
                 route.response_ops.apply(resp.headers)
             body = resp.body
+            if resp.status == 304 and entry.validators:
+                if isinstance(body, Body):
+                    body.cancel()
+                self.revalidated(entry, resp)
+                return
             if isinstance(body, Body):
                 try:
                     data = await body.read_all(self.max_entry_bytes)
@@ -421,6 +471,40 @@ class Cache(HttpFilter):
 
     # -- the response phase ------------------------------------------------------
 
+    def lifetime(
+        self, headers: Headers, names: list[bytes], cc: dict[bytes, bytes]
+    ) -> tuple[float | None, float, float]:
+        """(seconds fresh, or None when the response does not say; stale-while-revalidate seconds;
+        the upstream's ``Age``)."""
+        ttl = _seconds(cc.get(b"s-maxage"))
+        if ttl is None:
+            ttl = _seconds(cc.get(b"max-age"))
+        if ttl is None and b"expires" in names:
+            expires = _http_date(headers.get(b"expires"))
+            date = _http_date(headers.get(b"date"))
+            ttl = max(0.0, expires - (date if date is not None else time.time())) if expires is not None else 0.0
+        age = (_seconds(headers.get(b"age")) or 0.0) if b"age" in names else 0.0
+        if b"must-revalidate" in cc or b"proxy-revalidate" in cc:
+            swr = 0.0
+        else:
+            own = _seconds(cc.get(b"stale-while-revalidate"))
+            swr = own if own is not None else self.swr
+        return ttl, swr, age
+
+    def revalidated(self, entry: Entry, resp: Response) -> None:
+        """Upstream answered 304 to our validators: ``entry`` is fresh again, for as long as the
+        304 says (or as long as before)."""
+        headers = resp.headers
+        names = headers.names()
+        cc = _directives(headers.get(b"cache-control"))
+        ttl, swr, age = self.lifetime(headers, names, cc)
+        if ttl is None:
+            ttl, swr = entry.ttl, entry.swr
+        entry.stored = time.monotonic() - age
+        entry.ttl, entry.swr = ttl, swr
+        entry.fresh_until = entry.stored + ttl
+        entry.stale_until = entry.fresh_until + swr
+
     def plan(self, resp: Response) -> Plan | None:
         """How to keep ``resp``; None if it must not be stored."""
         if resp.status not in self.statuses:
@@ -433,23 +517,11 @@ class Cache(HttpFilter):
         cc = _directives(headers.get(b"cache-control"))
         if b"no-store" in cc or b"private" in cc or b"no-cache" in cc:
             return None
-        ttl = _seconds(cc.get(b"s-maxage"))
-        if ttl is None:
-            ttl = _seconds(cc.get(b"max-age"))
-        if ttl is None and b"expires" in names:
-            expires = _http_date(headers.get(b"expires"))
-            date = _http_date(headers.get(b"date"))
-            ttl = max(0.0, expires - (date if date is not None else time.time())) if expires is not None else 0.0
+        ttl, swr, age = self.lifetime(headers, names, cc)
         if ttl is None:
             ttl = self.default_ttl
-        age = (_seconds(headers.get(b"age")) or 0.0) if b"age" in names else 0.0
         if ttl - age <= 0:
             return None
-        if b"must-revalidate" in cc or b"proxy-revalidate" in cc:
-            swr = 0.0
-        else:
-            own = _seconds(cc.get(b"stale-while-revalidate"))
-            swr = own if own is not None else self.swr
         vary: list[bytes] = []
         for v in headers.get_all(b"vary") if b"vary" in names else ():
             for token in v.split(b","):
@@ -458,16 +530,23 @@ class Cache(HttpFilter):
                     return None
                 if t and t not in vary:
                     vary.append(t)
-        etag = _opaque(headers.get(b"etag")) if b"etag" in names else None
+        etag: bytes | None = None
+        validators: tuple[tuple[bytes, bytes], ...] = ()
+        if b"etag" in names:
+            tag = headers.get(b"etag") or b""
+            etag = _opaque(tag)
+            validators = ((b"If-None-Match", tag),)
+        if b"last-modified" in names:
+            validators += ((b"If-Modified-Since", headers.get(b"last-modified") or b""),)
         lheader = self.lheader
         if wire is not None and b"age" not in names and lheader not in names:
-            return Plan(resp.status, tuple(vary), wire, ttl, swr, age, etag)
+            return Plan(resp.status, tuple(vary), wire, ttl, swr, age, etag, validators)
         block = b"".join(
             n + b": " + v + b"\r\n"
             for (n, v), ln in zip(headers.pairs(), names, strict=True)
             if ln not in _HOP and ln != lheader
         )
-        return Plan(resp.status, tuple(vary), block, ttl, swr, age, etag)
+        return Plan(resp.status, tuple(vary), block, ttl, swr, age, etag, validators)
 
     def response_filter(self, resp: Response, ctx: Context) -> None:
         state = STATE.get(ctx, None)
@@ -476,6 +555,19 @@ class Cache(HttpFilter):
         if not state.word:  # an unsafe method
             if resp.status < 400:
                 self.invalidate(state.base)
+            return
+        stale = state.stale
+        if stale is not None and resp.status == 304:
+            # Our validators matched: answer with the stored response, fresh again.
+            self.revalidated(stale, resp)
+            if isinstance(resp.body, Body):
+                resp.body.cancel()
+            resp.status = stale.status
+            resp.reason = b""
+            resp.headers = Headers(block=stale.block + b"Age: 0\r\n" + self.lines[b"REVALIDATED"])
+            resp.body = stale.body
+            resp.content_length = len(stale.body)
+            self.finish(state)
             return
         plan = self.plan(resp) if state.capture else None
         if self.header:
