@@ -149,6 +149,17 @@ def test_miss_then_hit_with_age(env: tuple[LoopThread, InProcessProxy]) -> None:
     assert hits["/fresh1"] == 3
 
 
+def test_http2_client_gets_the_hit(env: tuple[LoopThread, InProcessProxy]) -> None:
+    _, p = env
+    with httpx.Client(http2=True, http1=False, timeout=30) as c:  # h2c by prior knowledge
+        rs = [c.get(p.url + "/fresh-h2") for _ in range(2)]
+    assert [(r.http_version, r.headers["x-cache"], r.content) for r in rs] == [
+        ("HTTP/2", "MISS", b"fresh 1"),
+        ("HTTP/2", "HIT", b"fresh 1"),
+    ]
+    assert int(rs[1].headers["age"]) >= 0 and rs[1].headers["content-length"] == "7"
+
+
 def test_if_none_match_answered_304_from_the_cache(env: tuple[LoopThread, InProcessProxy]) -> None:
     _, p = env
     assert get(p, "/etag").headers["x-cache"] == "MISS"
