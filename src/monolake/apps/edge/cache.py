@@ -476,19 +476,23 @@ class Cache(HttpFilter):
     ) -> tuple[float | None, float, float]:
         """(seconds fresh, or None when the response does not say; stale-while-revalidate seconds;
         the upstream's ``Age``)."""
-        ttl = _seconds(cc.get(b"s-maxage"))
-        if ttl is None:
-            ttl = _seconds(cc.get(b"max-age"))
+        ttl: float | None = None
+        swr = self.swr
+        if cc:
+            ttl = _seconds(cc.get(b"s-maxage"))
+            if ttl is None:
+                ttl = _seconds(cc.get(b"max-age"))
+            if b"must-revalidate" in cc or b"proxy-revalidate" in cc:
+                swr = 0.0
+            else:
+                own = _seconds(cc.get(b"stale-while-revalidate"))
+                if own is not None:
+                    swr = own
         if ttl is None and b"expires" in names:
             expires = _http_date(headers.get(b"expires"))
             date = _http_date(headers.get(b"date"))
             ttl = max(0.0, expires - (date if date is not None else time.time())) if expires is not None else 0.0
         age = (_seconds(headers.get(b"age")) or 0.0) if b"age" in names else 0.0
-        if b"must-revalidate" in cc or b"proxy-revalidate" in cc:
-            swr = 0.0
-        else:
-            own = _seconds(cc.get(b"stale-while-revalidate"))
-            swr = own if own is not None else self.swr
         return ttl, swr, age
 
     def revalidated(self, entry: Entry, resp: Response) -> None:
@@ -514,7 +518,8 @@ class Cache(HttpFilter):
         names = headers.names()
         if b"set-cookie" in names:
             return None
-        cc = _directives(headers.get(b"cache-control"))
+        pairs = headers.pairs()
+        cc = _directives(pairs[names.index(b"cache-control")][1]) if b"cache-control" in names else _NONE
         if b"no-store" in cc or b"private" in cc or b"no-cache" in cc:
             return None
         ttl, swr, age = self.lifetime(headers, names, cc)
@@ -533,18 +538,16 @@ class Cache(HttpFilter):
         etag: bytes | None = None
         validators: tuple[tuple[bytes, bytes], ...] = ()
         if b"etag" in names:
-            tag = headers.get(b"etag") or b""
+            tag = pairs[names.index(b"etag")][1]
             etag = _opaque(tag)
             validators = ((b"If-None-Match", tag),)
         if b"last-modified" in names:
-            validators += ((b"If-Modified-Since", headers.get(b"last-modified") or b""),)
+            validators += ((b"If-Modified-Since", pairs[names.index(b"last-modified")][1]),)
         lheader = self.lheader
         if wire is not None and b"age" not in names and lheader not in names:
             return Plan(resp.status, tuple(vary), wire, ttl, swr, age, etag, validators)
         block = b"".join(
-            n + b": " + v + b"\r\n"
-            for (n, v), ln in zip(headers.pairs(), names, strict=True)
-            if ln not in _HOP and ln != lheader
+            n + b": " + v + b"\r\n" for (n, v), ln in zip(pairs, names, strict=True) if ln not in _HOP and ln != lheader
         )
         return Plan(resp.status, tuple(vary), block, ttl, swr, age, etag, validators)
 
@@ -571,7 +574,10 @@ class Cache(HttpFilter):
             return
         plan = self.plan(resp) if state.capture else None
         if self.header:
-            resp.headers.set(self.header, state.word)
+            headers = resp.headers
+            if self.lheader in headers.names():
+                headers.remove(self.lheader)
+            headers.add(self.header, state.word)
         if plan is None:
             self.finish(state)
             return
@@ -607,6 +613,8 @@ class Cache(HttpFilter):
         if state is not None and not state.done:
             self.finish(state)  # the upstream call failed, or the client went away mid-body
 
+
+_NONE: dict[bytes, bytes] = {}
 
 _UNSAFE = frozenset({b"POST", b"PUT", b"DELETE", b"PATCH"})
 
