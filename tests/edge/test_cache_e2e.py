@@ -67,6 +67,19 @@ def test_admin_purge_reaches_every_worker(tmp_path: Path) -> None:
             assert r.status_code == 202
         fetch_until(p.url, "/keep-me", 4, deadline)  # "*": everything
         assert p.log.count(r"cache: purged") >= 4
+        with httpx.Client(trust_env=False, timeout=30) as c:  # the workers' counts, flushed each second
+            while 'monolake_cache_lookups_total{result="hit"}' not in (
+                text := c.get(f"http://127.0.0.1:{admin}/metrics").text
+            ):
+                assert time.monotonic() < deadline, text
+                time.sleep(0.1)
+        counts = {
+            line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("monolake_cache_lookups_total{")
+        }
+        assert counts["hit"] >= 3 and counts["miss"] >= 8
+        assert "monolake_cache_entries" in text and "monolake_cache_bytes" in text
     finally:
         factory.close()
         origin.close()

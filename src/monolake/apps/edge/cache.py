@@ -193,6 +193,19 @@ _HOP = frozenset({b"age", b"connection", b"keep-alive", b"transfer-encoding", b"
 _caches: weakref.WeakSet[Cache] = weakref.WeakSet()
 
 
+def statistics() -> dict[str, int]:
+    """This process's caches together: lookups by result (counted since start), bytes, entries."""
+    out = {"hit": 0, "miss": 0, "stale": 0, "revalidated": 0, "bytes": 0, "entries": 0}
+    for c in list(_caches):
+        out["hit"] += c.hits
+        out["miss"] += c.misses
+        out["stale"] += c.stale
+        out["revalidated"] += c.revalidations
+        out["bytes"] += c.size
+        out["entries"] += len(c.entries)
+    return out
+
+
 def purge_all(prefix: str) -> int:
     """Drop, in every cache of this process, the entries whose key starts with ``prefix``
     ("*": all). Returns how many were dropped."""
@@ -274,7 +287,7 @@ class Cache(HttpFilter):
         self.pending: dict[Key, asyncio.Future[None]] = {}
         self.refreshing: set[Key] = set()
         self.size = 0
-        self.hits = self.misses = self.stale = 0
+        self.hits = self.misses = self.stale = self.revalidations = 0
         self.waiting = 0
         """Requests waiting now for another's response (coalesced misses)."""
         _caches.add(self)
@@ -562,6 +575,7 @@ class Cache(HttpFilter):
         stale = state.stale
         if stale is not None and resp.status == 304:
             # Our validators matched: answer with the stored response, fresh again.
+            self.revalidations += 1
             self.revalidated(stale, resp)
             if isinstance(resp.body, Body):
                 resp.body.cancel()
