@@ -30,6 +30,8 @@ def answer(method: bytes, target: bytes, headers: dict[str, str], body: bytes) -
     text = [("Content-Type", "text/plain")]
     if path.startswith("/fresh"):
         return 200, [*text, ("Cache-Control", "max-age=300")], b"fresh " + n
+    if path.startswith("/zip/"):
+        return 200, [*text, ("Cache-Control", "max-age=300")], b"compressible text\n" * 100
     if path == "/etag":
         return 200, [*text, ("Cache-Control", "max-age=300"), ("ETag", 'W/"v1"')], b"tagged"
     if path == "/validate":
@@ -100,6 +102,7 @@ def env() -> Iterator[tuple[LoopThread, InProcessProxy]]:
     streaming = StreamingOrigin(lt)
     up = [{"endpoint": origin.url}]
     routes = [
+        {"path": "/zip/", "upstreams": up, "filters": ["compress", "cache"]},
         {
             "path": "/stream/",
             "upstreams": [{"endpoint": streaming.url}],
@@ -158,6 +161,19 @@ def test_http2_client_gets_the_hit(env: tuple[LoopThread, InProcessProxy]) -> No
         ("HTTP/2", "HIT", b"fresh 1"),
     ]
     assert int(rs[1].headers["age"]) >= 0 and rs[1].headers["content-length"] == "7"
+
+
+def test_compressed_variants_stored_by_accept_encoding(env: tuple[LoopThread, InProcessProxy]) -> None:
+    _, p = env
+    plain = b"compressible text\n" * 100
+    with httpx.Client(timeout=30) as c:
+        rs = [c.get(p.url + "/zip/a", headers={"Accept-Encoding": ae}) for ae in ("gzip", "gzip", "identity")]
+    assert [(r.headers["x-cache"], r.headers.get("content-encoding")) for r in rs] == [
+        ("MISS", "gzip"),
+        ("HIT", "gzip"),
+        ("MISS", None),
+    ]
+    assert all(r.content == plain for r in rs) and hits["/zip/a"] == 2  # httpx decoded the gzip ones
 
 
 def test_if_none_match_answered_304_from_the_cache(env: tuple[LoopThread, InProcessProxy]) -> None:
