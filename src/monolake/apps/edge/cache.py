@@ -286,6 +286,7 @@ class Cache(HttpFilter):
         """Per base key, the request headers its stored responses vary on (lowercased)."""
         self.pending: dict[Key, asyncio.Future[None]] = {}
         self.refreshing: set[Key] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.size = 0
         self.hits = self.misses = self.stale = self.revalidations = 0
         self.waiting = 0
@@ -448,7 +449,8 @@ class Cache(HttpFilter):
         again.ctx.cluster = ctx.cluster
         self.refreshing.add(key)
         task = asyncio.get_running_loop().create_task(self._refetch(route, again, original, key, entry))
-        task.add_done_callback(lambda t: None if t.cancelled() else t.exception())
+        self.tasks.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self.tasks.discard)
 
     async def _refetch(self, route: Any, req: Request, original: Headers, key: Key, entry: Entry) -> None:
         try:
