@@ -22,6 +22,7 @@ BUILTINS: dict[str, str] = {
     "basic_auth": "monolake.apps.edge.basic_auth:BasicAuth",
     "ext_authz": "monolake.apps.edge.ext_authz:ExtAuthz",
     "tracing": "monolake.apps.edge.tracing:Tracing",
+    "cache": "monolake.apps.edge.cache:Cache",
 }
 """Built-in filter name -> "module:Class" (imported when a config names it)."""
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import weakref
 from bisect import bisect_left
@@ -173,6 +174,18 @@ class _Families:
             multiprocess_mode="liveall",
             registry=None,
         )
+        self.cache_lookups = Counter(
+            "monolake_cache_lookups",
+            "Requests on routes with the cache filter, by result (hit, miss, stale, revalidated).",
+            ["result"],
+            registry=None,
+        )
+        self.cache_bytes = Gauge(
+            "monolake_cache_bytes", "Bytes the cache filters hold.", multiprocess_mode="livesum", registry=None
+        )
+        self.cache_entries = Gauge(
+            "monolake_cache_entries", "Responses the cache filters hold.", multiprocess_mode="livesum", registry=None
+        )
         # L4 and Thrift servers (counted in _conn_metrics.py).
 
         self.l4_connections = Counter(
@@ -270,6 +283,8 @@ class WorkerMetrics:
         self._errors: dict[tuple[int, str], int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache: dict[str, int] = {}
+        """The cache filters' lookup counts at the last flush."""
 
     def watch(self, *, apps: Iterable[Any] = (), pools: Iterable[Any] = (), clusters: Iterable[Any] = ()) -> None:
         """Sample these (held weakly) from now on; starts the flush timer if a loop runs."""
@@ -346,6 +361,17 @@ class WorkerMetrics:
             if states is not None:
                 for state, n in states().items():
                     fam.endpoints.labels(str(cluster.name), state).set(n)
+        cache = sys.modules.get("monolake.apps.edge.cache")  # loaded only when a config names it
+        if cache is not None:
+            st = cache.statistics()
+            for result in ("hit", "miss", "stale", "revalidated"):
+                n = st[result]
+                last = self._cache.get(result, 0)
+                if n > last:
+                    fam.cache_lookups.labels(result).inc(n - last)
+                self._cache[result] = n
+            fam.cache_bytes.set(st["bytes"])
+            fam.cache_entries.set(st["entries"])
 
     def recorder(self, server: str) -> RequestMetrics:
         return RequestMetrics(server, self)

@@ -165,7 +165,14 @@ class ProxyBuilder:
     def on_message(self, msg: Mapping[str, Any]) -> None:
         """A message the supervisor broadcast to the workers: a cluster's discovered endpoint
         set (``apps.discovery``), applied at once to the running cluster and kept for the
-        clusters later reloads build. An empty message forgets the cluster's set."""
+        clusters later reloads build. An empty message forgets the cluster's set. A
+        ``cache_purge`` (the admin endpoint's ``POST /cache/purge``) goes to the caches."""
+        purge = msg.get("cache_purge")
+        if isinstance(purge, str):
+            from ..edge.cache import purge_all
+
+            purge_all(purge)
+            return
         name = msg.get("cluster")
         if not isinstance(name, str):
             return

@@ -12,7 +12,8 @@ requests), ``/metrics`` (Prometheus text), ``/healthz``, ``/config`` (the config
 in force, secrets redacted), ``/upstreams`` (endpoints and their health),
 ``/stats.json`` (what the dashboard polls), ``POST /reload`` (waits for the
 outcome; ``GET /reload`` shows the last one), ``GET /log_level`` and ``POST
-/log_level?level=debug`` (every process's log level, until a restart). With ``[admin] token`` set, every
+/log_level?level=debug`` (every process's log level, until a restart), ``POST
+/cache/purge?prefix=...`` (the ``cache`` filter's entries, in every worker). With ``[admin] token`` set, every
 endpoint but ``/`` needs ``Authorization: Bearer TOKEN``.
 
 ``/config`` redacts what may be a secret: values under secret-looking keys
@@ -33,6 +34,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
@@ -312,6 +314,8 @@ class _Routes:
             handler = self._reload
         elif req.method in ("POST", "PUT") and path == "/log_level":
             handler = lambda: self._set_log_level(req)  # noqa: E731
+        elif req.method == "POST" and path == "/cache/purge":
+            handler = lambda: self._cache_purge(req)  # noqa: E731
         elif path.startswith(PREFIX) and req.method in ("PUT", "DELETE", "POST"):
             denied = self._denied(req)
             if denied is not None:
@@ -405,6 +409,31 @@ class _Routes:
         set_level(names[level.lower()])
         log.warning("admin: log level set to %s", level.lower())
         return _json(200, {"level": level.lower()})
+
+    def _cache_purge(self, req: Request) -> Reply:
+        """``POST /cache/purge?prefix=example.com/img/`` (or a body ``{"prefix": ...}``; ``*``: all):
+        every worker drops its ``cache`` entries whose key (host + path + query) starts with it.
+        Sent over the control channel; the workers apply it as soon as their loops see it."""
+        _, _, query = req.target.partition("?")
+        prefix: Any = dict(p.partition("=")[::2] for p in query.split("&") if p).get("prefix")
+        if prefix is not None:
+            prefix = urllib.parse.unquote(prefix)
+        else:
+            try:
+                doc = json.loads(req.body) if req.body.strip() else {}
+            except ValueError:
+                doc = None
+            prefix = doc.get("prefix") if isinstance(doc, dict) else None
+        if not isinstance(prefix, str) or not prefix:
+            return _json(400, {"error": 'give a key prefix ("?prefix=host/path" or {"prefix": ...}), or "*" for all'})
+        broadcast = getattr(self.state.supervisor, "broadcast", None)
+        if broadcast is None:
+            return _json(503, {"error": "no workers to tell"})
+        # Not kept for workers started later (their caches start empty): forgotten at once.
+        broadcast("cache/purge", {"op": "app", "topic": "cache/purge", "cache_purge": prefix})
+        broadcast("cache/purge", {})
+        log.warning("admin: cache purge of %r sent to the workers", prefix)
+        return _json(202, {"purge": prefix})
 
     def _reload(self) -> Reply:
         status, payload = self.state.reload()
