@@ -36,7 +36,9 @@ import msgspec
 
 from ...core.proto.http1 import Request, Response
 from ...core.service import Context, ContextSlot
+from ..config import Endpoint
 from ..proxy._filters import HttpFilter
+from ..proxy._retry import RETRY_HOOK
 from ._base import ArgError
 from ._slots import TRACE_ID
 
@@ -49,8 +51,9 @@ __all__ = ["TRACE_ID", "Tracing", "TracingArgs"]
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 # A span record: [trace_id, span_id, parent_id, start_ns, end_ns, name (bytes), raw attributes, error,
-# client record | None] (+ sampled, tracestate on the server record)
+# client record | None] (+ sampled, tracestate, earlier tries' client records | None on the server record)
 _TID, _SID, _PID, _START, _END, _NAME, _ATTRS, _ERR, _CLIENT = range(9)
+_SAMPLED, _STATE, _TRIES = 9, 10, 11
 
 
 class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -145,12 +148,16 @@ def _server_attrs(a: list[Any]) -> dict[str, Any]:
 
 
 def _client_attrs(a: list[Any]) -> dict[str, Any]:
-    method, path, status, endpoint = a
+    method, path, status, endpoint, resend, error_type = a
     out: dict[str, Any] = {"http.request.method": method.decode("latin-1"), "url.path": path.decode("latin-1")}
     if status is not None:
         out["http.response.status_code"] = status
     if endpoint is not None:
         out["server.address"] = str(endpoint)
+    if resend:
+        out["http.request.resend_count"] = resend
+    if error_type is not None:
+        out["error.type"] = error_type
     return out
 
 
@@ -213,6 +220,8 @@ class _Exporter:
         spans = []
         for r in records:
             spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(r[_ATTRS])))
+            for c in r[_TRIES] or ():
+                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
             c = r[_CLIENT]
             if c is not None:
                 spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
@@ -274,10 +283,12 @@ class Tracing(HttpFilter):
         record: list[Any] = [trace_id, random.getrandbits(64) or 1, parent, 0, 0, method, None, False, None]
         record.append(sampled)
         record.append(state)
+        record.append(None)
         if sampled:
             record[_START] = time.time_ns()
             record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, None, None]
             TRACE_ID.set(ctx, b"%032x" % trace_id)
+            RETRY_HOOK.set(ctx, self)
         SPANS.set(ctx, record)
         return None
 
@@ -301,10 +312,45 @@ class Tracing(HttpFilter):
                 time.time_ns(),
                 0,
                 record[_NAME],
-                [record[_NAME], req.path, None, None],
+                [record[_NAME], req.path, None, None, 0, None],
                 True,  # until a response head comes
                 None,
             ]
+
+    def retrying(self, req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) -> None:
+        """A retrying route's try failed (``RETRY_HOOK``): end its span, start the next try's."""
+        record = SPANS.get(req.ctx, None)
+        if record is None or record[_CLIENT] is None:
+            return
+        now = time.time_ns()
+        client = record[_CLIENT]
+        client[_END] = now
+        client[_ERR] = True
+        attrs = client[_ATTRS]
+        attrs[3] = endpoint
+        if why.startswith("status "):
+            attrs[2] = int(why[7:])
+            attrs[5] = why[7:]  # error.type: the status code, as the HTTP conventions say
+        else:
+            attrs[5] = why.replace(" ", "_")
+        tries = record[_TRIES]
+        if tries is None:
+            tries = record[_TRIES] = []
+        tries.append(client)
+        client_id = random.getrandbits(64) or 1
+        req.headers.set(b"traceparent", b"00-%032x-%016x-01" % (record[_TID], client_id))
+        name = record[_NAME]
+        record[_CLIENT] = [
+            record[_TID],
+            client_id,
+            record[_SID],
+            now,
+            0,
+            name,
+            [name, attrs[1], None, None, len(tries), None],
+            True,
+            None,
+        ]
 
     def response_filter(self, resp: Response, ctx: Context) -> None:
         record = SPANS.get(ctx, None)
@@ -325,6 +371,7 @@ class Tracing(HttpFilter):
         client = record[_CLIENT]
         if client is not None and not client[_END]:  # the upstream call failed: no response head came
             client[_END] = now
+            client[_ATTRS][3] = ctx.endpoint
         record[_END] = now
         record[_ATTRS][7] = resp.status
         record[_ERR] = resp.status >= 500
