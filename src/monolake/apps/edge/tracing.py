@@ -219,12 +219,14 @@ class _Exporter:
     def _encode(self, records: list[list[Any]]) -> bytes:
         spans = []
         for r in records:
-            spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(r[_ATTRS])))
+            a = r[_ATTRS]  # a thrift call's are a dict already
+            spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(a) if type(a) is list else a))
             for c in r[_TRIES] or ():
                 spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
             c = r[_CLIENT]
             if c is not None:
-                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
+                a = c[_ATTRS]
+                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(a) if type(a) is list else a))
         scope = _field(1, _field(1, b"monolake.edge.tracing")) + b"".join(_field(2, sp) for sp in spans)
         resource = _field(1, _kv("service.name", self.args.service_name))
         return _field(1, _field(1, resource) + _field(2, scope))
@@ -236,10 +238,20 @@ class _Exporter:
             resp.read()
 
 
+THRIFT_TRACEPARENT = "RPC_TRANSIT_traceparent"
+THRIFT_TRACESTATE = "RPC_TRANSIT_tracestate"
+"""TTHeader keys of the W3C context: Kitex's OpenTelemetry suite puts ``traceparent`` in the
+call's metainfo as a transient value, which TTHeader carries as ``RPC_TRANSIT_<key>`` (one hop:
+each hop sends its own span as the parent)."""
+
+_THRIFT_FAILED = frozenset({"exception", "error", "no_route", "refused"})
+
+
 class Tracing(HttpFilter):
     """OpenTelemetry tracing; see the module docstring."""
 
     Args = TracingArgs
+    kinds = ("http", "thrift")
 
     def __init__(self, args: TracingArgs) -> None:
         if not 0.0 <= args.sample_ratio <= 1.0:
@@ -263,6 +275,64 @@ class Tracing(HttpFilter):
         if e is None or e.pid != os.getpid():  # none yet, or one inherited through a fork (no thread)
             e = self._exporter = _Exporter(self.args)
         return e
+
+    def call_filter(self, call: Any, ctx: Context) -> None:
+        """A thrift server's call (``ThriftCall``): a SERVER span, and a CLIENT span whose context goes
+        upstream in ``RPC_TRANSIT_traceparent`` (header transports; framed calls carry none)."""
+        headers = call.headers
+        parent = 0
+        tp = headers.get(THRIFT_TRACEPARENT) if headers else None
+        m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
+        if m is not None and m[1] != b"ff" and int(m[2], 16) and int(m[3], 16):
+            trace_id = int(m[2], 16)
+            parent = int(m[3], 16)
+            sampled = bool(int(m[4], 16) & 1) if self.parent_based else (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            state = headers.get(THRIFT_TRACESTATE)
+        else:
+            trace_id = random.getrandbits(128) or 1
+            sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            state = None
+        client_id = random.getrandbits(64) or 1
+        out = {THRIFT_TRACEPARENT: f"00-{trace_id:032x}-{client_id:016x}-{'01' if sampled else '00'}"}
+        if state is not None:
+            out[THRIFT_TRACESTATE] = state
+        call.send_headers = out
+        if not sampled:
+            return
+        now = time.time_ns()
+        service = call.service or ""
+        name = f"{service}/{call.method}".encode() if service else call.method.encode()
+        attrs: dict[str, Any] = {"rpc.system": "apache_thrift", "rpc.method": call.method}
+        if service:
+            attrs["rpc.service"] = service
+        server_attrs = {**attrs, "client.address": call.peer}
+        record: list[Any] = [trace_id, random.getrandbits(64) or 1, parent, now, 0, name, server_attrs, False]
+        record += [[trace_id, client_id, 0, now, 0, name, attrs, False, None], True, state, None]
+        record[_CLIENT][_PID] = record[_SID]
+        SPANS.set(ctx, record)
+        TRACE_ID.set(ctx, b"%032x" % trace_id)
+
+    def call_done(self, call: Any, outcome: str, ctx: Context) -> None:
+        record = SPANS.get(ctx, None)
+        if record is None:
+            return
+        now = time.time_ns()
+        record[_END] = now
+        failed = outcome in _THRIFT_FAILED
+        client = record[_CLIENT]
+        if outcome in ("no_route", "refused"):  # nothing went upstream
+            record[_CLIENT] = None
+        else:
+            client[_END] = now
+            client[_ERR] = failed
+            if ctx.endpoint is not None:
+                client[_ATTRS]["server.address"] = str(ctx.endpoint)
+            if failed:
+                client[_ATTRS]["error.type"] = outcome
+        record[_ERR] = failed
+        if failed:
+            record[_ATTRS]["error.type"] = outcome
+        self.exporter.add(record)
 
     def request_filter(self, req: Request, ctx: Context) -> None:
         headers = req.headers
