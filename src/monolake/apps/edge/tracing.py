@@ -22,6 +22,7 @@ I/O: ``monolake check`` runs it).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -30,11 +31,13 @@ import re
 import threading
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
-from ...core.proto.http1 import Request, Response
+from ...core.address import parse_endpoint
+from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context, ContextSlot
 from ..config import Endpoint
 from ..proxy._filters import HttpFilter
@@ -58,7 +61,11 @@ _SAMPLED, _STATE, _TRIES = 9, 10, 11
 
 class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
-    """The OTLP/HTTP traces URL of the collector."""
+    """The collector: its OTLP/HTTP traces URL, or with ``protocol = "grpc"`` its OTLP/gRPC address as
+    ``http://host:4317`` (h2c) or ``https://host:4317`` (h2 over TLS); a path is ignored."""
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    """How spans are exported (OpenTelemetry's ``OTEL_EXPORTER_OTLP_PROTOCOL`` values): an HTTP
+    POST of protobuf, or the ``TraceService/Export`` gRPC call over monolake's HTTP/2 client."""
     service_name: str = "monolake"
     """The ``service.name`` resource attribute."""
     sample_ratio: float = 1.0
@@ -185,6 +192,10 @@ class _Exporter:
         self.exported = 0
         self.wake = threading.Event()
         self._last_error = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """gRPC export: the export thread's event loop, its client and the collector's endpoint."""
+        self._client: Any = None
+        self._endpoint: Any = None
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._run, name="monolake-otlp", daemon=True)
         self.thread.start()
@@ -232,11 +243,48 @@ class _Exporter:
         return _field(1, _field(1, resource) + _field(2, scope))
 
     def _post(self, body: bytes) -> None:
+        if self.args.protocol == "grpc":
+            self._post_grpc(body)
+            return
         headers = {"Content-Type": "application/x-protobuf", **self.args.headers}
         req = urllib.request.Request(self.args.endpoint, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=self.args.export_timeout) as resp:
             resp.read()
 
+    def _post_grpc(self, body: bytes) -> None:
+        """One unary ``Export`` call on the export thread's own event loop (its HTTP/2 connection
+        stays open between batches). Raises on a transport error or a grpc-status other than 0."""
+        from ...core.client import Client, PoolSettings
+
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.new_event_loop()
+            t = self.args.export_timeout
+            self._client = Client(
+                loop=loop, default=PoolSettings(http2=True, connect_timeout=t, read_timeout=t, pool_timeout=t)
+            )
+            parts = urlsplit(self.args.endpoint)
+            self._endpoint = parse_endpoint(f"{parts.scheme}://{parts.netloc}")
+        loop.run_until_complete(asyncio.wait_for(self._export_grpc(body), self.args.export_timeout))
+
+    async def _export_grpc(self, body: bytes) -> None:
+        headers = Headers([(b"content-type", b"application/grpc"), (b"te", b"trailers")])
+        for k, v in self.args.headers.items():
+            headers.add(k.lower().encode(), v.encode())
+        message = b"\x00" + len(body).to_bytes(4, "big") + body  # not compressed, length, message
+        req = Request(b"POST", _GRPC_EXPORT, headers, body=message)
+        resp = await self._client.send(req, self._endpoint)
+        status = resp.headers.get(b"grpc-status")  # a trailers-only answer (an error)
+        rbody = resp.body
+        if status is None and rbody is not None and not isinstance(rbody, bytes):
+            await rbody.read_all(1 << 20)
+            status = dict(rbody.trailers or ()).get(b"grpc-status")
+        if resp.status != 200 or status != b"0":
+            why = resp.headers.get(b"grpc-message") or b""
+            raise RuntimeError(f"HTTP {resp.status}, grpc-status {status!r} {why.decode('latin-1')}".rstrip())
+
+
+_GRPC_EXPORT = b"/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 THRIFT_TRACEPARENT = "RPC_TRANSIT_traceparent"
 THRIFT_TRACESTATE = "RPC_TRANSIT_tracestate"
@@ -258,6 +306,11 @@ class Tracing(HttpFilter):
             raise ArgError("sample_ratio", f"must be between 0 and 1, got {args.sample_ratio}")
         if not args.endpoint.startswith(("http://", "https://")):
             raise ArgError("endpoint", f"expected an http(s):// URL, got {args.endpoint!r}")
+        if args.protocol == "grpc":
+            try:
+                parse_endpoint(f"{urlsplit(args.endpoint).scheme}://{urlsplit(args.endpoint).netloc}")
+            except ValueError as exc:
+                raise ArgError("endpoint", f"not a collector address: {exc}") from None
         for key in ("export_interval", "export_timeout"):
             if getattr(args, key) <= 0:
                 raise ArgError(key, "must be > 0 (seconds)")
