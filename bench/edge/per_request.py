@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="run only the rows whose names contain this (and plain)")
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -114,6 +115,8 @@ def main() -> int:
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.repeat):  # interleaved, so load changes hit every row alike
         for name, feature in FEATURES.items():
+            if args.only and name != "plain" and args.only not in name:
+                continue
             us = runner(run(feature, args.n))
             best[name] = min(best.get(name, us), us)
     base, pbase = best["plain"]

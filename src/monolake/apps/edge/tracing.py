@@ -26,11 +26,12 @@ import asyncio
 import collections
 import logging
 import os
-import random
 import re
 import threading
 import time
 import urllib.request
+import weakref
+from binascii import unhexlify
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -41,7 +42,7 @@ from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context, ContextSlot
 from ..config import Endpoint
 from ..proxy._filters import HttpFilter
-from ..proxy._retry import RETRY_HOOK
+from ..proxy._retry import RETRY_HOOKS
 from ._base import ArgError
 from ._slots import TRACE_ID
 
@@ -53,10 +54,16 @@ __all__ = ["TRACE_ID", "Tracing", "TracingArgs"]
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
-# A span record: [trace_id, span_id, parent_id, start_ns, end_ns, name (bytes), raw attributes, error,
-# client record | None] (+ sampled, tracestate, earlier tries' client records | None on the server record)
+# A span record: [trace_id, span_id, parent_id | None, start_ns, end_ns, name (bytes), raw attributes,
+# error, client record | None] (+ sampled, tracestate, earlier tries' client records | None, the client
+# span's id on the server record). Ids are lowercase hex bytes, as traceparent carries them.
 _TID, _SID, _PID, _START, _END, _NAME, _ATTRS, _ERR, _CLIENT = range(9)
-_SAMPLED, _STATE, _TRIES = 9, 10, 11
+_SAMPLED, _STATE, _TRIES, _CSID = 9, 10, 11, 12
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+_ODD = b"13579bdf"  # a traceparent flags byte's last hex digit when the sampled bit is set
+_ID_BYTES = 2048
+"""Random bytes per refill of a filter's id buffer: 64 requests' ids (trace, server and client span)."""
 
 
 class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -149,8 +156,9 @@ def _server_attrs(a: list[Any]) -> dict[str, Any]:
         out["url.query"] = query.decode("latin-1")
     if host:
         out["server.address"] = host.decode("latin-1")
-    if route is not None:
-        out["monolake.route"] = str(route)  # the route's index in its server's list
+    name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
+    if name is not None:
+        out["monolake.route"] = str(name)  # the route's index in its server's list
     return out
 
 
@@ -168,10 +176,10 @@ def _client_attrs(a: list[Any]) -> dict[str, Any]:
     return out
 
 
-def _span(r: list[Any], kind: int, parent: int, attrs: dict[str, Any]) -> bytes:
-    out: bytes = _field(1, r[_TID].to_bytes(16, "big")) + _field(2, r[_SID].to_bytes(8, "big"))
+def _span(r: list[Any], kind: int, parent: bytes | None, attrs: dict[str, Any]) -> bytes:
+    out: bytes = _field(1, unhexlify(r[_TID])) + _field(2, unhexlify(r[_SID]))
     if parent:
-        out += _field(4, parent.to_bytes(8, "big"))
+        out += _field(4, unhexlify(parent))
     out += _field(5, r[_NAME])  # the method, bytes
     out += b"\x30" + _varint(kind)  # kind (6, varint)
     out += b"\x39" + r[_START].to_bytes(8, "little")  # start_time_unix_nano (7, fixed64)
@@ -319,34 +327,48 @@ class Tracing(HttpFilter):
                 raise ArgError(key, "must be >= 1")
         self.args = args
         self.bound = int(args.sample_ratio * (1 << 64))
+        self.always = args.sample_ratio >= 1.0
         self.parent_based = args.parent_based
         self._exporter: _Exporter | None = None
+        self._ids = b""
+        """Hex digits of ``_ID_BYTES`` random bytes (one os.urandom), 64 taken per request."""
+        self._at = 0
+        _INSTANCES.add(self)
 
-    @property
-    def exporter(self) -> _Exporter:
+    def _export(self, record: list[Any]) -> None:
         e = self._exporter
-        if e is None or e.pid != os.getpid():  # none yet, or one inherited through a fork (no thread)
+        if e is None:  # none yet in this process (a fork clears it: the thread did not come along)
             e = self._exporter = _Exporter(self.args)
-        return e
+        e.add(record)
+
+    def _sampled(self, trace: bytes) -> bool:
+        """The ratio sampler's decision: the trace id's low 64 bits under ratio x 2^64."""
+        return self.always or int(trace[16:], 16) < self.bound
 
     def call_filter(self, call: Any, ctx: Context) -> None:
         """A thrift server's call (``ThriftCall``): a SERVER span, and a CLIENT span whose context goes
         upstream in ``RPC_TRANSIT_traceparent`` (header transports; framed calls carry none)."""
+        at = self._at
+        if at >= len(self._ids):
+            self._ids = os.urandom(_ID_BYTES).hex().encode()
+            at = 0
+        self._at = at + 64
+        ids = self._ids[at : at + 64]
         headers = call.headers
-        parent = 0
         tp = headers.get(THRIFT_TRACEPARENT) if headers else None
         m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
-        if m is not None and m[1] != b"ff" and int(m[2], 16) and int(m[3], 16):
-            trace_id = int(m[2], 16)
-            parent = int(m[3], 16)
-            sampled = bool(int(m[4], 16) & 1) if self.parent_based else (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            trace: bytes = m[2]
+            parent: bytes | None = m[3]
+            sampled = m[4][1] in _ODD if self.parent_based else self._sampled(trace)
             state = headers.get(THRIFT_TRACESTATE)
         else:
-            trace_id = random.getrandbits(128) or 1
-            sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            trace = ids[:32]
+            parent = None
+            sampled = self._sampled(trace)
             state = None
-        client_id = random.getrandbits(64) or 1
-        out = {THRIFT_TRACEPARENT: f"00-{trace_id:032x}-{client_id:016x}-{'01' if sampled else '00'}"}
+        sid, csid = ids[32:48], ids[48:]
+        out = {THRIFT_TRACEPARENT: f"00-{trace.decode()}-{csid.decode()}-{'01' if sampled else '00'}"}
         if state is not None:
             out[THRIFT_TRACESTATE] = state
         call.send_headers = out
@@ -359,11 +381,10 @@ class Tracing(HttpFilter):
         if service:
             attrs["rpc.service"] = service
         server_attrs = {**attrs, "client.address": call.peer}
-        record: list[Any] = [trace_id, random.getrandbits(64) or 1, parent, now, 0, name, server_attrs, False]
-        record += [[trace_id, client_id, 0, now, 0, name, attrs, False, None], True, state, None]
-        record[_CLIENT][_PID] = record[_SID]
+        client = [trace, csid, sid, now, 0, name, attrs, False, None]
+        record = [trace, sid, parent, now, 0, name, server_attrs, False, client, True, state, None, csid]
         SPANS.set(ctx, record)
-        TRACE_ID.set(ctx, b"%032x" % trace_id)
+        TRACE_ID.set(ctx, trace)
 
     def call_done(self, call: Any, outcome: str, ctx: Context) -> None:
         record = SPANS.get(ctx, None)
@@ -385,98 +406,72 @@ class Tracing(HttpFilter):
         record[_ERR] = failed
         if failed:
             record[_ATTRS]["error.type"] = outcome
-        self.exporter.add(record)
+        self._export(record)
 
     def request_filter(self, req: Request, ctx: Context) -> None:
+        # One os.urandom per 64 requests, hex once: the ids are the hex digits traceparent carries.
+        at = self._at
+        if at >= len(self._ids):
+            self._ids = os.urandom(_ID_BYTES).hex().encode()
+            at = 0
+        self._at = at + 64
+        ids = self._ids[at : at + 64]
         headers = req.headers
-        parent = 0
         tp = headers.get(b"traceparent")
         m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
-        if m is not None and m[1] != b"ff" and int(m[2], 16) and int(m[3], 16):
-            trace_id = int(m[2], 16)
-            parent = int(m[3], 16)
-            sampled = bool(int(m[4], 16) & 1) if self.parent_based else (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            trace: bytes = m[2]
+            parent: bytes | None = m[3]
+            sampled = m[4][1] in _ODD if self.parent_based else self._sampled(trace)
             state = headers.get(b"tracestate")
         else:
-            trace_id = random.getrandbits(128) or 1
-            sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            trace = ids[:32]  # all zeros (invalid) once in 2^128
+            parent = None
+            sampled = self.always or self._sampled(trace)
             state = None
         method = req.method
-        # Attributes are raw values here, made into strings by the export thread.
-        record: list[Any] = [trace_id, random.getrandbits(64) or 1, parent, 0, 0, method, None, False, None]
-        record.append(sampled)
-        record.append(state)
-        record.append(None)
+        record: list[Any] = [trace, ids[32:48], parent, 0, 0, method, None, False, None, sampled, state, None, ids[48:]]
+        user = ctx.user
+        if user is None:
+            user = ctx.user = {}
+        user[SPANS] = record
         if sampled:
             record[_START] = time.time_ns()
-            record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, None, None]
-            TRACE_ID.set(ctx, b"%032x" % trace_id)
-            RETRY_HOOK.set(ctx, self)
-        SPANS.set(ctx, record)
+            # Attributes are raw values here, made into strings by the export thread.
+            record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, ctx.route, None]
+            user[TRACE_ID] = trace
         return None
 
     def upstream_request_filter(self, req: Request, ctx: Context) -> None:
-        record = SPANS.get(ctx, None)
+        user = ctx.user
+        record = user.get(SPANS) if user is not None else None
         if record is None:
             return
-        sampled = record[9]
-        client_id = random.getrandbits(64) or 1
         headers = req.headers
-        headers.set(b"traceparent", b"00-%032x-%016x-%s" % (record[_TID], client_id, b"01" if sampled else b"00"))
-        state = record[10]
-        if state is not None:
-            headers.set(b"tracestate", state)
-        if sampled:
-            record[_ATTRS][6] = getattr(ctx.route, "name", None)
+        if record[_SAMPLED]:
+            csid = record[_CSID]
+            headers.set(b"traceparent", b"00-%s-%s-01" % (record[_TID], csid))
+            name = record[_NAME]
             record[_CLIENT] = [
                 record[_TID],
-                client_id,
+                csid,
                 record[_SID],
                 time.time_ns(),
                 0,
-                record[_NAME],
-                [record[_NAME], req.path, None, None, 0, None],
+                name,
+                [name, req.path, None, None, 0, None],
                 True,  # until a response head comes
                 None,
             ]
-
-    def retrying(self, req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) -> None:
-        """A retrying route's try failed (``RETRY_HOOK``): end its span, start the next try's."""
-        record = SPANS.get(req.ctx, None)
-        if record is None or record[_CLIENT] is None:
-            return
-        now = time.time_ns()
-        client = record[_CLIENT]
-        client[_END] = now
-        client[_ERR] = True
-        attrs = client[_ATTRS]
-        attrs[3] = endpoint
-        if why.startswith("status "):
-            attrs[2] = int(why[7:])
-            attrs[5] = why[7:]  # error.type: the status code, as the HTTP conventions say
         else:
-            attrs[5] = why.replace(" ", "_")
-        tries = record[_TRIES]
-        if tries is None:
-            tries = record[_TRIES] = []
-        tries.append(client)
-        client_id = random.getrandbits(64) or 1
-        req.headers.set(b"traceparent", b"00-%032x-%016x-01" % (record[_TID], client_id))
-        name = record[_NAME]
-        record[_CLIENT] = [
-            record[_TID],
-            client_id,
-            record[_SID],
-            now,
-            0,
-            name,
-            [name, attrs[1], None, None, len(tries), None],
-            True,
-            None,
-        ]
+            headers.set(b"traceparent", b"00-%s-%s-00" % (record[_TID], record[_CSID]))
+        state = record[_STATE]
+        if state is not None:
+            headers.set(b"tracestate", state)
 
     def response_filter(self, resp: Response, ctx: Context) -> None:
-        record = SPANS.get(ctx, None)
+        user = ctx.user
+        record = user.get(SPANS) if user is not None else None
         if record is None or record[_CLIENT] is None:
             return
         client = record[_CLIENT]
@@ -487,8 +482,9 @@ class Tracing(HttpFilter):
         attrs[3] = ctx.endpoint
 
     def logging(self, req: Request, resp: Response, ctx: Context) -> None:
-        record = SPANS.get(ctx, None)
-        if record is None or not record[9]:
+        user = ctx.user
+        record = user.get(SPANS) if user is not None else None
+        if record is None or not record[_SAMPLED]:
             return
         now = time.time_ns()
         client = record[_CLIENT]
@@ -496,6 +492,64 @@ class Tracing(HttpFilter):
             client[_END] = now
             client[_ATTRS][3] = ctx.endpoint
         record[_END] = now
-        record[_ATTRS][7] = resp.status
-        record[_ERR] = resp.status >= 500
-        self.exporter.add(record)
+        status = resp.status
+        record[_ATTRS][7] = status
+        record[_ERR] = status >= 500
+        e = self._exporter
+        if e is None:
+            e = self._exporter = _Exporter(self.args)
+        e.add(record)
+
+
+def _on_retry(req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) -> None:
+    """A retrying route's try failed (``RETRY_HOOKS``): end its client span, start the next try's
+    (told upstream in traceparent)."""
+    user = req.ctx.user
+    record = user.get(SPANS) if user is not None else None
+    if record is None or record[_CLIENT] is None:
+        return
+    now = time.time_ns()
+    client = record[_CLIENT]
+    client[_END] = now
+    client[_ERR] = True
+    attrs = client[_ATTRS]
+    attrs[3] = endpoint
+    if why.startswith("status "):
+        attrs[2] = int(why[7:])
+        attrs[5] = why[7:]  # error.type: the status code, as the HTTP conventions say
+    else:
+        attrs[5] = why.replace(" ", "_")
+    tries = record[_TRIES]
+    if tries is None:
+        tries = record[_TRIES] = []
+    tries.append(client)
+    csid = os.urandom(8).hex().encode()
+    req.headers.set(b"traceparent", b"00-%s-%s-01" % (record[_TID], csid))
+    name = record[_NAME]
+    record[_CLIENT] = [
+        record[_TID],
+        csid,
+        record[_SID],
+        now,
+        0,
+        name,
+        [name, attrs[1], None, None, len(tries), None],
+        True,
+        None,
+    ]
+
+
+RETRY_HOOKS.append(_on_retry)
+
+_INSTANCES: weakref.WeakSet[Tracing] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    # The parent's export thread did not come along, and the child must not reuse the parent's ids.
+    for t in list(_INSTANCES):
+        t._exporter = None
+        t._ids = b""
+        t._at = 0
+
+
+os.register_at_fork(after_in_child=_forked)

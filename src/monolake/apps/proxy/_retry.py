@@ -23,13 +23,14 @@ counters are per worker, like the pool.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ...core._body import Body
 from ...core.client._client import IDEMPOTENT
 from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError
 from ...core.proto.http1 import Request, Response
-from ...core.service import ContextSlot, Layer, Service
+from ...core.service import Layer, Service
 from ..config import Endpoint, Retry
 
 if TYPE_CHECKING:
@@ -38,19 +39,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("monolake.apps.proxy")
 
 
-class RetryHook(Protocol):
-    """Told of each try that is retried (tracing ends that try's span and starts the next one's)."""
+RetryHook = Callable[[Request, Endpoint | None, str, Endpoint], None]
+"""``hook(req, endpoint, why, nxt)``: the try to ``endpoint`` failed with ``why`` and is retried on
+``nxt``, sending ``req`` (whose headers the hook may change, e.g. ``traceparent``)."""
 
-    def retrying(self, req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) -> None:
-        """The try to ``endpoint`` failed with ``why``; the next goes to ``nxt``, sending ``req``
-        (whose headers the hook may change, e.g. ``traceparent``)."""
-
-
-RETRY_HOOK: ContextSlot[RetryHook] = ContextSlot(
-    "retry_hook",
-    cast("type[RetryHook]", object),  # a protocol is not a concrete class
-    "What a retrying route tells of each retried try (set by the tracing filter).",
-)
+RETRY_HOOKS: list[RetryHook] = []
+"""Called on every retry. A module that wants to know registers once, at import (tracing does):
+nothing is set per request, and a process without hooks loops over an empty list per retry."""
 
 
 class RetryPolicy:
@@ -187,11 +182,8 @@ class Retrying:
                 if resp is not None and isinstance(resp.body, Body):
                     resp.body.cancel()  # not wanted: drop it with its connection
                 nxt = a.reroute()
-                user = req.ctx.user  # only a retry looks: nothing per request without one
-                if user is not None:
-                    hook = user.get(RETRY_HOOK)
-                    if hook is not None:
-                        hook.retrying(req, ep, why, nxt)
+                for hook in RETRY_HOOKS:
+                    hook(req, ep, why, nxt)
                 log.info(
                     "retrying %s %s: cluster=%s endpoint=%s: %s; try %d on %s",
                     req.method.decode(),
