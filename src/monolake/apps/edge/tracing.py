@@ -1,9 +1,12 @@
-"""``tracing``: OpenTelemetry spans for proxied requests, exported over OTLP/HTTP in batches.
+"""``tracing``: OpenTelemetry spans for proxied requests and thrift calls, exported over OTLP
+(HTTP/protobuf, or gRPC through monolake's HTTP/2 client) in batches.
 
 Per request: a SERVER span (the incoming W3C ``traceparent``/``tracestate`` is its parent
-when there is one) and a CLIENT span for the upstream call, whose context goes upstream
-in ``traceparent``/``tracestate``. Sampling is ``sample_ratio`` of the trace ids (the
-ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
+when there is one) and a CLIENT span per upstream try (a retrying route's retries are told
+through ``RETRY_HOOKS``), whose context goes upstream in ``traceparent``/``tracestate``.
+On a thrift server the context travels in TTHeader's ``RPC_TRANSIT_traceparent`` key;
+``RpcTracing`` is the same for the RPC framework's thrift services, as a layer. Sampling is
+``sample_ratio`` of the trace ids (the ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
 ``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
 HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
 ``server.address``, ``client.address``, ``http.response.status_code``; the client span's
@@ -12,7 +15,8 @@ trace id is in the ``TRACE_ID`` slot (the access log's ``$trace_id``).
 
 Why not the OpenTelemetry SDK's spans: each costs tens of microseconds (attribute
 validation, locks, context objects), and a request has two. Here a span is a small list
-filled by plain calls, queued when the request is logged; an export thread per worker
+filled by plain calls (ids are hex digits cut from one os.urandom per 64 requests),
+queued when the request is logged; an export thread per worker
 encodes each batch as an OTLP ``ExportTraceServiceRequest`` (protobuf, written by hand:
 no dependency) and POSTs it. A request never waits for the collector; a full queue drops spans (counted)
 and a failed export is a log line (at most one per 10 s), never a failed request. The
@@ -39,7 +43,7 @@ import msgspec
 
 from ...core.address import parse_endpoint
 from ...core.proto.http1 import Headers, Request, Response
-from ...core.service import Context, ContextSlot
+from ...core.service import Context, ContextSlot, Layer
 from ..config import Endpoint
 from ..proxy._filters import HttpFilter
 from ..proxy._retry import RETRY_HOOKS
@@ -341,6 +345,15 @@ class Tracing(HttpFilter):
             e = self._exporter = _Exporter(self.args)
         e.add(record)
 
+    def _next_ids(self) -> bytes:
+        """64 hex digits: a trace id's 32, a span id's 16, another's 16."""
+        at = self._at
+        if at >= len(self._ids):
+            self._ids = os.urandom(_ID_BYTES).hex().encode()
+            at = 0
+        self._at = at + 64
+        return self._ids[at : at + 64]
+
     def _sampled(self, trace: bytes) -> bool:
         """The ratio sampler's decision: the trace id's low 64 bits under ratio x 2^64."""
         return self.always or int(trace[16:], 16) < self.bound
@@ -540,6 +553,76 @@ def _on_retry(req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) 
 
 
 RETRY_HOOKS.append(_on_retry)
+
+
+class RpcTracing(Layer[Any, Any]):
+    """Tracing as a layer of the RPC framework's thrift services (``monolake.rpc.ThriftService(...,
+    layers=[RpcTracing(endpoint=...)])``, or a server's TOML ``layers``: ``{ use =
+    "monolake.apps.edge.tracing:RpcTracing", args = { ... } }``); the keywords are ``TracingArgs``.
+
+    A SERVER span per call (``rpc.*`` attributes, named ``Service/method``; a raised exception,
+    declared or not, is an error), its parent the caller's ``traceparent`` metainfo (TTHeader
+    ``RPC_TRANSIT_traceparent``). The span's context is set as this hop's transient
+    ``traceparent``, so the calls the handler makes with a ``ThriftClient`` are its children.
+    """
+
+    def __init__(self, **args: Any) -> None:
+        self.tracing = Tracing(msgspec.convert(args, TracingArgs))
+
+    def layer(self, inner: Any) -> _RpcTraced:
+        return _RpcTraced(inner, self.tracing)
+
+
+class _RpcTraced:
+    __slots__ = ("inner", "t")
+
+    def __init__(self, inner: Any, t: Tracing) -> None:
+        self.inner = inner
+        self.t = t
+
+    async def __call__(self, req: Any) -> Any:
+        t = self.t
+        ids = t._next_ids()
+        mi = req.metainfo
+        tp = mi.upstream.get("traceparent")
+        m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
+        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            trace: bytes = m[2]
+            parent: bytes | None = m[3]
+            sampled = m[4][1] in _ODD if t.parent_based else t._sampled(trace)
+            state = mi.upstream.get("tracestate")
+        else:
+            trace = ids[:32]
+            parent = None
+            sampled = t._sampled(trace)
+            state = None
+        sid = ids[32:48]
+        mi.set_transient("traceparent", f"00-{trace.decode()}-{sid.decode()}-{'01' if sampled else '00'}")
+        if state is not None:
+            mi.set_transient("tracestate", state)
+        if not sampled:
+            return await self.inner(req)
+        start = time.time_ns()
+        error: str | None = None
+        try:
+            return await self.inner(req)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            attrs: dict[str, Any] = {
+                "rpc.system": "apache_thrift",
+                "rpc.service": req.service,
+                "rpc.method": req.method,
+                "client.address": req.peer,
+            }
+            if error is not None:
+                attrs["error.type"] = error
+            name = f"{req.service}/{req.method}".encode()
+            t._export(
+                [trace, sid, parent, start, time.time_ns(), name, attrs, error is not None, None, True, state, None]
+            )
+
 
 _INSTANCES: weakref.WeakSet[Tracing] = weakref.WeakSet()
 
