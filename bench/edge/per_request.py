@@ -2,7 +2,10 @@
 without it, in the same run (the ``bench/micro/proxy_path.py`` harness: the real server →
 proxy → upstream client path over fake transports, so only Python work is measured).
 
-    python bench/edge/per_request.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
+    python bench/edge/per_request.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3] [--only tracing]
+
+(An A/B of two trees, as the tracing numbers in docs/edge.md were taken: run it with ``--only`` under
+each tree's ``PYTHONPATH=TREE/src:.``, alternating, and compare the "added" columns.)
 
 Rows: the plain route, then one per feature (request_id; cors on an allowed origin;
 compress choosing gzip for a 128-byte response under min_length, i.e. negotiation and
