@@ -2,7 +2,10 @@
 without it, in the same run (the ``bench/micro/proxy_path.py`` harness: the real server →
 proxy → upstream client path over fake transports, so only Python work is measured).
 
-    python bench/edge/per_request.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
+    python bench/edge/per_request.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3] [--only tracing]
+
+(An A/B of two trees, as the tracing numbers in docs/edge.md were taken: run it with ``--only`` under
+each tree's ``PYTHONPATH=TREE/src:.``, alternating, and compare the "added" columns.)
 
 Rows: the plain route, then one per feature (request_id; cors on an allowed origin;
 compress choosing gzip for a 128-byte response under min_length, i.e. negotiation and
@@ -104,6 +107,7 @@ def main() -> int:
     ap.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio"])
     ap.add_argument("-n", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="", help="run only the rows whose names contain this (and plain)")
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -114,6 +118,8 @@ def main() -> int:
     best: dict[str, tuple[float, float]] = {}
     for _ in range(args.repeat):  # interleaved, so load changes hit every row alike
         for name, feature in FEATURES.items():
+            if args.only and name != "plain" and args.only not in name:
+                continue
             us = runner(run(feature, args.n))
             best[name] = min(best.get(name, us), us)
     base, pbase = best["plain"]

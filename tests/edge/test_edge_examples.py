@@ -58,6 +58,7 @@ def test_examples_pass_check() -> None:
     # docs/edge.md's (the auth and limit guide's, beside them, are its tests' business)
     names = ["compress.toml", "cors.toml", "ip_rules.toml", "logs.toml", "route_filters.toml", "tracing.toml"]
     names.append("cache.toml")
+    names.append("tracing_thrift.toml")
     paths = [EXAMPLES / n for n in names]
     code, out = check(*paths)
     assert code == 0, out

@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from ._support import EchoOrigin, InProcessProxy, LoopThread
+from ._support import EchoOrigin, InProcessProxy, LoopThread, echo
 
 TID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PID = "00f067aa0ba902b7"
@@ -76,11 +76,25 @@ class Receiver:
         self.lt.run(stop())
 
 
+SEEN: set[bytes] = set()
+
+
+def flaky(
+    method: bytes, target: bytes, headers: dict[str, str], body: bytes
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """503 for a target's first request, then the echo."""
+    if target not in SEEN:
+        SEEN.add(target)
+        return 503, [], b"try again"
+    return echo(method, target, headers, body)
+
+
 class Env:
     def __init__(self) -> None:
         self.lt = LoopThread()
         self.receiver = Receiver(self.lt)
         self.origin = EchoOrigin(self.lt)
+        self.flaky = EchoOrigin(self.lt, flaky)
         up = [{"endpoint": self.origin.url}]
         args = {
             "endpoint": self.receiver.url,
@@ -102,6 +116,12 @@ class Env:
                                 "upstreams": [{"endpoint": "http://127.0.0.1:1"}],
                                 "filters": [{"use": "tracing", "args": args}],
                             },
+                            {
+                                "path": "/retry/",
+                                "upstreams": [{"endpoint": self.flaky.url}],
+                                "retry": {"attempts": 2, "on": ["503"]},
+                                "filters": [{"use": "tracing", "args": args}],
+                            },
                             {"path": "/", "upstreams": up, "filters": [{"use": "tracing", "args": args}]},
                         ],
                     }
@@ -112,6 +132,7 @@ class Env:
     def close(self) -> None:
         self.proxy.close()
         self.origin.close()
+        self.flaky.close()
         self.receiver.close()
         self.lt.close()
 
@@ -178,3 +199,28 @@ def test_sampling_ratio_and_parent_based(env: Env) -> None:
     time.sleep(0.2)  # a batch or two more: nothing else may come
     assert len(env.receiver.spans) == 2
     assert {s.trace_id.hex() for s in spans} == {TID}
+
+
+def test_client_span_per_retried_try(env: Env) -> None:
+    env.receiver.spans.clear()
+    env.flaky.requests.clear()
+    with httpx.Client(base_url=env.proxy.url, timeout=30) as c:
+        r = c.get("/retry/once", headers={"traceparent": f"00-{TID}-{PID}-01"})
+    assert r.status_code == 200
+    spans = wait_spans(env, 3)
+    server = next(s for s in spans if s.kind == s.SPAN_KIND_SERVER)
+    clients = sorted((s for s in spans if s.kind == s.SPAN_KIND_CLIENT), key=lambda s: s.start_time_unix_nano)
+    assert len(clients) == 2
+    first, second = ({a.key: a.value for a in s.attributes} for s in clients)
+    assert all(s.parent_span_id == server.span_id and s.trace_id.hex() == TID for s in clients)
+    # the failed try: its status, error.type and endpoint; the retry: its resend count, no error
+    assert clients[0].status.code == clients[0].status.STATUS_CODE_ERROR
+    assert first["http.response.status_code"].int_value == 503 and first["error.type"].string_value == "503"
+    assert first["server.address"].string_value == env.flaky.address
+    assert clients[1].status.code != clients[1].status.STATUS_CODE_ERROR
+    assert second["http.request.resend_count"].int_value == 1 and "error.type" not in second
+    assert second["http.response.status_code"].int_value == 200
+    assert clients[0].end_time_unix_nano <= clients[1].start_time_unix_nano
+    # each try told the origin its own span as the parent
+    sent = [h["traceparent"] for _, _, h in env.flaky.requests]
+    assert sent == [f"00-{TID}-{s.span_id.hex()}-01" for s in clients]

@@ -106,7 +106,7 @@ async def origins() -> AsyncIterator[list[Origin]]:
 
 def request(method: bytes = b"GET", body: object = None) -> Request:
     r = Request(method, b"/x", Headers([(b"Host", b"t")]), host=b"t", raw_host=b"t", body=body)
-    r.ctx = SimpleNamespace(peer="127.0.0.1", endpoint=None)
+    r.ctx = SimpleNamespace(peer="127.0.0.1", endpoint=None, user=None)
     return r
 
 

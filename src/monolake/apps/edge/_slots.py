@@ -12,4 +12,10 @@ UPSTREAM_TIMES = ContextSlot(
     "(loop time the upstream call started, loop time its response head came): $upstream_header_time, "
     "$upstream_response_time. Set only when the access log format uses them.",
 )
+UPSTREAM_CONNECT_TIME = ContextSlot(
+    "upstream_connect_time",
+    float,
+    "Seconds spent opening the upstream connections this request opened (its tries' summed; unset when it "
+    "reused pooled ones): $upstream_connect_time. Set only when the access log format uses it.",
+)
 TRACE_ID = ContextSlot("trace_id", bytes, "The request's trace id, 32 hex digits (the tracing filter): $trace_id.")

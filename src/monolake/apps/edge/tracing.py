@@ -1,9 +1,12 @@
-"""``tracing``: OpenTelemetry spans for proxied requests, exported over OTLP/HTTP in batches.
+"""``tracing``: OpenTelemetry spans for proxied requests and thrift calls, exported over OTLP
+(HTTP/protobuf, or gRPC through monolake's HTTP/2 client) in batches.
 
 Per request: a SERVER span (the incoming W3C ``traceparent``/``tracestate`` is its parent
-when there is one) and a CLIENT span for the upstream call, whose context goes upstream
-in ``traceparent``/``tracestate``. Sampling is ``sample_ratio`` of the trace ids (the
-ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
+when there is one) and a CLIENT span per upstream try (a retrying route's retries are told
+through ``RETRY_HOOKS``), whose context goes upstream in ``traceparent``/``tracestate``.
+On a thrift server the context travels in TTHeader's ``RPC_TRANSIT_traceparent`` key;
+``RpcTracing`` is the same for the RPC framework's thrift services, as a layer. Sampling is
+``sample_ratio`` of the trace ids (the ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
 ``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
 HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
 ``server.address``, ``client.address``, ``http.response.status_code``; the client span's
@@ -12,7 +15,8 @@ trace id is in the ``TRACE_ID`` slot (the access log's ``$trace_id``).
 
 Why not the OpenTelemetry SDK's spans: each costs tens of microseconds (attribute
 validation, locks, context objects), and a request has two. Here a span is a small list
-filled by plain calls, queued when the request is logged; an export thread per worker
+filled by plain calls (ids are hex digits cut from one os.urandom per 64 requests),
+queued when the request is logged; an export thread per worker
 encodes each batch as an OTLP ``ExportTraceServiceRequest`` (protobuf, written by hand:
 no dependency) and POSTs it. A request never waits for the collector; a full queue drops spans (counted)
 and a failed export is a log line (at most one per 10 s), never a failed request. The
@@ -22,21 +26,27 @@ I/O: ``monolake check`` runs it).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
-import random
 import re
 import threading
 import time
 import urllib.request
-from typing import Any
+import weakref
+from binascii import unhexlify
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
-from ...core.proto.http1 import Request, Response
-from ...core.service import Context, ContextSlot
+from ...core.address import parse_endpoint
+from ...core.proto.http1 import Headers, Request, Response
+from ...core.service import Context, ContextSlot, Layer
+from ..config import Endpoint
 from ..proxy._filters import HttpFilter
+from ..proxy._retry import RETRY_HOOKS
 from ._base import ArgError
 from ._slots import TRACE_ID
 
@@ -48,14 +58,25 @@ __all__ = ["TRACE_ID", "Tracing", "TracingArgs"]
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
-# A span record: [trace_id, span_id, parent_id, start_ns, end_ns, name (bytes), raw attributes, error,
-# client record | None] (+ sampled, tracestate on the server record)
+# A span record: [trace_id, span_id, parent_id | None, start_ns, end_ns, name (bytes), raw attributes,
+# error, client record | None] (+ sampled, tracestate, earlier tries' client records | None, the client
+# span's id on the server record). Ids are lowercase hex bytes, as traceparent carries them.
 _TID, _SID, _PID, _START, _END, _NAME, _ATTRS, _ERR, _CLIENT = range(9)
+_SAMPLED, _STATE, _TRIES, _CSID = 9, 10, 11, 12
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
+_ODD = b"13579bdf"  # a traceparent flags byte's last hex digit when the sampled bit is set
+_ID_BYTES = 2048
+"""Random bytes per refill of a filter's id buffer: 64 requests' ids (trace, server and client span)."""
 
 
 class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     endpoint: str = "http://127.0.0.1:4318/v1/traces"
-    """The OTLP/HTTP traces URL of the collector."""
+    """The collector: its OTLP/HTTP traces URL, or with ``protocol = "grpc"`` its OTLP/gRPC address as
+    ``http://host:4317`` (h2c) or ``https://host:4317`` (h2 over TLS); a path is ignored."""
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    """How spans are exported (OpenTelemetry's ``OTEL_EXPORTER_OTLP_PROTOCOL`` values): an HTTP
+    POST of protobuf, or the ``TraceService/Export`` gRPC call over monolake's HTTP/2 client."""
     service_name: str = "monolake"
     """The ``service.name`` resource attribute."""
     sample_ratio: float = 1.0
@@ -139,25 +160,30 @@ def _server_attrs(a: list[Any]) -> dict[str, Any]:
         out["url.query"] = query.decode("latin-1")
     if host:
         out["server.address"] = host.decode("latin-1")
-    if route is not None:
-        out["monolake.route"] = str(route)  # the route's index in its server's list
+    name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
+    if name is not None:
+        out["monolake.route"] = str(name)  # the route's index in its server's list
     return out
 
 
 def _client_attrs(a: list[Any]) -> dict[str, Any]:
-    method, path, status, endpoint = a
+    method, path, status, endpoint, resend, error_type = a
     out: dict[str, Any] = {"http.request.method": method.decode("latin-1"), "url.path": path.decode("latin-1")}
     if status is not None:
         out["http.response.status_code"] = status
     if endpoint is not None:
         out["server.address"] = str(endpoint)
+    if resend:
+        out["http.request.resend_count"] = resend
+    if error_type is not None:
+        out["error.type"] = error_type
     return out
 
 
-def _span(r: list[Any], kind: int, parent: int, attrs: dict[str, Any]) -> bytes:
-    out: bytes = _field(1, r[_TID].to_bytes(16, "big")) + _field(2, r[_SID].to_bytes(8, "big"))
+def _span(r: list[Any], kind: int, parent: bytes | None, attrs: dict[str, Any]) -> bytes:
+    out: bytes = _field(1, unhexlify(r[_TID])) + _field(2, unhexlify(r[_SID]))
     if parent:
-        out += _field(4, parent.to_bytes(8, "big"))
+        out += _field(4, unhexlify(parent))
     out += _field(5, r[_NAME])  # the method, bytes
     out += b"\x30" + _varint(kind)  # kind (6, varint)
     out += b"\x39" + r[_START].to_bytes(8, "little")  # start_time_unix_nano (7, fixed64)
@@ -178,6 +204,10 @@ class _Exporter:
         self.exported = 0
         self.wake = threading.Event()
         self._last_error = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """gRPC export: the export thread's event loop, its client and the collector's endpoint."""
+        self._client: Any = None
+        self._endpoint: Any = None
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._run, name="monolake-otlp", daemon=True)
         self.thread.start()
@@ -212,31 +242,87 @@ class _Exporter:
     def _encode(self, records: list[list[Any]]) -> bytes:
         spans = []
         for r in records:
-            spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(r[_ATTRS])))
+            a = r[_ATTRS]  # a thrift call's are a dict already
+            spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(a) if type(a) is list else a))
+            for c in r[_TRIES] or ():
+                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
             c = r[_CLIENT]
             if c is not None:
-                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
+                a = c[_ATTRS]
+                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(a) if type(a) is list else a))
         scope = _field(1, _field(1, b"monolake.edge.tracing")) + b"".join(_field(2, sp) for sp in spans)
         resource = _field(1, _kv("service.name", self.args.service_name))
         return _field(1, _field(1, resource) + _field(2, scope))
 
     def _post(self, body: bytes) -> None:
+        if self.args.protocol == "grpc":
+            self._post_grpc(body)
+            return
         headers = {"Content-Type": "application/x-protobuf", **self.args.headers}
         req = urllib.request.Request(self.args.endpoint, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=self.args.export_timeout) as resp:
             resp.read()
+
+    def _post_grpc(self, body: bytes) -> None:
+        """One unary ``Export`` call on the export thread's own event loop (its HTTP/2 connection
+        stays open between batches). Raises on a transport error or a grpc-status other than 0."""
+        from ...core.client import Client, PoolSettings
+
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.new_event_loop()
+            t = self.args.export_timeout
+            self._client = Client(
+                loop=loop, default=PoolSettings(http2=True, connect_timeout=t, read_timeout=t, pool_timeout=t)
+            )
+            parts = urlsplit(self.args.endpoint)
+            self._endpoint = parse_endpoint(f"{parts.scheme}://{parts.netloc}")
+        loop.run_until_complete(asyncio.wait_for(self._export_grpc(body), self.args.export_timeout))
+
+    async def _export_grpc(self, body: bytes) -> None:
+        headers = Headers([(b"content-type", b"application/grpc"), (b"te", b"trailers")])
+        for k, v in self.args.headers.items():
+            headers.add(k.lower().encode(), v.encode())
+        message = b"\x00" + len(body).to_bytes(4, "big") + body  # not compressed, length, message
+        req = Request(b"POST", _GRPC_EXPORT, headers, body=message)
+        resp = await self._client.send(req, self._endpoint)
+        status = resp.headers.get(b"grpc-status")  # a trailers-only answer (an error)
+        rbody = resp.body
+        if status is None and rbody is not None and not isinstance(rbody, bytes):
+            await rbody.read_all(1 << 20)
+            status = dict(rbody.trailers or ()).get(b"grpc-status")
+        if resp.status != 200 or status != b"0":
+            why = resp.headers.get(b"grpc-message") or b""
+            raise RuntimeError(f"HTTP {resp.status}, grpc-status {status!r} {why.decode('latin-1')}".rstrip())
+
+
+_GRPC_EXPORT = b"/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+THRIFT_TRACEPARENT = "RPC_TRANSIT_traceparent"
+THRIFT_TRACESTATE = "RPC_TRANSIT_tracestate"
+"""TTHeader keys of the W3C context: Kitex's OpenTelemetry suite puts ``traceparent`` in the
+call's metainfo as a transient value, which TTHeader carries as ``RPC_TRANSIT_<key>`` (one hop:
+each hop sends its own span as the parent)."""
+
+_THRIFT_FAILED = frozenset({"exception", "error", "no_route", "refused"})
 
 
 class Tracing(HttpFilter):
     """OpenTelemetry tracing; see the module docstring."""
 
     Args = TracingArgs
+    kinds = ("http", "thrift")
 
     def __init__(self, args: TracingArgs) -> None:
         if not 0.0 <= args.sample_ratio <= 1.0:
             raise ArgError("sample_ratio", f"must be between 0 and 1, got {args.sample_ratio}")
         if not args.endpoint.startswith(("http://", "https://")):
             raise ArgError("endpoint", f"expected an http(s):// URL, got {args.endpoint!r}")
+        if args.protocol == "grpc":
+            try:
+                parse_endpoint(f"{urlsplit(args.endpoint).scheme}://{urlsplit(args.endpoint).netloc}")
+            except ValueError as exc:
+                raise ArgError("endpoint", f"not a collector address: {exc}") from None
         for key in ("export_interval", "export_timeout"):
             if getattr(args, key) <= 0:
                 raise ArgError(key, "must be > 0 (seconds)")
@@ -245,69 +331,160 @@ class Tracing(HttpFilter):
                 raise ArgError(key, "must be >= 1")
         self.args = args
         self.bound = int(args.sample_ratio * (1 << 64))
+        self.always = args.sample_ratio >= 1.0
         self.parent_based = args.parent_based
         self._exporter: _Exporter | None = None
+        self._ids = b""
+        """Hex digits of ``_ID_BYTES`` random bytes (one os.urandom), 64 taken per request."""
+        self._at = 0
+        _INSTANCES.add(self)
 
-    @property
-    def exporter(self) -> _Exporter:
+    def _export(self, record: list[Any]) -> None:
         e = self._exporter
-        if e is None or e.pid != os.getpid():  # none yet, or one inherited through a fork (no thread)
+        if e is None:  # none yet in this process (a fork clears it: the thread did not come along)
             e = self._exporter = _Exporter(self.args)
-        return e
+        e.add(record)
 
-    def request_filter(self, req: Request, ctx: Context) -> None:
-        headers = req.headers
-        parent = 0
-        tp = headers.get(b"traceparent")
-        m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
-        if m is not None and m[1] != b"ff" and int(m[2], 16) and int(m[3], 16):
-            trace_id = int(m[2], 16)
-            parent = int(m[3], 16)
-            sampled = bool(int(m[4], 16) & 1) if self.parent_based else (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
-            state = headers.get(b"tracestate")
+    def _next_ids(self) -> bytes:
+        """64 hex digits: a trace id's 32, a span id's 16, another's 16."""
+        at = self._at
+        if at >= len(self._ids):
+            self._ids = os.urandom(_ID_BYTES).hex().encode()
+            at = 0
+        self._at = at + 64
+        return self._ids[at : at + 64]
+
+    def _sampled(self, trace: bytes) -> bool:
+        """The ratio sampler's decision: the trace id's low 64 bits under ratio x 2^64."""
+        return self.always or int(trace[16:], 16) < self.bound
+
+    def call_filter(self, call: Any, ctx: Context) -> None:
+        """A thrift server's call (``ThriftCall``): a SERVER span, and a CLIENT span whose context goes
+        upstream in ``RPC_TRANSIT_traceparent`` (header transports; framed calls carry none)."""
+        at = self._at
+        if at >= len(self._ids):
+            self._ids = os.urandom(_ID_BYTES).hex().encode()
+            at = 0
+        self._at = at + 64
+        ids = self._ids[at : at + 64]
+        headers = call.headers
+        tp = headers.get(THRIFT_TRACEPARENT) if headers else None
+        m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
+        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            trace: bytes = m[2]
+            parent: bytes | None = m[3]
+            sampled = m[4][1] in _ODD if self.parent_based else self._sampled(trace)
+            state = headers.get(THRIFT_TRACESTATE)
         else:
-            trace_id = random.getrandbits(128) or 1
-            sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < self.bound
+            trace = ids[:32]
+            parent = None
+            sampled = self._sampled(trace)
             state = None
-        method = req.method
-        # Attributes are raw values here, made into strings by the export thread.
-        record: list[Any] = [trace_id, random.getrandbits(64) or 1, parent, 0, 0, method, None, False, None]
-        record.append(sampled)
-        record.append(state)
-        if sampled:
-            record[_START] = time.time_ns()
-            record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, None, None]
-            TRACE_ID.set(ctx, b"%032x" % trace_id)
+        sid, csid = ids[32:48], ids[48:]
+        out = {THRIFT_TRACEPARENT: f"00-{trace.decode()}-{csid.decode()}-{'01' if sampled else '00'}"}
+        if state is not None:
+            out[THRIFT_TRACESTATE] = state
+        call.send_headers = out
+        if not sampled:
+            return
+        now = time.time_ns()
+        service = call.service or ""
+        name = f"{service}/{call.method}".encode() if service else call.method.encode()
+        attrs: dict[str, Any] = {"rpc.system": "apache_thrift", "rpc.method": call.method}
+        if service:
+            attrs["rpc.service"] = service
+        server_attrs = {**attrs, "client.address": call.peer}
+        client = [trace, csid, sid, now, 0, name, attrs, False, None]
+        record = [trace, sid, parent, now, 0, name, server_attrs, False, client, True, state, None, csid]
         SPANS.set(ctx, record)
-        return None
+        TRACE_ID.set(ctx, trace)
 
-    def upstream_request_filter(self, req: Request, ctx: Context) -> None:
+    def call_done(self, call: Any, outcome: str, ctx: Context) -> None:
         record = SPANS.get(ctx, None)
         if record is None:
             return
-        sampled = record[9]
-        client_id = random.getrandbits(64) or 1
+        now = time.time_ns()
+        record[_END] = now
+        failed = outcome in _THRIFT_FAILED
+        client = record[_CLIENT]
+        if outcome in ("no_route", "refused"):  # nothing went upstream
+            record[_CLIENT] = None
+        else:
+            client[_END] = now
+            client[_ERR] = failed
+            if ctx.endpoint is not None:
+                client[_ATTRS]["server.address"] = str(ctx.endpoint)
+            if failed:
+                client[_ATTRS]["error.type"] = outcome
+        record[_ERR] = failed
+        if failed:
+            record[_ATTRS]["error.type"] = outcome
+        self._export(record)
+
+    def request_filter(self, req: Request, ctx: Context) -> None:
+        # One os.urandom per 64 requests, hex once: the ids are the hex digits traceparent carries.
+        at = self._at
+        if at >= len(self._ids):
+            self._ids = os.urandom(_ID_BYTES).hex().encode()
+            at = 0
+        self._at = at + 64
+        ids = self._ids[at : at + 64]
         headers = req.headers
-        headers.set(b"traceparent", b"00-%032x-%016x-%s" % (record[_TID], client_id, b"01" if sampled else b"00"))
-        state = record[10]
-        if state is not None:
-            headers.set(b"tracestate", state)
+        tp = headers.get(b"traceparent")
+        m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
+        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            trace: bytes = m[2]
+            parent: bytes | None = m[3]
+            sampled = m[4][1] in _ODD if self.parent_based else self._sampled(trace)
+            state = headers.get(b"tracestate")
+        else:
+            trace = ids[:32]  # all zeros (invalid) once in 2^128
+            parent = None
+            sampled = self.always or self._sampled(trace)
+            state = None
+        method = req.method
+        record: list[Any] = [trace, ids[32:48], parent, 0, 0, method, None, False, None, sampled, state, None, ids[48:]]
+        user = ctx.user
+        if user is None:
+            user = ctx.user = {}
+        user[SPANS] = record
         if sampled:
-            record[_ATTRS][6] = getattr(ctx.route, "name", None)
+            record[_START] = time.time_ns()
+            # Attributes are raw values here, made into strings by the export thread.
+            record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, ctx.route, None]
+            user[TRACE_ID] = trace
+        return None
+
+    def upstream_request_filter(self, req: Request, ctx: Context) -> None:
+        user = ctx.user
+        record = user.get(SPANS) if user is not None else None
+        if record is None:
+            return
+        headers = req.headers
+        if record[_SAMPLED]:
+            csid = record[_CSID]
+            headers.set(b"traceparent", b"00-%s-%s-01" % (record[_TID], csid))
+            name = record[_NAME]
             record[_CLIENT] = [
                 record[_TID],
-                client_id,
+                csid,
                 record[_SID],
                 time.time_ns(),
                 0,
-                record[_NAME],
-                [record[_NAME], req.path, None, None],
+                name,
+                [name, req.path, None, None, 0, None],
                 True,  # until a response head comes
                 None,
             ]
+        else:
+            headers.set(b"traceparent", b"00-%s-%s-00" % (record[_TID], record[_CSID]))
+        state = record[_STATE]
+        if state is not None:
+            headers.set(b"tracestate", state)
 
     def response_filter(self, resp: Response, ctx: Context) -> None:
-        record = SPANS.get(ctx, None)
+        user = ctx.user
+        record = user.get(SPANS) if user is not None else None
         if record is None or record[_CLIENT] is None:
             return
         client = record[_CLIENT]
@@ -318,14 +495,144 @@ class Tracing(HttpFilter):
         attrs[3] = ctx.endpoint
 
     def logging(self, req: Request, resp: Response, ctx: Context) -> None:
-        record = SPANS.get(ctx, None)
-        if record is None or not record[9]:
+        user = ctx.user
+        record = user.get(SPANS) if user is not None else None
+        if record is None or not record[_SAMPLED]:
             return
         now = time.time_ns()
         client = record[_CLIENT]
         if client is not None and not client[_END]:  # the upstream call failed: no response head came
             client[_END] = now
+            client[_ATTRS][3] = ctx.endpoint
         record[_END] = now
-        record[_ATTRS][7] = resp.status
-        record[_ERR] = resp.status >= 500
-        self.exporter.add(record)
+        status = resp.status
+        record[_ATTRS][7] = status
+        record[_ERR] = status >= 500
+        e = self._exporter
+        if e is None:
+            e = self._exporter = _Exporter(self.args)
+        e.add(record)
+
+
+def _on_retry(req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) -> None:
+    """A retrying route's try failed (``RETRY_HOOKS``): end its client span, start the next try's
+    (told upstream in traceparent)."""
+    user = req.ctx.user
+    record = user.get(SPANS) if user is not None else None
+    if record is None or record[_CLIENT] is None:
+        return
+    now = time.time_ns()
+    client = record[_CLIENT]
+    client[_END] = now
+    client[_ERR] = True
+    attrs = client[_ATTRS]
+    attrs[3] = endpoint
+    if why.startswith("status "):
+        attrs[2] = int(why[7:])
+        attrs[5] = why[7:]  # error.type: the status code, as the HTTP conventions say
+    else:
+        attrs[5] = why.replace(" ", "_")
+    tries = record[_TRIES]
+    if tries is None:
+        tries = record[_TRIES] = []
+    tries.append(client)
+    csid = os.urandom(8).hex().encode()
+    req.headers.set(b"traceparent", b"00-%s-%s-01" % (record[_TID], csid))
+    name = record[_NAME]
+    record[_CLIENT] = [
+        record[_TID],
+        csid,
+        record[_SID],
+        now,
+        0,
+        name,
+        [name, attrs[1], None, None, len(tries), None],
+        True,
+        None,
+    ]
+
+
+RETRY_HOOKS.append(_on_retry)
+
+
+class RpcTracing(Layer[Any, Any]):
+    """Tracing as a layer of the RPC framework's thrift services (``monolake.rpc.ThriftService(...,
+    layers=[RpcTracing(endpoint=...)])``, or a server's TOML ``layers``: ``{ use =
+    "monolake.apps.edge.tracing:RpcTracing", args = { ... } }``); the keywords are ``TracingArgs``.
+
+    A SERVER span per call (``rpc.*`` attributes, named ``Service/method``; a raised exception,
+    declared or not, is an error), its parent the caller's ``traceparent`` metainfo (TTHeader
+    ``RPC_TRANSIT_traceparent``). The span's context is set as this hop's transient
+    ``traceparent``, so the calls the handler makes with a ``ThriftClient`` are its children.
+    """
+
+    def __init__(self, **args: Any) -> None:
+        self.tracing = Tracing(msgspec.convert(args, TracingArgs))
+
+    def layer(self, inner: Any) -> _RpcTraced:
+        return _RpcTraced(inner, self.tracing)
+
+
+class _RpcTraced:
+    __slots__ = ("inner", "t")
+
+    def __init__(self, inner: Any, t: Tracing) -> None:
+        self.inner = inner
+        self.t = t
+
+    async def __call__(self, req: Any) -> Any:
+        t = self.t
+        ids = t._next_ids()
+        mi = req.metainfo
+        tp = mi.upstream.get("traceparent")
+        m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
+        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+            trace: bytes = m[2]
+            parent: bytes | None = m[3]
+            sampled = m[4][1] in _ODD if t.parent_based else t._sampled(trace)
+            state = mi.upstream.get("tracestate")
+        else:
+            trace = ids[:32]
+            parent = None
+            sampled = t._sampled(trace)
+            state = None
+        sid = ids[32:48]
+        mi.set_transient("traceparent", f"00-{trace.decode()}-{sid.decode()}-{'01' if sampled else '00'}")
+        if state is not None:
+            mi.set_transient("tracestate", state)
+        if not sampled:
+            return await self.inner(req)
+        start = time.time_ns()
+        error: str | None = None
+        try:
+            return await self.inner(req)
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            attrs: dict[str, Any] = {
+                "rpc.system": "apache_thrift",
+                "rpc.service": req.service,
+                "rpc.method": req.method,
+                "client.address": req.peer,
+            }
+            if error is not None:
+                attrs["error.type"] = error
+            name = f"{req.service}/{req.method}".encode()
+            t._export(
+                [trace, sid, parent, start, time.time_ns(), name, attrs, error is not None, None, True, state, None]
+            )
+
+
+_INSTANCES: weakref.WeakSet[Tracing] = weakref.WeakSet()
+
+
+def _forked() -> None:
+    # The parent's export thread did not come along, and the child must not reuse the parent's ids.
+    for t in list(_INSTANCES):
+        t._exporter = None
+        t._ids = b""
+        t._at = 0
+
+
+os.register_at_fork(after_in_child=_forked)

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ...core.proto.http1 import Request, Response
-from ..edge._slots import REQUEST_ID, TRACE_ID, UPSTREAM_TIMES
+from ..edge._slots import REQUEST_ID, TRACE_ID, UPSTREAM_CONNECT_TIME, UPSTREAM_TIMES
 
 Getter = Callable[[Request, Response, int, float], str]
 _encode = msgspec.json.Encoder().encode
@@ -110,6 +110,13 @@ def _upstream_response_time(req: Request, resp: Response, sent: int, now: float)
     return "-" if t is None else f"{now - t[0]:.3f}"
 
 
+def _upstream_connect_time(req: Request, resp: Response, sent: int, now: float) -> str:
+    # nginx's: 0 when the request reused a connection, "-" when no upstream was tried.
+    if req.ctx.endpoint is None:
+        return "-"
+    return f"{UPSTREAM_CONNECT_TIME.get(req.ctx, 0.0):.6f}"  # microseconds: a local connect takes well under 1 ms
+
+
 VARIABLES: dict[str, Getter] = {
     "remote_addr": lambda req, resp, sent, now: req.ctx.peer,
     "request": _request_line,
@@ -128,6 +135,7 @@ VARIABLES: dict[str, Getter] = {
     "trace_id": _trace_id,
     "upstream_header_time": _upstream_header_time,
     "upstream_response_time": _upstream_response_time,
+    "upstream_connect_time": _upstream_connect_time,
 }
 
 PREFIXED: dict[str, Callable[[str], Getter]] = {
@@ -139,10 +147,12 @@ PREFIXED: dict[str, Callable[[str], Getter]] = {
 
 SAFE = frozenset(
     {"remote_addr", "status", "body_bytes_sent", "bytes_received", "request_time", "server", "route", "trace_id"}
+    | {"upstream_connect_time"}
 )
 """Variables whose values no client or upstream controls (numbers, our names): never escaped."""
 NUMBERS = frozenset(
     {"status", "body_bytes_sent", "bytes_received", "request_time", "upstream_header_time", "upstream_response_time"}
+    | {"upstream_connect_time"}
 )
 """Written as JSON numbers (null for "-") in the JSON format."""
 UPSTREAM_TIMING = frozenset({"upstream_header_time", "upstream_response_time"})
@@ -186,6 +196,11 @@ def variables(fmt: str) -> list[str]:
 
 def uses_upstream_timing(fmt: str) -> bool:
     return any(v in UPSTREAM_TIMING for v in variables(fmt))
+
+
+def uses_connect_timing(fmt: str) -> bool:
+    """Whether ``fmt`` names ``$upstream_connect_time`` (the pool then times its connects)."""
+    return "upstream_connect_time" in variables(fmt)
 
 
 def compile_format(fmt: str) -> list[str | Getter]:

@@ -39,7 +39,7 @@ from ...core.server._h2 import host_only
 from ...core.service import Context, Factory, Layer, Service
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
 from ..edge._slots import UPSTREAM_TIMES
-from ..observe._accesslog import uses_upstream_timing
+from ..observe._accesslog import uses_connect_timing, uses_upstream_timing
 from ._filters import Call, FilterError, Phases
 from ._retry import RetryingCluster
 from ._router import Router
@@ -512,6 +512,8 @@ class ProxyFactory(Factory[HttpProxy]):
             entries.append((r, RouteRuntime(i, r, cluster.with_retry(r.retry))))
         log = self.cfg.log
         timed = log.access_log != "off" and uses_upstream_timing(log.access_log_format)
+        if log.access_log != "off" and uses_connect_timing(log.access_log_format):
+            self.pool.time_connects = True
         extensions = list(self.route_extensions) + [((), ())] * (len(entries) - len(self.route_extensions))
         for (_, rt), (filters, layers) in zip(entries, extensions, strict=True):
             if filters or layers or timed:

@@ -23,6 +23,7 @@ counters are per worker, like the pool.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...core._body import Body
@@ -36,6 +37,15 @@ if TYPE_CHECKING:
     from ._upstream import UpstreamCluster
 
 log = logging.getLogger("monolake.apps.proxy")
+
+
+RetryHook = Callable[[Request, Endpoint | None, str, Endpoint], None]
+"""``hook(req, endpoint, why, nxt)``: the try to ``endpoint`` failed with ``why`` and is retried on
+``nxt``, sending ``req`` (whose headers the hook may change, e.g. ``traceparent``)."""
+
+RETRY_HOOKS: list[RetryHook] = []
+"""Called on every retry. A module that wants to know registers once, at import (tracing does):
+nothing is set per request, and a process without hooks loops over an empty list per retry."""
 
 
 class RetryPolicy:
@@ -172,6 +182,8 @@ class Retrying:
                 if resp is not None and isinstance(resp.body, Body):
                     resp.body.cancel()  # not wanted: drop it with its connection
                 nxt = a.reroute()
+                for hook in RETRY_HOOKS:
+                    hook(req, ep, why, nxt)
                 log.info(
                     "retrying %s %s: cluster=%s endpoint=%s: %s; try %d on %s",
                     req.method.decode(),

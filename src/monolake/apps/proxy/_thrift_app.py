@@ -57,6 +57,9 @@ from ...core.proto.thrift import (
     MessageHead,
     MessageType,
     Transport,
+    classify,
+    encode_theader,
+    encode_ttheader,
     peek_message,
     read_header_info,
     rewrite_seq_id,
@@ -133,7 +136,7 @@ class ThriftRouter:
 class ThriftCall:
     """A call as a thrift server's filters see it."""
 
-    __slots__ = ("headers", "method", "name", "oneway", "peer", "seq_id", "service")
+    __slots__ = ("headers", "method", "name", "oneway", "peer", "send_headers", "seq_id", "service")
 
     def __init__(
         self, service: str | None, method: str, name: str, seq_id: int, headers: dict[str, str], oneway: bool, peer: str
@@ -149,6 +152,9 @@ class ThriftCall:
         """TTHeader/THeader string headers (CloudWeGo metadata among them); {} for other transports."""
         self.oneway = oneway
         self.peer = peer
+        self.send_headers: dict[str, str] | None = None
+        """String headers a call filter sets on the forwarded frame (TTHeader, THeader; the tracing
+        filter's ``RPC_TRANSIT_traceparent``); the frame is re-encoded only when some are set."""
 
     def __repr__(self) -> str:
         return f"<ThriftCall {self.name} seq={self.seq_id} peer={self.peer}>"
@@ -304,6 +310,14 @@ class ThriftProxy:
                 filtered[0].done(filtered[1], "no_route", filtered[2])
             return
         ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
+        if filtered is not None:
+            filtered[2].endpoint = ep
+            extra = filtered[1].send_headers
+            if extra and frame.transport is not _FRAMED:
+                try:
+                    frame, head = _with_headers(frame, extra)
+                except MonolakeError as exc:  # a header over TTHeader's limits: forward the call as it came
+                    log.warning("thrift: cannot add headers %s: server=%s: %s", list(extra), self.name, exc)
         if oneway:
             self.pool.send(ep, frame, head, None, connect_timeout=route.connect_timeout, timeout=0, oneway=True)
             self.stats.record(service, method, "oneway", 0.0)
@@ -417,6 +431,36 @@ class ThriftProxy:
 
     def statistics(self) -> dict[str, int]:
         return self.pool.statistics()
+
+
+def _with_headers(frame: Frame, extra: dict[str, str]) -> tuple[Frame, MessageHead]:
+    """``frame`` re-encoded with ``extra`` in its KEY_VALUE headers (the other blocks kept)."""
+    info = read_header_info(frame)
+    payload = frame.data[frame.payload :]
+    proto = frame.protocol
+    assert proto is not None  # checked by ``dispatch``
+    headers = {**info.headers, **extra}
+    if frame.transport is _TTHEADER:
+        data = encode_ttheader(
+            payload,
+            seq_id=frame.seq_id,
+            protocol=proto,
+            flags=frame.flags,
+            headers=headers,
+            int_headers=info.int_headers,
+            acl_token=info.acl_token,
+        )
+    else:
+        data = encode_theader(
+            payload,
+            seq_id=frame.seq_id,
+            protocol=proto,
+            flags=frame.flags,
+            headers=headers,
+            persistent_headers=info.persistent_headers,
+        )
+    new = classify(data)
+    return new, peek_message(new.data, new.payload, proto)
 
 
 def _route_cluster(server_name: str, i: int, r: Route, cfg: Config) -> tuple[str, Cluster]:

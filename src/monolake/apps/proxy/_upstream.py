@@ -50,6 +50,7 @@ from ..config import (
     UpstreamTls,
     parse_endpoint,
 )
+from ..edge._slots import UPSTREAM_CONNECT_TIME
 from ._balancer import Balancer, EmptyBalancer, make_balancer
 from ._health import EndpointState, HealthChecker, Outliers
 from ._retry import Attempt, RetryingCluster, RetryPolicy
@@ -76,6 +77,12 @@ def _with_tls(tls: object, ep: Endpoint) -> Endpoint:
 
 def _discovered_tls(tls: object, every: bool, ep: Endpoint) -> Endpoint:
     return _with_tls(tls, ep) if every or ep.scheme == "https" else ep
+
+
+def _connected(req: Request, conn: UpstreamConnection) -> None:
+    """``req`` opened ``conn``, whose connect the pool timed: $upstream_connect_time (summed over tries)."""
+    ctx = req.ctx
+    UPSTREAM_CONNECT_TIME.set(ctx, UPSTREAM_CONNECT_TIME.get(ctx, 0.0) + conn.connect_time)
 
 
 class UpstreamCluster:
@@ -226,9 +233,13 @@ class UpstreamCluster:
                 chunked = True
             head = request_head(req.method, req.target, req.headers, framing)
             head_only = req.method == b"HEAD"
-            conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle) or await self.pool.acquire(
-                ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout, max_idle=self.max_idle
-            )
+            conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
+            if conn is None:
+                conn = await self.pool.acquire(
+                    ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout, max_idle=self.max_idle
+                )
+                if conn.connect_time and not conn.reused:
+                    _connected(req, conn)
             fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
             try:
                 return await fut
@@ -244,6 +255,8 @@ class UpstreamCluster:
                 conn = await self.pool.connect(ep, connect_timeout=self.connect_timeout)
                 conn.idle_timeout = self.idle_timeout
                 conn.max_idle = self.max_idle
+                if conn.connect_time:
+                    _connected(req, conn)
                 fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
                 return await fut
             except asyncio.CancelledError:
@@ -562,6 +575,8 @@ class UpstreamCluster:
         conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
         if conn is None:
             conn = await self._connect(ep)
+            if conn.connect_time:
+                _connected(req, conn)
         fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
         try:
             return await fut
@@ -575,6 +590,8 @@ class UpstreamCluster:
                 req.target.decode("latin-1"),
             )
             conn = await self._connect(ep)
+            if conn.connect_time:
+                _connected(req, conn)
             fut = conn.request(head, body, chunked=chunked, head_only=head_only, read_timeout=self.read_timeout)
             try:
                 return await fut

@@ -72,6 +72,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self.counted = False
         """Counted in the pool's ``open`` (made by ``Pool.connect``); uncounted by connection_lost."""
         self.idle_since = 0.0
+        self.connect_time = 0.0
+        """Seconds its connect (and TLS handshake) took, when the pool measures them (``time_connects``)."""
         self.idle_timeout = 60.0
         self.max_idle = 64
         self._fut: asyncio.Future[Response] | None = None

@@ -51,6 +51,8 @@ class Pool:
         self._sweep_every = 1.0
         self.connects = 0
         self.reuses = 0
+        self.time_connects = False
+        """Measure each connect into the connection's ``connect_time`` (the access log asks)."""
         self.connect_errors: dict[str, int] = {}
         """Failed connects (refused, unreachable, timed out) per endpoint, for metrics."""
         self.open: dict[tuple[str, str, int, str], int] = {}
@@ -243,7 +245,10 @@ class Pool:
         def factory() -> UpstreamConnection:
             return UpstreamConnection(self, key)
 
+        t0 = loop.time() if self.time_connects else 0.0
         _, proto = await open_transport(loop, factory, ep, connect_timeout, self.connect_errors)
+        if t0:
+            proto.connect_time = loop.time() - t0
         self.connects += 1
         proto.counted = True
         self.open[key] = self.open.get(key, 0) + 1

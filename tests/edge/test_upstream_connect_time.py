@@ -1,0 +1,52 @@
+"""``$upstream_connect_time``: the connect time of the connection a request opened, 0 when it reused
+a pooled one, "-" when no upstream was tried (nginx's meaning), on the plain and the guarded path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ._support import EchoOrigin, InProcessProxy, LoopThread
+from .test_logs import read_lines
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopThread, InProcessProxy, Path]]:
+    lt = LoopThread()
+    origin, other = EchoOrigin(lt), EchoOrigin(lt)  # the pool's connections are per endpoint: one per route
+    path = tmp_path_factory.mktemp("ct") / "access.log"
+    up = [{"endpoint": origin.url}]
+    raw = {
+        "log": {"access_log": str(path), "access_log_format": "$uri $upstream_connect_time"},
+        "servers": {
+            "web": {
+                "listener": "127.0.0.1:0",
+                "routes": [
+                    {"path": "/plain/", "upstreams": up},
+                    {"path": "/retrying/", "upstreams": [{"endpoint": other.url}], "retry": {"attempts": 1}},
+                ],
+            }
+        },
+    }
+    proxy = InProcessProxy(lt, raw)
+    yield lt, proxy, path
+    proxy.close()
+    origin.close()
+    other.close()
+    lt.close()
+
+
+def test_connect_time_of_opened_connections_zero_when_reused(env: Any) -> None:
+    lt, proxy, path = env
+    with httpx.Client(base_url=proxy.url, timeout=30) as c:
+        for p in ("/plain/a", "/plain/b", "/retrying/a", "/retrying/b", "/nowhere"):
+            c.get(p)
+    lines = dict(line.split(" ") for line in read_lines(lt, proxy, path, 5))
+    # each route opens one connection, then reuses it
+    assert float(lines["/plain/a"]) > 0 and float(lines["/plain/b"]) == 0
+    assert float(lines["/retrying/a"]) > 0 and float(lines["/retrying/b"]) == 0
+    assert lines["/nowhere"] == "-"  # no route: no upstream tried
