@@ -253,6 +253,9 @@ class _Balance:
         if call.address is not None:
             call.endpoint = call.address
             return await self.inner(call)
+        d = c.discovery
+        if (d.version != self._version or self._balancer is None) and not d.endpoints() and hasattr(d, "wait"):
+            await d.wait()  # a discovery source's first set
         bal = self.balancer()
         eps = bal.endpoints
         if len(eps) == 1:  # nothing to choose, nowhere else to retry
@@ -308,7 +311,8 @@ class ThriftClient:
 
     ``idl``: a ``.thrift`` path, a ``ServiceDef`` or a thriftpy2 service class; ``endpoints``:
     "host:port" / "unix:/path" strings or ``Endpoint`` objects (static discovery), or
-    ``discovery``: an object with ``endpoints()`` and ``version``. ``transport``: "ttheader"
+    ``discovery``: an object with ``endpoints()`` and ``version`` (``monolake.rpc.SourceDiscovery``
+    runs any discovery source: dns, file, etcd; connections to endpoints it drops drain). ``transport``: "ttheader"
     (default: calls multiplexed by sequence id, metainfo carried), "framed" or "theader";
     ``protocol``: "binary" or "compact". ``timeout``: seconds per call, retries included
     (a call's own ``timeout`` wins); ``retries``: further attempts, each on another endpoint,
@@ -363,6 +367,9 @@ class ThriftClient:
         self.pool = ThriftPool(
             max_connections=conns, max_in_flight=in_flight, max_frame_size=max_frame_size, idle_timeout=60.0
         )
+        on_change = getattr(self.discovery, "on_change", None)
+        if on_change is not None:  # a changing set (SourceDiscovery): removed endpoints' connections drain
+            on_change(lambda gone: self.pool.drain([ep.key for ep in gone]))
         svc: Any = _Transport(self)
         for layer in reversed(list(inner_layers)):
             svc = layer.layer(svc)
@@ -419,8 +426,11 @@ class ThriftClient:
         return method
 
     def close(self) -> None:
-        """Close the connections; calls in flight fail with ReadError."""
+        """Close the connections (and stop a discovery source); calls in flight fail with ReadError."""
         self.pool.close()
+        stop = getattr(self.discovery, "close", None)
+        if stop is not None:
+            stop()
 
     async def __aenter__(self) -> ThriftClient:
         return self
