@@ -141,7 +141,7 @@ class _Replies:
             reply.trailing_metadata = metadata_in(trailers)
         mi = _metainfo.peek()
         if mi is not None or any(n.startswith(b"rpc-backward-") for n, _ in trailers):
-            _metainfo.current().take_backward(trailers)
+            _metainfo.take_backward(_metainfo.current(), trailers)
         raise_status(trailers, "no grpc-status in the response trailers")
         raise StopAsyncIteration
 
@@ -254,7 +254,7 @@ class Transport:
             fields += metadata_out(call.metadata)
         mi = _metainfo.peek()
         if mi is not None:
-            fields += mi.outgoing()
+            fields += _metainfo.outgoing(mi)
         body: Body | bytes
         if info.client_streaming:
             body = stream_body(_framed(call.request), "grpc client request stream")
@@ -284,7 +284,7 @@ class Transport:
             if isinstance(resp.body, Body):
                 resp.body.cancel()
             if mi is not None or any(n.startswith(b"rpc-backward-") for n, _ in pairs):
-                _metainfo.current().take_backward(pairs)
+                _metainfo.take_backward(_metainfo.current(), pairs)
             raise_status(pairs, "no grpc-status in a response without a body")
             replies = _Replies(None, info.response, self.max_receive, False)
         else:
