@@ -100,7 +100,7 @@ class ConnectionHooks(Protocol):
 class L4Upstream:
     """What an L4 server needs of its cluster: a balancer, a connect timeout, PROXY sending."""
 
-    __slots__ = ("balancer", "connect_timeout", "name", "send_proxy_protocol")
+    __slots__ = ("balancer", "connect_timeout", "keep", "name", "send_proxy_protocol")
 
     def __init__(
         self,
@@ -114,6 +114,8 @@ class L4Upstream:
         self.balancer = balancer
         self.connect_timeout = connect_timeout
         self.send_proxy_protocol = send_proxy_protocol
+        self.keep: object = None
+        """What keeps ``balancer`` current while this upstream lives (a discovery follower)."""
 
 
 class PickKey:
