@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from monolake.apps.rpc.thrift._server import build_server
 from monolake.rpc import ThriftClient, ThriftService
 
 TIMEOUT = 20.0
+GATEWAY_IDL = Path(__file__).parent.parent.parent / "examples" / "gateway" / "echo.thrift"
 
 
 class Named(Handler):
@@ -42,6 +44,29 @@ class Named(Handler):
     async def slow(self, seconds: float, tag: str) -> str:
         await asyncio.sleep(seconds)
         return f"{self.name}:{tag}"
+
+
+class Pinged:
+    """The gateway example's service; ``Ping`` answers the instance's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.now = 0
+        """Calls in progress."""
+
+    async def Ping(self, sleep: float) -> str:
+        self.now += 1
+        try:
+            await asyncio.sleep(sleep or 0)
+        finally:
+            self.now -= 1
+        return self.name
+
+    def Echo(self, req: Any) -> Any:
+        raise NotImplementedError
+
+    def Lookup(self, req: Any) -> Any:
+        raise NotImplementedError
 
 
 def _greeter(name: bytes) -> Any:
@@ -72,7 +97,17 @@ class Env:
         self.closers: list[Any] = []
         self.tcp_ports: dict[str, int] = {}
         self.thrift_ports: dict[str, int] = {}
+        self.gw_ports: dict[str, int] = {}
+        self.pinged: dict[str, Pinged] = {}
+        gw_mod = thriftpy2.load(str(GATEWAY_IDL), module_name="echo_follow_gateway_thrift")
         for name in ("a", "b"):
+            self.pinged[name] = Pinged(name)
+            app = build_server(
+                name, Server(listener="127.0.0.1:0"), ThriftService(gw_mod.EchoService, self.pinged[name])
+            )
+            tsrv, port = start_server(self.lt, app)
+            self.closers.append((tsrv, app))
+            self.gw_ports[name] = port
             srv = self.lt.run(asyncio.start_server(_greeter(name.encode()), "127.0.0.1", 0))
             self.closers.append(srv)
             self.tcp_ports[name] = srv.sockets[0].getsockname()[1]
@@ -83,14 +118,21 @@ class Env:
         self.tcp_file, self.thrift_file = tmp / "tcp.json", tmp / "thrift.json"
         _write(self.tcp_file, [self.tcp_ports["a"]])
         _write(self.thrift_file, [self.thrift_ports["a"]])
+        self.gw_file = tmp / "gw.json"
+        _write(self.gw_file, [self.gw_ports["a"]])
         raw = {
             "upstreams": {
                 "tcpc": {"discovery": {"kind": "file", "path": "tcp.json"}},
                 "thr": {"discovery": {"kind": "file", "path": "thrift.json"}},
+                "gwc": {"discovery": {"kind": "file", "path": "gw.json"}},
             },
             "servers": {
                 "l4": {"listener": "127.0.0.1:0", "proxy_type": "tcp", "upstream": "tcpc"},
                 "rpc": {"listener": "127.0.0.1:0", "proxy_type": "thrift", "routes": [{"upstream": "thr"}]},
+                "gw": {
+                    "listener": "127.0.0.1:0",
+                    "routes": [{"upstream": "gwc", "gateway": {"idl": str(GATEWAY_IDL), "service": "EchoService"}}],
+                },
             },
         }
         cfg = parse_config(raw, tmp)
@@ -216,3 +258,31 @@ async def _in_flight(env: Env, proxy: Any) -> bool:
 
 async def _count(proxy: Any) -> int:
     return int(proxy.pool.in_flight())
+
+
+def test_gateway_route_follows_a_file(env: Env) -> None:
+    url = f"http://127.0.0.1:{env.ports['gw']}/ping?sleep=0"
+
+    async def main() -> None:
+        async def served_by(name: str) -> bool:
+            return bool(await asyncio.to_thread(_get_json, url) == name)
+
+        await _until(lambda: served_by("a"), "the gateway route never reached a")
+        slow = asyncio.ensure_future(asyncio.to_thread(_get_json, url.replace("sleep=0", "sleep=1")))
+        a = env.pinged["a"]
+
+        async def a_busy() -> bool:
+            return a.now == 1
+
+        await _until(a_busy, "the slow call did not reach a")
+        _write(env.gw_file, [env.gw_ports["b"]])
+        await _until(lambda: served_by("b"), "new calls did not move to b")
+        assert {await asyncio.to_thread(_get_json, url) for _ in range(4)} == {"b"}
+        assert await slow == "a"  # the call in flight on the removed endpoint was answered
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+        return json.loads(resp.read())
