@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +203,28 @@ def test_grpc_client_follows_a_file_and_drains(tmp_path: Path) -> None:
     finally:
         for s, _ in servers:
             s.stop(None)
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="needs etcd (Debian's etcd-server)")
+def test_thrift_client_follows_etcd(env: Env, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent.parent / "discovery"))
+    from etcd_cluster import Cluster, delete, put_retrying
+
+    etcd = Cluster(tmp_path, 1)
+    etcd.start()
+    try:
+        url = etcd.urls[0]
+        put_retrying(url, "/rpc/echo/a", {"address": f"127.0.0.1:{env.ports['a']}"})
+
+        async def main() -> None:
+            d = SourceDiscovery.etcd([url], "/rpc/echo/")
+            async with ThriftClient(env.mod.Echo, discovery=d, timeout=10) as c:
+                assert await _served_by(c) == {"a"}
+                await asyncio.to_thread(put_retrying, url, "/rpc/echo/b", {"address": f"127.0.0.1:{env.ports['b']}"})
+                await asyncio.to_thread(delete, url, "/rpc/echo/a")
+                await _until(lambda: [ep.port for ep in d.endpoints()] == [env.ports["b"]], "etcd changes not seen")
+                assert await _served_by(c) == {"b"}
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+    finally:
+        etcd.stop()

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ...core.address import Endpoint
+from ...core.errors import ConfigError
 from ..discovery._record import EndpointRecord, to_endpoints
 from ..discovery._source import EndpointSource
 
@@ -153,3 +155,42 @@ class SourceDiscovery:
             Discovery,
         )
         return cls(DnsSource("rpc", d))
+
+    @classmethod
+    def etcd(
+        cls,
+        endpoints: Sequence[str],
+        prefix: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 5.0,
+    ) -> SourceDiscovery:
+        """The endpoint records under the key ``prefix`` of etcd (members' "http://host:2379"
+        URLs), read then watched; the watch moves to the next member when one fails."""
+        return cls.from_config(
+            {
+                "kind": "etcd",
+                "endpoints": list(endpoints),
+                "prefix": prefix,
+                "username": username,
+                "password": password,
+                "timeout": timeout,
+            }
+        )
+
+    @classmethod
+    def from_config(cls, discovery: Any, base_dir: str | None = None) -> SourceDiscovery:
+        """From a ``[upstreams.NAME.discovery]`` table (a dict, or the schema's ``Discovery``):
+        any kind that watches something (dns, file, etcd, custom; TLS for etcd included).
+        Raises ConfigError or msgspec.ValidationError."""
+        import msgspec
+
+        from ..config import Discovery
+        from ..discovery._hub import make_source
+
+        d = discovery if isinstance(discovery, Discovery) else msgspec.convert(discovery, Discovery)
+        source = make_source("rpc", d, base_dir)
+        if source is None:
+            raise ConfigError("discovery.kind", f"{d.kind!r} has nothing to watch: pass the endpoints instead")
+        return cls(source)
