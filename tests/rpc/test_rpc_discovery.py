@@ -20,6 +20,7 @@ from thrift_support import Handler, LoopThread, start_server, stop_server, write
 
 from monolake.apps.config import Server
 from monolake.apps.rpc.thrift._server import build_server
+from monolake.core.errors import ReadTimeout
 from monolake.rpc import SourceDiscovery, ThriftClient, ThriftService
 
 dnslib = pytest.importorskip("dnslib")
@@ -164,6 +165,18 @@ def test_thrift_client_follows_a_file_and_drains(env: Env) -> None:
             path.write_text("{not json")
             await _until(lambda: d.errors >= 1, "the bad file was not reported")
             assert await _served_by(c) == {"b"}
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_thrift_client_with_nothing_discovered_fails_within_its_timeout(env: Env) -> None:
+    path = env.tmp / "none.json"
+    _write(path, [])
+
+    async def main() -> None:
+        async with ThriftClient(env.mod.Echo, discovery=SourceDiscovery.file(str(path)), timeout=0.2) as c:
+            with pytest.raises(ReadTimeout, match="no endpoint discovered"):
+                await c.echo("x")
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

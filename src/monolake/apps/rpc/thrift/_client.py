@@ -27,13 +27,14 @@ Without layers the chain is the three services above, one coroutine frame each.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ....core.address import Endpoint
 from ....core.client._thrift import ThriftPool
-from ....core.errors import ConfigError, MonolakeError, ReadTimeout, UpstreamError
+from ....core.errors import ConfigError, ConnectError, MonolakeError, ReadTimeout, UpstreamError
 from ....core.proto.thrift import (
     DEFAULT_MAX_FRAME_SIZE,
     AppError,
@@ -254,8 +255,8 @@ class _Balance:
             call.endpoint = call.address
             return await self.inner(call)
         d = c.discovery
-        if (d.version != self._version or self._balancer is None) and not d.endpoints() and hasattr(d, "wait"):
-            await d.wait()  # a discovery source's first set
+        if (d.version != self._version or self._balancer is None) and not d.endpoints():
+            await self._first_set(call, d)
         bal = self.balancer()
         eps = bal.endpoints
         if len(eps) == 1:  # nothing to choose, nowhere else to retry
@@ -280,6 +281,18 @@ class _Balance:
             finally:
                 bal.finished(ep)
             ep = nxt
+
+    async def _first_set(self, call: ClientCall, d: Any) -> None:
+        """Wait (within the call's deadline) for a discovery source's first set; none: ConnectError."""
+        wait = getattr(d, "wait", None)
+        if wait is not None:
+            left = call.deadline - self.client.pool.loop.time() if call.deadline else None
+            try:
+                await asyncio.wait_for(wait(), left)
+            except TimeoutError:
+                raise ReadTimeout(f"{call.method.name}: no endpoint discovered within the call's timeout") from None
+        if not d.endpoints():
+            raise ConnectError(f"{call.method.name}: no endpoints discovered")
 
 
 class RetryBudget:
