@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 import thriftpy2
+from thriftpy2.thrift import TApplicationException
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "rpc"))
 from thrift_support import Handler, LoopThread, start_server, stop_server, write_idl
@@ -31,6 +34,16 @@ from monolake.rpc import ThriftClient, ThriftService
 
 TIMEOUT = 20.0
 GATEWAY_IDL = Path(__file__).parent.parent.parent / "examples" / "gateway" / "echo.thrift"
+
+
+def wait_for(pred: Any, timeout: float = TIMEOUT) -> bool:
+    """Poll ``pred`` until it holds (a readiness wait)."""
+    until = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > until:
+            return False
+        threading.Event().wait(0.02)
+    return True
 
 
 class Named(Handler):
@@ -153,6 +166,10 @@ class Env:
             srv = self.lt.run(listen())
             self.closers.append((srv, app))
             self.ports[name] = srv.sockets[0].getsockname()[1]
+        # Ready once the hub's first sets reached the worker's clusters.
+        assert wait_for(
+            lambda: self.lt.call(lambda: all(self.cluster(n).source_endpoints for n in ("tcpc", "thr", "gwc")))
+        )
 
     def cluster(self, name: str) -> Any:
         return self.builder._clusters[name][1]
@@ -237,7 +254,10 @@ def test_thrift_route_follows_a_file_and_drains(env: Env) -> None:
             _write(env.thrift_file, [env.thrift_ports["b"]])
 
             async def at_b() -> bool:
-                return bool(await c.echo("x") == "b:x")
+                try:
+                    return bool(await c.echo("x") == "b:x")
+                except TApplicationException:  # the empty set below, until the next one
+                    return False
 
             await _until(at_b, "new calls did not move to b")
             assert {await c.echo("y") for _ in range(4)} == {"b:y"}
@@ -247,6 +267,19 @@ def test_thrift_route_follows_a_file_and_drains(env: Env) -> None:
                 return bool(conn_a.closed)
 
             await _until(a_closed, "the pool's connection to a did not close")
+            # An empty set: calls are answered with an application error, the server stays up.
+            _write(env.thrift_file, [])
+
+            async def refused() -> bool:
+                try:
+                    await c.echo("x")
+                except TApplicationException as exc:
+                    return "has no endpoints" in str(exc)
+                return False
+
+            await _until(refused, "an empty set did not refuse calls")
+            _write(env.thrift_file, [env.thrift_ports["b"]])
+            await _until(at_b, "calls did not come back once the set had an endpoint again")
 
     asyncio.run(asyncio.wait_for(main(), 60))
 

@@ -311,13 +311,13 @@ class ThriftProxy:
             ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
         except Overloaded as exc:  # a discovered set that is empty for now
             log.warning("thrift: server=%s client=%s method=%s: %s", self.name, conn.peer, method, exc)
-            self.stats.record(service, method, "no_endpoint", 0.0)
+            self.stats.record(service, method, "error", 0.0)
             if not oneway:
                 if not begun:
                     conn.begin()
                 conn.answer_error(frame, name, head.seq_id, AppError.INTERNAL_ERROR, f"monolake: {exc}")
             if filtered is not None:
-                filtered[0].done(filtered[1], "no_endpoint", filtered[2])
+                filtered[0].done(filtered[1], "error", filtered[2])
             return
         if oneway:
             self.pool.send(ep, frame, head, None, connect_timeout=route.connect_timeout, timeout=0, oneway=True)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..address import Endpoint
-from ..errors import ProtocolError
+from ..errors import Overloaded, ProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ..service import Context
@@ -362,6 +362,10 @@ class L4Connection(Relay):
             ep = self.endpoint = upstream.balancer.pick(PickKey(self.peer))
             upstream.balancer.started(ep)
             self._picked = True
+        except Overloaded as exc:  # a discovered set that is empty for now
+            log.warning("l4: server=%s client=%s: %s", app.name, self.client_text, exc)
+            self.abort()
+            return
         except Exception:
             log.exception("l4 balancer failed: server=%s client=%s", app.name, self.client_text)
             self.abort()
