@@ -12,6 +12,7 @@ from .apps.rpc import ClientCall as ClientCall
 from .apps.rpc import Metainfo as Metainfo
 from .apps.rpc import RetryBudget as RetryBudget
 from .apps.rpc import ServiceDef as ServiceDef
+from .apps.rpc import SourceDiscovery as SourceDiscovery
 from .apps.rpc import StaticDiscovery as StaticDiscovery
 from .apps.rpc import ThriftApp as ThriftApp
 from .apps.rpc import ThriftClient as ThriftClient
@@ -59,6 +60,7 @@ __all__ = [
     "RpcError",
     "ServiceDef",
     "ServicerContext",
+    "SourceDiscovery",
     "StaticDiscover",
     "StaticDiscovery",
     "StatusCode",

@@ -692,13 +692,12 @@ def test_discovery_errors(raw: dict[str, Any], path: str, fragment: str) -> None
     assert any(e.path == path and fragment in e.reason for e in errors), str(info.value)
 
 
-def test_discovery_clusters_need_no_endpoints_but_tcp_servers_refuse_them() -> None:
+def test_discovery_clusters_need_no_endpoints_and_tcp_servers_follow_them() -> None:
     cfg = parse_config(_disc({"kind": "dns", "name": "api.test", "port": 80, "nameservers": ["127.0.0.1:5353"]}))
     assert cfg.upstreams["api"].endpoints == [] and cfg.upstreams["api"].discovery is not None
     raw = _disc({"kind": "file", "path": "eps.json"})
     raw["servers"]["l4"] = {"listener": "127.0.0.1:0", "proxy_type": "tcp", "upstream": "api"}
-    with pytest.raises(ConfigError, match="which tcp servers do not use"):
-        parse_config(raw)
+    assert parse_config(raw).servers["l4"].upstream == "api"  # the tcp server follows the discovered set
     raw = _disc({"kind": "file", "path": "eps.json"})
     raw["admin"] = {"ready_upstreams": ["nope"]}
     with pytest.raises(ConfigError, match=r"admin.ready_upstreams\[0\]"):

@@ -595,7 +595,8 @@ def _check_resilience(rep: _Report, path: str, c: Cluster) -> None:
 
 def _check_http_only_resilience(rep: _Report, path: str, name: str, cfg: Config, what: str) -> None:
     c = cfg.upstreams.get(name)
-    for key in ("health_check", "outlier_detection", "circuit_breaker", "discovery"):
+    # discovery: tcp servers, thrift and gateway routes follow the discovered set (apps/proxy/_follow.py).
+    for key in ("health_check", "outlier_detection", "circuit_breaker"):
         if c is not None and getattr(c, key) is not None:
             rep.add(path, f"cluster {name!r} has {key} (upstreams.{name}.{key}), which {what} do not use")
 

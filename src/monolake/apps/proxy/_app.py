@@ -207,7 +207,7 @@ def build_apps(
             kind = server.proxy_type
             where = f"servers.{name}.filters"
             filters = load_filters(server.filters, where, modules=shared.modules, kind=kind, base_dir=cfg.base_dir)
-            apps[name] = build(name, server, cfg, filters)
+            apps[name] = build(name, server, cfg, filters, clusters)
             if metrics_on:  # open connections (and calls in flight); what ended counts itself
                 worker_metrics().watch(apps=[apps[name]])
             continue

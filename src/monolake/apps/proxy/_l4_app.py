@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from ...core.proto.proxy_protocol import Family, ProxyHeader
 from ...core.server import HttpServerApp
@@ -26,12 +26,17 @@ from ...core.server._lifecycle import Abortable
 from ...core.tls import ServerTlsContexts, client_tls
 from ..config import Cluster, Config, Endpoint, Server, parse_endpoint
 from ..observe._conn_metrics import l4_stats
-from ._balancer import make_balancer
+from ._balancer import Balancer, make_balancer
 from ._filters import TcpPhases
+from ._follow import Follower
+from ._upstream import UpstreamCluster
 
 
-def l4_upstream(name: str, server: Server, cfg: Config) -> L4Upstream:
-    """The cluster a validated tcp server relays to."""
+def l4_upstream(
+    name: str, server: Server, cfg: Config, clusters: Mapping[str, UpstreamCluster] | None = None
+) -> L4Upstream:
+    """The cluster a validated tcp server relays to. A named cluster with ``discovery`` (in
+    ``clusters``, the worker's) starts from its discovered set and follows it."""
     if server.upstream is not None:
         cname = server.upstream
         c = cfg.upstreams[cname]
@@ -44,20 +49,52 @@ def l4_upstream(name: str, server: Server, cfg: Config) -> L4Upstream:
             hash_on=server.hash_on,
             hash_algorithm=server.hash_algorithm,
         )
-    eps = tls_endpoints(f"upstreams.{cname}" if server.upstream is not None else f"servers.{name}", c)
+    path = f"upstreams.{cname}" if server.upstream is not None else f"servers.{name}"
+    eps = tls_endpoints(path, c)
+    u = clusters.get(cname) if clusters is not None and c.discovery is not None else None
+    if u is not None:
+
+        def shape(found: list[Endpoint]) -> list[Endpoint]:
+            return tls_shape(path, c, found)
+
+        follower = Follower(
+            cname, c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, install=_nothing, shape=shape
+        )
+        if u.source_endpoints is not None:
+            eps = shape(u.source_endpoints)
+        follower.keys = {ep.key: ep for ep in eps}
+        up = L4Upstream(
+            cname, follower.build(eps), connect_timeout=c.connect_timeout, send_proxy_protocol=c.send_proxy_protocol
+        )
+
+        def install(balancer: Balancer) -> None:
+            up.balancer = balancer  # connections already relayed keep their endpoint
+
+        follower.install = install
+        up.keep = follower  # the cluster holds it weakly: it lives as long as this server's app
+        u.followers.add(follower)
+        return up
     # hash_on header:/cookie: keys fall back to the client IP for want of headers.
     balancer = make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
     return L4Upstream(cname, balancer, connect_timeout=c.connect_timeout, send_proxy_protocol=c.send_proxy_protocol)
 
 
-def tls_endpoints(path: str, c: Cluster) -> list[Endpoint]:
-    """``c``'s endpoints; with ``c.tls`` or https:// ones, each TCP endpoint carries its client TLS
-    settings (ALPN offers nothing unless ``tls.alpn`` says so: the bytes are not HTTP)."""
-    eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
+def _nothing(balancer: Balancer) -> None:
+    pass
+
+
+def tls_shape(path: str, c: Cluster, eps: list[Endpoint]) -> list[Endpoint]:
+    """Discovered endpoints with ``c``'s client TLS when it has one or they are https://."""
     if c.tls is None and not any(ep.scheme == "https" for ep in eps):
         return eps
     tls = client_tls(f"{path}.tls", c.tls, default_alpn=())
     return [dataclasses.replace(ep, scheme="https", tls=tls) if not ep.path else ep for ep in eps]
+
+
+def tls_endpoints(path: str, c: Cluster) -> list[Endpoint]:
+    """``c``'s endpoints; with ``c.tls`` or https:// ones, each TCP endpoint carries its client TLS
+    settings (ALPN offers nothing unless ``tls.alpn`` says so: the bytes are not HTTP)."""
+    return tls_shape(path, c, [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints])
 
 
 def server_tls(name: str, server: Server) -> ServerTlsContexts | None:
@@ -67,12 +104,18 @@ def server_tls(name: str, server: Server) -> ServerTlsContexts | None:
     return ServerTlsContexts(f"servers.{name}.tls", server.tls, default_alpn=())
 
 
-def build_l4_app(name: str, server: Server, cfg: Config, filters: Sequence[object] = ()) -> L4ServerApp:
+def build_l4_app(
+    name: str,
+    server: Server,
+    cfg: Config,
+    filters: Sequence[object] = (),
+    clusters: Mapping[str, UpstreamCluster] | None = None,
+) -> L4ServerApp:
     hooks = TcpPhases(name, filters) if filters else None
     return L4ServerApp(
         name,
         server,
-        l4_upstream(name, server, cfg),
+        l4_upstream(name, server, cfg, clusters),
         splice=server.splice,
         tls=server_tls(name, server),
         hooks=hooks,

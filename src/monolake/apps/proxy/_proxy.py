@@ -491,7 +491,8 @@ class ProxyFactory(Factory[HttpProxy]):
             if r.gateway is not None:
                 from .gateway import make_gateway  # thriftpy2 loads only for configs with a gateway
 
-                entries.append((r, RouteRuntime(i, r, None, make_gateway(self.name, i, r, self.cfg, self.server))))
+                gateway = make_gateway(self.name, i, r, self.cfg, self.server, self.clusters)
+                entries.append((r, RouteRuntime(i, r, None, gateway)))
                 continue
             if r.upstream is None and r.upstreams is None:  # a route for CONNECT only
                 entries.append((r, RouteRuntime(i, r, None, connect_only)))

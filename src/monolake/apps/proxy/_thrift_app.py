@@ -46,11 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import monotonic as _now
 
 from ...core.client._thrift import ThriftPool
-from ...core.errors import MonolakeError, RemoteProtocolError
+from ...core.errors import MonolakeError, Overloaded, RemoteProtocolError
 from ...core.proto.thrift import (
     AppError,
     Frame,
@@ -71,7 +71,9 @@ from ..config import Endpoint as Endpoint
 from ..observe._conn_metrics import ThriftStats, thrift_stats
 from ._balancer import Balancer, make_balancer
 from ._filters import RefuseCall, ThriftPhases
-from ._l4_app import server_tls, tls_endpoints
+from ._follow import Follower
+from ._l4_app import server_tls, tls_endpoints, tls_shape
+from ._upstream import UpstreamCluster
 
 log = logging.getLogger("monolake.thrift")
 
@@ -247,6 +249,8 @@ class ThriftProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = thrift_stats(name)
         """Counts calls for the metrics (observe/_conn_metrics.py)."""
+        self.followers: list[Follower] = []
+        """Keep the routes over discovering clusters current (the clusters hold them weakly)."""
 
     def dispatch(self, conn: ThriftConnection, frame: Frame) -> None:
         proto = frame.protocol
@@ -309,7 +313,18 @@ class ThriftProxy:
             if filtered is not None:
                 filtered[0].done(filtered[1], "no_route", filtered[2])
             return
-        ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
+        try:
+            ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
+        except Overloaded as exc:  # a discovered set that is empty for now
+            log.warning("thrift: server=%s client=%s method=%s: %s", self.name, conn.peer, method, exc)
+            self.stats.record(service, method, "error", 0.0)
+            if not oneway:
+                if not begun:
+                    conn.begin()
+                conn.answer_error(frame, name, head.seq_id, AppError.INTERNAL_ERROR, f"monolake: {exc}")
+            if filtered is not None:
+                filtered[0].done(filtered[1], "error", filtered[2])
+            return
         if filtered is not None:
             filtered[2].endpoint = ep
             extra = filtered[1].send_headers
@@ -478,15 +493,65 @@ def _balancer(path: str, c: Cluster) -> Balancer:
     return make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
 
 
-def build_thrift_app(name: str, server: Server, cfg: Config, filters: Sequence[object] = ()) -> ThriftServerApp:
-    """The app of a validated thrift server; named clusters share one balancer per server."""
+def _follower(path: str, cname: str, c: Cluster, u: UpstreamCluster) -> Follower:
+    def shape(found: list[Endpoint]) -> list[Endpoint]:
+        return tls_shape(path, c, found)
+
+    f = Follower(
+        cname, c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, install=_nothing, shape=shape
+    )
+    eps = shape(u.source_endpoints) if u.source_endpoints is not None else tls_endpoints(path, c)
+    f.keys = {ep.key: ep for ep in eps}
+    return f
+
+
+def _installer(proxy: ThriftProxy, cname: str) -> Callable[[Balancer], None]:
+    def install(balancer: Balancer) -> None:
+        track = type(balancer).started is not Balancer.started
+        for route in proxy.router.routes:
+            if route.cluster == cname:
+                route.balancer = balancer
+                route.track = track
+
+    return install
+
+
+def _drainer(pool: ThriftPool) -> Callable[[list[Endpoint]], None]:
+    def drain(gone: list[Endpoint]) -> None:
+        pool.drain([ep.key for ep in gone])
+
+    return drain
+
+
+def _nothing(balancer: Balancer) -> None:
+    pass
+
+
+def build_thrift_app(
+    name: str,
+    server: Server,
+    cfg: Config,
+    filters: Sequence[object] = (),
+    clusters: Mapping[str, UpstreamCluster] | None = None,
+) -> ThriftServerApp:
+    """The app of a validated thrift server; named clusters share one balancer per server. A
+    named cluster with ``discovery`` (in ``clusters``, the worker's) starts from its discovered
+    set and follows it: its routes' balancer is rebuilt on each set, and the pooled
+    connections to endpoints that left drain (calls in flight on them are answered)."""
     balancers: dict[str, Balancer] = {}
     routes: list[ThriftRoute] = []
     idle = []
+    follow: dict[str, Follower] = {}
     for i, r in enumerate(server.routes):
         cname, c = _route_cluster(name, i, r, cfg)
         if cname not in balancers:
-            balancers[cname] = _balancer(f"upstreams.{cname}" if r.upstream is not None else f"servers.{cname}", c)
+            path = f"upstreams.{cname}" if r.upstream is not None else f"servers.{cname}"
+            u = clusters.get(cname) if clusters is not None and r.upstream is not None and c.discovery else None
+            if u is not None:
+                f = follow[cname] = _follower(path, cname, c, u)
+                balancers[cname] = f.build(list(f.keys.values()))
+            else:
+                balancers[cname] = _balancer(path, c)
         routes.append(ThriftRoute(i, r, cname, balancers[cname], c, server.request_timeout))
         idle.append(c.idle_timeout)
     pool = ThriftPool(
@@ -497,4 +562,11 @@ def build_thrift_app(name: str, server: Server, cfg: Config, filters: Sequence[o
     )
     phases = ThriftPhases(name, filters, server.request_timeout) if filters else None
     proxy = ThriftProxy(name, ThriftRouter(routes), pool, phases)
+    for cname, f in follow.items():
+        f.install = _installer(proxy, cname)
+        f.on_removed = _drainer(pool)
+        proxy.followers.append(f)
+        u = clusters[cname] if clusters is not None else None
+        assert u is not None
+        u.followers.add(f)
     return ThriftServerApp(name, server, proxy, tls=server_tls(name, server))

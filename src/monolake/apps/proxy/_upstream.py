@@ -24,6 +24,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -141,6 +142,12 @@ class UpstreamCluster:
         """Endpoints discovery marked draining: kept for the admin pages, never picked."""
         self.updates = 0
         """Endpoint sets applied by ``set_endpoints``."""
+        self.source_endpoints: list[Endpoint] | None = None
+        """The last set discovery gave, as given (tcp servers, thrift and gateway routes shape their own)."""
+        self.followers: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Objects with ``endpoints_changed(endpoints)`` (``_follow.Follower``): the balancers of tcp
+        servers, thrift and gateway routes over this cluster, rebuilt on each set. Held weakly: the
+        apps a reload replaces drop out by themselves."""
         self.active = 0
         """Requests in flight (counted on the guarded path only)."""
         self.pending = 0
@@ -399,6 +406,12 @@ class UpstreamCluster:
         self._refresh()
         if self._checker is not None:
             self._checker.sync()
+        self.source_endpoints = list(endpoints)
+        for follower in list(self.followers):
+            try:
+                follower.endpoints_changed(self.source_endpoints)
+            except Exception:
+                log.exception("cluster %s: a follower of its endpoint set failed", self.name)
 
     def _refresh(self) -> None:
         """Eligibility changed: balance over the eligible endpoints, or over all when none is."""

@@ -1,5 +1,6 @@
 """RPC frameworks on the monolake runtime: Thrift (``thrift/``) and gRPC (``grpc/``)."""
 
+from ._discovery import SourceDiscovery as SourceDiscovery
 from .thrift import ClientCall as ClientCall
 from .thrift import Metainfo as Metainfo
 from .thrift import RetryBudget as RetryBudget
@@ -19,6 +20,7 @@ __all__ = [
     "Metainfo",
     "RetryBudget",
     "ServiceDef",
+    "SourceDiscovery",
     "StaticDiscovery",
     "ThriftApp",
     "ThriftClient",

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from .._body import Body
@@ -842,6 +843,17 @@ class H2Pool:
             conns.remove(conn)
             if not conns:
                 del self._conns[conn.key]
+
+    def drain(self, keys: Iterable[Key]) -> None:
+        """Discovery dropped these endpoints: their connections take no new streams and close
+        (with a GOAWAY) once their streams in flight end."""
+        for key in keys:
+            for conn in list(self._conns.get(key, ())):
+                conn.going_away = True
+                self.retire(conn)
+                if not conn.streams and not conn.closed:
+                    conn.codec.goaway(NO_ERROR)
+                    conn.close()
 
     def lost(self, conn: H2Connection) -> None:
         """``conn`` closed (from its connection_lost)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from ..address import Endpoint
@@ -131,6 +132,8 @@ class ThriftUpstream(asyncio.Protocol):
         self.seq = 0
         self.transport: Any = None
         self.closed = False
+        self.draining = False
+        """Its endpoint left the set: close once its calls in flight are answered."""
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -181,6 +184,8 @@ class ThriftUpstream(asyncio.Protocol):
                 log.exception("thrift: reply handler failed")
         if not pending:
             self.idle_since = self.loop.time()
+            if self.draining:
+                self.transport.close()
 
     def _expire(self, seq: int) -> None:
         p = self.pending.pop(seq, None)
@@ -190,6 +195,8 @@ class ThriftUpstream(asyncio.Protocol):
                 self._broken(f"{len(self.abandoned)} calls timed out without a reply")
             if not self.pending:
                 self.idle_since = self.loop.time()
+                if self.draining:
+                    self.transport.close()
             p.waiter.fail(ReadTimeout(f"no reply from {self.slot.endpoint} within the call's timeout"))
 
     def _broken(self, why: str) -> None:
@@ -353,6 +360,21 @@ class ThriftPool:
                     slot.conns.remove(c)
                     c.transport.close()
         self._sweeper = loop.call_later(1.0, self._sweep)
+
+    def drain(self, keys: Iterable[tuple[str, str, int, str]]) -> None:
+        """Discovery dropped these endpoints: their idle connections close now, busy ones when
+        their calls in flight are answered (or time out); calls still queued for a connect go on."""
+        gone = set(keys)
+        for key in [k for k in self.slots if k[0] in gone]:
+            slot = self.slots[key]
+            if slot.opening or slot.queued:
+                continue  # a connect in progress: left to the idle sweep
+            del self.slots[key]
+            for c in slot.conns:
+                if c.pending or c.abandoned:
+                    c.draining = True
+                elif not c.closed:
+                    c.transport.close()
 
     def in_flight(self) -> int:
         return sum(len(c.pending) for s in self.slots.values() for c in s.conns)

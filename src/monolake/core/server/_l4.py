@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..address import Endpoint
-from ..errors import ProtocolError
+from ..errors import Overloaded, ProtocolError
 from ..proto.http1 import Headers
 from ..proto.proxy_protocol import Address, Family, ProxyHeader, build_v1, build_v2, detect, parse
 from ..service import Context
@@ -100,7 +100,7 @@ class ConnectionHooks(Protocol):
 class L4Upstream:
     """What an L4 server needs of its cluster: a balancer, a connect timeout, PROXY sending."""
 
-    __slots__ = ("balancer", "connect_timeout", "name", "send_proxy_protocol")
+    __slots__ = ("balancer", "connect_timeout", "keep", "name", "send_proxy_protocol")
 
     def __init__(
         self,
@@ -114,6 +114,8 @@ class L4Upstream:
         self.balancer = balancer
         self.connect_timeout = connect_timeout
         self.send_proxy_protocol = send_proxy_protocol
+        self.keep: object = None
+        """What keeps ``balancer`` current while this upstream lives (a discovery follower)."""
 
 
 class PickKey:
@@ -360,6 +362,10 @@ class L4Connection(Relay):
             ep = self.endpoint = upstream.balancer.pick(PickKey(self.peer))
             upstream.balancer.started(ep)
             self._picked = True
+        except Overloaded as exc:  # a discovered set that is empty for now
+            log.warning("l4: server=%s client=%s: %s", app.name, self.client_text, exc)
+            self.abort()
+            return
         except Exception:
             log.exception("l4 balancer failed: server=%s client=%s", app.name, self.client_text)
             self.abort()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,9 @@ from ....core.proto.thrift import (
     peek_message,
     read_header_info,
 )
-from ...config import Cluster, Config, Route, Server, parse_endpoint
+from ...config import Cluster, Config, Endpoint, Route, Server, parse_endpoint
 from .._balancer import Balancer, make_balancer
+from .._follow import Follower
 from ._binary import BINARY, BinaryCompiler, Unsupported
 from ._convert import BODY as _BODY
 from ._convert import COOKIE as _COOKIE
@@ -496,6 +497,8 @@ class GatewayHandler:
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.max_body = max_body
+        self.follower: Any = None
+        """Keeps ``balancer`` current over a discovering cluster (the cluster holds it weakly)."""
 
     async def __call__(self, req: Request) -> Response:
         path = req.path.decode("utf-8", "replace")
@@ -580,8 +583,12 @@ class GatewayHandler:
         self.pool.close()
 
 
-def make_gateway(server_name: str, index: int, r: Route, cfg: Config, server: Server) -> GatewayHandler:
-    """The handler of a validated gateway route. Raises ConfigError (IDL problems)."""
+def make_gateway(
+    server_name: str, index: int, r: Route, cfg: Config, server: Server, clusters: Mapping[str, Any] | None = None
+) -> GatewayHandler:
+    """The handler of a validated gateway route. Raises ConfigError (IDL problems). A named
+    cluster with ``discovery`` (an ``UpstreamCluster`` in ``clusters``, the worker's) starts
+    from its discovered set and follows it; connections to endpoints that left drain."""
     gw = r.gateway
     assert gw is not None
     where = f"servers.{server_name}.routes[{index}].gateway"
@@ -594,9 +601,20 @@ def make_gateway(server_name: str, index: int, r: Route, cfg: Config, server: Se
             endpoints=r.upstreams, load_balancer=r.load_balancer, hash_on=r.hash_on, hash_algorithm=r.hash_algorithm
         )
     eps = [parse_endpoint(u.endpoint, u.weight) for u in c.endpoints]
-    balancer = make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
+    up = clusters.get(r.upstream) if clusters is not None and r.upstream is not None and c.discovery else None
+    follower: Follower | None = None
+    if up is not None:
+        follower = Follower(
+            r.upstream or "", c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, install=_nothing
+        )
+        if up.source_endpoints is not None:
+            eps = list(up.source_endpoints)
+        follower.keys = {ep.key: ep for ep in eps}
+        balancer = follower.build(eps)
+    else:
+        balancer = make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
     pool = ThriftPool(max_frame_size=16 * 1024 * 1024, idle_timeout=c.idle_timeout)
-    return GatewayHandler(
+    handler = GatewayHandler(
         name=f"{server_name}.routes[{index}]",
         service=gw.service,
         methods=methods,
@@ -608,3 +626,20 @@ def make_gateway(server_name: str, index: int, r: Route, cfg: Config, server: Se
         timeout=r.timeout or server.request_timeout or c.read_timeout,
         max_body=server.limits.max_body_bytes,
     )
+    if follower is not None and up is not None:
+
+        def install(balancer: Balancer) -> None:
+            handler.balancer = balancer
+
+        def drain(gone: list[Endpoint]) -> None:
+            pool.drain([ep.key for ep in gone])
+
+        follower.install = install
+        follower.on_removed = drain
+        handler.follower = follower
+        up.followers.add(follower)
+    return handler
+
+
+def _nothing(balancer: Balancer) -> None:
+    pass

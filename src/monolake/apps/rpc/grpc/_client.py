@@ -141,7 +141,7 @@ class _Replies:
             reply.trailing_metadata = metadata_in(trailers)
         mi = _metainfo.peek()
         if mi is not None or any(n.startswith(b"rpc-backward-") for n, _ in trailers):
-            _metainfo.current().take_backward(trailers)
+            _metainfo.take_backward(_metainfo.current(), trailers)
         raise_status(trailers, "no grpc-status in the response trailers")
         raise StopAsyncIteration
 
@@ -254,7 +254,7 @@ class Transport:
             fields += metadata_out(call.metadata)
         mi = _metainfo.peek()
         if mi is not None:
-            fields += mi.outgoing()
+            fields += _metainfo.outgoing(mi)
         body: Body | bytes
         if info.client_streaming:
             body = stream_body(_framed(call.request), "grpc client request stream")
@@ -284,7 +284,7 @@ class Transport:
             if isinstance(resp.body, Body):
                 resp.body.cancel()
             if mi is not None or any(n.startswith(b"rpc-backward-") for n, _ in pairs):
-                _metainfo.current().take_backward(pairs)
+                _metainfo.take_backward(_metainfo.current(), pairs)
             raise_status(pairs, "no grpc-status in a response without a body")
             replies = _Replies(None, info.response, self.max_receive, False)
         else:
@@ -516,7 +516,8 @@ class GrpcClient:
     """An async gRPC client for the services of ``protos`` (see the module docstring).
 
     ``endpoints``: "host:port" entries (a ``StaticDiscover``), or ``discover``: an object with
-    ``endpoints() -> list[Endpoint]``. ``timeout``: seconds per call unless a call says
+    ``endpoints() -> list[Endpoint]`` (``monolake.rpc.SourceDiscovery`` runs any discovery source:
+    dns, file, etcd; connections to endpoints it drops drain). ``timeout``: seconds per call unless a call says
     otherwise. ``load_balancer``/``hash_on``: as a proxy cluster's (``hash_on`` may be
     "header:NAME", read from the call's metadata). ``attempts``/``retry_on``/``budget``: retries.
     ``layers`` wrap the whole stack (outermost first), ``inner_layers`` each try.
@@ -550,6 +551,10 @@ class GrpcClient:
         self.metadata = tuple(metadata)
         self.pool = pool if pool is not None else H2Pool()
         self._own_pool = pool is None
+        self.discover = discover
+        on_change = getattr(discover, "on_change", None)
+        if on_change is not None:  # a changing set (SourceDiscovery): removed endpoints' connections drain
+            on_change(lambda gone: self.pool.drain([ep.key for ep in gone]))
         svc: Any = Transport(
             self.pool, connect_timeout=connect_timeout, idle_timeout=idle_timeout, max_receive=max_receive_message_bytes
         )
@@ -615,7 +620,10 @@ class GrpcClient:
             yield m
 
     def close(self) -> None:
-        """Close the client's connections (not a pool it was given)."""
+        """Close the client's connections (not a pool it was given) and stop a discovery source."""
+        stop = getattr(self.discover, "close", None)
+        if stop is not None:
+            stop()
         if self._own_pool:
             self.pool.close()
 

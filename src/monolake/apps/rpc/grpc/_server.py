@@ -352,7 +352,7 @@ class _StreamCall:
 def _backward() -> list[tuple[bytes, bytes]]:
     """Metainfo the handler sends back to its caller (rpc-backward-*), if any."""
     mi = _metainfo.peek()
-    return mi.backward_fields() if mi is not None and mi.backward_out else []
+    return _metainfo.backward_fields(mi) if mi is not None and mi.backward else []
 
 
 def _trailers_only(code: int, message: str, details: bytes | None, trailers: Metadata, extra: list[Any]) -> Response:

@@ -27,13 +27,14 @@ Without layers the chain is the three services above, one coroutine frame each.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ....core.address import Endpoint
 from ....core.client._thrift import ThriftPool
-from ....core.errors import ConfigError, MonolakeError, ReadTimeout, UpstreamError
+from ....core.errors import ConfigError, ConnectError, MonolakeError, ReadTimeout, UpstreamError
 from ....core.proto.thrift import (
     DEFAULT_MAX_FRAME_SIZE,
     AppError,
@@ -253,6 +254,9 @@ class _Balance:
         if call.address is not None:
             call.endpoint = call.address
             return await self.inner(call)
+        d = c.discovery
+        if (d.version != self._version or self._balancer is None) and not d.endpoints():
+            await self._first_set(call, d)
         bal = self.balancer()
         eps = bal.endpoints
         if len(eps) == 1:  # nothing to choose, nowhere else to retry
@@ -277,6 +281,18 @@ class _Balance:
             finally:
                 bal.finished(ep)
             ep = nxt
+
+    async def _first_set(self, call: ClientCall, d: Any) -> None:
+        """Wait (within the call's deadline) for a discovery source's first set; none: ConnectError."""
+        wait = getattr(d, "wait", None)
+        if wait is not None:
+            left = call.deadline - self.client.pool.loop.time() if call.deadline else None
+            try:
+                await asyncio.wait_for(wait(), left)
+            except TimeoutError:
+                raise ReadTimeout(f"{call.method.name}: no endpoint discovered within the call's timeout") from None
+        if not d.endpoints():
+            raise ConnectError(f"{call.method.name}: no endpoints discovered")
 
 
 class RetryBudget:
@@ -308,7 +324,8 @@ class ThriftClient:
 
     ``idl``: a ``.thrift`` path, a ``ServiceDef`` or a thriftpy2 service class; ``endpoints``:
     "host:port" / "unix:/path" strings or ``Endpoint`` objects (static discovery), or
-    ``discovery``: an object with ``endpoints()`` and ``version``. ``transport``: "ttheader"
+    ``discovery``: an object with ``endpoints()`` and ``version`` (``monolake.rpc.SourceDiscovery``
+    runs any discovery source: dns, file, etcd; connections to endpoints it drops drain). ``transport``: "ttheader"
     (default: calls multiplexed by sequence id, metainfo carried), "framed" or "theader";
     ``protocol``: "binary" or "compact". ``timeout``: seconds per call, retries included
     (a call's own ``timeout`` wins); ``retries``: further attempts, each on another endpoint,
@@ -363,6 +380,9 @@ class ThriftClient:
         self.pool = ThriftPool(
             max_connections=conns, max_in_flight=in_flight, max_frame_size=max_frame_size, idle_timeout=60.0
         )
+        on_change = getattr(self.discovery, "on_change", None)
+        if on_change is not None:  # a changing set (SourceDiscovery): removed endpoints' connections drain
+            on_change(lambda gone: self.pool.drain([ep.key for ep in gone]))
         svc: Any = _Transport(self)
         for layer in reversed(list(inner_layers)):
             svc = layer.layer(svc)
@@ -419,8 +439,11 @@ class ThriftClient:
         return method
 
     def close(self) -> None:
-        """Close the connections; calls in flight fail with ReadError."""
+        """Close the connections (and stop a discovery source); calls in flight fail with ReadError."""
         self.pool.close()
+        stop = getattr(self.discovery, "close", None)
+        if stop is not None:
+            stop()
 
     async def __aenter__(self) -> ThriftClient:
         return self
