@@ -55,7 +55,7 @@ if _NO_H2_SERVER is not None:
 
 PROTO = """
 syntax = "proto3";
-package monolake.test;
+package monolake.proxytest;
 
 service Echo {
   rpc Unary(Msg) returns (Msg);
@@ -79,13 +79,13 @@ OPTIONS = [("grpc.max_send_message_length", MAX), ("grpc.max_receive_message_len
 @pytest.fixture(scope="module")
 def stubs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
     d = tmp_path_factory.mktemp("grpc_stubs")
-    (d / "echo.proto").write_text(PROTO)
-    code = protoc.main(["protoc", f"-I{d}", f"--python_out={d}", f"--grpc_python_out={d}", str(d / "echo.proto")])
+    (d / "proxy_echo.proto").write_text(PROTO)
+    code = protoc.main(["protoc", f"-I{d}", f"--python_out={d}", f"--grpc_python_out={d}", str(d / "proxy_echo.proto")])
     assert code == 0, "protoc failed"
     sys.path.insert(0, str(d))
     try:
-        pb2 = importlib.import_module("echo_pb2")
-        pb2_grpc = importlib.import_module("echo_pb2_grpc")
+        pb2 = importlib.import_module("proxy_echo_pb2")
+        pb2_grpc = importlib.import_module("proxy_echo_pb2_grpc")
     finally:
         sys.path.remove(str(d))
     return pb2, pb2_grpc
@@ -218,7 +218,7 @@ protocol = "h2c"
 listener = "127.0.0.1:0"
 
 [[servers.web.routes]]
-path = "/monolake.test.Echo/Unary"
+path = "/monolake.proxytest.Echo/Unary"
 upstream = "grpc"
 timeout = {route_timeout}
 
@@ -387,7 +387,7 @@ def test_grpc_timeout_before_the_response_is_deadline_exceeded(
     deaf_proxy: Proxy, deaf_origin: DeafOrigin, stubs: tuple[ModuleType, ModuleType]
 ) -> None:
     msg = stubs[0].Msg(data=b"x").SerializeToString()
-    headers, data, trailers = raw_call(deaf_proxy.address, "/monolake.test.Echo/Unary", msg, b"300m")
+    headers, data, trailers = raw_call(deaf_proxy.address, "/monolake.proxytest.Echo/Unary", msg, b"300m")
     assert dict(headers)[b":status"] == b"200"
     assert trailers[b"grpc-status"] == b"4"
     assert trailers[b"grpc-message"] == b"monolake: upstream deadline exceeded"
@@ -403,7 +403,7 @@ def test_grpc_timeout_mid_stream_ends_with_deadline_exceeded(
     deaf_proxy: Proxy, deaf_origin: DeafOrigin, stubs: tuple[ModuleType, ModuleType]
 ) -> None:
     msg = stubs[0].Msg(data=b"s", count=3).SerializeToString()
-    headers, data, trailers = raw_call(deaf_proxy.address, "/monolake.test.Echo/ServerStream", msg, b"500m")
+    headers, data, trailers = raw_call(deaf_proxy.address, "/monolake.proxytest.Echo/ServerStream", msg, b"500m")
     assert dict(headers)[b":status"] == b"200"
     assert b"".join(data) == b"\x00\x00\x00\x00\x02\x0a\x00"  # the one reply the origin sent
     assert trailers[b"grpc-status"] == b"4"

@@ -23,7 +23,7 @@ from monolake.apps.rpc.thrift._server import build_server
 from monolake.rpc import ThriftClient, ThriftService
 
 P = echo_protos()
-M = P.module("echo.proto")
+M = P.module("grpc_echo.proto")
 
 
 def test_persistent_value_crosses_grpc_to_thrift(tmp_path: Path) -> None:
