@@ -15,7 +15,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .product._examples import examples_path as examples_path
+from .core import _compiled
+
+_compiled.install()  # before any hot-path module is imported: compiled, or all from source
+
+from .product._examples import examples_path as examples_path  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,8 @@ from monolake.core.proto.http1._parse import RequestReader, ResponseReader
 
 
 class Requests(RequestReader):
-    tunnels = True
-
     def __init__(self) -> None:
+        self.tunnels = True  # not a class attribute: a compiled base reads its own slot
         self.reader_init()
         self.events: list[tuple[Any, ...]] = []
         self.held: bytes | None = None

@@ -23,10 +23,12 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import msgspec
 
 from ...core._body import Body
+from ...core._compiled import WeakReferable
 from ...core.client import Pool, UpstreamConnection
 from ...core.client._h2 import request_headers as h2_request_headers
 from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
@@ -63,7 +65,7 @@ class _Overflow(Exception):
         self.value = value
 
 
-class UpstreamCluster:
+class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the metrics
     """A set of endpoints behind one balancer, with its timeouts and resilience settings."""
 
     def __init__(
@@ -182,7 +184,7 @@ class UpstreamCluster:
                 host = b""  # an HTTP/1.0 client sent no Host; HTTP/1.1 upstreams need one
             if host is not None:
                 req.headers.set(b"Host", host or ep.authority.encode())
-            body = req.body
+            body: Any = req.body
             if body is None:
                 framing = b""
                 chunked = False
@@ -500,7 +502,7 @@ class UpstreamCluster:
             host = b""
         if host is not None:
             req.headers.set(b"Host", host or ep.authority.encode())
-        body = req.body
+        body: Any = req.body
         if body is None:
             framing = b""
             chunked = False

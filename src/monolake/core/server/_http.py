@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from .._body import Body
+from .._compiled import WeakReferable
 from ..errors import (
     MonolakeError,
     ProtocolError,
@@ -94,7 +95,7 @@ OnComplete = Callable[[Request, Response, int], None]
 """Called once a response is fully written: (request, response, body bytes sent)."""
 
 
-class HttpServerApp:
+class HttpServerApp(WeakReferable):  # WeakReferable: sampled weakly by the metrics
     """One HTTP server (listener) in one worker: the runtime's ``ServerApp``."""
 
     def __init__(
