@@ -25,7 +25,7 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -67,32 +67,33 @@ GROUP = "monolake._hotpath"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../monolake
 
 
-def _files(name: str) -> tuple[str, list[str]]:
-    """``name``'s ``.py`` source and its compiled files present beside it."""
-    base = os.path.join(_ROOT, *name.split(".")[1:])
+def _files(name: str, root: str = _ROOT) -> tuple[str, list[str]]:
+    """``name``'s ``.py`` source and its compiled files present beside it (``root``: the
+    ``monolake`` package directory)."""
+    base = os.path.join(root, *name.split(".")[1:])
     built = [base + s for s in importlib.machinery.EXTENSION_SUFFIXES if os.path.isfile(base + s)]
     return base + ".py", built
 
 
-def _in_checkout() -> bool:
+def _in_checkout(root: str) -> bool:
     """A source checkout (``<repo>/src/monolake`` beside a pyproject.toml): only there can a
     compiled file go stale. An installed wheel's file times say nothing (install order)."""
-    src = os.path.dirname(_ROOT)
+    src = os.path.dirname(root)
     return os.path.basename(src) == "src" and os.path.isfile(os.path.join(os.path.dirname(src), "pyproject.toml"))
 
 
-def _decide() -> tuple[bool, str]:
-    """(compiled, why not): computed once, at ``import monolake``, from file names only."""
-    files = {name: _files(name) for name in MODULES}
+def decide(root: str = _ROOT, env: Mapping[str, str] = os.environ) -> tuple[bool, str]:
+    """(compiled, why not): computed once, at ``import monolake``, from file names and times."""
+    files = {name: _files(name, root) for name in MODULES}
     built = [name for name, (_, so) in files.items() if so]
     if not built:
         return False, "not built (installed without a C compiler or mypyc, or with MONOLAKE_PURE=1 at install)"
-    if os.environ.get(PURE_ENV) == "1":
+    if env.get(PURE_ENV) == "1":
         return False, f"{PURE_ENV}=1"
-    if len(built) < len(MODULES):
-        missing = ", ".join(name for name in MODULES if name not in built)
+    if len(built) < len(MODULES) or not _files(GROUP + "__mypyc", root)[1]:
+        missing = ", ".join([name for name in MODULES if name not in built] or [f"{GROUP}__mypyc"])
         return False, f"only partly built (missing: {missing})"
-    if _in_checkout():
+    if _in_checkout(root):
         stale = [
             name
             for name, (py, so) in files.items()
@@ -107,7 +108,7 @@ def _decide() -> tuple[bool, str]:
     return True, ""
 
 
-COMPILED, WHY_PURE = _decide()
+COMPILED, WHY_PURE = decide()
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
