@@ -182,3 +182,16 @@ def test_setup_missing_mypyc_or_compiler_is_told_and_a_failure(setup_py: ModuleT
     assert (build, failure) == (False, True) and "mypyc not installed" in message
     build, message, failure = plan(setup_py, ["setup.py", "bdist_wheel"], compiler=False)
     assert (build, failure) == (False, True) and "no C compiler found" in message
+
+
+# -- what compiled code does differently ------------------------------------------------
+
+
+def test_slices_that_would_end_before_they_start_are_guarded() -> None:
+    """Compiled, ``b[i:j]`` with j < i raises SystemError instead of giving b"": the readers
+    guard theirs (a status line without a reason is covered by the response reader tests)."""
+    from monolake.core.proto.http1._parse import _cut_hop_by_hop, _reason
+
+    assert _cut_hop_by_hop(b"A: b\r\nConnection:\nX: y\r\n") == (b"A: b\r\nX: y\r\n", [(b"connection", b"")])
+    assert _reason(b"HTTP/1.1 200\r\n", 0, 12) == b""
+    assert _reason(b"HTTP/1.1 200 OK\r\n", 0, 15) == b"OK"
