@@ -303,7 +303,7 @@ class ThriftProxy:
             if filtered is not None:
                 filtered[0].done(filtered[1], "no_route", filtered[2])
             return
-        ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
+        ep = route.balancer.pick(conn.pick_key)
         if oneway:
             self.pool.send(ep, frame, head, None, connect_timeout=route.connect_timeout, timeout=0, oneway=True)
             self.stats.record(service, method, "oneway", 0.0)
