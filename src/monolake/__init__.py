@@ -72,6 +72,8 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'monolake' has no attribute {name!r}")
     value = getattr(importlib.import_module(where, __name__), name)
+    if isinstance(value, type) and not value.__doc__:
+        _compiled.restore_doc(value)  # compiled (mypyc): its docstring is in the source only
     globals()[name] = value  # once: later lookups are plain attribute reads
     return value
 

@@ -144,6 +144,26 @@ def active() -> list[str]:
     return out
 
 
+def restore_doc(cls: type) -> None:
+    """Give a compiled class its docstring back, read from its ``.py`` (which ships beside it):
+    mypyc keeps none. Done for the public API's classes (``monolake.Body``...), for help()."""
+    if cls.__doc__ or cls.__module__ not in MODULES:
+        return
+    import ast
+
+    try:
+        with open(_files(cls.__module__)[0], encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError):
+        return
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                cls.__doc__ = doc
+            return
+
+
 def notice() -> tuple[str, str]:
     """(severity, message): the one start-up line about the compiled hot path."""
     if COMPILED:
