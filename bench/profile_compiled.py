@@ -54,9 +54,42 @@ def profile(args: argparse.Namespace, procs: Procs, tmp: Path, pure: bool, origi
         procs.stop(proc)
     if not stacks.exists():
         return {"error": "py-spy wrote nothing"}
-    out: dict[str, Any] = summarize_stacks(stacks.read_text())
+    raw = stacks.read_text()
+    out: dict[str, Any] = summarize_stacks(raw)
     out["stacks"] = stacks
+    out["where"] = where(raw)
     return out
+
+
+def where(raw: str) -> dict[str, float]:
+    """Busy samples by where their leaf frame is: a system call, compiled monolake code (mypyc's
+    ``__native__hotpath.c``), monolake's own ``.py``, httptools, the interpreter or other C.
+    (Compiled frames are named ``CPyDef_<module>___<function>``, not by path, so the path
+    groups of summarize_stacks do not see them.)"""
+    from bench.https import SYSCALL_LEAVES
+
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit() or stack.split(";")[-1].startswith("epoll_"):
+            continue
+        n, leaf = int(count), stack.split(";")[-1]
+        total += n
+        if any(k in leaf for k in SYSCALL_LEAVES):
+            key = "system call (read/write/send/recv)"
+        elif "__native__hotpath" in leaf:
+            key = "compiled monolake code (mypyc)"
+        elif "monolake/" in leaf:
+            key = "monolake .py (interpreted)"
+        elif "parser.c" in leaf or "httptools" in leaf or "llhttp" in leaf:
+            key = "httptools / llhttp"
+        elif "libpython" in leaf or "object.h" in leaf or ".py:" in leaf or "pythoncapi" in leaf:
+            key = "CPython runtime (refcounts, dicts, calls, other .py)"
+        else:
+            key = "other native (uvloop, libc, ...)"
+        counts[key] = counts.get(key, 0) + n
+    return {k: round(100.0 * v / max(1, total), 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
 def main() -> int:
@@ -101,7 +134,9 @@ def main() -> int:
         stacks = args.out / f"compiled-profile-{when}-{name}.stacks"
         shutil.copy(prof["stacks"], stacks)
         lines += [f"{prof['samples']} busy samples ({prof['idle_samples']} idle); stacks: {stacks.name}", ""]
-        lines += ["| group | share |", "|---|--:|"]
+        lines += ["| leaf frame in | share |", "|---|--:|"]
+        lines += [f"| {k} | {v}% |" for k, v in prof["where"].items()]
+        lines += ["", "| group | share |", "|---|--:|"]
         lines += [f"| {g} | {p}% |" for g, p in prof["groups_pct"].items()]
         lines += ["", "| top frames by self time | share |", "|---|--:|"]
         lines += [f"| `{f[:110]}` | {p}% |" for f, p in prof["top_self"][:20]]
