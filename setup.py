@@ -301,10 +301,11 @@ class CleanCompiled(Command):
         pass
 
     def run(self) -> None:
-        modules, group = compiled_modules()
-        for name in [*modules, f"{group}__mypyc"]:
-            base = HERE / "src" / Path(*name.split("."))
-            for f in base.parent.glob(base.name + ".*.so"):
+        # Every .so under src/ but the C extensions: also those of a module since taken off the list.
+        native = {ext.module for ext in NATIVE}
+        for f in sorted((HERE / "src").rglob("*.so")):
+            name = ".".join(f.relative_to(HERE / "src").with_suffix("").with_suffix("").parts)
+            if name not in native:
                 print(f"removing {f.relative_to(HERE)}")
                 f.unlink()
 
