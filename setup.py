@@ -14,12 +14,21 @@ written to the terminal (/dev/tty) when there is one: that is what a user runnin
 ``MONOLAKE_REQUIRE_NATIVE=1`` turns a missing or failing native module into a
 build error (CI and the Dockerfile set it).
 
+The hot-path modules (``MODULES`` in src/monolake/core/_compiled.py) are compiled
+with mypyc from their ``.py`` source, which ships beside them. Left as pure Python,
+with a notice, when mypyc or a C compiler is missing, or with ``MONOLAKE_PURE=1``.
+In-place builds (``pip install -e``, ``build_ext --inplace``) leave them pure unless
+``MONOLAKE_COMPILE_INPLACE=1``: a compiled file beside its source would shadow every
+later edit of it (monolake then runs them from source, and says so, until rebuilt;
+``python setup.py clean_compiled`` deletes them).
+
 ``examples/`` at the repository root is the source of the examples; the build
 copies it into the wheel as ``monolake/examples/`` (see ``monolake.product._examples``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,7 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Command, Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 
@@ -44,7 +54,12 @@ class Native:
 
 NATIVE = [
     Native(
-        "monolake.core.runtime._uring", ["src/monolake/core/runtime/_uring.c"], "liburing", "uring", "liburing.h", "liburing-dev"
+        "monolake.core.runtime._uring",
+        ["src/monolake/core/runtime/_uring.c"],
+        "liburing",
+        "uring",
+        "liburing.h",
+        "liburing-dev",
     ),
     Native(
         "monolake.core.proto.http2._nghttp2",
@@ -160,7 +175,142 @@ def _extensions(require: bool = False) -> list[Extension]:
     return out
 
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+HERE = Path(__file__).resolve().parent
+COMPILED_LIST = Path("src/monolake/core/_compiled.py")
+PURE_ENV = "MONOLAKE_PURE"
+INPLACE_ENV = "MONOLAKE_COMPILE_INPLACE"
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "bdist", "install", "editable_wheel", "develop"}
+"""Commands that build extensions; the others (egg_info, sdist, dist_info: pip asking for
+metadata) must not pay for running mypyc."""
+
+
+def compiled_modules(source: Path = HERE / COMPILED_LIST) -> tuple[list[str], str]:
+    """``MODULES`` and ``GROUP`` of _compiled.py, read as literals (monolake is not importable
+    while it is being built)."""
+    import ast
+
+    values: dict[str, object] = {}
+    for node in ast.parse(source.read_text()).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id in ("MODULES", "GROUP"):
+            values[target.id] = ast.literal_eval(node.value)  # type: ignore[attr-defined]
+    modules, group = values["MODULES"], values["GROUP"]
+    assert isinstance(modules, tuple) and isinstance(group, str)
+    return [str(m) for m in modules], group
+
+
+def _inplace(argv: Sequence[str]) -> bool:
+    if "editable_wheel" in argv or "develop" in argv:
+        return True
+    return "build_ext" in argv and ("--inplace" in argv or "-i" in argv)
+
+
+def _has_compiler() -> bool:
+    import sysconfig
+
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shutil.which(cc.split()[0]) is not None
+
+
+def mypyc_plan(
+    argv: Sequence[str],
+    env: Mapping[str, str] = os.environ,
+    has_mypyc: Callable[[], bool] = lambda: importlib.util.find_spec("mypyc") is not None,
+    has_compiler: Callable[[], bool] = _has_compiler,
+) -> tuple[bool, str, bool]:
+    """(compile the hot path?, the notice if not, is not compiling a failure under
+    ``MONOLAKE_REQUIRE_NATIVE=1``?). Not compiling because it was asked for (MONOLAKE_PURE,
+    an in-place build) is no failure; because something is missing, it is."""
+    pure = "the hot-path modules stay pure Python (slower: roughly a third more CPU per request)"
+    if not BUILD_COMMANDS.intersection(argv):
+        return False, "", False
+    if env.get(PURE_ENV) == "1":
+        return False, f"monolake: NOTICE: {PURE_ENV}=1: {pure}.", False
+    if _inplace(argv) and env.get(INPLACE_ENV) != "1":
+        return (
+            False,
+            (
+                f"monolake: NOTICE: in-place/editable build: {pure}; set {INPLACE_ENV}=1 to compile them in "
+                "place (then rebuild after editing them, see README 'Development')."
+            ),
+            False,
+        )
+    if not has_mypyc():
+        return False, f"monolake: NOTICE: mypyc not installed (pip install 'mypy[mypyc]'): {pure}.", True
+    if not has_compiler():
+        return False, f"monolake: NOTICE: no C compiler found (CC, cc): {pure}.", True
+    return True, "", False
+
+
+def _mypyc_extensions(require: bool) -> list[Extension]:
+    """The mypyc extensions (one shared library and a small module per source), or none,
+    with the notice told at build time."""
+    global MYPYC_NOTICE
+    build, MYPYC_NOTICE, failure = mypyc_plan(sys.argv)
+    if failure and require:
+        raise SystemExit(f"{MYPYC_NOTICE}\nmonolake: MONOLAKE_REQUIRE_NATIVE=1: not building without them")
+    if not build:
+        return []
+    from mypyc.build import mypycify
+
+    modules, group = compiled_modules()
+    paths = [str(Path("src", *m.split(".")).with_suffix(".py")) for m in modules]
+    exts = mypycify(paths, opt_level="3", group_name=group)
+    for ext in exts:
+        ext.optional = not require  # a failed compile leaves them pure (told at start), unless required
+    return exts
+
+
+MYPYC_NOTICE = ""
+_TOLD: set[str] = set()
+
+
+def _tell_build_notices() -> None:
+    for message in [*(notice(ext) for ext in SKIPPED), MYPYC_NOTICE]:
+        if message and message not in _TOLD:
+            _TOLD.add(message)
+            _tell(message)
+
+
+class BuildExt(build_ext):
+    """Tells what is left pure (``build_ext --inplace`` runs without build_py)."""
+
+    def run(self) -> None:
+        _tell_build_notices()
+        super().run()
+        if self.inplace:
+            # Up-to-date files are neither rebuilt nor copied anew (copies keep their build
+            # time), but the source may have been touched since: stamp them now, so that the
+            # run-time check (compiled older than its source = stale) sees this build.
+            for ext in self.extensions:
+                path = self.get_ext_fullpath(ext.name)
+                if ext.name.startswith("monolake") and os.path.isfile(path):
+                    os.utime(path)
+
+
+class CleanCompiled(Command):
+    """``python setup.py clean_compiled``: delete the compiled hot-path files of an in-place build."""
+
+    description = "delete the in-place mypyc-compiled files under src/"
+    user_options: list[tuple[str, str | None, str]] = []
+
+    def initialize_options(self) -> None:
+        pass
+
+    def finalize_options(self) -> None:
+        pass
+
+    def run(self) -> None:
+        # Every .so under src/ but the C extensions: also those of a module since taken off the list.
+        native = {ext.module for ext in NATIVE}
+        for f in sorted((HERE / "src").rglob("*.so")):
+            name = ".".join(f.relative_to(HERE / "src").with_suffix("").with_suffix("").parts)
+            if name not in native:
+                print(f"removing {f.relative_to(HERE)}")
+                f.unlink()
+
+
+EXAMPLES = HERE / "examples"
 
 
 class BuildPy(build_py):
@@ -178,8 +328,7 @@ class BuildPy(build_py):
         return [(p, dst / p.relative_to(EXAMPLES)) for p in sorted(files)]
 
     def run(self) -> None:
-        for ext in SKIPPED:
-            _tell(notice(ext))
+        _tell_build_notices()
         super().run()
         for src, dst in self._examples():
             self.mkpath(str(dst.parent))
@@ -190,4 +339,8 @@ class BuildPy(build_py):
 
 
 if __name__ == "__main__":
-    setup(ext_modules=_extensions(os.environ.get("MONOLAKE_REQUIRE_NATIVE") == "1"), cmdclass={"build_py": BuildPy})
+    _require = os.environ.get("MONOLAKE_REQUIRE_NATIVE") == "1"
+    setup(
+        ext_modules=[*_extensions(_require), *_mypyc_extensions(_require)],
+        cmdclass={"build_py": BuildPy, "build_ext": BuildExt, "clean_compiled": CleanCompiled},
+    )

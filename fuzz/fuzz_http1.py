@@ -67,13 +67,13 @@ TOKENS: tuple[bytes, ...] = (
 
 
 class Recorder(RequestReader):
-    """Checks hook order while it records. Small limits so limits get exercised."""
-
-    max_header_bytes = 2048
-    max_headers = 16
-    max_body_bytes = 4096
+    """Checks hook order while it records. Small limits so limits get exercised (set per
+    instance: a compiled RequestReader reads its own slots, not a subclass's class attributes)."""
 
     def __init__(self) -> None:
+        self.max_header_bytes = 2048
+        self.max_headers = 16
+        self.max_body_bytes = 4096
         self.reader_init()
         self.messages: list[tuple[Request, bytes]] = []
         self._open = False

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from monolake.core import _compiled
 from monolake.core.proto.http2 import CODEC_ENV, native_available
 from monolake.core.runtime import uring
 
@@ -40,6 +41,7 @@ def test_version_names_libraries_and_native_parts(form: list[str]) -> None:
         "openssl",
         "rtls",
         "nghttp2",
+        "compiled",
         "io_uring",
     ]
     assert rows["monolake"] == version("monolake")
@@ -52,6 +54,10 @@ def test_version_names_libraries_and_native_parts(form: list[str]) -> None:
         assert rows["nghttp2"].startswith("native codec active (libnghttp2 1.")
     else:
         assert rows["nghttp2"].startswith("not built (")
+    if _compiled.COMPILED:
+        assert rows["compiled"].startswith(f"{len(_compiled.MODULES)} hot-path modules (mypyc): core._body, ")
+    else:
+        assert rows["compiled"] == f"none, the hot path runs as pure Python: {_compiled.WHY_PURE}"
     reason = uring.unavailable()
     if reason is None:
         assert rows["io_uring"].startswith("native loop built and usable; kernel ")
@@ -64,7 +70,8 @@ def test_both_forms_print_the_same() -> None:
 
 
 def test_version_says_when_a_native_part_is_not_in_use(tmp_path: Path) -> None:
-    rows = run("--version", env={CODEC_ENV: "h2", uring.FAIL_ENV: "1"})
+    rows = run("--version", env={CODEC_ENV: "h2", uring.FAIL_ENV: "1", _compiled.PURE_ENV: "1"})
+    assert rows["compiled"].startswith("none, the hot path runs as pure Python: ")
     assert rows["io_uring"].startswith("unavailable, loop = io_uring runs uvloop: io_uring_setup: ")
     if native_available():
         assert rows["nghttp2"].endswith(f"not used: {CODEC_ENV}=h2")

@@ -209,6 +209,7 @@ class ProxyKind:
     loop: str = "uvloop"
     minimal: bool = False
     note: str = ""
+    pure: bool = False  # MONOLAKE_PURE=1: the hot path from its .py source even where compiled
 
 
 PROXIES = {
@@ -217,6 +218,12 @@ PROXIES = {
     "monolake-io_uring": ProxyKind("monolake-io_uring", "monolake", "io_uring", note="full features, io_uring loop"),
     "nginx": ProxyKind("nginx", "nginx", note="nginx reverse proxy, upstream keepalive 64"),
     "haproxy": ProxyKind("haproxy", "haproxy", note="HAProxy, nbthread 1, http-reuse always"),
+    "monolake-uvloop-pure": ProxyKind(
+        "monolake-uvloop-pure", "monolake", "uvloop", pure=True, note="full features, uvloop, MONOLAKE_PURE=1"
+    ),
+    "monolake-io_uring-pure": ProxyKind(
+        "monolake-io_uring-pure", "monolake", "io_uring", pure=True, note="full features, io_uring, MONOLAKE_PURE=1"
+    ),
     "monolake-min": ProxyKind(
         "monolake-min", "monolake", "uvloop", minimal=True, note="one route, no header work (not the same work)"
     ),

@@ -109,6 +109,16 @@ def verify(kind: configs.ProxyKind, port: int, sizes: list[str]) -> None:
         raise RuntimeError(f"{kind.name}: /api/echo -> {status} {body!r}")
 
 
+def monolake_env(pure: bool) -> dict[str, str]:
+    """The monolake processes' environment: compiled hot path (where built) or, for a -pure
+    proxy kind, MONOLAKE_PURE=1 (the same install from source: an A/B in one run)."""
+    env = dict(MONOLAKE_ENV if MONOLAKE_ENV is not None else os.environ)
+    env.pop("MONOLAKE_PURE", None)
+    if pure:
+        env["MONOLAKE_PURE"] = "1"
+    return env
+
+
 def start_proxy(
     procs: Procs, tmp: Path, kind: configs.ProxyKind, origin_port: int, workers: int = 1, cpu: int | None = PROXY_CPU
 ) -> tuple[Proc, int, str]:
@@ -123,7 +133,7 @@ def start_proxy(
     else:
         conf = configs.haproxy(tmp, port, origin_port)
         argv = ["haproxy", "-db", "-f", str(conf)]
-    proc = procs.start(name, argv, cpu, env=MONOLAKE_ENV if kind.kind == "monolake" else None)
+    proc = procs.start(name, argv, cpu, env=monolake_env(kind.pure) if kind.kind == "monolake" else None)
     wait_port(port, alive=proc.popen)
     if kind.kind == "monolake":  # the supervisor logs this once every worker is serving
         deadline = time.monotonic() + 20
@@ -332,6 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         check=False,
     ).stdout.strip()
     info["monolake_imported_from"] = where
+    info["monolake_compiled"] = subprocess.run(
+        [sys.executable, "-c", "from monolake.core import _compiled as c; print(c.COMPILED, c.WHY_PURE)"],
+        env=monolake_env(False),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout.strip()
     if src is not None and not where.startswith(str(src)):
         print(f"bench: --rev {args.rev}: monolake imports from {where}, not {src}")
         shutil.rmtree(tmp, ignore_errors=True)

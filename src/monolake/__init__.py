@@ -16,7 +16,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .product._examples import examples_path as examples_path
+from .core import _compiled
+
+_compiled.install()  # before any hot-path module is imported: compiled, or all from source
+
+from .product._examples import examples_path as examples_path  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -73,6 +77,8 @@ def __getattr__(name: str) -> Any:
     if where is None:
         raise AttributeError(f"module 'monolake' has no attribute {name!r}")
     value = getattr(importlib.import_module(where, __name__), name)
+    if isinstance(value, type) and not value.__doc__:
+        _compiled.restore_doc(value)  # compiled (mypyc): its docstring is in the source only
     globals()[name] = value  # once: later lookups are plain attribute reads
     return value
 

@@ -31,8 +31,17 @@ def log_h2_codec(cfg: Config) -> None:
     log.log(logging.getLevelNamesMapping()[severity.upper()], message)
 
 
+def log_compiled() -> None:
+    """Say once per start whether the hot path runs compiled (mypyc) or as pure Python, and why."""
+    from ..core._compiled import notice
+
+    severity, message = notice()
+    log.log(logging.getLevelNamesMapping()[severity.upper()], message)
+
+
 @contextlib.contextmanager
 def started(cfg: Config, supervisor: Any) -> Iterator[None]:
     """The ``operations`` of an app without an admin endpoint: the start-up notices only."""
+    log_compiled()
     log_h2_codec(cfg)
     yield

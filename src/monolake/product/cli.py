@@ -92,9 +92,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _operations(cfg: Config, supervisor: Supervisor, etcd_url: str | None = None) -> Iterator[None]:
     """Held while the proxy serves: the start-up notices, the metrics directory, the admin endpoint,
     and with a config in etcd, the watch of its key (a change reloads, as SIGHUP does)."""
-    from ..apps._startup import log_h2_codec
+    from ..apps._startup import log_compiled, log_h2_codec
     from .admin import operations
 
+    log_compiled()
     log_h2_codec(cfg)
     with operations(cfg, supervisor) as admin:
         if etcd_url is None:
@@ -245,11 +246,22 @@ def version_report() -> str:
         if os.environ.get(CODEC_ENV) == "h2":
             h2 = f"native codec built (libnghttp2 {NGHTTP2_VERSION}), not used: {CODEC_ENV}=h2"
     rows.append(("nghttp2", h2))
+    rows.append(("compiled", _compiled_report()))
     reason = uring.unavailable()  # probes: sets up (and closes) a small ring
     ring = f"unavailable, loop = io_uring runs uvloop: {reason}" if reason else "native loop built and usable"
     rows.append(("io_uring", f"{ring}; kernel {platform.release()}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _compiled_report() -> str:
+    """The hot-path modules compiled with mypyc, or why they run as pure Python."""
+    from ..core import _compiled
+
+    if not _compiled.COMPILED:
+        return f"none, the hot path runs as pure Python: {_compiled.WHY_PURE}"
+    names = ", ".join(m.removeprefix("monolake.") for m in _compiled.MODULES)
+    return f"{len(_compiled.MODULES)} hot-path modules (mypyc): {names}"
 
 
 def _cmd_version(args: argparse.Namespace) -> int:

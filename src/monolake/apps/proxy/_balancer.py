@@ -31,11 +31,11 @@ import math
 import random as _random_mod
 import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ...core.address import Endpoint
 from ...core.errors import Overloaded
-from ...core.proto.http._message import Request
+from ...core.proto.http._message import Headers
 
 _I = TypeVar("_I")
 
@@ -59,6 +59,18 @@ def _reduced_weights(endpoints: Sequence[Endpoint]) -> list[int]:
     return [w // g for w in ws]
 
 
+class PickKey(Protocol):
+    """What a balancer reads of a request: ``headers`` and ``ctx.peer``. A ``Request``, or the
+    request-shaped keys of the L4 and Thrift servers: a protocol, so that compiled code (mypyc)
+    checks no class at the call."""
+
+    @property
+    def headers(self) -> Headers: ...
+
+    @property
+    def ctx(self) -> Any: ...
+
+
 class Balancer:
     """Chooses an endpoint per request. Subclasses override ``pick``.
 
@@ -74,11 +86,11 @@ class Balancer:
             raise ValueError("endpoint weights must be >= 1")
         self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         """The endpoint for ``req``."""
         raise NotImplementedError
 
-    def pick_excluding(self, req: Request, exclude: Collection[Endpoint]) -> Endpoint | None:
+    def pick_excluding(self, req: PickKey, exclude: Collection[Endpoint]) -> Endpoint | None:
         """An endpoint not in ``exclude`` (for a retry), or None if every one is excluded.
 
         The default asks ``pick`` up to once per endpoint, so the policy still
@@ -114,7 +126,7 @@ class RoundRobinBalancer(Balancer):
         super().__init__(endpoints)
         self._next: Callable[[], Endpoint] = itertools.cycle(self.endpoints).__next__
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         return self._next()
 
 
@@ -154,7 +166,7 @@ class WeightedRoundRobinBalancer(Balancer):
         it: Iterator[Endpoint] = itertools.cycle(list(itertools.islice(gen, total))) if total <= _TABLE_LIMIT else gen
         self._next: Callable[[], Endpoint] = it.__next__
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         return self._next()
 
 
@@ -182,7 +194,7 @@ class RandomBalancer(Balancer):
         self._table = _weighted_table(self.endpoints, _reduced_weights(self.endpoints))
         self._n = len(self._table)
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         return self._table[int(self._random() * self._n)]
 
 
@@ -210,7 +222,7 @@ class LeastRequestBalancer(Balancer):
         # up by id (an int hash) rather than hashing a five-field dataclass.
         self._index = {id(ep): i for i, ep in enumerate(self.endpoints)}
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         n = self._n
         if n == 1:
             return self.endpoints[0]
@@ -232,7 +244,7 @@ class LeastRequestBalancer(Balancer):
         w = self._weights
         return self.endpoints[i if load[i] * w[j] <= load[j] * w[i] else j]
 
-    def pick_excluding(self, req: Request, exclude: Collection[Endpoint]) -> Endpoint | None:
+    def pick_excluding(self, req: PickKey, exclude: Collection[Endpoint]) -> Endpoint | None:
         """Power of two choices among the endpoints not in ``exclude`` (drawn uniformly)."""
         rest = [i for i, ep in enumerate(self.endpoints) if ep not in exclude]
         if len(rest) < 2:
@@ -278,10 +290,10 @@ class LeastRequestBalancer(Balancer):
 
 # --- consistent hashing -------------------------------------------------------------
 
-_KeyFn = Callable[[Request], bytes | None]
+_KeyFn = Callable[[PickKey], bytes | None]
 
 
-def _client_ip(req: Request) -> bytes | None:
+def _client_ip(req: PickKey) -> bytes | None:
     try:
         peer: str | None = req.ctx.peer
     except AttributeError:  # no context (a request built outside a server)
@@ -296,7 +308,7 @@ def _client_ip(req: Request) -> bytes | None:
 def _header_key(name: str) -> _KeyFn:
     lname = name.lower().encode("latin-1")
 
-    def key(req: Request) -> bytes | None:
+    def key(req: PickKey) -> bytes | None:
         for v in req.headers.get_all(lname):
             if v:
                 return v
@@ -309,7 +321,7 @@ def _cookie_key(name: str) -> _KeyFn:
     needle = name.encode("latin-1") + b"="
     skip = len(needle)
 
-    def key(req: Request) -> bytes | None:
+    def key(req: PickKey) -> bytes | None:
         # HTTP/2 may split cookies over several headers (RFC 9113 §8.2.3): scan all.
         for v in req.headers.get_all(b"cookie"):
             # RFC 6265 §4.2.1: pairs are separated by "; ". Cookie values hold no
@@ -395,13 +407,13 @@ class RingHashBalancer(_HashBalancer):
         self._points.append(1 << 32)
         self._owners.append(self._owners[0])
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         key = self._key(req)
         if key is None:
             return self._rr()
         return self._owners[_bisect_left(self._points, _crc32(key))]
 
-    def pick_excluding(self, req: Request, exclude: Collection[Endpoint]) -> Endpoint | None:
+    def pick_excluding(self, req: PickKey, exclude: Collection[Endpoint]) -> Endpoint | None:
         """The next endpoint clockwise on the ring that is not excluded."""
         key = self._key(req)
         if key is None or not exclude:
@@ -476,13 +488,13 @@ class MaglevBalancer(_HashBalancer):
                     if filled == m:
                         return [eps[k] for k in owner]
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         key = self._key(req)
         if key is None:
             return self._rr()
         return self._table[_crc32(key) % self._size]
 
-    def pick_excluding(self, req: Request, exclude: Collection[Endpoint]) -> Endpoint | None:
+    def pick_excluding(self, req: PickKey, exclude: Collection[Endpoint]) -> Endpoint | None:
         """The next table entry after the key's slot whose endpoint is not excluded."""
         key = self._key(req)
         if key is None or not exclude:
@@ -516,10 +528,10 @@ class EmptyBalancer(Balancer):
         self.endpoints = ()
         self._why = f"cluster {cluster} has no endpoints"
 
-    def pick(self, req: Request) -> Endpoint:
+    def pick(self, req: PickKey) -> Endpoint:
         raise Overloaded(self._why)
 
-    def pick_excluding(self, req: Request, exclude: Collection[Endpoint]) -> Endpoint | None:
+    def pick_excluding(self, req: PickKey, exclude: Collection[Endpoint]) -> Endpoint | None:
         return None
 
 

@@ -314,7 +314,7 @@ class ThriftProxy:
                 filtered[0].done(filtered[1], "no_route", filtered[2])
             return
         try:
-            ep = route.balancer.pick(conn.pick_key)  # type: ignore[arg-type]
+            ep = route.balancer.pick(conn.pick_key)
         except Overloaded as exc:  # a discovered set that is empty for now
             log.warning("thrift: server=%s client=%s method=%s: %s", self.name, conn.peer, method, exc)
             self.stats.record(service, method, "error", 0.0)

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from ...core._body import Body
+from ...core._compiled import WeakReferable
 from ...core.client import Pool, UpstreamConnection
 from ...core.client._client import IDEMPOTENT
 from ...core.client._h2 import request_headers as h2_request_headers
@@ -86,7 +87,7 @@ def _connected(req: Request, conn: UpstreamConnection) -> None:
     UPSTREAM_CONNECT_TIME.set(ctx, UPSTREAM_CONNECT_TIME.get(ctx, 0.0) + conn.connect_time)
 
 
-class UpstreamCluster:
+class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the metrics
     """A set of endpoints behind one balancer, with its timeouts and resilience settings."""
 
     def __init__(
@@ -228,7 +229,7 @@ class UpstreamCluster:
                 host = b""  # an HTTP/1.0 client sent no Host; HTTP/1.1 upstreams need one
             if host is not None:
                 req.headers.set(b"Host", host or ep.authority.encode())
-            body = req.body
+            body: Any = req.body
             if body is None:
                 framing = b""
                 chunked = False
@@ -573,7 +574,7 @@ class UpstreamCluster:
             host = b""
         if host is not None:
             req.headers.set(b"Host", host or ep.authority.encode())
-        body = req.body
+        body: Any = req.body
         if body is None:
             framing = b""
             chunked = False

@@ -33,6 +33,7 @@ from typing import Any
 
 import httptools
 
+from ..._compiled import mypyc_attr
 from ...errors import ProtocolError, RemoteProtocolError, Source
 from ..http._message import Headers, Request, Response, parse_block
 
@@ -78,7 +79,8 @@ def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         # line's LF, which is also the next line's leading newline.
         kept.append(block[prev:start])
         vstart, vend = m.span(2)
-        found.append((m.group(1), block[vstart - 1 : vend - 2].strip(b" \t")))
+        # max(): compiled (mypyc), a bytes slice ending before its start fails instead of being b"".
+        found.append((m.group(1), block[vstart - 1 : max(vend - 2, vstart - 1)].strip(b" \t")))
         prev = end - 1
         pos = end - 1
     if not found:
@@ -102,6 +104,7 @@ def _upstream_error(text: str) -> RemoteProtocolError:
     return RemoteProtocolError(text, status_hint=502, source=Source.UPSTREAM)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a base for drivers, and tests' recorders
 class RequestReader:
     """httptools callbacks for requests. Subclass and implement the hooks.
 
@@ -431,6 +434,7 @@ class RequestReader:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a base for drivers, and tests' recorders
 class ResponseReader:
     """Response reader for upstream responses. Subclass and implement the hooks.
 
@@ -545,7 +549,7 @@ class ResponseReader:
         status = parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:
-                self._switched(buf[line_end + 2 : end + 2], buf[pos + 13 : line_end], parser)
+                self._switched(buf[line_end + 2 : end + 2], _reason(buf, pos, line_end), parser)
                 return
             # Interim responses (100, 103) are not forwarded; llhttp treats them as
             # complete messages and goes on to the final response.
@@ -593,7 +597,7 @@ class ResponseReader:
         if cl is None and not chunked and not no_body:
             # Delimited by close: the connection cannot be reused.
             keep_alive = False
-        resp = Response(status, headers, None, buf[pos + 13 : line_end], version, cl, keep_alive)
+        resp = Response(status, headers, None, _reason(buf, pos, line_end), version, cl, keep_alive)
         if hop:
             resp.hop_headers = hop
         has_body = not no_body and (chunked or cl is None or cl > 0)
@@ -660,6 +664,12 @@ class ResponseReader:
     def protocol_switched(self, rest: bytes) -> None:
         """After a 101 (see the class docstring): ``rest`` followed its head."""
         raise NotImplementedError
+
+
+def _reason(buf: bytes, pos: int, line_end: int) -> bytes:
+    """The reason phrase of the status line at ``pos``. Not a plain slice: with no reason
+    (``HTTP/1.1 200``) it would end before it starts, which compiled (mypyc) fails."""
+    return buf[pos + 13 : line_end] if line_end > pos + 13 else b""
 
 
 def _has_token(tokens: bytes, token: bytes) -> bool:
