@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ...core._body import Body
 from ...core.client._client import IDEMPOTENT
@@ -33,10 +33,23 @@ from ...core.proto.http1 import Request, Response
 from ...core.service import Layer, Service
 from ..config import Endpoint, Retry
 
-if TYPE_CHECKING:
-    from ._upstream import UpstreamCluster
-
 log = logging.getLogger("monolake.apps.proxy")
+
+
+class UpstreamCluster(Protocol):
+    """What retries use of ``_upstream.UpstreamCluster`` (typed here so this module need not import it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tries(self) -> Service[Attempt, Response]: ...
+
+    async def guard(self, service: Service[Attempt, Response], a: Attempt) -> Response: ...
+
+    def next_endpoint(self, req: Request, tried: list[Endpoint]) -> Endpoint: ...
+
+    def statistics(self) -> dict[str, object]: ...
 
 
 RetryHook = Callable[[Request, Endpoint | None, str, Endpoint], None]
