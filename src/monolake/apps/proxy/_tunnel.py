@@ -23,19 +23,40 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ...core.errors import ConnectError, ConnectTimeout, ReadTimeout, RemoteProtocolError, Source, UpstreamError
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.proto.http1._serialize import request_head
 from ...core.server import error_response
 from ...core.server._relay import Switched
+from ...core.service import Service
 from ..config._schema import Connect, Route
 from ._retry import RetryingCluster
 from ._upstream import UpstreamCluster
 
-if TYPE_CHECKING:
-    from ._proxy import RouteRuntime
+
+class RouteRuntime(Protocol):
+    """What a tunnel reads of ``_proxy.RouteRuntime`` (typed here so this module need not import it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cluster(self) -> UpstreamCluster | RetryingCluster | None: ...
+
+    @property
+    def handler(self) -> Service[Request, Response] | None: ...
+
+    @property
+    def timeout(self) -> float | None: ...
+
+    @property
+    def host(self) -> bytes | None: ...
+
+    @property
+    def connect(self) -> Connect | None: ...
+
 
 log = logging.getLogger("monolake.apps.proxy")
 
