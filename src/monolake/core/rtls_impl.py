@@ -31,15 +31,25 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import rtls
 from rtls._object import TLSObject
 
 from .proto.tls_hello import server_name
 
-if TYPE_CHECKING:
-    from .tls import ServerTlsContexts
+
+class ServerTlsContexts(Protocol):
+    """What a rustls listener asks of ``tls.ServerTlsContexts`` (typed here so this module, which
+    ``tls`` loads lazily, need not import it back)."""
+
+    @property
+    def by_name(self) -> bool: ...
+
+    def for_handshake(self, server_name: str | None) -> ssl.SSLContext: ...
+
+    def refused(self, exc: ssl.SSLError, alert: bytes) -> Exception: ...
+
 
 TLS13_SUITES = ["TLS13_AES_128_GCM_SHA256", "TLS13_AES_256_GCM_SHA384", "TLS13_CHACHA20_POLY1305_SHA256"]
 """rustls' TLS 1.3 suites; ``ciphers`` restricts TLS 1.2 only, as with OpenSSL."""
