@@ -20,7 +20,7 @@ of the last read, instead of a cancel/re-arm on every chunk.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .._body import Body
 from ..errors import ProtocolError, ReadError, ReadTimeout, Source, UpstreamError, WriteError
@@ -28,8 +28,18 @@ from ..proto.http1 import Response
 from ..proto.http1._parse import ResponseReader
 from ..proto.http1._serialize import LAST_CHUNK, chunk
 
-if TYPE_CHECKING:
-    from ._pool import Pool
+
+class Pool(Protocol):
+    """What a connection uses of its ``_pool.Pool`` (typed here so this module need not import it)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    def release(self, conn: UpstreamConnection) -> None: ...
+
+    def lost(self, conn: UpstreamConnection) -> None: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
 
 
 class _RequestSink:
