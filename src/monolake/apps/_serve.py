@@ -26,58 +26,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
 from ..core.errors import ConfigError
-from ..core.proto.http1 import Request, Response
 from ..core.runtime import ConfigSource
-from ..core.server._service_app import HttpService, build_http_app
-from ..core.server._stream_app import Connection, StreamService, build_stream_app
-from ..core.service import Factory, Layer
+from ..core.server._service_app import build_http_app
+from ..core.server._stream_app import build_stream_app
+from ..core.service import Factory
+from ._apps import HttpApp as HttpApp
+from ._apps import StreamApp as StreamApp
 from ._proxy_app import ProxyApp, proxy_config
-from .config import Config, Log, Runtime, Server, ServerTls, parse_listener
+from .config import Config, Log, Runtime, Server, parse_listener
 
 if TYPE_CHECKING:
     from ..core.runtime import Prepared, ServerApp
     from .proxy import ProxyBuilder
-
-H = TypeVar("H", bound=HttpService)
-T = TypeVar("T", bound=StreamService)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HttpApp(Generic[H]):
-    """An HTTP server running ``factory``'s service (HTTP/1.1, and HTTP/2 by h2c or ALPN).
-
-    ``listen``: "host:port" or "unix:/path"; ``layers``: outermost first; ``tls``: the
-    listener's certificates (``monolake.apps.config.ServerTls``); ``settings``: a
-    ``monolake.apps.config.Server`` for limits and timeouts (``request_timeout`` is the
-    handler's deadline: 503 past it; ``max_concurrency`` sheds with 503), its
-    ``listener``, ``proxy_type`` and ``tls`` being replaced by this app's.
-    """
-
-    name: str
-    listen: str
-    factory: Factory[H]
-    layers: Sequence[Layer[Request, Response]] = ()
-    tls: ServerTls | None = None
-    settings: Server | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamApp(Generic[T]):
-    """A raw byte-stream server: ``factory``'s service is called once per connection
-    with a ``Connection``. ``listen``, ``layers``, ``tls`` and ``settings`` as ``HttpApp``'s
-    (of ``settings``, ``backlog`` applies)."""
-
-    name: str
-    listen: str
-    factory: Factory[T]
-    layers: Sequence[Layer[Connection, None]] = ()
-    tls: ServerTls | None = None
-    settings: Server | None = None
 
 
 class CustomApp(Protocol):

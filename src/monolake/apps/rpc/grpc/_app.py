@@ -16,13 +16,13 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ....core.errors import ConfigError
+from ..._apps import HttpApp
 from ...config import Server
 from ._metrics import GrpcStats, grpc_stats
 from ._protos import Protos, load_protos
 from ._server import DEFAULT_MAX_RECEIVE, GrpcServer
 
 if TYPE_CHECKING:
-    from ..._serve import HttpApp
     from ...config import RpcGrpc, ServerTls
 
 access = logging.getLogger("monolake.grpc.access")
@@ -77,8 +77,6 @@ def grpc_app(
     """An ``HttpApp`` for ``monolake.serve`` serving ``servicers`` (see ``GrpcServer``, which takes
     ``options``); calls are counted in ``monolake_grpc_server_calls`` and, with ``log_calls``,
     logged one line each to the ``monolake.grpc.access`` logger."""
-    from ..._serve import HttpApp
-
     loaded = protos if isinstance(protos, Protos) else load_protos(list(protos), import_paths)
     factory = GrpcServer(loaded, servicers, on_call=CallRecorder(name, grpc_stats(name), log_calls), **options)
     if tls is not None and tls.alpn is None:
