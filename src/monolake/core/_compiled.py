@@ -50,6 +50,7 @@ MODULES = (
     "monolake.core.proto.http._message",
     "monolake.core.proto.http1._parse",
     "monolake.core.proto.http1._serialize",
+    "monolake.core.server._http_app",
     "monolake.core.server._http",
     "monolake.core.server._h2",
     "monolake.core.client._http",

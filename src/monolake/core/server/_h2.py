@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._body import HIGH_WATER, Body
 from ..errors import RemoteProtocolError, Source
@@ -56,9 +56,7 @@ from ..proto.http2 import DATA, DRAINED, GOAWAY, HEADERS, RESET, H2ConnectionErr
 from ..proto.http2._codec import CANCEL, ENHANCE_YOUR_CALM, INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM
 from ..service import Context
 from ._answers import error_response, failure_response
-
-if TYPE_CHECKING:
-    from ._http import HttpServerApp
+from ._http_app import HttpAppBase
 
 log = logging.getLogger("monolake.core.server")
 
@@ -271,7 +269,7 @@ class _Stream:
 class H2Connection(asyncio.Protocol):
     """One HTTP/2 client connection. See the module docstring."""
 
-    def __init__(self, app: HttpServerApp, transport: Any, peer: str) -> None:
+    def __init__(self, app: HttpAppBase[Any], transport: Any, peer: str) -> None:
         self.app = app
         cfg = app.cfg
         h2 = cfg.http2

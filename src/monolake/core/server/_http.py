@@ -60,14 +60,13 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..proto.http2 import PREFACE
-from ..service import Context, Service
+from ..service import Context
 from ._answers import bad_request_log, error_response, failure_response, log
-from ._lifecycle import ConnectionServer
+from ._http_app import HttpAppBase
+from ._http_app import OnComplete as OnComplete
 from ._relay import Switched, Tunnel
-from ._settings import HttpSettings as ServerConfig
 
 if TYPE_CHECKING:
-    from ..tls import ServerTlsContexts
     from ._h2 import H2Connection  # noqa: F401  (named in a string in HttpServerApp's base class)
 
 """Lines about malformed or refused requests: a client chooses how many it causes."""
@@ -89,29 +88,10 @@ def _discard(parts: Iterable[bytes]) -> None:
 DRAIN_IDLE = 1.0
 """Seconds a connection must have been idle before a drain closes it without a response."""
 
-OnComplete = Callable[[Request, Response, int], None]
-"""Called once a response is fully written: (request, response, body bytes sent)."""
 
-
-class HttpServerApp(ConnectionServer["HttpConnection | H2Connection"]):
-    """One HTTP server (listener) in one worker: the runtime's ``ServerApp``."""
-
-    def __init__(
-        self,
-        name: str,
-        cfg: ServerConfig,
-        service: Service[Request, Response],
-        *,
-        on_complete: OnComplete | None = None,
-        on_close: Callable[[], None] | None = None,
-        tls: ServerTlsContexts | None = None,
-    ) -> None:
-        super().__init__(name, tls, 1.0)
-        self.cfg = cfg
-        self.service = service
-        self.on_complete = on_complete
-        self.on_close = on_close
-        self.in_flight = 0
+class HttpServerApp(HttpAppBase["HttpConnection | H2Connection"]):
+    """One HTTP server (listener) in one worker: the runtime's ``ServerApp`` (its chain,
+    settings and requests in flight are ``HttpAppBase``'s, which ``_h2`` shares)."""
 
     def protocol_factory(self) -> HttpConnection:
         self._serving()
@@ -138,9 +118,6 @@ class HttpServerApp(ConnectionServer["HttpConnection | H2Connection"]):
         for conn in list(self.conns):
             conn.check_timeouts(now, keepalive, header)
         bad_request_log.flush()
-
-    def request_done(self) -> None:
-        self.in_flight -= 1
 
     def start_draining(self) -> None:
         """Stop keep-alive: busy connections close after their response, idle ones once idle for DRAIN_IDLE."""
