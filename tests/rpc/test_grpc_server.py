@@ -29,6 +29,7 @@ MB = 1024 * 1024
 class Echo:
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.sleeping = threading.Event()
         self.seen_deadline: list[float | None] = []
 
     async def Unary(self, req: Any, ctx: Any) -> Any:
@@ -41,6 +42,7 @@ class Echo:
         if req.text == "deadline":
             self.seen_deadline.append(ctx.time_remaining())
         if req.sleep:
+            self.sleeping.set()
             try:
                 await asyncio.sleep(req.sleep)
             except asyncio.CancelledError:
@@ -191,14 +193,13 @@ def test_deadline_reaches_handler_and_expires(channel: grpc.Channel, echo: Echo)
 
 def test_cancellation_reaches_the_handler(channel: grpc.Channel, echo: Echo) -> None:
     echo.cancelled.clear()
-    fut = stub(channel, "Unary", "unary_unary").future(M.EchoRequest(text="slow", sleep=60), timeout=60)
-    # the call is in the handler once the server counts it in flight; then cancel it
-    fut.cancel()
-    with pytest.raises(grpc.FutureCancelledError):
-        fut.result()
+    echo.sleeping.clear()
     call = stub(channel, "Unary", "unary_unary").future(M.EchoRequest(text="slow", sleep=60), timeout=60)
-    assert wait_for(lambda: call.running())
+    # grpcio's future is "running" as soon as it is made: wait for the handler itself, then cancel
+    assert echo.sleeping.wait(20)
     call.cancel()
+    with pytest.raises(grpc.FutureCancelledError):
+        call.result()
     assert echo.cancelled.wait(20)
 
 
