@@ -26,7 +26,7 @@ import dns.rdatatype
 import dns.resolver
 
 from ..config import Discovery
-from ..config._load import split_nameserver
+from ..config._validate import split_nameserver
 from ._record import EndpointRecord
 from ._source import EndpointSource, Sink
 
