@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -50,9 +49,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
+        libc = ctypes.CDLL(None)  # the interpreter's own C library (find_library would run ldconfig)
     except OSError:
         return None
     if not hasattr(libc, "malloc_trim"):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import hashlib
 import os
@@ -66,7 +65,10 @@ class ConfigWatcher:
         self.directory = os.path.dirname(self.path)
         self.name = os.path.basename(self.path).encode()
         self.symlink = os.path.islink(self.path)
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # dlopen(NULL): the C library the interpreter already has. Not ctypes.util.find_library, which
+        # runs ldconfig in a subprocess: from a thread (the discovery hub) while the supervisor forks a
+        # worker, the worker inherited the subprocess's exec-check pipe and the watcher hung until it exited.
+        libc = ctypes.CDLL(None, use_errno=True)
         self._add_watch = libc.inotify_add_watch
         self._add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
