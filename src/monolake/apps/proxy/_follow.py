@@ -16,6 +16,10 @@ from ...core.address import Endpoint
 from ._balancer import Balancer, EmptyBalancer, make_balancer
 
 
+def _not_yet(balancer: Balancer) -> None:
+    """``install`` until the owner sets its own (it builds the first balancer itself)."""
+
+
 class Follower:
     """Rebuilds a balancer from each endpoint set and passes it to ``install``."""
 
@@ -38,7 +42,7 @@ class Follower:
         *,
         hash_on: str,
         hash_algorithm: str,
-        install: Callable[[Balancer], None],
+        install: Callable[[Balancer], None] = _not_yet,
         shape: Callable[[list[Endpoint]], list[Endpoint]] = list,
         on_removed: Callable[[list[Endpoint]], None] | None = None,
     ) -> None:

@@ -57,9 +57,7 @@ def l4_upstream(
         def shape(found: list[Endpoint]) -> list[Endpoint]:
             return tls_shape(path, c, found)
 
-        follower = Follower(
-            cname, c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, install=_nothing, shape=shape
-        )
+        follower = Follower(cname, c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, shape=shape)
         if u.source_endpoints is not None:
             eps = shape(u.source_endpoints)
         follower.keys = {ep.key: ep for ep in eps}
@@ -77,10 +75,6 @@ def l4_upstream(
     # hash_on header:/cookie: keys fall back to the client IP for want of headers.
     balancer = make_balancer(c.load_balancer, eps, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
     return L4Upstream(cname, balancer, connect_timeout=c.connect_timeout, send_proxy_protocol=c.send_proxy_protocol)
-
-
-def _nothing(balancer: Balancer) -> None:
-    pass
 
 
 def tls_shape(path: str, c: Cluster, eps: list[Endpoint]) -> list[Endpoint]:

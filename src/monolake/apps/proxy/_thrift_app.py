@@ -497,9 +497,7 @@ def _follower(path: str, cname: str, c: Cluster, u: UpstreamCluster) -> Follower
     def shape(found: list[Endpoint]) -> list[Endpoint]:
         return tls_shape(path, c, found)
 
-    f = Follower(
-        cname, c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, install=_nothing, shape=shape
-    )
+    f = Follower(cname, c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, shape=shape)
     eps = shape(u.source_endpoints) if u.source_endpoints is not None else tls_endpoints(path, c)
     f.keys = {ep.key: ep for ep in eps}
     return f
@@ -521,10 +519,6 @@ def _drainer(pool: ThriftPool) -> Callable[[list[Endpoint]], None]:
         pool.drain([ep.key for ep in gone])
 
     return drain
-
-
-def _nothing(balancer: Balancer) -> None:
-    pass
 
 
 def build_thrift_app(

@@ -604,9 +604,7 @@ def make_gateway(
     up = clusters.get(r.upstream) if clusters is not None and r.upstream is not None and c.discovery else None
     follower: Follower | None = None
     if up is not None:
-        follower = Follower(
-            r.upstream or "", c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm, install=_nothing
-        )
+        follower = Follower(r.upstream or "", c.load_balancer, hash_on=c.hash_on, hash_algorithm=c.hash_algorithm)
         if up.source_endpoints is not None:
             eps = list(up.source_endpoints)
         follower.keys = {ep.key: ep for ep in eps}
@@ -639,7 +637,3 @@ def make_gateway(
         handler.follower = follower
         up.followers.add(follower)
     return handler
-
-
-def _nothing(balancer: Balancer) -> None:
-    pass
