@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 from monolake.core.errors import ProtocolError
 from monolake.core.proto.http._message import Request
 from monolake.core.proto.http1._parse import RequestReader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared runner beside this file
+from _runner import main, run_hypothesis
 
 SEEDS: tuple[bytes, ...] = (
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -124,30 +128,8 @@ def TestOneInput(data: bytes) -> None:
 
 
 def _run_hypothesis(n: int) -> None:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    @settings(max_examples=n, deadline=None, database=None)
-    @given(st.binary(max_size=512), st.integers(0, 8))
-    def run(data: bytes, step: int) -> None:
-        check_request_bytes(data, step)
-
-    run()
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) >= 2 and argv[1] == "--hypothesis":
-        _run_hypothesis(int(argv[2]) if len(argv) > 2 else 10_000)
-        return
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        print("atheris is not installed; running the hypothesis fallback", file=sys.stderr)
-        _run_hypothesis(10_000)
-        return
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    run_hypothesis(TestOneInput, n, max_size=513)
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(sys.argv, TestOneInput, max_size=513)

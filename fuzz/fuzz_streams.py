@@ -22,6 +22,9 @@ from typing import Any
 
 from monolake.apps.streams._codec import BytesCodec, FrameError, MsgpackCodec, ProtobufCodec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared runner beside this file
+from _runner import main, run_hypothesis
+
 
 def _codecs() -> list[Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "streams"))
@@ -71,30 +74,8 @@ def TestOneInput(data: bytes) -> None:
 
 
 def _run_hypothesis(n: int) -> None:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    @settings(max_examples=n, deadline=None)
-    @given(st.binary(max_size=256))
-    def run(data: bytes) -> None:
-        check(data)
-
-    run()
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) >= 2 and argv[1] == "--hypothesis":
-        _run_hypothesis(int(argv[2]) if len(argv) > 2 else 10_000)
-        return
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        print("atheris is not installed; running the hypothesis fallback", file=sys.stderr)
-        _run_hypothesis(10_000)
-        return
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    run_hypothesis(TestOneInput, n, max_size=256)
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(sys.argv, TestOneInput, max_size=256)

@@ -20,9 +20,13 @@ under pytest for a bounded number of examples in ``tests/proto/test_target.py``.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from monolake.core.errors import ProtocolError
 from monolake.core.proto._target import normalize_path, split_absolute
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared runner beside this file
+from _runner import main, run_hypothesis
 
 
 def check(data: bytes) -> None:
@@ -58,30 +62,8 @@ def TestOneInput(data: bytes) -> None:
 
 
 def _run_hypothesis(n: int) -> None:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    @settings(max_examples=n, deadline=None)
-    @given(st.binary(max_size=64))
-    def run(data: bytes) -> None:
-        check(data)
-
-    run()
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) >= 2 and argv[1] == "--hypothesis":
-        _run_hypothesis(int(argv[2]) if len(argv) > 2 else 10_000)
-        return
-    try:
-        import atheris  # type: ignore[import-not-found]
-    except ImportError:
-        print("atheris is not installed; running the hypothesis fallback", file=sys.stderr)
-        _run_hypothesis(10_000)
-        return
-    atheris.Setup(argv, TestOneInput)
-    atheris.Fuzz()
+    run_hypothesis(TestOneInput, n, max_size=64)
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    main(sys.argv, TestOneInput, max_size=64)
