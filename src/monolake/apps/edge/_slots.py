@@ -19,3 +19,9 @@ UPSTREAM_CONNECT_TIME = ContextSlot(
     "reused pooled ones): $upstream_connect_time. Set only when the access log format uses it.",
 )
 TRACE_ID = ContextSlot("trace_id", bytes, "The request's trace id, 32 hex digits (the tracing filter): $trace_id.")
+CLIENT_ADDR = ContextSlot(
+    "client_addr",
+    str,
+    "The client's address as ip_rules found it behind its trusted_proxies (nginx's realip): $remote_addr and "
+    "rate_limit's ip key. Unset (the peer is the client) when no trusted proxy forwarded the request.",
+)
