@@ -203,25 +203,23 @@ def _client_group(key: tuple[Any, ...]) -> bytes:
     return out
 
 
-_NAMES: dict[bytes, bytes] = {}
+_NAMES: dict[tuple[bytes, bytes], bytes] = {}
 _PACK_TIMES = struct.Struct("<BQBQ").pack
+_SERVER = b"\x30\x02"  # Span.kind (6) = SPAN_KIND_SERVER
+_CLIENT_KIND = b"\x30\x03"  # SPAN_KIND_CLIENT
 
 
-def _http_span(r: list[Any], kind: bytes, parent: bytes | None, attrs: bytes) -> bytes:
-    """A Span of an HTTP record, its attributes given encoded; then framed as ScopeSpans.spans (2)."""
-    name = _NAMES.get(r[_NAME])
-    if name is None:
-        name = _field(5, r[_NAME])
+def _http_span(r: list[Any], lead: bytes, kind: bytes, attrs: bytes) -> bytes:
+    """A Span of an HTTP record, framed as ScopeSpans.spans (2). ``lead``: its trace_id, span_id
+    and parent_span_id fields; ``attrs`` its attribute fields."""
+    tail = _NAMES.get((r[_NAME], kind))
+    if tail is None:
+        tail = _field(5, r[_NAME]) + kind
         if len(_NAMES) < 64:
-            _NAMES[r[_NAME]] = name
+            _NAMES[(r[_NAME], kind)] = tail
     start = r[_START]
-    parts = [b"\x0a\x10", unhexlify(r[_TID]), b"\x12\x08", unhexlify(r[_SID])]
-    if parent:
-        parts += (b"\x22\x08", unhexlify(parent))
-    parts += (name, kind, _PACK_TIMES(0x39, start, 0x41, r[_END] or start), attrs)
-    if r[_ERR]:
-        parts.append(_STATUS_FIELD)
-    span = b"".join(parts)
+    times = _PACK_TIMES(0x39, start, 0x41, r[_END] or start)
+    span = b"".join((lead, tail, times, attrs, _STATUS_FIELD if r[_ERR] else b""))
     n = len(span)
     if n < 128:
         return b"\x12" + _SMALL[n] + span
@@ -231,24 +229,30 @@ def _http_span(r: list[Any], kind: bytes, parent: bytes | None, attrs: bytes) ->
 
 
 def _http_spans(r: list[Any], out: list[bytes]) -> None:
-    """An HTTP request's record: its SERVER span and its tries' CLIENT spans."""
+    """An HTTP request's record: its SERVER span and its tries' CLIENT spans (the ids as bytes once)."""
     method, path, query, host, peer, version, route, status = r[_ATTRS]
     name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
     attrs = _battr("url.path", path) + _attr("client.address", peer)
     if query:
         attrs += _battr("url.query", query)
     attrs += _group((method, version, status, host, name), _server_group)
-    out.append(_http_span(r, b"\x30\x02", r[_PID], attrs))
-    sid = r[_SID]
+    trace = b"\x0a\x10" + unhexlify(r[_TID])
+    sid = unhexlify(r[_SID])
+    lead = trace + b"\x12\x08" + sid
+    parent = r[_PID]
+    out.append(_http_span(r, lead + b"\x22\x08" + unhexlify(parent) if parent else lead, _SERVER, attrs))
+    child_of = b"\x22\x08" + sid
     for c in r[_TRIES] or ():
-        out.append(_http_span(c, b"\x30\x03", sid, _client_attrs(c[_ATTRS])))
+        lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
+        out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(c[_ATTRS])))
     c = r[_CLIENT]
     if c is not None:
         a = c[_ATTRS]
         if type(a) is list:
-            out.append(_http_span(c, b"\x30\x03", sid, _client_attrs(a)))
+            lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
+            out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(a)))
         else:  # a thrift call's client span
-            out.append(_field(2, _span(c, _KIND_CLIENT, sid, a)))
+            out.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], a)))
 
 
 def _client_attrs(a: list[Any]) -> bytes:
