@@ -577,14 +577,14 @@ class Tracing(HttpFilter):
             headers.remove(b"traceparent")
         tid, csid = record[_TID], record[_CSID]
         if record[_SAMPLED]:
-            headers.pairs().append((b"traceparent", b"00-" + tid + b"-" + csid + b"-01"))
+            headers.pairs().append((b"traceparent", b"00-%s-%s-01" % (tid, csid)))
             names.append(b"traceparent")
             name = record[_NAME]
             now = time.time_ns()
             # True: an error until a response head comes
             record[_CLIENT] = [tid, csid, record[_SID], now, 0, name, [name, req.path, None, None, 0, None], True, None]
         else:
-            headers.pairs().append((b"traceparent", b"00-" + tid + b"-" + csid + b"-00"))
+            headers.pairs().append((b"traceparent", b"00-%s-%s-00" % (tid, csid)))
             names.append(b"traceparent")
         state = record[_STATE]
         if state is not None:
