@@ -10,8 +10,9 @@ RS256 2048-bit, EdDSA Ed25519, HS256), on the same request, each row the best of
   the exp/nbf checks, the claim copied to a header);
 - "signature verified": the cache off (``cache_size = 0``): every call parses the token,
   verifies its signature with the key made at load time and checks the claims;
-- "joserfc decode": what the filter did before it verified with ``cryptography`` directly
-  (``joserfc.jwt.decode`` and its claims registry, the same key): the before/after in one run;
+- "signature verified, before": the same with the filter of git revision ``--before`` (default
+  ``ddb26e5``, which verified through joserfc; HS256 it did not take), its ``jwt.py`` loaded beside
+  this tree's: the before/after in one run;
 - "floor": ``cryptography``'s verify of the same signature alone (OpenSSL plus the binding),
   and, for ES256 and RS256, OpenSSL's own ``openssl speed`` verify time when the binary is there.
 
@@ -21,19 +22,22 @@ Rough on a busy machine (the load average is printed): compare rows of one run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import timeit
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey, import_key
+from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
 from monolake.apps.edge.jwt import Jwt, _b64
 from monolake.core.proto.http1 import Headers, Request
@@ -51,11 +55,29 @@ def openssl_verify_us(what: str) -> float | None:
     return 1e6 / float(nums[-1]) if nums else None  # the last column: verifies per second
 
 
+def load_before(rev: str) -> ModuleType:
+    """``src/monolake/apps/edge/jwt.py`` of git revision ``rev``, loaded beside this tree's (on its core)."""
+    src = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parents[2]), "show", f"{rev}:src/monolake/apps/edge/jwt.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    spec = importlib.util.spec_from_loader("monolake.apps.edge._jwt_before", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "monolake.apps.edge"
+    sys.modules[spec.name] = module
+    exec(compile(src, f"{rev}:jwt.py", "exec"), module.__dict__)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=500, help="calls per round")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--md", help="also write the table to this markdown file")
+    ap.add_argument("--before", default="ddb26e5", help="the revision whose jwt.py is the 'before' row")
     args = ap.parse_args()
     n = args.n
     keys: dict[str, Any] = {
@@ -72,20 +94,19 @@ def main() -> None:
         common |= {"claims_to_headers": {"sub": "X-User"}, "algorithms": list(keys)}
         cached = Jwt(**common)
         uncached = Jwt(**common, cache_size=0)
-    from joserfc.jwt import JWTClaimsRegistry
-
-    registry = JWTClaimsRegistry(iss={"essential": True, "values": ["i"]}, aud={"essential": True, "values": ["api"]})
+        # The revision before: asymmetric keys only (it took no shared secrets).
+        public = Path(d) / "public.json"
+        public.write_text(
+            json.dumps({"keys": [k.as_dict(private=False) for k in keys.values() if k.key_type != "oct"]})
+        )
+        old_args = {**common, "keys": [str(public)], "algorithms": ["ES256", "RS256", "EdDSA"], "cache_size": 0}
+        old_uncached = load_before(args.before).Jwt(**old_args)
     ctx = Context("10.0.0.1", "web", 0.0)
     load = os.getloadavg()[0]
     cases: dict[tuple[str, str], Any] = {}
     for alg, key in keys.items():
         tok = jwt.encode({"alg": alg, "kid": key.kid}, claims, key, algorithms=[alg])
         req = Request(b"GET", b"/", Headers([(b"Host", b"x"), (b"Authorization", f"Bearer {tok}".encode())]))
-        public = key if alg == "HS256" else import_key(key.as_dict(private=False))
-
-        def joserfc_decode(tok: str = tok, public: Any = public, alg: str = alg) -> None:
-            registry.validate(jwt.decode(tok, public, algorithms=[alg]).claims)
-
         for f in (cached.request_filter, uncached.request_filter):
             assert f(req, ctx) is None, alg
         signing_input, _, sig = tok.encode().rpartition(b".")
@@ -94,7 +115,10 @@ def main() -> None:
         raw = _raw_verify(alg, key, signing_input, _b64(sig))
         cases[(alg, "token cached")] = lambda f=cached.request_filter, r=req: f(r, ctx)
         cases[(alg, "signature verified")] = lambda f=uncached.request_filter, r=req: f(r, ctx)
-        cases[(alg, "joserfc decode (before)")] = joserfc_decode
+        if alg != "HS256":
+            f = old_uncached.request_filter
+            assert f(req, ctx) is None, alg
+            cases[(alg, f"signature verified, before ({args.before}: joserfc)")] = lambda f=f, r=req: f(r, ctx)
         cases[(alg, "floor: cryptography verify")] = raw
     best: dict[tuple[str, str], float] = {}
     for _ in range(args.rounds):  # interleaved: a load change hits every row alike
