@@ -302,6 +302,21 @@ def test_shared_secrets_only_from_files_never_from_a_jwks_url() -> None:
     assert set(_import_jwks(json.dumps(SECRET.as_dict(private=True)), "file", secrets=True)) == {"h1"}
 
 
+def test_a_jwks_urls_unusable_keys_are_skipped_not_the_whole_set() -> None:
+    """A key type or curve this filter does not take (secp256k1 here), a secret, a private key: told,
+    and the set's other keys still used (a file's set refuses them instead)."""
+    from monolake.apps.edge.jwt import _import_jwks
+
+    k1 = {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA"}
+    keys = [k1, SECRET.as_dict(private=True), ED.as_dict(private=True), EC.as_dict(private=False)]
+    skipped: list[str] = []
+    assert set(_import_jwks(json.dumps({"keys": keys}), "http://x/jwks.json", skipped=skipped)) == {"e1"}
+    assert len(skipped) == 3 and "secp256k1" in skipped[0] and "shared secret" in skipped[1]
+    assert "private key" in skipped[2]
+    with pytest.raises(ValueError, match="key 0: EC curve 'secp256k1' not supported"):
+        _import_jwks(json.dumps({"keys": keys}), "jwks.json", secrets=True)
+
+
 def test_a_replaced_key_under_the_same_kid_clears_the_cache() -> None:
     """The JWKS server (a thread) serves EC as "e1", then another key under the same kid: a token
     EC signed passes from the cache until the refetch, then it is verified again, and refused."""

@@ -239,9 +239,13 @@ def _jwk(obj: Any, secrets: bool) -> _Key:
     return key
 
 
-def _import_jwks(data: bytes | str, where: str, secrets: bool = False) -> dict[str | None, _Key]:
+def _import_jwks(
+    data: bytes | str, where: str, secrets: bool = False, skipped: list[str] | None = None
+) -> dict[str | None, _Key]:
     """Key id -> key, from a JWKS or a single JWK (JSON) or a PEM public key or certificate.
-    ``secrets``: oct keys (HS*) allowed (from files)."""
+    ``secrets``: oct keys (HS*) allowed (from files). ``skipped``: a key that is not usable (a key
+    type or curve not supported, a private key...) is told there instead of failing the whole set
+    (a JWKS URL's: its other keys still verify tokens)."""
     raw = data.encode() if isinstance(data, str) else data
     if raw.lstrip().startswith(b"-----BEGIN"):
         from cryptography import x509
@@ -270,7 +274,10 @@ def _import_jwks(data: bytes | str, where: str, secrets: bool = False) -> dict[s
         try:
             key = _jwk(jwk, secrets)
         except (ValueError, TypeError, binascii.Error) as exc:
-            raise ValueError(f"{where}: key {i}: {exc}") from None
+            if skipped is None:
+                raise ValueError(f"{where}: key {i}: {exc}") from None
+            skipped.append(f"key {i}: {exc}")
+            continue
         kid = jwk.get("kid")
         keys[kid if isinstance(kid, str) else None] = key
     return keys
@@ -608,7 +615,12 @@ class JwksJwt(Jwt):
                     body = await body.read_all(MAX_JWKS_BYTES)
             if resp.status != 200:
                 raise ValueError(f"answered {resp.status}")
-            keys = _import_jwks(body, self.url)
+            skipped: list[str] = []
+            keys = _import_jwks(body, self.url, skipped=skipped)
+            if skipped:
+                log.warning("jwks %s: %d keys not used: %s", self.url, len(skipped), "; ".join(skipped))
+            if not keys:
+                raise ValueError("no usable key in the set")
         except Exception as exc:
             self._down.log(
                 "jwks %s: fetch failed, keeping %d keys: %s: %s", self.url, len(self.keys), type(exc).__name__, exc
