@@ -347,3 +347,29 @@ def test_a_collector_that_refuses_is_not_retried_for_every_batch(caplog: pytest.
         e.add(list(record))
     time.sleep(0.2)  # a thread that retried at once would have taken them by now
     assert len(e.queue) == 5 and e.dropped == 3 and e.exported == 0
+
+
+def test_client_address_behind_trusted_proxies() -> None:
+    """With ip_rules' CLIENT_ADDR set (its trusted proxies forwarded the request), client.address
+    is that client and network.peer.address the connection's peer (the HTTP conventions)."""
+    from monolake.apps.edge._slots import CLIENT_ADDR
+    from monolake.apps.edge.ip_rules import IpRules, IpRulesArgs
+    from monolake.apps.edge.tracing import Tracing, TracingArgs, _Exporter
+    from monolake.core.proto.http1 import Headers, Request, Response
+    from monolake.core.service import Context
+
+    t = Tracing(TracingArgs(endpoint="http://127.0.0.1:1/v1/traces"))
+    sink = _Collect()
+    t._exporter = sink  # type: ignore[assignment]
+    rules = IpRules(IpRulesArgs(deny=["192.0.2.0/24"], trusted_proxies=["10.0.0.0/8"]))
+    req = Request(b"GET", b"/", Headers([(b"X-Forwarded-For", b"198.51.100.7")]))
+    ctx = Context("10.0.0.2", "web", 0.0)
+    t.request_filter(req, ctx)  # tracing first: the client is read when the request is logged
+    assert rules.request_filter(req, ctx) is None and CLIENT_ADDR.get(ctx) == "198.51.100.7"
+    resp = Response(200, Headers([]))
+    t.logging(req, resp, ctx)
+    e = _Exporter.__new__(_Exporter)
+    e.args = TracingArgs()
+    (span,) = ExportTraceServiceRequest.FromString(e._encode(sink.records)).resource_spans[0].scope_spans[0].spans
+    attrs = {a.key: a.value.string_value for a in span.attributes}
+    assert attrs["client.address"] == "198.51.100.7" and attrs["network.peer.address"] == "10.0.0.2"

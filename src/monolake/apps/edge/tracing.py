@@ -10,7 +10,9 @@ On a thrift server the context travels in TTHeader's ``RPC_TRANSIT_traceparent``
 ``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
 HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
 ``server.address``, ``client.address``, ``http.response.status_code``; the client span's
-``server.address`` is the endpoint), plus ``monolake.route`` (the route's index). The
+``server.address`` is the endpoint), plus ``monolake.route`` (the route's index); behind
+trusted proxies (an ``ip_rules`` filter's ``CLIENT_ADDR``) ``client.address`` is the client it
+found and ``network.peer.address`` the connection's peer. The
 trace id is in the ``TRACE_ID`` slot (the access log's ``$trace_id``).
 
 Why not the OpenTelemetry SDK's spans: each costs tens of microseconds (attribute
@@ -49,7 +51,7 @@ from ..config import Endpoint
 from ..proxy._filters import HttpFilter
 from ..proxy._retry import RETRY_HOOKS
 from ._base import ArgError
-from ._slots import TRACE_ID
+from ._slots import CLIENT_ADDR, TRACE_ID
 
 log = logging.getLogger("monolake.edge.tracing")
 
@@ -230,9 +232,12 @@ def _http_span(r: list[Any], lead: bytes, kind: bytes, attrs: bytes) -> bytes:
 
 def _http_spans(r: list[Any], out: list[bytes]) -> None:
     """An HTTP request's record: its SERVER span and its tries' CLIENT spans (the ids as bytes once)."""
-    method, path, query, host, peer, version, route, status = r[_ATTRS]
+    method, path, query, host, peer, version, route, status, client = r[_ATTRS]
     name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
-    attrs = _battr("url.path", path) + _attr("client.address", peer)
+    if client is None:
+        attrs = _battr("url.path", path) + _attr("client.address", peer)
+    else:  # behind trusted proxies (ip_rules): the client, and the connection's peer
+        attrs = _battr("url.path", path) + _attr("client.address", client) + _attr("network.peer.address", peer)
     if query:
         attrs += _battr("url.query", query)
     attrs += _group((method, version, status, host, name), _server_group)
@@ -558,7 +563,7 @@ class Tracing(HttpFilter):
             user = ctx.user = {}
         if sampled:
             # Attributes are raw values here, made into strings by the export thread.
-            attrs = [method, req.path, req.query, req.host, ctx.peer, req.version, ctx.route, None]
+            attrs = [method, req.path, req.query, req.host, ctx.peer, req.version, ctx.route, None, None]
             now = time.time_ns()
             user[SPANS] = [trace, sid, parent, now, 0, method, attrs, False, None, True, state, None, csid]
             user[TRACE_ID] = trace
@@ -614,7 +619,9 @@ class Tracing(HttpFilter):
             client[_ATTRS][3] = ctx.endpoint
         record[_END] = now
         status = resp.status
-        record[_ATTRS][7] = status
+        attrs = record[_ATTRS]
+        attrs[7] = status
+        attrs[8] = user.get(CLIENT_ADDR)  # type: ignore[union-attr]  # set when record is
         record[_ERR] = status >= 500
         e = self._exporter
         if e is None:
