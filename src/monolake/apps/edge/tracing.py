@@ -308,8 +308,8 @@ class _Exporter:
             self.dropped += 1
             return
         queue.append(record)
-        if n + 1 == self.args.batch:  # once per batch: an Event.set takes a lock
-            self.wake.set()
+        if (n + 1) % self.args.batch == 0:  # once per batch (an Event.set takes a lock); again a batch later,
+            self.wake.set()  # should the thread have cleared this one as it woke for the last
 
     def _run(self) -> None:
         while True:
