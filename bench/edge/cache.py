@@ -20,10 +20,9 @@ import sys
 import time
 from typing import Any
 
-from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport
-from monolake.apps.config import Endpoint, parse_config
+from bench.micro.proxy_path import BODY, Harness
+from monolake.apps.config import parse_config
 from monolake.apps.proxy import build_apps
-from monolake.core.client import Pool, UpstreamConnection
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -51,31 +50,14 @@ def config(filters: list[Any]) -> dict[str, Any]:
 async def run(filters: list[Any], request: bytes, upstream_answers: bool, n: int) -> float:
     """µs of the loop thread's CPU per request."""
     app = build_apps(parse_config(config(filters)))["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
-    down = app.protocol_factory()
-    dt = FakeTransport()
-    down.connection_made(dt)  # type: ignore[arg-type]
+    h = Harness(app)
+    dt = h.transport
 
     async def proxied() -> None:
-        down.data_received(request)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        upstream[-1].data_received(RESPONSE)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await h.proxied(request)
 
     async def hit() -> None:
-        down.data_received(request)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await h.local(request)
 
     await proxied()  # the first one is a MISS that fills the cache
     one = proxied if upstream_answers else hit

@@ -10,8 +10,9 @@ each tree's ``PYTHONPATH=TREE/src:.``, alternating, and compare the "added" colu
 Rows: the plain route, then one per feature (request_id; cors on an allowed origin;
 compress choosing gzip for a 128-byte response under min_length, i.e. negotiation and
 Vary only; compress with min_length 0, which gzips the 128 bytes; ip_rules with an
-allow list; tracing at 100% sampling, whose export thread's CPU (it runs in the same
-process: serialising the batches; the collector it names refuses them) is counted too; the
+allow list; tracing at 100% and 0% sampling, whose export thread's CPU (it runs in the same
+process: encoding the batches and POSTing them to a collector that discards them, a subprocess
+whose CPU is not counted) is in the "process" column; the
 access log as text vs JSON with the default format, written to
 /dev/null). Each row's delta is against the plain route measured in the same run.
 Rough on a busy machine: compare deltas, rerun on a quiet one.
@@ -21,15 +22,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
 
-from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport
-from monolake.apps.config import Endpoint, parse_config
+from bench.micro.proxy_path import BODY, Harness
+from monolake.apps.config import parse_config
 from monolake.apps.proxy import build_apps
-from monolake.core.client import Pool, UpstreamConnection
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -44,12 +46,36 @@ FEATURES: dict[str, dict[str, Any]] = {
     "compress (negotiate, under min_length)": {"filters": ["compress"]},
     "compress (gzip 128 B)": {"filters": [{"use": "compress", "args": {"min_length": 0, "encodings": ["gzip"]}}]},
     "ip_rules": {"filters": [{"use": "ip_rules", "args": {"allow": ["127.0.0.0/8", "10.0.0.0/8"]}}]},
-    "tracing (100% sampled)": {
-        "filters": [{"use": "tracing", "args": {"endpoint": "http://127.0.0.1:1/v1/traces", "export_timeout": 0.2}}]
-    },
+    "tracing (100% sampled)": {"filters": [{"use": "tracing", "args": {"endpoint": "SINK", "export_interval": 0.1}}]},
+    "tracing (0% sampled)": {"filters": [{"use": "tracing", "args": {"endpoint": "SINK", "sample_ratio": 0.0}}]},
     "access log text": {"log": "text"},
     "access log json": {"log": "json"},
 }
+
+
+SINK = """
+import http.server
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+"""An OTLP/HTTP collector that accepts and discards, in its own process (its CPU is not counted)."""
+
+
+def start_sink() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", SINK], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/v1/traces"
 
 
 def config(feature: dict[str, Any]) -> dict[str, Any]:
@@ -66,26 +92,11 @@ def config(feature: dict[str, Any]) -> dict[str, Any]:
 async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
     """(µs per request of the loop's thread, µs per request of the whole process)."""
     app = build_apps(parse_config(config(feature)))["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
-    down = app.protocol_factory()
-    dt = FakeTransport()
-    down.connection_made(dt)  # type: ignore[arg-type]
+    h = Harness(app)
+    dt = h.transport
 
     async def one() -> None:
-        down.data_received(REQUEST)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        upstream[-1].data_received(RESPONSE)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await h.proxied(REQUEST)
 
     for _ in range(200):
         await one()
@@ -94,7 +105,10 @@ async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
     t0, p0 = time.thread_time(), time.process_time()
     for _ in range(n):
         await one()
-    elapsed, process = time.thread_time() - t0, time.process_time() - p0
+    elapsed = time.thread_time() - t0
+    if "/v1/traces" in repr(feature):  # tracing: the collector sink
+        await asyncio.sleep(0.3)  # the export thread's last batches, in the process column (idle costs nothing)
+    process = time.process_time() - p0
     assert len(dt.out) == n
     if "min_length" not in repr(feature):  # the gzip row changes the body
         assert all(o.endswith(BODY) for o in dt.out), (feature, dt.out[-1][-300:])
@@ -116,12 +130,18 @@ def main() -> int:
     else:
         runner = asyncio.run
     best: dict[str, tuple[float, float]] = {}
-    for _ in range(args.repeat):  # interleaved, so load changes hit every row alike
-        for name, feature in FEATURES.items():
-            if args.only and name != "plain" and args.only not in name:
-                continue
-            us = runner(run(feature, args.n))
-            best[name] = min(best.get(name, us), us)
+    sink, url = start_sink()
+    try:
+        for _ in range(args.repeat):  # interleaved, so load changes hit every row alike
+            for name, feature in FEATURES.items():
+                if args.only and name != "plain" and args.only not in name:
+                    continue
+                feature = json.loads(json.dumps(feature).replace('"SINK"', json.dumps(url)))
+                us = runner(run(feature, args.n))
+                best[name] = min(best.get(name, us), us)
+    finally:
+        sink.terminate()
+        sink.wait()
     base, pbase = best["plain"]
     print(f"{args.loop}, best of {args.repeat} x {args.n} requests; load average {os.getloadavg()[0]:.2f}")
     print("request path: the loop thread's CPU; process: with other threads (tracing's exporter)")

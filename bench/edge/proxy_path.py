@@ -2,7 +2,7 @@
 
     python bench/edge/proxy_path.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
 
-The same fake-transport drive as ``bench/micro/proxy_path.py`` (a request fed to the
+The fake-transport drive of ``bench/micro/proxy_path.py`` (its ``Harness``) (a request fed to the
 server protocol, a canned response from a fake upstream: only the Python work a
 request costs in a worker), on one server whose routes differ only by their filters,
 so every case runs in the same process, interleaved round by round:
@@ -32,48 +32,11 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from monolake.apps.config import Endpoint, parse_config
+from bench.micro.proxy_path import BODY, Harness
+from monolake.apps.config import parse_config
 from monolake.apps.proxy import HttpFilter, build_apps
-from monolake.core.client import Pool, UpstreamConnection
 from monolake.core.proto.http1 import Request
 from monolake.core.service import Context
-
-BODY = b"x" * 128
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\nContent-Length: 128\r\n"
-    b"Connection: keep-alive\r\n\r\n" + BODY
-)
-
-
-class FakeTransport:
-    def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
-        self.peer = peer
-        self.out: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
-
-    def writelines(self, parts: Any) -> None:
-        self.out.append(b"".join(parts))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        return None
-
-    def resume_reading(self) -> None:
-        return None
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
 
 
 def config(keys: str) -> dict[str, Any]:
@@ -108,26 +71,9 @@ class Noop(HttpFilter):
 
 async def run(n: int, repeat: int, keys: str, tok: str) -> dict[str, list[float]]:
     app = build_apps(parse_config(config(keys)))["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
-    down = app.protocol_factory()
-    dt = FakeTransport()
-    down.connection_made(dt)  # type: ignore[arg-type]
-
-    async def one(request: bytes) -> None:
-        down.data_received(request)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        upstream[-1].data_received(RESPONSE)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+    h = Harness(app)
+    dt = h.transport
+    one = h.proxied
 
     requests = {
         case: (

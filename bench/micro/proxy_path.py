@@ -181,3 +181,44 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class Harness:
+    """The drive above, for other benches (bench/edge/): one server app's protocol on a fake
+    downstream transport, its upstream connections on fake transports (``Pool.connect`` replaced,
+    for the process: a bench runs nothing else).
+
+    ``await h.proxied(request)`` feeds a request, answers the upstream try with ``response`` and
+    lets the response be written; ``await h.local(request)`` is for one answered without going
+    upstream. The bytes written downstream collect in ``h.out``.
+    """
+
+    def __init__(self, app: Any, response: bytes = RESPONSE) -> None:
+        self.upstream: list[UpstreamConnection] = []
+        self.response = response
+        upstream = self.upstream
+
+        async def connect(pool: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
+            conn = UpstreamConnection(pool, ep.key)
+            conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
+            upstream.append(conn)
+            return conn
+
+        Pool.connect = connect  # type: ignore[method-assign]
+        self.down = app.protocol_factory()
+        self.transport = FakeTransport()
+        self.down.connection_made(self.transport)
+        self.out = self.transport.out
+
+    async def proxied(self, request: bytes) -> None:
+        self.down.data_received(request)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        self.upstream[-1].data_received(self.response)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    async def local(self, request: bytes) -> None:
+        self.down.data_received(request)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)

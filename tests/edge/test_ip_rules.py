@@ -134,3 +134,56 @@ def test_ip_rules_args_checked() -> None:
     assert errs({}) == [f"{at}.args.allow: give allow and/or deny networks"]
     assert errs({"deny": ["::1"], "status": 500}) == [f"{at}.args.status: must be a 4xx status, got 500"]
     assert errs({"deny": ["::1"]}, "thrift") == [f"{at}: built-in 'ip_rules' is for http or tcp servers, not thrift"]
+
+
+def test_the_forwarded_client_is_the_client_of_rate_limit_and_remote_addr(
+    env: Env, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Behind a trusted proxy, ip_rules' client (nginx's realip) is what a later rate_limit keys on
+    and what the access log's $remote_addr says; $realip_remote_addr is the peer."""
+    import time
+
+    path = tmp_path_factory.mktemp("realip") / "access.log"
+    everyone = {"deny": ["192.0.2.0/24"], "trusted_proxies": ["127.0.0.1"]}
+    raw = {
+        "log": {"access_log": str(path), "access_log_format": "$remote_addr $realip_remote_addr $status"},
+        "servers": {
+            "web": {
+                "listener": "127.0.0.1:0",
+                "filters": [
+                    {"use": "ip_rules", "args": everyone},
+                    {"use": "rate_limit", "args": {"requests": 1, "period": 3600, "workers": 1}},
+                ],
+                "routes": [{"upstreams": [{"endpoint": env.origin.url}]}],
+            }
+        },
+    }
+    proxy = InProcessProxy(env.lt, raw)
+    try:
+        url = proxy.urls["web"]
+        statuses = [get(url, "/", xff) for xff in ("10.1.2.3", "10.1.2.3", "10.9.9.9", "not-an-address", "x")]
+        # one bucket per forwarded client; a forwarded value that is no address leaves the peer's
+        assert statuses == [200, 429, 200, 200, 429]
+        deadline = time.monotonic() + 10
+        while len(lines := _flushed(env, proxy, path)) < 5:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.02)
+        assert lines == [
+            "10.1.2.3 127.0.0.1 200",
+            "10.1.2.3 127.0.0.1 429",
+            "10.9.9.9 127.0.0.1 200",
+            "127.0.0.1 127.0.0.1 200",
+            "127.0.0.1 127.0.0.1 429",
+        ]
+    finally:
+        proxy.close()
+
+
+def _flushed(env: Env, proxy: InProcessProxy, path: Any) -> list[str]:
+    async def flush() -> None:  # the access log writes in batches
+        for app in proxy.apps.values():
+            if app.on_close is not None:
+                app.on_close()
+
+    env.lt.run(flush())
+    return path.read_text().splitlines() if path.exists() else []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from joserfc import jwt
-from joserfc.jwk import ECKey, RSAKey
+from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
 from monolake.apps.config import FilterSpec
 from monolake.apps.edge._shared import CLAIMS
@@ -123,7 +123,7 @@ def test_leeway_and_the_verified_token_cache(flt: Jwt) -> None:
     out, req, _ = run(flt, tok)  # from the cache: same answer, same headers
     assert out is None and req.headers.get("x-user") == b"alice"
     exp = flt.cache[tok.encode()][2]
-    flt.cache[tok.encode()] = ({"sub": "stale"}, float("-inf"), time.time() - 60)
+    flt.cache[tok.encode()] = ({"sub": "stale"}, float("-inf"), time.time() - 60, ())
     out, req, _ = run(flt, tok)  # the stale entry is dropped and the token verified again
     assert out is None and req.headers.get("x-user") == b"alice" and flt.cache[tok.encode()][2] == exp
 
@@ -204,3 +204,162 @@ def test_the_error_description_is_printable_and_bounded(key_files: list[str]) ->
 def test_claims_with_control_characters_are_cleaned_for_headers(flt: Jwt) -> None:
     out, req, _ = run(flt, token(EC, "ES256", sub="al\r\nX-Evil: 1\x00ice"))
     assert out is None and req.headers.get("x-user") == b"alX-Evil: 1ice"
+
+
+# -- verification with cryptography: each algorithm family, the key deciding the algorithm --------
+
+ED = OKPKey.generate_key("Ed25519", parameters={"kid": "o1"})
+SECRET = OctKey.generate_key(256, parameters={"kid": "h1"})
+RSA_PS = RSAKey.generate_key(2048, parameters={"kid": "p1", "alg": "PS256"})  # this key: PS256 only
+
+
+@pytest.fixture(scope="module")
+def every_alg(tmp_path_factory: pytest.TempPathFactory) -> Jwt:
+    d = tmp_path_factory.mktemp("every")
+    jwks = d / "jwks.json"
+    public = [k.as_dict(private=False) for k in (EC, RSA, ED, RSA_PS)]
+    jwks.write_text(json.dumps({"keys": [*public, SECRET.as_dict(private=True)]}))
+    return Jwt(keys=[str(jwks)], audiences=["api"], algorithms=["ES256", "RS256", "PS256", "EdDSA", "HS256"])
+
+
+@pytest.mark.filterwarnings("ignore::joserfc.errors.SecurityWarning")  # joserfc signing EdDSA (RFC 9864's name)
+@pytest.mark.parametrize(
+    ("key", "alg"),
+    [(EC, "ES256"), (RSA, "RS256"), (RSA, "PS256"), (RSA_PS, "PS256"), (ED, "EdDSA"), (SECRET, "HS256")],
+    ids=["ES256", "RS256", "PS256", "PS256-key-alg", "EdDSA", "HS256"],
+)
+def test_every_algorithm_verifies_and_a_flipped_signature_bit_fails(every_alg: Jwt, key: Any, alg: str) -> None:
+    tok = token(key, alg)
+    assert run(every_alg, tok)[0] is None
+    head, payload, sig = tok.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+    raw[len(raw) // 2] ^= 1
+    bad = f"{head}.{payload}.{base64.urlsafe_b64encode(bytes(raw)).rstrip(b'=').decode()}"
+    assert "bad signature" in _desc(run(every_alg, bad)[0])
+    # The payload changed under the same signature: refused too.
+    other = base64.urlsafe_b64encode(json.dumps({"sub": "mallory", "aud": "api"}).encode()).rstrip(b"=").decode()
+    assert "bad signature" in _desc(run(every_alg, f"{head}.{other}.{sig}")[0])
+
+
+def test_the_key_decides_the_algorithm_not_the_token(every_alg: Jwt) -> None:
+    # The classic confusion: an HS256 token "signed" with the RSA public key's PEM as the secret.
+    import hashlib
+    import hmac
+
+    claims = {"aud": "api", "sub": "mallory", "exp": int(time.time()) + 300}
+    unsigned = _unsigned({"alg": "HS256", "kid": "r1"}, claims).rpartition(".")[0]
+    mac = hmac.digest(RSA.as_pem(private=False), unsigned.encode(), hashlib.sha256)
+    forged = unsigned + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    assert "the key is for RS256" in _desc(run(every_alg, forged)[0])
+    # A key whose JWK says PS256 verifies PS256 only, though RS256 is accepted by the filter.
+    same = RSAKey.import_key({k: v for k, v in RSA_PS.as_dict(private=True).items() if k != "alg"})
+    assert "the key is for PS256, the token says RS256" in _desc(run(every_alg, token(same, "RS256"))[0])
+    # An EC P-256 key is for ES256 alone.
+    assert "the key is for ES256, the token says EdDSA" in _desc(
+        run(every_alg, _unsigned({"alg": "EdDSA", "kid": "e1"}))[0]
+    )
+
+
+def _unsigned(header: dict[str, Any], claims: dict[str, Any] | None = None, sig: bytes = b"x") -> str:
+    def enc(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    return ".".join([enc(json.dumps(header).encode()), enc(json.dumps(claims or {}).encode()), enc(sig)])
+
+
+def test_malformed_tokens_are_refused_before_any_key_work(every_alg: Jwt) -> None:
+    assert "critical header" in _desc(run(every_alg, _unsigned({"alg": "ES256", "kid": "e1", "crit": ["b64"]}))[0])
+    good = token(EC, "ES256")
+    head, payload, sig = good.split(".")
+    assert "not base64url" in _desc(run(every_alg, f"{head}.{payload}.{sig[:-2]}+/")[0])  # base64, not base64url
+    assert "malformed" in _desc(run(every_alg, f"{head}.{payload}.{sig}AAA")[0])  # 89 characters: not base64
+    assert "bad signature" in _desc(run(every_alg, f"{head}.{payload}.{sig[:-4]}")[0])  # r || s cut short
+
+
+def test_claim_types_and_times(every_alg: Jwt) -> None:
+    assert "NumericDate" in _desc(run(every_alg, token(EC, "ES256", exp="tomorrow"))[0])
+    assert "not valid yet" in _desc(run(every_alg, token(EC, "ES256", nbf=int(time.time()) + 60))[0])
+    assert "issued in the future" in _desc(run(every_alg, token(EC, "ES256", iat=int(time.time()) + 60))[0])
+    assert run(every_alg, token(EC, "ES256", aud=["other", "api"]))[0] is None  # one of the token's audiences
+    assert "'aud'" in _desc(run(every_alg, token(EC, "ES256", aud=["other"]))[0])
+
+
+def test_the_cache_is_bounded_oldest_first(key_files: list[str]) -> None:
+    f = Jwt(keys=key_files, cache_size=2)
+    toks = [token(EC, "ES256", sub=f"u{i}").encode() for i in range(3)]
+    for t in toks:
+        assert run(f, t.decode())[0] is None
+    assert list(f.cache) == toks[1:]  # the first one went when the third came
+    long = token(EC, "ES256", sub="x" * 5000)
+    assert run(f, long)[0] is None and long.encode() not in f.cache  # over MAX_CACHED_TOKEN: not kept
+
+
+def test_shared_secrets_only_from_files_never_from_a_jwks_url() -> None:
+    from monolake.apps.edge.jwt import _import_jwks
+
+    with pytest.raises(ValueError, match="shared secret"):
+        _import_jwks(json.dumps({"keys": [SECRET.as_dict(private=True)]}), "http://x/jwks.json")
+    assert set(_import_jwks(json.dumps(SECRET.as_dict(private=True)), "file", secrets=True)) == {"h1"}
+
+
+def test_a_jwks_urls_unusable_keys_are_skipped_not_the_whole_set() -> None:
+    """A key type or curve this filter does not take (secp256k1 here), a secret, a private key: told,
+    and the set's other keys still used (a file's set refuses them instead)."""
+    from monolake.apps.edge.jwt import _import_jwks
+
+    k1 = {"kty": "EC", "crv": "secp256k1", "kid": "k1", "x": "AA", "y": "AA"}
+    keys = [k1, SECRET.as_dict(private=True), ED.as_dict(private=True), EC.as_dict(private=False)]
+    skipped: list[str] = []
+    assert set(_import_jwks(json.dumps({"keys": keys}), "http://x/jwks.json", skipped=skipped)) == {"e1"}
+    assert len(skipped) == 3 and "secp256k1" in skipped[0] and "shared secret" in skipped[1]
+    assert "private key" in skipped[2]
+    with pytest.raises(ValueError, match="key 0: EC curve 'secp256k1' not supported"):
+        _import_jwks(json.dumps({"keys": keys}), "jwks.json", secrets=True)
+
+
+def test_a_replaced_key_under_the_same_kid_clears_the_cache() -> None:
+    """The JWKS server (a thread) serves EC as "e1", then another key under the same kid: a token
+    EC signed passes from the cache until the refetch, then it is verified again, and refused."""
+    import asyncio
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = [EC]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"keys": [k.as_dict(private=False) for k in served]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        f = Jwt(jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks.json")
+        assert isinstance(f, JwksJwt)
+        tok = token(EC, "ES256")
+
+        async def go() -> list[Response | None]:
+            out = []
+            for swap in (False, True):
+                if swap:
+                    served[:] = [OTHER_EC]  # same kid "e1", another key
+                    await f._get()
+                req = Request(b"GET", b"/", Headers([(b"Authorization", f"Bearer {tok}".encode())]))
+                out.append(await f.request_filter(req, Context("10.0.0.1", "web", asyncio.get_running_loop().time())))
+            return out
+
+        first, second = asyncio.run(go())
+        assert first is None
+        assert "bad signature" in _desc(second)
+        assert f.fetches == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -224,3 +224,152 @@ def test_client_span_per_retried_try(env: Env) -> None:
     # each try told the origin its own span as the parent
     sent = [h["traceparent"] for _, _, h in env.flaky.requests]
     assert sent == [f"00-{TID}-{s.span_id.hex()}-01" for s in clients]
+
+
+# -- the encoder and the exporter, without a proxy ----------------------------------------------------
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def add(self, record: Any) -> None:
+        self.records.append(record)
+
+
+def test_the_otlp_encoding_of_a_request_with_a_retry() -> None:
+    """Records made by the filter's own phases (a parent from traceparent, a failed try and its
+    retry, an error status) encoded by the export thread's encoder, decoded by opentelemetry-proto:
+    every field and attribute as the HTTP conventions name them."""
+    from monolake.apps.edge.tracing import Tracing, TracingArgs, _Exporter, _on_retry
+    from monolake.core.proto.http1 import Headers, Request, Response
+    from monolake.core.service import Context
+
+    class Route:
+        name = 3
+
+    class Endpoint:
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def __str__(self) -> str:
+            return self.text
+
+    t = Tracing(TracingArgs(endpoint="http://127.0.0.1:1/v1/traces"))
+    sink = _Collect()
+    t._exporter = sink  # type: ignore[assignment]
+    headers = Headers([(b"Host", b"api.test:8080"), (b"traceparent", f"00-{TID}-{PID}-01".encode())])
+    req = Request(b"POST", b"/items?id=7", headers, host=b"api.test", raw_host=b"api.test:8080")
+    ctx = Context("10.1.2.3", "web", 0.0)
+    req.ctx = ctx
+    ctx.route = Route()
+    t.request_filter(req, ctx)
+    t.upstream_request_filter(req, ctx)
+    first_tp = req.headers.get(b"traceparent")
+    _on_retry(req, Endpoint("10.0.0.1:80"), "status 503", Endpoint("10.0.0.2:80"))  # type: ignore[arg-type]
+    second_tp = req.headers.get(b"traceparent")
+    resp = Response(502, Headers([]))
+    ctx.endpoint = Endpoint("10.0.0.2:80")  # type: ignore[assignment]
+    t.response_filter(resp, ctx)
+    t.logging(req, resp, ctx)
+    assert len(sink.records) == 1 and req.headers.get_all(b"traceparent") == [second_tp]
+    e = _Exporter.__new__(_Exporter)
+    e.args = TracingArgs(service_name="enc")
+    msg = ExportTraceServiceRequest.FromString(e._encode(sink.records))
+    (rs,) = msg.resource_spans
+    assert {a.key: a.value.string_value for a in rs.resource.attributes} == {"service.name": "enc"}
+    server, retried, last = rs.scope_spans[0].spans
+    assert server.kind == server.SPAN_KIND_SERVER and server.name == "POST"
+    assert server.trace_id.hex() == TID and server.parent_span_id.hex() == PID
+    assert (
+        server.status.code == server.status.STATUS_CODE_ERROR
+        and server.end_time_unix_nano >= server.start_time_unix_nano
+    )
+
+    def attrs(span: Any) -> dict[str, Any]:
+        return {
+            a.key: a.value.int_value if a.value.HasField("int_value") else a.value.string_value for a in span.attributes
+        }
+
+    assert attrs(server) == {
+        "http.request.method": "POST",
+        "url.path": "/items",
+        "url.query": "id=7",
+        "url.scheme": "http",
+        "server.address": "api.test",
+        "client.address": "10.1.2.3",
+        "network.protocol.version": "1.1",
+        "http.response.status_code": 502,
+        "monolake.route": "3",
+    }
+    for span in (retried, last):
+        assert span.kind == span.SPAN_KIND_CLIENT and span.trace_id.hex() == TID
+        assert span.parent_span_id == server.span_id and span.status.code == span.status.STATUS_CODE_ERROR
+    assert first_tp == f"00-{TID}-{retried.span_id.hex()}-01".encode()
+    assert second_tp == f"00-{TID}-{last.span_id.hex()}-01".encode()
+    assert attrs(retried) == {
+        "http.request.method": "POST",
+        "url.path": "/items",
+        "http.response.status_code": 503,
+        "server.address": "10.0.0.1:80",
+        "error.type": "503",
+    }
+    assert attrs(last) == {
+        "http.request.method": "POST",
+        "url.path": "/items",
+        "http.response.status_code": 502,
+        "server.address": "10.0.0.2:80",
+        "http.request.resend_count": 1,
+    }
+
+
+def test_a_collector_that_refuses_is_not_retried_for_every_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """After a failed export the thread waits ``export_interval`` before the next try, however many
+    full batches come meanwhile: they wait in the queue (bounded), they are not encoded and dropped."""
+    import logging
+    import socket
+
+    from monolake.apps.edge.tracing import TracingArgs, _Exporter
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = TracingArgs(endpoint=f"http://127.0.0.1:{port}/v1/traces", batch=1, export_interval=60, max_queue=5)
+    with caplog.at_level(logging.WARNING, "monolake.edge.tracing"):
+        e = _Exporter(args)
+        record = [b"0" * 32, b"0" * 16, None, 1, 2, b"GET", {}, False, None, True, None, None]
+        e.add(record)  # a full batch: exported at once
+        deadline = time.monotonic() + 30
+        while "export to" not in caplog.text:
+            assert time.monotonic() < deadline, "the export never failed"
+            time.sleep(0.01)
+    for _ in range(8):
+        e.add(list(record))
+    time.sleep(0.2)  # a thread that retried at once would have taken them by now
+    assert len(e.queue) == 5 and e.dropped == 3 and e.exported == 0
+
+
+def test_client_address_behind_trusted_proxies() -> None:
+    """With ip_rules' CLIENT_ADDR set (its trusted proxies forwarded the request), client.address
+    is that client and network.peer.address the connection's peer (the HTTP conventions)."""
+    from monolake.apps.edge._slots import CLIENT_ADDR
+    from monolake.apps.edge.ip_rules import IpRules, IpRulesArgs
+    from monolake.apps.edge.tracing import Tracing, TracingArgs, _Exporter
+    from monolake.core.proto.http1 import Headers, Request, Response
+    from monolake.core.service import Context
+
+    t = Tracing(TracingArgs(endpoint="http://127.0.0.1:1/v1/traces"))
+    sink = _Collect()
+    t._exporter = sink  # type: ignore[assignment]
+    rules = IpRules(IpRulesArgs(deny=["192.0.2.0/24"], trusted_proxies=["10.0.0.0/8"]))
+    req = Request(b"GET", b"/", Headers([(b"X-Forwarded-For", b"198.51.100.7")]))
+    ctx = Context("10.0.0.2", "web", 0.0)
+    t.request_filter(req, ctx)  # tracing first: the client is read when the request is logged
+    assert rules.request_filter(req, ctx) is None and CLIENT_ADDR.get(ctx) == "198.51.100.7"
+    resp = Response(200, Headers([]))
+    t.logging(req, resp, ctx)
+    e = _Exporter.__new__(_Exporter)
+    e.args = TracingArgs()
+    (span,) = ExportTraceServiceRequest.FromString(e._encode(sink.records)).resource_spans[0].scope_spans[0].spans
+    attrs = {a.key: a.value.string_value for a in span.attributes}
+    assert attrs["client.address"] == "198.51.100.7" and attrs["network.peer.address"] == "10.0.0.2"

@@ -5,7 +5,11 @@ source when the server reads one (``proxy_protocol``). When that address is one 
 ``trusted_proxies``, the client is taken from ``X-Forwarded-For`` instead (http only):
 walking the header from the right, the first address that is not a trusted proxy
 (a client can put anything on the left of the list, so the left end is never
-believed). ``deny`` wins over ``allow``; with ``allow`` given, every address not in it
+believed). That client (when it is an IP address, and not the peer) goes in the
+``CLIENT_ADDR`` slot, as nginx's realip module replaces ``$remote_addr``: the access
+log's ``$remote_addr`` and ``rate_limit``'s ``"ip"`` key (in a filter after this one) use it;
+``$realip_remote_addr`` stays the peer, and ``X-Forwarded-For`` is still extended with the peer.
+``deny`` wins over ``allow``; with ``allow`` given, every address not in it
 is denied. A denied HTTP request is answered 403, a denied tcp connection is closed
 before anything is sent upstream; both with a log line (at most 10 a second, the rest
 counted). Decisions are cached per address (bounded), so a request usually costs one
@@ -24,10 +28,12 @@ from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context
 from ..proxy._filters import HttpFilter
 from ._base import ArgError
+from ._slots import CLIENT_ADDR
 
 log = logging.getLogger("monolake.edge.ip_rules")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_UNSEEN = object()
 
 
 class IpRulesArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -78,6 +84,7 @@ class IpRules(HttpFilter):
         self.status = args.status
         self._verdicts: dict[str, bool] = {}
         self._trusted: dict[str, bool] = {}
+        self._addresses: dict[str, str | None] = {}
         self._log = RateLimitedLog(log, "ip_rules refusals")
 
     def permitted(self, address: str) -> bool:
@@ -118,9 +125,28 @@ class IpRules(HttpFilter):
                 return hop
         return hops[0] or peer  # every hop is a trusted proxy: the leftmost is the client
 
+    def address(self, text: str) -> str | None:
+        """``text`` as an IP address's canonical text, or None when it is not one; cached."""
+        out = self._addresses.get(text, _UNSEEN)
+        if out is _UNSEEN:
+            try:
+                out = str(ipaddress.ip_address(text.strip().strip("[]")))
+            except ValueError:
+                out = None
+            if len(self._addresses) < 65536:
+                self._addresses[text] = out
+        return out  # type: ignore[return-value]
+
     def request_filter(self, req: Request, ctx: Context) -> Response | None:
         peer = ctx.peer
-        client = self.client(peer, req.headers) if self.trusted else peer
+        if self.trusted:
+            client = self.client(peer, req.headers)
+            if client != peer:
+                addr = self.address(client)
+                if addr is not None:  # a forwarded value that is not an address is never "the client"
+                    CLIENT_ADDR.set(ctx, addr)
+        else:
+            client = peer
         if self.permitted(client):
             return None
         self._log.log(

@@ -5,7 +5,8 @@ Built-ins ``rate_limit`` (``RateLimit``) and, for tcp servers, ``connection_limi
 
 ``rate_limit`` with ``requests = 100, period = 1`` lets each key make ``requests`` per ``period``
 seconds, with bursts up to ``burst`` (default ``requests``). The key is the client IP
-(``key = "ip"``), a request header (``"header:X-Api-Key"``; a request without it is
+(``key = "ip"``: the peer, or the client an ``ip_rules`` filter before this one found behind
+its ``trusted_proxies``), a request header (``"header:X-Api-Key"``; a request without it is
 keyed by its IP), a JWT claim set by a ``Jwt`` filter listed before this one
 (``"claim:sub"``; none: the IP), or ``"route"``: one bucket for everything the filter
 sees (the whole server, or the route it is on).
@@ -49,11 +50,22 @@ from ...core.proto.http1 import Request, Response
 from ...core.service import Context, ContextSlot
 from ..proxy._filters import HttpFilter, TcpFilter
 from ._shared import CLAIMS, ArgError, answer, outage_log, settings_of, workers
+from ._slots import CLIENT_ADDR
 
 log = logging.getLogger("monolake.edge.ratelimit")
 
 _IP, _HEADER, _CLAIM, _ROUTE = range(4)
 _ROUTE_KEY = "*"
+
+
+def _client(ctx: Context) -> str:
+    """The client's address: an ``ip_rules`` filter's behind trusted proxies, else the peer."""
+    user = ctx.user
+    if user is not None:
+        addr = user.get(CLIENT_ADDR)
+        if addr is not None:
+            return addr  # type: ignore[no-any-return]
+    return ctx.peer
 
 
 def _parse_key(key: str) -> tuple[int, str]:
@@ -156,15 +168,20 @@ class RateLimit(HttpFilter):
     def key_of(self, req: Request, ctx: Context) -> Any:
         kind = self.kind
         if kind == _IP:
+            user = ctx.user
+            if user is not None:
+                addr = user.get(CLIENT_ADDR)
+                if addr is not None:
+                    return addr
             return ctx.peer
         if kind == _ROUTE:
             return _ROUTE_KEY
         if kind == _HEADER:
             value = req.headers.get(self.name)
-            return ctx.peer if value is None else value
+            return _client(ctx) if value is None else value
         claims = CLAIMS.get(ctx, None)
         value = None if claims is None else claims.get(self.name)
-        return ctx.peer if value is None else f"claim:{value}"
+        return _client(ctx) if value is None else f"claim:{value}"
 
     def refuse(self, wait: float) -> Response:
         secs = str(max(1, math.ceil(wait))).encode()

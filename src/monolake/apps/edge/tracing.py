@@ -10,7 +10,9 @@ On a thrift server the context travels in TTHeader's ``RPC_TRANSIT_traceparent``
 ``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
 HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
 ``server.address``, ``client.address``, ``http.response.status_code``; the client span's
-``server.address`` is the endpoint), plus ``monolake.route`` (the route's index). The
+``server.address`` is the endpoint), plus ``monolake.route`` (the route's index); behind
+trusted proxies (an ``ip_rules`` filter's ``CLIENT_ADDR``) ``client.address`` is the client it
+found and ``network.peer.address`` the connection's peer. The
 trace id is in the ``TRACE_ID`` slot (the access log's ``$trace_id``).
 
 Why not the OpenTelemetry SDK's spans: each costs tens of microseconds (attribute
@@ -28,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http.client
 import logging
 import os
 import re
+import struct
 import threading
 import time
-import urllib.request
 import weakref
 from binascii import unhexlify
 from typing import Any, Literal
@@ -48,7 +51,7 @@ from ..config import Endpoint
 from ..proxy._filters import HttpFilter
 from ..proxy._retry import RETRY_HOOKS
 from ._base import ArgError
-from ._slots import TRACE_ID
+from ._slots import CLIENT_ADDR, TRACE_ID
 
 log = logging.getLogger("monolake.edge.tracing")
 
@@ -68,6 +71,7 @@ _ZERO_SPAN = b"0" * 16
 _ODD = b"13579bdf"  # a traceparent flags byte's last hex digit when the sampled bit is set
 _ID_BYTES = 2048
 """Random bytes per refill of a filter's id buffer: 64 requests' ids (trace, server and client span)."""
+_ID_HEX = 2 * _ID_BYTES
 
 
 class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -101,6 +105,7 @@ class TracingArgs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, froz
 _KIND_SERVER = 2
 _KIND_CLIENT = 3
 _STATUS_ERROR = b"\x18\x02"  # Status.code (field 3, varint) = STATUS_CODE_ERROR
+_STATUS_FIELD = b"\x7a\x02" + _STATUS_ERROR  # Span.status (15)
 
 
 _SMALL = [bytes((i,)) for i in range(128)]
@@ -146,38 +151,119 @@ def _attr(key: str, value: Any) -> bytes:
     return out
 
 
-def _server_attrs(a: list[Any]) -> dict[str, Any]:
-    method, path, query, host, peer, version, route, status = a
-    out: dict[str, Any] = {
-        "http.request.method": method.decode("latin-1"),
-        "url.path": path.decode("latin-1"),
-        "url.scheme": "http",
-        "client.address": peer,
-        "network.protocol.version": version.decode("latin-1"),
-        "http.response.status_code": status,
-    }
-    if query:
-        out["url.query"] = query.decode("latin-1")
+_RAW_CACHE: dict[tuple[str, bytes], bytes] = {}
+
+
+def _battr(key: str, raw: bytes) -> bytes:
+    """An attribute field of a raw (latin-1) string value off the request (a path, a host...), cached."""
+    out = _RAW_CACHE.get((key, raw))
+    if out is None:
+        out = _field(9, _kv(key, raw.decode("latin-1")))
+        if len(_RAW_CACHE) < 4096:
+            _RAW_CACHE[(key, raw)] = out
+    return out
+
+
+_SCHEME_HTTP = _field(9, _kv("url.scheme", "http"))
+_GROUPS: dict[tuple[Any, ...], bytes] = {}
+"""The attributes most requests share, as one run of fields: (server: method, version, status, host,
+route name; client: method, status, endpoint, resend, error type) -> their bytes."""
+
+
+def _group(key: tuple[Any, ...], make: Any) -> bytes:
+    out = _GROUPS.get(key)
+    if out is None:
+        out = make(key)
+        if len(_GROUPS) < 4096:
+            _GROUPS[key] = out
+    return out
+
+
+def _server_group(key: tuple[Any, ...]) -> bytes:
+    method, version, status, host, route = key
+    out = _attr("http.request.method", method.decode("latin-1")) + _SCHEME_HTTP
+    out += _attr("network.protocol.version", version.decode("latin-1"))
+    out += _attr("http.response.status_code", status)
     if host:
-        out["server.address"] = host.decode("latin-1")
-    name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
-    if name is not None:
-        out["monolake.route"] = str(name)  # the route's index in its server's list
+        out += _battr("server.address", host)
+    if route is not None:
+        out += _attr("monolake.route", str(route))  # the route's index in its server's list
     return out
 
 
-def _client_attrs(a: list[Any]) -> dict[str, Any]:
-    method, path, status, endpoint, resend, error_type = a
-    out: dict[str, Any] = {"http.request.method": method.decode("latin-1"), "url.path": path.decode("latin-1")}
+def _client_group(key: tuple[Any, ...]) -> bytes:
+    method, status, endpoint, resend, error_type = key
+    out = _attr("http.request.method", method.decode("latin-1"))
     if status is not None:
-        out["http.response.status_code"] = status
+        out += _attr("http.response.status_code", status)
     if endpoint is not None:
-        out["server.address"] = str(endpoint)
+        out += _attr("server.address", endpoint)
     if resend:
-        out["http.request.resend_count"] = resend
+        out += _attr("http.request.resend_count", resend)
     if error_type is not None:
-        out["error.type"] = error_type
+        out += _attr("error.type", error_type)
     return out
+
+
+_NAMES: dict[tuple[bytes, bytes], bytes] = {}
+_PACK_TIMES = struct.Struct("<BQBQ").pack
+_SERVER = b"\x30\x02"  # Span.kind (6) = SPAN_KIND_SERVER
+_CLIENT_KIND = b"\x30\x03"  # SPAN_KIND_CLIENT
+
+
+def _http_span(r: list[Any], lead: bytes, kind: bytes, attrs: bytes) -> bytes:
+    """A Span of an HTTP record, framed as ScopeSpans.spans (2). ``lead``: its trace_id, span_id
+    and parent_span_id fields; ``attrs`` its attribute fields."""
+    tail = _NAMES.get((r[_NAME], kind))
+    if tail is None:
+        tail = _field(5, r[_NAME]) + kind
+        if len(_NAMES) < 64:
+            _NAMES[(r[_NAME], kind)] = tail
+    start = r[_START]
+    times = _PACK_TIMES(0x39, start, 0x41, r[_END] or start)
+    span = b"".join((lead, tail, times, attrs, _STATUS_FIELD if r[_ERR] else b""))
+    n = len(span)
+    if n < 128:
+        return b"\x12" + _SMALL[n] + span
+    if n < 16384:
+        return bytes((0x12, n & 0x7F | 0x80, n >> 7)) + span
+    return b"\x12" + _varint(n) + span
+
+
+def _http_spans(r: list[Any], out: list[bytes]) -> None:
+    """An HTTP request's record: its SERVER span and its tries' CLIENT spans (the ids as bytes once)."""
+    method, path, query, host, peer, version, route, status, client = r[_ATTRS]
+    name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
+    if client is None:
+        attrs = _battr("url.path", path) + _attr("client.address", peer)
+    else:  # behind trusted proxies (ip_rules): the client, and the connection's peer
+        attrs = _battr("url.path", path) + _attr("client.address", client) + _attr("network.peer.address", peer)
+    if query:
+        attrs += _battr("url.query", query)
+    attrs += _group((method, version, status, host, name), _server_group)
+    trace = b"\x0a\x10" + unhexlify(r[_TID])
+    sid = unhexlify(r[_SID])
+    lead = trace + b"\x12\x08" + sid
+    parent = r[_PID]
+    out.append(_http_span(r, lead + b"\x22\x08" + unhexlify(parent) if parent else lead, _SERVER, attrs))
+    child_of = b"\x22\x08" + sid
+    for c in r[_TRIES] or ():
+        lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
+        out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(c[_ATTRS])))
+    c = r[_CLIENT]
+    if c is not None:
+        a = c[_ATTRS]
+        if type(a) is list:
+            lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
+            out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(a)))
+        else:  # a thrift call's client span
+            out.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], a)))
+
+
+def _client_attrs(a: list[Any]) -> bytes:
+    method, path, status, endpoint, resend, error_type = a
+    key = (method, status, None if endpoint is None else str(endpoint), resend, error_type)
+    return _battr("url.path", path) + _group(key, _client_group)
 
 
 def _span(r: list[Any], kind: int, parent: bytes | None, attrs: dict[str, Any]) -> bytes:
@@ -208,17 +294,22 @@ class _Exporter:
         """gRPC export: the export thread's event loop, its client and the collector's endpoint."""
         self._client: Any = None
         self._endpoint: Any = None
+        self._http: http.client.HTTPConnection | None = None
+        """HTTP export: the connection to the collector, and the request target."""
+        self._target = "/"
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._run, name="monolake-otlp", daemon=True)
         self.thread.start()
 
     def add(self, record: list[Any]) -> None:
-        if len(self.queue) >= self.args.max_queue:
+        queue = self.queue
+        n = len(queue)
+        if n >= self.args.max_queue:
             self.dropped += 1
             return
-        self.queue.append(record)
-        if len(self.queue) >= self.args.batch:
-            self.wake.set()
+        queue.append(record)
+        if (n + 1) % self.args.batch == 0:  # once per batch (an Event.set takes a lock); again a batch later,
+            self.wake.set()  # should the thread have cleared this one as it woke for the last
 
     def _run(self) -> None:
         while True:
@@ -237,20 +328,23 @@ class _Exporter:
                         log.warning(
                             "tracing: export to %s failed, %d spans dropped: %s", self.args.endpoint, 2 * n, exc
                         )
+                    # Not again before the interval, full batches or not: a collector that is down must
+                    # not have this thread encode (and drop) every batch as fast as requests come.
+                    time.sleep(self.args.export_interval)
                     break
 
     def _encode(self, records: list[list[Any]]) -> bytes:
-        spans = []
+        spans: list[bytes] = []
         for r in records:
-            a = r[_ATTRS]  # a thrift call's are a dict already
-            spans.append(_span(r, _KIND_SERVER, r[_PID], _server_attrs(a) if type(a) is list else a))
-            for c in r[_TRIES] or ():
-                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(c[_ATTRS])))
+            a = r[_ATTRS]
+            if type(a) is list:  # an HTTP request's
+                _http_spans(r, spans)
+                continue
+            spans.append(_field(2, _span(r, _KIND_SERVER, r[_PID], a)))  # a thrift call's, attributes a dict
             c = r[_CLIENT]
             if c is not None:
-                a = c[_ATTRS]
-                spans.append(_span(c, _KIND_CLIENT, r[_SID], _client_attrs(a) if type(a) is list else a))
-        scope = _field(1, _field(1, b"monolake.edge.tracing")) + b"".join(_field(2, sp) for sp in spans)
+                spans.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], c[_ATTRS])))
+        scope = _field(1, _field(1, b"monolake.edge.tracing")) + b"".join(spans)
         resource = _field(1, _kv("service.name", self.args.service_name))
         return _field(1, _field(1, resource) + _field(2, scope))
 
@@ -258,10 +352,26 @@ class _Exporter:
         if self.args.protocol == "grpc":
             self._post_grpc(body)
             return
+        conn = self._http
+        if conn is None:  # one connection kept open between batches (a new one after a failure)
+            parts = urlsplit(self.args.endpoint)
+            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            conn = self._http = kind(parts.netloc, timeout=self.args.export_timeout)
+            self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"Content-Type": "application/x-protobuf", **self.args.headers}
-        req = urllib.request.Request(self.args.endpoint, data=body, headers=headers, method="POST")
-        with urllib.request.urlopen(req, timeout=self.args.export_timeout) as resp:
+        try:
+            conn.request("POST", self._target, body, headers)
+            resp = conn.getresponse()
             resp.read()
+        except BaseException:
+            conn.close()
+            self._http = None
+            raise
+        if not 200 <= resp.status < 300:
+            raise RuntimeError(f"HTTP Error {resp.status}: {resp.reason}")
+        if resp.will_close:
+            conn.close()
+            self._http = None
 
     def _post_grpc(self, body: bytes) -> None:
         """One unary ``Export`` call on the export thread's own event loop (its HTTP/2 connection
@@ -336,7 +446,7 @@ class Tracing(HttpFilter):
         self._exporter: _Exporter | None = None
         self._ids = b""
         """Hex digits of ``_ID_BYTES`` random bytes (one os.urandom), 64 taken per request."""
-        self._at = 0
+        self._at = _ID_HEX  # the buffer is filled on first use
         _INSTANCES.add(self)
 
     def _export(self, record: list[Any]) -> None:
@@ -424,35 +534,41 @@ class Tracing(HttpFilter):
     def request_filter(self, req: Request, ctx: Context) -> None:
         # One os.urandom per 64 requests, hex once: the ids are the hex digits traceparent carries.
         at = self._at
-        if at >= len(self._ids):
-            self._ids = os.urandom(_ID_BYTES).hex().encode()
+        ids = self._ids
+        if at >= _ID_HEX:
+            ids = self._ids = os.urandom(_ID_BYTES).hex().encode()
             at = 0
         self._at = at + 64
-        ids = self._ids[at : at + 64]
         headers = req.headers
-        tp = headers.get(b"traceparent")
-        m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
+        names = headers.names()  # lowered names, a C-level search (no per-call lowering of ours)
+        if b"traceparent" in names:
+            tp = headers.pairs()[names.index(b"traceparent")][1]
+            m = _TRACEPARENT.fullmatch(tp.strip())
+        else:
+            m = None
         if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
             trace: bytes = m[2]
             parent: bytes | None = m[3]
             sampled = m[4][1] in _ODD if self.parent_based else self._sampled(trace)
             state = headers.get(b"tracestate")
         else:
-            trace = ids[:32]  # all zeros (invalid) once in 2^128
+            trace = ids[at : at + 32]  # all zeros (invalid) once in 2^128
             parent = None
             sampled = self.always or self._sampled(trace)
             state = None
         method = req.method
-        record: list[Any] = [trace, ids[32:48], parent, 0, 0, method, None, False, None, sampled, state, None, ids[48:]]
+        sid, csid = ids[at + 32 : at + 48], ids[at + 48 : at + 64]
         user = ctx.user
         if user is None:
             user = ctx.user = {}
-        user[SPANS] = record
         if sampled:
-            record[_START] = time.time_ns()
             # Attributes are raw values here, made into strings by the export thread.
-            record[_ATTRS] = [method, req.path, req.query, req.host, ctx.peer, req.version, ctx.route, None]
+            attrs = [method, req.path, req.query, req.host, ctx.peer, req.version, ctx.route, None, None]
+            now = time.time_ns()
+            user[SPANS] = [trace, sid, parent, now, 0, method, attrs, False, None, True, state, None, csid]
             user[TRACE_ID] = trace
+        else:
+            user[SPANS] = [trace, sid, parent, 0, 0, method, None, False, None, False, state, None, csid]
         return None
 
     def upstream_request_filter(self, req: Request, ctx: Context) -> None:
@@ -461,23 +577,20 @@ class Tracing(HttpFilter):
         if record is None:
             return
         headers = req.headers
+        names = headers.names()
+        if b"traceparent" in names:  # the client's: ours replaces it
+            headers.remove(b"traceparent")
+        tid, csid = record[_TID], record[_CSID]
         if record[_SAMPLED]:
-            csid = record[_CSID]
-            headers.set(b"traceparent", b"00-%s-%s-01" % (record[_TID], csid))
+            headers.pairs().append((b"traceparent", b"00-%s-%s-01" % (tid, csid)))
+            names.append(b"traceparent")
             name = record[_NAME]
-            record[_CLIENT] = [
-                record[_TID],
-                csid,
-                record[_SID],
-                time.time_ns(),
-                0,
-                name,
-                [name, req.path, None, None, 0, None],
-                True,  # until a response head comes
-                None,
-            ]
+            now = time.time_ns()
+            # True: an error until a response head comes
+            record[_CLIENT] = [tid, csid, record[_SID], now, 0, name, [name, req.path, None, None, 0, None], True, None]
         else:
-            headers.set(b"traceparent", b"00-%s-%s-00" % (record[_TID], record[_CSID]))
+            headers.pairs().append((b"traceparent", b"00-%s-%s-00" % (tid, csid)))
+            names.append(b"traceparent")
         state = record[_STATE]
         if state is not None:
             headers.set(b"tracestate", state)
@@ -506,7 +619,9 @@ class Tracing(HttpFilter):
             client[_ATTRS][3] = ctx.endpoint
         record[_END] = now
         status = resp.status
-        record[_ATTRS][7] = status
+        attrs = record[_ATTRS]
+        attrs[7] = status
+        attrs[8] = user.get(CLIENT_ADDR)  # type: ignore[union-attr]  # set when record is
         record[_ERR] = status >= 500
         e = self._exporter
         if e is None:
@@ -632,7 +747,7 @@ def _forked() -> None:
     for t in list(_INSTANCES):
         t._exporter = None
         t._ids = b""
-        t._at = 0
+        t._at = _ID_HEX
 
 
 os.register_at_fork(after_in_child=_forked)

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ...core.proto.http1 import Request, Response
-from ..edge._slots import REQUEST_ID, TRACE_ID, UPSTREAM_CONNECT_TIME, UPSTREAM_TIMES
+from ..edge._slots import CLIENT_ADDR, REQUEST_ID, TRACE_ID, UPSTREAM_CONNECT_TIME, UPSTREAM_TIMES
 
 Getter = Callable[[Request, Response, int, float], str]
 _encode = msgspec.json.Encoder().encode
@@ -117,8 +117,20 @@ def _upstream_connect_time(req: Request, resp: Response, sent: int, now: float) 
     return f"{UPSTREAM_CONNECT_TIME.get(req.ctx, 0.0):.6f}"  # microseconds: a local connect takes well under 1 ms
 
 
+def _remote_addr(req: Request, resp: Response, sent: int, now: float) -> str:
+    # nginx's realip: the client an ip_rules filter found behind its trusted proxies, else the peer.
+    ctx = req.ctx
+    user = ctx.user
+    if user is not None:
+        addr = user.get(CLIENT_ADDR)
+        if addr is not None:
+            return addr  # type: ignore[no-any-return]
+    return ctx.peer  # type: ignore[no-any-return]
+
+
 VARIABLES: dict[str, Getter] = {
-    "remote_addr": lambda req, resp, sent, now: req.ctx.peer,
+    "remote_addr": _remote_addr,
+    "realip_remote_addr": lambda req, resp, sent, now: req.ctx.peer,
     "request": _request_line,
     "method": lambda req, resp, sent, now: req.method.decode(),
     "uri": lambda req, resp, sent, now: req.original_target.decode("latin-1"),
@@ -147,7 +159,7 @@ PREFIXED: dict[str, Callable[[str], Getter]] = {
 
 SAFE = frozenset(
     {"remote_addr", "status", "body_bytes_sent", "bytes_received", "request_time", "server", "route", "trace_id"}
-    | {"upstream_connect_time"}
+    | {"upstream_connect_time", "realip_remote_addr"}
 )
 """Variables whose values no client or upstream controls (numbers, our names): never escaped."""
 NUMBERS = frozenset(

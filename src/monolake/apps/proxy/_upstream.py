@@ -319,9 +319,15 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
         if grpc:
             deadline = deadline_of(req.headers, pool.loop.time())
         for attempt in (0, 1):
-            conn = pool.take(ep) or await pool.acquire(
-                ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
-            )
+            conn = pool.take(ep)
+            if conn is None:
+                if self.pool.time_connects:  # $upstream_connect_time: the wait for a new connection
+                    t0 = pool.loop.time()
+                    conn = await pool.acquire(ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
+                    ctx = req.ctx
+                    UPSTREAM_CONNECT_TIME.set(ctx, UPSTREAM_CONNECT_TIME.get(ctx, 0.0) + pool.loop.time() - t0)
+                else:
+                    conn = await pool.acquire(ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
             if deadline is not None:
                 headers = with_remaining_timeout(headers, deadline, pool.loop.time())
             st = conn.request(
