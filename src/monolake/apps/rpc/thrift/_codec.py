@@ -131,13 +131,35 @@ def _bin_value(data: bytes, i: int, t: int, depth: int) -> int:
 
 
 def _bin_struct(data: bytes, i: int, depth: int) -> int:
+    # Strings and fixed-width fields (most of any struct) are stepped over inline: this walk
+    # runs on every binary call's arguments, before thriftpy2 decodes them.
+    end = len(data)
+    fixed = _BIN_FIXED
     while True:
-        _need(data, i, 1)
+        if i >= end:
+            raise _Short
         t = data[i]
         if t == 0:
             return i + 1
-        _need(data, i, 3)
-        i = _bin_value(data, i + 3, t, depth)
+        i += 3  # type id, field id
+        if t == 11:
+            if i + 4 > end:
+                raise _Short
+            n: int = _I32.unpack_from(data, i)[0]
+            if n < 0:
+                raise _bad("negative string length")
+            i += 4 + n
+            if i > end:
+                raise _Short
+            continue
+        w = fixed.get(t)
+        if w is not None:
+            i += w
+            if i > end:
+                raise _Short
+            continue
+        _need(data, i, 0)  # the field header itself
+        i = _bin_value(data, i, t, depth)
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,6 @@ from ....core.proto.thrift import (
     Transport,
     application_exception,
     encode_frame,
-    encode_framed,
     message_begin,
     peek_message,
     read_header_info,
@@ -72,6 +72,11 @@ _FRAMED = Transport.FRAMED
 _CALL = MessageType.CALL
 _ONEWAY = MessageType.ONEWAY
 _REPLY = MessageType.REPLY
+_BINARY = ThriftProtocol.BINARY
+_BIN_HEAD = struct.Struct("!Ii")
+_BIN_CALL = 0x80010000 | MessageType.CALL  # a strict binary CALL's first word
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
 
 
 def _app_exception_type() -> type:
@@ -100,12 +105,42 @@ class ThriftRequest:
 
 
 class _Bound:
-    __slots__ = ("fn", "is_async", "m")
+    __slots__ = ("fn", "is_async", "m", "reply_head")
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
         self.m = m
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
+        raw = m.name.encode()
+        # A binary REPLY's head up to its sequence id: the same bytes for every reply.
+        self.reply_head = _BIN_HEAD.pack(0x80010000 | _REPLY, len(raw)) + raw
+
+
+class _Started:
+    """Awaits a coroutine that already ran to its first suspension (``first``, what it
+    yielded): how a call begun inline goes on in a task when its handler awaits."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Any:
+        coro, out = self.coro, self.first
+        while True:
+            try:
+                got = yield out
+            except BaseException as exc:  # the task's cancellation, thrown in where the handler waits
+                try:
+                    out = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    out = coro.send(got)
+                except StopIteration as stop:
+                    return stop.value
 
 
 class _Leaf:
@@ -161,7 +196,11 @@ class ThriftService:
                 where, f"{type(handler).__name__} lacks method(s) {', '.join(missing)} of {self.definition.name}"
             )
         self.bound = {name: _Bound(m, getattr(handler, name)) for name, m in self.definition.methods.items()}
+        self.raw = {name.encode(): b for name, b in self.bound.items()}
+        """The bound methods by their names' bytes: a binary call is looked up without decoding its name."""
         self.chain: Any = Stack(self.layers, _LeafFactory(self.bound)).build() if self.layers else None
+        self.plain = self.chain is None and not timeout
+        """Nothing around the handler: a call runs inline, in a task only once it awaits."""
 
     @property
     def name(self) -> str:
@@ -236,46 +275,61 @@ class _Dispatcher:
             conn.reject(frame, "", frame.seq_id, kind, f"monolake: {why}")
             return
         data = frame.data
-        try:
-            head = peek_message(data, frame.payload, proto)
-        except RemoteProtocolError as exc:
-            log.warning("thrift: bad message: server=%s client=%s: %s", self.name, conn.peer, exc)
-            conn.reject(frame, "", frame.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
-            return
-        mtype = head.type
-        oneway = mtype == _ONEWAY
-        if mtype != _CALL and not oneway:
-            log.warning("thrift: message of type %d is not a call: server=%s client=%s", mtype, self.name, conn.peer)
-            conn.reject(frame, head.name, head.seq_id, AppError.INVALID_MESSAGE_TYPE, "monolake: not a call")
-            return
+        off = frame.payload
         svc = self.service
-        b = svc.bound.get(head.name)
-        call = _Call(
-            conn, frame, head.name, head.seq_id, proto, loop.time() if self.stats or self.access_log else 0.0, b
-        )
+        b: _Bound | None = None
+        oneway = False
+        if proto is _BINARY and len(data) - off >= 12:
+            # The usual call: a strict binary CALL of a method we serve, read inline (the name as bytes).
+            word, n = _BIN_HEAD.unpack_from(data, off)
+            if word == _BIN_CALL and n >= 0 and off + 12 + n <= len(data):
+                b = svc.raw.get(data[off + 8 : off + 8 + n])
+                if b is not None:
+                    name = b.m.name
+                    seq = _I32.unpack_from(data, off + 8 + n)[0]
+                    body = off + 12 + n
+        if b is None:
+            try:
+                head = peek_message(data, off, proto)
+            except RemoteProtocolError as exc:
+                log.warning("thrift: bad message: server=%s client=%s: %s", self.name, conn.peer, exc)
+                conn.reject(frame, "", frame.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+                return
+            mtype = head.type
+            oneway = mtype == _ONEWAY
+            if mtype != _CALL and not oneway:
+                log.warning(
+                    "thrift: message of type %d is not a call: server=%s client=%s", mtype, self.name, conn.peer
+                )
+                conn.reject(frame, head.name, head.seq_id, AppError.INVALID_MESSAGE_TYPE, "monolake: not a call")
+                return
+            name, seq, body = head.name, head.seq_id, head.end
+            b = svc.bound.get(name)
+        call = _Call(conn, frame, name, seq, proto, loop.time() if self.stats or self.access_log else 0.0, b)
+        queued = False  # on its connection's reply queue (framed: replies in call order)
         if not oneway:
             conn.begin()
             if call.ordered:
                 q = self._order.get(conn)
-                if q is not None or b is None or b.is_async or svc.chain is not None or svc.timeout:
-                    if q is None:
-                        q = self._order[conn] = deque()
+                if q is not None:  # earlier calls still running: this reply waits for theirs
                     q.append(call)
+                    queued = True
         if b is None:
-            log.info("thrift: unknown method %r: server=%s client=%s", head.name, self.name, conn.peer)
-            self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {head.name}", "unknown_method")
+            log.info("thrift: unknown method %r: server=%s client=%s", name, self.name, conn.peer)
+            self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
         try:
-            args = decode_struct(b.m.args_cls, data[head.end :], proto)
+            args = decode_struct(b.m.args_cls, data[body:], proto)
         except Exception as exc:
             log.warning(
                 "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
-                self.name, conn.peer, head.name, type(exc).__name__, exc,
+                self.name, conn.peer, name, type(exc).__name__, exc,
             )  # fmt: skip
             self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
             return
         meta: _metainfo.Metainfo | None = None
-        if frame.info and frame.info < frame.payload:
+        # Only metainfo keys (RPC_...) are read from the info blocks: frames without any skip the parse.
+        if frame.info and frame.info < off and data.find(b"RPC_", frame.info, off) >= 0:
             try:
                 headers = read_header_info(frame).headers
             except RemoteProtocolError as exc:
@@ -284,17 +338,32 @@ class _Dispatcher:
                 if headers:
                     meta = _metainfo.from_headers(headers)
         # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
-        # in the handler's own context (its task's, or the one set and reset around a plain call).
+        # in the handler's own context (its task's, or the one set and reset around an inline call).
         d = args.__dict__
         values = [d[n] for n in b.m.arg_names]
-        if b.is_async or svc.chain is not None or svc.timeout:
-            task = loop.create_task(self._run(call, svc, b, values, oneway, meta))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not svc.plain:
+            self._defer(call, queued, loop.create_task(self._run(call, svc, b, values, oneway, meta, None)))
             return
+        # Inline: a plain ``def`` handler, or an ``async def`` one run to its first await; only a
+        # call that really waits goes on in a task (in a copy of this context, metainfo included).
         token = _metainfo.current.set(meta)
         try:
-            value = b.fn(*values)
+            if b.is_async:
+                coro = b.fn(*values)
+                try:
+                    first = coro.send(None)
+                except StopIteration as stop:
+                    value = stop.value
+                else:
+                    self._defer(
+                        call, queued, loop.create_task(self._run(call, svc, b, values, oneway, None, (coro, first)))
+                    )
+                    return
+            else:
+                value = b.fn(*values)
+        except asyncio.CancelledError:
+            call.meta = _metainfo.current.get()
+            self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
         except Exception as exc:
             call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
@@ -304,16 +373,34 @@ class _Dispatcher:
         finally:
             _metainfo.current.reset(token)
 
+    def _defer(self, call: _Call, queued: bool, task: asyncio.Task[None]) -> None:
+        """``call`` goes on in ``task``; on a framed connection the replies after it wait for its reply."""
+        if call.ordered and not queued:
+            q = self._order.get(call.conn)
+            if q is None:
+                q = self._order[call.conn] = deque()
+            q.append(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _run(
-        self, call: _Call, svc: ThriftService, b: _Bound, values: list[Any], oneway: bool, meta: Any
+        self,
+        call: _Call,
+        svc: ThriftService,
+        b: _Bound,
+        values: list[Any],
+        oneway: bool,
+        meta: Any,
+        started: tuple[Any, Any] | None,
     ) -> None:
-        # The task runs in a copy of the dispatching context, where ``current`` is unset.
+        # A task begun from dispatch runs in a copy of its context, where ``current`` is unset
+        # (``started``: the inline part ran with ``current`` set, and the copy has it).
         if meta is not None:
             _metainfo.current.set(meta)
         cm = asyncio.timeout(svc.timeout) if svc.timeout else None
         try:
-            if cm is None and svc.chain is None:
-                value = await b.fn(*values)  # the usual case: an async method, nothing around it
+            if started is not None:
+                value = await _Started(*started)  # the usual case: an async method that awaits
             elif cm is None:
                 value = await _invoke(svc, b, call, values)
             else:
@@ -387,7 +474,11 @@ class _Dispatcher:
             )  # fmt: skip
             self._error(call, False, AppError.INTERNAL_ERROR, f"monolake: bad result: {type(exc).__name__}", "error")
             return
-        self._write(call, message_begin(call.name, _REPLY, call.seq, call.proto) + body, outcome)
+        if call.proto is _BINARY and call.bound is not None:
+            head = call.bound.reply_head + _I32.pack(call.seq)
+        else:
+            head = message_begin(call.name, _REPLY, call.seq, call.proto)
+        self._write(call, head + body, outcome)
 
     def _error(self, call: _Call, oneway: bool, kind: int, message: str, outcome: str) -> None:
         self.errors += 1
@@ -401,7 +492,7 @@ class _Dispatcher:
         if frame.payload == 0:  # unframed
             data = payload
         elif frame.transport is _FRAMED:
-            data = encode_framed(payload)
+            data = _U32.pack(len(payload)) + payload
         else:
             data = encode_frame(
                 frame.transport, payload, seq_id=frame.seq_id, protocol=call.proto,
