@@ -165,7 +165,7 @@ class _Transport:
         m = call.method
         proto = c.protocol
         try:
-            args = m.args_cls(**dict(zip(m.arg_names, call.args, strict=False)))
+            args = m.args_cls(*call.args)  # thriftpy2's structs take their fields in IDL order
         except TypeError as exc:
             raise ValueError(f"{m.name}: {exc}") from None
         begin = c.begins.get(m.name)
@@ -198,7 +198,12 @@ class _Transport:
         m = call.method
         proto = reply.protocol
         assert proto is not None
-        if reply.info and reply.info < reply.payload:
+        # Only backward metainfo is read from the info blocks: replies without it skip the parse.
+        if (
+            reply.info
+            and reply.info < reply.payload
+            and reply.data.find(b"RPC_BACKWARD_", reply.info, reply.payload) >= 0
+        ):
             back = _metainfo.read_backward(read_header_info(reply).headers)
             if back:
                 call.backward = back

@@ -7,15 +7,18 @@ connections, told apart by their first byte (an unframed message starts ``80`` o
 ``82``; a frame length never has its top bit set), which ``_UnframedConnection``
 cuts into messages by walking their structs (``_codec.message_end``).
 
-``_Dispatcher.dispatch`` peeks the message head (ours, ~0.5 µs), looks the method
-up in the bound table, decodes the argument struct (thriftpy2) and calls the
-handler: a plain ``def`` method inline, with no task; an ``async def`` one (or any
-method once the service has layers or a timeout) in a task of its own, so many
-calls run at once per connection. A header transport (TTHeader, THeader) carries
-the sequence id in every frame, so replies go out as calls finish, out of order;
-framed and unframed clients match replies by order, so on those connections the
-replies wait for the calls before them (a queue per connection, only while more
-than one call is in flight).
+``_Dispatcher.dispatch`` reads the message head (a strict binary call inline, its
+name looked up as bytes; others through ``peek_message``), decodes the argument
+struct (thriftpy2) and calls the handler inline: a plain ``def`` method, or an
+``async def`` one run to its first ``await`` (``coro.send``), so a handler that
+never waits costs no task and no loop iteration. One that does wait goes on in a
+task (``_Started`` resumes it there), as does every call once the service has
+layers or a timeout; many calls run at once per connection. The core driver
+writes the replies of one read's calls in one write. A header transport (TTHeader,
+THeader) carries the sequence id in every frame, so replies go out as calls
+finish, out of order; framed and unframed clients match replies by order, so on
+those connections the replies wait for the calls before them (a queue per
+connection, only while a call waits in a task).
 
 Answers: a value becomes the result struct's ``success``; an exception declared
 by the method goes into its result field; ``TApplicationException`` raised by the
