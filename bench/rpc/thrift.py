@@ -456,9 +456,10 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     names = list(best)
     colors = ["#1f77b4" if n == "monolake" else "#aaaaaa" for n in names]
     rate = report["args"]["rate"]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     panels = [
         ("calls_per_s", "calls/s at saturation (higher is better)"),
+        ("server_cpu_us_per_call_saturated", "server CPU µs per call, saturated (lower is better)"),
         ("server_cpu_us_per_call", f"server CPU µs per call at {rate:g}/s (lower is better)"),
         ("p99_ms", f"p99 ms at {rate:g}/s (lower is better)"),
     ]
