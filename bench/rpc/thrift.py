@@ -1,17 +1,21 @@
 """Thrift RPC servers, unary echo: monolake vs thriftpy2's asyncio server vs Apache Thrift's
 TNonblockingServer and TThreadedServer, one server core each, the same load client.
 
-Run: python -m bench.rpc.thrift [--seconds 5] [--conns 32] [--rate 4000] [--rounds 1]
-     [--servers monolake,thriftpy2-aio,apache-nonblocking,apache-threaded] [--out bench/results]
+Run: python -m bench.rpc.thrift [--seconds 5] [--conns 8] [--depth 16] [--rate 4000] [--rounds 1]
+     [--servers monolake,thriftpy2-aio,apache-nonblocking,apache-threaded,monolake-io_uring] [--out bench/results]
 
 Every server answers ``string echo(1: string s)`` on framed binary (the one transport all
 of them speak) and runs alone on core 1 (``taskset``); the load client runs on core 0. It
-is a uvloop program with pre-encoded calls (so it costs little per call): ``--conns``
-connections, one call in flight each for the saturation phase (calls/s), then a fixed
-``--rate`` (calls/s over all connections, scheduled ahead of time so a slow reply does not
-hide later latency) for the p50/p99 phase. The server's user+sys CPU per call is read from
-/proc. On a busy or 2-core machine the numbers are rough: the JSON records the load average.
-Results: bench/results/rpc-thrift-<UTC>.json and .md. Timings never gate CI.
+is a uvloop program that writes pre-encoded calls and only counts reply frames, so it costs
+less per call than any server (its CPU per call is reported). Per server, two runs of it:
+saturation, ``--depth`` calls in flight on each of ``--conns`` connections (replies in call
+order: one write of as many calls as replies came in one read), giving calls/s and the
+server's CPU per call (calls per core = 1 / it); then a fixed ``--rate`` (calls/s over all
+connections, each timed from when it was due, so a slow reply does not hide later latency)
+giving the server's CPU per call at that rate and p50/p99. CPU is user+sys from /proc. Then
+each client (``--clients``) against a monolake server. On a busy or 2-core machine the
+numbers are rough: the JSON records the load average. Results: bench/results/rpc-thrift-<UTC>
+.json, .md and .png. Timings never gate CI.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 IDL = "namespace py benchecho\nservice Echo {\n  string echo(1: string s)\n}\n"
-SERVERS = ["monolake", "thriftpy2-aio", "apache-nonblocking", "apache-threaded"]
+SERVERS = ["monolake", "thriftpy2-aio", "apache-nonblocking", "apache-threaded"]  # also: monolake-io_uring
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -42,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def serve(kind: str, port: int, directory: str) -> None:
     idl = os.path.join(directory, "echo.thrift")
-    if kind == "monolake":
+    if kind in ("monolake", "monolake-io_uring"):
         import uvloop
 
         from monolake.apps.config import Server
@@ -58,7 +62,12 @@ def serve(kind: str, port: int, directory: str) -> None:
             print("ready", flush=True)
             await srv.serve_forever()
 
-        uvloop.run(main())
+        if kind == "monolake":
+            uvloop.run(main())
+        else:  # the runtime's io_uring loop (uvloop, with a warning, where io_uring is unavailable)
+            from monolake.core.runtime._loops import new_event_loop
+
+            new_event_loop("io_uring").run_until_complete(main())
     elif kind == "thriftpy2-aio":
         import thriftpy2
         from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
@@ -454,7 +463,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         return False
     best = _best(report["runs"])
     names = list(best)
-    colors = ["#1f77b4" if n == "monolake" else "#aaaaaa" for n in names]
+    colors = ["#1f77b4" if n.startswith("monolake") else "#aaaaaa" for n in names]
     rate = report["args"]["rate"]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     panels = [
@@ -532,7 +541,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rpc-thrift-{stamp}.json").write_text(json.dumps(report, indent=2))
     best = _best(runs)
-    others = [b for n, b in best.items() if n != "monolake"]
+    others = [b for n, b in best.items() if not n.startswith("monolake")]
     lines = [
         f"# Thrift RPC servers, unary echo ({stamp})",
         "",
