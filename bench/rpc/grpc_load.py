@@ -66,6 +66,7 @@ class Conn(asyncio.Protocol):
         self.windows: dict[int, int] = {}  # ... and per stream
         self.got: dict[int, int] = {}  # DATA bytes received per stream
         self.owed: dict[int, int] = {}  # messages due on a stream that its windows held back
+        self.end_owed: set[int] = set()  # streams whose owed last message ends them (unary)
         self.next_id = 1
         self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_replies: Any = None  # (conn, stream id, replies) -> None
@@ -86,8 +87,25 @@ class Conn(asyncio.Protocol):
         self.transport.write(frame(1, 0x4 | (0x1 if end_stream else 0), sid, request_headers(path, self.authority)))
         return sid
 
+    def unary_call(self, path: str) -> int:
+        """A new stream with its headers and its one message in one write (as gRPC clients send them)."""
+        sid = self.next_id
+        self.next_id += 2
+        self.windows[sid] = self.peer_initial
+        self.got[sid] = 0
+        head = frame(1, 0x4, sid, request_headers(path, self.authority))
+        if self.conn_window >= MLEN and self.windows[sid] >= MLEN:
+            self.transport.write(head + frame(0, 0x1, sid, GRPC_MSG))
+            self.conn_window -= MLEN
+            self.windows[sid] -= MLEN
+        else:
+            self.transport.write(head)
+            self.send(sid, 1, end_stream=True)
+        return sid
+
     def send(self, sid: int, n: int, end_stream: bool = False) -> int:
-        """Up to ``n`` messages on ``sid`` as the windows allow (one write); the rest are owed."""
+        """Up to ``n`` messages on ``sid`` as the windows allow (one write); the rest are owed.
+        ``end_stream`` (a unary call's one message) sets END_STREAM on what is sent."""
         fit = min(n, self.conn_window // MLEN, self.windows[sid] // MLEN)
         if fit:
             one = frame(0, 0x1 if end_stream else 0, sid, GRPC_MSG)
@@ -96,13 +114,17 @@ class Conn(asyncio.Protocol):
             self.windows[sid] -= fit * MLEN
         if fit < n:
             self.owed[sid] = self.owed.get(sid, 0) + n - fit
+            if end_stream:
+                self.end_owed.add(sid)
         return fit
 
     def _pay_owed(self) -> None:
         for sid in list(self.owed):
             n = self.owed.pop(sid)
+            end = sid in self.end_owed
+            self.end_owed.discard(sid)
             if sid in self.windows:
-                self.send(sid, n)
+                self.send(sid, n, end_stream=end)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -288,9 +310,8 @@ async def unary(port: int, args: argparse.Namespace, rate: float) -> dict[str, A
         due_n = min(total, int((time.perf_counter() - start) * rate) + 1)
         while n < due_n:
             c = cs[n % len(cs)]
-            sid = c.open_stream("/bench.Echo/Unary")
+            sid = c.unary_call("/bench.Echo/Unary")
             due[(id(c), sid)] = start + n / rate
-            c.send(sid, 1, end_stream=True)
             pending += 1
             n += 1
         await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
