@@ -1,21 +1,25 @@
 """gRPC unary and bidi streaming: monolake's gRPC server vs grpcio's asyncio server, one core each.
 
-Run: python -m bench.rpc.grpc [--seconds 5] [--rounds 1] [--conc 16] [--only unary-h2load,bidi-monolake,...]
+Run: python -m bench.rpc.grpc [--seconds 5] [--rounds 1] [--only unary-h2load,bidi-raw,...] [--out DIR]
 
 Each server runs alone on core 1 (taskset; monolake: one worker), the load generator on core 0:
 
 - ``unary-h2load``: h2load (HTTP/2, ``-c 4 -m 16``, saturating) posting one gRPC frame (a 102-byte
-  ``bench.Msg``) to ``/bench.Echo/Unary``: calls/s and p99 from its request log;
-- ``unary-grpcio``: grpcio's asyncio client (``bench/rpc/grpc_client.py``), ``--conc`` callers back to back;
-- ``bidi-grpcio``: the same client, ``--conc`` bidi streams each echoing one message at a time:
-  messages/s and the p99 of a message's round trip;
-- ``unary-monolake``, ``bidi-monolake``: the same with monolake's ``GrpcClient`` (uvloop) as the client:
-  the client side, against both servers.
+  ``bench.Msg``) to ``/bench.Echo/Unary``: calls/s, p99 from its request log, the server's CPU per call;
+- ``bidi-raw``: ``bench/rpc/grpc_load.py``, raw HTTP/2 with pre-encoded frames (far cheaper per
+  message than either server), ``--conns`` x ``--streams`` bidi streams with ``--depth`` messages in
+  flight each: messages/s and the server's CPU per message;
+- ``unary-rate``, ``bidi-rate``: the same client at a fixed ``--unary-rate`` calls/s / ``--rate``
+  messages/s: the server's CPU per call (user+sys of all its processes, /proc) and p50/p99 timed from
+  when each call was due;
+- ``unary-grpcio``, ``bidi-grpcio``: grpcio's asyncio client (``bench/rpc/grpc_client.py``), ``--conc``
+  callers / streams, one call or message in flight each (that client is itself the bottleneck);
+- ``unary-monolake``, ``bidi-monolake``: the same with monolake's ``GrpcClient`` (uvloop): the client
+  side, against both servers.
 
-The servers (``bench/rpc/grpc_servers.py``) echo the message they parsed. The grpcio client is
-itself slow (it may be the bottleneck: then both servers show about the same rate); h2load is
-the fair saturating client for unary. Results: bench/results/grpc-<UTC time>.json and .md.
-Timings never gate CI; quote them with the machine's load.
+The servers (``bench/rpc/grpc_servers.py``) echo the message they parsed. Results:
+bench/results/grpc-<UTC time>.json, .md and .png. Timings never gate CI; quote them with the
+machine's load (CPU per call is the figure that holds on a shared machine).
 """
 
 from __future__ import annotations
@@ -269,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--conc", type=int, default=16)
     p.add_argument("--only", default="")
+    p.add_argument("--out", default=str(RESULTS), help="where the JSON, MD and PNG go")
     p.add_argument("--depth", type=int, default=16, help="bidi-raw: messages in flight per stream")
     p.add_argument("--rate", type=float, default=2000.0, help="bidi-rate: messages/s")
     p.add_argument("--unary-rate", type=float, default=1000.0, help="unary-rate: calls/s")
@@ -281,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = run(args)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"grpc-{stamp}.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / f"grpc-{stamp}.md").write_text(markdown(results))
-    plot(results, RESULTS / f"grpc-{stamp}.png")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"grpc-{stamp}.json").write_text(json.dumps(results, indent=2))
+    (out / f"grpc-{stamp}.md").write_text(markdown(results))
+    plot(results, out / f"grpc-{stamp}.png")
     print(markdown(results))
     return 0
 
