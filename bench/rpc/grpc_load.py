@@ -70,8 +70,11 @@ class Conn(asyncio.Protocol):
         self.next_id = 1
         self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_replies: Any = None  # (conn, stream id, replies) -> None
-        self.on_end: Any = None  # (conn, stream id) -> None: a unary call's trailers
+        self.on_end: Any = None  # (conn, stream id, ok) -> None: a unary call's trailers, or its reset
         self.errors = 0
+        self.resets: list[int] = []  # RST_STREAM error codes
+        self.goaway: int | None = None  # GOAWAY's error code
+        self.max_streams = 1 << 31  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -148,14 +151,16 @@ class Conn(asyncio.Protocol):
                     if done:
                         replies[sid] = replies.get(sid, 0) + done
                 if flags & 0x1 and self.on_end is not None:
-                    self.on_end(self, sid)
+                    self.on_end(self, sid, True)
             elif ftype == 1:  # HEADERS: response headers, or trailers when they end the stream
                 if flags & 0x1 and self.on_end is not None:
-                    self.on_end(self, sid)
+                    self.on_end(self, sid, True)
             elif ftype == 4:  # SETTINGS
                 if not flags & 0x1:
                     for k in range(p, p + n - 5, 6):
                         ident, value = struct.unpack_from("!HI", buf, k)
+                        if ident == 3:
+                            self.max_streams = value
                         if ident == 4:
                             delta = value - self.peer_initial
                             self.peer_initial = value
@@ -174,8 +179,14 @@ class Conn(asyncio.Protocol):
                 window_moved = True
             elif ftype == 6 and not flags & 0x1:  # PING
                 self.transport.write(frame(6, 0x1, 0, buf[p : p + 8]))
-            elif ftype in (3, 7):  # RST_STREAM, GOAWAY
+            elif ftype == 3:  # RST_STREAM
                 self.errors += 1
+                self.resets.append(struct.unpack_from("!I", buf, p)[0])
+                if self.on_end is not None:
+                    self.on_end(self, sid, False)
+            elif ftype == 7:  # GOAWAY: last stream id, error code
+                self.errors += 1
+                self.goaway = struct.unpack_from("!I", buf, p + 4)[0]
         self.buf = buf[i:] if i < end else b""
         if window_moved and self.owed:
             self._pay_owed()
@@ -289,12 +300,17 @@ async def unary(port: int, args: argparse.Namespace, rate: float) -> dict[str, A
     finished: asyncio.Future[None] = loop.create_future()
     sending = True
 
-    def ended(c: Conn, sid: int) -> None:
+    open_on: dict[int, int] = {id(c): 0 for c in cs}  # streams open per connection
+    shed = 0  # calls not sent: every connection at the server's stream limit, or closed
+
+    def ended(c: Conn, sid: int, ok: bool) -> None:
         nonlocal pending
         t = due.pop((id(c), sid), None)
         if t is None:
             return
-        lat.append(time.perf_counter() - t)
+        if ok:
+            lat.append(time.perf_counter() - t)
+        open_on[id(c)] -= 1
         c.windows.pop(sid, None)
         c.got.pop(sid, None)
         pending -= 1
@@ -309,10 +325,14 @@ async def unary(port: int, args: argparse.Namespace, rate: float) -> dict[str, A
     while n < total:
         due_n = min(total, int((time.perf_counter() - start) * rate) + 1)
         while n < due_n:
-            c = cs[n % len(cs)]
-            sid = c.unary_call("/bench.Echo/Unary")
-            due[(id(c), sid)] = start + n / rate
-            pending += 1
+            c = min(cs, key=lambda c: open_on[id(c)])
+            if c.transport.is_closing() or open_on[id(c)] >= c.max_streams:
+                shed += 1
+            else:
+                sid = c.unary_call("/bench.Echo/Unary")
+                due[(id(c), sid)] = start + n / rate
+                open_on[id(c)] += 1
+                pending += 1
             n += 1
         await asyncio.sleep(max(0.0, start + n / rate - time.perf_counter()))
     sending = False
@@ -320,7 +340,10 @@ async def unary(port: int, args: argparse.Namespace, rate: float) -> dict[str, A
         await asyncio.wait_for(finished, 60)
     for c in cs:
         c.transport.close()
-    return {"rate": rate, "calls": len(lat), **_pcts(lat), "errors": sum(c.errors for c in cs)}
+    return {
+        "rate": rate, "calls": len(lat), **_pcts(lat), "errors": sum(c.errors for c in cs), "shed": shed,
+        "resets": sorted({r for c in cs for r in c.resets}), "goaway": [c.goaway for c in cs if c.goaway is not None],
+    }  # fmt: skip
 
 
 def main() -> None:
