@@ -286,7 +286,7 @@ class _Dispatcher:
             # The usual call: a strict binary CALL of a method we serve, read inline (the name as bytes).
             word, n = _BIN_HEAD.unpack_from(data, off)
             if word == _BIN_CALL and n >= 0 and off + 12 + n <= len(data):
-                b = svc.raw.get(data[off + 8 : off + 8 + n])
+                b = svc.raw.get(bytes(data[off + 8 : off + 8 + n]))  # a bytearray slice is unhashable
                 if b is not None:
                     name = b.m.name
                     seq = _I32.unpack_from(data, off + 8 + n)[0]
