@@ -61,7 +61,7 @@ from ....core.proto.thrift import (
 from ....core.server._thrift import ThriftConnection, ThriftServerApp
 from ....core.service import Factory, Layer, Stack
 from . import _metainfo
-from ._codec import decode_struct, encode_struct, message_end
+from ._codec import StructCodec, message_end
 from ._idl import MethodDef, ServiceDef, as_service_def, load_service
 
 if TYPE_CHECKING:
@@ -256,6 +256,7 @@ class _Dispatcher:
         self._order: dict[Any, deque[_Call]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.codec = StructCodec()
         self.calls = 0
         self.errors = 0
 
@@ -322,7 +323,7 @@ class _Dispatcher:
             self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
         try:
-            args = decode_struct(b.m.args_cls, data[body:], proto)
+            args = self.codec.decode(b.m.args_cls, data[body:], proto)
         except Exception as exc:
             log.warning(
                 "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
@@ -469,7 +470,7 @@ class _Dispatcher:
 
     def _result(self, call: _Call, result: Any, outcome: str) -> None:
         try:
-            body = encode_struct(result, call.proto)
+            body = self.codec.encode(result, call.proto)
         except Exception as exc:
             log.error(
                 "thrift: cannot encode the result: server=%s method=%s: %s: %s",
