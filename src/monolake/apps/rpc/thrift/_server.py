@@ -309,17 +309,21 @@ class _Dispatcher:
                 return
             name, seq, body = head.name, head.seq_id, head.end
             b = svc.bound.get(name)
-        call = _Call(conn, frame, name, seq, proto, loop.time() if self.stats or self.access_log else 0.0, b)
+        start = loop.time() if self.stats is not None or self.access_log is not None else 0.0
+        # The call's record is made only when needed: a call answered at once has none.
+        call: _Call | None = None
         queued = False  # on its connection's reply queue (framed: replies in call order)
         if not oneway:
             conn.begin()
-            if call.ordered:
+            if frame.transport is _FRAMED:
                 q = self._order.get(conn)
                 if q is not None:  # earlier calls still running: this reply waits for theirs
+                    call = _Call(conn, frame, name, seq, proto, start, b)
                     q.append(call)
                     queued = True
         if b is None:
             log.info("thrift: unknown method %r: server=%s client=%s", name, self.name, conn.peer)
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
         try:
@@ -329,6 +333,7 @@ class _Dispatcher:
                 "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
                 self.name, conn.peer, name, type(exc).__name__, exc,
             )  # fmt: skip
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
             return
         meta: _metainfo.Metainfo | None = None
@@ -346,6 +351,7 @@ class _Dispatcher:
         d = args.__dict__
         values = [d[n] for n in b.m.arg_names]
         if not svc.plain:
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             self._defer(call, queued, loop.create_task(self._run(call, svc, b, values, oneway, meta, None)))
             return
         # Inline: a plain ``def`` handler, or an ``async def`` one run to its first await; only a
@@ -359,6 +365,7 @@ class _Dispatcher:
                 except StopIteration as stop:
                     value = stop.value
                 else:
+                    call = call or _Call(conn, frame, name, seq, proto, start, b)
                     self._defer(
                         call, queued, loop.create_task(self._run(call, svc, b, values, oneway, None, (coro, first)))
                     )
@@ -366,14 +373,20 @@ class _Dispatcher:
             else:
                 value = b.fn(*values)
         except asyncio.CancelledError:
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             call.meta = _metainfo.current.get()
             self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
         except Exception as exc:
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
         else:
-            call.meta = _metainfo.current.get()
-            self._succeeded(call, value, oneway)
+            if call is None and not oneway and proto is _BINARY:
+                self._answer_now(conn, frame, b, seq, value, _metainfo.current.get(), start)
+            else:
+                call = call or _Call(conn, frame, name, seq, proto, start, b)
+                call.meta = _metainfo.current.get()
+                self._succeeded(call, value, oneway)
         finally:
             _metainfo.current.reset(token)
 
@@ -433,6 +446,36 @@ class _Dispatcher:
             self._succeeded(call, value, oneway)
 
     # -- answers -----------------------------------------------------------------------
+
+    def _answer_now(
+        self, conn: Any, frame: Frame, b: _Bound, seq: int, value: Any, meta: _metainfo.Metainfo | None, start: float
+    ) -> None:
+        """``_succeeded`` for the usual call: binary, a value, nothing before it on the connection."""
+        m = b.m
+        result = m.result_cls()
+        if not m.void:
+            result.success = value
+        try:
+            body = self.codec.encode(result, _BINARY)
+        except Exception:
+            call = _Call(conn, frame, m.name, seq, _BINARY, start, b)
+            call.meta = meta
+            self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
+            return
+        payload = b.reply_head + _I32.pack(seq) + body
+        if frame.payload == 0:  # unframed
+            data = payload
+        elif frame.transport is _FRAMED:
+            data = _U32.pack(len(payload)) + payload
+        else:
+            data = encode_frame(
+                frame.transport, payload, seq_id=frame.seq_id, protocol=_BINARY,
+                headers=_metainfo.backward_headers(meta),
+            )  # fmt: skip
+        conn.answer(data)
+        self.calls += 1
+        if self.stats is not None or self.access_log is not None:
+            self._record(conn, m.name, seq, "ok", start)
 
     def _succeeded(self, call: _Call, value: Any, oneway: bool) -> None:
         if oneway:
@@ -519,14 +562,16 @@ class _Dispatcher:
         self.calls += 1
         if self.stats is None and self.access_log is None:
             return
+        self._record(call.conn, call.name, call.seq, outcome, call.start)
+
+    def _record(self, conn: Any, name: str, seq: int, outcome: str, start: float) -> None:
         assert self._loop is not None
-        took = self._loop.time() - call.start
+        took = self._loop.time() - start
         if self.stats is not None:
-            self.stats.record(self.service.name, call.name, outcome, took)
+            self.stats.record(self.service.name, name, outcome, took)
         if self.access_log is not None:
             self.access_log.write(
-                f"{call.conn.peer} thrift {self.name} {self.service.name}.{call.name} seq={call.seq} "
-                f"{outcome} {took * 1000:.3f}ms"
+                f"{conn.peer} thrift {self.name} {self.service.name}.{name} seq={seq} {outcome} {took * 1000:.3f}ms"
             )
 
     # -- the rest ----------------------------------------------------------------------
