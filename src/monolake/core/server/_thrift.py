@@ -7,6 +7,8 @@ THeader; binary or compact); each frame is handed to the app's ``Dispatcher``
 call: the dispatcher forwards the frame and the reply comes back through a
 callback that calls ``answer``. Replies are written in the order they arrive,
 which need not be the order of the calls; each carries its call's sequence id.
+The replies answered while the frames of one read are dispatched (a pipelining
+client, a server that answers at once) go out in one write.
 
 A call that expects a reply counts as in flight from ``begin`` until ``answer``.
 With ``limits.max_pipelined`` calls in flight the connection stops reading until
