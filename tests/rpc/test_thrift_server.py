@@ -258,6 +258,60 @@ def test_framed_replies_in_order(env: Env) -> None:
         assert second.endswith(b"fast\x00")
 
 
+def _framed(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+def test_framed_pipelined_replies_in_call_order(env: Env) -> None:
+    """One read of seven calls: async handlers that finish without awaiting are answered inline
+    (no task), one that awaits goes on in a task, and every reply after it (results, errors,
+    an unknown method) waits for its reply: framed clients match replies by order."""
+    from monolake.core.proto.thrift import FrameReader, peek_message
+
+    slow = b"\x04\x00\x01" + struct.pack("!d", 0.2) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"slow" + b"\x00"
+    add = b"\x08\x00\x01" + struct.pack("!i", 40) + b"\x08\x00\x02" + struct.pack("!i", 2) + b"\x00"
+    calls = [
+        _call("echo", 1, _echo_args("a")),
+        _call("slow", 2, slow),
+        _call("echo", 3, _echo_args("c")),
+        _call("add", 4, add),
+        _call("boom", 5, _echo_args("x")),
+        _call("nope", 6),
+        _call("echo", 7, _echo_args("d")),
+    ]
+    with _raw(env) as s:
+        s.sendall(b"".join(_framed(c) for c in calls))
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < len(calls):
+            chunk = s.recv(65536)
+            assert chunk, "closed"
+            frames += reader.feed(chunk)
+    heads = [peek_message(f.data, f.payload, ThriftProtocol.BINARY) for f in frames]
+    assert [h.seq_id for h in heads] == [1, 2, 3, 4, 5, 6, 7]
+    assert [h.type for h in heads] == [2, 2, 2, 2, 3, 3, 2]  # REPLY, or EXCEPTION (boom, unknown)
+    assert frames[0].data.endswith(b"a\x00") and frames[1].data.endswith(b"slow\x00")
+    assert frames[3].data.endswith(struct.pack("!i", 42) + b"\x00")
+    assert frames[6].data.endswith(b"d\x00")
+
+
+def test_ttheader_many_calls_in_one_read(env: Env) -> None:
+    """64 calls in one read (their replies written together): each answered once, by its seq id."""
+    from monolake.core.proto.thrift import FrameReader, peek_message
+
+    with _raw(env) as s:
+        s.sendall(b"".join(_tt_call(i, "echo", _echo_args(f"m{i}")) for i in range(1, 65)))
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 64:
+            chunk = s.recv(65536)
+            assert chunk, "closed"
+            frames += reader.feed(chunk)
+    got = {peek_message(f.data, f.payload, ThriftProtocol.BINARY).seq_id: bytes(f.data) for f in frames}
+    assert sorted(got) == list(range(1, 65))
+    assert all(got[i].endswith(f"m{i}".encode() + b"\x00") for i in got)
+
+
 def test_settings_struct_is_a_server() -> None:
     s = msgspec.structs.replace(Server(listener="127.0.0.1:0"), proxy_type="thrift")
     assert s.max_frame_size > 0

@@ -7,6 +7,8 @@ THeader; binary or compact); each frame is handed to the app's ``Dispatcher``
 call: the dispatcher forwards the frame and the reply comes back through a
 callback that calls ``answer``. Replies are written in the order they arrive,
 which need not be the order of the calls; each carries its call's sequence id.
+The replies answered while the frames of one read are dispatched (a pipelining
+client, a server that answers at once) go out in one write.
 
 A call that expects a reply counts as in flight from ``begin`` until ``answer``.
 With ``limits.max_pipelined`` calls in flight the connection stops reading until
@@ -141,6 +143,8 @@ class ThriftConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.eof = False
         self._paused = 0  # bit 1: too many calls in flight; bit 2: the client reads too slowly
+        self._batch: list[bytes | bytearray] | None = None
+        """Replies answered while the frames of one read are dispatched: written together."""
 
     def set_peer(self, peer: str) -> None:
         self.peer = peer
@@ -166,10 +170,27 @@ class ThriftConnection(asyncio.Protocol):
             self._close()
             return
         dispatch = self.dispatch
-        for frame in frames:
-            if self.closed:
-                return
-            dispatch(self, frame)
+        if len(frames) == 1:
+            dispatch(self, frames[0])
+            return
+        # Many calls in one read (a pipelining client): the replies answered while they are
+        # dispatched go out in one write, not a send() each.
+        self._batch = []
+        try:
+            for frame in frames:
+                if self.closed:
+                    return
+                dispatch(self, frame)
+        finally:
+            self._flush()
+            self._batch = None
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if batch:
+            if not self.closed:
+                self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            batch.clear()
 
     def eof_received(self) -> bool | None:
         # Calls in flight are still answered; we close once they are (see answer).
@@ -200,7 +221,10 @@ class ThriftConnection(asyncio.Protocol):
     def answer(self, data: bytes | bytearray) -> None:
         """Write a reply frame and end one call started with ``begin``."""
         if not self.closed:
-            self.transport.write(data)
+            if self._batch is not None:
+                self._batch.append(data)
+            else:
+                self.transport.write(data)
         self.in_flight -= 1
         self.app.call_done()
         if self._paused & 1 and self.in_flight < self.app.max_pipelined:
@@ -214,6 +238,7 @@ class ThriftConnection(asyncio.Protocol):
     def reject(self, frame: Frame, name: str, seq_id: int, kind: int, message: str) -> None:
         """Answer a frame that never began as a call, then close (its stream is not trustworthy)."""
         if not self.closed:
+            self._flush()
             self.transport.write(error_frame(frame, name, seq_id, kind, message))
         self._close()
 
@@ -257,6 +282,7 @@ class ThriftConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed:
+            self._flush()
             self.closed = True
             self.app.conns.discard(self)
             self.transport.close()

@@ -211,6 +211,11 @@ class _Requests:
                 if buf:
                     raise RpcError(StatusCode.INTERNAL, "the request ended inside a message")
                 return None
+            if not buf and len(chunk) >= 5:
+                # The usual chunk (a stream's DATA frame) is one whole message: decoded from it, not copied.
+                n = int.from_bytes(chunk[1:5], "big")
+                if len(chunk) == 5 + n and n <= self.limit:
+                    return self._decode(chunk[0], chunk[5:])
             buf += chunk
 
     def _decode(self, flag: int, payload: bytes) -> Message:

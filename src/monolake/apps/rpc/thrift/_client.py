@@ -52,7 +52,7 @@ from ....core.proto.thrift import (
 from ....core.server._l4 import PickKey
 from ....core.service import Layer, Service
 from . import _metainfo
-from ._codec import decode_struct, encode_struct
+from ._codec import StructCodec
 from ._idl import MethodDef, ServiceDef, as_service_def, load_service
 
 _TRANSPORTS = {"ttheader": Transport.TTHEADER, "framed": Transport.FRAMED, "theader": Transport.THEADER}
@@ -165,13 +165,13 @@ class _Transport:
         m = call.method
         proto = c.protocol
         try:
-            args = m.args_cls(**dict(zip(m.arg_names, call.args, strict=False)))
+            args = m.args_cls(*call.args)  # thriftpy2's structs take their fields in IDL order
         except TypeError as exc:
             raise ValueError(f"{m.name}: {exc}") from None
         begin = c.begins.get(m.name)
         if begin is None:
             begin = c.begins[m.name] = _Begin(m, proto)
-        payload = begin.data + encode_struct(args, proto)
+        payload = begin.data + c.codec.encode(args, proto)
         # The frame and head are made from what we just encoded, not parsed back.
         if c.transport is _FRAMED:
             data = encode_framed(payload)
@@ -198,7 +198,12 @@ class _Transport:
         m = call.method
         proto = reply.protocol
         assert proto is not None
-        if reply.info and reply.info < reply.payload:
+        # Only backward metainfo is read from the info blocks: replies without it skip the parse.
+        if (
+            reply.info
+            and reply.info < reply.payload
+            and reply.data.find(b"RPC_BACKWARD_", reply.info, reply.payload) >= 0
+        ):
             back = _metainfo.read_backward(read_header_info(reply).headers)
             if back:
                 call.backward = back
@@ -211,7 +216,7 @@ class _Transport:
         if head.type != MessageType.REPLY:
             raise UpstreamError(f"{m.name}: reply of message type {head.type}")
         try:
-            result = decode_struct(m.result_cls, reply.data[head.end :], proto)
+            result = self.client.codec.decode(m.result_cls, reply.data[head.end :], proto)
         except Exception as exc:
             raise UpstreamError(f"{m.name}: undecodable result: {exc}") from None
         for name, _ in m.exceptions:
@@ -366,6 +371,7 @@ class ThriftClient:
             raise ConfigError("protocol", f"must be binary or compact, got {protocol!r}")
         self.transport = _TRANSPORTS[transport]
         self.protocol = _PROTOCOLS[protocol]
+        self.codec = StructCodec()
         self.discovery = discovery if discovery is not None else StaticDiscovery([parse_address(e) for e in endpoints])
         self.timeout = timeout
         self.connect_timeout = connect_timeout

@@ -60,6 +60,42 @@ def encode_struct(obj: Any, protocol: ThriftProtocol) -> bytes:
     return out
 
 
+class StructCodec:
+    """``decode_struct`` / ``encode_struct`` keeping one binary buffer and protocol pair for
+    reading and one for writing, instead of two new Cython objects per struct (~0.4 µs of a
+    call). One per server or client, used from its one event loop's thread: a struct is read
+    or written with no ``await`` in between, so calls of one loop never interleave on it."""
+
+    __slots__ = ("_rbuf", "_rproto", "_wbuf", "_wproto")
+
+    def __init__(self) -> None:
+        self._rbuf = _CyBuf()
+        self._rproto = _CyBin(self._rbuf)
+        self._wbuf = _CyBuf()
+        self._wproto = _CyBin(self._wbuf)
+
+    def decode(self, cls: Any, data: bytes, protocol: ThriftProtocol) -> Any:
+        if protocol is not _BINARY:
+            return decode_struct(cls, data, protocol)
+        try:
+            _bin_struct(data, 0, 0)  # bounds first: see decode_struct
+        except _Short:
+            raise _bad("truncated struct") from None
+        obj = cls()
+        self._rbuf.setvalue(data)
+        obj.read(self._rproto)
+        return obj
+
+    def encode(self, obj: Any, protocol: ThriftProtocol) -> bytes:
+        if protocol is not _BINARY:
+            return encode_struct(obj, protocol)
+        buf = self._wbuf
+        buf.clean()  # what a failed write left
+        obj.write(self._wproto)
+        out: bytes = buf.getvalue()
+        return out
+
+
 # -- unframed message boundaries ------------------------------------------------------
 
 MAX_DEPTH = 64
@@ -131,13 +167,35 @@ def _bin_value(data: bytes, i: int, t: int, depth: int) -> int:
 
 
 def _bin_struct(data: bytes, i: int, depth: int) -> int:
+    # Strings and fixed-width fields (most of any struct) are stepped over inline: this walk
+    # runs on every binary call's arguments, before thriftpy2 decodes them.
+    end = len(data)
+    fixed = _BIN_FIXED
     while True:
-        _need(data, i, 1)
+        if i >= end:
+            raise _Short
         t = data[i]
         if t == 0:
             return i + 1
-        _need(data, i, 3)
-        i = _bin_value(data, i + 3, t, depth)
+        i += 3  # type id, field id
+        if t == 11:
+            if i + 4 > end:
+                raise _Short
+            n: int = _I32.unpack_from(data, i)[0]
+            if n < 0:
+                raise _bad("negative string length")
+            i += 4 + n
+            if i > end:
+                raise _Short
+            continue
+        w = fixed.get(t)
+        if w is not None:
+            i += w
+            if i > end:
+                raise _Short
+            continue
+        _need(data, i, 0)  # the field header itself
+        i = _bin_value(data, i, t, depth)
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:

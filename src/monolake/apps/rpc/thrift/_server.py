@@ -7,15 +7,18 @@ connections, told apart by their first byte (an unframed message starts ``80`` o
 ``82``; a frame length never has its top bit set), which ``_UnframedConnection``
 cuts into messages by walking their structs (``_codec.message_end``).
 
-``_Dispatcher.dispatch`` peeks the message head (ours, ~0.5 µs), looks the method
-up in the bound table, decodes the argument struct (thriftpy2) and calls the
-handler: a plain ``def`` method inline, with no task; an ``async def`` one (or any
-method once the service has layers or a timeout) in a task of its own, so many
-calls run at once per connection. A header transport (TTHeader, THeader) carries
-the sequence id in every frame, so replies go out as calls finish, out of order;
-framed and unframed clients match replies by order, so on those connections the
-replies wait for the calls before them (a queue per connection, only while more
-than one call is in flight).
+``_Dispatcher.dispatch`` reads the message head (a strict binary call inline, its
+name looked up as bytes; others through ``peek_message``), decodes the argument
+struct (thriftpy2) and calls the handler inline: a plain ``def`` method, or an
+``async def`` one run to its first ``await`` (``coro.send``), so a handler that
+never waits costs no task and no loop iteration. One that does wait goes on in a
+task (``_Started`` resumes it there), as does every call once the service has
+layers or a timeout; many calls run at once per connection. The core driver
+writes the replies of one read's calls in one write. A header transport (TTHeader,
+THeader) carries the sequence id in every frame, so replies go out as calls
+finish, out of order; framed and unframed clients match replies by order, so on
+those connections the replies wait for the calls before them (a queue per
+connection, only while a call waits in a task).
 
 Answers: a value becomes the result struct's ``success``; an exception declared
 by the method goes into its result field; ``TApplicationException`` raised by the
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +54,6 @@ from ....core.proto.thrift import (
     Transport,
     application_exception,
     encode_frame,
-    encode_framed,
     message_begin,
     peek_message,
     read_header_info,
@@ -58,7 +61,7 @@ from ....core.proto.thrift import (
 from ....core.server._thrift import ThriftConnection, ThriftServerApp
 from ....core.service import Factory, Layer, Stack
 from . import _metainfo
-from ._codec import decode_struct, encode_struct, message_end
+from ._codec import StructCodec, message_end
 from ._idl import MethodDef, ServiceDef, as_service_def, load_service
 
 if TYPE_CHECKING:
@@ -72,6 +75,11 @@ _FRAMED = Transport.FRAMED
 _CALL = MessageType.CALL
 _ONEWAY = MessageType.ONEWAY
 _REPLY = MessageType.REPLY
+_BINARY = ThriftProtocol.BINARY
+_BIN_HEAD = struct.Struct("!Ii")
+_BIN_CALL = 0x80010000 | MessageType.CALL  # a strict binary CALL's first word
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
 
 
 def _app_exception_type() -> type:
@@ -100,12 +108,42 @@ class ThriftRequest:
 
 
 class _Bound:
-    __slots__ = ("fn", "is_async", "m")
+    __slots__ = ("fn", "is_async", "m", "reply_head")
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
         self.m = m
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
+        raw = m.name.encode()
+        # A binary REPLY's head up to its sequence id: the same bytes for every reply.
+        self.reply_head = _BIN_HEAD.pack(0x80010000 | _REPLY, len(raw)) + raw
+
+
+class _Started:
+    """Awaits a coroutine that already ran to its first suspension (``first``, what it
+    yielded): how a call begun inline goes on in a task when its handler awaits."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Any:
+        coro, out = self.coro, self.first
+        while True:
+            try:
+                got = yield out
+            except BaseException as exc:  # the task's cancellation, thrown in where the handler waits
+                try:
+                    out = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    out = coro.send(got)
+                except StopIteration as stop:
+                    return stop.value
 
 
 class _Leaf:
@@ -161,7 +199,11 @@ class ThriftService:
                 where, f"{type(handler).__name__} lacks method(s) {', '.join(missing)} of {self.definition.name}"
             )
         self.bound = {name: _Bound(m, getattr(handler, name)) for name, m in self.definition.methods.items()}
+        self.raw = {name.encode(): b for name, b in self.bound.items()}
+        """The bound methods by their names' bytes: a binary call is looked up without decoding its name."""
         self.chain: Any = Stack(self.layers, _LeafFactory(self.bound)).build() if self.layers else None
+        self.plain = self.chain is None and not timeout
+        """Nothing around the handler: a call runs inline, in a task only once it awaits."""
 
     @property
     def name(self) -> str:
@@ -214,6 +256,7 @@ class _Dispatcher:
         self._order: dict[Any, deque[_Call]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.codec = StructCodec()
         self.calls = 0
         self.errors = 0
 
@@ -236,46 +279,66 @@ class _Dispatcher:
             conn.reject(frame, "", frame.seq_id, kind, f"monolake: {why}")
             return
         data = frame.data
-        try:
-            head = peek_message(data, frame.payload, proto)
-        except RemoteProtocolError as exc:
-            log.warning("thrift: bad message: server=%s client=%s: %s", self.name, conn.peer, exc)
-            conn.reject(frame, "", frame.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
-            return
-        mtype = head.type
-        oneway = mtype == _ONEWAY
-        if mtype != _CALL and not oneway:
-            log.warning("thrift: message of type %d is not a call: server=%s client=%s", mtype, self.name, conn.peer)
-            conn.reject(frame, head.name, head.seq_id, AppError.INVALID_MESSAGE_TYPE, "monolake: not a call")
-            return
+        off = frame.payload
         svc = self.service
-        b = svc.bound.get(head.name)
-        call = _Call(
-            conn, frame, head.name, head.seq_id, proto, loop.time() if self.stats or self.access_log else 0.0, b
-        )
+        b: _Bound | None = None
+        oneway = False
+        if proto is _BINARY and len(data) - off >= 12:
+            # The usual call: a strict binary CALL of a method we serve, read inline (the name as bytes).
+            word, n = _BIN_HEAD.unpack_from(data, off)
+            if word == _BIN_CALL and n >= 0 and off + 12 + n <= len(data):
+                b = svc.raw.get(bytes(data[off + 8 : off + 8 + n]))  # a bytearray slice is unhashable
+                if b is not None:
+                    name = b.m.name
+                    seq = _I32.unpack_from(data, off + 8 + n)[0]
+                    body = off + 12 + n
+        if b is None:
+            try:
+                head = peek_message(data, off, proto)
+            except RemoteProtocolError as exc:
+                log.warning("thrift: bad message: server=%s client=%s: %s", self.name, conn.peer, exc)
+                conn.reject(frame, "", frame.seq_id, AppError.PROTOCOL_ERROR, f"monolake: {exc}")
+                return
+            mtype = head.type
+            oneway = mtype == _ONEWAY
+            if mtype != _CALL and not oneway:
+                log.warning(
+                    "thrift: message of type %d is not a call: server=%s client=%s", mtype, self.name, conn.peer
+                )
+                conn.reject(frame, head.name, head.seq_id, AppError.INVALID_MESSAGE_TYPE, "monolake: not a call")
+                return
+            name, seq, body = head.name, head.seq_id, head.end
+            b = svc.bound.get(name)
+        start = loop.time() if self.stats is not None or self.access_log is not None else 0.0
+        # The call's record is made only when needed: a call answered at once has none.
+        call: _Call | None = None
+        queued = False  # on its connection's reply queue (framed: replies in call order)
         if not oneway:
             conn.begin()
-            if call.ordered:
+            if frame.transport is _FRAMED:
                 q = self._order.get(conn)
-                if q is not None or b is None or b.is_async or svc.chain is not None or svc.timeout:
-                    if q is None:
-                        q = self._order[conn] = deque()
+                if q is not None:  # earlier calls still running: this reply waits for theirs
+                    call = _Call(conn, frame, name, seq, proto, start, b)
                     q.append(call)
+                    queued = True
         if b is None:
-            log.info("thrift: unknown method %r: server=%s client=%s", head.name, self.name, conn.peer)
-            self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {head.name}", "unknown_method")
+            log.info("thrift: unknown method %r: server=%s client=%s", name, self.name, conn.peer)
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
         try:
-            args = decode_struct(b.m.args_cls, data[head.end :], proto)
+            args = self.codec.decode(b.m.args_cls, data[body:], proto)
         except Exception as exc:
             log.warning(
                 "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
-                self.name, conn.peer, head.name, type(exc).__name__, exc,
+                self.name, conn.peer, name, type(exc).__name__, exc,
             )  # fmt: skip
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
             return
         meta: _metainfo.Metainfo | None = None
-        if frame.info and frame.info < frame.payload:
+        # Only metainfo keys (RPC_...) are read from the info blocks: frames without any skip the parse.
+        if frame.info and frame.info < off and data.find(b"RPC_", frame.info, off) >= 0:
             try:
                 headers = read_header_info(frame).headers
             except RemoteProtocolError as exc:
@@ -284,36 +347,77 @@ class _Dispatcher:
                 if headers:
                     meta = _metainfo.from_headers(headers)
         # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
-        # in the handler's own context (its task's, or the one set and reset around a plain call).
+        # in the handler's own context (its task's, or the one set and reset around an inline call).
         d = args.__dict__
         values = [d[n] for n in b.m.arg_names]
-        if b.is_async or svc.chain is not None or svc.timeout:
-            task = loop.create_task(self._run(call, svc, b, values, oneway, meta))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not svc.plain:
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            self._defer(call, queued, loop.create_task(self._run(call, svc, b, values, oneway, meta, None)))
             return
+        # Inline: a plain ``def`` handler, or an ``async def`` one run to its first await; only a
+        # call that really waits goes on in a task (in a copy of this context, metainfo included).
         token = _metainfo.current.set(meta)
         try:
-            value = b.fn(*values)
+            if b.is_async:
+                coro = b.fn(*values)
+                try:
+                    first = coro.send(None)
+                except StopIteration as stop:
+                    value = stop.value
+                else:
+                    call = call or _Call(conn, frame, name, seq, proto, start, b)
+                    self._defer(
+                        call, queued, loop.create_task(self._run(call, svc, b, values, oneway, None, (coro, first)))
+                    )
+                    return
+            else:
+                value = b.fn(*values)
+        except asyncio.CancelledError:
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call.meta = _metainfo.current.get()
+            self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
         except Exception as exc:
+            call = call or _Call(conn, frame, name, seq, proto, start, b)
             call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
         else:
-            call.meta = _metainfo.current.get()
-            self._succeeded(call, value, oneway)
+            if call is None and not oneway and proto is _BINARY:
+                self._answer_now(conn, frame, b, seq, value, _metainfo.current.get(), start)
+            else:
+                call = call or _Call(conn, frame, name, seq, proto, start, b)
+                call.meta = _metainfo.current.get()
+                self._succeeded(call, value, oneway)
         finally:
             _metainfo.current.reset(token)
 
+    def _defer(self, call: _Call, queued: bool, task: asyncio.Task[None]) -> None:
+        """``call`` goes on in ``task``; on a framed connection the replies after it wait for its reply."""
+        if call.ordered and not queued:
+            q = self._order.get(call.conn)
+            if q is None:
+                q = self._order[call.conn] = deque()
+            q.append(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _run(
-        self, call: _Call, svc: ThriftService, b: _Bound, values: list[Any], oneway: bool, meta: Any
+        self,
+        call: _Call,
+        svc: ThriftService,
+        b: _Bound,
+        values: list[Any],
+        oneway: bool,
+        meta: Any,
+        started: tuple[Any, Any] | None,
     ) -> None:
-        # The task runs in a copy of the dispatching context, where ``current`` is unset.
+        # A task begun from dispatch runs in a copy of its context, where ``current`` is unset
+        # (``started``: the inline part ran with ``current`` set, and the copy has it).
         if meta is not None:
             _metainfo.current.set(meta)
         cm = asyncio.timeout(svc.timeout) if svc.timeout else None
         try:
-            if cm is None and svc.chain is None:
-                value = await b.fn(*values)  # the usual case: an async method, nothing around it
+            if started is not None:
+                value = await _Started(*started)  # the usual case: an async method that awaits
             elif cm is None:
                 value = await _invoke(svc, b, call, values)
             else:
@@ -342,6 +446,36 @@ class _Dispatcher:
             self._succeeded(call, value, oneway)
 
     # -- answers -----------------------------------------------------------------------
+
+    def _answer_now(
+        self, conn: Any, frame: Frame, b: _Bound, seq: int, value: Any, meta: _metainfo.Metainfo | None, start: float
+    ) -> None:
+        """``_succeeded`` for the usual call: binary, a value, nothing before it on the connection."""
+        m = b.m
+        result = m.result_cls()
+        if not m.void:
+            result.success = value
+        try:
+            body = self.codec.encode(result, _BINARY)
+        except Exception:
+            call = _Call(conn, frame, m.name, seq, _BINARY, start, b)
+            call.meta = meta
+            self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
+            return
+        payload = b.reply_head + _I32.pack(seq) + body
+        if frame.payload == 0:  # unframed
+            data = payload
+        elif frame.transport is _FRAMED:
+            data = _U32.pack(len(payload)) + payload
+        else:
+            data = encode_frame(
+                frame.transport, payload, seq_id=frame.seq_id, protocol=_BINARY,
+                headers=_metainfo.backward_headers(meta),
+            )  # fmt: skip
+        conn.answer(data)
+        self.calls += 1
+        if self.stats is not None or self.access_log is not None:
+            self._record(conn, m.name, seq, "ok", start)
 
     def _succeeded(self, call: _Call, value: Any, oneway: bool) -> None:
         if oneway:
@@ -379,7 +513,7 @@ class _Dispatcher:
 
     def _result(self, call: _Call, result: Any, outcome: str) -> None:
         try:
-            body = encode_struct(result, call.proto)
+            body = self.codec.encode(result, call.proto)
         except Exception as exc:
             log.error(
                 "thrift: cannot encode the result: server=%s method=%s: %s: %s",
@@ -387,7 +521,11 @@ class _Dispatcher:
             )  # fmt: skip
             self._error(call, False, AppError.INTERNAL_ERROR, f"monolake: bad result: {type(exc).__name__}", "error")
             return
-        self._write(call, message_begin(call.name, _REPLY, call.seq, call.proto) + body, outcome)
+        if call.proto is _BINARY and call.bound is not None:
+            head = call.bound.reply_head + _I32.pack(call.seq)
+        else:
+            head = message_begin(call.name, _REPLY, call.seq, call.proto)
+        self._write(call, head + body, outcome)
 
     def _error(self, call: _Call, oneway: bool, kind: int, message: str, outcome: str) -> None:
         self.errors += 1
@@ -401,7 +539,7 @@ class _Dispatcher:
         if frame.payload == 0:  # unframed
             data = payload
         elif frame.transport is _FRAMED:
-            data = encode_framed(payload)
+            data = _U32.pack(len(payload)) + payload
         else:
             data = encode_frame(
                 frame.transport, payload, seq_id=frame.seq_id, protocol=call.proto,
@@ -424,14 +562,16 @@ class _Dispatcher:
         self.calls += 1
         if self.stats is None and self.access_log is None:
             return
+        self._record(call.conn, call.name, call.seq, outcome, call.start)
+
+    def _record(self, conn: Any, name: str, seq: int, outcome: str, start: float) -> None:
         assert self._loop is not None
-        took = self._loop.time() - call.start
+        took = self._loop.time() - start
         if self.stats is not None:
-            self.stats.record(self.service.name, call.name, outcome, took)
+            self.stats.record(self.service.name, name, outcome, took)
         if self.access_log is not None:
             self.access_log.write(
-                f"{call.conn.peer} thrift {self.name} {self.service.name}.{call.name} seq={call.seq} "
-                f"{outcome} {took * 1000:.3f}ms"
+                f"{conn.peer} thrift {self.name} {self.service.name}.{name} seq={seq} {outcome} {took * 1000:.3f}ms"
             )
 
     # -- the rest ----------------------------------------------------------------------
