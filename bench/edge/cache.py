@@ -20,10 +20,9 @@ import sys
 import time
 from typing import Any
 
-from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport
-from monolake.apps.config import Endpoint, parse_config
+from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport, seeded
+from monolake.apps.config import parse_config
 from monolake.apps.proxy import build_apps
-from monolake.core.client import Pool, UpstreamConnection
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -50,16 +49,10 @@ def config(filters: list[Any]) -> dict[str, Any]:
 
 async def run(filters: list[Any], request: bytes, upstream_answers: bool, n: int) -> float:
     """µs of the loop thread's CPU per request."""
-    app = build_apps(parse_config(config(filters)))["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
+    cfg = parse_config(config(filters))
+    shared, conn = seeded(cfg)
+    app = build_apps(cfg, shared=shared)["web"]
+    upstream = [conn]
     down = app.protocol_factory()
     dt = FakeTransport()
     down.connection_made(dt)  # type: ignore[arg-type]

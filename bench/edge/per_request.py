@@ -26,10 +26,9 @@ import sys
 import time
 from typing import Any
 
-from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport
-from monolake.apps.config import Endpoint, parse_config
+from bench.micro.proxy_path import BODY, RESPONSE, FakeTransport, seeded
+from monolake.apps.config import parse_config
 from monolake.apps.proxy import build_apps
-from monolake.core.client import Pool, UpstreamConnection
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -65,16 +64,10 @@ def config(feature: dict[str, Any]) -> dict[str, Any]:
 
 async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
     """(µs per request of the loop's thread, µs per request of the whole process)."""
-    app = build_apps(parse_config(config(feature)))["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
+    cfg = parse_config(config(feature))
+    shared, conn = seeded(cfg)
+    app = build_apps(cfg, shared=shared)["web"]
+    upstream = [conn]
     down = app.protocol_factory()
     dt = FakeTransport()
     down.connection_made(dt)  # type: ignore[arg-type]

@@ -32,9 +32,9 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from monolake.apps.config import Endpoint, parse_config
+from bench.micro.proxy_path import seeded
+from monolake.apps.config import parse_config
 from monolake.apps.proxy import HttpFilter, build_apps
-from monolake.core.client import Pool, UpstreamConnection
 from monolake.core.proto.http1 import Request
 from monolake.core.service import Context
 
@@ -107,16 +107,10 @@ class Noop(HttpFilter):
 
 
 async def run(n: int, repeat: int, keys: str, tok: str) -> dict[str, list[float]]:
-    app = build_apps(parse_config(config(keys)))["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
+    cfg = parse_config(config(keys))
+    shared, conn = seeded(cfg)
+    app = build_apps(cfg, shared=shared)["web"]
+    upstream = [conn]
     down = app.protocol_factory()
     dt = FakeTransport()
     down.connection_made(dt)  # type: ignore[arg-type]

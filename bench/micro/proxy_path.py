@@ -25,8 +25,10 @@ import sys
 import time
 from typing import Any
 
-from monolake.apps.config import Endpoint, parse_config
+from monolake.apps.config import Config, parse_config
 from monolake.apps.proxy import HttpFilter, build_apps
+from monolake.apps.proxy._app import Shared, new_access_log
+from monolake.apps.proxy._upstream import UpstreamCluster
 from monolake.core.client import Pool, UpstreamConnection
 from monolake.core.proto.http1 import Request, Response
 from monolake.core.service import Context
@@ -112,19 +114,25 @@ class FakeTransport:
         self.closed = True
 
 
+def seeded(cfg: Config) -> tuple[Shared, UpstreamConnection]:
+    """Shared state for ``build_apps`` whose pool holds one idle connection to
+    http://127.0.0.1:9001 over a fake transport, and that connection: every request
+    reuses it and no socket is opened. (Seeded rather than by replacing ``Pool.connect``:
+    compiled, the pool's methods cannot be replaced.)"""
+    pool = Pool()
+    clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
+    conn = UpstreamConnection(pool, ("http", "127.0.0.1", 9001, ""))
+    conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
+    pool.release(conn)
+    return Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg)), conn
+
+
 async def run(n: int, profile: bool, filters: str = "none") -> float:
     config: dict[str, Any] = {**CONFIG, "servers": {"web": {**CONFIG["servers"]["web"], "filters": FILTERS[filters]}}}  # type: ignore[index]
     cfg = parse_config(config)
-    app = build_apps(cfg)["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
+    shared, conn = seeded(cfg)
+    app = build_apps(cfg, shared=shared)["web"]
+    upstream = [conn]
     down = app.protocol_factory()
     dt = FakeTransport()
     down.connection_made(dt)  # type: ignore[arg-type]

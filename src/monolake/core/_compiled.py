@@ -55,6 +55,7 @@ MODULES = (
     "monolake.core.server._h2",
     "monolake.core.client._http",
     "monolake.core.client._h2",
+    "monolake.core.client._pool",
     "monolake.apps.proxy._proxy",
     "monolake.apps.proxy._upstream",
     "monolake.apps.proxy._router",
