@@ -56,6 +56,7 @@ MODULES = (
     "monolake.core.client._http",
     "monolake.core.client._h2",
     "monolake.core.client._pool",
+    "monolake.core.runtime.uring._transport",
     "monolake.apps.proxy._proxy",
     "monolake.apps.proxy._upstream",
     "monolake.apps.proxy._router",
