@@ -327,6 +327,21 @@ GROUPS = {
     "upstream client and pool (monolake/core/client)": ("monolake/core/client",),
     "server connection driver (monolake/core/server)": ("monolake/core/server",),
 }
+COMPILED_GROUPS = {
+    "HTTP/1 codec (httptools, proto/http1)": ("_parse___", "_serialize___", "_message___"),
+    "proxy service (monolake/apps/proxy, monolake/core/service)": (
+        "_proxy___",
+        "_upstream___",
+        "_router___",
+        "_balancer___",
+    ),
+    "upstream client and pool (monolake/core/client)": ("client____", "_pool___"),
+    "server connection driver (monolake/core/server)": ("server____", "_http_app___"),
+}
+"""The same groups' frames when compiled: mypyc names them ``CPyDef_<module suffix>___<function>``
+(or ``<module suffix>___<class>_gen...`` for a coroutine's generator) in ``__native__hotpath.c``,
+with no path to match."""
+COMPILED = "__native__hotpath"
 SSL_FRAMES = ("SSLProtocol", "sslproto")
 SYSCALL_LEAVES = ("read (libc", "write (libc", "writev (libc", "sendmsg", "recvmsg", "send (libc", "recv (libc")
 
@@ -355,10 +370,15 @@ def summarize_stacks(raw: str) -> dict[str, Any]:
         if syscall:
             syscalls += n
         ssl_at = next((i for i, f in enumerate(frames) if f.startswith(SSL_FRAMES)), None)
-        if ssl_at is not None and not syscall and not any("monolake/" in f for f in frames[ssl_at:]):
+        app = [f for f in frames[ssl_at:] if "monolake/" in f or COMPILED in f] if ssl_at is not None else []
+        if ssl_at is not None and not syscall and not app:
             tls_layer += n
         for group, keys in GROUPS.items():
-            if any(k in frame for frame in frames for k in keys):
+            native = COMPILED_GROUPS[group]
+            if any(
+                any(k in frame for k in keys) or (COMPILED in frame and any(k in frame for k in native))
+                for frame in frames
+            ):
                 groups[group] += n
     shares = {TLS_LAYER: round(100.0 * tls_layer / max(1, total), 1)}
     shares.update({g: round(100.0 * groups[g] / max(1, total), 1) for g in GROUPS})
