@@ -257,8 +257,56 @@ def _mypyc_extensions(require: bool) -> list[Extension]:
     paths = [str(Path("src", *m.split(".")).with_suffix(".py")) for m in modules]
     exts = mypycify(paths, opt_level="3", group_name=group)
     for ext in exts:
+        for c in ext.sources:
+            fix_weakref_slots(Path(c))
         ext.optional = not require  # a failed compile leaves them pure (told at start), unless required
     return exts
+
+
+_WEAKLIST = r"\*\(\(PyObject \*\*\)\(\(char \*\)self \+ sizeof\(PyObject \*\) \+ sizeof\(\w+\)\)\)"
+"""The ``__weakref__`` slot of a compiled instance, as mypyc's C names it (right after ``__dict__``)."""
+
+
+def fix_weakref_slots(path: Path) -> int:
+    """Make the generated C of ``path`` handle the ``__weakref__`` slot as CPython requires.
+
+    mypyc (2.4.1, pinned) gives a compiled class with a Python base (``WeakReferable``,
+    ``asyncio.Protocol``, asyncio's ``Transport``, an exception) a ``__dict__`` and a
+    ``__weakref__`` slot, but treats the weak reference list as an owned reference:
+    tp_traverse visits it, tp_clear decrefs it, and tp_dealloc never calls
+    ``PyObject_ClearWeakRefs``. An instance that is weakly referenced (a metrics WeakSet, the
+    loop's WeakValueDictionary of transports) and dies by its refcount, not by the cyclic GC
+    (which clears weak references first), leaves its weak references pointing at freed memory
+    and drops a reference it does not own: crashes later, in the GC. Here the slot is neither
+    visited nor cleared, and dealloc clears the weak references first, as CPython's
+    ``subtype_dealloc`` does. Returns how many classes were fixed; raises SystemExit when the
+    C is not shaped as expected (a new mypyc: check whether it still needs this)."""
+    import re
+
+    text = path.read_text()
+    slots = dict(
+        re.findall(r"PyMemberDef (\w+)_members\[\] = \{\n[^\n]*\n[ \t]*\{\"__weakref__\", T_OBJECT_EX, ([^,]+), ", text)
+    )
+    if not slots:
+        return 0
+    text = re.sub(rf"\n[ \t]*Py_(?:VISIT|CLEAR)\({_WEAKLIST}\);", "", text)
+    fixed = 0
+    for prefix, offset in slots.items():
+        if not re.search(rf"\n[ \t]*{prefix}_dealloc\(", text):
+            continue  # a protocol or trait: no instances of its own layout
+        head = re.search(rf"\n[ \t]*{prefix}_dealloc\(\w+ \*self\)", text)
+        m = re.compile(r"\n([ \t]*)PyObject_GC_UnTrack\(self\);").search(text, head.end()) if head else None
+        end = text.find("\nstatic ", head.end()) if head else -1
+        if head is None or m is None or (end != -1 and m.start() > end):
+            raise SystemExit(f"monolake: {path}: no dealloc of {prefix} to fix (mypyc changed?)")
+        slot = f"*((PyObject **)((char *)self + {offset}))"
+        clear = f"\n{m.group(1)}if ({slot} != NULL) PyObject_ClearWeakRefs((PyObject *)self);"
+        text = text[: m.end()] + clear + text[m.end() :]
+        fixed += 1
+    if re.search(_WEAKLIST + r"\);", text):
+        raise SystemExit(f"monolake: {path}: a weak reference slot is still visited or cleared (mypyc changed?)")
+    path.write_text(text)
+    return fixed
 
 
 MYPYC_NOTICE = ""

@@ -14,6 +14,8 @@ round by round, medians quoted, ratios to nginx's median in the same run.
   ``monolake-openssl`` and ``monolake-rustls`` (``[servers.x.tls] backend``, uvloop), ``nginx``
   (``listen ... ssl``, ``ssl_session_cache`` off, upstream ``keepalive 64``). The same three without TLS
   (``*-http``) show what TLS adds to each.
+- ``--syscalls N``: afterwards, ``strace -c`` of each proxy's worker over N keep-alive requests: system
+  calls per request, where TLS's extra sys time comes from.
 - ``--profile N``: afterwards, N seconds of ``py-spy record`` (collapsed stacks, 500 Hz, ``--native``) of
   each monolake backend's worker under the same load; the summary (self time by function, grouped)
   goes into the report and the raw stacks next to it.
@@ -30,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import statistics
@@ -234,6 +237,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name in order:
                     results["runs"].append(_one(args, procs, tmp, name, origin, origin_port, tls, rnd, results))
             results["record_layer"] = {b: record_layer_us(b, tls) for b in ("openssl", "rustls")}
+            if args.syscalls:
+                for name in names:
+                    results.setdefault("syscalls", {})[name] = _syscalls(args, procs, tmp, name, origin_port, tls)
             if args.profile:
                 for name in ("monolake-openssl", "monolake-rustls"):
                     if name in names:
@@ -284,6 +290,41 @@ def _one(
     return r
 
 
+def _syscalls(
+    args: argparse.Namespace, procs: Procs, tmp: Path, name: str, origin_port: int, tls: tuple[Path, Path]
+) -> dict[str, Any]:
+    """System calls of the worker per request (``strace -c``) while h2load sends ``--syscalls`` keep-alive
+    requests as fast as it can: where TLS adds sys time (more writes, smaller ones). strace slows the
+    worker; the counts, not the times, are the point."""
+    if shutil.which("strace") is None:
+        return {"error": "strace not installed"}
+    port = free_port()
+    proc = start(procs, tmp, name, port, origin_port, tls)
+    scheme = "http" if name.endswith("-http") else "https"
+    out = tmp / f"{name}.strace"
+    try:
+        probe(port, scheme == "https")
+        h2load = ["taskset", "-c", str(LOAD_CPU), "h2load", "--h1", "-t", "1", "-c", str(args.conns)]
+        url = f"{scheme}://127.0.0.1:{port}/body/128"
+        subprocess.run([*h2load, "-n", str(args.conns * 20), url], capture_output=True, timeout=120)  # connected
+        tracer = subprocess.Popen(["strace", "-c", "-f", "-o", str(out), "-p", str(worker_pid(proc))])
+        time.sleep(0.5)  # attached
+        done = subprocess.run([*h2load, "-n", str(args.syscalls), url], capture_output=True, text=True, timeout=600)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    finally:
+        procs.stop(proc)
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done", done.stdout)
+    n = int(m.group(1)) if m else args.syscalls
+    calls: dict[str, float] = {}
+    for line in out.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[3].isdigit() and f[-1] != "total":
+            calls[f[-1]] = round(int(f[3]) / max(1, n), 3)
+    top = dict(sorted(calls.items(), key=lambda kv: -kv[1])[:8])
+    return {"requests": n, "per_request": round(sum(calls.values()), 2), "top": top}
+
+
 def _profile(
     args: argparse.Namespace, procs: Procs, tmp: Path, name: str, origin: Proc, origin_port: int, tls: tuple[Path, Path]
 ) -> dict[str, Any]:
@@ -327,6 +368,21 @@ GROUPS = {
     "upstream client and pool (monolake/core/client)": ("monolake/core/client",),
     "server connection driver (monolake/core/server)": ("monolake/core/server",),
 }
+COMPILED_GROUPS = {
+    "HTTP/1 codec (httptools, proto/http1)": ("_parse___", "_serialize___", "_message___"),
+    "proxy service (monolake/apps/proxy, monolake/core/service)": (
+        "_proxy___",
+        "_upstream___",
+        "_router___",
+        "_balancer___",
+    ),
+    "upstream client and pool (monolake/core/client)": ("client____", "_pool___"),
+    "server connection driver (monolake/core/server)": ("server____", "_http_app___"),
+}
+"""The same groups' frames when compiled: mypyc names them ``CPyDef_<module suffix>___<function>``
+(or ``<module suffix>___<class>_gen...`` for a coroutine's generator) in ``__native__hotpath.c``,
+with no path to match."""
+COMPILED = "__native__hotpath"
 SSL_FRAMES = ("SSLProtocol", "sslproto")
 SYSCALL_LEAVES = ("read (libc", "write (libc", "writev (libc", "sendmsg", "recvmsg", "send (libc", "recv (libc")
 
@@ -355,10 +411,15 @@ def summarize_stacks(raw: str) -> dict[str, Any]:
         if syscall:
             syscalls += n
         ssl_at = next((i for i, f in enumerate(frames) if f.startswith(SSL_FRAMES)), None)
-        if ssl_at is not None and not syscall and not any("monolake/" in f for f in frames[ssl_at:]):
+        app = [f for f in frames[ssl_at:] if "monolake/" in f or COMPILED in f] if ssl_at is not None else []
+        if ssl_at is not None and not syscall and not app:
             tls_layer += n
         for group, keys in GROUPS.items():
-            if any(k in frame for frame in frames for k in keys):
+            native = COMPILED_GROUPS[group]
+            if any(
+                any(k in frame for k in keys) or (COMPILED in frame and any(k in frame for k in native))
+                for frame in frames
+            ):
                 groups[group] += n
     shares = {TLS_LAYER: round(100.0 * tls_layer / max(1, total), 1)}
     shares.update({g: round(100.0 * groups[g] / max(1, total), 1) for g in GROUPS})
@@ -443,6 +504,18 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
             f"\nTLS record layer alone, {backend} ({rec['version']} {rec['cipher']}): {rec['us']} µs CPU to decrypt a "
             "request and encrypt a response in process (SSLObject and memory BIOs, no socket, no event loop)."
         )
+    sc = results.get("syscalls", {})
+    if sc:
+        lines += [
+            "",
+            f"## System calls of the worker per request (strace -c, {args.syscalls} keep-alive requests)",
+            "",
+            "| proxy | syscalls/request | most frequent (per request) |",
+            "|---|--:|---|",
+        ]
+        for name, r in sc.items():
+            top = ", ".join(f"{k} {v:g}" for k, v in r.get("top", {}).items())
+            lines.append(f"| {name} | {r.get('per_request', r.get('error', '-'))} | {top} |")
     for name, prof in results.get("profiles", {}).items():
         if "error" in prof:
             lines += ["", f"## Profile of {name}: {prof['error']}"]
@@ -471,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--proxies", default=",".join(PROXIES), help=f"comma-separated subset of {','.join(PROXIES)}")
     ap.add_argument("--profile", type=int, default=0, metavar="SECONDS", help="py-spy each monolake backend after")
+    ap.add_argument(
+        "--syscalls", type=int, default=0, metavar="N", help="strace -c each proxy's worker over N requests after"
+    )
     ap.add_argument("--keep-stacks", metavar="DIR", help="also copy py-spy's collapsed stacks there")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)

@@ -22,7 +22,6 @@ from typing import Any
 
 from bench.micro.proxy_path import BODY, Harness
 from monolake.apps.config import parse_config
-from monolake.apps.proxy import build_apps
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -49,8 +48,8 @@ def config(filters: list[Any]) -> dict[str, Any]:
 
 async def run(filters: list[Any], request: bytes, upstream_answers: bool, n: int) -> float:
     """µs of the loop thread's CPU per request."""
-    app = build_apps(parse_config(config(filters)))["web"]
-    h = Harness(app)
+    h = Harness(parse_config(config(filters)))
+    app = h.app
     dt = h.transport
 
     async def proxied() -> None:

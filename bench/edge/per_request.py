@@ -31,7 +31,6 @@ from typing import Any
 
 from bench.micro.proxy_path import BODY, Harness
 from monolake.apps.config import parse_config
-from monolake.apps.proxy import build_apps
 
 REQUEST = (
     b"GET /api/v1/items?id=7 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
@@ -91,8 +90,8 @@ def config(feature: dict[str, Any]) -> dict[str, Any]:
 
 async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
     """(µs per request of the loop's thread, µs per request of the whole process)."""
-    app = build_apps(parse_config(config(feature)))["web"]
-    h = Harness(app)
+    h = Harness(parse_config(config(feature)))
+    app = h.app
     dt = h.transport
 
     async def one() -> None:

@@ -34,7 +34,7 @@ from joserfc.jwk import ECKey
 
 from bench.micro.proxy_path import BODY, Harness
 from monolake.apps.config import parse_config
-from monolake.apps.proxy import HttpFilter, build_apps
+from monolake.apps.proxy import HttpFilter
 from monolake.core.proto.http1 import Request
 from monolake.core.service import Context
 
@@ -70,8 +70,7 @@ class Noop(HttpFilter):
 
 
 async def run(n: int, repeat: int, keys: str, tok: str) -> dict[str, list[float]]:
-    app = build_apps(parse_config(config(keys)))["web"]
-    h = Harness(app)
+    h = Harness(parse_config(config(keys)))
     dt = h.transport
     one = h.proxied
 

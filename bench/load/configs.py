@@ -30,14 +30,14 @@ def size_bytes(label: str) -> int:
     return int(low)
 
 
-def _nginx(tmp: Path, name: str, http: str) -> Path:
+def _nginx(tmp: Path, name: str, http: str, workers: int = 1) -> Path:
     temps = []
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / f"{name}_{d}").mkdir(exist_ok=True)
         temps.append(f"  {d}_temp_path {tmp}/{name}_{d};")
     conf = tmp / f"{name}.conf"
     nl = "\n"
-    conf.write_text(f"""worker_processes 1;
+    conf.write_text(f"""worker_processes {workers};
 daemon off;
 master_process on;
 pid {tmp}/{name}.pid;
@@ -80,7 +80,7 @@ def origin(tmp: Path, port: int, sizes: list[str]) -> Path:
     )
 
 
-def nginx_proxy(tmp: Path, port: int, origin_port: int) -> Path:
+def nginx_proxy(tmp: Path, port: int, origin_port: int, workers: int = 1) -> Path:
     def loc(extra: str = "") -> str:
         return (
             'proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $http_host;\n'
@@ -91,7 +91,7 @@ def nginx_proxy(tmp: Path, port: int, origin_port: int) -> Path:
     bench = f"\n      proxy_set_header {BENCH_HEADER[0]} {BENCH_HEADER[1]};"
     return _nginx(
         tmp,
-        "nginx_proxy",
+        "nginx_proxy" if workers == 1 else f"nginx_proxy_w{workers}",
         f"""  proxy_max_temp_file_size 0;
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; keepalive_requests 1000000; }}
   server {{
@@ -106,6 +106,7 @@ def nginx_proxy(tmp: Path, port: int, origin_port: int) -> Path:
     location ~ ^/v[0-9]+/items/ {{ proxy_pass http://origin; {loc()} }}
     location / {{ proxy_pass http://origin; {loc(bench)} }}
   }}""",
+        workers,
     )
 
 

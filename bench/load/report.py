@@ -59,12 +59,17 @@ def summarize(runs: list[dict[str, Any]], sizes: list[str], proxies: list[str]) 
 
 
 def summarize_scaling(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians per setup, keyed ``"<workers>"`` for monolake (as before nginx was added) and
+    ``"nginx-<workers>"``; with ratios to monolake's 1 worker and to nginx's 2 workers."""
     out: dict[str, Any] = {}
-    for workers in sorted({r["workers"] for r in runs}):
-        sel = [r["max"] for r in runs if r["workers"] == workers and "max" in r]
+    setups = sorted({(r.get("proxy", "monolake"), r["workers"]) for r in runs}, key=lambda s: (s[0] != "monolake", s))
+    for proxy, workers in setups:
+        sel = [r["max"] for r in runs if (r.get("proxy", "monolake"), r["workers"]) == (proxy, workers) and "max" in r]
         if not sel:
             continue
-        out[str(workers)] = {
+        out[str(workers) if proxy == "monolake" else f"{proxy}-{workers}"] = {
+            "proxy": proxy,
+            "workers": workers,
             "max_rps": _median([x["max_rps"] for x in sel]),
             "user_us": _median([x["user_us"] for x in sel]),
             "sys_us": _median([x["sys_us"] for x in sel]),
@@ -74,8 +79,10 @@ def summarize_scaling(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds": len(sel),
         }
     one = out.get("1", {}).get("max_rps")
+    nginx2 = out.get("nginx-2", {}).get("max_rps")
     for m in out.values():
-        m["x_1_worker"] = round(m["max_rps"] / one, 3) if one else None
+        m["x_1_worker"] = round(m["max_rps"] / one, 3) if one and m["proxy"] == "monolake" else None
+        m["x_nginx_2_workers"] = round(m["max_rps"] / nginx2, 3) if nginx2 else None
     return out
 
 
@@ -143,7 +150,7 @@ def markdown(doc: dict[str, Any]) -> str:
     if sc and sc["medians"]:
         lines += [
             "",
-            f"## Scaling: monolake (uvloop, full features) 1 vs 2 workers, {sc['size']} body",
+            f"## Scaling: monolake (uvloop, full features) 1 and 2 workers vs nginx 2 workers, {sc['size']} body",
             "",
             f"Workers unpinned (`cpu_affinity = false`, no taskset); origin and `wrk -t1 -c{a['conns']} "
             f"-d{a['wrk_seconds']}s` pinned to core 0, so the second worker competes with them. "
@@ -152,13 +159,14 @@ def markdown(doc: dict[str, Any]) -> str:
             f"one kept ({sc.get('noise_repeats', 0)} repeats). Others' work: both cores' busy time minus the "
             "proxy, the origin and wrk.",
             "",
-            "| workers | max req/s | x 1 worker | proxy CPU µs/req (user+sys) | cores 0/1 busy % "
-            "| others' work, % of a core |",
-            "|--:|--:|--:|--:|--:|--:|",
+            "| proxy | workers | max req/s | x 1 worker | x nginx 2 workers | proxy CPU µs/req (user+sys) "
+            "| cores 0/1 busy % | others' work, % of a core |",
+            "|--|--:|--:|--:|--:|--:|--:|--:|",
         ]
         for w, m in sc["medians"].items():
             lines.append(
-                f"| {w} | {m['max_rps']:.0f} | {_x(m['x_1_worker'])} | {m['user_us'] + m['sys_us']:.1f} "
+                f"| {m.get('proxy', 'monolake')} | {m.get('workers', w)} | {m['max_rps']:.0f} "
+                f"| {_x(m['x_1_worker'])} | {_x(m.get('x_nginx_2_workers'))} | {m['user_us'] + m['sys_us']:.1f} "
                 f"| {_cores_str(m['cores_busy_pct'])} | {_num(m.get('others_busy_pct_total'))} |"
             )
     lines.append("")
@@ -184,7 +192,11 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
         proxies += [p for p in per if p not in proxies]
     colors = ["#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
     width = 0.8 / max(1, len(proxies))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    sc = (doc.get("scaling") or {}).get("medians") or {}
+    rows = 3 if sc else 2
+    fig = plt.figure(figsize=(10, 4 * rows))
+    ax1 = fig.add_subplot(rows, 1, 1)
+    ax2 = fig.add_subplot(rows, 1, 2, sharex=ax1)
     handles = []
     for i, proxy in enumerate(proxies):
         xs, user, sys_, p99, hatch = [], [], [], [], []
@@ -225,6 +237,22 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
     ax2.set_xticklabels([f"{s} body" for s in sizes])
     ax2.legend(handles=handles, fontsize=7)
     ax2.grid(axis="y", alpha=0.3)
+    if sc:  # max req/s, unpinned: monolake 1 and 2 workers vs nginx 2 workers
+        ax3 = fig.add_subplot(rows, 1, 3)
+        labels = [f"{m.get('proxy', 'monolake')}\n{m.get('workers', w)} worker(s)" for w, m in sc.items()]
+        values = [m["max_rps"] for m in sc.values()]
+        bars = ax3.bar(
+            range(len(values)), values, 0.6, color=["#1f77b4" if "monolake" in x else "#d62728" for x in labels]
+        )
+        for b, m in zip(bars, sc.values(), strict=True):
+            x = m.get("x_nginx_2_workers")
+            note = f"{m['max_rps']:.0f}" + (f"\n{x:.2f}x nginx 2w" if x else "")
+            ax3.text(b.get_x() + b.get_width() / 2, b.get_height(), note, ha="center", va="bottom", fontsize=7)
+        ax3.set_xticks(range(len(labels)))
+        ax3.set_xticklabels(labels, fontsize=8)
+        ax3.set_ylabel("max req/s (wrk), unpinned")
+        ax3.set_title(f"Scaling on 2 cores, {doc['scaling']['size']} body (wrk and origin on core 0)", fontsize=9)
+        ax3.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

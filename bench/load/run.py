@@ -128,7 +128,7 @@ def start_proxy(
         conf = configs.monolake(tmp, name, port, origin_port, kind.loop, workers, kind.minimal)
         argv = [sys.executable, "-m", MONOLAKE_CLI, "run", "-c", str(conf)]
     elif kind.kind == "nginx":
-        conf = configs.nginx_proxy(tmp, port, origin_port)
+        conf = configs.nginx_proxy(tmp, port, origin_port, workers)
         argv = ["nginx", "-c", str(conf)]
     else:
         conf = configs.haproxy(tmp, port, origin_port)
@@ -154,7 +154,7 @@ def _check_alive(proc: Proc) -> None:
 
 def estimate_s(args: argparse.Namespace) -> float:
     per = args.seconds + 1.4 + (0 if args.no_wrk else args.wrk_seconds + 0.4)
-    scaling = 0 if args.no_scaling else 2 * args.rounds * (args.wrk_seconds + 0.4) + 6
+    scaling = 0 if args.no_scaling else len(SCALING) * (args.rounds * (args.wrk_seconds + 0.4) + 4) + 2
     return len(args.proxy_list) * (len(args.size_list) * args.rounds * per + 3) + scaling + 5
 
 
@@ -246,23 +246,28 @@ def measure(args: argparse.Namespace, procs: Procs, tmp: Path) -> dict[str, Any]
     return doc
 
 
+SCALING = (("monolake", 1), ("monolake", 2), ("nginx", 2))
+"""What the scaling section drives: monolake (uvloop, full features) with 1 and 2 workers, and
+nginx with 2 worker processes, all unpinned: 2 workers on the 2 cores against nginx's 2."""
+
+
 def scaling(args: argparse.Namespace, procs: Procs, tmp: Path, origin: Proc, origin_port: int) -> dict[str, Any]:
-    """monolake (uvloop, full features) with 1 and 2 workers, unpinned; wrk and the origin stay on core 0.
-    A run during which other work took more than --noisy-pct of a core is repeated once (at most
-    --noise-retries times in this section) and the quieter one kept."""
-    kind = configs.PROXIES["monolake-uvloop"]
+    """Max req/s of ``SCALING`` (unpinned); wrk and the origin stay on core 0. Bounded: one wrk
+    run of --wrk-seconds per setup and round (a noisy one repeated once, at most --noise-retries
+    times in this section, and the quieter one kept)."""
+    kinds = {"monolake": configs.PROXIES["monolake-uvloop"], "nginx": configs.PROXIES["nginx"]}
     size = args.size_list[0]
-    started = {w: start_proxy(procs, tmp, kind, origin_port, workers=w, cpu=None) for w in (1, 2)}
-    for _, port, _ in started.values():
-        verify(kind, port, [size])
+    started = {(name, w): start_proxy(procs, tmp, kinds[name], origin_port, workers=w, cpu=None) for name, w in SCALING}
+    for (name, _), (_, port, _) in started.items():
+        verify(kinds[name], port, [size])
         drive.wrk_max(f"http://127.0.0.1:{port}/body/{size}", 1, args.conns, [], [], LOAD_CPU)
     runs = []
     retries = 0
     for rnd in range(args.rounds):
-        for w in (1, 2) if rnd % 2 == 0 else (2, 1):
-            proc, port, _ = started[w]
+        for name, w in SCALING if rnd % 2 == 0 else SCALING[::-1]:
+            proc, port, _ = started[(name, w)]
             url = f"http://127.0.0.1:{port}/body/{size}"
-            run: dict[str, Any] = {"round": rnd + 1, "workers": w}
+            run: dict[str, Any] = {"round": rnd + 1, "proxy": name, "workers": w}
             try:
                 _check_alive(proc)
                 attempts = [drive.wrk_max(url, args.wrk_seconds, args.conns, proc.pids(), origin.pids(), LOAD_CPU)]
@@ -278,11 +283,11 @@ def scaling(args: argparse.Namespace, procs: Procs, tmp: Path, origin: Proc, ori
                     run["max_discarded_noisier"] = attempts[1:]
             except (RuntimeError, subprocess.SubprocessError) as exc:
                 run["error"] = str(exc)[-2000:]
-                print(f"scaling round {rnd + 1} workers={w} FAILED: {exc}", flush=True)
+                print(f"scaling round {rnd + 1} {name} workers={w} FAILED: {exc}", flush=True)
             else:
                 r = run["max"]
                 print(
-                    f"scaling round {rnd + 1} workers={w} max {r['max_rps']:7.0f} req/s  "
+                    f"scaling round {rnd + 1} {name} workers={w} max {r['max_rps']:7.0f} req/s  "
                     f"others' {r['others_busy_pct_total']:.0f}% of a core",
                     flush=True,
                 )

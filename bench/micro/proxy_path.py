@@ -25,8 +25,10 @@ import sys
 import time
 from typing import Any
 
-from monolake.apps.config import Endpoint, parse_config
+from monolake.apps.config import Config, parse_config
 from monolake.apps.proxy import HttpFilter, build_apps
+from monolake.apps.proxy._app import Shared, new_access_log
+from monolake.apps.proxy._upstream import UpstreamCluster
 from monolake.core.client import Pool, UpstreamConnection
 from monolake.core.proto.http1 import Request, Response
 from monolake.core.service import Context
@@ -112,43 +114,67 @@ class FakeTransport:
         self.closed = True
 
 
+def seeded(cfg: Config) -> tuple[Shared, UpstreamConnection]:
+    """Shared state for ``build_apps`` whose pool holds one idle connection to
+    http://127.0.0.1:9001 over a fake transport, and that connection: every request
+    reuses it and no socket is opened. (Seeded rather than by replacing ``Pool.connect``:
+    compiled, the pool's methods cannot be replaced.)"""
+    pool = Pool()
+    clusters = {name: UpstreamCluster.from_config(name, c, pool) for name, c in cfg.upstreams.items()}
+    conn = UpstreamConnection(pool, ("http", "127.0.0.1", 9001, ""))
+    conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
+    pool.release(conn)
+    return Shared(pool=pool, clusters=clusters, access_log=new_access_log(cfg)), conn
+
+
+class Harness:
+    """The drive above, for other benches (bench/edge/): one server app's protocol on a fake
+    downstream transport; its pool seeded with one idle fake upstream connection (``seeded``),
+    so every try reuses it and no socket is opened.
+
+    ``await h.proxied(request)`` feeds a request, answers the upstream try with ``response`` and
+    lets the response be written; ``await h.local(request)`` is for one answered without going
+    upstream. The bytes written downstream collect in ``h.out``; ``h.app`` is the server app.
+    """
+
+    def __init__(self, cfg: Config, server: str = "web", response: bytes = RESPONSE) -> None:
+        shared, self.conn = seeded(cfg)
+        self.app: Any = build_apps(cfg, shared=shared)[server]
+        self.response = response
+        self.down = self.app.protocol_factory()
+        self.transport = FakeTransport()
+        self.down.connection_made(self.transport)
+        self.out = self.transport.out
+
+    async def proxied(self, request: bytes) -> None:
+        self.down.data_received(request)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        self.conn.data_received(self.response)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    async def local(self, request: bytes) -> None:
+        self.down.data_received(request)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+
 async def run(n: int, profile: bool, filters: str = "none") -> float:
     config: dict[str, Any] = {**CONFIG, "servers": {"web": {**CONFIG["servers"]["web"], "filters": FILTERS[filters]}}}  # type: ignore[index]
-    cfg = parse_config(config)
-    app = build_apps(cfg)["web"]
-    upstream: list[UpstreamConnection] = []
-
-    async def connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-        conn = UpstreamConnection(self, ep.key)
-        conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-        upstream.append(conn)
-        return conn
-
-    Pool.connect = connect  # type: ignore[method-assign]
-    down = app.protocol_factory()
-    dt = FakeTransport()
-    down.connection_made(dt)  # type: ignore[arg-type]
-
-    async def one() -> None:
-        down.data_received(REQUEST)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        up = upstream[-1]
-        up.data_received(RESPONSE)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    for _ in range(200):  # warm up: connection made and pooled
-        await one()
+    h = Harness(parse_config(config))
+    dt = h.transport
+    for _ in range(200):  # warm up
+        await h.proxied(REQUEST)
     assert dt.out and dt.out[-1].endswith(BODY), dt.out[-1:]
-    assert len(upstream) == 1, "the upstream connection should be reused"
+    assert h.conn.transport is not None and not dt.closed, "the upstream connection should be reused"
     dt.out.clear()
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
     t0 = time.process_time()
     for _ in range(n):
-        await one()
+        await h.proxied(REQUEST)
     elapsed = time.process_time() - t0
     if prof:
         prof.disable()
@@ -181,44 +207,3 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-class Harness:
-    """The drive above, for other benches (bench/edge/): one server app's protocol on a fake
-    downstream transport, its upstream connections on fake transports (``Pool.connect`` replaced,
-    for the process: a bench runs nothing else).
-
-    ``await h.proxied(request)`` feeds a request, answers the upstream try with ``response`` and
-    lets the response be written; ``await h.local(request)`` is for one answered without going
-    upstream. The bytes written downstream collect in ``h.out``.
-    """
-
-    def __init__(self, app: Any, response: bytes = RESPONSE) -> None:
-        self.upstream: list[UpstreamConnection] = []
-        self.response = response
-        upstream = self.upstream
-
-        async def connect(pool: Pool, ep: Endpoint, *, connect_timeout: float) -> UpstreamConnection:
-            conn = UpstreamConnection(pool, ep.key)
-            conn.connection_made(FakeTransport(("127.0.0.1", 9001)))  # type: ignore[arg-type]
-            upstream.append(conn)
-            return conn
-
-        Pool.connect = connect  # type: ignore[method-assign]
-        self.down = app.protocol_factory()
-        self.transport = FakeTransport()
-        self.down.connection_made(self.transport)
-        self.out = self.transport.out
-
-    async def proxied(self, request: bytes) -> None:
-        self.down.data_received(request)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        self.upstream[-1].data_received(self.response)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    async def local(self, request: bytes) -> None:
-        self.down.data_received(request)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)

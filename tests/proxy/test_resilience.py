@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from monolake.apps.proxy._health import EndpointState, HealthChecker, Outliers
 from monolake.apps.proxy._retry import Attempt, RetryingCluster, RetryLayer, RetryPolicy
 from monolake.apps.proxy._upstream import UpstreamCluster
 from monolake.core._body import Body
-from monolake.core.client import Pool
+from monolake.core.client import Pool, _pool
 from monolake.core.errors import ConnectError, ReadTimeout
 from monolake.core.proto.http1 import Headers, Request, Response
 from monolake.core.service import Layer
@@ -281,7 +282,9 @@ async def test_circuit_breaker_max_requests(origins: list[Origin], caplog: pytes
     pool.close()
 
 
-async def test_circuit_breaker_max_connections_and_pending(origins: list[Origin]) -> None:
+async def test_circuit_breaker_max_connections_and_pending(
+    origins: list[Origin], monkeypatch: pytest.MonkeyPatch
+) -> None:
     pool = Pool()
     a = origins[0]
     a.delay = 0.3
@@ -295,14 +298,15 @@ async def test_circuit_breaker_max_connections_and_pending(origins: list[Origin]
     await wait_for(lambda: c.open_connections() == 0)
 
     gate = asyncio.Event()
-    real_connect = Pool.connect
+    real_open = _pool.open_transport
 
-    async def slow_connect(self: Pool, ep: Endpoint, *, connect_timeout: float) -> object:
+    async def slow_open(*args: Any, **kw: Any) -> Any:
         await gate.wait()
-        return await real_connect(self, ep, connect_timeout=connect_timeout)
+        return await real_open(*args, **kw)
 
+    # The module's global, not Pool.connect: compiled, a Pool's methods cannot be replaced.
+    monkeypatch.setattr(_pool, "open_transport", slow_open)
     pool2 = Pool()
-    pool2.connect = slow_connect.__get__(pool2)  # type: ignore[method-assign]
     a.delay = 0.0
     c2 = cluster([a.port], pool2, circuit_breaker=CircuitBreaker(max_pending=1))
     first = asyncio.ensure_future(c2.forward(request(), None))

@@ -40,7 +40,9 @@ else:
 class WeakReferable:
     """A plain Python base for a compiled class that is held by weak reference (the metrics
     sample apps and clusters weakly): mypyc's native classes get a ``__weakref__`` slot only
-    when they derive from a Python class. Their native attributes stay native."""
+    when they derive from a Python class. Their native attributes stay native. (mypyc 2.4.1 leaves
+    that slot's weak references dangling when the instance dies: setup.py's ``fix_weakref_slots``
+    patches the generated C.)"""
 
 
 PURE_ENV = "MONOLAKE_PURE"
@@ -55,6 +57,8 @@ MODULES = (
     "monolake.core.server._h2",
     "monolake.core.client._http",
     "monolake.core.client._h2",
+    "monolake.core.client._pool",
+    "monolake.core.runtime.uring._transport",
     "monolake.apps.proxy._proxy",
     "monolake.apps.proxy._upstream",
     "monolake.apps.proxy._router",

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
+from .._compiled import WeakReferable
 from ..address import Endpoint
 from ..errors import ConnectError, PoolTimeout
 from ._connect import open_transport
@@ -41,7 +42,7 @@ P = TypeVar("P", bound=asyncio.Protocol)
 Key = tuple[str, str, int, str]
 
 
-class Pool:
+class Pool(WeakReferable):  # WeakReferable: the metrics sample pools weakly
     """Idle upstream connections of one worker."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:

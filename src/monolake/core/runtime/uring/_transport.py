@@ -336,8 +336,15 @@ class UringSocketTransport(transports.Transport):
         if self._wbuf:
             self._flush()
         self._maybe_resume_protocol()
-        if self._send_token is None:
+        if not self._sending():
             self._after_flush()
+
+    def _sending(self) -> bool:
+        # A method, not ``self._send_token is None`` inline: after ``self._send_token = None``
+        # mypy narrows the attribute to None for the rest of the function, calls that set it
+        # (``_flush``, the protocol's ``resume_writing``) notwithstanding, and mypyc then
+        # rejects the int it reads ("None object expected").
+        return self._send_token is not None
 
     def _after_flush(self) -> None:
         if self._conn_lost:
@@ -356,7 +363,7 @@ class UringSocketTransport(transports.Transport):
             self._fatal_error(OSError(-res, os.strerror(-res)), "Fatal write error on io_uring transport")
             return
         self._flush()
-        if self._send_token is None:
+        if not self._sending():
             self._on_send(0, None, False)  # nothing was queued: finish a pending close or EOF
 
     def get_write_buffer_size(self) -> int:
