@@ -34,6 +34,10 @@ T_co = TypeVar("T_co", covariant=True)
 _U32 = Struct(">I")
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 """Bytes of one message (its body, without the length prefix) accepted by default."""
+SMALL_READ = 64 * 1024
+SMALL_MESSAGE = 1024
+"""``BytesCodec`` copies received bytes up to SMALL_READ at once when the first message is under
+SMALL_MESSAGE bytes (see its ``decode``)."""
 
 
 class FrameError(RemoteProtocolError):
@@ -171,20 +175,28 @@ class BytesCodec:
         self.max_message_size = max_message_size
 
     def encode(self, message: Any, /) -> bytes:
-        return _U32.pack(len(message)) + bytes(message)
+        frame: bytes = _U32.pack(len(message)) + message  # bytes + any buffer: one copy, no bytes() first
+        return frame
 
     def decode(self, view: memoryview, out: list[bytes], /) -> int:
         end = len(view)
-        pos = 0
+        if end < 4:
+            return 0
         limit = self.max_message_size
         unpack = _U32.unpack_from
+        # Small messages from a read of at most SMALL_READ bytes: one copy of the read, then a
+        # bytes slice per message (cheaper than a memoryview slice and a bytes() of it). Larger
+        # ones are copied once each, straight from the view.
+        src: Any = view.tobytes() if end <= SMALL_READ and unpack(view, 0)[0] < SMALL_MESSAGE else view
+        small = src is not view
+        pos = 0
         while end - pos >= 4:
-            (n,) = unpack(view, pos)
+            (n,) = unpack(src, pos)
             if n > limit:
                 raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
             stop = pos + 4 + n
             if stop > end:
                 break
-            out.append(bytes(view[pos + 4 : stop]))
+            out.append(src[pos + 4 : stop] if small else bytes(src[pos + 4 : stop]))
             pos = stop
         return pos

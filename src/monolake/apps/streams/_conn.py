@@ -118,11 +118,9 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
             return
         data = self._encode(message)
         self._out.append(data)
-        self.messages_out += 1
-        n = len(data)
-        self.bytes_out += n
-        self._out_bytes += n
-        if self._out_bytes >= FLUSH_AT:
+        n = self._out_bytes + len(data)  # messages_out and bytes_out are counted at the flush
+        self._out_bytes = n
+        if n >= FLUSH_AT:
             self._flush()  # the transport sees it now, and can say pause_writing
         elif not self._flush_armed and not self._in_read:
             self._flush_armed = True
@@ -320,8 +318,11 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         t = self._transport
         if t is None or t.is_closing():
             out.clear()
+            self._out_bytes = 0
             return
         self._out = []
+        self.messages_out += len(out)
+        self.bytes_out += self._out_bytes
         self._out_bytes = 0
         if len(out) == 1:
             t.write(out[0])

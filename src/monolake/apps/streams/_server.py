@@ -33,10 +33,12 @@ the app's ``on_call`` hook (metrics, access log).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,6 +86,51 @@ class RejectCall(Exception):
     (protosocket-rpc's ``RpcKind::Cancelled``). Without RPC it closes the connection."""
 
 
+class _Resume:
+    """Awaits a coroutine that already ran up to its first wait (``waits``, what it yielded):
+    the rest of it runs in the awaiting task as if that task had started it."""
+
+    __slots__ = ("coro", "waits")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waits: Any) -> None:
+        self.coro = coro
+        self.waits = waits
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, waits = self.coro, self.waits
+        while True:
+            try:
+                sent = yield waits
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancel (or anything thrown in) goes to the call
+                try:
+                    waits = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waits = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+class _Batch:
+    """Messages ``messages[next:end]``, run by one ``_batch`` coroutine."""
+
+    __slots__ = ("end", "messages", "next")
+
+    def __init__(self, messages: list[Any], start: int, end: int) -> None:
+        self.messages = messages
+        self.next = start
+        self.end = end
+
+
+_Handoff = _Resume | None
+"""What an idle worker is woken with: a call to finish, or None (messages are queued)."""
+
+
 class CallConnection(Framed[Any]):
     """One connection of a message server (see the module docstring)."""
 
@@ -101,7 +148,10 @@ class CallConnection(Framed[Any]):
         self._workers = 0
         self._ready = 0
         """Workers not in a call (idle, or started and not yet running)."""
-        self._idle: list[asyncio.Future[None]] = []
+        self._idle: list[tuple[asyncio.Task[None], asyncio.Future[_Handoff]]] = []
+        """Workers waiting for messages: each task and the future it awaits."""
+        self._ctx = contextvars.copy_context()
+        """Where calls started inline run: this connection's own, as a worker task's would be."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._cancelled: set[int] = set()
@@ -117,8 +167,17 @@ class CallConnection(Framed[Any]):
             self.start_draining()
 
     def _deliver(self, messages: list[Any]) -> None:
-        rpc = self._rpc
         q = self._queue
+        if not q and self._idle:
+            # A worker is free and none has anything queued: start the calls right here
+            # (most finish at once), not in a task's next step.
+            messages = self._ctx.run(self._inline, messages)
+            if not messages:
+                if self._draining:
+                    self._maybe_done()
+                self._settle_inline()
+                return
+        rpc = self._rpc
         if rpc is None:
             q.extend(messages)
             self._in_flight += len(messages)
@@ -136,7 +195,7 @@ class CallConnection(Framed[Any]):
         idle = self._idle
         woken = 0
         while idle and woken < len(q):
-            fut = idle.pop()
+            _, fut = idle.pop()
             if not fut.done():
                 fut.set_result(None)
                 woken += 1
@@ -166,7 +225,7 @@ class CallConnection(Framed[Any]):
     def _on_lost(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for fut in self._idle:
+        for _, fut in self._idle:
             if not fut.done():
                 fut.cancel()
         self._idle.clear()
@@ -221,6 +280,8 @@ class CallConnection(Framed[Any]):
         # No ids and no call hook: nothing to record per call, so the call is inlined here.
         plain = self._rpc is None and self._on_call is None
         service = self._service
+        me = asyncio.current_task()
+        assert me is not None
         try:
             while not self.closed:
                 while q:
@@ -250,12 +311,103 @@ class CallConnection(Framed[Any]):
                         self._ready += 1
                 if self._draining or self.closed:
                     return
-                fut = loop.create_future()
-                self._idle.append(fut)
-                await fut
+                fut: asyncio.Future[_Handoff] = loop.create_future()
+                self._idle.append((me, fut))
+                handed = await fut
+                if handed is not None:  # a call started inline now waits: it finishes here
+                    try:
+                        await handed
+                    finally:
+                        self._ready += 1
+                    self._settle()
         finally:
             self._workers -= 1
             self._ready -= 1
+
+    def _inline(self, messages: list[Any]) -> list[Any]:
+        """Run the calls of ``messages`` now, as an idle worker (the current task while they
+        run, so ``asyncio.timeout``, ``current_task`` and a cancel reach a call as in a
+        worker). One coroutine (``_batch``) runs them in turn: a handler that finishes at once
+        costs no task step and no StopIteration of its own. When a call waits, that coroutine
+        is handed to the worker, which finishes that call only; the calls after it take the
+        next idle worker (concurrent) or wait in the queue (ordered, or no idle worker left).
+        Returns the messages not started."""
+        loop = self._loop
+        assert loop is not None
+        idle = self._idle
+        n = len(messages)
+        box = _Batch(messages, 0, n)
+        while box.next < n and idle and not self.closed:
+            task, fut = idle[-1]
+            if fut.done():  # woken already (its connection is closing)
+                idle.pop()
+                continue
+            try:
+                _enter_task(loop, task)
+            except RuntimeError:  # called from inside a task: leave the calls to the workers
+                break
+            coro = self._batch(box)
+            try:
+                waits = coro.send(None)
+            except StopIteration:
+                continue
+            finally:
+                _leave_task(loop, task)
+            idle.pop()
+            self._ready -= 1  # busy from now: a queued message must not wait for it
+            rest = box.next
+            box.end = rest  # that coroutine stops after its call: the rest is started here
+            fut.set_result(_Resume(coro, waits))
+            box = _Batch(messages, rest, n)
+            if self._max_workers == 1:
+                break  # ordered: the rest wait in the queue for the call in flight
+        return messages[box.next :] if box.next else messages
+
+    async def _batch(self, box: _Batch) -> None:
+        """The calls of ``box`` in turn (see ``_inline``)."""
+        rpc = self._rpc
+        plain = rpc is None and self._on_call is None
+        service = self._service
+        send = self.send
+        messages = box.messages
+        reply_type: type | None = None  # a result of this type was sent as it is: so may the next
+        while box.next < box.end:
+            m = messages[box.next]
+            box.next += 1
+            if rpc is not None:
+                code = rpc.control_code(m)
+                if code != 0:
+                    if code == CANCEL:
+                        self._cancel(rpc.message_id(m))
+                    continue  # END from a client means nothing to a server
+            self._in_flight += 1
+            if not plain:
+                await self._call(m)
+                continue
+            try:
+                result = await service(m)
+                if type(result) is reply_type and not self._w_paused:
+                    send(result)  # no hasattr per message: it costs an AttributeError when False
+                elif result is None or self._w_paused or hasattr(result, "__aiter__"):
+                    await self._reply(0, result)
+                else:
+                    send(result)
+                    reply_type = type(result)
+            except asyncio.CancelledError:
+                if not self.closed:
+                    raise
+            except Exception as exc:
+                self._failed(0, exc)
+                if self.closed:
+                    return
+            finally:
+                self._in_flight -= 1
+
+    def _settle_inline(self) -> None:
+        if self._in_flight >= self._max_in_flight or self._w_paused:
+            self._set_full(True)
+        else:
+            self._settle()
 
     async def _call(self, message: Any) -> None:
         rpc = self._rpc
