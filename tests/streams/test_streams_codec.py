@@ -136,6 +136,13 @@ def test_bytes_codec_small_and_large_reads_split_anywhere() -> None:
     big = b"z" * 100_000  # a read over SMALL_READ starting with a small message
     assert feed(codec, [codec.encode(b"a") + codec.encode(big) + codec.encode(b"b")]) == [b"a", big, b"b"]
     assert codec.encode(bytearray(b"ab")) == codec.encode(memoryview(b"ab")) == b"\x00\x00\x00\x02ab"
+    out: list[bytes] = []
+    body, mutable = b"q" * 5000, bytearray(b"r" * 5000)
+    assert codec.encode_into(b"ab", out) == 6 and codec.encode_into(body, out) == 5004
+    assert codec.encode_into(mutable, out) == 5004
+    mutable[0] = 0  # queued frames do not share a caller's mutable buffer
+    assert b"".join(out) == codec.encode(b"ab") + codec.encode(body) + codec.encode(b"r" * 5000)
+    assert out[2] is body  # a large bytes goes out as it is, after its prefix
 
 
 def test_fuzz_rule() -> None:

@@ -58,6 +58,10 @@ class Codec(Protocol[T]):
         took. Raises FrameError."""
         ...
 
+    # Optional: ``encode_into(message, out: list, /) -> int`` appends the frame to ``out`` as one
+    # or more buffers (a prefix and the body itself: no copy to join them) and returns its size;
+    # a connection uses it instead of ``encode`` when the codec has it.
+
 
 def encode_varint(n: int) -> bytes:
     """``n`` (>= 0) as a protobuf base-128 varint."""
@@ -177,6 +181,18 @@ class BytesCodec:
     def encode(self, message: Any, /) -> bytes:
         frame: bytes = _U32.pack(len(message)) + message  # bytes + any buffer: one copy, no bytes() first
         return frame
+
+    def encode_into(self, message: Any, out: list[Any], /) -> int:
+        """Queue the frame of ``message`` on ``out``: a large ``bytes`` as its prefix and itself
+        (the transport writes both in one syscall; the body is not copied), anything else joined
+        (a small one, or a mutable buffer the caller may reuse once ``send`` returns)."""
+        n = len(message)
+        if n < SMALL_MESSAGE or type(message) is not bytes:
+            out.append(_U32.pack(n) + message)
+        else:
+            out.append(_U32.pack(n))
+            out.append(message)
+        return n + 4
 
     def decode(self, view: memoryview, out: list[bytes], /) -> int:
         end = len(view)

@@ -45,7 +45,10 @@ T = TypeVar("T")
 INITIAL_BUFFER = 64 * 1024
 MIN_READ = 16 * 1024
 """Free bytes offered to a read at least; the buffer is compacted or grown below it."""
-FLUSH_AT = 64 * 1024
+BULK_BUFFER = 256 * 1024
+"""The buffer a connection grows to while reads fill all the space offered (bulk traffic: fewer,
+larger reads and writes); it goes back to INITIAL_BUFFER once a read finds the peer slower."""
+FLUSH_AT = 256 * 1024
 """Queued bytes that go out at once instead of at the end of the loop iteration."""
 MAX_QUEUED = 1024
 """Messages a ``MessageConnection`` holds for ``recv`` before reading pauses."""
@@ -70,12 +73,16 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
     def __init__(self, codec: Codec[T], *, idle_timeout: float | None = None, label: str = "") -> None:
         self.codec = codec
         self._encode = codec.encode
+        self._encode_into: Callable[[Any, list[Any]], int] | None = getattr(codec, "encode_into", None)
         self._decode = codec.decode
         self._buf = bytearray(INITIAL_BUFFER)
         self._start = 0
         self._end = 0
+        self._offered = 0
+        self._grow = False
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._out_msgs = 0
         self._flush_armed = False
         self._in_read = False
         self._transport: asyncio.Transport | None = None
@@ -116,10 +123,15 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         await ``wait_writable()`` between sends."""
         if self.closed:
             return
-        data = self._encode(message)
-        self._out.append(data)
-        n = self._out_bytes + len(data)  # messages_out and bytes_out are counted at the flush
+        into = self._encode_into
+        if into is None:
+            data = self._encode(message)
+            self._out.append(data)
+            n = self._out_bytes + len(data)  # messages_out and bytes_out are counted at the flush
+        else:
+            n = self._out_bytes + into(message, self._out)
         self._out_bytes = n
+        self._out_msgs += 1
         if n >= FLUSH_AT:
             self._flush()  # the transport sees it now, and can say pause_writing
         elif not self._flush_armed and not self._in_read:
@@ -183,7 +195,16 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
     def get_buffer(self, sizehint: int) -> memoryview:
         buf = self._buf
         end = self._end
-        if len(buf) - end < MIN_READ:
+        if self._grow:  # the last read took all it was offered: more is waiting
+            self._grow = False
+            start = self._start
+            n = end - start
+            nb = bytearray(BULK_BUFFER)
+            nb[0:n] = buf[start:end]
+            self._buf = buf = nb
+            self._start, self._end = 0, n
+            end = n
+        elif len(buf) - end < MIN_READ:
             start = self._start
             n = end - start
             if n + MIN_READ <= len(buf) // 2 or (start and n + MIN_READ <= len(buf)):
@@ -194,9 +215,12 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
                 self._buf = buf = nb
             self._start, self._end = 0, n
             end = n
+        self._offered = len(buf) - end
         return memoryview(buf)[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if nbytes == self._offered and len(self._buf) < BULK_BUFFER:
+            self._grow = True
         self._end += nbytes
         self.bytes_in += nbytes
         self._active = True
@@ -212,8 +236,9 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         start = self._start + used
         if start == self._end:
             self._start = self._end = 0
-            if len(self._buf) > 4 * INITIAL_BUFFER:  # a large message passed: give the memory back
-                self._buf = bytearray(INITIAL_BUFFER)
+            size = len(self._buf)
+            if size > BULK_BUFFER or (size > INITIAL_BUFFER and nbytes < MIN_READ):
+                self._buf = bytearray(INITIAL_BUFFER)  # a large message passed, or a burst: give it back
         else:
             self._start = start
         if out:
@@ -318,12 +343,12 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         t = self._transport
         if t is None or t.is_closing():
             out.clear()
-            self._out_bytes = 0
+            self._out_bytes = self._out_msgs = 0
             return
         self._out = []
-        self.messages_out += len(out)
+        self.messages_out += self._out_msgs
         self.bytes_out += self._out_bytes
-        self._out_bytes = 0
+        self._out_bytes = self._out_msgs = 0
         if len(out) == 1:
             t.write(out[0])
         else:

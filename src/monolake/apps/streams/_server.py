@@ -356,6 +356,8 @@ class CallConnection(Framed[Any]):
             idle.pop()
             self._ready -= 1  # busy from now: a queued message must not wait for it
             rest = box.next
+            if self._rpc is None and self._on_call is None:
+                self._in_flight -= box.end - rest  # counted again where they start (or queue)
             box.end = rest  # that coroutine stops after its call: the rest is started here
             fut.set_result(_Resume(coro, waits))
             box = _Batch(messages, rest, n)
@@ -366,42 +368,55 @@ class CallConnection(Framed[Any]):
     async def _batch(self, box: _Batch) -> None:
         """The calls of ``box`` in turn (see ``_inline``)."""
         rpc = self._rpc
-        plain = rpc is None and self._on_call is None
+        if rpc is not None or self._on_call is not None:
+            messages = box.messages
+            while box.next < box.end:
+                m = messages[box.next]
+                box.next += 1
+                if rpc is not None:
+                    code = rpc.control_code(m)
+                    if code != 0:
+                        if code == CANCEL:
+                            self._cancel(rpc.message_id(m))
+                        continue  # END from a client means nothing to a server
+                self._in_flight += 1
+                await self._call(m)
+            return
+        await self._batch_plain(box)
+
+    async def _batch_plain(self, box: _Batch) -> None:
+        """``_batch`` for a plain handler (no ids, no call hook): the reply is sent as soon as
+        the handler returns. The batch counts its messages in flight at once; ``_inline`` takes
+        back those it moves on when a call waits (``box.end`` then stops this loop)."""
         service = self._service
         send = self.send
         messages = box.messages
+        i = start = box.next
+        self._in_flight += box.end - i
         reply_type: type | None = None  # a result of this type was sent as it is: so may the next
-        while box.next < box.end:
-            m = messages[box.next]
-            box.next += 1
-            if rpc is not None:
-                code = rpc.control_code(m)
-                if code != 0:
-                    if code == CANCEL:
-                        self._cancel(rpc.message_id(m))
-                    continue  # END from a client means nothing to a server
-            self._in_flight += 1
-            if not plain:
-                await self._call(m)
-                continue
-            try:
-                result = await service(m)
-                if type(result) is reply_type and not self._w_paused:
-                    send(result)  # no hasattr per message: it costs an AttributeError when False
-                elif result is None or self._w_paused or hasattr(result, "__aiter__"):
-                    await self._reply(0, result)
-                else:
-                    send(result)
-                    reply_type = type(result)
-            except asyncio.CancelledError:
-                if not self.closed:
-                    raise
-            except Exception as exc:
-                self._failed(0, exc)
-                if self.closed:
-                    return
-            finally:
-                self._in_flight -= 1
+        try:
+            while i < box.end:
+                m = messages[i]
+                i += 1
+                box.next = i
+                try:
+                    result = await service(m)
+                    if type(result) is reply_type and not self._w_paused:
+                        send(result)  # no hasattr per message: it costs an AttributeError when False
+                    elif result is None or self._w_paused or hasattr(result, "__aiter__"):
+                        await self._reply(0, result)
+                    else:
+                        send(result)
+                        reply_type = type(result)
+                except asyncio.CancelledError:
+                    if not self.closed:
+                        raise
+                except Exception as exc:
+                    self._failed(0, exc)
+                    if self.closed:
+                        return
+        finally:
+            self._in_flight -= i - start
 
     def _settle_inline(self) -> None:
         if self._in_flight >= self._max_in_flight or self._w_paused:

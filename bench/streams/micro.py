@@ -1,0 +1,142 @@
+"""The per-message Python cost of each echo server, without sockets: CPU ns per message.
+
+    python -m bench.streams.micro [--rounds 5] [--reads 2000]
+
+Each server's protocol is fed reads of whole frames (``FRAMES`` per read, as the saturation
+load delivers them) through a transport that only counts what is written, on a running loop.
+What this leaves out is the same for every server: the syscalls, one read and one write per
+read here (bench/streams/run.py counts them on real sockets). Servers alternate within each
+round and the best of the rounds is kept (process CPU time, so other processes on the machine
+matter less than for a rate; caches still do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from typing import Any
+
+from bench.streams.servers import BytesEcho, Floor, FloorCalls
+
+FRAMES = {64: 256, 4096: 48}
+
+
+class NullTransport:
+    """Counts writes; never pauses."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+        self.bytes = 0
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        self.bytes += len(data)
+
+    def writelines(self, items: Any) -> None:
+        self.writes += 1
+        for d in items:
+            self.bytes += len(d)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def make(kind: str) -> Any:
+    from monolake.streams import BytesCodec, MessageServerApp, StreamSettings
+
+    if kind == "floor":
+        return Floor()
+    if kind == "floor_calls":
+        return FloorCalls()
+    semantics = "ordered" if kind == "ordered" else "concurrent"
+    app = MessageServerApp("bytes", BytesEcho(), BytesCodec(), settings=StreamSettings(semantics=semantics))
+    return app.protocol_factory()
+
+
+async def run_one(kind: str, size: int, reads: int) -> float:
+    frame = size.to_bytes(4, "big") + os.urandom(size)
+    data = frame * FRAMES[size]
+    p = make(kind)
+    t = NullTransport()
+    p.connection_made(t)
+    buffered = hasattr(p, "get_buffer")
+    n = len(data)
+    view = memoryview(data)  # the kernel's copy into the buffer: one copy, not a slice and a copy
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left = [reads + 3]  # 3 to warm up: workers exist, buffers sized
+    c0 = [0.0]
+
+    def feed() -> None:
+        # From a loop callback, as a transport delivers reads (not from inside a task).
+        if left[0] == reads:
+            c0[0] = time.process_time()
+        if left[0] == 0:
+            done.set_result(None)
+            return
+        left[0] -= 1
+        if buffered:
+            pos = 0
+            while pos < n:
+                buf = p.get_buffer(-1)
+                k = min(len(buf), n - pos)
+                buf[:k] = view[pos : pos + k]
+                p.buffer_updated(k)
+                pos += k
+        else:
+            p.data_received(bytes(data))  # a Protocol gets a new bytes per read
+        loop.call_soon(feed)  # the next read after this iteration: queued replies are flushed
+
+    loop.call_soon(feed)
+    await done
+    c0 = c0[0]
+    dt = time.process_time() - c0
+    want = reads * n
+    assert t.bytes >= want * 0.99, (kind, t.bytes, want)
+    return dt / (reads * FRAMES[size]) * 1e9
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--reads", type=int, default=2000)
+    args = p.parse_args()
+    import uvloop
+
+    kinds = ["floor", "floor_calls", "ordered", "concurrent"]
+    for size in (64, 4096):
+        best: dict[str, float] = {}
+        reads = args.reads if size == 64 else args.reads * 2
+        for _ in range(args.rounds):
+            for kind in kinds:
+                ns = uvloop.run(run_one(kind, size, reads))
+                best[kind] = min(best.get(kind, ns), ns)
+        floor = best["floor"]
+        print(
+            f"{size:>5} B: "
+            + "  ".join(f"{k} {v:.0f} ns ({v / floor:.2f}x floor)" for k, v in best.items())
+            + f"  [load {os.getloadavg()[0]:.1f}]",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
