@@ -5,8 +5,10 @@
 Each server's protocol is fed reads of whole frames (``FRAMES`` per read, as the saturation
 load delivers them) through a transport that only counts what is written, on a running loop.
 What this leaves out is the same for every server: the syscalls, one read and one write per
-read here (bench/streams/run.py counts them on real sockets). Servers alternate within each
-round and the best of the rounds is kept (process CPU time, so other processes on the machine
+read here (bench/streams/run.py counts them on real sockets). ``rpc`` is the protobuf echo of
+examples/streams with protosocket-rpc's envelope (ids, control codes), unary, 256 calls a read.
+Servers alternate within each round and the best of the rounds is kept (process CPU time, so other
+processes on the machine
 matter less than for a rate; caches still do).
 """
 
@@ -65,13 +67,36 @@ def make(kind: str) -> Any:
         return Floor()
     if kind == "floor_calls":
         return FloorCalls()
+    if kind == "rpc":
+        import echo_pb2
+        from echo_server import Echo
+
+        from monolake.streams import Fields, ProtobufCodec
+
+        rpc = MessageServerApp(
+            "rpc",
+            Echo(),
+            ProtobufCodec(echo_pb2.Request),
+            requests=Fields(echo_pb2.Request),
+            responses=Fields(echo_pb2.Response),
+        )
+        return rpc.protocol_factory()
     semantics = "ordered" if kind == "ordered" else "concurrent"
     app = MessageServerApp("bytes", BytesEcho(), BytesCodec(), settings=StreamSettings(semantics=semantics))
     return app.protocol_factory()
 
 
+def rpc_frame() -> bytes:
+    import echo_pb2
+
+    body = echo_pb2.Request(
+        request_id=1, body=echo_pb2.EchoRequest(message="abcdefgh", nanotime=1), response_behavior=echo_pb2.UNARY
+    ).SerializeToString()
+    return bytes((len(body),)) + body
+
+
 async def run_one(kind: str, size: int, reads: int) -> float:
-    frame = size.to_bytes(4, "big") + os.urandom(size)
+    frame = rpc_frame() if kind == "rpc" else size.to_bytes(4, "big") + os.urandom(size)
     data = frame * FRAMES[size]
     p = make(kind)
     t = NullTransport()
@@ -109,7 +134,7 @@ async def run_one(kind: str, size: int, reads: int) -> float:
     c0 = c0[0]
     dt = time.process_time() - c0
     want = reads * n
-    assert t.bytes >= want * 0.99, (kind, t.bytes, want)
+    assert kind == "rpc" or t.bytes >= want * 0.99, (kind, t.bytes, want)
     return dt / (reads * FRAMES[size]) * 1e9
 
 
@@ -120,8 +145,8 @@ def main() -> int:
     args = p.parse_args()
     import uvloop
 
-    kinds = ["floor", "floor_calls", "ordered", "concurrent"]
     for size in (64, 4096):
+        kinds = ["floor", "floor_calls", "ordered", "concurrent"] + (["rpc"] if size == 64 else [])
         best: dict[str, float] = {}
         reads = args.reads if size == 64 else args.reads * 2
         for _ in range(args.rounds):

@@ -157,6 +157,8 @@ class CallConnection(Framed[Any]):
         self._cancelled: set[int] = set()
         self._draining = False
         self._on_call = app.on_call
+        self._reply_type: type | None = None
+        """A handler's result of this type was sent as one reply (so it is not a stream)."""
 
     # -- Framed -----------------------------------------------------------------------
 
@@ -291,7 +293,7 @@ class CallConnection(Framed[Any]):
                         self._spawn()  # this call may block: someone takes the next one
                     try:
                         if not plain:
-                            await self._call(message)
+                            await self._call(message, me)
                             continue
                         try:
                             result = await service(message)
@@ -346,7 +348,7 @@ class CallConnection(Framed[Any]):
                 _enter_task(loop, task)
             except RuntimeError:  # called from inside a task: leave the calls to the workers
                 break
-            coro = self._batch(box)
+            coro = self._batch(box, task)
             try:
                 waits = coro.send(None)
             except StopIteration:
@@ -365,7 +367,7 @@ class CallConnection(Framed[Any]):
                 break  # ordered: the rest wait in the queue for the call in flight
         return messages[box.next :] if box.next else messages
 
-    async def _batch(self, box: _Batch) -> None:
+    async def _batch(self, box: _Batch, task: asyncio.Task[Any]) -> None:
         """The calls of ``box`` in turn (see ``_inline``)."""
         rpc = self._rpc
         if rpc is not None or self._on_call is not None:
@@ -380,7 +382,7 @@ class CallConnection(Framed[Any]):
                             self._cancel(rpc.message_id(m))
                         continue  # END from a client means nothing to a server
                 self._in_flight += 1
-                await self._call(m)
+                await self._call(m, task)
             return
         await self._batch_plain(box)
 
@@ -424,20 +426,28 @@ class CallConnection(Framed[Any]):
         else:
             self._settle()
 
-    async def _call(self, message: Any) -> None:
+    async def _call(self, message: Any, task: asyncio.Task[Any] | None) -> None:
+        """One call with an id or a call hook, run by ``task`` (the worker it runs as: a cancel
+        for its id cancels that task)."""
         rpc = self._rpc
-        started = time.monotonic() if self._on_call is not None else 0.0
+        on_call = self._on_call
+        started = time.monotonic() if on_call is not None else 0.0
         outcome = "ok"
         replies = 0
-        task = None
         mid = 0
         if rpc is not None:
             mid = rpc.message_id(message)
-            task = asyncio.current_task()
             if task is not None:
                 self._running[mid] = task
         try:
-            replies = await self._reply(mid, await self._service(message))
+            result = await self._service(message)
+            if type(result) is self._reply_type and not self._w_paused:
+                if self._replies is not None:
+                    self._replies.set_message_id(result, mid)
+                self.send(result)
+                replies = 1
+            else:
+                replies = await self._reply(mid, result)
         except asyncio.CancelledError:
             if mid in self._cancelled and rpc is not None:
                 self._cancelled.discard(mid)
@@ -453,8 +463,13 @@ class CallConnection(Framed[Any]):
         finally:
             if rpc is not None:
                 self._running.pop(mid, None)
-                self._cancelled.discard(mid)
+                if self._cancelled:
+                    self._cancelled.discard(mid)
             self._in_flight -= 1
+        if on_call is None and outcome == "ok":
+            if self._full or self._draining:
+                self._settle()
+            return
         self._finish(mid, outcome, replies, started)
 
     async def _reply(self, mid: int, result: Any) -> int:
@@ -470,6 +485,7 @@ class CallConnection(Framed[Any]):
         if self._replies is not None:
             self._replies.set_message_id(result, mid)
         self.send(result)
+        self._reply_type = type(result)  # not a stream: the next of this type is sent at once
         return 1
 
     def _failed(self, mid: int, exc: Exception) -> str:
