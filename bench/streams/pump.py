@@ -126,14 +126,16 @@ async def saturate(
     seconds: float,
     cpu: Callable[[], float],
     own_cpu: Callable[[], float],
+    syscalls: Callable[[], tuple[int, int]],
     *,
     conns: int = 4,
-    window: int = 512,
+    window: int = 256,
 ) -> dict[str, Any]:
     """Closed-loop echo of ``size``-byte messages (4-byte big-endian length first) over ``conns``
     connections with about ``window`` frames in flight on each: replies/s, and the CPU share of
-    the server (``cpu()``) and of this process (``own_cpu()``) over the measured span: a server
-    share under ~0.95 means something else (the generator, the machine) was the bottleneck."""
+    the server (``cpu()``) and of this process (``own_cpu()``) over the measured span (a server
+    share under ~0.95 means something else, the generator or the machine, was the bottleneck),
+    messages per server CPU-second, and messages per read and per write syscall of the server."""
     frame = size.to_bytes(4, "big") + os.urandom(size)
     batch, per = batch_of(frame, window)
     batches = max(1, window // per)
@@ -141,10 +143,10 @@ async def saturate(
     protos = await connect(port, lambda: EchoPump(batch, batches, counter, len(frame)), conns)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.3)  # warm up
-    c0, t0, s0, l0 = counter.replies, loop.time(), cpu(), own_cpu()
+    c0, t0, s0, l0, io0 = counter.replies, loop.time(), cpu(), own_cpu(), syscalls()
     await asyncio.sleep(seconds)
     n, dt = counter.replies - c0, loop.time() - t0
-    s1, l1 = cpu(), own_cpu()
+    s1, l1, io1 = cpu(), own_cpu(), syscalls()
     for p in protos:
         p.t.close()
     return {
@@ -153,6 +155,9 @@ async def saturate(
         "conns": conns,
         "server_cpu": round((s1 - s0) / dt, 2),
         "load_cpu": round((l1 - l0) / dt, 2),
+        "msgs_per_cpu_s": int(n / max(s1 - s0, 1e-9)),
+        "msgs_per_read": round(n / max(1, io1[0] - io0[0]), 1),
+        "msgs_per_write": round(n / max(1, io1[1] - io0[1]), 1),
     }
 
 
