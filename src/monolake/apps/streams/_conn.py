@@ -6,7 +6,9 @@ of one ``bytearray`` (``get_buffer``), and ``buffer_updated`` hands the codec a
 ``memoryview`` of the unread bytes, which takes every whole message out in one call.
 A partial frame stays where it is; only it is moved to the front when the tail runs
 short (or into a larger buffer when one message needs more), so bytes are copied at
-most once, and a read of many small messages costs one decode call.
+most once, and a read of many small messages costs one decode call. While reads fill
+all the space offered, the buffer grows to ``BULK_BUFFER`` (fewer, larger reads), and
+goes back once a read is small.
 
 Sending encodes at once and queues the frame; the queue goes out with one
 ``writelines`` per loop iteration (a ``call_soon`` armed by the first send of the

@@ -9,7 +9,10 @@ or None (no reply).
 Calls run on a few worker tasks per connection, not a task per message: "ordered"
 semantics is one worker (replies leave in the order the messages came), "concurrent"
 starts workers as messages wait, up to ``max_in_flight``, so a slow call does not
-hold up the others and replies leave as they finish. Messages received but not yet
+hold up the others and replies leave as they finish. While a worker is idle, the calls
+of a read start right in the read, as that worker (it is the current task meanwhile):
+a handler that answers at once costs no task step, and the replies of the whole read
+leave in one write at its end; a call that waits is handed to that worker to finish. Messages received but not yet
 started wait in a queue; calls in flight (queued or running) are bounded by
 ``max_in_flight``, and reading from the socket pauses at the bound (backpressure to
 the client). Replies are produced only when the connection has room: a worker waits
