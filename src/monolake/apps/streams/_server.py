@@ -356,6 +356,9 @@ class CallConnection(Framed[Any]):
                 waits = coro.send(None)
             except StopIteration:
                 continue
+            except asyncio.CancelledError:  # raised by a handler itself: no task to end
+                self.fail(RuntimeError("a handler raised CancelledError without being cancelled"))
+                return []
             finally:
                 _leave_task(loop, task)
             idle.pop()
