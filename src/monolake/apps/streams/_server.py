@@ -119,6 +119,10 @@ class _Resume:
                     return done.value
 
 
+_DONE = object()
+"""``_inline``'s mark for a batch that ran to its end."""
+
+
 class _Batch:
     """Messages ``messages[next:end]``, run by one ``_batch`` coroutine."""
 
@@ -297,21 +301,8 @@ class CallConnection(Framed[Any]):
                     try:
                         if not plain:
                             await self._call(message, me)
-                            continue
-                        try:
-                            result = await service(message)
-                            if result is None or self._w_paused or hasattr(result, "__aiter__"):
-                                await self._reply(0, result)
-                            else:
-                                self.send(result)
-                        except asyncio.CancelledError:
-                            if not self.closed:
-                                raise
-                        except Exception as exc:
-                            self._failed(0, exc)
-                        finally:
-                            self._in_flight -= 1
-                        self._settle()
+                        else:
+                            await self._plain_call(message, service)
                     finally:
                         self._ready += 1
                 if self._draining or self.closed:
@@ -352,15 +343,18 @@ class CallConnection(Framed[Any]):
             except RuntimeError:  # called from inside a task: leave the calls to the workers
                 break
             coro = self._batch(box, task)
+            waits: Any = _DONE
             try:
                 waits = coro.send(None)
             except StopIteration:
-                continue
+                pass
             except asyncio.CancelledError:  # raised by a handler itself: no task to end
                 self.fail(RuntimeError("a handler raised CancelledError without being cancelled"))
                 return []
             finally:
                 _leave_task(loop, task)
+            if waits is _DONE:
+                continue
             idle.pop()
             self._ready -= 1  # busy from now: a queued message must not wait for it
             rest = box.next
@@ -425,6 +419,23 @@ class CallConnection(Framed[Any]):
                         return
         finally:
             self._in_flight -= i - start
+
+    async def _plain_call(self, message: Any, service: Service[Any, Any]) -> None:
+        """One call of a plain handler, by a worker from the queue."""
+        try:
+            result = await service(message)
+            if type(result) is self._reply_type and not self._w_paused:
+                self.send(result)
+            else:
+                await self._reply(0, result)
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+        except Exception as exc:
+            self._failed(0, exc)
+        finally:
+            self._in_flight -= 1
+        self._settle()
 
     def _settle_inline(self) -> None:
         if self._in_flight >= self._max_in_flight or self._w_paused:
