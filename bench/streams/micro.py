@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.streams.servers import BytesEcho, Floor, FloorCalls
@@ -142,9 +143,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--reads", type=int, default=2000)
+    p.add_argument("--write", action="store_true", help="also write bench/results/streams-micro-<time>.{json,md}")
     args = p.parse_args()
     import uvloop
 
+    result: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": os.getloadavg(),
+        "rounds": args.rounds,
+        "ns_per_msg": {},
+    }
     for size in (64, 4096):
         kinds = ["floor", "floor_calls", "ordered", "concurrent"] + (["rpc"] if size == 64 else [])
         best: dict[str, float] = {}
@@ -154,12 +162,32 @@ def main() -> int:
                 ns = uvloop.run(run_one(kind, size, reads))
                 best[kind] = min(best.get(kind, ns), ns)
         floor = best["floor"]
+        result["ns_per_msg"][str(size)] = {k: round(v) for k, v in best.items()}
         print(
             f"{size:>5} B: "
             + "  ".join(f"{k} {v:.0f} ns ({v / floor:.2f}x floor)" for k, v in best.items())
             + f"  [load {os.getloadavg()[0]:.1f}]",
             flush=True,
         )
+    if args.write:
+        import json
+
+        base = Path(__file__).resolve().parents[1] / "results" / f"streams-micro-{result['time'].replace(':', '')}"
+        base.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        load = ", ".join(f"{x:.2f}" for x in result["loadavg"])
+        lines = [
+            f"# Message streams, Python cost per message without sockets, {result['time']} (load average {load})",
+            "",
+            "`python -m bench.streams.micro --write` (bench/streams/micro.py); best of "
+            f"{args.rounds} alternated rounds, process CPU ns per message (syscalls left out: the same for all).",
+            "",
+            "| size | " + " | ".join(result["ns_per_msg"]["64"]) + " |",
+            "|--:|" + "--:|" * len(result["ns_per_msg"]["64"]),
+        ]
+        for size, row in result["ns_per_msg"].items():
+            lines.append(f"| {size} B | " + " | ".join(str(row.get(k, "")) for k in result["ns_per_msg"]["64"]) + " |")
+        base.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {base}.json/.md")
     return 0
 
 
