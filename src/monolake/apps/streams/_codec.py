@@ -38,6 +38,8 @@ SMALL_READ = 64 * 1024
 SMALL_MESSAGE = 1024
 """``BytesCodec`` copies received bytes up to SMALL_READ at once when the first message is under
 SMALL_MESSAGE bytes (see its ``decode``)."""
+_PREFIX = [_U32.pack(n) for n in range(SMALL_MESSAGE)]
+"""The length prefixes of small messages, made once (an index, not a pack call, per message)."""
 
 
 class FrameError(RemoteProtocolError):
@@ -179,7 +181,8 @@ class BytesCodec:
         self.max_message_size = max_message_size
 
     def encode(self, message: Any, /) -> bytes:
-        frame: bytes = _U32.pack(len(message)) + message  # bytes + any buffer: one copy, no bytes() first
+        n = len(message)
+        frame: bytes = (_PREFIX[n] if n < SMALL_MESSAGE else _U32.pack(n)) + message  # one copy: no bytes() first
         return frame
 
     def encode_into(self, message: Any, out: list[Any], /) -> int:
@@ -187,7 +190,9 @@ class BytesCodec:
         (the transport writes both in one syscall; the body is not copied), anything else joined
         (a small one, or a mutable buffer the caller may reuse once ``send`` returns)."""
         n = len(message)
-        if n < SMALL_MESSAGE or type(message) is not bytes:
+        if n < SMALL_MESSAGE:
+            out.append(_PREFIX[n] + message)
+        elif type(message) is not bytes:
             out.append(_U32.pack(n) + message)
         else:
             out.append(_U32.pack(n))
