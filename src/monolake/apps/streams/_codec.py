@@ -39,6 +39,7 @@ SMALL_MESSAGE = 1024
 """``BytesCodec`` copies received bytes up to SMALL_READ at once when the first message is under
 SMALL_MESSAGE bytes (see its ``decode``)."""
 _PREFIX = [_U32.pack(n) for n in range(SMALL_MESSAGE)]
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]  # one-byte varints
 """The length prefixes of small messages, made once (an index, not a pack call, per message)."""
 
 
@@ -92,7 +93,7 @@ class ProtobufCodec(Generic[T]):
         body: bytes = message.SerializeToString()
         n = len(body)
         if n < 0x80:
-            return bytes((n,)) + body
+            return _ONE_BYTE[n] + body
         return encode_varint(n) + body
 
     def decode(self, view: memoryview, out: list[T], /) -> int:

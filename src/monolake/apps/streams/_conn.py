@@ -136,7 +136,7 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         self._out_msgs += 1
         if n >= FLUSH_AT:
             self._flush()  # the transport sees it now, and can say pause_writing
-        elif not self._flush_armed and not self._in_read:
+        elif not self._in_read and not self._flush_armed:  # in a read: it flushes at its end
             self._flush_armed = True
             loop = self._loop
             if loop is not None:
