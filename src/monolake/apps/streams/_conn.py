@@ -50,8 +50,12 @@ MIN_READ = 16 * 1024
 BULK_BUFFER = 256 * 1024
 """The buffer a connection grows to while reads fill all the space offered (bulk traffic: fewer,
 larger reads and writes); it goes back to INITIAL_BUFFER once a read finds the peer slower."""
-FLUSH_AT = 256 * 1024
-"""Queued bytes that go out at once instead of at the end of the loop iteration."""
+FLUSH_AT = 64 * 1024
+"""Queued bytes that go out at once instead of at the end of the loop iteration: a producer that
+never yields meets the transport's backpressure in steps of this much."""
+FLUSH_IN_READ = 256 * 1024
+"""The same for replies made while a read is handled (they go out at its end): one write for the
+replies of a whole bulk read (BULK_BUFFER)."""
 MAX_QUEUED = 1024
 """Messages a ``MessageConnection`` holds for ``recv`` before reading pauses."""
 
@@ -134,7 +138,7 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
             n = self._out_bytes + into(message, self._out)
         self._out_bytes = n
         self._out_msgs += 1
-        if n >= FLUSH_AT:
+        if n >= FLUSH_AT and (n >= FLUSH_IN_READ or not self._in_read):
             self._flush()  # the transport sees it now, and can say pause_writing
         elif not self._in_read and not self._flush_armed:  # in a read: it flushes at its end
             self._flush_armed = True
