@@ -124,6 +124,27 @@ def test_bytes_codec() -> None:
         codec.decode(memoryview(b"\x00\x00\x00\x41"), [])
 
 
+def test_bytes_codec_small_and_large_reads_split_anywhere() -> None:
+    """Reads of small messages are copied once and sliced; large ones are sliced from the view:
+    both give the same messages, as bytes, for any split (messages, reads, sizes mixed)."""
+    codec = BytesCodec()
+    msgs = [bytes([i % 251]) * n for i, n in enumerate((3, 0, 900, 1024, 5000, 70_000, 7, 64, 1023))]
+    wire = b"".join(codec.encode(m) for m in msgs)
+    for cut in (*range(0, 12), 907, 908, 1940, 7000, 77_000, len(wire) - 3):
+        out = feed(codec, [wire[:cut], wire[cut:]])
+        assert out == msgs and all(type(m) is bytes for m in out)
+    big = b"z" * 100_000  # a read over SMALL_READ starting with a small message
+    assert feed(codec, [codec.encode(b"a") + codec.encode(big) + codec.encode(b"b")]) == [b"a", big, b"b"]
+    assert codec.encode(bytearray(b"ab")) == codec.encode(memoryview(b"ab")) == b"\x00\x00\x00\x02ab"
+    out: list[bytes] = []
+    body, mutable = b"q" * 5000, bytearray(b"r" * 5000)
+    assert codec.encode_into(b"ab", out) == 6 and codec.encode_into(body, out) == 5004
+    assert codec.encode_into(mutable, out) == 5004
+    mutable[0] = 0  # queued frames do not share a caller's mutable buffer
+    assert b"".join(out) == codec.encode(b"ab") + codec.encode(body) + codec.encode(b"r" * 5000)
+    assert out[2] is body  # a large bytes goes out as it is, after its prefix
+
+
 def test_fuzz_rule() -> None:
     """fuzz/fuzz_streams.py's rule, for a bounded number of examples: messages, a partial frame or
     FrameError, never another error, and the same result whole or split in two."""

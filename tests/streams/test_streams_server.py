@@ -332,6 +332,56 @@ def test_ordered_and_concurrent(semantics: str) -> None:
     run("uvloop", test)
 
 
+class Mixed:
+    """Echoes bytes; ``wait<ms>`` first waits that long. Under ``asyncio.timeout`` (it needs a
+    current task): calls started in the read run as a worker task, as queued ones do."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, m: bytes) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        async with asyncio.timeout(10):
+            if m.startswith(b"wait"):
+                await asyncio.sleep(int(m[4:]) / 1000)
+        return m
+
+
+@pytest.mark.parametrize("semantics", ["ordered", "concurrent"])
+def test_plain_calls_answer_in_the_read_and_waiting_ones_are_handed_on(semantics: str) -> None:
+    from monolake.streams import BytesCodec
+
+    async def test() -> None:
+        h = Mixed()
+        codec = BytesCodec()
+        app = MessageServerApp("bytes", h, codec, settings=StreamSettings(semantics=semantics))  # type: ignore[arg-type]
+        server, address = await listen(app)
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        msgs = [b"a", b"wait80", b"b", b"wait0", b"c"] * 3 + [b"%d" % i for i in range(200)]
+        for part in (msgs[:9], msgs[9:]):  # two writes: the second arrives with calls in flight
+            writer.write(b"".join(codec.encode(m) for m in part))
+            await writer.drain()
+        got = []
+        for _ in msgs:
+            n = int.from_bytes(await reader.readexactly(4), "big")
+            got.append(await reader.readexactly(n))
+        if semantics == "ordered":
+            assert got == msgs  # one at a time, replies in order, whoever ran the call
+            assert len(h.tasks) == 1  # every call ran as the connection's one worker
+        else:
+            assert sorted(got) == sorted(msgs)
+            assert got.index(b"wait80") > got.index(b"199")  # the slow ones did not hold the rest
+        (sconn,) = app.conns
+        assert sconn.messages_in == len(msgs) and sconn._in_flight == 0
+        writer.close()
+        server.close()
+
+    run("uvloop", test)
+
+
 def test_reading_pauses_when_calls_in_flight_reach_the_bound() -> None:
     async def test() -> None:
         h = Parked()

@@ -34,6 +34,13 @@ T_co = TypeVar("T_co", covariant=True)
 _U32 = Struct(">I")
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 """Bytes of one message (its body, without the length prefix) accepted by default."""
+SMALL_READ = 64 * 1024
+SMALL_MESSAGE = 1024
+"""``BytesCodec`` copies received bytes up to SMALL_READ at once when the first message is under
+SMALL_MESSAGE bytes (see its ``decode``)."""
+_PREFIX = [_U32.pack(n) for n in range(SMALL_MESSAGE)]
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]  # one-byte varints
+"""The length prefixes of small messages, made once (an index, not a pack call, per message)."""
 
 
 class FrameError(RemoteProtocolError):
@@ -53,6 +60,10 @@ class Codec(Protocol[T]):
         """Append the whole messages at the start of ``view`` to ``out``; return the bytes they
         took. Raises FrameError."""
         ...
+
+    # Optional: ``encode_into(message, out: list, /) -> int`` appends the frame to ``out`` as one
+    # or more buffers (a prefix and the body itself: no copy to join them) and returns its size;
+    # a connection uses it instead of ``encode`` when the codec has it.
 
 
 def encode_varint(n: int) -> bytes:
@@ -82,7 +93,7 @@ class ProtobufCodec(Generic[T]):
         body: bytes = message.SerializeToString()
         n = len(body)
         if n < 0x80:
-            return bytes((n,)) + body
+            return _ONE_BYTE[n] + body
         return encode_varint(n) + body
 
     def decode(self, view: memoryview, out: list[T], /) -> int:
@@ -171,20 +182,43 @@ class BytesCodec:
         self.max_message_size = max_message_size
 
     def encode(self, message: Any, /) -> bytes:
-        return _U32.pack(len(message)) + bytes(message)
+        n = len(message)
+        frame: bytes = (_PREFIX[n] if n < SMALL_MESSAGE else _U32.pack(n)) + message  # one copy: no bytes() first
+        return frame
+
+    def encode_into(self, message: Any, out: list[Any], /) -> int:
+        """Queue the frame of ``message`` on ``out``: a large ``bytes`` as its prefix and itself
+        (the transport writes both in one syscall; the body is not copied), anything else joined
+        (a small one, or a mutable buffer the caller may reuse once ``send`` returns)."""
+        n = len(message)
+        if n < SMALL_MESSAGE:
+            out.append(_PREFIX[n] + message)
+        elif type(message) is not bytes:
+            out.append(_U32.pack(n) + message)
+        else:
+            out.append(_U32.pack(n))
+            out.append(message)
+        return n + 4
 
     def decode(self, view: memoryview, out: list[bytes], /) -> int:
         end = len(view)
-        pos = 0
+        if end < 4:
+            return 0
         limit = self.max_message_size
         unpack = _U32.unpack_from
+        # Small messages from a read of at most SMALL_READ bytes: one copy of the read, then a
+        # bytes slice per message (cheaper than a memoryview slice and a bytes() of it). Larger
+        # ones are copied once each, straight from the view.
+        src: Any = view.tobytes() if end <= SMALL_READ and unpack(view, 0)[0] < SMALL_MESSAGE else view
+        small = src is not view
+        pos = 0
         while end - pos >= 4:
-            (n,) = unpack(view, pos)
+            (n,) = unpack(src, pos)
             if n > limit:
                 raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
             stop = pos + 4 + n
             if stop > end:
                 break
-            out.append(bytes(view[pos + 4 : stop]))
+            out.append(src[pos + 4 : stop] if small else bytes(src[pos + 4 : stop]))
             pos = stop
         return pos

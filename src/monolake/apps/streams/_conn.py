@@ -6,7 +6,9 @@ of one ``bytearray`` (``get_buffer``), and ``buffer_updated`` hands the codec a
 ``memoryview`` of the unread bytes, which takes every whole message out in one call.
 A partial frame stays where it is; only it is moved to the front when the tail runs
 short (or into a larger buffer when one message needs more), so bytes are copied at
-most once, and a read of many small messages costs one decode call.
+most once, and a read of many small messages costs one decode call. While reads fill
+all the space offered, the buffer grows to ``BULK_BUFFER`` (fewer, larger reads), and
+goes back once a read is small.
 
 Sending encodes at once and queues the frame; the queue goes out with one
 ``writelines`` per loop iteration (a ``call_soon`` armed by the first send of the
@@ -45,8 +47,15 @@ T = TypeVar("T")
 INITIAL_BUFFER = 64 * 1024
 MIN_READ = 16 * 1024
 """Free bytes offered to a read at least; the buffer is compacted or grown below it."""
+BULK_BUFFER = 256 * 1024
+"""The buffer a connection grows to while reads fill all the space offered (bulk traffic: fewer,
+larger reads and writes); it goes back to INITIAL_BUFFER once a read finds the peer slower."""
 FLUSH_AT = 64 * 1024
-"""Queued bytes that go out at once instead of at the end of the loop iteration."""
+"""Queued bytes that go out at once instead of at the end of the loop iteration: a producer that
+never yields meets the transport's backpressure in steps of this much."""
+FLUSH_IN_READ = 256 * 1024
+"""The same for replies made while a read is handled (they go out at its end): one write for the
+replies of a whole bulk read (BULK_BUFFER)."""
 MAX_QUEUED = 1024
 """Messages a ``MessageConnection`` holds for ``recv`` before reading pauses."""
 
@@ -70,12 +79,16 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
     def __init__(self, codec: Codec[T], *, idle_timeout: float | None = None, label: str = "") -> None:
         self.codec = codec
         self._encode = codec.encode
+        self._encode_into: Callable[[Any, list[Any]], int] | None = getattr(codec, "encode_into", None)
         self._decode = codec.decode
         self._buf = bytearray(INITIAL_BUFFER)
         self._start = 0
         self._end = 0
+        self._offered = 0
+        self._grow = False
         self._out: list[bytes] = []
         self._out_bytes = 0
+        self._out_msgs = 0
         self._flush_armed = False
         self._in_read = False
         self._transport: asyncio.Transport | None = None
@@ -116,15 +129,18 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         await ``wait_writable()`` between sends."""
         if self.closed:
             return
-        data = self._encode(message)
-        self._out.append(data)
-        self.messages_out += 1
-        n = len(data)
-        self.bytes_out += n
-        self._out_bytes += n
-        if self._out_bytes >= FLUSH_AT:
+        into = self._encode_into
+        if into is None:
+            data = self._encode(message)
+            self._out.append(data)
+            n = self._out_bytes + len(data)  # messages_out and bytes_out are counted at the flush
+        else:
+            n = self._out_bytes + into(message, self._out)
+        self._out_bytes = n
+        self._out_msgs += 1
+        if n >= FLUSH_AT and (n >= FLUSH_IN_READ or not self._in_read):
             self._flush()  # the transport sees it now, and can say pause_writing
-        elif not self._flush_armed and not self._in_read:
+        elif not self._in_read and not self._flush_armed:  # in a read: it flushes at its end
             self._flush_armed = True
             loop = self._loop
             if loop is not None:
@@ -185,7 +201,16 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
     def get_buffer(self, sizehint: int) -> memoryview:
         buf = self._buf
         end = self._end
-        if len(buf) - end < MIN_READ:
+        if self._grow:  # the last read took all it was offered: more is waiting
+            self._grow = False
+            start = self._start
+            n = end - start
+            nb = bytearray(BULK_BUFFER)
+            nb[0:n] = buf[start:end]
+            self._buf = buf = nb
+            self._start, self._end = 0, n
+            end = n
+        elif len(buf) - end < MIN_READ:
             start = self._start
             n = end - start
             if n + MIN_READ <= len(buf) // 2 or (start and n + MIN_READ <= len(buf)):
@@ -196,9 +221,12 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
                 self._buf = buf = nb
             self._start, self._end = 0, n
             end = n
+        self._offered = len(buf) - end
         return memoryview(buf)[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if nbytes == self._offered and len(self._buf) < BULK_BUFFER:
+            self._grow = True
         self._end += nbytes
         self.bytes_in += nbytes
         self._active = True
@@ -214,8 +242,9 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         start = self._start + used
         if start == self._end:
             self._start = self._end = 0
-            if len(self._buf) > 4 * INITIAL_BUFFER:  # a large message passed: give the memory back
-                self._buf = bytearray(INITIAL_BUFFER)
+            size = len(self._buf)
+            if size > BULK_BUFFER or (size > INITIAL_BUFFER and nbytes < MIN_READ):
+                self._buf = bytearray(INITIAL_BUFFER)  # a large message passed, or a burst: give it back
         else:
             self._start = start
         if out:
@@ -320,9 +349,12 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         t = self._transport
         if t is None or t.is_closing():
             out.clear()
+            self._out_bytes = self._out_msgs = 0
             return
         self._out = []
-        self._out_bytes = 0
+        self.messages_out += self._out_msgs
+        self.bytes_out += self._out_bytes
+        self._out_bytes = self._out_msgs = 0
         if len(out) == 1:
             t.write(out[0])
         else:

@@ -9,7 +9,10 @@ or None (no reply).
 Calls run on a few worker tasks per connection, not a task per message: "ordered"
 semantics is one worker (replies leave in the order the messages came), "concurrent"
 starts workers as messages wait, up to ``max_in_flight``, so a slow call does not
-hold up the others and replies leave as they finish. Messages received but not yet
+hold up the others and replies leave as they finish. While a worker is idle, the calls
+of a read start right in the read, as that worker (it is the current task meanwhile):
+a handler that answers at once costs no task step, and the replies of the whole read
+leave in one write at its end; a call that waits is handed to that worker to finish. Messages received but not yet
 started wait in a queue; calls in flight (queued or running) are bounded by
 ``max_in_flight``, and reading from the socket pauses at the bound (backpressure to
 the client). Replies are produced only when the connection has room: a worker waits
@@ -33,10 +36,12 @@ the app's ``on_call`` hook (metrics, access log).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,6 +89,55 @@ class RejectCall(Exception):
     (protosocket-rpc's ``RpcKind::Cancelled``). Without RPC it closes the connection."""
 
 
+class _Resume:
+    """Awaits a coroutine that already ran up to its first wait (``waits``, what it yielded):
+    the rest of it runs in the awaiting task as if that task had started it."""
+
+    __slots__ = ("coro", "waits")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waits: Any) -> None:
+        self.coro = coro
+        self.waits = waits
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, waits = self.coro, self.waits
+        while True:
+            try:
+                sent = yield waits
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # a cancel (or anything thrown in) goes to the call
+                try:
+                    waits = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waits = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+_DONE = object()
+"""``_inline``'s mark for a batch that ran to its end."""
+
+
+class _Batch:
+    """Messages ``messages[next:end]``, run by one ``_batch`` coroutine."""
+
+    __slots__ = ("end", "messages", "next")
+
+    def __init__(self, messages: list[Any], start: int, end: int) -> None:
+        self.messages = messages
+        self.next = start
+        self.end = end
+
+
+_Handoff = _Resume | None
+"""What an idle worker is woken with: a call to finish, or None (messages are queued)."""
+
+
 class CallConnection(Framed[Any]):
     """One connection of a message server (see the module docstring)."""
 
@@ -101,12 +155,17 @@ class CallConnection(Framed[Any]):
         self._workers = 0
         self._ready = 0
         """Workers not in a call (idle, or started and not yet running)."""
-        self._idle: list[asyncio.Future[None]] = []
+        self._idle: list[tuple[asyncio.Task[None], asyncio.Future[_Handoff]]] = []
+        """Workers waiting for messages: each task and the future it awaits."""
+        self._ctx = contextvars.copy_context()
+        """Where calls started inline run: this connection's own, as a worker task's would be."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: dict[int, asyncio.Task[None]] = {}
         self._cancelled: set[int] = set()
         self._draining = False
         self._on_call = app.on_call
+        self._reply_type: type | None = None
+        """A handler's result of this type was sent as one reply (so it is not a stream)."""
 
     # -- Framed -----------------------------------------------------------------------
 
@@ -117,8 +176,17 @@ class CallConnection(Framed[Any]):
             self.start_draining()
 
     def _deliver(self, messages: list[Any]) -> None:
-        rpc = self._rpc
         q = self._queue
+        if not q and self._idle:
+            # A worker is free and none has anything queued: start the calls right here
+            # (most finish at once), not in a task's next step.
+            messages = self._ctx.run(self._inline, messages)
+            if not messages:
+                if self._draining:
+                    self._maybe_done()
+                self._settle_inline()
+                return
+        rpc = self._rpc
         if rpc is None:
             q.extend(messages)
             self._in_flight += len(messages)
@@ -136,7 +204,7 @@ class CallConnection(Framed[Any]):
         idle = self._idle
         woken = 0
         while idle and woken < len(q):
-            fut = idle.pop()
+            _, fut = idle.pop()
             if not fut.done():
                 fut.set_result(None)
                 woken += 1
@@ -166,7 +234,7 @@ class CallConnection(Framed[Any]):
     def _on_lost(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for fut in self._idle:
+        for _, fut in self._idle:
             if not fut.done():
                 fut.cancel()
         self._idle.clear()
@@ -221,6 +289,8 @@ class CallConnection(Framed[Any]):
         # No ids and no call hook: nothing to record per call, so the call is inlined here.
         plain = self._rpc is None and self._on_call is None
         service = self._service
+        me = asyncio.current_task()
+        assert me is not None
         try:
             while not self.closed:
                 while q:
@@ -230,47 +300,171 @@ class CallConnection(Framed[Any]):
                         self._spawn()  # this call may block: someone takes the next one
                     try:
                         if not plain:
-                            await self._call(message)
-                            continue
-                        try:
-                            result = await service(message)
-                            if result is None or self._w_paused or hasattr(result, "__aiter__"):
-                                await self._reply(0, result)
-                            else:
-                                self.send(result)
-                        except asyncio.CancelledError:
-                            if not self.closed:
-                                raise
-                        except Exception as exc:
-                            self._failed(0, exc)
-                        finally:
-                            self._in_flight -= 1
-                        self._settle()
+                            await self._call(message, me)
+                        else:
+                            await self._plain_call(message, service)
                     finally:
                         self._ready += 1
                 if self._draining or self.closed:
                     return
-                fut = loop.create_future()
-                self._idle.append(fut)
-                await fut
+                fut: asyncio.Future[_Handoff] = loop.create_future()
+                self._idle.append((me, fut))
+                handed = await fut
+                if handed is not None:  # a call started inline now waits: it finishes here
+                    try:
+                        await handed
+                    finally:
+                        self._ready += 1
+                    self._settle()
         finally:
             self._workers -= 1
             self._ready -= 1
 
-    async def _call(self, message: Any) -> None:
+    def _inline(self, messages: list[Any]) -> list[Any]:
+        """Run the calls of ``messages`` now, as an idle worker (the current task while they
+        run, so ``asyncio.timeout``, ``current_task`` and a cancel reach a call as in a
+        worker). One coroutine (``_batch``) runs them in turn: a handler that finishes at once
+        costs no task step and no StopIteration of its own. When a call waits, that coroutine
+        is handed to the worker, which finishes that call only; the calls after it take the
+        next idle worker (concurrent) or wait in the queue (ordered, or no idle worker left).
+        Returns the messages not started."""
+        loop = self._loop
+        assert loop is not None
+        idle = self._idle
+        n = len(messages)
+        box = _Batch(messages, 0, n)
+        while box.next < n and idle and not self.closed:
+            task, fut = idle[-1]
+            if fut.done():  # woken already (its connection is closing)
+                idle.pop()
+                continue
+            try:
+                _enter_task(loop, task)
+            except RuntimeError:  # called from inside a task: leave the calls to the workers
+                break
+            coro = self._batch(box, task)
+            waits: Any = _DONE
+            try:
+                waits = coro.send(None)
+            except StopIteration:
+                pass
+            except asyncio.CancelledError:  # raised by a handler itself: no task to end
+                self.fail(RuntimeError("a handler raised CancelledError without being cancelled"))
+                return []
+            finally:
+                _leave_task(loop, task)
+            if waits is _DONE:
+                continue
+            idle.pop()
+            self._ready -= 1  # busy from now: a queued message must not wait for it
+            rest = box.next
+            if self._rpc is None and self._on_call is None:
+                self._in_flight -= box.end - rest  # counted again where they start (or queue)
+            box.end = rest  # that coroutine stops after its call: the rest is started here
+            fut.set_result(_Resume(coro, waits))
+            box = _Batch(messages, rest, n)
+            if self._max_workers == 1:
+                break  # ordered: the rest wait in the queue for the call in flight
+        return messages[box.next :] if box.next else messages
+
+    async def _batch(self, box: _Batch, task: asyncio.Task[Any]) -> None:
+        """The calls of ``box`` in turn (see ``_inline``)."""
         rpc = self._rpc
-        started = time.monotonic() if self._on_call is not None else 0.0
+        if rpc is not None or self._on_call is not None:
+            messages = box.messages
+            while box.next < box.end:
+                m = messages[box.next]
+                box.next += 1
+                if rpc is not None:
+                    code = rpc.control_code(m)
+                    if code != 0:
+                        if code == CANCEL:
+                            self._cancel(rpc.message_id(m))
+                        continue  # END from a client means nothing to a server
+                self._in_flight += 1
+                await self._call(m, task)
+            return
+        await self._batch_plain(box)
+
+    async def _batch_plain(self, box: _Batch) -> None:
+        """``_batch`` for a plain handler (no ids, no call hook): the reply is sent as soon as
+        the handler returns. The batch counts its messages in flight at once; ``_inline`` takes
+        back those it moves on when a call waits (``box.end`` then stops this loop)."""
+        service = self._service
+        send = self.send
+        messages = box.messages
+        i = start = box.next
+        self._in_flight += box.end - i
+        reply_type: type | None = None  # a result of this type was sent as it is: so may the next
+        try:
+            while i < box.end:
+                m = messages[i]
+                i += 1
+                box.next = i
+                try:
+                    result = await service(m)
+                    if type(result) is reply_type and not self._w_paused:
+                        send(result)  # no hasattr per message: it costs an AttributeError when False
+                    elif result is None or self._w_paused or hasattr(result, "__aiter__"):
+                        await self._reply(0, result)
+                    else:
+                        send(result)
+                        reply_type = type(result)
+                except asyncio.CancelledError:
+                    if not self.closed:
+                        raise
+                except Exception as exc:
+                    self._failed(0, exc)
+                    if self.closed:
+                        return
+        finally:
+            self._in_flight -= i - start
+
+    async def _plain_call(self, message: Any, service: Service[Any, Any]) -> None:
+        """One call of a plain handler, by a worker from the queue."""
+        try:
+            result = await service(message)
+            if type(result) is self._reply_type and not self._w_paused:
+                self.send(result)
+            else:
+                await self._reply(0, result)
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+        except Exception as exc:
+            self._failed(0, exc)
+        finally:
+            self._in_flight -= 1
+        self._settle()
+
+    def _settle_inline(self) -> None:
+        if self._in_flight >= self._max_in_flight or self._w_paused:
+            self._set_full(True)
+        else:
+            self._settle()
+
+    async def _call(self, message: Any, task: asyncio.Task[Any] | None) -> None:
+        """One call with an id or a call hook, run by ``task`` (the worker it runs as: a cancel
+        for its id cancels that task)."""
+        rpc = self._rpc
+        on_call = self._on_call
+        started = time.monotonic() if on_call is not None else 0.0
         outcome = "ok"
         replies = 0
-        task = None
         mid = 0
         if rpc is not None:
             mid = rpc.message_id(message)
-            task = asyncio.current_task()
             if task is not None:
                 self._running[mid] = task
         try:
-            replies = await self._reply(mid, await self._service(message))
+            result = await self._service(message)
+            if type(result) is self._reply_type and not self._w_paused:
+                if self._replies is not None:
+                    self._replies.set_message_id(result, mid)
+                self.send(result)
+                replies = 1
+            else:
+                replies = await self._reply(mid, result)
         except asyncio.CancelledError:
             if mid in self._cancelled and rpc is not None:
                 self._cancelled.discard(mid)
@@ -286,8 +480,13 @@ class CallConnection(Framed[Any]):
         finally:
             if rpc is not None:
                 self._running.pop(mid, None)
-                self._cancelled.discard(mid)
+                if self._cancelled:
+                    self._cancelled.discard(mid)
             self._in_flight -= 1
+        if on_call is None and outcome == "ok":
+            if self._full or self._draining:
+                self._settle()
+            return
         self._finish(mid, outcome, replies, started)
 
     async def _reply(self, mid: int, result: Any) -> int:
@@ -303,6 +502,7 @@ class CallConnection(Framed[Any]):
         if self._replies is not None:
             self._replies.set_message_id(result, mid)
         self.send(result)
+        self._reply_type = type(result)  # not a stream: the next of this type is sent at once
         return 1
 
     def _failed(self, mid: int, exc: Exception) -> str:
