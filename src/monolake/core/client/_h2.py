@@ -108,12 +108,18 @@ def request_headers(
         slash = rest.find(b"/")
         target = rest[slash:] if slash >= 0 else b"/"
     out: HeaderList = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
-    for (_, value), lname in zip(headers.pairs(), headers.names(), strict=True):
+    # Indexed, not zip(strict=True): mypyc compiles this loop, not that call.
+    pairs = headers.pairs()
+    names = headers.names()
+    for i in range(len(names)):
+        lname = names[i]
         if lname in _NOT_OVER_H2:
-            if lname == b"te" and value.strip().lower() == b"trailers":
+            if lname == b"te" and pairs[i][1].strip().lower() == b"trailers":
                 out.append((b"te", b"trailers"))
             continue
-        out.append((lname, value))
+        pair = pairs[i]
+        # From an HTTP/2 client the name is lowercase already: reuse its tuple.
+        out.append(pair if pair[0] is lname else (lname, pair[1]))
     if content_length is not None:
         out.append((b"content-length", b"%d" % content_length))
     return out
@@ -206,6 +212,7 @@ class _Stream:
         read_timeout: float,
         deadline: float | None,
         grpc: bool,
+        now: float,
     ) -> None:
         self.conn = conn
         self.sid = sid
@@ -229,7 +236,7 @@ class _Stream:
         self.ended = False
         """END_STREAM arrived while the response was held (``chunks``)."""
         self.reads = conn.reads
-        self.last = conn.loop.time()
+        self.last = now
 
     # -- Body producer (response body) --------------------------------------------
 
@@ -590,8 +597,8 @@ class H2Connection(asyncio.Protocol):
             sid = codec.request(headers, end)
         except Exception as exc:  # the codec's refusal (stream limit, going away): nothing was sent
             raise ReadError(f"cannot open a stream to the upstream: {exc}", retry_safe=True) from None
-        st = _Stream(self, sid, head_only=head_only, read_timeout=read_timeout, deadline=deadline, grpc=grpc)
-        st.last = now = self.loop.time()
+        now = self.loop.time()
+        st = _Stream(self, sid, head_only=head_only, read_timeout=read_timeout, deadline=deadline, grpc=grpc, now=now)
         self.streams[sid] = st
         due = now + read_timeout
         if deadline is not None and deadline < due:

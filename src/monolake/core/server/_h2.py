@@ -123,11 +123,17 @@ _SPECIAL_IN = {
 }
 """Request fields that are not copied as they are: one dict lookup sorts every field."""
 
-_STATUS = {code: b"%d" % code for code in range(100, 600)}
+_STATUS = {code: (b":status", b"%d" % code) for code in range(100, 600)}
+"""Each status's ``:status`` field, built once."""
 
 
 def _trailer_fields(trailers: list[tuple[bytes, bytes]]) -> HeaderList:
     """Trailer fields for an HTTP/2 stream: names lowercased, connection-specific ones dropped."""
+    for n, _ in trailers:
+        if not n.islower() or n in _NOT_FORWARDED:
+            break
+    else:
+        return trailers  # the usual case (gRPC's, from an HTTP/2 upstream): sent as they are
     return [(lname, v) for n, v in trailers if (lname := n.lower()) not in _NOT_FORWARDED]
 
 
@@ -597,15 +603,15 @@ class H2Connection(asyncio.Protocol):
         expect = False
         size = 32 * len(headers)
         bad: tuple[int, str] | None = None
-        special = _SPECIAL_IN.get
-        for name, value in headers:
+        for field in headers:
+            name, value = field
             size += len(name) + len(value)
-            kind = special(name)
+            kind = _SPECIAL_IN.get(name)  # not a bound .get: mypyc makes this a direct dict lookup
             if kind is None:
                 if name[:1] == b":":
                     bad = (400, f"unknown pseudo-header {name.decode('latin-1')}")
                 else:
-                    raw.append((name, value))
+                    raw.append(field)  # the codec's tuple as it is: no new one per field
                     lower.append(name)
             elif kind == _METHOD:
                 method = value
@@ -723,7 +729,7 @@ class H2Connection(asyncio.Protocol):
         assert req is not None
         st.resp = resp
         status = resp.status
-        fields: HeaderList = [(b":status", _STATUS.get(status) or b"%d" % status)]
+        fields: HeaderList = [_STATUS.get(status) or (b":status", b"%d" % status)]
         h = resp.headers
         block = h.block
         if block is not None:
@@ -736,9 +742,15 @@ class H2Connection(asyncio.Protocol):
                     if lname not in _NOT_FORWARDED:
                         fields.append((lname, value.strip(b" \t")))
         else:
-            for lname, (_, value) in zip(h.names(), h.pairs(), strict=True):
+            # Indexed, not zip(strict=True): mypyc compiles this loop, not that call.
+            names = h.names()
+            pairs = h.pairs()
+            for i in range(len(names)):
+                lname = names[i]
                 if lname not in _NOT_FORWARDED:
-                    fields.append((lname, value))
+                    pair = pairs[i]
+                    # From an HTTP/2 upstream the name is lowercase already: reuse its tuple.
+                    fields.append(pair if pair[0] is lname else (lname, pair[1]))
         body = resp.body
         codec = self.codec
         sid = st.sid
