@@ -125,6 +125,14 @@ def request_headers(
     return out
 
 
+def _no_pseudo(headers: HeaderList) -> HeaderList:
+    """Trailers without pseudo-header fields (RFC 9113 §8.1): the list itself when it has none."""
+    for n, _ in headers:
+        if n.startswith(b":"):
+            return [(n, v) for n, v in headers if not n.startswith(b":")]
+    return headers
+
+
 _STATUS = {b"%d" % code: code for code in range(100, 600)}
 """``:status`` values as ints without ``int()``."""
 
@@ -352,7 +360,7 @@ class _Stream:
                 ready.append(self)
             return
         # Trailers (RFC 9113 §8.1): pseudo headers are not allowed in them.
-        self.trailers = [(n, v) for n, v in headers if n[:1] != b":"]
+        self.trailers = _no_pseudo(headers)
         if not end_stream:
             self.fail(UpstreamError("upstream sent HEADERS mid-body without END_STREAM"), reset=1)
             return

@@ -137,6 +137,15 @@ def _trailer_fields(trailers: list[tuple[bytes, bytes]]) -> HeaderList:
     return [(lname, v) for n, v in trailers if (lname := n.lower()) not in _NOT_FORWARDED]
 
 
+def _no_pseudo(headers: HeaderList) -> HeaderList:
+    """Trailers without pseudo-header fields: the list itself when it has none (the codecs
+    refuse those already; this is the driver's own check, without a copy)."""
+    for n, _ in headers:
+        if n.startswith(b":"):
+            return [(n, v) for n, v in headers if not n.startswith(b":")]
+    return headers
+
+
 def host_only(authority: bytes) -> bytes:
     """Lowercased host without port: b"Example.com:8443" -> b"example.com", b"[::1]:80" -> b"[::1]"."""
     if authority.startswith(b"["):
@@ -553,7 +562,7 @@ class H2Connection(asyncio.Protocol):
             st.inbound = False  # trailers (the codec checks END_STREAM)
             if body is not None:
                 st.body = None
-                body.trailers = [(n, v) for n, v in headers if not n.startswith(b":")]
+                body.trailers = _no_pseudo(headers)
                 body.feed_eof()
             return
         if self._closing or len(self.streams) >= self.max_streams:
