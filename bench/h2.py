@@ -1,6 +1,7 @@
 """HTTP/2 and gRPC through monolake vs nginx: CPU µs per request at a fixed offered rate.
 
 Run: python -m bench.h2 [--seconds 6] [--rounds 2] [--rate 3000] [--grpc-rate 1000] [--only h2|grpc]
+[--proxies nginx,monolake-native,...] [--baseline OTHER_TREE/src]
 
 Two scenarios, each measured the way bench/load measures HTTP/1.1 (DESIGN.md, "Measuring"): origin
 and load generator on core 0, the proxy (one worker) on core 1, CPU from /proc over a window inside
@@ -146,8 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _monolake(procs: Procs, tmp: Path, name: str, conf: Path, codec: str) -> Proc:
+def _monolake(procs: Procs, tmp: Path, name: str, conf: Path, codec: str, src: str | None = None) -> Proc:
     env = dict(os.environ, MONOLAKE_H2_CODEC=codec)
+    if src:
+        env["PYTHONPATH"] = src
     return procs.start(name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], PROXY_CPU, env=env)
 
 
@@ -207,6 +210,15 @@ def _scenario_h2(args: argparse.Namespace, procs: Procs, tmp: Path, codecs: list
         starters[f"monolake-{codec}"] = lambda port, codec=codec: _monolake(
             procs, tmp, f"monolake-h2-{codec}", monolake_conf(tmp, f"h2-{codec}", port, origin_port, "http1"), codec
         )
+    if args.baseline:
+        starters["monolake-baseline"] = lambda port: _monolake(
+            procs,
+            tmp,
+            "monolake-h2-baseline",
+            monolake_conf(tmp, "h2-baseline", port, origin_port, "http1"),
+            "native",
+            args.baseline,
+        )
     try:
         return _measure(args, procs, "h2", starters, origin, args.rate, (), "/body/128")
     finally:
@@ -228,6 +240,15 @@ def _scenario_grpc(args: argparse.Namespace, procs: Procs, tmp: Path, codecs: li
     for codec in codecs:
         starters[f"monolake-{codec}"] = lambda port, codec=codec: _monolake(
             procs, tmp, f"monolake-grpc-{codec}", monolake_conf(tmp, f"grpc-{codec}", port, origin_port, "h2c"), codec
+        )
+    if args.baseline:
+        starters["monolake-baseline"] = lambda port: _monolake(
+            procs,
+            tmp,
+            "monolake-grpc-baseline",
+            monolake_conf(tmp, "grpc-baseline", port, origin_port, "h2c"),
+            "native",
+            args.baseline,
         )
     extra = ("-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers")
     try:
@@ -409,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["h2", "grpc"])
     ap.add_argument("--proxies", help="comma-separated subset of nginx,monolake-h2,monolake-native")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument(
+        "--baseline", help="another tree's src/ (PYTHONPATH) run as 'monolake-baseline' (native codec), for an A/B"
+    )
     ap.add_argument("--profile", type=int, default=0, help="seconds of py-spy per scenario instead of the comparison")
     args = ap.parse_args(argv)
     missing = machine.missing_tools(["nginx", "h2load"])
