@@ -44,7 +44,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from .._body import Body
 from ..address import Endpoint
@@ -67,15 +67,15 @@ from ._connect import open_transport
 
 log = logging.getLogger("monolake.core.client")
 
-SEND_HIGH = 256 * 1024
+SEND_HIGH: Final = 256 * 1024
 """Queued request body bytes on one stream above which the client's body is paused."""
 
-STREAM_WINDOW = 1024 * 1024
+STREAM_WINDOW: Final = 1024 * 1024
 """Our SETTINGS_INITIAL_WINDOW_SIZE: response bytes one stream may have in flight."""
 
 Key = tuple[str, str, int, str]
 
-_NOT_OVER_H2 = frozenset(
+_NOT_OVER_H2: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -133,7 +133,7 @@ def _no_pseudo(headers: HeaderList) -> HeaderList:
     return headers
 
 
-_STATUS = {b"%d" % code: code for code in range(100, 600)}
+_STATUS: Final = {b"%d" % code: code for code in range(100, 600)}
 """``:status`` values as ints without ``int()``."""
 
 
@@ -443,7 +443,7 @@ class _Done:
         return None
 
 
-_DONE = _Done()
+_DONE: Final = _Done()
 
 
 def _resolve(fut: asyncio.Future[Response], resp: Response) -> None:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from .._body import HIGH_WATER, Body
 from ..errors import RemoteProtocolError, Source
@@ -60,10 +60,10 @@ from ._http_app import HttpAppBase
 
 log = logging.getLogger("monolake.core.server")
 
-RESET_WINDOW = 10.0
+RESET_WINDOW: Final = 10.0
 """Seconds over which stream resets are counted (``http2.max_resets_per_10s``)."""
 
-MIN_STREAM_BUFFER = 16384
+MIN_STREAM_BUFFER: Final = 16384
 """Floor of a stream's share of ``http2.max_buffered_bytes`` (one full DATA frame)."""
 
 
@@ -76,7 +76,7 @@ class _WorkerQueued:
         self.bytes = 0
 
 
-_WORKER = _WorkerQueued()
+_WORKER: Final = _WorkerQueued()
 
 
 def worker_buffered_bytes() -> int:
@@ -84,10 +84,12 @@ def worker_buffered_bytes() -> int:
     return _WORKER.bytes
 
 
-_OUT_BUFFERED = 1
-_OUT_TRANSPORT = 2
+# Final module constants: mypyc inlines them or keeps them in C statics; a plain module
+# global is a dict lookup at every use.
+_OUT_BUFFERED: Final = 1
+_OUT_TRANSPORT: Final = 2
 
-_NOT_FORWARDED = frozenset(
+_NOT_FORWARDED: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -102,8 +104,17 @@ _NOT_FORWARDED = frozenset(
 )
 """Fields never sent on an HTTP/2 stream (RFC 9113 §8.2.2); Content-Length is rebuilt from the body."""
 
-(_SCHEME, _METHOD, _PATH, _AUTHORITY, _COOKIE, _CONN_SPECIFIC, _CONTENT_LENGTH, _TE, _HOST, _EXPECT) = range(10)
-_SPECIAL_IN = {
+_SCHEME: Final = 0
+_METHOD: Final = 1
+_PATH: Final = 2
+_AUTHORITY: Final = 3
+_COOKIE: Final = 4
+_CONN_SPECIFIC: Final = 5
+_CONTENT_LENGTH: Final = 6
+_TE: Final = 7
+_HOST: Final = 8
+_EXPECT: Final = 9
+_SPECIAL_IN: Final = {
     b":scheme": _SCHEME,
     b":protocol": _SCHEME,
     b":method": _METHOD,
@@ -123,7 +134,7 @@ _SPECIAL_IN = {
 }
 """Request fields that are not copied as they are: one dict lookup sorts every field."""
 
-_STATUS = {code: (b":status", b"%d" % code) for code in range(100, 600)}
+_STATUS: Final = {code: (b":status", b"%d" % code) for code in range(100, 600)}
 """Each status's ``:status`` field, built once."""
 
 
