@@ -1,6 +1,7 @@
 """HTTP/2 and gRPC through monolake vs nginx: CPU µs per request at a fixed offered rate.
 
 Run: python -m bench.h2 [--seconds 6] [--rounds 2] [--rate 3000] [--grpc-rate 1000] [--only h2|grpc]
+[--proxies nginx,monolake-native,...] [--baseline OTHER_TREE/src]
 
 Two scenarios, each measured the way bench/load measures HTTP/1.1 (DESIGN.md, "Measuring"): origin
 and load generator on core 0, the proxy (one worker) on core 1, CPU from /proc over a window inside
@@ -15,16 +16,24 @@ the main phase, A/B rounds interleaved, medians quoted.
   monolake an h2c upstream.
 
 Results: bench/results/h2-<UTC time>.json and .md, and h2-latest.md. Timings never gate CI.
+
+``--profile N``: instead of the comparison, N seconds of ``py-spy record --native`` (500 Hz) of the
+monolake worker (native codec) in each scenario at the same offered rate; collapsed stacks and a
+summary (self time by frame, inclusive time by monolake function) in bench/results/h2-profile-<time>.*.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -138,8 +147,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _monolake(procs: Procs, tmp: Path, name: str, conf: Path, codec: str) -> Proc:
+def _monolake(procs: Procs, tmp: Path, name: str, conf: Path, codec: str, src: str | None = None) -> Proc:
     env = dict(os.environ, MONOLAKE_H2_CODEC=codec)
+    if src:
+        env["PYTHONPATH"] = src
     return procs.start(name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], PROXY_CPU, env=env)
 
 
@@ -199,6 +210,15 @@ def _scenario_h2(args: argparse.Namespace, procs: Procs, tmp: Path, codecs: list
         starters[f"monolake-{codec}"] = lambda port, codec=codec: _monolake(
             procs, tmp, f"monolake-h2-{codec}", monolake_conf(tmp, f"h2-{codec}", port, origin_port, "http1"), codec
         )
+    if args.baseline:
+        starters["monolake-baseline"] = lambda port: _monolake(
+            procs,
+            tmp,
+            "monolake-h2-baseline",
+            monolake_conf(tmp, "h2-baseline", port, origin_port, "http1"),
+            "native",
+            args.baseline,
+        )
     try:
         return _measure(args, procs, "h2", starters, origin, args.rate, (), "/body/128")
     finally:
@@ -221,11 +241,136 @@ def _scenario_grpc(args: argparse.Namespace, procs: Procs, tmp: Path, codecs: li
         starters[f"monolake-{codec}"] = lambda port, codec=codec: _monolake(
             procs, tmp, f"monolake-grpc-{codec}", monolake_conf(tmp, f"grpc-{codec}", port, origin_port, "h2c"), codec
         )
+    if args.baseline:
+        starters["monolake-baseline"] = lambda port: _monolake(
+            procs,
+            tmp,
+            "monolake-grpc-baseline",
+            monolake_conf(tmp, "grpc-baseline", port, origin_port, "h2c"),
+            "native",
+            args.baseline,
+        )
     extra = ("-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers")
     try:
         return _measure(args, procs, "grpc", starters, origin, args.grpc_rate, extra, "/bench.Echo/Echo")
     finally:
         procs.stop(origin)
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """py-spy on the monolake worker (native codec) while h2load offers each scenario's load."""
+    out: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "loadavg": [os.getloadavg()]}
+    with tempfile.TemporaryDirectory(prefix="bench-h2-") as d:
+        tmp = Path(d)
+        tmp.chmod(0o755)
+        procs = Procs(tmp)
+        try:
+            for scenario in ("h2", "grpc"):
+                if args.only not in (None, scenario):
+                    continue
+                origin_port = free_port()
+                if scenario == "h2":
+                    conf = configs.origin(tmp, origin_port, ["128"])
+                    origin = procs.start("origin", ["nginx", "-c", str(conf)], ORIGIN_CPU)
+                    extra: tuple[str, ...] = ()
+                    path, rate, upstream = "/body/128", args.rate, "http1"
+                else:
+                    script = tmp / "grpc_origin.py"
+                    script.write_text(GRPC_ORIGIN)
+                    origin = procs.start("grpc-origin", [sys.executable, str(script), str(origin_port)], ORIGIN_CPU)
+                    frame = grpc_frame(tmp)
+                    extra = ("-d", str(frame), "-H", "content-type: application/grpc", "-H", "te: trailers")
+                    path, rate, upstream = "/bench.Echo/Echo", args.grpc_rate, "h2c"
+                wait_port(origin_port, alive=origin.popen)
+                port = free_port()
+                conf = monolake_conf(tmp, f"prof-{scenario}", port, origin_port, upstream)
+                proc = _monolake(procs, tmp, f"monolake-prof-{scenario}", conf, "native")
+                stacks = tmp / f"{scenario}.stacks"
+                try:
+                    wait_port(port, alive=proc.popen)
+                    load = subprocess.Popen(
+                        ["taskset", "-c", str(LOAD_CPU), "h2load", *extra, "-t", "1", "-c", "10", "-m", "10",
+                         f"--rps={max(1, rate // 10)}", "-D", str(args.profile + 3), f"http://127.0.0.1:{port}{path}"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    try:
+                        time.sleep(1.5)  # past h2load's connection set-up
+                        subprocess.run(
+                            ["py-spy", "record", "--native", "-r", "500", "-d", str(args.profile), "-f", "raw",
+                             "-o", str(stacks), "-p", str(proc.pids()[-1])],
+                            capture_output=True, timeout=args.profile + 60, check=False,
+                        )  # fmt: skip
+                    finally:
+                        load.wait(timeout=args.profile + 60)
+                finally:
+                    procs.stop(proc)
+                    procs.stop(origin)
+                if stacks.exists():
+                    raw = stacks.read_text()
+                    out[scenario] = summarize_stacks(raw)
+                    out[scenario]["stacks"] = raw
+        finally:
+            procs.stop_all()
+    out["loadavg"].append(os.getloadavg())
+    return out
+
+
+SYSCALLS = ("read (libc", "write (libc", "writev (libc", "sendmsg", "recvmsg", "send (libc", "recv (libc")
+
+
+def summarize_stacks(raw: str) -> dict[str, Any]:
+    """Collapsed stacks -> busy samples (not waiting in epoll); self time by leaf frame; inclusive
+    time by monolake/asyncio function (a sample counts once for each function in its stack)."""
+    self_time: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = idle = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        if frames[-1].startswith("epoll_"):
+            idle += n
+            continue
+        total += n
+        leaf = frames[-1]
+        self_time["system call" if any(k in leaf for k in SYSCALLS) else leaf] += n
+        seen = set()
+        for f in frames:
+            if "monolake/" in f or "asyncio/" in f or "CPyDef" in f:
+                name = f.split(" (")[0]
+                if name not in seen:
+                    seen.add(name)
+                    incl[name] += n
+    pct = 100.0 / max(1, total)
+    return {
+        "samples": total,
+        "idle_samples": idle,
+        "top_self": [(f, round(n * pct, 1)) for f, n in self_time.most_common(30)],
+        "top_inclusive": [(f, round(n * pct, 1)) for f, n in incl.most_common(40)],
+    }
+
+
+def profile_markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
+    la = res["loadavg"]
+    lines = [
+        "# Profile of a monolake worker under HTTP/2 load (native codec)",
+        "",
+        f"`python -m bench.h2 --profile {args.profile} --rate {args.rate} --grpc-rate {args.grpc_rate}`: py-spy "
+        f"--native at 500 Hz; load average {[round(x, 2) for x in la[0]]} -> {[round(x, 2) for x in la[-1]]}; "
+        f"commit {res['machine'].get('monolake_commit', '?')}. Shares are of busy samples (not in epoll).",
+    ]
+    for scenario in ("h2", "grpc"):
+        p = res.get(scenario)
+        if not p:
+            continue
+        lines += ["", f"## {scenario}: {p['samples']} busy samples, {p['idle_samples']} idle", ""]
+        lines += ["| self time | share |", "|---|--:|"]
+        lines += [f"| `{f}` | {v}% |" for f, v in p["top_self"][:20]]
+        lines += ["", "| inclusive (monolake, asyncio) | share |", "|---|--:|"]
+        lines += [f"| `{f}` | {v}% |" for f, v in p["top_inclusive"][:30]]
+    return "\n".join(lines) + "\n"
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -285,17 +430,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["h2", "grpc"])
     ap.add_argument("--proxies", help="comma-separated subset of nginx,monolake-h2,monolake-native")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument(
+        "--baseline", help="another tree's src/ (PYTHONPATH) run as 'monolake-baseline' (native codec), for an A/B"
+    )
+    ap.add_argument("--profile", type=int, default=0, help="seconds of py-spy per scenario instead of the comparison")
     args = ap.parse_args(argv)
     missing = machine.missing_tools(["nginx", "h2load"])
     if missing:
         print(f"bench.h2: missing tools {missing}; run python -m bench.load --setup", file=sys.stderr)
         return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.profile:
+        if shutil.which("py-spy") is None:
+            print("bench.h2: --profile needs py-spy", file=sys.stderr)
+            return 2
+        res = profile(args)
+        for scenario in ("h2", "grpc"):
+            if scenario in res:
+                (out / f"h2-profile-{stamp}-{scenario}.stacks").write_text(res[scenario].pop("stacks"))
+        (out / f"h2-profile-{stamp}.json").write_text(json.dumps(res, indent=1, default=str))
+        md = profile_markdown(res, args)
+        (out / f"h2-profile-{stamp}.md").write_text(md)
+        print(md)
+        return 0
     results = run(args)
     rows = summarize(results["runs"])
     results["summary"] = rows
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (out / f"h2-{stamp}.json").write_text(json.dumps(results, indent=1, default=str))
     md = markdown(rows, results["machine"], args)
     (out / f"h2-{stamp}.md").write_text(md)

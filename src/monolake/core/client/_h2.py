@@ -44,7 +44,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 from .._body import Body
 from ..address import Endpoint
@@ -67,15 +67,15 @@ from ._connect import open_transport
 
 log = logging.getLogger("monolake.core.client")
 
-SEND_HIGH = 256 * 1024
+SEND_HIGH: Final = 256 * 1024
 """Queued request body bytes on one stream above which the client's body is paused."""
 
-STREAM_WINDOW = 1024 * 1024
+STREAM_WINDOW: Final = 1024 * 1024
 """Our SETTINGS_INITIAL_WINDOW_SIZE: response bytes one stream may have in flight."""
 
 Key = tuple[str, str, int, str]
 
-_NOT_OVER_H2 = frozenset(
+_NOT_OVER_H2: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -108,18 +108,32 @@ def request_headers(
         slash = rest.find(b"/")
         target = rest[slash:] if slash >= 0 else b"/"
     out: HeaderList = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
-    for (_, value), lname in zip(headers.pairs(), headers.names(), strict=True):
+    # Indexed, not zip(strict=True): mypyc compiles this loop, not that call.
+    pairs = headers.pairs()
+    names = headers.names()
+    for i in range(len(names)):
+        lname = names[i]
         if lname in _NOT_OVER_H2:
-            if lname == b"te" and value.strip().lower() == b"trailers":
+            if lname == b"te" and pairs[i][1].strip().lower() == b"trailers":
                 out.append((b"te", b"trailers"))
             continue
-        out.append((lname, value))
+        pair = pairs[i]
+        # From an HTTP/2 client the name is lowercase already: reuse its tuple.
+        out.append(pair if pair[0] is lname else (lname, pair[1]))
     if content_length is not None:
         out.append((b"content-length", b"%d" % content_length))
     return out
 
 
-_STATUS = {b"%d" % code: code for code in range(100, 600)}
+def _no_pseudo(headers: HeaderList) -> HeaderList:
+    """Trailers without pseudo-header fields (RFC 9113 §8.1): the list itself when it has none."""
+    for n, _ in headers:
+        if n.startswith(b":"):
+            return [(n, v) for n, v in headers if not n.startswith(b":")]
+    return headers
+
+
+_STATUS: Final = {b"%d" % code: code for code in range(100, 600)}
 """``:status`` values as ints without ``int()``."""
 
 
@@ -206,6 +220,7 @@ class _Stream:
         read_timeout: float,
         deadline: float | None,
         grpc: bool,
+        now: float,
     ) -> None:
         self.conn = conn
         self.sid = sid
@@ -229,7 +244,7 @@ class _Stream:
         self.ended = False
         """END_STREAM arrived while the response was held (``chunks``)."""
         self.reads = conn.reads
-        self.last = conn.loop.time()
+        self.last = now
 
     # -- Body producer (response body) --------------------------------------------
 
@@ -345,7 +360,7 @@ class _Stream:
                 ready.append(self)
             return
         # Trailers (RFC 9113 §8.1): pseudo headers are not allowed in them.
-        self.trailers = [(n, v) for n, v in headers if n[:1] != b":"]
+        self.trailers = _no_pseudo(headers)
         if not end_stream:
             self.fail(UpstreamError("upstream sent HEADERS mid-body without END_STREAM"), reset=1)
             return
@@ -428,7 +443,7 @@ class _Done:
         return None
 
 
-_DONE = _Done()
+_DONE: Final = _Done()
 
 
 def _resolve(fut: asyncio.Future[Response], resp: Response) -> None:
@@ -590,8 +605,8 @@ class H2Connection(asyncio.Protocol):
             sid = codec.request(headers, end)
         except Exception as exc:  # the codec's refusal (stream limit, going away): nothing was sent
             raise ReadError(f"cannot open a stream to the upstream: {exc}", retry_safe=True) from None
-        st = _Stream(self, sid, head_only=head_only, read_timeout=read_timeout, deadline=deadline, grpc=grpc)
-        st.last = now = self.loop.time()
+        now = self.loop.time()
+        st = _Stream(self, sid, head_only=head_only, read_timeout=read_timeout, deadline=deadline, grpc=grpc, now=now)
         self.streams[sid] = st
         due = now + read_timeout
         if deadline is not None and deadline < due:

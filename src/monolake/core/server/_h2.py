@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from .._body import HIGH_WATER, Body
 from ..errors import RemoteProtocolError, Source
@@ -60,10 +60,10 @@ from ._http_app import HttpAppBase
 
 log = logging.getLogger("monolake.core.server")
 
-RESET_WINDOW = 10.0
+RESET_WINDOW: Final = 10.0
 """Seconds over which stream resets are counted (``http2.max_resets_per_10s``)."""
 
-MIN_STREAM_BUFFER = 16384
+MIN_STREAM_BUFFER: Final = 16384
 """Floor of a stream's share of ``http2.max_buffered_bytes`` (one full DATA frame)."""
 
 
@@ -76,7 +76,7 @@ class _WorkerQueued:
         self.bytes = 0
 
 
-_WORKER = _WorkerQueued()
+_WORKER: Final = _WorkerQueued()
 
 
 def worker_buffered_bytes() -> int:
@@ -84,10 +84,12 @@ def worker_buffered_bytes() -> int:
     return _WORKER.bytes
 
 
-_OUT_BUFFERED = 1
-_OUT_TRANSPORT = 2
+# Final module constants: mypyc inlines them or keeps them in C statics; a plain module
+# global is a dict lookup at every use.
+_OUT_BUFFERED: Final = 1
+_OUT_TRANSPORT: Final = 2
 
-_NOT_FORWARDED = frozenset(
+_NOT_FORWARDED: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -102,8 +104,17 @@ _NOT_FORWARDED = frozenset(
 )
 """Fields never sent on an HTTP/2 stream (RFC 9113 §8.2.2); Content-Length is rebuilt from the body."""
 
-(_SCHEME, _METHOD, _PATH, _AUTHORITY, _COOKIE, _CONN_SPECIFIC, _CONTENT_LENGTH, _TE, _HOST, _EXPECT) = range(10)
-_SPECIAL_IN = {
+_SCHEME: Final = 0
+_METHOD: Final = 1
+_PATH: Final = 2
+_AUTHORITY: Final = 3
+_COOKIE: Final = 4
+_CONN_SPECIFIC: Final = 5
+_CONTENT_LENGTH: Final = 6
+_TE: Final = 7
+_HOST: Final = 8
+_EXPECT: Final = 9
+_SPECIAL_IN: Final = {
     b":scheme": _SCHEME,
     b":protocol": _SCHEME,
     b":method": _METHOD,
@@ -123,12 +134,27 @@ _SPECIAL_IN = {
 }
 """Request fields that are not copied as they are: one dict lookup sorts every field."""
 
-_STATUS = {code: b"%d" % code for code in range(100, 600)}
+_STATUS: Final = {code: (b":status", b"%d" % code) for code in range(100, 600)}
+"""Each status's ``:status`` field, built once."""
 
 
 def _trailer_fields(trailers: list[tuple[bytes, bytes]]) -> HeaderList:
     """Trailer fields for an HTTP/2 stream: names lowercased, connection-specific ones dropped."""
+    for n, _ in trailers:
+        if not n.islower() or n in _NOT_FORWARDED:
+            break
+    else:
+        return trailers  # the usual case (gRPC's, from an HTTP/2 upstream): sent as they are
     return [(lname, v) for n, v in trailers if (lname := n.lower()) not in _NOT_FORWARDED]
+
+
+def _no_pseudo(headers: HeaderList) -> HeaderList:
+    """Trailers without pseudo-header fields: the list itself when it has none (the codecs
+    refuse those already; this is the driver's own check, without a copy)."""
+    for n, _ in headers:
+        if n.startswith(b":"):
+            return [(n, v) for n, v in headers if not n.startswith(b":")]
+    return headers
 
 
 def host_only(authority: bytes) -> bytes:
@@ -547,7 +573,7 @@ class H2Connection(asyncio.Protocol):
             st.inbound = False  # trailers (the codec checks END_STREAM)
             if body is not None:
                 st.body = None
-                body.trailers = [(n, v) for n, v in headers if not n.startswith(b":")]
+                body.trailers = _no_pseudo(headers)
                 body.feed_eof()
             return
         if self._closing or len(self.streams) >= self.max_streams:
@@ -597,15 +623,15 @@ class H2Connection(asyncio.Protocol):
         expect = False
         size = 32 * len(headers)
         bad: tuple[int, str] | None = None
-        special = _SPECIAL_IN.get
-        for name, value in headers:
+        for field in headers:
+            name, value = field
             size += len(name) + len(value)
-            kind = special(name)
+            kind = _SPECIAL_IN.get(name)  # not a bound .get: mypyc makes this a direct dict lookup
             if kind is None:
                 if name[:1] == b":":
                     bad = (400, f"unknown pseudo-header {name.decode('latin-1')}")
                 else:
-                    raw.append((name, value))
+                    raw.append(field)  # the codec's tuple as it is: no new one per field
                     lower.append(name)
             elif kind == _METHOD:
                 method = value
@@ -723,7 +749,7 @@ class H2Connection(asyncio.Protocol):
         assert req is not None
         st.resp = resp
         status = resp.status
-        fields: HeaderList = [(b":status", _STATUS.get(status) or b"%d" % status)]
+        fields: HeaderList = [_STATUS.get(status) or (b":status", b"%d" % status)]
         h = resp.headers
         block = h.block
         if block is not None:
@@ -736,9 +762,15 @@ class H2Connection(asyncio.Protocol):
                     if lname not in _NOT_FORWARDED:
                         fields.append((lname, value.strip(b" \t")))
         else:
-            for lname, (_, value) in zip(h.names(), h.pairs(), strict=True):
+            # Indexed, not zip(strict=True): mypyc compiles this loop, not that call.
+            names = h.names()
+            pairs = h.pairs()
+            for i in range(len(names)):
+                lname = names[i]
                 if lname not in _NOT_FORWARDED:
-                    fields.append((lname, value))
+                    pair = pairs[i]
+                    # From an HTTP/2 upstream the name is lowercase already: reuse its tuple.
+                    fields.append(pair if pair[0] is lname else (lname, pair[1]))
         body = resp.body
         codec = self.codec
         sid = st.sid

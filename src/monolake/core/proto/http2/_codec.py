@@ -42,25 +42,26 @@ Events are tuples whose first item is the kind:
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
-HEADERS = 1
-DATA = 2
-RESET = 3
-DRAINED = 4
-GOAWAY = 5
-SETTINGS = 6
+# Final: the compiled drivers inline these (a plain module global is a dict lookup per use).
+HEADERS: Final = 1
+DATA: Final = 2
+RESET: Final = 3
+DRAINED: Final = 4
+GOAWAY: Final = 5
+SETTINGS: Final = 6
 
 # RFC 9113 §7 error codes the drivers use.
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-ENHANCE_YOUR_CALM = 0xB
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+ENHANCE_YOUR_CALM: Final = 0xB
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 Event = tuple[Any, ...]
 HeaderList = list[tuple[bytes, bytes]]
