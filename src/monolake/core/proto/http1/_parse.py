@@ -90,52 +90,12 @@ def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
 
 
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host"}
-_REQUEST_LINE = re.compile(
-    rb"\n(c(?:onnection|ontent-length)|t(?:ransfer-encoding|e|railer)|keep-alive|expect|host"
-    rb"|proxy-(?:connection|authenticate|authorization)|upgrade)[ \t]*:([^\n]*)\n"
-)
-"""``_HOP_LINE`` for a request head: also Expect (hop-by-hop) and Host (kept in the block, its
-value checked)."""
-
-
-def _cut_request_block(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """``_cut_hop_by_hop`` for a request head block: Host lines are reported but stay."""
-    low = b"\n" + block.lower()
-    found = []
-    kept = []
-    prev = 0
-    pos = 0
-    search = _REQUEST_LINE.search
-    while (m := search(low, pos)) is not None:
-        start, end = m.span()
-        vstart, vend = m.span(2)
-        name = m.group(1)
-        found.append((name, block[vstart - 1 : max(vend - 2, vstart - 1)].strip(b" \t")))
-        if name != b"host":
-            kept.append(block[prev:start])
-            prev = end - 1
-        pos = end - 1
-    if prev == 0:
-        return block, found
-    kept.append(block[prev:])
-    return b"".join(kept), found
-
-
-class _Fallback(Exception):
-    """Raised in the bulk parser's on_headers_complete for a head it leaves to the per-field
-    callbacks: the request is parsed again from its first byte by a parser that has them."""
-
-
-_FALLBACK = _Fallback()
-
-
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(?::[0-9]*)?")
 """A Host value (RFC 9110 §7.2): uri-host [":" port], the host an IP-literal (without
 zone or IPvFuture) or a reg-name / IPv4address. A comma is a sub-delim in RFC 3986
 but here it means two values folded into one, so it is refused with them."""
 _OWS = (32, 9)
 _EMPTY_LINE_START = (b"\r", b"\n")
-_CRLF_BYTES = (13, 10)
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
@@ -167,24 +127,8 @@ class RequestReader:
     max_body_bytes = 0
     tunnels = False
 
-    # Two modes. Bulk (``_fast``, the common case): the parser's protocol is the reader, which
-    # has no ``on_url``/``on_header``, so llhttp validates and frames the head without calling
-    # Python per field; when the head is complete it is cut from the bytes fed (a message starts
-    # where the previous one ended, known while bodies have a Content-Length or none) and split
-    # by compiled code, as ``ResponseReader`` does. Per field (``_Callbacks``): for what the bulk
-    # path leaves alone (CONNECT, Transfer-Encoding, Upgrade, odd versions), the head is parsed
-    # again with the callbacks; after a chunked body the next head's offset is unknown, so this
-    # mode stays until a feed starts between two messages.
-
     def reader_init(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
-        self._fast = True
-        self._between = True
-        self._buf = b""
-        self._pos = 0
-        self._carry = b""
-        self._head_here = False
-        self._body_here = 0
         self.head_since = 0.0
         """The ``now`` of the feed in which the incomplete head began (valid while ``_in_head``
         and ``_head_bytes``)."""
@@ -213,20 +157,14 @@ class RequestReader:
     def feed(self, data: bytes, now: float = 0.0) -> None:
         """Parse ``data``, read at time ``now`` (the driver's clock; only stored, in
         ``head_since``). Raises ProtocolError (status_hint 400/405/413/414/431/501/505)."""
-        if not self._fast and self._between and not self._passthrough:
-            self._parser = httptools.HttpRequestParser(self)  # back to bulk, at a message boundary
-            self._fast = self._in_head = True
-        self._cur = len(data)
+        size = self._cur = len(data)
         self._began = self._ended = False
         while data:
             if self._passthrough:
                 data = self._feed_passthrough(data)
                 continue
             try:
-                if self._fast:
-                    self._feed_fast(data, now)
-                else:
-                    self._parser.feed_data(data)
+                self._parser.feed_data(data)
                 data = b""
             except httptools.HttpParserUpgrade as exc:
                 # Upgrades (WebSocket, h2c) are not tunnelled by this reader: the request
@@ -235,8 +173,6 @@ class RequestReader:
                 # Content-Length body, which llhttp skipped: see on_headers_complete).
                 offset = exc.args[0] if exc.args else len(data)
                 self._parser = httptools.HttpRequestParser(self)
-                self._fast = self._in_head = True
-                self._buf = self._carry = b""
                 data = data[offset:]
                 held = self._switch_req
                 if held is not None:
@@ -245,24 +181,14 @@ class RequestReader:
                     return
             except httptools.HttpParserCallbackError as exc:
                 inner = exc.__context__
-                if inner is _FALLBACK:
-                    data = self._buf[self._pos :]
-                    self._buf = self._carry = b""
-                    self._parser = httptools.HttpRequestParser(_Callbacks(self))
-                    self._fast = False
-                    self._cur = len(data)
-                    continue
-                self._buf = b""
                 if isinstance(inner, ProtocolError):
                     raise inner from None
                 raise
             except httptools.HttpParserError as exc:
-                self._buf = b""
                 raise RemoteProtocolError(
                     f"malformed request: {exc}", status_hint=400, source=Source.DOWNSTREAM
                 ) from None
-        if self._in_head and not self._fast:
-            size = self._cur
+        if self._in_head:
             # A head still incomplete after this feed: count what it has taken so far.
             # When it began after another message ended within this feed, only its
             # complete lines are known; the partial one is bounded by one read's size.
@@ -286,120 +212,9 @@ class RequestReader:
             self.request_complete()
         return rest
 
-    def _feed_fast(self, data: bytes, now: float) -> None:
-        carry = self._carry
-        if carry:
-            self._buf = carry + data
-        else:
-            self._buf = data
-            self._pos = 0
-        self._head_here = False
-        self._body_here = 0
-        self._parser.feed_data(data)
-        if self._in_head:
-            # Between messages or within a head: keep what the next head has so far.
-            pos = self._pos
-            rest = self._buf[pos:] if pos else self._buf
-            if rest and rest[0] in _CRLF_BYTES:
-                rest = rest.lstrip(b"\r\n")  # llhttp skips empty lines before a request line
-            if rest and (not carry or self._head_here):
-                self.head_since = now  # a head began in this feed
-            self._carry = rest
-            self._head_bytes = len(rest)
-            self._pos = 0
-            if rest:
-                self._check_partial(rest)
-        else:
-            self._carry = b""
-        self._buf = b""
+    # -- httptools callbacks ---------------------------------------------------
 
-    def _check_partial(self, rest: bytes) -> None:
-        """The limits on a head not complete yet (414, 431)."""
-        if len(rest) + 9 > self.max_request_line_bytes:
-            # The line is method SP target SP HTTP/x.y; while the target arrives, the version
-            # to come is counted.
-            line = rest.find(b"\r\n")
-            if line < 0:
-                sp = rest.find(b" ")
-                sp2 = rest.find(b" ", sp + 1) if sp >= 0 else -1
-                line = sp2 + 9 if sp2 >= 0 else len(rest) + 9
-            if line > self.max_request_line_bytes:
-                raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
-        if len(rest) > self.max_header_bytes:
-            raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
-
-    def on_headers_complete(self) -> None:
-        """The bulk parser's (see the class's comment): the head from the bytes fed."""
-        buf = self._buf
-        pos = self._pos
-        if buf.startswith(_EMPTY_LINE_START, pos):
-            while buf.startswith(_EMPTY_LINE_START, pos):
-                pos += 1
-        line_end = buf.find(b"\r\n", pos)
-        end = buf.find(b"\r\n\r\n", line_end) if line_end >= 0 else -1
-        parser = self._parser
-        method = parser.get_method()
-        if end < 0 or method == b"CONNECT" or not buf.startswith(b" HTTP/", line_end - 9):
-            raise _FALLBACK
-        if line_end - pos > self.max_request_line_bytes:
-            raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
-        block = buf[line_end + 2 : end + 2]
-        if block.count(b"\n") > self.max_headers:
-            raise RemoteProtocolError("too many headers", status_hint=431, source=Source.DOWNSTREAM)
-        # The size counted as the per-field path does: target and header lines.
-        if end - pos - len(method) - 10 > self.max_header_bytes:
-            raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
-        host: bytes | None = None
-        cl: int | None = None
-        expect = False
-        tokens: bytes | None = None
-        hop: list[tuple[bytes, bytes]] | None = None
-        block, found = _cut_request_block(block)
-        for lname, value in found:
-            if lname == b"host":
-                if host is not None:
-                    raise RemoteProtocolError("duplicate Host header", status_hint=400, source=Source.DOWNSTREAM)
-                host = value
-                continue
-            if lname == b"transfer-encoding" or lname == b"upgrade":
-                raise _FALLBACK
-            if hop is None:
-                hop = [(lname, value)]
-            else:
-                hop.append((lname, value))
-            if lname == b"content-length":
-                cl = int(value)
-            elif lname == b"connection":
-                tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
-            elif lname == b"expect":
-                if value.lower() != b"100-continue":
-                    raise RemoteProtocolError("unsupported expectation", status_hint=417, source=Source.DOWNSTREAM)
-                expect = True
-        self._in_head = False
-        self._pos = end + 4
-        self._head_here = True
-        self._body_here = 0
-        self._url = buf[pos + len(method) + 1 : line_end - 9]
-        self._host = host
-        self._cl = cl
-        self._chunked = False
-        self._expect = expect
-        self._upgrade = None
-        self._conn_tokens = tokens
-        self._hop = hop
-        self._body_seen = 0
-        if buf.startswith(b"1.1", line_end - 3):
-            version: bytes | None = b"1.1"
-        elif buf.startswith(b"1.0", line_end - 3):
-            version = b"1.0"
-        else:
-            version = _VERSIONS.get(parser.get_http_version())
-        self._finish_head(method, version, Headers(block=block))
-
-    # -- httptools callbacks of the per-field parser (see _Callbacks) -----------
-
-    def _cb_message_begin(self) -> None:
-        self._between = False
+    def on_message_begin(self) -> None:
         self._in_head = True
         self._began = True
         self._head_bytes = 0
@@ -416,7 +231,7 @@ class RequestReader:
         self._upgrade = None
         self._body_seen = 0
 
-    def _cb_url(self, url: bytes) -> None:
+    def on_url(self, url: bytes) -> None:
         self._url += url
         # The line is method SP target SP HTTP/x.y (CRLF not counted); llhttp may hand the
         # target over in pieces, one per feed, so this runs as it grows. The method is
@@ -425,7 +240,7 @@ class RequestReader:
         if len(self._url) > limit - 32 and len(self._parser.get_method()) + len(self._url) + 10 > limit:
             raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
 
-    def _cb_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         if lname in _REQUEST_SPECIAL:
             self._special(name, lname, value)
@@ -478,7 +293,7 @@ class RequestReader:
             self._upgrade = value
         # other hop-by-hop fields are dropped
 
-    def _cb_headers_complete(self) -> None:
+    def on_headers_complete(self) -> None:
         self._in_head = False
         raw = self._raw
         if len(raw) + self._nhop > self.max_headers:
@@ -492,19 +307,15 @@ class RequestReader:
                 raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
         parser = self._parser
         version = _VERSIONS.get(parser.get_http_version())
-        method = parser.get_method()
-        if method == b"CONNECT" and version is not None:
-            self._connect_received()
-            return
-        self._finish_head(method, version, Headers(raw, lower=self._lower))
-
-    def _finish_head(self, method: bytes, version: bytes | None, headers: Headers) -> None:
-        """Both parsers' end of a head: the checks on the whole head, then ``request_received``."""
         if version is None:
             # llhttp takes HTTP/2.0 (and refuses 3.0, 1.2): only 1.x is served here (RFC 9110 §15.6.6).
             raise RemoteProtocolError("HTTP version not supported", status_hint=505, source=Source.DOWNSTREAM)
-        parser = self._parser
+        method = parser.get_method()
+        if method == b"CONNECT":
+            self._connect_received()
+            return
         keep_alive = parser.should_keep_alive()
+        headers = Headers(raw, lower=self._lower)
         tokens = self._conn_tokens
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             self._hop = _take_connection_listed(headers, tokens, self._hop)
@@ -593,7 +404,6 @@ class RequestReader:
         self.request_received(req, False, None)
 
     def on_body(self, body: bytes) -> None:
-        self._body_here += len(body)
         limit = self.max_body_bytes
         if limit:
             self._body_seen += len(body)
@@ -603,14 +413,6 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._ended = True
-        if self._fast:
-            # Where the next head starts: after this one's Content-Length body (none is chunked here).
-            self._pos = (self._pos if self._head_here else 0) + self._body_here
-            self._head_here = True
-            self._body_here = 0
-            self._in_head = True
-        else:
-            self._between = True
         if self._skip_complete:
             self._skip_complete = False
             return
@@ -630,18 +432,6 @@ class RequestReader:
     def switch_held(self, req: Request, rest: bytes) -> None:
         """Reading stopped after ``req``'s head (only with ``tunnels``); ``rest`` followed it."""
         raise NotImplementedError
-
-
-class _Callbacks:
-    """The protocol of a per-field parser: the reader's ``_cb_*`` methods under httptools' names."""
-
-    def __init__(self, r: RequestReader) -> None:
-        self.on_message_begin = r._cb_message_begin
-        self.on_url = r._cb_url
-        self.on_header = r._cb_header
-        self.on_headers_complete = r._cb_headers_complete
-        self.on_body = r.on_body
-        self.on_message_complete = r.on_message_complete
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # a base for drivers, and tests' recorders
