@@ -99,6 +99,9 @@ _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(?::[0-9]
 """A Host value (RFC 9110 §7.2): uri-host [":" port], the host an IP-literal (without
 zone or IPvFuture) or a reg-name / IPv4address. A comma is a sub-delim in RFC 3986
 but here it means two values folded into one, so it is refused with them."""
+_REG_NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+;="
+"""The reg-name characters of ``_HOST``: a Host of only these (the common one, without a port)
+needs no regex."""
 _OWS = (32, 9)
 _EMPTY_LINE_START = (b"\r", b"\n")
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
@@ -329,6 +332,8 @@ class RequestReader:
             if version == b"1.1":
                 raise RemoteProtocolError("missing Host header", status_hint=400, source=Source.DOWNSTREAM)
             lhost = b""
+        elif host and not host.translate(None, _REG_NAME_CHARS):
+            lhost = host.lower()
         else:
             m = _HOST.fullmatch(host)
             if m is None:
