@@ -72,7 +72,8 @@ class HeaderOps:
         return bool(self.add or self.set or self.remove)
 
     def apply(self, headers: Headers) -> None:
-        if headers.block is not None:
+        block = headers.block  # a local: mypy(c) would keep ``headers.block`` narrowed past remove()
+        if block is not None:
             # An upstream response's wire block: names it does not hold cost no parse.
             for lname in self.drop:
                 headers.remove(lname)
