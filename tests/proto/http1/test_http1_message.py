@@ -111,20 +111,33 @@ def test_block_is_kept_until_something_reads_a_field() -> None:
     "use",
     [
         lambda h: h.get_all("x-tag"),
-        lambda h: "x" in h,
+        lambda h: "x-tag" in h,
+        lambda h: h.get("X-TAG"),
         lambda h: len(h),
         lambda h: list(h),
-        lambda h: h.add("A", "b"),
         lambda h: h.set("X-Tag", "3"),
         lambda h: h.remove("x-tag"),
+        lambda h: h.get("x"),  # a name some line starts with: the pairs decide
         repr,
     ],
 )
-def test_any_use_parses_the_block(use: object) -> None:
+def test_a_use_of_a_field_that_is_there_parses_the_block(use: object) -> None:
     h = Headers(block=BLOCK)
     use(h)  # type: ignore[operator]
     assert h.block is None
     assert h.raw[0] == (b"Content-Type", b"text/html")
+
+
+def test_add_and_names_the_block_lacks_keep_the_block() -> None:
+    h = Headers(block=BLOCK)
+    assert h.get("via") is None and h.get("via", b"d") == b"d"
+    assert h.get_all("via") == [] and "via" not in h and h.remove("via") == 0
+    h.add("Via", "monolake")
+    h.set(b"X-New", b"1")
+    assert h.block == BLOCK + b"Via: monolake\r\nX-New: 1\r\n"
+    assert h.get("x-new") == b"1"  # now there: parsed
+    assert h.block is None
+    assert h.raw[-2:] == [(b"Via", b"monolake"), (b"X-New", b"1")]
 
 
 def test_edits_on_a_block_backed_headers() -> None:

@@ -72,6 +72,15 @@ class HeaderOps:
         return bool(self.add or self.set or self.remove)
 
     def apply(self, headers: Headers) -> None:
+        block = headers.block  # a local: mypy(c) would keep ``headers.block`` narrowed past remove()
+        if block is not None:
+            # An upstream response's wire block: names it does not hold cost no parse.
+            for lname in self.drop:
+                headers.remove(lname)
+            if headers.block is not None:
+                for name, value in self.append:
+                    headers.add(name, value)
+                return
         names = headers.names()
         for lname in self.drop:
             if lname in names:

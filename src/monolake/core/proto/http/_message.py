@@ -27,8 +27,10 @@ class Headers:
 
     A Headers may also hold its fields as the wire block they arrived in (``block``:
     ``Name: value\r\n`` lines, hop-by-hop fields already removed). The pairs are then
-    built only when something reads or changes a field; a proxy that forwards the
-    headers untouched writes the block as it came, without a Python object per field.
+    built only when something reads or changes a field that is there; a proxy that forwards
+    the headers untouched writes the block as it came, without a Python object per field.
+    ``add`` appends a line to the block, and a lookup, ``set`` or ``remove`` of a name the
+    block does not hold leaves it as it is (a filter adding a response header costs a line).
 
     ``raw`` hands out the pair list itself for direct edits; the lowered names are
     rebuilt after that. The methods keep both in step.
@@ -95,9 +97,17 @@ class Headers:
         r = self.pairs()
         r[i] = (r[i][0], value)
 
+    def _absent(self, lname: bytes) -> bool:
+        """True when the fields are still a block and no line starts with ``lname`` (a name
+        that only starts with it, or odd spacing, answers False: the pairs then decide)."""
+        block = self._block
+        return block is not None and (b"\n" + block.lower()).find(b"\n" + lname) < 0
+
     def get(self, name: str | bytes, default: bytes | None = None) -> bytes | None:
         """First value of ``name``, or ``default``."""
         lname = _b(name).lower()
+        if self._absent(lname):
+            return default
         names = self.names()
         if lname in names:
             return self.pairs()[names.index(lname)][1]
@@ -105,16 +115,23 @@ class Headers:
 
     def get_all(self, name: str | bytes) -> list[bytes]:
         lname = _b(name).lower()
+        if self._absent(lname):
+            return []
         return [v for (_, v), n in zip(self.pairs(), self.names(), strict=True) if n == lname]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str | bytes):
             return False
-        return _b(name).lower() in self.names()
+        lname = _b(name).lower()
+        return not self._absent(lname) and lname in self.names()
 
     def add(self, name: str | bytes, value: str | bytes) -> None:
         """Append a header; existing ones of the same name stay."""
         bname = _b(name)
+        block = self._block
+        if block is not None:
+            self._block = block + bname + b": " + _b(value) + b"\r\n"
+            return
         self.pairs().append((bname, _b(value)))
         if self._lower is not None:
             self._lower.append(bname.lower())
@@ -127,6 +144,8 @@ class Headers:
     def remove(self, name: str | bytes) -> int:
         """Remove every header called ``name``; return how many were removed."""
         lname = _b(name).lower()
+        if self._absent(lname):
+            return 0
         names = self.names()
         if lname not in names:
             return 0

@@ -56,37 +56,42 @@ HOP_BY_HOP = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT = b","
-_HOP_LINE = re.compile(
+_HOP_SPLIT = re.compile(
     rb"\n(c(?:onnection|ontent-length)|t(?:ransfer-encoding|e|railer)|keep-alive"
-    rb"|proxy-(?:connection|authenticate|authorization)|upgrade)[ \t]*:([^\n]*)\n"
+    rb"|proxy-(?:connection|authenticate|authorization)|upgrade)([ \t]*):([^\n]*)"
 )
-"""A hop-by-hop line in a lowercased block with a newline put in front. The pattern
-starts with a literal, so sre jumps from line start to line start."""
+"""A hop-by-hop line in a lowercased block with a newline put in front, without its own line
+end: the next line's leading newline stays for the next match. The pattern starts with a
+literal, so sre jumps from line start to line start."""
 
 
 def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """Remove hop-by-hop lines from a validated header block; return the rest and the
     removed (lowercased name, value) pairs."""
     low = b"\n" + block.lower()
+    # One split call, no match object: [text, name, ws, value, text, name, ws, value, text...].
+    # Offsets in ``low`` are those of ``orig``, which gives back the original case.
+    parts = _HOP_SPLIT.split(low)
+    n = len(parts)
+    if n == 1:
+        return block, []
+    orig = b"\n" + block
     found = []
-    kept = []
-    prev = 0
-    pos = 0
-    search = _HOP_LINE.search
-    while (m := search(low, pos)) is not None:
-        start, end = m.span()
-        # Offsets in ``low`` are one more than in ``block``; the match ends on the
-        # line's LF, which is also the next line's leading newline.
-        kept.append(block[prev:start])
-        vstart, vend = m.span(2)
-        # max(): compiled (mypyc), a bytes slice ending before its start fails instead of being b"".
-        found.append((m.group(1), block[vstart - 1 : max(vend - 2, vstart - 1)].strip(b" \t")))
-        prev = end - 1
-        pos = end - 1
-    if not found:
-        return block, found
-    kept.append(block[prev:])
-    return b"".join(kept), found
+    text = parts[0]
+    kept = [orig[: len(text)]]
+    at = len(text)
+    i = 1
+    while i < n:
+        name = parts[i]
+        vstart = at + len(name) + len(parts[i + 1]) + 2
+        at = vstart + len(parts[i + 2])
+        found.append((name, orig[vstart:at].strip(b" \t\r")))
+        text = parts[i + 3]
+        kept.append(orig[at : at + len(text)])
+        at += len(text)
+        i += 4
+    # The kept lines are each newline + line; the block is each line + newline.
+    return b"".join(kept)[1:], found
 
 
 _REQUEST_SPECIAL = HOP_BY_HOP | {b"host"}
@@ -94,6 +99,9 @@ _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(?::[0-9]
 """A Host value (RFC 9110 §7.2): uri-host [":" port], the host an IP-literal (without
 zone or IPvFuture) or a reg-name / IPv4address. A comma is a sub-delim in RFC 3986
 but here it means two values folded into one, so it is refused with them."""
+_REG_NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+;="
+"""The reg-name characters of ``_HOST``: a Host of only these (the common one, without a port)
+needs no regex."""
 _OWS = (32, 9)
 _EMPTY_LINE_START = (b"\r", b"\n")
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
@@ -324,6 +332,8 @@ class RequestReader:
             if version == b"1.1":
                 raise RemoteProtocolError("missing Host header", status_hint=400, source=Source.DOWNSTREAM)
             lhost = b""
+        elif host and not host.translate(None, _REG_NAME_CHARS):
+            lhost = host.lower()
         else:
             m = _HOST.fullmatch(host)
             if m is None:
@@ -575,7 +585,13 @@ class ResponseReader:
                     chunked, until_close = final, not final
                 elif lname == b"connection":
                     tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
-        version = _VERSIONS.get(parser.get_http_version(), b"1.1")
+        # From the status line llhttp validated: get_http_version() formats a str per call.
+        if buf.startswith(b"HTTP/1.1", pos):
+            version = b"1.1"
+        elif buf.startswith(b"HTTP/1.0", pos):
+            version = b"1.0"
+        else:
+            version = _VERSIONS.get(parser.get_http_version(), b"1.1")
         # llhttp's verdict: version, Connection tokens, and whether the body ends at EOF;
         # the last is wrong for a HEAD response, which llhttp cannot know has no body.
         keep_alive = parser.should_keep_alive()
