@@ -16,6 +16,8 @@ Endpoints (every response carries ``X-Origin: NAME`` and ``X-Conn: <peer port>``
 - ``/blob/N``: the same bytes with Content-Length, head and body in one write.
 - ``/status/N``: that status (no body for 1xx/204/304).
 - ``/delay/S``: ``delayed`` after S seconds.
+- ``/gate?file=PATH``: ``released`` once PATH exists (a test opens the gate when it is ready for
+  the answer, instead of guessing a delay; at most 60 s).
 - ``/close``: answers with ``Connection: close``.
 - ``/pid``, ``/name``, ``/conn``: this process's pid, its name, the peer port of the
   TCP connection the request came on (one id per upstream connection).
@@ -169,6 +171,15 @@ async def delay(request: web.Request) -> web.Response:
     return web.Response(text="delayed\n")
 
 
+async def gate(request: web.Request) -> web.Response:
+    path = request.query["file"]
+    for _ in range(6000):  # polls the test's file: what it waits for is in another process
+        if os.path.exists(path):
+            return web.Response(text="released\n")
+        await asyncio.sleep(0.01)
+    return web.Response(status=504, text="the gate was never opened\n")
+
+
 async def close(request: web.Request) -> web.Response:
     resp = web.Response(text=f"conn {_conn(request)}\n")
     resp.force_close()
@@ -221,6 +232,7 @@ def make_app(app_name: str) -> web.Application:
     app.router.add_get("/blob/{n:\\d+}", blob)
     app.router.add_route("*", "/status/{n:\\d+}", status)
     app.router.add_get("/delay/{s}", delay)
+    app.router.add_get("/gate", gate)
     app.router.add_get("/close", close)
     app.router.add_get("/pid", pid)
     app.router.add_get("/name", name)

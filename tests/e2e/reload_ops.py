@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -98,9 +99,11 @@ class Fleet:
         os.kill(self.pid, signal.SIGHUP)
         return self.log.wait_line(rf"monolake\[{self.pid}\]: " + RELOAD_END, after=mark)
 
-    def upgrade(self) -> int:
-        """SIGUSR2 the supervisor; wait until the new one serves and the old one exited 0."""
+    def upgrade(self, while_draining: Callable[[], None] | None = None) -> int:
+        """SIGUSR2 the supervisor; wait until the new one serves and the old one exited 0.
+        ``while_draining`` runs once every old worker has said it is draining."""
         old = self.pid
+        old_workers = self.workers()
         mark = self.log.mark()
         os.kill(old, signal.SIGUSR2)
         started = rf"monolake\[{old}\]: upgrade \([^)]*\): started the new supervisor, pid (\d+)"
@@ -108,6 +111,10 @@ class Fleet:
         self.successors.append(new)  # known before anything else can fail: close() stops it
         serving = rf"monolake\[{old}\]: upgrade \([^)]*\): new supervisor pid {new} is serving"
         self.log.wait_line(serving, after=mark, timeout=UPGRADE_TIMEOUT)
+        if while_draining is not None:
+            for w in old_workers:
+                self.log.wait_line(rf"\[{w}\]: worker \d+ draining", after=mark, timeout=UPGRADE_TIMEOUT)
+            while_draining()
         self.wait_exit(old)
         self.pid = new
         return new

@@ -78,16 +78,19 @@ def test_sigusr2_hands_over_tcp_and_unix_listeners(started: tuple[Proxy, Fleet, 
     assert {int(w) for w in tags_by_worker(p.url, 2)} == old_workers
     assert unix_tags(sock, 2) == old_workers
 
+    gate = sock.parent / "gate-open"
     with RawClient(p.address) as slow:
         mark = origin.log.mark()
-        slow.send(raw_request("GET", "/delay/1.5"))
-        origin.log.wait_line(r"REQ GET /delay/1\.5 ", after=mark)
+        slow.send(raw_request("GET", f"/gate?file={gate}"))
+        origin.log.wait_line(r"REQ GET /gate", after=mark)
 
-        new_pid = fleet.upgrade()  # waits for the old supervisor to exit 0
+        # The origin answers once the old workers drain (the gate opens); the upgrade then
+        # waits for the old supervisor to exit 0.
+        new_pid = fleet.upgrade(while_draining=gate.touch)
 
         # The request in flight finished on its old worker, which then closed the connection.
         r = slow.read_response()
-        assert (r.status, r.body, r.header("Connection")) == (200, b"delayed\n", "close")
+        assert (r.status, r.body, r.header("Connection")) == (200, b"released\n", "close")
         assert int(r.header("X-Worker") or 0) in old_workers
         assert slow.is_closed()
     new_workers = set(fleet.workers())
