@@ -2,7 +2,7 @@
 (the ``bench/micro/proxy_path.py`` harness as in ``per_request.py``: the real server → proxy →
 upstream client path over fake transports, so only Python work is measured).
 
-    python bench/edge/cache.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
+    python -m bench.edge.cache [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
 
 Rows: the plain route (proxied, no cache); the cached route with a request that says
 ``Cache-Control: no-cache`` (a MISS every time: lookup skipped, the response planned, captured and

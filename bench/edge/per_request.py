@@ -2,7 +2,7 @@
 without it, in the same run (the ``bench/micro/proxy_path.py`` harness: the real server →
 proxy → upstream client path over fake transports, so only Python work is measured).
 
-    python bench/edge/per_request.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3] [--only tracing]
+    python -m bench.edge.per_request [--loop uvloop|asyncio] [-n 20000] [--repeat 3] [--only tracing]
 
 (An A/B of two trees, as the tracing numbers in docs/edge.md were taken: run it with ``--only`` under
 each tree's ``PYTHONPATH=TREE/src:.``, alternating, and compare the "added" columns.)

@@ -1,6 +1,6 @@
 """Added CPU per proxied request of each edge built-in, through the whole proxy path.
 
-    python bench/edge/proxy_path.py [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
+    python -m bench.edge.proxy_path [--loop uvloop|asyncio] [-n 20000] [--repeat 3]
 
 The fake-transport drive of ``bench/micro/proxy_path.py`` (its ``Harness``) (a request fed to the
 server protocol, a canned response from a fake upstream: only the Python work a
