@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar, overload
 
+from .._compiled import mypyc_attr
+
 T = TypeVar("T")
 D = TypeVar("D")
 
@@ -61,6 +63,7 @@ _declared: dict[str, ContextSlot[Any]] = {}
 """Name -> the slot most recently declared with it (a reloaded module's new object wins)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class ContextSlot(Generic[T]):
     """A typed per-request value that layers, filters and services share.
 
