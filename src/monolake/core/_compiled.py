@@ -63,6 +63,10 @@ MODULES = (
     "monolake.apps.proxy._upstream",
     "monolake.apps.proxy._router",
     "monolake.apps.proxy._balancer",
+    "monolake.core.service._context",
+    "monolake.core.service.layers._catch_panic",
+    "monolake.core.service.layers._timeout",
+    "monolake.core.service.layers._concurrency",
 )
 """Compiled with mypyc at install (setup.py), in this order of dependency-free-ness."""
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from ...core.proto.http._message import Request
 from ..config._schema import Route
@@ -47,17 +47,18 @@ T = TypeVar("T")
 _Check = Callable[[Request], bool]
 _Match = Callable[[bytes], "re.Match[bytes] | None"]
 
-# Path matcher kinds for the fallback loop.
-_PREFIX = 0
-_EXACT = 1
-_REGEX = 2
+# Path matcher kinds for the fallback loop. Final (as the other module constants here):
+# mypyc inlines them or keeps them in C statics instead of a module dict lookup per use.
+_PREFIX: Final = 0
+_EXACT: Final = 1
+_REGEX: Final = 2
 
 # Leading global flags like "(?i)" are rewritten to a scoped group "(?i:...)", which
 # may sit inside an alternation. Verbose mode ("x") is left alone: its comments run
 # to the end of the line and could swallow what we append.
-_GLOBAL_FLAGS = re.compile(r"\(\?([aiLmsu]+)\)")
+_GLOBAL_FLAGS: Final = re.compile(r"\(\?([aiLmsu]+)\)")
 # Conservative: anything that may refer to a group by number or name stays out.
-_GROUP_REFS = re.compile(r"\\[1-9]|\\g|\(\?P|\(\?\(|\(\?<[^=!]")
+_GROUP_REFS: Final = re.compile(r"\\[1-9]|\\g|\(\?P|\(\?\(|\(\?<[^=!]")
 
 
 def _methods_check(methods: frozenset[bytes]) -> _Check:
@@ -159,7 +160,7 @@ def _path_check(fullmatch: _Match) -> _Check:
     return check
 
 
-_NEVER: _Match = re.compile(b"(?!)").match
+_NEVER: Final[_Match] = re.compile(b"(?!)").match
 
 
 class _Table(Generic[T]):

@@ -18,12 +18,15 @@ built (see ``_service.Stack.check``).
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Final, Generic, TypeVar, overload
+
+from .._compiled import mypyc_attr
 
 T = TypeVar("T")
 D = TypeVar("D")
 
-SLOTS = frozenset({"peer", "server", "start", "route", "cluster", "endpoint", "tls", "user"})
+# Final module constants: mypyc keeps them in C statics (a plain global is a dict lookup per use).
+SLOTS: Final = frozenset({"peer", "server", "start", "route", "cluster", "endpoint", "tls", "user"})
 """The built-in slot names (attributes of ``Context``)."""
 
 
@@ -55,12 +58,13 @@ class UnsetSlotError(LookupError):
     """A declared context slot was read before any stage of this request set it."""
 
 
-_MISSING: Any = object()
+_MISSING: Final[Any] = object()
 
-_declared: dict[str, ContextSlot[Any]] = {}
+_declared: Final[dict[str, ContextSlot[Any]]] = {}
 """Name -> the slot most recently declared with it (a reloaded module's new object wins)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class ContextSlot(Generic[T]):
     """A typed per-request value that layers, filters and services share.
 
@@ -139,7 +143,7 @@ class BuiltinSlot(ContextSlot[Any]):
         return getattr(ctx, self.name) is not None
 
 
-BUILTIN: dict[str, BuiltinSlot] = {name: BuiltinSlot(name, object) for name in sorted(SLOTS)}
+BUILTIN: Final[dict[str, BuiltinSlot]] = {name: BuiltinSlot(name, object) for name in sorted(SLOTS)}
 """The built-in slots as objects, for ``requires``/``provides`` lists."""
 
 

@@ -8,17 +8,22 @@ pieces for ``writelines`` so a forwarded chunk is never copied (RFC 9112 §7.1).
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 from ..http._message import Headers
 
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
-_STATUS_LINES: dict[int, bytes] = {code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()}
+# Final module constants: mypyc inlines them (here and in the compiled modules that import
+# them) or keeps them in C statics; a plain module global is a dict lookup at every use.
+_REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: Final[dict[int, bytes]] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in _REASONS.items()
+}
 
-CRLF = b"\r\n"
-_CRLF_JOIN = CRLF.join
-_SEP_JOIN = b": ".join
-LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CRLF: Final = b"\r\n"
+_CRLF_JOIN: Final = CRLF.join
+_SEP_JOIN: Final = b": ".join
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
@@ -61,9 +66,9 @@ def content_length_line(n: int) -> bytes:
     return b"Content-Length: %d\r\n" % n
 
 
-CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
-CLOSE_LINE = b"Connection: close\r\n"
-KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
+CHUNKED_LINE: Final = b"Transfer-Encoding: chunked\r\n"
+CLOSE_LINE: Final = b"Connection: close\r\n"
+KEEP_ALIVE_LINE: Final = b"Connection: keep-alive\r\n"
 
 
 def chunk(data: bytes) -> tuple[bytes, bytes, bytes]:

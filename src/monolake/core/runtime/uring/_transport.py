@@ -25,17 +25,19 @@ import socket
 from asyncio import BufferedProtocol, Protocol, constants, transports, trsock
 from asyncio.log import logger
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._uring import POLLOUT, Ring
 
 if TYPE_CHECKING:
     from asyncio import BaseProtocol, Future, Server
 
-_MAX_IOV = 1024
-_QUIET_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
-_QUIET_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED)
-_CLOSED = Protocol()
+# Final module constants: mypyc inlines them or keeps them in C statics, where a plain
+# module global is a dict lookup at every use.
+_MAX_IOV: Final = 1024
+_QUIET_ERRORS: Final = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_QUIET_ERRNOS: Final = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED)
+_CLOSED: Final = Protocol()
 """The protocol of a transport whose connection_lost ran (its own is let go)."""
 
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..._compiled import mypyc_attr
 from ...errors import MonolakeError
 from .._service import Layer, Service
 
@@ -21,6 +22,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class CatchPanic(Generic[Req, Resp]):
     __slots__ = ("inner", "on_panic")
 
@@ -38,6 +40,7 @@ class CatchPanic(Generic[Req, Resp]):
             return self.on_panic(req, exc)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class CatchPanicLayer(Layer[Req, Resp]):
     def __init__(self, on_panic: Callable[[Req, BaseException], Resp]) -> None:
         self.on_panic = on_panic

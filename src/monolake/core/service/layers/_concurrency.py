@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..._compiled import mypyc_attr
 from ...errors import Overloaded
 from .._service import Layer, Service
 
@@ -22,6 +23,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class ConcurrencyLimit(Generic[Req, Resp]):
     __slots__ = ("in_flight", "inner", "limit", "on_shed", "shed")
 
@@ -52,6 +54,7 @@ class ConcurrencyLimit(Generic[Req, Resp]):
             self.in_flight -= 1
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class ConcurrencyLimitLayer(Layer[Req, Resp]):
     def __init__(self, limit: int, on_shed: Callable[[Req], Resp] | None = None) -> None:
         if limit < 1:

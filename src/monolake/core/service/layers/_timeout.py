@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Generic, TypeVar
 
+from ..._compiled import mypyc_attr
 from ...errors import DeadlineExceeded, Source
 from .._service import Layer, Service
 
@@ -22,6 +23,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class Timeout(Generic[Req, Resp]):
     __slots__ = ("gateway", "inner", "seconds")
 
@@ -47,6 +49,7 @@ class Timeout(Generic[Req, Resp]):
         return DeadlineExceeded(f"service timed out: its deadline of {self.seconds:g}s passed")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class TimeoutLayer(Layer[Any, Any]):
     """``gateway=True``: the deadline bounds an upstream's answer (504, blamed on the upstream)."""
 
