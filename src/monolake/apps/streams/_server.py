@@ -41,10 +41,11 @@ import logging
 import time
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ...core._resume import Resume
 from ...core.errors import DeadlineExceeded, Overloaded
 from ...core.server._lifecycle import DrainSignal
 from ...core.service import Service
@@ -89,36 +90,6 @@ class RejectCall(Exception):
     (protosocket-rpc's ``RpcKind::Cancelled``). Without RPC it closes the connection."""
 
 
-class _Resume:
-    """Awaits a coroutine that already ran up to its first wait (``waits``, what it yielded):
-    the rest of it runs in the awaiting task as if that task had started it."""
-
-    __slots__ = ("coro", "waits")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], waits: Any) -> None:
-        self.coro = coro
-        self.waits = waits
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, waits = self.coro, self.waits
-        while True:
-            try:
-                sent = yield waits
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # a cancel (or anything thrown in) goes to the call
-                try:
-                    waits = coro.throw(exc)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    waits = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
-
-
 _DONE = object()
 """``_inline``'s mark for a batch that ran to its end."""
 
@@ -134,7 +105,7 @@ class _Batch:
         self.end = end
 
 
-_Handoff = _Resume | None
+_Handoff = Resume | None
 """What an idle worker is woken with: a call to finish, or None (messages are queued)."""
 
 
@@ -361,7 +332,7 @@ class CallConnection(Framed[Any]):
             if self._rpc is None and self._on_call is None:
                 self._in_flight -= box.end - rest  # counted again where they start (or queue)
             box.end = rest  # that coroutine stops after its call: the rest is started here
-            fut.set_result(_Resume(coro, waits))
+            fut.set_result(Resume(coro, waits))
             box = _Batch(messages, rest, n)
             if self._max_workers == 1:
                 break  # ordered: the rest wait in the queue for the call in flight

@@ -12,7 +12,7 @@ name looked up as bytes; others through ``peek_message``), decodes the argument
 struct (thriftpy2) and calls the handler inline: a plain ``def`` method, or an
 ``async def`` one run to its first ``await`` (``coro.send``), so a handler that
 never waits costs no task and no loop iteration. One that does wait goes on in a
-task (``_Started`` resumes it there), as does every call once the service has
+task (``core._resume.Resume`` carries it on there), as does every call once the service has
 layers or a timeout; many calls run at once per connection. The core driver
 writes the replies of one read's calls in one write. A header transport (TTHeader,
 THeader) carries the sequence id in every frame, so replies go out as calls
@@ -45,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ....core._resume import Resume
 from ....core.errors import ConfigError, RemoteProtocolError
 from ....core.proto.thrift import (
     AppError,
@@ -117,33 +118,6 @@ class _Bound:
         raw = m.name.encode()
         # A binary REPLY's head up to its sequence id: the same bytes for every reply.
         self.reply_head = _BIN_HEAD.pack(0x80010000 | _REPLY, len(raw)) + raw
-
-
-class _Started:
-    """Awaits a coroutine that already ran to its first suspension (``first``, what it
-    yielded): how a call begun inline goes on in a task when its handler awaits."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Any:
-        coro, out = self.coro, self.first
-        while True:
-            try:
-                got = yield out
-            except BaseException as exc:  # the task's cancellation, thrown in where the handler waits
-                try:
-                    out = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    out = coro.send(got)
-                except StopIteration as stop:
-                    return stop.value
 
 
 class _Leaf:
@@ -417,7 +391,7 @@ class _Dispatcher:
         cm = asyncio.timeout(svc.timeout) if svc.timeout else None
         try:
             if started is not None:
-                value = await _Started(*started)  # the usual case: an async method that awaits
+                value = await Resume(*started)  # the usual case: an async method that awaits
             elif cm is None:
                 value = await _invoke(svc, b, call, values)
             else:
