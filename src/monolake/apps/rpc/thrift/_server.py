@@ -83,6 +83,18 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 
 
+def _framed(frame: Frame, payload: bytes, proto: ThriftProtocol, meta: _metainfo.Metainfo | None) -> bytes:
+    """A reply's payload in its call's transport (the call's sequence id; backward metainfo on
+    header transports)."""
+    if frame.payload == 0:  # unframed
+        return payload
+    if frame.transport is _FRAMED:
+        return _U32.pack(len(payload)) + payload
+    return encode_frame(
+        frame.transport, payload, seq_id=frame.seq_id, protocol=proto, headers=_metainfo.backward_headers(meta)
+    )
+
+
 def _app_exception_type() -> type:
     from thriftpy2.thrift import TApplicationException
 
@@ -436,17 +448,7 @@ class _Dispatcher:
             call.meta = meta
             self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
             return
-        payload = b.reply_head + _I32.pack(seq) + body
-        if frame.payload == 0:  # unframed
-            data = payload
-        elif frame.transport is _FRAMED:
-            data = _U32.pack(len(payload)) + payload
-        else:
-            data = encode_frame(
-                frame.transport, payload, seq_id=frame.seq_id, protocol=_BINARY,
-                headers=_metainfo.backward_headers(meta),
-            )  # fmt: skip
-        conn.answer(data)
+        conn.answer(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
         self.calls += 1
         if self.stats is not None or self.access_log is not None:
             self._record(conn, m.name, seq, "ok", start)
@@ -509,16 +511,7 @@ class _Dispatcher:
         self._write(call, application_exception(call.name, call.seq, call.proto, kind, message), outcome)
 
     def _write(self, call: _Call, payload: bytes, outcome: str) -> None:
-        frame = call.frame
-        if frame.payload == 0:  # unframed
-            data = payload
-        elif frame.transport is _FRAMED:
-            data = _U32.pack(len(payload)) + payload
-        else:
-            data = encode_frame(
-                frame.transport, payload, seq_id=frame.seq_id, protocol=call.proto,
-                headers=_metainfo.backward_headers(call.meta),
-            )  # fmt: skip
+        data = _framed(call.frame, payload, call.proto, call.meta)
         conn = call.conn
         q = self._order.get(conn) if call.ordered else None
         if q is None:
