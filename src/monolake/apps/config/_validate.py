@@ -480,20 +480,30 @@ def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> Non
         rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
 
 
+def _check_spec(rep: _Report, where: str, spec: str) -> None:
+    """``spec`` must read "module:attr" (the import itself is checked when the app is built)."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        rep.add(where, f'{spec!r} is not "module:attr"')
+
+
+def _answers_itself(rep: _Report, path: str, s: Server, who: str) -> None:
+    """A server that answers with its own service has no routes, filters or upstream."""
+    for key in ("routes", "filters"):
+        if getattr(s, key):
+            rep.add(f"{path}.{key}", f"{who} answers itself: it has no routes or filters")
+    for key in ("upstream", "upstreams"):
+        if getattr(s, key) is not None:
+            rep.add(f"{path}.{key}", f"{who} answers itself: it has no upstream")
+
+
 def _check_handler_server(rep: _Report, path: str, s: Server) -> None:
     """A server answering with its own service: no routes or upstreams to check, none allowed."""
     assert s.handler is not None
-    module, sep, attr = s.handler.partition(":")
-    if not sep or not module or not attr:
-        rep.add(f"{path}.handler", f'{s.handler!r} is not "module:attr"')
+    _check_spec(rep, f"{path}.handler", s.handler)
     if s.proxy_type == "thrift":
         rep.add(f"{path}.handler", 'a handler serves proxy_type = "http" or "tcp"')
-    for key in ("routes", "filters"):
-        if getattr(s, key):
-            rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no routes or filters")
-    for key in ("upstream", "upstreams"):
-        if getattr(s, key) is not None:
-            rep.add(f"{path}.{key}", "a server with a handler answers itself: it has no upstream")
+    _answers_itself(rep, path, s, "a server with a handler")
 
 
 def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
@@ -501,9 +511,7 @@ def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
     g = s.rpc_grpc
     assert g is not None
     where = f"{path}.rpc_grpc"
-    module, sep, attr = g.handler.partition(":")
-    if not sep or not module or not attr:
-        rep.add(f"{where}.handler", f'{g.handler!r} is not "module:attr"')
+    _check_spec(rep, f"{where}.handler", g.handler)
     if not g.protos:
         rep.add(f"{where}.protos", "needs at least one .proto file")
     for key in ("max_receive_message_bytes", "max_send_message_bytes"):
@@ -513,12 +521,7 @@ def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
         rep.add(f"{path}.proxy_type", 'a server with rpc_grpc is proxy_type = "http"')
     if s.handler is not None:
         rep.add(f"{path}.handler", "a server has a handler or rpc_grpc, not both")
-    for key in ("routes", "filters"):
-        if getattr(s, key):
-            rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no routes or filters")
-    for key in ("upstream", "upstreams"):
-        if getattr(s, key) is not None:
-            rep.add(f"{path}.{key}", "a gRPC server answers itself: it has no upstream")
+    _answers_itself(rep, path, s, "a gRPC server")
 
 
 def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
@@ -533,9 +536,7 @@ def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
     for key in ("upstream", "upstreams", "handler"):
         if getattr(s, key) is not None:
             rep.add(f"{path}.{key}", "an rpc_thrift server answers with rpc_thrift.handler: remove this key")
-    module, sep, attr = rt.handler.partition(":")
-    if not sep or not module or not attr:
-        rep.add(f"{path}.rpc_thrift.handler", f'{rt.handler!r} is not "module:attr"')
+    _check_spec(rep, f"{path}.rpc_thrift.handler", rt.handler)
     from ..rpc.thrift._idl import load_module, service_def
 
     try:

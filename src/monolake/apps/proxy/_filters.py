@@ -365,20 +365,30 @@ def make_importable(base_dir: str | None) -> None:
         importlib.invalidate_caches()
 
 
+def load_object(spec: str, where: str, modules: Mapping[str, ModuleType] | None = None) -> Any:
+    """The object ``module:attr`` names (``attr`` may be dotted); ``modules`` overrides the import of
+    the modules it names (a reload's new versions). Raises ConfigError naming ``where``."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        fresh = modules.get(module_name) if modules else None
+        module = fresh if fresh is not None else importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ConfigError(where, f"module {module_name!r} has no attribute {attr!r}")
+    return obj
+
+
 def _instantiate(
     spec: str | FilterSpec, where: str, modules: Mapping[str, ModuleType] | None, kind: str = "http"
 ) -> tuple[str, object]:
     use, args = (spec, {}) if isinstance(spec, str) else (spec.use, dict(spec.args))
     if is_builtin(use):  # a built-in edge filter ("cors", ...): its args are checked against its settings
         return use, make_builtin(use, args, where, kind)
-    module_name, _, attr = use.partition(":")
-    try:
-        module = modules[module_name] if modules and module_name in modules else importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ConfigError(where, f"module {module_name!r} has no attribute {attr!r}")
+    cls = load_object(use, where, modules)
     try:
         obj = cls(**args)
     except Exception as exc:

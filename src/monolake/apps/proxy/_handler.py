@@ -22,7 +22,6 @@ config file's directory first, then sys.path, then the working directory);
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -34,7 +33,7 @@ from ...core.server._stream_app import build_stream_app
 from ...core.service import Factory, Layer, Stack
 from ..config import Config
 from ..config import Server as ServerConfig
-from ._filters import load_layers, make_importable
+from ._filters import load_layers, load_object, make_importable
 
 
 class _ClassFactory(Factory[Any]):
@@ -97,18 +96,8 @@ def load_handler(
 ) -> tuple[list[Layer[Any, Any]], Factory[Any], str]:
     """Import ``module:attr`` and read it with ``as_stack``; also returns a name for log lines.
     ``modules`` overrides the import of the modules it names (a reload's new versions)."""
-    module_name, _, attr = spec.partition(":")
     make_importable(base_dir)
-    try:
-        fresh = modules.get(module_name) if modules else None
-        module = fresh if fresh is not None else importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigError(where, f"module {module_name!r} has no attribute {attr!r}")
+    obj = load_object(spec, where, modules)
     layers, factory = as_stack(obj, where)
     return layers, factory, spec
 

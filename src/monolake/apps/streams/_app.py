@@ -13,7 +13,6 @@ failed one: ``cancelled(id)`` with RPC, a closed connection without).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -45,21 +44,11 @@ def server_layers(server: Server) -> list[Layer[Any, Any]]:
 
 def load_object(spec: str, where: str, *, base_dir: str | None, modules: Mapping[str, ModuleType] | None) -> Any:
     """``module:attr`` imported (the config's directory first). Raises ConfigError naming ``where``."""
+    from ..proxy._filters import load_object as load
     from ..proxy._filters import make_importable
 
-    module_name, _, attr = spec.partition(":")
     make_importable(base_dir)
-    try:
-        fresh = modules.get(module_name) if modules else None
-        module = fresh if fresh is not None else importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigError(where, f"module {module_name!r} has no attribute {attr!r}")
-    return obj
+    return load(spec, where, modules)
 
 
 def make_codec(kind: str, message: Any, max_message_size: int) -> Codec[Any]:

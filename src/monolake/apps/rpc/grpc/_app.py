@@ -8,7 +8,6 @@ once (``load_protos``' cache), by the supervisor's dry build before any worker n
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -87,26 +86,11 @@ def grpc_app(
     return HttpApp(name=name, listen=listen, factory=factory, tls=tls, settings=settings)
 
 
-def _resolve(spec: str, where: str, modules: Mapping[str, ModuleType] | None) -> Any:
-    module_name, _, attr = spec.partition(":")
-    try:
-        fresh = modules.get(module_name) if modules else None
-        module = fresh if fresh is not None else importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigError(where, f"module {module_name!r} has no attribute {attr!r}")
-    return obj
-
-
 def grpc_factory(
     name: str, spec: RpcGrpc, base_dir: str | None, modules: Mapping[str, ModuleType] | None = None
 ) -> GrpcServer:
     """The ``GrpcServer`` of ``servers.NAME.rpc_grpc``. Raises ConfigError naming the key."""
-    from ...proxy._filters import make_importable
+    from ...proxy._filters import load_object, make_importable
 
     where = f"servers.{name}.rpc_grpc"
     base = base_dir or "."
@@ -116,7 +100,7 @@ def grpc_factory(
 
     protos = load_protos([rel(p) for p in spec.protos], [rel(p) for p in spec.import_paths], where=f"{where}.protos")
     make_importable(base_dir)
-    servicers = _resolve(spec.handler, f"{where}.handler", modules)
+    servicers = load_object(spec.handler, f"{where}.handler", modules)
     try:
         return GrpcServer(
             protos,

@@ -11,7 +11,6 @@ that only touched other parts of the config.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -32,20 +31,10 @@ def load_handler(
     old: object = None,
 ) -> object:
     """The handler ``module:attr`` names: a class is instantiated (or ``old`` kept, when of it)."""
-    from ...proxy._filters import make_importable
+    from ...proxy._filters import load_object, make_importable
 
-    module_name, _, attr = spec.partition(":")
     make_importable(base_dir)
-    try:
-        fresh = modules.get(module_name) if modules else None
-        module = fresh if fresh is not None else importlib.import_module(module_name)
-    except Exception as exc:
-        raise ConfigError(where, f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigError(where, f"module {module_name!r} has no attribute {attr!r}")
+    obj = load_object(spec, where, modules)
     if isinstance(obj, type):
         if type(old) is obj:
             return old
