@@ -249,43 +249,20 @@ def _json_line(fields: list[tuple[str, Getter, bool]], req: Request, resp: Respo
     return _encode(doc).decode()
 
 
-class AccessLog:
-    """Writes formatted lines to ``dest`` ("stdout", "stderr" or a path)."""
+class LineWriter:
+    """Log lines written to ``fd`` in batches: one write per 64 KiB or per second, never one per
+    line. A failed write (a full disk, a closed stdout) is counted in ``dropped``, never raised."""
 
-    def __init__(self, dest: str, fmt: str, style: str = "text") -> None:
-        self.parts = compile_format(fmt)
-        self.fields = compile_json(fmt) if style == "json" else None
-        if dest == "stdout":
-            self.fd, self._own = 1, False
-        elif dest == "stderr":
-            self.fd, self._own = 2, False
-        else:
-            self.fd = os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._own = True
+    def __init__(self, fd: int, own: bool = False) -> None:
+        self.fd, self._own = fd, own
         self.dropped = 0
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: Any = None
 
-    def __call__(self, req: Request, resp: Response, sent: int) -> None:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self.fields is None:
-            line = "".join(p if isinstance(p, str) else p(req, resp, sent, now) for p in self.parts)
-        else:
-            line = _json_line(self.fields, req, resp, sent, now)
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size > 65536:
-            self.flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(1.0, self.flush)
-
     def write(self, line: str) -> None:
-        """Log a line made by the caller (a Thrift call's, which has no HTTP request)."""
+        """Log a line made by the caller (a Thrift call's or a stream call's, which have no HTTP request)."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -315,3 +292,33 @@ class AccessLog:
         if self._own:
             os.close(self.fd)
             self._own = False
+
+
+class AccessLog(LineWriter):
+    """Writes formatted lines to ``dest`` ("stdout", "stderr" or a path)."""
+
+    def __init__(self, dest: str, fmt: str, style: str = "text") -> None:
+        self.parts = compile_format(fmt)
+        self.fields = compile_json(fmt) if style == "json" else None
+        if dest == "stdout":
+            super().__init__(1)
+        elif dest == "stderr":
+            super().__init__(2)
+        else:
+            super().__init__(os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644), own=True)
+
+    def __call__(self, req: Request, resp: Response, sent: int) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self.fields is None:
+            line = "".join(p if isinstance(p, str) else p(req, resp, sent, now) for p in self.parts)
+        else:
+            line = _json_line(self.fields, req, resp, sent, now)
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > 65536:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(1.0, self.flush)

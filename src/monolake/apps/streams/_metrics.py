@@ -13,10 +13,9 @@ once a second (or per 64 KiB):
 
 from __future__ import annotations
 
-import asyncio
-import os
 from typing import Any
 
+from ..observe._accesslog import LineWriter
 from ..observe._conn_metrics import _Counted
 from ..observe._metrics import LATENCY_BUCKETS, multiprocess_dir, worker_metrics
 from ._server import CallRecord, MessageServerApp
@@ -102,37 +101,11 @@ def streams_stats(app: MessageServerApp) -> StreamsStats | None:
     return st
 
 
-class CallLog:
+class CallLog(LineWriter):
     """Access log lines of calls, written to ``fd`` in batches."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.dropped = 0
-        self._lines: list[str] = []
-        self._size = 0
-        self._timer: asyncio.TimerHandle | None = None
-
     def __call__(self, rec: CallRecord) -> None:
-        line = (
+        self.write(
             f"streams server={rec.server} peer={rec.peer} id={rec.message_id} outcome={rec.outcome} "
             f"replies={rec.replies} ms={rec.seconds * 1000:.3f}"
         )
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size > 65536:
-            self.flush()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(1.0, self.flush)
-
-    def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._lines:
-            data = ("\n".join(self._lines) + "\n").encode("utf-8", "replace")
-            self._lines.clear()
-            self._size = 0
-            try:
-                os.write(self.fd, data)
-            except OSError:
-                self.dropped += data.count(b"\n")
