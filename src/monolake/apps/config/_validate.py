@@ -467,11 +467,16 @@ def _check_thrift_server(rep: _Report, path: str, s: Server, cfg: Config) -> Non
             if c.send_proxy_protocol != "off":
                 rep.add(f"{rpath}.upstream", f"cluster {r.upstream!r} sends the PROXY protocol (tcp only)")
             _check_http_only_resilience(rep, f"{rpath}.upstream", r.upstream, cfg, "thrift routes")
-    if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
-        rep.add(f"{path}.max_frame_size", "must be between 64 and 2147483647")
     for key in ("upstream_connections", "upstream_in_flight"):
         if getattr(s, key) < 1:
             rep.add(f"{path}.{key}", "must be >= 1")
+    _check_thrift_limits(rep, path, s)
+
+
+def _check_thrift_limits(rep: _Report, path: str, s: Server) -> None:
+    """The framing and timing limits every Thrift server (proxy or RPC) has."""
+    if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
+        rep.add(f"{path}.max_frame_size", "must be between 64 and 2147483647")
     if s.idle_timeout <= 0:
         rep.add(f"{path}.idle_timeout", "must be > 0")
     if s.request_timeout is not None and s.request_timeout <= 0:
@@ -543,14 +548,7 @@ def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
         service_def(load_module(rt.idl, include_dirs=rt.include_dirs), rt.service)
     except ConfigError as exc:
         rep.add(f"{path}.rpc_thrift.{'idl' if exc.path == 'idl' else 'service'}", exc.reason)
-    if not 64 <= s.max_frame_size <= 0x7FFFFFFF:
-        rep.add(f"{path}.max_frame_size", "must be between 64 and 2147483647")
-    if s.idle_timeout <= 0:
-        rep.add(f"{path}.idle_timeout", "must be > 0")
-    if s.request_timeout is not None and s.request_timeout <= 0:
-        rep.add(f"{path}.request_timeout", "must be > 0")
-    if s.limits.max_pipelined < 1:
-        rep.add(f"{path}.limits.max_pipelined", "must be >= 1")
+    _check_thrift_limits(rep, path, s)
 
 
 def _check_streams_server(rep: _Report, path: str, s: Server) -> None:
