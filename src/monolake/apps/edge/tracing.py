@@ -39,6 +39,7 @@ import threading
 import time
 import weakref
 from binascii import unhexlify
+from contextvars import ContextVar
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -66,6 +67,7 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 # span's id on the server record). Ids are lowercase hex bytes, as traceparent carries them.
 _TID, _SID, _PID, _START, _END, _NAME, _ATTRS, _ERR, _CLIENT = range(9)
 _SAMPLED, _STATE, _TRIES, _CSID = 9, 10, 11, 12
+_KIND = 13  # an RPC span's kind (``rpc_record``); records without it are SERVER spans
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 _ODD = b"13579bdf"  # a traceparent flags byte's last hex digit when the sampled bit is set
@@ -340,7 +342,8 @@ class _Exporter:
             if type(a) is list:  # an HTTP request's
                 _http_spans(r, spans)
                 continue
-            spans.append(_field(2, _span(r, _KIND_SERVER, r[_PID], a)))  # a thrift call's, attributes a dict
+            # an RPC span's (a thrift call's, a layer's), attributes a dict
+            spans.append(_field(2, _span(r, r[_KIND] if len(r) > _KIND else _KIND_SERVER, r[_PID], a)))
             c = r[_CLIENT]
             if c is not None:
                 spans.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], c[_ATTRS])))
@@ -670,19 +673,83 @@ def _on_retry(req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) 
 RETRY_HOOKS.append(_on_retry)
 
 
+# -- pieces the RPC layers share (these and ``monolake.apps.rpc.tracing``'s) ------------------
+
+CURRENT_SPAN: ContextVar[tuple[bytes, bytes, bool, str | None] | None] = ContextVar("monolake_rpc_span", default=None)
+"""The server span of the RPC call this task serves: (trace id, span id, sampled, tracestate), hex
+ids as traceparent carries them. A server layer sets it; a client layer's span is its child."""
+
+_SHARED: dict[bytes, Tracing] = {}
+
+
+def shared_tracing(args: TracingArgs) -> Tracing:
+    """One ``Tracing`` (ids, sampler, export thread) per distinct settings in a process: a server's
+    layer and the client layers its handler uses export through one thread."""
+    key = msgspec.json.encode(args)
+    t = _SHARED.get(key)
+    if t is None:
+        t = _SHARED[key] = Tracing(args)
+    return t
+
+
+def tracing_args(table: dict[str, Any], where: str) -> TracingArgs:
+    """A TOML ``tracing`` table (the tracing filter's args) as checked settings. Raises ConfigError
+    at ``where.KEY``."""
+    from ...core.errors import ConfigError
+    from ._base import _AT, _key
+
+    try:
+        args = msgspec.convert(table, TracingArgs, str_keys=True)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _AT.search(msg)
+        raise ConfigError(_key(where, m.group(1) if m else ""), msg[: m.start()] if m else msg) from None
+    try:
+        Tracing(args)  # its checks (no I/O: the export thread starts on the first span)
+    except ArgError as exc:
+        raise ConfigError(_key(where, exc.key), exc.reason) from None
+    return args
+
+
+def incoming(t: Tracing, tp: bytes | None, ids: bytes) -> tuple[bytes, bytes | None, bool]:
+    """(trace id, parent span id or None, sampled) of a call whose caller sent traceparent ``tp``
+    (None, or invalid: a new trace, its id the first 32 of ``ids``, ``t``'s ratio deciding)."""
+    m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
+    if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+        trace: bytes = m[2]
+        return trace, m[3], m[4][1] in _ODD if t.parent_based else t._sampled(trace)
+    trace = ids[:32]
+    return trace, None, t._sampled(trace)
+
+
+def rpc_record(
+    trace: bytes,
+    sid: bytes,
+    parent: bytes | None,
+    start: int,
+    name: bytes,
+    attrs: dict[str, Any],
+    error: bool,
+    kind: int,
+) -> list[Any]:
+    """An RPC span's record (attributes a dict, encoded by ``_span``), ended now."""
+    return [trace, sid, parent, start, time.time_ns(), name, attrs, error, None, True, None, None, None, kind]
+
+
 class RpcTracing(Layer[Any, Any]):
     """Tracing as a layer of the RPC framework's thrift services (``monolake.rpc.ThriftService(...,
-    layers=[RpcTracing(endpoint=...)])``, or a server's TOML ``layers``: ``{ use =
-    "monolake.apps.edge.tracing:RpcTracing", args = { ... } }``); the keywords are ``TracingArgs``.
+    layers=[RpcTracing(endpoint=...)])``, or ``[servers.NAME.rpc_thrift.tracing]``); the keywords
+    are ``TracingArgs``.
 
     A SERVER span per call (``rpc.*`` attributes, named ``Service/method``; a raised exception,
     declared or not, is an error), its parent the caller's ``traceparent`` metainfo (TTHeader
     ``RPC_TRANSIT_traceparent``). The span's context is set as this hop's transient
-    ``traceparent``, so the calls the handler makes with a ``ThriftClient`` are its children.
+    ``traceparent`` (and ``CURRENT_SPAN``), so the calls the handler makes with a ``ThriftClient``
+    (or, through a client tracing layer, a ``GrpcClient``) are its children.
     """
 
     def __init__(self, **args: Any) -> None:
-        self.tracing = Tracing(msgspec.convert(args, TracingArgs))
+        self.tracing = shared_tracing(msgspec.convert(args, TracingArgs))
 
     def layer(self, inner: Any) -> _RpcTraced:
         return _RpcTraced(inner, self.tracing)
@@ -700,21 +767,13 @@ class _RpcTraced:
         ids = t._next_ids()
         mi = req.metainfo
         tp = mi.upstream.get("traceparent")
-        m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
-        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
-            trace: bytes = m[2]
-            parent: bytes | None = m[3]
-            sampled = m[4][1] in _ODD if t.parent_based else t._sampled(trace)
-            state = mi.upstream.get("tracestate")
-        else:
-            trace = ids[:32]
-            parent = None
-            sampled = t._sampled(trace)
-            state = None
+        trace, parent, sampled = incoming(t, tp.encode("latin-1") if tp is not None else None, ids)
+        state = mi.upstream.get("tracestate") if parent is not None else None
         sid = ids[32:48]
         mi.set_transient("traceparent", f"00-{trace.decode()}-{sid.decode()}-{'01' if sampled else '00'}")
         if state is not None:
             mi.set_transient("tracestate", state)
+        CURRENT_SPAN.set((trace, sid, sampled, state))  # the call's own context: nothing to reset
         if not sampled:
             return await self.inner(req)
         start = time.time_ns()
@@ -734,9 +793,7 @@ class _RpcTraced:
             if error is not None:
                 attrs["error.type"] = error
             name = f"{req.service}/{req.method}".encode()
-            t._export(
-                [trace, sid, parent, start, time.time_ns(), name, attrs, error is not None, None, True, state, None]
-            )
+            t._export(rpc_record(trace, sid, parent, start, name, attrs, error is not None, _KIND_SERVER))
 
 
 _INSTANCES: weakref.WeakSet[Tracing] = weakref.WeakSet()
