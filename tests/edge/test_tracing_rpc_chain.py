@@ -103,6 +103,12 @@ def grpc_chain(env: tuple[LoopThread, Receiver]) -> Iterator[dict[str, Any]]:
                 raise RpcError(StatusCode.INTERNAL, "upstream failed")
             return pb.EchoReply(text=request.text)
 
+        async def ServerStream(self, request: Any, context: Any) -> Any:
+            for i in range(2):
+                yield pb.EchoReply(text=request.text, index=i)
+            if request.text == "fail":
+                raise RpcError(StatusCode.DATA_LOSS, "lost the rest")
+
     out: dict[str, Any] = {"pb": pb, "seen": seen}
 
     class Middle:
@@ -209,6 +215,37 @@ def test_grpc_error_is_an_error_span_on_each_hop(env: tuple[LoopThread, Receiver
     trace = of_trace(wait_spans(receiver, lambda ss: len(of_trace(ss, servers[0].trace_id)) >= 4), servers[0].trace_id)
     for s in trace:  # caller and middle CLIENT spans, middle and upstream SERVER spans
         assert s.status.code == s.status.STATUS_CODE_ERROR, (s.name, attrs(s))
+
+
+def test_grpc_stream_span_ends_with_the_stream(env: tuple[LoopThread, Receiver], grpc_chain: dict[str, Any]) -> None:
+    lt, receiver = env
+    pb = grpc_chain["pb"]
+    upstream = grpc_chain["servers"][0][2]
+
+    async def stream(text: str) -> list[int]:
+        got = []
+        try:
+            async for r in grpc_chain["client"].server_stream(
+                "Echo.ServerStream", pb.EchoRequest(text=text), address=upstream
+            ):
+                got.append(r.index)
+        except RpcError as exc:
+            assert exc.code == StatusCode.DATA_LOSS
+        return got
+
+    assert lt.run(stream("ok")) == [0, 1]
+    assert lt.run(stream("fail")) == [0, 1]
+
+    def streams(ss: list[Any]) -> list[Any]:
+        return [s for s in ss if s.kind == SERVER and s.name == "monolake.test.Echo/ServerStream"]
+
+    ok, failed = sorted(
+        streams(wait_spans(receiver, lambda ss: len(streams(ss)) >= 2)), key=lambda s: s.start_time_unix_nano
+    )
+    # the span lasts until the stream's status, which it records (the head went out before it)
+    assert attrs(ok)["rpc.grpc.status_code"] == 0 and ok.status.code != ok.status.STATUS_CODE_ERROR
+    assert attrs(failed)["rpc.grpc.status_code"] == StatusCode.DATA_LOSS and attrs(failed)["error.type"] == "15"
+    assert failed.status.code == failed.status.STATUS_CODE_ERROR
 
 
 # -- Thrift -----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ conventions: ``rpc.system`` (``grpc``, ``apache_thrift``), ``rpc.service``, ``rp
 ``rpc.grpc.status_code``, ``server.address``/``server.port`` (client spans), ``client.address``
 (server spans), ``error.type``. A gRPC server span is an error for the statuses the conventions
 name (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS), a client span
-for any status but OK. A streaming gRPC call's server span ends when its response head is
-returned (its status is known then only for a Trailers-Only answer).
+for any status but OK. A gRPC server span ends with the call (a stream's last message and status
+included), told by the ``GrpcService``'s ``on_call``.
 
 Nothing of this runs unless a layer is given: a server or client without one is unchanged.
 """
@@ -24,6 +24,7 @@ Nothing of this runs unless a layer is given: a server or client without one is 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import Any
 
 import msgspec
@@ -33,6 +34,10 @@ from ...core.address import Endpoint
 from ...core.proto.http1 import Request, Response
 from ...core.service import Layer, Service
 from ..edge.tracing import (
+    _ATTRS,
+    _CLIENT,
+    _END,
+    _ERR,
     _KIND_CLIENT,
     _KIND_SERVER,
     CURRENT_SPAN,
@@ -117,15 +122,62 @@ class GrpcServerTracing(Layer[Request, Response]):
         self.tracing = shared_tracing(msgspec.convert(args, TracingArgs))
 
     def layer(self, inner: Service[Request, Response]) -> _GrpcServerTraced:
-        return _GrpcServerTraced(inner, self.tracing)
+        # The GrpcService under the layers between: its ``on_call`` (called once per call, when the
+        # call ends, streams included) ends the span with the call's status.
+        from .grpc._server import GrpcService
+
+        svc: Any = inner
+        while svc is not None and not isinstance(svc, GrpcService):
+            svc = getattr(svc, "inner", None)
+        if svc is not None and not isinstance(svc.on_call, _OnCall):
+            svc.on_call = _OnCall(svc.on_call)
+        return _GrpcServerTraced(inner, self.tracing, svc is not None)
+
+
+_CALL: ContextVar[list[Any] | None] = ContextVar("monolake_grpc_span", default=None)
+"""The traced gRPC call's span record, for ``_OnCall`` (a streaming call's task has a copy of it)."""
+
+
+class _OnCall:
+    """A ``GrpcService.on_call`` that ends the current call's span, then calls the one it wraps."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, method: str, code: int, seconds: float) -> None:
+        r = _CALL.get()
+        if r is not None and not r[_END]:
+            _end_server(r, code, None)
+        inner = self.inner
+        if inner is not None:
+            inner(method, code, seconds)
+
+
+def _end_server(r: list[Any], code: int | None, error: str | None) -> None:
+    """End a gRPC SERVER span record and queue it (``r[_CLIENT]`` holds its ``Tracing``)."""
+    r[_END] = time.time_ns()
+    attrs = r[_ATTRS]
+    if code is not None:
+        attrs["rpc.grpc.status_code"] = code
+        if error is None and code in _SERVER_ERRORS:
+            error = str(code)
+    if error is not None:
+        attrs["error.type"] = error
+        r[_ERR] = True
+    t = r[_CLIENT]
+    r[_CLIENT] = None
+    t._export(r)
 
 
 class _GrpcServerTraced:
-    __slots__ = ("inner", "t")
+    __slots__ = ("hooked", "inner", "t")
 
-    def __init__(self, inner: Service[Request, Response], t: Tracing) -> None:
+    def __init__(self, inner: Service[Request, Response], t: Tracing, hooked: bool) -> None:
         self.inner = inner
         self.t = t
+        self.hooked = hooked
 
     async def __call__(self, req: Request) -> Response:
         t = self.t
@@ -139,43 +191,30 @@ class _GrpcServerTraced:
         try:
             if not sampled:
                 return await self.inner(req)
-            start = time.time_ns()
+            name, service, method = _method(req.path)
+            attrs: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+            ctx = req.ctx
+            if ctx is not None and ctx.peer is not None:
+                attrs["client.address"] = str(ctx.peer)
+            # A record as ``rpc_record`` makes it, not ended yet; its client slot holds the Tracing until then.
+            r = [trace, sid, parent, time.time_ns(), 0, name, attrs, False, t, True, None, None, None, _KIND_SERVER]
+            call_token = _CALL.set(r)
             try:
                 resp = await self.inner(req)
             except BaseException as exc:
-                self._record(req, trace, sid, parent, start, None, type(exc).__name__)
+                if not r[_END]:
+                    _end_server(r, None, type(exc).__name__)
                 raise
-            code = _grpc_status(resp)
-            error = None
-            if code is not None and code in _SERVER_ERRORS:
-                error = str(code)
-            elif code is None and resp.status >= 500:
-                error = str(resp.status)
-            self._record(req, trace, sid, parent, start, code, error)
+            finally:
+                _CALL.reset(call_token)
+            if not r[_END]:
+                code = _grpc_status(resp)
+                if code is None and self.hooked and resp.status == 200 and isinstance(resp.body, Body):
+                    return resp  # a stream under way: ``_OnCall`` ends the span with its status
+                _end_server(r, code, str(resp.status) if code is None and resp.status >= 500 else None)
             return resp
         finally:
             CURRENT_SPAN.reset(token)
-
-    def _record(
-        self,
-        req: Request,
-        trace: bytes,
-        sid: bytes,
-        parent: bytes | None,
-        start: int,
-        code: int | None,
-        error: str | None,
-    ) -> None:
-        name, service, method = _method(req.path)
-        attrs: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-        if code is not None:
-            attrs["rpc.grpc.status_code"] = code
-        ctx = req.ctx
-        if ctx is not None and ctx.peer is not None:
-            attrs["client.address"] = str(ctx.peer)
-        if error is not None:
-            attrs["error.type"] = error
-        self.t._export(rpc_record(trace, sid, parent, start, name, attrs, error is not None, _KIND_SERVER))
 
 
 def _endpoint_attrs(attrs: dict[str, Any], ep: Endpoint | None) -> None:
