@@ -213,73 +213,140 @@ _SERVER = b"\x30\x02"  # Span.kind (6) = SPAN_KIND_SERVER
 _CLIENT_KIND = b"\x30\x03"  # SPAN_KIND_CLIENT
 
 
-def _http_span(r: list[Any], lead: bytes, kind: bytes, attrs: bytes) -> bytes:
-    """A Span of an HTTP record, framed as ScopeSpans.spans (2). ``lead``: its trace_id, span_id
-    and parent_span_id fields; ``attrs`` its attribute fields."""
-    tail = _NAMES.get((r[_NAME], kind))
+def _tail(name: bytes, kind: bytes) -> bytes:
+    """A span's name and kind fields."""
+    tail = _NAMES.get((name, kind))
     if tail is None:
-        tail = _field(5, r[_NAME]) + kind
+        tail = _field(5, name) + kind
         if len(_NAMES) < 64:
-            _NAMES[(r[_NAME], kind)] = tail
-    start = r[_START]
-    times = _PACK_TIMES(0x39, start, 0x41, r[_END] or start)
-    span = b"".join((lead, tail, times, attrs, _STATUS_FIELD if r[_ERR] else b""))
-    n = len(span)
-    if n < 128:
-        return b"\x12" + _SMALL[n] + span
-    if n < 16384:
-        return bytes((0x12, n & 0x7F | 0x80, n >> 7)) + span
-    return b"\x12" + _varint(n) + span
+            _NAMES[(name, kind)] = tail
+    return tail
 
 
-def _http_spans(r: list[Any], out: list[bytes]) -> None:
-    """An HTTP request's record: its SERVER span and its tries' CLIENT spans (the ids as bytes once)."""
-    method, path, query, host, peer, version, route, status, client = r[_ATTRS]
-    name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
+_HEADS: dict[int, bytes] = {}
+"""A span of n bytes: its ScopeSpans.spans (2) tag and length, and its trace_id field's tag and length."""
+
+
+def _head(n: int) -> bytes:
+    """The bytes before a span's trace id (``_HEADS``), for a span of ``n`` bytes."""
+    head = _HEADS.get(n)
+    if head is None:
+        head = b"\x12" + _varint(n) + b"\x0a\x10"
+        if n < 16384:
+            _HEADS[n] = head
+    return head
+
+
+_SERVER_ATTRS: dict[tuple[Any, ...], bytes] = {}
+"""An HTTP SERVER span's attribute fields by its raw values (most requests repeat a few): one lookup."""
+_CLIENT_ATTRS: dict[tuple[Any, ...], bytes] = {}
+_EP_NAMES: dict[int, tuple[Any, str]] = {}
+"""id(endpoint) -> (endpoint, str(endpoint)): an Endpoint's hash and str are Python-level calls."""
+_CACHED = 4096
+"""Entries each of these caches holds; a full one is emptied (a reload's old routes go with it)."""
+
+
+def _server_attrs(key: tuple[Any, ...], cache: bool = True) -> bytes:
+    method, path, query, host, peer, version, route, status, client = key
     if client is None:
         attrs = _battr("url.path", path) + _attr("client.address", peer)
     else:  # behind trusted proxies (ip_rules): the client, and the connection's peer
         attrs = _battr("url.path", path) + _attr("client.address", client) + _attr("network.peer.address", peer)
     if query:
         attrs += _battr("url.query", query)
-    attrs += _group((method, version, status, host, name), _server_group)
-    trace = b"\x0a\x10" + unhexlify(r[_TID])
+    # the route object: its name is read here, off the request path
+    attrs += _group((method, version, status, host, getattr(route, "name", None)), _server_group)
+    if cache:
+        if len(_SERVER_ATTRS) >= _CACHED:
+            _SERVER_ATTRS.clear()
+        _SERVER_ATTRS[key] = attrs
+    return attrs
+
+
+_ID_TAG = b"\x12\x08"  # Span.span_id (2), 8 bytes
+_PARENT_TAG = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
+_FIXED = 2 + 16 + 2 + 8 + 18  # a span's trace_id, span_id and time fields
+_WITH_PARENT = _FIXED + 10
+
+
+def _http_spans(r: list[Any], out: list[bytes]) -> None:
+    """An HTTP request's record: its SERVER span and its tries' CLIENT spans, as parts of the
+    export's one ``b"".join`` (no span is copied into a framed one: its length is added up)."""
+    key = tuple(r[_ATTRS])
+    try:
+        attrs = _SERVER_ATTRS.get(key)
+    except TypeError:  # an unhashable value (a filter's own route object...): not cached
+        attrs = _server_attrs(key, False)
+    if attrs is None:
+        attrs = _server_attrs(key)
+    trace = unhexlify(r[_TID])
     sid = unhexlify(r[_SID])
-    lead = trace + b"\x12\x08" + sid
     parent = r[_PID]
-    out.append(_http_span(r, lead + b"\x22\x08" + unhexlify(parent) if parent else lead, _SERVER, attrs))
-    child_of = b"\x22\x08" + sid
-    for c in r[_TRIES] or ():
-        lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
-        out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(c[_ATTRS])))
-    c = r[_CLIENT]
-    if c is not None:
-        a = c[_ATTRS]
-        if type(a) is list:
-            lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
-            out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(a)))
-        else:  # a thrift call's client span
-            out.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], a)))
+    start = r[_START]
+    tail = _tail(r[_NAME], _SERVER)
+    times = _PACK_TIMES(0x39, start, 0x41, r[_END] or start)
+    n = len(tail) + len(attrs) + (4 if r[_ERR] else 0)
+    if parent:
+        out += (_head(n + _WITH_PARENT), trace, _ID_TAG, sid, _PARENT_TAG, unhexlify(parent), tail, times, attrs)
+    else:
+        out += (_head(n + _FIXED), trace, _ID_TAG, sid, tail, times, attrs)
+    if r[_ERR]:
+        out.append(_STATUS_FIELD)
+    tries = r[_TRIES]
+    last = r[_CLIENT]
+    if tries is None and last is None:
+        return
+    for c in [*(tries or ()), last]:
+        if c is None:
+            continue
+        ca = c[_ATTRS]
+        if type(ca) is not list:  # a thrift call's client span
+            out.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], ca)))
+            continue
+        attrs = _client_attrs(ca)
+        tail = _tail(c[_NAME], _CLIENT_KIND)
+        start = c[_START]
+        times = _PACK_TIMES(0x39, start, 0x41, c[_END] or start)
+        n = len(tail) + len(attrs) + (4 if c[_ERR] else 0) + _WITH_PARENT
+        out += (_head(n), trace, _ID_TAG, unhexlify(c[_SID]), _PARENT_TAG, sid, tail, times, attrs)
+        if c[_ERR]:
+            out.append(_STATUS_FIELD)
 
 
 def _client_attrs(a: list[Any]) -> bytes:
     method, path, status, endpoint, resend, error_type = a
-    key = (method, status, None if endpoint is None else str(endpoint), resend, error_type)
-    return _battr("url.path", path) + _group(key, _client_group)
+    if endpoint is not None and type(endpoint) is not str:
+        hit = _EP_NAMES.get(id(endpoint))
+        if hit is None or hit[0] is not endpoint:
+            hit = (endpoint, str(endpoint))
+            if len(_EP_NAMES) >= _CACHED:
+                _EP_NAMES.clear()
+            _EP_NAMES[id(endpoint)] = hit
+        endpoint = hit[1]
+    key = (method, path, status, endpoint, resend, error_type)
+    out = _CLIENT_ATTRS.get(key)
+    if out is None:
+        out = _battr("url.path", path) + _group((method, status, endpoint, resend, error_type), _client_group)
+        if len(_CLIENT_ATTRS) >= _CACHED:
+            _CLIENT_ATTRS.clear()
+        _CLIENT_ATTRS[key] = out
+    return out
+
+
+_KINDS = {_KIND_SERVER: _SERVER, _KIND_CLIENT: _CLIENT_KIND}
 
 
 def _span(r: list[Any], kind: int, parent: bytes | None, attrs: dict[str, Any]) -> bytes:
-    out: bytes = _field(1, unhexlify(r[_TID])) + _field(2, unhexlify(r[_SID]))
+    """An RPC record's Span (its attributes a dict), one join."""
+    start = r[_START]
+    parts = [b"\x0a\x10", unhexlify(r[_TID]), _ID_TAG, unhexlify(r[_SID])]
     if parent:
-        out += _field(4, unhexlify(parent))
-    out += _field(5, r[_NAME])  # the method, bytes
-    out += b"\x30" + _varint(kind)  # kind (6, varint)
-    out += b"\x39" + r[_START].to_bytes(8, "little")  # start_time_unix_nano (7, fixed64)
-    out += b"\x41" + (r[_END] or r[_START]).to_bytes(8, "little")  # end_time_unix_nano (8, fixed64)
-    out += b"".join([_attr(k, v) for k, v in attrs.items()])
+        parts += (_PARENT_TAG, unhexlify(parent))
+    parts += (_tail(r[_NAME], _KINDS[kind]), _PACK_TIMES(0x39, start, 0x41, r[_END] or start))
+    parts += [_attr(k, v) for k, v in attrs.items()]
     if r[_ERR]:
-        out += _field(15, _STATUS_ERROR)
-    return out
+        parts.append(_STATUS_FIELD)
+    return b"".join(parts)
 
 
 class _Exporter:
