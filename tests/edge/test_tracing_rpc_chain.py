@@ -258,7 +258,7 @@ def thrift_chain(
     lt, receiver = env
     idl = tmp_path_factory.mktemp("rpc-chain") / "chain.thrift"
     idl.write_text(IDL)
-    out: dict[str, Any] = {"seen": []}
+    out: dict[str, Any] = {"seen": [], "idl": str(idl)}
 
     class Upstream:
         async def onward(self, text: str) -> str:
@@ -360,6 +360,66 @@ def test_thrift_error_is_an_error_span(env: tuple[LoopThread, Receiver], thrift_
     trace = of_trace(wait_spans(receiver, lambda ss: len(of_trace(ss, ups[0].trace_id)) >= 4), ups[0].trace_id)
     caller = [s for s in trace if s.kind == CLIENT and not s.parent_span_id]
     assert caller and caller[0].status.code == caller[0].status.STATUS_CODE_ERROR
+
+
+def test_grpc_handler_calling_thrift_continues_the_trace(
+    env: tuple[LoopThread, Receiver], grpc_chain: dict[str, Any], thrift_chain: dict[str, Any]
+) -> None:
+    lt, receiver = env
+    pb = grpc_chain["pb"]
+    upstream = thrift_chain["servers"][0][2]
+    out: dict[str, Any] = {}
+
+    class Mixed:
+        async def Unary(self, request: Any, context: Any) -> Any:
+            return pb.EchoReply(text=str(await out["thrift"].call("onward", request.text)))
+
+    async def start() -> str:
+        import asyncio
+
+        protos = load_protos([PROTOS / "grpc_echo.proto"], [PROTOS])
+        factory = GrpcServer(protos, Mixed(), health=False, reflection=False)
+        layer = GrpcServerTracing(**settings(receiver, "mixed"))
+        app = build_http_app("mixed", Server(listener="127.0.0.1:0"), factory, [layer])
+        srv = await asyncio.get_running_loop().create_server(app.protocol_factory, "127.0.0.1", 0)
+        out["thrift"] = ThriftClient(
+            thrift_chain["idl"], [upstream], inner_layers=[ThriftClientTracing(**settings(receiver, "mixed"))]
+        )
+        out["stop"] = (app, srv)
+        return f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+    address = lt.run(start())
+    try:
+        reply = lt.run(grpc_chain["client"].unary("Echo.Unary", pb.EchoRequest(text="across"), address=address))
+        assert reply.text == "across"
+
+        def across(ss: list[Any]) -> list[Any]:
+            """Thrift server spans in a trace with a gRPC server span and a Thrift client span."""
+            found = []
+            for s in ss:
+                if s.kind == SERVER and s.name == "Chain/onward":
+                    names = {(g.kind, g.name) for g in of_trace(ss, s.trace_id)}
+                    if {(SERVER, "monolake.test.Echo/Unary"), (CLIENT, "Chain/onward")} <= names:
+                        found.append(s)
+            return found
+
+        spans = wait_spans(receiver, lambda ss: bool(across(ss)))
+        (thrift_server,) = across(spans)
+        trace = of_trace(spans, thrift_server.trace_id)
+        (grpc_server,) = [s for s in trace if s.kind == SERVER and s.name == "monolake.test.Echo/Unary"]
+        (thrift_client,) = [s for s in trace if s.kind == CLIENT and s.name == "Chain/onward"]
+        # gRPC server span -> Thrift client span -> Thrift server span, one trace across protocols
+        assert thrift_client.parent_span_id == grpc_server.span_id
+        assert thrift_server.parent_span_id == thrift_client.span_id
+    finally:
+
+        async def stop() -> None:
+            out["thrift"].close()
+            app, srv = out["stop"]
+            srv.close()
+            app.close()
+
+        lt.run(stop())
 
 
 # -- TOML: the docs' examples ------------------------------------------------------------------
