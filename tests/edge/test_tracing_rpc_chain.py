@@ -440,7 +440,7 @@ def example(path: Path, receiver: Receiver) -> dict[str, Any]:
 def test_toml_examples_serve_traced_calls(env: tuple[LoopThread, Receiver], monkeypatch: pytest.MonkeyPatch) -> None:
     lt, receiver = env
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    import tracing_clients
+    import traced
 
     grpc_proxy = InProcessProxy(lt, example(EXAMPLES / "grpc" / "greeter_tracing.toml", receiver), EXAMPLES / "grpc")
     kv_proxy = InProcessProxy(lt, example(EXAMPLES / "thrift" / "kv_tracing.toml", receiver), EXAMPLES / "thrift")
@@ -449,8 +449,8 @@ def test_toml_examples_serve_traced_calls(env: tuple[LoopThread, Receiver], monk
         kv_addr = kv_proxy.url.removeprefix("http://")
 
         async def calls() -> tuple[str, str]:
-            g = tracing_clients.greeter_client(grpc_addr, receiver.url)
-            k = tracing_clients.kv_client(kv_addr, receiver.url)
+            g = traced.greeter_client(grpc_addr, receiver.url)
+            k = traced.kv_client(kv_addr, receiver.url)
             try:
                 pb = g.protos.module("greeter.proto")
                 hello = await g.unary("Greeter.SayHello", pb.HelloRequest(name="you"))
@@ -469,7 +469,45 @@ def test_toml_examples_serve_traced_calls(env: tuple[LoopThread, Receiver], monk
     finally:
         grpc_proxy.close()
         kv_proxy.close()
-        sys.modules.pop("tracing_clients", None)
+        sys.modules.pop("traced", None)
+
+
+def test_python_example_serves_traced_calls(env: tuple[LoopThread, Receiver], monkeypatch: pytest.MonkeyPatch) -> None:
+    lt, receiver = env
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.syspath_prepend(str(EXAMPLES / "grpc"))
+    had_greeter = "greeter" in sys.modules
+    import traced
+
+    app = traced.greeter_app("127.0.0.1:0", receiver.url)
+    http = build_http_app(app.name, Server(listener="127.0.0.1:0"), app.factory, app.layers)
+
+    async def call() -> str:
+        import asyncio
+
+        srv = await asyncio.get_running_loop().create_server(http.protocol_factory, "127.0.0.1", 0)
+        client = traced.greeter_client(f"127.0.0.1:{srv.sockets[0].getsockname()[1]}", receiver.url)
+        try:
+            pb = client.protos.module("greeter.proto")
+            return str((await client.unary("Greeter.SayHello", pb.HelloRequest(name="py"))).message)
+        finally:
+            await client.aclose()
+            srv.close()
+            http.close()
+
+    try:
+        assert lt.run(call()) == "Hello, py!"
+    finally:
+        sys.modules.pop("traced", None)
+        if not had_greeter:  # the example's import, from the path this test put first
+            sys.modules.pop("greeter", None)
+
+    def pairs(ss: list[Any]) -> list[tuple[Any, Any]]:
+        named = [s for s in ss if s.name == "greeter.Greeter/SayHello"]
+        return [(c, s) for c in named for s in named if c.kind == CLIENT and s.parent_span_id == c.span_id]
+
+    (client_span, server_span) = pairs(wait_spans(receiver, lambda ss: len(pairs(ss)) >= 2))[-1]
+    assert server_span.kind == SERVER and server_span.trace_id == client_span.trace_id
 
 
 @pytest.mark.parametrize(
