@@ -5,7 +5,8 @@ Per request: a SERVER span (the incoming W3C ``traceparent``/``tracestate`` is i
 when there is one) and a CLIENT span per upstream try (a retrying route's retries are told
 through ``RETRY_HOOKS``), whose context goes upstream in ``traceparent``/``tracestate``.
 On a thrift server the context travels in TTHeader's ``RPC_TRANSIT_traceparent`` key;
-``RpcTracing`` is the same for the RPC framework's thrift services, as a layer. Sampling is
+``RpcTracing`` is the same for the RPC framework's thrift services, as a layer (its gRPC servers
+and both clients: ``monolake.apps.rpc.tracing``, on this module's ``shared_tracing``). Sampling is
 ``sample_ratio`` of the trace ids (the ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
 ``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
 HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
