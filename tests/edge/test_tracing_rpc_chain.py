@@ -153,11 +153,15 @@ def test_grpc_chain_links_spans_and_retries(env: tuple[LoopThread, Receiver], gr
     async def calls() -> list[str]:
         return [(await grpc_chain["client"].unary("Echo.Unary", pb.EchoRequest(text=f"t{i}"))).text for i in range(4)]
 
+    def roots(ss: list[Any]) -> list[Any]:  # this test's callers' spans (not other tests')
+        return [s for s in ss if s.kind == CLIENT and not s.parent_span_id and s.span_id not in earlier]
+
+    earlier = {s.span_id for s in receiver.spans}
     assert lt.run(calls()) == ["t0", "t1", "t2", "t3"]
-    roots = wait_spans(receiver, lambda ss: sum(1 for s in ss if s.kind == CLIENT and not s.parent_span_id) >= 4)
-    roots = [s for s in roots if s.kind == CLIENT and not s.parent_span_id and attrs(s)["rpc.method"] == "Unary"]
+    found = roots(wait_spans(receiver, lambda ss: len(roots(ss)) >= 4))
+    assert len(found) == 4
     retried = 0
-    for root in roots[:4]:
+    for root in found:
         # caller CLIENT -> middle SERVER -> middle CLIENT per try -> upstream SERVER (of the last try)
         spans = wait_spans(
             receiver, lambda ss, t=root.trace_id: len([s for s in of_trace(ss, t) if s.kind == SERVER]) >= 2
@@ -311,14 +315,15 @@ def test_thrift_chain_links_spans_and_retries(env: tuple[LoopThread, Receiver], 
     async def calls() -> list[str]:
         return [await thrift_chain["client"].call("onward", f"t{i}") for i in range(4)]
 
+    def roots(ss: list[Any]) -> list[Any]:  # this test's callers' spans (not other tests')
+        return [s for s in ss if s.kind == CLIENT and not s.parent_span_id and s.span_id not in earlier]
+
+    earlier = {s.span_id for s in receiver.spans}
     assert lt.run(calls()) == ["t0", "t1", "t2", "t3"]
-
-    def roots(ss: list[Any]) -> list[Any]:
-        return [s for s in ss if s.kind == CLIENT and not s.parent_span_id and s.name == b"Chain/onward".decode()]
-
     found = roots(wait_spans(receiver, lambda ss: len(roots(ss)) >= 4))
+    assert len(found) == 4
     retried = 0
-    for root in found[:4]:
+    for root in found:
         a = attrs(root)
         assert a["rpc.system"] == "apache_thrift" and a["rpc.service"] == "Chain" and a["rpc.method"] == "onward"
         spans = wait_spans(
@@ -334,7 +339,7 @@ def test_thrift_chain_links_spans_and_retries(env: tuple[LoopThread, Receiver], 
             assert attrs(failed)["error.type"] == "ConnectError"
             assert failed.status.code == failed.status.STATUS_CODE_ERROR
         last = tries[-1]
-        assert "error.type" not in attrs(last)
+        assert "error.type" not in attrs(last) and attrs(last).get("monolake.rpc.attempt", 0) == len(tries) - 1
         retried += len(tries) > 1
         (upstream,) = [s for s in trace if s.kind == SERVER and s.parent_span_id == last.span_id]
         assert upstream.name == "Chain/onward"
@@ -354,12 +359,24 @@ def test_thrift_error_is_an_error_span(env: tuple[LoopThread, Receiver], thrift_
         raise AssertionError("the call succeeded")
 
     lt.run(call())
-    spans = wait_spans(receiver, lambda ss: any(s.name == "Chain/boom" and s.kind == SERVER for s in ss))
-    ups = [s for s in spans if s.name == "Chain/boom" and attrs(s).get("error.type") == "RuntimeError"]
-    assert ups and all(s.status.code == s.status.STATUS_CODE_ERROR for s in ups)
-    trace = of_trace(wait_spans(receiver, lambda ss: len(of_trace(ss, ups[0].trace_id)) >= 4), ups[0].trace_id)
-    caller = [s for s in trace if s.kind == CLIENT and not s.parent_span_id]
-    assert caller and caller[0].status.code == caller[0].status.STATUS_CODE_ERROR
+
+    def upstream_failed(ss: list[Any]) -> list[Any]:
+        return [
+            s
+            for s in ss
+            if s.name == "Chain/boom" and s.kind == SERVER and attrs(s).get("error.type") == "RuntimeError"
+        ]
+
+    def ready(ss: list[Any]) -> bool:  # the upstream's span and the caller's (the last to end)
+        ups = upstream_failed(ss)
+        return bool(ups) and any(s.kind == CLIENT and not s.parent_span_id for s in of_trace(ss, ups[0].trace_id))
+
+    spans = wait_spans(receiver, ready)
+    (up,) = upstream_failed(spans)
+    trace = of_trace(spans, up.trace_id)
+    assert len(trace) >= 4  # caller CLIENT, middle SERVER, middle CLIENT (per try), upstream SERVER
+    for s in trace:  # the handler's exception, then the TApplicationException it became on each hop
+        assert s.status.code == s.status.STATUS_CODE_ERROR and attrs(s)["error.type"], (s.name, attrs(s))
 
 
 def test_grpc_handler_calling_thrift_continues_the_trace(
@@ -495,6 +512,11 @@ def test_python_example_serves_traced_calls(env: tuple[LoopThread, Receiver], mo
             srv.close()
             http.close()
 
+    def pairs(ss: list[Any]) -> list[tuple[Any, Any]]:
+        named = [s for s in ss if s.name == "greeter.Greeter/SayHello"]
+        return [(c, s) for c in named for s in named if c.kind == CLIENT and s.parent_span_id == c.span_id]
+
+    before = len(pairs(receiver.spans))  # the TOML example's test makes one too
     try:
         assert lt.run(call()) == "Hello, py!"
     finally:
@@ -502,11 +524,7 @@ def test_python_example_serves_traced_calls(env: tuple[LoopThread, Receiver], mo
         if not had_greeter:  # the example's import, from the path this test put first
             sys.modules.pop("greeter", None)
 
-    def pairs(ss: list[Any]) -> list[tuple[Any, Any]]:
-        named = [s for s in ss if s.name == "greeter.Greeter/SayHello"]
-        return [(c, s) for c in named for s in named if c.kind == CLIENT and s.parent_span_id == c.span_id]
-
-    (client_span, server_span) = pairs(wait_spans(receiver, lambda ss: len(pairs(ss)) >= 2))[-1]
+    (client_span, server_span) = pairs(wait_spans(receiver, lambda ss: len(pairs(ss)) > before))[-1]
     assert server_span.kind == SERVER and server_span.trace_id == client_span.trace_id
 
 

@@ -308,6 +308,16 @@ class ThriftClientTracing(Layer[Any, Any]):
         return _ThriftClientTraced(inner, self.tracing, service or "")
 
 
+class _Transient(dict[str, str]):
+    """A call's transient metainfo as a try sent it, with the try's number (a retry's is one more)."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.attempt = 0
+
+
 class _ThriftClientTraced:
     __slots__ = ("inner", "service", "t")
 
@@ -322,7 +332,9 @@ class _ThriftClientTraced:
         trace, parent, sampled, state = _parent_of_client(t, ids)
         sid = ids[32:48]
         # The call's own transient values, and ours (replacing an earlier try's, and the hop's own).
-        transient = dict(call.transient) if call.transient else {}
+        prev = call.transient
+        transient = _Transient(prev) if prev else _Transient()
+        transient.attempt = prev.attempt + 1 if type(prev) is _Transient else 0
         transient["traceparent"] = _traceparent(trace, sid, sampled)
         if state is not None:
             transient["tracestate"] = state
@@ -343,6 +355,8 @@ class _ThriftClientTraced:
             if service:
                 attrs["rpc.service"] = service
             _endpoint_attrs(attrs, call.endpoint)
+            if transient.attempt:
+                attrs["monolake.rpc.attempt"] = transient.attempt  # 0 for the first try
             if error is not None:
                 attrs["error.type"] = error
             name = f"{service}/{method}".encode() if service else method.encode()
