@@ -60,6 +60,15 @@ def wait_spans(receiver: Receiver, pred: Any) -> list[Any]:
     return list(receiver.spans)
 
 
+def flush() -> None:
+    """Wake every export thread now (the examples' layers keep the default 1 s export interval)."""
+    from monolake.apps.edge import tracing
+
+    for t in list(tracing._INSTANCES):
+        if t._exporter is not None:
+            t._exporter.wake.set()
+
+
 def of_trace(spans: list[Any], trace: bytes) -> list[Any]:
     return [s for s in spans if s.trace_id == trace]
 
@@ -478,6 +487,7 @@ def test_toml_examples_serve_traced_calls(env: tuple[LoopThread, Receiver], monk
                 k.close()
 
         assert lt.run(calls()) == ("Hello, you!", "b")
+        flush()
         for server_name in ("greeter.Greeter/SayHello", "KV/put"):
             spans = wait_spans(receiver, lambda ss, n=server_name: len({s.kind for s in ss if s.name == n}) == 2)
             (server,) = [s for s in spans if s.name == server_name and s.kind == SERVER]
@@ -519,6 +529,7 @@ def test_python_example_serves_traced_calls(env: tuple[LoopThread, Receiver], mo
     before = len(pairs(receiver.spans))  # the TOML example's test makes one too
     try:
         assert lt.run(call()) == "Hello, py!"
+        flush()
     finally:
         sys.modules.pop("traced", None)
         if not had_greeter:  # the example's import, from the path this test put first
