@@ -12,7 +12,7 @@ compress choosing gzip for a 128-byte response under min_length, i.e. negotiatio
 Vary only; compress with min_length 0, which gzips the 128 bytes; ip_rules with an
 allow list; tracing at 100% and 0% sampling, whose export thread's CPU (it runs in the same
 process: encoding the batches and POSTing them to a collector that discards them, a subprocess
-whose CPU is not counted) is in the "process" column; the
+whose CPU is not counted) is in the "process" column, and that thread's own CPU in "export"; the
 access log as text vs JSON with the default format, written to
 /dev/null). Each row's delta is against the plain route measured in the same run.
 Rough on a busy machine: compare deltas, rerun on a quiet one.
@@ -88,8 +88,20 @@ def config(feature: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
-    """(µs per request of the loop's thread, µs per request of the whole process)."""
+def export_cpu() -> float:
+    """CPU seconds of tracing's export threads so far (0 when none runs)."""
+    from monolake.apps.edge import tracing
+
+    total = 0.0
+    for t in list(tracing._INSTANCES):
+        e = t._exporter
+        if e is not None and e.thread.ident is not None:
+            total += time.clock_gettime(time.pthread_getcpuclockid(e.thread.ident))
+    return total
+
+
+async def run(feature: dict[str, Any], n: int) -> tuple[float, float, float]:
+    """(µs per request of the loop's thread, of the whole process, of tracing's export thread)."""
     h = Harness(parse_config(config(feature)))
     app = h.app
     dt = h.transport
@@ -101,18 +113,19 @@ async def run(feature: dict[str, Any], n: int) -> tuple[float, float]:
         await one()
     assert dt.out and dt.out[-1][:12] == b"HTTP/1.1 200", dt.out[-1:]
     dt.out.clear()
-    t0, p0 = time.thread_time(), time.process_time()
+    t0, p0, e0 = time.thread_time(), time.process_time(), export_cpu()
     for _ in range(n):
         await one()
     elapsed = time.thread_time() - t0
     if "/v1/traces" in repr(feature):  # tracing: the collector sink
         await asyncio.sleep(0.3)  # the export thread's last batches, in the process column (idle costs nothing)
     process = time.process_time() - p0
+    export = export_cpu() - e0
     assert len(dt.out) == n
     if "min_length" not in repr(feature):  # the gzip row changes the body
         assert all(o.endswith(BODY) for o in dt.out), (feature, dt.out[-1][-300:])
     app.close()
-    return elapsed * 1e6 / n, process * 1e6 / n
+    return elapsed * 1e6 / n, process * 1e6 / n, export * 1e6 / n
 
 
 def main() -> int:
@@ -128,7 +141,7 @@ def main() -> int:
         runner: Any = uvloop.run
     else:
         runner = asyncio.run
-    best: dict[str, tuple[float, float]] = {}
+    best: dict[str, tuple[float, float, float]] = {}
     sink, url = start_sink()
     try:
         for _ in range(args.repeat):  # interleaved, so load changes hit every row alike
@@ -141,12 +154,12 @@ def main() -> int:
     finally:
         sink.terminate()
         sink.wait()
-    base, pbase = best["plain"]
+    base, pbase, _ = best["plain"]
     print(f"{args.loop}, best of {args.repeat} x {args.n} requests; load average {os.getloadavg()[0]:.2f}")
-    print("request path: the loop thread's CPU; process: with other threads (tracing's exporter)")
-    print(f"{'':40} {'µs/request':>11} {'added':>8} {'process':>9} {'added':>8}")
-    for name, (us, pus) in best.items():
-        print(f"{name:40} {us:11.2f} {us - base:+8.2f} {pus:9.2f} {pus - pbase:+8.2f}")
+    print("request path: the loop thread's CPU; process: with other threads; export: tracing's export thread's")
+    print(f"{'':40} {'µs/request':>11} {'added':>8} {'process':>9} {'added':>8} {'export':>7}")
+    for name, (us, pus, eus) in best.items():
+        print(f"{name:40} {us:11.2f} {us - base:+8.2f} {pus:9.2f} {pus - pbase:+8.2f} {eus:7.2f}")
     return 0
 
 

@@ -379,6 +379,10 @@ class RpcGrpc(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
     """"gzip": compress response messages for clients that accept it (requests are always accepted)."""
     log_calls: bool = False
     """Log one line per call (method, status code, seconds) to the ``monolake.grpc.access`` logger."""
+    tracing: dict[str, str | int | float | bool | dict[str, Any]] | None = None
+    """OpenTelemetry spans: a SERVER span per call, its parent the caller's ``traceparent`` metadata;
+    the keys are the ``tracing`` filter's (``endpoint``, ``protocol``, ``sample_ratio``...; see
+    docs/edge.md). Absent: no tracing."""
 
 
 class RpcThrift(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -393,6 +397,9 @@ class RpcThrift(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     """The IDL's service to serve; may be left out when the IDL defines one service."""
     include_dirs: list[str] = []
     """Directories (relative to the config file's) searched for the IDL's includes."""
+    tracing: dict[str, str | int | float | bool | dict[str, Any]] | None = None
+    """OpenTelemetry spans: a SERVER span per call, its parent the caller's TTHeader
+    ``RPC_TRANSIT_traceparent``; the keys are the ``tracing`` filter's (see docs/edge.md). Absent: none."""
 
 
 class Streams(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

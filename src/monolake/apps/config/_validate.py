@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 from ...core.address import Endpoint, parse_endpoint, parse_listener
 from ...core.errors import ConfigError
@@ -527,6 +528,7 @@ def _check_rpc_grpc_server(rep: _Report, path: str, s: Server) -> None:
     if s.handler is not None:
         rep.add(f"{path}.handler", "a server has a handler or rpc_grpc, not both")
     _answers_itself(rep, path, s, "a gRPC server")
+    _check_rpc_tracing(rep, where, g.tracing)
 
 
 def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
@@ -549,6 +551,19 @@ def _check_rpc_thrift_server(rep: _Report, path: str, s: Server) -> None:
     except ConfigError as exc:
         rep.add(f"{path}.rpc_thrift.{'idl' if exc.path == 'idl' else 'service'}", exc.reason)
     _check_thrift_limits(rep, path, s)
+    _check_rpc_tracing(rep, f"{path}.rpc_thrift", rt.tracing)
+
+
+def _check_rpc_tracing(rep: _Report, where: str, table: dict[str, Any] | None) -> None:
+    """``rpc_grpc.tracing`` / ``rpc_thrift.tracing``: the tracing filter's settings."""
+    if table is None:
+        return
+    from ..edge.tracing import tracing_args
+
+    try:
+        tracing_args(dict(table), f"{where}.tracing")
+    except ConfigError as exc:
+        rep.add(exc.path, exc.reason)
 
 
 def _check_streams_server(rep: _Report, path: str, s: Server) -> None:

@@ -5,7 +5,8 @@ Per request: a SERVER span (the incoming W3C ``traceparent``/``tracestate`` is i
 when there is one) and a CLIENT span per upstream try (a retrying route's retries are told
 through ``RETRY_HOOKS``), whose context goes upstream in ``traceparent``/``tracestate``.
 On a thrift server the context travels in TTHeader's ``RPC_TRANSIT_traceparent`` key;
-``RpcTracing`` is the same for the RPC framework's thrift services, as a layer. Sampling is
+``RpcTracing`` is the same for the RPC framework's thrift services, as a layer (its gRPC servers
+and both clients: ``monolake.apps.rpc.tracing``, on this module's ``shared_tracing``). Sampling is
 ``sample_ratio`` of the trace ids (the ratio sampler's rule: the trace id's low 64 bits under ratio x 2^64), and with
 ``parent_based`` an incoming parent's sampled flag decides instead. Attributes follow the
 HTTP semantic conventions (``http.request.method``, ``url.path``, ``url.query``,
@@ -39,6 +40,7 @@ import threading
 import time
 import weakref
 from binascii import unhexlify
+from contextvars import ContextVar
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -66,6 +68,7 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 # span's id on the server record). Ids are lowercase hex bytes, as traceparent carries them.
 _TID, _SID, _PID, _START, _END, _NAME, _ATTRS, _ERR, _CLIENT = range(9)
 _SAMPLED, _STATE, _TRIES, _CSID = 9, 10, 11, 12
+_KIND = 13  # an RPC span's kind (``rpc_record``); records without it are SERVER spans
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 _ODD = b"13579bdf"  # a traceparent flags byte's last hex digit when the sampled bit is set
@@ -211,73 +214,140 @@ _SERVER = b"\x30\x02"  # Span.kind (6) = SPAN_KIND_SERVER
 _CLIENT_KIND = b"\x30\x03"  # SPAN_KIND_CLIENT
 
 
-def _http_span(r: list[Any], lead: bytes, kind: bytes, attrs: bytes) -> bytes:
-    """A Span of an HTTP record, framed as ScopeSpans.spans (2). ``lead``: its trace_id, span_id
-    and parent_span_id fields; ``attrs`` its attribute fields."""
-    tail = _NAMES.get((r[_NAME], kind))
+def _tail(name: bytes, kind: bytes) -> bytes:
+    """A span's name and kind fields."""
+    tail = _NAMES.get((name, kind))
     if tail is None:
-        tail = _field(5, r[_NAME]) + kind
+        tail = _field(5, name) + kind
         if len(_NAMES) < 64:
-            _NAMES[(r[_NAME], kind)] = tail
-    start = r[_START]
-    times = _PACK_TIMES(0x39, start, 0x41, r[_END] or start)
-    span = b"".join((lead, tail, times, attrs, _STATUS_FIELD if r[_ERR] else b""))
-    n = len(span)
-    if n < 128:
-        return b"\x12" + _SMALL[n] + span
-    if n < 16384:
-        return bytes((0x12, n & 0x7F | 0x80, n >> 7)) + span
-    return b"\x12" + _varint(n) + span
+            _NAMES[(name, kind)] = tail
+    return tail
 
 
-def _http_spans(r: list[Any], out: list[bytes]) -> None:
-    """An HTTP request's record: its SERVER span and its tries' CLIENT spans (the ids as bytes once)."""
-    method, path, query, host, peer, version, route, status, client = r[_ATTRS]
-    name = getattr(route, "name", None)  # the route object: its name is read here, off the request path
+_HEADS: dict[int, bytes] = {}
+"""A span of n bytes: its ScopeSpans.spans (2) tag and length, and its trace_id field's tag and length."""
+
+
+def _head(n: int) -> bytes:
+    """The bytes before a span's trace id (``_HEADS``), for a span of ``n`` bytes."""
+    head = _HEADS.get(n)
+    if head is None:
+        head = b"\x12" + _varint(n) + b"\x0a\x10"
+        if n < 16384:
+            _HEADS[n] = head
+    return head
+
+
+_SERVER_ATTRS: dict[tuple[Any, ...], bytes] = {}
+"""An HTTP SERVER span's attribute fields by its raw values (most requests repeat a few): one lookup."""
+_CLIENT_ATTRS: dict[tuple[Any, ...], bytes] = {}
+_EP_NAMES: dict[int, tuple[Any, str]] = {}
+"""id(endpoint) -> (endpoint, str(endpoint)): an Endpoint's hash and str are Python-level calls."""
+_CACHED = 4096
+"""Entries each of these caches holds; a full one is emptied (a reload's old routes go with it)."""
+
+
+def _server_attrs(key: tuple[Any, ...], cache: bool = True) -> bytes:
+    method, path, query, host, peer, version, route, status, client = key
     if client is None:
         attrs = _battr("url.path", path) + _attr("client.address", peer)
     else:  # behind trusted proxies (ip_rules): the client, and the connection's peer
         attrs = _battr("url.path", path) + _attr("client.address", client) + _attr("network.peer.address", peer)
     if query:
         attrs += _battr("url.query", query)
-    attrs += _group((method, version, status, host, name), _server_group)
-    trace = b"\x0a\x10" + unhexlify(r[_TID])
+    # the route object: its name is read here, off the request path
+    attrs += _group((method, version, status, host, getattr(route, "name", None)), _server_group)
+    if cache:
+        if len(_SERVER_ATTRS) >= _CACHED:
+            _SERVER_ATTRS.clear()
+        _SERVER_ATTRS[key] = attrs
+    return attrs
+
+
+_ID_TAG = b"\x12\x08"  # Span.span_id (2), 8 bytes
+_PARENT_TAG = b"\x22\x08"  # Span.parent_span_id (4), 8 bytes
+_FIXED = 2 + 16 + 2 + 8 + 18  # a span's trace_id, span_id and time fields
+_WITH_PARENT = _FIXED + 10
+
+
+def _http_spans(r: list[Any], out: list[bytes]) -> None:
+    """An HTTP request's record: its SERVER span and its tries' CLIENT spans, as parts of the
+    export's one ``b"".join`` (no span is copied into a framed one: its length is added up)."""
+    key = tuple(r[_ATTRS])
+    try:
+        attrs = _SERVER_ATTRS.get(key)
+    except TypeError:  # an unhashable value (a filter's own route object...): not cached
+        attrs = _server_attrs(key, False)
+    if attrs is None:
+        attrs = _server_attrs(key)
+    trace = unhexlify(r[_TID])
     sid = unhexlify(r[_SID])
-    lead = trace + b"\x12\x08" + sid
     parent = r[_PID]
-    out.append(_http_span(r, lead + b"\x22\x08" + unhexlify(parent) if parent else lead, _SERVER, attrs))
-    child_of = b"\x22\x08" + sid
-    for c in r[_TRIES] or ():
-        lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
-        out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(c[_ATTRS])))
-    c = r[_CLIENT]
-    if c is not None:
-        a = c[_ATTRS]
-        if type(a) is list:
-            lead = trace + b"\x12\x08" + unhexlify(c[_SID]) + child_of
-            out.append(_http_span(c, lead, _CLIENT_KIND, _client_attrs(a)))
-        else:  # a thrift call's client span
-            out.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], a)))
+    start = r[_START]
+    tail = _tail(r[_NAME], _SERVER)
+    times = _PACK_TIMES(0x39, start, 0x41, r[_END] or start)
+    n = len(tail) + len(attrs) + (4 if r[_ERR] else 0)
+    if parent:
+        out += (_head(n + _WITH_PARENT), trace, _ID_TAG, sid, _PARENT_TAG, unhexlify(parent), tail, times, attrs)
+    else:
+        out += (_head(n + _FIXED), trace, _ID_TAG, sid, tail, times, attrs)
+    if r[_ERR]:
+        out.append(_STATUS_FIELD)
+    tries = r[_TRIES]
+    last = r[_CLIENT]
+    if tries is None and last is None:
+        return
+    for c in [*(tries or ()), last]:
+        if c is None:
+            continue
+        ca = c[_ATTRS]
+        if type(ca) is not list:  # a thrift call's client span
+            out.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], ca)))
+            continue
+        attrs = _client_attrs(ca)
+        tail = _tail(c[_NAME], _CLIENT_KIND)
+        start = c[_START]
+        times = _PACK_TIMES(0x39, start, 0x41, c[_END] or start)
+        n = len(tail) + len(attrs) + (4 if c[_ERR] else 0) + _WITH_PARENT
+        out += (_head(n), trace, _ID_TAG, unhexlify(c[_SID]), _PARENT_TAG, sid, tail, times, attrs)
+        if c[_ERR]:
+            out.append(_STATUS_FIELD)
 
 
 def _client_attrs(a: list[Any]) -> bytes:
     method, path, status, endpoint, resend, error_type = a
-    key = (method, status, None if endpoint is None else str(endpoint), resend, error_type)
-    return _battr("url.path", path) + _group(key, _client_group)
+    if endpoint is not None and type(endpoint) is not str:
+        hit = _EP_NAMES.get(id(endpoint))
+        if hit is None or hit[0] is not endpoint:
+            hit = (endpoint, str(endpoint))
+            if len(_EP_NAMES) >= _CACHED:
+                _EP_NAMES.clear()
+            _EP_NAMES[id(endpoint)] = hit
+        endpoint = hit[1]
+    key = (method, path, status, endpoint, resend, error_type)
+    out = _CLIENT_ATTRS.get(key)
+    if out is None:
+        out = _battr("url.path", path) + _group((method, status, endpoint, resend, error_type), _client_group)
+        if len(_CLIENT_ATTRS) >= _CACHED:
+            _CLIENT_ATTRS.clear()
+        _CLIENT_ATTRS[key] = out
+    return out
+
+
+_KINDS = {_KIND_SERVER: _SERVER, _KIND_CLIENT: _CLIENT_KIND}
 
 
 def _span(r: list[Any], kind: int, parent: bytes | None, attrs: dict[str, Any]) -> bytes:
-    out: bytes = _field(1, unhexlify(r[_TID])) + _field(2, unhexlify(r[_SID]))
+    """An RPC record's Span (its attributes a dict), one join."""
+    start = r[_START]
+    parts = [b"\x0a\x10", unhexlify(r[_TID]), _ID_TAG, unhexlify(r[_SID])]
     if parent:
-        out += _field(4, unhexlify(parent))
-    out += _field(5, r[_NAME])  # the method, bytes
-    out += b"\x30" + _varint(kind)  # kind (6, varint)
-    out += b"\x39" + r[_START].to_bytes(8, "little")  # start_time_unix_nano (7, fixed64)
-    out += b"\x41" + (r[_END] or r[_START]).to_bytes(8, "little")  # end_time_unix_nano (8, fixed64)
-    out += b"".join([_attr(k, v) for k, v in attrs.items()])
+        parts += (_PARENT_TAG, unhexlify(parent))
+    parts += (_tail(r[_NAME], _KINDS[kind]), _PACK_TIMES(0x39, start, 0x41, r[_END] or start))
+    parts += [_attr(k, v) for k, v in attrs.items()]
     if r[_ERR]:
-        out += _field(15, _STATUS_ERROR)
-    return out
+        parts.append(_STATUS_FIELD)
+    return b"".join(parts)
 
 
 class _Exporter:
@@ -340,7 +410,8 @@ class _Exporter:
             if type(a) is list:  # an HTTP request's
                 _http_spans(r, spans)
                 continue
-            spans.append(_field(2, _span(r, _KIND_SERVER, r[_PID], a)))  # a thrift call's, attributes a dict
+            # an RPC span's (a thrift call's, a layer's), attributes a dict
+            spans.append(_field(2, _span(r, r[_KIND] if len(r) > _KIND else _KIND_SERVER, r[_PID], a)))
             c = r[_CLIENT]
             if c is not None:
                 spans.append(_field(2, _span(c, _KIND_CLIENT, r[_SID], c[_ATTRS])))
@@ -670,19 +741,83 @@ def _on_retry(req: Request, endpoint: Endpoint | None, why: str, nxt: Endpoint) 
 RETRY_HOOKS.append(_on_retry)
 
 
+# -- pieces the RPC layers share (these and ``monolake.apps.rpc.tracing``'s) ------------------
+
+CURRENT_SPAN: ContextVar[tuple[bytes, bytes, bool, str | None] | None] = ContextVar("monolake_rpc_span", default=None)
+"""The server span of the RPC call this task serves: (trace id, span id, sampled, tracestate), hex
+ids as traceparent carries them. A server layer sets it; a client layer's span is its child."""
+
+_SHARED: dict[bytes, Tracing] = {}
+
+
+def shared_tracing(args: TracingArgs) -> Tracing:
+    """One ``Tracing`` (ids, sampler, export thread) per distinct settings in a process: a server's
+    layer and the client layers its handler uses export through one thread."""
+    key = msgspec.json.encode(args)
+    t = _SHARED.get(key)
+    if t is None:
+        t = _SHARED[key] = Tracing(args)
+    return t
+
+
+def tracing_args(table: dict[str, Any], where: str) -> TracingArgs:
+    """A TOML ``tracing`` table (the tracing filter's args) as checked settings. Raises ConfigError
+    at ``where.KEY``."""
+    from ...core.errors import ConfigError
+    from ._base import _AT, _key
+
+    try:
+        args = msgspec.convert(table, TracingArgs, str_keys=True)
+    except msgspec.ValidationError as exc:
+        msg = str(exc)
+        m = _AT.search(msg)
+        raise ConfigError(_key(where, m.group(1) if m else ""), msg[: m.start()] if m else msg) from None
+    try:
+        Tracing(args)  # its checks (no I/O: the export thread starts on the first span)
+    except ArgError as exc:
+        raise ConfigError(_key(where, exc.key), exc.reason) from None
+    return args
+
+
+def incoming(t: Tracing, tp: bytes | None, ids: bytes) -> tuple[bytes, bytes | None, bool]:
+    """(trace id, parent span id or None, sampled) of a call whose caller sent traceparent ``tp``
+    (None, or invalid: a new trace, its id the first 32 of ``ids``, ``t``'s ratio deciding)."""
+    m = _TRACEPARENT.fullmatch(tp.strip()) if tp is not None else None
+    if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
+        trace: bytes = m[2]
+        return trace, m[3], m[4][1] in _ODD if t.parent_based else t._sampled(trace)
+    trace = ids[:32]
+    return trace, None, t._sampled(trace)
+
+
+def rpc_record(
+    trace: bytes,
+    sid: bytes,
+    parent: bytes | None,
+    start: int,
+    name: bytes,
+    attrs: dict[str, Any],
+    error: bool,
+    kind: int,
+) -> list[Any]:
+    """An RPC span's record (attributes a dict, encoded by ``_span``), ended now."""
+    return [trace, sid, parent, start, time.time_ns(), name, attrs, error, None, True, None, None, None, kind]
+
+
 class RpcTracing(Layer[Any, Any]):
     """Tracing as a layer of the RPC framework's thrift services (``monolake.rpc.ThriftService(...,
-    layers=[RpcTracing(endpoint=...)])``, or a server's TOML ``layers``: ``{ use =
-    "monolake.apps.edge.tracing:RpcTracing", args = { ... } }``); the keywords are ``TracingArgs``.
+    layers=[RpcTracing(endpoint=...)])``, or ``[servers.NAME.rpc_thrift.tracing]``); the keywords
+    are ``TracingArgs``.
 
     A SERVER span per call (``rpc.*`` attributes, named ``Service/method``; a raised exception,
     declared or not, is an error), its parent the caller's ``traceparent`` metainfo (TTHeader
     ``RPC_TRANSIT_traceparent``). The span's context is set as this hop's transient
-    ``traceparent``, so the calls the handler makes with a ``ThriftClient`` are its children.
+    ``traceparent`` (and ``CURRENT_SPAN``), so the calls the handler makes with a ``ThriftClient``
+    (or, through a client tracing layer, a ``GrpcClient``) are its children.
     """
 
     def __init__(self, **args: Any) -> None:
-        self.tracing = Tracing(msgspec.convert(args, TracingArgs))
+        self.tracing = shared_tracing(msgspec.convert(args, TracingArgs))
 
     def layer(self, inner: Any) -> _RpcTraced:
         return _RpcTraced(inner, self.tracing)
@@ -700,21 +835,13 @@ class _RpcTraced:
         ids = t._next_ids()
         mi = req.metainfo
         tp = mi.upstream.get("traceparent")
-        m = _TRACEPARENT.fullmatch(tp.strip().encode("latin-1")) if tp is not None else None
-        if m is not None and m[1] != b"ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
-            trace: bytes = m[2]
-            parent: bytes | None = m[3]
-            sampled = m[4][1] in _ODD if t.parent_based else t._sampled(trace)
-            state = mi.upstream.get("tracestate")
-        else:
-            trace = ids[:32]
-            parent = None
-            sampled = t._sampled(trace)
-            state = None
+        trace, parent, sampled = incoming(t, tp.encode("latin-1") if tp is not None else None, ids)
+        state = mi.upstream.get("tracestate") if parent is not None else None
         sid = ids[32:48]
         mi.set_transient("traceparent", f"00-{trace.decode()}-{sid.decode()}-{'01' if sampled else '00'}")
         if state is not None:
             mi.set_transient("tracestate", state)
+        CURRENT_SPAN.set((trace, sid, sampled, state))  # the call's own context: nothing to reset
         if not sampled:
             return await self.inner(req)
         start = time.time_ns()
@@ -734,9 +861,7 @@ class _RpcTraced:
             if error is not None:
                 attrs["error.type"] = error
             name = f"{req.service}/{req.method}".encode()
-            t._export(
-                [trace, sid, parent, start, time.time_ns(), name, attrs, error is not None, None, True, state, None]
-            )
+            t._export(rpc_record(trace, sid, parent, start, name, attrs, error is not None, _KIND_SERVER))
 
 
 _INSTANCES: weakref.WeakSet[Tracing] = weakref.WeakSet()

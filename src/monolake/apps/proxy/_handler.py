@@ -126,6 +126,10 @@ def build_handler_app(
         layers, factory, label = load_handler(server.handler, where, base_dir=cfg.base_dir, modules=modules)
     # ``layers`` from the config wrap the handler's own (a Stack's), outermost first.
     layers = load_layers(server.layers, f"servers.{name}.layers", modules=modules, base_dir=cfg.base_dir) + layers
+    if server.rpc_grpc is not None and server.rpc_grpc.tracing is not None:  # outermost: its span is the whole call
+        from ..rpc.tracing import grpc_server_tracing
+
+        layers.insert(0, grpc_server_tracing(server.rpc_grpc.tracing, f"servers.{name}.rpc_grpc.tracing"))
     try:
         if server.proxy_type == "tcp":
             return build_stream_app(name, server, factory, layers, old, handler=label)

@@ -22,6 +22,8 @@ from ._protos import Protos, load_protos
 from ._server import DEFAULT_MAX_RECEIVE, GrpcServer
 
 if TYPE_CHECKING:
+    from ....core.proto.http1 import Request, Response
+    from ....core.service import Layer
     from ...config import RpcGrpc, ServerTls
 
 access = logging.getLogger("monolake.grpc.access")
@@ -71,11 +73,13 @@ def grpc_app(
     tls: ServerTls | None = None,
     settings: Server | None = None,
     log_calls: bool = False,
+    layers: Sequence[Layer[Request, Response]] = (),
     **options: Any,
 ) -> HttpApp[Any]:
     """An ``HttpApp`` for ``monolake.serve`` serving ``servicers`` (see ``GrpcServer``, which takes
     ``options``); calls are counted in ``monolake_grpc_server_calls`` and, with ``log_calls``,
-    logged one line each to the ``monolake.grpc.access`` logger."""
+    logged one line each to the ``monolake.grpc.access`` logger. ``layers`` wrap each call's
+    service, outermost first (``monolake.apps.rpc.tracing.GrpcServerTracing``...)."""
     loaded = protos if isinstance(protos, Protos) else load_protos(list(protos), import_paths)
     factory = GrpcServer(loaded, servicers, on_call=CallRecorder(name, grpc_stats(name), log_calls), **options)
     if tls is not None and tls.alpn is None:
@@ -83,7 +87,7 @@ def grpc_app(
 
         tls = msgspec.structs.replace(tls, alpn=["h2"])  # see grpc_settings
     settings = grpc_settings(settings if settings is not None else Server(listener=listen))
-    return HttpApp(name=name, listen=listen, factory=factory, tls=tls, settings=settings)
+    return HttpApp(name=name, listen=listen, factory=factory, layers=layers, tls=tls, settings=settings)
 
 
 def grpc_factory(

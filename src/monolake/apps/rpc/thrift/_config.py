@@ -70,6 +70,10 @@ def build_config_app(
     layers: list[Any] = list(
         load_layers(server.layers, f"servers.{name}.layers", modules=modules, base_dir=cfg.base_dir)
     )
+    if rt.tracing is not None:  # outermost: its span is the whole call
+        from ..tracing import thrift_server_tracing
+
+        layers.insert(0, thrift_server_tracing(rt.tracing, f"{where}.tracing"))
     service = ThriftService(
         definition, handler, layers=layers, timeout=server.request_timeout, where=f"{where}.handler"
     )
