@@ -12,14 +12,17 @@ another). A strong ``ETag`` becomes weak on a compressed response (its bytes cha
 
 ``decompress`` inflates request bodies sent with ``Content-Encoding: gzip``, ``br`` or
 ``zstd`` as they go upstream: each chunk the client sends is decoded when it arrives and
-the decoded pieces (at most ``STEP`` bytes each) flow into the body the upstream reads,
-with its backpressure pausing the client; nothing holds the whole body. The decoded bytes
-are counted: a piece that would take the total past ``max_size`` is never made whole nor
-sent (a zip bomb costs its compressed size plus one step), and the request is answered 413.
-A stream that does not decode, or ends mid-stream, is answered 400. When that is found in
-what arrived with the request head, the answer comes before anything goes upstream; later,
-the upstream has had part of the body: its exchange fails, its connection is closed (not
-reused) and a warning is logged, the client still gets the 413 or 400 unless a response
+the decoded pieces (at most ``STEP`` bytes each) flow into the body the upstream reads.
+When that body's buffer is full (the upstream not connected yet, or its socket full),
+decoding stops between pieces, the compressed rest is kept and the client is paused, so
+nothing holds the whole body (a zstd chunk is decoded in ``SLICE``-byte slices of input, a
+slice's output made at once). The decoded bytes are counted: a piece that would take the
+total past ``max_size`` is never sent (a zip bomb costs its compressed size and one piece),
+and the request is answered 413. A stream that does not decode, or ends mid-stream, is
+answered 400. When that shows before the forward began (in what arrived with the head,
+before the buffer filled), the upstream is never asked; later, the upstream has had part of
+the body (never more than ``max_size``): its exchange fails, its connection is closed (not
+reused) and a warning is logged, and the client still gets the 413 or 400 unless a response
 had begun. The request goes upstream without ``Content-Encoding`` and ``Content-Length``
 (chunked). The filter is a plain call: no coroutine.
 
@@ -334,41 +337,52 @@ class TooLarge(ValueError):
 STEP = 64 * 1024
 """Bytes of decoded output made per decoder call: a chunk that inflates a lot is fed on in
 pieces this size, and one over the cap is refused before it is made whole."""
+SLICE = 16 * 1024
+"""Bytes of zstd input per decoder call (its decoder has no output bound per call): between
+slices the decoding may stop for backpressure."""
 
 Emit = Callable[[bytes], None]
 """Takes the next decoded piece; raises TooLarge when it would pass the cap."""
+Held = Callable[[], bool]
+"""True while the body going upstream is paused: the decoder stops between pieces."""
+
+
+def _never() -> bool:
+    return False
 
 
 class _Gzip:
     """gzip (or zlib, by its header) members, one after the other (RFC 1952 §2.2)."""
 
-    __slots__ = ("d", "fed")
+    __slots__ = ("d", "fed", "more")
 
     def __init__(self) -> None:
         self.d = zlib.decompressobj(47)
         self.fed = False
         """Input went into the current member's decoder."""
+        self.more = False
+        """Output is waiting in the decoder (the last call stopped at ``STEP``)."""
 
-    def feed(self, data: bytes, emit: Emit) -> None:
+    def feed(self, data: bytes, emit: Emit, held: Held = _never) -> bytes | None:
+        """Decode ``data``; the input left (b"": output waiting) when ``held`` stopped it, else None."""
         d = self.d
         try:
-            while data:
+            while data or self.more:
                 if d.eof:  # another member follows
                     d = self.d = zlib.decompressobj(47)
                 self.fed = True
                 out = d.decompress(data, STEP)
                 data = d.unconsumed_tail
-                if out:
-                    emit(out)
-                while not data and not d.eof and len(out) == STEP:  # output held back by the step
-                    out = d.decompress(b"", STEP)
-                    data = d.unconsumed_tail
-                    if out:
-                        emit(out)
+                self.more = not data and not d.eof and len(out) == STEP
                 if d.eof:
                     data = d.unused_data
+                if out:
+                    emit(out)
+                    if held() and (data or self.more):
+                        return data
         except zlib.error as exc:
             raise ValueError(str(exc)) from None
+        return None
 
     def finish(self) -> None:
         if self.fed and not self.d.eof:
@@ -376,34 +390,35 @@ class _Gzip:
 
 
 class _Brotli:
-    __slots__ = ("d", "error", "fed")
+    __slots__ = ("d", "error", "fed", "more")
 
     def __init__(self) -> None:
         brotli = _module("brotli")
         self.d = brotli.Decompressor()
         self.error = brotli.error
         self.fed = False
+        self.more = False
 
-    def feed(self, data: bytes, emit: Emit) -> None:
+    def feed(self, data: bytes, emit: Emit, held: Held = _never) -> bytes | None:
         d = self.d
-        if not data:
-            return
-        if d.is_finished():
+        if data and d.is_finished():
             raise ValueError("data after the end of the brotli stream")
-        self.fed = True
         try:
-            out = d.process(data, output_buffer_limit=STEP)
-            if out:
-                emit(out)
-            # Output stopped at the limit (the buffer grows in steps, so a piece may pass it a little)
-            # means more may be waiting: it comes from calls with no input, which is all the decoder
-            # may be given until it is drained.
-            while not d.is_finished() and (len(out) >= STEP or not d.can_accept_more_data()):
-                out = d.process(b"", output_buffer_limit=STEP)
+            while data or self.more:
+                self.fed = True
+                out = d.process(data, output_buffer_limit=STEP)
+                data = b""
+                # Output stopped at the limit (the buffer grows in steps, so a piece may pass it a
+                # little) means more may be waiting: it comes from calls with no input, which is all
+                # the decoder may be given until it is drained.
+                self.more = bool(out) and not d.is_finished() and (len(out) >= STEP or not d.can_accept_more_data())
                 if out:
                     emit(out)
+                    if self.more and held():
+                        return b""
         except self.error as exc:
             raise ValueError(str(exc)) from None
+        return None
 
     def finish(self) -> None:
         if self.fed and not self.d.is_finished():
@@ -428,15 +443,20 @@ class _Zstd:
             self.emit(bytes(out))
         return len(out)
 
-    def feed(self, data: bytes, emit: Emit) -> None:
-        self.frames.feed(data)
+    def feed(self, data: bytes, emit: Emit, held: Held = _never) -> bytes | None:
         self.emit = emit
         try:
-            self.w.write(data)
+            for i in range(0, len(data), SLICE):
+                piece = data[i : i + SLICE] if len(data) > SLICE else data
+                self.frames.feed(piece)
+                self.w.write(piece)
+                if i + SLICE < len(data) and held():
+                    return data[i + SLICE :]
         except self.error as exc:
             raise ValueError(str(exc)) from None
         finally:
             self.emit = None
+        return None
 
     def finish(self) -> None:
         if not self.frames.complete():
@@ -537,17 +557,26 @@ _CORRUPT = b"request body does not decode as its Content-Encoding says\n"
 
 class _Inflate:
     """Decodes a request body as it flows: the client's ``Body``'s sink and the producer of the
-    ``Body`` that goes upstream (its backpressure pauses the client's)."""
+    ``Body`` that goes upstream. When that one pauses (its buffer or the upstream's socket full),
+    decoding stops between pieces, the compressed input left is kept (``stash``) and the client is
+    paused; on resume the stash is decoded first."""
 
-    __slots__ = ("decoder", "failed", "left", "out", "up")
+    __slots__ = ("decoder", "ending", "failed", "held", "left", "out", "stash", "up")
 
     def __init__(self, up: Body, decoder: Decoder, limit: int) -> None:
         self.up = up
         self.decoder = decoder
         self.left = limit
         self.failed: RemoteProtocolError | None = None
+        self.held = False
+        self.stash: bytes | None = None
+        """Compressed input not decoded yet (b"": output waiting in the decoder), while held."""
+        self.ending = False
+        """The client's body ended while input was stashed."""
         self.out = Body(self, None)
         up.pipe(self)  # what the client sent already is decoded now
+        if self.held and self.failed is None:
+            up.pause()  # pipe() resumed the client once it had handed over what it held
 
     def _emit(self, piece: bytes) -> None:
         if len(piece) > self.left:
@@ -555,19 +584,35 @@ class _Inflate:
         self.left -= len(piece)
         self.out.feed(piece)
 
-    def write(self, data: bytes) -> None:
-        if self.failed is not None:
-            return
+    def _held(self) -> bool:
+        return self.held
+
+    def _decode(self, data: bytes) -> None:
         try:
-            self.decoder.feed(data, self._emit)
+            self.stash = self.decoder.feed(data, self._emit, self._held)
         except TooLarge:
             self._fail(413, _TOO_LARGE)
         except ValueError:
             self._fail(400, _CORRUPT)
 
+    def write(self, data: bytes) -> None:
+        if self.failed is not None:
+            return
+        if self.stash is not None:  # a chunk that was in flight when the client was paused
+            self.stash += data
+            self.up.pause()
+            return
+        self._decode(data)
+
     def end(self) -> None:
         if self.failed is not None:
             return
+        if self.stash is not None:
+            self.ending = True
+            return
+        self._finish()
+
+    def _finish(self) -> None:
         try:
             self.decoder.finish()
         except ValueError:
@@ -580,6 +625,7 @@ class _Inflate:
 
     def _fail(self, status: int, text: bytes) -> None:
         exc = self.failed = RemoteProtocolError(text.decode().strip(), status_hint=status, source=Source.DOWNSTREAM)
+        self.stash = None
         self.up.detach()  # the rest of the client's body is dropped; the answer closes its connection
         if self.out.piped:
             cut_log.log(
@@ -592,9 +638,19 @@ class _Inflate:
         self.out.feed_error(exc)  # the upstream exchange fails with it: answered ``status``
 
     def pause_body(self) -> None:
+        self.held = True
         self.up.pause()
 
     def resume_body(self) -> None:
+        self.held = False
+        stash = self.stash
+        if stash is not None and self.failed is None:
+            self.stash = None
+            self._decode(stash)
+            if self.stash is not None or self.failed is not None:
+                return  # held again: the client stays paused
+            if self.ending:
+                self._finish()
         self.up.resume()
 
     def cancel_body(self) -> None:
