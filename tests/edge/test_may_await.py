@@ -169,3 +169,60 @@ def test_api_keys_example_returns_directly_for_a_known_key(tmp_path: Path) -> No
         assert f.reloads == 1  # type: ignore[attr-defined]
 
     asyncio.run(go())
+
+
+def test_tcp_thrift_and_after_the_fact_runners_take_may_await_phases() -> None:
+    """``on_connect``, ``call_filter`` and ``on_close``: a direct result is used as it is, an
+    awaitable awaited (or, after the fact, run as a task)."""
+    from monolake.apps.proxy import TcpFilter, ThriftFilter, may_await
+    from monolake.apps.proxy._filters import TcpPhases, ThriftPhases
+
+    seen: list[str] = []
+
+    async def later(value: Any, tag: str) -> Any:
+        await asyncio.sleep(0)
+        seen.append(tag)
+        return value
+
+    class Gate(TcpFilter):
+        @may_await
+        def on_connect(self, peer: str, ctx: Context) -> Any:
+            if peer == "10.0.0.1":
+                return True  # direct
+            return later(peer != "10.0.0.9", f"connect {peer}")
+
+        @may_await
+        def on_close(self, ctx: Context, stats: Any) -> Any:
+            return later(None, "closed") if stats == "slow" else seen.append("closed now")
+
+    class Calls(ThriftFilter):
+        @may_await
+        def call_filter(self, call: Any, ctx: Context) -> Any:
+            return later(None, f"call {call}") if call == "wait" else seen.append(f"call {call} now")
+
+    async def go() -> None:
+        tcp = TcpPhases("t", [Gate()])
+        assert [k for _, k, _ in tcp.on_connect] == [MAYBE]
+        ctx = Context("10.0.0.1", "t", asyncio.get_running_loop().time())
+        assert await tcp.allow("10.0.0.1", ctx) is True
+        assert await tcp.allow("10.0.0.2", ctx) is True
+        assert await tcp.allow("10.0.0.9", ctx) is False
+        tcp.closed(ctx, "now")
+        tcp.closed(ctx, "slow")
+        thrift = ThriftPhases("th", [Calls()])
+        assert thrift.awaits  # a call filter that may wait: calls go through the awaiting variant
+        await thrift.check_async("now", ctx)
+        await thrift.check_async("wait", ctx)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(go())
+    # the on_close task ("closed") runs whenever the loop gets to it; the rest in call order
+    assert [t for t in seen if t != "closed"] == [
+        "connect 10.0.0.2",
+        "connect 10.0.0.9",
+        "closed now",
+        "call now now",
+        "call wait",
+    ]
+    assert "closed" in seen
