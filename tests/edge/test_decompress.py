@@ -169,6 +169,24 @@ def host_port(proxy: InProcessProxy) -> tuple[str, int]:
     return host, int(port)
 
 
+@pytest.mark.parametrize("enc", ["gzip", "zstd"])
+def test_http2_clients_too(stack: tuple[InProcessProxy, BodyOrigin], enc: str) -> None:
+    """h2c by prior knowledge: the stream's body decoded on the way, the bomb refused."""
+    proxy, origin = stack
+    packed = PACK[enc](NEAR_CAP)
+    n = len(origin.requests)
+    with httpx.Client(base_url=proxy.url, http2=True, http1=False, timeout=30) as c:
+        pieces = (packed[i : i + 4096] for i in range(0, len(packed), 4096))
+        r = c.post("/upload", content=pieces, headers={"Content-Encoding": enc})
+        assert r.http_version == "HTTP/2"
+        assert r.status_code == 200 and r.text == hashlib.sha256(NEAR_CAP).hexdigest()
+        assert bytes(origin.requests[n].body) == NEAR_CAP
+        r = c.post("/upload", content=PACK[enc](b"\0" * (20 * CAP)), headers={"Content-Encoding": enc})
+        assert r.status_code == 413
+    for rec in origin.requests[n + 1 :]:
+        assert len(rec.body) <= CAP
+
+
 def chunked_head(enc: str) -> bytes:
     return (
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Encoding: %s\r\n\r\n" % enc.encode()
