@@ -651,8 +651,14 @@ class JwksJwt(Jwt):
             try:
                 alg, kid = self.head(token)
                 key = self.key_for(kid)
-                if key is None:  # a key set to fetch first: only then a coroutine
-                    return self._after_fetch(req, ctx, token, alg, kid)
+                if key is None:
+                    loop = asyncio.get_running_loop()
+                    pending = self._fetch
+                    if pending is not None and not pending.done():
+                        return self._after_fetch(req, ctx, token, alg, kid, pending)
+                    if loop.time() - self.fetched_at >= (self.refetch_min if self.keys else NO_KEYS_RETRY):
+                        return self._after_fetch(req, ctx, token, alg, kid, self.fetch(loop))
+                    return self._without_key(kid)  # fetched lately: no coroutine for it
                 entry = self.verify(token, alg, key)
             except _Invalid as exc:
                 return self.refuse(str(exc))
@@ -661,28 +667,25 @@ class JwksJwt(Jwt):
         self.accept(req, ctx, entry)
         return None
 
+    def _without_key(self, kid: str | None) -> Response:
+        """The answer to a token whose key the current set does not have: 503 while there is no set."""
+        if not self.keys:
+            self._down.log("jwks %s: no keys, answering 503", self.url)
+            return answer(503, b"token keys unavailable\n", [(b"Retry-After", b"1")])
+        return self.refuse(f"unknown key id {kid!r}")
+
     async def _after_fetch(
-        self, req: Request, ctx: Context, token: bytes, alg: str, kid: str | None
+        self, req: Request, ctx: Context, token: bytes, alg: str, kid: str | None, fetch: asyncio.Task[None]
     ) -> Response | None:
-        """The rest of ``request_filter`` for a token whose key is not (yet) known: wait for the
-        fetch under way, or start one when the last is old enough, then look again."""
+        """The rest of ``request_filter`` for a token whose key is not known yet: the only one that
+        waits, for the key set's fetch (shared by every request waiting on it), then looks again."""
+        await asyncio.shield(fetch)
+        key = self.key_for(kid)
+        if key is None:
+            return self._without_key(kid)
         try:
-            loop = asyncio.get_running_loop()
-            pending = self._fetch
-            if pending is not None and not pending.done():
-                await asyncio.shield(pending)
-            elif loop.time() - self.fetched_at >= (self.refetch_min if self.keys else NO_KEYS_RETRY):
-                await asyncio.shield(self.fetch(loop))
-            if not self.keys:
-                self._down.log("jwks %s: no keys, answering 503", self.url)
-                return answer(503, b"token keys unavailable\n", [(b"Retry-After", b"1")])
-            key = self.key_for(kid)
-            if key is None:
-                raise _Invalid(f"unknown key id {kid!r}")
             entry = self.verify(token, alg, key)
         except _Invalid as exc:
             return self.refuse(str(exc))
-        if ctx.start - self.fetched_at >= self.refresh:
-            self.fetch(loop)
         self.accept(req, ctx, entry)
         return None
