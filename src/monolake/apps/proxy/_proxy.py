@@ -41,7 +41,7 @@ from ...core.service import Context, Factory, Layer, Service
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
 from ..edge._slots import UPSTREAM_TIMES
 from ..observe._accesslog import uses_connect_timing, uses_upstream_timing
-from ._filters import Call, FilterError, Phases, filter_name
+from ._filters import MAYBE, Call, FilterError, Phases, filter_name
 from ._retry import RetryingCluster
 from ._router import Router
 from ._tunnel import connect_only, connect_settings, switch
@@ -329,17 +329,42 @@ class HttpProxy:
         """A phase with async (or ``@may_await``) filters, in config order; with ``answers``
         (request_filter) the first non-None answer ends it.
         Raises FilterError for an async filter that raises or outlives the deadline."""
-        for f, kind, name in calls:
-            answer = f(arg, ctx)
-            if kind and answer is not None and not isinstance(answer, Response):  # an awaitable
-                answer = await self._settle(answer, ctx, name)
+        timeout = self._filter_timeout
+        for f, is_async, name in calls:
+            if is_async == MAYBE:  # a @may_await filter: awaited only when it returns an awaitable
+                answer = f(arg, ctx)
+                if answer is not None and not isinstance(answer, Response):
+                    answer = await self._settle(answer, ctx, name)
+            elif not is_async:
+                answer = f(arg, ctx)
+            elif timeout is None:
+                try:
+                    answer = await f(arg, ctx)
+                except Exception as exc:
+                    raise FilterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+            else:
+                try:
+                    async with asyncio.timeout_at(ctx.start + timeout) as scope:
+                        answer = await f(arg, ctx)
+                except asyncio.CancelledError:
+                    # The server's Timeout layer has the same deadline (from the request head, on a
+                    # loop clock that may not have moved): both timers can fire in one iteration, and
+                    # then ours re-raises the cancellation instead of TimeoutError. It is still this
+                    # request's deadline, passed in a filter: answered as such, not as a slow upstream.
+                    if scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, TimeoutError) and scope.expired():
+                        raise FilterError(f"request timeout of {timeout:g}s exceeded while {name} ran") from None
+                    raise FilterError(f"{name} failed: {type(exc).__name__}: {exc}") from exc
             if answers and answer is not None:
                 return answer  # type: ignore[no-any-return]
         return None
 
     async def _settle(self, pending: Any, ctx: Context, who: Any) -> Any:
-        """What an async filter's awaitable gives, within the server's ``request_timeout`` from the
-        request head. ``who`` is the filter's name, or its bound method (named only on failure)."""
+        """What a ``@may_await`` filter's awaitable gives, within the server's ``request_timeout``
+        from the request head. ``who`` is the filter's name, or its bound method (named only on failure)."""
         timeout = self._filter_timeout
         try:
             if timeout is None:
