@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import time
 from pathlib import Path
@@ -24,6 +25,11 @@ EC = ECKey.generate_key("P-256", parameters={"kid": "e1"})
 RSA = RSAKey.generate_key(2048, parameters={"kid": "r1"})
 OTHER_EC = ECKey.generate_key("P-256", parameters={"kid": "e1"})  # same kid, another key
 PEM_EC = ECKey.generate_key("P-256")
+
+
+async def settle(verdict: Any) -> Any:
+    """A ``@may_await`` request_filter's answer: awaited when it gave an awaitable."""
+    return await verdict if inspect.isawaitable(verdict) else verdict
 
 
 def token(key: Any, alg: str, **claims: Any) -> str:
@@ -180,10 +186,12 @@ def test_jwks_unreachable_answers_503_without_asking_on_every_request() -> None:
 
     async def go() -> list[Any]:
         out = []
-        for _ in range(2):
+        for i in range(2):
             req = Request(b"GET", b"/", Headers([(b"Authorization", f"Bearer {token(EC, 'ES256')}".encode())]))
             ctx = Context("10.0.0.1", "web", asyncio.get_running_loop().time())
-            out.append(await f.request_filter(req, ctx))
+            verdict = f.request_filter(req, ctx)
+            assert inspect.isawaitable(verdict) is (i == 0)  # the second, with no fetch due, answers directly
+            out.append(await settle(verdict))
         return out
 
     first, second = asyncio.run(go())
@@ -352,7 +360,10 @@ def test_a_replaced_key_under_the_same_kid_clears_the_cache() -> None:
                     served[:] = [OTHER_EC]  # same kid "e1", another key
                     await f._get()
                 req = Request(b"GET", b"/", Headers([(b"Authorization", f"Bearer {tok}".encode())]))
-                out.append(await f.request_filter(req, Context("10.0.0.1", "web", asyncio.get_running_loop().time())))
+                verdict = f.request_filter(req, Context("10.0.0.1", "web", asyncio.get_running_loop().time()))
+                # @may_await: a coroutine only while the key set is being fetched, a plain answer once it is known
+                assert inspect.isawaitable(verdict) is (not swap)
+                out.append(await settle(verdict))
             return out
 
         first, second = asyncio.run(go())

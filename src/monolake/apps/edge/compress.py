@@ -11,10 +11,20 @@ of a compressible type, compressed or not (a cache must not serve one client's e
 another). A strong ``ETag`` becomes weak on a compressed response (its bytes changed).
 
 ``decompress`` inflates request bodies sent with ``Content-Encoding: gzip``, ``br`` or
-``zstd`` before they go upstream. The decompressed size is bounded while inflating
-(``max_size``): a body that would inflate past it is answered 413 without producing more
-than ``max_size`` + 1 bytes (a zip bomb costs its compressed size). The body is held
-while it is decompressed (so the 413 can still be sent), up to ``max_size``.
+``zstd`` as they go upstream: each chunk the client sends is decoded when it arrives and
+the decoded pieces (at most ``STEP`` bytes each) flow into the body the upstream reads.
+When that body's buffer is full (the upstream not connected yet, or its socket full),
+decoding stops between pieces, the compressed rest is kept and the client is paused, so
+nothing holds the whole body (a zstd chunk is decoded in ``SLICE``-byte slices of input, a
+slice's output made at once). The decoded bytes are counted: a piece that would take the
+total past ``max_size`` is never sent (a zip bomb costs its compressed size and one piece),
+and the request is answered 413. A stream that does not decode, or ends mid-stream, is
+answered 400. When that shows before the forward began (in what arrived with the head,
+before the buffer filled), the upstream is never asked; later, the upstream has had part of
+the body (never more than ``max_size``): its exchange fails, its connection is closed (not
+reused) and a warning is logged, and the client still gets the 413 or 400 unless a response
+had begun. The request goes upstream without ``Content-Encoding`` and ``Content-Length``
+(chunked). The filter is a plain call: no coroutine.
 
 brotli and zstd need the ``brotli`` and ``zstandard`` packages (``pip install
 monolake[edge]``); naming one without its package is a config error.
@@ -23,6 +33,7 @@ monolake[edge]``); naming one without its package is a config error.
 from __future__ import annotations
 
 import importlib
+import logging
 import zlib
 from collections.abc import Callable
 from typing import Any, Literal
@@ -30,10 +41,15 @@ from typing import Any, Literal
 import msgspec
 
 from ...core._body import Body
+from ...core._ratelimit import RateLimitedLog
+from ...core.errors import RemoteProtocolError, Source
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context, ContextSlot
 from ..proxy._filters import HttpFilter
 from ._base import ArgError
+
+log = logging.getLogger("monolake.edge.compress")
+cut_log = RateLimitedLog(log, "request bodies cut", level=logging.WARNING)
 
 Encoding = Literal["gzip", "br", "zstd"]
 
@@ -318,43 +334,327 @@ class TooLarge(ValueError):
     pass
 
 
-def inflate(encoding: bytes, data: bytes, limit: int) -> bytes:
-    """``data`` decoded, producing at most ``limit`` + 1 bytes. Raises TooLarge past ``limit``,
-    ValueError for a corrupt body."""
-    if encoding == b"gzip":
-        d = zlib.decompressobj(47)  # gzip or zlib, by its header
+STEP = 64 * 1024
+"""Bytes of decoded output made per decoder call: a chunk that inflates a lot is fed on in
+pieces this size, and one over the cap is refused before it is made whole."""
+SLICE = 16 * 1024
+"""Bytes of zstd input per decoder call (its decoder has no output bound per call): between
+slices the decoding may stop for backpressure."""
+
+Emit = Callable[[bytes], None]
+"""Takes the next decoded piece; raises TooLarge when it would pass the cap."""
+Held = Callable[[], bool]
+"""True while the body going upstream is paused: the decoder stops between pieces."""
+
+
+def _never() -> bool:
+    return False
+
+
+class _Gzip:
+    """gzip (or zlib, by its header) members, one after the other (RFC 1952 §2.2)."""
+
+    __slots__ = ("d", "fed", "more")
+
+    def __init__(self) -> None:
+        self.d = zlib.decompressobj(47)
+        self.fed = False
+        """Input went into the current member's decoder."""
+        self.more = False
+        """Output is waiting in the decoder (the last call stopped at ``STEP``)."""
+
+    def feed(self, data: bytes, emit: Emit, held: Held = _never) -> bytes | None:
+        """Decode ``data``; the input left (b"": output waiting) when ``held`` stopped it, else None."""
+        d = self.d
         try:
-            out = d.decompress(data, limit + 1)
+            while data or self.more:
+                if d.eof:  # another member follows
+                    d = self.d = zlib.decompressobj(47)
+                self.fed = True
+                out = d.decompress(data, STEP)
+                data = d.unconsumed_tail
+                self.more = not data and not d.eof and len(out) == STEP
+                if d.eof:
+                    data = d.unused_data
+                if out:
+                    emit(out)
+                    if held() and (data or self.more):
+                        return data
         except zlib.error as exc:
             raise ValueError(str(exc)) from None
-        if len(out) > limit or (d.unconsumed_tail and not d.eof):
-            raise TooLarge
-        return out
-    if encoding == b"br":
+        return None
+
+    def finish(self) -> None:
+        if self.fed and not self.d.eof:
+            raise ValueError("the gzip stream ends early")
+
+
+class _Brotli:
+    __slots__ = ("d", "error", "fed", "more")
+
+    def __init__(self) -> None:
         brotli = _module("brotli")
-        dec = brotli.Decompressor()
+        self.d = brotli.Decompressor()
+        self.error = brotli.error
+        self.fed = False
+        self.more = False
+
+    def feed(self, data: bytes, emit: Emit, held: Held = _never) -> bytes | None:
+        d = self.d
+        if data and d.is_finished():
+            raise ValueError("data after the end of the brotli stream")
         try:
-            out = dec.process(data, output_buffer_limit=limit + 1)
-            while len(out) <= limit and not dec.is_finished() and not dec.can_accept_more_data():
-                out += dec.process(b"", output_buffer_limit=limit + 1 - len(out))
-        except brotli.error as exc:
+            while data or self.more:
+                self.fed = True
+                out = d.process(data, output_buffer_limit=STEP)
+                data = b""
+                # Output stopped at the limit (the buffer grows in steps, so a piece may pass it a
+                # little) means more may be waiting: it comes from calls with no input, which is all
+                # the decoder may be given until it is drained.
+                self.more = bool(out) and not d.is_finished() and (len(out) >= STEP or not d.can_accept_more_data())
+                if out:
+                    emit(out)
+                    if self.more and held():
+                        return b""
+        except self.error as exc:
             raise ValueError(str(exc)) from None
-        if len(out) > limit or not dec.can_accept_more_data():
+        return None
+
+    def finish(self) -> None:
+        if self.fed and not self.d.is_finished():
+            raise ValueError("the brotli stream ends early")
+
+
+class _Zstd:
+    """zstd frames through ``zstandard``'s stream writer (it hands its output on in ``STEP`` pieces,
+    so a frame that inflates past the cap stops there); ``_ZstdFrames`` tells where frames end."""
+
+    __slots__ = ("emit", "error", "frames", "w")
+
+    def __init__(self) -> None:
+        zstandard = _module("zstandard")
+        self.w = zstandard.ZstdDecompressor().stream_writer(self, write_size=STEP, closefd=False)
+        self.error = zstandard.ZstdError
+        self.frames = _ZstdFrames()
+        self.emit: Emit | None = None
+
+    def write(self, out: bytes) -> int:  # the stream writer's output
+        if self.emit is not None and out:
+            self.emit(bytes(out))
+        return len(out)
+
+    def feed(self, data: bytes, emit: Emit, held: Held = _never) -> bytes | None:
+        self.emit = emit
+        try:
+            for i in range(0, len(data), SLICE):
+                piece = data[i : i + SLICE] if len(data) > SLICE else data
+                self.frames.feed(piece)
+                self.w.write(piece)
+                if i + SLICE < len(data) and held():
+                    return data[i + SLICE :]
+        except self.error as exc:
+            raise ValueError(str(exc)) from None
+        finally:
+            self.emit = None
+        return None
+
+    def finish(self) -> None:
+        if not self.frames.complete():
+            raise ValueError("the zstd stream ends early")
+
+
+class _ZstdFrames:
+    """Follows the frame and block headers of a zstd stream (RFC 8878 §3.1), only to tell a complete
+    stream from a cut one (the decoder says nothing when its input stops mid-frame)."""
+
+    __slots__ = ("buf", "checksum", "need", "skip", "state")
+
+    def __init__(self) -> None:
+        self.state = "magic"
+        self.need = 4
+        """Header bytes the state reads next."""
+        self.buf = b""
+        self.skip = 0
+        """Bytes to pass over first (a frame header's fields, a block's content)."""
+        self.checksum = False
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self.skip:
+                k = min(self.skip, n - i)
+                self.skip -= k
+                i += k
+                continue
+            k = min(self.need - len(self.buf), n - i)
+            self.buf += data[i : i + k]
+            i += k
+            if len(self.buf) == self.need:
+                head, self.buf = self.buf, b""
+                self._header(head)
+
+    def _header(self, head: bytes) -> None:
+        if self.state == "magic":
+            magic = int.from_bytes(head, "little")
+            if magic == 0xFD2FB528:
+                self.state, self.need = "descriptor", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame: its size follows
+                self.state, self.need = "skippable", 4
+            else:
+                raise ValueError("not a zstd frame")
+        elif self.state == "skippable":
+            self.skip = int.from_bytes(head, "little")
+            self.state, self.need = "magic", 4
+        elif self.state == "descriptor":
+            fhd = head[0]
+            single = fhd >> 5 & 1
+            self.checksum = bool(fhd >> 2 & 1)
+            fcs = (single, 2, 4, 8)[fhd >> 6]
+            self.skip = (1 - single) + (0, 1, 2, 4)[fhd & 3] + fcs  # window, dictionary id, content size
+            self.state, self.need = "block", 3
+        else:  # a block header: last-block bit, type, size
+            h = int.from_bytes(head, "little")
+            self.skip = 1 if (h >> 1) & 3 == 1 else h >> 3  # an RLE block holds one byte
+            if h & 1:
+                self.skip += 4 if self.checksum else 0
+                self.state, self.need = "magic", 4
+
+    def complete(self) -> bool:
+        return self.state == "magic" and not self.buf and not self.skip
+
+
+Decoder = _Gzip | _Brotli | _Zstd
+
+_DECODERS: dict[bytes, Callable[[], Decoder]] = {b"gzip": _Gzip, b"br": _Brotli, b"zstd": _Zstd}
+
+
+def inflate(encoding: bytes, data: bytes, limit: int) -> bytes:
+    """``data`` decoded, at most ``limit`` bytes. Raises TooLarge past ``limit``, ValueError for a
+    corrupt or cut stream."""
+    decoder = _DECODERS[encoding]()
+    parts: list[bytes] = []
+    left = limit
+
+    def emit(piece: bytes) -> None:
+        nonlocal left
+        if len(piece) > left:
             raise TooLarge
-        return bytes(out)
-    zstandard = _module("zstandard")
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-            out = reader.read(limit + 1)
-    except zstandard.ZstdError as exc:
-        raise ValueError(str(exc)) from None
-    if len(out) > limit:
-        raise TooLarge
-    return bytes(out)
+        left -= len(piece)
+        parts.append(piece)
+
+    decoder.feed(data, emit)
+    decoder.finish()
+    return b"".join(parts)
 
 
 def _answer(status: int, text: bytes) -> Response:
     return Response(status, Headers([(b"Content-Type", b"text/plain")]), text)
+
+
+_TOO_LARGE = b"request body too large once decompressed\n"
+_CORRUPT = b"request body does not decode as its Content-Encoding says\n"
+
+
+class _Inflate:
+    """Decodes a request body as it flows: the client's ``Body``'s sink and the producer of the
+    ``Body`` that goes upstream. When that one pauses (its buffer or the upstream's socket full),
+    decoding stops between pieces, the compressed input left is kept (``stash``) and the client is
+    paused; on resume the stash is decoded first."""
+
+    __slots__ = ("decoder", "ending", "failed", "held", "left", "out", "stash", "up")
+
+    def __init__(self, up: Body, decoder: Decoder, limit: int) -> None:
+        self.up = up
+        self.decoder = decoder
+        self.left = limit
+        self.failed: RemoteProtocolError | None = None
+        self.held = False
+        self.stash: bytes | None = None
+        """Compressed input not decoded yet (b"": output waiting in the decoder), while held."""
+        self.ending = False
+        """The client's body ended while input was stashed."""
+        self.out = Body(self, None)
+        up.pipe(self)  # what the client sent already is decoded now
+        if self.held and self.failed is None:
+            up.pause()  # pipe() resumed the client once it had handed over what it held
+
+    def _emit(self, piece: bytes) -> None:
+        if len(piece) > self.left:
+            raise TooLarge
+        self.left -= len(piece)
+        self.out.feed(piece)
+
+    def _held(self) -> bool:
+        return self.held
+
+    def _decode(self, data: bytes) -> None:
+        try:
+            self.stash = self.decoder.feed(data, self._emit, self._held)
+        except TooLarge:
+            self._fail(413, _TOO_LARGE)
+        except ValueError:
+            self._fail(400, _CORRUPT)
+
+    def write(self, data: bytes) -> None:
+        if self.failed is not None:
+            return
+        if self.stash is not None:  # a chunk that was in flight when the client was paused
+            self.stash += data
+            self.up.pause()
+            return
+        self._decode(data)
+
+    def end(self) -> None:
+        if self.failed is not None:
+            return
+        if self.stash is not None:
+            self.ending = True
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self.decoder.finish()
+        except ValueError:
+            self._fail(400, _CORRUPT)
+            return
+        self.out.feed_eof()
+
+    def abort(self, exc: BaseException) -> None:
+        self.out.feed_error(exc)
+
+    def _fail(self, status: int, text: bytes) -> None:
+        exc = self.failed = RemoteProtocolError(text.decode().strip(), status_hint=status, source=Source.DOWNSTREAM)
+        self.stash = None
+        self.up.detach()  # the rest of the client's body is dropped; the answer closes its connection
+        if self.out.piped:
+            cut_log.log(
+                "decompress: %d for a request body already going upstream (%d decoded bytes sent); "
+                "its upstream connection is closed: %s",
+                status,
+                self.out.received,
+                exc,
+            )
+        self.out.feed_error(exc)  # the upstream exchange fails with it: answered ``status``
+
+    def pause_body(self) -> None:
+        self.held = True
+        self.up.pause()
+
+    def resume_body(self) -> None:
+        self.held = False
+        stash = self.stash
+        if stash is not None and self.failed is None:
+            self.stash = None
+            self._decode(stash)
+            if self.stash is not None or self.failed is not None:
+                return  # held again: the client stays paused
+            if self.ending:
+                self._finish()
+        self.up.resume()
+
+    def cancel_body(self) -> None:
+        self.up.cancel()
 
 
 class Decompress(HttpFilter):
@@ -377,7 +677,7 @@ class Decompress(HttpFilter):
         self.max_size = args.max_size
         self.encodings = frozenset(e.encode() for e in args.encodings)
 
-    async def request_filter(self, req: Request, ctx: Context) -> Response | None:
+    def request_filter(self, req: Request, ctx: Context) -> Response | None:
         headers = req.headers
         ce = headers.get(b"content-encoding")
         if ce is None:
@@ -387,21 +687,22 @@ class Decompress(HttpFilter):
             return None
         body = req.body
         if isinstance(body, Body):
-            # The compressed size is bounded by the server's limits.max_body_bytes.
-            data = await body.read_all()
-        elif isinstance(body, bytes):
-            data = body
+            pipe = _Inflate(body, _DECODERS[enc](), self.max_size)
+            failed = pipe.failed
+            if failed is not None:  # in what had arrived with the head: nothing went upstream
+                return _answer(failed.status_hint, _TOO_LARGE if failed.status_hint == 413 else _CORRUPT)
+            new: Body = pipe.out
         else:
-            data = b""
-        try:
-            plain = inflate(enc, data, self.max_size)
-        except TooLarge:
-            return _answer(413, b"request body too large once decompressed\n")
-        except ValueError:
-            return _answer(400, b"request body does not decode as its Content-Encoding says\n")
+            try:
+                plain = inflate(enc, body if isinstance(body, bytes) else b"", self.max_size)
+            except TooLarge:
+                return _answer(413, _TOO_LARGE)
+            except ValueError:
+                return _answer(400, _CORRUPT)
+            new = _complete_body(plain)
         headers.remove(b"content-encoding")
-        headers.remove(b"content-length")  # framed from the new body's length
-        req.body = _complete_body(plain)
+        headers.remove(b"content-length")  # framed from the new body (chunked while it streams)
+        req.body = new
         return None
 
 

@@ -4,12 +4,13 @@ Built-in ``jwt`` (``Jwt``; settings ``JwtArgs``).
 
 ``Jwt(keys=[...])`` reads keys from files (a JWKS, one JWK, or a PEM public key or
 certificate) once, at build time: its ``request_filter`` is a plain call.
-``Jwt(jwks_url=...)`` is a ``JwksJwt``, whose ``request_filter`` is ``async``: it fetches
-the key set through the core ``Client`` on the first request, again every ``refresh``
-seconds in the background (requests keep using the keys they have), and right away when a
-token names a key id it does not know (a key rotation), at most once per ``refetch_min``
-seconds; one fetch at a time, which every waiting request shares. Requests whose key is
-known never wait.
+``Jwt(jwks_url=...)`` is a ``JwksJwt``: it fetches the key set through the core ``Client``
+on the first request, again every ``refresh`` seconds in the background (requests keep
+using the keys they have), and right away when a token names a key id it does not know (a
+key rotation), at most once per ``refetch_min`` seconds; one fetch at a time, which every
+waiting request shares. Its ``request_filter`` is ``@may_await``: a request whose key is
+known is checked by a plain call that returns its verdict (no coroutine, no await); only a
+request that must wait for a fetch gets a coroutine to await.
 
 The token is the ``Authorization: Bearer`` credential (or the raw value of ``header``).
 Only ``algorithms`` are accepted (never ``none``), and the token's ``alg`` must be one its
@@ -44,7 +45,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,7 +55,7 @@ import msgspec
 from ...core.address import parse_endpoint
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context
-from ..proxy._filters import HttpFilter
+from ..proxy._filters import HttpFilter, may_await
 from ._shared import CLAIMS, ArgError, answer, outage_log, settings_of
 
 log = logging.getLogger("monolake.edge.jwt")
@@ -549,7 +550,7 @@ class Jwt(HttpFilter):
         value = self.challenge + f', error="invalid_token", error_description="{desc}"'.encode()
         return answer(401, b"invalid token\n", [(b"WWW-Authenticate", value)])
 
-    def request_filter(self, req: Request, ctx: Context) -> Response | None:
+    def request_filter(self, req: Request, ctx: Context) -> Response | Awaitable[Response | None] | None:
         token = self.token_of(req)
         if token is None:
             return self.refuse(None)
@@ -568,7 +569,7 @@ class Jwt(HttpFilter):
 
 
 class JwksJwt(Jwt):
-    """``Jwt(jwks_url=...)``: keys fetched from a JWKS URL, cached and refreshed (async filter)."""
+    """``Jwt(jwks_url=...)``: keys fetched from a JWKS URL, cached and refreshed (awaits only on a fetch)."""
 
     def __init__(self, args: JwtArgs | None = None, /, **kwargs: Any) -> None:
         super().__init__(args, **kwargs)
@@ -640,7 +641,8 @@ class JwksJwt(Jwt):
             task = self._fetch = loop.create_task(self._get())
         return task
 
-    async def request_filter(self, req: Request, ctx: Context) -> Response | None:  # type: ignore[override]
+    @may_await
+    def request_filter(self, req: Request, ctx: Context) -> Response | Awaitable[Response | None] | None:
         token = self.token_of(req)
         if token is None:
             return self.refuse(None)
@@ -653,19 +655,37 @@ class JwksJwt(Jwt):
                     loop = asyncio.get_running_loop()
                     pending = self._fetch
                     if pending is not None and not pending.done():
-                        await asyncio.shield(pending)
-                    elif loop.time() - self.fetched_at >= (self.refetch_min if self.keys else NO_KEYS_RETRY):
-                        await asyncio.shield(self.fetch(loop))
-                    if not self.keys:
-                        self._down.log("jwks %s: no keys, answering 503", self.url)
-                        return answer(503, b"token keys unavailable\n", [(b"Retry-After", b"1")])
-                    key = self.key_for(kid)
-                    if key is None:
-                        raise _Invalid(f"unknown key id {kid!r}")
+                        return self._after_fetch(req, ctx, token, alg, kid, pending)
+                    if loop.time() - self.fetched_at >= (self.refetch_min if self.keys else NO_KEYS_RETRY):
+                        return self._after_fetch(req, ctx, token, alg, kid, self.fetch(loop))
+                    return self._without_key(kid)  # fetched lately: no coroutine for it
                 entry = self.verify(token, alg, key)
             except _Invalid as exc:
                 return self.refuse(str(exc))
         if ctx.start - self.fetched_at >= self.refresh:
             self.fetch(asyncio.get_running_loop())  # in the background: this request goes on
+        self.accept(req, ctx, entry)
+        return None
+
+    def _without_key(self, kid: str | None) -> Response:
+        """The answer to a token whose key the current set does not have: 503 while there is no set."""
+        if not self.keys:
+            self._down.log("jwks %s: no keys, answering 503", self.url)
+            return answer(503, b"token keys unavailable\n", [(b"Retry-After", b"1")])
+        return self.refuse(f"unknown key id {kid!r}")
+
+    async def _after_fetch(
+        self, req: Request, ctx: Context, token: bytes, alg: str, kid: str | None, fetch: asyncio.Task[None]
+    ) -> Response | None:
+        """The rest of ``request_filter`` for a token whose key is not known yet: the only one that
+        waits, for the key set's fetch (shared by every request waiting on it), then looks again."""
+        await asyncio.shield(fetch)
+        key = self.key_for(kid)
+        if key is None:
+            return self._without_key(kid)
+        try:
+            entry = self.verify(token, alg, key)
+        except _Invalid as exc:
+            return self.refuse(str(exc))
         self.accept(req, ctx, entry)
         return None

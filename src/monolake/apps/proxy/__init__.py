@@ -13,6 +13,7 @@ from ._filters import TcpFilter as TcpFilter
 from ._filters import ThriftFilter as ThriftFilter
 from ._filters import load_filters as load_filters
 from ._filters import load_layers as load_layers
+from ._filters import may_await as may_await
 from ._proxy import HttpProxy as HttpProxy
 from ._proxy import ProxyFactory as ProxyFactory
 from ._router import Router as Router

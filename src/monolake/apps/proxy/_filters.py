@@ -17,7 +17,14 @@ Any phase may be ``async def`` (to call an auth service, a rate-limit store...).
 Whether it is, is read once at build time (``inspect.iscoroutinefunction``): a phase
 whose filters are all plain keeps the plain loop, one call per filter and no await;
 only a phase with an async filter takes the awaiting variant (sync filters in it are
-still plain calls, in config order). Phases that run after the fact (``logging``,
+still plain calls, in config order).
+
+A phase that usually has its answer at hand and only sometimes waits (keys cached,
+fetched now and then) is a plain ``def`` marked ``@may_await``: it returns its result
+directly, or an awaitable when it has to wait, and the caller awaits only what it is
+given. A ``request_filter`` marked so stays in the plain loop (its result was tested for
+None already: a plain phase costs what it did); in the other phases it runs with the
+awaiting variant, awaited only when it returns an awaitable. Phases that run after the fact (``logging``,
 ``on_close``, ``call_done``) never delay anything: their async filters run as tasks,
 at most ``BACKGROUND_LIMIT`` at once per server (more are dropped and counted, and a
 failure is logged).
@@ -42,7 +49,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ...core.errors import ConfigError, MonolakeError
 from ...core.proto.http1 import Request, Response
@@ -145,6 +152,36 @@ def _overrides(obj: object, base: type, phase: str) -> bool:
     return method is not getattr(base, phase, None)
 
 
+PLAIN, ASYNC, MAYBE = 0, 1, 2
+"""What calling a phase gives: its result; an awaitable (``async def``); either (``@may_await``)."""
+
+_MAY_AWAIT = "_monolake_may_await"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def may_await(method: F) -> F:
+    """Mark a plain ``def`` phase that returns its result directly, or an awaitable when it has to
+    wait (a fetch, a store): the proxy awaits only when it gets an awaitable, so the common case
+    costs a call, with no coroutine. A ``request_filter``'s direct result is a ``Response`` or None,
+    any other phase's None; the awaitable's result is what the direct one would be. An awaited one
+    runs under the server's ``request_timeout`` like an ``async def`` phase."""
+    setattr(method, _MAY_AWAIT, True)
+    return method
+
+
+def call_kind(call: Callable[..., Any]) -> int:
+    """PLAIN, ASYNC or MAYBE (a ``@may_await`` method), read once at build time."""
+    if _is_async(call):
+        return ASYNC
+    return MAYBE if getattr(call, _MAY_AWAIT, False) is True else PLAIN
+
+
+def pending(result: object) -> bool:
+    """Whether a MAYBE call's result is an awaitable to wait for (not its direct result)."""
+    return result is not None and result is not True and result is not False and inspect.isawaitable(result)
+
+
 def _is_async(call: Callable[..., Any]) -> bool:
     """Whether calling ``call`` gives an awaitable: an ``async def`` (a method, a callable object's
     ``__call__``, or one under a ``functools.wraps`` decorator, which ``iscoroutinefunction`` of
@@ -155,14 +192,14 @@ def _is_async(call: Callable[..., Any]) -> bool:
     return func is not inspect.unwrap(func) and inspect.iscoroutinefunction(inspect.unwrap(func))
 
 
-Call = tuple[Callable[..., Any], bool, str]
-"""A phase's filter: (bound method, whether it is async, "module:Class.phase")."""
+Call = tuple[Callable[..., Any], int, str]
+"""A phase's filter: (bound method, PLAIN/ASYNC/MAYBE, "module:Class.phase")."""
 
 
 def phase_calls(filters: Sequence[object], kind: str, phase: str) -> tuple[Call, ...]:
     base = SHAPES[kind][0]
     return tuple(
-        (getattr(f, phase), _is_async(getattr(f, phase)), filter_name(f, phase))
+        (getattr(f, phase), call_kind(getattr(f, phase)), filter_name(f, phase))
         for f in filters
         if _overrides(f, base, phase)
     )
@@ -171,21 +208,24 @@ def phase_calls(filters: Sequence[object], kind: str, phase: str) -> tuple[Call,
 class Phases:
     """The bound methods to call in each HTTP phase, in config order.
 
-    ``awaits[phase]`` is None when every filter of the phase is plain (the caller keeps
-    its plain loop), else which of them return awaitables; ``names[phase]`` are the
-    filters' "module:Class.phase" names, for errors and logs.
+    ``awaits[phase]`` is None when the caller keeps its plain loop: every filter of the
+    phase is plain, or (``request_filter``) plain or ``@may_await``, whose awaitable the
+    plain loop awaits when it gets one. Else it says what each filter's call gives (PLAIN,
+    ASYNC, MAYBE). ``names[phase]`` are the filters' "module:Class.phase" names, for
+    errors and logs.
     """
 
     __slots__ = (*PHASES, "awaits", "names")
 
     def __init__(self, filters: Sequence[object]) -> None:
-        self.awaits: dict[str, tuple[bool, ...] | None] = {}
+        self.awaits: dict[str, tuple[int, ...] | None] = {}
         self.names: dict[str, tuple[str, ...]] = {}
         for phase in PHASES:
             calls = phase_calls(filters, "http", phase)
             setattr(self, phase, tuple(c for c, _, _ in calls))
-            flags = tuple(a for _, a, _ in calls)
-            self.awaits[phase] = flags if any(flags) else None
+            kinds = tuple(k for _, k, _ in calls)
+            plain_loop = ASYNC not in kinds and (phase == "request_filter" or MAYBE not in kinds)
+            self.awaits[phase] = None if plain_loop else kinds
             self.names[phase] = tuple(n for _, _, n in calls)
 
     request_filter: tuple[Callable[[Request, Context], Any], ...]
@@ -194,7 +234,7 @@ class Phases:
     logging: tuple[Callable[[Request, Response, Context], Any], ...]
 
     def mixed(self, phase: str) -> tuple[Call, ...]:
-        """The phase as (call, is_async, name) triples when some filter of it is async, else ()."""
+        """The phase as (call, kind, name) triples when it needs the awaiting variant, else ()."""
         flags = self.awaits[phase]
         if flags is None:
             return ()
@@ -243,15 +283,15 @@ class Background:
 
     def run(self, calls: tuple[Call, ...], *args: Any) -> None:
         """Call every filter of an after-the-fact phase: plain ones now (a failure is logged and
-        the next one still runs), async ones as tasks."""
-        for f, is_async, name in calls:
-            if is_async:
-                self.start(f(*args), name)
-                continue
+        the next one still runs), the awaitables async (and ``@may_await``) ones give as tasks."""
+        for f, kind, name in calls:
             try:
-                f(*args)
+                r = f(*args)
             except Exception as exc:
                 log.error("servers.%s: %s failed: %s: %s", self.server, name, type(exc).__name__, exc, exc_info=exc)
+                continue
+            if kind and r is not None:
+                self.start(r, name)
 
 
 class TcpPhases:
@@ -267,10 +307,10 @@ class TcpPhases:
 
     async def allow(self, peer: str, ctx: Context) -> bool:
         """False when a filter said False or raised (logged: a broken filter fails closed)."""
-        for f, is_async, name in self.on_connect:
+        for f, kind, name in self.on_connect:
             try:
                 verdict = f(peer, ctx)
-                if is_async:
+                if kind == ASYNC or (kind and pending(verdict)):
                     verdict = await verdict
             except Exception as exc:
                 log.error(
@@ -312,8 +352,8 @@ class ThriftPhases:
         self.server = server
         self.call_filter = phase_calls(filters, "thrift", "call_filter")
         self.call_done = phase_calls(filters, "thrift", "call_done")
-        self.awaits = any(a for _, a, _ in self.call_filter)
-        """Some call_filter is async: calls wait for it in a task."""
+        self.awaits = any(k for _, k, _ in self.call_filter)
+        """Some call_filter is async (or ``@may_await``): calls wait for it in a task."""
         self.timeout = timeout
         """Seconds async call filters may take (the server's request_timeout); None: unbounded."""
         self.background = Background(server)
@@ -327,15 +367,15 @@ class ThriftPhases:
         """Run the call filters, awaiting the async ones; raises what a filter raises (TimeoutError
         past ``timeout``)."""
         if self.timeout is None:
-            for f, is_async, _ in self.call_filter:
+            for f, kind, _ in self.call_filter:
                 r = f(call, ctx)
-                if is_async:
+                if kind and r is not None:
                     await r
             return
         async with asyncio.timeout(self.timeout):
-            for f, is_async, _ in self.call_filter:
+            for f, kind, _ in self.call_filter:
                 r = f(call, ctx)
-                if is_async:
+                if kind and r is not None:
                     await r
 
     def done(self, call: Any, outcome: str, ctx: Context) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from ...core.client import Pool
 from ...core.errors import ReadTimeout, RemoteProtocolError, Source
@@ -40,7 +41,7 @@ from ...core.service import Context, Factory, Layer, Service
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
 from ..edge._slots import UPSTREAM_TIMES
 from ..observe._accesslog import uses_connect_timing, uses_upstream_timing
-from ._filters import Call, FilterError, Phases
+from ._filters import MAYBE, Call, FilterError, Phases, filter_name
 from ._retry import RetryingCluster
 from ._router import Router
 from ._tunnel import connect_only, connect_settings, switch
@@ -285,6 +286,11 @@ def absolute_to_origin_form(req: Request) -> None:
         headers.add(b"Host", authority)
 
 
+def _name(who: Any) -> str:
+    """A filter's "module:Class.phase", from its name or its bound method."""
+    return who if isinstance(who, str) else filter_name(getattr(who, "__self__", who), who.__name__)
+
+
 class HttpProxy:
     """The proxy service. Build through ``ProxyFactory``."""
 
@@ -320,12 +326,16 @@ class HttpProxy:
     async def _run_mixed(
         self, calls: tuple[Call, ...], arg: Request | Response, ctx: Context, answers: bool = False
     ) -> Response | None:
-        """A phase with async filters, in config order; with ``answers`` (request_filter) the first
-        non-None answer ends it.
+        """A phase with async (or ``@may_await``) filters, in config order; with ``answers``
+        (request_filter) the first non-None answer ends it.
         Raises FilterError for an async filter that raises or outlives the deadline."""
         timeout = self._filter_timeout
         for f, is_async, name in calls:
-            if not is_async:
+            if is_async == MAYBE:  # a @may_await filter: awaited only when it returns an awaitable
+                answer = f(arg, ctx)
+                if answer is not None and not isinstance(answer, Response):
+                    answer = await self._settle(answer, ctx, name)
+            elif not is_async:
                 answer = f(arg, ctx)
             elif timeout is None:
                 try:
@@ -352,6 +362,28 @@ class HttpProxy:
                 return answer  # type: ignore[no-any-return]
         return None
 
+    async def _settle(self, pending: Any, ctx: Context, who: Any) -> Any:
+        """What a ``@may_await`` filter's awaitable gives, within the server's ``request_timeout``
+        from the request head. ``who`` is the filter's name, or its bound method (named only on failure)."""
+        timeout = self._filter_timeout
+        try:
+            if timeout is None:
+                return await pending
+            async with asyncio.timeout_at(ctx.start + timeout) as scope:
+                return await pending
+        except asyncio.CancelledError:
+            # The server's Timeout layer has the same deadline (from the request head, on a
+            # loop clock that may not have moved): both timers can fire in one iteration, and
+            # then ours re-raises the cancellation instead of TimeoutError. It is still this
+            # request's deadline, passed in a filter: answered as such, not as a slow upstream.
+            if timeout is not None and scope.expired():
+                raise FilterError(f"request timeout of {timeout:g}s exceeded while {_name(who)} ran") from None
+            raise
+        except Exception as exc:
+            if timeout is not None and isinstance(exc, TimeoutError) and scope.expired():
+                raise FilterError(f"request timeout of {timeout:g}s exceeded while {_name(who)} ran") from None
+            raise FilterError(f"{_name(who)} failed: {type(exc).__name__}: {exc}") from exc
+
     async def __call__(self, req: Request) -> Response:
         path = req.path
         if path[:1] != b"/" and path != b"*":  # "*": OPTIONS' asterisk-form, left as it is
@@ -368,6 +400,10 @@ class HttpProxy:
         for f in self._request_filters:
             answer = f(req, ctx)
             if answer is not None:
+                if not isinstance(answer, Response):  # a @may_await filter that has to wait
+                    answer = await self._settle(answer, ctx, f)
+                    if answer is None:
+                        continue
                 return answer  # type: ignore[no-any-return]
         if self._request_mixed:
             answer = await self._run_mixed(self._request_mixed, req, ctx, True)
@@ -423,6 +459,10 @@ class HttpProxy:
         for f in edge.request_filter:
             answer = f(req, ctx)
             if answer is not None:
+                if not isinstance(answer, Response):  # a @may_await filter that has to wait
+                    answer = await self._settle(answer, ctx, f)
+                    if answer is None:
+                        continue
                 return answer  # type: ignore[no-any-return]
         if edge.request_mixed:
             answer = await self._run_mixed(edge.request_mixed, req, ctx, True)
