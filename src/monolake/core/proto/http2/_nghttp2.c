@@ -363,9 +363,34 @@ static struct {
     PyObject *bytes;
 } static_cache[STATIC_CACHE];
 
+/* Strings of the HPACK dynamic tables: a connection's repeated fields (content-type,
+ * te, grpc-status, the authority, a gRPC method's path) come back as the same rcbuf while
+ * the entry lives, so the bytes object made for it is kept, keyed by the rcbuf's buffer
+ * address. The content is compared on every hit: an address freed and reused for another
+ * string only misses. */
+#define DYN_CACHE 256
+#define DYN_MAX_LEN 256
+static struct {
+    const uint8_t *base;
+    PyObject *bytes;
+} dyn_cache[DYN_CACHE];
+
 static PyObject *rcbuf_bytes(nghttp2_rcbuf *rc) {
     nghttp2_vec v = nghttp2_rcbuf_get_buf(rc);
-    if (!nghttp2_rcbuf_is_static(rc)) return PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
+    if (!nghttp2_rcbuf_is_static(rc)) {
+        if (v.len == 0 || v.len > DYN_MAX_LEN) return PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
+        size_t i = ((uintptr_t)v.base >> 4) % DYN_CACHE;
+        PyObject *hit = dyn_cache[i].bytes;
+        if (dyn_cache[i].base == v.base && PyBytes_GET_SIZE(hit) == (Py_ssize_t)v.len &&
+            memcmp(PyBytes_AS_STRING(hit), v.base, v.len) == 0)
+            return Py_NewRef(hit);
+        PyObject *b = PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
+        if (b != NULL) {
+            Py_XSETREF(dyn_cache[i].bytes, Py_NewRef(b));
+            dyn_cache[i].base = v.base;
+        }
+        return b;
+    }
     size_t i = ((uintptr_t)v.base >> 3) % STATIC_CACHE;
     if (static_cache[i].base == v.base && PyBytes_GET_SIZE(static_cache[i].bytes) == (Py_ssize_t)v.len)
         return Py_NewRef(static_cache[i].bytes);
