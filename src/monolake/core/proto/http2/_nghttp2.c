@@ -375,31 +375,69 @@ static struct {
     PyObject *bytes;
 } dyn_cache[DYN_CACHE];
 
-static PyObject *rcbuf_bytes(nghttp2_rcbuf *rc) {
+/* The (name, value) tuples made from two kept strings, keyed by the two objects: a
+ * repeated field costs no tuple either. A cached tuple holds its items, so an identity
+ * match cannot be a stale address. */
+#define PAIR_CACHE 256
+static PyObject *pair_cache[PAIR_CACHE];
+
+/* ``*kept`` tells whether a cache holds the returned object (a pair of them may be cached). */
+static PyObject *rcbuf_bytes(nghttp2_rcbuf *rc, int *kept) {
     nghttp2_vec v = nghttp2_rcbuf_get_buf(rc);
+    *kept = 0;
     if (!nghttp2_rcbuf_is_static(rc)) {
         if (v.len == 0 || v.len > DYN_MAX_LEN) return PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
         size_t i = ((uintptr_t)v.base >> 4) % DYN_CACHE;
         PyObject *hit = dyn_cache[i].bytes;
         if (dyn_cache[i].base == v.base && PyBytes_GET_SIZE(hit) == (Py_ssize_t)v.len &&
-            memcmp(PyBytes_AS_STRING(hit), v.base, v.len) == 0)
+            memcmp(PyBytes_AS_STRING(hit), v.base, v.len) == 0) {
+            *kept = 1;
             return Py_NewRef(hit);
+        }
         PyObject *b = PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
         if (b != NULL) {
             Py_XSETREF(dyn_cache[i].bytes, Py_NewRef(b));
             dyn_cache[i].base = v.base;
+            *kept = 1;
         }
         return b;
     }
     size_t i = ((uintptr_t)v.base >> 3) % STATIC_CACHE;
-    if (static_cache[i].base == v.base && PyBytes_GET_SIZE(static_cache[i].bytes) == (Py_ssize_t)v.len)
+    if (static_cache[i].base == v.base && PyBytes_GET_SIZE(static_cache[i].bytes) == (Py_ssize_t)v.len) {
+        *kept = 1;
         return Py_NewRef(static_cache[i].bytes);
+    }
     PyObject *b = PyBytes_FromStringAndSize((const char *)v.base, (Py_ssize_t)v.len);
     if (b != NULL) {
         Py_XSETREF(static_cache[i].bytes, Py_NewRef(b));
         static_cache[i].base = v.base;
+        *kept = 1;
     }
     return b;
+}
+
+/* (name, value), both new references, stolen. */
+static PyObject *header_pair(PyObject *name, PyObject *value, int kept) {
+    PyObject **slot = NULL;
+    if (kept) {
+        slot = &pair_cache[(((uintptr_t)name >> 4) * 31u + ((uintptr_t)value >> 4)) % PAIR_CACHE];
+        PyObject *c = *slot;
+        if (c != NULL && PyTuple_GET_ITEM(c, 0) == name && PyTuple_GET_ITEM(c, 1) == value) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            return Py_NewRef(c);
+        }
+    }
+    PyObject *pair = PyTuple_New(2);
+    if (pair == NULL) {
+        Py_DECREF(name);
+        Py_DECREF(value);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(pair, 0, name);
+    PyTuple_SET_ITEM(pair, 1, value);
+    if (slot != NULL) Py_XSETREF(*slot, Py_NewRef(pair));
+    return pair;
 }
 
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghttp2_rcbuf *name_rc,
@@ -417,15 +455,15 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, nghtt
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_ENHANCE_YOUR_CALM);
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    PyObject *pair = PyTuple_New(2), *name = rcbuf_bytes(name_rc), *value = rcbuf_bytes(value_rc);
-    if (pair == NULL || name == NULL || value == NULL) {
-        Py_XDECREF(pair);
+    int kept_name, kept_value;
+    PyObject *name = rcbuf_bytes(name_rc, &kept_name), *value = rcbuf_bytes(value_rc, &kept_value);
+    if (name == NULL || value == NULL) {
         Py_XDECREF(name);
         Py_XDECREF(value);
         goto fail;
     }
-    PyTuple_SET_ITEM(pair, 0, name);
-    PyTuple_SET_ITEM(pair, 1, value);
+    PyObject *pair = header_pair(name, value, kept_name && kept_value);
+    if (pair == NULL) goto fail;
     int rv = PyList_Append(self->hdrs, pair);
     Py_DECREF(pair);
     if (rv == 0) return 0;
