@@ -7,6 +7,8 @@ One exchange is what a proxy's two sides do per unary call: the client opens a
 stream with small headers and a 128-byte body, the server reads it, returns the
 window, answers with headers and a 128-byte body, and the client reads that and
 returns the window. The "grpc" variant ends the response with trailers instead.
+The "-whole" variants send each message with one call (``send_request`` /
+``send_response``) instead of one call per frame.
 The figure is µs of process CPU time (user+sys) per exchange, both codecs' halves
 together; runs alternate between the codecs and the
 median is reported, since the machine is shared and noisy.
@@ -50,17 +52,23 @@ def connect(kind: str) -> tuple[Codec, Codec]:
     return client, server
 
 
-def exchange(client: Codec, server: Codec, trailers: bool = False) -> None:
-    sid = client.request(REQUEST, False)
-    client.send_data(sid, BODY, True)
+def exchange(client: Codec, server: Codec, trailers: bool = False, whole: bool = False) -> None:
+    if whole:
+        sid = client.send_request(REQUEST, BODY, None)
+    else:
+        sid = client.request(REQUEST, False)
+        client.send_data(sid, BODY, True)
     for ev in server.feed(client.pending()):
         if ev[0] == 2:  # DATA
             server.consumed(ev[1], len(ev[2]))
-    server.send_headers(sid, RESPONSE, False)
-    if trailers:
+    if whole:
+        server.send_response(sid, RESPONSE, BODY, TRAILERS if trailers else None)
+    elif trailers:
+        server.send_headers(sid, RESPONSE, False)
         server.send_data(sid, BODY, False)
         server.send_headers(sid, TRAILERS, True)
     else:
+        server.send_headers(sid, RESPONSE, False)
         server.send_data(sid, BODY, True)
     for ev in client.feed(server.pending()):
         if ev[0] == 2:
@@ -83,14 +91,14 @@ def check(kind: str) -> None:
     assert b"".join(e[2] for e in cev if e[0] == 2) == BODY, cev
 
 
-def cpu_us_per_exchange(kind: str, n: int, trailers: bool) -> float:
+def cpu_us_per_exchange(kind: str, n: int, trailers: bool, whole: bool) -> float:
     client, server = connect(kind)
     for _ in range(200):
-        exchange(client, server, trailers)
+        exchange(client, server, trailers, whole)
     gc.collect()
     t0 = time.process_time()
     for _ in range(n):
-        exchange(client, server, trailers)
+        exchange(client, server, trailers, whole)
     return (time.process_time() - t0) / n * 1e6
 
 
@@ -109,7 +117,7 @@ def leak(n: int) -> None:
         # A new connection now and then, so connection teardown is covered too.
         if i and i % 10_000 == 0:
             client, server = connect("native")
-        exchange(client, server, trailers=i % 2 == 0)
+        exchange(client, server, trailers=i % 2 == 0, whole=i % 4 < 2)
         if i % step == 0 or i == n - 1:
             print(f"  {i + 1:>7} exchanges: RSS {rss_kib()} KiB")
 
@@ -123,20 +131,23 @@ def main() -> int:
     kinds = codec_kinds()
     for kind in kinds:
         check(kind)
-    cases = [(kind, variant) for variant in ("unary", "grpc") for kind in kinds]
+    variants = ("unary", "grpc", "unary-whole", "grpc-whole")
+    cases = [(kind, variant) for variant in variants for kind in kinds]
     results: dict[tuple[str, str], list[float]] = {c: [] for c in cases}
     for _ in range(args.runs):
         for kind, variant in cases:
             n = args.n if kind == "native" else max(args.n // 10, 100)
-            results[kind, variant].append(cpu_us_per_exchange(kind, n, variant == "grpc"))
+            results[kind, variant].append(
+                cpu_us_per_exchange(kind, n, variant.startswith("grpc"), variant.endswith("-whole"))
+            )
     print(f"µs CPU per exchange (client+server codec), median of {args.runs} interleaved runs:")
     for kind, variant in cases:
         xs = results[kind, variant]
-        print(f"  {variant:>5} {kind:>6}: {statistics.median(xs):8.2f}   (min {min(xs):.2f}, max {max(xs):.2f})")
+        print(f"  {variant:>11} {kind:>6}: {statistics.median(xs):8.2f}   (min {min(xs):.2f}, max {max(xs):.2f})")
     if len(kinds) == 2:
-        for variant in ("unary", "grpc"):
+        for variant in variants:
             ratio = statistics.median(results["h2", variant]) / statistics.median(results["native", variant])
-            print(f"  {variant:>5} h2/native: {ratio:.1f}x")
+            print(f"  {variant:>11} h2/native: {ratio:.1f}x")
     if args.leak:
         if "native" not in kinds:
             print("native codec not built: no leak check", file=sys.stderr)

@@ -600,9 +600,9 @@ class H2Connection(asyncio.Protocol):
             pending = body.take()
             body.detach()
             body = pending[0] if len(pending) == 1 else b"".join(pending)
-        end = body is None or body == b""
         try:
-            sid = codec.request(headers, end)
+            # A whole request (no body, or bytes): one codec call, one serialization.
+            sid = codec.request(headers, False) if isinstance(body, Body) else codec.send_request(headers, body, None)
         except Exception as exc:  # the codec's refusal (stream limit, going away): nothing was sent
             raise ReadError(f"cannot open a stream to the upstream: {exc}", retry_safe=True) from None
         now = self.loop.time()
@@ -617,17 +617,13 @@ class H2Connection(asyncio.Protocol):
                 timer.cancel()
             self._timer_at = due
             self._timer = self.loop.call_at(due, self._check_timeouts)
-        if end:
-            self.flush()
-        elif isinstance(body, bytes):
-            codec.send_data(sid, body, True)
-            self.flush()
-        else:
-            assert body is not None
+        if isinstance(body, Body):
             st.sent = False
             st.qbody = body
             self.flush()
             body.pipe(_StreamSink(st))
+        else:
+            self.flush()
         return st
 
     def forget(self, st: _Stream) -> None:

@@ -783,23 +783,18 @@ class H2Connection(asyncio.Protocol):
         elif isinstance(body, Body):
             if resp.content_length is not None:
                 fields.append((b"content-length", b"%d" % resp.content_length))
-            codec.send_headers(sid, fields, False)
             pending = body.take()
             if body.complete:
                 # All there already (a small response, a unary gRPC answer with its
-                # trailers): queued at once, no pipe.
+                # trailers): head, body and trailers in one codec call, no pipe.
                 data = pending[0] if len(pending) == 1 else b"".join(pending)
                 trailers = body.trailers
-                if trailers:
-                    if data:
-                        codec.send_data(sid, data, False)
-                    codec.send_headers(sid, _trailer_fields(trailers), True)
-                else:
-                    codec.send_data(sid, data, True)
+                queued = codec.send_response(sid, fields, data, _trailer_fields(trailers) if trailers else None)
                 st.sent = len(data)
-                if queued := codec.buffered(sid):
+                if queued:
                     self._queued_whole(st, queued)
             else:
+                codec.send_headers(sid, fields, False)
                 st.out = body
                 for piece in pending:
                     st.write(piece)
@@ -815,10 +810,9 @@ class H2Connection(asyncio.Protocol):
                 return
         elif body:
             fields.append((b"content-length", b"%d" % len(body)))
-            codec.send_headers(sid, fields, False)
-            codec.send_data(sid, body, True)
+            queued = codec.send_response(sid, fields, body, None)
             st.sent = len(body)
-            if queued := codec.buffered(sid):
+            if queued:
                 self._queued_whole(st, queued)
         else:
             fields.append((b"content-length", b"0"))

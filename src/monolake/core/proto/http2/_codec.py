@@ -15,6 +15,9 @@ to Python without building an object per frame:
   RST_STREAM is queued).
 - ``pending()`` returns (and clears) the bytes to write to the socket. Callers
   call it after ``feed`` and after each batch of ``send_*`` calls.
+- A message that is whole when it is sent (a unary gRPC call or answer, a small
+  response) goes in one call, ``send_response`` / ``send_request``: one crossing
+  into the codec and one serialization instead of one per frame.
 - Outbound data is never refused: ``send_data`` queues what the flow-control
   windows do not allow yet, the codec sends it as WINDOW_UPDATEs arrive, and
   ``buffered(stream_id)`` tells how much is waiting so a driver can pause the
@@ -98,6 +101,18 @@ class Codec(Protocol):
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Queue body bytes; sent as flow control allows."""
+
+    def send_response(
+        self, stream_id: int, headers: HeaderList, data: bytes | None, trailers: HeaderList | None
+    ) -> int:
+        """Server: a whole final response at once (HEADERS, the body, the trailers; None or
+        empty for none), serialized in one pass. Returns what ``buffered`` would: the body
+        bytes the windows did not let out yet (a ``DRAINED`` event follows when they are)."""
+        ...
+
+    def send_request(self, headers: HeaderList, data: bytes | None, trailers: HeaderList | None) -> int:
+        """Client: a whole request at once, as ``send_response``; returns the new stream's id."""
+        ...
 
     def buffered(self, stream_id: int) -> int:
         """Bytes queued on ``stream_id`` and not yet sent."""

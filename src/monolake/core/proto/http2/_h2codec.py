@@ -223,6 +223,31 @@ class H2Codec:
             q.end = True
         self._flush(stream_id, None)
 
+    def send_response(
+        self, stream_id: int, headers: HeaderList, data: bytes | None, trailers: HeaderList | None
+    ) -> int:
+        if not data and not trailers:
+            self.send_headers(stream_id, headers, True)
+            return 0
+        self.send_headers(stream_id, headers, False)
+        return self._send_whole(stream_id, data, trailers)
+
+    def send_request(self, headers: HeaderList, data: bytes | None, trailers: HeaderList | None) -> int:
+        if not data and not trailers:
+            return self.request(headers, True)
+        sid = self.request(headers, False)
+        self._send_whole(sid, data, trailers)
+        return sid
+
+    def _send_whole(self, stream_id: int, data: bytes | None, trailers: HeaderList | None) -> int:
+        if trailers:
+            if data:
+                self.send_data(stream_id, data, False)
+            self.send_headers(stream_id, list(trailers), True)  # behind the data still queued
+            return self.buffered(stream_id)
+        self.send_data(stream_id, data or b"", True)
+        return self.buffered(stream_id)
+
     def buffered(self, stream_id: int) -> int:
         q = self._out.get(stream_id)
         return q.size if q is not None else 0
