@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -71,12 +71,12 @@ if TYPE_CHECKING:
 
 """Lines about malformed or refused requests: a client chooses how many it causes."""
 
-_PAUSE_BODY = 1
-_PAUSE_PIPELINE = 2
-_PAUSE_ERROR = 4
-_PAUSE_SWITCH = 8
+_PAUSE_BODY: Final = 1
+_PAUSE_PIPELINE: Final = 2
+_PAUSE_ERROR: Final = 4
+_PAUSE_SWITCH: Final = 8
 
-_RELEASED_PARSER = httptools.HttpRequestParser(object())
+_RELEASED_PARSER: Final = httptools.HttpRequestParser(object())
 """Stands in for a closed connection's parser: its own holds bound methods of the connection, a
 cycle that only a full garbage collection (rare in an idle worker) would free."""
 
@@ -85,11 +85,11 @@ def _discard(parts: Iterable[bytes]) -> None:
     """A closed connection's ``_writelines`` (see ``connection_lost``)."""
 
 
-TASK_LINGER = 1.0
+TASK_LINGER: Final = 1.0
 """Seconds an idle keep-alive connection keeps its task waiting for the next request (then the
 sweep ends it: a connection idle longer pays one task for its next request)."""
 
-DRAIN_IDLE = 1.0
+DRAIN_IDLE: Final = 1.0
 """Seconds a connection must have been idle before a drain closes it without a response."""
 
 
