@@ -2,8 +2,9 @@
 
 Bytes arrive in ``data_received`` and go straight into the llhttp parser (through
 ``RequestReader``); each complete head becomes a ``Request`` handed to the service
-chain in one task. Requests are answered strictly in order (pipelining): later
-heads wait in a queue, and the connection stops reading when the queue is full.
+chain in the connection's task (one per keep-alive connection, not one per request: ``_serve``).
+Requests are answered strictly in order (pipelining): later heads wait in a queue, and the
+connection stops reading when the queue is full.
 
 Bodies are streamed, never held whole: a request body is a ``Body`` fed by this
 connection and piped by the proxy into the upstream connection; a response body
