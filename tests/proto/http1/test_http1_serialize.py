@@ -51,6 +51,9 @@ def test_status_line_unknown_code(status: int) -> None:
 def test_status_line_with_explicit_reason() -> None:
     assert status_line(200, b"Fine") == b"HTTP/1.1 200 Fine\r\n"
     assert status_line(599, b"Custom") == b"HTTP/1.1 599 Custom\r\n"
+    # The standard phrase given explicitly (a forwarded upstream's): the prebuilt line, same bytes.
+    assert status_line(404, b"Not Found") == b"HTTP/1.1 404 Not Found\r\n"
+    assert status_line(404, b"not found") == b"HTTP/1.1 404 not found\r\n"
 
 
 def test_every_http_status_has_its_phrase() -> None:

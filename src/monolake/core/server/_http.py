@@ -2,8 +2,9 @@
 
 Bytes arrive in ``data_received`` and go straight into the llhttp parser (through
 ``RequestReader``); each complete head becomes a ``Request`` handed to the service
-chain in one task. Requests are answered strictly in order (pipelining): later
-heads wait in a queue, and the connection stops reading when the queue is full.
+chain in the connection's task (one per keep-alive connection, not one per request: ``_serve``).
+Requests are answered strictly in order (pipelining): later heads wait in a queue, and the
+connection stops reading when the queue is full.
 
 Bodies are streamed, never held whole: a request body is a ``Body`` fed by this
 connection and piped by the proxy into the upstream connection; a response body
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -71,12 +72,12 @@ if TYPE_CHECKING:
 
 """Lines about malformed or refused requests: a client chooses how many it causes."""
 
-_PAUSE_BODY = 1
-_PAUSE_PIPELINE = 2
-_PAUSE_ERROR = 4
-_PAUSE_SWITCH = 8
+_PAUSE_BODY: Final = 1
+_PAUSE_PIPELINE: Final = 2
+_PAUSE_ERROR: Final = 4
+_PAUSE_SWITCH: Final = 8
 
-_RELEASED_PARSER = httptools.HttpRequestParser(object())
+_RELEASED_PARSER: Final = httptools.HttpRequestParser(object())
 """Stands in for a closed connection's parser: its own holds bound methods of the connection, a
 cycle that only a full garbage collection (rare in an idle worker) would free."""
 
@@ -85,7 +86,11 @@ def _discard(parts: Iterable[bytes]) -> None:
     """A closed connection's ``_writelines`` (see ``connection_lost``)."""
 
 
-DRAIN_IDLE = 1.0
+TASK_LINGER: Final = 1.0
+"""Seconds an idle keep-alive connection keeps its task waiting for the next request (then the
+sweep ends it: a connection idle longer pays one task for its next request)."""
+
+DRAIN_IDLE: Final = 1.0
 """Seconds a connection must have been idle before a drain closes it without a response."""
 
 
@@ -208,6 +213,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._queue: list[Request] = []
         self._current: Request | None = None
         self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[Request | None] | None = None
+        """What the connection's task awaits between requests (None while it serves one)."""
         self._rbody: Body | None = None
         self._sink: _ResponseSink | None = None
         self._paused = 0
@@ -309,8 +316,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         if self._rbody is not None:
             self._rbody.feed_error(ConnectionResetError("client closed the connection"))
             self._rbody = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._end_task()
         sink = self._sink
         if sink is not None:
             self._sink = None
@@ -393,24 +399,72 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def _start(self, req: Request) -> None:
         self._current = req
         self.app.in_flight += 1
-        self._task = self.loop.create_task(self._run(req))
+        waiter = self._waiter
+        if waiter is not None:  # the connection's task waits for its next request
+            self._waiter = None
+            if not waiter.done():  # (done: cancelled with its task, by a loop shutting down)
+                waiter.set_result(req)
+                return
+            self._task = None
+        if self._task is None:
+            self._task = self.loop.create_task(self._serve(req))
+        # else: started from within the task (its response's response_done, or the bytes held
+        # for a switch that was answered as HTTP/1.1): it takes ``_current`` when it loops.
 
-    async def _run(self, req: Request) -> None:
+    async def _serve(self, req: Request) -> None:
+        """The connection's task: serves ``req``, then each next request, one at a time. It lives
+        across keep-alive requests (a future per request instead of a Task: no task creation,
+        registration and teardown per request) and ends once the connection has been idle for
+        ``TASK_LINGER`` (the sweep), so an idle connection holds no task. A keep-alive
+        connection's requests thus share one task and its contextvars context, as a streams
+        connection's calls share their worker's."""
+        me = asyncio.current_task()
         try:
-            resp = await self.app.service(req)  # per request: a reload reaches keep-alive connections
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            resp = self._failure(req, exc)
-        if self._held_for is req:
-            self._switch(req, resp)
+            while True:
+                try:
+                    resp = await self.app.service(req)  # per request: a reload reaches keep-alive connections
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    resp = self._failure(req, exc)
+                if self._held_for is req:
+                    self._switch(req, resp)
+                elif self._current is req and not self._closed:
+                    try:
+                        self._send(req, resp)
+                    except Exception:
+                        log.exception("internal error while sending a response to %s", self.peer)
+                        self._close()
+                nxt = self._current
+                if nxt is not None and nxt is not req:
+                    req = nxt  # started while this one was answered (pipelined, or held bytes)
+                    continue
+                if self._closed or self._tunnel is not None or self._task is not me:
+                    return
+                waiter: asyncio.Future[Request | None] = self.loop.create_future()
+                self._waiter = waiter
+                got = await waiter
+                if got is None:  # idle past TASK_LINGER, or closed: a new task serves what comes next
+                    return
+                req = got
+        finally:
+            if self._task is me:  # ended by an error: the next request gets a new task
+                self._task = None
+                self._waiter = None
+
+    def _end_task(self) -> None:
+        """End the connection's task: at once if it waits for a request, else by cancelling what it serves."""
+        task = self._task
+        if task is None:
             return
-        if self._current is req and not self._closed:
-            try:
-                self._send(req, resp)
-            except Exception:
-                log.exception("internal error while sending a response to %s", self.peer)
-                self._close()
+        self._task = None
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif not task.done():
+            task.cancel()
 
     def _failure(self, req: Request, exc: BaseException) -> Response:
         return failure_response(req, exc, self.peer, self.app.name)
@@ -505,7 +559,6 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._sink = None
         if self._current is req:
             self._current = None
-            self._task = None
             self.app.request_done()
         cb = self.app.on_complete
         if cb is not None:
@@ -654,6 +707,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 self._answer_error(ProtocolError("request head timeout", status_hint=408))
         elif now - self._last > keepalive:
             self._close()
+        elif self._waiter is not None and now - self._last > TASK_LINGER:
+            self._end_task()
 
     def _body_timeout(self) -> None:
         """No body bytes for ``body_timeout``: the request fails with 408 (its service sees the

@@ -29,7 +29,7 @@ driver can enforce a deadline on the whole head (see ``server._http``).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -37,7 +37,7 @@ from ..._compiled import mypyc_attr
 from ...errors import ProtocolError, RemoteProtocolError, Source
 from ..http._message import Headers, Request, Response, parse_block
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -55,8 +55,8 @@ HOP_BY_HOP = frozenset(
 """Headers that never cross the proxy as-is. Content-Length and Expect are rebuilt
 by the writer from the framing it chooses."""
 
-_TOKEN_SPLIT = b","
-_HOP_SPLIT = re.compile(
+_TOKEN_SPLIT: Final = b","
+_HOP_SPLIT: Final = re.compile(
     rb"\n(c(?:onnection|ontent-length)|t(?:ransfer-encoding|e|railer)|keep-alive"
     rb"|proxy-(?:connection|authenticate|authorization)|upgrade)([ \t]*):([^\n]*)"
 )
@@ -94,18 +94,18 @@ def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return b"".join(kept)[1:], found
 
 
-_REQUEST_SPECIAL = HOP_BY_HOP | {b"host"}
-_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(?::[0-9]*)?")
+_REQUEST_SPECIAL: Final = HOP_BY_HOP | {b"host"}
+_HOST: Final = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(?::[0-9]*)?")
 """A Host value (RFC 9110 §7.2): uri-host [":" port], the host an IP-literal (without
 zone or IPvFuture) or a reg-name / IPv4address. A comma is a sub-delim in RFC 3986
 but here it means two values folded into one, so it is refused with them."""
-_REG_NAME_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+;="
+_REG_NAME_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+;="
 """The reg-name characters of ``_HOST``: a Host of only these (the common one, without a port)
 needs no regex."""
-_OWS = (32, 9)
-_EMPTY_LINE_START = (b"\r", b"\n")
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
-_PLAIN_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
+_OWS: Final = (32, 9)
+_EMPTY_LINE_START: Final = (b"\r", b"\n")
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
+_PLAIN_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 
 def _upstream_error(text: str) -> RemoteProtocolError:

@@ -27,8 +27,10 @@ CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
-    line = _STATUS_LINES.get(status) if not reason else None
-    if line is None:
+    line = _STATUS_LINES.get(status)
+    # A forwarded response carries the upstream's reason, most often the standard one: its
+    # prebuilt line, not a format per response.
+    if line is None or (reason and reason != _REASONS[status]):
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))
     return line
 
