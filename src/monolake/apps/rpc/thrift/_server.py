@@ -63,6 +63,7 @@ from ....core.server._thrift import ThriftConnection, ThriftServerApp
 from ....core.service import Factory, Layer, Stack
 from . import _metainfo
 from ._codec import StructCodec, message_end
+from ._gen import args_decoder, field_encoder
 from ._idl import MethodDef, ServiceDef, as_service_def, load_service
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ _BIN_HEAD = struct.Struct("!Ii")
 _BIN_CALL = 0x80010000 | MessageType.CALL  # a strict binary CALL's first word
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
+_STOP = b"\x00"
+_join = b"".join
 
 
 def _framed(frame: Frame, payload: bytes, proto: ThriftProtocol, meta: _metainfo.Metainfo | None) -> bytes:
@@ -121,7 +124,7 @@ class ThriftRequest:
 
 
 class _Bound:
-    __slots__ = ("fn", "is_async", "m", "reply_head")
+    __slots__ = ("decode", "encode_ok", "fn", "is_async", "m", "reply_head")
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
         self.m = m
@@ -130,6 +133,10 @@ class _Bound:
         raw = m.name.encode()
         # A binary REPLY's head up to its sequence id: the same bytes for every reply.
         self.reply_head = _BIN_HEAD.pack(0x80010000 | _REPLY, len(raw)) + raw
+        # Generated binary codecs (``_gen``): the arguments straight into a list, a value
+        # straight into its result struct's bytes; None (or a raise) means thriftpy2's path.
+        self.decode = args_decoder(m.args_cls)
+        self.encode_ok = None if m.void else field_encoder(m.result_cls, 0)
 
 
 class _Leaf:
@@ -312,16 +319,25 @@ class _Dispatcher:
             call = call or _Call(conn, frame, name, seq, proto, start, b)
             self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
-        try:
-            args = self.codec.decode(b.m.args_cls, data[body:], proto)
-        except Exception as exc:
-            log.warning(
-                "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
-                self.name, conn.peer, name, type(exc).__name__, exc,
-            )  # fmt: skip
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
-            self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
-            return
+        values: list[Any] | None = None
+        if b.decode is not None and proto is _BINARY and data.__class__ is bytes:
+            try:
+                values = b.decode(data, body)
+            except Exception:  # anything unusual: thriftpy2 reads it, or says what is wrong
+                values = None
+        if values is None:
+            try:
+                args = self.codec.decode(b.m.args_cls, data[body:], proto)
+            except Exception as exc:
+                log.warning(
+                    "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
+                    self.name, conn.peer, name, type(exc).__name__, exc,
+                )  # fmt: skip
+                call = call or _Call(conn, frame, name, seq, proto, start, b)
+                self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
+                return
+            d = args.__dict__
+            values = [d[n] for n in b.m.arg_names]
         meta: _metainfo.Metainfo | None = None
         # Only metainfo keys (RPC_...) are read from the info blocks: frames without any skip the parse.
         if frame.info and frame.info < off and data.find(b"RPC_", frame.info, off) >= 0:
@@ -334,8 +350,6 @@ class _Dispatcher:
                     meta = _metainfo.from_headers(headers)
         # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
         # in the handler's own context (its task's, or the one set and reset around an inline call).
-        d = args.__dict__
-        values = [d[n] for n in b.m.arg_names]
         if not svc.plain:
             call = call or _Call(conn, frame, name, seq, proto, start, b)
             self._defer(call, queued, loop.create_task(self._run(call, svc, b, values, oneway, meta, None)))
@@ -437,32 +451,56 @@ class _Dispatcher:
         self, conn: Any, frame: Frame, b: _Bound, seq: int, value: Any, meta: _metainfo.Metainfo | None, start: float
     ) -> None:
         """``_succeeded`` for the usual call: binary, a value, nothing before it on the connection."""
-        m = b.m
-        result = m.result_cls()
-        if not m.void:
-            result.success = value
         try:
-            body = self.codec.encode(result, _BINARY)
+            body = self._encode_ok(b, value, _BINARY)
         except Exception:
-            call = _Call(conn, frame, m.name, seq, _BINARY, start, b)
+            call = _Call(conn, frame, b.m.name, seq, _BINARY, start, b)
             call.meta = meta
             self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
             return
-        conn.answer(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
+        head = b.reply_head
+        if frame.transport is _FRAMED and frame.payload:
+            # One copy of the body: the frame's length, the head, the sequence id, the body.
+            conn.answer(_join((_U32.pack(len(head) + 4 + len(body)), head, _I32.pack(seq), body)))
+        else:
+            conn.answer(_framed(frame, head + _I32.pack(seq) + body, _BINARY, meta))
         self.calls += 1
         if self.stats is not None or self.access_log is not None:
-            self._record(conn, m.name, seq, "ok", start)
+            self._record(conn, b.m.name, seq, "ok", start)
 
     def _succeeded(self, call: _Call, value: Any, oneway: bool) -> None:
         if oneway:
             self._done(call, "oneway")
             return
-        assert call.bound is not None
-        m = call.bound.m
+        b = call.bound
+        assert b is not None
+        if call.proto is _BINARY and (b.encode_ok is not None or b.m.void):
+            try:
+                body = self._encode_ok(b, value, _BINARY)
+            except Exception:
+                pass  # _result below encodes it again, and logs why it cannot
+            else:
+                self._write(call, b.reply_head + _I32.pack(call.seq) + body, "ok")
+                return
+        m = b.m
         result = m.result_cls()
         if not m.void:
             result.success = value
         self._result(call, result, "ok")
+
+    def _encode_ok(self, b: _Bound, value: Any, proto: ThriftProtocol) -> bytes:
+        """The result struct of a call that returned ``value``. Raises when it cannot be encoded."""
+        m = b.m
+        if m.void:
+            return _STOP  # a void result has no field set
+        if value is not None and b.encode_ok is not None:
+            try:
+                return b.encode_ok(value)
+            except Exception:
+                pass  # thriftpy2 encodes it, or raises the error to log
+        result = m.result_cls()
+        result.success = value
+        return self.codec.encode(result, proto)
 
     def _failed(self, call: _Call, exc: Exception, oneway: bool) -> None:
         assert call.bound is not None
