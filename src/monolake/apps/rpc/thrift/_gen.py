@@ -93,11 +93,11 @@ class _Gen:
 
     def reader(self, cls: Any) -> str:
         """A function ``(data, i) -> (obj, i)`` reading a struct of class ``cls``."""
+        if cls in self._stack:
+            raise Unsupported(f"recursive type {cls.__name__}")
         found = self._readers.get(cls)
         if found is not None:
-            return found
-        if cls in self._stack:
-            raise Unsupported(f"recursive type {cls.__name__}")  # thriftpy2 bounds its depth; we would not
+            return found  # thriftpy2 bounds its depth; we would not
         name = self._readers[cls] = f"_r{len(self._readers)}"
         self._stack.append(cls)
         body = self.struct_reader(name, cls, f"{self.name(cls, 'C')}({{kw}})")
@@ -213,11 +213,11 @@ class _Gen:
 
     def writer(self, cls: Any) -> str:
         """A function ``(obj, a)`` appending the fields and stop byte of a ``cls`` object."""
+        if cls in self._stack:
+            raise Unsupported(f"recursive type {cls.__name__}")
         found = self._writers.get(cls)
         if found is not None:
             return found
-        if cls in self._stack:
-            raise Unsupported(f"recursive type {cls.__name__}")
         name = self._writers[cls] = f"_w{len(self._writers)}"
         self._stack.append(cls)
         c = self.name(cls, "C")
