@@ -4,6 +4,7 @@ anything else; then a server and a client that use them, with thriftpy2 as the p
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 from collections.abc import Iterator
@@ -315,3 +316,14 @@ def _recv(sock: socket.socket, n: int) -> bytes:
         assert chunk, "the server closed the connection"
         out += chunk
     return out
+
+
+async def test_calls_issued_together_share_one_write(served: tuple[LoopThread, int], idl: Path) -> None:
+    _, port = served
+    async with ThriftClient(str(idl), [f"127.0.0.1:{port}"]) as c:  # TTHeader: one multiplexed connection
+        assert await c.echo("warm") == "warm"
+        before = c.statistics()["upstream_writes"]
+        got = await asyncio.gather(*(c.echo(f"m{i}") for i in range(16)))
+        assert got == [f"m{i}" for i in range(16)]
+        assert c.statistics()["upstream_writes"] == before + 1
+        assert c.statistics()["upstream_connections"] == 1

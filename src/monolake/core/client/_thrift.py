@@ -10,7 +10,8 @@ pure step over the key's state; the I/O (connect, write) comes after it.
 
 On a connection every call gets a fresh sequence id (1..2**31-1, wrapping, never
 one still in flight): the frame is rewritten with it (``rewrite_seq_id``) and the
-caller's ``Waiter`` is remembered under it. A reply's sequence id finds the
+caller's ``Waiter`` is remembered under it. The frames sent on a connection during one
+loop iteration go out in one write at its end. A reply's sequence id finds the
 waiter, which restores the caller's own id. Replies may come in any order, so
 upstreams that answer out of order (Kitex) and those that answer in order (a
 thriftpy2 or Apache threaded server, which simply reads the next call once it
@@ -135,6 +136,8 @@ class ThriftUpstream(asyncio.Protocol):
         self.draining = False
         """Its endpoint left the set: close once its calls in flight are answered."""
         self.idle_since = 0.0
+        self._out: list[bytes | bytearray] = []
+        """Calls sent during this loop iteration: written together by ``_flush`` at its end."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -152,7 +155,25 @@ class ThriftUpstream(asyncio.Protocol):
         if not oneway and waiter is not None:
             timer = self.loop.call_later(timeout, self._expire, seq) if timeout > 0 else None
             pending[seq] = _Pending(waiter, timer)
-        self.transport.write(data)
+        # Calls issued together (callers woken by one read of replies, a proxy forwarding one
+        # read's frames) go out in one write at the end of this loop iteration, not a send() each.
+        out = self._out
+        out.append(data)
+        if len(out) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            if not self.closed and not self.transport.is_closing():
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                self.pool.writes += 1
+
+    def _close(self) -> None:
+        """Close once what was sent is written (``transport.close`` flushes its own buffer, not ours)."""
+        self._flush()
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -185,7 +206,7 @@ class ThriftUpstream(asyncio.Protocol):
         if not pending:
             self.idle_since = self.loop.time()
             if self.draining:
-                self.transport.close()
+                self._close()
 
     def _expire(self, seq: int) -> None:
         p = self.pending.pop(seq, None)
@@ -196,7 +217,7 @@ class ThriftUpstream(asyncio.Protocol):
             if not self.pending:
                 self.idle_since = self.loop.time()
                 if self.draining:
-                    self.transport.close()
+                    self._close()
             p.waiter.fail(ReadTimeout(f"no reply from {self.slot.endpoint} within the call's timeout"))
 
     def _broken(self, why: str) -> None:
@@ -249,6 +270,8 @@ class ThriftPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self.connects = 0
         """Connections opened so far (statistics)."""
+        self.writes = 0
+        """Writes of call frames so far (statistics: calls sent together share one)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -358,7 +381,7 @@ class ThriftPool:
             for c in list(slot.conns):
                 if not c.pending and now - c.idle_since >= self.idle_timeout:
                     slot.conns.remove(c)
-                    c.transport.close()
+                    c._close()
         self._sweeper = loop.call_later(1.0, self._sweep)
 
     def drain(self, keys: Iterable[tuple[str, str, int, str]]) -> None:
@@ -374,7 +397,7 @@ class ThriftPool:
                 if c.pending or c.abandoned:
                     c.draining = True
                 elif not c.closed:
-                    c.transport.close()
+                    c._close()
 
     def in_flight(self) -> int:
         return sum(len(c.pending) for s in self.slots.values() for c in s.conns)
@@ -384,6 +407,7 @@ class ThriftPool:
             "upstream_connections": sum(len(s.conns) for s in self.slots.values()),
             "upstream_connects": self.connects,
             "upstream_in_flight": self.in_flight(),
+            "upstream_writes": self.writes,
         }
 
     def close(self) -> None:
