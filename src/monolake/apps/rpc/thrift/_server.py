@@ -124,7 +124,7 @@ class ThriftRequest:
 
 
 class _Bound:
-    __slots__ = ("decode", "encode_ok", "fn", "is_async", "m", "reply_head")
+    __slots__ = ("decode", "encode_ok", "fn", "framed_head", "framed_size", "is_async", "m", "reply_head")
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
         self.m = m
@@ -133,6 +133,9 @@ class _Bound:
         raw = m.name.encode()
         # A binary REPLY's head up to its sequence id: the same bytes for every reply.
         self.reply_head = _BIN_HEAD.pack(0x80010000 | _REPLY, len(raw)) + raw
+        # A framed binary reply up to its body: ``framed_head(framed_size + len(body), reply_head, seq)``.
+        self.framed_head = struct.Struct(f"!I{len(self.reply_head)}si").pack
+        self.framed_size = len(self.reply_head) + 4
         # Generated binary codecs (``_gen``): the arguments straight into a list, a value
         # straight into its result struct's bytes; None (or a raise) means thriftpy2's path.
         self.decode = args_decoder(m.args_cls)
@@ -280,7 +283,8 @@ class _Dispatcher:
             # The usual call: a strict binary CALL of a method we serve, read inline (the name as bytes).
             word, n = _BIN_HEAD.unpack_from(data, off)
             if word == _BIN_CALL and n >= 0 and off + 12 + n <= len(data):
-                b = svc.raw.get(bytes(data[off + 8 : off + 8 + n]))  # a bytearray slice is unhashable
+                key = data[off + 8 : off + 8 + n]
+                b = svc.raw.get(key if key.__class__ is bytes else bytes(key))  # a bytearray slice is unhashable
                 if b is not None:
                     name = b.m.name
                     seq = _I32.unpack_from(data, off + 8 + n)[0]
@@ -451,19 +455,26 @@ class _Dispatcher:
         self, conn: Any, frame: Frame, b: _Bound, seq: int, value: Any, meta: _metainfo.Metainfo | None, start: float
     ) -> None:
         """``_succeeded`` for the usual call: binary, a value, nothing before it on the connection."""
-        try:
-            body = self._encode_ok(b, value, _BINARY)
-        except Exception:
-            call = _Call(conn, frame, b.m.name, seq, _BINARY, start, b)
-            call.meta = meta
-            self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
-            return
-        head = b.reply_head
+        enc = b.encode_ok
+        body: bytes | None = None
+        if enc is not None and value is not None:
+            try:
+                body = enc(value)
+            except Exception:  # thriftpy2 encodes it below, or says why it cannot
+                body = None
+        if body is None:
+            try:
+                body = self._encode_ok(b, value, _BINARY)
+            except Exception:
+                call = _Call(conn, frame, b.m.name, seq, _BINARY, start, b)
+                call.meta = meta
+                self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
+                return
         if frame.transport is _FRAMED and frame.payload:
-            # One copy of the body: the frame's length, the head, the sequence id, the body.
-            conn.answer(_join((_U32.pack(len(head) + 4 + len(body)), head, _I32.pack(seq), body)))
+            # The frame's length, the head and the sequence id in one pack; one copy of the body.
+            conn.answer(b.framed_head(b.framed_size + len(body), b.reply_head, seq) + body)
         else:
-            conn.answer(_framed(frame, head + _I32.pack(seq) + body, _BINARY, meta))
+            conn.answer(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
         self.calls += 1
         if self.stats is not None or self.access_log is not None:
             self._record(conn, b.m.name, seq, "ok", start)
