@@ -28,6 +28,7 @@ Without layers the chain is the three services above, one coroutine frame each.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +45,6 @@ from ....core.proto.thrift import (
     ThriftProtocol,
     Transport,
     encode_frame,
-    encode_framed,
     message_begin,
     parse_application_exception,
     read_header_info,
@@ -137,6 +137,8 @@ def parse_address(spec: str | Endpoint) -> Endpoint:
 
 _FRAMED = Transport.FRAMED
 _BINARY = ThriftProtocol.BINARY
+_U32 = struct.Struct("!I")
+_join = b"".join
 
 
 class _Begin:
@@ -144,11 +146,15 @@ class _Begin:
     protocol, its generated codecs (``_gen``: the arguments from a tuple, the result into a
     list; None, or a raise, means thriftpy2's path)."""
 
-    __slots__ = ("data", "decode", "encode", "exc_at", "mtype", "nargs", "seq_offset", "seq_size", "success_at")
+    __slots__ = (
+        "data", "decode", "encode", "exc_at", "header", "mtype", "nargs", "seq_offset", "seq_size", "success_at",
+    )  # fmt: skip
 
-    def __init__(self, m: MethodDef, proto: ThriftProtocol) -> None:
+    def __init__(self, m: MethodDef, proto: ThriftProtocol, transport: Transport) -> None:
         self.mtype = MessageType.ONEWAY if m.oneway else MessageType.CALL
         self.data = message_begin(m.name, self.mtype, 0, proto)
+        # A header transport's frame without info blocks, after its length field (sequence id 0).
+        self.header = b"" if transport is _FRAMED else encode_frame(transport, b"", seq_id=0, protocol=proto)[4:]
         n = len(m.name.encode())
         binary = proto is ThriftProtocol.BINARY
         if binary:
@@ -178,7 +184,7 @@ class _Transport:
         proto = c.protocol
         begin = c.begins.get(m.name)
         if begin is None:
-            begin = c.begins[m.name] = _Begin(m, proto)
+            begin = c.begins[m.name] = _Begin(m, proto, c.transport)
         body: bytes | None = None
         if begin.encode is not None and len(call.args) == begin.nargs:
             try:
@@ -191,15 +197,21 @@ class _Transport:
             except TypeError as exc:
                 raise ValueError(f"{m.name}: {exc}") from None
             body = c.codec.encode(args, proto)
-        payload = begin.data + body
         # The frame and head are made from what we just encoded, not parsed back.
         if c.transport is _FRAMED:
-            data = encode_framed(payload)
+            data = _join((_U32.pack(len(begin.data) + len(body)), begin.data, body))
             off, info = 4, 0
         else:
             headers = _metainfo.forward_headers(_metainfo.current.get(), call.transient)
-            data = encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers)
-            off, info = len(data) - len(payload), 16  # 14 fixed bytes, protocol id, no transforms
+            if headers is None:  # no info blocks: the header is the same bytes for every call
+                tail = begin.header
+                data = _join((_U32.pack(len(tail) + len(begin.data) + len(body)), tail, begin.data, body))
+                off = 4 + len(tail)
+            else:
+                payload = begin.data + body
+                data = encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers)
+                off = len(data) - len(payload)
+            info = 16  # 14 fixed bytes, protocol id, no transforms
         frame = Frame(data, c.transport, proto, off, info=info)
         head = MessageHead(m.name, begin.mtype, 0, off + begin.seq_offset, begin.seq_size, off + len(begin.data))
         loop = c.pool.loop
@@ -433,7 +445,9 @@ class ThriftClient:
             svc = layer.layer(svc)
         self.chain: Service[ClientCall, Any] = svc
         # Built now, not at a method's first call: the generated codecs are compiled here.
-        self.begins: dict[str, _Begin] = {name: _Begin(m, self.protocol) for name, m in self.definition.methods.items()}
+        self.begins: dict[str, _Begin] = {
+            name: _Begin(m, self.protocol, self.transport) for name, m in self.definition.methods.items()
+        }
 
     async def call(
         self,
