@@ -232,6 +232,17 @@ class ThriftConnection(asyncio.Protocol):
         if self.in_flight == 0 and (self.app.draining or self.eof):
             self._close()
 
+    def answer_now(self, data: bytes | bytearray) -> None:
+        """Write the reply of a call answered inside its ``dispatch``, without ``begin``: it was
+        never in flight (two counters and a drain check fewer per call)."""
+        if not self.closed:
+            if self._batch is not None:
+                self._batch.append(data)
+            else:
+                self.transport.write(data)
+        if self.in_flight == 0 and (self.app.draining or self.eof):
+            self._close()
+
     def answer_error(self, frame: Frame, name: str, seq_id: int, kind: int, message: str) -> None:
         self.answer(error_frame(frame, name, seq_id, kind, message))
 

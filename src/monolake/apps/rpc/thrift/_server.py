@@ -226,6 +226,15 @@ class _Call:
         self.out: bytes | None = None
 
 
+def _begun(
+    conn: Any, frame: Frame, name: str, seq: int, proto: ThriftProtocol, start: float, b: _Bound | None, oneway: bool
+) -> _Call:
+    """The record of a call not answered inside its dispatch; one that expects a reply is now in flight."""
+    if not oneway:
+        conn.begin()
+    return _Call(conn, frame, name, seq, proto, start, b)
+
+
 async def _invoke(svc: ThriftService, b: _Bound, call: _Call, values: list[Any]) -> Any:
     if svc.chain is not None:
         return await svc.chain(ThriftRequest(svc.name, call.name, values, call.conn.peer, _metainfo.metainfo()))
@@ -310,17 +319,17 @@ class _Dispatcher:
         # The call's record is made only when needed: a call answered at once has none.
         call: _Call | None = None
         queued = False  # on its connection's reply queue (framed: replies in call order)
-        if not oneway:
-            conn.begin()
-            if frame.transport is _FRAMED:
-                q = self._order.get(conn)
-                if q is not None:  # earlier calls still running: this reply waits for theirs
-                    call = _Call(conn, frame, name, seq, proto, start, b)
-                    q.append(call)
-                    queued = True
+        # ``conn.begin()`` (the call is in flight) comes with its record: a call answered at
+        # once, inside this dispatch, is never in flight (``conn.answer_now``).
+        if not oneway and frame.transport is _FRAMED:
+            q = self._order.get(conn)
+            if q is not None:  # earlier calls still running: this reply waits for theirs
+                call = _begun(conn, frame, name, seq, proto, start, b, oneway)
+                q.append(call)
+                queued = True
         if b is None:
             log.info("thrift: unknown method %r: server=%s client=%s", name, self.name, conn.peer)
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
         values: list[Any] | None = None
@@ -337,7 +346,7 @@ class _Dispatcher:
                     "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
                     self.name, conn.peer, name, type(exc).__name__, exc,
                 )  # fmt: skip
-                call = call or _Call(conn, frame, name, seq, proto, start, b)
+                call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
                 self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
                 return
             d = args.__dict__
@@ -355,7 +364,7 @@ class _Dispatcher:
         # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
         # in the handler's own context (its task's, or the one set and reset around an inline call).
         if not svc.plain:
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             self._defer(call, queued, loop.create_task(self._run(call, svc, b, values, oneway, meta, None)))
             return
         # Inline: a plain ``def`` handler, or an ``async def`` one run to its first await; only a
@@ -369,7 +378,7 @@ class _Dispatcher:
                 except StopIteration as stop:
                     value = stop.value
                 else:
-                    call = call or _Call(conn, frame, name, seq, proto, start, b)
+                    call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
                     self._defer(
                         call, queued, loop.create_task(self._run(call, svc, b, values, oneway, None, (coro, first)))
                     )
@@ -377,18 +386,18 @@ class _Dispatcher:
             else:
                 value = b.fn(*values)
         except asyncio.CancelledError:
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             call.meta = _metainfo.current.get()
             self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
         except Exception as exc:
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
         else:
             if call is None and not oneway and proto is _BINARY:
                 self._answer_now(conn, frame, b, seq, value, _metainfo.current.get(), start)
             else:
-                call = call or _Call(conn, frame, name, seq, proto, start, b)
+                call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
                 call.meta = _metainfo.current.get()
                 self._succeeded(call, value, oneway)
         finally:
@@ -466,15 +475,15 @@ class _Dispatcher:
             try:
                 body = self._encode_ok(b, value, _BINARY)
             except Exception:
-                call = _Call(conn, frame, b.m.name, seq, _BINARY, start, b)
+                call = _begun(conn, frame, b.m.name, seq, _BINARY, start, b, False)
                 call.meta = meta
                 self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
                 return
         if frame.transport is _FRAMED and frame.payload:
             # The frame's length, the head and the sequence id in one pack; one copy of the body.
-            conn.answer(b.framed_head(b.framed_size + len(body), b.reply_head, seq) + body)
+            conn.answer_now(b.framed_head(b.framed_size + len(body), b.reply_head, seq) + body)
         else:
-            conn.answer(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
+            conn.answer_now(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
         self.calls += 1
         if self.stats is not None or self.access_log is not None:
             self._record(conn, b.m.name, seq, "ok", start)
@@ -663,6 +672,12 @@ class _UnframedConnection(asyncio.Protocol):
             self.transport.write(data)
         self.in_flight -= 1
         self.server.unframed_done()
+        if self.in_flight == 0 and (self.server.draining or self.eof):
+            self._close()
+
+    def answer_now(self, data: bytes | bytearray) -> None:
+        if not self.closed:
+            self.transport.write(data)
         if self.in_flight == 0 and (self.server.draining or self.eof):
             self._close()
 
