@@ -10,7 +10,8 @@ which need not be the order of the calls; each carries its call's sequence id.
 The replies answered while the frames of one read are dispatched (a pipelining
 client, a server that answers at once) go out in one write.
 
-A call that expects a reply counts as in flight from ``begin`` until ``answer``.
+A call that expects a reply counts as in flight from ``begin`` until ``answer``
+(one answered inside its ``dispatch`` goes out with ``answer_now`` and never counts).
 With ``limits.max_pipelined`` calls in flight the connection stops reading until
 one is answered; when the client reads too slowly (``pause_writing``) it stops
 reading too. Errors the client can be told about become ``TApplicationException``
