@@ -312,7 +312,7 @@ class ThriftPool:
         else:
             conn.send(frame, head, waiter, timeout, oneway)
 
-    async def call(
+    def call(
         self,
         endpoint: Endpoint,
         frame: Frame,
@@ -320,12 +320,13 @@ class ThriftPool:
         *,
         connect_timeout: float,
         timeout: float,
-    ) -> tuple[Frame, MessageHead]:
-        """``send`` and wait for the reply. Raises the waiter's error. On cancellation
-        the call stays in flight upstream and its reply is dropped."""
+    ) -> asyncio.Future[tuple[Frame, MessageHead]]:
+        """``send``; await the result for the reply. Raises the waiter's error. On cancellation
+        the call stays in flight upstream and its reply is dropped. (The future itself, not a
+        coroutine around it: one frame fewer per call.)"""
         fut: asyncio.Future[tuple[Frame, MessageHead]] = self.loop.create_future()
         self.send(endpoint, frame, head, _FutureWaiter(fut), connect_timeout=connect_timeout, timeout=timeout)
-        return await fut
+        return fut
 
     async def _open(self, slot: _Slot, connect_timeout: float) -> None:
         ep = slot.endpoint

@@ -488,8 +488,8 @@ class ThriftClient:
         if name.startswith("_") or name not in self.__dict__.get("definition", _NO_DEF).methods:
             raise AttributeError(name)
 
-        async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(name, *args, **kwargs)
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self.call(name, *args, **kwargs)  # the coroutine itself: one frame fewer per call
 
         method.__name__ = name
         self.__dict__[name] = method  # found without __getattr__ from now on
