@@ -16,8 +16,8 @@ import thriftpy2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from thrift_support import LoopThread, start_server, stop_server
-from thriftpy2.protocol import TCyBinaryProtocol
-from thriftpy2.transport import TCyMemoryBuffer
+from thriftpy2.protocol import TCompactProtocol, TCyBinaryProtocol
+from thriftpy2.transport import TCyMemoryBuffer, TMemoryBuffer
 
 from monolake.apps.config import Server
 from monolake.apps.rpc.thrift._gen import args_decoder, field_encoder, struct_encoder
@@ -66,16 +66,21 @@ def mod(idl: Path) -> Any:
     return thriftpy2.load(str(idl), module_name="gen_codec_thrift")
 
 
-def _write(obj: Any) -> bytes:
+def _write(obj: Any, compact: bool = False) -> bytes:
+    if compact:
+        cbuf = TMemoryBuffer()
+        obj.write(TCompactProtocol(cbuf))
+        cout: bytes = cbuf.getvalue()
+        return cout
     buf = TCyMemoryBuffer()
     obj.write(TCyBinaryProtocol(buf))
     out: bytes = buf.getvalue()
     return out
 
 
-def _read(cls: Any, data: bytes) -> Any:
+def _read(cls: Any, data: bytes, compact: bool = False) -> Any:
     obj = cls()
-    obj.read(TCyBinaryProtocol(TCyMemoryBuffer(data)))
+    obj.read(TCompactProtocol(TMemoryBuffer(data)) if compact else TCyBinaryProtocol(TCyMemoryBuffer(data)))
     return obj
 
 
@@ -108,15 +113,26 @@ def _through_thriftpy2(mod: Any, outer: Any) -> Any:
     return _read(mod.Outer, _write(outer))
 
 
-def _same_both_ways(cls: Any, obj: Any) -> None:
-    data = _write(obj)
-    encode, decode = struct_encoder(cls), args_decoder(cls)
+def _same_both_ways(cls: Any, obj: Any, compact: bool = False) -> None:
+    data = _write(obj, compact)
+    encode, decode = struct_encoder(cls, compact), args_decoder(cls, compact)
     assert encode is not None and decode is not None
     assert encode(_fields(obj)) == data
-    assert _plain(decode(b"junk" + data, 4)) == _plain(_fields(_read(cls, data)))
+    assert _plain(decode(b"junk" + data, 4)) == _plain(_fields(_read(cls, data, compact)))
 
 
-def test_args_and_results_equal_thriftpy2_both_ways(mod: Any) -> None:
+def _big(mod: Any) -> Any:
+    """Past the compact protocol's short forms: field id gaps over 15, lists of 15 and more."""
+    inner = mod.Inner(a=-1, b="é" * 20, xs=list(range(-20, 20)))
+    return mod.Outer(
+        inner=inner, by_name={str(i): mod.Inner(a=i) for i in range(20)}, small=set(range(17)), flags=[True] * 16,
+        blob=b"\x00" * 300, d=-1e300, by=127, color=2, nested=[[]] * 16, deep={-5: [mod.Inner()] * 15}, ok=True,
+        big=-(2**63),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
+def test_args_and_results_equal_thriftpy2_both_ways(mod: Any, compact: bool) -> None:
     args, result = mod.Gen.big_args, mod.Gen.big_result
     outer = _outer(mod)
     for obj in [
@@ -124,17 +140,21 @@ def test_args_and_results_equal_thriftpy2_both_ways(mod: Any) -> None:
         args(),  # defaults only: n=3, the rest missing
         args(o=mod.Outer(inner=mod.Inner())),  # nested defaults (b="dflt", d=1.5, color=GREEN)
         args(o=outer, n=None, s=""),
+        args(o=_big(mod), n=-(2**31), s="s"),
     ]:
-        _same_both_ways(args, obj)
-    for obj in [result(success=outer), result(oops=mod.Oops(why="no")), result(oops=mod.Oops(why="x", code=None))]:
-        _same_both_ways(result, obj)
-    _same_both_ways(mod.Gen.nothing_result, mod.Gen.nothing_result())
-    _same_both_ways(mod.Gen.raw_args, mod.Gen.raw_args(b=b"\x80\x01"))
+        _same_both_ways(args, obj, compact)
+    for obj in [
+        result(success=outer), result(success=_big(mod)), result(oops=mod.Oops(why="no")),
+        result(oops=mod.Oops(why="x", code=None)),
+    ]:  # fmt: skip
+        _same_both_ways(result, obj, compact)
+    _same_both_ways(mod.Gen.nothing_result, mod.Gen.nothing_result(), compact)
+    _same_both_ways(mod.Gen.raw_args, mod.Gen.raw_args(b=b"\x80\x01"), compact)
     # A result's value alone (the server's answer): field 0 and the stop byte.
     for cls, value in [(result, outer), (mod.Gen.echo_result, "hé"), (mod.Gen.echo_result, b"\xff"),
                        (mod.Gen.half_result, 0.25), (mod.Gen.raw_result, b"")]:  # fmt: skip
-        enc = field_encoder(cls, 0)
-        assert enc is not None and enc(value) == _write(cls(success=value))
+        enc = field_encoder(cls, 0, compact)
+        assert enc is not None and enc(value) == _write(cls(success=value), compact)
 
 
 def test_decoded_defaults_and_bytes_as_thriftpy2_reads_them(mod: Any) -> None:
@@ -175,6 +195,23 @@ def test_anything_unusual_raises_so_thriftpy2_decides(mod: Any) -> None:
             encode(values)
 
 
+def test_compact_truncated_or_unusual_raises(mod: Any) -> None:
+    decode = args_decoder(mod.Gen.big_args, compact=True)
+    assert decode is not None
+    good = _write(mod.Gen.big_args(o=_big(mod), n=1, s="s"), compact=True)
+    for cut in range(len(good)):
+        with pytest.raises(Exception):  # noqa: B017
+            decode(good[:cut], 0)
+    for data in [
+        b"\x15\x02\x00",  # field 1 (a struct) sent as an i32
+        b"\x95\x02\x00",  # field 9: not in the IDL (thriftpy2 skips it)
+        b"\x1c\x39\x15\x02\x00\x00",  # Inner.xs (list<i64>) with i32 elements
+        b"\x38" + b"\xff" * 11 + b"\x00",  # a varint over 10 bytes
+    ]:
+        with pytest.raises(Exception):  # noqa: B017
+            decode(data, 0)
+
+
 def test_recursive_types_are_left_to_thriftpy2(mod: Any) -> None:
     assert args_decoder(mod.Gen.walk_args) is None
     assert struct_encoder(mod.Gen.walk_args) is None
@@ -186,8 +223,8 @@ _text = st.text(max_size=8)
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.data())
-def test_random_values_equal_thriftpy2(mod: Any, data: st.DataObject) -> None:
+@given(data=st.data(), compact=st.booleans())
+def test_random_values_equal_thriftpy2(mod: Any, data: st.DataObject, compact: bool) -> None:
     inner = st.builds(
         mod.Inner, a=st.none() | _i32, b=st.none() | _text, xs=st.none() | st.lists(st.integers(-(2**63), 2**63 - 1))
     )
@@ -207,7 +244,7 @@ def test_random_values_equal_thriftpy2(mod: Any, data: st.DataObject) -> None:
         big=st.none() | st.integers(-(2**63), 2**63 - 1),
     )
     obj = mod.Gen.big_args(o=data.draw(st.none() | outer), n=data.draw(st.none() | _i32), s=data.draw(_text))
-    _same_both_ways(mod.Gen.big_args, obj)
+    _same_both_ways(mod.Gen.big_args, obj, compact)
 
 
 # -- a server and a client that use them ---------------------------------------------------
@@ -243,6 +280,7 @@ def served(idl: Path, mod: Any) -> Iterator[tuple[LoopThread, int]]:
     handler.mod = mod  # type: ignore[attr-defined]
     service = ThriftService(str(idl), handler)
     assert service.bound["big"].decode is not None and service.bound["big"].encode_ok is not None
+    assert service.bound["big"].cdecode is not None and service.bound["big"].cencode_ok is not None
     assert service.bound["walk"].decode is None  # recursive: thriftpy2's codec
     app = build_server("gen", Server(listener="127.0.0.1:0"), service)
     srv, port = start_server(lt, app)
@@ -251,16 +289,17 @@ def served(idl: Path, mod: Any) -> Iterator[tuple[LoopThread, int]]:
     lt.close()
 
 
-def test_thriftpy2_client_against_our_server(served: tuple[LoopThread, int], mod: Any) -> None:
-    from thriftpy2.protocol import TBinaryProtocolFactory
+@pytest.mark.parametrize("compact", [False, True], ids=["binary", "compact"])
+def test_thriftpy2_client_against_our_server(served: tuple[LoopThread, int], mod: Any, compact: bool) -> None:
+    from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
     from thriftpy2.rpc import make_client
     from thriftpy2.transport import TFramedTransportFactory
 
     _, port = served
+    proto = TCompactProtocolFactory() if compact else TBinaryProtocolFactory()
     c = make_client(
-        mod.Gen, "127.0.0.1", port, proto_factory=TBinaryProtocolFactory(), trans_factory=TFramedTransportFactory(),
-        timeout=30000,
-    )  # fmt: skip
+        mod.Gen, "127.0.0.1", port, proto_factory=proto, trans_factory=TFramedTransportFactory(), timeout=30000
+    )
     try:
         outer = _outer(mod)
         got = c.big(outer, 11, "s")
@@ -279,9 +318,10 @@ def test_thriftpy2_client_against_our_server(served: tuple[LoopThread, int], mod
         c.close()
 
 
-async def test_our_client_against_our_server(served: tuple[LoopThread, int], idl: Path) -> None:
+@pytest.mark.parametrize("protocol", ["binary", "compact"])
+async def test_our_client_against_our_server(served: tuple[LoopThread, int], idl: Path, protocol: str) -> None:
     _, port = served
-    async with ThriftClient(str(idl), [f"127.0.0.1:{port}"], transport="framed") as c:
+    async with ThriftClient(str(idl), [f"127.0.0.1:{port}"], transport="framed", protocol=protocol) as c:
         m = c.definition.module
         outer = _outer(m)
         got = await c.big(outer, 5, "s")

@@ -136,15 +136,14 @@ def parse_address(spec: str | Endpoint) -> Endpoint:
 
 
 _FRAMED = Transport.FRAMED
-_BINARY = ThriftProtocol.BINARY
 _U32 = struct.Struct("!I")
 _join = b"".join
 
 
 class _Begin:
-    """A method's message head with sequence id 0, and where the id sits in it; on the binary
-    protocol, its generated codecs (``_gen``: the arguments from a tuple, the result into a
-    list; None, or a raise, means thriftpy2's path)."""
+    """A method's message head with sequence id 0, and where the id sits in it; its generated
+    codecs (``_gen``: the arguments from a tuple, the result into a list; None, or a raise,
+    means thriftpy2's path)."""
 
     __slots__ = (
         "data", "decode", "encode", "exc_at", "header", "mtype", "nargs", "seq_offset", "seq_size", "success_at",
@@ -162,8 +161,8 @@ class _Begin:
         else:
             self.seq_offset, self.seq_size = 2, 1  # compact: varint 0 right after the type byte
         self.nargs = len(m.arg_names)
-        self.encode = struct_encoder(m.args_cls) if binary else None
-        self.decode = args_decoder(m.result_cls) if binary and not m.oneway else None
+        self.encode = struct_encoder(m.args_cls, compact=not binary)
+        self.decode = args_decoder(m.result_cls, compact=not binary) if not m.oneway else None
         # Where the result's fields land in the decoded list (the spec's order).
         order = [item[1] for item in m.result_cls.thrift_spec.values()]
         self.success_at = order.index("success") if not m.void else -1
@@ -250,7 +249,7 @@ class _Transport:
         data = reply.data
         begin = self.client.begins.get(m.name)
         vals: list[Any] | None = None
-        if begin is not None and begin.decode is not None and proto is _BINARY and data.__class__ is bytes:
+        if begin is not None and begin.decode is not None and proto is self.client.protocol and data.__class__ is bytes:
             try:
                 vals = begin.decode(data, head.end)
             except Exception:  # thriftpy2 reads it, or says what is wrong

@@ -124,7 +124,10 @@ class ThriftRequest:
 
 
 class _Bound:
-    __slots__ = ("decode", "encode_ok", "fn", "framed_head", "framed_size", "is_async", "m", "reply_head")
+    __slots__ = (
+        "cdecode", "cencode_ok", "decode", "encode_ok", "fn", "framed_head", "framed_size", "is_async", "m",
+        "reply_head",
+    )  # fmt: skip
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
         self.m = m
@@ -140,6 +143,8 @@ class _Bound:
         # straight into its result struct's bytes; None (or a raise) means thriftpy2's path.
         self.decode = args_decoder(m.args_cls)
         self.encode_ok = None if m.void else field_encoder(m.result_cls, 0)
+        self.cdecode = args_decoder(m.args_cls, compact=True)  # the same for the compact protocol
+        self.cencode_ok = None if m.void else field_encoder(m.result_cls, 0, compact=True)
 
 
 class _Leaf:
@@ -333,9 +338,10 @@ class _Dispatcher:
             self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
         values: list[Any] | None = None
-        if b.decode is not None and proto is _BINARY and data.__class__ is bytes:
+        dec = b.decode if proto is _BINARY else b.cdecode
+        if dec is not None and data.__class__ is bytes:
             try:
-                values = b.decode(data, body)
+                values = dec(data, body)
             except Exception:  # anything unusual: thriftpy2 reads it, or says what is wrong
                 values = None
         if values is None:
@@ -494,13 +500,18 @@ class _Dispatcher:
             return
         b = call.bound
         assert b is not None
-        if call.proto is _BINARY and (b.encode_ok is not None or b.m.void):
+        proto = call.proto
+        if (b.encode_ok if proto is _BINARY else b.cencode_ok) is not None or b.m.void:
             try:
-                body = self._encode_ok(b, value, _BINARY)
+                body = self._encode_ok(b, value, proto)
             except Exception:
                 pass  # _result below encodes it again, and logs why it cannot
             else:
-                self._write(call, b.reply_head + _I32.pack(call.seq) + body, "ok")
+                if proto is _BINARY:
+                    head = b.reply_head + _I32.pack(call.seq)
+                else:
+                    head = message_begin(call.name, _REPLY, call.seq, proto)
+                self._write(call, head + body, "ok")
                 return
         m = b.m
         result = m.result_cls()
@@ -513,9 +524,10 @@ class _Dispatcher:
         m = b.m
         if m.void:
             return _STOP  # a void result has no field set
-        if value is not None and b.encode_ok is not None:
+        enc = b.encode_ok if proto is _BINARY else b.cencode_ok
+        if value is not None and enc is not None:
             try:
-                return b.encode_ok(value)
+                return enc(value)
             except Exception:
                 pass  # thriftpy2 encodes it, or raises the error to log
         result = m.result_cls()
