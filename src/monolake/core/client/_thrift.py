@@ -275,6 +275,7 @@ class ThriftUpstream(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            self._flush()  # calls sent just before (a oneway call, then close) still go out, as before batching
             self.transport.abort()
 
 
