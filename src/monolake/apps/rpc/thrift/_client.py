@@ -14,7 +14,8 @@ stack in Volo's order::
   retry (``retry_safe``: nothing was sent, e.g. a refused connect) tries another
   endpoint (``pick_excluding``) while the retry budget allows; a fixed ``address``
   skips balancing;
-- the transport encodes the call (our message head, thriftpy2's struct codec),
+- the transport encodes the call (our message head, the method's generated struct codec, ``_gen``;
+  thriftpy2's for what it refuses),
   sends it on the worker's ``ThriftPool`` (core/client/_thrift.py: many calls in
   flight per connection, each with its own sequence id on TTHeader), and reads the
   reply: the result, a declared exception (raised as the IDL's class) or a

@@ -9,7 +9,8 @@ cuts into messages by walking their structs (``_codec.message_end``).
 
 ``_Dispatcher.dispatch`` reads the message head (a strict binary call inline, its
 name looked up as bytes; others through ``peek_message``), decodes the argument
-struct (thriftpy2) and calls the handler inline: a plain ``def`` method, or an
+struct (the method's generated decoder, ``_gen``; thriftpy2 for what it refuses) and
+calls the handler inline: a plain ``def`` method, or an
 ``async def`` one run to its first ``await`` (``coro.send``), so a handler that
 never waits costs no task and no loop iteration. One that does wait goes on in a
 task (``core._resume.Resume`` carries it on there), as does every call once the service has
