@@ -185,6 +185,19 @@ async def test_timeout_per_call_and_per_client(env: Env) -> None:
         assert await c.echo("after") == "a:after"
 
 
+async def test_a_shorter_timeout_behind_a_longer_one_on_one_connection(env: Env) -> None:
+    # The connection's one timer is at the earliest deadline: a later call with a shorter timeout moves it.
+    _, _, port, _ = env.ours[0]
+    async with ThriftClient(env.mod.Echo, [f"127.0.0.1:{port}"], timeout=120, max_connections=1) as c:
+        long = asyncio.ensure_future(c.slow(60, "long"))
+        assert await c.echo("x") == "a:x"  # the long call is in flight on the same connection
+        with pytest.raises(ReadTimeout):
+            await asyncio.wait_for(c.call("slow", 60, "short", timeout=0.2), 30)
+        assert await c.echo("after") == "a:after"
+        assert c.statistics()["upstream_connections"] == 1
+        long.cancel()
+
+
 async def test_retries_go_to_another_instance(env: Env) -> None:
     dead = free_port()
     _, _, port, _ = env.ours[1]

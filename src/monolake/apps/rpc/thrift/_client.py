@@ -14,7 +14,8 @@ stack in Volo's order::
   retry (``retry_safe``: nothing was sent, e.g. a refused connect) tries another
   endpoint (``pick_excluding``) while the retry budget allows; a fixed ``address``
   skips balancing;
-- the transport encodes the call (our message head, thriftpy2's struct codec),
+- the transport encodes the call (our message head, the method's generated struct codec, ``_gen``;
+  thriftpy2's for what it refuses),
   sends it on the worker's ``ThriftPool`` (core/client/_thrift.py: many calls in
   flight per connection, each with its own sequence id on TTHeader), and reads the
   reply: the result, a declared exception (raised as the IDL's class) or a
@@ -28,6 +29,7 @@ Without layers the chain is the three services above, one coroutine frame each.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +46,6 @@ from ....core.proto.thrift import (
     ThriftProtocol,
     Transport,
     encode_frame,
-    encode_framed,
     message_begin,
     parse_application_exception,
     read_header_info,
@@ -53,6 +54,7 @@ from ....core.server._l4 import PickKey
 from ....core.service import Layer, Service
 from . import _metainfo
 from ._codec import StructCodec
+from ._gen import args_decoder, struct_encoder
 from ._idl import MethodDef, ServiceDef, as_service_def, load_service
 
 _TRANSPORTS = {"ttheader": Transport.TTHEADER, "framed": Transport.FRAMED, "theader": Transport.THEADER}
@@ -135,21 +137,37 @@ def parse_address(spec: str | Endpoint) -> Endpoint:
 
 
 _FRAMED = Transport.FRAMED
+_U32 = struct.Struct("!I")
+_join = b"".join
 
 
 class _Begin:
-    """A method's message head with sequence id 0, and where the id sits in it."""
+    """A method's message head with sequence id 0, and where the id sits in it; its generated
+    codecs (``_gen``: the arguments from a tuple, the result into a list; None, or a raise,
+    means thriftpy2's path)."""
 
-    __slots__ = ("data", "mtype", "seq_offset", "seq_size")
+    __slots__ = (
+        "data", "decode", "encode", "exc_at", "header", "mtype", "nargs", "seq_offset", "seq_size", "success_at",
+    )  # fmt: skip
 
-    def __init__(self, m: MethodDef, proto: ThriftProtocol) -> None:
+    def __init__(self, m: MethodDef, proto: ThriftProtocol, transport: Transport) -> None:
         self.mtype = MessageType.ONEWAY if m.oneway else MessageType.CALL
         self.data = message_begin(m.name, self.mtype, 0, proto)
+        # A header transport's frame without info blocks, after its length field (sequence id 0).
+        self.header = b"" if transport is _FRAMED else encode_frame(transport, b"", seq_id=0, protocol=proto)[4:]
         n = len(m.name.encode())
-        if proto is ThriftProtocol.BINARY:
+        binary = proto is ThriftProtocol.BINARY
+        if binary:
             self.seq_offset, self.seq_size = 8 + n, 4
         else:
             self.seq_offset, self.seq_size = 2, 1  # compact: varint 0 right after the type byte
+        self.nargs = len(m.arg_names)
+        self.encode = struct_encoder(m.args_cls, compact=not binary)
+        self.decode = args_decoder(m.result_cls, compact=not binary) if not m.oneway else None
+        # Where the result's fields land in the decoded list (the spec's order).
+        order = [item[1] for item in m.result_cls.thrift_spec.values()]
+        self.success_at = order.index("success") if not m.void else -1
+        self.exc_at = tuple(order.index(name) for name, _ in m.exceptions)
 
 
 class _Transport:
@@ -164,22 +182,36 @@ class _Transport:
         assert ep is not None
         m = call.method
         proto = c.protocol
-        try:
-            args = m.args_cls(*call.args)  # thriftpy2's structs take their fields in IDL order
-        except TypeError as exc:
-            raise ValueError(f"{m.name}: {exc}") from None
         begin = c.begins.get(m.name)
         if begin is None:
-            begin = c.begins[m.name] = _Begin(m, proto)
-        payload = begin.data + c.codec.encode(args, proto)
+            begin = c.begins[m.name] = _Begin(m, proto, c.transport)
+        body: bytes | None = None
+        if begin.encode is not None and len(call.args) == begin.nargs:
+            try:
+                body = begin.encode(call.args)
+            except Exception:  # thriftpy2 encodes it, or raises the error
+                body = None
+        if body is None:
+            try:
+                args = m.args_cls(*call.args)  # thriftpy2's structs take their fields in IDL order
+            except TypeError as exc:
+                raise ValueError(f"{m.name}: {exc}") from None
+            body = c.codec.encode(args, proto)
         # The frame and head are made from what we just encoded, not parsed back.
         if c.transport is _FRAMED:
-            data = encode_framed(payload)
+            data = _join((_U32.pack(len(begin.data) + len(body)), begin.data, body))
             off, info = 4, 0
         else:
             headers = _metainfo.forward_headers(_metainfo.current.get(), call.transient)
-            data = encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers)
-            off, info = len(data) - len(payload), 16  # 14 fixed bytes, protocol id, no transforms
+            if headers is None:  # no info blocks: the header is the same bytes for every call
+                tail = begin.header
+                data = _join((_U32.pack(len(tail) + len(begin.data) + len(body)), tail, begin.data, body))
+                off = 4 + len(tail)
+            else:
+                payload = begin.data + body
+                data = encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers)
+                off = len(data) - len(payload)
+            info = 16  # 14 fixed bytes, protocol id, no transforms
         frame = Frame(data, c.transport, proto, off, info=info)
         head = MessageHead(m.name, begin.mtype, 0, off + begin.seq_offset, begin.seq_size, off + len(begin.data))
         loop = c.pool.loop
@@ -215,17 +247,33 @@ class _Transport:
             raise _app_exception(kind, message)
         if head.type != MessageType.REPLY:
             raise UpstreamError(f"{m.name}: reply of message type {head.type}")
-        try:
-            result = self.client.codec.decode(m.result_cls, reply.data[head.end :], proto)
-        except Exception as exc:
-            raise UpstreamError(f"{m.name}: undecodable result: {exc}") from None
-        for name, _ in m.exceptions:
-            exc_value = getattr(result, name, None)
-            if exc_value is not None:
-                raise exc_value
-        if m.void:
-            return None
-        value = result.success
+        data = reply.data
+        begin = self.client.begins.get(m.name)
+        vals: list[Any] | None = None
+        if begin is not None and begin.decode is not None and proto is self.client.protocol and data.__class__ is bytes:
+            try:
+                vals = begin.decode(data, head.end)
+            except Exception:  # thriftpy2 reads it, or says what is wrong
+                vals = None
+        if vals is not None:
+            for i in begin.exc_at:  # type: ignore[union-attr]
+                if vals[i] is not None:
+                    raise vals[i]
+            if m.void:
+                return None
+            value = vals[begin.success_at]  # type: ignore[union-attr]
+        else:
+            try:
+                result = self.client.codec.decode(m.result_cls, data[head.end :], proto)
+            except Exception as exc:
+                raise UpstreamError(f"{m.name}: undecodable result: {exc}") from None
+            for name, _ in m.exceptions:
+                exc_value = getattr(result, name, None)
+                if exc_value is not None:
+                    raise exc_value
+            if m.void:
+                return None
+            value = result.success
         if value is None:
             raise _app_exception(AppError.MISSING_RESULT, f"{m.name} failed: unknown result")
         return value
@@ -396,7 +444,10 @@ class ThriftClient:
         for layer in reversed(list(layers)):
             svc = layer.layer(svc)
         self.chain: Service[ClientCall, Any] = svc
-        self.begins: dict[str, _Begin] = {}
+        # Built now, not at a method's first call: the generated codecs are compiled here.
+        self.begins: dict[str, _Begin] = {
+            name: _Begin(m, self.protocol, self.transport) for name, m in self.definition.methods.items()
+        }
 
     async def call(
         self,
@@ -437,8 +488,8 @@ class ThriftClient:
         if name.startswith("_") or name not in self.__dict__.get("definition", _NO_DEF).methods:
             raise AttributeError(name)
 
-        async def method(*args: Any, **kwargs: Any) -> Any:
-            return await self.call(name, *args, **kwargs)
+        def method(*args: Any, **kwargs: Any) -> Any:
+            return self.call(name, *args, **kwargs)  # the coroutine itself: one frame fewer per call
 
         method.__name__ = name
         self.__dict__[name] = method  # found without __getattr__ from now on

@@ -9,7 +9,8 @@ cuts into messages by walking their structs (``_codec.message_end``).
 
 ``_Dispatcher.dispatch`` reads the message head (a strict binary call inline, its
 name looked up as bytes; others through ``peek_message``), decodes the argument
-struct (thriftpy2) and calls the handler inline: a plain ``def`` method, or an
+struct (the method's generated decoder, ``_gen``; thriftpy2 for what it refuses) and
+calls the handler inline: a plain ``def`` method, or an
 ``async def`` one run to its first ``await`` (``coro.send``), so a handler that
 never waits costs no task and no loop iteration. One that does wait goes on in a
 task (``core._resume.Resume`` carries it on there), as does every call once the service has
@@ -63,6 +64,7 @@ from ....core.server._thrift import ThriftConnection, ThriftServerApp
 from ....core.service import Factory, Layer, Stack
 from . import _metainfo
 from ._codec import StructCodec, message_end
+from ._gen import args_decoder, field_encoder
 from ._idl import MethodDef, ServiceDef, as_service_def, load_service
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ _BIN_HEAD = struct.Struct("!Ii")
 _BIN_CALL = 0x80010000 | MessageType.CALL  # a strict binary CALL's first word
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
+_STOP = b"\x00"
+_join = b"".join
 
 
 def _framed(frame: Frame, payload: bytes, proto: ThriftProtocol, meta: _metainfo.Metainfo | None) -> bytes:
@@ -121,7 +125,10 @@ class ThriftRequest:
 
 
 class _Bound:
-    __slots__ = ("fn", "is_async", "m", "reply_head")
+    __slots__ = (
+        "cdecode", "cencode_ok", "decode", "encode_ok", "fn", "framed_head", "framed_size", "is_async", "m",
+        "reply_head",
+    )  # fmt: skip
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
         self.m = m
@@ -130,6 +137,15 @@ class _Bound:
         raw = m.name.encode()
         # A binary REPLY's head up to its sequence id: the same bytes for every reply.
         self.reply_head = _BIN_HEAD.pack(0x80010000 | _REPLY, len(raw)) + raw
+        # A framed binary reply up to its body: ``framed_head(framed_size + len(body), reply_head, seq)``.
+        self.framed_head = struct.Struct(f"!I{len(self.reply_head)}si").pack
+        self.framed_size = len(self.reply_head) + 4
+        # Generated binary codecs (``_gen``): the arguments straight into a list, a value
+        # straight into its result struct's bytes; None (or a raise) means thriftpy2's path.
+        self.decode = args_decoder(m.args_cls)
+        self.encode_ok = None if m.void else field_encoder(m.result_cls, 0)
+        self.cdecode = args_decoder(m.args_cls, compact=True)  # the same for the compact protocol
+        self.cencode_ok = None if m.void else field_encoder(m.result_cls, 0, compact=True)
 
 
 class _Leaf:
@@ -216,6 +232,15 @@ class _Call:
         self.out: bytes | None = None
 
 
+def _begun(
+    conn: Any, frame: Frame, name: str, seq: int, proto: ThriftProtocol, start: float, b: _Bound | None, oneway: bool
+) -> _Call:
+    """The record of a call not answered inside its dispatch; one that expects a reply is now in flight."""
+    if not oneway:
+        conn.begin()
+    return _Call(conn, frame, name, seq, proto, start, b)
+
+
 async def _invoke(svc: ThriftService, b: _Bound, call: _Call, values: list[Any]) -> Any:
     if svc.chain is not None:
         return await svc.chain(ThriftRequest(svc.name, call.name, values, call.conn.peer, _metainfo.metainfo()))
@@ -273,7 +298,8 @@ class _Dispatcher:
             # The usual call: a strict binary CALL of a method we serve, read inline (the name as bytes).
             word, n = _BIN_HEAD.unpack_from(data, off)
             if word == _BIN_CALL and n >= 0 and off + 12 + n <= len(data):
-                b = svc.raw.get(bytes(data[off + 8 : off + 8 + n]))  # a bytearray slice is unhashable
+                key = data[off + 8 : off + 8 + n]
+                b = svc.raw.get(key if key.__class__ is bytes else bytes(key))  # a bytearray slice is unhashable
                 if b is not None:
                     name = b.m.name
                     seq = _I32.unpack_from(data, off + 8 + n)[0]
@@ -299,29 +325,39 @@ class _Dispatcher:
         # The call's record is made only when needed: a call answered at once has none.
         call: _Call | None = None
         queued = False  # on its connection's reply queue (framed: replies in call order)
-        if not oneway:
-            conn.begin()
-            if frame.transport is _FRAMED:
-                q = self._order.get(conn)
-                if q is not None:  # earlier calls still running: this reply waits for theirs
-                    call = _Call(conn, frame, name, seq, proto, start, b)
-                    q.append(call)
-                    queued = True
+        # ``conn.begin()`` (the call is in flight) comes with its record: a call answered at
+        # once, inside this dispatch, is never in flight (``conn.answer_now``).
+        if not oneway and frame.transport is _FRAMED:
+            q = self._order.get(conn)
+            if q is not None:  # earlier calls still running: this reply waits for theirs
+                call = _begun(conn, frame, name, seq, proto, start, b, oneway)
+                q.append(call)
+                queued = True
         if b is None:
             log.info("thrift: unknown method %r: server=%s client=%s", name, self.name, conn.peer)
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             self._error(call, oneway, AppError.UNKNOWN_METHOD, f"Unknown method {name}", "unknown_method")
             return
-        try:
-            args = self.codec.decode(b.m.args_cls, data[body:], proto)
-        except Exception as exc:
-            log.warning(
-                "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
-                self.name, conn.peer, name, type(exc).__name__, exc,
-            )  # fmt: skip
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
-            self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
-            return
+        values: list[Any] | None = None
+        dec = b.decode if proto is _BINARY else b.cdecode
+        if dec is not None and data.__class__ is bytes:
+            try:
+                values = dec(data, body)
+            except Exception:  # anything unusual: thriftpy2 reads it, or says what is wrong
+                values = None
+        if values is None:
+            try:
+                args = self.codec.decode(b.m.args_cls, data[body:], proto)
+            except Exception as exc:
+                log.warning(
+                    "thrift: bad arguments: server=%s client=%s method=%s: %s: %s",
+                    self.name, conn.peer, name, type(exc).__name__, exc,
+                )  # fmt: skip
+                call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
+                self._error(call, oneway, AppError.PROTOCOL_ERROR, f"monolake: bad arguments: {exc}", "bad_request")
+                return
+            d = args.__dict__
+            values = [d[n] for n in b.m.arg_names]
         meta: _metainfo.Metainfo | None = None
         # Only metainfo keys (RPC_...) are read from the info blocks: frames without any skip the parse.
         if frame.info and frame.info < off and data.find(b"RPC_", frame.info, off) >= 0:
@@ -334,10 +370,8 @@ class _Dispatcher:
                     meta = _metainfo.from_headers(headers)
         # No Metainfo is made for a call that brought none: ``metainfo()`` makes one on demand,
         # in the handler's own context (its task's, or the one set and reset around an inline call).
-        d = args.__dict__
-        values = [d[n] for n in b.m.arg_names]
         if not svc.plain:
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             self._defer(call, queued, loop.create_task(self._run(call, svc, b, values, oneway, meta, None)))
             return
         # Inline: a plain ``def`` handler, or an ``async def`` one run to its first await; only a
@@ -351,7 +385,7 @@ class _Dispatcher:
                 except StopIteration as stop:
                     value = stop.value
                 else:
-                    call = call or _Call(conn, frame, name, seq, proto, start, b)
+                    call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
                     self._defer(
                         call, queued, loop.create_task(self._run(call, svc, b, values, oneway, None, (coro, first)))
                     )
@@ -359,18 +393,18 @@ class _Dispatcher:
             else:
                 value = b.fn(*values)
         except asyncio.CancelledError:
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             call.meta = _metainfo.current.get()
             self._error(call, oneway, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
         except Exception as exc:
-            call = call or _Call(conn, frame, name, seq, proto, start, b)
+            call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
             call.meta = _metainfo.current.get()
             self._failed(call, exc, oneway)
         else:
             if call is None and not oneway and proto is _BINARY:
                 self._answer_now(conn, frame, b, seq, value, _metainfo.current.get(), start)
             else:
-                call = call or _Call(conn, frame, name, seq, proto, start, b)
+                call = call or _begun(conn, frame, name, seq, proto, start, b, oneway)
                 call.meta = _metainfo.current.get()
                 self._succeeded(call, value, oneway)
         finally:
@@ -437,32 +471,69 @@ class _Dispatcher:
         self, conn: Any, frame: Frame, b: _Bound, seq: int, value: Any, meta: _metainfo.Metainfo | None, start: float
     ) -> None:
         """``_succeeded`` for the usual call: binary, a value, nothing before it on the connection."""
-        m = b.m
-        result = m.result_cls()
-        if not m.void:
-            result.success = value
-        try:
-            body = self.codec.encode(result, _BINARY)
-        except Exception:
-            call = _Call(conn, frame, m.name, seq, _BINARY, start, b)
-            call.meta = meta
-            self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
-            return
-        conn.answer(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
+        enc = b.encode_ok
+        body: bytes | None = None
+        if enc is not None and value is not None:
+            try:
+                body = enc(value)
+            except Exception:  # thriftpy2 encodes it below, or says why it cannot
+                body = None
+        if body is None:
+            try:
+                body = self._encode_ok(b, value, _BINARY)
+            except Exception:
+                call = _begun(conn, frame, b.m.name, seq, _BINARY, start, b, False)
+                call.meta = meta
+                self._succeeded(call, value, False)  # logs it and answers INTERNAL_ERROR
+                return
+        if frame.transport is _FRAMED and frame.payload:
+            # The frame's length, the head and the sequence id in one pack; one copy of the body.
+            conn.answer_now(b.framed_head(b.framed_size + len(body), b.reply_head, seq) + body)
+        else:
+            conn.answer_now(_framed(frame, b.reply_head + _I32.pack(seq) + body, _BINARY, meta))
         self.calls += 1
         if self.stats is not None or self.access_log is not None:
-            self._record(conn, m.name, seq, "ok", start)
+            self._record(conn, b.m.name, seq, "ok", start)
 
     def _succeeded(self, call: _Call, value: Any, oneway: bool) -> None:
         if oneway:
             self._done(call, "oneway")
             return
-        assert call.bound is not None
-        m = call.bound.m
+        b = call.bound
+        assert b is not None
+        proto = call.proto
+        if (b.encode_ok if proto is _BINARY else b.cencode_ok) is not None or b.m.void:
+            try:
+                body = self._encode_ok(b, value, proto)
+            except Exception:
+                pass  # _result below encodes it again, and logs why it cannot
+            else:
+                if proto is _BINARY:
+                    head = b.reply_head + _I32.pack(call.seq)
+                else:
+                    head = message_begin(call.name, _REPLY, call.seq, proto)
+                self._write(call, head + body, "ok")
+                return
+        m = b.m
         result = m.result_cls()
         if not m.void:
             result.success = value
         self._result(call, result, "ok")
+
+    def _encode_ok(self, b: _Bound, value: Any, proto: ThriftProtocol) -> bytes:
+        """The result struct of a call that returned ``value``. Raises when it cannot be encoded."""
+        m = b.m
+        if m.void:
+            return _STOP  # a void result has no field set
+        enc = b.encode_ok if proto is _BINARY else b.cencode_ok
+        if value is not None and enc is not None:
+            try:
+                return enc(value)
+            except Exception:
+                pass  # thriftpy2 encodes it, or raises the error to log
+        result = m.result_cls()
+        result.success = value
+        return self.codec.encode(result, proto)
 
     def _failed(self, call: _Call, exc: Exception, oneway: bool) -> None:
         assert call.bound is not None
@@ -614,6 +685,12 @@ class _UnframedConnection(asyncio.Protocol):
             self.transport.write(data)
         self.in_flight -= 1
         self.server.unframed_done()
+        if self.in_flight == 0 and (self.server.draining or self.eof):
+            self._close()
+
+    def answer_now(self, data: bytes | bytearray) -> None:
+        if not self.closed:
+            self.transport.write(data)
         if self.in_flight == 0 and (self.server.draining or self.eof):
             self._close()
 
