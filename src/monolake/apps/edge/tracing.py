@@ -47,6 +47,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from ...core.address import parse_endpoint
+from ...core.proto._varint import SMALL as _SMALL
+from ...core.proto._varint import encode_varint as _varint
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.service import Context, ContextSlot, Layer
 from ..config import Endpoint
@@ -109,20 +111,6 @@ _KIND_SERVER = 2
 _KIND_CLIENT = 3
 _STATUS_ERROR = b"\x18\x02"  # Status.code (field 3, varint) = STATUS_CODE_ERROR
 _STATUS_FIELD = b"\x7a\x02" + _STATUS_ERROR  # Span.status (15)
-
-
-_SMALL = [bytes((i,)) for i in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 128:
-        return _SMALL[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:

@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ....core.proto._varint import encode_varint as _varint
 from ...proxy.gateway._binary import _PACKERS, Slow, Unsupported, _header, _wire
 from ...proxy.gateway._convert import (
     _T_BINARY,
@@ -290,7 +291,6 @@ class _Gen:
 _CT = {_T_BOOL: 1, 3: 3, 6: 4, 8: 5, 10: 6, 4: 7, _T_STRING: 8, _T_BINARY: 8, _T_LIST: 9, _T_SET: 10, _T_MAP: 11,
        _T_STRUCT: 12}  # fmt: skip
 _BITS = {6: 16, 8: 32, 10: 64}
-_VARINT_SMALL = tuple(bytes([n]) for n in range(128))
 
 
 def _uvarint(d: bytes, i: int) -> tuple[int, int]:
@@ -309,17 +309,6 @@ def _uvarint(d: bytes, i: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise Slow
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _VARINT_SMALL[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _long_header(ct: int, fid: int) -> bytes:

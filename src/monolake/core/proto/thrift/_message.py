@@ -23,6 +23,7 @@ import struct
 from enum import IntEnum
 
 from ...errors import RemoteProtocolError, Source
+from .._varint import encode_varint as encode_varint
 
 
 class ThriftProtocol(IntEnum):
@@ -111,16 +112,6 @@ def _varint(data: bytes, i: int, end: int) -> tuple[int, int]:
         shift += 7
         if shift > 28:
             raise _bad("varint longer than 5 bytes in a compact message head")
-
-
-def encode_varint(value: int) -> bytes:
-    """An unsigned LEB128 varint (compact protocol, THeader)."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _name(raw: bytes) -> str:
