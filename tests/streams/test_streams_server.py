@@ -265,7 +265,8 @@ def test_a_cancelled_caller_cancels_the_server_call() -> None:
         server.close()
 
 
-def test_leaving_a_stream_early_cancels_it_on_the_server() -> None:
+@pytest.mark.parametrize("how", ["aclose", "break", "task_cancel"])
+def test_leaving_a_stream_early_cancels_it_on_the_server(how: str) -> None:
     ended: list[str] = []
 
     class Endless:
@@ -287,9 +288,27 @@ def test_leaving_a_stream_early_cancels_it_on_the_server() -> None:
         app = rpc_app(Endless())
         _, address = await listen(app)
         conn = await connect_rpc(address, ProtobufCodec(Resp), *RPC)
-        stream = conn.stream(echo_req(0, "y", stream=True))
-        assert (await anext(stream)).stream.message == "y"
-        await stream.aclose()  # sends cancelled(id)
+        if how == "aclose":
+            stream = conn.stream(echo_req(0, "y", stream=True))
+            assert (await anext(stream)).stream.message == "y"
+            await stream.aclose()  # sends cancelled(id)
+        elif how == "break":
+            async for r in conn.stream(echo_req(0, "y", stream=True)):
+                assert r.stream.message == "y"
+                break  # the iterator is dropped here: its finalizer sends cancelled(id)
+        else:
+            got = asyncio.Event()
+
+            async def take() -> None:
+                async for _ in conn.stream(echo_req(0, "y", stream=True)):
+                    got.set()
+                    await asyncio.Event().wait()  # holds the stream open until cancelled
+
+            task = asyncio.ensure_future(take())
+            await got.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
         while not ended:
             await asyncio.sleep(0.01)
         while app.statistics()["in_flight"]:

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ...core._compiled import WeakReferable
 from ...core._resume import Resume
 from ...core.errors import DeadlineExceeded, Overloaded
 from ...core.server._lifecycle import DrainSignal
@@ -545,7 +546,7 @@ class CallConnection(Framed[Any]):
         self.send(self._replies.cancelled(mid))
 
 
-class MessageServerApp:
+class MessageServerApp(WeakReferable):  # WeakReferable: the metrics sample apps weakly
     """One message server (listener) in one worker: the runtime's ``ServerApp``.
 
     ``service`` is either called per message (``per_message=True``: a ``CallConnection``
