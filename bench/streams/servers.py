@@ -4,7 +4,8 @@
 
 KIND: ``rpc`` (monolake streams, protosocket-rpc echo of examples/streams: protobuf, unary and
 server stream), ``bytes`` (monolake streams, a per-message handler echoing 4-byte length-prefixed
-bytes, ordered), ``bytes_concurrent`` (the same, concurrent semantics), ``floor`` (a plain
+bytes, ordered), ``bytes_concurrent`` (the same, concurrent semantics),
+``bytes_def`` (ordered, a plain ``def`` handler), ``floor`` (a plain
 asyncio Protocol echoing 4-byte length-prefixed frames: the Python floor),
 ``floor_calls`` (the same, calling an ``async def`` handler per frame), ``grpc`` (grpcio's asyncio
 server: unary, server-streaming and bidi echo of the same messages).
@@ -85,6 +86,11 @@ class BytesEcho:
         return m
 
 
+def bytes_echo(m: bytes) -> bytes:
+    """A plain ``def`` handler: called with no coroutine."""
+    return m
+
+
 async def serve(kind: str, port: int) -> None:
     from echo_server import Echo
 
@@ -95,9 +101,10 @@ async def serve(kind: str, port: int) -> None:
         server = await loop.create_server(Floor, "127.0.0.1", port)
     elif kind == "floor_calls":
         server = await loop.create_server(FloorCalls, "127.0.0.1", port)
-    elif kind in ("bytes", "bytes_concurrent"):
-        semantics = "ordered" if kind == "bytes" else "concurrent"
-        app = MessageServerApp("bytes", BytesEcho(), BytesCodec(), settings=StreamSettings(semantics=semantics))
+    elif kind in ("bytes", "bytes_concurrent", "bytes_def"):
+        semantics = "concurrent" if kind == "bytes_concurrent" else "ordered"
+        handler: Any = bytes_echo if kind == "bytes_def" else BytesEcho()
+        app = MessageServerApp("bytes", handler, BytesCodec(), settings=StreamSettings(semantics=semantics))
         server = await loop.create_server(app.protocol_factory, "127.0.0.1", port)
     else:
         rpc = (Fields(echo_pb2.Request), Fields(echo_pb2.Response))
@@ -155,7 +162,7 @@ def serve_grpc(port: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["rpc", "bytes", "bytes_concurrent", "floor", "floor_calls", "grpc"])
+    p.add_argument("kind", choices=["rpc", "bytes", "bytes_concurrent", "bytes_def", "floor", "floor_calls", "grpc"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio", "io_uring"])
     args = p.parse_args()

@@ -401,6 +401,53 @@ def test_plain_calls_answer_in_the_read_and_waiting_ones_are_handed_on(semantics
     run("uvloop", test)
 
 
+def _upper(m: bytes) -> bytes | None:
+    return None if m == b"none" else m.upper()
+
+
+class _Upper:
+    def __call__(self, m: bytes) -> bytes | None:
+        return _upper(m)
+
+
+async def _slow_upper(m: bytes) -> bytes | None:
+    await asyncio.sleep(0)
+    return _upper(m)
+
+
+@pytest.mark.parametrize("hook", [False, True], ids=["plain", "call_hook"])
+@pytest.mark.parametrize("handler", ["function", "class", "returns_coroutine"])
+def test_a_plain_def_handler_answers_without_a_coroutine(handler: str, hook: bool) -> None:
+    from monolake.streams import BytesCodec, CallRecord
+
+    service: Any = {"function": _upper, "class": _Upper(), "returns_coroutine": _slow_upper}[handler]
+    if handler == "returns_coroutine":
+        service = lambda m: _slow_upper(m)  # noqa: E731  (a def whose result is awaitable: awaited)
+    records: list[CallRecord] = []
+
+    async def test() -> None:
+        codec = BytesCodec()
+        app = MessageServerApp("bytes", service, codec, on_call=records.append if hook else None)
+        server, address = await listen(app)
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        msgs = [b"a", b"none", b"bc"] * 50
+        writer.write(b"".join(codec.encode(m) for m in msgs))
+        got = []
+        for _ in range(100):  # "none" gets no reply
+            n = int.from_bytes(await reader.readexactly(4), "big")
+            got.append(await reader.readexactly(n))
+        assert got == [b"A", b"BC"] * 50
+        (sconn,) = app.conns
+        assert sconn.messages_in == len(msgs) and sconn._in_flight == 0
+        assert len(records) == (len(msgs) if hook else 0)
+        assert all(r.outcome == "ok" for r in records)
+        writer.close()
+        server.close()
+
+    run("uvloop", test)
+
+
 def test_reading_pauses_when_calls_in_flight_reach_the_bound() -> None:
     async def test() -> None:
         h = Parked()
