@@ -10,11 +10,12 @@ most once, and a read of many small messages costs one decode call. While reads 
 all the space offered, the buffer grows to ``BULK_BUFFER`` (fewer, larger reads), and
 goes back once a read is small.
 
-Sending encodes at once and queues the frame; the queue goes out with one
-``writelines`` per loop iteration (a ``call_soon`` armed by the first send of the
+Sending encodes at once and appends the frame to one ``bytearray`` (a frame of
+``COPY_UNDER`` bytes or more is queued as it is, not copied); the queue goes out
+with one write per loop iteration (a ``call_soon`` armed by the first send of the
 iteration, or at the end of the read that produced the sends), so a burst of
-replies is one syscall; past ``FLUSH_AT`` queued bytes it goes out at once, so a
-producer that never yields still meets the transport's backpressure.
+replies is one buffer and one syscall; past ``FLUSH_AT`` queued bytes it goes out
+at once, so a producer that never yields still meets the transport's backpressure.
 
 Backpressure both ways. Out: when the transport's buffer passes its high-water mark
 (``pause_writing``), ``writable`` turns False and ``wait_writable()`` blocks until it
