@@ -93,6 +93,25 @@ def test_protobuf_bad_input() -> None:
     assert out == []
 
 
+def test_protobuf_reads_over_small_read() -> None:
+    """A read of more than SMALL_READ bytes takes the memoryview path; a smaller one is copied once
+    and parsed from bytes: the same messages and the same errors either way."""
+    big = echo_pb2.Request(request_id=9, body=echo_pb2.EchoRequest(message="x" * 70_000))
+    msgs = [echo_pb2.Request(request_id=1), big, echo_pb2.Request(request_id=2)]
+    wire = b"".join(delimited(m) for m in msgs)
+    codec = ProtobufCodec(echo_pb2.Request, max_message_size=100_000)
+    for cut in (0, 1, 5, 70_000, len(wire) - 1):
+        assert feed(codec, [wire[:cut], wire[cut:]]) == msgs
+    out: list[object] = []
+    head = delimited(big)
+    with pytest.raises(FrameError, match="over max_message_size"):
+        codec.decode(memoryview(head + _VarintBytes(100_001)), out)
+    with pytest.raises(FrameError, match="malformed varint"):
+        codec.decode(memoryview(head + b"\xff" * 11), out)
+    with pytest.raises(FrameError, match="undecodable Request"):
+        codec.decode(memoryview(head + b"\x03\xff\xff\xff"), out)
+
+
 def test_msgpack_is_protosocket_messagepacks_framing() -> None:
     class Msg(msgspec.Struct):
         request_id: int

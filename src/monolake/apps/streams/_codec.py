@@ -98,6 +98,8 @@ class ProtobufCodec(Generic[T]):
 
     def decode(self, view: memoryview, out: list[T], /) -> int:
         end = len(view)
+        if end <= SMALL_READ:  # one copy of a small read, then bytes reads (compiled: no object per byte)
+            return _split_varint(view.tobytes(), end, self.max_message_size, self._parse, self.message_type, out)
         pos = 0
         limit = self.max_message_size
         parse = self._parse
@@ -133,6 +135,43 @@ class ProtobufCodec(Generic[T]):
                 raise FrameError(f"undecodable {getattr(self.message_type, '__name__', 'message')}: {exc}") from None
             pos = stop
         return pos
+
+
+def _split_varint(src: bytes, end: int, limit: int, parse: Any, message_type: Any, out: list[Any]) -> int:
+    """``ProtobufCodec.decode`` of a small read, copied to ``src`` (the same loop, on bytes)."""
+    pos = 0
+    while pos < end:
+        b = src[pos]
+        if b < 0x80:
+            n = b
+            start = pos + 1
+        else:
+            n = b & 0x7F
+            shift = 7
+            i = pos + 1
+            while True:
+                if i >= end:
+                    return pos
+                b = src[i]
+                n |= (b & 0x7F) << shift
+                i += 1
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift > 63:
+                    raise FrameError("malformed varint length prefix (more than 10 bytes)")
+            start = i
+        if n > limit:
+            raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
+        stop = start + n
+        if stop > end:
+            return pos
+        try:
+            out.append(parse(src[start:stop]))
+        except Exception as exc:
+            raise FrameError(f"undecodable {getattr(message_type, '__name__', 'message')}: {exc}") from None
+        pos = stop
+    return pos
 
 
 class MsgpackCodec(Generic[T]):
