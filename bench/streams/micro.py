@@ -6,7 +6,8 @@ Each server's protocol is fed reads of whole frames (``FRAMES`` per read, as the
 load delivers them) through a transport that only counts what is written, on a running loop.
 What this leaves out is the same for every server: the syscalls, one read and one write per
 read here (bench/streams/run.py counts them on real sockets). ``rpc`` is the protobuf echo of
-examples/streams with protosocket-rpc's envelope (ids, control codes), unary, 256 calls a read.
+examples/streams with protosocket-rpc's envelope (ids, control codes), unary, 256 calls a read;
+``def`` is ordered with a plain ``def`` handler.
 Servers alternate within each round and the best of the rounds is kept (process CPU time, so other
 processes on the machine
 matter less than for a rate; caches still do).
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.streams.servers import BytesEcho, Floor, FloorCalls
+from bench.streams.servers import BytesEcho, Floor, FloorCalls, bytes_echo
 
 FRAMES = {64: 256, 4096: 48}
 
@@ -82,8 +83,9 @@ def make(kind: str) -> Any:
             responses=Fields(echo_pb2.Response),
         )
         return rpc.protocol_factory()
-    semantics = "ordered" if kind == "ordered" else "concurrent"
-    app = MessageServerApp("bytes", BytesEcho(), BytesCodec(), settings=StreamSettings(semantics=semantics))
+    semantics = "concurrent" if kind == "concurrent" else "ordered"
+    handler: Any = bytes_echo if kind == "def" else BytesEcho()
+    app = MessageServerApp("bytes", handler, BytesCodec(), settings=StreamSettings(semantics=semantics))
     return app.protocol_factory()
 
 
@@ -154,7 +156,7 @@ def main() -> int:
         "ns_per_msg": {},
     }
     for size in (64, 4096):
-        kinds = ["floor", "floor_calls", "ordered", "concurrent"] + (["rpc"] if size == 64 else [])
+        kinds = ["floor", "floor_calls", "ordered", "concurrent", "def"] + (["rpc"] if size == 64 else [])
         best: dict[str, float] = {}
         reads = args.reads if size == 64 else args.reads * 2
         for _ in range(args.rounds):

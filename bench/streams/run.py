@@ -14,7 +14,9 @@ Three parts (``--only`` picks; default all), each robust to a different degree o
    decoded: far cheaper per message than any server, its CPU share is recorded to show it). Also
    messages per server CPU-second (a core's worth) and per read and write syscall (/proc/PID/io).
    Against ``floor`` (a plain asyncio Protocol echoing the same frames, the Python floor) and
-   ``floor_calls`` (the same calling an ``async def`` handler per frame).
+   ``floor_calls`` (the same calling an ``async def`` handler per frame). ``bytes_def`` is
+   monolake ordered with a plain ``def`` handler (no coroutine per message); ``floor_join`` (saturation
+   only) is the floor writing the replies of a read as one buffer, as monolake does, not ``writelines``.
 3. ``ladder``: protosocket's metric, the highest offered rate (calls/s, open loop on a 1 ms
    tick) at which p99.9 latency stays under 5 ms, for unary echo and a server stream (8 messages
    then the end), over 8 connections; grpcio's asyncio server doing the same echo unary,
@@ -344,7 +346,7 @@ def ladder(name: str, server: Server, fn: Any, rates: list[int], seconds: float)
 
 # -- saturation and CPU per message: the pump (bench/streams/pump.py) ---------------------------------
 
-SAT_KINDS = ("floor", "bytes", "bytes_concurrent", "floor_calls")
+SAT_KINDS = ("floor", "bytes", "bytes_concurrent", "bytes_def", "floor_calls", "floor_join")
 
 
 def sat_rows(loop: str, seconds: float, rounds: int) -> list[dict[str, Any]]:
@@ -384,12 +386,14 @@ def sat_rows(loop: str, seconds: float, rounds: int) -> list[dict[str, Any]]:
     return out
 
 
-CPU_KINDS = ("floor", "bytes", "bytes_concurrent", "floor_calls", "rpc")
+CPU_KINDS = ("floor", "bytes", "bytes_concurrent", "bytes_def", "floor_calls", "rpc")
 NAMES = {
     "floor": "asyncio floor (no handler)",
     "floor_calls": "floor + an async handler call",
+    "floor_join": "floor writing one joined buffer per read",
     "bytes": "monolake ordered",
     "bytes_concurrent": "monolake concurrent",
+    "bytes_def": "monolake ordered, a plain def handler",
     "rpc": "monolake RPC (protobuf unary echo)",
 }
 

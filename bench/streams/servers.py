@@ -4,9 +4,11 @@
 
 KIND: ``rpc`` (monolake streams, protosocket-rpc echo of examples/streams: protobuf, unary and
 server stream), ``bytes`` (monolake streams, a per-message handler echoing 4-byte length-prefixed
-bytes, ordered), ``bytes_concurrent`` (the same, concurrent semantics), ``floor`` (a plain
+bytes, ordered), ``bytes_concurrent`` (the same, concurrent semantics),
+``bytes_def`` (ordered, a plain ``def`` handler), ``floor`` (a plain
 asyncio Protocol echoing 4-byte length-prefixed frames: the Python floor),
-``floor_calls`` (the same, calling an ``async def`` handler per frame), ``grpc`` (grpcio's asyncio
+``floor_join`` (the floor writing one joined buffer per read), ``floor_calls`` (the floor calling an
+``async def`` handler per frame), ``grpc`` (grpcio's asyncio
 server: unary, server-streaming and bidi echo of the same messages).
 The monolake servers run on a bare loop (no supervisor) so exactly one process serves.
 Prints "ready PORT" once listening.
@@ -51,6 +53,23 @@ class Floor(asyncio.Protocol):
             self.t.writelines(out)
 
 
+class FloorJoin(Floor):
+    """The floor writing its replies as one joined buffer (one ``write``, as monolake does) instead of
+    ``writelines`` of the slices: the floor with the best write it could do."""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            n = int.from_bytes(buf[pos : pos + 4], "big")
+            if end - pos - 4 < n:
+                break
+            pos += 4 + n
+        self.buf = buf[pos:]
+        if pos:
+            self.t.write(buf[:pos] if pos < end else buf)
+
+
 class FloorCalls(Floor):
     """The floor with a handler: each frame goes through ``await handler(frame)``, driven with
     ``coro.send(None)`` (the cheapest way to call an async def that does not wait)."""
@@ -85,6 +104,11 @@ class BytesEcho:
         return m
 
 
+def bytes_echo(m: bytes) -> bytes:
+    """A plain ``def`` handler: called with no coroutine."""
+    return m
+
+
 async def serve(kind: str, port: int) -> None:
     from echo_server import Echo
 
@@ -95,9 +119,12 @@ async def serve(kind: str, port: int) -> None:
         server = await loop.create_server(Floor, "127.0.0.1", port)
     elif kind == "floor_calls":
         server = await loop.create_server(FloorCalls, "127.0.0.1", port)
-    elif kind in ("bytes", "bytes_concurrent"):
-        semantics = "ordered" if kind == "bytes" else "concurrent"
-        app = MessageServerApp("bytes", BytesEcho(), BytesCodec(), settings=StreamSettings(semantics=semantics))
+    elif kind == "floor_join":
+        server = await loop.create_server(FloorJoin, "127.0.0.1", port)
+    elif kind in ("bytes", "bytes_concurrent", "bytes_def"):
+        semantics = "concurrent" if kind == "bytes_concurrent" else "ordered"
+        handler: Any = bytes_echo if kind == "bytes_def" else BytesEcho()
+        app = MessageServerApp("bytes", handler, BytesCodec(), settings=StreamSettings(semantics=semantics))
         server = await loop.create_server(app.protocol_factory, "127.0.0.1", port)
     else:
         rpc = (Fields(echo_pb2.Request), Fields(echo_pb2.Response))
@@ -155,7 +182,9 @@ def serve_grpc(port: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["rpc", "bytes", "bytes_concurrent", "floor", "floor_calls", "grpc"])
+    p.add_argument(
+        "kind", choices=["rpc", "bytes", "bytes_concurrent", "bytes_def", "floor", "floor_join", "floor_calls", "grpc"]
+    )
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--loop", default="uvloop", choices=["uvloop", "asyncio", "io_uring"])
     args = p.parse_args()

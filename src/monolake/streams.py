@@ -15,8 +15,6 @@ from .apps.streams._app import StreamsApp as StreamsApp
 from .apps.streams._client import CallCancelled as CallCancelled
 from .apps.streams._client import RpcConnection as RpcConnection
 from .apps.streams._client import RpcPool as RpcPool
-from .apps.streams._client import connect as connect
-from .apps.streams._client import connect_rpc as connect_rpc
 from .apps.streams._codec import BytesCodec as BytesCodec
 from .apps.streams._codec import Codec as Codec
 from .apps.streams._codec import FrameError as FrameError
@@ -24,6 +22,8 @@ from .apps.streams._codec import MsgpackCodec as MsgpackCodec
 from .apps.streams._codec import ProtobufCodec as ProtobufCodec
 from .apps.streams._conn import ConnectionClosed as ConnectionClosed
 from .apps.streams._conn import MessageConnection as MessageConnection
+from .apps.streams._dial import connect as connect
+from .apps.streams._dial import connect_rpc as connect_rpc
 from .apps.streams._messages import Fields as Fields
 from .apps.streams._messages import RpcMessages as RpcMessages
 from .apps.streams._server import CallRecord as CallRecord
@@ -52,3 +52,15 @@ __all__ = [
     "connect",
     "connect_rpc",
 ]
+
+
+def _restore_docs() -> None:
+    from .core import _compiled
+
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            _compiled.restore_doc(obj)  # compiled (mypyc): its docstring is in the source only
+
+
+_restore_docs()

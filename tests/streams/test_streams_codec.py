@@ -4,9 +4,11 @@ split at every byte, many to a read; bad prefixes and bodies raise FrameError.""
 # ruff: noqa: E402  (the example directory goes on sys.path before its modules are imported)
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "streams"
 sys.path.insert(0, str(EXAMPLES))  # echo_pb2 and echo_server, as the example imports them
@@ -19,7 +21,7 @@ from google.protobuf.internal.encoder import _VarintBytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monolake.streams import BytesCodec, FrameError, MsgpackCodec, ProtobufCodec
+from monolake.streams import BytesCodec, FrameError, MessageConnection, MsgpackCodec, ProtobufCodec
 
 
 def delimited(msg: echo_pb2.Request) -> bytes:
@@ -91,6 +93,25 @@ def test_protobuf_bad_input() -> None:
     assert out == []
 
 
+def test_protobuf_reads_over_small_read() -> None:
+    """A read of more than SMALL_READ bytes takes the memoryview path; a smaller one is copied once
+    and parsed from bytes: the same messages and the same errors either way."""
+    big = echo_pb2.Request(request_id=9, body=echo_pb2.EchoRequest(message="x" * 70_000))
+    msgs = [echo_pb2.Request(request_id=1), big, echo_pb2.Request(request_id=2)]
+    wire = b"".join(delimited(m) for m in msgs)
+    codec = ProtobufCodec(echo_pb2.Request, max_message_size=100_000)
+    for cut in (0, 1, 5, 70_000, len(wire) - 1):
+        assert feed(codec, [wire[:cut], wire[cut:]]) == msgs
+    out: list[object] = []
+    head = delimited(big)
+    with pytest.raises(FrameError, match="over max_message_size"):
+        codec.decode(memoryview(head + _VarintBytes(100_001)), out)
+    with pytest.raises(FrameError, match="malformed varint"):
+        codec.decode(memoryview(head + b"\xff" * 11), out)
+    with pytest.raises(FrameError, match="undecodable Request"):
+        codec.decode(memoryview(head + b"\x03\xff\xff\xff"), out)
+
+
 def test_msgpack_is_protosocket_messagepacks_framing() -> None:
     class Msg(msgspec.Struct):
         request_id: int
@@ -136,13 +157,60 @@ def test_bytes_codec_small_and_large_reads_split_anywhere() -> None:
     big = b"z" * 100_000  # a read over SMALL_READ starting with a small message
     assert feed(codec, [codec.encode(b"a") + codec.encode(big) + codec.encode(b"b")]) == [b"a", big, b"b"]
     assert codec.encode(bytearray(b"ab")) == codec.encode(memoryview(b"ab")) == b"\x00\x00\x00\x02ab"
-    out: list[bytes] = []
+    buf = bytearray()
     body, mutable = b"q" * 5000, bytearray(b"r" * 5000)
-    assert codec.encode_into(b"ab", out) == 6 and codec.encode_into(body, out) == 5004
-    assert codec.encode_into(mutable, out) == 5004
-    mutable[0] = 0  # queued frames do not share a caller's mutable buffer
-    assert b"".join(out) == codec.encode(b"ab") + codec.encode(body) + codec.encode(b"r" * 5000)
-    assert out[2] is body  # a large bytes goes out as it is, after its prefix
+    assert codec.encode_into(b"ab", buf) == 6 and codec.encode_into(body, buf) == 5004
+    assert codec.encode_into(mutable, buf) == 5004
+    assert buf == codec.encode(b"ab") + codec.encode(body) + codec.encode(b"r" * 5000)
+
+
+class _Writes:
+    """A transport that keeps what it is given to write."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[Any]] = []
+
+    def write(self, data: Any) -> None:
+        self.writes.append([data])
+
+    def writelines(self, items: Any) -> None:
+        self.writes.append(list(items))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+@pytest.mark.parametrize("codec", [BytesCodec(), ProtobufCodec(echo_pb2.Request)], ids=["bytes", "protobuf"])
+def test_a_connection_writes_small_frames_together_and_a_large_body_as_it_is(codec: Any) -> None:
+    async def test() -> None:
+        conn: MessageConnection[Any] = MessageConnection(codec)
+        t = _Writes()
+        conn.connection_made(cast(Any, t))
+        if isinstance(codec, BytesCodec):
+            small, large, mutable = b"ab", b"q" * 20_000, bytearray(b"r" * 5000)
+            msgs: list[Any] = [small, b"", large, mutable, small]
+        else:
+            small = echo_pb2.Request(request_id=1, body=echo_pb2.EchoRequest(message="hi"))
+            large = echo_pb2.Request(request_id=2, body=echo_pb2.EchoRequest(message="x" * 20_000))
+            msgs = [small, small, large, small]
+        for m in msgs:
+            conn.send(m)
+        if isinstance(codec, BytesCodec):
+            mutable[0] = 0  # queued frames do not share a caller's mutable buffer
+            msgs[3] = b"r" * 5000
+        conn._flush()
+        assert len(t.writes) == 1  # one write for the whole batch
+        parts = t.writes[0]
+        assert b"".join(parts) == b"".join(codec.encode(m) for m in msgs)
+        assert len(parts) == 3  # the small frames before the large one, it, the ones after
+        if isinstance(codec, BytesCodec):
+            assert parts[1] is large  # a large bytes goes out as it is, after its prefix
+        assert conn.statistics()["messages_out"] == len(msgs)
+
+    asyncio.run(test())
 
 
 def test_fuzz_rule() -> None:

@@ -265,7 +265,8 @@ def test_a_cancelled_caller_cancels_the_server_call() -> None:
         server.close()
 
 
-def test_leaving_a_stream_early_cancels_it_on_the_server() -> None:
+@pytest.mark.parametrize("how", ["aclose", "break", "task_cancel"])
+def test_leaving_a_stream_early_cancels_it_on_the_server(how: str) -> None:
     ended: list[str] = []
 
     class Endless:
@@ -287,9 +288,27 @@ def test_leaving_a_stream_early_cancels_it_on_the_server() -> None:
         app = rpc_app(Endless())
         _, address = await listen(app)
         conn = await connect_rpc(address, ProtobufCodec(Resp), *RPC)
-        stream = conn.stream(echo_req(0, "y", stream=True))
-        assert (await anext(stream)).stream.message == "y"
-        await stream.aclose()  # sends cancelled(id)
+        if how == "aclose":
+            stream = conn.stream(echo_req(0, "y", stream=True))
+            assert (await anext(stream)).stream.message == "y"
+            await stream.aclose()  # sends cancelled(id)
+        elif how == "break":
+            async for r in conn.stream(echo_req(0, "y", stream=True)):
+                assert r.stream.message == "y"
+                break  # the iterator is dropped here: its finalizer sends cancelled(id)
+        else:
+            got = asyncio.Event()
+
+            async def take() -> None:
+                async for _ in conn.stream(echo_req(0, "y", stream=True)):
+                    got.set()
+                    await asyncio.Event().wait()  # holds the stream open until cancelled
+
+            task = asyncio.ensure_future(take())
+            await got.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
         while not ended:
             await asyncio.sleep(0.01)
         while app.statistics()["in_flight"]:
@@ -376,6 +395,53 @@ def test_plain_calls_answer_in_the_read_and_waiting_ones_are_handed_on(semantics
             assert got.index(b"wait80") > got.index(b"199")  # the slow ones did not hold the rest
         (sconn,) = app.conns
         assert sconn.messages_in == len(msgs) and sconn._in_flight == 0
+        writer.close()
+        server.close()
+
+    run("uvloop", test)
+
+
+def _upper(m: bytes) -> bytes | None:
+    return None if m == b"none" else m.upper()
+
+
+class _Upper:
+    def __call__(self, m: bytes) -> bytes | None:
+        return _upper(m)
+
+
+async def _slow_upper(m: bytes) -> bytes | None:
+    await asyncio.sleep(0)
+    return _upper(m)
+
+
+@pytest.mark.parametrize("hook", [False, True], ids=["plain", "call_hook"])
+@pytest.mark.parametrize("handler", ["function", "class", "returns_coroutine"])
+def test_a_plain_def_handler_answers_without_a_coroutine(handler: str, hook: bool) -> None:
+    from monolake.streams import BytesCodec, CallRecord
+
+    service: Any = {"function": _upper, "class": _Upper(), "returns_coroutine": _slow_upper}[handler]
+    if handler == "returns_coroutine":
+        service = lambda m: _slow_upper(m)  # noqa: E731  (a def whose result is awaitable: awaited)
+    records: list[CallRecord] = []
+
+    async def test() -> None:
+        codec = BytesCodec()
+        app = MessageServerApp("bytes", service, codec, on_call=records.append if hook else None)
+        server, address = await listen(app)
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        msgs = [b"a", b"none", b"bc"] * 50
+        writer.write(b"".join(codec.encode(m) for m in msgs))
+        got = []
+        for _ in range(100):  # "none" gets no reply
+            n = int.from_bytes(await reader.readexactly(4), "big")
+            got.append(await reader.readexactly(n))
+        assert got == [b"A", b"BC"] * 50
+        (sconn,) = app.conns
+        assert sconn.messages_in == len(msgs) and sconn._in_flight == 0
+        assert len(records) == (len(msgs) if hook else 0)
+        assert all(r.outcome == "ok" for r in records)
         writer.close()
         server.close()
 

@@ -67,6 +67,11 @@ MODULES = (
     "monolake.core.service.layers._catch_panic",
     "monolake.core.service.layers._timeout",
     "monolake.core.service.layers._concurrency",
+    "monolake.apps.streams._messages",
+    "monolake.apps.streams._codec",
+    "monolake.apps.streams._conn",
+    "monolake.apps.streams._server",
+    "monolake.apps.streams._client",
 )
 """Compiled with mypyc at install (setup.py), in this order of dependency-free-ness."""
 

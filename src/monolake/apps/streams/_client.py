@@ -22,16 +22,16 @@ them on first use and replacing one that closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from ...core.address import Endpoint, parse_endpoint
-from ...core.client._connect import open_transport
 from ...core.errors import ConfigError
 from ._codec import Codec
-from ._conn import ConnectionClosed, Framed, MessageConnection
+from ._conn import ConnectionClosed, Framed
 from ._messages import END, RpcMessages
 
 T = TypeVar("T")
@@ -59,25 +59,6 @@ def endpoint(address: str | Endpoint, tls: Any = None) -> Endpoint:
 
     ctls = tls if isinstance(tls, ClientTls) else client_tls("tls", tls, default_alpn=())
     return Endpoint(scheme="https", host=ep.host, port=ep.port, path=ep.path, weight=ep.weight, tls=ctls)
-
-
-async def connect(
-    address: str | Endpoint,
-    codec: Codec[T],
-    *,
-    tls: Any = None,
-    connect_timeout: float = 10.0,
-    idle_timeout: float | None = None,
-    max_queued: int = 1024,
-) -> MessageConnection[T]:
-    """A message connection to ``address`` (see ``endpoint`` for ``tls``). Raises ConnectError
-    or ConnectTimeout."""
-    ep = endpoint(address, tls)
-    loop = asyncio.get_running_loop()
-    # open_transport is typed for asyncio.Protocol; a BufferedProtocol goes through the same calls.
-    factory: Any = lambda: MessageConnection(codec, idle_timeout=idle_timeout, max_queued=max_queued)  # noqa: E731
-    _, conn = await open_transport(loop, factory, ep, connect_timeout, {})
-    return cast(MessageConnection[T], conn)
 
 
 class _Stream:
@@ -133,44 +114,12 @@ class RpcConnection(Framed[Resp], Generic[Req, Resp]):
                 self.send(self._requests.cancelled(mid))
             raise
 
-    async def stream(self, request: Req) -> AsyncIterator[Resp]:
-        """Send ``request`` and yield the server's replies until its end message. Raises
-        ConnectionClosed, or CallCancelled when the server cancels. Leaving the iteration
-        early (or being cancelled) cancels the call on the server."""
-        if self.closed:
-            raise ConnectionClosed(f"connection to {self.peer} closed: {self.error or 'closed'}")
-        if self._w_paused:
-            await self.wait_writable()
-        mid = next(self._ids)
-        self._requests.set_message_id(request, mid)
-        st = _Stream()
-        self._streams[mid] = st
-        self.send(request)
-        assert self._loop is not None
-        try:
-            while True:
-                items = st.items
-                while items:
-                    item = items.popleft()
-                    if item is _CANCELLED:
-                        raise CallCancelled(f"call {mid} was cancelled by the server")
-                    self._buffered -= 1
-                    if self._full and self._buffered <= self._max_buffered // 2:
-                        self._set_full(False)
-                    yield item
-                if st.done:
-                    break
-                if self.closed:
-                    raise ConnectionClosed(f"connection to {self.peer} closed: {self.error or 'closed'}")
-                st.waiter = self._loop.create_future()
-                try:
-                    await st.waiter
-                finally:
-                    st.waiter = None
-        finally:
-            if self._streams.pop(mid, None) is not None and not st.done and not self.closed:
-                self._buffered -= len(st.items)
-                self.send(self._requests.cancelled(mid))
+    def stream(self, request: Req) -> RpcStream[Req, Resp]:
+        """Send ``request`` (at the first ``anext``) and yield the server's replies until its end
+        message. Raises ConnectionClosed, or CallCancelled when the server cancels. Leaving the
+        iteration early (``aclose()``, or a ``break`` once the iterator is dropped) or being
+        cancelled cancels the call on the server."""
+        return RpcStream(self, request)
 
     # -- Framed -------------------------------------------------------------------------
 
@@ -235,22 +184,6 @@ class _CancelledMarker:
 _CANCELLED: Any = _CancelledMarker()
 
 
-async def connect_rpc(
-    address: str | Endpoint,
-    codec: Codec[Resp],
-    requests: RpcMessages[Req],
-    responses: RpcMessages[Resp],
-    *,
-    tls: Any = None,
-    connect_timeout: float = 10.0,
-) -> RpcConnection[Req, Resp]:
-    """An ``RpcConnection`` to ``address``. Raises ConnectError or ConnectTimeout."""
-    ep = endpoint(address, tls)
-    factory: Any = lambda: RpcConnection(codec, requests, responses)  # noqa: E731
-    _, conn = await open_transport(asyncio.get_running_loop(), factory, ep, connect_timeout, {})
-    return cast(RpcConnection[Req, Resp], conn)
-
-
 class RpcPool(Generic[Req, Resp]):
     """Calls balanced over ``endpoints`` and ``connections`` connections to each (see the
     module docstring). ``close()`` closes them all."""
@@ -295,6 +228,8 @@ class RpcPool(Generic[Req, Resp]):
             return await asyncio.shield(pending)
         fut: asyncio.Future[RpcConnection[Req, Resp]] = asyncio.get_running_loop().create_future()
         self._opening[key] = fut
+        from ._dial import connect_rpc  # not compiled (its docstring is public): imported late, once
+
         try:
             c = await connect_rpc(
                 ep, self._codec, self._requests, self._responses, connect_timeout=self._connect_timeout
@@ -319,16 +254,9 @@ class RpcPool(Generic[Req, Resp]):
         finally:
             self._balancer.finished(ep)
 
-    async def stream(self, request: Req) -> AsyncIterator[Resp]:
-        """One server-streaming call on a balanced connection."""
-        ep = self._balancer.pick(cast(Any, None))
-        self._balancer.started(ep)
-        try:
-            conn = await self._conn(ep)
-            async for item in conn.stream(request):
-                yield item
-        finally:
-            self._balancer.finished(ep)
+    def stream(self, request: Req) -> PoolStream[Req, Resp]:
+        """One server-streaming call on a balanced connection (see ``RpcConnection.stream``)."""
+        return PoolStream(self, request)
 
     def close(self) -> None:
         """Close every connection (calls in flight on them fail with ConnectionClosed)."""
@@ -344,3 +272,138 @@ class RpcPool(Generic[Req, Resp]):
             for c in slots:
                 if c is not None:
                     await c.wait_closed()
+
+
+class RpcStream(Generic[Req, Resp]):
+    """The replies of one server-streaming call (``RpcConnection.stream``): an async iterator,
+    written as a class (not an async generator) so that mypyc compiles it. The call is sent at
+    the first ``anext``; ending early (``aclose``, a cancel, or the iterator dropped unfinished)
+    sends the server ``cancelled(id)``."""
+
+    def __init__(self, conn: RpcConnection[Req, Resp], request: Req) -> None:
+        self._conn = conn
+        self._request = request
+        self._mid = 0
+        self._st: _Stream | None = None
+        self._over = False
+
+    def __aiter__(self) -> RpcStream[Req, Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        if self._over:
+            raise StopAsyncIteration
+        conn = self._conn
+        try:
+            st = self._st
+            if st is None:
+                st = await self._start()
+            while True:
+                items = st.items
+                if items:
+                    item = items.popleft()
+                    if item is _CANCELLED:
+                        raise CallCancelled(f"call {self._mid} was cancelled by the server")
+                    conn._buffered -= 1
+                    if conn._full and conn._buffered <= conn._max_buffered // 2:
+                        conn._set_full(False)
+                    return cast(Resp, item)
+                if st.done:
+                    break
+                if conn.closed:
+                    raise ConnectionClosed(f"connection to {conn.peer} closed: {conn.error or 'closed'}")
+                assert conn._loop is not None
+                st.waiter = conn._loop.create_future()
+                try:
+                    await st.waiter
+                finally:
+                    st.waiter = None
+        except BaseException:  # a cancel, CallCancelled, ConnectionClosed: the stream is over
+            self._finish()
+            raise
+        self._finish()
+        raise StopAsyncIteration
+
+    async def _start(self) -> _Stream:
+        conn = self._conn
+        if conn.closed:
+            raise ConnectionClosed(f"connection to {conn.peer} closed: {conn.error or 'closed'}")
+        if conn._w_paused:
+            await conn.wait_writable()
+        self._mid = mid = next(conn._ids)
+        conn._requests.set_message_id(self._request, mid)
+        self._st = st = _Stream()
+        conn._streams[mid] = st
+        conn.send(self._request)
+        return st
+
+    def _finish(self) -> None:
+        """The stream is over: forget it; cancel it on the server if it did not end there."""
+        if self._over:
+            return
+        self._over = True
+        st = self._st
+        if st is None:
+            return
+        conn = self._conn
+        if conn._streams.pop(self._mid, None) is not None and not st.done and not conn.closed:
+            conn._buffered -= len(st.items)
+            conn.send(conn._requests.cancelled(self._mid))
+
+    async def aclose(self) -> None:
+        """Stop iterating: the server is told to cancel the call if it has not ended it."""
+        self._finish()
+
+    def __del__(self) -> None:
+        # What an async generator's finalizer does after a ``break``: the call ends on the server.
+        if not self._over and self._st is not None:
+            with contextlib.suppress(Exception):  # the loop is gone (interpreter exit): nothing to tell
+                self._finish()
+
+
+class PoolStream(Generic[Req, Resp]):
+    """One server-streaming call of an ``RpcPool``: the endpoint is picked and its connection
+    opened at the first ``anext``; it counts as in flight on that endpoint until the stream ends."""
+
+    def __init__(self, pool: RpcPool[Req, Resp], request: Req) -> None:
+        self._pool = pool
+        self._request = request
+        self._ep: Endpoint | None = None
+        self._inner: RpcStream[Req, Resp] | None = None
+        self._over = False
+
+    def __aiter__(self) -> PoolStream[Req, Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        if self._over:
+            raise StopAsyncIteration
+        try:
+            inner = self._inner
+            if inner is None:
+                pool = self._pool
+                self._ep = ep = pool._balancer.pick(cast(Any, None))
+                pool._balancer.started(ep)
+                conn = await pool._conn(ep)
+                self._inner = inner = conn.stream(self._request)
+            return await inner.__anext__()
+        except BaseException:  # StopAsyncIteration included: the stream is over
+            self._finish()
+            raise
+
+    def _finish(self) -> None:
+        if self._over:
+            return
+        self._over = True
+        if self._ep is not None:
+            self._pool._balancer.finished(self._ep)
+        if self._inner is not None:
+            self._inner._finish()
+
+    async def aclose(self) -> None:
+        self._finish()
+
+    def __del__(self) -> None:
+        if not self._over and self._ep is not None:
+            with contextlib.suppress(Exception):
+                self._finish()

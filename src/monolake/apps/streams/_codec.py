@@ -22,7 +22,7 @@ The codecs shipped are stateless, so one object serves every connection:
 from __future__ import annotations
 
 from struct import Struct
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -31,15 +31,15 @@ from ...core.errors import RemoteProtocolError
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
-_U32 = Struct(">I")
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+_U32: Final = Struct(">I")
+DEFAULT_MAX_MESSAGE_SIZE: Final = 4 * 1024 * 1024
 """Bytes of one message (its body, without the length prefix) accepted by default."""
-SMALL_READ = 64 * 1024
-SMALL_MESSAGE = 1024
+SMALL_READ: Final = 64 * 1024
+SMALL_MESSAGE: Final = 1024
 """``BytesCodec`` copies received bytes up to SMALL_READ at once when the first message is under
 SMALL_MESSAGE bytes (see its ``decode``)."""
-_PREFIX = [_U32.pack(n) for n in range(SMALL_MESSAGE)]
-_ONE_BYTE = [bytes((n,)) for n in range(0x80)]  # one-byte varints
+_PREFIX: Final = [_U32.pack(n) for n in range(SMALL_MESSAGE)]
+_ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]  # one-byte varints
 """The length prefixes of small messages, made once (an index, not a pack call, per message)."""
 
 
@@ -61,9 +61,9 @@ class Codec(Protocol[T]):
         took. Raises FrameError."""
         ...
 
-    # Optional: ``encode_into(message, out: list, /) -> int`` appends the frame to ``out`` as one
-    # or more buffers (a prefix and the body itself: no copy to join them) and returns its size;
-    # a connection uses it instead of ``encode`` when the codec has it.
+    # Optional: ``encode_into(message, buf: bytearray, /) -> int`` appends the frame to ``buf`` (the
+    # write buffer of the frames of one loop iteration) and returns its size; a connection uses it
+    # instead of ``encode`` when the codec has it (no bytes object per frame).
 
 
 def encode_varint(n: int) -> bytes:
@@ -98,6 +98,8 @@ class ProtobufCodec(Generic[T]):
 
     def decode(self, view: memoryview, out: list[T], /) -> int:
         end = len(view)
+        if end <= SMALL_READ:  # one copy of a small read, then bytes reads (compiled: no object per byte)
+            return _split_varint(view.tobytes(), end, self.max_message_size, self._parse, self.message_type, out)
         pos = 0
         limit = self.max_message_size
         parse = self._parse
@@ -133,6 +135,43 @@ class ProtobufCodec(Generic[T]):
                 raise FrameError(f"undecodable {getattr(self.message_type, '__name__', 'message')}: {exc}") from None
             pos = stop
         return pos
+
+
+def _split_varint(src: bytes, end: int, limit: int, parse: Any, message_type: Any, out: list[Any]) -> int:
+    """``ProtobufCodec.decode`` of a small read, copied to ``src`` (the same loop, on bytes)."""
+    pos = 0
+    while pos < end:
+        b = src[pos]
+        if b < 0x80:
+            n = b
+            start = pos + 1
+        else:
+            n = b & 0x7F
+            shift = 7
+            i = pos + 1
+            while True:
+                if i >= end:
+                    return pos
+                b = src[i]
+                n |= (b & 0x7F) << shift
+                i += 1
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift > 63:
+                    raise FrameError("malformed varint length prefix (more than 10 bytes)")
+            start = i
+        if n > limit:
+            raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
+        stop = start + n
+        if stop > end:
+            return pos
+        try:
+            out.append(parse(src[start:stop]))
+        except Exception as exc:
+            raise FrameError(f"undecodable {getattr(message_type, '__name__', 'message')}: {exc}") from None
+        pos = stop
+    return pos
 
 
 class MsgpackCodec(Generic[T]):
@@ -186,18 +225,12 @@ class BytesCodec:
         frame: bytes = (_PREFIX[n] if n < SMALL_MESSAGE else _U32.pack(n)) + message  # one copy: no bytes() first
         return frame
 
-    def encode_into(self, message: Any, out: list[Any], /) -> int:
-        """Queue the frame of ``message`` on ``out``: a large ``bytes`` as its prefix and itself
-        (the transport writes both in one syscall; the body is not copied), anything else joined
-        (a small one, or a mutable buffer the caller may reuse once ``send`` returns)."""
+    def encode_into(self, message: Any, buf: bytearray, /) -> int:
+        """Append the frame of ``message`` to ``buf`` (a connection frames ``BytesCodec``'s
+        messages itself, the same way, and writes a large ``bytes`` without copying it)."""
         n = len(message)
-        if n < SMALL_MESSAGE:
-            out.append(_PREFIX[n] + message)
-        elif type(message) is not bytes:
-            out.append(_U32.pack(n) + message)
-        else:
-            out.append(_U32.pack(n))
-            out.append(message)
+        buf += _PREFIX[n] if n < SMALL_MESSAGE else _U32.pack(n)
+        buf += message
         return n + 4
 
     def decode(self, view: memoryview, out: list[bytes], /) -> int:
@@ -205,20 +238,42 @@ class BytesCodec:
         if end < 4:
             return 0
         limit = self.max_message_size
+        if end <= SMALL_READ:
+            # Small messages from a read of at most SMALL_READ bytes: one copy of the read, then a
+            # bytes slice per message (cheaper than a memoryview slice and a bytes() of it).
+            src = view.tobytes()
+            if _u32_at(src, 0) < SMALL_MESSAGE:
+                return _split(src, end, limit, out)
+        # Larger ones are copied once each, straight from the view.
         unpack = _U32.unpack_from
-        # Small messages from a read of at most SMALL_READ bytes: one copy of the read, then a
-        # bytes slice per message (cheaper than a memoryview slice and a bytes() of it). Larger
-        # ones are copied once each, straight from the view.
-        src: Any = view.tobytes() if end <= SMALL_READ and unpack(view, 0)[0] < SMALL_MESSAGE else view
-        small = src is not view
         pos = 0
         while end - pos >= 4:
-            (n,) = unpack(src, pos)
+            (n,) = unpack(view, pos)
             if n > limit:
                 raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
             stop = pos + 4 + n
             if stop > end:
                 break
-            out.append(src[pos + 4 : stop] if small else bytes(src[pos + 4 : stop]))
+            out.append(bytes(view[pos + 4 : stop]))
             pos = stop
         return pos
+
+
+def _u32_at(src: bytes, pos: int) -> int:
+    """The big-endian u32 at ``pos`` (compiled: four byte reads, no tuple as from a Struct)."""
+    return (src[pos] << 24) | (src[pos + 1] << 16) | (src[pos + 2] << 8) | src[pos + 3]
+
+
+def _split(src: bytes, end: int, limit: int, out: list[bytes]) -> int:
+    """``BytesCodec.decode`` of a small read, copied to ``src``: a slice of it per message."""
+    pos = 0
+    while end - pos >= 4:
+        n = (src[pos] << 24) | (src[pos + 1] << 16) | (src[pos + 2] << 8) | src[pos + 3]
+        if n > limit:
+            raise FrameError(f"message of {n} bytes is over max_message_size ({limit})")
+        stop = pos + 4 + n
+        if stop > end:
+            break
+        out.append(src[pos + 4 : stop])
+        pos = stop
+    return pos

@@ -10,11 +10,12 @@ most once, and a read of many small messages costs one decode call. While reads 
 all the space offered, the buffer grows to ``BULK_BUFFER`` (fewer, larger reads), and
 goes back once a read is small.
 
-Sending encodes at once and queues the frame; the queue goes out with one
-``writelines`` per loop iteration (a ``call_soon`` armed by the first send of the
+Sending encodes at once and appends the frame to one ``bytearray`` (a frame of
+``COPY_UNDER`` bytes or more is queued as it is, not copied); the queue goes out
+with one write per loop iteration (a ``call_soon`` armed by the first send of the
 iteration, or at the end of the read that produced the sends), so a burst of
-replies is one syscall; past ``FLUSH_AT`` queued bytes it goes out at once, so a
-producer that never yields still meets the transport's backpressure.
+replies is one buffer and one syscall; past ``FLUSH_AT`` queued bytes it goes out
+at once, so a producer that never yields still meets the transport's backpressure.
 
 Backpressure both ways. Out: when the transport's buffer passes its high-water mark
 (``pause_writing``), ``writable`` turns False and ``wait_writable()`` blocks until it
@@ -35,27 +36,30 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from ...core.errors import RemoteProtocolError
-from ._codec import Codec, FrameError
+from ._codec import _PREFIX, _U32, SMALL_MESSAGE, BytesCodec, Codec, FrameError
 
 log = logging.getLogger("monolake.streams")
 
 T = TypeVar("T")
 
-INITIAL_BUFFER = 64 * 1024
-MIN_READ = 16 * 1024
+INITIAL_BUFFER: Final = 64 * 1024
+MIN_READ: Final = 16 * 1024
 """Free bytes offered to a read at least; the buffer is compacted or grown below it."""
-BULK_BUFFER = 256 * 1024
+BULK_BUFFER: Final = 256 * 1024
 """The buffer a connection grows to while reads fill all the space offered (bulk traffic: fewer,
 larger reads and writes); it goes back to INITIAL_BUFFER once a read finds the peer slower."""
-FLUSH_AT = 64 * 1024
+FLUSH_AT: Final = 64 * 1024
 """Queued bytes that go out at once instead of at the end of the loop iteration: a producer that
 never yields meets the transport's backpressure in steps of this much."""
-FLUSH_IN_READ = 256 * 1024
+FLUSH_IN_READ: Final = 256 * 1024
 """The same for replies made while a read is handled (they go out at its end): one write for the
 replies of a whole bulk read (BULK_BUFFER)."""
+COPY_UNDER: Final = 16 * 1024
+"""An encoded frame under this many bytes is copied into the write buffer shared by the frames of
+a loop iteration; a larger one is written as it is."""
 MAX_QUEUED = 1024
 """Messages a ``MessageConnection`` holds for ``recv`` before reading pauses."""
 
@@ -79,14 +83,19 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
     def __init__(self, codec: Codec[T], *, idle_timeout: float | None = None, label: str = "") -> None:
         self.codec = codec
         self._encode = codec.encode
-        self._encode_into: Callable[[Any, list[Any]], int] | None = getattr(codec, "encode_into", None)
+        self._encode_into: Callable[[Any, bytearray], int] | None = getattr(codec, "encode_into", None)
+        self._raw: BytesCodec | None = codec if type(cast(Any, codec)) is BytesCodec else None  # type: ignore[assignment]
+        """A BytesCodec: its frames are made here, inline (no call per message)."""
         self._decode = codec.decode
         self._buf = bytearray(INITIAL_BUFFER)
         self._start = 0
         self._end = 0
         self._offered = 0
         self._grow = False
-        self._out: list[bytes] = []
+        self._out: list[Any] = []
+        """Buffers queued before ``_acc`` (large frames, and the small ones before them)."""
+        self._acc = bytearray()
+        """Small frames queued: a new bytearray after each write (the transport may keep it)."""
         self._out_bytes = 0
         self._out_msgs = 0
         self._flush_armed = False
@@ -129,13 +138,38 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
         await ``wait_writable()`` between sends."""
         if self.closed:
             return
-        into = self._encode_into
-        if into is None:
-            data = self._encode(message)
-            self._out.append(data)
-            n = self._out_bytes + len(data)  # messages_out and bytes_out are counted at the flush
+        # Small frames are appended to one bytearray (no object per frame, one buffer per
+        # write); a large one goes on the list as it is (its body is not copied).
+        acc = self._acc
+        raw = self._raw
+        if raw is not None:
+            size = len(message)
+            if size < SMALL_MESSAGE:
+                acc += _PREFIX[size]
+                acc += message
+            elif type(message) is bytes:
+                acc += _U32.pack(size)
+                self._out.append(acc)
+                self._out.append(message)
+                self._acc = bytearray()
+            else:  # a mutable buffer the caller may reuse once send returns: copied now
+                acc += _U32.pack(size)
+                acc += message
+            size += 4
         else:
-            n = self._out_bytes + into(message, self._out)
+            into = self._encode_into
+            if into is not None:
+                size = into(message, acc)
+            else:
+                data = self._encode(message)
+                size = len(data)
+                if size < COPY_UNDER:
+                    acc += data
+                else:
+                    self._out.append(acc)
+                    self._out.append(data)
+                    self._acc = bytearray()
+        n = self._out_bytes + size  # messages_out and bytes_out are counted at the flush
         self._out_bytes = n
         self._out_msgs += 1
         if n >= FLUSH_AT and (n >= FLUSH_IN_READ or not self._in_read):
@@ -254,7 +288,7 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
                 self._deliver(out)
             finally:
                 self._in_read = False
-            if self._out and not self._flush_armed:
+            if self._out_msgs and not self._flush_armed:
                 self._flush()
 
     def eof_received(self) -> bool | None:
@@ -276,6 +310,8 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
             self._idle_timer.cancel()
             self._idle_timer = None
         self._out.clear()
+        self._acc = bytearray()
+        self._out_bytes = self._out_msgs = 0
         for fut in self._writers:
             if not fut.done():
                 fut.set_exception(ConnectionClosed(f"connection to {self.peer} closed"))
@@ -343,22 +379,26 @@ class Framed(asyncio.BufferedProtocol, Generic[T]):
 
     def _flush(self) -> None:
         self._flush_armed = False
-        out = self._out
-        if not out:
+        if not self._out_msgs:
             return
+        acc = self._acc
+        out = self._out
+        self._acc = bytearray()
         t = self._transport
         if t is None or t.is_closing():
             out.clear()
             self._out_bytes = self._out_msgs = 0
             return
-        self._out = []
         self.messages_out += self._out_msgs
         self.bytes_out += self._out_bytes
         self._out_bytes = self._out_msgs = 0
-        if len(out) == 1:
-            t.write(out[0])
-        else:
-            t.writelines(out)
+        if not out:
+            t.write(acc)
+            return
+        self._out = []
+        if acc:
+            out.append(acc)
+        t.writelines(out)
 
     def _check_idle(self) -> None:
         self._idle_timer = None

@@ -4,7 +4,9 @@ A ``CallConnection`` decodes messages (``Framed``) and hands each to the server'
 handler, a ``Service[Req, Reply]``: the framework's layers (timeout, concurrency
 limit, catch-panic) wrap it like any other. What the handler returns is sent back:
 a message (one reply), an async iterable (a server stream: every item, in order),
-or None (no reply).
+or None (no reply). A handler may also be a plain ``def`` (a function, or a class with a
+``def __call__``) that returns its reply: what it returns is used as it is, and only an
+awaitable is awaited, so a handler that needs no I/O costs no coroutine per message.
 
 Calls run on a few worker tasks per connection, not a task per message: "ordered"
 semantics is one worker (replies leave in the order the messages came), "concurrent"
@@ -39,12 +41,14 @@ import asyncio
 import contextvars
 import logging
 import time
+import types
 from asyncio.tasks import _enter_task, _leave_task
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal, cast
 
+from ...core._compiled import WeakReferable
 from ...core._resume import Resume
 from ...core.errors import DeadlineExceeded, Overloaded
 from ...core.server._lifecycle import DrainSignal
@@ -90,6 +94,19 @@ class RejectCall(Exception):
     (protosocket-rpc's ``RpcKind::Cancelled``). Without RPC it closes the connection."""
 
 
+_COROUTINE: Final = types.CoroutineType
+
+
+def handler_call(service: Any) -> Callable[[Any], Any]:
+    """How a connection calls ``service`` per message: an instance of a Python class through its
+    ``__call__`` as a bound method (calling the instance goes through the type's call slot,
+    which looks the method up and packs the arguments in a tuple, every time)."""
+    fn = getattr(type(service), "__call__", None)  # noqa: B004 (the method itself, not callability)
+    if isinstance(fn, types.FunctionType):
+        return cast(Callable[[Any], Any], types.MethodType(fn, service))
+    return cast(Callable[[Any], Any], service)
+
+
 _DONE = object()
 """``_inline``'s mark for a batch that ran to its end."""
 
@@ -116,6 +133,7 @@ class CallConnection(Framed[Any]):
         super().__init__(app.codec, idle_timeout=app.settings.idle_timeout, label=f"servers.{app.name}")
         self._app = app
         self._service = app.service
+        self._call_fn = handler_call(app.service)
         self._rpc = app.requests
         self._replies = app.responses
         self._max_workers = 1 if app.settings.semantics == "ordered" else app.settings.max_in_flight
@@ -259,7 +277,6 @@ class CallConnection(Framed[Any]):
         assert loop is not None
         # No ids and no call hook: nothing to record per call, so the call is inlined here.
         plain = self._rpc is None and self._on_call is None
-        service = self._service
         me = asyncio.current_task()
         assert me is not None
         try:
@@ -273,7 +290,7 @@ class CallConnection(Framed[Any]):
                         if not plain:
                             await self._call(message, me)
                         else:
-                            await self._plain_call(message, service)
+                            await self._plain_call(message)
                     finally:
                         self._ready += 1
                 if self._draining or self.closed:
@@ -361,8 +378,7 @@ class CallConnection(Framed[Any]):
         """``_batch`` for a plain handler (no ids, no call hook): the reply is sent as soon as
         the handler returns. The batch counts its messages in flight at once; ``_inline`` takes
         back those it moves on when a call waits (``box.end`` then stops this loop)."""
-        service = self._service
-        send = self.send
+        call = self._call_fn
         messages = box.messages
         i = start = box.next
         self._in_flight += box.end - i
@@ -373,13 +389,19 @@ class CallConnection(Framed[Any]):
                 i += 1
                 box.next = i
                 try:
-                    result = await service(m)
+                    # A handler's coroutine is awaited (another awaitable too: a compiled service's);
+                    # a plain ``def``'s reply is taken as it is, with no coroutine at all.
+                    result = call(m)
+                    if type(result) is _COROUTINE or (
+                        result is not None and type(result) is not reply_type and hasattr(result, "__await__")
+                    ):
+                        result = await result
                     if type(result) is reply_type and not self._w_paused:
-                        send(result)  # no hasattr per message: it costs an AttributeError when False
+                        self.send(result)  # no hasattr per message: it costs an AttributeError when False
                     elif result is None or self._w_paused or hasattr(result, "__aiter__"):
                         await self._reply(0, result)
                     else:
-                        send(result)
+                        self.send(result)
                         reply_type = type(result)
                 except asyncio.CancelledError:
                     if not self.closed:
@@ -391,10 +413,14 @@ class CallConnection(Framed[Any]):
         finally:
             self._in_flight -= i - start
 
-    async def _plain_call(self, message: Any, service: Service[Any, Any]) -> None:
+    async def _plain_call(self, message: Any) -> None:
         """One call of a plain handler, by a worker from the queue."""
         try:
-            result = await service(message)
+            result = self._call_fn(message)
+            if type(result) is _COROUTINE or (
+                result is not None and type(result) is not self._reply_type and hasattr(result, "__await__")
+            ):
+                result = await result
             if type(result) is self._reply_type and not self._w_paused:
                 self.send(result)
             else:
@@ -428,7 +454,11 @@ class CallConnection(Framed[Any]):
             if task is not None:
                 self._running[mid] = task
         try:
-            result = await self._service(message)
+            result = self._call_fn(message)
+            if type(result) is _COROUTINE or (
+                result is not None and type(result) is not self._reply_type and hasattr(result, "__await__")
+            ):
+                result = await result
             if type(result) is self._reply_type and not self._w_paused:
                 if self._replies is not None:
                     self._replies.set_message_id(result, mid)
@@ -545,7 +575,7 @@ class CallConnection(Framed[Any]):
         self.send(self._replies.cancelled(mid))
 
 
-class MessageServerApp:
+class MessageServerApp(WeakReferable):  # WeakReferable: the metrics sample apps weakly
     """One message server (listener) in one worker: the runtime's ``ServerApp``.
 
     ``service`` is either called per message (``per_message=True``: a ``CallConnection``
