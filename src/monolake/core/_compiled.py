@@ -67,6 +67,7 @@ MODULES = (
     "monolake.core.service.layers._catch_panic",
     "monolake.core.service.layers._timeout",
     "monolake.core.service.layers._concurrency",
+    "monolake.core.proto._varint",
     "monolake.apps.streams._messages",
     "monolake.apps.streams._codec",
     "monolake.apps.streams._conn",

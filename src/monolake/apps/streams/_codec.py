@@ -27,6 +27,8 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import msgspec
 
 from ...core.errors import RemoteProtocolError
+from ...core.proto._varint import SMALL as _ONE_BYTE
+from ...core.proto._varint import encode_varint
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -39,7 +41,6 @@ SMALL_MESSAGE: Final = 1024
 """``BytesCodec`` copies received bytes up to SMALL_READ at once when the first message is under
 SMALL_MESSAGE bytes (see its ``decode``)."""
 _PREFIX: Final = [_U32.pack(n) for n in range(SMALL_MESSAGE)]
-_ONE_BYTE: Final = [bytes((n,)) for n in range(0x80)]  # one-byte varints
 """The length prefixes of small messages, made once (an index, not a pack call, per message)."""
 
 
@@ -64,18 +65,6 @@ class Codec(Protocol[T]):
     # Optional: ``encode_into(message, buf: bytearray, /) -> int`` appends the frame to ``buf`` (the
     # write buffer of the frames of one loop iteration) and returns its size; a connection uses it
     # instead of ``encode`` when the codec has it (no bytes object per frame).
-
-
-def encode_varint(n: int) -> bytes:
-    """``n`` (>= 0) as a protobuf base-128 varint."""
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class ProtobufCodec(Generic[T]):
