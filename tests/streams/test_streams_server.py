@@ -448,6 +448,52 @@ def test_a_plain_def_handler_answers_without_a_coroutine(handler: str, hook: boo
     run("uvloop", test)
 
 
+@pytest.mark.parametrize("handler", ["function", "class", "async_def"])
+def test_a_plain_def_handler_under_layers_is_awaited_for_them(handler: str) -> None:
+    """Layers await what they wrap: the builder puts a plain ``def`` handler under a coroutine
+    (``AwaitPlain``), and leaves an ``async def`` one as it is."""
+    from monolake.apps.streams._app import StreamsApp, _Awaited
+    from monolake.core.service.layers import ConcurrencyLimitLayer, TimeoutLayer
+    from monolake.streams import BytesCodec
+
+    service: Any = {"function": _upper, "class": _Upper(), "async_def": _slow_upper}[handler]
+
+    class Make(Factory[Any]):
+        def make(self, old: Any) -> Any:
+            return service
+
+    spec = StreamsApp(
+        name="up",
+        listen="127.0.0.1:0",
+        factory=Make(),
+        codec=BytesCodec(),
+        layers=[TimeoutLayer(30.0), ConcurrencyLimitLayer(8)],
+    )
+
+    async def test() -> None:
+        app = spec.build_app(spec.server_settings(), None)
+        leaf = app.service
+        while hasattr(leaf, "inner"):
+            if isinstance(leaf, _Awaited):
+                break
+            leaf = leaf.inner
+        assert isinstance(leaf, _Awaited) == (handler != "async_def")
+        server, address = await listen(app)
+        host, port = address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        codec = BytesCodec()
+        writer.write(b"".join(codec.encode(m) for m in [b"a", b"none", b"bc"] * 10))
+        got = []
+        for _ in range(20):  # "none" gets no reply
+            n = int.from_bytes(await reader.readexactly(4), "big")
+            got.append(await reader.readexactly(n))
+        assert got == [b"A", b"BC"] * 10
+        writer.close()
+        server.close()
+
+    run("uvloop", test)
+
+
 def test_reading_pauses_when_calls_in_flight_reach_the_bound() -> None:
     async def test() -> None:
         h = Parked()

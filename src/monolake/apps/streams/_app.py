@@ -13,6 +13,7 @@ failed one: ``cancelled(id)`` with RPC, a closed connection without).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -49,6 +50,38 @@ def load_object(spec: str, where: str, *, base_dir: str | None, modules: Mapping
 
     make_importable(base_dir)
     return load(spec, where, modules)
+
+
+class _Awaited:
+    """A plain ``def`` handler under layers: its reply awaited only when it is awaitable (a layer
+    awaits the service it wraps, so the handler's own no-coroutine call cannot be kept there)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, req: Any, /) -> Any:
+        reply = self.inner(req)
+        if inspect.isawaitable(reply):
+            return await reply
+        return reply
+
+
+class AwaitPlain(Layer[Any, Any]):
+    """Innermost under layers: a handler whose call is not a coroutine function is wrapped in
+    ``_Awaited``; an ``async def`` one is left as it is. Added by the builders only when there are
+    layers (without any, the server calls a plain ``def`` directly)."""
+
+    def layer(self, inner: Any) -> Any:
+        if inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(type(inner).__call__):
+            return inner
+        return _Awaited(inner)
+
+
+def with_layers(layers: Sequence[Layer[Any, Any]]) -> list[Layer[Any, Any]]:
+    """``layers`` with ``AwaitPlain`` innermost, when there are any."""
+    return [*layers, AwaitPlain()] if layers else []
 
 
 def make_codec(kind: str, message: Any, max_message_size: int) -> Codec[Any]:
@@ -107,7 +140,7 @@ def build_streams_app(
     codec = make_codec(st.codec, message, st.max_message_size)
     prev = old.service if isinstance(old, MessageServerApp) else None
     try:
-        service = Stack([*server_layers(server), *layers], factory).build(prev)
+        service = Stack(with_layers([*server_layers(server), *layers]), factory).build(prev)
     except ConfigError as exc:
         raise ConfigError(f"{where}.handler", f"stack: {exc}") from None
     settings = StreamSettings(
@@ -181,7 +214,7 @@ class StreamsApp(Generic[S]):
         """The worker's app (``monolake.serve``'s builder calls it; a reload passes the running one)."""
         name = self.name
         prev = old.service if isinstance(old, MessageServerApp) else None
-        service = Stack(self.layers, self.factory).build(prev)
+        service = Stack(with_layers(self.layers), self.factory).build(prev)
         req, resp = self.rpc if self.rpc is not None else (None, None)
         return MessageServerApp(
             name,
