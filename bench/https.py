@@ -92,7 +92,13 @@ def nginx_conf(tmp: Path, name: str, port: int, origin_port: int, tls: tuple[Pat
 
 
 def monolake_conf(
-    tmp: Path, name: str, port: int, origin_port: int, backend: str | None, tls: tuple[Path, Path]
+    tmp: Path,
+    name: str,
+    port: int,
+    origin_port: int,
+    backend: str | None,
+    tls: tuple[Path, Path],
+    loop: str = "uvloop",
 ) -> Path:
     conf = tmp / f"{name}.toml"
     section = ""
@@ -105,7 +111,7 @@ certificates = [{{ chain = "{tls[0]}", key = "{tls[1]}" }}]
     conf.write_text(f"""[runtime]
 workers = 1
 cpu_affinity = false
-loop = "uvloop"
+loop = "{loop}"
 drain_timeout = 2.0
 
 [upstreams.origin]
@@ -128,7 +134,11 @@ def start(procs: Procs, tmp: Path, name: str, port: int, origin_port: int, tls: 
         wait_port(port, alive=proc.popen)
         return proc
     backend = None if name.endswith("-http") else name.removeprefix("monolake-")
-    conf = monolake_conf(tmp, name, port, origin_port, backend, tls)
+    return start_conf(procs, name, monolake_conf(tmp, name, port, origin_port, backend, tls), port)
+
+
+def start_conf(procs: Procs, name: str, conf: Path, port: int) -> Proc:
+    """A monolake proxy from ``conf`` on the proxy's core, once it says it is ready."""
     proc = procs.start(name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], PROXY_CPU)
     wait_port(port, alive=proc.popen)
     deadline = time.monotonic() + 20
