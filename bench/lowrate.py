@@ -178,7 +178,7 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"`python -m bench.lowrate --rates {args.rates} --seconds {args.seconds} --rounds {args.rounds} "
         f"--conns {args.conns}`; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; commit "
         f"{results['machine'].get('monolake_commit', '?')}; medians of {args.rounds} interleaved rounds; "
-        f"load average at start and end {results['loadavg']}.",
+        f"load average at start and end {results['loadavg']}; monolake ran {results['build']}.",
         "",
         "ticks = utime+stime from /proc (what bench.load/bench.https quote); on CPU = schedstat run time (exact); "
         "wake-ups = the worker's voluntary context switches (the loop blocked with nothing to do, then woke).",
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [p for p in PROXIES if p in args.proxies.split(",")]
     results: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "runs": []}
     results["loadavg"] = [[round(x, 2) for x in os.getloadavg()]]
+    results["build"] = https.compiled_build()
     with tempfile.TemporaryDirectory(prefix="bench-lowrate-") as d:
         tmp = Path(d)
         tmp.chmod(0o755)
