@@ -19,6 +19,11 @@ A proxy whose per-request CPU rises at the low rate while its wake-ups per reque
 cost per wake-up (loop iteration, epoll, the scheduler's switch, caches refilled after the idle gap); the
 fit ``cpu/req = a + b * wakeups/req`` over the two rates gives that cost ``b`` and the per-request part ``a``.
 
+Without hardware counters, ``cold_penalty`` answers "same instructions, more cycles?" directly: the CPU
+time of one fixed piece of interpreter work right after an idle gap of 0.2, 2.5 and 12.5 ms (the gap
+between a connection's requests at 20k and 4k req/s over 50 connections) against the same work right
+after it.
+
 Results: bench/results/lowrate-<UTC time>.json and .md. Timings never gate CI.
 """
 
@@ -158,6 +163,48 @@ def one(
     return out
 
 
+def _work() -> int:
+    """A fixed piece of interpreter work (~10 µs hot): dicts, tuples, bytes, splits."""
+    d: dict[str, tuple[int, bytes]] = {}
+    for i in range(60):
+        d[str(i)] = (i, b"x" * 10)
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".split(b"\r\n")
+    return len(d)
+
+
+def cold_penalty(cpu: int = 1, gaps_ms: tuple[float, ...] = (0.0, 0.2, 2.5, 12.5)) -> list[dict[str, float]]:
+    """The same instructions after an idle gap (no hardware counters needed): CPU time (thread_time) of
+    the first and the second ``_work()`` after sleeping ``gap`` ms, pinned to the proxy's core. What the
+    first costs above the second is the price of running cold (caches and TLB refilled after other work
+    ran or the core idled, frequency ramp-up) that a proxy pays per wake-up and per connection touched."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    out = []
+    try:
+        for gap in gaps_ms:
+            first: list[int] = []
+            second: list[int] = []
+            for _ in range(int(min(2000, 1500 / (gap + 0.05)))):
+                if gap:
+                    time.sleep(gap / 1000)
+                t0 = time.thread_time_ns()
+                _work()
+                t1 = time.thread_time_ns()
+                _work()
+                first.append(t1 - t0)
+                second.append(time.thread_time_ns() - t1)
+            out.append(
+                {
+                    "gap_ms": gap,
+                    "first_us": statistics.median(first) / 1000,
+                    "second_us": statistics.median(second) / 1000,
+                }
+            )
+    finally:
+        os.sched_setaffinity(0, before)
+    return out
+
+
 def summarize(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     keys = ("tick_us", "user_us", "sys_us", "run_us", "wakeups_per_req", "preempted_per_req", "p50_us", "p99_us")
     keys += ("achieved_rps", "others_cpu1", "instructions_per_req", "cycles_per_req")
@@ -197,6 +244,17 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"| {r['run_us']:.1f} | {w:.3f} | {1 / w if w else 0:.1f} | {r['p50_us'] / 1000:.2f} | {ins} "
                 f"| {r['others_cpu1']:.0f} |"
             )
+    cold = results.get("cold_penalty")
+    if cold:
+        lines += [
+            "",
+            "The same interpreter work (bench.lowrate._work) after an idle gap, on the proxy's core: CPU µs of the "
+            "first call after the gap and of the second right after it (thread_time, medians):",
+            "",
+            "| idle gap ms | first call µs | second call µs |",
+            "|--:|--:|--:|",
+            *[f"| {c['gap_ms']:g} | {c['first_us']:.1f} | {c['second_us']:.1f} |" for c in cold],
+        ]
     if not results.get("hw_counters"):
         lines += ["", "perf: this CPU exposes no hardware counters (instructions, cycles): not supported here."]
     return "\n".join(lines) + "\n"
@@ -242,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.stop_all()
     results["loadavg"].append([round(x, 2) for x in os.getloadavg()])
+    results["cold_penalty"] = cold_penalty()
     results["summary"] = summarize(results["runs"])
     results["hw_counters"] = any("instructions_per_req" in r for r in results["runs"])
     out = Path(args.out)
