@@ -308,9 +308,11 @@ class _CappedObject(ssl.SSLObject):
     layer reads again while data is pending, so the cap loses nothing."""
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        # Straight to the C object, as SSLObject.read does: no frame added per read.
+        sslobj = self._sslobj  # type: ignore[attr-defined]
         if buffer is not None:
-            return super().read(len, buffer)
-        return super().read(len if len < READ_MAX else READ_MAX)
+            return sslobj.read(len, buffer)
+        return sslobj.read(len if len < READ_MAX else READ_MAX)
 
 
 class _ListenerObject(_CappedObject):
