@@ -222,17 +222,20 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# CPU per request at a low and a high offered rate (plain HTTP/1.1 proxy, 128 B)",
         "",
-        f"`python -m bench.lowrate --rates {args.rates} --seconds {args.seconds} --rounds {args.rounds} "
-        f"--conns {args.conns}`; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; commit "
+        f"`python -m bench.lowrate {f'--points {args.points}' if args.points else f'--rates {args.rates}'} "
+        f"--seconds {args.seconds} --rounds {args.rounds} --conns {args.conns}`; {results.get('when', '?')} UTC; "
+        "commit "
         f"{results['machine'].get('monolake_commit', '?')}; medians of {args.rounds} interleaved rounds; "
         f"load average at start and end {results['loadavg']}; monolake ran {results['build']}.",
         "",
         "ticks = utime+stime from /proc (what bench.load/bench.https quote); on CPU = schedstat run time (exact); "
-        "wake-ups = the worker's voluntary context switches (the loop blocked with nothing to do, then woke).",
+        "wake-ups = the worker's voluntary context switches (the loop blocked with nothing to do, then woke); "
+        "⚠ = did not complete the offered rate (the worker's core was saturated: its CPU per request is then "
+        "the busy-loop cost, not the offered rate's).",
         "",
         "| proxy | rate | conns | ms between a connection's requests | µs/req (ticks) | user | sys "
-        "| µs/req on CPU | wake-ups/req | req/wake-up | p50 ms | instr/req | others' % core 1 |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| µs/req on CPU | wake-ups/req | req/wake-up | p50 ms | req/s done | instr/req | others' % core 1 |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, rows in results["summary"].items():
         for r in rows:
@@ -241,7 +244,8 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
             lines.append(
                 f"| {name} | {r['rate']} | {r['conns']} | {1000 * r['conns'] / r['rate']:.1f} | {r['tick_us']:.1f} "
                 f"| {r['user_us']:.1f} | {r['sys_us']:.1f} "
-                f"| {r['run_us']:.1f} | {w:.3f} | {1 / w if w else 0:.1f} | {r['p50_us'] / 1000:.2f} | {ins} "
+                f"| {r['run_us']:.1f} | {w:.3f} | {1 / w if w else 0:.1f} | {r['p50_us'] / 1000:.2f} "
+                f"| {r['achieved_rps']:.0f}{'' if r['kept_up'] else ' ⚠'} | {ins} "
                 f"| {r['others_cpu1']:.0f} |"
             )
     cold = results.get("cold_penalty")
@@ -284,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [p for p in PROXIES if p in args.proxies.split(",")]
     results: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "runs": []}
     results["loadavg"] = [[round(x, 2) for x in os.getloadavg()]]
+    results["when"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     results["build"] = https.compiled_build()
     with tempfile.TemporaryDirectory(prefix="bench-lowrate-") as d:
         tmp = Path(d)
