@@ -39,13 +39,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .load import configs, drive, machine
-from .load.procs import Proc, Procs, free_port, wait_port
+from .load.procs import Proc, Procs, free_port, hw_counters, perf_counters, wait_port
 
 RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
@@ -287,9 +288,22 @@ def _one(
     port = free_port()
     proc = start(procs, tmp, name, port, origin_port, tls)
     https = not name.endswith("-http")
+    counted: dict[str, Any] = {}
+    counter = None
+    if hw_counters():  # instructions per request over the main phase, where the CPU can count them
+
+        def count() -> None:
+            time.sleep(1.7)
+            t0 = time.time()
+            counted.update(perf_counters(worker_pid(proc), args.seconds - 1.2) or {})
+            counted["span"] = time.time() - t0
+
+        counter = threading.Thread(target=count)
     try:
         results["tls"][name] = probe(port, https)
         scheme = "https" if https else "http"
+        if counter is not None:
+            counter.start()
         r: dict[str, Any] = drive.h2load_fixed(
             f"{scheme}://127.0.0.1:{port}/body/128",
             args.seconds,
@@ -299,15 +313,20 @@ def _one(
             origin.pids(),
             cpu=LOAD_CPU,
         )
+        if counter is not None:
+            counter.join()
     finally:
         procs.stop(proc)
     r.update(proxy=name, round=rnd)
+    if counted.get("instructions"):
+        r["instructions_per_req"] = counted["instructions"] / max(1.0, r["achieved_rps"] * counted["span"])
     others = r["others_busy_pct"]
     print(
         f"{name:17} round {rnd}: {r['user_us']:.1f} user + {r['sys_us']:.1f} sys µs/req, "
         f"p99 {r['p99_us'] / 1000:.2f} ms, {r['achieved_rps']:.0f}/{r['offered_rps']} req/s, "
         f"failed {r['failed']} errored {r['errored']} non-2xx {r['non_2xx']}, "
-        f"others' cpu0/1 {others['cpu0']:.0f}/{others['cpu1']:.0f}%",
+        f"others' cpu0/1 {others['cpu0']:.0f}/{others['cpu1']:.0f}%"
+        + (f", {r['instructions_per_req']:.0f} instructions/req" if "instructions_per_req" in r else ""),
         flush=True,
     )
     return r
@@ -462,6 +481,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         med[name] = {
             k: statistics.median(float(r[k]) for r in rs) for k in ("user_us", "sys_us", "total_us", "p50_us", "p99_us")
         }
+        if all("instructions_per_req" in r for r in rs):
+            med[name]["instructions_per_req"] = statistics.median(float(r["instructions_per_req"]) for r in rs)
         med[name]["kept_up"] = float(all(r["kept_up"] for r in rs))
         med[name]["failed"] = float(sum(int(r["failed"]) + int(r["errored"]) + int(r["non_2xx"]) for r in rs))
         med[name]["achieved_rps"] = statistics.median(float(r["achieved_rps"]) for r in rs)
@@ -506,6 +527,14 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
             f"| {'yes' if r['kept_up'] else 'no'} | {int(r['failed'])} "
             f"| {r.get('others_cpu0', 0):.0f}/{r.get('others_cpu1', 0):.0f} |"
         )
+    counted = [r for r in rows if "instructions_per_req" in r]
+    if counted:
+        lines += [
+            "",
+            "Instructions per request of the worker (perf stat over the main phase): "
+            + ", ".join(f"{r['proxy']} {r['instructions_per_req']:.0f}" for r in counted)
+            + ".",
+        ]
     by = {r["proxy"]: r for r in rows}
     if all(k in by for k in ("monolake-openssl", "monolake-http", "nginx", "nginx-http")):
         lines += [

@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +43,7 @@ from typing import Any
 
 from . import https
 from .load import configs, drive, machine
-from .load.procs import Procs, cpu_of, free_port, wait_port
+from .load.procs import Procs, cpu_of, free_port, perf_counters, wait_port
 
 PROXIES = {"monolake-uvloop": "uvloop", "monolake-io_uring": "io_uring", "nginx": None}
 
@@ -65,22 +63,6 @@ def sample(pid: int) -> dict[str, float]:
         "invol": float(status["nonvoluntary_ctxt_switches"]),
         "threads": float(len(tasks)),
     }
-
-
-def perf_counters(pid: int, seconds: float) -> dict[str, float] | None:
-    """instructions and cycles of ``pid`` over ``seconds``, None when the counters are not supported."""
-    if shutil.which("perf") is None:
-        return None  # the caller waits out the window
-    out = subprocess.run(
-        ["perf", "stat", "-x", ",", "-e", "instructions,cycles", "-p", str(pid), "--", "sleep", f"{seconds:.2f}"],
-        capture_output=True, text=True, timeout=seconds + 30, check=False,
-    ).stderr  # fmt: skip
-    got: dict[str, float] = {}
-    for line in out.splitlines():
-        f = line.split(",")
-        if len(f) >= 3 and f[2] in ("instructions", "cycles") and f[0].replace(".", "").isdigit():
-            got[f[2]] = float(f[0])
-    return got or None
 
 
 def one(
