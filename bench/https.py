@@ -39,13 +39,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .load import configs, drive, machine
-from .load.procs import Proc, Procs, free_port, wait_port
+from .load.procs import Proc, Procs, free_port, hw_counters, perf_counters, wait_port
 
 RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
@@ -92,7 +93,13 @@ def nginx_conf(tmp: Path, name: str, port: int, origin_port: int, tls: tuple[Pat
 
 
 def monolake_conf(
-    tmp: Path, name: str, port: int, origin_port: int, backend: str | None, tls: tuple[Path, Path]
+    tmp: Path,
+    name: str,
+    port: int,
+    origin_port: int,
+    backend: str | None,
+    tls: tuple[Path, Path],
+    loop: str = "uvloop",
 ) -> Path:
     conf = tmp / f"{name}.toml"
     section = ""
@@ -105,7 +112,7 @@ certificates = [{{ chain = "{tls[0]}", key = "{tls[1]}" }}]
     conf.write_text(f"""[runtime]
 workers = 1
 cpu_affinity = false
-loop = "uvloop"
+loop = "{loop}"
 drain_timeout = 2.0
 
 [upstreams.origin]
@@ -128,7 +135,11 @@ def start(procs: Procs, tmp: Path, name: str, port: int, origin_port: int, tls: 
         wait_port(port, alive=proc.popen)
         return proc
     backend = None if name.endswith("-http") else name.removeprefix("monolake-")
-    conf = monolake_conf(tmp, name, port, origin_port, backend, tls)
+    return start_conf(procs, name, monolake_conf(tmp, name, port, origin_port, backend, tls), port)
+
+
+def start_conf(procs: Procs, name: str, conf: Path, port: int) -> Proc:
+    """A monolake proxy from ``conf`` on the proxy's core, once it says it is ready."""
     proc = procs.start(name, [sys.executable, "-m", "monolake.product.cli", "run", "-c", str(conf)], PROXY_CPU)
     wait_port(port, alive=proc.popen)
     deadline = time.monotonic() + 20
@@ -213,6 +224,18 @@ def record_layer_us(backend: str, tls: tuple[Path, Path], n: int = 20000) -> dic
     return {"us": round(statistics.median(batches), 2), "version": server.version(), "cipher": server.cipher()[0]}
 
 
+def compiled_build() -> str:
+    """Whether the proxies run the mypyc-compiled hot path or pure Python (and why), asked of a
+    fresh interpreter with the proxies' environment: the two differ by ~30% CPU per request, so
+    no result is readable without it."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from monolake.core import _compiled as c; print(c.COMPILED, '|', c.WHY_PURE)"],
+        capture_output=True, text=True, timeout=60, check=False,
+    ).stdout.strip()  # fmt: skip
+    compiled, _, why = (x.strip() for x in out.partition("|"))
+    return "compiled (mypyc)" if compiled == "True" else f"pure Python ({why or out or '?'})"
+
+
 def worker_pid(proc: Proc) -> int:
     """The process doing the work: monolake's worker (the supervisor's child), nginx's worker."""
     pids = proc.pids()
@@ -222,6 +245,7 @@ def worker_pid(proc: Proc) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine.info(), "args": vars(args), "runs": [], "tls": {}, "profiles": {}}
     results["loadavg"] = [[round(x, 2) for x in os.getloadavg()]]
+    results["build"] = compiled_build()
     with tempfile.TemporaryDirectory(prefix="bench-https-") as d:
         tmp = Path(d)
         tmp.chmod(0o755)
@@ -264,9 +288,22 @@ def _one(
     port = free_port()
     proc = start(procs, tmp, name, port, origin_port, tls)
     https = not name.endswith("-http")
+    counted: dict[str, Any] = {}
+    counter = None
+    if hw_counters():  # instructions per request over the main phase, where the CPU can count them
+
+        def count() -> None:
+            time.sleep(1.7)
+            t0 = time.time()
+            counted.update(perf_counters(worker_pid(proc), args.seconds - 1.2) or {})
+            counted["span"] = time.time() - t0
+
+        counter = threading.Thread(target=count)
     try:
         results["tls"][name] = probe(port, https)
         scheme = "https" if https else "http"
+        if counter is not None:
+            counter.start()
         r: dict[str, Any] = drive.h2load_fixed(
             f"{scheme}://127.0.0.1:{port}/body/128",
             args.seconds,
@@ -276,15 +313,20 @@ def _one(
             origin.pids(),
             cpu=LOAD_CPU,
         )
+        if counter is not None:
+            counter.join()
     finally:
         procs.stop(proc)
     r.update(proxy=name, round=rnd)
+    if counted.get("instructions"):
+        r["instructions_per_req"] = counted["instructions"] / max(1.0, r["achieved_rps"] * counted["span"])
     others = r["others_busy_pct"]
     print(
         f"{name:17} round {rnd}: {r['user_us']:.1f} user + {r['sys_us']:.1f} sys µs/req, "
         f"p99 {r['p99_us'] / 1000:.2f} ms, {r['achieved_rps']:.0f}/{r['offered_rps']} req/s, "
         f"failed {r['failed']} errored {r['errored']} non-2xx {r['non_2xx']}, "
-        f"others' cpu0/1 {others['cpu0']:.0f}/{others['cpu1']:.0f}%",
+        f"others' cpu0/1 {others['cpu0']:.0f}/{others['cpu1']:.0f}%"
+        + (f", {r['instructions_per_req']:.0f} instructions/req" if "instructions_per_req" in r else ""),
         flush=True,
     )
     return r
@@ -439,6 +481,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         med[name] = {
             k: statistics.median(float(r[k]) for r in rs) for k in ("user_us", "sys_us", "total_us", "p50_us", "p99_us")
         }
+        if all("instructions_per_req" in r for r in rs):
+            med[name]["instructions_per_req"] = statistics.median(float(r["instructions_per_req"]) for r in rs)
         med[name]["kept_up"] = float(all(r["kept_up"] for r in rs))
         med[name]["failed"] = float(sum(int(r["failed"]) + int(r["errored"]) + int(r["non_2xx"]) for r in rs))
         med[name]["achieved_rps"] = statistics.median(float(r["achieved_rps"]) for r in rs)
@@ -460,7 +504,7 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
         f"`python -m bench.https --seconds {args.seconds} --rounds {args.rounds} --rate {args.rate} "
         f"--conns {args.conns}{f' --profile {args.profile}' if args.profile else ''}`; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; commit {info.get('monolake_commit', '?')}; "
-        f"medians of {args.rounds} interleaved rounds.",
+        f"medians of {args.rounds} interleaved rounds; monolake ran {results.get('build', '?')}.",
         "",
         f"Origin nginx and `h2load --h1` on core 0, the proxy (1 worker, uvloop) on core 1; {args.rate} req/s "
         f"offered over {args.conns} keep-alive connections, GET of a 128-byte body; CPU = the proxy's user+sys "
@@ -483,6 +527,14 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
             f"| {'yes' if r['kept_up'] else 'no'} | {int(r['failed'])} "
             f"| {r.get('others_cpu0', 0):.0f}/{r.get('others_cpu1', 0):.0f} |"
         )
+    counted = [r for r in rows if "instructions_per_req" in r]
+    if counted:
+        lines += [
+            "",
+            "Instructions per request of the worker (perf stat over the main phase): "
+            + ", ".join(f"{r['proxy']} {r['instructions_per_req']:.0f}" for r in counted)
+            + ".",
+        ]
     by = {r["proxy"]: r for r in rows}
     if all(k in by for k in ("monolake-openssl", "monolake-http", "nginx", "nginx-http")):
         lines += [

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -187,3 +189,31 @@ class Procs:
                 self.stop(proc)
             except Exception as exc:  # keep stopping the others
                 print(f"bench: stopping {proc.name} (pid {proc.pid}): {exc}")
+
+
+def perf_counters(pid: int, seconds: float) -> dict[str, float] | None:
+    """instructions and cycles of ``pid`` over ``seconds``, None when the counters are not supported."""
+    if shutil.which("perf") is None:
+        return None  # the caller waits out the window
+    out = subprocess.run(
+        ["perf", "stat", "-x", ",", "-e", "instructions,cycles", "-p", str(pid), "--", "sleep", f"{seconds:.2f}"],
+        capture_output=True, text=True, timeout=seconds + 30, check=False,
+    ).stderr  # fmt: skip
+    got: dict[str, float] = {}
+    for line in out.splitlines():
+        f = line.split(",")
+        if len(f) >= 3 and f[2] in ("instructions", "cycles") and f[0].replace(".", "").isdigit():
+            got[f[2]] = float(f[0])
+    return got or None
+
+
+@functools.cache
+def hw_counters() -> bool:
+    """Whether ``perf stat`` can count instructions here (many VMs expose no hardware counters)."""
+    if shutil.which("perf") is None:
+        return False
+    out = subprocess.run(
+        ["perf", "stat", "-x", ",", "-e", "instructions", "--", "true"],
+        capture_output=True, text=True, timeout=30, check=False,
+    ).stderr  # fmt: skip
+    return any(line.split(",")[0].isdigit() for line in out.splitlines())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import ssl
@@ -248,3 +249,49 @@ def test_reload_refuses_to_switch_backend(files: Path, caplog: pytest.LogCapture
         running.adopt(ServerTlsContexts("servers.web.tls", _tls(files, backend="rustls")))
     assert running.select(None) is before and running.cfg.backend == "openssl"
     assert "servers.web.tls.backend: switching 'openssl' to 'rustls' takes effect on a new listener" in caplog.text
+
+
+def test_listener_reads_are_capped_and_lose_nothing(files: Path, ca: trustme.CA, backend: str) -> None:
+    """uvloop's SSL layer asks a listener's SSL object for 256 KiB per read: each read returns at
+    most ``READ_MAX`` (what it allocates), and reading on while data is pending gets everything."""
+    from monolake.core.tls import READ_MAX
+
+    server_ctx = ServerTlsContexts("servers.web.tls", _tls(files, backend=backend)).ssl_context
+    client_ctx = ssl.create_default_context(cafile=str(files / "ca.pem"))
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="a.example")
+    for _ in range(10):
+        for obj in (client, server):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                obj.do_handshake()
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    sent = os.urandom(3 * READ_MAX + 1000)
+    client.write(sent)
+    s_in.write(c_out.read())
+    got, reads = [], 0
+    while s_in.pending or server.pending():
+        try:
+            piece = server.read(256 * 1024)
+        except ssl.SSLWantReadError:
+            break
+        assert 0 < len(piece) <= READ_MAX
+        got.append(piece)
+        reads += 1
+    assert b"".join(got) == sent
+    assert reads >= 4
+    assert type(server).read is not ssl.SSLObject.read  # OpenSSL: the cap is on what read allocates
+    out = bytearray(1000)  # a read into a buffer is left to the buffer's size
+    client.write(b"y" * 500)
+    s_in.write(c_out.read())
+    assert server.read(len(out), out) == 500
+
+
+def test_upstream_openssl_reads_are_capped(files: Path) -> None:
+    from monolake.core.tls import READ_MAX
+
+    ctx = client_tls("upstreams.a.tls", UpstreamTls(ca=str(files / "ca.pem"))).context
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="a.example")
+    assert type(obj).read is not ssl.SSLObject.read
+    assert READ_MAX <= 128 * 1024  # below glibc's default mmap threshold

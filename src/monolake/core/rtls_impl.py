@@ -37,6 +37,7 @@ import rtls
 from rtls._object import TLSObject
 
 from .proto.tls_hello import server_name
+from .tls import READ_MAX
 
 
 class ServerTlsContexts(Protocol):
@@ -128,9 +129,10 @@ class ServerObject(TLSObject):
     def read(self, n: int = -1, buffer: bytearray | None = None) -> bytes | int:
         """As rtls' ``read``, but the client's close_notify reads as the end of the stream (b"" or
         0, as with ``ssl.SSLObject``), where rtls says "want read" forever. The loop's TLS layer
-        then calls ``eof_received`` and shuts down."""
+        then calls ``eof_received`` and shuts down. A read without a buffer asks for at most
+        ``tls.READ_MAX`` (uvloop asks for 256 KiB, which rtls allocates before decrypting)."""
         try:
-            return super().read(n, buffer)
+            return super().read(n if buffer is not None or 0 < n <= READ_MAX else READ_MAX, buffer)
         except rtls.SSLWantReadError:
             if self._peer_closed():
                 self._eof_read = True
@@ -182,7 +184,7 @@ class ClientObject(TLSObject):
 
     def read(self, n: int = -1, buffer: bytearray | None = None) -> bytes | int:
         try:
-            return super().read(n, buffer)
+            return super().read(n if buffer is not None or 0 < n <= READ_MAX else READ_MAX, buffer)
         except rtls.SSLWantReadError:
             if self._peer_closed():
                 self._eof_read = True
