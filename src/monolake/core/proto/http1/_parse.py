@@ -108,6 +108,21 @@ _VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 
+_LOWERED: Final[dict[bytes, bytes]] = {}
+"""Field names as sent -> lowercased, for the first ``_LOWERED_MAX`` names (of up to 64 bytes) a worker sees: a
+client sends the same few names in every request, and a lookup (the lowered name shared, its
+hash already known for the set and list searches after it) costs less than ``lower()``. Names
+past the bound are lowered per field, as before it."""
+_LOWERED_MAX: Final = 512
+
+
+def _lowered(name: bytes) -> bytes:
+    lname = name.lower()
+    if len(_LOWERED) < _LOWERED_MAX and len(name) <= 64:
+        _LOWERED[name] = lname
+    return lname
+
+
 def _request_version(parser: Any) -> bytes:
     version = _VERSIONS.get(parser.get_http_version())
     if version is None:
@@ -257,7 +272,9 @@ class RequestReader:
             raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
+        lname = _LOWERED.get(name)
+        if lname is None:
+            lname = _lowered(name)
         if lname in _REQUEST_SPECIAL:
             self._special(name, lname, value)
         elif self._in_head:
