@@ -850,3 +850,27 @@ def test_max_body_bytes_zero_means_unlimited() -> None:
     body = b"x" * 200_000
     msgs = feed_pieces([head("Host: a", f"Content-Length: {len(body)}", start="POST / HTTP/1.1", body=body)])
     assert msgs[0].body == body
+
+
+# --- field names: the lowered-name cache -------------------------------------------------------
+
+
+def test_field_names_past_the_lowered_name_cache() -> None:
+    # The reader keeps a bounded number of lowered names (of bounded length) per worker; names past
+    # the bound, long names and hop-by-hop names in any case are handled as any other.
+    many = [f"X-Name-{i}: {i}" for i in range(700)]
+    long = "X-" + "Long" * 40
+    data = head("Host: a", *many, f"{long}: v", "CONNECTION: X-Name-3", "Te: trailers")
+    msgs = feed_pieces([data, data], max_headers=1000, max_header_bytes=1 << 20)
+    assert len(msgs) == 2
+    for m in msgs:
+        h = m.req.headers
+        assert h.get("x-name-699") == b"699" and h.get(long.lower()) == b"v"
+        assert b"x-name-3" not in h and h.names()[:2] == [b"host", b"x-name-0"]
+        assert len(h) == 1 + 699 + 1
+        assert m.req.hop_headers is not None and {n for n, _ in m.req.hop_headers} == {
+            b"connection",
+            b"te",
+            b"x-name-3",
+        }
+        assert m.req.keep_alive and m.req.version == b"1.1"

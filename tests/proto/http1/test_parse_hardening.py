@@ -113,6 +113,28 @@ def test_http2_request_line_is_505() -> None:
     reject(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505)
 
 
+@pytest.mark.parametrize("connection", [b"keep-alive", b"close", b"X-A, keep-alive"])
+def test_http2_request_line_with_connection_is_505(connection: bytes) -> None:
+    # The version is read from llhttp's keep-alive answer when there is no Connection field; with
+    # one, HTTP/2.0 must still be told apart from 1.x.
+    reject(b"GET / HTTP/2.0\r\nHost: a\r\nConnection: " + connection + b"\r\n\r\n", 505)
+
+
+def test_version_per_pipelined_request() -> None:
+    # Each message's version is its own, whatever the one before it was.
+    r = Recorder()
+    r.feed(
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: a\r\n\r\nGET /d HTTP/0.9\r\nHost: a\r\n\r\n"
+    )
+    assert [(q.target, q.version, q.keep_alive) for q in r.reqs] == [
+        (b"/a", b"1.1", True),
+        (b"/b", b"1.0", True),
+        (b"/c", b"1.1", True),
+        (b"/d", b"1.0", False),
+    ]
+
+
 def test_http2_connect_is_505() -> None:
     r = Recorder()
     r.tunnels = True

@@ -108,6 +108,29 @@ _VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0", "0.9": b"1.0"}
 _PLAIN_TOKENS: Final = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 
+_LOWERED: Final[dict[bytes, bytes]] = {}
+"""Field names as sent -> lowercased, for the first ``_LOWERED_MAX`` names (of up to 64 bytes) a worker sees: a
+client sends the same few names in every request, and a lookup (the lowered name shared, its
+hash already known for the set and list searches after it) costs less than ``lower()``. Names
+past the bound are lowered per field, as before it."""
+_LOWERED_MAX: Final = 512
+
+
+def _lowered(name: bytes) -> bytes:
+    lname = name.lower()
+    if len(_LOWERED) < _LOWERED_MAX and len(name) <= 64:
+        _LOWERED[name] = lname
+    return lname
+
+
+def _request_version(parser: Any) -> bytes:
+    version = _VERSIONS.get(parser.get_http_version())
+    if version is None:
+        # llhttp takes HTTP/2.0 (and refuses 3.0, 1.2): only 1.x is served here (RFC 9110 §15.6.6).
+        raise RemoteProtocolError("HTTP version not supported", status_hint=505, source=Source.DOWNSTREAM)
+    return version
+
+
 def _upstream_error(text: str) -> RemoteProtocolError:
     return RemoteProtocolError(text, status_hint=502, source=Source.UPSTREAM)
 
@@ -249,7 +272,9 @@ class RequestReader:
             raise RemoteProtocolError("request line too long", status_hint=414, source=Source.DOWNSTREAM)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
+        lname = _LOWERED.get(name)
+        if lname is None:
+            lname = _lowered(name)
         if lname in _REQUEST_SPECIAL:
             self._special(name, lname, value)
         elif self._in_head:
@@ -314,17 +339,17 @@ class RequestReader:
             if size > self.max_header_bytes:
                 raise RemoteProtocolError("request head too large", status_hint=431, source=Source.DOWNSTREAM)
         parser = self._parser
-        version = _VERSIONS.get(parser.get_http_version())
-        if version is None:
-            # llhttp takes HTTP/2.0 (and refuses 3.0, 1.2): only 1.x is served here (RFC 9110 §15.6.6).
-            raise RemoteProtocolError("HTTP version not supported", status_hint=505, source=Source.DOWNSTREAM)
+        keep_alive = parser.should_keep_alive()
+        tokens = self._conn_tokens
+        # llhttp takes only 0.9, 1.0, 1.1 and 2.0, and keeps a request without a Connection field
+        # alive only for 1.1: the common request's version without get_http_version(), which
+        # formats a str per call.
+        version = b"1.1" if keep_alive and tokens is None else _request_version(parser)
         method = parser.get_method()
         if method == b"CONNECT":
             self._connect_received()
             return
-        keep_alive = parser.should_keep_alive()
         headers = Headers(raw, lower=self._lower)
-        tokens = self._conn_tokens
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             self._hop = _take_connection_listed(headers, tokens, self._hop)
         host = self._host
