@@ -396,6 +396,20 @@ def test_keep_alive_from_several_connection_lines(start: str, connections: list[
 
 
 @pytest.mark.parametrize(
+    ("start", "line", "keep_alive"),
+    [
+        ("HTTP/1.1 200 OK", "Proxy-Connection: close", False),
+        ("HTTP/1.0 200 OK", "Proxy-Connection: keep-alive", True),
+        ("HTTP/1.1 200 OK", "Proxy-Connection: keep-alive", True),
+    ],
+)
+def test_proxy_connection_counts_for_keep_alive_as_llhttp_reads_it(start: str, line: str, keep_alive: bool) -> None:
+    msgs = feed_pieces([resp("Content-Length: 1", line, "X-A: 1", body=b"x", start=start)])
+    assert msgs[0].resp.keep_alive is keep_alive
+    assert msgs[0].resp.headers.raw == [(b"X-A", b"1")]  # and it names no field to drop
+
+
+@pytest.mark.parametrize(
     ("start", "connection", "keep_alive"),
     [("HTTP/1.0 200 OK", "keep-alive-x", False), ("HTTP/1.1 200 OK", "closed", True)],
 )

@@ -579,6 +579,7 @@ class ResponseReader:
         cl: int | None = None
         chunked = until_close = False
         tokens: bytes | None = None
+        ka_tokens: bytes | None = None  # for keep-alive: Connection's and Proxy-Connection's
         block, cut = _cut_hop_by_hop(nblock)
         hop: list[tuple[bytes, bytes]] | None = cut
         if cut:
@@ -593,6 +594,13 @@ class ResponseReader:
                     chunked, until_close = final, not final
                 elif lname == b"connection":
                     tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
+                elif lname == b"proxy-connection":
+                    # llhttp reads it as Connection for keep-alive; its tokens name no fields.
+                    ka_tokens = value.lower() if ka_tokens is None else ka_tokens + b"," + value.lower()
+            if ka_tokens is not None and tokens is not None:
+                ka_tokens = tokens + b"," + ka_tokens
+            elif tokens is not None:
+                ka_tokens = tokens
         # From the status line llhttp validated ("HTTP/d.d", the only protocol name starting
         # with H): get_http_version() formats a str per call.
         minor = buf[pos + 7] if buf[pos] == 72 and buf[pos + 5] == 49 else 0
@@ -600,24 +608,24 @@ class ResponseReader:
             version = b"1.1" if minor == 49 else b"1.0"
             # llhttp's verdict (should_keep_alive) without the call: from the version and the
             # Connection tokens; a body that ends at EOF is ruled out below.
-            if tokens is None:
+            if ka_tokens is None:
                 keep_alive = version == b"1.1"
             elif version == b"1.1":
-                keep_alive = not _has_token(tokens, b"close")
+                keep_alive = not _has_token(ka_tokens, b"close")
             else:
-                keep_alive = _has_token(tokens, b"keep-alive")
+                keep_alive = _has_token(ka_tokens, b"keep-alive")
         else:
             version = _VERSIONS.get(parser.get_http_version(), b"1.1")
             # llhttp's verdict: version, Connection tokens, and whether the body ends at EOF;
             # the last is wrong for a HEAD response, which llhttp cannot know has no body.
             keep_alive = parser.should_keep_alive()
             if not keep_alive and self.expect_no_body:
-                if tokens is None:
+                if ka_tokens is None:
                     keep_alive = version == b"1.1"
                 elif version == b"1.1":
-                    keep_alive = not _has_token(tokens, b"close")
+                    keep_alive = not _has_token(ka_tokens, b"close")
                 else:
-                    keep_alive = _has_token(tokens, b"keep-alive")
+                    keep_alive = _has_token(ka_tokens, b"keep-alive")
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             headers = Headers(parse_block(block))
             hop = _take_connection_listed(headers, tokens, hop)
