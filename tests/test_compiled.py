@@ -192,7 +192,7 @@ def test_slices_that_would_end_before_they_start_are_guarded() -> None:
     guard theirs (a status line without a reason is covered by the response reader tests)."""
     from monolake.core.proto.http1._parse import _cut_hop_by_hop, _reason
 
-    assert _cut_hop_by_hop(b"A: b\r\nConnection:\nX: y\r\n") == (b"A: b\r\nX: y\r\n", [(b"connection", b"")])
+    assert _cut_hop_by_hop(b"\nA: b\r\nConnection:\nX: y\r\n") == (b"A: b\r\nX: y\r\n", [(b"connection", b"")])
     assert _reason(b"HTTP/1.1 200\r\n", 0, 12) == b""
     assert _reason(b"HTTP/1.1 200 OK\r\n", 0, 15) == b"OK"
 

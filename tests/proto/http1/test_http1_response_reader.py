@@ -379,6 +379,37 @@ def test_keep_alive(start: str, connection: str | None, keep_alive: bool) -> Non
 
 
 @pytest.mark.parametrize(
+    ("start", "connections", "keep_alive"),
+    [
+        ("HTTP/1.1 200 OK", ["keep-alive", "close"], False),
+        ("HTTP/1.1 200 OK", ["Keep-Alive , Close"], False),
+        ("HTTP/1.1 200 OK", ["X-A", "X-B"], True),
+        ("HTTP/1.0 200 OK", ["X-A", "keep-alive"], True),
+        ("HTTP/1.0 200 OK", ["X-A, Keep-Alive"], True),
+        ("HTTP/1.0 200 OK", ["X-A"], False),
+    ],
+)
+def test_keep_alive_from_several_connection_lines(start: str, connections: list[str], keep_alive: bool) -> None:
+    lines = ["Content-Length: 1", *(f"Connection: {c}" for c in connections)]
+    msgs = feed_pieces([resp(*lines, body=b"x", start=start)])
+    assert msgs[0].resp.keep_alive is keep_alive
+
+
+@pytest.mark.parametrize(
+    ("start", "line", "keep_alive"),
+    [
+        ("HTTP/1.1 200 OK", "Proxy-Connection: close", False),
+        ("HTTP/1.0 200 OK", "Proxy-Connection: keep-alive", True),
+        ("HTTP/1.1 200 OK", "Proxy-Connection: keep-alive", True),
+    ],
+)
+def test_proxy_connection_counts_for_keep_alive_as_llhttp_reads_it(start: str, line: str, keep_alive: bool) -> None:
+    msgs = feed_pieces([resp("Content-Length: 1", line, "X-A: 1", body=b"x", start=start)])
+    assert msgs[0].resp.keep_alive is keep_alive
+    assert msgs[0].resp.headers.raw == [(b"X-A", b"1")]  # and it names no field to drop
+
+
+@pytest.mark.parametrize(
     ("start", "connection", "keep_alive"),
     [("HTTP/1.0 200 OK", "keep-alive-x", False), ("HTTP/1.1 200 OK", "closed", True)],
 )
@@ -410,6 +441,30 @@ def test_hop_by_hop_and_connection_listed_headers_are_dropped() -> None:
         (b"x-a", b"1"),
     ]
     assert parse_one(resp("X-B: 2", "Content-Length: 0")).resp.hop_headers == [(b"content-length", b"0")]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["Content-Length: 0"],
+        ["Content-Length: 0", "X-B: 2"],
+        ["X-B: 2", "Content-Length: 0"],
+        ["X-A: 1", "CONTENT-LENGTH: 0", "Connection: keep-alive", "X-B: 2"],
+        ["Connection: close", "Content-Length: 0", "X-A: 1", "Upgrade: x", "Te: y", "x-b: 2"],
+        ["keep-alive: timeout=5", "Content-Length:0", "TRAILER: X-T"],
+        ["X-Content-Length: 3", "X-Connection: a", "Content-Type: a/b", "Content-Length: 0"],
+    ],
+)
+def test_the_kept_wire_block_is_the_end_to_end_lines_as_sent(lines: list[str]) -> None:
+    """Hop-by-hop lines first, last, together or alone: the block forwarded as it came holds
+    exactly the other lines, in their case and order."""
+    hop = {"connection", "content-length", "keep-alive", "upgrade", "te", "trailer"}
+    (m,) = feed_pieces([resp(*lines)])  # one feed: a split feed still cuts one whole head
+    kept = [line for line in lines if line.split(":")[0].lower() not in hop]
+    assert m.resp.headers.block == "".join(f"{line}\r\n" for line in kept).encode()
+    assert [name for name, _ in m.resp.hop_headers or ()] == [
+        line.split(":")[0].lower().encode() for line in lines if line not in kept
+    ]
 
 
 def test_non_chunked_transfer_encoding_is_close_delimited() -> None:

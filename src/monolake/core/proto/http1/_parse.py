@@ -65,33 +65,37 @@ end: the next line's leading newline stays for the next match. The pattern start
 literal, so sre jumps from line start to line start."""
 
 
-def _cut_hop_by_hop(block: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """Remove hop-by-hop lines from a validated header block; return the rest and the
-    removed (lowercased name, value) pairs."""
-    low = b"\n" + block.lower()
+def _cut_hop_by_hop(nblock: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Remove hop-by-hop lines from a validated header block given with a newline in front
+    (the status line's LF: sliced from the buffer, no concatenation); return the block without
+    that newline and those lines, and the removed (lowercased name, value) pairs."""
     # One split call, no match object: [text, name, ws, value, text, name, ws, value, text...].
-    # Offsets in ``low`` are those of ``orig``, which gives back the original case.
-    parts = _HOP_SPLIT.split(low)
+    # Offsets in the lowered copy are those of ``nblock``, which gives back the original case.
+    parts = _HOP_SPLIT.split(nblock.lower())
     n = len(parts)
     if n == 1:
-        return block, []
-    orig = b"\n" + block
+        return nblock[1:], []
     found = []
-    text = parts[0]
-    kept = [orig[: len(text)]]
-    at = len(text)
+    kept = []
+    at = len(parts[0])
+    # Each kept piece is newline + lines; the first one kept loses its newline (``skip``).
+    skip = 1
+    if at > 1:
+        kept.append(nblock[1:at])
+        skip = 0
     i = 1
     while i < n:
         name = parts[i]
         vstart = at + len(name) + len(parts[i + 1]) + 2
         at = vstart + len(parts[i + 2])
-        found.append((name, orig[vstart:at].strip(b" \t\r")))
-        text = parts[i + 3]
-        kept.append(orig[at : at + len(text)])
-        at += len(text)
+        found.append((name, nblock[vstart:at].strip(b" \t\r")))
+        size = len(parts[i + 3])
+        if size > skip:
+            kept.append(nblock[at + skip : at + size])
+            skip = 0
+        at += size
         i += 4
-    # The kept lines are each newline + line; the block is each line + newline.
-    return b"".join(kept)[1:], found
+    return b"".join(kept), found
 
 
 _REQUEST_SPECIAL: Final = HOP_BY_HOP | {b"host"}
@@ -569,7 +573,8 @@ class ResponseReader:
         self._in_head = False
         buf = self._buf
         pos = self._pos
-        if pos >= 0 and buf.startswith(_EMPTY_LINE_START, pos):
+        # (Bytes compared by index: compiled, a method call each would cost more.)
+        if 0 <= pos < len(buf) and (buf[pos] == 13 or buf[pos] == 10):
             # llhttp skips empty lines before a status line (RFC 9112 §2.2); so do we.
             while buf.startswith(_EMPTY_LINE_START, pos):
                 pos += 1
@@ -584,19 +589,23 @@ class ResponseReader:
         status = parser.get_status_code()
         if 100 <= status < 200:
             if status == 101:
-                self._switched(buf[line_end + 2 : end + 2], _reason(buf, pos, line_end), parser)
+                self._switched(buf[line_end + 1 : end + 2], _reason(buf, pos, line_end), parser)
                 return
             # Interim responses (100, 103) are not forwarded; llhttp treats them as
             # complete messages and goes on to the final response.
             self._interim = True
             return
-        block = buf[line_end + 2 : end + 2]
-        if block.count(b"\n") > self.max_headers:
+        # The block with the status line's LF in front, as _cut_hop_by_hop takes it.
+        nblock = buf[line_end + 1 : end + 2]
+        # A line takes 3 bytes at least ("x:" and LF): a short block needs no count.
+        max_headers = self.max_headers
+        if len(nblock) > 3 * max_headers and nblock.count(b"\n") > max_headers + 1:
             raise _upstream_error("too many headers in upstream response")
         cl: int | None = None
         chunked = until_close = False
         tokens: bytes | None = None
-        block, cut = _cut_hop_by_hop(block)
+        ka_tokens: bytes | None = None  # for keep-alive: Connection's and Proxy-Connection's
+        block, cut = _cut_hop_by_hop(nblock)
         hop: list[tuple[bytes, bytes]] | None = cut
         if cut:
             for lname, value in cut:
@@ -610,23 +619,38 @@ class ResponseReader:
                     chunked, until_close = final, not final
                 elif lname == b"connection":
                     tokens = value.lower() if tokens is None else tokens + b"," + value.lower()
-        # From the status line llhttp validated: get_http_version() formats a str per call.
-        if buf.startswith(b"HTTP/1.1", pos):
-            version = b"1.1"
-        elif buf.startswith(b"HTTP/1.0", pos):
-            version = b"1.0"
-        else:
-            version = _VERSIONS.get(parser.get_http_version(), b"1.1")
-        # llhttp's verdict: version, Connection tokens, and whether the body ends at EOF;
-        # the last is wrong for a HEAD response, which llhttp cannot know has no body.
-        keep_alive = parser.should_keep_alive()
-        if not keep_alive and self.expect_no_body:
-            if tokens is None:
+                elif lname == b"proxy-connection":
+                    # llhttp reads it as Connection for keep-alive; its tokens name no fields.
+                    ka_tokens = value.lower() if ka_tokens is None else ka_tokens + b"," + value.lower()
+            if ka_tokens is not None and tokens is not None:
+                ka_tokens = tokens + b"," + ka_tokens
+            elif tokens is not None:
+                ka_tokens = tokens
+        # From the status line llhttp validated ("HTTP/d.d", the only protocol name starting
+        # with H): get_http_version() formats a str per call.
+        minor = buf[pos + 7] if buf[pos] == 72 and buf[pos + 5] == 49 else 0
+        if minor == 49 or minor == 48:
+            version = b"1.1" if minor == 49 else b"1.0"
+            # llhttp's verdict (should_keep_alive) without the call: from the version and the
+            # Connection tokens; a body that ends at EOF is ruled out below.
+            if ka_tokens is None:
                 keep_alive = version == b"1.1"
             elif version == b"1.1":
-                keep_alive = not _has_token(tokens, b"close")
+                keep_alive = not _has_token(ka_tokens, b"close")
             else:
-                keep_alive = _has_token(tokens, b"keep-alive")
+                keep_alive = _has_token(ka_tokens, b"keep-alive")
+        else:
+            version = _VERSIONS.get(parser.get_http_version(), b"1.1")
+            # llhttp's verdict: version, Connection tokens, and whether the body ends at EOF;
+            # the last is wrong for a HEAD response, which llhttp cannot know has no body.
+            keep_alive = parser.should_keep_alive()
+            if not keep_alive and self.expect_no_body:
+                if ka_tokens is None:
+                    keep_alive = version == b"1.1"
+                elif version == b"1.1":
+                    keep_alive = not _has_token(ka_tokens, b"close")
+                else:
+                    keep_alive = _has_token(ka_tokens, b"keep-alive")
         if tokens is not None and tokens not in _PLAIN_TOKENS:
             headers = Headers(parse_block(block))
             hop = _take_connection_listed(headers, tokens, hop)
@@ -656,11 +680,12 @@ class ResponseReader:
             self._ignore = True
             self.response_complete()
 
-    def _switched(self, block: bytes, reason: bytes, parser: Any) -> None:
-        """A 101 (RFC 9110 §15.2.2): accepted only when the request asked for it."""
+    def _switched(self, nblock: bytes, reason: bytes, parser: Any) -> None:
+        """A 101 (RFC 9110 §15.2.2): accepted only when the request asked for it. ``nblock``:
+        its header block with a newline in front."""
         if not self.expect_switch:
             raise _upstream_error("unexpected protocol switch (101) from upstream")
-        block, hop = _cut_hop_by_hop(block)
+        block, hop = _cut_hop_by_hop(nblock)
         token = b""
         for lname, value in hop:
             if lname == b"upgrade":
