@@ -74,7 +74,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
 
     def __init__(self, pool: Pool, key: tuple[str, str, int, str]) -> None:
         self.pool = pool
-        self.key = key
+        # Any, not the tuple type: compiled, a fixed-length tuple attribute is kept unboxed
+        # and every read of it (the pool's dict lookups, per request) would build a new tuple.
+        self.key: Any = key
         self.loop = pool.loop
         self.reader_init()
         self.transport: Any = None
