@@ -39,6 +39,7 @@ Config text is encoded as UTF-8; hosts and header names are lowercased once here
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
@@ -167,8 +168,10 @@ _NEVER: Final[_Match] = re.compile(b"(?!)").match
 
 # A table of at most this many prefix/exact routes is matched by a loop of C byte
 # comparisons: cheaper than the regex, whose Match object is an allocation per request.
-# Past it, the regex's one call wins.
-_LITERAL_MAX: Final = 8
+# Past it, the regex's one call wins. Run from source (MONOLAKE_PURE=1, no compiler) the
+# loop is interpreted and wins only up to about 3 routes; compiled, functions here are
+# not Python functions.
+_LITERAL_MAX: Final = 3 if isinstance(_methods_check, types.FunctionType) else 8
 
 
 class _Literal:
