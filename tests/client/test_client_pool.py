@@ -252,6 +252,24 @@ async def test_endpoints_have_separate_pools(pool: Pool) -> None:
         await two.close()
 
 
+async def test_a_key_drained_then_named_again_pools_anew(origin: Origin, pool: Pool) -> None:
+    # The pool remembers the idle list of the key used last; draining must make it forget it.
+    ep = origin.endpoint
+    pool.use([ep.key])
+    conn = await acquire(pool, ep)
+    await exchange(conn, b"/ok")
+    assert pool.statistics()["idle"] == 1
+    pool.unuse([ep.key])  # no cluster names it: its idle connection closes
+    assert not conn.usable and pool.statistics()["idle"] == 0
+    pool.use([ep.key])
+    fresh = await acquire(pool, ep)
+    assert fresh is not conn
+    await exchange(fresh, b"/ok")
+    assert pool.statistics()["idle"] == 1  # in the pool's table, where the sweep finds it
+    assert pool.take_idle(ep, 60.0, 64) is fresh
+    fresh.close()
+
+
 async def test_max_idle_per_key(origin: Origin, pool: Pool) -> None:
     conns = [await acquire(pool, origin.endpoint, max_idle=2) for _ in range(3)]
     assert pool.connects == 3

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+from types import SimpleNamespace
+
 import pytest
 
 from monolake.apps.config import Endpoint, ListenAddress, parse_endpoint, parse_listener
@@ -127,3 +131,14 @@ def test_endpoint_key_ignores_weight() -> None:
     assert a.key == b.key == ("http", "a", 1, "")
     assert parse_endpoint("unix:/s").key == ("http", "", 0, "/s")
     assert {a.key, b.key, parse_endpoint("a:2").key} == {("http", "a", 1, ""), ("http", "a", 2, "")}
+
+
+def test_endpoint_key_is_made_again_by_replace_and_stays_out_of_eq_and_repr() -> None:
+    # The key is computed once at construction: a copy with TLS settings gets its own.
+    tls = SimpleNamespace(fingerprint="f00d")
+    plain = Endpoint(host="a", port=443)
+    secure = dataclasses.replace(plain, scheme="https", tls=tls)
+    assert plain.key == ("http", "a", 443, "")
+    assert secure.key == ("https+f00d", "a", 443, "")
+    assert pickle.loads(pickle.dumps(plain)).key == plain.key
+    assert Endpoint(host="a", port=443) == plain and "key" not in repr(plain)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monolake.apps.config._schema import Route
@@ -331,6 +331,20 @@ def _reference(routes: list[Route], r: Request) -> int | None:
 
 @given(routes=st.lists(_routes(), max_size=8), requests=st.lists(_requests(), min_size=1, max_size=8))
 def test_first_match_equals_reference(routes: list[Route], requests: list[Request]) -> None:
+    r = router(*routes)
+    for rq in requests:
+        assert r.match(rq) == _reference(routes, rq)
+
+
+@settings(max_examples=50)
+@given(
+    routes=st.lists(_routes().filter(lambda r: r.path_regex is None), max_size=12),
+    requests=st.lists(_requests(), min_size=1, max_size=8),
+)
+def test_prefix_and_exact_tables_equal_reference_either_side_of_the_loop_limit(
+    routes: list[Route], requests: list[Request]
+) -> None:
+    # Up to 8 prefix/exact routes per host are matched by a loop, more by the regex.
     r = router(*routes)
     for rq in requests:
         assert r.match(rq) == _reference(routes, rq)

@@ -53,11 +53,13 @@ class Endpoint:
     meta: Any = field(default=None, compare=False, repr=False)
     """What discovery knows of it (``{"zone": ..., "tags": [...]}``), for filters and admin pages; None: nothing."""
 
-    @property
-    def key(self) -> tuple[str, str, int, str]:
-        if self.tls is not None:
-            return (f"{self.scheme}+{self.tls.fingerprint}", self.host, self.port, self.path)
-        return (self.scheme, self.host, self.port, self.path)
+    key: tuple[str, str, int, str] = field(init=False, compare=False, repr=False)
+    """Its pool key, made once here: the pool reads it for every request (a property ran
+    Python code and built a tuple each time)."""
+
+    def __post_init__(self) -> None:
+        scheme = self.scheme if self.tls is None else f"{self.scheme}+{self.tls.fingerprint}"
+        object.__setattr__(self, "key", (scheme, self.host, self.port, self.path))
 
     @property
     def authority(self) -> str:

@@ -23,6 +23,9 @@ own regex close before it), so it names the route. One ``match`` call in C
 replaces a Python loop over the routes: a 20-route miss costs about as much as a
 hit on the first route.
 
+A table of a few prefix/exact routes only (the common case) skips the regex: a loop of
+C byte comparisons over it is cheaper, and allocates nothing (a ``Match`` would).
+
 Methods and headers are rarer; a route with them has a ``check`` closure. If the
 path matched but the check fails, matching continues with a plain loop over the
 routes after it, which is slower but still in order. A regex that cannot sit in
@@ -36,6 +39,7 @@ Config text is encoded as UTF-8; hosts and header names are lowercased once here
 from __future__ import annotations
 
 import re
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, TypeVar
 
@@ -162,11 +166,30 @@ def _path_check(fullmatch: _Match) -> _Check:
 
 _NEVER: Final[_Match] = re.compile(b"(?!)").match
 
+# A table of at most this many prefix/exact routes is matched by a loop of C byte
+# comparisons: cheaper than the regex, whose Match object is an allocation per request.
+# Past it, the regex's one call wins. Run from source (MONOLAKE_PURE=1, no compiler) the
+# loop is interpreted and wins only up to about 3 routes; compiled, functions here are
+# not Python functions.
+_LITERAL_MAX: Final = 3 if isinstance(_methods_check, types.FunctionType) else 8
+
+
+class _Literal:
+    """A prefix or exact path route of a literal table."""
+
+    __slots__ = ("check", "exact", "path", "value")
+
+    def __init__(self, path: bytes, exact: bool, check: _Check | None, value: Any) -> None:
+        self.path = path
+        self.exact = exact
+        self.check = check
+        self.value = value
+
 
 class _Table(Generic[T]):
     """The routes one host can match, compiled for ``Router.match``."""
 
-    __slots__ = ("entries", "hits", "rx")
+    __slots__ = ("entries", "hits", "literals", "rx")
 
     def __init__(self, routes: Sequence[_Route]) -> None:
         self.entries: tuple[tuple[int, Any, _Check | None, T], ...] = tuple(r.entry for r in routes)
@@ -183,11 +206,16 @@ class _Table(Generic[T]):
             if not r.branch:
                 break  # an always-matching branch: nothing after it is reachable
         self.rx: _Match = re.compile(b"|".join(branches)).match if branches else _NEVER
+        self.literals: tuple[_Literal, ...] | None = None
+        if len(routes) <= _LITERAL_MAX and all(kind != _REGEX for kind, _, _, _ in self.entries):
+            self.literals = tuple(_Literal(arg, kind == _EXACT, check, v) for kind, arg, check, v in self.entries)
 
     def scan(self, req: Request, start: int) -> T | None:
         """First match among ``entries[start:]``, one route at a time."""
         path = req.path
-        for kind, arg, check, value in self.entries[start:]:
+        entries = self.entries
+        for i in range(start, len(entries)):
+            kind, arg, check, value = entries[i]
             if kind == _PREFIX:
                 if not path.startswith(arg):
                     continue
@@ -272,6 +300,15 @@ class Router(Generic[T]):
                         t = found
                         break
                     i = host.find(b".", i + 1)
+        literals = t.literals
+        if literals is not None:
+            path = req.path
+            for lit in literals:
+                if path == lit.path if lit.exact else path.startswith(lit.path):
+                    check = lit.check
+                    if check is None or check(req):
+                        return lit.value  # type: ignore[no-any-return]
+            return None
         m = t.rx(req.path)
         if m is None:
             return None

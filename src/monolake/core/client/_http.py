@@ -74,7 +74,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
 
     def __init__(self, pool: Pool, key: tuple[str, str, int, str]) -> None:
         self.pool = pool
-        self.key = key
+        # Any, not the tuple type: compiled, a fixed-length tuple attribute is kept unboxed
+        # and every read of it (the pool's dict lookups, per request) would build a new tuple.
+        self.key: Any = key
         self.loop = pool.loop
         self.reader_init()
         self.transport: Any = None
@@ -102,6 +104,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._read_timeout = 60.0
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        """When ``_timer`` fires (a float compare per request instead of a ``when()`` call)."""
         self._tail = b""
 
     @property
@@ -200,11 +204,12 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._last_read = now = self.loop.time()
         deadline = now + read_timeout
         timer = self._timer
-        if timer is None or timer.when() > deadline:
+        if timer is None or self._timer_at > deadline:
             # Clusters sharing an endpoint share its pooled connections, and with them
             # this timer: a shorter timeout than the armed one re-arms it.
             if timer is not None:
                 timer.cancel()
+            self._timer_at = deadline
             self._timer = self.loop.call_at(deadline, self._check_timeout)
         if body is None:
             self._sent = True
@@ -247,6 +252,7 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         if self.loop.time() >= deadline - 0.001:
             self.fail(ReadTimeout(f"no data from upstream for {self._read_timeout:g}s"))
         else:
+            self._timer_at = deadline
             self._timer = self.loop.call_at(deadline, self._check_timeout)
 
     # -- parser hooks -------------------------------------------------------------

@@ -90,7 +90,9 @@ class Pool(WeakReferable):  # WeakReferable: the metrics sample pools weakly
     def take_idle(self, ep: Endpoint, idle_timeout: float, max_idle: int) -> UpstreamConnection | None:
         """An idle, usable connection to ``ep``, or None. No I/O: the hot path reuses a
         connection without creating a coroutine."""
-        idle = self._idle.get(ep.key)
+        # getattr: compiled, a typed ``ep.key`` is unboxed into a C struct and boxed again (a
+        # new tuple) for the lookup; as Any it stays the one tuple the endpoint holds.
+        idle = self._idle.get(getattr(ep, "key"))  # noqa: B009
         while idle:
             conn = idle.pop()
             if conn.usable:
