@@ -112,11 +112,12 @@ def test_a_deadline_that_passed_before_sending_is_deadline_exceeded() -> None:
     assert status_of(info.value)[0] == 4
 
 
-def test_a_deadline_read_back_at_once_is_the_clients_own_timeout() -> None:
-    # start + 0.3 - start is 0.30000000000001 in floats: rounding that up sent the upstream 300001u, more
-    # than the client's own 300000u (seen in CI through a grpcio origin that checks it).
-    start = 1.0
+@pytest.mark.parametrize("start", [1.0, 36000.3, 3e7 + 0.1])  # loop time: just booted, ten hours, a year
+def test_a_deadline_read_back_at_once_is_the_clients_own_timeout(start: float) -> None:
+    # start + 0.3 - start is a little over 0.3 in floats (more so the larger the loop time): rounding that
+    # up sent the upstream 300001u, more than the client's own 300000u (seen in CI, once after a grpcio
+    # origin that checks it, once on a machine ten hours up).
     deadline = start + 0.3
-    assert deadline - start > 0.3
+    assert deadline - start != 0.3
     out = with_remaining_timeout([(b"grpc-timeout", b"300000u")], deadline=deadline, now=start)
     assert out == [(b"grpc-timeout", b"300000u")]

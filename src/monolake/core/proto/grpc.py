@@ -72,13 +72,19 @@ def deadline_of(headers: Headers, now: float) -> float | None:
     return None if seconds is None else now + seconds
 
 
+_NOISE = 1e-7
+"""Seconds of float noise ``encode_timeout`` does not round up."""
+
+
 def encode_timeout(seconds: float) -> bytes:
     """A ``grpc-timeout`` value for ``seconds`` (> 0), in the finest unit that fits 8 digits,
-    rounded up so the upstream never sees less time than is left. Float noise below a millionth
-    of the unit is not rounded up: a deadline of ``now + 0.3`` read back at the same ``now`` is
-    0.30000000000001, which must go out as the client's own 300000u, not 300001u."""
+    rounded up so the upstream never sees less time than is left, less float noise: up to 100 ns
+    is not rounded up. A deadline of ``now + 0.3`` read back at the same ``now`` is 0.3 plus a few
+    units in the last place of ``now``, a loop time that grows with uptime (7e-12 s after ten hours,
+    4e-9 s after a year), and must go out as the client's own 300000u, not 300001u."""
+    seconds -= _NOISE
     for unit, scale in ((b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
-        n = math.ceil(round(seconds * scale, 6))
+        n = math.ceil(seconds * scale)
         if n <= 99_999_999:
             return b"%d%s" % (max(n, 1), unit)
     return b"99999999H"
