@@ -37,7 +37,7 @@ import rtls
 from rtls._object import TLSObject
 
 from .proto.tls_hello import server_name
-from .tls import READ_MAX
+from .tls_settings import READ_MAX
 
 
 class ServerTlsContexts(Protocol):
@@ -130,7 +130,7 @@ class ServerObject(TLSObject):
         """As rtls' ``read``, but the client's close_notify reads as the end of the stream (b"" or
         0, as with ``ssl.SSLObject``), where rtls says "want read" forever. The loop's TLS layer
         then calls ``eof_received`` and shuts down. A read without a buffer asks for at most
-        ``tls.READ_MAX`` (uvloop asks for 256 KiB, which rtls allocates before decrypting)."""
+        ``tls_settings.READ_MAX`` (uvloop asks for 256 KiB, which rtls allocates before decrypting)."""
         try:
             return super().read(n if buffer is not None or 0 < n <= READ_MAX else READ_MAX, buffer)
         except rtls.SSLWantReadError:

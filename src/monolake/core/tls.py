@@ -52,7 +52,7 @@ import msgspec
 
 from ._ratelimit import RateLimitedLog
 from .errors import ConfigError, MonolakeError, Source
-from .tls_settings import Certificate, ServerTls, UpstreamTls
+from .tls_settings import READ_MAX, Certificate, ServerTls, UpstreamTls
 
 log = logging.getLogger("monolake.core.tls")
 
@@ -292,10 +292,6 @@ def handshake_refused(listener: str, exc: ssl.SSLError, alert: bytes) -> Handsha
     else:
         reason = str(exc)
     return HandshakeRefused(listener, reason, alert, client_cert=code in _CLIENT_CERT_REASONS)
-
-
-READ_MAX = 65536
-"""The most one ``SSLObject.read`` without a buffer asks for (see ``_CappedObject``)."""
 
 
 class _CappedObject(ssl.SSLObject):

@@ -10,6 +10,11 @@ from typing import Literal
 
 import msgspec
 
+READ_MAX = 65536
+"""The most one TLS object's ``read`` without a buffer asks for, on both backends (uvloop asks for
+256 KiB, which OpenSSL and rtls allocate before decrypting: an mmap and munmap per read while the
+heap is small). Here, below both backends: ``tls`` loads ``rtls_impl``."""
+
 __all__ = ["Certificate", "ServerTls", "TlsVersion", "UpstreamTls"]
 
 TlsVersion = Literal["1.2", "1.3"]

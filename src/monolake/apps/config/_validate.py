@@ -558,10 +558,10 @@ def _check_rpc_tracing(rep: _Report, where: str, table: dict[str, Any] | None) -
     """``rpc_grpc.tracing`` / ``rpc_thrift.tracing``: the tracing filter's settings."""
     if table is None:
         return
-    from ..edge.tracing import tracing_args
+    from ..edge import build_from_args, builtin_class  # by the built-ins' registry: edge imports config
 
     try:
-        tracing_args(dict(table), f"{where}.tracing")
+        build_from_args(builtin_class("tracing", where), dict(table), f"{where}.tracing")
     except ConfigError as exc:
         rep.add(exc.path, exc.reason)
 

@@ -25,6 +25,6 @@ Each built-in lives in its own module here and is listed in ``BUILTINS`` (name -
 
 from __future__ import annotations
 
-from ._base import BUILTINS, ArgError, builtin_class, is_builtin, make_builtin
+from ._base import BUILTINS, ArgError, build_from_args, builtin_class, is_builtin, make_builtin
 
-__all__ = ["BUILTINS", "ArgError", "builtin_class", "is_builtin", "make_builtin"]
+__all__ = ["BUILTINS", "ArgError", "build_from_args", "builtin_class", "is_builtin", "make_builtin"]

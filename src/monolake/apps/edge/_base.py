@@ -71,15 +71,21 @@ def make_builtin(name: str, args: dict[str, Any], where: str, kind: str = "http"
     kinds: tuple[str, ...] = getattr(cls, "kinds", ("http",))
     if kind not in kinds:
         raise ConfigError(where, f"built-in {name!r} is for {' or '.join(kinds)} servers, not {kind}")
+    return build_from_args(cls, args, f"{where}.args")
+
+
+def build_from_args(cls: Any, args: dict[str, Any], at: str) -> Any:
+    """``cls(settings)``, its ``args`` table converted to ``cls.Args``. Raises ConfigError at ``at.KEY``
+    (a built-in's ``filters[i].args``, or a table of the same settings elsewhere: ``rpc_grpc.tracing``)."""
     try:
-        settings = msgspec.convert(args, cls.Args, str_keys=True)  # type: ignore[attr-defined]
+        settings = msgspec.convert(args, cls.Args, str_keys=True)
     except msgspec.ValidationError as exc:
         msg = str(exc)
         m = _AT.search(msg)
         sub = m.group(1) if m else ""
         reason = msg[: m.start()] if m else msg
-        raise ConfigError(_key(f"{where}.args", sub), reason) from None
+        raise ConfigError(_key(at, sub), reason) from None
     try:
         return cls(settings)
     except ArgError as exc:
-        raise ConfigError(_key(f"{where}.args", exc.key), exc.reason) from None
+        raise ConfigError(_key(at, exc.key), exc.reason) from None

@@ -54,7 +54,7 @@ from ...core.service import Context, ContextSlot, Layer
 from ..config import Endpoint
 from ..proxy._filters import HttpFilter
 from ..proxy._retry import RETRY_HOOKS
-from ._base import ArgError
+from ._base import ArgError, build_from_args
 from ._slots import CLIENT_ADDR, TRACE_ID
 
 log = logging.getLogger("monolake.edge.tracing")
@@ -751,20 +751,8 @@ def shared_tracing(args: TracingArgs) -> Tracing:
 def tracing_args(table: dict[str, Any], where: str) -> TracingArgs:
     """A TOML ``tracing`` table (the tracing filter's args) as checked settings. Raises ConfigError
     at ``where.KEY``."""
-    from ...core.errors import ConfigError
-    from ._base import _AT, _key
-
-    try:
-        args = msgspec.convert(table, TracingArgs, str_keys=True)
-    except msgspec.ValidationError as exc:
-        msg = str(exc)
-        m = _AT.search(msg)
-        raise ConfigError(_key(where, m.group(1) if m else ""), msg[: m.start()] if m else msg) from None
-    try:
-        Tracing(args)  # its checks (no I/O: the export thread starts on the first span)
-    except ArgError as exc:
-        raise ConfigError(_key(where, exc.key), exc.reason) from None
-    return args
+    t: Tracing = build_from_args(Tracing, table, where)  # its checks; no I/O (the exporter starts on a span)
+    return t.args
 
 
 def incoming(t: Tracing, tp: bytes | None, ids: bytes) -> tuple[bytes, bytes | None, bool]:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar, cast
 
 from ...core.address import Endpoint, parse_endpoint
+from ...core.client._connect import open_transport
 from ...core.errors import ConfigError
 from ._codec import Codec
 from ._conn import ConnectionClosed, Framed
@@ -184,6 +185,20 @@ class _CancelledMarker:
 _CANCELLED: Any = _CancelledMarker()
 
 
+async def open_rpc(
+    ep: Endpoint,
+    codec: Codec[Resp],
+    requests: RpcMessages[Req],
+    responses: RpcMessages[Resp],
+    connect_timeout: float,
+) -> RpcConnection[Req, Resp]:
+    """An ``RpcConnection`` to ``ep`` (``connect_rpc``'s work, and the pool's). Raises ConnectError
+    or ConnectTimeout."""
+    factory: Any = lambda: RpcConnection(codec, requests, responses)  # noqa: E731
+    _, conn = await open_transport(asyncio.get_running_loop(), factory, ep, connect_timeout, {})
+    return cast(RpcConnection[Req, Resp], conn)
+
+
 class RpcPool(Generic[Req, Resp]):
     """Calls balanced over ``endpoints`` and ``connections`` connections to each (see the
     module docstring). ``close()`` closes them all."""
@@ -228,12 +243,8 @@ class RpcPool(Generic[Req, Resp]):
             return await asyncio.shield(pending)
         fut: asyncio.Future[RpcConnection[Req, Resp]] = asyncio.get_running_loop().create_future()
         self._opening[key] = fut
-        from ._dial import connect_rpc  # not compiled (its docstring is public): imported late, once
-
         try:
-            c = await connect_rpc(
-                ep, self._codec, self._requests, self._responses, connect_timeout=self._connect_timeout
-            )
+            c = await open_rpc(ep, self._codec, self._requests, self._responses, self._connect_timeout)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()

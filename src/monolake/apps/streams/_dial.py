@@ -8,7 +8,7 @@ from typing import Any, TypeVar, cast
 
 from ...core.address import Endpoint
 from ...core.client._connect import open_transport
-from ._client import RpcConnection, endpoint
+from ._client import RpcConnection, endpoint, open_rpc
 from ._codec import Codec
 from ._conn import MessageConnection
 from ._messages import RpcMessages
@@ -47,7 +47,4 @@ async def connect_rpc(
     connect_timeout: float = 10.0,
 ) -> RpcConnection[Req, Resp]:
     """An ``RpcConnection`` to ``address``. Raises ConnectError or ConnectTimeout."""
-    ep = endpoint(address, tls)
-    factory: Any = lambda: RpcConnection(codec, requests, responses)  # noqa: E731
-    _, conn = await open_transport(asyncio.get_running_loop(), factory, ep, connect_timeout, {})
-    return cast(RpcConnection[Req, Resp], conn)
+    return await open_rpc(endpoint(address, tls), codec, requests, responses, connect_timeout)
