@@ -335,7 +335,7 @@ class CallConnection(Framed[Any]):
             try:
                 waits = coro.send(None)
             except StopIteration:
-                pass
+                pass  # the batch finished inline: nothing is left to hand to a worker
             except asyncio.CancelledError:  # raised by a handler itself: no task to end
                 self.fail(RuntimeError("a handler raised CancelledError without being cancelled"))
                 return []
