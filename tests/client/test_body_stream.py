@@ -268,6 +268,23 @@ async def test_pipe_resumes_a_producer_paused_by_buffering() -> None:
     assert p.calls == ["pause", "resume"]
 
 
+async def test_a_sink_that_pauses_during_the_hand_over_keeps_the_producer_paused() -> None:
+    body, p = new()
+    body.feed(b"x" * HIGH_WATER)
+
+    class Full(Sink):
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            body.pause()  # its transport's buffer filled with what it was handed
+
+    sink = Full()
+    body.pipe(sink)
+    assert p.calls == ["pause", "pause"]  # the sink's pause, and no resume after it
+    assert len(sink.data) == HIGH_WATER
+    body.resume()
+    assert p.calls[-1] == "resume"
+
+
 # --- on_demand, cancel, detach ------------------------------------------------------
 
 

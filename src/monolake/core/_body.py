@@ -159,6 +159,10 @@ class Body:
     def pipe(self, sink: Sink) -> None:
         """Send everything buffered and everything to come to ``sink``, synchronously."""
         self._demand()
+        # The buffer's pause ends with the hand-over. It is cleared first, so that a sink whose own
+        # buffer fills on what it is handed pauses the producer again, and that pause stays.
+        was_paused = self._paused
+        self._paused = False
         buf = self._buf
         while buf:
             sink.write(buf.popleft())
@@ -169,8 +173,8 @@ class Body:
                 sink.abort(self._exc)
             else:
                 sink.end()
-        else:
-            self.resume()
+        elif was_paused and not self._paused:
+            self._producer.resume_body()
 
     def detach(self) -> None:
         """Drop further chunks: the consumer lost interest but the producer may finish."""

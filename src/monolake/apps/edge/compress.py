@@ -574,9 +574,7 @@ class _Inflate:
         self.ending = False
         """The client's body ended while input was stashed."""
         self.out = Body(self, None)
-        up.pipe(self)  # what the client sent already is decoded now
-        if self.held and self.failed is None:
-            up.pause()  # pipe() resumed the client once it had handed over what it held
+        up.pipe(self)  # what the client sent already is decoded now (a hold pauses the client)
 
     def _emit(self, piece: bytes) -> None:
         if len(piece) > self.left:
