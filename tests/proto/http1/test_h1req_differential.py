@@ -353,3 +353,15 @@ def test_scan_declines_past_the_limits() -> None:
     assert _parse._SCAN(data, 0, 200, 1000, 1) is None  # field count: 431
     assert _parse._SCAN(data, 1, 200, 1000, 10) is None
     assert _parse._SCAN(data, len(data), 200, 1000, 10) is None
+
+
+def test_names_past_the_scans_name_table() -> None:
+    """The scan keeps the first few hundred names it sees; any later one is made per field."""
+    rng = random.Random(7)
+    for i in range(60):
+        fields = b"".join(
+            b"X-%d-%s: v\r\n" % (i * 10 + k, bytes(rng.choice(b"aAbBzZ-") for _ in range(rng.randint(1, 30))))
+            for k in range(10)
+        )
+        got = same(b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n")
+        assert got[0][0] == "req" and [n.lower() for n, _ in got[0][6]] == got[0][7]

@@ -125,6 +125,63 @@ static PyObject *lowered(const unsigned char *s, Py_ssize_t n, PyObject *same) {
     return out;
 }
 
+/* Field names as sent -> (name, lowercased name), for the first NAMES_MAX names of up to
+ * NAME_LEN_MAX bytes this process sees: a client sends the same few names in every request, so a
+ * lookup replaces two allocations and a lowering per field. Names past the bound are made per
+ * field, so junk names fill the table once and cost no more than without it afterwards. */
+#define NAMES_SLOTS 1024 /* a power of two, at least twice NAMES_MAX */
+#define NAMES_MAX 384
+#define NAME_LEN_MAX 64
+typedef struct {
+    PyObject *name, *lname;
+} Name;
+static Name names[NAMES_SLOTS];
+static int names_used;
+
+static inline unsigned int name_hash(const unsigned char *s, Py_ssize_t n) {
+    unsigned int h = 2166136261u; /* FNV-1a */
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ s[i]) * 16777619u;
+    return h;
+}
+
+/* New references to the name as sent and lowercased (the same object when it has no
+ * uppercase), or -1 when out of memory. */
+static int name_objects(const unsigned char *s, Py_ssize_t n, PyObject **name, PyObject **lname) {
+    Name *slot = NULL;
+    if (n <= NAME_LEN_MAX) {
+        unsigned int i = name_hash(s, n) & (NAMES_SLOTS - 1);
+        for (;; i = (i + 1) & (NAMES_SLOTS - 1)) {
+            Name *e = &names[i];
+            if (e->name == NULL) {
+                slot = e;
+                break;
+            }
+            if (PyBytes_GET_SIZE(e->name) == n && memcmp(PyBytes_AS_STRING(e->name), s, (size_t)n) == 0) {
+                Py_INCREF(e->name);
+                Py_INCREF(e->lname);
+                *name = e->name;
+                *lname = e->lname;
+                return 0;
+            }
+        }
+    }
+    *name = PyBytes_FromStringAndSize((const char *)s, n);
+    if (*name == NULL) return -1;
+    *lname = lowered(s, n, *name);
+    if (*lname == NULL) {
+        Py_CLEAR(*name);
+        return -1;
+    }
+    if (slot != NULL && names_used < NAMES_MAX) {
+        Py_INCREF(*name);
+        Py_INCREF(*lname);
+        slot->name = *name;
+        slot->lname = *lname;
+        names_used++;
+    }
+    return 0;
+}
+
 /* Append the pair (a, b), stealing both references (also on failure). */
 static int append_pair(PyObject *list, PyObject *a, PyObject *b) {
     if (a == NULL || b == NULL) {
@@ -235,13 +292,8 @@ static PyObject *scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyObject *hname;
         switch (classify(n0, nlen, &hname)) {
         case F_PLAIN: {
-            PyObject *name = PyBytes_FromStringAndSize((const char *)n0, nlen);
-            if (name == NULL) goto error;
-            PyObject *lname = lowered(n0, nlen, name);
-            if (lname == NULL) {
-                Py_DECREF(name);
-                goto error;
-            }
+            PyObject *name, *lname;
+            if (name_objects(n0, nlen, &name, &lname) < 0) goto error;
             int r = PyList_Append(lower, lname);
             Py_DECREF(lname);
             if (r < 0) {
@@ -272,8 +324,11 @@ static PyObject *scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nar
             }
             if (lhost == NULL) goto error;
             if (PyList_Append(lower, L_HOST) < 0) goto error;
+            PyObject *name, *lname;
+            if (name_objects(n0, nlen, &name, &lname) < 0) goto error;
+            Py_DECREF(lname);
             Py_INCREF(host);
-            if (append_pair(raw, PyBytes_FromStringAndSize((const char *)n0, nlen), host) < 0) goto error;
+            if (append_pair(raw, name, host) < 0) goto error;
             break;
         }
         case F_CL: {
@@ -319,14 +374,22 @@ static PyObject *scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nar
         Py_INCREF(Py_None);
         hop = Py_None;
     }
-    Py_INCREF(method);
+    result = PyTuple_New(11);
+    PyObject *end_obj = PyLong_FromSsize_t(p - buf);
+    PyObject *cl_obj = PyLong_FromLongLong(cl);
+    if (result == NULL || end_obj == NULL || cl_obj == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(end_obj);
+        Py_XDECREF(cl_obj);
+        goto error;
+    }
     PyObject *version = v11 ? V_11 : V_10;
-    Py_INCREF(version);
     PyObject *expect_obj = expect ? Py_True : Py_False;
+    Py_INCREF(method);
+    Py_INCREF(version);
     Py_INCREF(expect_obj);
-    /* Steals every reference. */
-    result = Py_BuildValue("(nNNNNNNNNLN)", (Py_ssize_t)(p - buf), method, target, version, raw, lower, hop, host,
-                           lhost, cl, expect_obj);
+    PyObject *items[11] = {end_obj, method, target, version, raw, lower, hop, host, lhost, cl_obj, expect_obj};
+    for (int i = 0; i < 11; i++) PyTuple_SET_ITEM(result, i, items[i]); /* steals */
     return result;
 
 decline:
