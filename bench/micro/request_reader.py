@@ -1,14 +1,15 @@
 """The HTTP/1 request reader's cost per request head, alone: the native scan against llhttp.
 
     python bench/micro/request_reader.py [-n 200000] [--repeat 5] [--head proxy|browser|post]
-                                         [--reader native|llhttp|both]
+                                         [--reader both|native|llhttp|default]
 
 Feeds one request per read (``proxy``: the request of ``proxy_path.py``; ``browser``: a
 14-field browser-like head; ``post``: a POST with a 128 B Content-Length body) to a
 ``RequestReader`` whose hooks only count, and prints the CPU time per request: with the
 native head scan (``_h1req.scan_head``, the default) or with llhttp and its per-field
-callbacks (``native_heads = False``). The figure first printed is the first reader's, so
-``tree_ab.py TREE... --script request_reader.py -- --reader native`` compares two trees.
+callbacks (``native_heads = False``), or both, alternated. ``--reader default`` leaves the
+reader as the tree has it (also a tree from before the scan), so
+``tree_ab.py TREE... --script request_reader.py -- --reader default`` compares two trees.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ HEADS = {
 
 
 class Counting(RequestReader):
-    def __init__(self, native: bool) -> None:
-        self.native_heads = native
+    def __init__(self, native: bool | None) -> None:
+        if native is not None:
+            self.native_heads = native
         self.reader_init()
         self.requests = 0
         self.body_bytes = 0
@@ -61,7 +63,7 @@ class Counting(RequestReader):
         pass
 
 
-def run(n: int, data: bytes, native: bool) -> float:
+def run(n: int, data: bytes, native: bool | None) -> float:
     r = Counting(native)
     feed = r.feed
     t0 = time.process_time()
@@ -77,18 +79,20 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=200000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--head", choices=sorted(HEADS), default="proxy")
-    ap.add_argument("--reader", choices=["native", "llhttp", "both"], default="both")
+    ap.add_argument("--reader", choices=["both", "native", "llhttp", "default"], default="both")
     args = ap.parse_args()
-    if args.reader != "llhttp" and _parse._SCAN is None:
+    if args.reader in ("both", "native") and getattr(_parse, "_SCAN", None) is None:
         raise SystemExit("monolake.core.proto.http1._h1req is not built: use --reader llhttp")
-    readers = {"native": [True], "llhttp": [False], "both": [True, False]}[args.reader]
+    readers: list[bool | None] = {"native": [True], "llhttp": [False], "both": [True, False], "default": [None]}[
+        args.reader
+    ]
     data = HEADS[args.head]
-    results: dict[bool, list[float]] = {native: [] for native in readers}
+    results: dict[bool | None, list[float]] = {native: [] for native in readers}
     for _ in range(args.repeat):
         for native in readers:  # alternated, so that a busy machine weighs on both alike
             results[native].append(run(args.n, data, native))
     for native, got in results.items():
-        name = "native scan" if native else "llhttp"
+        name = {True: "native scan", False: "llhttp", None: "default reader"}[native]
         print(
             f"{args.head} ({len(data)} B), {name}: {min(got):.3f} µs per request read "
             f"(best of {args.repeat}: " + ", ".join(f"{r:.3f}" for r in got) + ")"
