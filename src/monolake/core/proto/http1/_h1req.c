@@ -241,6 +241,7 @@ static PyObject *scan_head(PyObject *self, PyObject *const *args, Py_ssize_t nar
      * that is no head is not walked to its end. */
     const unsigned char *end = (size - pos > max_head) ? start + max_head : buf + size;
     const unsigned char *p = start;
+    if (end - p < 16) Py_RETURN_NONE; /* shorter than "GET / HTTP/1.1\r\n\r\n" (or max_head <= 0) */
 
     Py_ssize_t mlen;
     PyObject *method = method_of(p, end - p, &mlen);
