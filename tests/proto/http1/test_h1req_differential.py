@@ -33,9 +33,9 @@ LIMITS = {"max_request_line_bytes": 200, "max_header_bytes": 600, "max_headers":
 class Recorder(RequestReader):
     """Everything a driver would see, as comparable values."""
 
-    tunnels = True
-
     def __init__(self, native: bool) -> None:
+        # Per instance: a compiled RequestReader reads its own slots, not a subclass's class attributes.
+        self.tunnels = True
         self.native_heads = native
         for name, value in LIMITS.items():
             setattr(self, name, value)
