@@ -46,11 +46,10 @@ from setuptools.command.build_py import build_py
 class Native:
     module: str
     sources: list[str]
-    pkg: str  # pkg-config package name
-    library: str  # -l name when pkg-config does not know the package
-    header: str  # must exist for the extension to be attempted
-    apt: str  # the Debian package with the headers, for the notice
-    # pkg, library and header empty: C only, no library to find (always built where a compiler is)
+    pkg: str = ""  # pkg-config package name
+    library: str = ""  # -l name when pkg-config does not know the package
+    header: str = ""  # must exist for the extension to be attempted; "" for no library
+    apt: str = ""  # the Debian package with the headers, for the notice
 
 
 NATIVE = [
@@ -70,7 +69,7 @@ NATIVE = [
         "nghttp2/nghttp2.h",
         "libnghttp2-dev",
     ),
-    Native("monolake.core.proto.http1._h1req", ["src/monolake/core/proto/http1/_h1req.c"], "", "", "", ""),
+    Native("monolake.core.proto.http1._h1req", ["src/monolake/core/proto/http1/_h1req.c"]),
 ]
 
 SYSTEM_INCLUDE = ("/usr/include", "/usr/local/include")
