@@ -14,6 +14,7 @@ common ones (so the comparison is not between two llhttp runs).
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from monolake.core.proto.http._message import Request
 from monolake.core.proto.http1 import _parse
 from monolake.core.proto.http1._parse import RequestReader
 
-pytestmark = pytest.mark.skipif(
+built = pytest.mark.skipif(
     _parse._SCAN is None, reason="monolake.core.proto.http1._h1req not built (no C compiler at install)"
 )
 
@@ -251,6 +252,7 @@ def streams(seed: int, count: int) -> list[bytes]:
     return [b"".join(head(rng) for _ in range(rng.choice([1, 1, 2, 3]))) for _ in range(count)]
 
 
+@built
 @pytest.mark.parametrize("seed", range(4))
 def test_generated_streams_whole_and_split(seed: int) -> None:
     rng = random.Random(1000 + seed)
@@ -277,6 +279,7 @@ COMMON = [
 ]
 
 
+@built
 @pytest.mark.parametrize("data", COMMON, ids=range(len(COMMON)))
 def test_split_at_every_offset(data: bytes) -> None:
     same(data)
@@ -293,6 +296,7 @@ def scan(data: bytes) -> Any:
     return _parse._SCAN(data, 0, 8192, 32768, 100)
 
 
+@built
 def test_scan_takes_the_common_heads() -> None:
     """What the comparison above covers is the scan's work, not llhttp's twice."""
     for data in COMMON[:3]:
@@ -303,6 +307,7 @@ def test_scan_takes_the_common_heads() -> None:
     assert taken > 100
 
 
+@built
 @pytest.mark.parametrize(
     "data",
     [
@@ -344,6 +349,7 @@ def test_scan_declines_what_llhttp_must_decide(data: bytes) -> None:
     same(data)
 
 
+@built
 def test_scan_declines_past_the_limits() -> None:
     assert _parse._SCAN is not None
     data = b"GET /" + b"x" * 100 + b" HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 100 + b"\r\n\r\n"
@@ -355,6 +361,7 @@ def test_scan_declines_past_the_limits() -> None:
     assert _parse._SCAN(data, len(data), 200, 1000, 10) is None
 
 
+@built
 def test_names_past_the_scans_name_table() -> None:
     """The scan keeps the first few hundred names it sees; any later one is made per field."""
     rng = random.Random(7)
@@ -365,3 +372,12 @@ def test_names_past_the_scans_name_table() -> None:
         )
         got = same(b"GET / HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\n")
         assert got[0][0] == "req" and [n.lower() for n, _ in got[0][6]] == got[0][7]
+
+
+def test_without_the_module_llhttp_parses_every_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback where the C extension is not built: no scan, the reader as before."""
+    monkeypatch.setitem(sys.modules, "monolake.core.proto.http1._h1req", None)
+    assert _parse._native_scan() is None
+    r = Recorder(native=False)
+    r.feed(COMMON[1])
+    assert [e[0] for e in r.events] == ["req", "end", "req", "body", "end", "req", "end"]
