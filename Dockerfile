@@ -34,7 +34,7 @@ RUN apt-get update \
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels monolake \
- && python -c "import monolake.core.proto.http2._nghttp2, monolake.core.runtime._uring"
+ && python -c "import monolake.core.proto.http2._nghttp2, monolake.core.runtime._uring, monolake.core.proto.http1._h1req"
 # The starter config, listening on all interfaces: replace it by mounting your own.
 RUN mkdir -p /etc/monolake \
  && monolake init /etc/monolake/monolake.toml \

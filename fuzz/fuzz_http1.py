@@ -4,7 +4,9 @@ The rule (h11/h2 style): for any bytes, fed in any pieces, ``RequestReader.feed`
 either accepts them or raises ``ProtocolError``; never anything else. "Anything
 else" includes raw httptools exceptions leaking through, ``ValueError`` from a
 value the reader failed to validate, and hooks called out of order (a body
-before its head, a message completed twice), which ``Recorder`` asserts.
+before its head, a message completed twice), which ``Recorder`` asserts. And where the
+native head scan is built, a reader with it and one without (llhttp only) see the same
+messages and the same error: the scan takes nothing llhttp would refuse.
 
 Run it:
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from monolake.core.errors import ProtocolError
 from monolake.core.proto.http._message import Request
+from monolake.core.proto.http1 import _parse
 from monolake.core.proto.http1._parse import RequestReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared runner beside this file
@@ -74,7 +77,8 @@ class Recorder(RequestReader):
     """Checks hook order while it records. Small limits so limits get exercised (set per
     instance: a compiled RequestReader reads its own slots, not a subclass's class attributes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = True) -> None:
+        self.native_heads = native
         self.max_header_bytes = 2048
         self.max_headers = 16
         self.max_body_bytes = 4096
@@ -107,17 +111,34 @@ def pieces(data: bytes, step: int) -> Iterable[bytes]:
         yield data[i : i + step]
 
 
-def check_request_bytes(data: bytes, step: int = 0) -> list[tuple[Request, bytes]] | None:
-    """Feed ``data`` in pieces of ``step`` bytes (0: whole). Returns the messages if
-    accepted, None if a ProtocolError rejected them; anything else propagates."""
-    r = Recorder()
+def _feed(data: bytes, step: int, native: bool) -> tuple[Recorder, ProtocolError | None]:
+    r = Recorder(native)
     try:
         for p in pieces(data, step):
             r.feed(p)
     except ProtocolError as exc:
         assert 400 <= exc.status_hint < 600, exc.status_hint
-        return None
-    return r.messages
+        return r, exc
+    return r, None
+
+
+def _seen(r: Recorder, exc: ProtocolError | None) -> object:
+    msgs = [
+        (q.method, q.target, q.version, q.headers.pairs(), q.headers.names(), q.hop_headers, q.host, q.raw_host)
+        for q, _ in r.messages
+    ]
+    more = [(q.keep_alive, q.expect_continue, q.upgrade, body) for q, body in r.messages]
+    return msgs, more, r._open, None if exc is None else (exc.status_hint, str(exc))
+
+
+def check_request_bytes(data: bytes, step: int = 0) -> list[tuple[Request, bytes]] | None:
+    """Feed ``data`` in pieces of ``step`` bytes (0: whole). Returns the messages if
+    accepted, None if a ProtocolError rejected them; anything else propagates."""
+    r, exc = _feed(data, step, True)
+    if _parse._SCAN is not None:
+        slow, slow_exc = _feed(data, step, False)
+        assert _seen(r, exc) == _seen(slow, slow_exc), "the native head scan and llhttp differ"
+    return None if exc is not None else r.messages
 
 
 def TestOneInput(data: bytes) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import REPO
 from monolake.core import _compiled
+from monolake.core.proto.http1 import _parse
 from monolake.core.proto.http2 import CODEC_ENV, native_available
 from monolake.core.runtime import uring
 
@@ -41,6 +42,7 @@ def test_version_names_libraries_and_native_parts(form: list[str]) -> None:
         "openssl",
         "rtls",
         "nghttp2",
+        "h1req",
         "compiled",
         "io_uring",
     ]
@@ -54,6 +56,10 @@ def test_version_names_libraries_and_native_parts(form: list[str]) -> None:
         assert rows["nghttp2"].startswith("native codec active (libnghttp2 1.")
     else:
         assert rows["nghttp2"].startswith("not built (")
+    if _parse._SCAN is not None:
+        assert rows["h1req"].startswith("native request-head scan active")
+    else:
+        assert rows["h1req"].startswith("not built (")
     if _compiled.COMPILED:
         assert rows["compiled"].startswith(f"{len(_compiled.MODULES)} hot-path modules (mypyc): core._body, ")
     else:
@@ -78,7 +84,11 @@ def test_version_says_when_a_native_part_is_not_in_use(tmp_path: Path) -> None:
     # As where the codec was not built: its import fails in the child.
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text('import sys\nsys.modules["monolake.core.proto.http2._native"] = None\n')
+    (site / "sitecustomize.py").write_text(
+        'import sys\nsys.modules["monolake.core.proto.http2._native"] = None\n'
+        'sys.modules["monolake.core.proto.http1._h1req"] = None\n'
+    )
     path = os.pathsep.join(p for p in (str(site), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     rows = run("version", env={"PYTHONPATH": path, CODEC_ENV: ""})
     assert rows["nghttp2"].startswith("not built (") and rows["nghttp2"].endswith("uses the pure-Python h2 codec")
+    assert rows["h1req"].startswith("not built (") and rows["h1req"].endswith("llhttp parses every HTTP/1 request head")

@@ -29,13 +29,17 @@ driver can enforce a deadline on the whole head (see ``server._http``).
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
 from ..._compiled import mypyc_attr
 from ...errors import ProtocolError, RemoteProtocolError, Source
 from ..http._message import Headers, Request, Response, parse_block
+
+if TYPE_CHECKING:
+    from ._h1req import Head
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -127,6 +131,18 @@ def _lowered(name: bytes) -> bytes:
     return lname
 
 
+def _native_scan() -> Callable[[bytes, int, int, int, int], Head | None] | None:
+    try:
+        from ._h1req import scan_head
+    except ImportError:  # not built (no C compiler at install): llhttp parses every head
+        return None
+    return scan_head
+
+
+_SCAN: Final = _native_scan()
+"""The one-pass scan of a common request head (_h1req.c), or None."""
+
+
 def _request_version(parser: Any) -> bytes:
     version = _VERSIONS.get(parser.get_http_version())
     if version is None:
@@ -147,6 +163,14 @@ class RequestReader:
     ``request_complete()``. ``has_body`` is True for chunked or Content-Length > 0
     bodies; ``content_length`` is None for chunked.
 
+    Heads in one pass: at a message boundary, a request head of the common shape is read by
+    one C call (``_h1req.scan_head``: no Python callback per field) and a Content-Length
+    body after it is framed here, without llhttp; anything else (an unusual or malformed
+    head, one split across reads, chunked bodies...) is fed to llhttp from the message's
+    start, as before. The scan accepts only what llhttp accepts and builds the same
+    objects, so the hooks cannot tell the two apart. ``native_heads = False`` (or the
+    module not built) parses every head with llhttp.
+
     Tunnels: a driver that sets ``tunnels`` gets CONNECT requests (else 405) and
     upgrade requests (Upgrade listed in Connection, no body) with ``req.upgrade``
     set (b"CONNECT" for CONNECT), and reading stops after such a head: what follows
@@ -161,9 +185,14 @@ class RequestReader:
     max_headers = 100
     max_body_bytes = 0
     tunnels = False
+    native_heads = True
 
     def reader_init(self) -> None:
         self._parser = httptools.HttpRequestParser(self)
+        self._scan = _SCAN if self.native_heads else None
+        self._idle = True
+        """llhttp is between messages (nothing of the next one fed) and keeps the connection:
+        a head may be scanned natively."""
         self.head_since = 0.0
         """The ``now`` of the feed in which the incomplete head began (valid while ``_in_head``
         and ``_head_bytes``)."""
@@ -198,6 +227,23 @@ class RequestReader:
             if self._passthrough:
                 data = self._feed_passthrough(data)
                 continue
+            scan = self._scan
+            if scan is not None and self._idle:
+                pos = 0
+                n = len(data)
+                while pos < n:
+                    head = scan(data, pos, self.max_request_line_bytes, self.max_header_bytes, self.max_headers)
+                    if head is None:
+                        break
+                    limit = self.max_body_bytes
+                    if limit and head[9] > limit:
+                        break  # llhttp's path answers 413, after the checks that come first
+                    pos = self._native_request(head, data)
+                if pos:
+                    data = data[pos:] if pos < n else b""
+                    if not data or self._passthrough:
+                        continue
+                # a head the scan declined: llhttp parses it from its first byte
             try:
                 self._parser.feed_data(data)
                 data = b""
@@ -208,6 +254,7 @@ class RequestReader:
                 # Content-Length body, which llhttp skipped: see on_headers_complete).
                 offset = exc.args[0] if exc.args else len(data)
                 self._parser = httptools.HttpRequestParser(self)
+                self._idle = True
                 data = data[offset:]
                 held = self._switch_req
                 if held is not None:
@@ -244,13 +291,51 @@ class RequestReader:
         self._passthrough -= len(piece)
         self.on_body(piece)
         if not self._passthrough:
+            self._ended = True
             self.request_complete()
         return rest
+
+    def _native_request(self, head: Head, data: bytes) -> int:
+        """A head ``scan_head`` read from ``data``, and the Content-Length body after it (the
+        rest of it is passed through by later feeds); returns where the next message starts."""
+        end, method, target, version, raw, lower, hop, host, lhost, cl, expect = head
+        self._in_head = False
+        self._body_seen = 0
+        has_body = cl > 0
+        req = Request(
+            method,
+            target,
+            Headers(raw, lower=lower),
+            version=version,
+            host=lhost,
+            raw_host=host,
+            keep_alive=True,
+            expect_continue=expect and has_body and version == b"1.1",
+        )
+        if hop is not None:
+            req.hop_headers = hop
+        if not has_body:
+            self.request_received(req, False, None if cl < 0 else cl)
+            self._ended = True
+            self.request_complete()
+            return end
+        self.request_received(req, True, cl)
+        n = len(data)
+        if n - end >= cl:
+            self.body_received(data[end : end + cl])
+            self._ended = True
+            self.request_complete()
+            return end + cl
+        if n > end:
+            self.on_body(data[end:])
+        self._passthrough = cl - (n - end)
+        return n
 
     # -- httptools callbacks ---------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._idle = False
         self._began = True
         self._head_bytes = 0
         self._nhop = 0
@@ -452,6 +537,9 @@ class RequestReader:
 
     def on_message_complete(self) -> None:
         self._ended = True
+        # After a message that does not keep the connection llhttp refuses what follows: it
+        # parses that too, for the same error.
+        self._idle = self._parser.should_keep_alive()
         if self._skip_complete:
             self._skip_complete = False
             return
