@@ -295,6 +295,49 @@ def test_framed_pipelined_replies_in_call_order(env: Env) -> None:
     assert frames[6].data.endswith(b"d\x00")
 
 
+@pytest.mark.parametrize("cut", [1, 5, 33, 0])
+def test_framed_calls_cut_anywhere_answered_in_order(env: Env, cut: int) -> None:
+    """Framed binary calls served in place from the read buffer (``dispatch_framed``) and the
+    ones it declines (oneway, unknown, bad arguments, calls after one that awaits) mixed in
+    one stream, sent in pieces of ``cut`` bytes (0: all at once): every call answered once,
+    in call order, the connection kept."""
+    from monolake.core.proto.thrift import FrameReader, peek_message
+
+    slow = b"\x04\x00\x01" + struct.pack("!d", 0.05) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"slow" + b"\x00"
+    add = b"\x08\x00\x01" + struct.pack("!i", 40) + b"\x08\x00\x02" + struct.pack("!i", 2) + b"\x00"
+    calls = [
+        _call("echo", 1, _echo_args("a")),
+        _call("add", 2, add),
+        _call("nothing", 3),
+        message_begin("fire", 4, 4, ThriftProtocol.BINARY) + _echo_args(f"cut{cut}"),  # oneway: no reply
+        _call("nope", 5),
+        _call("echo", 6, b"\x0b\x00\x01\x7f\xff\xff\xff"),  # a string longer than the frame
+        _call("slow", 7, slow),
+        _call("echo", 8, _echo_args("b")),
+        _call("echo", 9, _echo_args("c" * 300)),
+    ]
+    stream = b"".join(_framed(c) for c in calls)
+    with _raw(env) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        step = cut or len(stream)
+        for i in range(0, len(stream), step):
+            s.sendall(stream[i : i + step])
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 8:
+            chunk = s.recv(65536)
+            assert chunk, "closed"
+            frames += reader.feed(chunk)
+        heads = [peek_message(f.data, f.payload, ThriftProtocol.BINARY) for f in frames]
+        assert [h.seq_id for h in heads] == [1, 2, 3, 5, 6, 7, 8, 9]
+        assert [h.type for h in heads] == [2, 2, 2, 3, 3, 2, 2, 2]  # REPLY, or EXCEPTION (unknown, bad args)
+        assert frames[0].data.endswith(b"a\x00") and frames[1].data.endswith(struct.pack("!i", 42) + b"\x00")
+        assert frames[5].data.endswith(b"slow\x00") and frames[7].data.endswith(b"c" * 300 + b"\x00")
+        s.sendall(_framed(_call("echo", 10, _echo_args("kept"))))
+        assert _recv_frame(s).endswith(b"kept\x00")
+    assert f"cut{cut}" in env.handler.fired
+
+
 def test_ttheader_many_calls_in_one_read(env: Env) -> None:
     """64 calls in one read (their replies written together): each answered once, by its seq id."""
     from monolake.core.proto.thrift import FrameReader, peek_message

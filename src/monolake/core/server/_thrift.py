@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RemoteProtocolError
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("monolake.thrift")
 
+_U32 = struct.Struct("!I")
+
 
 class Dispatcher(Protocol):
     """What a Thrift server runs per frame: the proxy."""
@@ -64,6 +68,15 @@ class Dispatcher(Protocol):
     def close(self) -> None: ...
 
     def statistics(self) -> dict[str, int]: ...
+
+
+class InPlaceDispatcher(Dispatcher, Protocol):
+    """A dispatcher that can also serve a framed binary call from its bytes, without a ``Frame``."""
+
+    def dispatch_framed(self, conn: ThriftConnection, data: bytes) -> bool:
+        """Serve ``data``, one whole framed-transport frame of at least 16 bytes, as ``dispatch``
+        would; or return False having done nothing (it then goes to ``dispatch``)."""
+        ...
 
 
 def error_frame(frame: Frame, name: str, seq_id: int, kind: int, message: str) -> bytes:
@@ -134,6 +147,9 @@ class ThriftConnection(asyncio.Protocol):
     def __init__(self, app: ThriftServerApp) -> None:
         self.app = app
         self.dispatch = app.dispatcher.dispatch
+        self.dispatch_framed: Callable[[ThriftConnection, bytes], bool] | None = getattr(
+            app.dispatcher, "dispatch_framed", None
+        )
         self.reader = FrameReader(app.max_frame_size)
         self.transport: Any = None
         self.peer = ""
@@ -161,6 +177,39 @@ class ThriftConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = True
+        fast = self.dispatch_framed
+        if fast is not None and data.__class__ is bytes and not self.reader.buffered:
+            # Whole frames at the front of the read go to ``dispatch_framed`` one by one, read in
+            # place; from the first one it declines, the rest goes through the FrameReader.
+            total = len(data)
+            if total < 16:
+                self._feed(data)
+                return
+            n = _U32.unpack_from(data)[0]
+            if n + 4 == total:
+                if n <= self.reader.max_frame_size and fast(self, data):
+                    return
+                self._feed(data)
+                return
+            self._batch = []
+            try:
+                i = 0
+                limit = self.reader.max_frame_size
+                while total - i >= 16 and not self.closed:
+                    n = _U32.unpack_from(data, i)[0]
+                    end = i + 4 + n
+                    if n < 12 or n > limit or end > total or not fast(self, data[i:end]):
+                        break
+                    i = end
+                if i < total and not self.closed:
+                    self._feed(data[i:] if i else data)
+            finally:
+                self._flush()
+                self._batch = None
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
@@ -173,6 +222,12 @@ class ThriftConnection(asyncio.Protocol):
         dispatch = self.dispatch
         if len(frames) == 1:
             dispatch(self, frames[0])
+            return
+        if self._batch is not None:  # after frames served in place (data_received): one write for all
+            for frame in frames:
+                if self.closed:
+                    return
+                dispatch(self, frame)
             return
         # Many calls in one read (a pipelining client): the replies answered while they are
         # dispatched go out in one write, not a send() each.

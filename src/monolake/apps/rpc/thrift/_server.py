@@ -85,6 +85,7 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _STOP = b"\x00"
 _join = b"".join
+_CURRENT = _metainfo.current
 
 
 def _framed(frame: Frame, payload: bytes, proto: ThriftProtocol, meta: _metainfo.Metainfo | None) -> bytes:
@@ -206,6 +207,9 @@ class ThriftService:
         self.chain: Any = Stack(self.layers, _LeafFactory(self.bound)).build() if self.layers else None
         self.plain = self.chain is None and not timeout
         """Nothing around the handler: a call runs inline, in a task only once it awaits."""
+        self.inline = {k: b for k, b in self.raw.items() if b.decode is not None} if self.plain else {}
+        """``raw`` for ``_Dispatcher.dispatch_framed``: the methods a framed binary call of which is
+        served in place (nothing around the handler, a generated decoder)."""
 
     @property
     def name(self) -> str:
@@ -270,9 +274,11 @@ class _Dispatcher:
         self.codec = StructCodec()
         self.calls = 0
         self.errors = 0
+        self._inline = service.inline
 
     def adopt(self, new: _Dispatcher) -> None:
         self.service = new.service
+        self._inline = new.service.inline
         self.stats = new.stats
         self.access_log = new.access_log
 
@@ -409,6 +415,67 @@ class _Dispatcher:
                 self._succeeded(call, value, oneway)
         finally:
             _metainfo.current.reset(token)
+
+    def dispatch_framed(self, conn: Any, data: bytes) -> bool:
+        """``dispatch`` of the usual call, read in place (no ``Frame``, no ``peek_message``): ``data``
+        is one whole frame of the framed transport, at least 16 bytes. Served here when it is a
+        strict binary CALL of a method in ``ThriftService.inline`` and no call before it on ``conn``
+        still runs; otherwise False, having done nothing (the caller then ``dispatch``es it)."""
+        word, n = _BIN_HEAD.unpack_from(data, 4)
+        # A negative n slices b"", which names no method.
+        b = self._inline.get(data[12 : 12 + n]) if word == _BIN_CALL else None
+        if b is None or (self._order and conn in self._order):
+            return False
+        loop = self._loop
+        if loop is None:
+            return False  # dispatch() finds the loop first
+        body = 16 + n
+        try:
+            values = b.decode(data, body)  # type: ignore[misc]  # inline only has decoders
+        except Exception:  # thriftpy2 reads it in dispatch(), or says what is wrong
+            return False
+        seq = _I32.unpack_from(data, body - 4)[0]
+        start = loop.time() if self.stats is not None or self.access_log is not None else 0.0
+        token = _CURRENT.set(None)
+        try:
+            if b.is_async:
+                coro = b.fn(*values)
+                try:
+                    first = coro.send(None)
+                except StopIteration as stop:
+                    value = stop.value
+                else:
+                    call = _begun(conn, Frame(data, _FRAMED, _BINARY, 4), b.m.name, seq, _BINARY, start, b, False)
+                    task = loop.create_task(self._run(call, self.service, b, values, False, None, (coro, first)))
+                    self._defer(call, False, task)
+                    return True
+            else:
+                value = b.fn(*values)
+        except (Exception, asyncio.CancelledError) as exc:
+            call = _begun(conn, Frame(data, _FRAMED, _BINARY, 4), b.m.name, seq, _BINARY, start, b, False)
+            call.meta = _CURRENT.get()
+            if isinstance(exc, asyncio.CancelledError):
+                self._error(call, False, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
+            else:
+                self._failed(call, exc, False)
+            return True
+        finally:
+            _CURRENT.reset(token)
+        enc = b.encode_ok
+        out: bytes | None = None
+        if enc is not None and value is not None:
+            try:
+                out = enc(value)
+            except Exception:
+                out = None
+        if out is None:  # void, None, or thriftpy2 encodes it (or says why it cannot)
+            self._answer_now(conn, Frame(data, _FRAMED, _BINARY, 4), b, seq, value, None, start)
+            return True
+        conn.answer_now(b.framed_head(b.framed_size + len(out), b.reply_head, seq) + out)
+        self.calls += 1
+        if self.stats is not None or self.access_log is not None:
+            self._record(conn, b.m.name, seq, "ok", start)
+        return True
 
     def _defer(self, call: _Call, queued: bool, task: asyncio.Task[None]) -> None:
         """``call`` goes on in ``task``; on a framed connection the replies after it wait for its reply."""
