@@ -73,9 +73,10 @@ class Dispatcher(Protocol):
 class InPlaceDispatcher(Dispatcher, Protocol):
     """A dispatcher that can also serve a framed binary call from its bytes, without a ``Frame``."""
 
-    def dispatch_framed(self, conn: ThriftConnection, data: bytes) -> bool:
+    def dispatch_framed(self, conn: ThriftConnection, data: bytes) -> bytes | None:
         """Serve ``data``, one whole framed-transport frame of at least 16 bytes, as ``dispatch``
-        would; or return False having done nothing (it then goes to ``dispatch``)."""
+        would, returning the reply to write now (b"": none, it answers through ``conn`` as
+        ``dispatch`` does); or return None having done nothing (it then goes to ``dispatch``)."""
         ...
 
 
@@ -147,7 +148,7 @@ class ThriftConnection(asyncio.Protocol):
     def __init__(self, app: ThriftServerApp) -> None:
         self.app = app
         self.dispatch = app.dispatcher.dispatch
-        self.dispatch_framed: Callable[[ThriftConnection, bytes], bool] | None = getattr(
+        self.dispatch_framed: Callable[[ThriftConnection, bytes], bytes | None] | None = getattr(
             app.dispatcher, "dispatch_framed", None
         )
         self.reader = FrameReader(app.max_frame_size)
@@ -187,25 +188,38 @@ class ThriftConnection(asyncio.Protocol):
                 return
             n = _U32.unpack_from(data)[0]
             if n + 4 == total:
-                if n <= self.reader.max_frame_size and fast(self, data):
+                out = fast(self, data) if n <= self.reader.max_frame_size else None
+                if out is None:
+                    self._feed(data)
                     return
-                self._feed(data)
+                if out:
+                    self.transport.write(out)
+                    if self.in_flight == 0 and (self.app.draining or self.eof):
+                        self._close()
                 return
-            self._batch = []
+            batch: list[bytes | bytearray] = []
+            self._batch = batch
             try:
                 i = 0
                 limit = self.reader.max_frame_size
                 while total - i >= 16 and not self.closed:
                     n = _U32.unpack_from(data, i)[0]
                     end = i + 4 + n
-                    if n < 12 or n > limit or end > total or not fast(self, data[i:end]):
+                    if n < 12 or n > limit or end > total:
                         break
+                    out = fast(self, data[i:end])
+                    if out is None:
+                        break
+                    if out:
+                        batch.append(out)
                     i = end
                 if i < total and not self.closed:
                     self._feed(data[i:] if i else data)
             finally:
                 self._flush()
                 self._batch = None
+            if self.in_flight == 0 and (self.app.draining or self.eof):
+                self._close()
             return
         self._feed(data)
 

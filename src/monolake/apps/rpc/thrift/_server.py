@@ -275,12 +275,14 @@ class _Dispatcher:
         self.calls = 0
         self.errors = 0
         self._inline = service.inline
+        self._timed = stats is not None or access_log is not None
 
     def adopt(self, new: _Dispatcher) -> None:
         self.service = new.service
         self._inline = new.service.inline
         self.stats = new.stats
         self.access_log = new.access_log
+        self._timed = new._timed
 
     # -- per frame ---------------------------------------------------------------------
 
@@ -416,27 +418,30 @@ class _Dispatcher:
         finally:
             _metainfo.current.reset(token)
 
-    def dispatch_framed(self, conn: Any, data: bytes) -> bool:
+    def dispatch_framed(self, conn: Any, data: bytes) -> bytes | None:
         """``dispatch`` of the usual call, read in place (no ``Frame``, no ``peek_message``): ``data``
         is one whole frame of the framed transport, at least 16 bytes. Served here when it is a
-        strict binary CALL of a method in ``ThriftService.inline`` and no call before it on ``conn``
-        still runs; otherwise False, having done nothing (the caller then ``dispatch``es it)."""
+        strict binary CALL of a method in ``ThriftService.inline``, no call before it on ``conn``
+        still runs and no metainfo is set in this context: then the reply frame for the caller to
+        write (as ``conn.answer_now`` would), or b"" when it is answered through ``conn``. Otherwise
+        None, having done nothing (the caller then ``dispatch``es it)."""
         word, n = _BIN_HEAD.unpack_from(data, 4)
         # A negative n slices b"", which names no method.
         b = self._inline.get(data[12 : 12 + n]) if word == _BIN_CALL else None
-        if b is None or (self._order and conn in self._order):
-            return False
+        if b is None or (self._order and conn in self._order) or _CURRENT.get() is not None:
+            return None
         loop = self._loop
         if loop is None:
-            return False  # dispatch() finds the loop first
+            return None  # dispatch() finds the loop first
         body = 16 + n
         try:
             values = b.decode(data, body)  # type: ignore[misc]  # inline only has decoders
         except Exception:  # thriftpy2 reads it in dispatch(), or says what is wrong
-            return False
+            return None
         seq = _I32.unpack_from(data, body - 4)[0]
-        start = loop.time() if self.stats is not None or self.access_log is not None else 0.0
-        token = _CURRENT.set(None)
+        start = loop.time() if self._timed else 0.0
+        # The handler runs with no metainfo (a framed call carries none), as in dispatch(); one it
+        # makes (``metainfo()``) is dropped after it, without a token: the value before was None.
         try:
             if b.is_async:
                 coro = b.fn(*values)
@@ -448,7 +453,7 @@ class _Dispatcher:
                     call = _begun(conn, Frame(data, _FRAMED, _BINARY, 4), b.m.name, seq, _BINARY, start, b, False)
                     task = loop.create_task(self._run(call, self.service, b, values, False, None, (coro, first)))
                     self._defer(call, False, task)
-                    return True
+                    return b""
             else:
                 value = b.fn(*values)
         except (Exception, asyncio.CancelledError) as exc:
@@ -458,9 +463,10 @@ class _Dispatcher:
                 self._error(call, False, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
             else:
                 self._failed(call, exc, False)
-            return True
+            return b""
         finally:
-            _CURRENT.reset(token)
+            if _CURRENT.get() is not None:
+                _CURRENT.set(None)
         enc = b.encode_ok
         out: bytes | None = None
         if enc is not None and value is not None:
@@ -470,12 +476,11 @@ class _Dispatcher:
                 out = None
         if out is None:  # void, None, or thriftpy2 encodes it (or says why it cannot)
             self._answer_now(conn, Frame(data, _FRAMED, _BINARY, 4), b, seq, value, None, start)
-            return True
-        conn.answer_now(b.framed_head(b.framed_size + len(out), b.reply_head, seq) + out)
+            return b""
         self.calls += 1
-        if self.stats is not None or self.access_log is not None:
+        if self._timed:
             self._record(conn, b.m.name, seq, "ok", start)
-        return True
+        return b.framed_head(b.framed_size + len(out), b.reply_head, seq) + out
 
     def _defer(self, call: _Call, queued: bool, task: asyncio.Task[None]) -> None:
         """``call`` goes on in ``task``; on a framed connection the replies after it wait for its reply."""
