@@ -338,6 +338,62 @@ def test_framed_calls_cut_anywhere_answered_in_order(env: Env, cut: int) -> None
     assert f"cut{cut}" in env.handler.fired
 
 
+class _Steps:
+    """Async handlers that return or raise, before or after waiting (``dispatch_framed``'s pump)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def step(self, how: str) -> str:
+        self.ran.append(how)
+        kind = how[:-1]  # the last character numbers the connection
+        if kind.startswith("wait"):
+            await asyncio.sleep(0)
+        if kind.endswith("raise"):
+            raise ValueError(how)
+        if kind.endswith("cancel"):
+            raise asyncio.CancelledError
+        return how.upper()
+
+
+def test_framed_async_handlers_return_raise_wait(env: Env, tmp_path: Path) -> None:
+    """Framed calls of ``async def`` handlers that return, raise or are cancelled, at once or
+    after a wait, on two connections at once: each answered in call order on its connection
+    (an error as ``INTERNAL_ERROR``), and the server serves on after every kind."""
+    from monolake.core.proto.thrift import FrameReader, peek_message
+    from monolake.rpc import build_server
+
+    idl = tmp_path / "steps.thrift"
+    idl.write_text("namespace py steps\nservice Steps {\n  string step(1: string how)\n}\n")
+    handler = _Steps()
+    app = build_server("steps", Server(listener="127.0.0.1:0"), ThriftService(str(idl), handler))
+    srv, port = start_server(env.lt, app)
+    kinds = ["now", "wait", "now-raise", "wait-raise", "now-cancel", "wait-cancel", "now", "wait", "now"]
+    try:
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        for n, s in enumerate(socks):
+            s.sendall(b"".join(_framed(_call("step", i, _echo_args(f"{k}{n}"))) for i, k in enumerate(kinds)))
+        for n, s in enumerate(socks):
+            reader = FrameReader()
+            frames: list[Any] = []
+            while len(frames) < len(kinds):
+                chunk = s.recv(65536)
+                assert chunk, "closed"
+                frames += reader.feed(chunk)
+            heads = [peek_message(f.data, f.payload, ThriftProtocol.BINARY) for f in frames]
+            assert [h.seq_id for h in heads] == list(range(len(kinds)))
+            assert [h.type for h in heads] == [2, 2, 3, 3, 3, 3, 2, 2, 2]
+            for k, f in zip(kinds, frames, strict=True):
+                if k in ("now", "wait"):
+                    assert f.data.endswith(f"{k}{n}".upper().encode() + b"\x00")
+            assert b"step failed: ValueError" in frames[2].data and b"step failed: ValueError" in frames[3].data
+            assert b"call cancelled" in frames[4].data and b"call cancelled" in frames[5].data
+            s.close()
+        assert sorted(handler.ran) == sorted(f"{k}{n}" for n in range(2) for k in kinds)
+    finally:
+        stop_server(env.lt, srv, app)
+
+
 def test_ttheader_many_calls_in_one_read(env: Env) -> None:
     """64 calls in one read (their replies written together): each answered once, by its seq id."""
     from monolake.core.proto.thrift import FrameReader, peek_message

@@ -42,7 +42,7 @@ import inspect
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +253,42 @@ async def _invoke(svc: ThriftService, b: _Bound, call: _Call, values: list[Any])
     return b.fn(*values)
 
 
+class _Box:
+    """An ``async def`` handler's call between ``dispatch_framed`` and the pump (``_pump``)."""
+
+    __slots__ = ("args", "detached", "error", "fn", "value")
+
+    def __init__(self) -> None:
+        self.fn: Any = None
+        self.args: list[Any] = []
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.detached = False
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self  # the pump hands the call back to dispatch_framed, and waits for the next
+
+
+async def _pump(box: _Box) -> Any:
+    """Runs ``async def`` handlers for ``dispatch_framed``: one ``coro.send`` per call, and a
+    handler that returns without waiting is awaited here, inside a coroutine, so its result
+    costs no StopIteration (``coro.send`` from Python raises one per call). A handler that
+    waits takes the pump with it: ``dispatch_framed`` sets ``detached`` and hands the pump to a
+    task, where it ends as the handler does (returns its value, raises its error)."""
+    while True:
+        await box
+        try:
+            value = await box.fn(*box.args)
+        except (Exception, asyncio.CancelledError) as exc:
+            if box.detached:
+                raise
+            box.error = exc
+        else:
+            if box.detached:
+                return value
+            box.value = value
+
+
 class _Dispatcher:
     """The core driver's ``Dispatcher`` for one server. See the module docstring."""
 
@@ -276,6 +312,14 @@ class _Dispatcher:
         self.errors = 0
         self._inline = service.inline
         self._timed = stats is not None or access_log is not None
+        self._box = _Box()
+        self._pump = self._new_pump()
+
+    def _new_pump(self) -> Coroutine[Any, Any, Any]:
+        self._box = box = _Box()
+        pump = _pump(box)
+        pump.send(None)  # up to its first ``await box``
+        return pump
 
     def adopt(self, new: _Dispatcher) -> None:
         self.service = new.service
@@ -444,16 +488,27 @@ class _Dispatcher:
         # makes (``metainfo()``) is dropped after it, without a token: the value before was None.
         try:
             if b.is_async:
-                coro = b.fn(*values)
+                box = self._box
+                box.fn = b.fn
+                box.args = values
+                pump = self._pump
                 try:
-                    first = coro.send(None)
-                except StopIteration as stop:
-                    value = stop.value
-                else:
+                    first = pump.send(None)
+                except BaseException:  # not the handler's error (the pump keeps those): a new pump
+                    self._pump = self._new_pump()
+                    raise
+                if first is not box:  # the handler waits: it goes on in a task with this pump
+                    box.detached = True
+                    self._pump = self._new_pump()
                     call = _begun(conn, Frame(data, _FRAMED, _BINARY, 4), b.m.name, seq, _BINARY, start, b, False)
-                    task = loop.create_task(self._run(call, self.service, b, values, False, None, (coro, first)))
+                    task = loop.create_task(self._run(call, self.service, b, values, False, None, (pump, first)))
                     self._defer(call, False, task)
                     return b""
+                if box.error is not None:
+                    exc, box.error = box.error, None
+                    raise exc
+                value = box.value
+                box.value = None
             else:
                 value = b.fn(*values)
         except (Exception, asyncio.CancelledError) as exc:
