@@ -23,7 +23,8 @@ stack in Volo's order::
   call carries the context's metainfo (``RPC_PERSIST_*``, ``RPC_TRANSIT_*``) and
   the reply's ``RPC_BACKWARD_*`` values land in ``metainfo().received_backward``.
 
-Without layers the chain is the three services above, one coroutine frame each.
+Without layers a call is two coroutine frames, ``call`` and the transport's: balancing hands
+back the transport's coroutine itself, and adds a frame of its own only to retry.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from ....core.address import Endpoint
@@ -298,7 +299,9 @@ class _Balance:
             self._version = d.version
         return self._balancer
 
-    async def __call__(self, call: ClientCall) -> Any:
+    def __call__(self, call: ClientCall) -> Coroutine[Any, Any, Any]:
+        # A plain function: with one endpoint (or a fixed address) it returns the attempt's own
+        # coroutine, so the call costs no coroutine frame here; retries need one (_balanced).
         c = self.client
         if not call.deadline:  # the timeout service, merged in: one deadline for every attempt
             t = call.timeout if call.timeout is not None else c.timeout
@@ -306,15 +309,26 @@ class _Balance:
                 call.deadline = c.pool.loop.time() + t
         if call.address is not None:
             call.endpoint = call.address
-            return await self.inner(call)
+            return self.inner(call)
         d = c.discovery
         if (d.version != self._version or self._balancer is None) and not d.endpoints():
-            await self._first_set(call, d)
+            return self._after_first_set(call, d)
+        return self._attempts(call)
+
+    def _attempts(self, call: ClientCall) -> Coroutine[Any, Any, Any]:
         bal = self.balancer()
         eps = bal.endpoints
         if len(eps) == 1:  # nothing to choose, nowhere else to retry
             call.endpoint = eps[0]
-            return await self.inner(call)
+            return self.inner(call)
+        return self._balanced(call, bal)
+
+    async def _after_first_set(self, call: ClientCall, d: Any) -> Any:
+        await self._first_set(call, d)
+        return await self._attempts(call)
+
+    async def _balanced(self, call: ClientCall, bal: Any) -> Any:
+        c = self.client
         key = _Key(call.hash_key)
         ep = bal.pick(key)
         tried: list[Endpoint] = []
