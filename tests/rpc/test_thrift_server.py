@@ -394,6 +394,31 @@ def test_framed_async_handlers_return_raise_wait(env: Env, tmp_path: Path) -> No
         stop_server(env.lt, srv, app)
 
 
+def test_ttheader_replies_as_encode_frame_makes_them(env: Env) -> None:
+    """TTHeader calls served in place (``dispatch_bytes``) are answered with the bytes
+    ``encode_ttheader`` makes: the header's sequence id and the message's kept apart, and
+    backward metainfo the handler set (on a call that brought none) in the reply's headers."""
+    from monolake.core.proto.thrift import FrameReader, read_header_info
+
+    echo = encode_ttheader(_call("echo", 9, _echo_args("tt")), seq_id=7)
+    meta = encode_ttheader(_call("meta", 11, _echo_args("k")), seq_id=10)
+    with _raw(env) as s:
+        s.sendall(echo + meta)
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 2:
+            chunk = s.recv(65536)
+            assert chunk, "closed"
+            frames += reader.feed(chunk)
+    result = b"\x0b\x00\x00" + struct.pack("!i", 2) + b"tt" + b"\x00"
+    assert bytes(frames[0].data) == encode_ttheader(
+        message_begin("echo", 2, 9, ThriftProtocol.BINARY) + result, seq_id=7
+    )
+    assert frames[1].seq_id == 10
+    assert read_header_info(frames[1]).headers == {"RPC_BACKWARD_seen": "k"}
+    assert frames[1].data.endswith(b"\x0b\x00\x00" + struct.pack("!i", 0) + b"\x00")
+
+
 def test_ttheader_many_calls_in_one_read(env: Env) -> None:
     """64 calls in one read (their replies written together): each answered once, by its seq id."""
     from monolake.core.proto.thrift import FrameReader, peek_message

@@ -71,10 +71,10 @@ class Dispatcher(Protocol):
 
 
 class InPlaceDispatcher(Dispatcher, Protocol):
-    """A dispatcher that can also serve a framed binary call from its bytes, without a ``Frame``."""
+    """A dispatcher that can also serve a call from its frame's bytes, without a ``Frame``."""
 
-    def dispatch_framed(self, conn: ThriftConnection, data: bytes) -> bytes | None:
-        """Serve ``data``, one whole framed-transport frame of at least 16 bytes, as ``dispatch``
+    def dispatch_bytes(self, conn: ThriftConnection, data: bytes) -> bytes | None:
+        """Serve ``data``, one whole frame (any transport) of at least 16 bytes, as ``dispatch``
         would, returning the reply to write now (b"": none, it answers through ``conn`` as
         ``dispatch`` does); or return None having done nothing (it then goes to ``dispatch``)."""
         ...
@@ -148,8 +148,8 @@ class ThriftConnection(asyncio.Protocol):
     def __init__(self, app: ThriftServerApp) -> None:
         self.app = app
         self.dispatch = app.dispatcher.dispatch
-        self.dispatch_framed: Callable[[ThriftConnection, bytes], bytes | None] | None = getattr(
-            app.dispatcher, "dispatch_framed", None
+        self.dispatch_bytes: Callable[[ThriftConnection, bytes], bytes | None] | None = getattr(
+            app.dispatcher, "dispatch_bytes", None
         )
         self.reader = FrameReader(app.max_frame_size)
         self.transport: Any = None
@@ -178,9 +178,9 @@ class ThriftConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = True
-        fast = self.dispatch_framed
+        fast = self.dispatch_bytes
         if fast is not None and data.__class__ is bytes and not self.reader.buffered:
-            # Whole frames at the front of the read go to ``dispatch_framed`` one by one, read in
+            # Whole frames at the front of the read go to ``dispatch_bytes`` one by one, read in
             # place; from the first one it declines, the rest goes through the FrameReader.
             total = len(data)
             if total < 16:
