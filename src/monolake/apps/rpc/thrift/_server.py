@@ -47,7 +47,7 @@ import inspect
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -276,18 +276,23 @@ class _Box:
         self.error: BaseException | None = None
         self.detached = False
 
-    def __await__(self) -> Generator[Any, None, None]:
-        yield self  # the pump hands the call back to dispatch_bytes, and waits for the next
+
+class _Ready(tuple[Any, ...]):
+    """``(box,)``, awaitable: yields the box once, then returns None; all in C (a tuple iterator),
+    where a generator ``__await__`` would cost a Python call and a generator per call."""
+
+    __slots__ = ()
+    __await__ = tuple.__iter__
 
 
-async def _pump(box: _Box) -> Any:
+async def _pump(box: _Box, ready: Any) -> Any:
     """Runs ``async def`` handlers for ``dispatch_bytes``: one ``coro.send`` per call, and a
     handler that returns without waiting is awaited here, inside a coroutine, so its result
     costs no StopIteration (``coro.send`` from Python raises one per call). A handler that
     waits takes the pump with it: ``dispatch_bytes`` sets ``detached`` and hands the pump to a
     task, where it ends as the handler does (returns its value, raises its error)."""
     while True:
-        await box
+        await ready  # hands the call back to dispatch_bytes (it gets the box), and waits for the next
         try:
             value = await box.fn(*box.args)
         except (Exception, asyncio.CancelledError) as exc:
@@ -328,8 +333,8 @@ class _Dispatcher:
 
     def _new_pump(self) -> Coroutine[Any, Any, Any]:
         self._box = box = _Box()
-        pump = _pump(box)
-        pump.send(None)  # up to its first ``await box``
+        pump = _pump(box, _Ready((box,)))
+        pump.send(None)  # up to its first ``await ready``
         return pump
 
     def adopt(self, new: _Dispatcher) -> None:
