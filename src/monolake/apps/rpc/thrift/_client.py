@@ -138,8 +138,11 @@ def parse_address(spec: str | Endpoint) -> Endpoint:
 
 
 _FRAMED = Transport.FRAMED
+_BINARY = ThriftProtocol.BINARY
 _U32 = struct.Struct("!I")
 _join = b"".join
+_bjoin = bytearray().join  # joins into a new bytearray (the empty separator is never changed)
+_CURRENT = _metainfo.current
 
 
 class _Begin:
@@ -198,6 +201,32 @@ class _Transport:
             except TypeError as exc:
                 raise ValueError(f"{m.name}: {exc}") from None
             body = c.codec.encode(args, proto)
+        loop = c.pool.loop
+        left = call.deadline - loop.time() if call.deadline else 0.0
+        if call.deadline and left <= 0:
+            raise ReadTimeout(f"{m.name}: no time left for the call")
+        if proto is _BINARY and not m.oneway:
+            # The frame is made as a bytearray for this call alone: the pool sets its sequence id
+            # in place (no Frame, MessageHead or copy).
+            if c.transport is _FRAMED:
+                buf = _bjoin((_U32.pack(len(begin.data) + len(body)), begin.data, body))
+                at = 4 + begin.seq_offset
+            else:
+                mi = _CURRENT.get()
+                headers = None if mi is None and not call.transient else _metainfo.forward_headers(mi, call.transient)
+                if headers is None:  # no info blocks: the header is the same bytes for every call
+                    tail = begin.header
+                    buf = _bjoin((_U32.pack(len(tail) + len(begin.data) + len(body)), tail, begin.data, body))
+                    at = 4 + len(tail) + begin.seq_offset
+                else:
+                    payload = begin.data + body
+                    buf = bytearray(encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers))
+                    at = len(buf) - len(payload) + begin.seq_offset
+            reply, rhead = await c.pool.call_owned(
+                ep, buf, c.transport, at,
+                connect_timeout=min(c.connect_timeout, left) if left else c.connect_timeout, timeout=left,
+            )  # fmt: skip
+            return self.read_reply(call, reply, rhead)
         # The frame and head are made from what we just encoded, not parsed back.
         if c.transport is _FRAMED:
             data = _join((_U32.pack(len(begin.data) + len(body)), begin.data, body))
@@ -215,10 +244,6 @@ class _Transport:
             info = 16  # 14 fixed bytes, protocol id, no transforms
         frame = Frame(data, c.transport, proto, off, info=info)
         head = MessageHead(m.name, begin.mtype, 0, off + begin.seq_offset, begin.seq_size, off + len(begin.data))
-        loop = c.pool.loop
-        left = call.deadline - loop.time() if call.deadline else 0.0
-        if call.deadline and left <= 0:
-            raise ReadTimeout(f"{m.name}: no time left for the call")
         if m.oneway:
             c.pool.send(ep, frame, head, None, connect_timeout=c.connect_timeout, timeout=0, oneway=True)
             return None
