@@ -5,8 +5,12 @@ Theory of operation. Bytes arrive in ``data_received`` and go through a
 THeader; binary or compact); each frame is handed to the app's ``Dispatcher``
 (the proxy, in proxy/_thrift_app.py) with a plain call. There is no task per
 call: the dispatcher forwards the frame and the reply comes back through a
-callback that calls ``answer``. Replies are written in the order they arrive,
-which need not be the order of the calls; each carries its call's sequence id.
+callback that calls ``answer``. A dispatcher with ``dispatch_bytes`` (the RPC
+server's: ``InPlaceDispatcher``) is first offered each whole frame at the front of
+a read as bytes, without a ``Frame``, and returns the reply to write; from the
+first frame it declines, the rest of the read goes the ``Frame`` way. Replies are
+written in the order they arrive, which need not be the order of the calls; each
+carries its call's sequence id.
 The replies answered while the frames of one read are dispatched (a pipelining
 client, a server that answers at once) go out in one write.
 
@@ -192,7 +196,7 @@ class ThriftConnection(asyncio.Protocol):
                 if out is None:
                     self._feed(data)
                     return
-                if out:
+                if out and not self.closed:
                     self.transport.write(out)
                     if self.in_flight == 0 and (self.app.draining or self.eof):
                         self._close()
