@@ -511,7 +511,7 @@ class _Dispatcher:
             return None
         seq = _I32.unpack_from(data, body - 4)[0]
         start = loop.time() if self._timed else 0.0
-        # The handler runs with no metainfo (a framed call carries none), as in dispatch(); one it
+        # The handler runs with no metainfo (this call brought none), as in dispatch(); one it
         # makes (``metainfo()``) is dropped after it, without a token: the value before was None.
         try:
             if b.is_async:
