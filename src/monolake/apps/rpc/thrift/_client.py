@@ -242,7 +242,7 @@ class _Transport:
                 data = encode_frame(c.transport, payload, seq_id=0, protocol=proto, headers=headers)
                 off = len(data) - len(payload)
             info = 16  # 14 fixed bytes, protocol id, no transforms
-        frame = Frame(data, c.transport, proto, off, info=info)
+        frame = Frame(data, c.transport, proto, off, 0, 0, info)
         head = MessageHead(m.name, begin.mtype, 0, off + begin.seq_offset, begin.seq_size, off + len(begin.data))
         if m.oneway:
             c.pool.send(ep, frame, head, None, connect_timeout=c.connect_timeout, timeout=0, oneway=True)
