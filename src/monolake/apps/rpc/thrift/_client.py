@@ -78,12 +78,13 @@ class ClientCall:
         self,
         method: MethodDef,
         args: Sequence[Any],
-        *,
         timeout: float | None = None,
         address: Endpoint | None = None,
         hash_key: str = "",
         transient: dict[str, str] | None = None,
     ) -> None:
+        # Not keyword-only: ``ThriftClient.call`` passes them by position (calling a class with
+        # keywords cost ~0.25 µs more per call on 3.11).
         self.method = method
         self.args = args
         self.timeout = timeout
@@ -513,14 +514,7 @@ class ThriftClient:
             if unknown:
                 raise TypeError(f"{method}() got unexpected argument(s) {', '.join(sorted(unknown))}")
             args = tuple(given.get(n) for n in names)
-        call = ClientCall(
-            m,
-            args,
-            timeout=timeout,
-            address=parse_address(address) if address is not None else None,
-            hash_key=hash_key,
-            transient=metainfo,
-        )
+        call = ClientCall(m, args, timeout, parse_address(address) if address is not None else None, hash_key, metainfo)
         return await self.chain(call)
 
     def __getattr__(self, name: str) -> Any:
