@@ -3,7 +3,9 @@
 ``BASE`` is another checkout's root (``git worktree add /tmp/base <commit>``, or ``git archive <commit>
 src bench | tar -x -C /tmp/base``); the other side is this checkout. Per round, each side in turn:
 
-- ``thrift_micro``: the server's Python CPU per call without sockets (framed binary, 16 calls per read);
+- ``thrift_micro``: the server's Python CPU per call without sockets (framed binary, 16 calls per read),
+  and the same on TTHeader;
+- ``thrift_client_micro``: our client's Python CPU per call without sockets (TTHeader, 16 callers);
 - ``client``: our ``ThriftClient`` (TTHeader, 16 callers) against one monolake server of this checkout
   alone on core 1, the client on core 0: the client's CPU per call (user+sys of its process).
 
@@ -64,6 +66,15 @@ def main() -> None:
                          str(a.micro_rounds), "--repeat", "3"],
                         capture_output=True, env=_env(root), cwd=root, check=True,
                     )  # fmt: skip
+                    micro_tt = subprocess.run(
+                        [sys.executable, str(HERE / "bench" / "rpc" / "thrift_micro.py"), "--rounds",
+                         str(a.micro_rounds), "--repeat", "3", "--transport", "ttheader"],
+                        capture_output=True, env=_env(root), cwd=root, check=True,
+                    )  # fmt: skip
+                    client_micro = subprocess.run(
+                        [sys.executable, str(HERE / "bench" / "rpc" / "thrift_client_micro.py")],
+                        capture_output=True, env=_env(root), cwd=root, check=True,
+                    )  # fmt: skip
                     client = subprocess.run(
                         [*(["taskset", "-c", "0"] if taskset else []), sys.executable, "-m", "bench.rpc.thrift",
                          "client", "monolake", str(port), "16", str(a.seconds), d],
@@ -71,7 +82,9 @@ def main() -> None:
                     )  # fmt: skip
                     res = json.loads(client.stdout.decode().strip().splitlines()[-1])
                     print(
-                        f"{name:5} server micro: {micro.stdout.decode().strip().split(': ')[-1]}; client "
+                        f"{name:5} server micro: {micro.stdout.decode().strip().split(': ')[-1]}, ttheader "
+                        f"{micro_tt.stdout.decode().strip().split(': ')[-1].split(' (')[0]}; client micro "
+                        f"{client_micro.stdout.decode().strip().split(': ')[-1].split(' (')[0]}; client "
                         f"{res['client_cpu_us_per_call']:.1f} CPU µs/call ({res['calls_per_s']:.0f} calls/s)  "
                         f"load {os.getloadavg()[0]:.2f}",
                         flush=True,

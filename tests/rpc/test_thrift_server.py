@@ -295,6 +295,130 @@ def test_framed_pipelined_replies_in_call_order(env: Env) -> None:
     assert frames[6].data.endswith(b"d\x00")
 
 
+@pytest.mark.parametrize("cut", [1, 5, 33, 0])
+def test_framed_calls_cut_anywhere_answered_in_order(env: Env, cut: int) -> None:
+    """Framed binary calls served in place from the read buffer (``dispatch_framed``) and the
+    ones it declines (oneway, unknown, bad arguments, calls after one that awaits) mixed in
+    one stream, sent in pieces of ``cut`` bytes (0: all at once): every call answered once,
+    in call order, the connection kept."""
+    from monolake.core.proto.thrift import FrameReader, peek_message
+
+    slow = b"\x04\x00\x01" + struct.pack("!d", 0.05) + b"\x0b\x00\x02" + struct.pack("!i", 4) + b"slow" + b"\x00"
+    add = b"\x08\x00\x01" + struct.pack("!i", 40) + b"\x08\x00\x02" + struct.pack("!i", 2) + b"\x00"
+    calls = [
+        _call("echo", 1, _echo_args("a")),
+        _call("add", 2, add),
+        _call("nothing", 3),
+        message_begin("fire", 4, 4, ThriftProtocol.BINARY) + _echo_args(f"cut{cut}"),  # oneway: no reply
+        _call("nope", 5),
+        _call("echo", 6, b"\x0b\x00\x01\x7f\xff\xff\xff"),  # a string longer than the frame
+        _call("slow", 7, slow),
+        _call("echo", 8, _echo_args("b")),
+        _call("echo", 9, _echo_args("c" * 300)),
+    ]
+    stream = b"".join(_framed(c) for c in calls)
+    with _raw(env) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        step = cut or len(stream)
+        for i in range(0, len(stream), step):
+            s.sendall(stream[i : i + step])
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 8:
+            chunk = s.recv(65536)
+            assert chunk, "closed"
+            frames += reader.feed(chunk)
+        heads = [peek_message(f.data, f.payload, ThriftProtocol.BINARY) for f in frames]
+        assert [h.seq_id for h in heads] == [1, 2, 3, 5, 6, 7, 8, 9]
+        assert [h.type for h in heads] == [2, 2, 2, 3, 3, 2, 2, 2]  # REPLY, or EXCEPTION (unknown, bad args)
+        assert frames[0].data.endswith(b"a\x00") and frames[1].data.endswith(struct.pack("!i", 42) + b"\x00")
+        assert frames[5].data.endswith(b"slow\x00") and frames[7].data.endswith(b"c" * 300 + b"\x00")
+        s.sendall(_framed(_call("echo", 10, _echo_args("kept"))))
+        assert _recv_frame(s).endswith(b"kept\x00")
+    assert f"cut{cut}" in env.handler.fired
+
+
+class _Steps:
+    """Async handlers that return or raise, before or after waiting (``dispatch_framed``'s pump)."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    async def step(self, how: str) -> str:
+        self.ran.append(how)
+        kind = how[:-1]  # the last character numbers the connection
+        if kind.startswith("wait"):
+            await asyncio.sleep(0)
+        if kind.endswith("raise"):
+            raise ValueError(how)
+        if kind.endswith("cancel"):
+            raise asyncio.CancelledError
+        return how.upper()
+
+
+def test_framed_async_handlers_return_raise_wait(env: Env, tmp_path: Path) -> None:
+    """Framed calls of ``async def`` handlers that return, raise or are cancelled, at once or
+    after a wait, on two connections at once: each answered in call order on its connection
+    (an error as ``INTERNAL_ERROR``), and the server serves on after every kind."""
+    from monolake.core.proto.thrift import FrameReader, peek_message
+    from monolake.rpc import build_server
+
+    idl = tmp_path / "steps.thrift"
+    idl.write_text("namespace py steps\nservice Steps {\n  string step(1: string how)\n}\n")
+    handler = _Steps()
+    app = build_server("steps", Server(listener="127.0.0.1:0"), ThriftService(str(idl), handler))
+    srv, port = start_server(env.lt, app)
+    kinds = ["now", "wait", "now-raise", "wait-raise", "now-cancel", "wait-cancel", "now", "wait", "now"]
+    try:
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        for n, s in enumerate(socks):
+            s.sendall(b"".join(_framed(_call("step", i, _echo_args(f"{k}{n}"))) for i, k in enumerate(kinds)))
+        for n, s in enumerate(socks):
+            reader = FrameReader()
+            frames: list[Any] = []
+            while len(frames) < len(kinds):
+                chunk = s.recv(65536)
+                assert chunk, "closed"
+                frames += reader.feed(chunk)
+            heads = [peek_message(f.data, f.payload, ThriftProtocol.BINARY) for f in frames]
+            assert [h.seq_id for h in heads] == list(range(len(kinds)))
+            assert [h.type for h in heads] == [2, 2, 3, 3, 3, 3, 2, 2, 2]
+            for k, f in zip(kinds, frames, strict=True):
+                if k in ("now", "wait"):
+                    assert f.data.endswith(f"{k}{n}".upper().encode() + b"\x00")
+            assert b"step failed: ValueError" in frames[2].data and b"step failed: ValueError" in frames[3].data
+            assert b"call cancelled" in frames[4].data and b"call cancelled" in frames[5].data
+            s.close()
+        assert sorted(handler.ran) == sorted(f"{k}{n}" for n in range(2) for k in kinds)
+    finally:
+        stop_server(env.lt, srv, app)
+
+
+def test_ttheader_replies_as_encode_frame_makes_them(env: Env) -> None:
+    """TTHeader calls served in place (``dispatch_bytes``) are answered with the bytes
+    ``encode_ttheader`` makes: the header's sequence id and the message's kept apart, and
+    backward metainfo the handler set (on a call that brought none) in the reply's headers."""
+    from monolake.core.proto.thrift import FrameReader, read_header_info
+
+    echo = encode_ttheader(_call("echo", 9, _echo_args("tt")), seq_id=7)
+    meta = encode_ttheader(_call("meta", 11, _echo_args("k")), seq_id=10)
+    with _raw(env) as s:
+        s.sendall(echo + meta)
+        reader = FrameReader()
+        frames: list[Any] = []
+        while len(frames) < 2:
+            chunk = s.recv(65536)
+            assert chunk, "closed"
+            frames += reader.feed(chunk)
+    result = b"\x0b\x00\x00" + struct.pack("!i", 2) + b"tt" + b"\x00"
+    assert bytes(frames[0].data) == encode_ttheader(
+        message_begin("echo", 2, 9, ThriftProtocol.BINARY) + result, seq_id=7
+    )
+    assert frames[1].seq_id == 10
+    assert read_header_info(frames[1]).headers == {"RPC_BACKWARD_seen": "k"}
+    assert frames[1].data.endswith(b"\x0b\x00\x00" + struct.pack("!i", 0) + b"\x00")
+
+
 def test_ttheader_many_calls_in_one_read(env: Env) -> None:
     """64 calls in one read (their replies written together): each answered once, by its seq id."""
     from monolake.core.proto.thrift import FrameReader, peek_message

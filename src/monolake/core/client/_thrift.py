@@ -9,8 +9,9 @@ until the connection is up (or fail with its connect error). The decision is a
 pure step over the key's state; the I/O (connect, write) comes after it.
 
 On a connection every call gets a fresh sequence id (1..2**31-1, wrapping, never
-one still in flight): the frame is rewritten with it (``rewrite_seq_id``) and the
-caller's ``Waiter`` is remembered under it. The frames sent on a connection during one
+one still in flight): the frame is rewritten with it (``rewrite_seq_id``; a binary
+frame made for that call alone, the RPC client's, is patched in place: ``call_owned``)
+and the caller's ``Waiter`` is remembered under it. The frames sent on a connection during one
 loop iteration go out in one write at its end. A reply's sequence id finds the
 waiter, which restores the caller's own id. Replies may come in any order, so
 upstreams that answer out of order (Kitex) and those that answer in order (a
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import struct
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -43,11 +45,24 @@ from ..errors import (
     RemoteProtocolError,
     UpstreamError,
 )
-from ..proto.thrift import Frame, FrameReader, MessageHead, ThriftProtocol, Transport, peek_message, rewrite_seq_id
+from ..proto.thrift import (
+    Frame,
+    FrameReader,
+    MessageHead,
+    ThriftProtocol,
+    Transport,
+    classify,
+    peek_message,
+    rewrite_seq_id,
+)
 
 log = logging.getLogger("monolake.thrift.client")
 
 MAX_SEQ_ID = 0x7FFFFFFF
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_BINARY = ThriftProtocol.BINARY
+_FRAMED = Transport.FRAMED
 MAX_ABANDONED = 1024
 """Timed-out calls still owed a reply before a connection is given up as stuck."""
 
@@ -169,6 +184,32 @@ class ThriftUpstream(asyncio.Protocol):
         # read's frames) go out in one write at the end of this loop iteration, not a send() each.
         out = self._out
         out.append(data)
+        if len(out) == 1:
+            self.loop.call_soon(self._flush)
+
+    def send_owned(self, buf: bytearray, seq_at: int, header: bool, waiter: Waiter, timeout: float) -> None:
+        """``send`` of a binary call (not oneway) whose frame the caller made for this call alone:
+        its sequence id is set in place at ``seq_at`` (and at byte 8, a header transport's), with
+        no ``Frame``, ``MessageHead`` or copy."""
+        seq = self.seq + 1
+        if seq > MAX_SEQ_ID:
+            seq = 1
+        pending = self.pending
+        while seq in pending or seq in self.abandoned:
+            seq = seq + 1 if seq < MAX_SEQ_ID else 1
+        self.seq = seq
+        _I32.pack_into(buf, seq_at, seq)
+        if header:
+            _U32.pack_into(buf, 8, seq)
+        if timeout > 0:
+            deadline = self.loop.time() + timeout
+            pending[seq] = _Pending(waiter, deadline)
+            if self._timer is None or deadline < self._timer_at:
+                self._arm(deadline)
+        else:
+            pending[seq] = _Pending(waiter, 0.0)
+        out = self._out
+        out.append(buf)
         if len(out) == 1:
             self.loop.call_soon(self._flush)
 
@@ -356,6 +397,39 @@ class ThriftPool:
         coroutine around it: one frame fewer per call.)"""
         fut: asyncio.Future[tuple[Frame, MessageHead]] = self.loop.create_future()
         self.send(endpoint, frame, head, _FutureWaiter(fut), connect_timeout=connect_timeout, timeout=timeout)
+        return fut
+
+    def call_owned(
+        self,
+        endpoint: Endpoint,
+        buf: bytearray,
+        transport: Transport,
+        seq_at: int,
+        *,
+        connect_timeout: float,
+        timeout: float,
+    ) -> asyncio.Future[tuple[Frame, MessageHead]]:
+        """``call`` of a binary call frame ``buf`` made for this call alone (any sequence id at
+        ``seq_at``, the message's): the connection sets its id in place (``send_owned``). A call
+        that must wait for a connection is queued as ``send`` queues it."""
+        key: PoolKey = (endpoint.key, transport, _BINARY)
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = _Slot(key, endpoint)
+        conn, open_one = slot.assign(self.max_in_flight, self.max_connections)
+        if open_one:
+            slot.opening += 1
+            task = self.loop.create_task(self._open(slot, connect_timeout))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        fut: asyncio.Future[tuple[Frame, MessageHead]] = self.loop.create_future()
+        if conn is None:
+            frame = classify(bytes(buf))
+            slot.queued.append(
+                _Queued(frame, peek_message(frame.data, frame.payload, _BINARY), _FutureWaiter(fut), timeout, False)
+            )
+        else:
+            conn.send_owned(buf, seq_at, transport is not _FRAMED, _FutureWaiter(fut), timeout)
         return fut
 
     async def _open(self, slot: _Slot, connect_timeout: float) -> None:

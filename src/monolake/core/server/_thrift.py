@@ -5,8 +5,12 @@ Theory of operation. Bytes arrive in ``data_received`` and go through a
 THeader; binary or compact); each frame is handed to the app's ``Dispatcher``
 (the proxy, in proxy/_thrift_app.py) with a plain call. There is no task per
 call: the dispatcher forwards the frame and the reply comes back through a
-callback that calls ``answer``. Replies are written in the order they arrive,
-which need not be the order of the calls; each carries its call's sequence id.
+callback that calls ``answer``. A dispatcher with ``dispatch_bytes`` (the RPC
+server's: ``InPlaceDispatcher``) is first offered each whole frame at the front of
+a read as bytes, without a ``Frame``, and returns the reply to write; from the
+first frame it declines, the rest of the read goes the ``Frame`` way. Replies are
+written in the order they arrive, which need not be the order of the calls; each
+carries its call's sequence id.
 The replies answered while the frames of one read are dispatched (a pipelining
 client, a server that answers at once) go out in one write.
 
@@ -29,6 +33,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RemoteProtocolError
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("monolake.thrift")
 
+_U32 = struct.Struct("!I")
+
 
 class Dispatcher(Protocol):
     """What a Thrift server runs per frame: the proxy."""
@@ -64,6 +72,16 @@ class Dispatcher(Protocol):
     def close(self) -> None: ...
 
     def statistics(self) -> dict[str, int]: ...
+
+
+class InPlaceDispatcher(Dispatcher, Protocol):
+    """A dispatcher that can also serve a call from its frame's bytes, without a ``Frame``."""
+
+    def dispatch_bytes(self, conn: ThriftConnection, data: bytes) -> bytes | None:
+        """Serve ``data``, one whole frame (any transport) of at least 16 bytes, as ``dispatch``
+        would, returning the reply to write now (b"": none, it answers through ``conn`` as
+        ``dispatch`` does); or return None having done nothing (it then goes to ``dispatch``)."""
+        ...
 
 
 def error_frame(frame: Frame, name: str, seq_id: int, kind: int, message: str) -> bytes:
@@ -134,6 +152,9 @@ class ThriftConnection(asyncio.Protocol):
     def __init__(self, app: ThriftServerApp) -> None:
         self.app = app
         self.dispatch = app.dispatcher.dispatch
+        self.dispatch_bytes: Callable[[ThriftConnection, bytes], bytes | None] | None = getattr(
+            app.dispatcher, "dispatch_bytes", None
+        )
         self.reader = FrameReader(app.max_frame_size)
         self.transport: Any = None
         self.peer = ""
@@ -161,6 +182,52 @@ class ThriftConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.active = True
+        fast = self.dispatch_bytes
+        if fast is not None and data.__class__ is bytes and not self.reader.buffered:
+            # Whole frames at the front of the read go to ``dispatch_bytes`` one by one, read in
+            # place; from the first one it declines, the rest goes through the FrameReader.
+            total = len(data)
+            if total < 16:
+                self._feed(data)
+                return
+            n = _U32.unpack_from(data)[0]
+            if n + 4 == total:
+                out = fast(self, data) if n <= self.reader.max_frame_size else None
+                if out is None:
+                    self._feed(data)
+                    return
+                if out and not self.closed:
+                    self.transport.write(out)
+                    if self.in_flight == 0 and (self.app.draining or self.eof):
+                        self._close()
+                return
+            batch: list[bytes | bytearray] = []
+            self._batch = batch
+            try:
+                i = 0
+                limit = self.reader.max_frame_size
+                while total - i >= 16 and not self.closed:
+                    n = _U32.unpack_from(data, i)[0]
+                    end = i + 4 + n
+                    if n < 12 or n > limit or end > total:
+                        break
+                    out = fast(self, data[i:end])
+                    if out is None:
+                        break
+                    if out:
+                        batch.append(out)
+                    i = end
+                if i < total and not self.closed:
+                    self._feed(data[i:] if i else data)
+            finally:
+                self._flush()
+                self._batch = None
+            if self.in_flight == 0 and (self.app.draining or self.eof):
+                self._close()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
@@ -173,6 +240,12 @@ class ThriftConnection(asyncio.Protocol):
         dispatch = self.dispatch
         if len(frames) == 1:
             dispatch(self, frames[0])
+            return
+        if self._batch is not None:  # after frames served in place (data_received): one write for all
+            for frame in frames:
+                if self.closed:
+                    return
+                dispatch(self, frame)
             return
         # Many calls in one read (a pipelining client): the replies answered while they are
         # dispatched go out in one write, not a send() each.

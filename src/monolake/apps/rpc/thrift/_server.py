@@ -7,6 +7,11 @@ connections, told apart by their first byte (an unframed message starts ``80`` o
 ``82``; a frame length never has its top bit set), which ``_UnframedConnection``
 cuts into messages by walking their structs (``_codec.message_end``).
 
+The usual call (binary, framed or TTHeader without metainfo, a method with nothing around
+its handler) is served from the read's bytes by ``_Dispatcher.dispatch_bytes``: no ``Frame``,
+the reply returned to the connection to write; an ``async def`` handler runs in a long-lived
+pump coroutine (``_pump``), so one that returns at once costs no StopIteration. Everything
+else goes the general way:
 ``_Dispatcher.dispatch`` reads the message head (a strict binary call inline, its
 name looked up as bytes; others through ``peek_message``), decodes the argument
 struct (the method's generated decoder, ``_gen``; thriftpy2 for what it refuses) and
@@ -42,7 +47,7 @@ import inspect
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +60,7 @@ from ....core.proto.thrift import (
     ThriftProtocol,
     Transport,
     application_exception,
+    classify,
     encode_frame,
     message_begin,
     peek_message,
@@ -85,6 +91,7 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _STOP = b"\x00"
 _join = b"".join
+_CURRENT = _metainfo.current
 
 
 def _framed(frame: Frame, payload: bytes, proto: ThriftProtocol, meta: _metainfo.Metainfo | None) -> bytes:
@@ -127,7 +134,7 @@ class ThriftRequest:
 class _Bound:
     __slots__ = (
         "cdecode", "cencode_ok", "decode", "encode_ok", "fn", "framed_head", "framed_size", "is_async", "m",
-        "reply_head",
+        "reply_head", "tt_head", "tt_size",
     )  # fmt: skip
 
     def __init__(self, m: MethodDef, fn: Callable[..., Any]) -> None:
@@ -140,6 +147,11 @@ class _Bound:
         # A framed binary reply up to its body: ``framed_head(framed_size + len(body), reply_head, seq)``.
         self.framed_head = struct.Struct(f"!I{len(self.reply_head)}si").pack
         self.framed_size = len(self.reply_head) + 4
+        # A TTHeader binary reply without info blocks up to its body (encode_frame's bytes):
+        # ``tt_head(tt_size + len(body), 0x1000, header seq, 1, reply_head, seq)``; the 4 zero
+        # bytes are the protocol id (binary), no transforms and the padding.
+        self.tt_head = struct.Struct(f"!IH2xIH4x{len(self.reply_head)}si").pack
+        self.tt_size = len(self.reply_head) + 18
         # Generated binary codecs (``_gen``): the arguments straight into a list, a value
         # straight into its result struct's bytes; None (or a raise) means thriftpy2's path.
         self.decode = args_decoder(m.args_cls)
@@ -206,6 +218,9 @@ class ThriftService:
         self.chain: Any = Stack(self.layers, _LeafFactory(self.bound)).build() if self.layers else None
         self.plain = self.chain is None and not timeout
         """Nothing around the handler: a call runs inline, in a task only once it awaits."""
+        self.inline = {k: b for k, b in self.raw.items() if b.decode is not None} if self.plain else {}
+        """``raw`` for ``_Dispatcher.dispatch_bytes``: the methods a binary call of which is
+        served in place (nothing around the handler, a generated decoder)."""
 
     @property
     def name(self) -> str:
@@ -249,6 +264,47 @@ async def _invoke(svc: ThriftService, b: _Bound, call: _Call, values: list[Any])
     return b.fn(*values)
 
 
+class _Box:
+    """An ``async def`` handler's call between ``dispatch_bytes`` and the pump (``_pump``)."""
+
+    __slots__ = ("args", "detached", "error", "fn", "value")
+
+    def __init__(self) -> None:
+        self.fn: Any = None
+        self.args: list[Any] = []
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.detached = False
+
+
+class _Ready(tuple[Any, ...]):
+    """``(box,)``, awaitable: yields the box once, then returns None; all in C (a tuple iterator),
+    where a generator ``__await__`` would cost a Python call and a generator per call."""
+
+    __slots__ = ()
+    __await__ = tuple.__iter__
+
+
+async def _pump(box: _Box, ready: Any) -> Any:
+    """Runs ``async def`` handlers for ``dispatch_bytes``: one ``coro.send`` per call, and a
+    handler that returns without waiting is awaited here, inside a coroutine, so its result
+    costs no StopIteration (``coro.send`` from Python raises one per call). A handler that
+    waits takes the pump with it: ``dispatch_bytes`` sets ``detached`` and hands the pump to a
+    task, where it ends as the handler does (returns its value, raises its error)."""
+    while True:
+        await ready  # hands the call back to dispatch_bytes (it gets the box), and waits for the next
+        try:
+            value = await box.fn(*box.args)
+        except (Exception, asyncio.CancelledError) as exc:
+            if box.detached:
+                raise
+            box.error = exc
+        else:
+            if box.detached:
+                return value
+            box.value = value
+
+
 class _Dispatcher:
     """The core driver's ``Dispatcher`` for one server. See the module docstring."""
 
@@ -270,11 +326,23 @@ class _Dispatcher:
         self.codec = StructCodec()
         self.calls = 0
         self.errors = 0
+        self._inline = service.inline
+        self._timed = stats is not None or access_log is not None
+        self._box = _Box()
+        self._pump = self._new_pump()
+
+    def _new_pump(self) -> Coroutine[Any, Any, Any]:
+        self._box = box = _Box()
+        pump = _pump(box, _Ready((box,)))
+        pump.send(None)  # up to its first ``await ready``
+        return pump
 
     def adopt(self, new: _Dispatcher) -> None:
         self.service = new.service
+        self._inline = new.service.inline
         self.stats = new.stats
         self.access_log = new.access_log
+        self._timed = new._timed
 
     # -- per frame ---------------------------------------------------------------------
 
@@ -409,6 +477,95 @@ class _Dispatcher:
                 self._succeeded(call, value, oneway)
         finally:
             _metainfo.current.reset(token)
+
+    def dispatch_bytes(self, conn: Any, data: bytes) -> bytes | None:
+        """``dispatch`` of the usual call, read in place (no ``Frame``, no ``peek_message``): ``data``
+        is one whole frame, at least 16 bytes. Served here when it is a strict binary CALL of a
+        method in ``ThriftService.inline``, framed (no call before it on ``conn`` still running)
+        or TTHeader without transforms or metainfo, and no metainfo is set in this context: then
+        the reply frame for the caller to write (as ``conn.answer_now`` would), or b"" when it
+        is answered through ``conn``. Otherwise None, having done nothing (the caller then
+        ``dispatch``es it)."""
+        if data[4] == 0x80:  # framed binary
+            off = 4
+            tt = False
+        elif data[4] == 0x10 and data[5] == 0 and data[14] == 0 and data[15] == 0:  # TTHeader, binary, no transforms
+            off = 14 + (data[12] << 8 | data[13]) * 4
+            if off + 12 > len(data) or (off > 16 and data.find(b"RPC_", 16, off) >= 0):
+                return None  # too short for a call, or metainfo in the info blocks
+            tt = True
+        else:
+            return None
+        word, n = _BIN_HEAD.unpack_from(data, off)
+        # A negative n slices b"", which names no method.
+        b = self._inline.get(data[off + 8 : off + 8 + n]) if word == _BIN_CALL else None
+        if b is None or (not tt and self._order and conn in self._order) or _CURRENT.get() is not None:
+            return None
+        loop = self._loop
+        if loop is None:
+            return None  # dispatch() finds the loop first
+        body = off + 12 + n
+        try:
+            values = b.decode(data, body)  # type: ignore[misc]  # inline only has decoders
+        except Exception:  # thriftpy2 reads it in dispatch(), or says what is wrong
+            return None
+        seq = _I32.unpack_from(data, body - 4)[0]
+        start = loop.time() if self._timed else 0.0
+        # The handler runs with no metainfo (this call brought none), as in dispatch(); one it
+        # makes (``metainfo()``) is dropped after it, without a token: the value before was None.
+        try:
+            if b.is_async:
+                box = self._box
+                box.fn = b.fn
+                box.args = values
+                pump = self._pump
+                try:
+                    first = pump.send(None)
+                except BaseException:  # not the handler's error (the pump keeps those): a new pump
+                    self._pump = self._new_pump()
+                    raise
+                if first is not box:  # the handler waits: it goes on in a task with this pump
+                    box.detached = True
+                    self._pump = self._new_pump()
+                    call = _begun(conn, classify(data), b.m.name, seq, _BINARY, start, b, False)
+                    task = loop.create_task(self._run(call, self.service, b, values, False, None, (pump, first)))
+                    self._defer(call, False, task)
+                    return b""
+                if box.error is not None:
+                    exc, box.error = box.error, None
+                    raise exc
+                value = box.value
+                box.value = None
+            else:
+                value = b.fn(*values)
+        except (Exception, asyncio.CancelledError) as exc:
+            call = _begun(conn, classify(data), b.m.name, seq, _BINARY, start, b, False)
+            call.meta = _CURRENT.get()
+            if isinstance(exc, asyncio.CancelledError):
+                self._error(call, False, AppError.INTERNAL_ERROR, "monolake: call cancelled", "error")
+            else:
+                self._failed(call, exc, False)
+            return b""
+        finally:
+            meta = _CURRENT.get()
+            if meta is not None:
+                _CURRENT.set(None)
+        enc = b.encode_ok
+        out: bytes | None = None
+        if enc is not None and value is not None and (meta is None or not tt or not meta.backward):
+            try:
+                out = enc(value)
+            except Exception:
+                out = None
+        if out is None:  # void, None, backward metainfo, or thriftpy2 encodes it (or says why it cannot)
+            self._answer_now(conn, classify(data), b, seq, value, meta, start)
+            return b""
+        self.calls += 1
+        if self._timed:
+            self._record(conn, b.m.name, seq, "ok", start)
+        if tt:
+            return b.tt_head(b.tt_size + len(out), 0x1000, _U32.unpack_from(data, 8)[0], 1, b.reply_head, seq) + out
+        return b.framed_head(b.framed_size + len(out), b.reply_head, seq) + out
 
     def _defer(self, call: _Call, queued: bool, task: asyncio.Task[None]) -> None:
         """``call`` goes on in ``task``; on a framed connection the replies after it wait for its reply."""

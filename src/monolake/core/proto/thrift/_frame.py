@@ -108,12 +108,13 @@ class Frame:
         transport: Transport,
         protocol: ThriftProtocol | None,
         payload: int,
-        *,
         seq_id: int = 0,
         flags: int = 0,
         info: int = 0,
         transforms: tuple[int, ...] = (),
     ) -> None:
+        # Not keyword-only: the hot callers pass these by position (a keyword call of a Python
+        # __init__ cost ~0.25 µs more per frame on 3.11).
         self.data = data
         self.transport = transport
         self.protocol = protocol
@@ -177,10 +178,7 @@ def classify(data: bytes) -> Frame:
         if info > payload:
             raise _bad(f"{ntrans} transform ids run past the end of the header")
         transforms = tuple(data[16:info]) if ntrans else ()
-        return Frame(
-            data, _TTHEADER, _PROTOCOLS.get(pid), payload, seq_id=seq, flags=flags, info=info,
-            transforms=transforms,
-        )  # fmt: skip
+        return Frame(data, _TTHEADER, _PROTOCOLS.get(pid), payload, seq, flags, info, transforms)
     if magic == THEADER_MAGIC:
         pid, i = _read_varint(data, 14, payload)
         ntrans, i = _read_varint(data, i, payload)
@@ -189,9 +187,8 @@ def classify(data: bytes) -> Frame:
             tid, i = _read_varint(data, i, payload)
             ids.append(tid)
         return Frame(
-            data, _THEADER, _PROTOCOLS.get(pid), payload, seq_id=seq - (1 << 32) if seq >> 31 else seq,
-            flags=flags, info=i, transforms=tuple(ids),
-        )  # fmt: skip
+            data, _THEADER, _PROTOCOLS.get(pid), payload, seq - (1 << 32) if seq >> 31 else seq, flags, i, tuple(ids)
+        )
     raise _bad(f"not a Thrift frame (bytes 4-5 are {data[4:6].hex()})")
 
 
