@@ -432,7 +432,18 @@ class HttpProxy:
         elif route.handler is not None:
             resp = await route.handler(req)
         elif route.timeout is None:
-            resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]  # set unless handler is
+            if isinstance(cluster, UpstreamCluster) and cluster.plain_h1:
+                # The upstream's future awaited here, not through a coroutine of the cluster's.
+                sent = cluster.send_h1(req, route.host)
+                if isinstance(sent, tuple):
+                    try:
+                        resp = await sent[1]
+                    except BaseException as exc:
+                        resp = await cluster.recover_h1(req, sent[0], exc)
+                else:
+                    resp = await sent
+            else:
+                resp = await cluster.forward(req, route.host)  # type: ignore[union-attr]  # set unless handler is
         else:
             try:
                 async with asyncio.timeout(route.timeout):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 
@@ -62,6 +62,7 @@ from ..proto.http1._serialize import (
 )
 from ..proto.http2 import PREFACE
 from ..service import Context
+from ..service.layers._catch_panic import CatchPanic
 from ._answers import bad_request_log, error_response, failure_response, log
 from ._http_app import HttpAppBase
 from ._http_app import OnComplete as OnComplete
@@ -421,12 +422,18 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         me = asyncio.current_task()
         try:
             while True:
+                service = self.app.service  # per request: a reload reaches keep-alive connections
+                # An outermost CatchPanic (the proxy's stacks) is done here: its inner service is
+                # awaited directly, one coroutine level less per request. Exact type: a subclass
+                # may override __call__.
+                kind: Any = type(service)
+                panic = cast("CatchPanic[Request, Response]", service) if kind is CatchPanic else None
                 try:
-                    resp = await self.app.service(req)  # per request: a reload reaches keep-alive connections
+                    resp = await (service if panic is None else panic.inner)(req)
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:
-                    resp = self._failure(req, exc)
+                    resp = self._failure(req, exc) if panic is None else self._panicked(panic, req, exc)
                 if self._held_for is req:
                     self._switch(req, resp)
                 elif self._current is req and not self._closed:
@@ -468,6 +475,17 @@ class HttpConnection(RequestReader, asyncio.Protocol):
 
     def _failure(self, req: Request, exc: BaseException) -> Response:
         return failure_response(req, exc, self.peer, self.app.name)
+
+    def _panicked(self, panic: CatchPanic[Request, Response], req: Request, exc: BaseException) -> Response:
+        """What ``panic`` (the outermost layer, awaited through) would have made of ``exc``."""
+        if isinstance(exc, Exception) and not isinstance(exc, MonolakeError):
+            try:
+                return panic.panicked(req, exc)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as again:  # raised by on_panic: the driver's answer, as before
+                exc = again
+        return self._failure(req, exc)
 
     def _send_continue(self) -> None:
         self._continue_due = False
