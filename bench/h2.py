@@ -57,6 +57,11 @@ from .load.procs import Proc, Procs, core_busy, core_times, cpu_of, free_port, w
 
 RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
+KEEPALIVE = 128
+"""Idle upstream connections each proxy keeps (nginx ``keepalive``, monolake ``max_idle_per_key``):
+above h2load's 100 concurrent streams (10 connections x 10). At 64, a burst of streams (h2load
+catching up after being descheduled) made both proxies close and reopen upstream connections, a
+cost that came and went with the machine's other load."""
 
 GRPC_ORIGIN = """
 import sys
@@ -79,7 +84,7 @@ def nginx_h2(tmp: Path, port: int, origin_port: int) -> Path:
     return configs._nginx(
         tmp,
         "nginx-h2",
-        f"""  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 64; keepalive_requests 1000000; }}
+        f"""  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive {KEEPALIVE}; keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port} http2;
     http2_max_concurrent_streams 128;
@@ -97,7 +102,8 @@ def nginx_grpc(tmp: Path, port: int, origin_port: int) -> Path:
     return configs._nginx(
         tmp,
         "nginx-grpc",
-        f"""  upstream grpc_origin {{ server 127.0.0.1:{origin_port}; keepalive 64; keepalive_requests 1000000; }}
+        f"""  upstream grpc_origin {{ server 127.0.0.1:{origin_port}; keepalive {KEEPALIVE};
+    keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port} http2;
     http2_max_concurrent_streams 128;
@@ -116,6 +122,7 @@ drain_timeout = 2.0
 
 [upstreams.origin]
 endpoints = [{{ endpoint = "http://127.0.0.1:{origin_port}" }}]
+max_idle_per_key = {KEEPALIVE}
 {proto}
 [servers.bench]
 listener = "127.0.0.1:{port}"
