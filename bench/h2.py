@@ -166,8 +166,8 @@ def h2load_window(
     seconds: float,
     rate: int,
     conns: int,
-    pids: list[int],
-    origin_pids: list[int],
+    proxy: Proc,
+    origin: Proc,
     extra: tuple[str, ...],
 ) -> dict[str, Any]:
     """``h2load`` (HTTP/2, ``-m 10``) at ``rate`` req/s over ``conns`` connections, 1 s of warm-up, the
@@ -184,7 +184,10 @@ def h2load_window(
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(max(0.0, launched + 1.5 - time.monotonic()))
-            gen = [*origin_pids, proc.pid]
+            # The process trees are read at the window's start, not before the load: nginx forks its
+            # worker after it listens, and a list taken too early left the worker out (0 µs rounds).
+            pids = proxy.pids()
+            gen = [*origin.pids(), proc.pid]
             t0, c0, (u0, s0), n0, g0 = time.time(), core_times(), cpu_of(pids), run_ns(pids), run_ns(gen)
             time.sleep(max(0.1, launched + 1.0 + seconds - 0.3 - time.monotonic()))
             t1, c1, (u1, s1), n1, g1 = time.time(), core_times(), cpu_of(pids), run_ns(pids), run_ns(gen)
@@ -311,9 +314,7 @@ def _measure(
             proc = start(port)
             try:
                 wait_port(port, alive=proc.popen)
-                r = h2load_window(
-                    f"http://127.0.0.1:{port}{path}", args.seconds, rate, 10, proc.pids(), origin.pids(), extra
-                )
+                r = h2load_window(f"http://127.0.0.1:{port}{path}", args.seconds, rate, 10, proc, origin, extra)
             finally:
                 procs.stop(proc)
             r.update(scenario=scenario, proxy=name, round=rnd, loadavg=os.getloadavg()[0])
@@ -507,7 +508,8 @@ def profile_markdown(res: dict[str, Any], args: argparse.Namespace) -> str:
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for scenario in dict.fromkeys(r["scenario"] for r in runs):
-        mine = [r for r in runs if r["scenario"] == scenario]
+        # A round without CPU (a process tree read wrong) says nothing: left out.
+        mine = [r for r in runs if r["scenario"] == scenario and r["total_us"] > 0]
         med: dict[str, dict[str, float]] = {}
         for name in dict.fromkeys(r["proxy"] for r in mine):
             rs = [r for r in mine if r["proxy"] == name]
