@@ -120,6 +120,23 @@ async def test_get(origin: Any, pool: H2Pool) -> None:
     assert "content-length" not in resp.headers  # framing is the server driver's business
 
 
+async def test_header_fields_pass_through_as_the_same_tuples(origin: Any, pool: H2Pool) -> None:
+    # Compiled, a field typed as a fixed-length tuple is unboxed and built again when it is
+    # stored: the drivers keep the tuples they are given (the pure build does so trivially).
+    fields = [(b"x-a", b"1"), (b"content-type", b"application/grpc")]
+    hl = request_headers(b"POST", b"/p", Headers(list(fields), lower=[b"x-a", b"content-type"]), b"h", b"http", 0)
+    assert hl[4] is fields[0] and hl[5] is fields[1]
+    ep = ep_of(origin.port)
+    conn = await pool.acquire(ep, connect_timeout=10, idle_timeout=60)
+    assert pool.take(ep) is conn  # by the endpoint's own key tuple
+    st = conn.request(get("/headers", origin.port), None, head_only=False, read_timeout=10)
+    head = [(b":status", b"200"), (b"x-up", b"1"), (b"server", b"o")]
+    st.on_headers(head, True, [])  # as the codec hands a response head over
+    resp = st.fut.result()
+    assert resp.status == 200 and resp.headers.pairs() == head[1:]
+    assert resp.headers.pairs()[0] is head[1] and resp.headers.pairs()[1] is head[2]
+
+
 async def test_headers_translated_for_h2(origin: Any, pool: H2Pool) -> None:
     h = Headers(
         [

@@ -181,6 +181,27 @@ async def test_preface_hands_the_transport_over_and_headers_translate(kind: str)
     h.close()
 
 
+async def test_request_fields_pass_through_as_the_same_tuples(kind: str) -> None:
+    # Compiled, a field typed as a fixed-length tuple is unboxed and built again when it is
+    # stored: the driver keeps the codec's tuples in the request (the pure build trivially).
+    seen: list[Request] = []
+
+    async def service(req: Request) -> Response:
+        seen.append(req)
+        await asyncio.get_running_loop().create_future()  # held open; cancelled by close
+        raise AssertionError("unreachable")
+
+    h = Harness(kind, service)
+    await h.pump(2)  # the client's preface: the connection is handed over
+    fields = [(b"x-a", b"1"), (b"content-type", b"application/grpc")]
+    h.conn._on_headers(101, [*POST, *fields], False)  # as the codec hands a stream's head over
+    await h.pump(3)
+    (req,) = seen
+    assert req.headers.pairs() == [(b"host", b"example.test"), *fields]
+    assert req.headers.pairs()[1] is fields[0] and req.headers.pairs()[2] is fields[1]
+    h.close()
+
+
 class Upstream:
     """A stand-in for the upstream connection that produces a response body."""
 

@@ -363,80 +363,90 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
             if track:
                 self.balancer.finished(ep)
 
-    async def _forward_h2(self, req: Request, host: bytes | None) -> Response:
+    def _forward_h2(self, req: Request, host: bytes | None) -> Coroutine[Any, Any, Response]:
         """``forward`` over HTTP/2 (protocol "h2c" or "h2"): a stream on the endpoint's shared
         connection. Raises what ``forward`` raises. A stream the upstream did not process
         (GOAWAY, REFUSED_STREAM) of an idempotent request without a body is retried once on
         another connection. On cancellation the stream is reset; the connection stays.
+
+        A plain call returning ``_exchange_h2``'s coroutine, which does the balancer's accounting
+        and logs failures when ``forwarding``: one coroutine less per request.
         """
         ep = self.balancer.pick(req)
         req.ctx.endpoint = ep
-        track = self.track
+        return self._exchange_h2(req, host, ep, True)
+
+    async def _exchange_h2(self, req: Request, host: bytes | None, ep: Endpoint, forwarding: bool = False) -> Response:
+        """One request to ``ep`` over HTTP/2: ``_forward_h2``'s (``forwarding``: with the balancer's
+        accounting and the failure log) and ``_try``'s, which accounts and logs itself."""
+        track = forwarding and self.track
         if track:
             self.balancer.started(ep)
         try:
-            return await self._exchange_h2(req, host, ep)
+            if host is None:
+                authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
+            else:
+                authority = host or ep.authority.encode()
+            body = req.body
+            length = body.length if isinstance(body, Body) else len(body) if isinstance(body, bytes) else None
+            scheme = b"https" if ep.tls is not None else b"http"
+            headers = h2_request_headers(req.method, req.target, req.headers, authority, scheme, length)
+            pool = self.pool.h2
+            deadline = None
+            grpc = is_grpc(req.headers.get(b"content-type"))
+            if grpc:
+                deadline = deadline_of(req.headers, pool.loop.time())
+            for attempt in (0, 1):
+                conn = pool.take(ep)
+                if conn is None:
+                    if self.pool.time_connects:  # $upstream_connect_time: the wait for a new connection
+                        t0 = pool.loop.time()
+                        conn = await pool.acquire(
+                            ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
+                        )
+                        ctx = req.ctx
+                        UPSTREAM_CONNECT_TIME.set(ctx, UPSTREAM_CONNECT_TIME.get(ctx, 0.0) + pool.loop.time() - t0)
+                    else:
+                        conn = await pool.acquire(
+                            ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout
+                        )
+                if deadline is not None:
+                    headers = with_remaining_timeout(headers, deadline, pool.loop.time())
+                st = conn.request(
+                    headers,
+                    body,
+                    head_only=req.method == b"HEAD",
+                    read_timeout=self.read_timeout,
+                    deadline=deadline,
+                    grpc=grpc,
+                )
+                try:
+                    return await st.fut
+                except ReadError as exc:
+                    if attempt or not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
+                        raise
+                    log.info(
+                        "%s; retrying %s %s on another connection to %s",
+                        exc,
+                        req.method.decode(),
+                        req.target.decode("latin-1"),
+                        ep,
+                    )
+                except asyncio.CancelledError:
+                    st.cancel()
+                    raise
+            raise AssertionError("unreachable: the second try returns or raises")
         except (ConnectError, ConnectTimeout) as exc:
-            log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            if forwarding:
+                log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             raise
         except ReadTimeout as exc:
-            log.warning("upstream timeout: cluster=%s endpoint=%s: %s", self.name, ep, exc)
+            if forwarding:
+                log.warning("upstream timeout: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             raise
         finally:
             if track:
                 self.balancer.finished(ep)
-
-    async def _exchange_h2(self, req: Request, host: bytes | None, ep: Endpoint) -> Response:
-        """One request to ``ep`` over HTTP/2 (``_forward_h2`` and ``_try`` without their accounting)."""
-        if host is None:
-            authority = req.raw_host if req.raw_host is not None else ep.authority.encode()
-        else:
-            authority = host or ep.authority.encode()
-        body = req.body
-        length = body.length if isinstance(body, Body) else len(body) if isinstance(body, bytes) else None
-        scheme = b"https" if ep.tls is not None else b"http"
-        headers = h2_request_headers(req.method, req.target, req.headers, authority, scheme, length)
-        pool = self.pool.h2
-        deadline = None
-        grpc = is_grpc(req.headers.get(b"content-type"))
-        if grpc:
-            deadline = deadline_of(req.headers, pool.loop.time())
-        for attempt in (0, 1):
-            conn = pool.take(ep)
-            if conn is None:
-                if self.pool.time_connects:  # $upstream_connect_time: the wait for a new connection
-                    t0 = pool.loop.time()
-                    conn = await pool.acquire(ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
-                    ctx = req.ctx
-                    UPSTREAM_CONNECT_TIME.set(ctx, UPSTREAM_CONNECT_TIME.get(ctx, 0.0) + pool.loop.time() - t0)
-                else:
-                    conn = await pool.acquire(ep, connect_timeout=self.connect_timeout, idle_timeout=self.idle_timeout)
-            if deadline is not None:
-                headers = with_remaining_timeout(headers, deadline, pool.loop.time())
-            st = conn.request(
-                headers,
-                body,
-                head_only=req.method == b"HEAD",
-                read_timeout=self.read_timeout,
-                deadline=deadline,
-                grpc=grpc,
-            )
-            try:
-                return await st.fut
-            except ReadError as exc:
-                if attempt or not (exc.retry_safe and body is None and req.method in IDEMPOTENT):
-                    raise
-                log.info(
-                    "%s; retrying %s %s on another connection to %s",
-                    exc,
-                    req.method.decode(),
-                    req.target.decode("latin-1"),
-                    ep,
-                )
-            except asyncio.CancelledError:
-                st.cancel()
-                raise
-        raise AssertionError("unreachable: the second try returns or raises")
 
     # -- health, outliers, circuit breaking, retries (the guarded path) --------------------
 

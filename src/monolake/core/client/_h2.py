@@ -44,7 +44,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .._body import Body
 from ..address import Endpoint
@@ -74,6 +74,11 @@ STREAM_WINDOW: Final = 1024 * 1024
 """Our SETTINGS_INITIAL_WINDOW_SIZE: response bytes one stream may have in flight."""
 
 Key = tuple[str, str, int, str]
+
+_Boxed = list[tuple[bytes, ...]]
+"""A header list as compiled code must see it to pass its tuples on as they are. Typed as
+``HeaderList`` (fixed-length tuples), mypyc unboxes each field it reads into a C struct and
+builds a new tuple when it stores the field again (an append to another list)."""
 
 _NOT_OVER_H2: Final = frozenset(
     {
@@ -107,9 +112,9 @@ def request_headers(
         rest = target.partition(b"://")[2]
         slash = rest.find(b"/")
         target = rest[slash:] if slash >= 0 else b"/"
-    out: HeaderList = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
+    out: list[Any] = [(b":method", method), (b":scheme", scheme), (b":authority", authority), (b":path", target)]
     # Indexed, not zip(strict=True): mypyc compiles this loop, not that call.
-    pairs = headers.pairs()
+    pairs = cast(_Boxed, headers.pairs())
     names = headers.names()
     for i in range(len(names)):
         lname = names[i]
@@ -328,10 +333,10 @@ class _Stream:
         if self.resp is None:
             status = 0
             clen: int | None = None
-            pairs: list[tuple[bytes, bytes]] = []
+            pairs: list[Any] = []  # a HeaderList for Headers; Any: the codec's tuples go in as they are
             names: list[bytes] = []
             try:
-                for field in headers:
+                for field in cast(_Boxed, headers):
                     name = field[0]
                     if name[:1] == b":":
                         if name == b":status":
@@ -777,7 +782,9 @@ class H2Pool:
 
     def take(self, ep: Endpoint) -> H2Connection | None:
         """A connection to ``ep`` with a free stream slot, or None. No I/O."""
-        conns = self._conns.get(ep.key)
+        # getattr: compiled, a typed ``ep.key`` is unboxed into a C struct and boxed again (a
+        # new tuple) for the lookup; as Any it stays the one tuple the endpoint holds.
+        conns = self._conns.get(getattr(ep, "key"))  # noqa: B009
         if conns:
             for conn in conns:
                 if conn.available:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from .._body import HIGH_WATER, Body
 from ..errors import RemoteProtocolError, Source
@@ -134,8 +134,13 @@ _SPECIAL_IN: Final = {
 }
 """Request fields that are not copied as they are: one dict lookup sorts every field."""
 
-_STATUS: Final = {code: (b":status", b"%d" % code) for code in range(100, 600)}
-"""Each status's ``:status`` field, built once."""
+_Boxed = list[tuple[bytes, ...]]
+"""A header list as compiled code must see it to pass its tuples on as they are. Typed as
+``HeaderList`` (fixed-length tuples), mypyc unboxes each field it reads into a C struct and
+builds a new tuple when it stores the field again (an append to another list)."""
+
+_STATUS: Final[dict[int, tuple[bytes, ...]]] = {code: (b":status", b"%d" % code) for code in range(100, 600)}
+"""Each status's ``:status`` field, built once (variable-length typed: stays the one tuple)."""
 
 
 def _trailer_fields(trailers: list[tuple[bytes, bytes]]) -> HeaderList:
@@ -615,7 +620,7 @@ class H2Connection(asyncio.Protocol):
 
     def _open(self, sid: int, headers: HeaderList, end: bool) -> None:
         method = path = authority = None
-        raw: list[tuple[bytes, bytes]] = []
+        raw: list[Any] = []  # a HeaderList for Headers; Any: the codec's tuples go in as they are
         lower: list[bytes] = []
         cookies: list[bytes] | None = None
         host: bytes | None = None
@@ -623,8 +628,9 @@ class H2Connection(asyncio.Protocol):
         expect = False
         size = 32 * len(headers)
         bad: tuple[int, str] | None = None
-        for field in headers:
-            name, value = field
+        for field in cast(_Boxed, headers):
+            name = field[0]
+            value = field[1]
             size += len(name) + len(value)
             kind = _SPECIAL_IN.get(name)  # not a bound .get: mypyc makes this a direct dict lookup
             if kind is None:
@@ -749,7 +755,7 @@ class H2Connection(asyncio.Protocol):
         assert req is not None
         st.resp = resp
         status = resp.status
-        fields: HeaderList = [_STATUS.get(status) or (b":status", b"%d" % status)]
+        fields: list[Any] = [_STATUS.get(status) or (b":status", b"%d" % status)]  # passed as a HeaderList
         h = resp.headers
         block = h.block
         if block is not None:
@@ -764,7 +770,7 @@ class H2Connection(asyncio.Protocol):
         else:
             # Indexed, not zip(strict=True): mypyc compiles this loop, not that call.
             names = h.names()
-            pairs = h.pairs()
+            pairs = cast(_Boxed, h.pairs())
             for i in range(len(names)):
                 lname = names[i]
                 if lname not in _NOT_FORWARDED:
