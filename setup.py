@@ -46,10 +46,10 @@ from setuptools.command.build_py import build_py
 class Native:
     module: str
     sources: list[str]
-    pkg: str  # pkg-config package name
-    library: str  # -l name when pkg-config does not know the package
-    header: str  # must exist for the extension to be attempted
-    apt: str  # the Debian package with the headers, for the notice
+    pkg: str = ""  # pkg-config package name
+    library: str = ""  # -l name when pkg-config does not know the package
+    header: str = ""  # must exist for the extension to be attempted; "" for no library
+    apt: str = ""  # the Debian package with the headers, for the notice
 
 
 NATIVE = [
@@ -69,6 +69,7 @@ NATIVE = [
         "nghttp2/nghttp2.h",
         "libnghttp2-dev",
     ),
+    Native("monolake.core.proto.http1._h1resp", ["src/monolake/core/proto/http1/_h1resp.c"]),
 ]
 
 SYSTEM_INCLUDE = ("/usr/include", "/usr/local/include")
@@ -113,6 +114,8 @@ def find_native(
     pkg-config's include dirs omit the compiler's own (/usr/include), so the header
     is looked for in its dirs and then in the others; its library flags are kept.
     """
+    if not ext.header:
+        return Found(via="no library")
     pc = pkg_config(ext.pkg)
     env_dirs = [d for var in ("CPATH", "C_INCLUDE_PATH") for d in env.get(var, "").split(os.pathsep) if d]
     candidates = [*(pc.include_dirs if pc else []), *env_dirs, *system_include]

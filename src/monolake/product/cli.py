@@ -246,6 +246,13 @@ def version_report() -> str:
         if os.environ.get(CODEC_ENV) == "h2":
             h2 = f"native codec built (libnghttp2 {NGHTTP2_VERSION}), not used: {CODEC_ENV}=h2"
     rows.append(("nghttp2", h2))
+    try:
+        from ..core.proto.http1 import _h1resp  # noqa: F401
+    except ImportError as exc:
+        h1 = f"not built ({exc}): llhttp parses every upstream response head"
+    else:
+        h1 = "native upstream response heads (_h1resp), llhttp for the rest"
+    rows.append(("h1resp", h1))
     rows.append(("compiled", _compiled_report()))
     reason = uring.unavailable()  # probes: sets up (and closes) a small ring
     ring = f"unavailable, loop = io_uring runs uvloop: {reason}" if reason else "native loop built and usable"

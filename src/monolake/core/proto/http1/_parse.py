@@ -29,6 +29,7 @@ driver can enforce a deadline on the whole head (see ``server._http``).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 import httptools
@@ -36,6 +37,15 @@ import httptools
 from ..._compiled import mypyc_attr
 from ...errors import ProtocolError, RemoteProtocolError, Source
 from ..http._message import Headers, Request, Response, parse_block
+
+_Scanned = tuple[int, int, bytes, bytes, bytes, int, list[tuple[bytes, bytes]] | None]
+_scan_head: Callable[[bytes, int, int, int], _Scanned | None] | None
+try:
+    from . import _h1resp
+
+    _scan_head = _h1resp.scan
+except ImportError:  # built without it (no C compiler at install): llhttp parses every response head
+    _scan_head = None
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -492,6 +502,14 @@ class ResponseReader:
     starts where the previous one ended: upstreams get one request at a time), the
     hop-by-hop lines are removed with one regex split, and the rest is kept as the
     Headers' wire block, parsed into pairs only if something looks at them.
+
+    The common response is read without llhttp (``native_heads``, when the C module
+    ``_h1resp`` is built): at a message boundary, a whole head in the bytes fed, of the
+    plain shape (see _h1resp.c: never wider than what llhttp accepts) and framed by
+    Content-Length or without a body, is scanned in one native pass that gives the same
+    block and hop-by-hop fields, and its body is sliced off by length. Anything else (a
+    head split across reads, chunked, close-delimited, 1xx, odd or bad input) goes to
+    llhttp from the message's start, as before.
     """
 
     max_header_bytes = 65536
@@ -513,9 +531,19 @@ class ResponseReader:
         self._chunked = False
         self.expect_switch = False
         self.switch_token: bytes | None = None
+        self.native_heads = _scan_head is not None
+        """Whether common heads are scanned natively (False: llhttp parses every one)."""
+        self._boundary = True
+        """llhttp is between messages (a fresh or kept-alive parser) and holds no partial head."""
+        self._body_left = 0
+        """Bytes still due of a body framed here (not by llhttp)."""
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises RemoteProtocolError (status_hint 502)."""
+        if self._body_left:
+            data = self._rest_of_body(data)
+        if self._boundary and self.native_heads and data and not self.expect_switch:
+            data = self._native(data)
         while self.expect_no_body and data:
             # A HEAD response: feed exactly up to the end of its head, so that bytes after
             # it (a misbehaving upstream's next response) reach a fresh parser.
@@ -530,6 +558,55 @@ class ResponseReader:
             data = data[cut:]
         if data:
             self._feed(data)
+
+    def _native(self, data: bytes) -> bytes:
+        """Read the common responses at the start of ``data`` (see the class docstring); return
+        what is left for llhttp, from the start of the first response not taken."""
+        scan = _scan_head
+        assert scan is not None
+        pos = 0
+        n = len(data)
+        while pos < n:
+            found = scan(data, pos, self.max_headers, self.max_header_bytes)
+            if found is None:
+                break
+            end, status, reason, version, block, cl, hop = found
+            no_body = self.expect_no_body or status == 204 or status == 304
+            if cl < 0 and not no_body:
+                break  # delimited by close: llhttp
+            self.expect_no_body = False
+            resp = Response(status, Headers(block=block), None, reason, version, cl if cl >= 0 else None, True)
+            if hop is not None:
+                resp.hop_headers = hop
+            has_body = cl > 0 and not no_body
+            self._chunked = False
+            self.response_received(resp, has_body)
+            if not has_body:
+                pos = end
+                self.response_complete()
+            elif n - end >= cl:
+                pos = end + cl
+                self.body_received(data[end:pos])
+                self.response_complete()
+            else:
+                self._boundary = False
+                self._body_left = cl - (n - end)
+                self.body_received(data[end:])
+                return b""
+        return data[pos:] if pos else data
+
+    def _rest_of_body(self, data: bytes) -> bytes:
+        """More of a body framed by ``_native``: handed on as it came, sliced only where it ends."""
+        left = self._body_left
+        if len(data) < left:
+            self._body_left = left - len(data)
+            self.body_received(data)
+            return b""
+        self._body_left = 0
+        self._boundary = True
+        self.body_received(data if len(data) == left else data[:left])
+        self.response_complete()
+        return data[left:] if len(data) > left else b""
 
     def _feed(self, data: bytes) -> None:
         carry = self._carry
@@ -568,6 +645,7 @@ class ResponseReader:
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._boundary = False
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -678,6 +756,7 @@ class ResponseReader:
             self.expect_no_body = False
             self._parser = httptools.HttpResponseParser(self)
             self._ignore = True
+            self._boundary = True
             self.response_complete()
 
     def _switched(self, nblock: bytes, reason: bytes, parser: Any) -> None:
@@ -709,6 +788,8 @@ class ResponseReader:
             self._interim = False
         elif not self._ignore:
             self.expect_no_body = False
+            # Between messages again unless llhttp now waits for the close (it refuses more data).
+            self._boundary = self.native_heads and self._parser.should_keep_alive()
             # Where the next response would start in this buffer: known when the body
             # had no framing of its own (Content-Length or none); after a chunked body
             # it is not, and an upstream has no business sending more then anyway.

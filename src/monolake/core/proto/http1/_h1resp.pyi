@@ -1,0 +1,3 @@
+def scan(
+    buf: bytes, pos: int, max_headers: int, max_head_bytes: int, /
+) -> tuple[int, int, bytes, bytes, bytes, int, list[tuple[bytes, bytes]] | None] | None: ...
