@@ -591,7 +591,8 @@ class ResponseReader:
             else:
                 self._boundary = False
                 self._body_left = cl - (n - end)
-                self.body_received(data[end:])
+                if n > end:
+                    self.body_received(data[end:])
                 return b""
         return data[pos:] if pos else data
 
