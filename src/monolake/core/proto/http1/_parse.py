@@ -66,6 +66,8 @@ HOP_BY_HOP: Final = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT: Final = b","
+_CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+"""What llhttp is fed in place of a chunked response's head read natively: the same framing."""
 _HOP_SPLIT: Final = re.compile(
     rb"\n(c(?:onnection|ontent-length)|t(?:ransfer-encoding|e|railer)|keep-alive"
     rb"|proxy-(?:connection|authenticate|authorization)|upgrade)([ \t]*):([^\n]*)"
@@ -505,11 +507,12 @@ class ResponseReader:
 
     The common response is read without llhttp (``native_heads``, when the C module
     ``_h1resp`` is built): at a message boundary, a whole head in the bytes fed, of the
-    plain shape (see _h1resp.c: never wider than what llhttp accepts) and framed by
-    Content-Length or without a body, is scanned in one native pass that gives the same
-    block and hop-by-hop fields, and its body is sliced off by length. Anything else (a
-    head split across reads, chunked, close-delimited, 1xx, odd or bad input) goes to
-    llhttp from the message's start, as before.
+    plain shape (see _h1resp.c: never wider than what llhttp accepts) is scanned in one
+    native pass that gives the same block and hop-by-hop fields; a body framed by
+    Content-Length is sliced off by length, a chunked one goes to llhttp behind a stand-in
+    head (its head callback then does nothing). Anything else (a head split across reads,
+    close-delimited, 1xx, odd or bad input) goes to llhttp from the message's start, as
+    before.
     """
 
     max_header_bytes = 65536
@@ -537,6 +540,8 @@ class ResponseReader:
         """llhttp is between messages (a fresh or kept-alive parser) and holds no partial head."""
         self._body_left = 0
         """Bytes still due of a body framed here (not by llhttp)."""
+        self._stand_in = False
+        """llhttp is being fed ``_CHUNKED_HEAD`` for a head already read natively."""
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises RemoteProtocolError (status_hint 502)."""
@@ -572,15 +577,24 @@ class ResponseReader:
                 break
             end, status, reason, version, block, cl, hop = found
             no_body = self.expect_no_body or status == 204 or status == 304
-            if cl < 0 and not no_body:
+            if cl == -1 and not no_body:
                 break  # delimited by close: llhttp
             self.expect_no_body = False
             resp = Response(status, Headers(block=block), None, reason, version, cl if cl >= 0 else None, True)
             if hop is not None:
                 resp.hop_headers = hop
-            has_body = cl > 0 and not no_body
-            self._chunked = False
+            chunked = cl == -2 and not no_body
+            has_body = chunked or (cl > 0 and not no_body)
+            self._chunked = chunked
             self.response_received(resp, has_body)
+            if chunked:
+                # llhttp frames the chunks: it gets a stand-in head (the same framing) and the
+                # body, and completes the message. As after any chunked body, where a next
+                # response would start is not tracked.
+                self._length = None
+                self._stand_in = True
+                self._feed(_CHUNKED_HEAD)
+                return data[end:]
             if not has_body:
                 pos = end
                 self.response_complete()
@@ -650,6 +664,11 @@ class ResponseReader:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._stand_in:
+            self._stand_in = False
+            self._head_here = True
+            self._body_here = 0
+            return
         buf = self._buf
         pos = self._pos
         # (Bytes compared by index: compiled, a method call each would cost more.)
