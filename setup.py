@@ -70,6 +70,7 @@ NATIVE = [
         "libnghttp2-dev",
     ),
     Native("monolake.core.proto.http1._h1req", ["src/monolake/core/proto/http1/_h1req.c"]),
+    Native("monolake.core.proto.http1._h1resp", ["src/monolake/core/proto/http1/_h1resp.c"]),
 ]
 
 SYSTEM_INCLUDE = ("/usr/include", "/usr/local/include")

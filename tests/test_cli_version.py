@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 import subprocess
@@ -43,6 +44,7 @@ def test_version_names_libraries_and_native_parts(form: list[str]) -> None:
         "rtls",
         "nghttp2",
         "h1req",
+        "h1resp",
         "compiled",
         "io_uring",
     ]
@@ -60,6 +62,10 @@ def test_version_names_libraries_and_native_parts(form: list[str]) -> None:
         assert rows["h1req"].startswith("native request-head scan active")
     else:
         assert rows["h1req"].startswith("not built (")
+    if importlib.util.find_spec("monolake.core.proto.http1._h1resp") is not None:
+        assert rows["h1resp"] == "native upstream response heads (_h1resp), llhttp for the rest"
+    else:
+        assert rows["h1resp"].startswith("not built (")
     if _compiled.COMPILED:
         assert rows["compiled"].startswith(f"{len(_compiled.MODULES)} hot-path modules (mypyc): core._body, ")
     else:
@@ -87,8 +93,11 @@ def test_version_says_when_a_native_part_is_not_in_use(tmp_path: Path) -> None:
     (site / "sitecustomize.py").write_text(
         'import sys\nsys.modules["monolake.core.proto.http2._native"] = None\n'
         'sys.modules["monolake.core.proto.http1._h1req"] = None\n'
+        'sys.modules["monolake.core.proto.http1._h1resp"] = None\n'
     )
     path = os.pathsep.join(p for p in (str(site), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     rows = run("version", env={"PYTHONPATH": path, CODEC_ENV: ""})
     assert rows["nghttp2"].startswith("not built (") and rows["nghttp2"].endswith("uses the pure-Python h2 codec")
     assert rows["h1req"].startswith("not built (") and rows["h1req"].endswith("llhttp parses every HTTP/1 request head")
+    assert rows["h1resp"].startswith("not built (")
+    assert rows["h1resp"].endswith("llhttp parses every upstream response head")

@@ -19,7 +19,12 @@ REQUIRED = os.environ.get("MONOLAKE_REQUIRE_NATIVE") == "1"
 
 @pytest.mark.parametrize(
     "module",
-    ["monolake.core.proto.http2._nghttp2", "monolake.core.runtime._uring", "monolake.core.proto.http1._h1req"],
+    [
+        "monolake.core.proto.http2._nghttp2",
+        "monolake.core.runtime._uring",
+        "monolake.core.proto.http1._h1req",
+        "monolake.core.proto.http1._h1resp",
+    ],
 )
 def test_native_extension_imports(module: str) -> None:
     try:

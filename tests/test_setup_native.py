@@ -161,3 +161,15 @@ def test_required_native_fails_the_build(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "liburing.h not found" in out.stderr and "nghttp2/nghttp2.h not found" in out.stderr
     assert "MONOLAKE_REQUIRE_NATIVE=1: not building without them" in out.stderr
+
+
+def test_an_extension_without_a_library_needs_no_search(setup_py: ModuleType) -> None:
+    """``_h1resp`` links nothing: it is built wherever a C compiler is, with no flags and no notice."""
+    ext = next(n for n in setup_py.NATIVE if n.module == "monolake.core.proto.http1._h1resp")
+
+    def must_not_ask(pkg: str) -> None:
+        raise AssertionError(f"pkg-config asked for {pkg!r}")
+
+    found = setup_py.find_native(ext, env={}, pkg_config=must_not_ask, system_include=[])
+    assert found is not None
+    assert (found.include_dirs, found.library_dirs, found.libraries) == ([], [], [])

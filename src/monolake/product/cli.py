@@ -253,6 +253,13 @@ def version_report() -> str:
     else:
         h1 = "native request-head scan active (common heads in one pass, llhttp for the rest)"
     rows.append(("h1req", h1))
+    try:
+        from ..core.proto.http1 import _h1resp  # noqa: F401
+    except ImportError as exc:
+        h1 = f"not built ({exc}): llhttp parses every upstream response head"
+    else:
+        h1 = "native upstream response heads (_h1resp), llhttp for the rest"
+    rows.append(("h1resp", h1))
     rows.append(("compiled", _compiled_report()))
     reason = uring.unavailable()  # probes: sets up (and closes) a small ring
     ring = f"unavailable, loop = io_uring runs uvloop: {reason}" if reason else "native loop built and usable"

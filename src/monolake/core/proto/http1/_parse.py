@@ -40,6 +40,14 @@ from ..http._message import Headers, Request, Response, parse_block
 
 if TYPE_CHECKING:
     from ._h1req import Head
+_Scanned = tuple[int, int, bytes, bytes, bytes, int, list[tuple[bytes, bytes]] | None]
+_scan_head: Callable[[bytes, int, int, int], _Scanned | None] | None
+try:
+    from . import _h1resp
+
+    _scan_head = _h1resp.scan
+except ImportError:  # built without it (no C compiler at install): llhttp parses every response head
+    _scan_head = None
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -60,6 +68,8 @@ HOP_BY_HOP: Final = frozenset(
 by the writer from the framing it chooses."""
 
 _TOKEN_SPLIT: Final = b","
+_CHUNKED_HEAD: Final = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+"""What llhttp is fed in place of a chunked response's head read natively: the same framing."""
 _HOP_SPLIT: Final = re.compile(
     rb"\n(c(?:onnection|ontent-length)|t(?:ransfer-encoding|e|railer)|keep-alive"
     rb"|proxy-(?:connection|authenticate|authorization)|upgrade)([ \t]*):([^\n]*)"
@@ -580,6 +590,15 @@ class ResponseReader:
     starts where the previous one ended: upstreams get one request at a time), the
     hop-by-hop lines are removed with one regex split, and the rest is kept as the
     Headers' wire block, parsed into pairs only if something looks at them.
+
+    The common response is read without llhttp (``native_heads``, when the C module
+    ``_h1resp`` is built): at a message boundary, a whole head in the bytes fed, of the
+    plain shape (see _h1resp.c: never wider than what llhttp accepts) is scanned in one
+    native pass that gives the same block and hop-by-hop fields; a body framed by
+    Content-Length is sliced off by length, a chunked one goes to llhttp behind a stand-in
+    head (its head callback then does nothing). Anything else (a head split across reads,
+    close-delimited, 1xx, odd or bad input) goes to llhttp from the message's start, as
+    before.
     """
 
     max_header_bytes = 65536
@@ -601,9 +620,21 @@ class ResponseReader:
         self._chunked = False
         self.expect_switch = False
         self.switch_token: bytes | None = None
+        self.native_heads = _scan_head is not None
+        """Whether common heads are scanned natively (False: llhttp parses every one)."""
+        self._boundary = True
+        """llhttp is between messages (a fresh or kept-alive parser) and holds no partial head."""
+        self._body_left = 0
+        """Bytes still due of a body framed here (not by llhttp)."""
+        self._stand_in = False
+        """llhttp is being fed ``_CHUNKED_HEAD`` for a head already read natively."""
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``. Raises RemoteProtocolError (status_hint 502)."""
+        if self._body_left:
+            data = self._rest_of_body(data)
+        if self._boundary and self.native_heads and data and not self.expect_switch:
+            data = self._native(data)
         while self.expect_no_body and data:
             # A HEAD response: feed exactly up to the end of its head, so that bytes after
             # it (a misbehaving upstream's next response) reach a fresh parser.
@@ -618,6 +649,65 @@ class ResponseReader:
             data = data[cut:]
         if data:
             self._feed(data)
+
+    def _native(self, data: bytes) -> bytes:
+        """Read the common responses at the start of ``data`` (see the class docstring); return
+        what is left for llhttp, from the start of the first response not taken."""
+        scan = _scan_head
+        assert scan is not None
+        pos = 0
+        n = len(data)
+        while pos < n:
+            found = scan(data, pos, self.max_headers, self.max_header_bytes)
+            if found is None:
+                break
+            end, status, reason, version, block, cl, hop = found
+            no_body = self.expect_no_body or status == 204 or status == 304
+            if cl == -1 and not no_body:
+                break  # delimited by close: llhttp
+            self.expect_no_body = False
+            resp = Response(status, Headers(block=block), None, reason, version, cl if cl >= 0 else None, True)
+            if hop is not None:
+                resp.hop_headers = hop
+            chunked = cl == -2 and not no_body
+            has_body = chunked or (cl > 0 and not no_body)
+            self._chunked = chunked
+            self.response_received(resp, has_body)
+            if chunked:
+                # llhttp frames the chunks: it gets a stand-in head (the same framing) and the
+                # body, and completes the message. As after any chunked body, where a next
+                # response would start is not tracked.
+                self._length = None
+                self._stand_in = True
+                self._feed(_CHUNKED_HEAD)
+                return data[end:]
+            if not has_body:
+                pos = end
+                self.response_complete()
+            elif n - end >= cl:
+                pos = end + cl
+                self.body_received(data[end:pos])
+                self.response_complete()
+            else:
+                self._boundary = False
+                self._body_left = cl - (n - end)
+                if n > end:
+                    self.body_received(data[end:])
+                return b""
+        return data[pos:] if pos else data
+
+    def _rest_of_body(self, data: bytes) -> bytes:
+        """More of a body framed by ``_native``: handed on as it came, sliced only where it ends."""
+        left = self._body_left
+        if len(data) < left:
+            self._body_left = left - len(data)
+            self.body_received(data)
+            return b""
+        self._body_left = 0
+        self._boundary = True
+        self.body_received(data if len(data) == left else data[:left])
+        self.response_complete()
+        return data[left:] if len(data) > left else b""
 
     def _feed(self, data: bytes) -> None:
         carry = self._carry
@@ -656,9 +746,15 @@ class ResponseReader:
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._boundary = False
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._stand_in:
+            self._stand_in = False
+            self._head_here = True
+            self._body_here = 0
+            return
         buf = self._buf
         pos = self._pos
         # (Bytes compared by index: compiled, a method call each would cost more.)
@@ -766,6 +862,7 @@ class ResponseReader:
             self.expect_no_body = False
             self._parser = httptools.HttpResponseParser(self)
             self._ignore = True
+            self._boundary = True
             self.response_complete()
 
     def _switched(self, nblock: bytes, reason: bytes, parser: Any) -> None:
@@ -797,6 +894,8 @@ class ResponseReader:
             self._interim = False
         elif not self._ignore:
             self.expect_no_body = False
+            # Between messages again unless llhttp now waits for the close (it refuses more data).
+            self._boundary = self.native_heads and self._parser.should_keep_alive()
             # Where the next response would start in this buffer: known when the body
             # had no framing of its own (Content-Length or none); after a chunked body
             # it is not, and an upstream has no business sending more then anyway.
