@@ -13,7 +13,9 @@ round by round, medians quoted, ratios to nginx's median in the same run.
   same certificate (ECDSA P-256 from trustme) and TLS 1.2-1.3 defaults:
   ``monolake-openssl`` and ``monolake-rustls`` (``[servers.x.tls] backend``, uvloop), ``nginx``
   (``listen ... ssl``, ``ssl_session_cache`` off, upstream ``keepalive 64``). The same three without TLS
-  (``*-http``) show what TLS adds to each.
+  (``*-http``) show what TLS adds to each. ``monolake-*-loop``: the same backends with
+  ``[servers.x.tls] transport = "loop"`` (the event loop's SSL layer instead of monolake's TLS transport),
+  the A/B of core/tls_transport.py in one run.
 - ``--syscalls N``: afterwards, ``strace -c`` of each proxy's worker over N keep-alive requests: system
   calls per request, where TLS's extra sys time comes from.
 - ``--profile N``: afterwards, N seconds of ``py-spy record`` (collapsed stacks, 500 Hz, ``--native``) of
@@ -50,8 +52,22 @@ from .load.procs import Proc, Procs, free_port, hw_counters, perf_counters, wait
 
 RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
-PROXIES = ["monolake-openssl", "monolake-rustls", "nginx", "monolake-http", "nginx-http"]
-PAIRS = [("monolake-openssl", "monolake-http"), ("monolake-rustls", "monolake-http"), ("nginx", "nginx-http")]
+PROXIES = [
+    "monolake-openssl",
+    "monolake-rustls",
+    "nginx",
+    "monolake-http",
+    "nginx-http",
+    "monolake-openssl-loop",
+    "monolake-rustls-loop",
+]
+PAIRS = [
+    ("monolake-openssl", "monolake-http"),
+    ("monolake-rustls", "monolake-http"),
+    ("nginx", "nginx-http"),
+    ("monolake-openssl-loop", "monolake-http"),
+    ("monolake-rustls-loop", "monolake-http"),
+]
 """Each HTTPS proxy and the same proxy without TLS."""
 
 
@@ -100,6 +116,7 @@ def monolake_conf(
     backend: str | None,
     tls: tuple[Path, Path],
     loop: str = "uvloop",
+    transport: str = "monolake",
 ) -> Path:
     conf = tmp / f"{name}.toml"
     section = ""
@@ -107,6 +124,7 @@ def monolake_conf(
         section = f"""
 [servers.bench.tls]
 backend = "{backend}"
+transport = "{transport}"
 certificates = [{{ chain = "{tls[0]}", key = "{tls[1]}" }}]
 """
     conf.write_text(f"""[runtime]
@@ -134,8 +152,10 @@ def start(procs: Procs, tmp: Path, name: str, port: int, origin_port: int, tls: 
         proc = procs.start(name, ["nginx", "-c", str(conf)], PROXY_CPU)
         wait_port(port, alive=proc.popen)
         return proc
-    backend = None if name.endswith("-http") else name.removeprefix("monolake-")
-    return start_conf(procs, name, monolake_conf(tmp, name, port, origin_port, backend, tls), port)
+    backend = None if name.endswith("-http") else name.removeprefix("monolake-").removesuffix("-loop")
+    transport = "loop" if name.endswith("-loop") else "monolake"
+    conf = monolake_conf(tmp, name, port, origin_port, backend, tls, transport=transport)
+    return start_conf(procs, name, conf, port)
 
 
 def start_conf(procs: Procs, name: str, conf: Path, port: int) -> Proc:
@@ -541,13 +561,7 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
             "",
             "What TLS adds, µs/request (HTTPS minus the same proxy without TLS): "
             + ", ".join(
-                f"{n} {by[n]['total_us'] - by[base]['total_us']:+.1f}"
-                for n, base in (
-                    ("monolake-openssl", "monolake-http"),
-                    ("monolake-rustls", "monolake-http"),
-                    ("nginx", "nginx-http"),
-                )
-                if n in by
+                f"{n} {by[n]['total_us'] - by[base]['total_us']:+.1f}" for n, base in PAIRS if n in by and base in by
             )
             + ".",
         ]

@@ -88,6 +88,8 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = transport
+        # kept after the connection is gone, as the loops' transports keep theirs
+        self._extra = {n: transport.get_extra_info(n) for n in ("peername", "sockname", "socket")}
         self._obj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
 
@@ -137,7 +139,7 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
             self._refused(exc)
             return
         except Exception as exc:  # SSLError on a context that is not a listener's, OSError
-            log.debug("tls handshake failed from %s: %r", self._raw.get_extra_info("peername"), exc)
+            log.debug("tls handshake failed from %s: %r", self._extra.get("peername"), exc)
             self._flush()
             self._state = _CLOSED
             self._raw.close()
@@ -158,12 +160,12 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         if exc.alert:
             raw.write(exc.alert)
         raw.close()
-        report_refusal(asyncio.get_running_loop(), exc, raw.get_extra_info("peername"))
+        report_refusal(asyncio.get_running_loop(), exc, self._extra.get("peername"))
 
     def _timed_out(self) -> None:
         self._timer = None
         if self._state == _HANDSHAKE and self._raw is not None:
-            log.debug("tls handshake from %s timed out", self._raw.get_extra_info("peername"))
+            log.debug("tls handshake from %s timed out", self._extra.get("peername"))
             self._state = _CLOSED
             self._raw.abort()
 
@@ -194,7 +196,7 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         self.close()
 
     def _fatal(self, exc: Exception) -> None:
-        log.debug("tls error from %s: %r", self._raw.get_extra_info("peername"), exc)
+        log.debug("tls error from %s: %r", self._extra.get("peername"), exc)
         self._flush()  # the alert
         self._state = _CLOSING
         self._raw.close()
@@ -281,8 +283,10 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
             return obj.cipher() if obj is not None else default
         if name == "compression":
             return obj.compression() if obj is not None else default
+        if name in self._extra:
+            return self._extra[name]
         raw = self._raw
-        return raw.get_extra_info(name, default) if raw is not None else self._extra.get(name, default)
+        return raw.get_extra_info(name, default) if raw is not None else default
 
 
 class OpenSslServer(TlsServer):
