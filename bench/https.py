@@ -285,8 +285,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name in names:
                     results.setdefault("syscalls", {})[name] = _syscalls(args, procs, tmp, name, origin_port, tls)
             if args.profile:
-                for name in ("monolake-openssl", "monolake-rustls"):
-                    if name in names:
+                for name in names:
+                    if name.startswith("monolake-") and not name.endswith("-http"):
                         results["profiles"][name] = _profile(args, procs, tmp, name, origin, origin_port, tls)
         finally:
             procs.stop_all()
@@ -445,14 +445,18 @@ COMPILED_GROUPS = {
 (or ``<module suffix>___<class>_gen...`` for a coroutine's generator) in ``__native__hotpath.c``,
 with no path to match."""
 COMPILED = "__native__hotpath"
-SSL_FRAMES = ("SSLProtocol", "sslproto")
+SSL_FRAMES = ("SSLProtocol", "sslproto", "tls_transport")
+"""Frames of a TLS layer: the loops' SSL protocol, or monolake's own transport (core/tls_transport.py)."""
+TLS_CODE = ("tls_transport", "core/tls.py", "rtls_impl")
+"""monolake's TLS code: part of the TLS layer, not an application frame below it."""
 SYSCALL_LEAVES = ("read (libc", "write (libc", "writev (libc", "sendmsg", "recvmsg", "send (libc", "recv (libc")
 
 
 def summarize_stacks(raw: str) -> dict[str, Any]:
     """Collapsed stacks -> busy samples (idle ones, waiting in epoll, are counted apart); the share of
-    the TLS layer itself (samples under uvloop's SSLProtocol with no application frame below and no
-    system call at the leaf: record encryption/decryption, BIO copies, the protocol's bookkeeping);
+    the TLS layer itself (samples under uvloop's SSLProtocol or monolake's TLS transport with no
+    application frame below and no system call at the leaf: record encryption/decryption, BIO copies,
+    the protocol's bookkeeping);
     the inclusive share of each code group (a sample counts for every group with a frame anywhere in
     its stack, so those overlap); the share whose leaf is a socket system call; the top self frames."""
     self_time: collections.Counter[str] = collections.Counter()
@@ -472,8 +476,12 @@ def summarize_stacks(raw: str) -> dict[str, Any]:
         syscall = any(k in frames[-1] for k in SYSCALL_LEAVES)
         if syscall:
             syscalls += n
-        ssl_at = next((i for i, f in enumerate(frames) if f.startswith(SSL_FRAMES)), None)
-        app = [f for f in frames[ssl_at:] if "monolake/" in f or COMPILED in f] if ssl_at is not None else []
+        ssl_at = next((i for i, f in enumerate(frames) if any(k in f for k in SSL_FRAMES)), None)
+        app = (
+            [f for f in frames[ssl_at:] if ("monolake/" in f or COMPILED in f) and not any(k in f for k in TLS_CODE)]
+            if ssl_at is not None
+            else []
+        )
         if ssl_at is not None and not syscall and not app:
             tls_layer += n
         for group, keys in GROUPS.items():

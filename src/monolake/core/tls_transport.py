@@ -94,6 +94,7 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
+        # Subclasses serve the open state themselves (one frame less per read) and call this otherwise.
         state = self._state
         if state == _OPEN:
             self._records(data)
@@ -298,6 +299,12 @@ class OpenSslServer(TlsServer):
         self._c = self._obj._sslobj
 
     def _records(self, data: bytes) -> None:
+        self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state != _OPEN:
+            TlsServer.data_received(self, data)
+            return
         incoming = self._incoming
         if data:
             incoming.write(data)
@@ -354,6 +361,12 @@ class RustlsServer(TlsServer):
         self._rest = self._incoming.read()  # what came after the handshake's last record
 
     def _records(self, data: bytes) -> None:
+        self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self._state != _OPEN:
+            TlsServer.data_received(self, data)
+            return
         conn = self._conn
         rest = self._rest
         if rest:
