@@ -76,6 +76,9 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         self._timer: asyncio.TimerHandle | None = None
         self._state = _HANDSHAKE
         self._paused = False  # the app paused reading
+        self._connected = False  # the app's connection_made ran (so its connection_lost is due)
+        self._writes_paused = False  # the app was told pause_writing
+        self._error: Exception | None = None
         self._extra: dict[str, Any] = {}
         self._deliver: Callable[[bytes], None] = self._deliver_to(app)
 
@@ -113,20 +116,23 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        state = self._state
         self._state = _CLOSED
-        if state != _HANDSHAKE and self._raw is not None:
+        if self._connected:
+            self._connected = False
             self._raw = None
-            self._app.connection_lost(exc)
+            self._app.connection_lost(exc if exc is not None else self._error)
         self._raw = None
 
     def pause_writing(self) -> None:
-        if self._state != _HANDSHAKE:
+        if self._connected and not self._writes_paused:
+            self._writes_paused = True
             self._app.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._state != _HANDSHAKE:
-            self._app.resume_writing()
+        if self._writes_paused:
+            self._writes_paused = False
+            if self._connected:
+                self._app.resume_writing()
 
     # -- the handshake -----------------------------------------------------------------
 
@@ -151,6 +157,7 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
             self._timer = None
         self._state = _OPEN
         self._opened()
+        self._connected = True
         self._app.connection_made(self)
         if self._state == _OPEN and not self._paused:
             self._records(b"")  # what came with the last handshake flight
@@ -198,6 +205,7 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
 
     def _fatal(self, exc: Exception) -> None:
         log.debug("tls error from %s: %r", self._extra.get("peername"), exc)
+        self._error = exc  # the app's connection_lost gets it
         self._flush()  # the alert
         self._state = _CLOSING
         self._raw.close()
