@@ -13,7 +13,9 @@ round by round, medians quoted, ratios to nginx's median in the same run.
   same certificate (ECDSA P-256 from trustme) and TLS 1.2-1.3 defaults:
   ``monolake-openssl`` and ``monolake-rustls`` (``[servers.x.tls] backend``, uvloop), ``nginx``
   (``listen ... ssl``, ``ssl_session_cache`` off, upstream ``keepalive 64``). The same three without TLS
-  (``*-http``) show what TLS adds to each.
+  (``*-http``) show what TLS adds to each. ``monolake-*-loop``: the same backends with
+  ``[servers.x.tls] transport = "loop"`` (the event loop's SSL layer instead of monolake's TLS transport),
+  the A/B of core/tls_transport.py in one run.
 - ``--syscalls N``: afterwards, ``strace -c`` of each proxy's worker over N keep-alive requests: system
   calls per request, where TLS's extra sys time comes from.
 - ``--profile N``: afterwards, N seconds of ``py-spy record`` (collapsed stacks, 500 Hz, ``--native``) of
@@ -50,8 +52,22 @@ from .load.procs import Proc, Procs, free_port, hw_counters, perf_counters, wait
 
 RESULTS = machine.REPO / "bench" / "results"
 ORIGIN_CPU, PROXY_CPU, LOAD_CPU = 0, 1, 0
-PROXIES = ["monolake-openssl", "monolake-rustls", "nginx", "monolake-http", "nginx-http"]
-PAIRS = [("monolake-openssl", "monolake-http"), ("monolake-rustls", "monolake-http"), ("nginx", "nginx-http")]
+PROXIES = [
+    "monolake-openssl",
+    "monolake-rustls",
+    "nginx",
+    "monolake-http",
+    "nginx-http",
+    "monolake-openssl-loop",
+    "monolake-rustls-loop",
+]
+PAIRS = [
+    ("monolake-openssl", "monolake-http"),
+    ("monolake-rustls", "monolake-http"),
+    ("nginx", "nginx-http"),
+    ("monolake-openssl-loop", "monolake-http"),
+    ("monolake-rustls-loop", "monolake-http"),
+]
 """Each HTTPS proxy and the same proxy without TLS."""
 
 
@@ -100,6 +116,7 @@ def monolake_conf(
     backend: str | None,
     tls: tuple[Path, Path],
     loop: str = "uvloop",
+    transport: str = "monolake",
 ) -> Path:
     conf = tmp / f"{name}.toml"
     section = ""
@@ -107,6 +124,7 @@ def monolake_conf(
         section = f"""
 [servers.bench.tls]
 backend = "{backend}"
+transport = "{transport}"
 certificates = [{{ chain = "{tls[0]}", key = "{tls[1]}" }}]
 """
     conf.write_text(f"""[runtime]
@@ -134,8 +152,10 @@ def start(procs: Procs, tmp: Path, name: str, port: int, origin_port: int, tls: 
         proc = procs.start(name, ["nginx", "-c", str(conf)], PROXY_CPU)
         wait_port(port, alive=proc.popen)
         return proc
-    backend = None if name.endswith("-http") else name.removeprefix("monolake-")
-    return start_conf(procs, name, monolake_conf(tmp, name, port, origin_port, backend, tls), port)
+    backend = None if name.endswith("-http") else name.removeprefix("monolake-").removesuffix("-loop")
+    transport = "loop" if name.endswith("-loop") else "monolake"
+    conf = monolake_conf(tmp, name, port, origin_port, backend, tls, transport=transport)
+    return start_conf(procs, name, conf, port)
 
 
 def start_conf(procs: Procs, name: str, conf: Path, port: int) -> Proc:
@@ -265,8 +285,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name in names:
                     results.setdefault("syscalls", {})[name] = _syscalls(args, procs, tmp, name, origin_port, tls)
             if args.profile:
-                for name in ("monolake-openssl", "monolake-rustls"):
-                    if name in names:
+                for name in names:
+                    if name.startswith("monolake-") and not name.endswith("-http"):
                         results["profiles"][name] = _profile(args, procs, tmp, name, origin, origin_port, tls)
         finally:
             procs.stop_all()
@@ -425,14 +445,18 @@ COMPILED_GROUPS = {
 (or ``<module suffix>___<class>_gen...`` for a coroutine's generator) in ``__native__hotpath.c``,
 with no path to match."""
 COMPILED = "__native__hotpath"
-SSL_FRAMES = ("SSLProtocol", "sslproto")
+SSL_FRAMES = ("SSLProtocol", "sslproto", "tls_transport")
+"""Frames of a TLS layer: the loops' SSL protocol, or monolake's own transport (core/tls_transport.py)."""
+TLS_CODE = ("tls_transport", "core/tls.py", "rtls_impl")
+"""monolake's TLS code: part of the TLS layer, not an application frame below it."""
 SYSCALL_LEAVES = ("read (libc", "write (libc", "writev (libc", "sendmsg", "recvmsg", "send (libc", "recv (libc")
 
 
 def summarize_stacks(raw: str) -> dict[str, Any]:
     """Collapsed stacks -> busy samples (idle ones, waiting in epoll, are counted apart); the share of
-    the TLS layer itself (samples under uvloop's SSLProtocol with no application frame below and no
-    system call at the leaf: record encryption/decryption, BIO copies, the protocol's bookkeeping);
+    the TLS layer itself (samples under uvloop's SSLProtocol or monolake's TLS transport with no
+    application frame below and no system call at the leaf: record encryption/decryption, BIO copies,
+    the protocol's bookkeeping);
     the inclusive share of each code group (a sample counts for every group with a frame anywhere in
     its stack, so those overlap); the share whose leaf is a socket system call; the top self frames."""
     self_time: collections.Counter[str] = collections.Counter()
@@ -452,8 +476,12 @@ def summarize_stacks(raw: str) -> dict[str, Any]:
         syscall = any(k in frames[-1] for k in SYSCALL_LEAVES)
         if syscall:
             syscalls += n
-        ssl_at = next((i for i, f in enumerate(frames) if f.startswith(SSL_FRAMES)), None)
-        app = [f for f in frames[ssl_at:] if "monolake/" in f or COMPILED in f] if ssl_at is not None else []
+        ssl_at = next((i for i, f in enumerate(frames) if any(k in f for k in SSL_FRAMES)), None)
+        app = (
+            [f for f in frames[ssl_at:] if ("monolake/" in f or COMPILED in f) and not any(k in f for k in TLS_CODE)]
+            if ssl_at is not None
+            else []
+        )
         if ssl_at is not None and not syscall and not app:
             tls_layer += n
         for group, keys in GROUPS.items():
@@ -541,13 +569,7 @@ def markdown(results: dict[str, Any], rows: list[dict[str, Any]], args: argparse
             "",
             "What TLS adds, µs/request (HTTPS minus the same proxy without TLS): "
             + ", ".join(
-                f"{n} {by[n]['total_us'] - by[base]['total_us']:+.1f}"
-                for n, base in (
-                    ("monolake-openssl", "monolake-http"),
-                    ("monolake-rustls", "monolake-http"),
-                    ("nginx", "nginx-http"),
-                )
-                if n in by
+                f"{n} {by[n]['total_us'] - by[base]['total_us']:+.1f}" for n, base in PAIRS if n in by and base in by
             )
             + ".",
         ]

@@ -73,6 +73,7 @@ MODULES = (
     "monolake.apps.streams._conn",
     "monolake.apps.streams._server",
     "monolake.apps.streams._client",
+    "monolake.core.tls_transport",
 )
 """Compiled with mypyc at install (setup.py), in this order of dependency-free-ness."""
 

@@ -114,6 +114,9 @@ class ServerTlsContexts:
         else:
             self.ssl_context = self._new_context(cfg.certificates[0], f"{path}.certificates[0]", listener=True)
             self.ssl_context.sni_callback = self._on_sni
+        if cfg.transport == "monolake":
+            # read by tls_transport.server_factory: serve this listener with monolake's TLS transport
+            self.ssl_context.monolake_transport = cfg.backend  # type: ignore[attr-defined]
 
     def _new_context(self, cert: Certificate, where: str, *, listener: bool = False) -> ssl.SSLContext:
         cfg = self.cfg
@@ -357,7 +360,6 @@ class _RefusalHandler:
 
     def __init__(self, previous: _Handler | None) -> None:
         self.previous = previous
-        self.flushing = False
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
@@ -368,7 +370,7 @@ class _RefusalHandler:
                 loop.default_exception_handler(context)
             return
         transport = context.get("transport")
-        peer = _peer_text(transport.get_extra_info("peername") if transport is not None else None)
+        peer = transport.get_extra_info("peername") if transport is not None else None
         if exc.alert and transport is not None and not transport.get_write_buffer_size():
             # The transport is closing (its buffer is dropped) but its socket is still open
             # until the next loop iteration: the alert goes straight to the socket (nothing is
@@ -377,20 +379,31 @@ class _RefusalHandler:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     os.write(sock.fileno(), exc.alert)
-        lines = _refusals if exc.client_cert else _failures
-        verb = "refused" if exc.client_cert else "failed"
-        if (
-            not lines.log("tls handshake %s from %s: %s (%s)", verb, peer, exc.reason, exc.listener)
-            and not self.flushing
-        ):
-            # a flood that stops still gets its "N more suppressed" line, about a window later
-            self.flushing = True
-            loop.call_later(lines.interval, self._flush)
+        report_refusal(loop, exc, peer)
 
-    def _flush(self) -> None:
-        self.flushing = False
-        _refusals.flush()
-        _failures.flush()
+
+_flushing = False
+
+
+def report_refusal(loop: asyncio.AbstractEventLoop, exc: HandshakeRefused, peer: Any) -> None:
+    """The rate-limited log line of a refused handshake from ``peer`` (its alert is the caller's)."""
+    global _flushing
+    lines = _refusals if exc.client_cert else _failures
+    verb = "refused" if exc.client_cert else "failed"
+    if (
+        not lines.log("tls handshake %s from %s: %s (%s)", verb, _peer_text(peer), exc.reason, exc.listener)
+        and not _flushing
+    ):
+        # a flood that stops still gets its "N more suppressed" line, about a window later
+        _flushing = True
+        loop.call_later(lines.interval, _flush_refusals)
+
+
+def _flush_refusals() -> None:
+    global _flushing
+    _flushing = False
+    _refusals.flush()
+    _failures.flush()
 
 
 def _install(loop: asyncio.AbstractEventLoop) -> None:

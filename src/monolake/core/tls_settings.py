@@ -68,3 +68,6 @@ class ServerTls(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen
     client_ca: str | None = None
     """PEM file of the CAs client certificates must chain to (mutual TLS)."""
     client_auth: Literal["none", "optional", "required"] = "none"
+    transport: Literal["monolake", "loop"] = "monolake"
+    """Who drives TLS above the record layer: "monolake" (its own transport over the plain socket
+    transport: less CPU per request) or "loop" (the event loop's SSL protocol layer, as before)."""

@@ -63,6 +63,7 @@ from typing import Any, NoReturn, Protocol, TypeAlias, TypeVar
 import msgspec
 
 from ..errors import ConfigError
+from ..tls_transport import server_factory
 from ._control import Channel, ChannelClosed, Message, close_fds
 from ._limits import AcceptErrors, FdProbe, is_uvloop
 from ._listeners import Listener, bind_tcp
@@ -258,6 +259,14 @@ def _ssl_of(app: ServerApp) -> ssl.SSLContext | None:
     return ctx if isinstance(ctx, ssl.SSLContext) else None
 
 
+def _serving(entry: _Entry) -> tuple[Callable[[], asyncio.BaseProtocol], ssl.SSLContext | None]:
+    """The protocol factory and ``ssl`` argument of ``entry``'s server: TLS by monolake's own
+    transport over a plain socket transport where its context asks for it, else the loop's."""
+    ctx = _ssl_of(entry.app)
+    tls_factory = server_factory(ctx, entry.protocol_factory)
+    return (entry.protocol_factory, ctx) if tls_factory is None else (tls_factory, None)
+
+
 class _Entry:
     """One listening socket of this worker and the app it currently serves."""
 
@@ -365,9 +374,8 @@ class _Worker:
             inherited = spec.inherited.get(lst.key)
             sock = inherited if inherited is not None else lst.worker_socket()
             entry = _Entry(lst.key, lst.name, self.apps[lst.name], sock)
-            entry.server = await loop.create_server(
-                entry.protocol_factory, sock=sock, backlog=lst.backlog, ssl=_ssl_of(entry.app)
-            )
+            factory, ctx = _serving(entry)
+            entry.server = await loop.create_server(factory, sock=sock, backlog=lst.backlog, ssl=ctx)
             self.entries[lst.key] = entry
         os.write(spec.ready_fd, b"R" + loop_kind(loop).encode())
         os.close(spec.ready_fd)
@@ -530,12 +538,9 @@ class _Worker:
                         raise ConfigError(f"servers.{name}.listener", reason) from None
                 socks.append(sock)
                 entry = _Entry(key, name, prepared.apps[name], sock)
+                factory, ctx = _serving(entry)
                 entry.server = await self.loop.create_server(
-                    entry.protocol_factory,
-                    sock=sock,
-                    backlog=int(item["backlog"]),
-                    start_serving=False,
-                    ssl=_ssl_of(entry.app),
+                    factory, sock=sock, backlog=int(item["backlog"]), start_serving=False, ssl=ctx
                 )
                 new[key] = entry
         except Exception as exc:
