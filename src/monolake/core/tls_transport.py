@@ -33,7 +33,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 from .tls import HandshakeRefused, report_refusal
 from .tls_settings import READ_MAX
@@ -59,6 +59,14 @@ def _feed(proto: asyncio.BufferedProtocol, data: bytes) -> None:
         buf[:n] = view[:n]
         proto.buffer_updated(n)
         view = view[n:]
+
+
+_GONE: Final = asyncio.Protocol()
+"""A closed connection's app: the real one is let go of (see ``connection_lost``)."""
+
+
+def _drop(data: bytes) -> None:
+    pass
 
 
 class TlsServer(asyncio.Protocol, asyncio.Transport):
@@ -122,6 +130,10 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
             self._raw = None
             self._app.connection_lost(exc if exc is not None else self._error)
         self._raw = None
+        # The app keeps its transport (this object): let go of it, so the pair is freed by reference
+        # counting when the connection closes, not by a later cyclic GC.
+        self._app = _GONE
+        self._deliver = _drop
 
     def pause_writing(self) -> None:
         if self._connected and not self._writes_paused:
