@@ -7,6 +7,7 @@ each backend (OpenSSL, rustls); the client is a blocking stdlib ``ssl`` socket i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import socket
@@ -208,6 +209,54 @@ def test_close_sends_close_notify_and_client_close_notify_is_eof(backend: str, c
         assert await apps[1].lost is None
 
     serve("uvloop", tls, main, setup=setup)
+
+
+def send_then_close_notify(ca: trustme.CA, port: int, data: bytes) -> bytes:
+    """A client that sends ``data`` and its close_notify in one socket write (so the server reads
+    them together), then returns what it reads until the server closes."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="tls.example")
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        sock.sendall(outgoing.read())
+        obj.write(data)
+        with contextlib.suppress(ssl.SSLWantReadError):
+            obj.unwrap()
+        sock.sendall(outgoing.read())
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        return got
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", LOOPS)
+def test_close_notify_read_with_the_record_the_app_paused_on_is_eof_after_resume(
+    kind: str, backend: str, ca: trustme.CA, certfiles: Any
+) -> None:
+    tls = contexts(certfiles, backend)
+
+    def pause(app: App, data: bytes) -> None:
+        app.transport.pause_reading()
+        asyncio.get_running_loop().call_soon(app.transport.resume_reading)
+
+    def setup(app: App) -> None:
+        app.on_data = pause
+
+    async def main(port: int, apps: list[App]) -> None:
+        await asyncio.to_thread(send_then_close_notify, ca, port, b"last")
+        assert await apps[0].lost is None  # the end was told after resuming: the app closed
+        assert apps[0].received == b"last" and apps[0].eof
+
+    serve(kind, tls, main, setup=setup)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

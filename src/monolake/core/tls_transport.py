@@ -86,6 +86,8 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         self._paused = False  # the app paused reading
         self._connected = False  # the app's connection_made ran (so its connection_lost is due)
         self._writes_paused = False  # the app was told pause_writing
+        self._eof_due = False  # the peer's FIN came while records were still held (paused reading)
+        self._eof_told = False  # the app had its eof_received
         self._error: Exception | None = None
         self._extra: dict[str, Any] = {}
         self._deliver: Callable[[bytes], None] = self._deliver_to(app)
@@ -116,6 +118,11 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
 
     def eof_received(self) -> bool | None:
         if self._state == _OPEN:
+            if self._paused or self._has_buffered():
+                # A loop whose read was under way when reading paused (io_uring) can see the FIN
+                # before the app took the records held: the end is told after them, on resume.
+                self._eof_due = True
+                return True
             self._peer_eof()
             return True  # closed by _peer_eof unless the app keeps the connection
         return None
@@ -211,6 +218,9 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         raise NotImplementedError
 
     def _peer_eof(self) -> None:
+        if self._eof_told:  # close_notify, then the FIN
+            return
+        self._eof_told = True
         if self._app.eof_received():  # type: ignore[attr-defined]
             return
         self.close()
@@ -266,12 +276,16 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
         if self._raw is None or self._state != _OPEN:
             return
         self._raw.resume_reading()
-        if self._has_buffered():
-            asyncio.get_running_loop().call_soon(self._resume_records)
+        # Always look again (resuming is rare): besides records held, the library may hold the
+        # peer's close_notify, read together with the last record the app took before it paused.
+        asyncio.get_running_loop().call_soon(self._resume_records)
 
     def _resume_records(self) -> None:
         if self._state == _OPEN and not self._paused:
             self._records(b"")
+            if self._eof_due and self._state == _OPEN and not self._paused and not self._has_buffered():
+                self._eof_due = False
+                self._peer_eof()
 
     def is_reading(self) -> bool:
         return not self._paused and self._raw is not None and not self._raw.is_closing()
@@ -328,6 +342,8 @@ class OpenSslServer(TlsServer):
         incoming = self._incoming
         if data:
             incoming.write(data)
+            if self._paused:  # a read already under way when reading was paused (io_uring): kept
+                return
         c = self._c
         while True:
             try:
@@ -392,6 +408,9 @@ class RustlsServer(TlsServer):
         if rest:
             data = rest + data
             self._rest = b""
+        if self._paused:  # a read already under way when reading was paused (io_uring): kept
+            self._rest = data
+            return
         while True:
             try:
                 if data:
