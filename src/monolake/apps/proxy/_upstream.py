@@ -87,6 +87,26 @@ def _connected(req: Request, conn: UpstreamConnection) -> None:
     UPSTREAM_CONNECT_TIME.set(ctx, UPSTREAM_CONNECT_TIME.get(ctx, 0.0) + conn.connect_time)
 
 
+def _h1_head(req: Request, host: bytes | None, ep: Endpoint) -> tuple[bytes, bool]:
+    """The upstream request head for ``ep`` and whether the body goes chunked. ``host`` replaces
+    the Host header when given; b"" means the endpoint's own authority."""
+    if host is None and req.raw_host is None:
+        host = b""  # an HTTP/1.0 client sent no Host; HTTP/1.1 upstreams need one
+    if host is not None:
+        req.headers.set(b"Host", host or ep.authority.encode())
+    body: Any = req.body
+    if body is None:
+        framing = b""
+        chunked = False
+    elif body.length is not None:
+        framing = content_length_line(body.length)
+        chunked = False
+    else:
+        framing = CHUNKED_LINE
+        chunked = True
+    return request_head(req.method, req.target, req.headers, framing), chunked
+
+
 class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the metrics
     """A set of endpoints behind one balancer, with its timeouts and resilience settings."""
 
@@ -239,21 +259,8 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
         req.ctx.endpoint = ep
         if self.track:
             return self._forward_h1_to(req, host, ep)
-        if host is None and req.raw_host is None:
-            host = b""
-        if host is not None:
-            req.headers.set(b"Host", host or ep.authority.encode())
+        head, chunked = _h1_head(req, host, ep)
         body: Any = req.body
-        if body is None:
-            framing = b""
-            chunked = False
-        elif body.length is not None:
-            framing = content_length_line(body.length)
-            chunked = False
-        else:
-            framing = CHUNKED_LINE
-            chunked = True
-        head = request_head(req.method, req.target, req.headers, framing)
         conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
         if conn is None:  # a connect: the slow path (which sets the same Host again)
             return self._forward_h1_to(req, host, ep)
@@ -308,21 +315,8 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
         if track:
             self.balancer.started(ep)
         try:
-            if host is None and req.raw_host is None:
-                host = b""  # an HTTP/1.0 client sent no Host; HTTP/1.1 upstreams need one
-            if host is not None:
-                req.headers.set(b"Host", host or ep.authority.encode())
+            head, chunked = _h1_head(req, host, ep)
             body: Any = req.body
-            if body is None:
-                framing = b""
-                chunked = False
-            elif body.length is not None:
-                framing = content_length_line(body.length)
-                chunked = False
-            else:
-                framing = CHUNKED_LINE
-                chunked = True
-            head = request_head(req.method, req.target, req.headers, framing)
             head_only = req.method == b"HEAD"
             conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
             if conn is None:
@@ -669,21 +663,8 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
         """One HTTP/1.1 request to ``ep`` on the guarded path (a fresh connection within the
         circuit breaker's limits when none is idle; one retry on a stale pooled one). A
         cancellation (the per-try timeout) closes the connection it was waiting on."""
-        if host is None and req.raw_host is None:
-            host = b""
-        if host is not None:
-            req.headers.set(b"Host", host or ep.authority.encode())
+        head, chunked = _h1_head(req, host, ep)
         body: Any = req.body
-        if body is None:
-            framing = b""
-            chunked = False
-        elif body.length is not None:
-            framing = content_length_line(body.length)
-            chunked = False
-        else:
-            framing = CHUNKED_LINE
-            chunked = True
-        head = request_head(req.method, req.target, req.headers, framing)
         head_only = req.method == b"HEAD"
         conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
         if conn is None:
