@@ -16,6 +16,7 @@ second SIGTERM once its workers drain, which hurries them: see ``Proxy.close``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib.util
@@ -74,6 +75,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_REFUSING: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A 127.0.0.1 port where a connect is refused for the rest of the test process: bound and
+    never listening. Unlike a port from ``free_port`` (closed again), no other test's server or
+    outgoing connection can be given it meanwhile, so "connection refused" stays true."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    if not _REFUSING:
+        atexit.register(lambda: [held.close() for held in _REFUSING])
+    _REFUSING.append(s)
+    return int(s.getsockname()[1])
 
 
 def render(template: str, **values: Any) -> str:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import TIMEOUT, Origin, Proxy, ProxyFactory, RawClient, free_port
+from conftest import TIMEOUT, Origin, Proxy, ProxyFactory, RawClient, refused_port
 
 pytestmark = pytest.mark.e2e
 
@@ -163,7 +163,7 @@ def targets(ca: trustme.CA) -> Iterator[Targets]:
 
 @pytest.fixture(scope="module")
 def dead_port() -> int:
-    return free_port()  # nothing listens there
+    return refused_port()
 
 
 @pytest.fixture(scope="module")

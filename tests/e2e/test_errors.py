@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from conftest import Origin, Proxy, ProxyFactory, RawClient, free_port
+from conftest import Origin, Proxy, ProxyFactory, RawClient, refused_port
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +138,7 @@ def scripted() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def dead_port() -> int:
-    return free_port()
+    return refused_port()
 
 
 @pytest.fixture(scope="module")

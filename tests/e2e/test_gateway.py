@@ -17,7 +17,7 @@ import pytest
 import thriftpy2
 from thrift_peers import Handler, ThriftpyServer, TTHeaderServer, Upstream
 
-from conftest import REPO, Proxy, ProxyFactory, free_port
+from conftest import REPO, Proxy, ProxyFactory, refused_port
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +107,7 @@ gateway = { idl = "{idl}", service = "EchoService" }
 
 @pytest.fixture(scope="module")
 def gw(module_proxy: ProxyFactory, echo_ups: dict[str, Upstream]) -> Proxy:
-    return module_proxy(CONFIG, idl=IDL, dead_port=free_port(), **{k: u.address for k, u in echo_ups.items()})
+    return module_proxy(CONFIG, idl=IDL, dead_port=refused_port(), **{k: u.address for k, u in echo_ups.items()})
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trustme
 
-from conftest import E2E, LineLog, Proxy, ProxyFactory, _stop_process, free_port, pattern, pattern_sha
+from conftest import E2E, LineLog, Proxy, ProxyFactory, _stop_process, free_port, pattern, pattern_sha, refused_port
 from monolake.core.proto.http2 import codec_kinds
 
 pytestmark = pytest.mark.e2e
@@ -356,7 +356,7 @@ retry = { attempts = 1, on = ["connect_failure"] }
 
 
 def test_retries_and_outlier_ejection_over_h2(proxy: ProxyFactory, h2c_origin: H2OriginProcess) -> None:
-    dead = free_port()  # nothing listens there
+    dead = refused_port()
     p = proxy(GUARDED, port=h2c_origin.port, dead=dead)
     with client() as c:
         codes = [c.get(f"{p.url}/hello").status_code for _ in range(8)]

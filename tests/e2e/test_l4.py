@@ -33,10 +33,10 @@ from conftest import (
     Proxy,
     ProxyFactory,
     RawClient,
-    free_port,
     pattern,
     pattern_sha,
     raw_request,
+    refused_port,
 )
 from monolake.apps.config import parse_config
 from monolake.core.errors import ConfigError
@@ -393,7 +393,7 @@ def l4(
         unix_scripted=upstreams["unix_scripted"].address,
         pp=upstreams["pp"].address,
         origin=origin.url,
-        dead_port=free_port(),
+        dead_port=refused_port(),
         sock_dir=tmp_path_factory.mktemp("l4-listen"),
     )
 

@@ -35,7 +35,7 @@ from thrift_peers import (
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TTransportException
 
-from conftest import Proxy, ProxyFactory, free_port
+from conftest import Proxy, ProxyFactory, refused_port
 from monolake.core.proto.thrift import ThriftProtocol, encode_framed, message_begin
 
 pytestmark = pytest.mark.e2e
@@ -142,7 +142,7 @@ upstream_in_flight = 8
 [[servers.via_{name}.routes]]
 upstreams = [{{ endpoint = "{ups[name].address}" }}]
 """
-    return module_proxy(text, dead_port=free_port(), **{k: u.address for k, u in ups.items()})
+    return module_proxy(text, dead_port=refused_port(), **{k: u.address for k, u in ups.items()})
 
 
 def addr(proxy: Proxy, server: str) -> str:
