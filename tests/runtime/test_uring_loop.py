@@ -641,3 +641,41 @@ def test_a_complete_request_body_that_fills_the_send_leaves_its_producer_resumed
     assert data == b"%d" % size
     assert "pause" in calls  # the in-flight send was over the high-water mark (else this tests nothing)
     assert calls[-1] == "resume"
+
+
+def test_a_buffered_protocol_gets_each_chunk_through_its_small_buffers(loop: UringEventLoop) -> None:
+    data = os.urandom(300_000)
+
+    class Small(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = bytearray(1000)  # smaller than any chunk the ring reads: several rounds each
+            self.got = bytearray()
+            self.rounds = 0
+            self.done: asyncio.Future[bytes] = loop.create_future()
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += self.buf[:nbytes]
+            self.rounds += 1
+
+        def eof_received(self) -> None:
+            self.done.set_result(bytes(self.got))
+
+    proto = Small()
+
+    async def main() -> bytes:
+        server = await loop.create_server(lambda: proto, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        writer.write_eof()
+        got = await proto.done
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert run(loop, main()) == data
+    assert proto.rounds >= len(data) // 1000
