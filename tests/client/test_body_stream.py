@@ -285,6 +285,46 @@ async def test_a_sink_that_pauses_during_the_hand_over_keeps_the_producer_paused
     assert p.calls[-1] == "resume"
 
 
+async def test_a_sink_pause_before_the_hand_over_of_a_done_body_is_resumed_by_the_sink() -> None:
+    # An upstream request: the client takes the whole (done) body, writes it with the head, its
+    # socket buffer fills (on io_uring the send is in flight) and it pauses the body, then it pipes.
+    body, p = new()
+    body.feed(b"x" * 100_000)
+    body.feed_eof()
+    assert body.take() == [b"x" * 100_000]
+    body.pause()
+
+    class Ending(Sink):
+        def end(self) -> None:
+            super().end()
+            body.resume()  # the client's request_sent: the body is out, the producer's next request must be read
+
+    body.pipe(Ending())
+    assert p.calls == ["pause", "resume"]
+
+
+async def test_a_sink_pause_before_the_hand_over_stays_while_the_body_goes_on() -> None:
+    body, p = new()
+    body.feed(b"x" * 1000)
+    body.take()
+    body.pause()  # the sink's buffer is full
+    sink = Sink()
+    body.pipe(sink)
+    assert p.calls == ["pause"]  # nothing buffered was handed over: the pause is the sink's
+    body.resume()
+    assert p.calls == ["pause", "resume"]
+
+
+async def test_pipe_of_a_done_body_paused_by_buffering_resumes_the_producer() -> None:
+    body, p = new()
+    body.feed(b"x" * HIGH_WATER)
+    body.feed_eof()
+    sink = Sink()
+    body.pipe(sink)
+    assert p.calls == ["pause", "resume"]
+    assert sink.events[-1] == ("end", None)
+
+
 # --- on_demand, cancel, detach ------------------------------------------------------
 
 

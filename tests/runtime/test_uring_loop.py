@@ -19,6 +19,11 @@ import trustme
 import uvloop
 
 from conftest import Origin, Proxy
+from monolake.apps.config import Endpoint
+from monolake.core._body import Body
+from monolake.core.client import Pool
+from monolake.core.proto.http._message import Headers
+from monolake.core.proto.http1._serialize import content_length_line, request_head
 from monolake.core.runtime import uring
 from monolake.core.runtime._loops import LoopOptions, new_event_loop
 
@@ -576,3 +581,101 @@ def test_writelines_gathers_into_one_stream(loop: UringEventLoop) -> None:
         return data
 
     assert run(loop, main()) == b"".join(parts)
+
+
+def test_a_complete_request_body_that_fills_the_send_leaves_its_producer_resumed(loop: UringEventLoop) -> None:
+    """An upstream request whose head and complete body go out in one writelines: on io_uring the
+    send is in flight when writelines returns, so the write buffer is over its high-water mark and
+    the body's producer (the client's connection) is paused. Once the body is sent the producer
+    must be resumed, or a keep-alive client's next request is never read (it was, with a body
+    that arrived whole before the upstream connection was ready, e.g. over TLS)."""
+    size = 100_000
+
+    class Producer:
+        """Stands for the server connection the request body is read from."""
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def pause_body(self) -> None:
+            self.calls.append("pause")
+
+        def resume_body(self) -> None:
+            self.calls.append("resume")
+
+        def cancel_body(self) -> None:
+            self.calls.append("cancel")
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        n = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        body = await reader.readexactly(n)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(len(body))), len(body)))
+        await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
+
+    async def main() -> tuple[bytes, list[str]]:
+        server = await asyncio.start_server(origin, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = Pool(loop)
+        try:
+            conn = await pool.acquire(
+                Endpoint(host="127.0.0.1", port=port), connect_timeout=10, idle_timeout=60, max_idle=8
+            )
+            producer = Producer()
+            body = Body(producer, size)
+            body.feed(b"x" * size)  # the whole body came before the upstream was ready
+            body.feed_eof()
+            head = request_head(b"POST", b"/", Headers([(b"Host", b"origin")]), content_length_line(size))
+            resp = await conn.request(head, body, chunked=False, head_only=False, read_timeout=10)
+            data = resp.body if isinstance(resp.body, bytes) else await resp.body.read_all()
+            return data, producer.calls
+        finally:
+            pool.close()
+            await asyncio.sleep(0)  # the closed connection's connection_lost
+            server.close()
+            await server.wait_closed()
+
+    data, calls = run(loop, main())
+    assert data == b"%d" % size
+    assert "pause" in calls  # the in-flight send was over the high-water mark (else this tests nothing)
+    assert calls[-1] == "resume"
+
+
+def test_a_buffered_protocol_gets_each_chunk_through_its_small_buffers(loop: UringEventLoop) -> None:
+    data = os.urandom(300_000)
+
+    class Small(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = bytearray(1000)  # smaller than any chunk the ring reads: several rounds each
+            self.got = bytearray()
+            self.rounds = 0
+            self.done: asyncio.Future[bytes] = loop.create_future()
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.got += self.buf[:nbytes]
+            self.rounds += 1
+
+        def eof_received(self) -> None:
+            self.done.set_result(bytes(self.got))
+
+    proto = Small()
+
+    async def main() -> bytes:
+        server = await loop.create_server(lambda: proto, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        writer.write_eof()
+        got = await proto.done
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert run(loop, main()) == data
+    assert proto.rounds >= len(data) // 1000

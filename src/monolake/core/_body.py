@@ -159,22 +159,27 @@ class Body:
     def pipe(self, sink: Sink) -> None:
         """Send everything buffered and everything to come to ``sink``, synchronously."""
         self._demand()
-        # The buffer's pause ends with the hand-over. It is cleared first, so that a sink whose own
-        # buffer fills on what it is handed pauses the producer again, and that pause stays.
-        was_paused = self._paused
-        self._paused = False
+        # A pause taken for the buffer ends with its hand-over. It is cleared first, so that a sink
+        # whose own buffer fills on what it is handed pauses the producer again, and that pause stays.
+        # With nothing buffered the pause is the sink's (take() and read() resume as they drain:
+        # a client's writelines of head and taken body filled its socket buffer before it piped):
+        # it stays for the sink to end, or its end (request_sent) finds nothing to resume and the
+        # producer's connection is never read again.
         buf = self._buf
+        was_paused = self._paused and bool(buf)
+        if was_paused:
+            self._paused = False
         while buf:
             sink.write(buf.popleft())
         self._size = 0
         self._sink = sink
+        if was_paused and not self._paused:
+            self._producer.resume_body()
         if self._done:
             if self._exc is not None:
                 sink.abort(self._exc)
             else:
                 sink.end()
-        elif was_paused and not self._paused:
-            self._producer.resume_body()
 
     def detach(self) -> None:
         """Drop further chunks: the consumer lost interest but the producer may finish."""

@@ -74,6 +74,7 @@ MODULES = (
     "monolake.apps.streams._server",
     "monolake.apps.streams._client",
     "monolake.core.tls_transport",
+    "monolake.core._buffered",
 )
 """Compiled with mypyc at install (setup.py), in this order of dependency-free-ness."""
 

@@ -35,6 +35,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from ._buffered import feed
 from .tls import HandshakeRefused, report_refusal
 from .tls_settings import READ_MAX
 
@@ -47,18 +48,6 @@ _HANDSHAKE = 0
 _OPEN = 1
 _CLOSING = 2
 _CLOSED = 3
-
-
-def _feed(proto: asyncio.BufferedProtocol, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        buf = memoryview(proto.get_buffer(len(view)))
-        n = min(len(buf), len(view))
-        if not n:
-            raise RuntimeError("get_buffer() returned an empty buffer")
-        buf[:n] = view[:n]
-        proto.buffer_updated(n)
-        view = view[n:]
 
 
 _GONE: Final = asyncio.Protocol()
@@ -94,7 +83,7 @@ class TlsServer(asyncio.Protocol, asyncio.Transport):
 
     def _deliver_to(self, app: asyncio.BaseProtocol) -> Callable[[bytes], None]:
         if isinstance(app, asyncio.BufferedProtocol):
-            return lambda data: _feed(app, data)
+            return lambda data: feed(app, data)
         return app.data_received  # type: ignore[attr-defined,no-any-return]
 
     # -- the socket transport's protocol -------------------------------------------------

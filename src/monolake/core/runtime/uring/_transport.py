@@ -27,6 +27,7 @@ from asyncio.log import logger
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from ..._buffered import feed
 from .._uring import POLLOUT, Ring
 
 if TYPE_CHECKING:
@@ -39,18 +40,6 @@ _QUIET_ERRORS: Final = (BrokenPipeError, ConnectionResetError, ConnectionAborted
 _QUIET_ERRNOS: Final = (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED)
 _CLOSED: Final = Protocol()
 """The protocol of a transport whose connection_lost ran (its own is let go)."""
-
-
-def _feed(proto: BufferedProtocol, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        buf = memoryview(proto.get_buffer(len(view)))
-        n = min(len(buf), len(view))
-        if not n:
-            raise RuntimeError("get_buffer() returned an empty buffer")
-        buf[:n] = view[:n]
-        proto.buffer_updated(n)
-        view = view[n:]
 
 
 def _set_result_unless_cancelled(fut: Future[None]) -> None:
@@ -216,7 +205,7 @@ class UringSocketTransport(transports.Transport):
     def _deliver(self, data: bytes) -> None:
         try:
             if self._buffered:
-                _feed(cast(BufferedProtocol, self._protocol), data)
+                feed(cast(BufferedProtocol, self._protocol), data)
             else:
                 cast(Protocol, self._protocol).data_received(data)
         except (SystemExit, KeyboardInterrupt):
