@@ -7,7 +7,8 @@ An nginx origin and h2load on core 0, the proxy (1 worker, full features of benc
 with the matched one last, a request header set, X-Forwarded-*, a pooled keep-alive upstream, access
 log off) on core 1, as bench.load. ``perf record -g --call-graph dwarf`` samples the worker for
 ``--seconds`` while h2load offers ``--rate`` req/s of ``--size`` GETs; the samples are summarised by
-``bench.perf_summary`` (top self and inclusive, and the callees of the main per-request functions)
+``bench.perf_summary`` (top self and inclusive, and the callees of the main per-request functions;
+first of the user-space samples, then of all)
 into ``perf-load-<UTC time>-<size>.txt`` under ``--out``. Needs perf, nginx, h2load and a compiled
 build (``MONOLAKE_COMPILE_INPLACE=1 python setup.py build_ext --inplace`` in a checkout).
 """
@@ -88,14 +89,17 @@ def main() -> int:
     script = subprocess.run(
         ["perf", "script", "-i", str(data), "-F", "comm,tid,ip,sym"], capture_output=True, text=True, check=True
     ).stdout
-    summary = subprocess.run(
-        [sys.executable, "-m", "bench.perf_summary", "--top", "40", "--focus", *FOCUS],
-        input=script,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent.parent,
-    ).stdout
+    summary = ""
+    for extra in (["--user"], []):
+        summary += subprocess.run(
+            [sys.executable, "-m", "bench.perf_summary", "--top", "40", *extra, "--focus", *FOCUS],
+            input=script,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+        summary += "\n\n"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"perf-load-{when}-{args.size}.txt"
     head = (
