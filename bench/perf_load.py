@@ -39,6 +39,11 @@ FOCUS = [
     "CPyDef__parse___ResponseReader____native",
     "CPyDef__parse___RequestReader___feed",
     "CPyDef_server____http___HttpConnection____send",
+    "CPyDef__parse___RequestReader____native_request",
+    "CPyDef_server____http___HttpConnection___request_received",
+    "CPyDef__upstream____h1_head",
+    "CPyDef_client____http___UpstreamConnection___request",
+    "CPyDef_client____http___UpstreamConnection___response_complete",
 ]
 
 
