@@ -15,6 +15,9 @@ response_filter), ``--filters async`` the same two as ``async def``: the first m
 cost what it did before async phases existed (their plain loop is unchanged), the
 second shows what awaiting costs.
 
+``--routes load`` uses bench.load's four routes instead (a prefix, a host, a ``path_regex``, then
+"/" with a header set: the matched one last) and its request target (``/body/128``).
+
 ``--body N`` sets the response body's size (128 B by default; 16384 for the 16 KiB
 case): the whole response still arrives in one read, as a small one does on loopback.
 """
@@ -73,6 +76,17 @@ CONFIG = {
     },
     "upstreams": {"api": {"endpoints": [{"endpoint": "http://127.0.0.1:9001"}]}},
 }
+
+
+ROUTES_LOAD = [
+    {"path": "/api/", "prefix_rewrite": "/", "upstream": "api"},
+    {"host": "admin.example.com", "upstream": "api"},
+    {"path_regex": "^/v[0-9]+/items/", "upstream": "api"},
+    {"path": "/", "upstream": "api", "request_headers": {"set": {"X-Bench-Proxy": "on"}}},
+]
+"""bench.load's routes (bench/load/configs.py), the matched one last."""
+
+REQUEST_LOAD = REQUEST.replace(b"/api/v1/items?id=7", b"/body/128")
 
 
 class SyncCheck(HttpFilter):
@@ -176,12 +190,17 @@ class Harness:
         await asyncio.sleep(0)
 
 
-async def run(n: int, profile: bool, filters: str = "none", body: bytes = BODY) -> float:
-    config: dict[str, Any] = {**CONFIG, "servers": {"web": {**CONFIG["servers"]["web"], "filters": FILTERS[filters]}}}  # type: ignore[index]
+async def run(n: int, profile: bool, filters: str = "none", body: bytes = BODY, routes: str = "micro") -> float:
+    web: dict[str, Any] = {**CONFIG["servers"]["web"], "filters": FILTERS[filters]}  # type: ignore[index]
+    request = REQUEST
+    if routes == "load":
+        web["routes"] = ROUTES_LOAD
+        request = REQUEST_LOAD
+    config: dict[str, Any] = {**CONFIG, "servers": {"web": web}}
     h = Harness(parse_config(config), response=nginx_response(body))
     dt = h.transport
     for _ in range(200):  # warm up
-        await h.proxied(REQUEST)
+        await h.proxied(request)
     assert dt.out and dt.out[-1].endswith(body), dt.out[-1][-200:]
     assert h.conn.transport is not None and not dt.closed, "the upstream connection should be reused"
     dt.out.clear()
@@ -195,7 +214,7 @@ async def run(n: int, profile: bool, filters: str = "none", body: bytes = BODY) 
         prof.enable()
     t0 = time.process_time()
     for i in range(n):
-        await h.proxied(REQUEST)
+        await h.proxied(request)
         if i % 1000 == 999:
             written += len(dt.out)
             last = dt.out[-1]
@@ -218,6 +237,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--filters", default="none", choices=sorted(FILTERS))
     ap.add_argument("--body", type=int, default=len(BODY), help="response body size, bytes")
+    ap.add_argument("--routes", default="micro", choices=["micro", "load"], help="this file's routes or bench.load's")
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -226,9 +246,10 @@ def main() -> int:
     else:
         runner = asyncio.run
     body = b"x" * args.body
-    results = [runner(run(args.n, args.profile, args.filters, body)) for _ in range(args.repeat)]
+    results = [runner(run(args.n, args.profile, args.filters, body, args.routes)) for _ in range(args.repeat)]
     print(
-        f"{args.loop} filters={args.filters} body={args.body}: {min(results):.2f} µs of Python per proxied request "
+        f"{args.loop} filters={args.filters} body={args.body} routes={args.routes}: "
+        f"{min(results):.2f} µs of Python per proxied request "
         f"(best of {args.repeat}: " + ", ".join(f"{r:.2f}" for r in results) + ")"
     )
     return 0

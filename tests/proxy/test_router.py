@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monolake.apps.config._schema import Route
-from monolake.apps.proxy._router import Router
+from monolake.apps.proxy._router import Router, _literal_prefix
 from monolake.core.proto.http._message import Headers, Request
 
 
@@ -268,6 +268,9 @@ _REGEXES = [
     r"(?x) /b  (/.*)?  # verbose",  # verbose: outside the combined regex
     r"/a|/b",
     r"",
+    r"^/a/[0-9]+(/.*)?",  # a literal prefix: matched in the literal loop, behind "/a/"
+    r"\A/bb?/.*",
+    r"/ab(?i:C)",  # a scoped flag after the prefix
 ]
 
 
@@ -348,3 +351,49 @@ def test_prefix_and_exact_tables_equal_reference_either_side_of_the_loop_limit(
     r = router(*routes)
     for rq in requests:
         assert r.match(rq) == _reference(routes, rq)
+
+
+def test_regex_behind_its_literal_prefix_keeps_order_and_fullmatch() -> None:
+    """bench.load's table: a prefix, a host, a regex with a literal prefix, then "/". The regex
+    sits in the literal loop (its prefix "/v" tested first), and the answers stay first-match."""
+    r = router(
+        Route(path="/api/"),
+        Route(host="admin.example.com"),
+        Route(path_regex=r"^/v[0-9]+/items/"),
+        Route(path="/"),
+    )
+    assert r._any.literals is not None  # the loop, not the combined regex
+    assert r.match(req(b"/v2/items/")) == 2
+    assert r.match(req(b"/v2/items/x")) == 3  # fullmatch: the regex has no tail
+    assert r.match(req(b"/vx/items/")) == 3
+    assert r.match(req(b"/body/128")) == 3
+    assert r.match(req(b"/api/x")) == 0
+    assert r.match(req(b"/v2/items/", host=b"admin.example.com")) == 1
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        (r"^/v[0-9]+/items/", b"/v"),
+        (r"/api/.*", b"/api/"),
+        (r"\A/q", b"/q"),
+        (r"/a|/b", b"/"),
+        (r"(?i)/abc", b""),
+        (r".*b", b""),
+        (r"/a$", b"/a"),
+        (r"(?x) /b  (/.*)?  # verbose", b"/b"),
+    ],
+)
+def test_literal_prefix_of_a_regex(pattern: str, prefix: bytes) -> None:
+    assert _literal_prefix(pattern.encode()) == prefix
+    # Every fullmatch starts with it.
+    for path in (b"/v1/items/", b"/api/x", b"/q", b"/a", b"/b", b"/ABC", b"/b/c", b"xb"):
+        if re.fullmatch(pattern.encode(), path):
+            assert path.startswith(prefix)
+
+
+def test_a_regex_without_a_literal_prefix_keeps_the_combined_regex() -> None:
+    r = router(Route(path="/x/"), Route(path_regex=r"(?i)/abc"), Route(path="/"))
+    assert r._any.literals is None
+    assert r.match(req(b"/ABC")) == 1
+    assert r.match(req(b"/abd")) == 2

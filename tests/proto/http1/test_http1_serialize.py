@@ -114,6 +114,61 @@ def test_heads_write_edited_block_headers_as_pairs() -> None:
     assert response_head(204, h, b"") == b"HTTP/1.1 204 No Content\r\nX-B: 2\r\n\r\n"
 
 
+def _python_request_head(method: bytes, target: bytes, pairs: list[tuple[bytes, bytes]], framing: bytes) -> bytes:
+    lines = b"".join(n + b": " + v + b"\r\n" for n, v in pairs)
+    return method + b" " + target + b" HTTP/1.1\r\n" + lines + framing + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [],
+        [(b"Host", b"a")],
+        [(b"Host", b"example.com"), (b"X-Empty", b""), (b"", b"odd"), (b"X-Forwarded-For", b"1.2.3.4, ::1")],
+        [(b"N%d" % i, b"v" * i) for i in range(300)],
+    ],
+)
+def test_native_request_head_matches_the_join(pairs: list[tuple[bytes, bytes]]) -> None:
+    """``_h1req.request_head`` (the compiled path) writes the same bytes as the Python join, and so
+    does ``request_head`` with or without it."""
+    _h1req = pytest.importorskip("monolake.core.proto.http1._h1req", reason="C extension not built")
+    for framing in (b"", content_length_line(12), CHUNKED_LINE):
+        want = _python_request_head(b"PATCH", b"/p?q=1", pairs, framing)
+        assert _h1req.request_head(b"PATCH", b"/p?q=1", list(pairs), framing) == want
+        assert request_head(b"PATCH", b"/p?q=1", Headers(list(pairs)), framing) == want
+
+
+class _Bytes(bytes):
+    pass
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [[b"X-List", b"pair"], (b"X-Str", "value"), (_Bytes(b"X-Sub"), b"v"), (b"X-Three", b"a", b"b"), (b"X-One",)],
+)
+def test_native_request_head_declines_what_it_does_not_take(pair: object) -> None:
+    """A pair the C path does not take as it is (a list, a str, a bytes subclass, a wrong size)
+    answers None there, and ``request_head`` gives the Python path's answer: the bytes for a
+    2-item pair of bytes, its error otherwise."""
+    _h1req = pytest.importorskip("monolake.core.proto.http1._h1req", reason="C extension not built")
+    pairs: list[object] = [(b"Host", b"h"), pair]
+    assert _h1req.request_head(b"GET", b"/", pairs, b"") is None
+    h = Headers()
+    h.raw = pairs  # type: ignore[assignment]
+    if isinstance(pair, list):
+        # From source any 2-item pair is written; compiled, the pairs are typed tuples (as before).
+        try:
+            got = request_head(b"GET", b"/", h, b"")
+        except TypeError:
+            return
+        assert got == b"GET / HTTP/1.1\r\nHost: h\r\nX-List: pair\r\n\r\n"
+    elif len(pair) == 2 and all(isinstance(x, bytes) for x in pair):  # type: ignore[arg-type]
+        assert request_head(b"GET", b"/", h, b"") == b"GET / HTTP/1.1\r\nHost: h\r\n%s: %s\r\n\r\n" % tuple(pair)
+    else:
+        with pytest.raises((TypeError, ValueError)):
+            request_head(b"GET", b"/", h, b"")
+
+
 def test_request_head_is_always_http11() -> None:
     assert request_head(b"GET", b"/", Headers([(b"Host", b"a")]), b"") == b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 

@@ -206,7 +206,7 @@ class RouteEdge:
 class _Forwarding:
     """X-Forwarded-* / Forwarded (RFC 7239) as configured."""
 
-    __slots__ = ("forwarded", "proto", "xff", "xfh", "xfp")
+    __slots__ = ("forwarded", "proto", "xff", "xfh", "xfp", "xfp_field")
 
     def __init__(self, f: Forwarded, https: bool = False) -> None:
         self.xff = f.x_forwarded_for
@@ -215,32 +215,50 @@ class _Forwarding:
         self.forwarded = f.forwarded
         self.proto = b"https" if https else b"http"
         """The listener's scheme (the server's, so computed once)."""
+        # Any: compiled, a fixed-length tuple attribute is kept unboxed, a new tuple at every read.
+        self.xfp_field: Any = (b"X-Forwarded-Proto", self.proto)
+        """The whole X-Forwarded-Proto field: the same for every request of the server."""
 
     def __bool__(self) -> bool:
         return self.xff or self.xfp or self.xfh or self.forwarded
 
     def apply(self, req: Request, peer: str) -> None:
         """Extend X-Forwarded-For and Forwarded, replace X-Forwarded-Proto/-Host.
-        Lookups are C-level searches of the lowered names; the lists are edited in
-        place, in step."""
+        The lists are edited in place, in step."""
         h = req.headers
         names = h.names()
         raw = h.pairs()
+        # Which of the four names the request holds, in one pass over the lowered names (a length
+        # test each, compiled to C; most requests hold none): not four searches of the list.
+        held = 0
+        for n in names:
+            k = len(n)
+            if k == 15:
+                if n == b"x-forwarded-for":
+                    held |= 1
+            elif k == 17:
+                if n == b"x-forwarded-proto":
+                    held |= 2
+            elif k == 16:
+                if n == b"x-forwarded-host":
+                    held |= 4
+            elif k == 9 and n == b"forwarded":
+                held |= 8
         bpeer = peer.encode()
         if self.xff:
-            if b"x-forwarded-for" in names:
+            if held & 1:
                 i = names.index(b"x-forwarded-for")
                 raw[i] = (raw[i][0], raw[i][1] + b", " + bpeer)
             else:
                 raw.append((b"X-Forwarded-For", bpeer))
                 names.append(b"x-forwarded-for")
         if self.xfp:
-            if b"x-forwarded-proto" in names:
+            if held & 2:
                 h.remove(b"x-forwarded-proto")
-            raw.append((b"X-Forwarded-Proto", self.proto))
+            raw.append(self.xfp_field)
             names.append(b"x-forwarded-proto")
         if self.xfh and req.raw_host is not None:
-            if b"x-forwarded-host" in names:
+            if held & 4:
                 h.remove(b"x-forwarded-host")
             raw.append((b"X-Forwarded-Host", req.raw_host))
             names.append(b"x-forwarded-host")
@@ -249,7 +267,7 @@ class _Forwarding:
             value = b"for=" + node + b";proto=" + self.proto
             if req.raw_host is not None:
                 value += b';host="' + req.raw_host + b'"'
-            if b"forwarded" in names:
+            if held & 8:
                 i = names.index(b"forwarded")
                 raw[i] = (raw[i][0], raw[i][1] + b", " + value)
             else:

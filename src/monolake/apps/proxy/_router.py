@@ -23,8 +23,11 @@ own regex close before it), so it names the route. One ``match`` call in C
 replaces a Python loop over the routes: a 20-route miss costs about as much as a
 hit on the first route.
 
-A table of a few prefix/exact routes only (the common case) skips the regex: a loop of
-C byte comparisons over it is cheaper, and allocates nothing (a ``Match`` would).
+A table of a few routes (the common case) skips the combined regex: a loop of C byte
+comparisons over it is cheaper, and allocates nothing (a ``Match`` would). A ``path_regex``
+route may sit in that loop when its pattern starts with a literal (``^/v[0-9]+/`` starts with
+``/v``, found by parsing it once here): a path without that prefix cannot match it and skips it
+with one comparison; only a path with it runs the route's own regex.
 
 Methods and headers are rarer; a route with them has a ``check`` closure. If the
 path matched but the check fails, matching continues with a plain loop over the
@@ -38,6 +41,7 @@ Config text is encoded as UTF-8; hosts and header names are lowercased once here
 
 from __future__ import annotations
 
+import importlib
 import re
 import types
 from collections.abc import Callable, Sequence
@@ -113,10 +117,42 @@ def _alternative(pattern: str) -> tuple[bytes, int] | None:
     return branch, groups
 
 
+try:  # CPython's regex parser (Python 3.11+), for a pattern's literal prefix; without it, none is found
+    _PARSER: Any = importlib.import_module("re._parser")
+except ImportError:  # pragma: no cover - another Python
+    _PARSER = None
+
+
+def _literal_prefix(pattern: bytes) -> bytes:
+    """The bytes every fullmatch of ``pattern`` starts with (b"" when none is known).
+
+    The parser factors a common prefix out of alternatives (``/a|/b`` is ``/`` then a set), so
+    its leading LITERAL items are required in order; a leading ``^``/``\\A`` is true at the
+    start. Case-insensitive patterns have none (their literals match more than one byte)."""
+    if _PARSER is None:
+        return b""
+    try:
+        parsed = _PARSER.parse(pattern)
+    except Exception:
+        return b""
+    if parsed.state.flags & re.IGNORECASE:
+        return b""
+    out = bytearray()
+    begin = (_PARSER.AT_BEGINNING, _PARSER.AT_BEGINNING_STRING)
+    for op, arg in parsed:
+        if op is _PARSER.LITERAL:
+            out.append(arg)
+        elif op is _PARSER.AT and arg in begin and not out:
+            continue
+        else:
+            break
+    return bytes(out)
+
+
 class _Route:
     """One compiled route: its fallback tuple and its regex branch."""
 
-    __slots__ = ("branch", "entry", "groups", "hit_check")
+    __slots__ = ("branch", "entry", "groups", "hit_check", "prefix")
 
     def __init__(self, route: Route, value: Any) -> None:
         given = [m for m in (route.path, route.path_exact, route.path_regex) if m is not None]
@@ -133,6 +169,8 @@ class _Route:
 
         self.groups = 0
         self.hit_check = check
+        self.prefix = b""
+        """Bytes every path this route matches starts with (its path; a regex's literal prefix)."""
         kind: int
         arg: Any
         if route.path_exact is not None:
@@ -144,6 +182,7 @@ class _Route:
             except re.error as exc:
                 raise ValueError(f"path_regex {route.path_regex!r} is not a valid bytes pattern: {exc}") from None
             kind = _REGEX
+            self.prefix = _literal_prefix(route.path_regex.encode())
             alt = _alternative(route.path_regex)
             if alt is None:
                 # Always "matches" in the big regex; the real test runs in Python.
@@ -154,6 +193,8 @@ class _Route:
         else:
             kind, arg = _PREFIX, (route.path if route.path is not None else "/").encode()
             self.branch = re.escape(arg)
+        if kind != _REGEX:
+            self.prefix = arg
         self.entry: tuple[int, Any, _Check | None, Any] = (kind, arg, check, value)
 
 
@@ -175,15 +216,17 @@ _LITERAL_MAX: Final = 3 if isinstance(_methods_check, types.FunctionType) else 8
 
 
 class _Literal:
-    """A prefix or exact path route of a literal table."""
+    """A route of a literal table: a prefix or exact path, or a regex behind its literal prefix."""
 
-    __slots__ = ("check", "exact", "path", "value")
+    __slots__ = ("check", "exact", "path", "rx", "value")
 
-    def __init__(self, path: bytes, exact: bool, check: _Check | None, value: Any) -> None:
+    def __init__(self, path: bytes, exact: bool, check: _Check | None, value: Any, rx: _Match | None = None) -> None:
         self.path = path
         self.exact = exact
         self.check = check
         self.value = value
+        self.rx = rx
+        """A path_regex route's fullmatch, run only on a path that starts with ``path``."""
 
 
 class _Table(Generic[T]):
@@ -207,8 +250,13 @@ class _Table(Generic[T]):
                 break  # an always-matching branch: nothing after it is reachable
         self.rx: _Match = re.compile(b"|".join(branches)).match if branches else _NEVER
         self.literals: tuple[_Literal, ...] | None = None
-        if len(routes) <= _LITERAL_MAX and all(kind != _REGEX for kind, _, _, _ in self.entries):
-            self.literals = tuple(_Literal(arg, kind == _EXACT, check, v) for kind, arg, check, v in self.entries)
+        # A regex joins the loop only behind a literal prefix longer than "/": else every path
+        # would run it, and the combined regex's one call is the better deal.
+        if len(routes) <= _LITERAL_MAX and all(r.entry[0] != _REGEX or len(r.prefix) > 1 for r in routes):
+            self.literals = tuple(
+                _Literal(r.prefix, kind == _EXACT, check, v, arg if kind == _REGEX else None)
+                for (kind, arg, check, v), r in zip(self.entries, routes, strict=True)
+            )
 
     def scan(self, req: Request, start: int) -> T | None:
         """First match among ``entries[start:]``, one route at a time."""
@@ -305,6 +353,9 @@ class Router(Generic[T]):
             path = req.path
             for lit in literals:
                 if path == lit.path if lit.exact else path.startswith(lit.path):
+                    rx = lit.rx
+                    if rx is not None and rx(path) is None:
+                        continue
                     check = lit.check
                     if check is None or check(req):
                         return lit.value  # type: ignore[no-any-return]

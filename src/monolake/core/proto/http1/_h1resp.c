@@ -285,7 +285,11 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     else {
         hop = PyList_New(nhops);
         for (int i = 0; hop != NULL && i < nhops; i++) {
-            PyObject *value = PyBytes_FromStringAndSize((const char *)b + hops[i].vs, hops[i].ve - hops[i].vs);
+            Py_ssize_t vlen = hops[i].ve - hops[i].vs;
+            /* "Connection: keep-alive", in nearly every response: the shared object, not a new one. */
+            PyObject *value = vlen == 10 && memcmp(b + hops[i].vs, "keep-alive", 10) == 0
+                                  ? Py_NewRef(NAME_KEEP_ALIVE)
+                                  : PyBytes_FromStringAndSize((const char *)b + hops[i].vs, vlen);
             PyObject *pair = value == NULL ? NULL : PyTuple_Pack(2, hops[i].name, value);
             Py_XDECREF(value);
             if (pair == NULL)
@@ -299,7 +303,28 @@ scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    result = Py_BuildValue("(niNONLN)", head_end, status, reason, minor ? V11 : V10, block, cl, hop);
+    /* The tuple filled directly: Py_BuildValue would parse its format string on every response. */
+    PyObject *end_obj = PyLong_FromSsize_t(head_end);
+    PyObject *status_obj = PyLong_FromLong(status);
+    PyObject *cl_obj = PyLong_FromLongLong(cl);
+    result = PyTuple_New(7);
+    if (end_obj == NULL || status_obj == NULL || cl_obj == NULL || result == NULL) {
+        Py_XDECREF(end_obj);
+        Py_XDECREF(status_obj);
+        Py_XDECREF(cl_obj);
+        Py_XDECREF(result);
+        Py_DECREF(block);
+        Py_DECREF(reason);
+        Py_DECREF(hop);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, end_obj); /* steals */
+    PyTuple_SET_ITEM(result, 1, status_obj);
+    PyTuple_SET_ITEM(result, 2, reason);
+    PyTuple_SET_ITEM(result, 3, Py_NewRef(minor ? V11 : V10));
+    PyTuple_SET_ITEM(result, 4, block);
+    PyTuple_SET_ITEM(result, 5, cl_obj);
+    PyTuple_SET_ITEM(result, 6, hop);
     return result;
 }
 

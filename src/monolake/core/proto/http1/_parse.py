@@ -41,13 +41,18 @@ from ..http._message import Headers, Request, Response, parse_block
 if TYPE_CHECKING:
     from ._h1req import Head
 _Scanned = tuple[int, int, bytes, bytes, bytes, int, list[tuple[bytes, bytes]] | None]
-_scan_head: Callable[[bytes, int, int, int], _Scanned | None] | None
-try:
-    from . import _h1resp
 
-    _scan_head = _h1resp.scan
-except ImportError:  # built without it (no C compiler at install): llhttp parses every response head
-    _scan_head = None
+
+def _native_response_scan() -> Callable[[bytes, int, int, int], _Scanned | None] | None:
+    try:
+        from . import _h1resp
+    except ImportError:  # built without it (no C compiler at install): llhttp parses every response head
+        return None
+    return _h1resp.scan
+
+
+# Final: compiled, a C static read, not a module dict lookup per response.
+_scan_head: Final = _native_response_scan()
 
 HOP_BY_HOP: Final = frozenset(
     {

@@ -7,10 +7,23 @@ pieces for ``writelines`` so a forwarded chunk is never copied (RFC 9112 §7.1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Final
 
 from ..http._message import Headers
+
+
+def _native_head() -> Callable[[bytes, bytes, list[tuple[bytes, bytes]], bytes], bytes | None] | None:
+    try:
+        from ._h1req import request_head as native
+    except ImportError:  # not built (no C compiler at install): the Python join below
+        return None
+    return native
+
+
+_NATIVE_HEAD: Final = _native_head()
+"""``_h1req.request_head``: a parsed request head sized and copied once, in C (or None)."""
 
 # Final module constants: mypyc inlines them (here and in the compiled modules that import
 # them) or keeps them in C statics; a plain module global is a dict lookup at every use.
@@ -57,10 +70,17 @@ def request_head(method: bytes, target: bytes, headers: Headers, framing: bytes)
     block = headers.block
     if block is not None:
         return b"".join((method, b" ", target, b" HTTP/1.1\r\n", block, framing, CRLF))
+    pairs = headers.pairs()
+    if _NATIVE_HEAD is not None:
+        # One C call: no list of four parts per field, no join (~3x less than the loop below
+        # for a 9-field head). None for pairs it does not take as they are (not bytes tuples).
+        head = _NATIVE_HEAD(method, target, pairs, framing)
+        if head is not None:
+            return head
     # One flat list and one join: compiled, the loop is C and each field costs four appends,
     # not a bytes of its own per line plus a second join (~20% less for a browser-sized head).
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers.pairs():
+    for name, value in pairs:
         parts.append(name)
         parts.append(b": ")
         parts.append(value)
