@@ -102,6 +102,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._fut: asyncio.Future[Response] | None = None
         self._target: ResponseTarget | None = None
         """Takes the response instead of ``_fut`` (``request_to``); cleared when told."""
+        self._bodiless: Response | None = None
+        """A response without a body for ``_target``, held until ``response_complete``."""
         self._rbody: Body | None = None
         self._pending: Response | None = None
         self._eof_ends = False
@@ -308,6 +310,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self._pending = resp
             self._chunks = []
             return
+        if self._target is not None:
+            self._bodiless = resp  # told by response_complete, which follows, once pooled again
+            return
         self._tell(resp)
 
     def body_received(self, data: bytes) -> None:
@@ -350,12 +355,15 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             resp.body = body
             resp.content_length = len(body)
+        else:
+            resp = self._bodiless
+            self._bodiless = None
+        if resp is not None:
             target = self._target
             if target is not None:
                 # Told last, with this connection back in the pool: the target's next request
                 # (a pipelined one, answered from within this call) may take it at once.
                 self._target = None
-                self._rbody = None
                 self._fut = None
                 if self._sent:
                     self._release()
@@ -421,6 +429,7 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
 
     def _finish_with(self, exc: BaseException) -> None:
         self._pending = None
+        self._bodiless = None
         self._chunks = []
         fut = self._fut
         self._fut = None
