@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from monolake.apps.config import parse_config
-from monolake.apps.proxy import build_apps
+from monolake.apps.proxy import HttpFilter, build_apps
 from monolake.apps.proxy._app import Shared
 from monolake.apps.proxy._upstream import UpstreamCluster
 from monolake.core.client import Pool
+from monolake.core.proto.http1 import Headers, Request, Response
 from monolake.core.runtime._loops import new_event_loop
 from monolake.core.server._http import HttpConnection
+from monolake.core.service import Context
 
 TIMEOUT = 10.0
 
@@ -68,8 +70,21 @@ class Origin:
             w.close()
 
 
-def run_proxy(kind: str, main: Callable[[Origin, int, Any], Awaitable[None]]) -> None:
-    """Run ``main(origin, proxy_port, app)`` on a new ``kind`` loop with an origin and the proxy."""
+class Stamp(HttpFilter):
+    """Sync filters, as the lane runs them: a request answered by a filter, a response stamped."""
+
+    def request_filter(self, req: Request, ctx: Context) -> Response | None:
+        return Response(403, Headers([(b"Content-Type", b"text/plain")]), b"no\n") if req.path == b"/deny" else None
+
+    def response_filter(self, resp: Response, ctx: Context) -> None:
+        resp.headers.add(b"X-Stamp", b"1")
+
+
+def run_proxy(
+    kind: str, main: Callable[[Origin, int, Any], Awaitable[None]], settings: dict[str, Any] | None = None
+) -> None:
+    """Run ``main(origin, proxy_port, app)`` on a new ``kind`` loop with an origin and the proxy
+    (``settings``: more of the proxy server's)."""
     loop = new_event_loop(kind)
 
     async def run() -> None:
@@ -77,7 +92,9 @@ def run_proxy(kind: str, main: Callable[[Origin, int, Any], Awaitable[None]]) ->
         osrv = await asyncio.start_server(origin.serve, "127.0.0.1", 0)
         cfg = parse_config(
             {
-                "servers": {"web": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "o"}]}},
+                "servers": {
+                    "web": {"listener": "127.0.0.1:0", "routes": [{"path": "/", "upstream": "o"}], **(settings or {})}
+                },
                 "upstreams": {
                     "o": {"endpoints": [{"endpoint": f"http://127.0.0.1:{osrv.sockets[0].getsockname()[1]}"}]}
                 },
@@ -180,3 +197,31 @@ def test_a_client_gone_while_its_request_is_upstream_closes_the_upstream_connect
         await w.wait_closed()
 
     run_proxy(loop_kind, main)
+
+
+def test_sync_filters_and_response_rewrites_run_on_the_lane() -> None:
+    async def main(origin: Origin, port: int, app: Any) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        await r.read()  # the upstream connection is pooled
+        w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            w.write(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\nGET /deny HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"X-Stamp: 1" in head and b"X-Route: r" in head
+            assert await r.readexactly(3) == b"1.2"
+            head = await r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 403") and b"X-Stamp" not in head  # answered by the filter
+            assert await r.readexactly(3) == b"no\n"
+            (conn,) = app.conns
+            assert isinstance(conn, HttpConnection) and conn._task is None
+        finally:
+            w.close()
+            await w.wait_closed()
+
+    server = {
+        "filters": [f"{__name__}:Stamp"],
+        "routes": [{"path": "/", "upstream": "o", "response_headers": {"set": {"X-Route": "r"}}}],
+    }
+    run_proxy("asyncio", main, server)

@@ -61,7 +61,7 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..proto.http2 import PREFACE
-from ..service import Context, Taken
+from ..service import TAKEN, Context, Taken
 from ..service._lane import Dispatch
 from ..service.layers._catch_panic import CatchPanic
 from ._answers import bad_request_log, error_response, failure_response, log
@@ -460,10 +460,13 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 try:
                     out = lane(req, self)
                 except Exception as exc:
-                    out = self._answer_for(req, exc)
+                    self.reply_error(req, exc)
+                    out = TAKEN
                 if isinstance(out, Taken):
                     if self._lane_req is req:  # else replied already (from within dispatch)
                         self._taken = out
+                elif out is None:  # not one of the three answers: a bug of the service's
+                    self.reply_error(req, TypeError(f"{type(self.app.inner).__name__}.dispatch returned None"))
                 elif isinstance(out, Response):
                     if self._lane_req is req:
                         self._lane_req = None
