@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from .core.server._service_app import stream_body as stream_body
     from .core.server._stream_app import Connection as Connection
     from .core.server._stream_app import StreamService as StreamService
-    from .core.service import TAKEN as TAKEN
     from .core.service import Context as Context
     from .core.service import Factory as Factory
     from .core.service import LaneService as LaneService
@@ -74,7 +73,6 @@ _WHERE = {
     "Service": ".core.service",
     "Stack": ".core.service",
     "Taken": ".core.service",
-    "TAKEN": ".core.service",
 }
 
 __all__ = sorted([*_WHERE, "examples_path"])
