@@ -15,6 +15,11 @@ response_filter), ``--filters async`` the same two as ``async def``: the first m
 cost what it did before async phases existed (their plain loop is unchanged), the
 second shows what awaiting costs.
 
+``--sync`` feeds the request and the upstream's response without yielding to the loop between
+them (the four ``sleep(0)`` of ``Harness.proxied`` are the harness's own cost where no task has to
+run): valid only when the request is served on the callback lane (no task, no future); it fails
+its check otherwise.
+
 ``--body N`` sets the response body's size (128 B by default; 16384 for the 16 KiB
 case): the whole response still arrives in one read, as a small one does on loopback.
 """
@@ -170,13 +175,19 @@ class Harness:
         await asyncio.sleep(0)
         await asyncio.sleep(0)
 
+    def proxied_sync(self, request: bytes) -> None:
+        """``proxied`` for a request served on the callback lane: no loop iteration needed."""
+        self.down.data_received(request)
+        self.conn.data_received(self.response)
+        assert self.out, "--sync: this request was not answered on the callback lane"
+
     async def local(self, request: bytes) -> None:
         self.down.data_received(request)
         await asyncio.sleep(0)
         await asyncio.sleep(0)
 
 
-async def run(n: int, profile: bool, filters: str = "none", body: bytes = BODY) -> float:
+async def run(n: int, profile: bool, filters: str = "none", body: bytes = BODY, sync: bool = False) -> float:
     config: dict[str, Any] = {**CONFIG, "servers": {"web": {**CONFIG["servers"]["web"], "filters": FILTERS[filters]}}}  # type: ignore[index]
     h = Harness(parse_config(config), response=nginx_response(body))
     dt = h.transport
@@ -195,7 +206,10 @@ async def run(n: int, profile: bool, filters: str = "none", body: bytes = BODY) 
         prof.enable()
     t0 = time.process_time()
     for i in range(n):
-        await h.proxied(REQUEST)
+        if sync:
+            h.proxied_sync(REQUEST)
+        else:
+            await h.proxied(REQUEST)
         if i % 1000 == 999:
             written += len(dt.out)
             last = dt.out[-1]
@@ -218,6 +232,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--filters", default="none", choices=sorted(FILTERS))
     ap.add_argument("--body", type=int, default=len(BODY), help="response body size, bytes")
+    ap.add_argument("--sync", action="store_true", help="no loop iteration per request (callback lane only)")
     args = ap.parse_args()
     if args.loop == "uvloop":
         import uvloop
@@ -226,9 +241,11 @@ def main() -> int:
     else:
         runner = asyncio.run
     body = b"x" * args.body
-    results = [runner(run(args.n, args.profile, args.filters, body)) for _ in range(args.repeat)]
+    results = [runner(run(args.n, args.profile, args.filters, body, args.sync)) for _ in range(args.repeat)]
+    mode = " sync" if args.sync else ""
     print(
-        f"{args.loop} filters={args.filters} body={args.body}: {min(results):.2f} µs of Python per proxied request "
+        f"{args.loop} filters={args.filters} body={args.body}{mode}: "
+        f"{min(results):.2f} µs of Python per proxied request "
         f"(best of {args.repeat}: " + ", ".join(f"{r:.2f}" for r in results) + ")"
     )
     return 0
