@@ -13,10 +13,13 @@ both on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from monolake.apps.config import parse_config
 from monolake.apps.proxy import HttpFilter, build_apps
@@ -225,3 +228,30 @@ def test_sync_filters_and_response_rewrites_run_on_the_lane() -> None:
         "routes": [{"path": "/", "upstream": "o", "response_headers": {"set": {"X-Route": "r"}}}],
     }
     run_proxy("asyncio", main, server)
+
+
+def test_a_request_timeout_bounds_a_request_on_the_lane(caplog: pytest.LogCaptureFixture) -> None:
+    async def main(origin: Origin, port: int, app: Any) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        await r.read()  # the upstream connection is pooled
+        w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            w.write(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await responses(r, 1) == [(200, b"1.2")]
+            (conn,) = app.conns
+            assert isinstance(conn, HttpConnection) and conn._task is None  # the Timeout layer has the lane too
+            origin.hold = True
+            w.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 504")  # as on the coroutine path
+            await origin.closed.wait()  # the upstream connection it waited on is closed
+            assert conn._task is None
+        finally:
+            w.close()
+            await w.wait_closed()
+
+    with caplog.at_level(logging.WARNING):
+        run_proxy("asyncio", main, {"request_timeout": 0.3})
+    assert any("request timeout of 0.3s exceeded" in rec.getMessage() for rec in caplog.records)
