@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from monolake.apps.config import Server
 from monolake.core.runtime._loops import new_event_loop
 from monolake.core.server._http import HttpConnection
+from monolake.core.server._service_app import build_http_app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "services" / "lane.py"
 TIMEOUT = 10.0
@@ -76,3 +78,33 @@ def test_the_three_ways_to_answer_and_a_cancel(loop_kind: str) -> None:
         loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT))
     finally:
         loop.close()
+
+
+def test_served_as_a_user_app_the_guard_passes_the_lane_on() -> None:
+    """Built as ``monolake.serve`` builds an ``HttpApp`` (``HandlerGuard`` outermost): the lane is
+    still found, and a reply is checked as ``__call__``'s result is."""
+    lane = example()
+    loop = new_event_loop("asyncio")
+
+    async def main() -> None:
+        app = build_http_app("clock", Server(listener="127.0.0.1:0"), lane.ClockFactory())
+        assert app.lane is not None
+        server = await asyncio.get_running_loop().create_server(app.protocol_factory, "127.0.0.1", 0)
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            for path, body in ((b"/now", b"now\n"), (b"/later", b"later\n"), (b"/other", b"other\n")):
+                w.write(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path)
+                assert await answer(r) == body
+            w.close()
+            await w.wait_closed()
+        finally:
+            server.close()
+            app.close()
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT))
+    finally:
+        loop.close()
+    # With a request deadline the guard awaits the chain within it, as before.
+    guarded = build_http_app("clock", Server(listener="127.0.0.1:0", request_timeout=5.0), lane.ClockFactory())
+    assert guarded.lane is None

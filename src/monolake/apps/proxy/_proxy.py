@@ -327,6 +327,8 @@ class HttpProxy:
             call_kind(f) != MAYBE for f in self._request_filters
         )
         """``dispatch`` may take requests on the callback lane: no phase has a filter that may wait."""
+        self.has_lane = self._lane
+        """Read by ``lane_of`` when the server installs the proxy: without the lane, it is awaited."""
 
     async def _run_mixed(
         self, calls: tuple[Call, ...], arg: Request | Response, ctx: Context, answers: bool = False

@@ -25,7 +25,9 @@ service's meaning: a driver without a lane (or a layer that wraps the service) a
 it, and the two must answer alike.
 
 A driver resolves the lane once, when a service is installed (``lane_of``), never
-per request.
+per request. A service whose lane depends on how it was built (a layer that passes on
+its inner service's) sets ``has_lane = False`` when it has none: the driver then awaits
+``__call__`` as for any service, at no cost per request.
 """
 
 from __future__ import annotations
@@ -85,7 +87,9 @@ Dispatch = Callable[[Any, Any], Any]
 
 
 def lane_of(service: object) -> Dispatch | None:
-    """``service``'s bound ``dispatch`` if it offers the lane, else None. Called when a service
-    is installed, not per request."""
-    dispatch = getattr(service, "dispatch", None)
-    return dispatch if callable(dispatch) else None
+    """``service``'s bound ``dispatch`` if it offers the lane (and does not say ``has_lane =
+    False``), else None. Called when a service is installed, not per request."""
+    dispatch: Dispatch | None = getattr(service, "dispatch", None)
+    if not callable(dispatch) or getattr(service, "has_lane", True) is False:
+        return None
+    return dispatch

@@ -32,13 +32,14 @@ Resp = TypeVar("Resp")
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled; users may subclass it
 class Timeout(Generic[Req, Resp]):
-    __slots__ = ("_lane", "gateway", "inner", "seconds")
+    __slots__ = ("_lane", "gateway", "has_lane", "inner", "seconds")
 
     def __init__(self, inner: Service[Req, Resp], seconds: float, *, gateway: bool = False) -> None:
         self.inner = inner
         self.seconds = seconds
         self.gateway = gateway
         self._lane: Dispatch | None = lane_of(inner)
+        self.has_lane = self._lane is not None
 
     def dispatch(self, req: Req, replier: Replier[Req, Resp]) -> Resp | Awaitable[Resp] | Taken:
         """``__call__`` on the callback lane (see the module docstring); without the inner
