@@ -225,6 +225,8 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         """What the task awaits for its next request instead of the service (the lane's slow path)."""
         self._dispatching = False
         self._redo = False
+        self._write_paused = False
+        """The transport asked us to stop writing (told once): a sink made meanwhile starts paused."""
         """A request started while ``_dispatch`` ran: its loop takes it (no recursion per request)."""
         self._rbody: Body | None = None
         self._sink: _ResponseSink | None = None
@@ -355,11 +357,13 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._writelines = _discard
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         sink = self._sink
         if sink is not None:
             sink.body.pause()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         sink = self._sink
         if sink is not None:
             sink.body.resume()
@@ -685,6 +689,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             sink = self._sink = _ResponseSink(self, req, resp, body, chunked, keep_alive)
             sink.sent = sent
             body.pipe(sink)
+            if self._write_paused and self._sink is sink:
+                # The head and the body's first bytes filled the buffer before the sink existed:
+                # that pause_writing is not told again, so the body is paused here.
+                body.pause()
         elif no_body or not body:
             transport.write(head)
             self.response_done(req, resp, 0, keep_alive)
