@@ -103,6 +103,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._target: ResponseTarget | None = None
         """Takes the response instead of ``_fut`` (``request_to``); cleared when told."""
         self._bodiless: Response | None = None
+        self._write_paused = False
+        """The transport asked us to stop writing (told once): a body piped meanwhile is paused."""
         """A response without a body for ``_target``, held until ``response_complete``."""
         self._rbody: Body | None = None
         self._pending: Response | None = None
@@ -178,10 +180,12 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self._finish_with(err)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         if self._qbody is not None:
             self._qbody.pause()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self._qbody is not None:
             self._qbody.resume()
 
@@ -272,6 +276,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             else:
                 self.transport.write(head)
             body.pipe(_RequestSink(self, chunked))
+            if self._write_paused and self._qbody is body:
+                body.pause()  # the head and the body's first bytes filled the buffer: pipe() resumed it
 
     def request_sent(self) -> None:
         self._sent = True
