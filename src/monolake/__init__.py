@@ -42,9 +42,12 @@ if TYPE_CHECKING:
     from .core.server._stream_app import StreamService as StreamService
     from .core.service import Context as Context
     from .core.service import Factory as Factory
+    from .core.service import LaneService as LaneService
     from .core.service import Layer as Layer
+    from .core.service import Replier as Replier
     from .core.service import Service as Service
     from .core.service import Stack as Stack
+    from .core.service import Taken as Taken
 
 _WHERE = {
     "Body": ".core._body",
@@ -65,8 +68,11 @@ _WHERE = {
     "Context": ".core.service",
     "Factory": ".core.service",
     "Layer": ".core.service",
+    "LaneService": ".core.service",
+    "Replier": ".core.service",
     "Service": ".core.service",
     "Stack": ".core.service",
+    "Taken": ".core.service",
 }
 
 __all__ = sorted([*_WHERE, "examples_path"])

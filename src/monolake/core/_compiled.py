@@ -64,6 +64,7 @@ MODULES = (
     "monolake.apps.proxy._router",
     "monolake.apps.proxy._balancer",
     "monolake.core.service._context",
+    "monolake.core.service._lane",
     "monolake.core.service.layers._catch_panic",
     "monolake.core.service.layers._timeout",
     "monolake.core.service.layers._concurrency",

@@ -29,19 +29,20 @@ the path is normalised (``proto._target``) when it holds ``%``, ``/.`` or ``//``
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from ...core.client import Pool
+from ...core._body import Body
+from ...core.client import Pool, UpstreamConnection
 from ...core.errors import ReadTimeout, RemoteProtocolError, Source
 from ...core.proto._target import normalize_path, split_absolute
 from ...core.proto.http1 import Headers, Request, Response
 from ...core.server._h2 import host_only
-from ...core.service import Context, Factory, Layer, Service
+from ...core.service import Context, Factory, Layer, Replier, Service, Taken
 from ..config import Cluster, Config, Forwarded, HeaderRewrite, Route, Server
 from ..edge._slots import UPSTREAM_TIMES
 from ..observe._accesslog import uses_connect_timing, uses_upstream_timing
-from ._filters import MAYBE, Call, FilterError, Phases, filter_name
+from ._filters import MAYBE, Call, FilterError, Phases, call_kind, filter_name
 from ._retry import RetryingCluster
 from ._router import Router
 from ._tunnel import connect_only, connect_settings, switch
@@ -340,6 +341,12 @@ class HttpProxy:
         self._response_filters = () if self._response_mixed else phases.response_filter
         self._filter_timeout = filter_timeout
         """The server's request_timeout: async filters must be done within it from the request head."""
+        self._lane = not (self._request_mixed or self._upstream_mixed or self._response_mixed) and all(
+            call_kind(f) != MAYBE for f in self._request_filters
+        )
+        """``dispatch`` may take requests on the callback lane: no phase has a filter that may wait."""
+        self.has_lane = self._lane
+        """Read by ``lane_of`` when the server installs the proxy: without the lane, it is awaited."""
 
     async def _run_mixed(
         self, calls: tuple[Call, ...], arg: Request | Response, ctx: Context, answers: bool = False
@@ -482,6 +489,71 @@ class HttpProxy:
                 raise
         return resp
 
+    def dispatch(self, req: Request, replier: Replier[Request, Response]) -> Response | Awaitable[Response] | Taken:
+        """``__call__`` on the callback lane (``monolake.LaneService``), answering alike: a plain
+        request to a plain HTTP/1.1 cluster with an idle pooled connection is sent from here and
+        answered through ``replier`` when the upstream's response arrives (response rewrites and
+        filters run in that callback), with no task and no future. Whatever must wait (an async or
+        ``@may_await`` filter, a route's own filters, layers or timeout, a handler, a tunnel, a
+        cluster with retries, health or least-request balancing, a connect) continues as a
+        coroutine from where it must (returned for the driver to await)."""
+        if not self._lane or req.upgrade is not None:
+            return self(req)
+        path = req.path
+        if path[:1] != b"/" and path != b"*":  # as in __call__
+            absolute_to_origin_form(req)
+            path = req.path
+        if self._normalize and (37 in path or (46 in path and path.find(b"/.") >= 0) or path.find(b"//") >= 0):
+            new = normalize_path(path, decode=self._decode, dots=self._dots, merge_slashes=self._merge)
+            if new != path:
+                req.set_path(new)
+        ctx = req.ctx
+        for f in self._request_filters:
+            answer = f(req, ctx)
+            if answer is not None:
+                return answer  # type: ignore[no-any-return]  # plain filters only here: a Response
+        route = self.router.match(req)
+        if route is None:
+            return Response(404, Headers([(b"Content-Type", b"text/plain")]), _NOT_FOUND_BODY)
+        ctx.route = route
+        cluster = route.cluster
+        ctx.cluster = cluster
+        if route.edge is not None:
+            return self._routed(req, ctx, route, route.edge)
+        if route.prefix is not None:
+            route.rewrite_path(req)
+        if self.forwarding:
+            self.forwarding.apply(req, ctx.peer)
+        if route.request_ops is not None:
+            route.request_ops.apply(req.headers)
+        for g in self._upstream_filters:
+            g(req, ctx)
+        if route.handler is not None or route.timeout is not None or not isinstance(cluster, UpstreamCluster):
+            return self._finish(req, route, route.call(req))
+        if not cluster.plain_h1:
+            return self._finish(req, route, cluster.forward(req, route.host))
+        ex = _Exchange(self, req, route, cluster, replier)
+        sent = cluster.send_h1_to(req, route.host, ex)
+        if isinstance(sent, UpstreamConnection):
+            ex.conn = sent
+            return ex
+        return self._finish(req, route, sent)
+
+    async def _finish(self, req: Request, route: RouteRuntime, pending: Awaitable[Response]) -> Response:
+        """The lane's slow path from the upstream call on: ``pending``'s response with the route's
+        response rewrites and the (plain) response filters, as in ``__call__``."""
+        resp = await pending
+        if route.response_ops is not None:
+            route.response_ops.apply(resp.headers)
+        ctx = req.ctx
+        try:
+            for h in self._response_filters:
+                h(resp, ctx)
+        except BaseException:
+            _cancel_body(resp)
+            raise
+        return resp
+
     async def _routed(self, req: Request, ctx: Context, route: RouteRuntime, edge: RouteEdge) -> Response:
         """The rest of ``__call__`` for a route with its own filters or layers: each phase runs the
         server's filters, then the route's; the upstream call goes through the route's layers."""
@@ -535,6 +607,71 @@ class HttpProxy:
                 cancel()  # the upstream body nobody will read: its connection is not reused
             raise
         return resp
+
+
+def _cancel_body(resp: Response) -> None:
+    body = resp.body
+    if isinstance(body, Body):
+        body.cancel()  # the upstream body nobody will read: its connection is not reused
+
+
+class _Exchange(Taken):
+    """A request the proxy took on the callback lane: the upstream connection's response target
+    (``UpstreamConnection.request_to``) and what the driver cancels if the client goes away."""
+
+    __slots__ = ("cluster", "conn", "dead", "proxy", "replier", "req", "route")
+
+    def __init__(
+        self,
+        proxy: HttpProxy,
+        req: Request,
+        route: RouteRuntime,
+        cluster: UpstreamCluster,
+        replier: Replier[Request, Response],
+    ) -> None:
+        self.proxy = proxy
+        self.req = req
+        self.route = route
+        self.cluster = cluster
+        self.replier = replier
+        self.conn: UpstreamConnection | None = None
+        self.dead = False
+
+    def response(self, resp: Response) -> None:
+        if self.dead:
+            _cancel_body(resp)
+            return
+        req = self.req
+        try:
+            ops = self.route.response_ops
+            if ops is not None:
+                ops.apply(resp.headers)
+            ctx = req.ctx
+            for h in self.proxy._response_filters:
+                h(resp, ctx)
+        except Exception as exc:
+            _cancel_body(resp)
+            self.replier.reply_error(req, exc)
+            return
+        self.replier.reply(req, resp)
+
+    def error(self, exc: BaseException) -> None:
+        """As ``recover_h1``: a stale pooled connection's retry (the driver awaits it), a timeout logged."""
+        if self.dead:
+            return
+        req = self.req
+        retry = self.cluster.retry_h1(req, exc)
+        if retry is not None:
+            self.replier.reply_later(req, self.proxy._finish(req, self.route, retry))
+        else:
+            self.replier.reply_error(req, exc)
+
+    def cancel(self) -> None:
+        """The client went away: the upstream connection is mid-exchange, so it is closed."""
+        self.dead = True
+        conn = self.conn
+        if conn is not None:
+            conn.close()
 
 
 class ProxyFactory(Factory[HttpProxy]):

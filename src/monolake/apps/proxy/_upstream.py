@@ -35,6 +35,7 @@ from ...core._compiled import WeakReferable
 from ...core.client import Pool, UpstreamConnection
 from ...core.client._client import IDEMPOTENT
 from ...core.client._h2 import request_headers as h2_request_headers
+from ...core.client._http import ResponseTarget
 from ...core.errors import ConnectError, ConnectTimeout, ReadError, ReadTimeout, UpstreamError, WriteError
 from ...core.proto.grpc import deadline_of, is_grpc, with_remaining_timeout
 from ...core.proto.http1 import Request, Response
@@ -267,6 +268,28 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
         fut = conn.request(head, body, chunked=chunked, head_only=req.method == b"HEAD", read_timeout=self.read_timeout)
         return conn, fut
 
+    def send_h1_to(
+        self, req: Request, host: bytes | None, target: ResponseTarget
+    ) -> UpstreamConnection | Coroutine[Any, Any, Response]:
+        """``send_h1`` for a caller that takes the response by callback (``HttpProxy.dispatch``):
+        when the balancer tracks nothing and a pooled connection is idle, the request is sent
+        on it for ``target`` (``UpstreamConnection.request_to``) and the connection is returned
+        (closed by the caller if it gives up; a failure goes through ``retry_h1``). Otherwise
+        ``forward``'s coroutine for the endpoint it picked, sending nothing."""
+        ep = self.balancer.pick(req)
+        req.ctx.endpoint = ep
+        if self.track:
+            return self._forward_h1_to(req, host, ep)
+        conn = self.pool.take_idle(ep, self.idle_timeout, self.max_idle)
+        if conn is None:  # a connect: the slow path
+            return self._forward_h1_to(req, host, ep)
+        head, chunked = _h1_head(req, host, ep)
+        body: Any = req.body
+        conn.request_to(
+            target, head, body, chunked=chunked, head_only=req.method == b"HEAD", read_timeout=self.read_timeout
+        )
+        return conn
+
     def recover_h1(self, req: Request, conn: UpstreamConnection, exc: BaseException) -> Coroutine[Any, Any, Response]:
         """What ``forward`` does when the response ``send_h1`` sent for fails with ``exc``:
         cancelled, the connection is closed (it is mid-exchange); a stale pooled connection
@@ -275,12 +298,21 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
         if isinstance(exc, asyncio.CancelledError):
             conn.close()
             raise exc
+        retry = self.retry_h1(req, exc)
+        if retry is None:
+            raise exc
+        return retry
+
+    def retry_h1(self, req: Request, exc: BaseException) -> Coroutine[Any, Any, Response] | None:
+        """``recover_h1`` past a cancellation: the retry's coroutine for a stale pooled connection
+        (``ReadError`` before any byte, idempotent request without a body), else None (``exc``
+        stands; a timeout is logged)."""
         ep: Endpoint = req.ctx.endpoint
         if isinstance(exc, ReadError) and exc.retry_safe and req.body is None and req.method in IDEMPOTENT:
             return self._retry_h1(req, ep)
         if isinstance(exc, ReadTimeout):
             log.warning("upstream timeout: cluster=%s endpoint=%s: %s", self.name, ep, exc)
-        raise exc
+        return None
 
     async def _retry_h1(self, req: Request, ep: Endpoint) -> Response:
         """``recover_h1``'s retry on a fresh connection (the request has no body; its head is
@@ -301,7 +333,11 @@ class UpstreamCluster(WeakReferable):  # WeakReferable: sampled weakly by the me
             fut = conn.request(
                 head, None, chunked=False, head_only=req.method == b"HEAD", read_timeout=self.read_timeout
             )
-            return await fut
+            try:
+                return await fut
+            except asyncio.CancelledError:
+                conn.close()  # mid-exchange: not reusable
+                raise
         except (ConnectError, ConnectTimeout) as exc:
             log.warning("upstream connect failed: cluster=%s endpoint=%s: %s", self.name, ep, exc)
             raise

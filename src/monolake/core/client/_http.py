@@ -42,6 +42,17 @@ class Pool(Protocol):
     def forget(self, conn: UpstreamConnection) -> None: ...
 
 
+class ResponseTarget(Protocol):
+    """Who takes a response by callback instead of a future (``UpstreamConnection.request_to``):
+    exactly one of the two is called, from the connection's own callbacks."""
+
+    def response(self, resp: Response, /) -> None:
+        """The response head (its body a ``Body`` still arriving, or the whole body as bytes)."""
+
+    def error(self, exc: BaseException, /) -> None:
+        """The exchange failed: what the future of ``request`` would raise."""
+
+
 class _RequestSink:
     """Writes a request body to the upstream; aborting fails the exchange."""
 
@@ -89,6 +100,12 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self.idle_timeout = 60.0
         self.max_idle = 64
         self._fut: asyncio.Future[Response] | None = None
+        self._target: ResponseTarget | None = None
+        """Takes the response instead of ``_fut`` (``request_to``); cleared when told."""
+        self._bodiless: Response | None = None
+        self._write_paused = False
+        """The transport asked us to stop writing (told once): a body piped meanwhile is paused."""
+        """A response without a body for ``_target``, held until ``response_complete``."""
         self._rbody: Body | None = None
         self._pending: Response | None = None
         self._eof_ends = False
@@ -148,12 +165,12 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             err: BaseException
             if self._error is not None:
                 err = self._error
-            elif self._fut is not None and not self._fut.done() and not self._sent:
+            elif self._awaited() and not self._sent:
                 # The request body was still going out: the upstream will not read it.
                 err = WriteError(
                     "upstream closed the connection while the request body was being sent" + (f": {exc}" if exc else "")
                 )
-            elif self._fut is not None and not self._fut.done():
+            elif self._awaited():
                 err = ReadError(
                     "upstream closed the connection before responding" + (f": {exc}" if exc else ""),
                     retry_safe=self.reused and not self._got_bytes,
@@ -163,10 +180,12 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self._finish_with(err)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         if self._qbody is not None:
             self._qbody.pause()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self._qbody is not None:
             self._qbody.resume()
 
@@ -186,6 +205,11 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._upstream_keep_alive = False
         self.close()
 
+    def _awaited(self) -> bool:
+        """Someone still waits for the response head."""
+        fut = self._fut
+        return self._target is not None or (fut is not None and not fut.done())
+
     # -- exchange -----------------------------------------------------------------
 
     def request(
@@ -197,6 +221,29 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         request body's own error if the client failed mid-upload.
         """
         fut = self._fut = self.loop.create_future()
+        self._send_request(head, body, chunked, head_only, read_timeout)
+        return fut
+
+    def request_to(
+        self,
+        target: ResponseTarget,
+        head: bytes,
+        body: Body | None,
+        *,
+        chunked: bool,
+        head_only: bool,
+        read_timeout: float,
+    ) -> None:
+        """``request`` for a caller that takes the response by callback: ``target.response(resp)``
+        or ``target.error(exc)`` (the future's result or exception), called once from this
+        connection's callbacks, with no future and no task wake-up in between. A whole response
+        is told after the connection went back to the pool, so the target may reuse it at once."""
+        self._target = target
+        self._send_request(head, body, chunked, head_only, read_timeout)
+
+    def _send_request(
+        self, head: bytes, body: Body | None, chunked: bool, head_only: bool, read_timeout: float
+    ) -> None:
         self.expect_no_body = head_only
         self._resp_done = False
         self._got_bytes = False
@@ -229,7 +276,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             else:
                 self.transport.write(head)
             body.pipe(_RequestSink(self, chunked))
-        return fut
+            if self._write_paused and self._qbody is body:
+                body.pause()  # the head and the body's first bytes filled the buffer: pipe() resumed it
 
     def request_sent(self) -> None:
         self._sent = True
@@ -268,9 +316,10 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             self._pending = resp
             self._chunks = []
             return
-        fut = self._fut
-        if fut is not None and not fut.done():
-            fut.set_result(resp)
+        if self._target is not None:
+            self._bodiless = resp  # told by response_complete, which follows, once pooled again
+            return
+        self._tell(resp)
 
     def body_received(self, data: bytes) -> None:
         if self._pending is not None:
@@ -290,6 +339,14 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             rbody.feed(piece)
         self._chunks = []
         resp.body = rbody
+        self._tell(resp)
+
+    def _tell(self, resp: Response) -> None:
+        target = self._target
+        if target is not None:
+            self._target = None
+            target.response(resp)
+            return
         fut = self._fut
         if fut is not None and not fut.done():
             fut.set_result(resp)
@@ -304,6 +361,20 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             resp.body = body
             resp.content_length = len(body)
+        else:
+            resp = self._bodiless
+            self._bodiless = None
+        if resp is not None:
+            target = self._target
+            if target is not None:
+                # Told last, with this connection back in the pool: the target's next request
+                # (a pipelined one, answered from within this call) may take it at once.
+                self._target = None
+                self._fut = None
+                if self._sent:
+                    self._release()
+                target.response(resp)
+                return
             fut = self._fut
             if fut is not None and not fut.done():
                 fut.set_result(resp)
@@ -355,19 +426,23 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
     # -- failure --------------------------------------------------------------------
 
     def fail(self, exc: BaseException) -> None:
-        """The exchange failed: report ``exc`` to whoever waits, then close."""
+        """The exchange failed: close, then report ``exc`` to whoever waits (a callback target
+        then finds the connection closed, not in the pool)."""
         if self._error is None:
             self._error = exc
-        self._finish_with(self._error)
         self.close()
+        self._finish_with(self._error)
 
     def _finish_with(self, exc: BaseException) -> None:
         self._pending = None
+        self._bodiless = None
         self._chunks = []
         fut = self._fut
         self._fut = None
         if fut is not None and not fut.done():
             fut.set_exception(exc)
+        target = self._target
+        self._target = None
         rbody = self._rbody
         self._rbody = None
         if rbody is not None:
@@ -380,6 +455,8 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             qbody.detach()
         self._resp_done = True
         self._sent = True
+        if target is not None:
+            target.error(exc)
 
     def close(self) -> None:
         if not self._closed and self.transport is not None:

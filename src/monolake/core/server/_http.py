@@ -36,8 +36,8 @@ retries); ``wait_drained`` returns when no connection is left.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, cast
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -61,7 +61,8 @@ from ..proto.http1._serialize import (
     response_head,
 )
 from ..proto.http2 import PREFACE
-from ..service import Context
+from ..service import TAKEN, Context, Taken
+from ..service._lane import Dispatch
 from ..service.layers._catch_panic import CatchPanic
 from ._answers import bad_request_log, error_response, failure_response, log
 from ._http_app import HttpAppBase
@@ -111,7 +112,7 @@ class HttpServerApp(HttpAppBase["HttpConnection | H2Connection"]):
         New handshakes use ``new``'s certificates; turning TLS on or off needs a new listener.
         """
         self.cfg = new.cfg
-        self.service = new.service
+        self.install(new.service)
         self.on_complete = new.on_complete
         self.on_close = new.on_close
         self._adopt_tls(new.tls, log)
@@ -216,6 +217,17 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[Request | None] | None = None
         """What the connection's task awaits between requests (None while it serves one)."""
+        self._lane_req: Request | None = None
+        """The request taken on the service's callback lane (``app.lane``), until its reply."""
+        self._taken: Taken | None = None
+        """What the lane's ``dispatch`` gave for ``_lane_req``: cancelled if the client goes away."""
+        self._rest: Awaitable[Response] | None = None
+        """What the task awaits for its next request instead of the service (the lane's slow path)."""
+        self._dispatching = False
+        self._redo = False
+        self._write_paused = False
+        """The transport asked us to stop writing (told once): a sink made meanwhile starts paused."""
+        """A request started while ``_dispatch`` ran: its loop takes it (no recursion per request)."""
         self._rbody: Body | None = None
         self._sink: _ResponseSink | None = None
         self._paused = 0
@@ -317,6 +329,19 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         if self._rbody is not None:
             self._rbody.feed_error(ConnectionResetError("client closed the connection"))
             self._rbody = None
+        self._lane_req = None
+        taken = self._taken
+        if taken is not None:  # on the lane: what a task's cancellation does on the coroutine path
+            self._taken = None
+            try:
+                taken.cancel()
+            except Exception:
+                log.exception("internal error while cancelling a request of %s", self.peer)
+        rest = self._rest
+        if rest is not None:  # handed to a task that never ran
+            self._rest = None
+            if isinstance(rest, Coroutine):
+                rest.close()
         self._end_task()
         sink = self._sink
         if sink is not None:
@@ -332,11 +357,13 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         self._writelines = _discard
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         sink = self._sink
         if sink is not None:
             sink.body.pause()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         sink = self._sink
         if sink is not None:
             sink.body.resume()
@@ -400,6 +427,20 @@ class HttpConnection(RequestReader, asyncio.Protocol):
     def _start(self, req: Request) -> None:
         self._current = req
         self.app.in_flight += 1
+        lane = self.app.lane
+        # The lane when the service has one and no task is serving (none, or one waiting for a
+        # request); a held Upgrade/CONNECT request keeps the task's path.
+        if lane is not None and self._held_for is not req and (self._task is None or self._waiter is not None):
+            if self._dispatching:
+                self._redo = True
+            else:
+                self._dispatch(req, lane)
+            return
+        self._to_task(req, None)
+
+    def _to_task(self, req: Request, rest: Awaitable[Response] | None) -> None:
+        """Serve ``req`` in the connection's task (awaiting ``rest`` if given, else the service)."""
+        self._rest = rest
         waiter = self._waiter
         if waiter is not None:  # the connection's task waits for its next request
             self._waiter = None
@@ -412,6 +453,86 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         # else: started from within the task (its response's response_done, or the bytes held
         # for a switch that was answered as HTTP/1.1): it takes ``_current`` when it loops.
 
+    def _dispatch(self, req: Request, lane: Dispatch) -> None:
+        """Hand ``req`` to the service's callback lane: no task, no future. An answer given at
+        once is sent here, and the next request (pipelined) taken in this loop, not by recursion."""
+        self._dispatching = True
+        try:
+            while True:
+                self._redo = False
+                self._lane_req = req
+                try:
+                    out = lane(req, self)
+                except Exception as exc:
+                    self.reply_error(req, exc)
+                    out = TAKEN
+                if isinstance(out, Taken):
+                    if self._lane_req is req:  # else replied already (from within dispatch)
+                        self._taken = out
+                elif out is None:  # not one of the three answers: a bug of the service's
+                    self.reply_error(req, TypeError(f"{type(self.app.inner).__name__}.dispatch returned None"))
+                elif isinstance(out, Response):
+                    if self._lane_req is req:
+                        self._lane_req = None
+                        self._answer(req, out)
+                else:  # an awaitable: the rest waits in the task
+                    self._lane_req = None
+                    self._to_task(req, out)
+                    return
+                nxt = self._current
+                if not self._redo or nxt is None or nxt is req:
+                    return
+                req = nxt
+        finally:
+            self._dispatching = False
+
+    def _answer(self, req: Request, resp: Response) -> None:
+        if self._current is req and not self._closed:
+            try:
+                self._send(req, resp)
+            except Exception:
+                log.exception("internal error while sending a response to %s", self.peer)
+                self._close()
+
+    def _answer_for(self, req: Request, exc: BaseException) -> Response:
+        """The response for a service's failure: CatchPanic's (outermost, done by the driver), else the driver's."""
+        panic = self.app.panic
+        return self._failure(req, exc) if panic is None else self._panicked(panic, req, exc)
+
+    # -- the callback lane's replies (``Replier``) -------------------------------------
+
+    def reply(self, req: Request, resp: Response) -> None:
+        """The lane's answer to ``req`` (ignored when not awaited: the client went away)."""
+        if self._lane_req is not req:
+            return
+        self._lane_req = None
+        self._taken = None
+        self._answer(req, resp)
+
+    def reply_error(self, req: Request, exc: BaseException) -> None:
+        """``req`` failed on the lane: answered as the task would answer the exception."""
+        if self._lane_req is not req:
+            return
+        self._lane_req = None
+        self._taken = None
+        try:
+            resp = self._answer_for(req, exc)
+        except BaseException:  # on_panic raised CancelledError: no answer to give
+            log.exception("internal error while answering a failed request of %s", self.peer)
+            self._close()
+            return
+        self._answer(req, resp)
+
+    def reply_later(self, req: Request, rest: Awaitable[Response]) -> None:
+        """``req`` left the lane: its task awaits ``rest`` for the answer."""
+        if self._lane_req is not req:
+            if isinstance(rest, Coroutine):
+                rest.close()
+            return
+        self._lane_req = None
+        self._taken = None
+        self._to_task(req, rest)
+
     async def _serve(self, req: Request) -> None:
         """The connection's task: serves ``req``, then each next request, one at a time. It lives
         across keep-alive requests (a future per request instead of a Task: no task creation,
@@ -422,14 +543,17 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         me = asyncio.current_task()
         try:
             while True:
-                service = self.app.service  # per request: a reload reaches keep-alive connections
-                # An outermost CatchPanic (the proxy's stacks) is done here: its inner service is
-                # awaited directly, one coroutine level less per request. Exact type: a subclass
-                # may override __call__.
-                kind: Any = type(service)
-                panic = cast("CatchPanic[Request, Response]", service) if kind is CatchPanic else None
+                app = self.app  # per request: a reload reaches keep-alive connections
+                # An outermost CatchPanic (the proxy's stacks) is done here (``app.panic``, resolved
+                # at install): its inner service is awaited directly, one coroutine level less.
+                panic = app.panic
+                rest = self._rest
                 try:
-                    resp = await (service if panic is None else panic.inner)(req)
+                    if rest is not None:  # the lane's slow path for ``req``
+                        self._rest = None
+                        resp = await rest
+                    else:
+                        resp = await app.inner(req)
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:
@@ -565,6 +689,10 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             sink = self._sink = _ResponseSink(self, req, resp, body, chunked, keep_alive)
             sink.sent = sent
             body.pipe(sink)
+            if self._write_paused and self._sink is sink:
+                # The head and the body's first bytes filled the buffer before the sink existed:
+                # that pause_writing is not told again, so the body is paused here.
+                body.pause()
         elif no_body or not body:
             transport.write(head)
             self.response_done(req, resp, 0, keep_alive)

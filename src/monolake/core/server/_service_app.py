@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from .._body import Body
 from ..errors import DeadlineExceeded, MonolakeError, Source
 from ..proto.http1 import Headers, Request, Response
-from ..service import Factory, Layer, Stack
+from ..service import Factory, Layer, Replier, Stack, Taken, lane_of
 from ._answers import error_response
 from ._http import HttpServerApp, OnComplete
 from ._settings import ServiceSettings as ServerConfig
@@ -180,7 +180,7 @@ class HandlerGuard:
     deadline in seconds, None for none.
     """
 
-    __slots__ = ("handler", "inner", "label", "server", "timeout")
+    __slots__ = ("_lane", "handler", "has_lane", "inner", "label", "server", "timeout")
 
     def __init__(self, inner: Any, server: str, handler: str, timeout: float | None = None) -> None:
         self.inner = inner
@@ -188,6 +188,48 @@ class HandlerGuard:
         self.handler = handler
         self.timeout = timeout
         self.label = f"server={server} handler={handler}"
+        # The callback lane is passed on for a chain that offers it, without a request deadline
+        # (with one, the chain is awaited within it as before).
+        self._lane = lane_of(inner) if timeout is None else None
+        self.has_lane = self._lane is not None
+
+    def dispatch(self, req: Request, replier: Replier[Request, Response]) -> Response | Awaitable[Response] | Taken:
+        """``__call__`` on the callback lane (``LaneService``), with the same answers: the chain's
+        own ``dispatch`` with its replies checked as ``__call__`` checks its result."""
+        lane = self._lane
+        if lane is None:
+            return self(req)
+        try:
+            out = lane(req, _Guarded(self, req, replier))
+        except Exception as exc:
+            return self._mapped(req, exc)
+        if isinstance(out, Taken):
+            return out
+        if isinstance(out, Response):
+            return self._checked(req, out)
+        if isinstance(out, Awaitable):
+            return self._guarded(req, out)
+        return self._checked(req, out)
+
+    async def _guarded(self, req: Request, pending: Awaitable[Any]) -> Response:
+        try:
+            resp = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._mapped(req, exc)
+        return self._checked(req, resp)
+
+    def _mapped(self, req: Request, exc: Exception) -> Response:
+        """``__call__``'s answer to ``exc`` raised by the chain without a request deadline
+        (a ``MonolakeError`` is raised on, for the driver)."""
+        if isinstance(exc, MonolakeError):
+            if isinstance(exc, DeadlineExceeded) and exc.source is Source.INTERNAL:
+                return self._timed_out(req, str(exc))
+            raise exc
+        if isinstance(exc, TimeoutError):
+            return self._failed(req, "failed", TimeoutError("the handler's own TimeoutError"))
+        return self._failed(req, "failed", exc)
 
     async def __call__(self, req: Request) -> Response:
         try:
@@ -208,6 +250,10 @@ class HandlerGuard:
             return self._timed_out(req, f"request_timeout {self.timeout:g}s")
         except Exception as exc:
             return self._failed(req, "failed", exc)
+        return self._checked(req, resp)
+
+    def _checked(self, req: Request, resp: Any) -> Response:
+        """The chain's answer as the driver can send it (a bad one: 500 and a log line)."""
         if not isinstance(resp, Response):
             why = TypeError(f"{type(resp).__name__}, not a Response")
             return self._failed(req, "returned an invalid response", why)
@@ -250,6 +296,39 @@ class HandlerGuard:
             exc_info=exc,
         )
         return error_response(500)
+
+
+class _Guarded:
+    """The chain's replier on the callback lane: its replies checked by ``HandlerGuard``."""
+
+    __slots__ = ("guard", "replier", "req")
+
+    def __init__(self, guard: HandlerGuard, req: Request, replier: Replier[Request, Response]) -> None:
+        self.guard = guard
+        self.req = req
+        self.replier = replier
+
+    def reply(self, req: Request, resp: Response) -> None:
+        try:
+            checked = self.guard._checked(req, resp)
+        except Exception as exc:  # a bug of ours: the driver answers it
+            self.replier.reply_error(req, exc)
+            return
+        self.replier.reply(req, checked)
+
+    def reply_error(self, req: Request, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            self.replier.reply_error(req, exc)
+            return
+        try:
+            resp = self.guard._mapped(req, exc)
+        except Exception as again:  # a MonolakeError: the driver's answer
+            self.replier.reply_error(req, again)
+            return
+        self.replier.reply(req, resp)
+
+    def reply_later(self, req: Request, rest: Awaitable[Response]) -> None:
+        self.replier.reply_later(req, self.guard._guarded(req, rest))
 
 
 def _peer(req: Request) -> str:
