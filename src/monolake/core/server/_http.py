@@ -225,9 +225,9 @@ class HttpConnection(RequestReader, asyncio.Protocol):
         """What the task awaits for its next request instead of the service (the lane's slow path)."""
         self._dispatching = False
         self._redo = False
+        """A request started while ``_dispatch`` ran: its loop takes it (no recursion per request)."""
         self._write_paused = False
         """The transport asked us to stop writing (told once): a sink made meanwhile starts paused."""
-        """A request started while ``_dispatch`` ran: its loop takes it (no recursion per request)."""
         self._rbody: Body | None = None
         self._sink: _ResponseSink | None = None
         self._paused = 0
