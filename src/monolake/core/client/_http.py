@@ -276,7 +276,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
             else:
                 self.transport.write(head)
             body.pipe(_RequestSink(self, chunked))
-            if self._write_paused and self._qbody is body:
+            # Still sending (not ``self._qbody is body``: right after ``self._qbody = body`` the
+            # compiled read takes the attribute to be a Body, and one sent meanwhile is None).
+            if self._write_paused and not self._sent:
                 body.pause()  # the head and the body's first bytes filled the buffer: pipe() resumed it
 
     def request_sent(self) -> None:

@@ -141,6 +141,13 @@ class HttpServerApp(HttpAppBase["HttpConnection | H2Connection"]):
         return {"connections": len(self.conns), "in_flight": self.in_flight}
 
 
+def _sink_of(conn: HttpConnection) -> _ResponseSink | None:
+    """``conn._sink`` read as its declared type. Right after ``conn._sink = sink``, mypy (and so
+    mypyc) takes the attribute to be ``sink``'s type: the compiled read of a sink that finished
+    meanwhile (None again) would fail its cast."""
+    return conn._sink
+
+
 class _ResponseSink:
     """Writes a streamed response body to the client, framing it as chosen."""
 
@@ -689,7 +696,7 @@ class HttpConnection(RequestReader, asyncio.Protocol):
             sink = self._sink = _ResponseSink(self, req, resp, body, chunked, keep_alive)
             sink.sent = sent
             body.pipe(sink)
-            if self._write_paused and self._sink is sink:
+            if self._write_paused and _sink_of(self) is sink:
                 # The head and the body's first bytes filled the buffer before the sink existed:
                 # that pause_writing is not told again, so the body is paused here.
                 body.pause()
