@@ -409,7 +409,8 @@ class HttpProxy:
                 raise FilterError(f"request timeout of {timeout:g}s exceeded while {_name(who)} ran") from None
             raise FilterError(f"{_name(who)} failed: {type(exc).__name__}: {exc}") from exc
 
-    async def __call__(self, req: Request) -> Response:
+    def _origin_path(self, req: Request) -> None:
+        """``req``'s target in origin form, its path normalised when configured and needed."""
         path = req.path
         if path[:1] != b"/" and path != b"*":  # "*": OPTIONS' asterisk-form, left as it is
             absolute_to_origin_form(req)
@@ -421,6 +422,21 @@ class HttpProxy:
             new = normalize_path(path, decode=self._decode, dots=self._dots, merge_slashes=self._merge)
             if new != path:
                 req.set_path(new)
+
+    def _for_upstream(self, req: Request, ctx: Context, route: RouteRuntime) -> None:
+        """The route's request-side work before the upstream call: the prefix rewrite, the
+        forwarding headers, the header edits and the plain upstream filters."""
+        if route.prefix is not None:
+            route.rewrite_path(req)
+        if self.forwarding:
+            self.forwarding.apply(req, ctx.peer)
+        if route.request_ops is not None:
+            route.request_ops.apply(req.headers)
+        for g in self._upstream_filters:
+            g(req, ctx)
+
+    async def __call__(self, req: Request) -> Response:
+        self._origin_path(req)
         ctx = req.ctx
         for f in self._request_filters:
             answer = f(req, ctx)
@@ -442,14 +458,7 @@ class HttpProxy:
         ctx.cluster = cluster
         if route.edge is not None:
             return await self._routed(req, ctx, route, route.edge)
-        if route.prefix is not None:
-            route.rewrite_path(req)
-        if self.forwarding:
-            self.forwarding.apply(req, ctx.peer)
-        if route.request_ops is not None:
-            route.request_ops.apply(req.headers)
-        for g in self._upstream_filters:
-            g(req, ctx)
+        self._for_upstream(req, ctx, route)
         if self._upstream_mixed:
             await self._run_mixed(self._upstream_mixed, req, ctx)
         if req.upgrade is not None:  # an Upgrade or CONNECT request the server holds for a tunnel
@@ -499,14 +508,7 @@ class HttpProxy:
         coroutine from where it must (returned for the driver to await)."""
         if not self._lane or req.upgrade is not None:
             return self(req)
-        path = req.path
-        if path[:1] != b"/" and path != b"*":  # as in __call__
-            absolute_to_origin_form(req)
-            path = req.path
-        if self._normalize and (37 in path or (46 in path and path.find(b"/.") >= 0) or path.find(b"//") >= 0):
-            new = normalize_path(path, decode=self._decode, dots=self._dots, merge_slashes=self._merge)
-            if new != path:
-                req.set_path(new)
+        self._origin_path(req)
         ctx = req.ctx
         for f in self._request_filters:
             answer = f(req, ctx)
@@ -520,14 +522,7 @@ class HttpProxy:
         ctx.cluster = cluster
         if route.edge is not None:
             return self._routed(req, ctx, route, route.edge)
-        if route.prefix is not None:
-            route.rewrite_path(req)
-        if self.forwarding:
-            self.forwarding.apply(req, ctx.peer)
-        if route.request_ops is not None:
-            route.request_ops.apply(req.headers)
-        for g in self._upstream_filters:
-            g(req, ctx)
+        self._for_upstream(req, ctx, route)
         if route.handler is not None or route.timeout is not None or not isinstance(cluster, UpstreamCluster):
             return self._finish(req, route, route.call(req))
         if not cluster.plain_h1:
@@ -569,14 +564,7 @@ class HttpProxy:
             answer = await self._run_mixed(edge.request_mixed, req, ctx, True)
             if answer is not None:
                 return answer
-        if route.prefix is not None:
-            route.rewrite_path(req)
-        if self.forwarding:
-            self.forwarding.apply(req, ctx.peer)
-        if route.request_ops is not None:
-            route.request_ops.apply(req.headers)
-        for g in self._upstream_filters:
-            g(req, ctx)
+        self._for_upstream(req, ctx, route)
         if self._upstream_mixed:
             await self._run_mixed(self._upstream_mixed, req, ctx)
         for g in edge.upstream_filter:
