@@ -423,7 +423,7 @@ class HttpProxy:
             if new != path:
                 req.set_path(new)
 
-    def _for_upstream(self, req: Request, ctx: Context, route: RouteRuntime) -> None:
+    def _for_upstream(self, req: Request, ctx: Any, route: RouteRuntime) -> None:
         """The route's request-side work before the upstream call: the prefix rewrite, the
         forwarding headers, the header edits and the plain upstream filters."""
         if route.prefix is not None:
