@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import socket
 import struct
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
+from monolake import Headers, Replier, Request, Response, Taken
 from monolake.apps.config import Server
 from monolake.core.runtime._loops import new_event_loop
+from monolake.core.server import HttpServerApp
 from monolake.core.server._http import HttpConnection
 from monolake.core.server._service_app import build_http_app
+from monolake.core.service import TAKEN
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "services" / "lane.py"
 TIMEOUT = 10.0
@@ -108,3 +114,57 @@ def test_served_as_a_user_app_the_guard_passes_the_lane_on() -> None:
     # With a request deadline the guard awaits the chain within it, as before.
     guarded = build_http_app("clock", Server(listener="127.0.0.1:0", request_timeout=5.0), lane.ClockFactory())
     assert guarded.lane is None
+
+
+class _Eager:
+    """A LaneService whose ``dispatch`` raises (``/boom``) or replies from within itself before
+    returning its ``Taken`` (anything else): both leave the driver's lane request answered
+    during the call, which the driver must notice without reading it back as a Request."""
+
+    async def __call__(self, req: Request) -> Response:  # pragma: no cover - the lane is taken
+        raise AssertionError("the lane should answer")
+
+    def dispatch(self, req: Request, replier: Replier[Request, Response]) -> Response | Taken:
+        if req.path == b"/boom":
+            raise ValueError("boom")
+        replier.reply(req, Response(200, Headers([(b"Content-Length", b"3")]), b"ok\n"))
+        return TAKEN
+
+
+def test_a_dispatch_that_raises_or_replies_within_itself_is_answered_once(
+    loop_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = new_event_loop(loop_kind)
+
+    async def main() -> None:
+        app = HttpServerApp("eager", Server(listener="127.0.0.1:0"), _Eager())
+        assert app.lane is not None
+        server = await asyncio.get_running_loop().create_server(app.protocol_factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert [await answer(r), await answer(r)] == [b"ok\n", b"ok\n"]
+            w.write(b"GET /boom HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 500 "), head
+            length = next(
+                int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")
+            )
+            await r.readexactly(length)
+            w.write(b"GET /c HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await answer(r) == b"ok\n"  # one answer each: nothing else was written meanwhile
+            w.close()
+        finally:
+            server.close()
+            app.close()
+
+    with caplog.at_level(logging.ERROR, logger="monolake"):
+        try:
+            loop.run_until_complete(asyncio.wait_for(main(), TIMEOUT))
+        finally:
+            loop.close()
+    # The service's failure logged once, as the driver logs any service's; no driver error besides.
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if m.startswith("500 for GET /boom")] != [], caplog.text
+    assert not [m for m in messages if "internal error while" in m], caplog.text

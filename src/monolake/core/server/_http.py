@@ -474,12 +474,12 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                     self.reply_error(req, exc)
                     out = TAKEN
                 if isinstance(out, Taken):
-                    if self._lane_req is req:  # else replied already (from within dispatch)
+                    if self._awaits(req):  # else replied already (from within dispatch)
                         self._taken = out
                 elif out is None:  # not one of the three answers: a bug of the service's
                     self.reply_error(req, TypeError(f"{type(self.app.inner).__name__}.dispatch returned None"))
                 elif isinstance(out, Response):
-                    if self._lane_req is req:
+                    if self._awaits(req):
                         self._lane_req = None
                         self._answer(req, out)
                 else:  # an awaitable: the rest waits in the task
@@ -492,6 +492,12 @@ class HttpConnection(RequestReader, asyncio.Protocol):
                 req = nxt
         finally:
             self._dispatching = False
+
+    def _awaits(self, req: Request) -> bool:
+        """``req`` is on the lane and not answered yet. A method, not ``self._lane_req is req``
+        inline: right after ``self._lane_req = req`` mypy (and so mypyc) takes the attribute to
+        be a Request, and the compiled read of one replied meanwhile (None) would fail its cast."""
+        return self._lane_req is req
 
     def _answer(self, req: Request, resp: Response) -> None:
         if self._current is req and not self._closed:
