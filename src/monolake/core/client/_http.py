@@ -103,9 +103,9 @@ class UpstreamConnection(ResponseReader, asyncio.Protocol):
         self._target: ResponseTarget | None = None
         """Takes the response instead of ``_fut`` (``request_to``); cleared when told."""
         self._bodiless: Response | None = None
+        """A response without a body for ``_target``, held until ``response_complete``."""
         self._write_paused = False
         """The transport asked us to stop writing (told once): a body piped meanwhile is paused."""
-        """A response without a body for ``_target``, held until ``response_complete``."""
         self._rbody: Body | None = None
         self._pending: Response | None = None
         self._eof_ends = False
