@@ -423,6 +423,14 @@ class HttpProxy:
             if new != path:
                 req.set_path(new)
 
+    def _route(self, req: Request, ctx: Any) -> RouteRuntime | None:
+        """The route ``req`` matches, recorded with its cluster in ``ctx``; None if none does."""
+        route = self.router.match(req)
+        if route is not None:
+            ctx.route = route
+            ctx.cluster = route.cluster
+        return route
+
     def _for_upstream(self, req: Request, ctx: Any, route: RouteRuntime) -> None:
         """The route's request-side work before the upstream call: the prefix rewrite, the
         forwarding headers, the header edits and the plain upstream filters."""
@@ -450,12 +458,10 @@ class HttpProxy:
             answer = await self._run_mixed(self._request_mixed, req, ctx, True)
             if answer is not None:
                 return answer
-        route = self.router.match(req)
+        route = self._route(req, ctx)
         if route is None:
-            return Response(404, Headers([(b"Content-Type", b"text/plain")]), _NOT_FOUND_BODY)
-        ctx.route = route
+            return _not_found()
         cluster = route.cluster
-        ctx.cluster = cluster
         if route.edge is not None:
             return await self._routed(req, ctx, route, route.edge)
         self._for_upstream(req, ctx, route)
@@ -514,12 +520,10 @@ class HttpProxy:
             answer = f(req, ctx)
             if answer is not None:
                 return answer  # type: ignore[no-any-return]  # plain filters only here: a Response
-        route = self.router.match(req)
+        route = self._route(req, ctx)
         if route is None:
-            return Response(404, Headers([(b"Content-Type", b"text/plain")]), _NOT_FOUND_BODY)
-        ctx.route = route
+            return _not_found()
         cluster = route.cluster
-        ctx.cluster = cluster
         if route.edge is not None:
             return self._routed(req, ctx, route, route.edge)
         self._for_upstream(req, ctx, route)
@@ -595,6 +599,11 @@ class HttpProxy:
                 cancel()  # the upstream body nobody will read: its connection is not reused
             raise
         return resp
+
+
+def _not_found() -> Response:
+    """The answer when no route matches (a new Response each time: filters may change it)."""
+    return Response(404, Headers([(b"Content-Type", b"text/plain")]), _NOT_FOUND_BODY)
 
 
 def _cancel_body(resp: Response) -> None:
